@@ -1,0 +1,285 @@
+"""The model bundle contract: a model file plus a JSON sidecar beside it.
+
+Every artifact scopelite writes (``model.keras``, ``model.tflite``,
+``model_edgetpu.tflite``) has a sidecar with the same stem and a ``.json``
+suffix.  This module is the only place that knows the sidecar's schema; the
+trainer, the compressor and the device all read and write through it.
+
+The device prepares pixels from the sidecar alone: it only crops and resizes
+RGB uint8 images; any normalisation lives inside the model graph.
+
+Pure Python + hashlib: importable on a device with no TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+SCHEMA = "scopelite.bundle"
+SCHEMA_VERSION = 1
+
+CLASS_NAMES = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature_granulocyte",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+
+FORMATS = ("keras", "tflite")
+RUNTIMES = ("keras", "cpu", "edgetpu")
+DTYPES = ("uint8", "int8", "float32")
+
+
+class BundleError(UserError, ValueError):
+    """A model file or its sidecar is missing, malformed or does not match."""
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantisation: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str
+    quantization: Quantization | None = None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    height: int
+    width: int
+    channels: int = 3
+    dtype: str = "uint8"
+    layout: str = "NHWC"
+    color: str = "RGB"
+    # Raw pixel values the graph expects; normalisation is in the graph.
+    value_range: tuple[int, int] = (0, 255)
+    # How the device turns a frame into the input: crop, then resize.
+    crop: str = "center"
+    interpolation: str = "area"
+    quantization: Quantization | None = None
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Everything a reader needs to use a model file correctly."""
+
+    format: str
+    file: str
+    sha256: str
+    labels: tuple[str, ...]
+    input: InputSpec
+    output: TensorSpec
+    runtimes: tuple[str, ...]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    synthetic_data: bool = False
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["runtimes"] = list(self.runtimes)
+        d["input"]["value_range"] = list(self.input.value_range)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = "sidecar") -> "Sidecar":
+        return _parse(d, where)
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """``run/model.tflite`` -> ``run/model.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- atomic I/O
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` on success.
+
+    The temporary name keeps the final suffix (Keras insists on ``.keras``).
+    On any exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- read / write
+
+
+def write_sidecar(model_path: str | os.PathLike, sidecar: Sidecar) -> Path:
+    """Validate ``sidecar`` against the model file and write it beside it."""
+    model_path = Path(model_path)
+    if sidecar.file != model_path.name:
+        raise BundleError(f"sidecar names {sidecar.file!r} but is written for {model_path.name!r}")
+    if sidecar.sha256 != sha256_file(model_path):
+        raise BundleError(f"sidecar hash does not match {model_path}")
+    _parse(sidecar.to_json(), str(sidecar_path(model_path)))  # round-trip check
+    out = sidecar_path(model_path)
+    write_json_atomic(out, sidecar.to_json())
+    return out
+
+
+def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Sidecar:
+    """Read and validate the sidecar of ``model_path``.
+
+    Raises:
+        BundleError: with one line saying what is wrong and what to do.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise BundleError(f"model file not found: {model_path}")
+    sc_path = sidecar_path(model_path)
+    if not sc_path.is_file():
+        raise BundleError(
+            f"no sidecar {sc_path.name} beside {model_path}: every scopelite model is a file plus its "
+            "JSON sidecar; copy both, or re-create it with celltrain/cellcompress"
+        )
+    try:
+        raw = json.loads(sc_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"sidecar {sc_path} is not valid JSON ({e})") from None
+    sc = _parse(raw, str(sc_path))
+    if sc.file != model_path.name:
+        raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, not {model_path.name!r}")
+    if check_hash and sc.sha256 != sha256_file(model_path):
+        raise BundleError(
+            f"{model_path} does not match its sidecar (sha256 differs): the file was changed or "
+            "replaced; re-export it, or copy the matching sidecar"
+        )
+    return sc
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _req(d: dict, key: str, typ, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise BundleError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+        raise BundleError(f"{where}: field {key!r} must be {getattr(typ, '__name__', typ)}, got {v!r}")
+    return v
+
+
+def _quant(d: Any, where: str) -> Quantization | None:
+    if d is None:
+        return None
+    scale = _req(d, "scale", (int, float), where)
+    zp = _req(d, "zero_point", int, where)
+    if not scale > 0:
+        raise BundleError(f"{where}: quantization scale must be > 0, got {scale}")
+    return Quantization(float(scale), int(zp))
+
+
+def _parse(d: Any, where: str) -> Sidecar:
+    if not isinstance(d, dict):
+        raise BundleError(f"{where}: sidecar must be a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise BundleError(f"{where}: not a scopelite sidecar (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+    version = _req(d, "schema_version", int, where)
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: sidecar schema version {version}, this scopelite reads {SCHEMA_VERSION}; "
+            "upgrade scopelite or re-export the model"
+        )
+    fmt = _req(d, "format", str, where)
+    if fmt not in FORMATS:
+        raise BundleError(f"{where}: format {fmt!r} not one of {FORMATS}")
+    labels = _req(d, "labels", list, where)
+    if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+        raise BundleError(f"{where}: labels must be a non-empty list of distinct names")
+    i = _req(d, "input", dict, where)
+    wi = f"{where}: input"
+    inp = InputSpec(
+        height=_req(i, "height", int, wi),
+        width=_req(i, "width", int, wi),
+        channels=_req(i, "channels", int, wi),
+        dtype=_req(i, "dtype", str, wi),
+        layout=_req(i, "layout", str, wi),
+        color=_req(i, "color", str, wi),
+        value_range=tuple(_req(i, "value_range", list, wi)),
+        crop=_req(i, "crop", str, wi),
+        interpolation=_req(i, "interpolation", str, wi),
+        quantization=_quant(i.get("quantization"), wi + ".quantization"),
+    )
+    if inp.height <= 0 or inp.width <= 0 or inp.channels != 3:
+        raise BundleError(f"{wi}: expected positive height/width and 3 channels, got {inp.height}x{inp.width}x{inp.channels}")
+    if inp.layout != "NHWC" or inp.color != "RGB":
+        raise BundleError(f"{wi}: only NHWC RGB inputs are supported, got {inp.layout} {inp.color}")
+    if inp.dtype not in DTYPES:
+        raise BundleError(f"{wi}: dtype {inp.dtype!r} not one of {DTYPES}")
+    if inp.crop not in ("center", "none"):
+        raise BundleError(f"{wi}: crop {inp.crop!r} must be 'center' or 'none'")
+    o = _req(d, "output", dict, where)
+    out = TensorSpec(dtype=_req(o, "dtype", str, f"{where}: output"), quantization=_quant(o.get("quantization"), f"{where}: output.quantization"))
+    if out.dtype not in DTYPES:
+        raise BundleError(f"{where}: output dtype {out.dtype!r} not one of {DTYPES}")
+    for spec, name in ((inp, "input"), (out, "output")):
+        if spec.dtype in ("uint8", "int8") and spec.quantization is None:
+            raise BundleError(f"{where}: {name} is {spec.dtype} but has no quantization scale/zero_point")
+    runtimes = _req(d, "runtimes", list, where)
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if not runtimes or bad:
+        raise BundleError(f"{where}: runtimes must be a non-empty subset of {RUNTIMES}, got {runtimes}")
+    return Sidecar(
+        format=fmt,
+        file=_req(d, "file", str, where),
+        sha256=_req(d, "sha256", str, where),
+        labels=tuple(labels),
+        input=inp,
+        output=out,
+        runtimes=tuple(runtimes),
+        metrics=d.get("metrics") or {},
+        provenance=d.get("provenance") or {},
+        synthetic_data=bool(d.get("synthetic_data", False)),
+    )

@@ -1,0 +1,148 @@
+"""``celledge``: classify blood-cell images and watch a microscope camera. Thin over the library."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+import click
+
+from .errors import UserError, one_line_errors
+
+MODEL = click.Path(exists=True, dir_okay=False)
+
+
+def _classifier(model: str, threads: int | None):
+    from .classifier import LiteRTClassifier
+
+    return LiteRTClassifier(model, num_threads=threads)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Run an int8 blood-cell classifier on a Pi, a Coral or any Linux box.
+
+    \b
+    Example:
+      celledge classify model.tflite cell.jpg more_cells/
+      celledge watch /dev/video0 --model model.tflite
+    """
+
+
+@main.command()
+@click.argument("model", type=MODEL)
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@click.option("-k", "--top-k", default=3, show_default=True, help="How many classes to list per image.")
+@click.option("--threads", type=int, default=None, help="CPU threads for the interpreter (default: runtime's).")
+@one_line_errors
+def classify(model, images, as_json, top_k, threads):
+    """Classify single-cell images (files or folders).
+
+    \b
+    Example:
+      celledge classify model.tflite cells/ --json
+    """
+    from .postprocess import top_k as best_k
+    from .preprocess import prepare
+    from .sources import SourceError, list_images, read_image_rgb
+
+    clf = _classifier(model, threads)
+    paths = list_images(images)
+    if not paths:
+        raise UserError(f"no images found in {', '.join(images)}")
+    failed = 0
+    for path in paths:
+        try:
+            crop = prepare(read_image_rgb(path), clf.input_spec)
+        except SourceError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
+        if as_json:
+            rec = {"path": str(path), "label": best[0].label, "score": round(best[0].score, 4),
+                   "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
+            click.echo(json.dumps(rec))
+        else:
+            alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
+            click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")
+    if failed:
+        raise UserError(f"{failed} of {len(paths)} images could not be read")
+
+
+def _parse_size(value: str | None):
+    if value is None:
+        return None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT, e.g. 640x480") from None
+    return w, h
+
+
+@main.command()
+@click.argument("source")
+@click.option("--model", required=True, type=MODEL, help="The .tflite model (its .json sidecar beside it).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
+@click.option("--size", default=None, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
+@click.option("--loop", is_flag=True, help="Replay an image folder forever.")
+@click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
+@click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
+@one_line_errors
+def watch(source, model, max_frames, fps, size, loop, top_k, threads):
+    """Classify the centre of each frame of SOURCE and print JSON lines.
+
+    SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
+    folder of images. One JSON object per frame goes to stdout, then a
+    summary with the class tally. Stops cleanly on end of stream, Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      celledge watch /dev/video0 --model model.tflite --fps 5
+      celledge watch demo_out/field.avi --model demo_out/int8/model.tflite
+    """
+    from .sources import open_source
+    from .watch import run_watch
+
+    wh = _parse_size(size)
+    clf = _classifier(model, threads)
+    src = open_source(source, loop=loop, size=wh)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def emit(rec):
+        sys.stdout.write(json.dumps(rec) + "\n")
+        sys.stdout.flush()
+
+    summary = run_watch(src, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop)
+    emit(summary)
+
+
+@main.command()
+@click.argument("model", type=MODEL)
+@one_line_errors
+def info(model):
+    """Print a model's sidecar and check that it loads here.
+
+    \b
+    Example:
+      celledge info model.tflite
+    """
+    from . import runtime
+    from .bundle import load_sidecar
+
+    sc = load_sidecar(model)
+    click.echo(json.dumps(sc.to_json(), indent=2))
+    if sc.format == "tflite":
+        _classifier(model, None)
+        click.echo(f"loads on the CPU with {runtime.runtime_name()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

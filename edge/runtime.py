@@ -1,0 +1,81 @@
+"""The one module that imports the LiteRT interpreter and loads delegates.
+
+``ai-edge-litert`` is preferred; ``tflite_runtime`` is accepted as a fallback
+(older Pi images). Nothing else in scopelite imports either package.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .bundle import BundleError
+from .errors import UserError
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+class RuntimeUnavailable(UserError, RuntimeError):
+    """No LiteRT interpreter package, or no Edge TPU, could be loaded."""
+
+
+def _interpreter_module():
+    try:
+        from ai_edge_litert import interpreter as mod  # noqa: PLC0415
+
+        return mod, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod  # noqa: PLC0415
+
+        return mod, "tflite_runtime"
+    except ImportError:
+        raise RuntimeUnavailable(
+            "no LiteRT interpreter installed: pip install 'scopelite[edge]' (ai-edge-litert)"
+        ) from None
+
+
+def runtime_name() -> str:
+    """Which interpreter package is in use, e.g. ``"ai-edge-litert 2.3.0"``."""
+    mod, name = _interpreter_module()
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return f"{name} {version(name)}"
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return name
+
+
+def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None):
+    """Build and allocate an interpreter for ``model_path``.
+
+    Args:
+        model_path: a ``.tflite`` file.
+        num_threads: CPU threads for the kernels (None: runtime default).
+        edgetpu_device: None for CPU, else ``"usb"``, ``"pci"``, ``":0"``..., or ``""`` for any.
+
+    Raises:
+        BundleError: the file is not a valid TFLite model.
+        RuntimeUnavailable: the interpreter or the Edge TPU delegate cannot be loaded.
+    """
+    mod, _ = _interpreter_module()
+    delegates = []
+    if edgetpu_device is not None:
+        options = {"device": edgetpu_device} if edgetpu_device else {}
+        try:
+            delegates.append(mod.load_delegate(EDGETPU_LIBRARY, options))
+        except (ValueError, OSError) as e:
+            raise RuntimeUnavailable(
+                f"cannot load the Edge TPU delegate ({EDGETPU_LIBRARY}): {str(e).strip() or 'no device'}; "
+                "check that the Coral is plugged in and libedgetpu1-std is installed, "
+                "or use --fallback cpu"
+            ) from None
+    try:
+        interp = mod.Interpreter(
+            model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None
+        )
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"cannot load {model_path} as a TFLite model: {msg}") from None
+    return interp

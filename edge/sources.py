@@ -1,0 +1,135 @@
+"""Frame sources: where ``celledge watch`` gets RGB frames from.
+
+Each source yields RGB uint8 frames from ``read()`` and returns None at the
+end of the stream. ``open_source`` picks one from a user's SOURCE argument.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class SourceError(UserError, OSError):
+    """A source cannot be opened or read."""
+
+
+class FrameSource(Protocol):
+    name: str
+
+    def read(self) -> np.ndarray | None:
+        """Next RGB uint8 frame, or None when the stream ended."""
+
+    def close(self) -> None: ...
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (sorted, recursive) into image paths."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+class OpenCVSource:
+    """A camera (``/dev/videoN`` or index), a video file, or a stream URL."""
+
+    def __init__(self, spec: str, size: tuple[int, int] | None = None):
+        self.name = spec
+        target: int | str = int(spec) if spec.isdigit() else spec
+        m = re.fullmatch(r"/dev/video(\d+)", spec)
+        if m:
+            target = int(m.group(1))
+        self._cap = cv2.VideoCapture(target)
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open video source {spec!r}: no such camera, file or stream")
+        if size:
+            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            return None
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class FolderSource:
+    """A folder of images replayed in name order, optionally looped."""
+
+    def __init__(self, folder: str | os.PathLike, loop: bool = False):
+        self.name = str(folder)
+        self._paths = list_images([folder])
+        if not self._paths:
+            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
+        self._loop = loop
+        self._i = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= len(self._paths):
+            if not self._loop:
+                return None
+            self._i = 0
+        path = self._paths[self._i]
+        self._i += 1
+        return read_image_rgb(path)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSource:
+    """Frames from memory; raises SourceError after ``fail_after`` frames if set."""
+
+    def __init__(self, frames: Sequence[np.ndarray], fail_after: int | None = None, name: str = "fake"):
+        self.name = name
+        self._frames = list(frames)
+        self._fail_after = fail_after
+        self._i = 0
+        self.closed = False
+
+    def read(self) -> np.ndarray | None:
+        if self._fail_after is not None and self._i >= self._fail_after:
+            raise SourceError("fake source failed")
+        if self._i >= len(self._frames):
+            return None
+        self._i += 1
+        return self._frames[self._i - 1]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None) -> FrameSource:
+    """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...`` or a folder of images."""
+    p = Path(spec)
+    if p.is_dir():
+        return FolderSource(p, loop=loop)
+    is_url = "://" in spec
+    is_camera = spec.isdigit() or spec.startswith("/dev/video")
+    if not (is_url or is_camera or p.is_file()):
+        raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
+    return OpenCVSource(spec, size=size)
