@@ -46,13 +46,15 @@ def runtime_name() -> str:
         return name
 
 
-def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None):
+def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None,
+                     plain: bool = False):
     """Build and allocate an interpreter for ``model_path``.
 
     Args:
         model_path: a ``.tflite`` file.
         num_threads: CPU threads for the kernels (None: runtime default).
         edgetpu_device: None for CPU, else ``"usb"``, ``"pci"``, ``":0"``..., or ``""`` for any.
+        plain: no default delegates (XNNPACK), so the graph's own ops stay visible.
 
     Raises:
         BundleError: the file is not a valid TFLite model.
@@ -71,8 +73,12 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
                 "or use --fallback cpu"
             ) from None
     try:
+        kwargs = {}
+        if plain:
+            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         interp = mod.Interpreter(
-            model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None
+            model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
+            **kwargs,
         )
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:

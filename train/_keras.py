@@ -1,0 +1,47 @@
+"""The one import point for TensorFlow and Keras.
+
+tensorflow-model-optimization does not support Keras 3, which TensorFlow >= 2.16
+ships as ``tf.keras``. scopelite trains and compresses on Keras 2 (``tf-keras``),
+which TensorFlow only selects when TF_USE_LEGACY_KERAS=1 is set *before* it is
+first imported. This module sets it, and everything else imports
+``tf``/``keras`` (and ``tfmot``) from here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":  # pragma: no cover
+    raise ImportError(
+        "TensorFlow was imported before scopelite.train._keras could set TF_USE_LEGACY_KERAS=1; "
+        "import scopelite first or export TF_USE_LEGACY_KERAS=1"
+    )
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide C++ info/warning chatter
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+
+def tfmot():
+    """tensorflow_model_optimization, imported lazily (it is slow to import)."""
+    import tensorflow_model_optimization as mod  # noqa: PLC0415
+
+    return mod
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    out = {"python": sys.version.split()[0], "tensorflow": tf.__version__, "tf_keras": keras.__version__}
+    for pkg in ("numpy", "opencv-python-headless", "tensorflow-model-optimization", "ai-edge-litert", "scopelite"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+__all__ = ["keras", "tf", "tfmot", "versions"]

@@ -1,0 +1,166 @@
+"""Datasets in memory: load, deduplicate, split. Pure numpy + OpenCV (no TensorFlow).
+
+A dataset is uint8 RGB images (N, S, S, 3), int64 labels into ``class_names``
+and one id per image (a relative path, or ``synthetic:i``) so a split can be
+saved and re-created exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from scopelite.edge.bundle import CLASS_NAMES, write_json_atomic
+from scopelite.edge.errors import UserError
+from scopelite.edge.sources import IMAGE_SUFFIXES
+
+SYNTHETIC = "synthetic"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    class_names: tuple[str, ...]
+    description: str
+    synthetic: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "Dataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Dataset(self.images[idx], self.labels[idx], [self.ids[i] for i in idx],
+                       self.class_names, self.description, self.synthetic)
+
+    def counts(self) -> dict[str, int]:
+        return {n: int((self.labels == i).sum()) for i, n in enumerate(self.class_names)}
+
+
+def _canonical(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
+    from .synth import make_crops  # noqa: PLC0415
+
+    images, labels = make_crops(per_class, size=image_size, seed=seed)
+    return Dataset(images, labels, [f"{SYNTHETIC}:{i}" for i in range(len(labels))], CLASS_NAMES,
+                   f"synthetic smears (scopelite.train.synth, seed {seed}, {per_class} per class)", True)
+
+
+def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False) -> Dataset:
+    """Class-folder layout ``root/<class>/<image>``; any format OpenCV reads.
+
+    Folders named after the 8 blood-cell classes get the canonical label order;
+    other names are taken in sorted order.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} not found")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
+    names = [_canonical(d.name) for d in folders]
+    if set(names) <= set(CLASS_NAMES):
+        missing = [c for c in CLASS_NAMES if c not in names]
+        if missing:
+            raise UserError(f"{root} has no folder for class(es) {', '.join(missing)}; every class needs images")
+        class_names = CLASS_NAMES
+    else:
+        class_names = tuple(names)
+    files: list[tuple[Path, int]] = []
+    for d, n in zip(folders, names):
+        imgs = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not imgs:
+            raise UserError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        files += [(p, class_names.index(n)) for p in imgs]
+    images = np.empty((len(files), image_size, image_size, 3), np.uint8)
+    it = files
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        it = tqdm(files, desc=f"reading {root.name}", unit="img", leave=False)
+    for i, (p, _) in enumerate(it):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if img.shape[:2] != (image_size, image_size):
+            h, w = img.shape[:2]
+            s = min(h, w)
+            img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+            interp = cv2.INTER_AREA if s > image_size else cv2.INTER_LINEAR
+            img = cv2.resize(img, (image_size, image_size), interpolation=interp)
+        images[i] = img
+    labels = np.array([lab for _, lab in files], np.int64)
+    ids = [str(p.relative_to(root)) for p, _ in files]
+    return Dataset(images, labels, ids, class_names, f"class folders at {root.resolve()}", False)
+
+
+def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,
+         progress: bool = False) -> Dataset:
+    """``None`` or ``"synthetic"``: generated data; otherwise a class-folder path."""
+    if spec in (None, "", SYNTHETIC):
+        return load_synthetic(synthetic_per_class, image_size, seed)
+    return load_folders(spec, image_size, progress=progress)
+
+
+def exact_duplicates(images: np.ndarray) -> np.ndarray:
+    """Indices of images byte-identical to an earlier one (first copy kept)."""
+    seen: dict[bytes, int] = {}
+    dup = []
+    for i, img in enumerate(images):
+        h = hashlib.blake2b(img.tobytes(), digest_size=16).digest()
+        if h in seen:
+            dup.append(i)
+        else:
+            seen[h] = i
+    return np.array(dup, np.int64)
+
+
+def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0,
+                     exclude: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Seeded per-class split into train/val/test index arrays (``exclude`` left out)."""
+    if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise UserError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(labels), bool)
+    if exclude is not None and len(exclude):
+        keep[exclude] = False
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for c in np.unique(labels):
+        idx = np.flatnonzero((labels == c) & keep)
+        rng.shuffle(idx)
+        n_val = int(round(fractions[1] * len(idx)))
+        n_test = int(round(fractions[2] * len(idx)))
+        out["val"] += idx[:n_val].tolist()
+        out["test"] += idx[n_val : n_val + n_test].tolist()
+        out["train"] += idx[n_val + n_test :].tolist()
+    return {s: np.sort(np.array(v, np.int64)) for s, v in out.items()}
+
+
+def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray], seed: int) -> None:
+    write_json_atomic(path, {"seed": seed, "class_names": list(ds.class_names), "description": ds.description,
+                             **{s: [ds.ids[i] for i in split[s]] for s in SPLITS}})
+
+
+def load_split(path: str | os.PathLike, ds: Dataset) -> dict[str, np.ndarray]:
+    """Map a saved split back onto ``ds``; refuse if images are missing."""
+    saved = json.loads(Path(path).read_text())
+    pos = {id_: i for i, id_ in enumerate(ds.ids)}
+    out = {}
+    for s in SPLITS:
+        missing = [x for x in saved[s] if x not in pos]
+        if missing:
+            raise UserError(f"{len(missing)} images of the saved {s} split are not in {ds.description} "
+                            f"(first: {missing[0]}); evaluate on the data the run was trained on")
+        out[s] = np.array([pos[x] for x in saved[s]], np.int64)
+    return out

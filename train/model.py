@@ -1,0 +1,101 @@
+"""Model builders. Every model takes raw RGB pixels (0..255) and normalises in-graph,
+so the int8 model on the device is fed plain uint8 crops."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from scopelite.edge.errors import UserError
+
+from ._keras import keras
+
+ARCHS = ("efficientnetv2b0", "tiny")
+
+
+def _normalise(x):
+    # EfficientNetV2 without its own preprocessing expects [-1, 1]: x / 127.5 - 1.
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
+
+
+def _tiny(x, n_classes: int, dropout: float):
+    """A 3-conv network for tests and quick checks (a few seconds per epoch)."""
+    for i, filters in enumerate((16, 32, 64)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)
+
+
+def _efficientnetv2b0(x, n_classes: int, dropout: float, weights: str | None):
+    base = keras.applications.EfficientNetV2B0(
+        include_top=False, weights=weights, input_tensor=x, include_preprocessing=False, pooling="avg"
+    )
+    y = keras.layers.Dropout(dropout, name="top_dropout")(base.output)
+    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(y)
+
+
+def build(arch: str, image_size: int, n_classes: int, weights: str = "none", dropout: float = 0.2,
+          batch_size: int | None = None):
+    """A flat functional model (no nested sub-models, so TFMOT can annotate it).
+
+    Args:
+        arch: "efficientnetv2b0" or "tiny".
+        weights: "none", "imagenet" (EfficientNetV2B0 only, needs network or
+            a Keras cache), or a path to a ``.keras`` model whose layers are
+            copied by name where shapes match.
+        batch_size: None for training; 1 for export (static shapes for the Edge TPU).
+    """
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    inp = keras.Input((image_size, image_size, 3), batch_size=batch_size, name="pixels")
+    x = _normalise(inp)
+    if arch == "tiny":
+        if weights not in ("none", None) and weights == "imagenet":
+            raise UserError("--weights imagenet needs --arch efficientnetv2b0")
+        out = _tiny(x, n_classes, dropout)
+    else:
+        try:
+            out = _efficientnetv2b0(x, n_classes, dropout, "imagenet" if weights == "imagenet" else None)
+        except Exception as e:
+            if weights != "imagenet":
+                raise
+            raise UserError(
+                f"cannot get the ImageNet weights ({type(e).__name__}: no network?); use --weights none to "
+                "train from scratch, or --weights FILE with a .keras model from an earlier run"
+            ) from None
+    model = keras.Model(inp, out, name=arch)
+    if weights not in (None, "none", "imagenet"):
+        copy_weights_from(model, weights)
+    return model
+
+
+def copy_weights_from(model, path: str) -> int:
+    """Copy weights layer by layer (matched by name and shape) from a saved model."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--weights {path}: no such file; use none, imagenet or a .keras model from an earlier run")
+    try:
+        src = keras.models.load_model(p, compile=False)
+    except Exception as e:  # Keras raises many types for a bad file
+        raise UserError(f"--weights {path}: cannot load it as a Keras model ({type(e).__name__})") from None
+    by_name = {layer.name: layer for layer in src.layers}
+    copied = 0
+    for layer in model.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        ws = other.get_weights()
+        if [w.shape for w in ws] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(ws)
+            copied += 1
+    if copied == 0:
+        raise UserError(f"--weights {path}: no layer matches this architecture")
+    return copied
+
+
+def rebuild_for_export(model, arch: str, image_size: int, n_classes: int):
+    """The same network with a fixed batch of 1 and the trained weights."""
+    fixed = build(arch, image_size, n_classes, weights="none", batch_size=1)
+    fixed.set_weights(model.get_weights())
+    return fixed
