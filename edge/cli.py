@@ -52,13 +52,13 @@ def classify(model, images, as_json, top_k, threads):
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
-    failed = 0
+    failed: list[str] = []
     for path in paths:
         try:
             crop = prepare(read_image_rgb(path), clf.input_spec)
         except SourceError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            failed += 1
+            print(f"skipped: {e}", file=sys.stderr)
+            failed.append(str(e))
             continue
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         if as_json:
@@ -69,7 +69,7 @@ def classify(model, images, as_json, top_k, threads):
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
             click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")
     if failed:
-        raise UserError(f"{failed} of {len(paths)} images could not be read")
+        raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
 
 
 def _parse_size(value: str | None):

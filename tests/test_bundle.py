@@ -1,0 +1,82 @@
+import json
+
+import pytest
+
+from scopelite.edge.bundle import (CLASS_NAMES, BundleError, InputSpec, Quantization, Sidecar, TensorSpec,
+                                   atomic_path, load_sidecar, sha256_file, sidecar_path, write_sidecar)
+
+
+def _sidecar(model_file, **kw):
+    base = dict(format="tflite", file=model_file.name, sha256=sha256_file(model_file), labels=CLASS_NAMES,
+                input=InputSpec(96, 96, dtype="uint8", quantization=Quantization(1.0, 0)),
+                output=TensorSpec("uint8", Quantization(1 / 256, 0)), runtimes=("cpu",))
+    base.update(kw)
+    return Sidecar(**base)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    p = tmp_path / "model.tflite"
+    p.write_bytes(b"not really a model")
+    return p
+
+
+def test_round_trip(model_file):
+    sc = _sidecar(model_file, metrics={"split": "test", "int8": {"accuracy": 0.9}})
+    path = write_sidecar(model_file, sc)
+    assert path == sidecar_path(model_file) == model_file.with_suffix(".json")
+    back = load_sidecar(model_file)
+    assert back == sc
+    raw = json.loads(path.read_text())
+    assert raw["schema"] == "scopelite.bundle" and raw["schema_version"] == 1
+    assert raw["input"]["value_range"] == [0, 255]
+
+
+def test_hash_mismatch_is_refused(model_file):
+    write_sidecar(model_file, _sidecar(model_file))
+    model_file.write_bytes(b"changed")
+    with pytest.raises(BundleError, match="sha256 differs"):
+        load_sidecar(model_file)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("labels"), "missing field 'labels'"),
+    (lambda d: d.update(schema_version=99), "schema version 99"),
+    (lambda d: d.update(schema="other"), "not a scopelite sidecar"),
+    (lambda d: d.update(labels=["a", "a"]), "distinct"),
+    (lambda d: d["input"].update(channels=1), "3 channels"),
+    (lambda d: d["input"].update(quantization=None), "no quantization"),
+    (lambda d: d.update(runtimes=["gpu"]), "runtimes"),
+    (lambda d: d["input"].update(height="96"), "must be int"),
+])
+def test_invalid_sidecars_are_refused(model_file, mutate, message):
+    write_sidecar(model_file, _sidecar(model_file))
+    p = sidecar_path(model_file)
+    d = json.loads(p.read_text())
+    mutate(d)
+    p.write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=message):
+        load_sidecar(model_file)
+
+
+def test_missing_and_broken_sidecar(model_file):
+    with pytest.raises(BundleError, match="no sidecar"):
+        load_sidecar(model_file)
+    sidecar_path(model_file).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_sidecar(model_file)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "model.keras"
+    final.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            assert tmp.suffix == ".keras" and tmp.parent == tmp_path
+            tmp.write_text("half written")
+            raise RuntimeError("crash mid-write")
+    assert final.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+    with atomic_path(final) as tmp:
+        tmp.write_text("new")
+    assert final.read_text() == "new"

@@ -1,0 +1,101 @@
+"""Bad input gives one line, a non-zero exit and no traceback."""
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+
+def _assert_one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert len(err) == 1, r.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+@pytest.fixture
+def broken(tiny_run, tmp_path):
+    """Copies of the tiny bundle, broken in different ways."""
+    out = {}
+    corrupt = tmp_path / "corrupt" / "model.tflite"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    shutil.copy(tiny_run["tflite"].with_suffix(".json"), corrupt.with_suffix(".json"))
+    sc = json.loads(corrupt.with_suffix(".json").read_text())
+    from scopelite.edge.bundle import sha256_file
+    sc["sha256"] = sha256_file(corrupt)
+    corrupt.with_suffix(".json").write_text(json.dumps(sc))
+    out["corrupt"] = corrupt
+    mism = tmp_path / "mismatch" / "model.tflite"
+    mism.parent.mkdir()
+    shutil.copy(tiny_run["tflite"], mism)
+    sc = json.loads(tiny_run["tflite"].with_suffix(".json").read_text())
+    sc["input"]["height"] = sc["input"]["width"] = 64  # wrong shape in the sidecar
+    mism.with_suffix(".json").write_text(json.dumps(sc))
+    out["mismatch"] = mism
+    nosc = tmp_path / "nosidecar" / "model.tflite"
+    nosc.parent.mkdir()
+    shutil.copy(tiny_run["tflite"], nosc)
+    out["nosidecar"] = nosc
+    return out
+
+
+def test_edge_bad_models(broken, synth_dir):
+    img = str(next((synth_dir / "crops" / "basophil").glob("*.png")))
+    _assert_one_line_error(run_cli("celledge", "classify", str(broken["corrupt"]), img), "cannot load")
+    _assert_one_line_error(run_cli("celledge", "classify", str(broken["mismatch"]), img), "input shape")
+    _assert_one_line_error(run_cli("celledge", "classify", str(broken["nosidecar"]), img), "no sidecar")
+    _assert_one_line_error(run_cli("celledge", "watch", str(synth_dir), "--model", str(broken["mismatch"])),
+                           "sidecar says")
+
+
+def test_edge_bad_inputs(tiny_run, tmp_path):
+    r = run_cli("celledge", "classify", str(tiny_run["tflite"]), str(tmp_path / "missing.png"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    _assert_one_line_error(run_cli("celledge", "classify", str(tiny_run["tflite"]), str(bad)), "could not be read")
+    _assert_one_line_error(run_cli("celledge", "watch", str(tmp_path / "nope.avi"), "--model", str(tiny_run["tflite"])),
+                           "not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_one_line_error(run_cli("celledge", "watch", str(empty), "--model", str(tiny_run["tflite"])), "no images")
+    r = run_cli("celledge", "watch", "/dev/video0", "--model", str(tiny_run["tflite"]), "--size", "big")
+    assert r.returncode == 2 and "WIDTHxHEIGHT" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compress_bad_inputs(tiny_run, broken, tmp_path):
+    out = str(tmp_path / "o")
+    _assert_one_line_error(run_cli("cellcompress", str(broken["corrupt"]), "--int8", "--out", out), "cellcompress takes")
+    fake = tmp_path / "model.keras"
+    fake.write_bytes(b"PK not a zip")
+    _assert_one_line_error(run_cli("cellcompress", str(fake), "--int8", "--out", out), "no sidecar")
+    r = run_cli("cellcompress", str(tmp_path / "none.keras"), "--int8", "--out", out)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    # a model.keras whose bytes were replaced: the sidecar hash catches it
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run, ignore=shutil.ignore_patterns("int8", "checkpoints"))
+    (run / "model.keras").write_bytes(b"truncated")
+    _assert_one_line_error(run_cli("cellcompress", str(run / "model.keras"), "--int8", "--out", out), "sha256")
+    _assert_one_line_error(run_cli("cellcompress", str(tiny_run["keras"]), "--out", out), "--int8")
+    assert not (tmp_path / "o" / "model.tflite").exists()
+
+
+def test_train_bad_inputs(tmp_path, tiny_run):
+    _assert_one_line_error(run_cli("celltrain", "fit", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")),
+                           "not found")
+    data = tmp_path / "data"
+    (data / "basophil").mkdir(parents=True)
+    _assert_one_line_error(run_cli("celltrain", "fit", "--data", str(data), "--out", str(tmp_path / "r")),
+                           "no folder for class")
+    _assert_one_line_error(run_cli("celltrain", "fit", "--out", str(tmp_path / "r2"), "--weights", "imagenet",
+                                   "--arch", "tiny"), "imagenet")
+    _assert_one_line_error(run_cli("celltrain", "fit", "--out", str(tmp_path / "r3"), "--weights",
+                                   str(tmp_path / "none.keras"), "--arch", "tiny"), "no such file")
+    _assert_one_line_error(run_cli("celltrain", "fit", "--out", str(tiny_run["dir"]), "--arch", "tiny"),
+                           "already holds")
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r4"), "--epochs", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,97 @@
+"""A tiny real pipeline: fit -> int8 -> LiteRT, and the CLIs a user types."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.compress.ops import DYNAMIC_SHAPE_OPS, op_counts
+from scopelite.edge.bundle import load_sidecar
+from scopelite.edge.classifier import LiteRTClassifier
+
+
+def test_generator_teaches_a_small_model(tiny_run):
+    # The synthetic classes are learnable: >= 90 % on the held-out generated split.
+    assert tiny_run["fit_metrics"]["test"]["accuracy"] >= 0.90
+
+
+def test_int8_bundle_contract(tiny_run):
+    sc = load_sidecar(tiny_run["tflite"])
+    assert sc.format == "tflite" and sc.runtimes == ("cpu",)
+    assert sc.input.dtype == "uint8" and sc.output.dtype == "uint8"
+    assert (sc.input.height, sc.input.width) == (32, 32)
+    assert sc.input.quantization.scale > 0 and sc.output.quantization is not None
+    assert sc.synthetic_data is True and sc.provenance["data"]["synthetic"] is True
+    assert sc.provenance["source"]["sha256"] == load_sidecar(tiny_run["keras"]).sha256
+    m = sc.metrics
+    assert m["split"] == "test" and m["n"] > 0
+    assert {"float", "int8", "latency_ms", "size_bytes"} <= set(m)
+    ops = op_counts(tiny_run["tflite"])
+    assert not set(DYNAMIC_SHAPE_OPS) & set(ops), ops
+    assert ops == sc.provenance["op_counts"]
+
+
+def test_keras_and_tflite_agree(tiny_run):
+    from scopelite.train._keras import keras
+    from scopelite.train.synth import make_crops
+
+    images, _ = make_crops(20, size=32, seed=123)  # fresh images, never seen
+    model = keras.models.load_model(tiny_run["keras"], compile=False)
+    p_keras = model.predict(images.astype(np.float32), verbose=0)
+    p_lite = LiteRTClassifier(tiny_run["tflite"]).classify(images)
+    agreement = (p_keras.argmax(1) == p_lite.argmax(1)).mean()
+    assert agreement >= 0.95
+    np.testing.assert_allclose(p_lite.sum(1), 1.0, atol=0.05)  # dequantised softmax
+
+
+def test_classify_cli_json(tiny_run, synth_dir):
+    r = run_cli("celledge", "classify", str(tiny_run["tflite"]), str(synth_dir / "crops"), "--json", "-k", "2")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 24
+    for rec in lines:
+        assert set(rec) == {"path", "label", "score", "top_k"}
+        assert rec["label"] == rec["top_k"][0]["label"] and len(rec["top_k"]) == 2
+    correct = sum(rec["label"] == rec["path"].split("/")[-2] for rec in lines)
+    assert correct >= 18  # 96px crops resized to the 32px model: still mostly right
+
+
+def test_watch_cli_on_generated_video(tiny_run, synth_dir):
+    r = run_cli("celledge", "watch", str(synth_dir / "microscope.avi"), "--model", str(tiny_run["tflite"]))
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    truth = json.loads((synth_dir / "microscope_truth.json").read_text())
+    frames, summary = recs[:-1], recs[-1]["summary"]
+    assert len(frames) == len(truth) == summary["frames"]
+    assert summary["stopped"] == "end of stream" and summary["tally"]["total"] == len(truth)
+    assert np.mean([f["label"] == t for f, t in zip(frames, truth)]) >= 0.7
+    r = run_cli("celledge", "watch", str(synth_dir / "microscope.avi"), "--model", str(tiny_run["tflite"]),
+                "--max-frames", "5")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 6
+
+
+def test_watch_stops_on_sigterm(tiny_run, synth_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "watch", str(synth_dir / "crops"), "--loop", "--fps", "20",
+                          "--model", str(tiny_run["tflite"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()  # running: at least one frame out
+    assert json.loads(first)["frame"] == 0
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    assert p.returncode == 0, err
+    summary = json.loads(out.splitlines()[-1])["summary"]
+    assert summary["stopped"] == "stopped by signal" and summary["frames"] >= 1
+
+
+def test_info_cli(tiny_run):
+    r = run_cli("celledge", "info", str(tiny_run["tflite"]))
+    assert r.returncode == 0, r.stderr
+    assert '"format": "tflite"' in r.stdout and "loads on the CPU" in r.stdout

@@ -1,0 +1,56 @@
+import json
+
+import cv2
+import numpy as np
+
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.train import synth
+
+
+def test_crops_are_deterministic_and_balanced():
+    a, la = synth.make_crops(3, size=48, seed=7)
+    b, lb = synth.make_crops(3, size=48, seed=7)
+    c, _ = synth.make_crops(3, size=48, seed=8)
+    assert a.shape == (24, 48, 48, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+    assert np.bincount(la).tolist() == [3] * len(CLASS_NAMES)
+
+
+def test_classes_differ_in_size_and_colour():
+    imgs, labels = synth.make_crops(20, size=96, seed=0)
+    dark = (imgs.mean(axis=3) < 120).reshape(len(imgs), -1).mean(axis=1)  # nucleus/granule area
+    per = {n: dark[labels == i].mean() for i, n in enumerate(CLASS_NAMES)}
+    assert per["platelet"] < per["lymphocyte"]          # platelets are tiny fragments
+    assert per["basophil"] > per["neutrophil"]          # dense dark granules
+    red = imgs[..., 0].astype(int) - imgs[..., 2].astype(int)
+    centre = red[:, 36:60, 36:60].reshape(len(imgs), -1).mean(axis=1)
+    assert centre[labels == 1].mean() > centre[labels == 4].mean() + 20  # orange eosinophil granules
+
+
+def test_field_cells_are_inside_and_apart():
+    rng = np.random.default_rng(3)
+    img, cells = synth.make_field(rng, 640, 480, n_cells=8)
+    assert img.shape == (480, 640, 3)
+    assert len(cells) == 8
+    for c in cells:
+        x, y = c["center"]
+        assert 0 < x < 640 and 0 < y < 480 and c["label"] in CLASS_NAMES
+    centers = np.array([c["center"] for c in cells])
+    d = np.linalg.norm(centers[:, None] - centers[None], axis=-1) + np.eye(len(cells)) * 1e9
+    assert d.min() > 60
+
+
+def test_write_dataset_layout(synth_dir):
+    m = json.loads((synth_dir / "manifest.json").read_text())
+    assert m["synthetic"] is True
+    for name in CLASS_NAMES:
+        assert len(list((synth_dir / "crops" / name).glob("*.png"))) == 3
+    truth = json.loads((synth_dir / "microscope_truth.json").read_text())
+    cap = cv2.VideoCapture(str(synth_dir / "microscope.avi"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == len(truth) == m["video"]["frames"] > 0
+    fields = json.loads((synth_dir / "fields" / "truth.json").read_text())
+    assert len(fields) == 2 and all((synth_dir / "fields" / f["file"]).is_file() for f in fields)
