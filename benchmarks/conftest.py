@@ -1,0 +1,99 @@
+"""Latency benchmarks: `pytest benchmarks/` (add --model M.tflite to time your own int8 bundle).
+
+Each run writes benchmarks/results/<machine>-<date>.json with the machine, the
+runtime versions and every figure (median and p99 over many runs, warm-up excluded).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--model", default=None, help="An int8 .tflite bundle to time (default: build one).")
+    parser.addoption("--runs", type=int, default=200, help="Timed runs per figure.")
+    parser.addoption("--no-write", action="store_true", help="Do not write benchmarks/results/*.json.")
+
+
+def measure(fn, runs: int, warmup: int = 10) -> dict:
+    for _ in range(warmup):
+        fn()
+    t = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t[i] = time.perf_counter() - t0
+    t *= 1e3
+    return {"p50_ms": round(float(np.median(t)), 4), "p99_ms": round(float(np.percentile(t, 99)), 4),
+            "mean_ms": round(float(t.mean()), 4), "runs": runs}
+
+
+def machine() -> dict:
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from scopelite.edge import runtime
+
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version(), "runtime": runtime.runtime_name()}
+
+
+class Recorder:
+    def __init__(self):
+        self.rows: dict[str, dict] = {}
+
+    def add(self, name: str, **figures) -> None:
+        self.rows[name] = figures
+
+
+@pytest.fixture(scope="session")
+def record(request):
+    rec = Recorder()
+    yield rec
+    if not rec.rows:
+        return
+    print("\n\nbenchmark                              p50 ms    p99 ms   extra")
+    for name, f in rec.rows.items():
+        extra = {k: v for k, v in f.items() if k not in ("p50_ms", "p99_ms", "mean_ms", "runs")}
+        print(f"{name:<38} {f.get('p50_ms', float('nan')):>8.3f}  {f.get('p99_ms', float('nan')):>8.3f}   {extra}")
+    if request.config.getoption("--no-write"):
+        return
+    m = machine()
+    now = dt.datetime.now(dt.timezone.utc)
+    RESULTS.mkdir(exist_ok=True)
+    name = f"{m['arch']}-{m['cores']}core-{now:%Y-%m-%d}.json"
+    out = {"command": "pytest benchmarks/ " + " ".join(request.config.invocation_params.args),
+           "date": now.isoformat(timespec="seconds"), "machine": m, "results": rec.rows}
+    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS / name}")
+
+
+@pytest.fixture(scope="session")
+def models(request, tmp_path_factory):
+    """{"int8": path, "float32": path or None}: the given bundle, or EfficientNetV2B0 at 96x96
+    converted here (untrained weights: latency does not depend on their values)."""
+    given = request.config.getoption("--model")
+    if given:
+        return {"int8": Path(given), "float32": None, "keras": None}
+    from scopelite.compress.convert import to_float32, to_int8
+    from scopelite.train.model import build
+
+    d = tmp_path_factory.mktemp("bench")
+    model = build("efficientnetv2b0", 96, 8, "none", batch_size=1)
+    rep = np.random.default_rng(0).integers(0, 256, (32, 96, 96, 3), dtype=np.uint8)
+    (d / "int8.tflite").write_bytes(to_int8(model, rep))
+    (d / "float32.tflite").write_bytes(to_float32(model))
+    return {"int8": d / "int8.tflite", "float32": d / "float32.tflite", "keras": model}

@@ -1,0 +1,52 @@
+"""Per-crop inference latency of the int8 model against float32 and Keras."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import measure
+from scopelite.edge import runtime
+
+
+def _invoke(path, threads):
+    interp = runtime.make_interpreter(path, num_threads=threads)
+    d = interp.get_input_details()[0]
+    x = np.random.default_rng(0).integers(0, 256, d["shape"], dtype=np.uint8).astype(d["dtype"])
+
+    def run():
+        interp.set_tensor(d["index"], x)
+        interp.invoke()
+
+    return run
+
+
+@pytest.mark.parametrize("threads", sorted({1, 2, os.cpu_count() or 1}))
+def test_int8_latency(models, record, request, threads):
+    r = measure(_invoke(models["int8"], threads), request.config.getoption("--runs"))
+    record.add(f"tflite int8, {threads} threads", **r, size_bytes=models["int8"].stat().st_size)
+    assert r["p50_ms"] > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float32_latency(models, record, request, threads):
+    if models["float32"] is None:
+        pytest.skip("no float32 model with --model")
+    r = measure(_invoke(models["float32"], threads), request.config.getoption("--runs"))
+    record.add(f"tflite float32, {threads} threads", **r, size_bytes=models["float32"].stat().st_size)
+
+
+def test_keras_latency(models, record, request):
+    if models["keras"] is None:
+        pytest.skip("no Keras model with --model")
+    x = np.zeros((1, 96, 96, 3), np.float32)
+    r = measure(lambda: models["keras"](x, training=False), max(request.config.getoption("--runs") // 4, 10))
+    record.add("keras float32 model(x)", **r)
+
+
+def test_int8_speedup(record):
+    # Ratio measured in the same run (reported; asserted by issue 6's option once tuned).
+    i8, f32 = record.rows.get("tflite int8, 2 threads"), record.rows.get("tflite float32, 2 threads")
+    if not (i8 and f32):
+        pytest.skip("needs both int8 and float32 figures")
+    record.add("speed-up int8 vs float32 (2 threads)", ratio=round(f32["p50_ms"] / i8["p50_ms"], 2))
+    assert i8["p50_ms"] < f32["p50_ms"]
