@@ -10,13 +10,13 @@ from typing import Callable
 import numpy as np
 
 from scopelite.edge import runtime
-from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec, load_sidecar, sha256_file,
+from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec, sha256_file,
                                    write_bytes_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
-from scopelite.train import data as data_lib
 from scopelite.train import model as model_lib
-from scopelite.train._keras import keras, versions
+from scopelite.train._keras import versions
+from scopelite.train.run import heldout_data, load_keras_bundle
 from scopelite.train.metrics import summarize
 
 from .convert import representative_indices, to_int8
@@ -32,32 +32,6 @@ class CompressConfig:
     representative: int = 256
     data: str | None = None  # default: the data the run was trained on
     seed: int = 0
-
-
-def load_keras_bundle(path: str | os.PathLike):
-    sc = load_sidecar(path)
-    if sc.format != "keras":
-        raise UserError(f"{path} is a {sc.format} model; cellcompress takes the model.keras of a training run")
-    if "config" not in sc.provenance:
-        raise UserError(f"{path}: sidecar has no training config; re-train it with celltrain fit")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as e:  # corrupt zip, wrong format...
-        raise UserError(f"cannot load {path} as a Keras model ({type(e).__name__}); is the file complete?") from None
-    return sc, model
-
-
-def heldout_data(sc: Sidecar, model_path: Path, data_override: str | None):
-    """The run's dataset and its saved split (re-created from split.json)."""
-    cfg = sc.provenance["config"]
-    split_file = model_path.parent / sc.provenance.get("split_file", "split.json")
-    if not split_file.is_file():
-        raise UserError(f"no {split_file.name} beside {model_path}: cellcompress needs the run's saved split")
-    ds = data_lib.load(data_override or cfg.get("data"), cfg["image_size"], cfg.get("synthetic_per_class", 300),
-                       cfg.get("seed", 0), progress=True)
-    if tuple(ds.class_names) != tuple(sc.labels):
-        raise UserError(f"data classes {ds.class_names} differ from the model's labels {sc.labels}")
-    return ds, data_lib.load_split(split_file, ds)
 
 
 def classify_all(clf: LiteRTClassifier, images: np.ndarray, desc: str) -> np.ndarray:

@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from conftest import run_cli
 from scopelite.compress.ops import DYNAMIC_SHAPE_OPS, op_counts

@@ -55,6 +55,31 @@ def fit(quiet, **opts):
 
 
 @main.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.option("--seed", type=int, default=0, help="Seed of the corrupted copy.")
+@one_line_errors
+def evaluate(run, data, seed):
+    """Evaluate RUN (a run folder or its model.keras) on its held-out test split.
+
+    Accuracy, macro precision/recall/F1, per-class table, calibration error and a
+    confusion matrix, on the clean split and on a corrupted copy of it (one of 16
+    field corruptions per image, severity 1-5). Writes evaluation.json and
+    confusion.png into the run folder.
+
+    
+    Example:
+      celltrain evaluate runs/pbc
+    """
+    from pathlib import Path
+
+    from .evaluate import evaluate as run_eval
+
+    path = Path(run)
+    run_eval(path / "model.keras" if path.is_dir() else path, data=data, seed=seed)
+
+
+@main.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--per-class", type=click.IntRange(min=1), default=100, help="Crops per class.")
 @click.option("--image-size", type=click.IntRange(min=16), default=96)
