@@ -99,3 +99,13 @@ def test_train_bad_inputs(tmp_path, tiny_run):
                            "already holds")
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r4"), "--epochs", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_imagenet_without_network_explains_the_alternatives(tmp_path):
+    import os
+
+    env = dict(os.environ, HOME=str(tmp_path), KERAS_HOME=str(tmp_path / ".keras"),
+               https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")  # no cache, no network
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r"), "--weights", "imagenet", "--epochs", "1",
+                "--synthetic-per-class", "5", "--image-size", "32", env=env)
+    _assert_one_line_error(r, "ImageNet", "--weights none", "--weights FILE")

@@ -94,3 +94,13 @@ def test_info_cli(tiny_run):
     r = run_cli("celledge", "info", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr
     assert '"format": "tflite"' in r.stdout and "loads on the CPU" in r.stdout
+
+
+def test_fit_starts_from_an_earlier_run(tiny_run, tmp_path):
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import fit
+
+    # One epoch at a tiny learning rate: only copied weights can score well.
+    m = fit(FitConfig(out=str(tmp_path / "ft"), arch="tiny", image_size=32, epochs=1, synthetic_per_class=80,
+                      learning_rate=1e-6, weights=str(tiny_run["keras"])), log=lambda _: None, verbose=0)
+    assert m["test"]["accuracy"] >= 0.85

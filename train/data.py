@@ -139,8 +139,9 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
     for c in np.unique(labels):
         idx = np.flatnonzero((labels == c) & keep)
         rng.shuffle(idx)
-        n_val = int(round(fractions[1] * len(idx)))
-        n_test = int(round(fractions[2] * len(idx)))
+        # at least one val and one test image per class when the class has 3 or more
+        n_val = max(int(round(fractions[1] * len(idx))), int(fractions[1] > 0 and len(idx) >= 3))
+        n_test = max(int(round(fractions[2] * len(idx))), int(fractions[2] > 0 and len(idx) >= 3))
         out["val"] += idx[:n_val].tolist()
         out["test"] += idx[n_val : n_val + n_test].tolist()
         out["train"] += idx[n_val + n_test :].tolist()

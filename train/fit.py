@@ -80,6 +80,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1) ->
     out = Path(cfg.out)
     if (out / MODEL_FILE).exists():
         raise UserError(f"{out} already holds a trained model; choose another --out or delete it")
+    model_lib.check_weights_arg(cfg.weights, cfg.arch)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
 

@@ -50,9 +50,8 @@ def build(arch: str, image_size: int, n_classes: int, weights: str = "none", dro
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     inp = keras.Input((image_size, image_size, 3), batch_size=batch_size, name="pixels")
     x = _normalise(inp)
+    check_weights_arg(weights or "none", arch)
     if arch == "tiny":
-        if weights not in ("none", None) and weights == "imagenet":
-            raise UserError("--weights imagenet needs --arch efficientnetv2b0")
         out = _tiny(x, n_classes, dropout)
     else:
         try:
@@ -68,6 +67,14 @@ def build(arch: str, image_size: int, n_classes: int, weights: str = "none", dro
     if weights not in (None, "none", "imagenet"):
         copy_weights_from(model, weights)
     return model
+
+
+def check_weights_arg(weights: str, arch: str) -> None:
+    """Fail fast on a bad --weights before any data is read."""
+    if weights == "imagenet" and arch != "efficientnetv2b0":
+        raise UserError("--weights imagenet needs --arch efficientnetv2b0")
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise UserError(f"--weights {weights}: no such file; use none, imagenet or a .keras model from an earlier run")
 
 
 def copy_weights_from(model, path: str) -> int:
