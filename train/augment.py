@@ -8,6 +8,8 @@ sensor noise and JPEG artefacts — each applied with probability ``p`` at
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ._keras import tf
 
 POLICIES = ("none", "flips", "strong")
@@ -105,20 +107,67 @@ def make_augment(policy: str, strength: float = 0.7, p: float = 0.5):
     return fn
 
 
+def _beta(shape, alpha):
+    g1 = tf.random.gamma(shape, alpha)
+    g2 = tf.random.gamma(shape, alpha)
+    return g1 / (g1 + g2)
+
+
+def mix_batch(x, y, alpha: float = 0.4):
+    """MixUp or CutMix (coin flip) of a batch with a shuffled copy of itself; labels mixed alike."""
+    n = tf.shape(x)[0]
+    perm = tf.random.shuffle(tf.range(n))
+    x2, y2 = tf.gather(x, perm), tf.gather(y, perm)
+
+    def mixup():
+        lam = _beta([n, 1, 1, 1], alpha)
+        return lam * x + (1 - lam) * x2, tf.reshape(lam, [n, 1]) * y + (1 - tf.reshape(lam, [n, 1])) * y2
+
+    def cutmix():
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        lam = _beta([], alpha)
+        ch = tf.cast(tf.cast(h, tf.float32) * tf.sqrt(1 - lam), tf.int32)
+        cw = tf.cast(tf.cast(w, tf.float32) * tf.sqrt(1 - lam), tf.int32)
+        y0 = tf.random.uniform([], 0, h - ch + 1, tf.int32)
+        x0 = tf.random.uniform([], 0, w - cw + 1, tf.int32)
+        mask = tf.pad(tf.ones([ch, cw]), [[y0, h - y0 - ch], [x0, w - x0 - cw]])[None, :, :, None]
+        area = tf.cast(ch * cw, tf.float32) / tf.cast(h * w, tf.float32)
+        return x * (1 - mask) + x2 * mask, (1 - area) * y + area * y2
+
+    return tf.cond(tf.random.uniform([]) < 0.5, mixup, cutmix)
+
+
 def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool,
-                 policy: str = "flips", strength: float = 0.7, seed: int = 0):
-    """Batches of (float32 pixels, one-hot labels); shuffled and augmented when training."""
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
+                 policy: str = "flips", strength: float = 0.7, seed: int = 0, image_size: int | None = None,
+                 balance: str = "none", mixup: float = 0.0):
+    """Batches of (float32 pixels, one-hot labels); shuffled and augmented when training.
+
+    Args:
+        image_size: resize to this size (progressive resizing); None keeps the stored size.
+        balance: "oversample" draws every class equally often (epoch length unchanged).
+        mixup: probability that a batch is mixed (MixUp or CutMix).
+    """
+    labels = np.asarray(labels)
+    if training and balance == "oversample":
+        per_class = [tf.data.Dataset.from_tensor_slices((images[labels == c], labels[labels == c]))
+                     .shuffle(int((labels == c).sum()), seed=seed + c).repeat()
+                     for c in np.unique(labels)]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed).take(len(labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        if training:
+            ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
     aug = make_augment(policy if training else "none", strength)
+    resize = image_size is not None and image_size != images.shape[1]
 
     def prep(x, y):
         x = tf.cast(x, tf.float32)
+        if resize:
+            x = tf.image.resize(x, [image_size, image_size], method="area")
         return aug(x), tf.one_hot(y, n_classes)
 
-    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-__all__ = ["POLICIES", "make_augment", "make_dataset"]
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training).batch(batch_size)
+    if training and mixup > 0:
+        ds = ds.map(lambda x, y: tf.cond(tf.random.uniform([]) < mixup, lambda: mix_batch(x, y), lambda: (x, y)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

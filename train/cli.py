@@ -1,11 +1,13 @@
 """``celltrain``: make data, train and evaluate blood-cell classifiers. Thin over the library."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import click
 
 from scopelite.edge.errors import one_line_errors
 
-from .config import FitConfig
+from .config import BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig
 
 _D = FitConfig(out="")
 
@@ -22,36 +24,97 @@ def main() -> None:
     """
 
 
+def _load_yaml_defaults(ctx, param, value):
+    """--config FILE: YAML keys are fit options (dashes or underscores); flags still override them."""
+    if not value:
+        return value
+    import yaml
+
+    try:
+        raw = yaml.safe_load(open(value)) or {}
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{value} is not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option: value")
+    names = {f.name for f in fields(FitConfig)}
+    unknown = [k for k in raw if k.replace("-", "_") not in names]
+    if unknown:
+        raise click.BadParameter(f"{value}: unknown keys {unknown}; see celltrain fit --help")
+    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in raw.items()}}
+    return value
+
+
 @main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml_defaults,
+              is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
 @click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg). Default: generated synthetic smears.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--exclude", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="File of image ids to leave out (from celltrain audit --exclusions).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Continue the killed or stopped run in this folder (its config is reused).")
 @click.option("--arch", type=click.Choice(["efficientnetv2b0", "tiny"]), default=_D.arch)
 @click.option("--weights", default=_D.weights, help="imagenet | none | FILE (.keras from an earlier run).")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs)
 @click.option("--image-size", type=click.IntRange(min=16), default=_D.image_size, help="Square input size in pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size)
-@click.option("--lr", "learning_rate", type=float, default=_D.learning_rate, help="Peak learning rate (AdamW, warm-up + cosine).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer)
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=_D.learning_rate,
+              help="Peak learning rate (after warm-up).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=_D.schedule)
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=_D.warmup_epochs)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay)
 @click.option("--augment", type=click.Choice(["none", "flips", "strong"]), default=_D.augment,
               help="strong adds zoom, exposure, colour, stain, blur, noise and JPEG.")
+@click.option("--strength", type=click.FloatRange(0, 1), default=_D.strength, help="Strength of strong augmentation.")
+@click.option("--mixup", type=click.FloatRange(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
+@click.option("--progressive/--no-progressive", default=_D.progressive,
+              help="Progressive resizing: 60%->100% image size and weak->full augmentation over 3 stages.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=_D.label_smoothing)
-@click.option("--class-weights/--no-class-weights", default=_D.class_weights, help="Balance rare classes in the loss.")
+@click.option("--balance", type=click.Choice(BALANCE), default=_D.balance,
+              help="Class imbalance: loss weights, oversampling, or nothing.")
+@click.option("--fine-tune-fraction", type=click.FloatRange(0, 1), default=_D.fine_tune_fraction,
+              help="With pretrained weights: share of the backbone unfrozen after the head phase.")
+@click.option("--head-epochs", type=click.IntRange(min=0), default=_D.head_epochs,
+              help="With pretrained weights: epochs on a frozen backbone first.")
+@click.option("--patience", type=click.IntRange(min=0), default=_D.patience,
+              help="Stop after this many epochs without a better val accuracy (0: never); best weights are kept.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
+              help="tf.distribute: mirrored (all local GPUs) or multiworker (TF_CONFIG).")
+@click.option("--mixed-precision", is_flag=True, help="float16 compute where a GPU has it.")
 @click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
 @click.option("--seed", type=int, default=_D.seed)
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 @one_line_errors
-def fit(quiet, **opts):
+def fit(quiet, resume, **opts):
     """Train a model; write model.keras + model.json, config, split and curves to --out.
 
     \b
-    Example (the README demo, ~3 min on 2 cores):
-      celltrain fit --out runs/demo --image-size 64 --epochs 4 --weights none
-    Real data:
-      celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --epochs 30
+    Example (the README demo, ~2 min on 2 cores):
+      celltrain fit --out runs/demo --image-size 64 --epochs 6 --weights none
+    Real data, strong augmentation, progressive resizing:
+      celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
+    Continue after a crash or kill:
+      celltrain fit --resume runs/pbc
     """
+    import json
+    from pathlib import Path
+
+    from scopelite.edge.errors import UserError
+
     from .fit import fit as run_fit
 
-    run_fit(FitConfig(**opts), verbose=2 if quiet else 1)
+    if resume:
+        cfg_file = Path(resume) / "config.json"
+        if not cfg_file.is_file():
+            raise UserError(f"{resume} is not a run folder (no config.json)")
+        cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
+    else:
+        if not opts["out"]:
+            raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
+        cfg = FitConfig(**opts)
+    run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
 
 
 @main.command()

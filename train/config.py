@@ -1,25 +1,41 @@
-"""The resolved configuration of a training run (saved beside its outputs)."""
+"""The resolved configuration of a training run (saved beside its outputs as config.json)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+OPTIMIZERS = ("adamw", "adam", "lion")
+SCHEDULES = ("cosine", "exponential")
+BALANCE = ("weights", "oversample", "none")
+STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 @dataclass(frozen=True)
 class FitConfig:
     out: str
     data: str | None = None  # None: generated synthetic smears
+    exclude: str | None = None  # a file of image ids to leave out (celltrain audit --exclusions)
     arch: str = "efficientnetv2b0"
     weights: str = "none"
     image_size: int = 96
     epochs: int = 10
     batch_size: int = 32
+    optimizer: str = "adamw"
     learning_rate: float = 2e-3
+    schedule: str = "cosine"
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.05
     dropout: float = 0.2
-    class_weights: bool = True
+    balance: str = "weights"
     augment: str = "flips"  # "none" | "flips" | "strong"
+    strength: float = 0.7
+    mixup: float = 0.0  # probability of MixUp/CutMix per batch
+    progressive: bool = False  # small images + weak augmentation early, full size + strong late
+    fine_tune_fraction: float = 0.3  # with pretrained weights: share of the backbone unfrozen in phase 2
+    head_epochs: int = 2  # with pretrained weights: epochs of phase 1 (frozen backbone)
+    patience: int = 0  # early stopping on val accuracy; 0: off (best weights are kept anyway)
+    strategy: str = "none"
+    mixed_precision: bool = False
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1

@@ -148,6 +148,19 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
     return {s: np.sort(np.array(v, np.int64)) for s, v in out.items()}
 
 
+def read_exclusions(path: str | os.PathLike, ds: Dataset) -> np.ndarray:
+    """Indices of the image ids listed (one per line, '#' comments) in ``path``; unknown ids are an error."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"exclusion list {p} not found (celltrain audit --exclusions writes one)")
+    wanted = [x.strip() for x in p.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    pos = {id_: i for i, id_ in enumerate(ds.ids)}
+    unknown = [x for x in wanted if x not in pos]
+    if unknown:
+        raise UserError(f"{len(unknown)} ids in {p} are not in {ds.description} (first: {unknown[0]})")
+    return np.array(sorted(pos[x] for x in wanted), np.int64)
+
+
 def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray], seed: int) -> None:
     write_json_atomic(path, {"seed": seed, "class_names": list(ds.class_names), "description": ds.description,
                              **{s: [ds.ids[i] for i in split[s]] for s in SPLITS}})

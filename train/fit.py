@@ -1,15 +1,24 @@
-"""Train a classifier and write it as a bundle (model.keras + model.json) in a run folder."""
+"""Train a classifier and write it as a bundle (model.keras + model.json) in a run folder.
+
+The run folder holds everything needed to repeat or continue the run:
+config.json (resolved config), split.json, checkpoints/last.keras (every
+epoch), checkpoints/best.keras (best val accuracy), state.json (epochs done),
+history.csv/json, curves.png and TensorBoard logs.
+"""
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from scopelite.edge.bundle import InputSpec, Sidecar, TensorSpec, sha256_file, write_json_atomic, write_sidecar
+from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_json_atomic,
+                                   write_sidecar)
 from scopelite.edge.errors import UserError
 
 from . import data as data_lib
@@ -22,21 +31,53 @@ from .metrics import summarize
 MODEL_FILE = "model.keras"
 
 
+@keras.utils.register_keras_serializable("scopelite")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0."""
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine (or exponential) decay."""
 
-    def __init__(self, peak: float, total: int, warmup: int):
-        self.peak, self.total, self.warmup = float(peak), int(total), int(warmup)
+    def __init__(self, peak: float, total: int, warmup: int, kind: str = "cosine"):
+        self.peak, self.total, self.warmup, self.kind = float(peak), int(total), int(warmup), kind
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1) / max(self.warmup, 1)
-        t = (step - self.warmup) / max(self.total - self.warmup, 1)
-        cos = 0.5 * self.peak * (1 + tf.cos(np.pi * tf.clip_by_value(t, 0.0, 1.0)))
-        return tf.where(step < self.warmup, warm, cos)
+        t = tf.clip_by_value((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        if self.kind == "exponential":
+            decay = self.peak * tf.pow(0.01, t)  # to 1 % of the peak at the end
+        else:
+            decay = 0.5 * self.peak * (1 + tf.cos(np.pi * t))
+        return tf.where(step < self.warmup, warm, decay)
 
     def get_config(self):
-        return {"peak": self.peak, "total": self.total, "warmup": self.warmup}
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Epochs [start, end) trained with one image size, strength and set of trainable layers."""
+
+    start: int
+    end: int
+    image_size: int
+    strength: float
+    phase: str  # "scratch" | "head" | "finetune"
+
+
+def plan(cfg: FitConfig) -> list[Segment]:
+    """Phases (head on a frozen backbone, then fine-tuning, when pretrained) and progressive-resizing stages."""
+    pretrained = cfg.weights != "none"
+    head = min(cfg.head_epochs, cfg.epochs - 1) if pretrained and cfg.epochs > 1 else 0
+    segs = [Segment(0, head, cfg.image_size, cfg.strength * 0.5, "head")] if head else []
+    phase = "finetune" if pretrained else "scratch"
+    n = cfg.epochs - head
+    if not cfg.progressive or n < 3:
+        return segs + [Segment(head, cfg.epochs, cfg.image_size, cfg.strength, phase)]
+    # EfficientNetV2's progressive learning: 3 stages, 60 % -> 100 % of the size, weak -> full augmentation.
+    bounds = np.linspace(head, cfg.epochs, 4).round().astype(int)
+    for i in range(3):
+        size = int(round(cfg.image_size * (0.6 + 0.2 * i) / 8) * 8)
+        segs.append(Segment(int(bounds[i]), int(bounds[i + 1]), max(size, 16), cfg.strength * (0.4 + 0.3 * i), phase))
+    return segs
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -47,6 +88,72 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 def predict(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+
+
+def make_strategy(name: str):
+    """tf.distribute strategy; SCOPELITE_CPU_REPLICAS=N splits the CPU into N replicas (for tests)."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG
+    n = int(os.environ.get("SCOPELITE_CPU_REPLICAS", "0"))
+    if n > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
+    return tf.distribute.MirroredStrategy()
+
+
+def set_trainable(model, phase: str, fine_tune_fraction: float) -> bool:
+    """Freeze per phase; BatchNormalization stays frozen when fine-tuning. Returns True if anything changed."""
+    before = [layer.trainable for layer in model.layers]
+    body = [layer for layer in model.layers if layer.name not in ("predictions", "top_dropout")]
+    if phase == "scratch":
+        for layer in model.layers:
+            layer.trainable = True
+    elif phase == "head":
+        for layer in body:
+            layer.trainable = False
+    else:
+        first = int(len(body) * (1 - fine_tune_fraction))
+        for i, layer in enumerate(body):
+            layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+    return before != [layer.trainable for layer in model.layers]
+
+
+def _optimizer(cfg: FitConfig, total_steps: int, warmup_steps: int):
+    lr = WarmupCosine(cfg.learning_rate, total_steps, warmup_steps, cfg.schedule)
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "lion":
+        return keras.optimizers.Lion(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+
+
+def _compile(model, cfg: FitConfig, seg: Segment, steps: int, segments: list[Segment]):
+    phase_epochs = sum(s.end - s.start for s in segments if s.phase == seg.phase)
+    model.compile(
+        optimizer=_optimizer(cfg, steps * phase_epochs, int(steps * min(cfg.warmup_epochs, phase_epochs))),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+class _EpochState(keras.callbacks.Callback):
+    """Write state.json after every epoch (after the checkpoint), for --resume."""
+
+    def __init__(self, path: Path, best: float):
+        super().__init__()
+        self.path, self.best, self.t0 = path, best, 0.0
+        self.epoch_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.time() - self.t0)
+        self.best = max(self.best, float((logs or {}).get("val_accuracy", -1)))
+        write_json_atomic(self.path, {"epochs_done": epoch + 1, "best_val_accuracy": self.best})
 
 
 def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dict, extra: dict) -> Sidecar:
@@ -71,80 +178,138 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
     )
 
 
-def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1) -> dict:
-    """Train per ``cfg``; write the bundle, config, split and history into ``cfg.out``.
-
-    Returns:
-        The metrics written into the sidecar.
-    """
+def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, dict, int, float]:
     out = Path(cfg.out)
-    if (out / MODEL_FILE).exists():
-        raise UserError(f"{out} already holds a trained model; choose another --out or delete it")
+    state_file = out / "state.json"
+    if resume:
+        if not (out / "checkpoints" / "last.keras").is_file() or not state_file.is_file():
+            raise UserError(f"{out} has no checkpoint to resume from; start it with celltrain fit --out {out}")
+        if (out / MODEL_FILE).exists():
+            raise UserError(f"{out} already finished (model.keras exists); nothing to resume")
+    else:
+        if (out / MODEL_FILE).exists():
+            raise UserError(f"{out} already holds a trained model; choose another --out or delete it")
+        if state_file.exists():
+            raise UserError(f"{out} holds an unfinished run; continue it with celltrain fit --resume {out}")
     model_lib.check_weights_arg(cfg.weights, cfg.arch)
     out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
 
     log(f"[1/4] loading data: {cfg.data or 'generated synthetic smears'}")
-    ds = data_lib.load(cfg.data, cfg.image_size, cfg.synthetic_per_class, cfg.seed, progress=verbose > 0)
+    ds = data_lib.load(cfg.data, cfg.image_size, cfg.synthetic_per_class, cfg.seed, progress=True)
     if ds.synthetic:
         log("      NOTE: training on SYNTHETIC data - the model is a demo, not a blood-cell classifier")
-    dups = data_lib.exact_duplicates(ds.images)
+    if resume:
+        split = data_lib.load_split(out / "split.json", ds)
+        state = json.loads(state_file.read_text())
+        return ds, split, int(state["epochs_done"]), float(state["best_val_accuracy"])
+    drop = data_lib.exact_duplicates(ds.images)
+    if cfg.exclude:
+        drop = np.union1d(drop, data_lib.read_exclusions(cfg.exclude, ds))
     fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
-    split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=dups)
+    split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=drop)
     if min(len(v) for v in split.values()) == 0:
         raise UserError(f"{len(ds)} images are too few to split into train/val/test; add data")
     data_lib.save_split(out / "split.json", ds, split, cfg.seed)
     write_json_atomic(out / "config.json", cfg.to_json())
-    n_classes = len(ds.class_names)
-    log(f"      {len(ds)} images, {len(dups)} exact duplicates dropped; "
+    log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
+    return ds, split, 0, -1.0
 
-    log(f"[2/4] building {cfg.arch} at {cfg.image_size}x{cfg.image_size}, weights={cfg.weights}")
-    model = model_lib.build(cfg.arch, cfg.image_size, n_classes, cfg.weights, cfg.dropout)
+
+def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, resume: bool = False) -> dict:
+    """Train per ``cfg`` (or continue the run in ``cfg.out`` with ``resume``); write the bundle.
+
+    Returns:
+        The metrics written into the sidecar.
+    """
+    strategy = make_strategy(cfg.strategy)  # before any other TensorFlow work
+    if cfg.mixed_precision:
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            log("      mixed precision needs a GPU; training in float32")
+    out = Path(cfg.out)
+    ds, split, done, best = _prepare_run(cfg, resume, log)
+    keras.utils.set_random_seed(cfg.seed + done)
+    n_classes = len(ds.class_names)
     tr, va, te = (ds.subset(split[s]) for s in data_lib.SPLITS)
-    train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seed=cfg.seed)
-    val_ds = make_dataset(va.images, va.labels, n_classes, cfg.batch_size, False)
+    segments = plan(cfg)
     steps = int(np.ceil(len(tr) / cfg.batch_size))
-    schedule = WarmupCosine(cfg.learning_rate, steps * cfg.epochs, int(steps * cfg.warmup_epochs))
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
-    log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation: {cfg.augment})")
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=max(cfg.epochs, 1),
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-    ]
+
+    with strategy.scope():
+        if resume:
+            log(f"[2/4] resuming after epoch {done} from {ckpt / 'last.keras'}")
+            model = keras.models.load_model(ckpt / "last.keras")
+        else:
+            log(f"[2/4] building {cfg.arch} at {cfg.image_size}x{cfg.image_size}, weights={cfg.weights}"
+                + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else ""))
+            model = model_lib.build(cfg.arch, None if cfg.progressive else cfg.image_size, n_classes, cfg.weights,
+                                    cfg.dropout)
+    log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {cfg.augment}, "
+        f"{', '.join(f'{s.phase} {s.start + 1}-{s.end}@{s.image_size}px' for s in segments)})")
+    cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
+    val_ds = make_dataset(va.images, va.labels, n_classes, cfg.batch_size, False)
+    state_cb = _EpochState(out / "state.json", best)
+    best_cb = keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor="val_accuracy", mode="max",
+                                              save_best_only=True, initial_value_threshold=best if best >= 0 else None)
+    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")), best_cb, state_cb,
+                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+                 keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")]
+    if cfg.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     t0 = time.time()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose, callbacks=callbacks,
-                     class_weight=class_weights(tr.labels, n_classes) if cfg.class_weights else None)
+    for seg in segments:
+        if seg.end <= done:
+            continue
+        with strategy.scope():
+            changed = set_trainable(model, seg.phase, cfg.fine_tune_fraction)
+            if changed or model.optimizer is None:  # a new phase, or a fresh model
+                _compile(model, cfg, seg, steps, segments)
+        train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seg.strength,
+                                cfg.seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
+                                mixup=cfg.mixup)
+        hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
+                         verbose=verbose, callbacks=callbacks, class_weight=cw)
+        done = seg.end
+        if model.stop_training or (cfg.patience and len(hist.epoch) < seg.end - seg.start):
+            break
     train_s = time.time() - t0
 
     log("[4/4] evaluating on the held-out split and writing the bundle")
+    if (ckpt / "best.keras").is_file():
+        model.set_weights(keras.models.load_model(ckpt / "best.keras", compile=False).get_weights())
+    fixed = model_lib.rebuild_for_export(model, cfg.arch, cfg.image_size, n_classes, batch_size=None)
+    epochs_run = len(state_cb.epoch_seconds)
     metrics = {
         "split": "test",
-        "val": {"accuracy": summarize(va.labels, predict(model, va.images), ds.class_names)["accuracy"]},
-        "test": summarize(te.labels, predict(model, te.images), ds.class_names),
+        "val": {"accuracy": summarize(va.labels, predict(fixed, va.images), ds.class_names)["accuracy"]},
+        "test": summarize(te.labels, predict(fixed, te.images), ds.class_names),
         "train_seconds": round(train_s, 1),
-        "images_per_second": round(len(tr) * len(hist.history.get("loss", [])) / max(train_s, 1e-9), 1),
+        "epochs_this_session": epochs_run,
+        "images_per_second": round(len(tr) * epochs_run / max(train_s, 1e-9), 1),
     }
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    history = _read_history(out / "history.csv")
+    history["epoch_seconds_this_session"] = [round(s, 1) for s in state_cb.epoch_seconds]
     write_json_atomic(out / "history.json", history)
     _plot_history(history, out / "curves.png")
-    from scopelite.edge.bundle import atomic_path  # noqa: PLC0415
-
     final = out / MODEL_FILE
     with atomic_path(final) as tmp:
-        model.save(tmp)
-    write_sidecar(final, keras_sidecar(final, cfg, ds, metrics, {}))
+        fixed.save(tmp)
+    write_sidecar(final, keras_sidecar(final, cfg, ds, metrics,
+                                       {"replicas": strategy.num_replicas_in_sync, "resumed": resume}))
     log(f"      test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
         f"({len(te)} images) -> {final}")
     return metrics
+
+
+def _read_history(path: Path) -> dict:
+    import csv  # noqa: PLC0415
+
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in keys}
 
 
 def _plot_history(history: dict, path: Path) -> None:
@@ -156,7 +321,7 @@ def _plot_history(history: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
-            if prefix + key in history:
+            if history.get(prefix + key):
                 ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key], style,
                         label=(prefix or "train_") + key)
         ax.set_xlabel("epoch")
@@ -170,5 +335,4 @@ def _plot_history(history: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_run_config(model_path: str | Path) -> dict:
-    return json.loads((Path(model_path).parent / "config.json").read_text())
+__all__ = ["FitConfig", "fit", "plan"]

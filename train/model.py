@@ -24,18 +24,19 @@ def _tiny(x, n_classes: int, dropout: float):
         x = keras.layers.ReLU(name=f"relu{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
-def _efficientnetv2b0(x, n_classes: int, dropout: float, weights: str | None):
+def _efficientnetv2b0(x, shape, n_classes: int, dropout: float, weights: str | None):
     base = keras.applications.EfficientNetV2B0(
-        include_top=False, weights=weights, input_tensor=x, include_preprocessing=False, pooling="avg"
+        include_top=False, weights=weights, input_tensor=x, input_shape=shape, include_preprocessing=False,
+        pooling="avg",
     )
     y = keras.layers.Dropout(dropout, name="top_dropout")(base.output)
-    return keras.layers.Dense(n_classes, activation="softmax", name="predictions")(y)
+    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(y)
 
 
-def build(arch: str, image_size: int, n_classes: int, weights: str = "none", dropout: float = 0.2,
+def build(arch: str, image_size: int | None, n_classes: int, weights: str = "none", dropout: float = 0.2,
           batch_size: int | None = None):
     """A flat functional model (no nested sub-models, so TFMOT can annotate it).
 
@@ -44,18 +45,20 @@ def build(arch: str, image_size: int, n_classes: int, weights: str = "none", dro
         weights: "none", "imagenet" (EfficientNetV2B0 only, needs network or
             a Keras cache), or a path to a ``.keras`` model whose layers are
             copied by name where shapes match.
+        image_size: square input size; None accepts any size (progressive resizing).
         batch_size: None for training; 1 for export (static shapes for the Edge TPU).
     """
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     inp = keras.Input((image_size, image_size, 3), batch_size=batch_size, name="pixels")
+    shape = (image_size, image_size, 3)
     x = _normalise(inp)
     check_weights_arg(weights or "none", arch)
     if arch == "tiny":
         out = _tiny(x, n_classes, dropout)
     else:
         try:
-            out = _efficientnetv2b0(x, n_classes, dropout, "imagenet" if weights == "imagenet" else None)
+            out = _efficientnetv2b0(x, shape, n_classes, dropout, "imagenet" if weights == "imagenet" else None)
         except Exception as e:
             if weights != "imagenet":
                 raise
@@ -101,8 +104,8 @@ def copy_weights_from(model, path: str) -> int:
     return copied
 
 
-def rebuild_for_export(model, arch: str, image_size: int, n_classes: int):
-    """The same network with a fixed batch of 1 and the trained weights."""
-    fixed = build(arch, image_size, n_classes, weights="none", batch_size=1)
+def rebuild_for_export(model, arch: str, image_size: int, n_classes: int, batch_size: int | None = 1):
+    """The same network at a fixed input size (and by default a fixed batch of 1), with its weights."""
+    fixed = build(arch, image_size, n_classes, weights="none", batch_size=batch_size)
     fixed.set_weights(model.get_weights())
     return fixed
