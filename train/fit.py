@@ -254,8 +254,9 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     state_cb = _EpochState(out / "state.json", best)
     best_cb = keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor="val_accuracy", mode="max",
                                               save_best_only=True, initial_value_threshold=best if best >= 0 else None)
-    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")), best_cb, state_cb,
-                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+    # Order matters for --resume: checkpoint, then the log line, then state.json.
+    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")), best_cb,
+                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=True), state_cb,
                  keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")]
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))

@@ -1,0 +1,116 @@
+"""celltrain fit options that a real run depends on, on the tiny model."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.train.config import FitConfig
+from scopelite.train.fit import plan, set_trainable
+
+QUIET = dict(log=lambda _: None, verbose=0)
+
+
+def _fit(tmp_path, name, **kw):
+    from scopelite.train.fit import fit
+
+    base = dict(out=str(tmp_path / name), arch="tiny", image_size=32, epochs=2, synthetic_per_class=20,
+                learning_rate=5e-3)
+    base.update(kw)
+    return fit(FitConfig(**base), **QUIET)
+
+
+def test_plan_phases_and_progressive_stages():
+    segs = plan(FitConfig(out="x", epochs=9, progressive=True))
+    assert [(s.start, s.end) for s in segs] == [(0, 3), (3, 6), (6, 9)]
+    assert [s.image_size for s in segs] == [56, 80, 96]  # 60 %, 80 %, 100 %, multiples of 8
+    assert segs[0].strength < segs[-1].strength
+    segs = plan(FitConfig(out="x", epochs=10, weights="model.keras", head_epochs=2))
+    assert [(s.phase, s.start, s.end) for s in segs] == [("head", 0, 2), ("finetune", 2, 10)]
+
+
+def test_fine_tune_freezes_batchnorm_and_part_of_the_backbone():
+    from scopelite.train._keras import keras
+    from scopelite.train.model import build
+
+    m = build("efficientnetv2b0", 32, 8)
+    set_trainable(m, "head", 0.3)
+    assert [layer.name for layer in m.layers if layer.trainable and layer.weights] == ["predictions"]
+    set_trainable(m, "finetune", 0.3)
+    assert not any(layer.trainable for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization))
+    convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert not convs[0].trainable and convs[-1].trainable
+    assert 0.15 < np.mean([c.trainable for c in convs]) < 0.5
+
+
+@pytest.mark.parametrize("opts", [
+    dict(progressive=True, epochs=3),
+    dict(balance="oversample", mixup=0.5, optimizer="lion", schedule="exponential", learning_rate=3e-4),
+    dict(augment="strong", optimizer="adam", patience=1),
+])
+def test_option_combinations_train(tmp_path, opts):
+    m = _fit(tmp_path, "r", **opts)
+    assert 0 <= m["test"]["accuracy"] <= 1
+    assert (tmp_path / "r" / "curves.png").is_file() and (tmp_path / "r" / "tensorboard").is_dir()
+    hist = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert 1 <= len(hist["val_accuracy"]) <= opts.get("epochs", 2)
+
+
+def test_mirrored_strategy_on_two_cpu_replicas(tmp_path):
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "m"), "--arch", "tiny", "--image-size", "32",
+                "--epochs", "1", "--synthetic-per-class", "12", "--strategy", "mirrored", "--batch-size", "16",
+                "--quiet", env=dict(os.environ, SCOPELITE_CPU_REPLICAS="2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    prov = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]
+    assert prov["replicas"] == 2 and prov["config"]["strategy"] == "mirrored"
+
+
+def test_yaml_config_supplies_defaults_and_flags_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("arch: tiny\nimage-size: 32\nepochs: 1\nsynthetic_per_class: 10\nlabel_smoothing: 0.2\n")
+    r = run_cli("celltrain", "fit", "--config", str(cfg), "--out", str(tmp_path / "y"), "--label-smoothing", "0.1",
+                "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads((tmp_path / "y" / "config.json").read_text())
+    assert saved["arch"] == "tiny" and saved["image_size"] == 32 and saved["label_smoothing"] == 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    r = run_cli("celltrain", "fit", "--config", str(bad), "--out", str(tmp_path / "z"))
+    assert r.returncode == 2 and "unknown keys" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_after_a_real_kill(tmp_path):
+    run = tmp_path / "k"
+    exe = Path(sys.executable).parent / "celltrain"
+    p = subprocess.Popen([str(exe), "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32",
+                          "--epochs", "40", "--synthetic-per-class", "60", "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "state.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 3 <= done < 40 and not (run / "model.keras").exists()
+    r = run_cli("celltrain", "fit", "--out", str(run), "--arch", "tiny")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("celltrain", "fit", "--resume", str(run), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming after epoch {done}" in r.stdout
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    epochs = [int(x["epoch"]) for x in rows]
+    # every epoch once; a kill can land between the checkpoint and the log line, so allow one repeat
+    assert sorted(set(epochs)) == list(range(40)) and len(epochs) <= 41
+    assert json.loads(state.read_text())["epochs_done"] == 40
+    assert json.loads((run / "model.json").read_text())["provenance"]["resumed"] is True
+    assert json.loads((run / "model.json").read_text())["metrics"]["test"]["accuracy"] >= 0.85
