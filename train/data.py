@@ -31,6 +31,7 @@ class Dataset:
     class_names: tuple[str, ...]
     description: str
     synthetic: bool
+    predefined_split: dict[str, np.ndarray] | None = None  # e.g. MedMNIST's own train/val/test
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -105,11 +106,88 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     return Dataset(images, labels, ids, class_names, f"class folders at {root.resolve()}", False)
 
 
+def _resize_all(images: np.ndarray, image_size: int) -> np.ndarray:
+    if images.shape[1:3] == (image_size, image_size):
+        return images
+    interp = cv2.INTER_AREA if images.shape[1] > image_size else cv2.INTER_LINEAR
+    out = np.empty((len(images), image_size, image_size, 3), np.uint8)
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        s = min(h, w)
+        out[i] = cv2.resize(img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s],
+                            (image_size, image_size), interpolation=interp)
+    return out
+
+
+def _check_images(x: np.ndarray, where: str) -> np.ndarray:
+    """uint8 (N,H,W,3) or grey (N,H,W)/(N,H,W,1) -> uint8 (N,H,W,3), or one clear error."""
+    if x.dtype != np.uint8:
+        raise UserError(f"{where}: images must be uint8 0-255, got {x.dtype}; convert with (x * 255).astype('uint8') "
+                        "if they are floats in 0-1")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+        raise UserError(f"{where}: images must be (N, H, W, 3) RGB or (N, H, W) grey, got shape {x.shape}")
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def _check_labels(y: np.ndarray, n: int, n_classes: int, where: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{where}: labels must be integers, shape (N,) or (N, 1), got {y.dtype} {y.shape}")
+    if len(y) != n:
+        raise UserError(f"{where}: {n} images but {len(y)} labels; they must match one to one")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise UserError(f"{where}: labels must be 0..{n_classes - 1} ({', '.join(CLASS_NAMES)}), "
+                        f"found {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
+    """AN2DL-style ``images``/``labels`` or MedMNIST ``{train,val,test}_{images,labels}`` (its split is kept)."""
+    p = Path(path)
+    try:
+        z = np.load(p, allow_pickle=False)
+        keys = set(z.files)
+    except FileNotFoundError:
+        raise UserError(f"{p} not found") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot read {p} as .npz ({e}); object arrays are refused (allow_pickle=False)") from None
+    try:
+        if {"images", "labels"} <= keys:
+            x = _check_images(z["images"], f"{p}['images']")
+            y = _check_labels(z["labels"], len(x), len(CLASS_NAMES), f"{p}['labels']")
+            ids = [f"{p.name}:{i}" for i in range(len(y))]
+            predefined = None
+        elif {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")} <= keys:
+            xs, ys, ids, predefined, start = [], [], [], {}, 0
+            for s in SPLITS:
+                xi = _check_images(z[f"{s}_images"], f"{p}['{s}_images']")
+                ys.append(_check_labels(z[f"{s}_labels"], len(xi), len(CLASS_NAMES), f"{p}['{s}_labels']"))
+                xs.append(_resize_all(xi, image_size))
+                ids += [f"{s}:{i}" for i in range(len(xi))]
+                predefined[s] = np.arange(start, start + len(xi))
+                start += len(xi)
+            x, y = np.concatenate(xs), np.concatenate(ys)
+        else:
+            raise UserError(f"{p} holds {sorted(keys)}; expected 'images' + 'labels' (AN2DL) or "
+                            "train/val/test _images + _labels (MedMNIST)")
+    except ValueError as e:
+        raise UserError(f"cannot read {p}: {e}; object arrays are refused (allow_pickle=False)") from None
+    missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if not (y == c).any()]
+    if missing:
+        raise UserError(f"{p} has no images of class(es) {', '.join(missing)}; every class needs images")
+    return Dataset(_resize_all(x, image_size), y, ids, CLASS_NAMES, f"npz file {p.resolve()}", False, predefined)
+
+
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,
          progress: bool = False) -> Dataset:
-    """``None`` or ``"synthetic"``: generated data; otherwise a class-folder path."""
+    """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path."""
     if spec in (None, "", SYNTHETIC):
         return load_synthetic(synthetic_per_class, image_size, seed)
+    if str(spec).lower().endswith(".npz"):
+        return load_npz(spec, image_size)
     return load_folders(spec, image_size, progress=progress)
 
 

@@ -206,7 +206,10 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if cfg.exclude:
         drop = np.union1d(drop, data_lib.read_exclusions(cfg.exclude, ds))
     fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
-    split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=drop)
+    if ds.predefined_split is not None:  # keep the dataset's own split, minus what is dropped
+        split = {k: np.setdiff1d(v, drop) for k, v in ds.predefined_split.items()}
+    else:
+        split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=drop)
     if min(len(v) for v in split.values()) == 0:
         raise UserError(f"{len(ds)} images are too few to split into train/val/test; add data")
     data_lib.save_split(out / "split.json", ds, split, cfg.seed)

@@ -1,0 +1,99 @@
+"""Loaders and splits: every bad input is one clear message naming the file."""
+import cv2
+import numpy as np
+import pytest
+
+from scopelite.edge.errors import UserError
+from scopelite.train import data
+from scopelite.train.synth import make_crops
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return make_crops(4, size=40, seed=2)
+
+
+def test_an2dl_npz(tmp_path, crops):
+    x, y = crops
+    p = tmp_path / "train.npz"
+    np.savez(p, images=x, labels=y[:, None])
+    ds = data.load(str(p), 32)
+    assert ds.images.shape == (32, 32, 32, 3) and ds.labels.tolist() == y.tolist()
+    assert ds.predefined_split is None and ds.ids[0] == "train.npz:0"
+
+
+def test_medmnist_npz_grey_keeps_its_split(tmp_path, crops):
+    x, y = crops
+    grey = x.mean(-1).astype(np.uint8)
+    p = tmp_path / "bloodmnist.npz"
+    np.savez(p, train_images=grey[:16], train_labels=y[:16, None], val_images=grey[16:24],
+             val_labels=y[16:24, None], test_images=grey[24:], test_labels=y[24:, None])
+    ds = data.load(str(p), 28)
+    assert ds.images.shape == (32, 28, 28, 3)
+    assert {k: len(v) for k, v in ds.predefined_split.items()} == {"train": 16, "val": 8, "test": 8}
+    assert ds.ids[16] == "val:0"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x, y: dict(images=x.astype(np.float32) / 255, labels=y), "must be uint8"),
+    (lambda x, y: dict(images=x[:, :, :, :2], labels=y), "must be (N, H, W, 3)"),
+    (lambda x, y: dict(images=x, labels=y[:-1]), "32 images but 31 labels"),
+    (lambda x, y: dict(images=x, labels=y + 5), "labels must be 0..7"),
+    (lambda x, y: dict(images=x[y != 3], labels=y[y != 3]), "no images of class(es) immature_granulocyte"),
+    (lambda x, y: dict(pictures=x, labels=y), "expected 'images' + 'labels'"),
+    (lambda x, y: dict(images=x, labels=np.array(["a"] * len(y), dtype=object)), "object arrays are refused"),
+])
+def test_bad_npz(tmp_path, crops, make, message):
+    p = tmp_path / "bad.npz"
+    np.savez(p, **make(*crops))
+    import re
+
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        data.load(str(p), 32)
+    assert str(p) in str(e.value)
+
+
+def test_not_an_npz(tmp_path):
+    p = tmp_path / "x.npz"
+    p.write_bytes(b"junk")
+    with pytest.raises(UserError, match="cannot read"):
+        data.load(str(p), 32)
+
+
+def test_folders_any_format_and_bad_files(tmp_path, crops):
+    x, y = crops
+    from scopelite.edge.bundle import CLASS_NAMES
+
+    for i, (img, lab) in enumerate(zip(x, y)):
+        d = tmp_path / "d" / CLASS_NAMES[lab].replace("_", " ")  # "immature granulocyte" is accepted too
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i}.{('png', 'jpg', 'bmp')[i % 3]}"), img)
+    ds = data.load(str(tmp_path / "d"), 32)
+    assert len(ds) == 32 and ds.class_names == CLASS_NAMES and sorted(set(ds.labels.tolist())) == list(range(8))
+    (tmp_path / "d" / "basophil" / "broken.png").write_bytes(b"nope")
+    with pytest.raises(UserError, match="broken.png"):
+        data.load(str(tmp_path / "d"), 32)
+
+
+def test_split_is_stratified_seeded_and_leak_free():
+    labels = np.repeat(np.arange(8), 50)
+    images = np.random.default_rng(0).integers(0, 255, (400, 4, 4, 3), dtype=np.uint8)
+    images[7] = images[3]  # an exact duplicate
+    dups = data.exact_duplicates(images)
+    assert dups.tolist() == [7]
+    a = data.stratified_split(labels, (0.8, 0.1, 0.1), seed=1, exclude=dups)
+    b = data.stratified_split(labels, (0.8, 0.1, 0.1), seed=1, exclude=dups)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    allidx = np.concatenate(list(a.values()))
+    assert len(allidx) == len(set(allidx.tolist())) == 399 and 7 not in allidx
+    assert all(np.bincount(labels[a["test"]], minlength=8).tolist() == [5] * 8 for _ in [0])
+
+
+def test_saved_split_round_trip(tmp_path):
+    ds = data.load_synthetic(5, 24)
+    split = data.stratified_split(ds.labels, seed=0)
+    data.save_split(tmp_path / "split.json", ds, split, 0)
+    back = data.load_split(tmp_path / "split.json", ds)
+    assert all(np.array_equal(split[k], back[k]) for k in split)
+    with pytest.raises(UserError, match="not in"):
+        data.load_split(tmp_path / "split.json", data.load_synthetic(3, 24))
