@@ -118,6 +118,37 @@ def fit(quiet, resume, **opts):
 
 
 @main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for audit.json, flagged.png, exclusions.txt.")
+@click.option("--image-size", type=click.IntRange(min=16), default=96, help="Size images are compared at.")
+@click.option("--outlier-z", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Neighbour-distance z-score above which an image is an outlier.")
+@click.option("--clean-copy", type=click.Path(file_okay=False), default=None,
+              help="Write the class folders without the flagged images here.")
+@one_line_errors
+def audit(data, out, image_size, outlier_z, clean_copy):
+    """Audit DATA: duplicates, label conflicts, non-cell images, class balance.
+
+    Writes audit.json, a montage of what it flagged (flagged.png) and
+    exclusions.txt, which `celltrain fit --exclude` accepts.
+
+    \b
+    Example:
+      celltrain audit ../shared/data/pbc96 --out audit/
+      celltrain fit --data ../shared/data/pbc96 --exclude audit/exclusions.txt --out runs/pbc
+    """
+    from . import audit as audit_lib
+    from . import data as data_lib
+
+    ds = data_lib.load(data, image_size, progress=True)
+    res = audit_lib.audit(ds, outlier_z=outlier_z)
+    rep = audit_lib.write_outputs(ds, res, out, source=data, clean_copy=clean_copy)
+    click.echo(f"{rep['images']} images: {rep['exact_duplicates']} exact duplicates, {rep['near_duplicate_pairs']} "
+               f"near-duplicate pairs, {len(rep['label_conflicts'])} label conflicts, {len(rep['outliers'])} outliers; "
+               f"imbalance {rep['imbalance_ratio']}x; {rep['excluded']} ids in {out}/exclusions.txt")
+
+
+@main.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0, help="Seed of the corrupted copy.")

@@ -1,0 +1,96 @@
+"""celltrain audit flags injected non-cell images, duplicates and label conflicts."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.train import audit as audit_lib
+from scopelite.train.synth import make_crops
+
+
+def _ogre(rng):  # a cartoon: flat pastel background, a big green face
+    img = np.full((96, 96, 3), rng.integers(120, 255, 3), np.uint8)
+    cv2.ellipse(img, (48, 55), (30, 36), 0, 0, 360, (110, 170, 40), -1)
+    cv2.circle(img, (38, 45), 5, (255, 255, 255), -1)
+    return img
+
+
+def _music_video(rng):  # a dark stage, a face, a jacket
+    img = np.full((96, 96, 3), int(rng.integers(10, 60)), np.uint8)
+    cv2.ellipse(img, (48, 40), (18, 24), 0, 0, 360, (225, 180, 150), -1)
+    cv2.rectangle(img, (25, 64), (71, 96), (40, 40, 50), -1)
+    return img
+
+
+def _landscape(rng):
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[:48], img[48:] = (120, 170, 235), (70, 130, 50)
+    return img
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory):
+    """Synthetic class folders with 6 non-cell images, 2 exact duplicates, a re-encoded copy and a label conflict."""
+    root = tmp_path_factory.mktemp("dirty") / "data"
+    x, y = make_crops(25, size=96, seed=4)
+    rng = np.random.default_rng(0)
+    for i, (img, lab) in enumerate(zip(x, y)):
+        d = root / CLASS_NAMES[lab]
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"c{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    injected = {}
+    for j, make in enumerate([_ogre, _ogre, _music_video, _music_video, _landscape, _music_video]):
+        name = f"{CLASS_NAMES[j]}/zz_injected_{j}.png"
+        cv2.imwrite(str(root / name), cv2.cvtColor(make(rng), cv2.COLOR_RGB2BGR))
+        injected[name] = make.__name__
+    bgr = lambda i: cv2.cvtColor(x[i], cv2.COLOR_RGB2BGR)  # noqa: E731
+    cv2.imwrite(str(root / CLASS_NAMES[y[0]] / "dup_exact_a.png"), bgr(0))
+    cv2.imwrite(str(root / CLASS_NAMES[y[1]] / "dup_exact_b.png"), bgr(1))
+    cv2.imwrite(str(root / CLASS_NAMES[y[2]] / "dup_near.jpg"), bgr(2), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    other = (y[3] + 1) % 8
+    cv2.imwrite(str(root / CLASS_NAMES[other] / "conflict.png"), bgr(3))
+    return root, injected
+
+
+def test_audit_flags_what_was_injected(dirty):
+    from scopelite.train import data
+
+    root, injected = dirty
+    ds = data.load(str(root), 96)
+    res = audit_lib.audit(ds)
+    rep = res.report
+    outliers = {o["id"] for o in rep["outliers"]}
+    assert set(injected) <= outliers, f"missed: {set(injected) - outliers}"
+    assert len(outliers - set(injected)) <= 2  # at most 1 % of 200 real-looking cells flagged
+    assert rep["exact_duplicates"] == 3  # a, b and the conflicting copy
+    groups = [set(g) for g in rep["duplicate_groups"]]
+    assert any(any(x.endswith("dup_near.jpg") for x in g) for g in groups)
+    conflict = [c for c in rep["label_conflicts"] if any(e["id"].endswith("conflict.png") for e in c)]
+    assert conflict and len({e["label"] for e in conflict[0]}) == 2
+    excluded = {ds.ids[i] for i in res.exclude}
+    assert {i for i in excluded if "dup_exact" in i or "dup_near" in i} and set(injected) <= excluded
+    assert rep["class_counts"]["basophil"] == 25 + 1 + sum(1 for n in injected if n.startswith("basophil"))
+
+
+def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
+    root, injected = dirty
+    out = tmp_path / "audit"
+    r = run_cli("celltrain", "audit", str(root), "--out", str(out), "--clean-copy", str(tmp_path / "clean"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "outliers" in r.stdout
+    rep = json.loads((out / "audit.json").read_text())
+    assert rep["images"] == 200 + 6 + 4
+    assert (out / "flagged.png").stat().st_size > 2000
+    ex = [x for x in (out / "exclusions.txt").read_text().splitlines() if x and not x.startswith("#")]
+    assert set(injected) <= set(ex)
+    clean = sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*"))
+    assert len(clean) == 210 - len(ex) and not set(injected) & set(clean)
+    r = run_cli("celltrain", "fit", "--data", str(root), "--exclude", str(out / "exclusions.txt"), "--out",
+                str(tmp_path / "run"), "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    used = set(split["train"] + split["val"] + split["test"])
+    assert not used & set(ex) and len(used) == 210 - len(ex)

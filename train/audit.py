@@ -1,0 +1,198 @@
+"""Audit a dataset before training: duplicates, label conflicts, non-cell outliers, balance.
+
+Pure numpy + OpenCV. Near duplicates are found with a 64-bit difference hash
+(dHash) confirmed by pixel distance. An image is an outlier when it holds
+colours no May-Grünwald-Giemsa stain makes (a green ogre, a cyan sky), a dark
+background no bright-field microscope gives (a music-video frame), or when it
+lies far from its nearest neighbours in a colour/texture feature space.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from scopelite.edge.bundle import write_bytes_atomic, write_json_atomic
+
+from .data import Dataset, exact_duplicates
+
+
+def dhash_bits(images: np.ndarray) -> np.ndarray:
+    """(N, 64) bool difference hashes of grey 9x8 thumbnails."""
+    out = np.empty((len(images), 64), bool)
+    for i, img in enumerate(images):
+        g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+        out[i] = (g[:, 1:] > g[:, :-1]).reshape(-1)
+    return out
+
+
+def near_duplicate_pairs(images: np.ndarray, max_bits: int = 3, max_pixel_diff: float = 6.0,
+                         block: int = 2048) -> list[tuple[int, int]]:
+    """Pairs (i < j) whose hashes differ in <= max_bits bits and whose 32x32 grey thumbnails
+    differ by <= max_pixel_diff grey levels on average."""
+    bits = dhash_bits(images).astype(np.float32)
+    thumbs = np.stack([cv2.resize(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+                       for x in images]).astype(np.float32)
+    pairs = []
+    inv = 1.0 - bits
+    for s in range(0, len(bits), block):
+        a = bits[s : s + block]
+        ham = a @ inv.T + (1.0 - a) @ bits.T  # Hamming distance as two matrix products
+        ii, jj = np.nonzero(ham <= max_bits)
+        for i, j in zip(ii + s, jj):
+            if i < j and np.abs(thumbs[i] - thumbs[j]).mean() <= max_pixel_diff:
+                pairs.append((int(i), int(j)))
+    return pairs
+
+
+def features(images: np.ndarray) -> np.ndarray:
+    """20 dense colour/texture statistics per image (no sparse histograms: they make distances unstable)."""
+    feats = []
+    for img in images:
+        rgb = img.reshape(-1, 3).astype(np.float32) / 255.0
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.float32)
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32) / 255.0
+        sat, val = hsv[:, 1] / 255.0, hsv[:, 2] / 255.0
+        ang = hsv[:, 0] * (np.pi / 90.0)  # OpenCV hue 0..180 -> radians
+        w = sat / max(sat.sum(), 1e-6)
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        feats.append(np.concatenate([
+            rgb.mean(0), rgb.std(0),
+            np.percentile(val, [5, 50, 95]), np.percentile(sat, [5, 50, 95]),
+            lab[:, 1:].mean(0), lab[:, 1:].std(0),
+            [(w * np.cos(ang)).sum(), (w * np.sin(ang)).sum()],
+            [cv2.Canny(grey, 50, 150).mean() / 255.0, cv2.Laplacian(grey, cv2.CV_32F).std() / 64.0],
+        ]))
+    return np.array(feats, np.float32)
+
+
+def outlier_scores(images: np.ndarray, k_fraction: float = 0.01) -> np.ndarray:
+    """Robust z-score of each image's mean distance to its k nearest neighbours (k = 1 % of the data,
+    at least 10, so a small cluster of injected images cannot hide among itself) in standardised
+    feature space. Copes with several acquisition sessions (modes) in one dataset."""
+    f = features(images).astype(np.float64)
+    med = np.median(f, 0)
+    scale = np.maximum(np.median(np.abs(f - med), 0) * 1.4826, 0.1 * f.std(0) + 1e-6)
+    z = (f - med) / scale
+    k = min(max(10, int(k_fraction * len(z))), len(z) - 1)
+    sq = (z**2).sum(1)
+    knn = np.empty(len(z))
+    for s in range(0, len(z), 1024):
+        d2 = np.maximum(sq[s : s + 1024, None] + sq[None] - 2 * z[s : s + 1024] @ z.T, 0)
+        d2[np.arange(len(d2)), np.arange(s, s + len(d2))] = np.inf  # not itself
+        knn[s : s + 1024] = np.sqrt(np.partition(d2, k - 1, axis=1)[:, :k]).mean(1)
+    m = np.median(knn)
+    return (knn - m) / (np.median(np.abs(knn - m)) * 1.4826 + 1e-9)
+
+
+def stain_violations(images: np.ndarray) -> np.ndarray:
+    """(N, 2): share of saturated pixels outside the May-Grünwald-Giemsa gamut (yellow, green,
+    cyan: a stain makes none) and share of near-black pixels (a bright-field background is bright)."""
+    out = np.empty((len(images), 2))
+    for i, img in enumerate(images):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).reshape(-1, 3)
+        h, sat, val = hsv[:, 0], hsv[:, 1] / 255.0, hsv[:, 2] / 255.0
+        out[i, 0] = ((sat > 0.3) & (val > 0.2) & (h >= 20) & (h <= 100)).mean()
+        out[i, 1] = (val < 0.2).mean()
+    return out
+
+
+@dataclass
+class AuditResult:
+    report: dict
+    exclude: list[int]  # indices to leave out of training
+    flagged: list[tuple[int, str]]  # (index, reason) for the montage
+
+
+def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near_bits: int = 3) -> AuditResult:
+    """Find exact and near duplicates, label conflicts, outliers and class imbalance in ``ds``."""
+    n = len(ds)
+    exact = exact_duplicates(ds.images)
+    near = near_duplicate_pairs(ds.images, near_bits)
+    # Groups of duplicates (union-find over exact + near pairs).
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in near:
+        parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    dup_groups = [g for g in groups.values() if len(g) > 1]
+    conflicts = [g for g in dup_groups if len(set(ds.labels[g].tolist())) > 1]
+    conflict_idx = {i for g in conflicts for i in g}
+    later_copies = {i for g in dup_groups for i in g[1:]} - conflict_idx
+    scores = outlier_scores(ds.images)
+    violations = stain_violations(ds.images)
+    odd = (scores > outlier_z) | (violations.max(1) > max_violation)
+    outliers = [int(i) for i in np.argsort(-(scores + 1000 * violations.max(1))) if odd[i]]
+    counts = ds.counts()
+    exclude = sorted(later_copies | conflict_idx | set(outliers))
+    flagged = ([(i, "outlier") for i in outliers] + [(i, "label conflict") for i in sorted(conflict_idx)]
+               + [(i, "duplicate") for i in sorted(later_copies)])
+    report = {
+        "data": ds.description,
+        "images": n,
+        "class_counts": counts,
+        "imbalance_ratio": round(max(counts.values()) / max(min(counts.values()), 1), 2),
+        "exact_duplicates": len(exact),
+        "near_duplicate_pairs": len(near),
+        "duplicate_groups": [[ds.ids[i] for i in g] for g in dup_groups],
+        "label_conflicts": [[{"id": ds.ids[i], "label": ds.class_names[ds.labels[i]]} for i in g] for g in conflicts],
+        "outliers": [{"id": ds.ids[i], "label": ds.class_names[ds.labels[i]], "knn_z": round(float(scores[i]), 1),
+                      "off_stain_colour": round(float(violations[i, 0]), 3), "dark": round(float(violations[i, 1]), 3)}
+                     for i in outliers],
+        "outlier_rule": f"knn_z > {outlier_z} or off-stain colour / dark share > {max_violation}",
+        "excluded": len(exclude),
+    }
+    return AuditResult(report, exclude, flagged)
+
+
+def montage(ds: Dataset, flagged: list[tuple[int, str]], path: Path, limit: int = 48) -> None:
+    """A PNG grid of flagged images, each captioned with its reason and label."""
+    tile = 96
+    items = flagged[:limit] or []
+    cols = 8
+    rows = max(1, (len(items) + cols - 1) // cols)
+    canvas = np.full((rows * (tile + 22), cols * tile, 3), 255, np.uint8)
+    for k, (i, why) in enumerate(items):
+        r, c = divmod(k, cols)
+        img = cv2.resize(ds.images[i], (tile, tile), interpolation=cv2.INTER_AREA)
+        y, x = r * (tile + 22), c * tile
+        canvas[y : y + tile, x : x + tile] = img
+        for line, text in enumerate((why, ds.class_names[ds.labels[i]][:14])):
+            cv2.putText(canvas, text, (x + 2, y + tile + 9 + 10 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+    if not items:
+        cv2.putText(canvas, "nothing flagged", (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def write_outputs(ds: Dataset, result: AuditResult, out: str | os.PathLike, source: str | None = None,
+                  clean_copy: str | os.PathLike | None = None) -> dict:
+    """audit.json, flagged.png and exclusions.txt in ``out``; optionally a cleaned copy of class folders."""
+    out = Path(out)
+    write_json_atomic(out / "audit.json", result.report)
+    montage(ds, result.flagged, out / "flagged.png")
+    lines = ["# image ids to leave out: celltrain fit --exclude this-file"] + [ds.ids[i] for i in result.exclude]
+    write_bytes_atomic(out / "exclusions.txt", ("\n".join(lines) + "\n").encode())
+    if clean_copy:
+        if not source or not Path(source).is_dir():
+            raise ValueError("a cleaned copy can only be written for a class-folder dataset")
+        dest = Path(clean_copy)
+        drop = {ds.ids[i] for i in result.exclude}
+        for id_ in ds.ids:
+            if id_ not in drop:
+                (dest / id_).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(source) / id_, dest / id_)
+    return result.report
