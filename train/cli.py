@@ -174,6 +174,31 @@ def evaluate(run, data, seed):
 
 
 @main.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for the PNGs (default: RUN/explain).")
+@one_line_errors
+def explain(run, images, out):
+    """Grad-CAM overlays: which pixels made RUN's model choose its class.
+
+    \b
+    Example:
+      celltrain explain runs/pbc cell1.jpg cells/
+    """
+    import json
+    from pathlib import Path
+
+    from scopelite.edge.sources import list_images
+
+    from .explain import explain as run_explain
+
+    path = Path(run)
+    model = path / "model.keras" if path.is_dir() else path
+    for rec in run_explain(model, list_images(images), out or model.parent / "explain"):
+        click.echo(json.dumps(rec))
+
+
+@main.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--per-class", type=click.IntRange(min=1), default=100, help="Crops per class.")
 @click.option("--image-size", type=click.IntRange(min=16), default=96)
