@@ -1,0 +1,51 @@
+"""Is the input pipeline the bottleneck? Images/s of tf.data augmentation alone vs the training step."""
+import time
+
+import numpy as np
+import pytest
+
+from scopelite.train.synth import make_crops
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_crops(64, size=96, seed=0)  # 512 crops
+
+
+@pytest.mark.parametrize("policy", ["flips", "strong"])
+def test_input_pipeline_images_per_second(images, record, policy):
+    from scopelite.train.augment import make_dataset
+
+    x, y = images
+    ds = make_dataset(x, y, 8, 32, True, policy, mixup=0.2 if policy == "strong" else 0.0).repeat()
+    it = iter(ds)
+    for _ in range(5):
+        next(it)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 5.0:
+        n += len(next(it)[0])
+    rate = n / (time.perf_counter() - t0)
+    record.add(f"input pipeline ({policy}) img/s", images_per_second=round(rate, 1))
+    assert rate > 0
+
+
+def test_training_step_images_per_second(images, record):
+    from scopelite.train._keras import keras
+    from scopelite.train.model import build
+
+    x, y = images
+    model = build("efficientnetv2b0", 96, 8)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    xb, yb = x[:32].astype(np.float32), y[:32]
+    model.train_on_batch(xb, yb)  # trace
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 10.0:
+        model.train_on_batch(xb, yb)
+        n += 32
+    rate = n / (time.perf_counter() - t0)
+    record.add("EfficientNetV2B0 96px train step img/s", images_per_second=round(rate, 1))
+    pipe = record.rows.get("input pipeline (strong) img/s")
+    if pipe:
+        ratio = pipe["images_per_second"] / rate
+        record.add("input pipeline / train step (strong)", ratio=round(ratio, 2))
+        assert ratio > 1.0, "the input pipeline is slower than training: it is the bottleneck"
