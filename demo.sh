@@ -44,8 +44,10 @@ sc = json.load(open(f"{out}/int8/model.json"))
 m = sc["metrics"]
 result = {
     "synthetic_data": sc["synthetic_data"],
-    "float_test_accuracy": round(m["float"]["accuracy"], 4),
-    "int8_test_accuracy": round(m["int8"]["accuracy"], 4),
+    "float_test_accuracy": round(m["float"]["clean"]["accuracy"], 4),
+    "int8_test_accuracy": round(m["clean"]["accuracy"], 4),
+    "float_corrupted_accuracy": round(m["float"]["corrupted"]["accuracy"], 4),
+    "int8_corrupted_accuracy": round(m["corrupted"]["accuracy"], 4),
     "test_images": m["n"],
     "int8_size_bytes": m["size_bytes"],
     "int8_latency_ms_p50": {k: round(v["p50_ms"], 3) for k, v in m["latency_ms"].items()},

@@ -1,39 +1,71 @@
-"""``cellcompress``: quantise a trained model for the Pi / Coral and check it. Thin over the library."""
+"""``cellcompress``: quantise a trained model for the Pi / Coral, measure it, and gate it. Thin over the library."""
 from __future__ import annotations
 
 import click
 
-from scopelite.edge.errors import UserError, one_line_errors
+from scopelite.edge.errors import one_line_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
-                                 "show_default": True})
+class _DefaultToConvert(click.Group):
+    """``cellcompress MODEL ...`` means ``cellcompress convert MODEL ...``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"],
+                                                       "max_content_width": 100})
+def main() -> None:
+    """Compress trained models for the device, and benchmark their robustness.
+
+    \b
+    Examples:
+      cellcompress runs/pbc/model.keras --int8 --qat --edgetpu --out runs/pbc/int8
+      cellcompress bench runs/pbc/model.keras runs/pbc/int8/model_*.tflite --out bench/
+    """
+
+
+@main.command(context_settings={"show_default": True})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for model.tflite + model.json.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the bundles and report.")
 @click.option("--int8", is_flag=True, help="Full-integer post-training quantisation (weights and activations).")
-@click.option("--io-dtype", type=click.Choice(["uint8", "int8"]), default="uint8", help="Input/output tensor type.")
+@click.option("--qat", is_flag=True, help="Also quantisation-aware fine-tuning (TFMOT), then full-integer int8.")
+@click.option("--float16", is_flag=True, help="Also float16 weights (float compute).")
+@click.option("--dynamic-range", is_flag=True, help="Also int8 weights with float activations.")
+@click.option("--edgetpu", is_flag=True, help="Compile the approved int8 model with edgetpu_compiler (and report "
+              "Edge TPU compatibility offline).")
+@click.option("--compiler", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Path to edgetpu_compiler (default: from PATH).")
+@click.option("--io-dtype", type=click.Choice(["uint8", "int8"]), default="uint8", help="int8 input/output type.")
 @click.option("--representative", type=click.IntRange(min=8), default=256,
               help="Calibration images, drawn stratified from the training split.")
+@click.option("--qat-epochs", type=click.IntRange(min=1), default=2)
+@click.option("--qat-lr", "qat_learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-5)
+@click.option("--max-drop", nargs=2, type=float, default=(1.0, 2.0), metavar="CLEAN CORRUPTED",
+              help="Largest accuracy loss (points) against the float model an int8 model may have.")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
 @one_line_errors
-def main(model, out, int8, io_dtype, representative, data, seed):
-    """Compress MODEL (a run's model.keras) into an int8 TFLite bundle for the device.
+def convert(model, out, max_drop, qat_learning_rate, **opts):
+    """Compress MODEL (a run's model.keras) and approve the best int8 result.
 
-    Converts with a fixed batch of 1 and uint8 input (raw pixels), then measures
-    float and int8 accuracy on the run's held-out test split, latency and size,
-    and writes them into the sidecar.
+    Converts with a fixed batch of 1 and uint8 input (raw pixels). Every output
+    gets a sidecar with accuracy on the run's held-out test split, clean and on
+    a corrupted copy, latency, size and op counts. The best int8 model that
+    loses at most --max-drop points against the float model is written as
+    OUT/model.tflite; if none does, cellcompress exits 3 and approves nothing.
 
     \b
     Example:
       cellcompress runs/demo/model.keras --int8 --out runs/demo/int8
+      cellcompress runs/pbc/model.keras --int8 --qat --edgetpu --out runs/pbc/int8
     """
     from .pipeline import CompressConfig, compress
 
-    if not int8:
-        raise UserError("choose an output: --int8 (full-integer TFLite)")
-    compress(CompressConfig(model=model, out=out, int8=int8, io_dtype=io_dtype,
-                            representative=representative, data=data, seed=seed))
+    compress(CompressConfig(model=model, out=out, max_drop_clean=max_drop[0], max_drop_corrupted=max_drop[1],
+                            qat_learning_rate=qat_learning_rate, **opts))
 
 
 if __name__ == "__main__":  # pragma: no cover

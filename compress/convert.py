@@ -1,4 +1,4 @@
-"""Keras -> full-integer TFLite (post-training quantisation), batch fixed at 1."""
+"""Keras -> TFLite: full-integer int8 (PTQ or QAT), float16, dynamic range, float32. Batch fixed at 1."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -17,8 +17,16 @@ def representative_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndar
     return np.sort(np.concatenate(picked))
 
 
+def range_anchor(shape: tuple[int, int, int]) -> np.ndarray:
+    """An image holding both 0 and 255, so the input is calibrated to exactly [0, 255]:
+    scale 1, and raw uint8 pixels pass to the model unchanged (and match a QAT input quantiser)."""
+    img = np.zeros(shape, np.uint8)
+    img[: shape[0] // 2] = 255
+    return img
+
+
 def to_int8(model, representative: np.ndarray, io_dtype: str = "uint8") -> bytes:
-    """Convert a batch-1 Keras model to a full-integer TFLite flatbuffer.
+    """Convert a batch-1 Keras model (plain or QAT) to a full-integer TFLite flatbuffer.
 
     Args:
         model: a Keras model whose input has a fixed batch of 1 (static shapes:
@@ -27,6 +35,7 @@ def to_int8(model, representative: np.ndarray, io_dtype: str = "uint8") -> bytes
         io_dtype: "uint8" or "int8" for the input and output tensors.
     """
     def gen() -> Iterable[list[np.ndarray]]:
+        yield [range_anchor(representative.shape[1:])[None].astype(np.float32)]
         for img in representative:
             yield [img[None].astype(np.float32)]
 
@@ -42,3 +51,18 @@ def to_int8(model, representative: np.ndarray, io_dtype: str = "uint8") -> bytes
 def to_float32(model) -> bytes:
     """A float32 TFLite flatbuffer of the same (batch-1) model, for comparison."""
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def to_float16(model) -> bytes:
+    """float16 weights, float32 compute: half the size, GPU delegates like it."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]
+    return conv.convert()
+
+
+def to_dynamic_range(model) -> bytes:
+    """int8 weights, float activations (quantised on the fly): no calibration data needed."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    return conv.convert()

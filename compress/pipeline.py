@@ -1,26 +1,39 @@
-"""cellcompress's work: a trained Keras bundle in, a checked int8 TFLite bundle out."""
+"""cellcompress's work: a trained Keras bundle in; int8 (PTQ, QAT), float16 and dynamic-range
+TFLite bundles out, each measured on the run's held-out split, clean and corrupted; a gate that
+approves the best int8 model only if it lost no more than allowed against the float model."""
 from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import asdict, dataclass
+import platform
+import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from scopelite.edge import runtime
-from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec, sha256_file,
-                                   write_bytes_atomic, write_sidecar)
+from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec, sha256_file, sidecar_path,
+                                   write_bytes_atomic, write_json_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.train import model as model_lib
 from scopelite.train._keras import versions
-from scopelite.train.run import heldout_data, load_keras_bundle
+from scopelite.train.corruptions import corrupted_copy
 from scopelite.train.metrics import summarize
+from scopelite.train.run import heldout_data, load_keras_bundle
 
-from .convert import representative_indices, to_int8
+from . import convert, edgetpu
 from .ops import DYNAMIC_SHAPE_OPS, op_counts
+
+APPROVED = "model.tflite"
+
+
+class GateFailed(UserError):
+    """No int8 model stayed within the allowed accuracy drop."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -28,10 +41,30 @@ class CompressConfig:
     model: str
     out: str
     int8: bool = True
+    qat: bool = False
+    float16: bool = False
+    dynamic_range: bool = False
+    edgetpu: bool = False
+    compiler: str | None = None
     io_dtype: str = "uint8"
     representative: int = 256
+    qat_epochs: int = 2
+    qat_learning_rate: float = 1e-5
+    qat_batch_size: int = 32
+    max_drop_clean: float = 1.0  # accuracy points
+    max_drop_corrupted: float = 2.0
     data: str | None = None  # default: the data the run was trained on
     seed: int = 0
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
 
 
 def classify_all(clf: LiteRTClassifier, images: np.ndarray, desc: str) -> np.ndarray:
@@ -43,99 +76,232 @@ def classify_all(clf: LiteRTClassifier, images: np.ndarray, desc: str) -> np.nda
     return out
 
 
-def tflite_sidecar(path: Path, interp_details: tuple[dict, dict], src: Sidecar, src_path: Path,
-                   metrics: dict, cfg: CompressConfig, ops: dict) -> Sidecar:
-    inp, out = interp_details
+def _quant(det) -> Quantization | None:
+    scale, zp = det["quantization"]
+    return Quantization(float(scale), int(zp)) if scale else None
 
-    def q(det):
-        scale, zp = det["quantization"]
-        return Quantization(float(scale), int(zp)) if scale else None
 
+def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics: dict, cfg: CompressConfig,
+                   ops: dict, runtimes=("cpu",), extra: dict | None = None) -> Sidecar:
+    interp = runtime.make_interpreter(path, plain=True)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     return Sidecar(
         format="tflite",
         file=path.name,
         sha256=sha256_file(path),
         labels=src.labels,
         input=InputSpec(height=src.input.height, width=src.input.width, dtype=np.dtype(inp["dtype"]).name,
-                        quantization=q(inp)),
-        output=TensorSpec(dtype=np.dtype(out["dtype"]).name, quantization=q(out)),
-        runtimes=("cpu",),
+                        quantization=_quant(inp)),
+        output=TensorSpec(dtype=np.dtype(out["dtype"]).name, quantization=_quant(out)),
+        runtimes=tuple(runtimes),
         metrics=metrics,
         provenance={
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": {"file": str(src_path), "sha256": sha256_file(src_path), "format": src.format},
-            "quantization": "post-training full-integer (int8 weights and activations)",
+            "variant": kind,
             "data": src.provenance.get("data"),
             "train_config": src.provenance.get("config"),
             "compress_config": asdict(cfg),
             "tools": versions(),
             "op_counts": ops,
             "size_bytes": path.stat().st_size,
+            **(extra or {}),
         },
         synthetic_data=src.synthetic_data,
     )
 
 
+def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float_clean: np.ndarray,
+             label: str) -> dict:
+    clf = LiteRTClassifier(path, num_threads=2, sidecar=sc_draft)
+    p_clean = classify_all(clf, test.images, f"{label} clean")
+    p_corr = classify_all(clf, corrupted, f"{label} corrupted")
+    clean, corr = summarize(test.labels, p_clean, sc_draft.labels), summarize(test.labels, p_corr, sc_draft.labels)
+    latency = {f"threads_{n}": LiteRTClassifier(path, num_threads=n, sidecar=sc_draft).latency_ms() for n in (1, 2)}
+    return {
+        "clean": {k: clean[k] for k in ("accuracy", "macro_f1", "ece", "per_class", "confusion")},
+        "corrupted": {k: corr[k] for k in ("accuracy", "macro_f1")},
+        "top1_agreement_with_float": float((p_float_clean.argmax(1) == p_clean.argmax(1)).mean()),
+        "latency_ms": latency,
+        "size_bytes": path.stat().st_size,
+    }
+
+
+def gate(float_m: dict, m: dict, cfg: CompressConfig) -> dict:
+    """Accuracy drop (points) of ``m`` against the float model, clean and corrupted, and the verdict."""
+    drop_clean = 100 * (float_m["clean"]["accuracy"] - m["clean"]["accuracy"])
+    drop_corr = 100 * (float_m["corrupted"]["accuracy"] - m["corrupted"]["accuracy"])
+    failures = []
+    if drop_clean > cfg.max_drop_clean:
+        failures.append(f"clean accuracy drop {drop_clean:.2f} pt > {cfg.max_drop_clean} pt "
+                        f"({100 * float_m['clean']['accuracy']:.2f} -> {100 * m['clean']['accuracy']:.2f} %)")
+    if drop_corr > cfg.max_drop_corrupted:
+        failures.append(f"corrupted accuracy drop {drop_corr:.2f} pt > {cfg.max_drop_corrupted} pt "
+                        f"({100 * float_m['corrupted']['accuracy']:.2f} -> {100 * m['corrupted']['accuracy']:.2f} %)")
+    return {"max_drop_clean_pt": cfg.max_drop_clean, "max_drop_corrupted_pt": cfg.max_drop_corrupted,
+            "drop_clean_pt": round(drop_clean, 3), "drop_corrupted_pt": round(drop_corr, 3),
+            "passed": not failures, "failures": failures}
+
+
+def _qat_model(model, tcfg: dict, n_classes: int, train, val, cfg: CompressConfig, log):
+    from scopelite.train.augment import make_dataset  # noqa: PLC0415
+
+    from . import qat  # noqa: PLC0415
+
+    arch, size = tcfg["arch"], tcfg["image_size"]
+    trainable = model_lib.rebuild_for_export(model, arch, size, n_classes, batch_size=None)
+    q = qat.quantize(trainable)
+    log(f"      QAT fine-tuning: {cfg.qat_epochs} epochs at lr {cfg.qat_learning_rate}")
+    train_ds = make_dataset(train.images, train.labels, n_classes, cfg.qat_batch_size, True, "flips", seed=cfg.seed)
+    val_ds = make_dataset(val.images, val.labels, n_classes, cfg.qat_batch_size, False)
+    history = qat.fine_tune(q, train_ds, val_ds, cfg.qat_epochs, cfg.qat_learning_rate, verbose=2)
+    return qat.for_export(q, lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)), history
+
+
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
-    """Quantise ``cfg.model`` to full int8, check it, and write ``cfg.out/model.tflite`` + sidecar."""
+    """Convert, measure and gate; write the bundles and ``report.json`` into ``cfg.out``.
+
+    Raises:
+        GateFailed: no int8 variant passed the gate (no ``model.tflite`` is left in ``cfg.out``).
+    """
+    if not (cfg.int8 or cfg.qat or cfg.float16 or cfg.dynamic_range):
+        raise UserError("choose an output: --int8, --qat, --float16 and/or --dynamic-range")
+    compiler = edgetpu.find_compiler(cfg.compiler) if cfg.edgetpu else None
     src_path = Path(cfg.model)
+    out = Path(cfg.out)
     sc, model = load_keras_bundle(src_path)
     tcfg = sc.provenance["config"]
+    n_classes = len(sc.labels)
     if sc.synthetic_data:
         log("NOTE: this model was trained on SYNTHETIC data")
-    log("[1/4] loading the run's data and split")
+    log("[1/5] loading the run's data and split; making the corrupted copy of the test split")
     ds, split = heldout_data(sc, src_path, cfg.data)
-    train, test = ds.subset(split["train"]), ds.subset(split["test"])
+    train, val, test = (ds.subset(split[s]) for s in ("train", "val", "test"))
+    corrupted, _ = corrupted_copy(test.images, cfg.seed)
+    if (out / APPROVED).exists():  # a new run must not leave an old approval in place
+        (out / APPROVED).unlink()
+        sidecar_path(out / APPROVED).unlink(missing_ok=True)
 
-    log(f"[2/4] converting to full-integer TFLite (batch 1, {cfg.io_dtype} I/O, "
-        f"{cfg.representative} representative images)")
-    fixed = model_lib.rebuild_for_export(model, tcfg["arch"], tcfg["image_size"], len(sc.labels))
-    rep = train.images[representative_indices(train.labels, cfg.representative, cfg.seed)]
-    out_path = Path(cfg.out) / "model.tflite"
-    write_bytes_atomic(out_path, to_int8(fixed, rep, cfg.io_dtype))
-    ops = op_counts(out_path)
-    bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
-    if bad:  # would be a converter regression: the Edge TPU cannot map these
-        raise UserError(f"int8 graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
-
-    log(f"[3/4] measuring float and int8 accuracy on the held-out test split ({len(test)} images)")
-    interp = runtime.make_interpreter(out_path)  # tensor details, before the sidecar exists
-    details = (interp.get_input_details()[0], interp.get_output_details()[0])
-    draft = tflite_sidecar(out_path, details, sc, src_path, {}, cfg, ops)
-    clf = LiteRTClassifier(out_path, num_threads=2, sidecar=draft)
-    p_int8 = classify_all(clf, test.images, "int8")
+    log(f"[2/5] float model on {len(test)} held-out test images, clean and corrupted")
     p_float = model.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
-    m_float = summarize(test.labels, p_float, sc.labels)
-    m_int8 = summarize(test.labels, p_int8, sc.labels)
-    latency = {f"threads_{n}": LiteRTClassifier(out_path, num_threads=n, sidecar=draft).latency_ms() for n in (1, 2)}
-    metrics = {
-        "split": "test",
-        "data": ds.description,
-        "n": len(test),
-        "float": {k: m_float[k] for k in ("accuracy", "macro_f1")},
-        "int8": {k: m_int8[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")},
-        "top1_agreement": float((p_float.argmax(1) == p_int8.argmax(1)).mean()),
-        "latency_ms": latency,
-        "size_bytes": out_path.stat().st_size,
-        "measured_on": _machine(),
-    }
-    log("[4/4] writing the sidecar")
-    write_sidecar(out_path, tflite_sidecar(out_path, details, sc, src_path, metrics, cfg, ops))
-    log(f"      float acc {m_float['accuracy']:.4f} | int8 acc {m_int8['accuracy']:.4f} | agreement "
-        f"{metrics['top1_agreement']:.4f} | {metrics['size_bytes'] / 1e6:.2f} MB | "
-        f"{latency['threads_2']['p50_ms']:.2f} ms/crop (2 threads) -> {out_path}")
-    return metrics
+    p_float_corr = model.predict(corrupted.astype(np.float32), batch_size=64, verbose=0)
+    float_m = {"clean": {k: summarize(test.labels, p_float, sc.labels)[k] for k in ("accuracy", "macro_f1")},
+               "corrupted": {k: summarize(test.labels, p_float_corr, sc.labels)[k] for k in ("accuracy", "macro_f1")}}
+
+    log("[3/5] converting (batch 1)")
+    fixed = model_lib.rebuild_for_export(model, tcfg["arch"], tcfg["image_size"], n_classes)
+    rep = train.images[convert.representative_indices(train.labels, cfg.representative, cfg.seed)]
+    variants: dict[str, tuple[bytes, dict]] = {}
+    if cfg.int8:
+        variants["int8"] = (convert.to_int8(fixed, rep, cfg.io_dtype), {"quantization": "post-training full-integer"})
+    if cfg.qat:
+        qat_fixed, qat_hist = _qat_model(model, tcfg, n_classes, train, val, cfg, log)
+        variants["qat_int8"] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
+                                {"quantization": "quantisation-aware training, full-integer", "qat_history": qat_hist})
+    if cfg.float16:
+        variants["float16"] = (convert.to_float16(fixed), {"quantization": "float16 weights"})
+    if cfg.dynamic_range:
+        variants["dynamic_range"] = (convert.to_dynamic_range(fixed), {"quantization": "int8 weights, float activations"})
+
+    log(f"[4/5] measuring {', '.join(variants)}: accuracy (clean, corrupted), latency, size, ops")
+    report = {"model": str(src_path), "split": "test", "n": len(test), "data": ds.description,
+              "corrupted_protocol": f"one of 16 corruptions at severity 1-5 per image, seed {cfg.seed}",
+              "float": float_m, "variants": {}, "measured_on": _machine()}
+    for kind, (blob, extra) in variants.items():
+        path = out / f"model_{kind}.tflite"
+        write_bytes_atomic(path, blob)
+        ops = op_counts(path)
+        bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
+        if bad:  # would be a converter regression: the Edge TPU cannot map these
+            raise UserError(f"{kind} graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
+        draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
+        m = _measure(path, draft, test, corrupted, p_float, kind)
+        m["ops"] = ops
+        if kind.endswith("int8"):
+            m["gate"] = gate(float_m, m, cfg)
+            m["edgetpu_offline"] = edgetpu.compatibility(path)
+        metrics = {"split": "test", "n": len(test), "data": ds.description, "float": float_m, **m,
+                   "measured_on": report["measured_on"]}
+        write_sidecar(path, tflite_sidecar(path, sc, src_path, kind, metrics, cfg, ops, extra=extra))
+        report["variants"][kind] = {k: v for k, v in m.items() if k not in ("clean",)} | {
+            "clean": {k: m["clean"][k] for k in ("accuracy", "macro_f1")}}
+        log(f"      {kind:>14}: clean {100 * m['clean']['accuracy']:.2f} %  corrupted "
+            f"{100 * m['corrupted']['accuracy']:.2f} %  {m['size_bytes'] / 1e6:.2f} MB  "
+            f"{m['latency_ms']['threads_2']['p50_ms']:.3f} ms (2 threads)"
+            + (f"  gate {'PASS' if m['gate']['passed'] else 'FAIL'}" if "gate" in m else ""))
+
+    log("[5/5] gate and approval")
+    int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
+    passed = [k for k in int8_kinds if report["variants"][k]["gate"]["passed"]]
+    report["float_model"] = float_m
+    if int8_kinds and not passed:
+        write_json_atomic(out / "report.json", {**report, "approved": None})
+        reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
+        raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
+                         "Try --qat, more --representative images, or a looser --max-drop if you accept it")
+    if passed:
+        best = max(passed, key=lambda k: (report["variants"][k]["corrupted"]["accuracy"],
+                                          report["variants"][k]["clean"]["accuracy"]))
+        _approve(out / f"model_{best}.tflite", out / APPROVED, sc, src_path, best, cfg)
+        report["approved"] = {"variant": best, "file": APPROVED}
+        log(f"      approved {best} -> {out / APPROVED}")
+        if cfg.edgetpu:
+            report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
+    write_json_atomic(out / "report.json", report)
+    write_bytes_atomic(out / "report.md", markdown(report).encode())
+    return report
 
 
-def _machine() -> dict:
-    import platform  # noqa: PLC0415
+def _approve(variant: Path, dest: Path, sc: Sidecar, src_path: Path, kind: str, cfg: CompressConfig) -> None:
+    from scopelite.edge.bundle import load_sidecar  # noqa: PLC0415
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    vsc = load_sidecar(variant)
+    shutil.copyfile(variant, dest.with_name(".approved.tmp"))
+    os.replace(dest.with_name(".approved.tmp"), dest)
+    approved = replace(vsc, file=dest.name, sha256=sha256_file(dest),
+                       provenance={**vsc.provenance, "approved_from": variant.name, "gate": vsc.metrics.get("gate")})
+    write_sidecar(dest, approved)
+
+
+def _edgetpu(model: Path, out: Path, compiler: str | None, sc: Sidecar, src_path: Path, cfg: CompressConfig,
+             log) -> dict:
+    offline = edgetpu.compatibility(model)
+    res = {"offline": offline}
+    if not offline["fully_mapped"]:
+        log(f"      WARNING: {offline['cpu_ops']} of {offline['ops']} ops would fall back to the CPU "
+            f"(first: {offline['problems'][0]['op']}: {offline['problems'][0]['why'][0]})")
+    if compiler is None:
+        log(f"      {edgetpu.INSTALL_HINT}; wrote the int8 model and the offline report only")
+        res["compiled"] = None
+        return res
+    compiled, parsed = edgetpu.compile_model(model, out, compiler)
+    res["compiled"] = {"file": compiled.name, **parsed}
+    if parsed.get("cpu_ops"):
+        log(f"      WARNING: the compiler left {parsed['cpu_ops']} ops on the CPU")
+    from scopelite.edge.bundle import load_sidecar  # noqa: PLC0415
+
+    base = load_sidecar(model)
+    tpu_sc = replace(base, file=compiled.name, sha256=sha256_file(compiled), runtimes=("edgetpu",),
+                     provenance={**base.provenance, "edgetpu_compiler": parsed})
+    write_sidecar(compiled, tpu_sc)
+    log(f"      compiled for the Edge TPU: {parsed.get('tpu_ops')} ops on the TPU, {parsed.get('cpu_ops')} on the "
+        f"CPU, {parsed.get('subgraphs')} subgraph(s) -> {compiled}")
+    return res
+
+
+def markdown(report: dict) -> str:
+    f = report["float"]
+    lines = [f"# cellcompress report: {report['model']}", "",
+             f"Held-out test split: {report['n']} images ({report['data']}). Corrupted: {report['corrupted_protocol']}.",
+             "", "| model | clean acc | corrupted acc | size MB | p50 ms (1 thr) | p50 ms (2 thr) | gate |",
+             "|---|---|---|---|---|---|---|",
+             f"| Keras float | {100 * f['clean']['accuracy']:.2f} % | {100 * f['corrupted']['accuracy']:.2f} % | | | | |"]
+    for k, v in report["variants"].items():
+        g = v.get("gate")
+        lines.append(f"| {k} | {100 * v['clean']['accuracy']:.2f} % | {100 * v['corrupted']['accuracy']:.2f} % | "
+                     f"{v['size_bytes'] / 1e6:.2f} | {v['latency_ms']['threads_1']['p50_ms']:.3f} | "
+                     f"{v['latency_ms']['threads_2']['p50_ms']:.3f} | "
+                     f"{'' if g is None else ('pass' if g['passed'] else 'FAIL: ' + '; '.join(g['failures']))} |")
+    if report.get("approved"):
+        lines += ["", f"Approved: **{report['approved']['variant']}** -> `{report['approved']['file']}`"]
+    return "\n".join(lines) + "\n"

@@ -69,9 +69,26 @@ def scope():
     return q.quantize_scope({"ScopeliteOutputOnly": _output_only_config_class()})
 
 
-def copy_qat_weights(src, dst) -> None:
-    """Weights (incl. quantiser ranges) from a QAT model to an identical one with another batch size."""
-    dst.set_weights(src.get_weights())
+def pin_input_range(qat_model, low: float = 0.0, high: float = 255.0) -> None:
+    """Fix the input quantiser to the raw pixel range, so the converter needs no requantisation
+    (a DEQUANTIZE/QUANTIZE pair) between the uint8 input and the first layer."""
+    for layer in qat_model.layers:
+        if type(layer).__name__ == "QuantizeLayer":
+            for w in layer.weights:
+                if w.name.endswith("_min:0"):
+                    w.assign(low)
+                elif w.name.endswith("_max:0"):
+                    w.assign(high)
+            return
+    raise ValueError("no QuantizeLayer at the model input")
+
+
+def for_export(qat_trained, build_batch1):
+    """The trained QAT weights (quantiser ranges included) in a batch-1 QAT copy, input range pinned."""
+    fixed = quantize(build_batch1())
+    fixed.set_weights(qat_trained.get_weights())
+    pin_input_range(fixed)
+    return fixed
 
 
 def fine_tune(qat_model, train_ds, val_ds, epochs: int, learning_rate: float, verbose: int = 1) -> dict:
@@ -81,4 +98,4 @@ def fine_tune(qat_model, train_ds, val_ds, epochs: int, learning_rate: float, ve
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
-__all__ = ["copy_qat_weights", "fine_tune", "quantize", "scope"]
+__all__ = ["fine_tune", "for_export", "pin_input_range", "quantize", "scope"]

@@ -8,9 +8,11 @@ import sys
 class UserError(Exception):
     """Bad input, a missing file, a mismatched model: say what and how to fix it."""
 
+    exit_code = 2
+
 
 def one_line_errors(fn):
-    """Decorator for click commands: UserError -> ``Error: ...`` on stderr, exit 2."""
+    """Decorator for click commands: UserError -> ``Error: ...`` on stderr, its exit code (2)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -18,5 +20,5 @@ def one_line_errors(fn):
         except UserError as e:
             msg = " ".join(str(e).split())
             print(f"Error: {msg}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
     return wrapper

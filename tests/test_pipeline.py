@@ -24,7 +24,8 @@ def test_int8_bundle_contract(tiny_run):
     assert sc.provenance["source"]["sha256"] == load_sidecar(tiny_run["keras"]).sha256
     m = sc.metrics
     assert m["split"] == "test" and m["n"] > 0
-    assert {"float", "int8", "latency_ms", "size_bytes"} <= set(m)
+    assert {"float", "clean", "corrupted", "latency_ms", "size_bytes", "gate"} <= set(m)
+    assert m["gate"]["passed"] and sc.provenance["approved_from"] == "model_int8.tflite"
     ops = op_counts(tiny_run["tflite"])
     assert not set(DYNAMIC_SHAPE_OPS) & set(ops), ops
     assert ops == sc.provenance["op_counts"]

@@ -1,0 +1,176 @@
+"""cellcompress: QAT, extra variants, the gate's two outcomes and the Edge TPU integration."""
+import json
+import os
+import shutil
+import stat
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.compress import edgetpu
+from scopelite.compress.ops import op_counts
+
+STAND_IN_COMPILER = textwrap.dedent('''\
+    #!/usr/bin/env python3
+    """Stands in for edgetpu_compiler: copies the model and writes a realistic log."""
+    import shutil, sys
+    args = sys.argv[1:]
+    out = args[args.index("-o") + 1]
+    model = args[-1]
+    assert "-s" in args, "scopelite must ask for the summary (-s)"
+    name = model.rsplit("/", 1)[-1].replace(".tflite", "_edgetpu.tflite")
+    shutil.copy(model, f"{out}/{name}")
+    print("""Edge TPU Compiler version 16.0.384591198
+    Started a compilation timeout timer of 180 seconds.
+
+    Model compiled successfully in 1234 ms.
+
+    Input model: %s
+    Input size: 6.78MiB
+    Output model: %s/%s
+    Output size: 6.95MiB
+    On-chip memory used for caching model parameters: 6.52MiB
+    On-chip memory remaining for caching model parameters: 1.25MiB
+    Off-chip memory used for streaming uncached model parameters: 128.00KiB
+    Number of Edge TPU subgraphs: 1
+    Total number of operations: 272
+    Operation log: %s/model_edgetpu.log
+
+    Operator                       Count      Status
+
+    CONV_2D                        75         Mapped to Edge TPU
+    MUL                            72         Mapped to Edge TPU
+    LOGISTIC                       71         Mapped to Edge TPU
+    SOFTMAX                        1          Operation is otherwise supported, but not mapped due to some unspecified limitation
+    Number of operations that will run on Edge TPU: 271
+    Number of operations that will run on CPU: 1
+    """ % (model, out, name, out))
+''')
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    p = tmp_path / "bin" / "edgetpu_compiler"
+    p.parent.mkdir()
+    p.write_text(STAND_IN_COMPILER)
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return p
+
+
+def test_parse_compiler_log():
+    log = STAND_IN_COMPILER.split('print("""')[1].split('""" %')[0]
+    parsed = edgetpu.parse_log(log)
+    assert parsed["tpu_ops"] == 271 and parsed["cpu_ops"] == 1 and parsed["subgraphs"] == 1
+    assert parsed["on_chip_bytes"] == int(6.52 * 1024**2) and parsed["off_chip_bytes"] == 128 * 1024
+    assert parsed["compiler_version"] == "16.0.384591198"
+    assert {"op": "CONV_2D", "count": 75, "status": "Mapped to Edge TPU"} in parsed["operators"]
+    assert any(o["op"] == "SOFTMAX" and "not mapped" in o["status"] for o in parsed["operators"])
+
+
+def test_offline_compatibility(tiny_run, tmp_path):
+    rep = edgetpu.compatibility(tiny_run["tflite"])
+    assert rep["fully_mapped"] and rep["tpu_ops"] == rep["ops"] and rep["predicted_subgraphs"] == 1
+    # the float16 variant holds float tensors: the first op that touches one is cut off
+    from scopelite.compress.convert import to_float32
+    from scopelite.train._keras import keras
+    from scopelite.train.model import rebuild_for_export
+
+    m = keras.models.load_model(tiny_run["keras"], compile=False)
+    f32 = tmp_path / "f32.tflite"
+    f32.write_bytes(to_float32(rebuild_for_export(m, "tiny", 32, 8)))
+    rep = edgetpu.compatibility(f32)
+    assert not rep["fully_mapped"] and rep["first_unmapped"] == 0 and rep["cpu_ops"] == rep["ops"]
+    assert "not 8-bit" in rep["problems"][0]["why"][0]
+
+
+@pytest.fixture(scope="module")
+def full_compress(tiny_run, tmp_path_factory):
+    """PTQ + QAT + float16 + dynamic range + Edge TPU (stand-in compiler) on the tiny run."""
+    d = tmp_path_factory.mktemp("full")
+    comp = d / "bin" / "edgetpu_compiler"
+    comp.parent.mkdir()
+    comp.write_text(STAND_IN_COMPILER)
+    comp.chmod(0o755)
+    out = d / "out"
+    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--qat", "--float16", "--dynamic-range",
+                "--edgetpu", "--qat-epochs", "2", "--qat-lr", "1e-4", "--representative", "64", "--out", str(out),
+                env=dict(os.environ, PATH=f"{comp.parent}:{os.environ['PATH']}"))
+    return r, out
+
+
+def test_full_compress_writes_every_variant(full_compress):
+    r, out = full_compress
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["variants"]) == {"int8", "qat_int8", "float16", "dynamic_range"}
+    for kind in report["variants"]:
+        sc = json.loads((out / f"model_{kind}.json").read_text())
+        assert sc["provenance"]["variant"] == kind and sc["metrics"]["size_bytes"] > 0
+        assert "p50_ms" in sc["metrics"]["latency_ms"]["threads_1"]
+    assert report["approved"]["variant"] in ("int8", "qat_int8")
+    assert (out / "model.tflite").is_file() and (out / "report.md").read_text().count("|") > 20
+    # the stand-in compiler ran with -s, its log is parsed into the report and a TPU sidecar
+    tpu = json.loads((out / "model_edgetpu.json").read_text())
+    assert tpu["runtimes"] == ["edgetpu"] and tpu["provenance"]["edgetpu_compiler"]["cpu_ops"] == 1
+    assert "WARNING: the compiler left 1 ops on the CPU" in r.stdout
+    assert report["edgetpu"]["offline"]["fully_mapped"]
+
+
+def test_qat_graph_matches_ptq_and_agrees_with_keras(full_compress, tiny_run):
+    r, out = full_compress
+    ptq, qat = op_counts(out / "model_int8.tflite"), op_counts(out / "model_qat_int8.tflite")
+    assert "DEQUANTIZE" not in qat
+    for op, n in qat.items():
+        assert n <= ptq.get(op, 0), (op, qat, ptq)
+    report = json.loads((out / "report.json").read_text())
+    q = report["variants"]["qat_int8"]
+    assert q["top1_agreement_with_float"] >= 0.95
+    assert q["clean"]["accuracy"] >= report["float"]["clean"]["accuracy"] - 0.05
+
+
+def test_gate_refuses_and_approves_nothing(tiny_run, tmp_path):
+    out = tmp_path / "strict"
+    out.mkdir()
+    (out / "model.tflite").write_bytes(b"an old approval that must not survive")
+    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-1", "-1", "--out", str(out),
+                "--representative", "32")
+    assert r.returncode == 3, r.stderr[-2000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert len(err) == 1 and "clean accuracy drop" in err[0] and "corrupted accuracy drop" in err[0]
+    assert "Traceback" not in r.stderr
+    assert not (out / "model.tflite").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["approved"] is None and report["variants"]["int8"]["gate"]["passed"] is False
+    sc = json.loads((out / "model_int8.json").read_text())
+    assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -1
+
+
+def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(shutil.which("python3") or "/usr/bin/python3"))
+    from conftest import run_cli as run
+
+    r = run("cellcompress", str(tiny_run["keras"]), "--int8", "--edgetpu", "--out", str(tmp_path / "o"),
+            "--representative", "32", env={**env, "PATH": f"{os.path.dirname(os.sys.executable)}:/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "edgetpu_compiler is not installed" in r.stdout and "coral.ai" in r.stdout
+    assert (tmp_path / "o" / "model.tflite").is_file() and not (tmp_path / "o" / "model_edgetpu.tflite").exists()
+
+
+@pytest.mark.slow
+def test_qat_on_efficientnetv2b0_has_ptq_op_counts(tmp_path):
+    """Real architecture: QAT int8 holds no more ops of any kind than PTQ int8 (BN folded)."""
+    from scopelite.compress import qat
+    from scopelite.compress.convert import to_int8
+    from scopelite.train.model import build
+
+    m = build("efficientnetv2b0", 32, 8, batch_size=1)
+    q = qat.quantize(m)
+    qat.pin_input_range(q)
+    rep = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "q.tflite").write_bytes(to_int8(q, rep))
+    (tmp_path / "p.tflite").write_bytes(to_int8(m, rep))
+    qo, po = op_counts(tmp_path / "q.tflite"), op_counts(tmp_path / "p.tflite")
+    assert qo == po, (qo, po)
+    assert edgetpu.compatibility(tmp_path / "q.tflite")["fully_mapped"]
