@@ -68,5 +68,27 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
                             qat_learning_rate=qat_learning_rate, **opts))
 
 
+@main.command(context_settings={"show_default": True})
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for bench.{csv,json,md,png}.")
+@click.option("--limit", type=click.IntRange(min=0), default=400, help="Test images (stratified; 0: all).")
+@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.option("--seed", type=int, default=0)
+@one_line_errors
+def bench(models, out, limit, data, seed):
+    """Accuracy of MODELS under 16 corruptions x 5 severities, on their run's test split.
+
+    Any mix of .keras and .tflite bundles (float, int8, QAT, Edge TPU). The mean
+    corruption error (mCE) is relative to the first model: put the float model first.
+
+    \b
+    Example:
+      cellcompress bench runs/pbc/model.keras runs/pbc/int8/model_int8.tflite runs/pbc/int8/model_qat_int8.tflite --out bench/
+    """
+    from .bench import bench as run_bench
+
+    run_bench(list(models), out, limit=limit, seed=seed, data=data)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -174,3 +174,24 @@ def test_qat_on_efficientnetv2b0_has_ptq_op_counts(tmp_path):
     qo, po = op_counts(tmp_path / "q.tflite"), op_counts(tmp_path / "p.tflite")
     assert qo == po, (qo, po)
     assert edgetpu.compatibility(tmp_path / "q.tflite")["fully_mapped"]
+
+
+def test_bench_ranks_models_and_writes_every_format(full_compress, tiny_run, tmp_path):
+    r, out = full_compress
+    b = tmp_path / "bench"
+    r = run_cli("cellcompress", "bench", str(tiny_run["keras"]), str(out / "model_int8.tflite"),
+                str(out / "model_float16.tflite"), "--out", str(b), "--limit", "48")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((b / "bench.json").read_text())
+    assert res["images"] == 48 and res["reference"] == "model.keras"
+    ref = res["models"]["model.keras"]
+    assert ref["mCE_vs_model.keras"] == pytest.approx(1.0)
+    assert res["models"]["model_float16.tflite"]["clean"] == pytest.approx(ref["clean"], abs=0.03)
+    rows = (b / "bench.csv").read_text().splitlines()
+    assert rows[0] == "model,corruption,severity,accuracy" and len(rows) == 1 + 3 * (1 + 16 * 5)
+    assert (b / "bench.png").stat().st_size > 5000 and "mean corrupted" in (b / "bench.md").read_text()
+    # harsher severity never helps on average
+    acc = res["accuracy"]["model.keras"]
+    mean1 = np.mean([v for k, v in acc.items() if k.endswith("/1")])
+    mean5 = np.mean([v for k, v in acc.items() if k.endswith("/5")])
+    assert mean5 <= mean1
