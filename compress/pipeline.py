@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -242,7 +241,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if passed:
         best = max(passed, key=lambda k: (report["variants"][k]["corrupted"]["accuracy"],
                                           report["variants"][k]["clean"]["accuracy"]))
-        _approve(out / f"model_{best}.tflite", out / APPROVED, sc, src_path, best, cfg)
+        _approve(out / f"model_{best}.tflite", out / APPROVED)
         report["approved"] = {"variant": best, "file": APPROVED}
         log(f"      approved {best} -> {out / APPROVED}")
         if cfg.edgetpu:
@@ -252,15 +251,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-def _approve(variant: Path, dest: Path, sc: Sidecar, src_path: Path, kind: str, cfg: CompressConfig) -> None:
-    from scopelite.edge.bundle import load_sidecar  # noqa: PLC0415
+def _approve(variant: Path, dest: Path) -> None:
+    from scopelite.edge.bundle import copy_bundle, load_sidecar  # noqa: PLC0415
 
-    vsc = load_sidecar(variant)
-    shutil.copyfile(variant, dest.with_name(".approved.tmp"))
-    os.replace(dest.with_name(".approved.tmp"), dest)
-    approved = replace(vsc, file=dest.name, sha256=sha256_file(dest),
-                       provenance={**vsc.provenance, "approved_from": variant.name, "gate": vsc.metrics.get("gate")})
-    write_sidecar(dest, approved)
+    copy_bundle(variant, dest, approved_from=variant.name, gate=load_sidecar(variant).metrics.get("gate"))
 
 
 def _edgetpu(model: Path, out: Path, compiler: str | None, sc: Sidecar, src_path: Path, cfg: CompressConfig,

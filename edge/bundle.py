@@ -199,6 +199,19 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
     return sc
 
 
+def copy_bundle(src: str | os.PathLike, dest: str | os.PathLike, **provenance: Any) -> Sidecar:
+    """Copy a model and its sidecar under a new name (sidecar file name and hash updated, atomically)."""
+    import dataclasses  # noqa: PLC0415
+
+    sc = load_sidecar(src)
+    dest = Path(dest)
+    write_bytes_atomic(dest, Path(src).read_bytes())
+    new = dataclasses.replace(sc, file=dest.name, sha256=sha256_file(dest),
+                              provenance={**sc.provenance, "copied_from": Path(src).name, **provenance})
+    write_sidecar(dest, new)
+    return new
+
+
 # --------------------------------------------------------------------------- validation
 
 

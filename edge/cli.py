@@ -30,24 +30,49 @@ def main() -> None:
     """
 
 
+def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[str, ...]]:
+    """``classify [MODEL.tflite] IMAGE...``: a leading .tflite is the model; else --model or the packaged one."""
+    from pathlib import Path
+
+    from .packaged import default_model
+
+    if model is None and args and args[0].endswith(".tflite"):
+        model, args = args[0], args[1:]
+    if not args:
+        raise click.UsageError("give at least one IMAGE or folder")
+    missing = [a for a in args if not Path(a).exists()]
+    if missing:
+        raise click.BadParameter(f"path {missing[0]!r} does not exist", param_hint="IMAGES")
+    if model is None:
+        model = str(default_model())
+    elif not Path(model).is_file():
+        raise click.BadParameter(f"file {model!r} does not exist", param_hint="MODEL")
+    return model, args
+
+
 @main.command()
-@click.argument("model", type=MODEL)
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] IMAGE|DIR...")
+@click.option("--model", default=None, help="The .tflite bundle (default: the packaged PBC model).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes to list per image.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter (default: runtime's).")
 @one_line_errors
-def classify(model, images, as_json, top_k, threads):
+def classify(args, model, as_json, top_k, threads):
     """Classify single-cell images (files or folders).
+
+    Without a model, the int8 EfficientNetV2B0 shipped in the package (trained
+    on real PBC cells, 96x96 crops) is used.
 
     \b
     Example:
-      celledge classify model.tflite cells/ --json
+      celledge classify cells/ --json
+      celledge classify model.tflite cell1.jpg cell2.png
     """
     from .postprocess import top_k as best_k
     from .preprocess import prepare
     from .sources import SourceError, list_images, read_image_rgb
 
+    model, images = _split_model(args, model)
     clf = _classifier(model, threads)
     paths = list_images(images)
     if not paths:
@@ -86,7 +111,8 @@ def _parse_size(value: str | None):
 
 @main.command()
 @click.argument("source")
-@click.option("--model", required=True, type=MODEL, help="The .tflite model (its .json sidecar beside it).")
+@click.option("--model", default=None, type=MODEL,
+              help="The .tflite model (its .json sidecar beside it). Default: the packaged PBC model.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
@@ -109,8 +135,10 @@ def watch(source, model, max_frames, fps, size, loop, top_k, threads):
     from .sources import open_source
     from .watch import run_watch
 
+    from .packaged import default_model
+
     wh = _parse_size(size)
-    clf = _classifier(model, threads)
+    clf = _classifier(model or str(default_model()), threads)
     src = open_source(source, loop=loop, size=wh)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
