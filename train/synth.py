@@ -56,8 +56,10 @@ def _granules(img, rng, x, y, radius, n, size, color, jitter=10):
 
 def _red_cell(img, rng, x, y, s):
     r = rng.uniform(10.5, 13.5) * s
-    _ellipse(img, x, y, r, r * rng.uniform(0.88, 1.0), rng.uniform(0, 180), _jit(rng, RBC, 8))
-    pallor = tuple(c + 0.55 * (p - c) for c, p in zip(_jit(rng, RBC, 4), PLASMA))
+    shade = rng.normal(0, 10)  # red cells vary in haemoglobin (brightness), not in hue
+    colour = _jit(rng, tuple(c + shade for c in RBC), 3)
+    _ellipse(img, x, y, r, r * rng.uniform(0.88, 1.0), rng.uniform(0, 180), colour)
+    pallor = tuple(c + 0.55 * (p - c) for c, p in zip(colour, PLASMA))
     _disc(img, x + rng.normal(0, 0.8 * s), y + rng.normal(0, 0.8 * s), r * rng.uniform(0.35, 0.5), pallor)
 
 
