@@ -117,10 +117,16 @@ def _parse_size(value: str | None):
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
 @click.option("--loop", is_flag=True, help="Replay an image folder forever.")
+@click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
+              help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
+@click.option("--crop-size", type=click.IntRange(min=8), default=96, show_default=True,
+              help="Field mode: square (px of the frame) cropped around each cell, framed like the training crops.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
 @one_line_errors
-def watch(source, model, max_frames, fps, size, loop, top_k, threads):
+def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, top_k, threads):
     """Classify the centre of each frame of SOURCE and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -130,7 +136,8 @@ def watch(source, model, max_frames, fps, size, loop, top_k, threads):
     \b
     Example:
       celledge watch /dev/video0 --model model.tflite --fps 5
-      celledge watch demo_out/field.avi --model demo_out/int8/model.tflite
+      celledge watch demo_out/data/microscope.avi --model demo_out/int8/model.tflite
+      celledge watch smear_fields/ --mode field --crop-size 360
     """
     from .sources import open_source
     from .watch import run_watch
@@ -148,7 +155,10 @@ def watch(source, model, max_frames, fps, size, loop, top_k, threads):
         sys.stdout.write(json.dumps(rec) + "\n")
         sys.stdout.flush()
 
-    summary = run_watch(src, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop)
+    from .field import FieldConfig
+
+    summary = run_watch(src, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
+                        field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score)
     emit(summary)
 
 

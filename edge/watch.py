@@ -10,10 +10,36 @@ import time
 from typing import Callable
 
 
+import numpy as np
+
+from . import field as field_lib
 from .classifier import Classifier
 from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .sources import FrameSource
+
+UNCERTAIN = "uncertain"
+
+
+def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
+                   tally: Tally | None = None) -> list[dict]:
+    """Detect the cells of a field, classify all their crops in one pass, update the differential count."""
+    dets = field_lib.detect(frame, cfg)
+    if not dets:
+        return []
+    crops = np.stack([prepare(field_lib.crop(frame, d, cfg.crop_size), classifier.input_spec) for d in dets])
+    scores = classifier.classify(crops)
+    cells = []
+    for d, sc in zip(dets, scores):
+        best = top_k(sc, classifier.labels, k=1)[0]
+        label = best.label if best.score >= min_score else UNCERTAIN
+        if tally is not None:
+            tally.add(label)
+        half = cfg.crop_size // 2
+        cells.append({"label": label, "score": round(best.score, 4), "best": best.label,
+                      "center": [round(d.x, 1), round(d.y, 1)],
+                      "box": [int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half]})
+    return cells
 
 
 def run_watch(
@@ -25,6 +51,9 @@ def run_watch(
     k: int = 3,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    mode: str = "crop",
+    field_cfg: field_lib.FieldConfig | None = None,
+    min_score: float = 0.5,
 ) -> dict:
     """Classify the centre crop of each frame; return the summary record.
 
@@ -36,9 +65,13 @@ def run_watch(
         fps: cap on frames per second (None: as fast as possible).
         k: how many classes each record lists.
         stop: set it (e.g. from a signal handler) to stop after the current frame.
+        mode: "crop" (one cell in the centre of the view) or "field" (find and classify every cell).
+        field_cfg: detector settings for field mode.
+        min_score: field mode: cells scored below this count as "uncertain".
     """
     stop = stop or threading.Event()
-    tally = Tally(classifier.labels)
+    field_cfg = field_cfg or field_lib.FieldConfig()
+    tally = Tally(list(classifier.labels) + ([UNCERTAIN] if mode == "field" else []))
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"
     try:
@@ -50,20 +83,21 @@ def run_watch(
             frame = source.read()
             if frame is None:
                 break
-            crop = prepare(frame, classifier.input_spec)
             t0 = clock()
-            scores = classifier.classify(crop[None])[0]
-            dt = clock() - t0
+            if mode == "field":
+                cells = classify_field(frame, classifier, field_cfg, min_score, tally)
+                dt = clock() - t0
+                rec = {"frame": n, "cells": cells, "count": tally.summary()["counts"]}
+            else:
+                scores = classifier.classify(prepare(frame, classifier.input_spec)[None])[0]
+                dt = clock() - t0
+                best = top_k(scores, classifier.labels, k=k)
+                tally.add(best[0].label)
+                rec = {"frame": n, "label": best[0].label, "score": round(best[0].score, 4),
+                       "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
             infer_s += dt
-            best = top_k(scores, classifier.labels, k=k)
-            tally.add(best[0].label)
-            emit({
-                "frame": n,
-                "label": best[0].label,
-                "score": round(best[0].score, 4),
-                "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best],
-                "infer_ms": round(dt * 1e3, 3),
-            })
+            rec["infer_ms"] = round(dt * 1e3, 3)
+            emit(rec)
             n += 1
             if fps:
                 remaining = 1.0 / fps - (clock() - t_frame)
@@ -77,6 +111,7 @@ def run_watch(
     return {
         "summary": {
             "source": source.name,
+            "mode": mode,
             "frames": n,
             "stopped": reason,
             "seconds": round(elapsed, 3),

@@ -32,3 +32,32 @@ def test_crop_is_centred_and_reflects_at_the_border():
     c = field.crop(img, det, 32)
     assert c.shape == (32, 32, 3)
     assert c[16, 16].tolist() == [200, 200, 200] and c[11, 11].tolist() == [200, 200, 200]
+
+
+def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
+    import json
+
+    import cv2
+
+    from conftest import run_cli
+
+    rng = np.random.default_rng(7)
+    truth = 0
+    for i in range(3):
+        img, cells = make_field(rng, 640, 480, n_cells=6)
+        truth += len(cells)
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--min-score", "0.0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    frames, summary = recs[:-1], recs[-1]["summary"]
+    assert len(frames) == 3 and summary["mode"] == "field"
+    found = sum(len(f["cells"]) for f in frames)
+    assert abs(found - truth) <= 1 and summary["tally"]["total"] == found
+    cell = frames[0]["cells"][0]
+    assert {"label", "score", "box", "center"} <= set(cell) and cell["box"][2] - cell["box"][0] == 96
+    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--min-score", "1.0")
+    last = json.loads(r.stdout.splitlines()[-1])["summary"]["tally"]["counts"]
+    assert last["uncertain"] == found  # nothing is ever that sure
