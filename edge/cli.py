@@ -123,10 +123,14 @@ def _parse_size(value: str | None):
               help="Field mode: square (px of the frame) cropped around each cell, framed like the training crops.")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
+@click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
+@click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
 @one_line_errors
-def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, top_k, threads):
+def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, top_k,
+          threads):
     """Classify the centre of each frame of SOURCE and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -139,14 +143,22 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
       celledge watch demo_out/data/microscope.avi --model demo_out/int8/model.tflite
       celledge watch smear_fields/ --mode field --crop-size 360
     """
-    from .sources import open_source
+    from .sources import is_live, open_source
     from .watch import run_watch
 
     from .packaged import default_model
 
     wh = _parse_size(size)
     clf = _classifier(model or str(default_model()), threads)
-    src = open_source(source, loop=loop, size=wh)
+    live = is_live(source)
+    # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
+    first = open_source(source, loop=loop, size=wh) if (not live or exit_on_eof) else None
+    opened = {"first": first}
+
+    def opener():
+        src = opened.pop("first", None)
+        return src if src is not None else open_source(source, loop=loop, size=wh)
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -157,8 +169,9 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
 
     from .field import FieldConfig
 
-    summary = run_watch(src, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
-                        field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score)
+    summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
+                        field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score, live=live,
+                        exit_on_eof=exit_on_eof, backoff_cap=backoff_cap)
     emit(summary)
 
 

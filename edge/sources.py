@@ -123,13 +123,16 @@ class FakeSource:
         self.closed = True
 
 
+def is_live(spec: str) -> bool:
+    """A camera or a stream (reconnect when lost), as opposed to a file or folder (ends)."""
+    return "://" in spec or spec.isdigit() or spec.startswith("/dev/video")
+
+
 def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None) -> FrameSource:
     """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...`` or a folder of images."""
     p = Path(spec)
     if p.is_dir():
         return FolderSource(p, loop=loop)
-    is_url = "://" in spec
-    is_camera = spec.isdigit() or spec.startswith("/dev/video")
-    if not (is_url or is_camera or p.is_file()):
+    if not (is_live(spec) or p.is_file()):
         raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
     return OpenCVSource(spec, size=size)

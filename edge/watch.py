@@ -16,7 +16,21 @@ from . import field as field_lib
 from .classifier import Classifier
 from .postprocess import Tally, top_k
 from .preprocess import prepare
-from .sources import FrameSource
+from .capture import Capture, DropOldestQueue
+from .sources import FrameSource, SourceError
+
+
+def _once(source: FrameSource) -> Callable[[], FrameSource]:
+    """An opener for an already-open source: it cannot be reopened."""
+    state = {"used": False}
+
+    def open_it() -> FrameSource:
+        if state["used"]:
+            raise SourceError(f"{source.name} cannot be reopened")
+        state["used"] = True
+        return source
+
+    return open_it
 
 UNCERTAIN = "uncertain"
 
@@ -43,7 +57,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
 
 
 def run_watch(
-    source: FrameSource,
+    source: FrameSource | Callable[[], FrameSource],
     classifier: Classifier,
     emit: Callable[[dict], None],
     max_frames: int | None = None,
@@ -54,11 +68,17 @@ def run_watch(
     mode: str = "crop",
     field_cfg: field_lib.FieldConfig | None = None,
     min_score: float = 0.5,
+    live: bool = False,
+    exit_on_eof: bool = False,
+    queue_size: int = 2,
+    backoff: float = 0.5,
+    backoff_cap: float = 30.0,
+    on_frame: Callable[[np.ndarray, dict], None] | None = None,
 ) -> dict:
-    """Classify the centre crop of each frame; return the summary record.
+    """Classify each frame (capture runs in its own thread); return the summary record.
 
     Args:
-        source: where frames come from (closed on return).
+        source: where frames come from, or a function that opens it (needed to reconnect).
         classifier: turns prepared crops into probabilities.
         emit: called with each frame's record.
         max_frames: stop after this many frames (None: until end of stream).
@@ -68,10 +88,19 @@ def run_watch(
         mode: "crop" (one cell in the centre of the view) or "field" (find and classify every cell).
         field_cfg: detector settings for field mode.
         min_score: field mode: cells scored below this count as "uncertain".
+        live: a camera or stream: frames are dropped (oldest first, counted) when inference
+            falls behind, and a lost source is reopened with exponential backoff.
+        exit_on_eof: stop instead of reconnecting when a live source ends.
+        on_frame: called with each frame and its record (HTTP status, saving).
     """
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
     tally = Tally(list(classifier.labels) + ([UNCERTAIN] if mode == "field" else []))
+    opener = source if callable(source) and not hasattr(source, "read") else _once(source)
+    queue = DropOldestQueue(queue_size)
+    capture = Capture(opener, queue, live=live, exit_on_eof=exit_on_eof, backoff=backoff, backoff_cap=backoff_cap,
+                      stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}))
+    capture.start()
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"
     try:
@@ -80,9 +109,11 @@ def run_watch(
                 reason = "max frames"
                 break
             t_frame = clock()
-            frame = source.read()
+            frame = queue.get(timeout=0.25)
             if frame is None:
-                break
+                if queue.closed:
+                    break
+                continue
             t0 = clock()
             if mode == "field":
                 cells = classify_field(frame, classifier, field_cfg, min_score, tally)
@@ -98,6 +129,8 @@ def run_watch(
             infer_s += dt
             rec["infer_ms"] = round(dt * 1e3, 3)
             emit(rec)
+            if on_frame is not None:
+                on_frame(frame, rec)
             n += 1
             if fps:
                 remaining = 1.0 / fps - (clock() - t_frame)
@@ -106,13 +139,18 @@ def run_watch(
         else:
             reason = "stopped by signal"
     finally:
-        source.close()
+        capture.stop.set()
+        queue.close()
+        capture.join(timeout=2.0)
     elapsed = max(clock() - t_start, 1e-9)
     return {
         "summary": {
-            "source": source.name,
+            "source": capture.source_name,
             "mode": mode,
             "frames": n,
+            "captured": capture.frames,
+            "dropped": queue.dropped,
+            "reconnects": capture.reconnects,
             "stopped": reason,
             "seconds": round(elapsed, 3),
             "fps": round(n / elapsed, 2),

@@ -63,8 +63,8 @@ def test_edge_bad_inputs(tiny_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     _assert_one_line_error(run_cli("celledge", "watch", str(empty), "--model", str(tiny_run["tflite"])), "no images")
-    _assert_one_line_error(run_cli("celledge", "watch", "/dev/video99", "--model", str(tiny_run["tflite"])),
-                           "cannot open video source")
+    _assert_one_line_error(run_cli("celledge", "watch", "/dev/video99", "--model", str(tiny_run["tflite"]),
+                                   "--exit-on-eof"), "cannot open video source")
     r = run_cli("celledge", "watch", "/dev/video0", "--model", str(tiny_run["tflite"]), "--size", "big")
     assert r.returncode == 2 and "WIDTHxHEIGHT" in r.stderr and "Traceback" not in r.stderr
 

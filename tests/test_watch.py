@@ -54,3 +54,73 @@ def test_folder_source_replays_in_order(tmp_path):
     looped = []
     run_watch(FolderSource(tmp_path, loop=True), FakeClassifier(LABELS, InputSpec(8, 8)), looped.append, max_frames=5)
     assert [r["label"] for r in looped] == ["bright", "dark", "bright", "dark", "bright"]
+
+
+def test_drop_oldest_queue_counts_what_it_drops():
+    from scopelite.edge.capture import DropOldestQueue
+
+    q = DropOldestQueue(2)
+    for i in range(5):
+        q.put(i)
+    assert q.dropped == 3 and q.get() == 3 and q.get() == 4
+    q.close()
+    assert q.get(timeout=0.01) is None
+
+
+def test_live_source_that_fails_is_reopened_with_backoff():
+    opened = []
+
+    def opener():
+        opened.append(1)
+        return FakeSource(_frames([10, 100, 250]), fail_after=2, name="flaky camera")
+
+    recs = []
+    s = run_watch(opener, FakeClassifier(LABELS, InputSpec(8, 8)), recs.append, max_frames=7, live=True,
+                  backoff=0.01, backoff_cap=0.05)["summary"]
+    frames = [r for r in recs if "frame" in r]
+    events = [r for r in recs if r.get("event") == "reconnecting"]
+    assert len(frames) == 7 and s["frames"] == 7
+    assert s["reconnects"] >= 3 and len(events) == s["reconnects"] and len(opened) >= 4
+    assert "fake source failed" in events[0]["reason"]
+
+
+def test_live_source_with_exit_on_eof_stops():
+    recs = []
+    s = run_watch(lambda: FakeSource(_frames([10, 100])), FakeClassifier(LABELS, InputSpec(8, 8)), recs.append,
+                  live=True, exit_on_eof=True)["summary"]
+    assert s["frames"] == 2 and s["reconnects"] == 0
+    assert [r["event"] for r in recs if "event" in r] == ["end"]
+
+
+def test_slow_inference_drops_oldest_frames_and_counts_them():
+    import time
+
+    def slow(crops):
+        time.sleep(0.02)
+        return np.eye(3)[[0] * len(crops)]
+
+    class Camera(FakeSource):  # 500 frames/s
+        def read(self):
+            time.sleep(0.002)
+            return super().read()
+
+    def endless():
+        return Camera(_frames([10] * 400), name="fast camera")
+
+    recs = []
+    s = run_watch(endless, FakeClassifier(LABELS, InputSpec(8, 8), fn=slow), recs.append, max_frames=10,
+                  live=True, exit_on_eof=True)["summary"]
+    assert s["frames"] == 10 and s["dropped"] > 0
+    assert s["captured"] >= s["frames"] + s["dropped"]
+
+
+def test_files_are_never_dropped():
+    import time
+
+    def slow(crops):
+        time.sleep(0.005)
+        return np.eye(3)[[0] * len(crops)]
+
+    s = run_watch(FakeSource(_frames([10] * 40)), FakeClassifier(LABELS, InputSpec(8, 8), fn=slow),
+                  lambda r: None)["summary"]
+    assert s["frames"] == 40 and s["dropped"] == 0
