@@ -126,11 +126,15 @@ def _parse_size(value: str | None):
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
 @click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
+@click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
+              help="Serve /, /healthz, /metrics, /latest, /snapshot.jpg (e.g. 127.0.0.1:8080; off by default).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the JSON lines to this file instead of stdout.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
 @one_line_errors
-def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, top_k,
-          threads):
+def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, http_addr,
+          out_file, top_k, threads):
     """Classify the centre of each frame of SOURCE and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -163,16 +167,31 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
+    sink = open(out_file, "a", buffering=1) if out_file else sys.stdout  # noqa: SIM115 - closed below
+
     def emit(rec):
-        sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
+        sink.write(json.dumps(rec) + "\n")
+        sink.flush()
+
+    status = server = None
+    if http_addr:
+        from .httpd import Status, parse_address, serve
+
+        status = Status(clf.labels)
+        server = serve(status, *parse_address(http_addr))
+        print(f"serving http://{http_addr}/", file=sys.stderr)
 
     from .field import FieldConfig
 
     summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
                         field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score, live=live,
-                        exit_on_eof=exit_on_eof, backoff_cap=backoff_cap)
+                        exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
+                        on_frame=status.update if status else None)
     emit(summary)
+    if server is not None:
+        server.shutdown()
+    if out_file:
+        sink.close()
 
 
 @main.command()

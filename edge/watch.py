@@ -73,7 +73,7 @@ def run_watch(
     queue_size: int = 2,
     backoff: float = 0.5,
     backoff_cap: float = 30.0,
-    on_frame: Callable[[np.ndarray, dict], None] | None = None,
+    on_frame: Callable[[np.ndarray, dict, dict], None] | None = None,
 ) -> dict:
     """Classify each frame (capture runs in its own thread); return the summary record.
 
@@ -91,7 +91,7 @@ def run_watch(
         live: a camera or stream: frames are dropped (oldest first, counted) when inference
             falls behind, and a lost source is reopened with exponential backoff.
         exit_on_eof: stop instead of reconnecting when a live source ends.
-        on_frame: called with each frame and its record (HTTP status, saving).
+        on_frame: called with each frame, its record and the capture counters (HTTP status, saving).
     """
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
@@ -130,7 +130,8 @@ def run_watch(
             rec["infer_ms"] = round(dt * 1e3, 3)
             emit(rec)
             if on_frame is not None:
-                on_frame(frame, rec)
+                on_frame(frame, rec, {"captured": capture.frames, "dropped": queue.dropped,
+                                      "reconnects": capture.reconnects})
             n += 1
             if fps:
                 remaining = 1.0 / fps - (clock() - t_frame)

@@ -1,0 +1,203 @@
+"""The daemon's HTTP face (off by default; loopback unless the user names another address).
+
+/healthz      200 "ok" while frames arrive, 503 otherwise
+/metrics      Prometheus text: frames, fps, inference latency histogram, dropped, reconnects, per-class counts
+/latest       the last frame's JSON record
+/snapshot.jpg the last frame with its crop or cell boxes and labels
+/             a small self-refreshing page for the lab (no external assets)
+"""
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+from .preprocess import center_square
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
+
+
+class Status:
+    """Thread-safe state shared by the watch loop (writer) and the HTTP handlers (readers)."""
+
+    def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic):
+        self._lock = threading.Lock()
+        self.labels = list(labels)
+        self.stale_seconds, self.clock = stale_seconds, clock
+        self.frames = 0
+        self.counts: dict[str, int] = {}
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
+        self.counters = {"captured": 0, "dropped": 0, "reconnects": 0}
+        self.last_record: dict | None = None
+        self._last_frame: np.ndarray | None = None
+        self.last_time = 0.0
+        self.started = clock()
+        self._fps = 0.0
+
+    def update(self, frame: np.ndarray, rec: dict, counters: dict | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            if self.last_time:
+                dt = max(now - self.last_time, 1e-6)
+                self._fps = 0.9 * self._fps + 0.1 * (1.0 / dt) if self._fps else 1.0 / dt
+            self.frames += 1
+            self.last_time, self.last_record, self._last_frame = now, rec, frame
+            ms = rec.get("infer_ms", 0.0)
+            self.latency_sum_ms += ms
+            self.latency_buckets[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b),
+                                      len(LATENCY_BUCKETS_MS))] += 1
+            labels = [c["label"] for c in rec["cells"]] if "cells" in rec else [rec.get("label")]
+            for lab in labels:
+                self.counts[lab] = self.counts.get(lab, 0) + 1
+            if counters:
+                self.counters.update(counters)
+
+    def healthy(self) -> tuple[bool, str]:
+        with self._lock:
+            if not self.frames:
+                return False, "no frames yet"
+            age = self.clock() - self.last_time
+        if age > self.stale_seconds:
+            return False, f"no frame for {age:.0f} s"
+        return True, "ok"
+
+    def fps(self) -> float:
+        with self._lock:
+            return self._fps if self.clock() - self.last_time <= self.stale_seconds else 0.0
+
+    def metrics_text(self) -> str:
+        with self._lock:
+            lines = [
+                "# HELP scopelite_frames_total Frames classified.", "# TYPE scopelite_frames_total counter",
+                f"scopelite_frames_total {self.frames}",
+                "# HELP scopelite_frames_dropped_total Frames dropped because inference fell behind.",
+                "# TYPE scopelite_frames_dropped_total counter",
+                f"scopelite_frames_dropped_total {self.counters['dropped']}",
+                "# HELP scopelite_reconnects_total Times the source was reopened.",
+                "# TYPE scopelite_reconnects_total counter",
+                f"scopelite_reconnects_total {self.counters['reconnects']}",
+                "# HELP scopelite_fps Frames per second (smoothed).", "# TYPE scopelite_fps gauge",
+                f"scopelite_fps {self._fps:.3f}",
+                "# HELP scopelite_inference_ms Inference latency per frame.",
+                "# TYPE scopelite_inference_ms histogram",
+            ]
+            cum = 0
+            for b, n in zip(LATENCY_BUCKETS_MS, self.latency_buckets):
+                cum += n
+                lines.append(f'scopelite_inference_ms_bucket{{le="{b}"}} {cum}')
+            lines += [f'scopelite_inference_ms_bucket{{le="+Inf"}} {self.frames}',
+                      f"scopelite_inference_ms_sum {self.latency_sum_ms:.3f}",
+                      f"scopelite_inference_ms_count {self.frames}",
+                      "# HELP scopelite_class_total Cells (field mode) or frames (crop mode) per class.",
+                      "# TYPE scopelite_class_total counter"]
+            for lab in self.labels + sorted(set(self.counts) - set(self.labels)):
+                lines.append(f'scopelite_class_total{{label="{lab}"}} {self.counts.get(lab, 0)}')
+        return "\n".join(lines) + "\n"
+
+    def snapshot_jpeg(self) -> bytes | None:
+        with self._lock:
+            frame, rec = self._last_frame, self.last_record
+        if frame is None:
+            return None
+        img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        if rec and "cells" in rec:
+            boxes = [(c["box"], f"{c['label']} {c['score']:.2f}") for c in rec["cells"]]
+        else:
+            h, w = frame.shape[:2]
+            s = center_square(frame).shape[0]
+            y, x = (h - s) // 2, (w - s) // 2
+            boxes = [([x, y, x + s, y + s], f"{rec.get('label')} {rec.get('score', 0):.2f}" if rec else "")]
+        for (x0, y0, x1, y1), text in boxes:
+            cv2.rectangle(img, (x0, y0), (x1, y1), (40, 200, 40), 2)
+            cv2.putText(img, text, (x0 + 3, max(y0 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 120, 20), 1,
+                        cv2.LINE_AA)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        return buf.tobytes() if ok else None
+
+    def page(self) -> str:
+        ok, why = self.healthy()
+        with self._lock:
+            counts = dict(self.counts)
+        total = sum(counts.values()) or 1
+        bars = "".join(
+            f'<div class="row"><span class="name">{html.escape(str(k))}</span>'
+            f'<span class="bar" style="width:{300 * v / total:.0f}px"></span>'
+            f'<span class="n">{v} ({100 * v / total:.1f} %)</span></div>'
+            for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"""<!doctype html><html><head><meta charset="utf-8"><title>scopelite</title>
+<meta http-equiv="refresh" content="2">
+<style>body{{font-family:sans-serif;margin:1em;color:#222}}.row{{display:flex;align-items:center;margin:2px 0}}
+.name{{width:11em}}.bar{{display:inline-block;height:14px;background:#7a4fa0;margin-right:6px}}
+.ok{{color:#1a7f37}}.bad{{color:#b42318}}img{{max-width:640px;border:1px solid #ccc}}</style></head><body>
+<h1>scopelite — differential count</h1>
+<p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
+<p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
+{self.counters['reconnects']} reconnects</p>
+<img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
+<h2>Count</h2><div id="counts">{bars or '<p>no cells yet</p>'}</div></body></html>"""
+
+
+def _handler(status: Status):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep stdout for JSON lines
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                ok, why = status.healthy()
+                self._send(200 if ok else 503, why.encode(), "text/plain; charset=utf-8")
+            elif path == "/metrics":
+                self._send(200, status.metrics_text().encode(), "text/plain; version=0.0.4")
+            elif path == "/latest":
+                self._send(200, json.dumps(status.last_record).encode(), "application/json")
+            elif path == "/snapshot.jpg":
+                jpg = status.snapshot_jpeg()
+                if jpg is None:
+                    self._send(503, b"no frame yet", "text/plain")
+                else:
+                    self._send(200, jpg, "image/jpeg")
+            elif path == "/":
+                self._send(200, status.page().encode(), "text/html; charset=utf-8")
+            else:
+                self._send(404, b"not found", "text/plain")
+
+    return Handler
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        port_n = int(port)
+        if not 0 <= port_n < 65536:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--http {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080") from None
+    return host or "127.0.0.1", port_n
+
+
+def serve(status: Status, host: str, port: int) -> ThreadingHTTPServer:
+    """Start the server in a daemon thread; ``server.shutdown()`` stops it."""
+    try:
+        server = ThreadingHTTPServer((host, port), _handler(status))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another celledge running? "
+                        "choose another port with --http HOST:PORT") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

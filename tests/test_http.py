@@ -1,0 +1,98 @@
+"""celledge watch --http over loopback: health, metrics, latest, snapshot, page; port in use."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read(), r.headers.get("Content-Type")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type")
+
+
+@pytest.fixture
+def daemon(tiny_run, synth_dir):
+    port = _free_port()
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "watch", str(synth_dir / "crops"), "--loop", "--fps", "30", "--model",
+                          str(tiny_run["tflite"]), "--http", f"127.0.0.1:{port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if _get(base + "/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    yield base, port, p
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=10)
+
+
+def test_endpoints(daemon):
+    base, _, p = daemon
+    code, body, _ = _get(base + "/healthz")
+    assert code == 200 and body == b"ok"
+    time.sleep(0.5)
+    code, body, ctype = _get(base + "/metrics")
+    text = body.decode()
+    assert code == 200 and ctype.startswith("text/plain")
+    frames = int(next(x for x in text.splitlines() if x.startswith("scopelite_frames_total ")).split()[1])
+    assert frames > 3
+    assert 'scopelite_inference_ms_bucket{le="+Inf"}' in text and "scopelite_frames_dropped_total" in text
+    assert 'scopelite_class_total{label="basophil"}' in text and "scopelite_reconnects_total 0" in text
+    code, body, _ = _get(base + "/latest")
+    rec = json.loads(body)
+    assert code == 200 and rec["label"] in rec["top_k"][0]["label"]
+    code, body, ctype = _get(base + "/snapshot.jpg")
+    img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert code == 200 and ctype == "image/jpeg" and img.shape == (96, 96, 3)
+    code, body, _ = _get(base + "/")
+    page = body.decode()
+    assert code == 200 and "differential count" in page and 'http-equiv="refresh"' in page
+    assert "health: ok" in page and "<script src" not in page and "http://" not in page.split("<body>")[1]
+    assert _get(base + "/nope")[0] == 404
+
+
+def test_health_goes_bad_when_frames_stop(tiny_run, tmp_path):
+    from scopelite.edge.httpd import Status
+
+    t = [0.0]
+    s = Status(["a"], stale_seconds=5, clock=lambda: t[0])
+    assert s.healthy() == (False, "no frames yet")
+    s.update(np.zeros((4, 4, 3), np.uint8), {"label": "a", "score": 1.0, "infer_ms": 1.5})
+    assert s.healthy()[0]
+    t[0] = 9.0
+    ok, why = s.healthy()
+    assert not ok and "no frame for 9 s" in why
+
+
+def test_port_in_use_is_one_line(daemon, tiny_run, synth_dir):
+    _, port, _ = daemon
+    r = run_cli("celledge", "watch", str(synth_dir / "crops"), "--model", str(tiny_run["tflite"]),
+                "--http", f"127.0.0.1:{port}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [x for x in r.stderr.splitlines() if x.startswith("Error")][0].count("cannot listen on") == 1
