@@ -23,6 +23,7 @@ def pytest_addoption(parser):
     parser.addoption("--model", default=None, help="An int8 .tflite bundle to time (default: build one).")
     parser.addoption("--runs", type=int, default=200, help="Timed runs per figure.")
     parser.addoption("--no-write", action="store_true", help="Do not write benchmarks/results/*.json.")
+    parser.addoption("--soak", type=int, default=0, help="Run the daemon soak test for this many seconds (600).")
 
 
 def measure(fn, runs: int, warmup: int = 10) -> dict:

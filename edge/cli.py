@@ -116,7 +116,7 @@ def _parse_size(value: str | None):
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
-@click.option("--loop", is_flag=True, help="Replay an image folder forever.")
+@click.option("--loop", is_flag=True, help="Replay an image folder or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
               help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
 @click.option("--crop-size", type=click.IntRange(min=8), default=96, show_default=True,

@@ -54,8 +54,9 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 class OpenCVSource:
     """A camera (``/dev/videoN`` or index), a video file, or a stream URL."""
 
-    def __init__(self, spec: str, size: tuple[int, int] | None = None):
+    def __init__(self, spec: str, size: tuple[int, int] | None = None, loop: bool = False):
         self.name = spec
+        self._loop = loop and Path(spec).is_file()
         target: int | str = int(spec) if spec.isdigit() else spec
         m = re.fullmatch(r"/dev/video(\d+)", spec)
         if m:
@@ -69,6 +70,9 @@ class OpenCVSource:
 
     def read(self) -> np.ndarray | None:
         ok, frame = self._cap.read()
+        if (not ok or frame is None) and self._loop:  # a video file replayed: rewind
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._cap.read()
         if not ok or frame is None:
             return None
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
@@ -135,4 +139,4 @@ def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = No
         return FolderSource(p, loop=loop)
     if not (is_live(spec) or p.is_file()):
         raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
-    return OpenCVSource(spec, size=size)
+    return OpenCVSource(spec, size=size, loop=loop)
