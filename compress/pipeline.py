@@ -276,7 +276,7 @@ def _edgetpu(model: Path, out: Path, compiler: str | None, sc: Sidecar, src_path
 
     base = load_sidecar(model)
     tpu_sc = replace(base, file=compiled.name, sha256=sha256_file(compiled), runtimes=("edgetpu",),
-                     provenance={**base.provenance, "edgetpu_compiler": parsed})
+                     provenance={**base.provenance, "edgetpu_compiler": parsed, "cpu_model": model.name})
     write_sidecar(compiled, tpu_sc)
     log(f"      compiled for the Edge TPU: {parsed.get('tpu_ops')} ops on the TPU, {parsed.get('cpu_ops')} on the "
         f"CPU, {parsed.get('subgraphs')} subgraph(s) -> {compiled}")

@@ -131,3 +131,35 @@ class FakeClassifier:
             return np.asarray(self._fn(crops), dtype=np.float64)
         idx = (crops.reshape(len(crops), -1).mean(axis=1) / 256 * len(self.labels)).astype(int)
         return np.eye(len(self.labels))[idx]
+
+
+def make_classifier(model: str | os.PathLike, num_threads: int | None = None, device: str | None = None,
+                    fallback: str | None = None, warn=lambda msg: None) -> LiteRTClassifier:
+    """Pick the runtime from the sidecar and ``device``; fall back to the CPU model if asked.
+
+    Args:
+        device: None (from the sidecar: an Edge TPU-only model goes to any TPU), "cpu",
+            or an Edge TPU: "usb", "pci", ":0", ":1"...
+        fallback: "cpu" to run the plain int8 model beside an Edge TPU model when no TPU loads.
+    """
+    from .bundle import load_sidecar  # noqa: PLC0415
+    from .runtime import RuntimeUnavailable  # noqa: PLC0415
+
+    sc = load_sidecar(model)
+    if device == "cpu":
+        tpu = None
+    elif device is None:
+        tpu = "" if sc.runtimes == ("edgetpu",) else None
+    else:
+        tpu = device
+    try:
+        return LiteRTClassifier(model, num_threads=num_threads, device=tpu, sidecar=sc)
+    except (RuntimeUnavailable, BundleError) as e:
+        if fallback != "cpu" or tpu is None:
+            raise
+        cpu = sc.provenance.get("cpu_model")
+        cpu_path = Path(model).with_name(cpu) if cpu else Path(model)
+        if "cpu" not in load_sidecar(cpu_path).runtimes:
+            raise BundleError(f"{e}; and no CPU model to fall back to beside {model}") from None
+        warn(f"warning: {e} -> running {cpu_path.name} on the CPU (--fallback cpu)")
+        return LiteRTClassifier(cpu_path, num_threads=num_threads)

@@ -13,10 +13,18 @@ from .errors import UserError, one_line_errors
 MODEL = click.Path(exists=True, dir_okay=False)
 
 
-def _classifier(model: str, threads: int | None):
-    from .classifier import LiteRTClassifier
+def _classifier(model: str, threads: int | None, device: str | None = None, fallback: str | None = None):
+    from .classifier import make_classifier
 
-    return LiteRTClassifier(model, num_threads=threads)
+    return make_classifier(model, num_threads=threads, device=device, fallback=fallback,
+                           warn=lambda msg: print(msg, file=sys.stderr))
+
+
+def _runtime_options(fn):
+    fn = click.option("--fallback", type=click.Choice(["cpu"]), default=None,
+                      help="If the Edge TPU cannot be loaded, run the CPU model beside it instead of failing.")(fn)
+    return click.option("--device", default=None, metavar="cpu|usb|pci|:N",
+                        help="Where to run: the CPU, or an Edge TPU (default: from the model's sidecar).")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -56,8 +64,9 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes to list per image.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter (default: runtime's).")
+@_runtime_options
 @one_line_errors
-def classify(args, model, as_json, top_k, threads):
+def classify(args, model, as_json, top_k, threads, device, fallback):
     """Classify single-cell images (files or folders).
 
     Without a model, the int8 EfficientNetV2B0 shipped in the package (trained
@@ -73,7 +82,7 @@ def classify(args, model, as_json, top_k, threads):
     from .sources import SourceError, list_images, read_image_rgb
 
     model, images = _split_model(args, model)
-    clf = _classifier(model, threads)
+    clf = _classifier(model, threads, device, fallback)
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
@@ -132,9 +141,10 @@ def _parse_size(value: str | None):
               help="Write the JSON lines to this file instead of stdout.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
+@_runtime_options
 @one_line_errors
 def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, http_addr,
-          out_file, top_k, threads):
+          out_file, top_k, threads, device, fallback):
     """Classify the centre of each frame of SOURCE and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -153,7 +163,7 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     from .packaged import default_model
 
     wh = _parse_size(size)
-    clf = _classifier(model or str(default_model()), threads)
+    clf = _classifier(model or str(default_model()), threads, device, fallback)
     live = is_live(source)
     # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
     first = open_source(source, loop=loop, size=wh) if (not live or exit_on_eof) else None
@@ -198,20 +208,31 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
 @click.argument("model", type=MODEL)
 @one_line_errors
 def info(model):
-    """Print a model's sidecar and check that it loads here.
+    """Print a model's sidecar, its op counts and which runtimes work on this machine.
 
     \b
     Example:
       celledge info model.tflite
     """
+    import collections
+
     from . import runtime
     from .bundle import load_sidecar
+    from .classifier import LiteRTClassifier
 
     sc = load_sidecar(model)
     click.echo(json.dumps(sc.to_json(), indent=2))
-    if sc.format == "tflite":
-        _classifier(model, None)
-        click.echo(f"loads on the CPU with {runtime.runtime_name()}")
+    if sc.format != "tflite":
+        return
+    ops = collections.Counter(op["op_name"] for op in runtime.make_interpreter(model, plain=True)._get_ops_details())
+    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    click.echo(f"interpreter: {runtime.runtime_name()}")
+    for rt in sc.runtimes:
+        try:
+            LiteRTClassifier(model, device="" if rt == "edgetpu" else None, sidecar=sc)
+            click.echo(f"{rt}: works here")
+        except UserError as e:
+            click.echo(f"{rt}: not here ({e})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -196,3 +196,16 @@ def test_bench_ranks_models_and_writes_every_format(full_compress, tiny_run, tmp
     mean1 = np.mean([v for k, v in acc.items() if k.endswith("/1")])
     mean5 = np.mean([v for k, v in acc.items() if k.endswith("/5")])
     assert mean5 <= mean1
+
+
+def test_edgetpu_model_without_a_tpu_fails_clearly_or_falls_back(full_compress, synth_dir):
+    _, out = full_compress
+    img = str(next((synth_dir / "crops" / "platelet").glob("*.png")))
+    r = run_cli("celledge", "classify", str(out / "model_edgetpu.tflite"), img, "--json")
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert r.returncode == 2 and len(err) == 1 and "Edge TPU" in err[0] and "--fallback cpu" in err[0]
+    r = run_cli("celledge", "classify", str(out / "model_edgetpu.tflite"), img, "--json", "--fallback", "cpu")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "running model.tflite on the CPU" in r.stderr and json.loads(r.stdout)["label"]
+    r = run_cli("celledge", "classify", str(out / "model.tflite"), img, "--device", "usb")
+    assert r.returncode == 2 and "not compiled for the Edge TPU" in r.stderr

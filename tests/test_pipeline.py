@@ -94,7 +94,7 @@ def test_watch_stops_on_sigterm(tiny_run, synth_dir):
 def test_info_cli(tiny_run):
     r = run_cli("celledge", "info", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr
-    assert '"format": "tflite"' in r.stdout and "loads on the CPU" in r.stdout
+    assert '"format": "tflite"' in r.stdout and "cpu: works here" in r.stdout and "ops: CONV_2D 3" in r.stdout
 
 
 def test_fit_starts_from_an_earlier_run(tiny_run, tmp_path):
