@@ -139,12 +139,18 @@ def _parse_size(value: str | None):
               help="Serve /, /healthz, /metrics, /latest, /snapshot.jpg (e.g. 127.0.0.1:8080; off by default).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the JSON lines to this file instead of stdout.")
+@click.option("--save-dir", type=click.Path(file_okay=False), default=None,
+              help="Save frames that match --save-classes or score below --save-below here.")
+@click.option("--save-classes", default="", help="Comma-separated classes to save, e.g. basophil,erythroblast.")
+@click.option("--save-below", type=click.FloatRange(0, 1), default=None, help="Save frames scored below this.")
+@click.option("--save-cap-mb", type=click.FloatRange(min=1), default=500.0, show_default=True,
+              help="Disk cap for --save-dir: the oldest saved frames are deleted first.")
 @click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
 @_runtime_options
 @one_line_errors
 def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, http_addr,
-          out_file, top_k, threads, device, fallback):
+          out_file, save_dir, save_classes, save_below, save_cap_mb, top_k, threads, device, fallback):
     """Classify the centre of each frame of SOURCE and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -196,12 +202,31 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
                         field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score, live=live,
                         exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
-                        on_frame=status.update if status else None)
+                        on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels))
     emit(summary)
     if server is not None:
         server.shutdown()
     if out_file:
         sink.close()
+
+
+def _on_frame(status, save_dir, save_classes, save_below, save_cap_mb, labels):
+    """Chain the per-frame consumers: HTTP status and frame saving."""
+    hooks = [status.update] if status else []
+    if save_dir:
+        from .saver import FrameSaver
+
+        classes = {c.strip() for c in save_classes.split(",") if c.strip()}
+        unknown = classes - set(labels)
+        if unknown:
+            raise UserError(f"--save-classes {', '.join(sorted(unknown))}: not labels of this model "
+                            f"({', '.join(labels)})")
+        if not classes and save_below is None:
+            raise UserError("--save-dir needs --save-classes and/or --save-below")
+        hooks.append(FrameSaver(save_dir, classes, save_below, int(save_cap_mb * 2**20)))
+    if not hooks:
+        return None
+    return lambda frame, rec, counters: [h(frame, rec, counters) for h in hooks]
 
 
 @main.command()

@@ -61,3 +61,9 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
                 "--min-score", "1.0")
     last = json.loads(r.stdout.splitlines()[-1])["summary"]["tally"]["counts"]
     assert last["uncertain"] == found  # nothing is ever that sure
+    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--save-dir", str(tmp_path / "saved"), "--save-below", "1.0", "--max-frames", "2")
+    assert r.returncode == 0 and len(list((tmp_path / "saved").glob("*.jpg"))) == 2
+    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--save-dir",
+                str(tmp_path / "s2"), "--save-classes", "unicorn")
+    assert r.returncode == 2 and "not labels of this model" in r.stderr

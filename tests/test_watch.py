@@ -124,3 +124,25 @@ def test_files_are_never_dropped():
     s = run_watch(FakeSource(_frames([10] * 40)), FakeClassifier(LABELS, InputSpec(8, 8), fn=slow),
                   lambda r: None)["summary"]
     assert s["frames"] == 40 and s["dropped"] == 0
+
+
+def test_saver_rules_and_disk_cap(tmp_path):
+    import json
+
+    from scopelite.edge.saver import FrameSaver
+
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)  # ~6 KB as JPEG
+    s = FrameSaver(tmp_path, classes={"basophil"}, below=0.5, cap_bytes=30_000)
+    assert s(frame, {"frame": 0, "label": "neutrophil", "score": 0.9}) is None
+    assert "class-basophil" in s(frame, {"frame": 1, "label": "basophil", "score": 0.9}).name
+    assert "low_confidence" in s(frame, {"frame": 2, "label": "neutrophil", "score": 0.3}).name
+    field_rec = {"frame": 3, "cells": [{"label": "uncertain", "best": "basophil", "score": 0.2}]}
+    assert s(frame, field_rec) is not None
+    for i in range(4, 20):
+        s(frame, {"frame": i, "label": "basophil", "score": 0.9})
+    files = list(tmp_path.glob("*.jpg"))
+    assert sum(f.stat().st_size for f in files) <= 30_000 and s.deleted > 0
+    assert len((tmp_path / "saved.jsonl").read_text().splitlines()) == s.saved == 19
+    names = sorted(f.name for f in files)
+    assert "_00000019_" in names[-1] and all("_00000001_" not in n for n in names)  # oldest went first
+    assert json.loads((tmp_path / "saved.jsonl").read_text().splitlines()[0])["reasons"] == ["class:basophil"]
