@@ -96,3 +96,32 @@ def test_port_in_use_is_one_line(daemon, tiny_run, synth_dir):
                 "--http", f"127.0.0.1:{port}")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [x for x in r.stderr.splitlines() if x.startswith("Error")][0].count("cannot listen on") == 1
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(not _chromium(), reason="no Chromium (.ci/run installs Debian's chromium)")
+def test_lab_page_in_headless_chromium(daemon, tmp_path):
+    base, _, _ = daemon
+    time.sleep(1.0)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", base + "/"], capture_output=True, text=True, timeout=60)
+    assert dom.returncode == 0, dom.stderr[-1500:]
+    html_text = dom.stdout
+    assert "health: ok" in html_text and 'id="snapshot"' in html_text
+    assert html_text.count('class="bar"') >= 1 and "frames/s" in html_text
+    shot = tmp_path / "page.png"
+    r = subprocess.run([_chromium(), *flags, "--window-size=800,900", f"--screenshot={shot}", base + "/"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-1500:]
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[1] == 800
+    # the snapshot (a stained cell, purple) was drawn: blue well above green somewhere on the page
+    b, g = img[..., 0].astype(int), img[..., 1].astype(int)
+    assert ((b - g) > 40).sum() > 200
