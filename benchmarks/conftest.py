@@ -24,6 +24,9 @@ def pytest_addoption(parser):
     parser.addoption("--runs", type=int, default=200, help="Timed runs per figure.")
     parser.addoption("--no-write", action="store_true", help="Do not write benchmarks/results/*.json.")
     parser.addoption("--soak", type=int, default=0, help="Run the daemon soak test for this many seconds (600).")
+    parser.addoption("--assert-ratios", action="store_true",
+                     help="Fail when a same-run ratio misses its goal (int8 >= 3x float32, >= 20x Keras, "
+                          "daemon >= 90 %% of bare invoke).")
 
 
 def measure(fn, runs: int, warmup: int = 10) -> dict:
@@ -98,3 +101,29 @@ def models(request, tmp_path_factory):
     (d / "int8.tflite").write_bytes(to_int8(model, rep))
     (d / "float32.tflite").write_bytes(to_float32(model))
     return {"int8": d / "int8.tflite", "float32": d / "float32.tflite", "keras": model}
+
+
+@pytest.fixture(scope="session")
+def bundle(request, models, tmp_path_factory):
+    """An int8 bundle (file + sidecar) for the daemon benchmarks: --model, else the packaged model,
+    else the int8 EfficientNetV2B0 built here with a sidecar written for it."""
+    if request.config.getoption("--model"):
+        return Path(request.config.getoption("--model"))
+    from scopelite.edge.packaged import default_model
+    from scopelite.edge.errors import UserError
+
+    try:
+        return default_model()
+    except UserError:
+        pass
+    from scopelite.edge import runtime
+    from scopelite.edge.bundle import (CLASS_NAMES, InputSpec, Quantization, Sidecar, TensorSpec, sha256_file,
+                                       write_sidecar)
+
+    path = models["int8"]
+    it = runtime.make_interpreter(path)
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    write_sidecar(path, Sidecar(format="tflite", file=path.name, sha256=sha256_file(path), labels=CLASS_NAMES,
+                                input=InputSpec(96, 96, quantization=Quantization(*i["quantization"])),
+                                output=TensorSpec("uint8", Quantization(*o["quantization"])), runtimes=("cpu",)))
+    return path
