@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
-import socket
 import time
 from pathlib import Path
 
@@ -43,16 +40,10 @@ def measure(fn, runs: int, warmup: int = 10) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     from scopelite.edge import runtime
+    from scopelite.edge.sysinfo import machine as base
 
-    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
-            "python": platform.python_version(), "runtime": runtime.runtime_name()}
+    return {**base(), "runtime": runtime.runtime_name()}
 
 
 class Recorder:

@@ -115,10 +115,9 @@ def _markdown(r: dict) -> str:
 
 
 def _heatmap(summary: dict, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     names = list(summary)
     m = np.array([[summary[n]["per_corruption"][c] for c in CORRUPTIONS] for n in names]) * 100
@@ -131,7 +130,4 @@ def _heatmap(summary: dict, path: Path) -> None:
             ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="accuracy % (mean over severities)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path, dpi=100)

@@ -4,8 +4,6 @@ approves the best int8 model only if it lost no more than allowed against the fl
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import platform
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -17,6 +15,7 @@ from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec,
                                    write_bytes_atomic, write_json_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
+from scopelite.edge.sysinfo import machine
 from scopelite.train import model as model_lib
 from scopelite.train._keras import versions
 from scopelite.train.corruptions import corrupted_copy
@@ -54,16 +53,6 @@ class CompressConfig:
     max_drop_corrupted: float = 2.0
     data: str | None = None  # default: the data the run was trained on
     seed: int = 0
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
 
 
 def classify_all(clf: LiteRTClassifier, images: np.ndarray, desc: str) -> np.ndarray:
@@ -205,7 +194,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     log(f"[4/5] measuring {', '.join(variants)}: accuracy (clean, corrupted), latency, size, ops")
     report = {"model": str(src_path), "split": "test", "n": len(test), "data": ds.description,
               "corrupted_protocol": f"one of 16 corruptions at severity 1-5 per image, seed {cfg.seed}",
-              "float": float_m, "variants": {}, "measured_on": _machine()}
+              "float": float_m, "variants": {}, "measured_on": machine()}
     for kind, (blob, extra) in variants.items():
         path = out / f"model_{kind}.tflite"
         write_bytes_atomic(path, blob)

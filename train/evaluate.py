@@ -46,10 +46,9 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
 
 
 def plot_confusion(m: np.ndarray, labels: Sequence[str], path: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -66,7 +65,4 @@ def plot_confusion(m: np.ndarray, labels: Sequence[str], path: Path, title: str)
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path, dpi=100)

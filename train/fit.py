@@ -317,10 +317,9 @@ def _read_history(path: Path) -> dict:
 
 
 def _plot_history(history: dict, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
+    from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -333,10 +332,7 @@ def _plot_history(history: dict, path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(".curves.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save(fig, path, dpi=90)
 
 
 __all__ = ["FitConfig", "fit", "plan"]
