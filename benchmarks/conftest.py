@@ -21,6 +21,9 @@ def pytest_addoption(parser):
     parser.addoption("--runs", type=int, default=200, help="Timed runs per figure.")
     parser.addoption("--no-write", action="store_true", help="Do not write benchmarks/results/*.json.")
     parser.addoption("--soak", type=int, default=0, help="Run the daemon soak test for this many seconds (600).")
+    parser.addoption("--accuracy", action="store_true", help="Run the accuracy benchmarks (need real data).")
+    parser.addoption("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                     help="Folder with pbc96/ and pbc-fields/ for --accuracy.")
     parser.addoption("--assert-ratios", action="store_true",
                      help="Fail when a same-run ratio misses its goal (int8 >= 3x float32, >= 20x Keras, "
                           "daemon >= 90 %% of bare invoke).")
