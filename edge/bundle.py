@@ -135,6 +135,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp makes it 0600; artifacts are meant to be read by others
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

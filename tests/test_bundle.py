@@ -80,3 +80,13 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(final) as tmp:
         tmp.write_text("new")
     assert final.read_text() == "new"
+
+
+def test_atomic_files_are_readable_by_others(tmp_path):
+    import stat
+
+    from scopelite.edge.bundle import write_bytes_atomic
+
+    p = tmp_path / "m.tflite"
+    write_bytes_atomic(p, b"x")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
