@@ -139,8 +139,12 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, cfg: CompressConfi
     arch, size = tcfg["arch"], tcfg["image_size"]
     trainable = model_lib.rebuild_for_export(model, arch, size, n_classes, batch_size=None)
     q = qat.quantize(trainable)
-    log(f"      QAT fine-tuning: {cfg.qat_epochs} epochs at lr {cfg.qat_learning_rate}")
-    train_ds = make_dataset(train.images, train.labels, n_classes, cfg.qat_batch_size, True, "flips", seed=cfg.seed)
+    # Fine-tune on what the float model was trained on, augmentation included: QAT on plain
+    # images keeps clean accuracy but gives back robustness to corrupted ones.
+    policy, strength = tcfg.get("augment", "flips"), tcfg.get("strength", 0.7)
+    log(f"      QAT fine-tuning: {cfg.qat_epochs} epochs at lr {cfg.qat_learning_rate}, augmentation {policy}")
+    train_ds = make_dataset(train.images, train.labels, n_classes, cfg.qat_batch_size, True, policy, strength,
+                            seed=cfg.seed)
     val_ds = make_dataset(val.images, val.labels, n_classes, cfg.qat_batch_size, False)
     history = qat.fine_tune(q, train_ds, val_ds, cfg.qat_epochs, cfg.qat_learning_rate, verbose=2)
     return qat.for_export(q, lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)), history
