@@ -68,8 +68,16 @@ def test_field_mode_on_real_fields(data_root, clf, record):
     RESULTS.mkdir(exist_ok=True)
     grid = [np.hstack(tiles[i : i + 4]) for i in range(0, len(tiles) - len(tiles) % 4, 4)]
     cv2.imwrite(str(RESULTS / "pbc-fields-field-mode.png"), np.vstack(grid))
+    import datetime
+
+    from scopelite.edge.sysinfo import machine
+
     (RESULTS / "pbc-fields-field-mode.json").write_text(json.dumps(
-        {"fields": len(rows), "centre_cell_accuracy": acc, "fields_with_a_detection": detected,
+        {"command": "pytest benchmarks/test_accuracy.py --accuracy -k fields", "machine": machine(),
+         "date": datetime.date.today().isoformat(),
+         "note": "pbc-fields are original PBC images; their crops may be in pbc96, so the model may have "
+                 "seen these cells in training: this checks detect->crop->classify, not generalisation",
+         "fields": len(rows), "centre_cell_accuracy": acc, "fields_with_a_detection": detected,
          "crop_size": 360, "model": str(clf.path), "rows": rows}, indent=1) + "\n")
     record.add("field mode on real PBC fields", centre_cell_accuracy=round(acc, 4),
                fields_with_detection=round(detected, 4), fields=len(rows))
