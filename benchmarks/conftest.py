@@ -73,28 +73,40 @@ def record(request):
     now = dt.datetime.now(dt.timezone.utc)
     RESULTS.mkdir(exist_ok=True)
     name = f"{m['arch']}-{m['cores']}core-{now:%Y-%m-%d}.json"
-    out = {"command": "pytest benchmarks/ " + " ".join(request.config.invocation_params.args),
-           "date": now.isoformat(timespec="seconds"), "machine": m, "results": rec.rows}
-    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
+    command = "pytest " + " ".join(request.config.invocation_params.args)
+    path = RESULTS / name
+    # One file per machine and day: a later run (say, only the soak test) adds its rows, it does not erase.
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    rows = {k: {**v, "command": v.get("command", old.get("command", ""))} for k, v in old.get("results", {}).items()}
+    rows.update({k: {**v, "command": command} for k, v in rec.rows.items()})
+    out = {"date": now.isoformat(timespec="seconds"), "machine": m, "results": rows}
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwritten to {RESULTS / name}")
 
 
 @pytest.fixture(scope="session")
 def models(request, tmp_path_factory):
-    """{"int8": path, "float32": path or None}: the given bundle, or EfficientNetV2B0 at 96x96
-    converted here (untrained weights: latency does not depend on their values)."""
+    """{variant: path}: the given bundle, or EfficientNetV2B0 at 96x96 converted here to every
+    variant (untrained weights: latency does not depend on their values), plus the Keras model."""
     given = request.config.getoption("--model")
     if given:
-        return {"int8": Path(given), "float32": None, "keras": None}
-    from scopelite.compress.convert import to_float32, to_int8
+        return {"int8": Path(given), "keras": None}
+    from scopelite.compress import convert, qat
     from scopelite.train.model import build
 
     d = tmp_path_factory.mktemp("bench")
     model = build("efficientnetv2b0", 96, 8, "none", batch_size=1)
     rep = np.random.default_rng(0).integers(0, 256, (32, 96, 96, 3), dtype=np.uint8)
-    (d / "int8.tflite").write_bytes(to_int8(model, rep))
-    (d / "float32.tflite").write_bytes(to_float32(model))
-    return {"int8": d / "int8.tflite", "float32": d / "float32.tflite", "keras": model}
+    q = qat.quantize(model)
+    qat.pin_input_range(q)
+    blobs = {"int8": convert.to_int8(model, rep), "qat_int8": convert.to_int8(q, rep),
+             "float32": convert.to_float32(model), "float16": convert.to_float16(model),
+             "dynamic_range": convert.to_dynamic_range(model)}
+    out = {"keras": model}
+    for k, b in blobs.items():
+        (d / f"{k}.tflite").write_bytes(b)
+        out[k] = d / f"{k}.tflite"
+    return out
 
 
 @pytest.fixture(scope="session")

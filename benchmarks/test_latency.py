@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import measure
+from scopelite.compress.ops import op_counts
 from scopelite.edge import runtime
 
 
@@ -23,24 +24,39 @@ def _invoke(path, threads):
 @pytest.mark.parametrize("threads", sorted({1, 2, os.cpu_count() or 1}))
 def test_int8_latency(models, record, request, threads):
     r = measure(_invoke(models["int8"], threads), request.config.getoption("--runs"))
-    record.add(f"tflite int8, {threads} threads", **r, size_bytes=models["int8"].stat().st_size)
+    record.add(f"tflite int8, {threads} threads", **r, size_bytes=models["int8"].stat().st_size,
+               ops=sum(op_counts(models["int8"]).values()))
     assert r["p50_ms"] > 0
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_float32_latency(models, record, request, threads):
-    if models["float32"] is None:
-        pytest.skip("no float32 model with --model")
-    r = measure(_invoke(models["float32"], threads), request.config.getoption("--runs"))
-    record.add(f"tflite float32, {threads} threads", **r, size_bytes=models["float32"].stat().st_size)
+@pytest.mark.parametrize("variant", ["float32", "float16", "dynamic_range", "qat_int8"])
+def test_other_variants_latency(models, record, request, variant, threads):
+    if variant not in models:
+        pytest.skip(f"no {variant} model with --model")
+    r = measure(_invoke(models[variant], threads), request.config.getoption("--runs"))
+    ops = op_counts(models[variant])
+    record.add(f"tflite {variant}, {threads} threads", **r, size_bytes=models[variant].stat().st_size,
+               ops=sum(ops.values()))
+
+
+def test_edgetpu_latency(models, record, request):
+    from scopelite.edge.runtime import RuntimeUnavailable, make_interpreter
+
+    try:
+        make_interpreter(models["int8"], edgetpu_device="")
+    except RuntimeUnavailable as e:
+        pytest.skip(f"no Edge TPU here: {e}")
+    pytest.skip("an Edge TPU loaded: time an *_edgetpu.tflite with --model (plain int8 graphs do not use it)")
 
 
 def test_keras_latency(models, record, request):
-    if models["keras"] is None:
+    if models.get("keras") is None:
         pytest.skip("no Keras model with --model")
     x = np.zeros((1, 96, 96, 3), np.float32)
-    r = measure(lambda: models["keras"](x, training=False), max(request.config.getoption("--runs") // 4, 10))
-    record.add("keras float32 model(x)", **r)
+    runs = max(request.config.getoption("--runs") // 4, 10)
+    record.add("keras float32 model(x)", **measure(lambda: models["keras"](x, training=False), runs))
+    record.add("keras float32 predict(x)", **measure(lambda: models["keras"].predict(x, verbose=0), runs))
 
 
 def test_int8_speedup(record, request):
