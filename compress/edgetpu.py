@@ -69,7 +69,7 @@ def compatibility(model_path: str | os.PathLike) -> dict:
     """
     interp = runtime.make_interpreter(model_path, plain=True)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    ops = interp._get_ops_details()  # noqa: SLF001 - the only way to walk the graph without TensorFlow
+    ops = runtime.graph_ops(interp)
     activations = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interp.get_input_details()}
     problems, first = [], None
     for i, op in enumerate(ops):

@@ -63,12 +63,6 @@ def quantize(model):
         return q.quantize_apply(annotated)
 
 
-def scope():
-    """Context needed to load/clone a saved QAT model."""
-    q = tfmot().quantization.keras
-    return q.quantize_scope({"ScopeliteOutputOnly": _output_only_config_class()})
-
-
 def pin_input_range(qat_model, low: float = 0.0, high: float = 255.0) -> None:
     """Fix the input quantiser to the raw pixel range, so the converter needs no requantisation
     (a DEQUANTIZE/QUANTIZE pair) between the uint8 input and the first layer."""
@@ -98,4 +92,4 @@ def fine_tune(qat_model, train_ds, val_ds, epochs: int, learning_rate: float, ve
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
-__all__ = ["fine_tune", "for_export", "pin_input_range", "quantize", "scope"]
+__all__ = ["fine_tune", "for_export", "pin_input_range", "quantize"]

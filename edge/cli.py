@@ -239,8 +239,6 @@ def info(model):
     Example:
       celledge info model.tflite
     """
-    import collections
-
     from . import runtime
     from .bundle import load_sidecar
     from .classifier import LiteRTClassifier
@@ -249,8 +247,8 @@ def info(model):
     click.echo(json.dumps(sc.to_json(), indent=2))
     if sc.format != "tflite":
         return
-    ops = collections.Counter(op["op_name"] for op in runtime.make_interpreter(model, plain=True)._get_ops_details())
-    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    ops = runtime.op_counts(model)
+    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
     click.echo(f"interpreter: {runtime.runtime_name()}")
     for rt in sc.runtimes:
         try:

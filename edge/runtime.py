@@ -85,3 +85,19 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"cannot load {model_path} as a TFLite model: {msg}") from None
     return interp
+
+
+def graph_ops(interp) -> list[dict]:
+    """The interpreter's operators in execution order (name, inputs, outputs).
+
+    LiteRT exposes them only through a private method; this is the one place that calls it.
+    """
+    return interp._get_ops_details()  # noqa: SLF001
+
+
+def op_counts(model_path: str | os.PathLike) -> dict[str, int]:
+    """{op name: count} of a .tflite graph (no delegates, so the graph's own ops), most frequent first."""
+    import collections  # noqa: PLC0415
+
+    ops = graph_ops(make_interpreter(model_path, plain=True))
+    return dict(collections.Counter(op["op_name"] for op in ops).most_common())
