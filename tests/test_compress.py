@@ -135,7 +135,8 @@ def test_gate_refuses_and_approves_nothing(tiny_run, tmp_path):
     out = tmp_path / "strict"
     out.mkdir()
     (out / "model.tflite").write_bytes(b"an old approval that must not survive")
-    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-1", "-1", "--out", str(out),
+    # a drop can never be below -100 points: both metrics must fail, whatever the model
+    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-101", "-101", "--out", str(out),
                 "--representative", "32")
     assert r.returncode == 3, r.stderr[-2000:]
     err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
@@ -145,7 +146,7 @@ def test_gate_refuses_and_approves_nothing(tiny_run, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["approved"] is None and report["variants"]["int8"]["gate"]["passed"] is False
     sc = json.loads((out / "model_int8.json").read_text())
-    assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -1
+    assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -101
 
 
 def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_path):
