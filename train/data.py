@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scopelite.edge.bundle import CLASS_NAMES, write_json_atomic
+from scopelite.edge.bundle import CLASS_NAMES, InputSpec, write_json_atomic
 from scopelite.edge.errors import UserError
+from scopelite.edge.preprocess import prepare
 from scopelite.edge.sources import IMAGE_SUFFIXES
 
 SYNTHETIC = "synthetic"
@@ -93,14 +94,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        if img.shape[:2] != (image_size, image_size):
-            h, w = img.shape[:2]
-            s = min(h, w)
-            img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-            interp = cv2.INTER_AREA if s > image_size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (image_size, image_size), interpolation=interp)
-        images[i] = img
+        images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), InputSpec(image_size, image_size))
     labels = np.array([lab for _, lab in files], np.int64)
     ids = [str(p.relative_to(root)) for p, _ in files]
     return Dataset(images, labels, ids, class_names, f"class folders at {root.resolve()}", False)
@@ -109,14 +103,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
 def _resize_all(images: np.ndarray, image_size: int) -> np.ndarray:
     if images.shape[1:3] == (image_size, image_size):
         return images
-    interp = cv2.INTER_AREA if images.shape[1] > image_size else cv2.INTER_LINEAR
-    out = np.empty((len(images), image_size, image_size, 3), np.uint8)
-    for i, img in enumerate(images):
-        h, w = img.shape[:2]
-        s = min(h, w)
-        out[i] = cv2.resize(img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s],
-                            (image_size, image_size), interpolation=interp)
-    return out
+    spec = InputSpec(image_size, image_size)
+    return np.stack([prepare(np.ascontiguousarray(img), spec) for img in images])
 
 
 def _check_images(x: np.ndarray, where: str) -> np.ndarray:
