@@ -26,6 +26,7 @@ from . import convert, edgetpu
 from .ops import DYNAMIC_SHAPE_OPS, op_counts
 
 APPROVED = "model.tflite"
+QAT_AGREEMENT_MIN = 0.99  # Keras QAT vs its TFLite int8 conversion, top-1 on the test split
 
 
 class GateFailed(UserError):
@@ -110,6 +111,7 @@ def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float
         "clean": {k: clean[k] for k in ("accuracy", "macro_f1", "ece", "per_class", "confusion")},
         "corrupted": {k: corr[k] for k in ("accuracy", "macro_f1")},
         "top1_agreement_with_float": float((p_float_clean.argmax(1) == p_clean.argmax(1)).mean()),
+        "_argmax": p_clean.argmax(1),
         "latency_ms": latency,
         "size_bytes": path.stat().st_size,
     }
@@ -131,7 +133,9 @@ def gate(float_m: dict, m: dict, cfg: CompressConfig) -> dict:
             "passed": not failures, "failures": failures}
 
 
-def _qat_model(model, tcfg: dict, n_classes: int, train, val, cfg: CompressConfig, log):
+def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: CompressConfig, log):
+    """QAT fine-tune ``model``; return the batch-1 export model, the history and the Keras QAT model's
+    predictions on ``test`` (what the TFLite int8 conversion must reproduce)."""
     from scopelite.train.augment import make_dataset  # noqa: PLC0415
 
     from . import qat  # noqa: PLC0415
@@ -147,7 +151,8 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, cfg: CompressConfi
                             seed=cfg.seed)
     val_ds = make_dataset(val.images, val.labels, n_classes, cfg.qat_batch_size, False)
     history = qat.fine_tune(q, train_ds, val_ds, cfg.qat_epochs, cfg.qat_learning_rate, verbose=2)
-    return qat.for_export(q, lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)), history
+    p_keras = q.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
+    return qat.for_export(q, lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)), history, p_keras
 
 
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
@@ -184,10 +189,11 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     fixed = model_lib.rebuild_for_export(model, tcfg["arch"], tcfg["image_size"], n_classes)
     rep = train.images[convert.representative_indices(train.labels, cfg.representative, cfg.seed)]
     variants: dict[str, tuple[bytes, dict]] = {}
+    keras_twins: dict[str, np.ndarray] = {}  # Keras predictions a TFLite variant must reproduce
     if cfg.int8:
         variants["int8"] = (convert.to_int8(fixed, rep, cfg.io_dtype), {"quantization": "post-training full-integer"})
     if cfg.qat:
-        qat_fixed, qat_hist = _qat_model(model, tcfg, n_classes, train, val, cfg, log)
+        qat_fixed, qat_hist, keras_twins["qat_int8"] = _qat_model(model, tcfg, n_classes, train, val, test, cfg, log)
         variants["qat_int8"] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
                                 {"quantization": "quantisation-aware training, full-integer", "qat_history": qat_hist})
     if cfg.float16:
@@ -209,6 +215,13 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
         m = _measure(path, draft, test, corrupted, p_float, kind)
         m["ops"] = ops
+        if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
+            m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == m.pop("_argmax")).mean())
+            if m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
+                log(f"      WARNING: the {kind} TFLite model agrees with its Keras QAT model on only "
+                    f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
+                    f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")
+        m.pop("_argmax", None)
         if kind.endswith("int8"):
             m["gate"] = gate(float_m, m, cfg)
             m["edgetpu_offline"] = edgetpu.compatibility(path)
@@ -289,6 +302,10 @@ def markdown(report: dict) -> str:
                      f"{v['size_bytes'] / 1e6:.2f} | {v['latency_ms']['threads_1']['p50_ms']:.3f} | "
                      f"{v['latency_ms']['threads_2']['p50_ms']:.3f} | "
                      f"{'' if g is None else ('pass' if g['passed'] else 'FAIL: ' + '; '.join(g['failures']))} |")
+    for k, v in report["variants"].items():
+        if "top1_agreement_keras_qat_vs_tflite" in v:
+            lines += ["", f"{k}: the TFLite int8 model and its Keras QAT model agree on "
+                          f"{100 * v['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images (top-1)."]
     if report.get("approved"):
         lines += ["", f"Approved: **{report['approved']['variant']}** -> `{report['approved']['file']}`"]
     return "\n".join(lines) + "\n"
