@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,11 +44,23 @@ def _run_model_path(models: list[Path]) -> Path:
     raise UserError("cannot tell which training run these models came from; pass a model.keras too, or --data")
 
 
-def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, data: str | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Evaluate ``models`` on (up to ``limit`` images of) the run's test split, clean and corrupted."""
-    from tqdm import tqdm  # noqa: PLC0415
+@dataclass(frozen=True)
+class Suite:
+    """A set of corruptions: names, severities and how to make the corrupted images of the test subset."""
 
+    name: str
+    corruptions: Sequence[str]
+    severities: Sequence[int]
+    apply: Callable[[np.ndarray, str, int], np.ndarray]
+
+
+def builtin_suite(seed: int = 0) -> Suite:
+    """scopelite's own 16 corruptions x 5 severities (``scopelite.train.corruptions``)."""
+    return Suite("scopelite", tuple(CORRUPTIONS), SEVERITIES, lambda x, c, s: corrupt_all(x, c, s, seed))
+
+
+def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, data: str | None = None):
+    """The test split of the run the models came from, stratified down to ``limit`` images (seeded)."""
     paths = [Path(m) for m in models]
     labels = [load_sidecar(p).labels for p in paths]
     if any(lab != labels[0] for lab in labels):
@@ -62,26 +75,40 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
         idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(test.labels == c))[:per]
                                       for c in range(len(ds.class_names))]))
         test = test.subset(idx)
+    return test, ds.description
+
+
+def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, data: str | None = None,
+          log: Callable[[str], None] = print, suite: Suite | None = None) -> dict:
+    """Evaluate ``models`` on (up to ``limit`` images of) the run's test split, clean and corrupted
+    by every corruption and severity of ``suite`` (default: :func:`builtin_suite`)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    suite = suite or builtin_suite(seed)
+    paths = [Path(m) for m in models]
+    test, description = select_test(paths, limit, seed, data)
     short = [p.name for p in paths]
     preds = {(p.name if short.count(p.name) == 1 else str(p)): _predictor(p) for p in paths}
     names = list(preds)
     y = test.labels
     acc: dict[str, dict] = {n: {"clean": float((preds[n](test.images).argmax(1) == y).mean())} for n in names}
-    jobs = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]
-    for c, s in tqdm(jobs, desc="corruptions x severities", unit="set"):
-        x = corrupt_all(test.images, c, s, seed)
+    jobs = [(c, s) for c in suite.corruptions for s in suite.severities]
+    for c, s in tqdm(jobs, desc=f"{suite.name} corruptions x severities", unit="set"):
+        x = suite.apply(test.images, c, s)
         for n in names:
             acc[n][f"{c}/{s}"] = float((preds[n](x).argmax(1) == y).mean())
     ref = names[0]
     summary = {}
     for n in names:
-        per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in SEVERITIES])) for c in CORRUPTIONS}
-        ce = {c: (sum(1 - acc[n][f"{c}/{s}"] for s in SEVERITIES) /
-                  max(sum(1 - acc[ref][f"{c}/{s}"] for s in SEVERITIES), 1e-9)) for c in CORRUPTIONS}
+        sev = suite.severities
+        per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in sev])) for c in suite.corruptions}
+        ce = {c: (sum(1 - acc[n][f"{c}/{s}"] for s in sev) /
+                  max(sum(1 - acc[ref][f"{c}/{s}"] for s in sev), 1e-9)) for c in suite.corruptions}
         summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
                       "per_corruption": per_c, "mCE_vs_" + ref: float(np.mean(list(ce.values())))}
-    result = {"images": len(test), "data": ds.description, "seed": seed, "reference": ref, "models": summary,
-              "accuracy": acc}
+    result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name,
+              "corruptions": list(suite.corruptions), "severities": list(suite.severities), "reference": ref,
+              "models": summary, "accuracy": acc}
     out = Path(out)
     write_json_atomic(out / "bench.json", result)
     buf = io.StringIO()
@@ -93,40 +120,65 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
             w.writerow([n, c, s, f"{acc[n][f'{c}/{s}']:.4f}"])
     write_bytes_atomic(out / "bench.csv", buf.getvalue().encode())
     write_bytes_atomic(out / "bench.md", _markdown(result).encode())
-    _heatmap(summary, out / "bench.png")
+    _heatmap(summary, list(suite.corruptions), out / "bench.png")
     for n in names:
         log(f"{n:>32}: clean {100 * summary[n]['clean']:.2f} %  mean corrupted "
             f"{100 * summary[n]['mean_corrupted']:.2f} %  mCE {summary[n]['mCE_vs_' + ref]:.3f}")
     return result
 
 
+def rank_agreement(a: dict[str, float], b: dict[str, float]) -> dict:
+    """How two scorings of the same models order them: Kendall tau-b and pairwise agreement.
+
+    A pair tied in either scoring is neither concordant nor discordant.
+    """
+    names = sorted(set(a) & set(b))
+    if len(names) < 2:
+        raise UserError("rank agreement needs at least two models scored by both")
+    conc = disc = ties_a = ties_b = 0
+    for i, m in enumerate(names):
+        for n in names[i + 1:]:
+            da, db = np.sign(a[m] - a[n]), np.sign(b[m] - b[n])
+            ties_a += da == 0
+            ties_b += db == 0
+            if da and db:
+                conc += da == db
+                disc += da != db
+    pairs = len(names) * (len(names) - 1) // 2
+    denom = np.sqrt(float(pairs - ties_a) * float(pairs - ties_b))
+    return {"models": names, "pairs": pairs, "concordant_pairs": int(conc), "discordant_pairs": int(disc),
+            "kendall_tau": float((conc - disc) / denom) if denom else 0.0,
+            "same_ranking": bool(disc == 0 and ties_a == ties_b == 0)}
+
+
 def _markdown(r: dict) -> str:
     ref = r["reference"]
-    lines = [f"# Robustness benchmark ({r['images']} test images, {r['data']}, seed {r['seed']})", "",
+    lines = [f"# Robustness benchmark, {r['suite']} suite ({r['images']} test images, {r['data']}, seed {r['seed']})",
+             "",
              f"| model | clean | mean corrupted | mCE (vs {ref}) |", "|---|---|---|---|"]
     for n, s in r["models"].items():
         lines.append(f"| {n} | {100 * s['clean']:.2f} % | {100 * s['mean_corrupted']:.2f} % | {s['mCE_vs_' + ref]:.3f} |")
     lines += ["", "| corruption (mean of 5 severities) | " + " | ".join(r["models"]) + " |",
               "|---|" + "---|" * len(r["models"])]
-    for c in CORRUPTIONS:
+    for c in r["corruptions"]:
         lines.append(f"| {c} | " + " | ".join(f"{100 * s['per_corruption'][c]:.1f} %" for s in r["models"].values())
                      + " |")
     return "\n".join(lines) + "\n"
 
 
-def _heatmap(summary: dict, path: Path) -> None:
+def _heatmap(summary: dict, corruptions: list[str], path: Path) -> None:
     from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
     plt = pyplot()
 
     names = list(summary)
-    m = np.array([[summary[n]["per_corruption"][c] for c in CORRUPTIONS] for n in names]) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(CORRUPTIONS), 1.2 + 0.5 * len(names)))
+    m = np.array([[summary[n]["per_corruption"][c] for c in corruptions] for n in names]) * 100
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(corruptions), 1.2 + 0.5 * len(names)))
     im = ax.imshow(m, cmap="RdYlGn", vmin=max(0, m.min() - 5), vmax=100, aspect="auto")
-    ax.set_xticks(range(len(CORRUPTIONS)), list(CORRUPTIONS), rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(corruptions)), corruptions, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     for i in range(len(names)):
-        for j in range(len(CORRUPTIONS)):
+        for j in range(len(corruptions)):
             ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="accuracy % (mean over severities)")
     fig.tight_layout()

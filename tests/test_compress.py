@@ -212,3 +212,32 @@ def test_edgetpu_model_without_a_tpu_fails_clearly_or_falls_back(full_compress, 
     assert "running model.tflite on the CPU" in r.stderr and json.loads(r.stdout)["label"]
     r = run_cli("celledge", "classify", str(out / "model.tflite"), img, "--device", "usb")
     assert r.returncode == 2 and "not compiled for the Edge TPU" in r.stderr
+
+
+def test_rank_agreement():
+    from scopelite.compress.bench import rank_agreement
+
+    same = rank_agreement({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.5, "b": 0.4, "c": 0.1})
+    assert same["kendall_tau"] == 1.0 and same["same_ranking"] and same["concordant_pairs"] == 3
+    flipped = rank_agreement({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.1, "b": 0.4, "c": 0.5})
+    assert flipped["kendall_tau"] == -1.0 and not flipped["same_ranking"]
+    one_swap = rank_agreement({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.9, "b": 0.6, "c": 0.7, "extra": 1.0})
+    assert one_swap["models"] == ["a", "b", "c"] and one_swap["discordant_pairs"] == 1
+    assert abs(one_swap["kendall_tau"] - 1 / 3) < 1e-9
+
+
+def test_bench_takes_another_corruption_suite(full_compress, tiny_run, tmp_path):
+    """The MedMNIST-C cross-check plugs its own corrupted images into the same bench."""
+    from scopelite.compress.bench import Suite, bench
+
+    _, out = full_compress
+    suite = Suite("two-way", ["identity", "black"], (1, 2),
+                  lambda x, c, s: x if c == "identity" else np.zeros_like(x))
+    res = bench([str(tiny_run["keras"]), str(out / "model_int8.tflite")], tmp_path, limit=24, suite=suite,
+                log=lambda m: None)
+    assert res["suite"] == "two-way" and res["corruptions"] == ["identity", "black"]
+    for m in res["models"].values():
+        assert m["per_corruption"]["identity"] == m["clean"]
+        assert m["per_corruption"]["black"] <= 0.25  # one answer for every image: one class of 8 right
+    assert len((tmp_path / "bench.csv").read_text().splitlines()) == 1 + 2 * (1 + 2 * 2)
+    assert "two-way" in (tmp_path / "bench.md").read_text()

@@ -1,0 +1,146 @@
+"""Cross-check scopelite's corruption suite against the MedMNIST-C blood protocol.
+
+MedMNIST-C (Di Salvo et al., 2024; ``pip install medmnistc``) defines, for BloodMNIST,
+pixelate, jpeg_compression, defocus_blur, motion_blur, brightness_up/down,
+contrast_up/down, saturate, stain_deposit and bubble at 5 severities. It pulls in
+torch, torchvision and ImageMagick (Wand), so it is never a scopelite dependency:
+this script runs it in a separate Python environment of its own, as a subprocess,
+and does everything else with scopelite.
+
+    # once: a separate environment for medmnistc (ImageMagick from Debian for Wand)
+    apt-get install -y imagemagick libmagickwand-dev
+    python3 -m venv ~/mcvenv && ~/mcvenv/bin/pip install "numpy<2" medmnistc torch torchvision
+
+    # from the scopelite environment: the models, our own bench.json of them, and the medmnistc Python
+    python benchmarks/medmnistc_crosscheck.py run RUN/model.keras RUN/c/model_int8.tflite RUN/c/model_qat_int8.tflite \\
+        --ours RUN/bench/bench.json --medmnistc-python ~/mcvenv/bin/python --out RUN/bench-medmnistc
+
+It evaluates the models on the same test images as ``cellcompress bench`` (same
+``--limit`` and ``--seed``), corrupted by MedMNIST-C instead of by scopelite, writes
+bench.{json,csv,md,png} for that suite, and ``crosscheck.{json,md}``: how both suites
+rank the models (Kendall tau, pairwise order agreement) and both suites' accuracy on
+the corruptions they share.
+
+MedMNIST-C's BloodMNIST parameters are set for 224x224 images: each 96x96 crop is
+upsampled to 224 (bicubic), corrupted, and brought back to the model's input with the
+device's own preprocessing (scopelite.edge.preprocess.prepare).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PROTOCOL_SIZE = 224
+# our corruption that measures the same thing as theirs (where one does)
+SHARED = {"pixelate": "pixelate", "jpeg_compression": "jpeg", "defocus_blur": "defocus_blur",
+          "motion_blur": "motion_blur", "brightness_up": "brightness_up", "brightness_down": "brightness_down",
+          "contrast_up": "contrast_up", "contrast_down": "contrast_down", "saturate": "saturate",
+          "bubble": "bubbles", "stain_deposit": "debris"}
+
+
+def corrupt(src: str, dst: str, seed: int) -> None:
+    """Runs in the medmnistc environment: every bloodmnist corruption x severity of ``src``'s images."""
+    import random
+
+    from PIL import Image
+    from medmnistc.corruptions.registry import CORRUPTIONS_DS
+
+    images = np.load(src, allow_pickle=False)["images"]
+    out = {}
+    for name, corruption in CORRUPTIONS_DS["bloodmnist"].items():
+        for sev in range(5):
+            random.seed(seed)
+            np.random.seed(seed)
+            batch = []
+            for img in images:
+                big = Image.fromarray(img).resize((PROTOCOL_SIZE, PROTOCOL_SIZE), Image.BICUBIC)
+                batch.append(np.asarray(corruption.apply(big, severity=sev))[..., :3])
+            out[f"{name}/{sev + 1}"] = np.stack(batch).astype(np.uint8)
+            print(f"{name}/{sev + 1}", flush=True)
+    np.savez_compressed(dst, **out)
+
+
+def run(args) -> None:
+    from scopelite.compress.bench import Suite, bench, rank_agreement, select_test
+    from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
+    from scopelite.edge.preprocess import prepare
+
+    spec = load_sidecar(args.models[0]).input
+    size = (spec.width, spec.height)
+    test, _ = select_test(args.models, args.limit, args.seed, args.data)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "clean.npz", Path(tmp) / "medmnistc.npz"
+        np.savez(src, images=test.images)
+        subprocess.run([args.medmnistc_python, __file__, "corrupt", str(src), str(dst), "--seed", str(args.seed)],
+                       check=True, stdout=subprocess.DEVNULL)
+        with np.load(dst, allow_pickle=False) as z:
+            sets = {k: np.stack([prepare(im, spec) for im in z[k]]) for k in z.files}
+    names = sorted({k.split("/")[0] for k in sets}, key=list(SHARED).index)
+
+    def apply(x, c, s):
+        assert len(x) == len(sets[f"{c}/{s}"]), "the test subset changed between selection and evaluation"
+        return sets[f"{c}/{s}"]
+
+    theirs = bench(args.models, args.out, limit=args.limit, seed=args.seed, data=args.data,
+                   suite=Suite("MedMNIST-C bloodmnist", names, (1, 2, 3, 4, 5), apply))
+    ours = json.loads(Path(args.ours).read_text())
+    if ours["images"] != theirs["images"] or ours["seed"] != theirs["seed"]:
+        sys.exit(f"{args.ours} was measured on {ours['images']} images with seed {ours['seed']}; "
+                 f"run cellcompress bench with --limit {args.limit} --seed {args.seed}")
+    common = [m for m in theirs["models"] if m in ours["models"]]
+    score = {s: {m: r["models"][m]["mean_corrupted"] for m in common} for s, r in (("ours", ours), ("theirs", theirs))}
+    result = {
+        "images": theirs["images"], "seed": args.seed, "models": common,
+        "mean_corrupted": score,
+        "ranking": {s: sorted(common, key=lambda m: -score[s][m]) for s in score},
+        "rank_agreement": rank_agreement(score["ours"], score["theirs"]),
+        "shared_corruptions": {
+            f"{t} ~ {o}": {m: {"theirs": theirs["models"][m]["per_corruption"][t],
+                               "ours": ours["models"][m]["per_corruption"][o]} for m in common}
+            for t, o in SHARED.items() if t in names and o in ours["corruptions"]},
+        "protocol": f"medmnistc bloodmnist, crops upsampled to {PROTOCOL_SIZE} px, corrupted, resized to "
+                    f"{size[0]}x{size[1]} by scopelite.edge.preprocess.prepare",
+    }
+    ra = result["rank_agreement"]
+    md = [f"# Corruption suites cross-check ({result['images']} test images, seed {args.seed})", "",
+          f"Protocol: {result['protocol']}.", "",
+          "| model | scopelite suite mean corrupted | MedMNIST-C mean corrupted |", "|---|---|---|"]
+    md += [f"| {m} | {100 * score['ours'][m]:.2f} % | {100 * score['theirs'][m]:.2f} % |" for m in common]
+    md += ["", f"Kendall tau {ra['kendall_tau']:.3f}; {ra['concordant_pairs']} of {ra['pairs']} model pairs "
+               f"ordered the same way; same ranking: {ra['same_ranking']}.", "",
+           "| corruption (theirs ~ ours) | " + " | ".join(common) + " |", "|---|" + "---|" * len(common)]
+    for k, v in result["shared_corruptions"].items():
+        md.append(f"| {k} | " + " | ".join(f"{100 * v[m]['theirs']:.1f} / {100 * v[m]['ours']:.1f} %"
+                                           for m in common) + " |")
+    write_json_atomic(Path(args.out) / "crosscheck.json", result)
+    write_bytes_atomic(Path(args.out) / "crosscheck.md", ("\n".join(md) + "\n").encode())
+    print("\n".join(md))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("corrupt", help="(medmnistc environment) corrupt an npz of images")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run", help="(scopelite environment) benchmark MODELS under MedMNIST-C and compare")
+    r.add_argument("models", nargs="+")
+    r.add_argument("--ours", required=True, help="bench.json of cellcompress bench on the same models")
+    r.add_argument("--medmnistc-python", required=True, help="python of the environment that has medmnistc")
+    r.add_argument("--out", required=True)
+    r.add_argument("--limit", type=int, default=400)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--data", default=None)
+    a = p.parse_args(argv)
+    corrupt(a.src, a.dst, a.seed) if a.cmd == "corrupt" else run(a)
+
+
+if __name__ == "__main__":
+    main()
