@@ -50,6 +50,7 @@ class CompressConfig:
     qat_epochs: int = 2
     qat_learning_rate: float = 1e-5
     qat_batch_size: int = 32
+    qat_ranges: str = "both"  # learned (TFMOT's) | calibrated (converter, as PTQ) | both
     max_drop_clean: float = 1.0  # accuracy points
     max_drop_corrupted: float = 2.0
     data: str | None = None  # default: the data the run was trained on
@@ -152,7 +153,13 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: Compres
     val_ds = make_dataset(val.images, val.labels, n_classes, cfg.qat_batch_size, False)
     history = qat.fine_tune(q, train_ds, val_ds, cfg.qat_epochs, cfg.qat_learning_rate, verbose=2)
     p_keras = q.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
-    return qat.for_export(q, lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)), history, p_keras
+    build = lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)  # noqa: E731
+    exports = {}
+    if cfg.qat_ranges in ("learned", "both"):
+        exports["qat_int8"] = qat.for_export(q, build)
+    if cfg.qat_ranges in ("calibrated", "both"):
+        exports["qat_calibrated_int8"] = qat.strip(q, build)
+    return exports, history, p_keras
 
 
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
@@ -193,9 +200,14 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.int8:
         variants["int8"] = (convert.to_int8(fixed, rep, cfg.io_dtype), {"quantization": "post-training full-integer"})
     if cfg.qat:
-        qat_fixed, qat_hist, keras_twins["qat_int8"] = _qat_model(model, tcfg, n_classes, train, val, test, cfg, log)
-        variants["qat_int8"] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
-                                {"quantization": "quantisation-aware training, full-integer", "qat_history": qat_hist})
+        exports, qat_hist, p_keras_qat = _qat_model(model, tcfg, n_classes, train, val, test, cfg, log)
+        how = {"qat_int8": "quantisation-aware training (weights and learned activation ranges), full-integer",
+               "qat_calibrated_int8": "quantisation-aware training (weights), activation ranges calibrated on the "
+                                      "representative set as in post-training quantisation, full-integer"}
+        for kind, qat_fixed in exports.items():
+            variants[kind] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
+                              {"quantization": how[kind], "qat_history": qat_hist})
+            keras_twins[kind] = p_keras_qat
     if cfg.float16:
         variants["float16"] = (convert.to_float16(fixed), {"quantization": "float16 weights"})
     if cfg.dynamic_range:
@@ -217,7 +229,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         m["ops"] = ops
         if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
             m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == m.pop("_argmax")).mean())
-            if m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
+            if kind == "qat_int8" and m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
                 log(f"      WARNING: the {kind} TFLite model agrees with its Keras QAT model on only "
                     f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
                     f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")

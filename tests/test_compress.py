@@ -105,12 +105,12 @@ def test_full_compress_writes_every_variant(full_compress):
     r, out = full_compress
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["variants"]) == {"int8", "qat_int8", "float16", "dynamic_range"}
+    assert set(report["variants"]) == {"int8", "qat_int8", "qat_calibrated_int8", "float16", "dynamic_range"}
     for kind in report["variants"]:
         sc = json.loads((out / f"model_{kind}.json").read_text())
         assert sc["provenance"]["variant"] == kind and sc["metrics"]["size_bytes"] > 0
         assert "p50_ms" in sc["metrics"]["latency_ms"]["threads_1"]
-    assert report["approved"]["variant"] in ("int8", "qat_int8")
+    assert report["approved"]["variant"] in ("int8", "qat_int8", "qat_calibrated_int8")
     assert (out / "model.tflite").is_file() and (out / "report.md").read_text().count("|") > 20
     # the stand-in compiler ran with -s, its log is parsed into the report and a TPU sidecar
     tpu = json.loads((out / "model_edgetpu.json").read_text())
@@ -121,11 +121,15 @@ def test_full_compress_writes_every_variant(full_compress):
 
 def test_qat_graph_matches_ptq_and_agrees_with_keras(full_compress, tiny_run):
     r, out = full_compress
-    ptq, qat = op_counts(out / "model_int8.tflite"), op_counts(out / "model_qat_int8.tflite")
-    assert "DEQUANTIZE" not in qat
-    for op, n in qat.items():
-        assert n <= ptq.get(op, 0), (op, qat, ptq)
+    ptq = op_counts(out / "model_int8.tflite")
+    for kind in ("qat_int8", "qat_calibrated_int8"):
+        qat = op_counts(out / f"model_{kind}.tflite")
+        assert "DEQUANTIZE" not in qat
+        for op, n in qat.items():
+            assert n <= ptq.get(op, 0), (kind, op, qat, ptq)
     report = json.loads((out / "report.json").read_text())
+    # same QAT weights, activation ranges from the converter's calibration instead of TFMOT's
+    assert report["variants"]["qat_calibrated_int8"]["top1_agreement_keras_qat_vs_tflite"] >= 0.9
     q = report["variants"]["qat_int8"]
     # the bar is 99 %; on 64 tiny-model test images that would allow no miss at all
     assert q["top1_agreement_keras_qat_vs_tflite"] >= 0.97
@@ -241,3 +245,21 @@ def test_bench_takes_another_corruption_suite(full_compress, tiny_run, tmp_path)
         assert m["per_corruption"]["black"] <= 0.25  # one answer for every image: one class of 8 right
     assert len((tmp_path / "bench.csv").read_text().splitlines()) == 1 + 2 * (1 + 2 * 2)
     assert "two-way" in (tmp_path / "bench.md").read_text()
+
+
+def test_strip_moves_qat_weights_into_a_plain_float_model(tiny_run):
+    from scopelite.compress import qat
+    from scopelite.train._keras import keras
+    from scopelite.train.model import rebuild_for_export
+
+    m = keras.models.load_model(tiny_run["keras"], compile=False)
+    build = lambda: rebuild_for_export(m, "tiny", 32, 8)  # noqa: E731
+    q = qat.quantize(rebuild_for_export(m, "tiny", 32, 8, batch_size=None))
+    kernel = next(w for w in q.weights if w.name == "conv0/kernel:0")
+    halved = kernel.numpy() * 0.5
+    kernel.assign(halved)  # stands in for what QAT fine-tuning changes
+    plain = qat.strip(q, build)
+    assert not any("quant" in layer.name for layer in plain.layers)
+    np.testing.assert_array_equal(plain.get_layer("conv0").get_weights()[0], halved)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    assert not np.allclose(plain(x).numpy(), build()(x).numpy())  # the change travelled
