@@ -28,6 +28,7 @@ device's own preprocessing (scopelite.edge.preprocess.prepare).
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def run(args) -> None:
                        check=True, stdout=subprocess.DEVNULL)
         with np.load(dst, allow_pickle=False) as z:
             sets = {k: np.stack([prepare(im, spec) for im in z[k]]) for k in z.files}
-    names = sorted({k.split("/")[0] for k in sets}, key=list(SHARED).index)
+    names = list(dict.fromkeys(k.split("/")[0] for k in sets))  # the registry's order
 
     def apply(x, c, s):
         assert len(x) == len(sets[f"{c}/{s}"]), "the test subset changed between selection and evaluation"
@@ -100,6 +101,7 @@ def compare(ours: dict, theirs: dict, out: Path, protocol: str) -> dict:
     """How the two suites' bench results rank the same models; write crosscheck.{json,md} into ``out``."""
     from scopelite.compress.bench import rank_agreement
     from scopelite.edge.bundle import write_bytes_atomic, write_json_atomic
+    from scopelite.edge.sysinfo import machine
 
     if ours["images"] != theirs["images"] or ours["seed"] != theirs["seed"]:
         sys.exit(f"our bench was measured on {ours['images']} images with seed {ours['seed']}, theirs on "
@@ -130,6 +132,9 @@ def compare(ours: dict, theirs: dict, out: Path, protocol: str) -> dict:
                                "ours": ours["models"][m]["per_corruption"][o]} for m in common}
             for t, o in SHARED.items() if t in names and o in ours_c},
         "protocol": protocol,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_on": machine(),
     }
     def says(ra):
         return (f"Kendall tau {ra['kendall_tau']:.3f}: {ra['concordant_pairs']} of {ra['pairs']} model pairs "

@@ -3,7 +3,7 @@
 ``policy`` is "none", "flips" (flips + 90° rotations: a cell has no up) or
 "strong": flips plus what the field does to images — zoom/shift, exposure,
 contrast, saturation, hue, stain shifts in optical-density space, defocus,
-sensor noise and JPEG artefacts — each applied with probability ``p`` at
+sensor noise, JPEG artefacts and dark blots (stain precipitate, ink) — each applied with probability ``p`` at
 ``strength`` (0..1).
 """
 from __future__ import annotations
@@ -86,6 +86,21 @@ def _jpeg(x, s):
     return tf.cast(y, tf.float32)
 
 
+def _blots(x, s):
+    """1-3 soft dark blots (stain precipitate, ink, dirt on the slide) up to a quarter of the crop wide."""
+    size = tf.cast(tf.shape(x)[0], tf.float32)
+    yy, xx = tf.meshgrid(tf.range(size), tf.range(size), indexing="ij")
+    n = tf.random.uniform([], 1, 4, tf.int32)
+    cy = tf.random.uniform([3, 1, 1], 0.0, size)
+    cx = tf.random.uniform([3, 1, 1], 0.0, size)
+    ry = tf.random.uniform([3, 1, 1], 0.02, 0.02 + 0.12 * s) * size
+    rx = tf.random.uniform([3, 1, 1], 0.02, 0.02 + 0.12 * s) * size
+    d = tf.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)  # 1 on each ellipse's edge
+    masks = tf.sigmoid((1.0 - d) * 6.0) * tf.cast(tf.range(3) < n, tf.float32)[:, None, None]
+    dark = tf.random.uniform([], 0.5, 1.0)
+    return x * (1.0 - dark * tf.reduce_max(masks, axis=0)[..., None])
+
+
 def make_augment(policy: str, strength: float = 0.7, p: float = 0.5):
     """A function (image float32 HxWx3 in 0..255) -> augmented image, for ``Dataset.map``."""
     if policy not in POLICIES:
@@ -102,6 +117,7 @@ def make_augment(policy: str, strength: float = 0.7, p: float = 0.5):
             x = _maybe(p * 0.6, lambda y: _blur(y, strength), x)
             x = _maybe(p * 0.6, lambda y: _noise(y, strength), x)
             x = _maybe(p * 0.5, lambda y: _jpeg(y, strength), x)
+            x = _maybe(p * 0.3, lambda y: _blots(y, strength), x)
         return tf.clip_by_value(x, 0.0, 255.0)
 
     return fn
