@@ -65,7 +65,7 @@ def _load_yaml_defaults(ctx, param, value):
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=_D.warmup_epochs)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay)
 @click.option("--augment", type=click.Choice(["none", "flips", "strong"]), default=_D.augment,
-              help="strong adds zoom, exposure, colour, stain, blur, noise and JPEG.")
+              help="strong adds zoom, exposure, colour, stain, blur, noise, JPEG and dark blots.")
 @click.option("--strength", type=click.FloatRange(0, 1), default=_D.strength, help="Strength of strong augmentation.")
 @click.option("--mixup", type=click.FloatRange(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
 @click.option("--progressive/--no-progressive", default=_D.progressive,
