@@ -42,7 +42,7 @@ def main() -> None:
 @click.option("--representative", type=click.IntRange(min=8), default=256,
               help="Calibration images, drawn stratified from the training split.")
 @click.option("--qat-epochs", type=click.IntRange(min=1), default=2)
-@click.option("--qat-ranges", type=click.Choice(["learned", "calibrated", "both"]), default="both",
+@click.option("--qat-ranges", type=click.Choice(["learned", "calibrated", "both"]), default="learned",
               help="QAT activation ranges: TFMOT's learned ones (qat_int8), recalibrated on the representative set "
                    "like post-training quantisation (qat_calibrated_int8), or both; the gate picks among all int8.")
 @click.option("--qat-lr", "qat_learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-5)

@@ -50,7 +50,7 @@ class CompressConfig:
     qat_epochs: int = 2
     qat_learning_rate: float = 1e-5
     qat_batch_size: int = 32
-    qat_ranges: str = "both"  # learned (TFMOT's) | calibrated (converter, as PTQ) | both
+    qat_ranges: str = "learned"  # learned (TFMOT's) | calibrated (converter, as PTQ) | both
     max_drop_clean: float = 1.0  # accuracy points
     max_drop_corrupted: float = 2.0
     data: str | None = None  # default: the data the run was trained on

@@ -80,37 +80,68 @@ def pin_input_range(qat_model, low: float = 0.0, high: float = 255.0) -> None:
 def for_export(qat_trained, build_batch1):
     """The trained QAT weights (quantiser ranges included) in a batch-1 QAT copy, input range pinned."""
     fixed = quantize(build_batch1())
-    fixed.set_weights(qat_trained.get_weights())
+    _copy_by_name(qat_trained, fixed)  # by name: freeze_batchnorm reorders a wrapper's variables
     pin_input_range(fixed)
     return fixed
+
+
+def _copy_by_name(src, dst) -> None:
+    values = {w.name: w for w in src.weights}
+    for w in dst.weights:
+        v = values.get(w.name)
+        if v is None or tuple(v.shape) != tuple(w.shape):
+            raise ValueError(f"the QAT model has no variable {w.name} of shape {tuple(w.shape)}")
+        w.assign(v)
 
 
 def strip(qat_trained, build_float):
     """The QAT-trained weights in a plain float copy (no fake-quant nodes), for the converter to
     calibrate activation ranges itself, as post-training quantisation does.
 
-    Why: TFMOT learns each activation range as a moving average of per-batch min/max, which
-    comes out narrower than the global min/max a post-training calibration takes (measured on
-    our EfficientNetV2B0: conv outputs ~0.6x, depthwise ~0.36x). Narrow ranges buy resolution
-    on clean images and clip the outliers that corrupted images produce.
+    Why one would: TFMOT learns each activation range as a moving average of per-batch
+    min/max, narrower than the global min/max a post-training calibration takes (on our
+    EfficientNetV2B0 the conv output scales came out ~0.6x, depthwise ~0.36x), which could clip
+    what corrupted images produce. Measured on run pbc-v2 it did not matter (corrupted 91.65 %
+    calibrated vs 91.81 % learned), so this is an option, not the default.
     """
     # TFMOT's wrappers own the wrapped layers' variables (the inner layer may no longer list
     # them), under the original names: "block1a_project_conv/kernel:0" and so on.
-    trained = {w.name: w for w in qat_trained.weights}
     model = build_float()
-    for w in model.weights:
-        src = trained.get(w.name)
-        if src is None or tuple(src.shape) != tuple(w.shape):
-            raise ValueError(f"the QAT model has no variable {w.name} of shape {tuple(w.shape)}")
-        w.assign(src)
+    _copy_by_name(qat_trained, model)
     return model
 
 
-def fine_tune(qat_model, train_ds, val_ds, epochs: int, learning_rate: float, verbose: int = 1) -> dict:
+def freeze_batchnorm(qat_model) -> int:
+    """Run every BatchNormalization in inference mode with fixed gamma/beta (TFMOT wraps them).
+
+    QAT fine-tuning is short and on augmented batches of 32: letting BN re-estimate its
+    statistics there moves the model away from the float one it should stay close to (Jacob et
+    al. 2018 freeze BN statistics for the same reason). Returns how many were frozen.
+    """
+    n = 0
+    for layer in qat_model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False  # inference mode: moving statistics used, not updated
+            layer.trainable = False
+            # TFMOT's wrapper lists the wrapped layer's variables among its own trainable ones
+            # whatever its ``trainable`` says: move gamma/beta out of the optimiser's reach.
+            own = [v for v in layer.__dict__.get("_trainable_weights", []) if v.name.startswith(inner.name + "/")]
+            for v in own:
+                layer._trainable_weights.remove(v)
+                layer._non_trainable_weights.append(v)
+            n += 1
+    return n
+
+
+def fine_tune(qat_model, train_ds, val_ds, epochs: int, learning_rate: float, verbose: int = 1,
+              freeze_bn: bool = True) -> dict:
+    if freeze_bn:
+        freeze_batchnorm(qat_model)
     qat_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.05), metrics=["accuracy"])
     hist = qat_model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose)
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
-__all__ = ["fine_tune", "for_export", "pin_input_range", "quantize", "strip"]
+__all__ = ["fine_tune", "freeze_batchnorm", "for_export", "pin_input_range", "quantize", "strip"]

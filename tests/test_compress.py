@@ -95,7 +95,7 @@ def full_compress(tiny_run, tmp_path_factory):
     comp.chmod(0o755)
     out = d / "out"
     r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--qat", "--float16", "--dynamic-range",
-                "--edgetpu", "--qat-epochs", "2", "--qat-lr", "1e-4", "--representative", "64", "--out", str(out),
+                "--edgetpu", "--qat-epochs", "2", "--qat-lr", "1e-4", "--qat-ranges", "both", "--representative", "64", "--out", str(out),
                 "--max-drop", "6", "8",
                 env=dict(os.environ, PATH=f"{comp.parent}:{os.environ['PATH']}"))
     return r, out
@@ -263,3 +263,24 @@ def test_strip_moves_qat_weights_into_a_plain_float_model(tiny_run):
     np.testing.assert_array_equal(plain.get_layer("conv0").get_weights()[0], halved)
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     assert not np.allclose(plain(x).numpy(), build()(x).numpy())  # the change travelled
+
+
+def test_qat_fine_tuning_keeps_batchnorm_statistics(tiny_run):
+    from scopelite.compress import qat
+    from scopelite.train._keras import keras, tf
+    from scopelite.train.model import rebuild_for_export
+
+    m = keras.models.load_model(tiny_run["keras"], compile=False)
+    q = qat.quantize(rebuild_for_export(m, "tiny", 32, 8, batch_size=None))
+    stats = {w.name: w.numpy().copy() for w in q.weights if "moving_" in w.name or "gamma" in w.name}
+    conv = {w.name: w.numpy().copy() for w in q.weights if w.name.endswith("kernel:0")}
+    assert stats and conv
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.float32) * 0.3  # far from the training images
+    y = tf.one_hot(rng.integers(0, 8, 64), 8)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    qat.fine_tune(q, ds, ds, epochs=1, learning_rate=1e-2, verbose=0)
+    after = {w.name: w.numpy() for w in q.weights}
+    for name, v in stats.items():
+        np.testing.assert_array_equal(after[name], v, err_msg=name)
+    assert any(not np.array_equal(after[n], v) for n, v in conv.items())  # the rest did train
