@@ -80,18 +80,29 @@ def pin_input_range(qat_model, low: float = 0.0, high: float = 255.0) -> None:
 def for_export(qat_trained, build_batch1):
     """The trained QAT weights (quantiser ranges included) in a batch-1 QAT copy, input range pinned."""
     fixed = quantize(build_batch1())
-    _copy_by_name(qat_trained, fixed)  # by name: freeze_batchnorm reorders a wrapper's variables
+    _copy_by_name(qat_trained, fixed)
     pin_input_range(fixed)
     return fixed
 
 
 def _copy_by_name(src, dst) -> None:
-    values = {w.name: w for w in src.weights}
-    for w in dst.weights:
-        v = values.get(w.name)
-        if v is None or tuple(v.shape) != tuple(w.shape):
-            raise ValueError(f"the QAT model has no variable {w.name} of shape {tuple(w.shape)}")
-        w.assign(v)
+    """Copy variables layer by layer (same architecture, same layer order), matched by their base
+    name within the layer ("kernel", "gamma", "output_min"...): a wrapper's variable order is not
+    stable (see freeze_batchnorm) and auto-named layers ("quantize_layer_1") differ between copies."""
+    src_layers, dst_layers = [x for x in src.layers if x.weights], [x for x in dst.layers if x.weights]
+    if len(src_layers) != len(dst_layers):
+        raise ValueError(f"the models differ: {len(src_layers)} vs {len(dst_layers)} layers with weights")
+    def key(w, layer):  # "quantize_layer_1/quantize_layer_1_min:0" -> "_min:0"
+        base = w.name.rsplit("/", 1)[-1]
+        return base[len(layer.name):] if base.startswith(layer.name) else base
+
+    for a, b in zip(src_layers, dst_layers):
+        values = {key(w, a): w for w in a.weights}
+        for w in b.weights:
+            v = values.get(key(w, b))
+            if v is None or tuple(v.shape) != tuple(w.shape):
+                raise ValueError(f"layer {a.name} has no variable like {w.name} of shape {tuple(w.shape)}")
+            w.assign(v)
 
 
 def strip(qat_trained, build_float):
@@ -106,8 +117,13 @@ def strip(qat_trained, build_float):
     """
     # TFMOT's wrappers own the wrapped layers' variables (the inner layer may no longer list
     # them), under the original names: "block1a_project_conv/kernel:0" and so on.
+    trained = {w.name: w for w in qat_trained.weights}
     model = build_float()
-    _copy_by_name(qat_trained, model)
+    for w in model.weights:
+        src = trained.get(w.name)
+        if src is None or tuple(src.shape) != tuple(w.shape):
+            raise ValueError(f"the QAT model has no variable {w.name} of shape {tuple(w.shape)}")
+        w.assign(src)
     return model
 
 
