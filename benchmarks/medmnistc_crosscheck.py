@@ -76,7 +76,8 @@ def run(args) -> None:
 
     spec = load_sidecar(args.models[0]).input
     size = (spec.width, spec.height)
-    test, _ = select_test(args.models, args.limit, args.seed, args.data)
+    selected = select_test(args.models, args.limit, args.seed, args.data)
+    test = selected[0]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "clean.npz", Path(tmp) / "medmnistc.npz"
         np.savez(src, images=test.images)
@@ -91,7 +92,7 @@ def run(args) -> None:
         return sets[f"{c}/{s}"]
 
     theirs = bench(args.models, args.out, limit=args.limit, seed=args.seed, data=args.data,
-                   suite=Suite("MedMNIST-C bloodmnist", names, (1, 2, 3, 4, 5), apply))
+                   suite=Suite("MedMNIST-C bloodmnist", names, (1, 2, 3, 4, 5), apply), selected=selected)
     compare(json.loads(Path(args.ours).read_text()), theirs, Path(args.out),
             f"medmnistc bloodmnist, crops upsampled to {PROTOCOL_SIZE} px, corrupted, resized to "
             f"{size[0]}x{size[1]} by scopelite.edge.preprocess.prepare")

@@ -79,14 +79,15 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
 
 
 def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, data: str | None = None,
-          log: Callable[[str], None] = print, suite: Suite | None = None) -> dict:
+          log: Callable[[str], None] = print, suite: Suite | None = None, selected=None) -> dict:
     """Evaluate ``models`` on (up to ``limit`` images of) the run's test split, clean and corrupted
-    by every corruption and severity of ``suite`` (default: :func:`builtin_suite`)."""
+    by every corruption and severity of ``suite`` (default: :func:`builtin_suite`). ``selected``:
+    what :func:`select_test` returned, when the caller already holds it (no second read of the data)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     suite = suite or builtin_suite(seed)
     paths = [Path(m) for m in models]
-    test, description = select_test(paths, limit, seed, data)
+    test, description = selected or select_test(paths, limit, seed, data)
     short = [p.name for p in paths]
     preds = {(p.name if short.count(p.name) == 1 else str(p)): _predictor(p) for p in paths}
     names = list(preds)

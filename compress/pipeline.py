@@ -102,20 +102,21 @@ def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics:
 
 
 def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float_clean: np.ndarray,
-             label: str) -> dict:
+             label: str) -> tuple[dict, np.ndarray]:
+    """The variant's metrics, and its top-1 class for each clean test image."""
     clf = LiteRTClassifier(path, num_threads=2, sidecar=sc_draft)
     p_clean = classify_all(clf, test.images, f"{label} clean")
     p_corr = classify_all(clf, corrupted, f"{label} corrupted")
     clean, corr = summarize(test.labels, p_clean, sc_draft.labels), summarize(test.labels, p_corr, sc_draft.labels)
     latency = {f"threads_{n}": LiteRTClassifier(path, num_threads=n, sidecar=sc_draft).latency_ms() for n in (1, 2)}
+    top1 = p_clean.argmax(1)
     return {
         "clean": {k: clean[k] for k in ("accuracy", "macro_f1", "ece", "per_class", "confusion")},
         "corrupted": {k: corr[k] for k in ("accuracy", "macro_f1")},
-        "top1_agreement_with_float": float((p_float_clean.argmax(1) == p_clean.argmax(1)).mean()),
-        "_argmax": p_clean.argmax(1),
+        "top1_agreement_with_float": float((p_float_clean.argmax(1) == top1).mean()),
         "latency_ms": latency,
         "size_bytes": path.stat().st_size,
-    }
+    }, top1
 
 
 def gate(float_m: dict, m: dict, cfg: CompressConfig) -> dict:
@@ -189,8 +190,9 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     log(f"[2/5] float model on {len(test)} held-out test images, clean and corrupted")
     p_float = model.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
     p_float_corr = model.predict(corrupted.astype(np.float32), batch_size=64, verbose=0)
-    float_m = {"clean": {k: summarize(test.labels, p_float, sc.labels)[k] for k in ("accuracy", "macro_f1")},
-               "corrupted": {k: summarize(test.labels, p_float_corr, sc.labels)[k] for k in ("accuracy", "macro_f1")}}
+    float_m = {split: {k: m[k] for k in ("accuracy", "macro_f1")}
+               for split, m in (("clean", summarize(test.labels, p_float, sc.labels)),
+                                ("corrupted", summarize(test.labels, p_float_corr, sc.labels)))}
 
     log("[3/5] converting (batch 1)")
     fixed = model_lib.rebuild_for_export(model, tcfg["arch"], tcfg["image_size"], n_classes)
@@ -225,15 +227,14 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         if bad:  # would be a converter regression: the Edge TPU cannot map these
             raise UserError(f"{kind} graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
         draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
-        m = _measure(path, draft, test, corrupted, p_float, kind)
+        m, top1 = _measure(path, draft, test, corrupted, p_float, kind)
         m["ops"] = ops
         if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
-            m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == m.pop("_argmax")).mean())
+            m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == top1).mean())
             if kind == "qat_int8" and m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
                 log(f"      WARNING: the {kind} TFLite model agrees with its Keras QAT model on only "
                     f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
                     f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")
-        m.pop("_argmax", None)
         if kind.endswith("int8"):
             m["gate"] = gate(float_m, m, cfg)
             m["edgetpu_offline"] = edgetpu.compatibility(path)
@@ -250,7 +251,6 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     log("[5/5] gate and approval")
     int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
     passed = [k for k in int8_kinds if report["variants"][k]["gate"]["passed"]]
-    report["float_model"] = float_m
     if int8_kinds and not passed:
         write_json_atomic(out / "report.json", {**report, "approved": None})
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)

@@ -92,17 +92,22 @@ def _copy_by_name(src, dst) -> None:
     src_layers, dst_layers = [x for x in src.layers if x.weights], [x for x in dst.layers if x.weights]
     if len(src_layers) != len(dst_layers):
         raise ValueError(f"the models differ: {len(src_layers)} vs {len(dst_layers)} layers with weights")
+
     def key(w, layer):  # "quantize_layer_1/quantize_layer_1_min:0" -> "_min:0"
         base = w.name.rsplit("/", 1)[-1]
         return base[len(layer.name):] if base.startswith(layer.name) else base
 
     for a, b in zip(src_layers, dst_layers):
-        values = {key(w, a): w for w in a.weights}
-        for w in b.weights:
-            v = values.get(key(w, b))
-            if v is None or tuple(v.shape) != tuple(w.shape):
-                raise ValueError(f"layer {a.name} has no variable like {w.name} of shape {tuple(w.shape)}")
-            w.assign(v)
+        _assign(b.weights, {key(w, a): w for w in a.weights}, lambda w: key(w, b), f"layer {a.name}")
+
+
+def _assign(targets, values: dict, key, where: str) -> None:
+    """Assign each target variable the value found under ``key(target)``; refuse a missing or misshapen one."""
+    for w in targets:
+        v = values.get(key(w))
+        if v is None or tuple(v.shape) != tuple(w.shape):
+            raise ValueError(f"{where} has no variable like {w.name} of shape {tuple(w.shape)}")
+        w.assign(v)
 
 
 def strip(qat_trained, build_float):
@@ -117,13 +122,8 @@ def strip(qat_trained, build_float):
     """
     # TFMOT's wrappers own the wrapped layers' variables (the inner layer may no longer list
     # them), under the original names: "block1a_project_conv/kernel:0" and so on.
-    trained = {w.name: w for w in qat_trained.weights}
     model = build_float()
-    for w in model.weights:
-        src = trained.get(w.name)
-        if src is None or tuple(src.shape) != tuple(w.shape):
-            raise ValueError(f"the QAT model has no variable {w.name} of shape {tuple(w.shape)}")
-        w.assign(src)
+    _assign(model.weights, {w.name: w for w in qat_trained.weights}, lambda w: w.name, "the QAT model")
     return model
 
 

@@ -3,8 +3,8 @@
 ``policy`` is "none", "flips" (flips + 90° rotations: a cell has no up) or
 "strong": flips plus what the field does to images — zoom/shift, exposure,
 contrast, saturation, hue, stain shifts in optical-density space, defocus,
-sensor noise, JPEG artefacts and dark blots (stain precipitate, ink) — each applied with probability ``p`` at
-``strength`` (0..1).
+sensor noise, JPEG artefacts and dark blots (stain precipitate, ink) — each
+applied with probability ``p`` at ``strength`` (0..1).
 """
 from __future__ import annotations
 
