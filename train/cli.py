@@ -79,6 +79,9 @@ def _load_yaml_defaults(ctx, param, value):
               help="With pretrained weights: epochs on a frozen backbone first.")
 @click.option("--patience", type=click.IntRange(min=0), default=_D.patience,
               help="Stop after this many epochs without a better val accuracy (0: never); best weights are kept.")
+@click.option("--average-last", type=click.IntRange(min=0), default=_D.average_last,
+              help="Weight averaging (SWA): ship the mean of the last N epochs' weights instead of the best "
+                   "epoch's (0: off). Snapshots go to checkpoints/epoch-NNN.npz.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
               help="tf.distribute: mirrored (all local GPUs) or multiworker (TF_CONFIG).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute where a GPU has it.")
@@ -171,6 +174,31 @@ def evaluate(run, data, seed):
 
     path = Path(run)
     run_eval(path / "model.keras" if path.is_dir() else path, data=data, seed=seed)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@one_line_errors
+def average(models, out, data):
+    """Average the weights of several runs into one model (a "model soup").
+
+    MODELS are run folders or .keras files of one lineage: the same architecture,
+    classes, input size and saved split, e.g. a run and the runs continued from it
+    with --weights. The average often beats each of them on clean and corrupted
+    images and costs nothing at inference. BatchNorm statistics are re-estimated
+    on training images when they differ between the models. The result is a run
+    folder that `celltrain evaluate` and `cellcompress` take.
+
+    \b
+    Example:
+      celltrain average runs/pbc-v2 runs/pbc-v3 runs/pbc-v4 --out runs/pbc-soup
+      celltrain evaluate runs/pbc-soup
+    """
+    from .soup import soup
+
+    soup(models, out, data=data)
 
 
 @main.command()

@@ -34,6 +34,7 @@ class FitConfig:
     fine_tune_fraction: float = 0.3  # with pretrained weights: share of the backbone unfrozen in phase 2
     head_epochs: int = 2  # with pretrained weights: epochs of phase 1 (frozen backbone)
     patience: int = 0  # early stopping on val accuracy; 0: off (best weights are kept anyway)
+    average_last: int = 0  # SWA: ship the average of the last N epochs' weights instead of the best epoch
     strategy: str = "none"
     mixed_precision: bool = False
     seed: int = 0

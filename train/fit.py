@@ -156,6 +156,46 @@ class _EpochState(keras.callbacks.Callback):
         write_json_atomic(self.path, {"epochs_done": epoch + 1, "best_val_accuracy": self.best})
 
 
+class _Snapshots(keras.callbacks.Callback):
+    """Save the weights of each of the last ``n`` epochs (of ``total``) as checkpoints/epoch-NNN.npz."""
+
+    def __init__(self, folder: Path, n: int, total: int):
+        super().__init__()
+        self.folder, self.first = folder, total - n + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.first:
+            with atomic_path(self.folder / f"epoch-{epoch + 1:03d}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, *self.model.get_weights())
+
+
+def snapshot_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("epoch-[0-9][0-9][0-9].npz"))
+
+
+def _average_snapshots(model, files: list[Path], train_images: np.ndarray, batch_size: int, log) -> dict:
+    """Load the snapshots, average them into ``model``; re-estimate BatchNorm when its statistics moved."""
+    from .average import average_weights, recalibrate_batchnorm, stats_differ  # noqa: PLC0415
+
+    names = [w.name for w in model.weights]
+    lists = []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            lists.append([z[f"arr_{i}"] for i in range(len(z.files))])
+    model.set_weights(average_weights(lists, names))
+    info = {"averaged_epochs": [int(f.stem.split("-")[1]) for f in files], "batchnorm_recalibrated": False}
+    if stats_differ(lists, names):
+        rng = np.random.default_rng(0)
+        idx = rng.permutation(len(train_images))[: min(len(train_images), 100 * batch_size)]
+        batches = (train_images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size))
+        info["batchnorm_recalibrated"] = recalibrate_batchnorm(model, batches) > 0
+    log(f"      averaged the weights of epochs {info['averaged_epochs'][0]}-{info['averaged_epochs'][-1]} "
+        f"({len(files)} snapshots" + (", BatchNorm statistics re-estimated)" if info["batchnorm_recalibrated"]
+                                       else ")"))
+    return info
+
+
 def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dict, extra: dict) -> Sidecar:
     return Sidecar(
         format="keras",
@@ -181,6 +221,8 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
 def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, dict, int, float]:
     out = Path(cfg.out)
     state_file = out / "state.json"
+    if cfg.average_last > cfg.epochs:
+        raise UserError(f"--average-last {cfg.average_last} is more than --epochs {cfg.epochs}")
     if resume:
         if not (out / "checkpoints" / "last.keras").is_file() or not state_file.is_file():
             raise UserError(f"{out} has no checkpoint to resume from; start it with celltrain fit --out {out}")
@@ -261,6 +303,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")), best_cb,
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=True), state_cb,
                  keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")]
+    if cfg.average_last:
+        callbacks.insert(0, _Snapshots(ckpt, cfg.average_last, cfg.epochs))
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     t0 = time.time()
@@ -282,7 +326,13 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     train_s = time.time() - t0
 
     log("[4/4] evaluating on the held-out split and writing the bundle")
-    if (ckpt / "best.keras").is_file():
+    averaging: dict = {}
+    snaps = snapshot_files(ckpt) if cfg.average_last else []
+    if cfg.average_last and not snaps:
+        log("      no epoch snapshots to average (stopped early?); keeping the best epoch")
+    if snaps:
+        averaging = _average_snapshots(model, snaps, tr.images, cfg.batch_size, log)
+    elif (ckpt / "best.keras").is_file():
         model.set_weights(keras.models.load_model(ckpt / "best.keras", compile=False).get_weights())
     fixed = model_lib.rebuild_for_export(model, cfg.arch, cfg.image_size, n_classes, batch_size=None)
     epochs_run = len(state_cb.epoch_seconds)
@@ -302,7 +352,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     with atomic_path(final) as tmp:
         fixed.save(tmp)
     write_sidecar(final, keras_sidecar(final, cfg, ds, metrics,
-                                       {"replicas": strategy.num_replicas_in_sync, "resumed": resume}))
+                                       {"replicas": strategy.num_replicas_in_sync, "resumed": resume,
+                                        **({"weight_averaging": averaging} if averaging else {})}))
     log(f"      test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
         f"({len(te)} images) -> {final}")
     return metrics

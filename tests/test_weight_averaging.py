@@ -1,0 +1,111 @@
+"""Weight averaging: SWA in celltrain fit (--average-last) and model soups (celltrain average)."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.edge.errors import UserError
+from scopelite.train.average import average_weights, recalibrate_batchnorm, stats_differ
+from scopelite.train.config import FitConfig
+
+QUIET = dict(log=lambda _: None, verbose=0)
+
+
+def _fit(path, **kw):
+    from scopelite.train.fit import fit
+
+    base = dict(out=str(path), arch="tiny", image_size=32, epochs=3, synthetic_per_class=20, learning_rate=5e-3)
+    base.update(kw)
+    return fit(FitConfig(**base), **QUIET)
+
+
+def _weights(path):
+    from scopelite.train._keras import keras
+
+    m = keras.models.load_model(path, compile=False)
+    return [w.name for w in m.weights], m.get_weights()
+
+
+def test_average_weights_is_the_elementwise_mean_and_refuses_other_architectures():
+    a = [np.array([1.0, 2.0], np.float32), np.ones((2, 2), np.float32)]
+    b = [np.array([3.0, 6.0], np.float32), np.zeros((2, 2), np.float32)]
+    avg = average_weights([a, b], ["k", "bn/moving_mean"])
+    np.testing.assert_allclose(avg[0], [2.0, 4.0])
+    np.testing.assert_allclose(avg[1], 0.5)
+    assert avg[0].dtype == np.float32
+    assert stats_differ([a, b], ["k", "bn/moving_mean"])
+    assert not stats_differ([a, [b[0], a[1]]], ["k", "bn/moving_mean"])
+    with pytest.raises(UserError, match="different architecture"):
+        average_weights([a, [b[0], np.zeros((3, 2), np.float32)]], ["k", "x"])
+
+
+def test_recalibrated_batchnorm_holds_the_mean_of_the_batch_statistics():
+    from scopelite.train._keras import keras
+
+    inp = keras.Input((4, 4, 3))
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inp, bn(inp))
+    bn.trainable = False
+    bn.moving_mean.assign([50.0, 50.0, 50.0])
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=i, scale=1 + i, size=(8, 4, 4, 3)).astype(np.float32) for i in range(3)]
+    assert recalibrate_batchnorm(model, iter(batches)) == 3
+    expect_mean = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expect_mean, rtol=1e-4, atol=1e-4)
+    expect_var = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), expect_var, rtol=0.05)
+    assert bn.trainable is False and bn.momentum == 0.99  # restored
+
+
+def test_fit_average_last_ships_the_mean_of_the_last_epochs(tmp_path):
+    out = tmp_path / "swa"
+    _fit(out, epochs=3, average_last=2)
+    snaps = sorted((out / "checkpoints").glob("epoch-*.npz"))
+    assert [s.name for s in snaps] == ["epoch-002.npz", "epoch-003.npz"]
+    names, shipped = _weights(out / "model.keras")
+    loaded = []
+    for s in snaps:
+        with np.load(s) as z:
+            loaded.append([z[f"arr_{i}"] for i in range(len(z.files))])
+    for n, w, a, b in zip(names, shipped, *loaded):
+        if "moving" not in n:  # BatchNorm statistics are re-estimated, not averaged
+            np.testing.assert_allclose(w, (a + b) / 2, rtol=1e-5, atol=1e-6, err_msg=n)
+    assert any(not np.allclose(a, b) for a, b in zip(*loaded))  # the epochs really differ
+    side = json.loads((out / "model.json").read_text())
+    assert side["provenance"]["weight_averaging"]["averaged_epochs"] == [2, 3]
+    assert side["provenance"]["weight_averaging"]["batchnorm_recalibrated"] is True
+    with pytest.raises(UserError, match="more than --epochs"):
+        _fit(tmp_path / "bad", epochs=2, average_last=3)
+
+
+def test_celltrain_average_makes_a_soup_of_one_lineage_and_refuses_other_splits(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fit(a, epochs=2)
+    _fit(b, epochs=2, weights=str(a / "model.keras"), head_epochs=0, fine_tune_fraction=1.0, learning_rate=5e-3)
+    r = run_cli("celltrain", "average", str(a), str(b / "model.keras"), "--out", str(tmp_path / "soup"))
+    assert r.returncode == 0, r.stderr
+    names, wa = _weights(a / "model.keras")
+    _, wb = _weights(b / "model.keras")
+    _, ws = _weights(tmp_path / "soup" / "model.keras")
+    for n, x, y, s in zip(names, wa, wb, ws):
+        if "moving" not in n:
+            np.testing.assert_allclose(s, (x + y) / 2, rtol=1e-5, atol=1e-6, err_msg=n)
+    side = json.loads((tmp_path / "soup" / "model.json").read_text())
+    assert [m["path"] for m in side["provenance"]["weight_averaging"]["models"]] == [
+        str(a / "model.keras"), str(b / "model.keras")]
+    assert 0 <= side["metrics"]["test"]["accuracy"] <= 1
+    assert (tmp_path / "soup" / "split.json").read_bytes() == (a / "split.json").read_bytes()
+    # the soup is an ordinary run: evaluate takes it
+    r = run_cli("celltrain", "evaluate", str(tmp_path / "soup"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "soup" / "evaluation.json").is_file()
+
+    other = tmp_path / "other"
+    _fit(other, epochs=1, seed=1)  # another seed: another split
+    r = run_cli("celltrain", "average", str(a), str(other), "--out", str(tmp_path / "bad"))
+    assert r.returncode != 0
+    assert "different splits" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad" / "model.keras").exists()
+    r = run_cli("celltrain", "average", str(a), "--out", str(tmp_path / "bad"))
+    assert r.returncode != 0 and "at least two" in r.stderr

@@ -1,0 +1,94 @@
+"""``celltrain average``: a "model soup" bundle from several runs that share a split.
+
+The runs must hold the same architecture, classes and input size, and the same saved split
+(otherwise the average has seen some other run's test images and its evaluation means nothing).
+The result is an ordinary run folder (model.keras + model.json, split.json, config.json), so
+``celltrain evaluate`` and ``cellcompress`` take it like any other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, write_sidecar
+from scopelite.edge.errors import UserError
+
+from .average import average_weights, recalibrate_batchnorm, stats_differ
+from .config import FitConfig
+from .metrics import summarize
+from .run import heldout_data, load_keras_bundle
+
+MODEL_FILE = "model.keras"
+
+
+def _model_file(p: str | Path) -> Path:
+    p = Path(p)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
+def _split_digest(model_path: Path, split_file: str) -> str:
+    f = model_path.parent / split_file
+    if not f.is_file():
+        raise UserError(f"no {split_file} beside {model_path}: only models of celltrain runs can be averaged")
+    return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
+         log: Callable[[str], None] = print) -> dict:
+    """Average the weights of ``models`` into a new run folder ``out``; return its metrics."""
+    from .fit import keras_sidecar, predict  # noqa: PLC0415 - fit imports TensorFlow
+
+    paths = [_model_file(m) for m in models]
+    if len(paths) < 2:
+        raise UserError("give at least two models to average")
+    out = Path(out)
+    if (out / MODEL_FILE).exists():
+        raise UserError(f"{out} already holds a model; choose another --out or delete it")
+    bundles = [load_keras_bundle(p) for p in paths]
+    sc0, model = bundles[0]
+    digests = {_split_digest(p, sc.provenance.get("split_file", "split.json")) for p, (sc, _) in zip(paths, bundles)}
+    for p, (sc, _) in zip(paths[1:], bundles[1:]):
+        if tuple(sc.labels) != tuple(sc0.labels):
+            raise UserError(f"{p} has classes {sc.labels}, {paths[0]} has {sc0.labels}")
+        if (sc.input.height, sc.input.width) != (sc0.input.height, sc0.input.width):
+            raise UserError(f"{p} takes {sc.input.height}x{sc.input.width} images, {paths[0]} "
+                            f"{sc0.input.height}x{sc0.input.width}")
+    if len(digests) != 1:
+        raise UserError("the runs were trained on different splits (their split.json differ): their average has "
+                        "seen other runs' test images; average only runs continued from one another (--weights)")
+    names = [w.name for w in model.weights]
+    lists = [m.get_weights() for _, m in bundles]
+    log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
+    model.set_weights(average_weights(lists, names))
+    ds, split = heldout_data(sc0, paths[0], data)
+    cfg = dataclasses.replace(FitConfig.from_json(sc0.provenance["config"]), out=str(out))
+    recalibrated = False
+    if stats_differ(lists, names):
+        train = ds.subset(split["train"])
+        idx = np.random.default_rng(0).permutation(len(train))[: 100 * cfg.batch_size]
+        imgs = train.images[idx].astype(np.float32)
+        log(f"BatchNorm statistics differ between the models: re-estimating them on {len(idx)} training images")
+        recalibrated = recalibrate_batchnorm(
+            model, (imgs[i:i + cfg.batch_size] for i in range(0, len(imgs), cfg.batch_size))) > 0
+    va, te = ds.subset(split["val"]), ds.subset(split["test"])
+    metrics = {"split": "test",
+               "val": {"accuracy": summarize(va.labels, predict(model, va.images), ds.class_names)["accuracy"]},
+               "test": summarize(te.labels, predict(model, te.images), ds.class_names)}
+    out.mkdir(parents=True, exist_ok=True)
+    split_src = paths[0].parent / sc0.provenance.get("split_file", "split.json")
+    shutil.copyfile(split_src, out / "split.json")
+    write_json_atomic(out / "config.json", cfg.to_json())
+    final = out / MODEL_FILE
+    with atomic_path(final) as tmp:
+        model.save(tmp)
+    extra = {"weight_averaging": {"models": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+                                  "batchnorm_recalibrated": recalibrated}}
+    write_sidecar(final, keras_sidecar(final, cfg, ds, metrics, extra))
+    log(f"val accuracy {metrics['val']['accuracy']:.4f}, test accuracy {metrics['test']['accuracy']:.4f} "
+        f"-> {final}")
+    return metrics
