@@ -17,6 +17,7 @@ import numpy as np
 from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
+from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
 from scopelite.train.run import heldout_data
 
@@ -79,17 +80,27 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
 
 
 def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, data: str | None = None,
-          log: Callable[[str], None] = print, suite: Suite | None = None, selected=None) -> dict:
+          log: Callable[[str], None] = print, suite: Suite | None = None, selected=None,
+          tta: Sequence[int] = (1,)) -> dict:
     """Evaluate ``models`` on (up to ``limit`` images of) the run's test split, clean and corrupted
     by every corruption and severity of ``suite`` (default: :func:`builtin_suite`). ``selected``:
-    what :func:`select_test` returned, when the caller already holds it (no second read of the data)."""
+    what :func:`select_test` returned, when the caller already holds it (no second read of the data).
+    ``tta``: view counts (:mod:`scopelite.edge.tta`) each model is scored with; a model under n > 1
+    views appears as ``"<name> tta<n>"``."""
     from tqdm import tqdm  # noqa: PLC0415
 
     suite = suite or builtin_suite(seed)
     paths = [Path(m) for m in models]
     test, description = selected or select_test(paths, limit, seed, data)
     short = [p.name for p in paths]
-    preds = {(p.name if short.count(p.name) == 1 else str(p)): _predictor(p) for p in paths}
+    for t in tta:
+        view_names(t)  # a bad count fails before any model is loaded
+    preds = {}
+    for p in paths:
+        base, fn = (p.name if short.count(p.name) == 1 else str(p)), _predictor(p)
+        for t in tta:
+            preds[base if t == 1 else f"{base} tta{t}"] = (
+                fn if t == 1 else (lambda x, fn=fn, t=t: average_over_views(fn, x, t)))
     names = list(preds)
     y = test.labels
     acc: dict[str, dict] = {n: {"clean": float((preds[n](test.images).argmax(1) == y).mean())} for n in names}
@@ -107,7 +118,7 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
                   max(sum(1 - acc[ref][f"{c}/{s}"] for s in sev), 1e-9)) for c in suite.corruptions}
         summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
                       "per_corruption": per_c, "mCE_vs_" + ref: float(np.mean(list(ce.values())))}
-    result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name,
+    result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name, "tta": list(tta),
               "corruptions": list(suite.corruptions), "severities": list(suite.severities), "reference": ref,
               "models": summary, "accuracy": acc}
     out = Path(out)

@@ -77,8 +77,10 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
 @click.option("--limit", type=click.IntRange(min=0), default=400, help="Test images (stratified; 0: all).")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
+@click.option("--tta", default="1", metavar="N[,N...]",
+              help="Also score each model as the mean over N flipped/rotated views (celledge --tta), e.g. 1,4.")
 @one_line_errors
-def bench(models, out, limit, data, seed):
+def bench(models, out, limit, data, seed, tta):
     """Accuracy of MODELS under 16 corruptions x 5 severities, on their run's test split.
 
     Any mix of .keras and .tflite bundles (float, int8, QAT, Edge TPU). The mean
@@ -87,10 +89,16 @@ def bench(models, out, limit, data, seed):
     \b
     Example:
       cellcompress bench runs/pbc/model.keras runs/pbc/int8/model_int8.tflite runs/pbc/int8/model_qat_int8.tflite --out bench/
+      cellcompress bench runs/pbc/int8/model.tflite --tta 1,4,8 --out bench-tta/
     """
     from .bench import bench as run_bench
 
-    run_bench(list(models), out, limit=limit, seed=seed, data=data)
+    try:
+        counts = [int(v) for v in tta.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{tta!r} is not a comma-separated list of view counts, e.g. 1,4",
+                                 param_hint="--tta") from None
+    run_bench(list(models), out, limit=limit, seed=seed, data=data, tta=counts)
 
 
 if __name__ == "__main__":  # pragma: no cover
