@@ -50,3 +50,21 @@ def test_evaluate_writes_report(tiny_run):
     assert set(res["clean"]["per_class"]) == set(json.loads((tiny_run["dir"] / "split.json").read_text())["class_names"])
     assert (tiny_run["dir"] / "confusion.png").stat().st_size > 1000
     assert json.loads((tiny_run["dir"] / "evaluation.json").read_text())["split"] == "test"
+
+
+def test_evaluate_with_tta_scores_the_mean_over_views(tiny_run):
+    import json
+
+    from scopelite.edge.tta import views
+    from scopelite.train.evaluate import evaluate
+    from scopelite.train.run import heldout_data, load_keras_bundle
+
+    res = evaluate(tiny_run["keras"], log=lambda _: None, tta=4)
+    assert res["tta_views"] == ["identity", "flip_lr", "flip_ud", "rot180"]
+    sc, model = load_keras_bundle(tiny_run["keras"])
+    ds, split = heldout_data(sc, tiny_run["keras"], None)
+    test = ds.subset(split["test"])
+    probs = np.mean([model.predict(v.astype(np.float32), verbose=0) for v in views(test.images, 4)], axis=0)
+    assert res["clean"]["accuracy"] == pytest.approx(float((probs.argmax(1) == test.labels).mean()))
+    saved = json.loads((tiny_run["dir"] / "evaluation-tta4.json").read_text())
+    assert saved["clean"]["accuracy"] == res["clean"]["accuracy"]

@@ -155,8 +155,11 @@ def audit(data, out, image_size, outlier_z, clean_copy):
 @click.argument("run", type=click.Path(exists=True))
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0, help="Seed of the corrupted copy.")
+@click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default="1",
+              help="Score each image as the mean over this many flipped/rotated views (as celledge --tta); "
+                   "writes evaluation-tta<N>.json.")
 @one_line_errors
-def evaluate(run, data, seed):
+def evaluate(run, data, seed, tta):
     """Evaluate RUN (a run folder or its model.keras) on its held-out test split.
 
     Accuracy, macro precision/recall/F1, per-class table, calibration error and a
@@ -173,7 +176,7 @@ def evaluate(run, data, seed):
     from .evaluate import evaluate as run_eval
 
     path = Path(run)
-    run_eval(path / "model.keras" if path.is_dir() else path, data=data, seed=seed)
+    run_eval(path / "model.keras" if path.is_dir() else path, data=data, seed=seed, tta=int(tta))
 
 
 @main.command()

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scopelite.edge.bundle import write_json_atomic
+from scopelite.edge.tta import average_over_views, view_names
 
 from .corruptions import corrupted_copy
 from .metrics import summarize
@@ -14,13 +15,22 @@ from .run import heldout_data, load_keras_bundle
 
 
 def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, tta: int = 1) -> dict:
     """Accuracy, macro P/R/F1, per-class table, ECE, confusion matrix: clean and on a corrupted copy.
 
-    Writes ``evaluation.json`` and ``confusion.png`` beside the model.
+    Writes ``evaluation.json`` and ``confusion.png`` beside the model (``evaluation-tta<n>.json``
+    and ``confusion-tta<n>.png`` when scored over ``tta`` > 1 flipped/rotated views).
     """
+    view_names(tta)
     model_path = Path(model_path)
-    sc, model = load_keras_bundle(model_path)
+    sc, keras_model = load_keras_bundle(model_path)
+
+    class _Model:  # the Keras model, scored over the TTA views
+        @staticmethod
+        def predict(x, **kw):
+            return average_over_views(lambda v: keras_model.predict(v, **kw), x, tta)
+
+    model = _Model()
     ds, split = heldout_data(sc, model_path, data)
     test = ds.subset(split["test"])
     log(f"evaluating {model_path} on {len(test)} held-out test images ({ds.description})")
@@ -36,10 +46,12 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     corrupted["by_corruption"] = {k: round(float(np.mean(v)), 4) for k, v in sorted(by_kind.items())}
     result = {"model": str(model_path), "split": "test", "data": ds.description, "synthetic": ds.synthetic,
               "clean": clean, "corrupted": corrupted,
-              "corrupted_protocol": f"one random corruption (16 kinds) at severity 1-5 per image, seed {seed}"}
-    write_json_atomic(model_path.parent / "evaluation.json", result)
-    plot_confusion(np.array(clean["confusion"]), sc.labels, model_path.parent / "confusion.png",
-                   f"clean test, acc {clean['accuracy']:.3f}")
+              "corrupted_protocol": f"one random corruption (16 kinds) at severity 1-5 per image, seed {seed}",
+              "tta_views": view_names(tta)}
+    suffix = f"-tta{tta}" if tta > 1 else ""
+    write_json_atomic(model_path.parent / f"evaluation{suffix}.json", result)
+    plot_confusion(np.array(clean["confusion"]), sc.labels, model_path.parent / f"confusion{suffix}.png",
+                   f"clean test{f', {tta} TTA views' if tta > 1 else ''}, acc {clean['accuracy']:.3f}")
     log(f"clean: accuracy {clean['accuracy']:.4f}, macro-F1 {clean['macro_f1']:.4f}, ECE {clean['ece']:.3f} | "
         f"corrupted: accuracy {corrupted['accuracy']:.4f}, macro-F1 {corrupted['macro_f1']:.4f}")
     return result
