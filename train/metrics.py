@@ -24,6 +24,7 @@ def summarize(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str])
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "accuracy_ci95": wilson_interval(int((y_pred == y_true).sum()), int(len(y_true))),
         "macro_precision": float(prec.mean()),
         "macro_recall": float(rec.mean()),
         "macro_f1": float(f1.mean()),
@@ -32,6 +33,20 @@ def summarize(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str])
                       for n, p, r, f, s in zip(class_names, prec, rec, f1, m.sum(1))},
         "confusion": m.tolist(),
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a proportion: how far a test-set accuracy can be trusted.
+
+    On 1,245 test images an accuracy of 98 % is 97.1-98.6 %: differences of a few tenths
+    between runs are noise.
+    """
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
