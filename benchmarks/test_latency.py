@@ -77,3 +77,19 @@ def test_int8_speedup(record, request):
         assert size_ratio <= 0.30, f"int8 is {100 * size_ratio:.1f} % of float32's size (goal <= 30 %)"
         if keras:
             assert keras["p50_ms"] / i8["p50_ms"] >= 20.0
+
+
+@pytest.mark.parametrize("views", [1, 4, 8])
+def test_classify_latency_with_tta(bundle, record, request, views):
+    """What celledge --tta costs per crop: prepare + views x invoke + dequantise, 2 threads."""
+    from scopelite.edge.classifier import LiteRTClassifier
+    from scopelite.edge.tta import TTAClassifier
+
+    clf = LiteRTClassifier(bundle, num_threads=2)
+    if views > 1:
+        clf = TTAClassifier(clf, views)
+    spec = clf.input_spec
+    crop = np.random.default_rng(0).integers(0, 256, (1, spec.height, spec.width, 3), dtype=np.uint8)
+    r = measure(lambda: clf.classify(crop), request.config.getoption("--runs"))
+    record.add(f"classify one crop, --tta {views}, 2 threads", **r)
+    assert r["p50_ms"] > 0
