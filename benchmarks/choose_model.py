@@ -1,0 +1,60 @@
+"""Choose among candidate float models by VALIDATION accuracy; report the test split beside it.
+
+    python benchmarks/choose_model.py NAME=RUN/model.keras [NAME=...] --out selection.json [--tta 1,8]
+
+Every candidate must come from one lineage (one saved split). Each is scored on the clean
+validation split and on a corrupted copy of it (seed 1), and on the test split clean and
+corrupted (seed 0, as `celltrain evaluate`), plain and over TTA views. Choose by ``val_score``
+(mean of val and val_corrupted); the test figures are for the record, not for choosing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidates", nargs="+", metavar="NAME=MODEL")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--tta", default="1,8")
+    args = ap.parse_args()
+    cands = dict(a.split("=", 1) for a in args.candidates)
+
+    from scopelite.edge.tta import average_over_views
+    from scopelite.train.corruptions import corrupted_copy
+    from scopelite.train.metrics import wilson_interval
+    from scopelite.train.run import heldout_data, load_keras_bundle
+
+    first = Path(next(iter(cands.values())))
+    sc, _ = load_keras_bundle(first)
+    ds, split = heldout_data(sc, first, None)
+    val, test = ds.subset(split["val"]), ds.subset(split["test"])
+    sets = {"val": (val.images, val.labels), "val_corrupted": (corrupted_copy(val.images, 1)[0], val.labels),
+            "test": (test.images, test.labels), "test_corrupted": (corrupted_copy(test.images, 0)[0], test.labels)}
+    res = {}
+    for name, p in cands.items():
+        _, m = load_keras_bundle(Path(p))
+
+        def pred(x, m=m):
+            return m.predict(x.astype(np.float32), batch_size=128, verbose=0)
+
+        for t in (int(v) for v in args.tta.split(",")):
+            r = {}
+            for s, (x, y) in sets.items():
+                ok = int((average_over_views(pred, x, t).argmax(1) == y).sum())
+                r[s] = round(100 * ok / len(y), 2)
+                r[s + "_ci95"] = [round(100 * v, 2) for v in wilson_interval(ok, len(y))]
+            r["val_score"] = round((r["val"] + r["val_corrupted"]) / 2, 2)
+            res[f"{name} tta{t}"] = {"path": p, **r}
+            print(name, t, {k: v for k, v in r.items() if "ci" not in k}, flush=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    best = max(res, key=lambda k: res[k]["val_score"])
+    print(f"highest val_score: {best} ({res[best]['val_score']})")
+
+
+if __name__ == "__main__":
+    main()
