@@ -80,6 +80,12 @@ def recalibrate_batchnorm(model, batches: Iterable[np.ndarray], progress: Callab
     return k
 
 
+def recalibrate_on_sample(model, images: np.ndarray, batch_size: int, batches: int = 100, seed: int = 0) -> int:
+    """:func:`recalibrate_batchnorm` on up to ``batches`` batches drawn (seeded) from ``images``."""
+    idx = np.random.default_rng(seed).permutation(len(images))[: batches * batch_size]
+    return recalibrate_batchnorm(model, (images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)))
+
+
 def _all_layers(model):
     for layer in model.layers:
         yield layer

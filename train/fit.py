@@ -176,7 +176,7 @@ def snapshot_files(folder: Path) -> list[Path]:
 
 def _average_snapshots(model, files: list[Path], train_images: np.ndarray, batch_size: int, log) -> dict:
     """Load the snapshots, average them into ``model``; re-estimate BatchNorm when its statistics moved."""
-    from .average import average_weights, recalibrate_batchnorm, stats_differ  # noqa: PLC0415
+    from .average import average_weights, recalibrate_on_sample, stats_differ  # noqa: PLC0415
 
     names = [w.name for w in model.weights]
     lists = []
@@ -186,10 +186,7 @@ def _average_snapshots(model, files: list[Path], train_images: np.ndarray, batch
     model.set_weights(average_weights(lists, names))
     info = {"averaged_epochs": [int(f.stem.split("-")[1]) for f in files], "batchnorm_recalibrated": False}
     if stats_differ(lists, names):
-        rng = np.random.default_rng(0)
-        idx = rng.permutation(len(train_images))[: min(len(train_images), 100 * batch_size)]
-        batches = (train_images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size))
-        info["batchnorm_recalibrated"] = recalibrate_batchnorm(model, batches) > 0
+        info["batchnorm_recalibrated"] = recalibrate_on_sample(model, train_images, batch_size) > 0
     log(f"      averaged the weights of epochs {info['averaged_epochs'][0]}-{info['averaged_epochs'][-1]} "
         f"({len(files)} snapshots" + (", BatchNorm statistics re-estimated)" if info["batchnorm_recalibrated"]
                                        else ")"))

@@ -13,12 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
 from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, write_sidecar
 from scopelite.edge.errors import UserError
 
-from .average import average_weights, recalibrate_batchnorm, stats_differ
+from .average import average_weights, recalibrate_on_sample, stats_differ
 from .config import FitConfig
 from .metrics import summarize
 from .run import heldout_data, load_keras_bundle
@@ -69,12 +67,8 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     cfg = dataclasses.replace(FitConfig.from_json(sc0.provenance["config"]), out=str(out))
     recalibrated = False
     if stats_differ(lists, names):
-        train = ds.subset(split["train"])
-        idx = np.random.default_rng(0).permutation(len(train))[: 100 * cfg.batch_size]
-        imgs = train.images[idx].astype(np.float32)
-        log(f"BatchNorm statistics differ between the models: re-estimating them on {len(idx)} training images")
-        recalibrated = recalibrate_batchnorm(
-            model, (imgs[i:i + cfg.batch_size] for i in range(0, len(imgs), cfg.batch_size))) > 0
+        log("BatchNorm statistics differ between the models: re-estimating them on training images")
+        recalibrated = recalibrate_on_sample(model, ds.subset(split["train"]).images, cfg.batch_size) > 0
     va, te = ds.subset(split["val"]), ds.subset(split["test"])
     metrics = {"split": "test",
                "val": {"accuracy": summarize(va.labels, predict(model, va.images), ds.class_names)["accuracy"]},
