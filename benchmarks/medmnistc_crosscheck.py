@@ -110,6 +110,10 @@ def compare(ours: dict, theirs: dict, out: Path, protocol: str) -> dict:
     ours_c = ours.get("corruptions") or list(next(iter(ours["models"].values()))["per_corruption"])
     names = theirs["corruptions"]
     common = [m for m in theirs["models"] if m in ours["models"]]
+    if len(common) < 2:
+        print(f"only {len(common)} model(s) in both benches: nothing to rank; the MedMNIST-C bench is in {out}",
+              file=sys.stderr)
+        return {}
     score = {s: {m: r["models"][m]["mean_corrupted"] for m in common} for s, r in (("ours", ours), ("theirs", theirs))}
     pairs = [(t, o) for t, o in SHARED.items() if t in names and o in ours_c]
     shared = {"ours": {m: float(np.mean([ours["models"][m]["per_corruption"][o] for _, o in pairs])) for m in common},

@@ -53,6 +53,11 @@ def test_compare_separates_shared_from_unmatched_corruptions(tmp_path):
     assert "measured_on" in r and "stain_deposit" in (tmp_path / "crosscheck.md").read_text()
     with pytest.raises(SystemExit):
         cc.compare(ours, {**theirs, "images": 41}, tmp_path, "test")
+    # one model in both benches: nothing to rank, no crash, no crosscheck files
+    one = tmp_path / "one"
+    one.mkdir()
+    assert cc.compare(_bench({"a": ours["models"]["a"]["per_corruption"]}), theirs, one, "test") == {}
+    assert not (one / "crosscheck.json").exists()
 
 
 def test_run_corrupts_in_another_python_and_ranks(tiny_run, tmp_path):
