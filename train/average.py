@@ -86,6 +86,15 @@ def recalibrate_on_sample(model, images: np.ndarray, batch_size: int, batches: i
     return recalibrate_batchnorm(model, (images[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)))
 
 
+def average_into(model, weight_lists: Sequence[Sequence[np.ndarray]], train_images: np.ndarray,
+                 batch_size: int) -> bool:
+    """Set ``model`` to the mean of ``weight_lists``; where their BatchNorm statistics differ,
+    re-estimate them on a sample of ``train_images``. Returns whether they were re-estimated."""
+    names = [w.name for w in model.weights]
+    model.set_weights(average_weights(weight_lists, names))
+    return stats_differ(weight_lists, names) and recalibrate_on_sample(model, train_images, batch_size) > 0
+
+
 def _all_layers(model):
     for layer in model.layers:
         yield layer

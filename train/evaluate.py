@@ -23,21 +23,16 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     """
     view_names(tta)
     model_path = Path(model_path)
-    sc, keras_model = load_keras_bundle(model_path)
+    sc, model = load_keras_bundle(model_path)
 
-    class _Model:  # the Keras model, scored over the TTA views
-        @staticmethod
-        def predict(x, **kw):
-            return average_over_views(lambda v: keras_model.predict(v, **kw), x, tta)
-
-    model = _Model()
+    def predict(x: np.ndarray) -> np.ndarray:  # mean over the TTA views (one view: the plain model)
+        return average_over_views(lambda v: model.predict(v.astype(np.float32), batch_size=64, verbose=0), x, tta)
     ds, split = heldout_data(sc, model_path, data)
     test = ds.subset(split["test"])
     log(f"evaluating {model_path} on {len(test)} held-out test images ({ds.description})")
-    clean = summarize(test.labels, model.predict(test.images.astype(np.float32), batch_size=64, verbose=0),
-                      sc.labels)
+    clean = summarize(test.labels, predict(test.images), sc.labels)
     corrupted_images, plan = corrupted_copy(test.images, seed)
-    probs = model.predict(corrupted_images.astype(np.float32), batch_size=64, verbose=0)
+    probs = predict(corrupted_images)
     corrupted = summarize(test.labels, probs, sc.labels)
     correct = probs.argmax(1) == test.labels
     by_kind: dict[str, list[bool]] = {}

@@ -8,6 +8,7 @@ history.csv/json, curves.png and TensorBoard logs.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import time
@@ -17,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_json_atomic,
-                                   write_sidecar)
+from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_bytes_atomic,
+                                   write_json_atomic, write_sidecar)
 from scopelite.edge.errors import UserError
 
 from . import data as data_lib
@@ -165,9 +166,9 @@ class _Snapshots(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 >= self.first:
-            with atomic_path(self.folder / f"epoch-{epoch + 1:03d}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, *self.model.get_weights())
+            buf = io.BytesIO()
+            np.savez(buf, *self.model.get_weights())
+            write_bytes_atomic(self.folder / f"epoch-{epoch + 1:03d}.npz", buf.getvalue())
 
 
 def snapshot_files(folder: Path) -> list[Path]:
@@ -176,21 +177,25 @@ def snapshot_files(folder: Path) -> list[Path]:
 
 def _average_snapshots(model, files: list[Path], train_images: np.ndarray, batch_size: int, log) -> dict:
     """Load the snapshots, average them into ``model``; re-estimate BatchNorm when its statistics moved."""
-    from .average import average_weights, recalibrate_on_sample, stats_differ  # noqa: PLC0415
+    from .average import average_into  # noqa: PLC0415
 
-    names = [w.name for w in model.weights]
     lists = []
     for f in files:
         with np.load(f, allow_pickle=False) as z:
             lists.append([z[f"arr_{i}"] for i in range(len(z.files))])
-    model.set_weights(average_weights(lists, names))
-    info = {"averaged_epochs": [int(f.stem.split("-")[1]) for f in files], "batchnorm_recalibrated": False}
-    if stats_differ(lists, names):
-        info["batchnorm_recalibrated"] = recalibrate_on_sample(model, train_images, batch_size) > 0
+    info = {"averaged_epochs": [int(f.stem.split("-")[1]) for f in files],
+            "batchnorm_recalibrated": average_into(model, lists, train_images, batch_size)}
     log(f"      averaged the weights of epochs {info['averaged_epochs'][0]}-{info['averaged_epochs'][-1]} "
         f"({len(files)} snapshots" + (", BatchNorm statistics re-estimated)" if info["batchnorm_recalibrated"]
                                        else ")"))
     return info
+
+
+def heldout_metrics(model, val: data_lib.Dataset, test: data_lib.Dataset, class_names) -> dict:
+    """What a bundle's sidecar records: val accuracy and the full test summary."""
+    return {"split": "test",
+            "val": {"accuracy": summarize(val.labels, predict(model, val.images), class_names)["accuracy"]},
+            "test": summarize(test.labels, predict(model, test.images), class_names)}
 
 
 def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dict, extra: dict) -> Sidecar:
@@ -334,9 +339,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     fixed = model_lib.rebuild_for_export(model, cfg.arch, cfg.image_size, n_classes, batch_size=None)
     epochs_run = len(state_cb.epoch_seconds)
     metrics = {
-        "split": "test",
-        "val": {"accuracy": summarize(va.labels, predict(fixed, va.images), ds.class_names)["accuracy"]},
-        "test": summarize(te.labels, predict(fixed, te.images), ds.class_names),
+        **heldout_metrics(fixed, va, te, ds.class_names),
         "train_seconds": round(train_s, 1),
         "epochs_this_session": epochs_run,
         "images_per_second": round(len(tr) * epochs_run / max(train_s, 1e-9), 1),

@@ -16,9 +16,8 @@ from typing import Callable, Sequence
 from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, write_sidecar
 from scopelite.edge.errors import UserError
 
-from .average import average_weights, recalibrate_on_sample, stats_differ
+from .average import average_into
 from .config import FitConfig
-from .metrics import summarize
 from .run import heldout_data, load_keras_bundle
 
 MODEL_FILE = "model.keras"
@@ -29,17 +28,16 @@ def _model_file(p: str | Path) -> Path:
     return p / MODEL_FILE if p.is_dir() else p
 
 
-def _split_digest(model_path: Path, split_file: str) -> str:
-    f = model_path.parent / split_file
+def _split_digest(f: Path) -> str:
     if not f.is_file():
-        raise UserError(f"no {split_file} beside {model_path}: only models of celltrain runs can be averaged")
+        raise UserError(f"no {f.name} in {f.parent}: only models of celltrain runs can be averaged")
     return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
 def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
          log: Callable[[str], None] = print) -> dict:
     """Average the weights of ``models`` into a new run folder ``out``; return its metrics."""
-    from .fit import keras_sidecar, predict  # noqa: PLC0415 - fit imports TensorFlow
+    from .fit import heldout_metrics, keras_sidecar  # noqa: PLC0415 - fit imports TensorFlow
 
     paths = [_model_file(m) for m in models]
     if len(paths) < 2:
@@ -49,33 +47,26 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError(f"{out} already holds a model; choose another --out or delete it")
     bundles = [load_keras_bundle(p) for p in paths]
     sc0, model = bundles[0]
-    digests = {_split_digest(p, sc.provenance.get("split_file", "split.json")) for p, (sc, _) in zip(paths, bundles)}
+    split_files = [p.parent / sc.provenance.get("split_file", "split.json") for p, (sc, _) in zip(paths, bundles)]
     for p, (sc, _) in zip(paths[1:], bundles[1:]):
         if tuple(sc.labels) != tuple(sc0.labels):
             raise UserError(f"{p} has classes {sc.labels}, {paths[0]} has {sc0.labels}")
         if (sc.input.height, sc.input.width) != (sc0.input.height, sc0.input.width):
             raise UserError(f"{p} takes {sc.input.height}x{sc.input.width} images, {paths[0]} "
                             f"{sc0.input.height}x{sc0.input.width}")
-    if len(digests) != 1:
+    if len({_split_digest(f) for f in split_files}) != 1:
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
-    names = [w.name for w in model.weights]
-    lists = [m.get_weights() for _, m in bundles]
-    log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
-    model.set_weights(average_weights(lists, names))
     ds, split = heldout_data(sc0, paths[0], data)
     cfg = dataclasses.replace(FitConfig.from_json(sc0.provenance["config"]), out=str(out))
-    recalibrated = False
-    if stats_differ(lists, names):
-        log("BatchNorm statistics differ between the models: re-estimating them on training images")
-        recalibrated = recalibrate_on_sample(model, ds.subset(split["train"]).images, cfg.batch_size) > 0
-    va, te = ds.subset(split["val"]), ds.subset(split["test"])
-    metrics = {"split": "test",
-               "val": {"accuracy": summarize(va.labels, predict(model, va.images), ds.class_names)["accuracy"]},
-               "test": summarize(te.labels, predict(model, te.images), ds.class_names)}
+    log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
+    recalibrated = average_into(model, [m.get_weights() for _, m in bundles], ds.subset(split["train"]).images,
+                                cfg.batch_size)
+    if recalibrated:
+        log("BatchNorm statistics differed between the models: re-estimated them on training images")
+    metrics = heldout_metrics(model, ds.subset(split["val"]), ds.subset(split["test"]), ds.class_names)
     out.mkdir(parents=True, exist_ok=True)
-    split_src = paths[0].parent / sc0.provenance.get("split_file", "split.json")
-    shutil.copyfile(split_src, out / "split.json")
+    shutil.copyfile(split_files[0], out / "split.json")
     write_json_atomic(out / "config.json", cfg.to_json())
     final = out / MODEL_FILE
     with atomic_path(final) as tmp:
