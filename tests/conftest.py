@@ -25,9 +25,11 @@ def tiny_run(tmp_path_factory):
     from scopelite.train.fit import fit
 
     out = tmp_path_factory.mktemp("tiny") / "run"
-    metrics = fit(FitConfig(out=str(out), arch="tiny", image_size=32, epochs=12, synthetic_per_class=80,
+    metrics = fit(FitConfig(out=str(out), arch="tiny", image_size=32, epochs=16, synthetic_per_class=120,
                             learning_rate=5e-3, batch_size=32), log=lambda _: None, verbose=0)
-    # 64 test images: one image is 1.6 points, so the gate gets a wide band here (its own tests are strict)
+    # 12 epochs on 80 images per class scored 89-100 % across seeds and machines (a CI run fell below 90 %);
+    # 16 epochs on 120 per class scored 99-100 % over 5 seeds here.
+    # 96 test images: one image is 1 point, so the gate gets a wide band here (its own tests are strict)
     cmetrics = compress(CompressConfig(model=str(out / "model.keras"), out=str(out / "int8"), representative=64,
                                        max_drop_clean=6.0, max_drop_corrupted=8.0), log=lambda _: None)
     return {"dir": out, "keras": out / "model.keras", "tflite": out / "int8" / "model.tflite",
