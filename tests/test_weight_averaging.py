@@ -109,3 +109,21 @@ def test_celltrain_average_makes_a_soup_of_one_lineage_and_refuses_other_splits(
     assert not (tmp_path / "bad" / "model.keras").exists()
     r = run_cli("celltrain", "average", str(a), "--out", str(tmp_path / "bad"))
     assert r.returncode != 0 and "at least two" in r.stderr
+
+
+def test_train_seed_varies_training_but_keeps_the_split(tmp_path):
+    # Soup ingredients must share the split (--seed) yet differ; --train-seed changes only training.
+    assert FitConfig(out="x", seed=3).training_seed == 3 and FitConfig(out="x", seed=3, train_seed=5).training_seed == 5
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, ts in ((a, "1"), (b, "2")):
+        r = run_cli("celltrain", "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32", "--epochs", "1",
+                    "--synthetic-per-class", "20", "--train-seed", ts, "--quiet")
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert (a / "split.json").read_bytes() == (b / "split.json").read_bytes()
+    assert json.loads((b / "config.json").read_text())["train_seed"] == 2
+    names, wa = _weights(a / "model.keras")
+    _, wb = _weights(b / "model.keras")
+    kernels = [n for n in names if "kernel" in n]
+    assert kernels and all(not np.allclose(x, y) for n, x, y in zip(names, wa, wb) if "kernel" in n)
+    r = run_cli("celltrain", "average", str(a), str(b), "--out", str(tmp_path / "soup"))
+    assert r.returncode == 0, r.stderr

@@ -87,7 +87,11 @@ def _load_yaml_defaults(ctx, param, value):
 @click.option("--mixed-precision", is_flag=True, help="float16 compute where a GPU has it.")
 @click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
-@click.option("--seed", type=int, default=_D.seed)
+@click.option("--seed", type=int, default=_D.seed,
+              help="Seed of the train/val/test split (and of training unless --train-seed is given).")
+@click.option("--train-seed", type=int, default=None,
+              help="Seed of initialisation, shuffling and augmentation only. Runs that share --seed share "
+                   "the split, so `celltrain average` can mix them; vary --train-seed to make them differ.")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 @one_line_errors
 def fit(quiet, resume, **opts):

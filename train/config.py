@@ -37,10 +37,16 @@ class FitConfig:
     average_last: int = 0  # SWA: ship the average of the last N epochs' weights instead of the best epoch
     strategy: str = "none"
     mixed_precision: bool = False
-    seed: int = 0
+    seed: int = 0  # the train/val/test split (and training, unless train_seed is set)
+    train_seed: int | None = None  # initialisation, shuffling and augmentation; None: seed
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     synthetic_per_class: int = 300
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of everything random in training except the split."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     def to_json(self) -> dict:
         return asdict(self)

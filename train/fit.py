@@ -277,7 +277,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
             log("      mixed precision needs a GPU; training in float32")
     out = Path(cfg.out)
     ds, split, done, best = _prepare_run(cfg, resume, log)
-    keras.utils.set_random_seed(cfg.seed + done)
+    keras.utils.set_random_seed(cfg.training_seed + done)
     n_classes = len(ds.class_names)
     tr, va, te = (ds.subset(split[s]) for s in data_lib.SPLITS)
     segments = plan(cfg)
@@ -318,7 +318,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
             if changed or model.optimizer is None:  # a new phase, or a fresh model
                 _compile(model, cfg, seg, steps, segments)
         train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seg.strength,
-                                cfg.seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
+                                cfg.training_seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
                                 mixup=cfg.mixup)
         hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
                          verbose=verbose, callbacks=callbacks, class_weight=cw)
