@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,10 +22,9 @@ def main() -> None:
     args = ap.parse_args()
     cands = dict(a.split("=", 1) for a in args.candidates)
 
-    from scopelite.edge.tta import average_over_views
     from scopelite.train.corruptions import corrupted_copy
-    from scopelite.train.metrics import wilson_interval
-    from scopelite.train.run import heldout_data, load_keras_bundle
+    from scopelite.train.metrics import summarize
+    from scopelite.train.run import heldout_data, load_keras_bundle, predict
 
     first = Path(next(iter(cands.values())))
     sc, _ = load_keras_bundle(first)
@@ -38,16 +35,12 @@ def main() -> None:
     res = {}
     for name, p in cands.items():
         _, m = load_keras_bundle(Path(p))
-
-        def pred(x, m=m):
-            return m.predict(x.astype(np.float32), batch_size=128, verbose=0)
-
         for t in (int(v) for v in args.tta.split(",")):
             r = {}
             for s, (x, y) in sets.items():
-                ok = int((average_over_views(pred, x, t).argmax(1) == y).sum())
-                r[s] = round(100 * ok / len(y), 2)
-                r[s + "_ci95"] = [round(100 * v, 2) for v in wilson_interval(ok, len(y))]
+                acc = summarize(y, predict(m, x, batch_size=128, tta=t), sc.labels)
+                r[s] = round(100 * acc["accuracy"], 2)
+                r[s + "_ci95"] = [round(100 * v, 2) for v in acc["accuracy_ci95"]]
             r["val_score"] = round((r["val"] + r["val_corrupted"]) / 2, 2)
             res[f"{name} tta{t}"] = {"path": p, **r}
             print(name, t, {k: v for k, v in r.items() if "ci" not in k}, flush=True)

@@ -7,11 +7,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scopelite.edge.bundle import write_json_atomic
-from scopelite.edge.tta import average_over_views, view_names
+from scopelite.edge.tta import view_names
 
 from .corruptions import corrupted_copy
 from .metrics import summarize
-from .run import heldout_data, load_keras_bundle
+from .run import heldout_data, load_keras_bundle, predict
 
 
 def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
@@ -24,15 +24,12 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     view_names(tta)
     model_path = Path(model_path)
     sc, model = load_keras_bundle(model_path)
-
-    def predict(x: np.ndarray) -> np.ndarray:  # mean over the TTA views (one view: the plain model)
-        return average_over_views(lambda v: model.predict(v.astype(np.float32), batch_size=64, verbose=0), x, tta)
     ds, split = heldout_data(sc, model_path, data)
     test = ds.subset(split["test"])
     log(f"evaluating {model_path} on {len(test)} held-out test images ({ds.description})")
-    clean = summarize(test.labels, predict(test.images), sc.labels)
+    clean = summarize(test.labels, predict(model, test.images, tta=tta), sc.labels)
     corrupted_images, plan = corrupted_copy(test.images, seed)
-    probs = predict(corrupted_images)
+    probs = predict(model, corrupted_images, tta=tta)
     corrupted = summarize(test.labels, probs, sc.labels)
     correct = probs.argmax(1) == test.labels
     by_kind: dict[str, list[bool]] = {}

@@ -28,6 +28,7 @@ from ._keras import keras, tf, versions
 from .augment import make_dataset
 from .config import FitConfig
 from .metrics import summarize
+from .run import predict
 
 MODEL_FILE = "model.keras"
 
@@ -85,10 +86,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Balanced weights n / (k * count_c): rare classes count as much as common ones."""
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     return {c: float(len(labels) / (n_classes * max(counts[c], 1))) for c in range(n_classes)}
-
-
-def predict(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
 def make_strategy(name: str):

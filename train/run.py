@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from scopelite.edge.bundle import Sidecar, load_sidecar
 from scopelite.edge.errors import UserError
+from scopelite.edge.tta import average_over_views
 
 from . import data as data_lib
 from ._keras import keras
@@ -35,3 +38,11 @@ def heldout_data(sc: Sidecar, model_path: Path, data_override: str | None):
     if tuple(ds.class_names) != tuple(sc.labels):
         raise UserError(f"data classes {ds.class_names} differ from the model's labels {sc.labels}")
     return ds, data_lib.load_split(split_file, ds)
+
+
+def predict(model, images: np.ndarray, batch_size: int = 64, tta: int = 1) -> np.ndarray:
+    """Class probabilities of a Keras model for uint8 or float images; with ``tta`` > 1, their mean
+    over that many flipped/rotated views (as ``celledge --tta``)."""
+    def probs(x: np.ndarray) -> np.ndarray:
+        return model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+    return probs(images) if tta == 1 else average_over_views(probs, images, tta)
