@@ -114,13 +114,13 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
     for n in names:
         sev = suite.severities
         per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in sev])) for c in suite.corruptions}
-        ce = {c: (sum(1 - acc[n][f"{c}/{s}"] for s in sev) /
-                  max(sum(1 - acc[ref][f"{c}/{s}"] for s in sev), 1e-9)) for c in suite.corruptions}
+        mce, _ = mean_corruption_error(acc[n], acc[ref], suite.corruptions, sev)
         summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
-                      "per_corruption": per_c, "mCE_vs_" + ref: float(np.mean(list(ce.values())))}
+                      "per_corruption": per_c, "mCE_vs_" + ref: mce}
+    _, left_out = mean_corruption_error(acc[ref], acc[ref], suite.corruptions, suite.severities)
     result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name, "tta": list(tta),
               "corruptions": list(suite.corruptions), "severities": list(suite.severities), "reference": ref,
-              "models": summary, "accuracy": acc}
+              "mCE_left_out": left_out, "models": summary, "accuracy": acc}
     out = Path(out)
     write_json_atomic(out / "bench.json", result)
     buf = io.StringIO()
@@ -135,8 +135,29 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
     _heatmap(summary, list(suite.corruptions), out / "bench.png")
     for n in names:
         log(f"{n:>32}: clean {100 * summary[n]['clean']:.2f} %  mean corrupted "
-            f"{100 * summary[n]['mean_corrupted']:.2f} %  mCE {summary[n]['mCE_vs_' + ref]:.3f}")
+            f"{100 * summary[n]['mean_corrupted']:.2f} %  mCE {_mce_text(summary[n]['mCE_vs_' + ref])}")
     return result
+
+
+def mean_corruption_error(acc: dict[str, float], ref: dict[str, float], corruptions: Sequence[str],
+                          severities: Sequence[int]) -> tuple[float | None, list[str]]:
+    """Mean over corruptions of (errors summed over severities) / (the reference's errors).
+
+    A corruption the reference never gets wrong has no ratio (0/0, or x/0): it is left out of
+    the mean and named in the second value. ``None`` when every corruption is left out.
+    """
+    ratios, left_out = [], []
+    for c in corruptions:
+        ref_err = sum(1 - ref[f"{c}/{s}"] for s in severities)
+        if ref_err <= 1e-12:
+            left_out.append(c)
+            continue
+        ratios.append(sum(1 - acc[f"{c}/{s}"] for s in severities) / ref_err)
+    return (float(np.mean(ratios)) if ratios else None), left_out
+
+
+def _mce_text(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def rank_agreement(a: dict[str, float], b: dict[str, float]) -> dict:
@@ -169,7 +190,9 @@ def _markdown(r: dict) -> str:
              "",
              f"| model | clean | mean corrupted | mCE (vs {ref}) |", "|---|---|---|---|"]
     for n, s in r["models"].items():
-        lines.append(f"| {n} | {100 * s['clean']:.2f} % | {100 * s['mean_corrupted']:.2f} % | {s['mCE_vs_' + ref]:.3f} |")
+        lines.append(f"| {n} | {100 * s['clean']:.2f} % | {100 * s['mean_corrupted']:.2f} % | {_mce_text(s['mCE_vs_' + ref])} |")
+    if r.get("mCE_left_out"):
+        lines += ["", f"mCE leaves out what {ref} never got wrong (no ratio): " + ", ".join(r["mCE_left_out"]) + "."]
     lines += ["", "| corruption (mean of 5 severities) | " + " | ".join(r["models"]) + " |",
               "|---|" + "---|" * len(r["models"])]
     for c in r["corruptions"]:
