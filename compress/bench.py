@@ -19,7 +19,7 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
-from scopelite.train.run import heldout_data
+from scopelite.train.run import heldout_data, predict
 
 
 def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -28,7 +28,7 @@ def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
         from scopelite.train._keras import keras  # noqa: PLC0415
 
         model = keras.models.load_model(path, compile=False)
-        return lambda x: model.predict(x.astype(np.float32), batch_size=128, verbose=0)
+        return lambda x: predict(model, x, batch_size=128)
     clf = LiteRTClassifier(path, num_threads=2)
     return clf.classify
 
@@ -114,10 +114,9 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
     for n in names:
         sev = suite.severities
         per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in sev])) for c in suite.corruptions}
-        mce, _ = mean_corruption_error(acc[n], acc[ref], suite.corruptions, sev)
+        mce, left_out = mean_corruption_error(acc[n], acc[ref], suite.corruptions, sev)  # left_out depends on the reference only
         summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
                       "per_corruption": per_c, "mCE_vs_" + ref: mce}
-    _, left_out = mean_corruption_error(acc[ref], acc[ref], suite.corruptions, suite.severities)
     result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name, "tta": list(tta),
               "corruptions": list(suite.corruptions), "severities": list(suite.severities), "reference": ref,
               "mCE_left_out": left_out, "models": summary, "accuracy": acc}
