@@ -366,6 +366,7 @@ def train(args) -> dict:
 
     def val_acc():
         pr = core.predict(x_va.astype(np.float32), batch_size=512, verbose=0)
+        np.save(out / "val-probs.npy", pr.astype(np.float32))  # lets `import` prove the weights arrived intact
         return float((pr.argmax(1) == y_va).mean())
 
     result = {"train_seconds": round(train_s, 1), "epochs": args.epochs, "train_images": int(len(y_tr)),
@@ -389,6 +390,7 @@ def import_run(args) -> None:
     from scopelite.train import fit as fit_lib  # noqa: PLC0415
     from scopelite.train import model as model_lib  # noqa: PLC0415
     from scopelite.train.config import FitConfig  # noqa: PLC0415
+    from scopelite.train.run import predict  # noqa: PLC0415
 
     src = Path(args.weights)
     hist = json.loads((src / "history.json").read_text()) if (src / "history.json").is_file() else {}
@@ -425,16 +427,25 @@ def import_run(args) -> None:
         va, te = ds.subset(split["val"]), ds.subset(split["test"])
         metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names),
                    "train_seconds": hist.get("result", {}).get("train_seconds")}
+        check = {}
+        if args.tag == "final" and (src / "val-probs.npy").is_file():
+            # the trainer's own predictions on the val images against this model's: same weights, same answers
+            theirs = np.load(src / "val-probs.npy", allow_pickle=False)
+            ours = predict(model, va.images)
+            if theirs.shape == ours.shape:
+                check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
+                         "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
         final = out / "model.keras"
         with atomic_path(final) as tmp:
             model.save(tmp)
         write_sidecar(final, fit_lib.keras_sidecar(final, cfg, ds, metrics, {
             "trained_with": {"script": "benchmarks/keras3_fit.py", "weights": args.tag,
-                             **{k: hist.get("result", {}).get(k) for k in ("backend", "keras", "epochs")}}}))
+                             **{k: hist.get("result", {}).get(k) for k in ("backend", "keras", "epochs")},
+                             **check}}))
     except UserError as e:
         sys.exit(f"error: {e}")
     print(json.dumps({"val_accuracy": metrics["val"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
-                      "test_macro_f1": metrics["test"]["macro_f1"], "out": str(final)}))
+                      "test_macro_f1": metrics["test"]["macro_f1"], **check, "out": str(final)}))
 
 
 def main(argv=None) -> None:
