@@ -448,6 +448,12 @@ def import_run(args) -> None:
                       "test_macro_f1": metrics["test"]["macro_f1"], **check, "out": str(final)}))
 
 
+def _need(path: str, what: str) -> None:
+    """A missing input is one line on stderr, not a traceback."""
+    if not Path(path).exists():
+        sys.exit(f"error: {path}: no such file or folder ({what})")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -483,6 +489,10 @@ def main(argv=None) -> None:
     i.add_argument("--tag", default="final", choices=("final", "raw"))
     i.add_argument("--image-size", type=int, default=96)
     args = ap.parse_args(argv)
+    for attr, what in (("data", "the class-folder dataset"), ("split", "a run's split.json"),
+                       ("pack", "made by `pack`"), ("weights", "the folder `train --out` wrote")):
+        if getattr(args, attr, None):
+            _need(getattr(args, attr), what)
     if args.cmd == "pack":
         print(json.dumps(pack(args.data, args.split, args.out)))
     elif args.cmd == "train":

@@ -102,3 +102,8 @@ def test_keras3_weights_arrive_intact_in_a_scopelite_run(folders, tmp_path):
     p = _run("import", w, "--split", folders / "split.json", "--data", folders / "data", "--out", run)
     assert p.returncode == 1 and "already holds a model" in p.stderr and "Traceback" not in p.stderr
     assert (run / "model.keras").stat().st_mtime_ns == before
+    # a missing input is one line, not a traceback
+    p = _run("import", tmp_path / "nowhere", "--split", folders / "split.json", "--data", folders / "data",
+             "--out", tmp_path / "run2")
+    assert p.returncode == 1 and "no such file or folder" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run2").exists()
