@@ -55,11 +55,11 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
             ids.append(rel)
             which.append(s)
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out + ".tmp.npz")
-    np.savez(tmp, blob=np.concatenate(blobs), offsets=offsets, labels=np.array(labels, np.int64),
-             ids=np.array(ids), split=np.array(which), class_names=np.array(names))
-    tmp.replace(out)
+    from scopelite.edge.bundle import atomic_path  # noqa: PLC0415 - pack runs here, where scopelite is installed
+
+    with atomic_path(out) as tmp:
+        np.savez(tmp, blob=np.concatenate(blobs), offsets=offsets, labels=np.array(labels, np.int64),
+                 ids=np.array(ids), split=np.array(which), class_names=np.array(names))
     return {s: which.count(s) for s in splits} | {"bytes": int(offsets[-1])}
 
 
@@ -120,7 +120,8 @@ def weight_name(w) -> str:
 
 
 def save_weights(model, folder: Path, tag: str) -> list[str]:
-    """Weights by name in .npz chunks of at most CHUNK_BYTES (written atomically)."""
+    """Weights by name in .npz chunks of at most CHUNK_BYTES (written atomically; by hand, since the GPU
+    machine this runs on has no scopelite and so no scopelite.edge.bundle.atomic_path)."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob(f"weights-{tag}-*.npz"):
         old.unlink()
@@ -313,7 +314,7 @@ def train(args) -> dict:
     tr, va = split == "train", split == "val"
     if args.limit:
         tr = tr & (np.cumsum(tr) <= args.limit)
-    x_tr, y_tr, x_va, y_va = images[tr], labels[tr], images[va], labels[va]
+    x_tr, y_tr, x_va, y_va = images[tr], labels[tr], images[va].astype(np.float32), labels[va]
     n_classes = len(names)
     jpegs = jpeg_copies(x_tr, args.strength, args.seed) if args.augment == "strong" else None
     counts = np.bincount(y_tr, minlength=n_classes)
@@ -360,19 +361,17 @@ def train(args) -> dict:
                 save_weights(core, out, "raw")  # survives a kill; the last epoch's are the raw final weights
                 (out / "history.json").write_text(json.dumps({"args": vars(args), "history": history}))
 
-    trainer.fit(data, epochs=args.epochs, validation_data=(x_va.astype(np.float32), val_y),
+    trainer.fit(data, epochs=args.epochs, validation_data=(x_va, val_y),
                 validation_batch_size=512, callbacks=[Log()], verbose=0)
     train_s = time.time() - t0
 
-    def val_acc():
-        pr = core.predict(x_va.astype(np.float32), batch_size=512, verbose=0)
-        np.save(out / "val-probs.npy", pr.astype(np.float32))  # lets `import` prove the weights arrived intact
-        return float((pr.argmax(1) == y_va).mean())
-
+    # the EMA weights when --ema (fit swaps them in at its end); saved so `import` can prove they arrived intact
+    val_probs = core.predict(x_va, batch_size=512, verbose=0).astype(np.float32)
+    np.save(out / "val-probs.npy", val_probs)
     result = {"train_seconds": round(train_s, 1), "epochs": args.epochs, "train_images": int(len(y_tr)),
               "images_per_second": round(len(data) * args.batch_size * args.epochs / train_s, 1),
-              "backend": keras.backend.backend(), "keras": keras.__version__, "class_names": names}
-    result["val_accuracy_final"] = val_acc()  # the EMA weights when --ema (fit swaps them in at its end)
+              "backend": keras.backend.backend(), "keras": keras.__version__, "class_names": names,
+              "val_accuracy_final": float((val_probs.argmax(1) == y_va).mean())}
     save_weights(core, out, "final")
     (out / "history.json").write_text(json.dumps({"args": vars(args), "history": history, "result": result}))
     print(json.dumps(result), flush=True)

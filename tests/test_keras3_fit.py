@@ -20,11 +20,16 @@ NAMES = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymp
          "neutrophil", "platelet"]
 
 
-def _run(*args, timeout=900):
+def _env() -> dict:
+    """Keras 3 on its TensorFlow backend (this process holds tf-keras)."""
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_USE_LEGACY_KERAS", None)
+    return env
+
+
+def _run(*args, timeout=900):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=_env())
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,7 @@ def test_augment_layer_keeps_range_and_shape_and_is_identity_at_inference(folder
         "y = np.asarray(layer(x, training=True)); z = np.asarray(layer(x, training=False))\n"
         "print(y.shape == x.shape, float(y.min()) >= 0, float(y.max()) <= 255, np.array_equal(z, x),"
         " float(np.abs(y - x).mean()) > 5)\n" % str(SCRIPT.parent))
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split()[-5:] == ["True"] * 5
 
