@@ -114,3 +114,33 @@ def test_resume_after_a_real_kill(tmp_path):
     assert json.loads(state.read_text())["epochs_done"] == 40
     assert json.loads((run / "model.json").read_text())["provenance"]["resumed"] is True
     assert json.loads((run / "model.json").read_text())["metrics"]["test"]["accuracy"] >= 0.85
+
+
+def test_checkpoint_write_interrupted_keeps_the_previous_checkpoint(tmp_path):
+    """The CI failure this guards: a kill while Keras wrote last.keras left a truncated file."""
+    from scopelite.train._keras import keras
+    from scopelite.train.fit import _AtomicCheckpoint
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = tmp_path / "last.keras"
+    last = _AtomicCheckpoint(path)
+    last.set_model(model)
+    last.on_epoch_end(0)
+    before = path.read_bytes()
+
+    def dies_mid_write(dest, *a, **k):
+        Path(dest).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("killed")
+
+    model.save = dies_mid_write
+    with pytest.raises(KeyboardInterrupt):
+        last.on_epoch_end(1)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.keras"]
+    keras.models.load_model(path)
+
+    best = _AtomicCheckpoint(tmp_path / "best.keras", "val_accuracy", 0.5)
+    best.set_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    best.on_epoch_end(0, {"val_accuracy": 0.4})
+    assert not (tmp_path / "best.keras").exists()  # not better than the resumed best
+    best.on_epoch_end(1, {"val_accuracy": 0.6})
+    assert (tmp_path / "best.keras").is_file() and best.best == 0.6

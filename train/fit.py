@@ -154,6 +154,28 @@ class _EpochState(keras.callbacks.Callback):
         write_json_atomic(self.path, {"epochs_done": epoch + 1, "best_val_accuracy": self.best})
 
 
+class _AtomicCheckpoint(keras.callbacks.Callback):
+    """Save the model to ``path`` after each epoch through a temporary file and a rename.
+
+    Keras' own ModelCheckpoint writes in place, so a kill during the write left a
+    truncated ``last.keras`` that ``--resume`` could not open. With ``monitor`` it
+    saves only when the monitored value beats ``best`` (higher is better).
+    """
+
+    def __init__(self, path: Path, monitor: str | None = None, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None or (self.best is not None and float(value) <= self.best):
+                return
+            self.best = float(value)
+        with atomic_path(self.path) as tmp:
+            self.model.save(tmp)
+
+
 class _Snapshots(keras.callbacks.Callback):
     """Save the weights of each of the last ``n`` epochs (of ``total``) as checkpoints/epoch-NNN.npz."""
 
@@ -296,10 +318,10 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
     val_ds = make_dataset(va.images, va.labels, n_classes, cfg.batch_size, False)
     state_cb = _EpochState(out / "state.json", best)
-    best_cb = keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor="val_accuracy", mode="max",
-                                              save_best_only=True, initial_value_threshold=best if best >= 0 else None)
-    # Order matters for --resume: checkpoint, then the log line, then state.json.
-    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")), best_cb,
+    best_cb = _AtomicCheckpoint(ckpt / "best.keras", "val_accuracy", best if best >= 0 else None)
+    # Order matters for --resume: checkpoint, then the log line, then state.json. A kill
+    # between the checkpoint and state.json repeats one epoch; it never loses one.
+    callbacks = [_AtomicCheckpoint(ckpt / "last.keras"), best_cb,
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=True), state_cb,
                  keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")]
     if cfg.average_last:
