@@ -144,3 +144,12 @@ def test_checkpoint_write_interrupted_keeps_the_previous_checkpoint(tmp_path):
     assert not (tmp_path / "best.keras").exists()  # not better than the resumed best
     best.on_epoch_end(1, {"val_accuracy": 0.6})
     assert (tmp_path / "best.keras").is_file() and best.best == 0.6
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_line(tmp_path):
+    run = tmp_path / "d"
+    _fit(tmp_path, "d", epochs=1)
+    (run / "model.keras").unlink()
+    (run / "checkpoints" / "last.keras").write_bytes(b"PK\x03\x04 cut short")
+    r = run_cli("celltrain", "fit", "--resume", str(run), "--quiet")
+    assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]

@@ -307,7 +307,11 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     with strategy.scope():
         if resume:
             log(f"[2/4] resuming after epoch {done} from {ckpt / 'last.keras'}")
-            model = keras.models.load_model(ckpt / "last.keras")
+            try:
+                model = keras.models.load_model(ckpt / "last.keras")
+            except (OSError, ValueError) as e:  # a file cut short by an older, non-atomic checkpoint
+                raise UserError(f"{ckpt / 'last.keras'} cannot be read ({type(e).__name__}); the checkpoint is "
+                                f"damaged, so this run cannot continue: start again with another --out") from None
         else:
             log(f"[2/4] building {cfg.arch} at {cfg.image_size}x{cfg.image_size}, weights={cfg.weights}"
                 + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else ""))
