@@ -5,12 +5,21 @@
 contrast, saturation, hue, stain shifts in optical-density space, defocus,
 sensor noise, JPEG artefacts and dark blots (stain precipitate, ink) — each
 applied with probability ``p`` at ``strength`` (0..1).
+
+Every transform is also a named op (``OPS``) with a strength of its own:
+``ops={"hed": 0.5, "jpeg": 0}`` adds HED stain jitter to the policy's ops and
+switches JPEG off (``celltrain fit --aug hed=0.5 --aug jpeg=0``). Beyond the
+"strong" set there are ``rotate`` (small rotations), ``hed`` (stain jitter in
+haematoxylin-eosin-DAB space, Tellez et al. 2018) and ``randaugment`` (two ops
+drawn per image from a RandAugment list, Cubuk et al. 2020, magnitude from the
+strength).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._keras import tf
+from .config import AUG_OPS
 
 POLICIES = ("none", "flips", "strong")
 
@@ -101,23 +110,168 @@ def _blots(x, s):
     return x * (1.0 - dark * tf.reduce_max(masks, axis=0)[..., None])
 
 
-def make_augment(policy: str, strength: float = 0.7, p: float = 0.5):
-    """A function (image float32 HxWx3 in 0..255) -> augmented image, for ``Dataset.map``."""
+# rgb_from_hed of Ruifrok & Johnston (2001), as in scikit-image: rows are the H, E and DAB stain vectors
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+
+def hed_jitter(x, alpha, beta):
+    """Scale (``alpha``) and shift (``beta``) each of the H, E, DAB stain densities, shape [3] each.
+
+    Pixels go to optical density (Beer-Lambert), are unmixed into stain densities,
+    jittered, and mixed back; alpha 1 and beta 0 return the image unchanged.
+    """
+    od = -tf.math.log((x + 1.0) / 256.0)
+    hed = tf.tensordot(od, HED_FROM_RGB, 1) * alpha + beta
+    od = tf.tensordot(hed, RGB_FROM_HED, 1)
+    return tf.clip_by_value(256.0 * tf.exp(-tf.maximum(od, 0.0)) - 1.0, 0.0, 255.0)
+
+
+def _hed(x, s):
+    alpha = tf.random.uniform([3], 1 - 0.3 * s, 1 + 0.3 * s)
+    beta = tf.random.uniform([3], -0.05 * s, 0.05 * s)
+    return hed_jitter(x, alpha, beta)
+
+
+def _warp(x, transform):
+    """Resample ``x`` through an 8-number projective transform (output -> input), reflected borders."""
+    y = tf.raw_ops.ImageProjectiveTransformV3(images=x[None], transforms=tf.reshape(transform, [1, 8]),
+                                              output_shape=tf.shape(x)[:2], fill_value=0.0,
+                                              interpolation="BILINEAR", fill_mode="REFLECT")
+    return y[0]
+
+
+def rotate(x, degrees):
+    """Rotate about the centre by ``degrees``, reflected borders."""
+    t = degrees * np.pi / 180.0
+    c, s_ = tf.cos(t), tf.sin(t)
+    cy = (tf.cast(tf.shape(x)[0], tf.float32) - 1) / 2
+    cx = (tf.cast(tf.shape(x)[1], tf.float32) - 1) / 2
+    return _warp(x, tf.stack([c, -s_, cx - c * cx + s_ * cy, s_, c, cy - s_ * cx - c * cy, 0.0, 0.0]))
+
+
+def _rotate(x, s):
+    return rotate(x, tf.random.uniform([], -15.0 * s, 15.0 * s))
+
+
+def _signed(m):
+    return m * tf.where(tf.random.uniform([]) < 0.5, -1.0, 1.0)
+
+
+def _blend(a, b, factor):
+    """PIL ImageEnhance: factor 0 gives ``a``, 1 gives ``b``, beyond 1 extrapolates."""
+    return a + factor * (b - a)
+
+
+def _ra_ops(m):
+    """RandAugment's ops at magnitude ``m`` (0..1), each image -> image in 0..255 (equalize left out)."""
+    def shear(x, axis):
+        k = _signed(0.3 * m)
+        c = (tf.cast(tf.shape(x)[1 - axis], tf.float32) - 1) / 2
+        t = [1.0, k, -k * c, 0.0, 1.0, 0.0, 0.0, 0.0] if axis == 0 else [1.0, 0.0, 0.0, k, 1.0, -k * c, 0.0, 0.0]
+        return _warp(x, tf.stack(t))
+
+    def translate(x, axis):
+        d = _signed(0.3 * m) * tf.cast(tf.shape(x)[1 - axis], tf.float32)
+        return _warp(x, tf.stack([1.0, 0.0, d, 0.0, 1.0, 0.0, 0.0, 0.0] if axis == 0
+                                 else [1.0, 0.0, 0.0, 0.0, 1.0, d, 0.0, 0.0]))
+
+    def grey(x):
+        return tf.reduce_sum(x * [0.299, 0.587, 0.114], -1, keepdims=True) + tf.zeros_like(x)
+
+    def sharpness(x):
+        k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+        smooth = tf.nn.depthwise_conv2d(x[None], tf.tile(k[:, :, None, None], [1, 1, 3, 1]), [1] * 4, "SAME")[0]
+        return _blend(smooth, x, 1.0 + _signed(0.9 * m))
+
+    def posterize(x):
+        shift = tf.cast(tf.round(4.0 * m), tf.int32)
+        q = tf.bitwise.left_shift(tf.bitwise.right_shift(tf.cast(tf.clip_by_value(x, 0, 255), tf.int32), shift), shift)
+        return tf.cast(q, tf.float32)
+
+    def autocontrast(x):
+        lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+        hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+        return tf.where(hi > lo, (x - lo) * 255.0 / tf.maximum(hi - lo, 1e-3), x)
+
+    return [
+        lambda x: x,
+        lambda x: rotate(x, _signed(30.0 * m)),
+        lambda x: shear(x, 0), lambda x: shear(x, 1),
+        lambda x: translate(x, 0), lambda x: translate(x, 1),
+        lambda x: _blend(tf.zeros_like(x), x, 1.0 + _signed(0.9 * m)),  # brightness
+        lambda x: _blend(tf.reduce_mean(grey(x)) + tf.zeros_like(x), x, 1.0 + _signed(0.9 * m)),  # contrast
+        lambda x: _blend(grey(x), x, 1.0 + _signed(0.9 * m)),  # colour (saturation)
+        sharpness,
+        posterize,
+        lambda x: tf.where(x >= 256.0 - 256.0 * m, 255.0 - x, x),  # solarize
+        autocontrast,
+    ]
+
+
+RANDAUGMENT_OPS = ("identity", "rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness",
+                   "contrast", "colour", "sharpness", "posterize", "solarize", "autocontrast")
+
+
+def randaugment_op(x, index: int, m: float):
+    """One RandAugment op by index into ``RANDAUGMENT_OPS`` (for tests and inspection)."""
+    return tf.clip_by_value(_ra_ops(m)[index](x), 0.0, 255.0)
+
+
+def _randaugment(x, s, n: int = 2):
+    for _ in range(n):
+        ops = [lambda y=x, f=f: tf.clip_by_value(f(y), 0.0, 255.0) for f in _ra_ops(s)]
+        x = tf.switch_case(tf.random.uniform([], 0, len(ops), tf.int32), ops)
+    return x
+
+
+# name -> (transform, share of p): the order they are applied in
+OPS = {
+    "rotate": (_rotate, 1.0),
+    "zoom": (_zoom_shift, 1.0),
+    "randaugment": (_randaugment, 1.0),
+    "colour": (_colour, 1.0),
+    "stain": (_stain, 1.0),
+    "hed": (_hed, 1.0),
+    "blur": (_blur, 0.6),
+    "noise": (_noise, 0.6),
+    "jpeg": (_jpeg, 0.5),
+    "blots": (_blots, 0.3),
+}
+assert tuple(OPS) == AUG_OPS
+STRONG = ("zoom", "colour", "stain", "blur", "noise", "jpeg", "blots")
+
+
+def resolve_ops(policy: str, strength: float, overrides: dict | None = None) -> dict[str, float]:
+    """The ops a policy applies and their strengths; ``overrides`` sets (0: removes) single ops."""
     if policy not in POLICIES:
         raise ValueError(f"augmentation policy {policy!r} not one of {POLICIES}")
+    ops = {name: strength for name in STRONG} if policy == "strong" else {}
+    for name, value in (overrides or {}).items():
+        if name not in OPS:
+            raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(OPS)}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"augmentation strength {name}={value} is outside 0..1")
+        ops[name] = float(value)
+    return {name: ops[name] for name in OPS if ops.get(name, 0.0) > 0.0}
+
+
+def make_augment(policy: str, strength: float = 0.7, p: float = 0.5, ops: dict | None = None):
+    """A function (image float32 HxWx3 in 0..255) -> augmented image, for ``Dataset.map``.
+
+    Args:
+        ops: per-op strengths that add to or override the policy's (see ``resolve_ops``).
+    """
+    chosen = resolve_ops(policy, strength, ops)
 
     def fn(x):
-        if policy == "none":
+        if policy == "none" and not chosen:
             return x
-        x = _flips(x)
-        if policy == "strong":
-            x = _maybe(p, lambda y: _zoom_shift(y, strength), x)
-            x = _maybe(p, lambda y: _colour(y, strength), x)
-            x = _maybe(p, lambda y: _stain(y, strength), x)
-            x = _maybe(p * 0.6, lambda y: _blur(y, strength), x)
-            x = _maybe(p * 0.6, lambda y: _noise(y, strength), x)
-            x = _maybe(p * 0.5, lambda y: _jpeg(y, strength), x)
-            x = _maybe(p * 0.3, lambda y: _blots(y, strength), x)
+        if policy != "none":
+            x = _flips(x)
+        for name, s in chosen.items():
+            transform, share = OPS[name]
+            x = _maybe(p * share, lambda y, t=transform, s=s: t(y, s), x)
         return tf.clip_by_value(x, 0.0, 255.0)
 
     return fn
@@ -155,13 +309,14 @@ def mix_batch(x, y, alpha: float = 0.4):
 
 def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool,
                  policy: str = "flips", strength: float = 0.7, seed: int = 0, image_size: int | None = None,
-                 balance: str = "none", mixup: float = 0.0):
+                 balance: str = "none", mixup: float = 0.0, ops: dict | None = None):
     """Batches of (float32 pixels, one-hot labels); shuffled and augmented when training.
 
     Args:
         image_size: resize to this size (progressive resizing); None keeps the stored size.
         balance: "oversample" draws every class equally often (epoch length unchanged).
         mixup: probability that a batch is mixed (MixUp or CutMix).
+        ops: per-op augmentation strengths on top of ``policy`` (``make_augment``).
     """
     labels = np.asarray(labels)
     if training and balance == "oversample":
@@ -173,7 +328,7 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         if training:
             ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
-    aug = make_augment(policy if training else "none", strength)
+    aug = make_augment(policy, strength, ops=ops) if training else make_augment("none")
     resize = image_size is not None and image_size != images.shape[1]
 
     def prep(x, y):

@@ -7,7 +7,7 @@ import click
 
 from scopelite.edge.errors import one_line_errors
 
-from .config import BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig
+from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig
 
 _D = FitConfig(out="")
 
@@ -22,6 +22,25 @@ def main() -> None:
       celltrain synth demo_data/
       celltrain fit --out runs/demo --epochs 3 --weights none
     """
+
+
+def _parse_aug(ctx, param, value):
+    """--aug NAME[=STRENGTH] (repeatable) -> {name: strength or None (= --strength)}; 0 switches an op off."""
+    if not value:
+        return None
+    ops = {}
+    for item in value:
+        name, _, strength = str(item).partition("=")
+        name = name.strip()
+        if name not in AUG_OPS:
+            raise click.BadParameter(f"unknown augmentation {name!r}; choose from {', '.join(AUG_OPS)}")
+        try:
+            ops[name] = float(strength) if strength else None
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: the strength after '=' must be a number from 0 to 1") from None
+        if ops[name] is not None and not 0.0 <= ops[name] <= 1.0:
+            raise click.BadParameter(f"{item!r}: the strength must be from 0 to 1")
+    return ops
 
 
 def _load_yaml_defaults(ctx, param, value):
@@ -65,8 +84,12 @@ def _load_yaml_defaults(ctx, param, value):
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=_D.warmup_epochs)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay)
 @click.option("--augment", type=click.Choice(["none", "flips", "strong"]), default=_D.augment,
-              help="strong adds zoom, exposure, colour, stain, blur, noise, JPEG and dark blots.")
+              help="strong adds zoom, exposure, colour, stain, blur, noise, JPEG and dark blots "
+                   "(ops zoom, colour, stain, blur, noise, jpeg, blots; change any with --aug).")
 @click.option("--strength", type=click.FloatRange(0, 1), default=_D.strength, help="Strength of strong augmentation.")
+@click.option("--aug", multiple=True, callback=_parse_aug, metavar="NAME[=STRENGTH]",
+              help=f"Set one augmentation op's strength (repeatable; 0 switches it off, no value: --strength), "
+                   f"on top of --augment: {', '.join(AUG_OPS)}. E.g. --aug hed=0.5 --aug randaugment --aug jpeg=0")
 @click.option("--mixup", type=click.FloatRange(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
 @click.option("--progressive/--no-progressive", default=_D.progressive,
               help="Progressive resizing: 60%->100% image size and weak->full augmentation over 3 stages.")
@@ -102,6 +125,8 @@ def fit(quiet, resume, **opts):
       celltrain fit --out runs/demo --image-size 64 --epochs 6 --weights none
     Real data, strong augmentation, progressive resizing:
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
+    Strong augmentation plus HED stain jitter and RandAugment, without JPEG:
+      celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --aug hed=0.6 --aug randaugment=0.5 --aug jpeg=0
     Continue after a crash or kill:
       celltrain fit --resume runs/pbc
     """

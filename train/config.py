@@ -7,6 +7,8 @@ OPTIMIZERS = ("adamw", "adam", "lion")
 SCHEDULES = ("cosine", "exponential")
 BALANCE = ("weights", "oversample", "none")
 STRATEGIES = ("none", "mirrored", "multiworker")
+# augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
+AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "blur", "noise", "jpeg", "blots")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class FitConfig:
     balance: str = "weights"
     augment: str = "flips"  # "none" | "flips" | "strong"
     strength: float = 0.7
+    aug: dict | None = None  # per-op strengths over the policy's, e.g. {"hed": 0.5, "jpeg": 0}; None: --strength
     mixup: float = 0.0  # probability of MixUp/CutMix per batch
     progressive: bool = False  # small images + weak augmentation early, full size + strong late
     fine_tune_fraction: float = 0.3  # with pretrained weights: share of the backbone unfrozen in phase 2

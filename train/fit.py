@@ -190,6 +190,14 @@ class _Snapshots(keras.callbacks.Callback):
             write_bytes_atomic(self.folder / f"epoch-{epoch + 1:03d}.npz", buf.getvalue())
 
 
+def segment_ops(cfg: FitConfig, seg: Segment) -> dict | None:
+    """``--aug`` strengths for one segment: scaled like the policy's (weaker in early progressive stages)."""
+    if not cfg.aug:
+        return None
+    scale = seg.strength / cfg.strength if cfg.strength > 0 else 1.0
+    return {k: min(1.0, (cfg.strength if v is None else v) * scale) for k, v in cfg.aug.items()}
+
+
 def snapshot_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch-[0-9][0-9][0-9].npz"))
 
@@ -317,7 +325,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                 + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else ""))
             model = model_lib.build(cfg.arch, None if cfg.progressive else cfg.image_size, n_classes, cfg.weights,
                                     cfg.dropout)
-    log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {cfg.augment}, "
+    aug = cfg.augment + "".join(f", {k}={'strength' if v is None else v}" for k, v in (cfg.aug or {}).items())
+    log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {aug}, "
         f"{', '.join(f'{s.phase} {s.start + 1}-{s.end}@{s.image_size}px' for s in segments)})")
     cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
     val_ds = make_dataset(va.images, va.labels, n_classes, cfg.batch_size, False)
@@ -342,7 +351,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                 _compile(model, cfg, seg, steps, segments)
         train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seg.strength,
                                 cfg.training_seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
-                                mixup=cfg.mixup)
+                                mixup=cfg.mixup, ops=segment_ops(cfg, seg))
         hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
                          verbose=verbose, callbacks=callbacks, class_weight=cw)
         done = seg.end

@@ -1,0 +1,114 @@
+"""Augmentation ops: each one switchable with its own strength, each keeping shape and range."""
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.train.config import AUG_OPS, FitConfig
+
+
+@pytest.fixture(scope="module")
+def crop():
+    from scopelite.train.synth import make_crops
+
+    x, _ = make_crops(1, size=48, seed=3)
+    return x[0].astype(np.float32)
+
+
+def test_strong_preset_and_per_op_overrides():
+    from scopelite.train.augment import OPS, STRONG, resolve_ops
+
+    assert tuple(OPS) == AUG_OPS
+    assert resolve_ops("strong", 0.7) == {k: 0.7 for k in STRONG}
+    got = resolve_ops("strong", 0.7, {"hed": 0.5, "jpeg": 0.0, "rotate": 0.2})
+    assert list(got) == ["rotate", "zoom", "colour", "stain", "hed", "blur", "noise", "blots"]  # applied in OPS order
+    assert got["hed"] == 0.5 and got["zoom"] == 0.7 and "jpeg" not in got
+    assert resolve_ops("flips", 0.7, {"randaugment": 0.4}) == {"randaugment": 0.4}
+    assert resolve_ops("none", 0.7) == {}
+    with pytest.raises(ValueError, match="unknown augmentation 'warp'"):
+        resolve_ops("strong", 0.7, {"warp": 0.5})
+    with pytest.raises(ValueError, match="outside 0..1"):
+        resolve_ops("strong", 0.7, {"hed": 1.5})
+
+
+@pytest.mark.parametrize("name", AUG_OPS)
+def test_each_op_alone_changes_the_image_and_keeps_shape_and_range(crop, name):
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import make_augment
+
+    tf.random.set_seed(0)
+    fn = make_augment("none", ops={name: 0.9}, p=1.0)  # "none": no flips, only this op, always applied
+    outs = [fn(tf.constant(crop)).numpy() for _ in range(6)]
+    for y in outs:
+        assert y.shape == crop.shape and y.dtype == np.float32
+        assert np.isfinite(y).all() and y.min() >= 0 and y.max() <= 255
+    assert max(np.abs(y - crop).mean() for y in outs) > 0.5, f"{name} never changed the image"
+    off = make_augment("none", ops={name: 0.0}, p=1.0)
+    assert np.array_equal(off(tf.constant(crop)).numpy(), crop)  # strength 0 switches it off
+
+
+def test_hed_jitter_moves_one_stain_and_is_the_identity_at_rest(crop):
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import HED_FROM_RGB, hed_jitter
+
+    x = tf.constant(crop)
+    same = hed_jitter(x, tf.ones(3), tf.zeros(3)).numpy()
+    assert np.abs(same - crop).max() < 0.05
+
+    def densities(img):
+        return (-np.log((img + 1.0) / 256.0)) @ HED_FROM_RGB
+
+    more_h = hed_jitter(x, tf.constant([1.5, 1.0, 1.0]), tf.zeros(3)).numpy()
+    ok = (more_h > 1) & (more_h < 254)  # pixels that were not clipped
+    ok = ok.all(-1) & (crop > 1).all(-1) & (crop < 254).all(-1)
+    d0, d1 = densities(crop)[ok], densities(more_h)[ok]
+    assert ok.sum() > 100
+    np.testing.assert_allclose(d1[:, 1:], d0[:, 1:], atol=2e-3)  # eosin and DAB untouched
+    np.testing.assert_allclose(d1[:, 0], 1.5 * d0[:, 0], atol=2e-3)  # haematoxylin x1.5
+
+
+def test_rotate_by_0_and_90_degrees(crop):
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import rotate
+
+    x = tf.constant(crop)
+    assert np.abs(rotate(x, 0.0).numpy() - crop).max() < 1e-3
+    r90 = rotate(x, 90.0).numpy()
+    assert min(np.abs(r90 - tf.image.rot90(x, k).numpy()).max() for k in (1, 3)) < 1e-2
+
+
+def test_every_randaugment_op(crop):
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import RANDAUGMENT_OPS, randaugment_op
+
+    x = tf.constant(crop)
+    for i, name in enumerate(RANDAUGMENT_OPS):
+        y = randaugment_op(x, i, 0.5).numpy()
+        assert y.shape == crop.shape and np.isfinite(y).all() and y.min() >= 0 and y.max() <= 255, name
+        changed = np.abs(y - crop).mean() > 0.5
+        assert changed == (name not in ("identity", "autocontrast")) or name == "autocontrast", name
+
+
+def test_progressive_stages_scale_the_aug_strengths():
+    from scopelite.train.fit import plan, segment_ops
+
+    cfg = FitConfig(out="x", epochs=9, progressive=True, augment="strong", strength=0.5,
+                    aug={"hed": 0.8, "rotate": None, "jpeg": 0.0})
+    first, last = (segment_ops(cfg, s) for s in (plan(cfg)[0], plan(cfg)[-1]))
+    assert last == {"hed": 0.8, "rotate": 0.5, "jpeg": 0.0}
+    assert first["hed"] == pytest.approx(0.8 * 0.4) and first["rotate"] == pytest.approx(0.5 * 0.4)
+    assert segment_ops(FitConfig(out="x"), plan(FitConfig(out="x"))[0]) is None
+
+
+def test_fit_cli_takes_aug_ops_and_refuses_bad_ones(tmp_path):
+    import json
+
+    run = tmp_path / "a"
+    r = run_cli("celltrain", "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32", "--epochs", "1",
+                "--synthetic-per-class", "12", "--aug", "hed=0.6", "--aug", "randaugment", "--aug", "rotate=0.5",
+                "--quiet")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "augmentation flips, hed=0.6, randaugment=strength, rotate=0.5" in r.stdout
+    assert json.loads((run / "config.json").read_text())["aug"] == {"hed": 0.6, "randaugment": None, "rotate": 0.5}
+    for bad, msg in (("warp=0.5", "unknown augmentation 'warp'"), ("hed=2", "from 0 to 1"), ("hed=lots", "a number")):
+        r = run_cli("celltrain", "fit", "--out", str(tmp_path / "b"), "--aug", bad)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
