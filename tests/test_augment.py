@@ -112,3 +112,13 @@ def test_fit_cli_takes_aug_ops_and_refuses_bad_ones(tmp_path):
     for bad, msg in (("warp=0.5", "unknown augmentation 'warp'"), ("hed=2", "from 0 to 1"), ("hed=lots", "a number")):
         r = run_cli("celltrain", "fit", "--out", str(tmp_path / "b"), "--aug", bad)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_yaml_config_takes_aug_as_a_mapping(tmp_path):
+    import json
+
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text("arch: tiny\nimage-size: 32\nepochs: 1\nsynthetic-per-class: 12\naug: {hed: 0.4, jpeg: 0}\n")
+    r = run_cli("celltrain", "fit", "--config", str(cfg), "--out", str(tmp_path / "y"), "--quiet")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads((tmp_path / "y" / "config.json").read_text())["aug"] == {"hed": 0.4, "jpeg": 0.0}

@@ -59,7 +59,10 @@ def _load_yaml_defaults(ctx, param, value):
     unknown = [k for k in raw if k.replace("-", "_") not in names]
     if unknown:
         raise click.BadParameter(f"{value}: unknown keys {unknown}; see celltrain fit --help")
-    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in raw.items()}}
+    raw = {k.replace("-", "_"): v for k, v in raw.items()}
+    if isinstance(raw.get("aug"), dict):  # aug: {hed: 0.6, jpeg: 0} reads as --aug hed=0.6 --aug jpeg=0
+        raw["aug"] = [f"{k}={v}" if v is not None else str(k) for k, v in raw["aug"].items()]
+    ctx.default_map = {**(ctx.default_map or {}), **raw}
     return value
 
 
