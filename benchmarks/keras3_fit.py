@@ -19,6 +19,8 @@ Augmentation is celltrain's "strong" policy re-spelled in backend-neutral `keras
 the accelerator: dihedral flips, zoom/shift, brightness/contrast/saturation/hue/gamma,
 optical-density stain shifts, defocus, sensor noise and dark blots; JPEG artefacts and
 MixUp/CutMix are done on the host (no JPEG codec in keras.ops; labels never reach a layer).
+`train --hed S --rotate S` adds celltrain's `--aug hed=S` and `--aug rotate=S` (RandAugment is
+not re-spelled here: continue the imported run with `celltrain fit --aug randaugment` on CPU).
 """
 from __future__ import annotations
 
@@ -156,10 +158,25 @@ def load_weight_chunks(folder: Path, tag: str) -> dict[str, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------------- augmentation
-def make_augment_layer(keras, strength: float, p: float = 0.5, seed: int = 0):
+# scopelite.train.augment.RGB_FROM_HED, spelled again: the GPU machine has no scopelite (the test pins them equal)
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+
+def hed_jitter(ops, x, alpha, beta):
+    """celltrain's ``--aug hed`` on a batch: stain densities scaled by ``alpha`` and shifted by ``beta`` (n,1,1,3)."""
+    od = -ops.log((x + 1.0) / 256.0)
+    hed = ops.einsum("nhwi,io->nhwo", od, HED_FROM_RGB) * alpha + beta
+    od = ops.einsum("nhwi,io->nhwo", hed, RGB_FROM_HED)
+    return ops.clip(256.0 * ops.exp(-ops.maximum(od, 0.0)) - 1.0, 0.0, 255.0)
+
+
+def make_augment_layer(keras, strength: float, p: float = 0.5, seed: int = 0, hed: float = 0.0,
+                       rotate: float = 0.0):
     """celltrain's "strong" policy (minus JPEG, done on the host) as a layer of keras.ops on batches.
 
     Each transform is drawn per image with its own probability, as in the tf.data pipeline.
+    ``hed`` and ``rotate`` (0: off) are celltrain's ``--aug hed=S`` and ``--aug rotate=S``.
     """
     ops, rnd = keras.ops, keras.random
 
@@ -197,13 +214,20 @@ def make_augment_layer(keras, strength: float, p: float = 0.5, seed: int = 0):
             x = self.pick(self.coin(n, 0.5), ops.flip(x, 2), x)
             x = self.pick(self.coin(n, 0.5), ops.flip(x, 1), x)
             x = self.pick(self.coin(n, 0.5), ops.transpose(x, (0, 2, 1, 3)), x)
+            ctr = (size - 1) / 2.0
+            zero = ops.zeros((n, 1))
+            if rotate > 0:  # small rotations, up to 15°·s about the centre, reflected borders
+                th = self.u((n, 1), -15.0 * rotate, 15.0 * rotate) * (math.pi / 180.0)
+                cs, sn = ops.cos(th), ops.sin(th)
+                rt = ops.concatenate([cs, -sn, ctr - cs * ctr + sn * ctr, sn, cs, ctr - sn * ctr - cs * ctr,
+                                      zero, zero], axis=1)
+                turned = keras.ops.image.affine_transform(x, rt, interpolation="bilinear", fill_mode="reflect")
+                x = self.pick(self.coin(n, p), turned, x)
             # zoom by up to 15 %·s and shift by up to 6 px·s (scaled to size), reflected borders
             z = self.u((n, 1), 1.0 - 0.15 * s, 1.0 + 0.15 * s)
             sh = 6.0 * s * size / 96.0
             t = self.u((n, 2), -sh, sh)
-            ctr = (size - 1) / 2.0
             inv = 1.0 / z
-            zero = ops.zeros((n, 1))
             tf_ = ops.concatenate([inv, zero, ctr - ctr * inv + t[:, :1], zero, inv, ctr - ctr * inv + t[:, 1:],
                                    zero, zero], axis=1)
             zoomed = keras.ops.image.affine_transform(x, tf_, interpolation="bilinear", fill_mode="reflect")
@@ -230,6 +254,10 @@ def make_augment_layer(keras, strength: float, p: float = 0.5, seed: int = 0):
             od = ops.maximum(od * self.u((n, 1, 1, 3), 1 - 0.3 * s, 1 + 0.3 * s)
                              + self.u((n, 1, 1, 3), -0.08 * s, 0.08 * s), 0.0)
             x = self.pick(self.coin(n, p), ops.clip(256.0 * ops.exp(-od) - 1.0, 0.0, 255.0), x)
+            if hed > 0:  # stain jitter in haematoxylin-eosin-DAB space
+                jit = hed_jitter(ops, x, self.u((n, 1, 1, 3), 1 - 0.3 * hed, 1 + 0.3 * hed),
+                                 self.u((n, 1, 1, 3), -0.05 * hed, 0.05 * hed))
+                x = self.pick(self.coin(n, p), jit, x)
             # defocus: one of four Gaussian sigmas across celltrain's range, per image
             choice = ops.floor(self.u((n,), 0.0, 4.0))
             blurred = 0.0
@@ -327,7 +355,8 @@ def train(args) -> dict:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     core = build_core(keras, args.image_size, n_classes, args.dropout, args.arch)
     inp = keras.Input((args.image_size, args.image_size, 3), name="raw")
-    aug = make_augment_layer(keras, args.strength, seed=args.seed) if args.augment == "strong" else None
+    aug = (make_augment_layer(keras, args.strength, seed=args.seed, hed=args.hed, rotate=args.rotate)
+           if args.augment == "strong" else None)
     trainer = keras.Model(inp, core(aug(inp) if aug is not None else inp))
 
     data = host_batches(keras, x_tr, jpegs, y_tr, n_classes, args.batch_size, args.mixup,
@@ -416,6 +445,7 @@ def import_run(args) -> None:
                         label_smoothing=float(targs.get("label_smoothing", 0)),
                         dropout=float(targs.get("dropout", 0.2)), augment=targs.get("augment", "strong"),
                         strength=float(targs.get("strength", 0.7)), mixup=float(targs.get("mixup", 0)),
+                        aug={k: float(targs[k]) for k in ("hed", "rotate") if targs.get(k)} or None,
                         seed=int(saved.get("seed", 0)), train_seed=int(targs.get("seed", 0)),
                         head_epochs=0, fine_tune_fraction=1.0)
         ds = data_lib.load(args.data, size, seed=cfg.seed, progress=True)
@@ -474,6 +504,8 @@ def main(argv=None) -> None:
     t.add_argument("--dropout", type=float, default=0.2)
     t.add_argument("--augment", default="strong", choices=("strong", "none"))
     t.add_argument("--strength", type=float, default=0.7)
+    t.add_argument("--hed", type=float, default=0.0, help="stain jitter in HED space at this strength (0: off)")
+    t.add_argument("--rotate", type=float, default=0.0, help="small rotations at this strength (0: off)")
     t.add_argument("--mixup", type=float, default=0.3)
     t.add_argument("--ema", type=float, default=0.999, help="EMA momentum of the weights; 0: off")
     t.add_argument("--precision", default="bf16", choices=("bf16", "float32"))

@@ -80,6 +80,34 @@ def test_augment_layer_keeps_range_and_shape_and_is_identity_at_inference(folder
     assert p.stdout.split()[-5:] == ["True"] * 5
 
 
+def test_hed_and_rotation_on_the_gpu_match_celltrain(folders, tmp_path):
+    """keras3_fit's --hed re-spells scopelite's HED jitter (the GPU machine has no scopelite): same pixels."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import keras3_fit
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import RGB_FROM_HED, hed_jitter
+
+    np.testing.assert_array_equal(keras3_fit.RGB_FROM_HED, RGB_FROM_HED)
+    x = np.random.default_rng(1).integers(0, 256, (2, 24, 24, 3)).astype(np.float32)
+    alpha, beta = np.array([1.3, 0.8, 1.1], np.float32), np.array([0.02, -0.03, 0.01], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, keras; sys.path.insert(0, %r); import keras3_fit as k\n"
+            "x = np.load(%r); a = np.array(%r, 'float32').reshape(1, 1, 1, 3); b = np.array(%r, 'float32').reshape(1, 1, 1, 3)\n"
+            "np.save(%r, np.asarray(k.hed_jitter(keras.ops, x, a, b)))\n"
+            "layer = k.make_augment_layer(keras, 0.7, p=1.0, seed=0, hed=0.7, rotate=0.7)\n"
+            "y = np.asarray(layer(x, training=True))\n"
+            "print(y.shape == x.shape, float(y.min()) >= 0, float(y.max()) <= 255, float(np.abs(y - x).mean()) > 5)\n"
+            % (str(SCRIPT.parent), str(tmp_path / "x.npy"), alpha.tolist(), beta.tolist(), str(tmp_path / "g.npy")))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.split() == ["True"] * 4
+    want = np.stack([hed_jitter(tf.constant(im), alpha, beta).numpy() for im in x])
+    np.testing.assert_allclose(np.load(tmp_path / "g.npy"), want, atol=0.05)
+
+
 def test_keras3_weights_arrive_intact_in_a_scopelite_run(folders, tmp_path):
     """EfficientNetV2B0 trained one epoch under Keras 3, imported into tf-keras: same val predictions."""
     pack = tmp_path / "p.npz"
