@@ -272,6 +272,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if resume:
         split = data_lib.load_split(out / "split.json", ds)
         state = json.loads(state_file.read_text())
+        trim_history(out / "history.csv", int(state["epochs_done"]))
         return ds, split, int(state["epochs_done"]), float(state["best_val_accuracy"])
     drop = data_lib.exact_duplicates(ds.images)
     if cfg.exclude:
@@ -389,6 +390,26 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     log(f"      test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
         f"({len(te)} images) -> {final}")
     return metrics
+
+
+def trim_history(path: Path, done: int) -> None:
+    """Keep the rows of epochs before ``done`` that were written whole; the resumed run appends the rest.
+
+    A kill can land after the log line and before state.json (that epoch is trained again) or in
+    the middle of a line; either would leave a repeated or broken row.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    if not lines:
+        return
+    width = len(lines[0].split(","))
+    keep = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done:
+            keep.append(line)
+    write_bytes_atomic(path, ("\n".join(keep) + "\n").encode())
 
 
 def _read_history(path: Path) -> dict:
