@@ -11,6 +11,7 @@ import datetime as _dt
 import io
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "kind": self.kind}
 
 
+RESTANDARDISE_IMAGES = 512  # training images measured to restore BatchNorm statistics after --weights X.tflite
+
+
 @dataclass(frozen=True)
 class Segment:
     """Epochs [start, end) trained with one image size, strength and set of trainable layers."""
@@ -63,6 +67,16 @@ class Segment:
     image_size: int
     strength: float
     phase: str  # "scratch" | "head" | "finetune"
+
+
+def _restandardise(model, images: np.ndarray, cfg: FitConfig, log) -> None:
+    """A model rebuilt from a .tflite file has BN layers with identity statistics: give them real ones."""
+    from . import from_tflite  # noqa: PLC0415
+
+    idx = np.sort(np.random.default_rng(cfg.training_seed).permutation(len(images))[:RESTANDARDISE_IMAGES])
+    n = from_tflite.restandardise_batchnorm(model, images[idx], cfg.batch_size)
+    log(f"      weights from {cfg.weights} (dequantised, BatchNorm unfolded); statistics of {n} BatchNorm "
+        f"layers measured on {len(idx)} training images")
 
 
 def plan(cfg: FitConfig) -> list[Segment]:
@@ -304,6 +318,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
         else:
             log("      mixed precision needs a GPU; training in float32")
     out = Path(cfg.out)
+    fresh = not out.exists()
     ds, split, done, best = _prepare_run(cfg, resume, log)
     keras.utils.set_random_seed(cfg.training_seed + done)
     n_classes = len(ds.class_names)
@@ -324,8 +339,15 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
         else:
             log(f"[2/4] building {cfg.arch} at {cfg.image_size}x{cfg.image_size}, weights={cfg.weights}"
                 + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else ""))
-            model = model_lib.build(cfg.arch, None if cfg.progressive else cfg.image_size, n_classes, cfg.weights,
-                                    cfg.dropout)
+            try:
+                model = model_lib.build(cfg.arch, None if cfg.progressive else cfg.image_size, n_classes,
+                                        cfg.weights, cfg.dropout)
+            except UserError:
+                if fresh:  # --weights did not fit this architecture: leave no half-made run folder behind
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+            if str(cfg.weights).lower().endswith(".tflite"):
+                _restandardise(model, tr.images, cfg, log)
     aug = cfg.augment + "".join(f", {k}={'strength' if v is None else v}" for k, v in (cfg.aug or {}).items())
     log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {aug}, "
         f"{', '.join(f'{s.phase} {s.start + 1}-{s.end}@{s.image_size}px' for s in segments)})")

@@ -43,8 +43,9 @@ def build(arch: str, image_size: int | None, n_classes: int, weights: str = "non
     Args:
         arch: "efficientnetv2b0" or "tiny".
         weights: "none", "imagenet" (EfficientNetV2B0 only, needs network or
-            a Keras cache), or a path to a ``.keras`` model whose layers are
-            copied by name where shapes match.
+            a Keras cache), a path to a ``.keras`` model whose layers are
+            copied by name where shapes match, or a ``.tflite`` model of the
+            same architecture (int8 or float; see ``from_tflite``).
         image_size: square input size; None accepts any size (progressive resizing).
         batch_size: None for training; 1 for export (static shapes for the Edge TPU).
     """
@@ -77,14 +78,20 @@ def check_weights_arg(weights: str, arch: str) -> None:
     if weights == "imagenet" and arch != "efficientnetv2b0":
         raise UserError("--weights imagenet needs --arch efficientnetv2b0")
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
-        raise UserError(f"--weights {weights}: no such file; use none, imagenet or a .keras model from an earlier run")
+        raise UserError(f"--weights {weights}: no such file; use none, imagenet, a .keras model from an earlier run "
+                        "or a .tflite model (the shipped int8 model, say)")
 
 
 def copy_weights_from(model, path: str) -> int:
-    """Copy weights layer by layer (matched by name and shape) from a saved model."""
+    """Copy weights layer by layer (matched by name and shape) from a saved model; from a .tflite
+    model by execution order (see ``from_tflite``). Returns the number of layers set."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--weights {path}: no such file; use none, imagenet or a .keras model from an earlier run")
+    if p.suffix.lower() == ".tflite":
+        from . import from_tflite  # noqa: PLC0415
+
+        return from_tflite.load_into(model, p)
     try:
         src = keras.models.load_model(p, compile=False)
     except Exception as e:  # Keras raises many types for a bad file
