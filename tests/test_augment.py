@@ -24,9 +24,10 @@ def test_strong_preset_and_per_op_overrides():
     assert got["hed"] == 0.5 and got["zoom"] == 0.7 and "jpeg" not in got
     assert resolve_ops("flips", 0.7, {"randaugment": 0.4}) == {"randaugment": 0.4}
     assert resolve_ops("none", 0.7) == {}
+    assert resolve_ops("flips", 0.6, {"hed": None}) == {"hed": 0.6}  # no value: the policy's strength
     with pytest.raises(ValueError, match="unknown augmentation 'warp'"):
         resolve_ops("strong", 0.7, {"warp": 0.5})
-    with pytest.raises(ValueError, match="outside 0..1"):
+    with pytest.raises(ValueError, match="from 0 to 1"):
         resolve_ops("strong", 0.7, {"hed": 1.5})
 
 

@@ -161,4 +161,7 @@ def test_trim_history_drops_repeated_and_broken_rows(tmp_path):
     h.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n2,0.7,0.8\n3,0.7")  # epoch 3 cut mid-line
     trim_history(h, 2)  # state.json says 2 epochs done: epoch 2 is trained again
     assert h.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n"
+    h.write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.")  # every cell there, the last number cut short
+    trim_history(h, 5)
+    assert h.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n"
     trim_history(tmp_path / "absent.csv", 2)  # no file: nothing to do

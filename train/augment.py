@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._keras import tf
-from .config import AUG_OPS
+from .config import AUG_OPS, check_aug
 
 POLICIES = ("none", "flips", "strong")
 
@@ -163,6 +163,11 @@ def _blend(a, b, factor):
     return a + factor * (b - a)
 
 
+def _enhance(base, x, m):
+    """A PIL-style enhancement of ``x`` away from ``base`` by a random factor 1 +- 0.9 m."""
+    return _blend(base, x, 1.0 + _signed(0.9 * m))
+
+
 def _ra_ops(m):
     """RandAugment's ops at magnitude ``m`` (0..1), each image -> image in 0..255 (equalize left out)."""
     def shear(x, axis):
@@ -182,7 +187,7 @@ def _ra_ops(m):
     def sharpness(x):
         k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
         smooth = tf.nn.depthwise_conv2d(x[None], tf.tile(k[:, :, None, None], [1, 1, 3, 1]), [1] * 4, "SAME")[0]
-        return _blend(smooth, x, 1.0 + _signed(0.9 * m))
+        return _enhance(smooth, x, m)
 
     def posterize(x):
         shift = tf.cast(tf.round(4.0 * m), tf.int32)
@@ -199,9 +204,9 @@ def _ra_ops(m):
         lambda x: rotate(x, _signed(30.0 * m)),
         lambda x: shear(x, 0), lambda x: shear(x, 1),
         lambda x: translate(x, 0), lambda x: translate(x, 1),
-        lambda x: _blend(tf.zeros_like(x), x, 1.0 + _signed(0.9 * m)),  # brightness
-        lambda x: _blend(tf.reduce_mean(grey(x)) + tf.zeros_like(x), x, 1.0 + _signed(0.9 * m)),  # contrast
-        lambda x: _blend(grey(x), x, 1.0 + _signed(0.9 * m)),  # colour (saturation)
+        lambda x: _enhance(tf.zeros_like(x), x, m),  # brightness
+        lambda x: _enhance(tf.reduce_mean(grey(x)) + tf.zeros_like(x), x, m),  # contrast
+        lambda x: _enhance(grey(x), x, m),  # colour (saturation)
         sharpness,
         posterize,
         lambda x: tf.where(x >= 256.0 - 256.0 * m, 255.0 - x, x),  # solarize
@@ -213,15 +218,20 @@ RANDAUGMENT_OPS = ("identity", "rotate", "shear_x", "shear_y", "translate_x", "t
                    "contrast", "colour", "sharpness", "posterize", "solarize", "autocontrast")
 
 
+def _clipped_ra_ops(m):
+    return [lambda x, f=f: tf.clip_by_value(f(x), 0.0, 255.0) for f in _ra_ops(m)]
+
+
 def randaugment_op(x, index: int, m: float):
     """One RandAugment op by index into ``RANDAUGMENT_OPS`` (for tests and inspection)."""
-    return tf.clip_by_value(_ra_ops(m)[index](x), 0.0, 255.0)
+    return _clipped_ra_ops(m)[index](x)
 
 
 def _randaugment(x, s, n: int = 2):
+    """``n`` ops drawn uniformly per image, each at magnitude ``s``."""
+    ops = _clipped_ra_ops(s)
     for _ in range(n):
-        ops = [lambda y=x, f=f: tf.clip_by_value(f(y), 0.0, 255.0) for f in _ra_ops(s)]
-        x = tf.switch_case(tf.random.uniform([], 0, len(ops), tf.int32), ops)
+        x = tf.switch_case(tf.random.uniform([], 0, len(ops), tf.int32), [lambda y=x, f=f: f(y) for f in ops])
     return x
 
 
@@ -248,11 +258,8 @@ def resolve_ops(policy: str, strength: float, overrides: dict | None = None) -> 
         raise ValueError(f"augmentation policy {policy!r} not one of {POLICIES}")
     ops = {name: strength for name in STRONG} if policy == "strong" else {}
     for name, value in (overrides or {}).items():
-        if name not in OPS:
-            raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(OPS)}")
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"augmentation strength {name}={value} is outside 0..1")
-        ops[name] = float(value)
+        checked = check_aug(name, value)
+        ops[name] = strength if checked is None else checked
     return {name: ops[name] for name in OPS if ops.get(name, 0.0) > 0.0}
 
 

@@ -7,7 +7,7 @@ import click
 
 from scopelite.edge.errors import one_line_errors
 
-from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig
+from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
 _D = FitConfig(out="")
 
@@ -31,15 +31,10 @@ def _parse_aug(ctx, param, value):
     ops = {}
     for item in value:
         name, _, strength = str(item).partition("=")
-        name = name.strip()
-        if name not in AUG_OPS:
-            raise click.BadParameter(f"unknown augmentation {name!r}; choose from {', '.join(AUG_OPS)}")
         try:
-            ops[name] = float(strength) if strength else None
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: the strength after '=' must be a number from 0 to 1") from None
-        if ops[name] is not None and not 0.0 <= ops[name] <= 1.0:
-            raise click.BadParameter(f"{item!r}: the strength must be from 0 to 1")
+            ops[name.strip()] = check_aug(name.strip(), strength.strip())
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
     return ops
 
 

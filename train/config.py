@@ -11,6 +11,25 @@ STRATEGIES = ("none", "mirrored", "multiworker")
 AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "blur", "noise", "jpeg", "blots")
 
 
+def check_aug(name: str, strength) -> float | None:
+    """One augmentation override, checked: the strength as a float (None: use --strength).
+
+    Raises ValueError with a message for the user: an unknown op, a strength that is
+    not a number, or one outside 0..1. The CLI and the library both call this.
+    """
+    if name not in AUG_OPS:
+        raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(AUG_OPS)}")
+    if strength is None or strength == "":
+        return None
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={strength!r}: the strength must be a number from 0 to 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={strength}: the strength must be from 0 to 1")
+    return value
+
+
 @dataclass(frozen=True)
 class FitConfig:
     out: str

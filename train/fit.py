@@ -420,18 +420,21 @@ def trim_history(path: Path, done: int) -> None:
     A kill can land after the log line and before state.json (that epoch is trained again) or in
     the middle of a line; either would leave a repeated or broken row.
     """
+    import csv  # noqa: PLC0415
+
     if not path.is_file():
         return
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # the last row was cut off in the middle
     if not lines:
         return
-    width = len(lines[0].split(","))
-    keep = [lines[0]]
-    for line in lines[1:]:
-        cells = line.split(",")
-        if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done:
-            keep.append(line)
-    write_bytes_atomic(path, ("\n".join(keep) + "\n").encode())
+    rows = list(csv.reader(lines))
+    width = len(rows[0])
+    keep = [lines[0]] + [line for line, cells in zip(lines[1:], rows[1:])
+                         if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done]
+    write_bytes_atomic(path, "".join(keep).encode())
 
 
 def _read_history(path: Path) -> dict:
