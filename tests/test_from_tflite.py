@@ -167,3 +167,31 @@ def test_fit_starts_from_an_int8_model_through_the_cli(tiny_run, tmp_path):
     err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
     assert len(err) == 1 and "same --arch" in err[0], r.stderr[-2000:]
     assert not (tmp_path / "e").exists()  # no half-made run folder left behind
+
+
+def test_fit_fine_tunes_the_shipped_model_by_name(tmp_path):
+    """--weights shipped: the packaged int8 model, wherever the package is installed."""
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "s"), "--image-size", "64", "--epochs", "1",
+                "--head-epochs", "0", "--synthetic-per-class", "4", "--batch-size", "16", "--weights", "shipped",
+                "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "statistics of 59 BatchNorm layers" in r.stdout and "NOTE: that model's classes" not in r.stdout
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert Path(cfg["weights"]).resolve() == SHIPPED.resolve()
+
+
+def test_other_classes_are_pointed_out(tiny_run):
+    from scopelite.train import model as model_lib
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import _restandardise
+
+    m = model_lib.build("tiny", 32, 8, weights=str(tiny_run["tflite"]))
+    lines = []
+    cfg = FitConfig(out="unused", arch="tiny", weights=str(tiny_run["tflite"]), batch_size=8)
+    names = [f"class{i}" for i in range(8)]
+    _restandardise(m, _images(16, 32), names, cfg, lines.append)
+    assert any("NOTE: that model's classes" in x and "class0" in x for x in lines), lines
+    lines.clear()
+    _restandardise(m, _images(16, 32), from_tflite.sidecar_labels(tiny_run["tflite"]), cfg, lines.append)
+    assert not any("NOTE" in x for x in lines)
+    assert from_tflite.sidecar_labels(Path("no/such/model.tflite")) is None

@@ -72,8 +72,9 @@ def _load_yaml_defaults(ctx, param, value):
               help="Continue the killed or stopped run in this folder (its config is reused).")
 @click.option("--arch", type=click.Choice(["efficientnetv2b0", "tiny"]), default=_D.arch)
 @click.option("--weights", default=_D.weights,
-              help="imagenet | none | FILE: a .keras model from an earlier run, or a .tflite model of the same "
-                   "--arch (the shipped int8 model, say: its weights are dequantised, BatchNorm unfolded).")
+              help="imagenet | none | shipped | FILE. shipped: the int8 PBC model packaged with scopelite (fine-tune "
+                   "it on your own cells); FILE: a .keras model from an earlier run, or a .tflite model of the same "
+                   "--arch (int8 weights are dequantised, BatchNorm unfolded).")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs)
 @click.option("--image-size", type=click.IntRange(min=16), default=_D.image_size, help="Square input size in pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size)

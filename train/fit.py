@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,7 +70,7 @@ class Segment:
     phase: str  # "scratch" | "head" | "finetune"
 
 
-def _restandardise(model, images: np.ndarray, cfg: FitConfig, log) -> None:
+def _restandardise(model, images: np.ndarray, class_names, cfg: FitConfig, log) -> None:
     """A model rebuilt from a .tflite file has BN layers with identity statistics: give them real ones."""
     from . import from_tflite  # noqa: PLC0415
 
@@ -77,6 +78,10 @@ def _restandardise(model, images: np.ndarray, cfg: FitConfig, log) -> None:
     n = from_tflite.restandardise_batchnorm(model, images[idx], cfg.batch_size)
     log(f"      weights from {cfg.weights} (dequantised, BatchNorm unfolded); statistics of {n} BatchNorm "
         f"layers measured on {len(idx)} training images")
+    labels = from_tflite.sidecar_labels(cfg.weights)
+    if labels is not None and list(labels) != list(class_names):
+        log(f"      NOTE: that model's classes ({', '.join(labels)}) are not this data's "
+            f"({', '.join(class_names)}): its output layer starts from other classes and must learn them")
 
 
 def plan(cfg: FitConfig) -> list[Segment]:
@@ -317,6 +322,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
             keras.mixed_precision.set_global_policy("mixed_float16")
         else:
             log("      mixed precision needs a GPU; training in float32")
+    if not resume:
+        cfg = dataclasses.replace(cfg, weights=model_lib.resolve_weights(cfg.weights))
     out = Path(cfg.out)
     fresh = not out.exists()
     ds, split, done, best = _prepare_run(cfg, resume, log)
@@ -347,7 +354,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                     shutil.rmtree(out, ignore_errors=True)
                 raise
             if str(cfg.weights).lower().endswith(".tflite"):
-                _restandardise(model, tr.images, cfg, log)
+                _restandardise(model, tr.images, ds.class_names, cfg, log)
     aug = cfg.augment + "".join(f", {k}={'strength' if v is None else v}" for k, v in (cfg.aug or {}).items())
     log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {aug}, "
         f"{', '.join(f'{s.phase} {s.start + 1}-{s.end}@{s.image_size}px' for s in segments)})")

@@ -111,6 +111,16 @@ def read_weighted_ops(path: str | Path) -> list[WeightedOp]:
     return out
 
 
+def sidecar_labels(path: str | Path) -> list[str] | None:
+    """The class names in the model's JSON sidecar, or None when it has no readable one."""
+    from scopelite.edge.bundle import load_sidecar  # noqa: PLC0415
+
+    try:
+        return list(load_sidecar(path, check_hash=False).labels)
+    except UserError:
+        return None
+
+
 def _inbound_layer(layer):
     node = layer._inbound_nodes[0]  # noqa: SLF001 - tf-keras has no public accessor
     inbound = node.inbound_layers

@@ -73,13 +73,25 @@ def build(arch: str, image_size: int | None, n_classes: int, weights: str = "non
     return model
 
 
+SHIPPED = "shipped"  # --weights shipped: the int8 model packaged with scopelite.edge
+
+
+def resolve_weights(weights: str) -> str:
+    """``shipped`` -> the path of the packaged int8 model; anything else unchanged."""
+    if weights == SHIPPED:
+        from scopelite.edge.packaged import default_model  # noqa: PLC0415
+
+        return str(default_model())
+    return weights
+
+
 def check_weights_arg(weights: str, arch: str) -> None:
     """Fail fast on a bad --weights before any data is read."""
     if weights == "imagenet" and arch != "efficientnetv2b0":
         raise UserError("--weights imagenet needs --arch efficientnetv2b0")
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
-        raise UserError(f"--weights {weights}: no such file; use none, imagenet, a .keras model from an earlier run "
-                        "or a .tflite model (the shipped int8 model, say)")
+        raise UserError(f"--weights {weights}: no such file; use none, imagenet, shipped (the packaged int8 model), "
+                        "a .keras model from an earlier run or a .tflite model")
 
 
 def copy_weights_from(model, path: str) -> int:
