@@ -74,7 +74,8 @@ def _restandardise(model, images: np.ndarray, class_names, cfg: FitConfig, log) 
     """A model rebuilt from a .tflite file has BN layers with identity statistics: give them real ones."""
     from . import from_tflite  # noqa: PLC0415
 
-    idx = np.sort(np.random.default_rng(cfg.training_seed).permutation(len(images))[:RESTANDARDISE_IMAGES])
+    # tied to the split seed, not --train-seed: sibling runs start from identical weights (soups need that)
+    idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(images))[:RESTANDARDISE_IMAGES])
     n = from_tflite.restandardise_batchnorm(model, images[idx], cfg.batch_size)
     log(f"      weights from {cfg.weights} (dequantised, BatchNorm unfolded); statistics of {n} BatchNorm "
         f"layers measured on {len(idx)} training images")
