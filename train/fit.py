@@ -7,13 +7,13 @@ history.csv/json, curves.png and TensorBoard logs.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import json
 import os
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
