@@ -128,6 +128,8 @@ def fit(quiet, resume, **opts):
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
     Strong augmentation plus HED stain jitter and RandAugment, without JPEG:
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --aug hed=0.6 --aug randaugment=0.5 --aug jpeg=0
+    Fine-tune the shipped int8 PBC model on your own cells (class folders):
+      celltrain fit --data my_cells --out runs/mine --weights shipped --head-epochs 1 --fine-tune-fraction 1.0 --lr 1e-4
     Continue after a crash or kill:
       celltrain fit --resume runs/pbc
     """
