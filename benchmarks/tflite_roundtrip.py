@@ -31,8 +31,8 @@ def main() -> None:
 
     import cv2
 
-    from scopelite.edge import runtime
     from scopelite.edge.bundle import load_sidecar
+    from scopelite.edge.classifier import LiteRTClassifier
     from scopelite.train import from_tflite
     from scopelite.train import model as model_lib
 
@@ -43,16 +43,7 @@ def main() -> None:
     images = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(files[i])), cv2.COLOR_BGR2RGB), size,
                                   interpolation=cv2.INTER_AREA) for i in pick])
 
-    it = runtime.make_interpreter(args.model)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    scale, zp = out["quantization"]
-    q = []
-    for im in images:
-        it.set_tensor(inp["index"], im[None].astype(inp["dtype"]))
-        it.invoke()
-        o = it.get_tensor(out["index"])[0].astype(np.float64)
-        q.append(scale * (o - zp) if scale else o)
-    q = np.array(q)
+    q = LiteRTClassifier(args.model).classify(images)
 
     t0 = time.time()
     m = model_lib.build("efficientnetv2b0", sc.input.height, len(sc.labels))

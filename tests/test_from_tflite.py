@@ -60,18 +60,9 @@ def _images(n, size, seed=0):
 
 
 def _tflite_probs(path, images):
-    from scopelite.edge import runtime
+    from scopelite.edge.classifier import LiteRTClassifier
 
-    it = runtime.make_interpreter(path)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    res = []
-    for im in images:
-        it.set_tensor(inp["index"], im[None].astype(inp["dtype"]))
-        it.invoke()
-        o = it.get_tensor(out["index"])[0].astype(np.float64)
-        scale, zp = out["quantization"]
-        res.append(scale * (o - zp) if scale else o)
-    return np.array(res)
+    return LiteRTClassifier(path).classify(images)
 
 
 def _folded_kernels(model):
@@ -195,3 +186,26 @@ def test_other_classes_are_pointed_out(tiny_run):
     _restandardise(m, _images(16, 32), from_tflite.sidecar_labels(tiny_run["tflite"]), cfg, lines.append)
     assert not any("NOTE" in x for x in lines)
     assert from_tflite.sidecar_labels(Path("no/such/model.tflite")) is None
+
+
+def test_layers_without_bias_and_a_depth_multiplier_round_trip(tmp_path):
+    """Bias-free Conv2D/DepthwiseConv2D (multiplier 2)/Dense: the kernels come back exactly, biases as zeros."""
+    from scopelite.compress.convert import to_float32
+    from scopelite.train import model as model_lib
+    from scopelite.train._keras import keras
+
+    def net():
+        inp = keras.Input((8, 8, 3), batch_size=1)
+        x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw")(inp)
+        x = keras.layers.Conv2D(4, 1, use_bias=False, name="pw")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inp, keras.layers.Dense(3, use_bias=False, name="fc")(x))
+
+    src = net()
+    (tmp_path / "nb.tflite").write_bytes(to_float32(src))
+    assert [op.bias.shape for op in from_tflite.read_weighted_ops(tmp_path / "nb.tflite")] == [(6,), (4,), (3,)]
+    dst = net()
+    assert model_lib.copy_weights_from(dst, str(tmp_path / "nb.tflite")) == 3
+    for name in ("dw", "pw", "fc"):
+        np.testing.assert_allclose(dst.get_layer(name).get_weights()[0], src.get_layer(name).get_weights()[0],
+                                   atol=1e-6)

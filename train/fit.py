@@ -354,7 +354,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                 if fresh:  # --weights did not fit this architecture: leave no half-made run folder behind
                     shutil.rmtree(out, ignore_errors=True)
                 raise
-            if str(cfg.weights).lower().endswith(".tflite"):
+            if model_lib.is_tflite(cfg.weights):
                 _restandardise(model, tr.images, ds.class_names, cfg, log)
     aug = cfg.augment + "".join(f", {k}={'strength' if v is None else v}" for k, v in (cfg.aug or {}).items())
     log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {aug}, "

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 from scopelite.edge.errors import UserError
@@ -36,7 +34,7 @@ class WeightedOp:
 
     op: str
     kernel: np.ndarray  # CONV_2D [out, kh, kw, in]; DEPTHWISE [1, kh, kw, in*mult]; FC [out, in]
-    bias: np.ndarray | None
+    bias: np.ndarray  # [out]; zeros where the op has none
 
 
 def dequantize(values: np.ndarray, quant: dict) -> np.ndarray:
@@ -101,10 +99,10 @@ def read_weighted_ops(path: str | Path) -> list[WeightedOp]:
         ins = list(op["inputs"])
         w = tensors[ins[1]]
         kernel = dequantize(interp.get_tensor(ins[1]), w["quantization_parameters"])
-        bias = None
         if len(ins) > 2 and ins[2] >= 0:
-            b = tensors[ins[2]]
-            bias = dequantize(interp.get_tensor(ins[2]), b["quantization_parameters"])
+            bias = dequantize(interp.get_tensor(ins[2]), tensors[ins[2]]["quantization_parameters"])
+        else:  # output channels: last axis of a depthwise kernel, first of the others
+            bias = np.zeros(kernel.shape[-1 if name == "DEPTHWISE_CONV_2D" else 0], np.float32)
         out.append(WeightedOp(name, kernel, bias))
     if not out:
         raise UserError(f"--weights {path}: the model has no convolution or dense layer to take weights from")
@@ -136,14 +134,11 @@ def load_into(model, path: str | Path) -> int:
     from ._keras import keras  # noqa: PLC0415
 
     ops = read_weighted_ops(path)
-    kinds = {"Conv2D": keras.layers.Conv2D, "DepthwiseConv2D": keras.layers.DepthwiseConv2D,
-             "Dense": keras.layers.Dense}
+    kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
     # DepthwiseConv2D subclasses Conv2D in tf-keras: test the exact class.
-    layers = [layer for layer in model.layers if type(layer) in kinds.values()]
-    bn_after = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            bn_after[id(_inbound_layer(layer))] = layer
+    layers = [layer for layer in model.layers if type(layer) in kinds]
+    bn_after = {id(_inbound_layer(layer)): layer for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
     if len(layers) != len(ops):
         raise UserError(f"--weights {path}: it has {len(ops)} convolution/dense ops, this {model.name} has "
                         f"{len(layers)} such layers; start from a model of the same --arch")
@@ -157,23 +152,20 @@ def load_into(model, path: str | Path) -> int:
         if kernel.shape != current[0].shape:
             raise UserError(f"--weights {path}: {layer.name} needs a kernel of shape {current[0].shape}, the "
                             f"model has {kernel.shape} (another class count or architecture?)")
-        bias = op.bias if op.bias is not None else np.zeros(kernel.shape[-1] * (mult if op.op == "DEPTHWISE_CONV_2D"
-                                                                                 else 1), np.float32)
         bn = bn_after.get(id(layer))
         if layer.use_bias:
-            layer.set_weights([kernel, bias.reshape(current[1].shape)])
+            layer.set_weights([kernel, op.bias.reshape(current[1].shape)])
         elif bn is not None:
             layer.set_weights([kernel])
-            bn.set_weights(unfolded_batchnorm(bias, bn.epsilon))
-        elif np.any(bias):
+            bn.set_weights(unfolded_batchnorm(op.bias, bn.epsilon))
+        elif np.any(op.bias):
             raise UserError(f"--weights {path}: {layer.name} has no bias and no BatchNormalization to hold one")
         else:
             layer.set_weights([kernel])
     return len(layers)
 
 
-def restandardise_batchnorm(model, images: np.ndarray, batch_size: int = 32,
-                            progress: Callable[[int], None] | None = None) -> int:
+def restandardise_batchnorm(model, images: np.ndarray, batch_size: int = 32) -> int:
     """Give every BN layer the per-channel mean/variance of its inputs over ``images`` (uint8 or float
     pixels as the model takes them), adjusting gamma and beta so the inference function is unchanged.
     Returns the number of BN layers changed."""
@@ -186,7 +178,7 @@ def restandardise_batchnorm(model, images: np.ndarray, batch_size: int = 32,
     sums = [np.zeros(b.moving_mean.shape, np.float64) for b in bns]
     squares = [np.zeros_like(s) for s in sums]
     counts = [0] * len(bns)
-    for k, i in enumerate(range(0, len(images), batch_size)):
+    for i in range(0, len(images), batch_size):
         outs = probe(np.asarray(images[i:i + batch_size], np.float32), training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for j, o in enumerate(outs):
@@ -194,8 +186,6 @@ def restandardise_batchnorm(model, images: np.ndarray, batch_size: int = 32,
             sums[j] += o.sum(0)
             squares[j] += (o * o).sum(0)
             counts[j] += o.shape[0]
-        if progress:
-            progress(k + 1)
     for b, s, q, n in zip(bns, sums, squares, counts):
         mean = s / n
         var = np.maximum(q / n - mean * mean, 0.0)

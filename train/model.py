@@ -85,13 +85,22 @@ def resolve_weights(weights: str) -> str:
     return weights
 
 
+def is_tflite(weights: str) -> bool:
+    """Whether ``--weights`` names a TFLite model (its weights are read by ``from_tflite``)."""
+    return Path(str(weights)).suffix.lower() == ".tflite"
+
+
+def _no_such_file(weights) -> UserError:
+    return UserError(f"--weights {weights}: no such file; use none, imagenet, shipped (the packaged int8 model), "
+                     "a .keras model from an earlier run or a .tflite model")
+
+
 def check_weights_arg(weights: str, arch: str) -> None:
     """Fail fast on a bad --weights before any data is read."""
     if weights == "imagenet" and arch != "efficientnetv2b0":
         raise UserError("--weights imagenet needs --arch efficientnetv2b0")
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
-        raise UserError(f"--weights {weights}: no such file; use none, imagenet, shipped (the packaged int8 model), "
-                        "a .keras model from an earlier run or a .tflite model")
+        raise _no_such_file(weights)
 
 
 def copy_weights_from(model, path: str) -> int:
@@ -99,8 +108,8 @@ def copy_weights_from(model, path: str) -> int:
     model by execution order (see ``from_tflite``). Returns the number of layers set."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--weights {path}: no such file; use none, imagenet or a .keras model from an earlier run")
-    if p.suffix.lower() == ".tflite":
+        raise _no_such_file(path)
+    if is_tflite(path):
         from . import from_tflite  # noqa: PLC0415
 
         return from_tflite.load_into(model, p)
