@@ -67,6 +67,20 @@ def test_hed_jitter_moves_one_stain_and_is_the_identity_at_rest(crop):
     np.testing.assert_allclose(d1[:, 0], 1.5 * d0[:, 0], atol=2e-3)  # haematoxylin x1.5
 
 
+def test_shot_noise_is_unbiased_signal_dependent_and_grows_with_strength():
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import _shot
+
+    tf.random.set_seed(1)
+    flat = np.concatenate([np.full((64, 32, 3), 200.0), np.full((64, 32, 3), 20.0)], 1).astype(np.float32)
+    outs = np.stack([_shot(tf.constant(flat), 1.0).numpy() for _ in range(40)])
+    bright, dark = outs[:, :, :32], outs[:, :, 32:]
+    assert abs(bright.mean() - 200) < 3 and abs(dark.mean() - 20) < 1.5  # Poisson counts: no bias
+    assert bright.std() > 2 * dark.std()  # photon noise grows with the signal (Gaussian noise would not)
+    weak = np.stack([_shot(tf.constant(flat), 0.1).numpy() for _ in range(40)])
+    assert weak[:, :, :32].std() < 0.6 * bright.std()  # more photons at low strength: less noise
+
+
 def test_rotate_by_0_and_90_degrees(crop):
     from scopelite.train._keras import tf
     from scopelite.train.augment import rotate

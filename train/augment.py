@@ -10,9 +10,10 @@ Every transform is also a named op (``OPS``) with a strength of its own:
 ``ops={"hed": 0.5, "jpeg": 0}`` adds HED stain jitter to the policy's ops and
 switches JPEG off (``celltrain fit --aug hed=0.5 --aug jpeg=0``). Beyond the
 "strong" set there are ``rotate`` (small rotations), ``hed`` (stain jitter in
-haematoxylin-eosin-DAB space, Tellez et al. 2018) and ``randaugment`` (two ops
+haematoxylin-eosin-DAB space, Tellez et al. 2018), ``randaugment`` (two ops
 drawn per image from a RandAugment list, Cubuk et al. 2020, magnitude from the
-strength).
+strength) and ``shot`` (photon noise of a dim camera: Poisson, signal-dependent,
+unlike ``noise``'s fixed Gaussian).
 """
 from __future__ import annotations
 
@@ -87,6 +88,21 @@ def _blur(x, s):
 
 def _noise(x, s):
     return x + tf.random.normal(tf.shape(x), 0.0, tf.random.uniform([], 1.0, 1.0 + 14.0 * s))
+
+
+SHOT_PHOTONS = 200.0  # photons at full white for the mildest shot noise (barely visible)
+
+
+def _shot(x, s):
+    """Shot noise: each pixel a Poisson count of photons, as a camera in dim light sees them.
+
+    The photon budget at full white is log-uniform between 200 and 200 * 0.04**s
+    (8 at strength 1, 40 at 0.5); fewer photons, more noise, and more of it in bright pixels.
+    """
+    top = tf.math.log(SHOT_PHOTONS)
+    photons = tf.exp(tf.random.uniform([], top + s * tf.math.log(0.04), top))
+    counts = tf.random.poisson([], tf.clip_by_value(x, 0.0, 255.0) / 255.0 * photons)
+    return counts / photons * 255.0
 
 
 def _jpeg(x, s):
@@ -245,6 +261,7 @@ OPS = {
     "hed": (_hed, 1.0),
     "blur": (_blur, 0.6),
     "noise": (_noise, 0.6),
+    "shot": (_shot, 0.5),
     "jpeg": (_jpeg, 0.5),
     "blots": (_blots, 0.3),
 }
