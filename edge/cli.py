@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 import json
-import signal
+import re
 import sys
 import threading
 
 import click
 
-from .errors import UserError, one_line_errors
+from .errors import OneLineGroup, UserError, one_line_errors, warn
 
 MODEL = click.Path(exists=True, dir_okay=False)
+THREADS = click.IntRange(min=1)
+TOP_K = click.IntRange(min=1)
+
+
+def _check_device(ctx, param, value):
+    """cpu, or an Edge TPU as pycoral names it: usb, usb:N, pci, pci:N, :N."""
+    if value is None or value == "cpu" or re.fullmatch(r"(usb|pci)?(:\d+)?", value) and value:
+        return value
+    raise click.BadParameter(f"{value!r} is not a device: use cpu, usb, usb:N, pci, pci:N or :N (an Edge TPU)")
 
 
 def _classifier(model: str, threads: int | None, device: str | None = None, fallback: str | None = None,
@@ -34,11 +43,11 @@ def _runtime_options(fn):
                            "per view.")(fn)
     fn = click.option("--fallback", type=click.Choice(["cpu"]), default=None,
                       help="If the Edge TPU cannot be loaded, run the CPU model beside it instead of failing.")(fn)
-    return click.option("--device", default=None, metavar="cpu|usb|pci|:N",
+    return click.option("--device", default=None, metavar="cpu|usb|pci|:N", callback=_check_device,
                         help="Where to run: the CPU, or an Edge TPU (default: from the model's sidecar).")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Run an int8 blood-cell classifier on a Pi, a Coral or any Linux box.
 
@@ -73,8 +82,8 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] IMAGE|DIR...")
 @click.option("--model", default=None, help="The .tflite bundle (default: the packaged PBC model).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-@click.option("-k", "--top-k", default=3, show_default=True, help="How many classes to list per image.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the interpreter (default: runtime's).")
+@click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes to list per image.")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter (default: runtime's).")
 @_runtime_options
 @one_line_errors
 def classify(args, model, as_json, top_k, threads, device, fallback, tta):
@@ -89,7 +98,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
       celledge classify model.tflite cell1.jpg cell2.png
     """
     from .postprocess import top_k as best_k
-    from .preprocess import prepare
+    from .preprocess import prepare, too_small
     from .sources import SourceError, list_images, read_image_rgb
 
     model, images = _split_model(args, model)
@@ -100,11 +109,16 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
     failed: list[str] = []
     for path in paths:
         try:
-            crop = prepare(read_image_rgb(path), clf.input_spec)
-        except SourceError as e:
+            image = read_image_rgb(path)
+            crop = prepare(image, clf.input_spec)
+        except (SourceError, OSError) as e:
             print(f"skipped: {e}", file=sys.stderr)
             failed.append(str(e))
             continue
+        spec = clf.input_spec
+        if too_small(image, spec):
+            warn(f"{path} is only {image.shape[1]}x{image.shape[0]} px, far smaller than the model's "
+                 f"{spec.width}x{spec.height} input: its class below means little")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         if as_json:
             rec = {"path": str(path), "label": best[0].label, "score": round(best[0].score, 4),
@@ -156,8 +170,8 @@ def _parse_size(value: str | None):
 @click.option("--save-below", type=click.FloatRange(0, 1), default=None, help="Save frames scored below this.")
 @click.option("--save-cap-mb", type=click.FloatRange(min=1), default=500.0, show_default=True,
               help="Disk cap for --save-dir: the oldest saved frames are deleted first.")
-@click.option("-k", "--top-k", default=3, show_default=True, help="How many classes each line lists.")
-@click.option("--threads", type=int, default=None, help="CPU threads for the interpreter.")
+@click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes each line lists.")
+@click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter.")
 @_runtime_options
 @one_line_errors
 def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, http_addr,
@@ -174,55 +188,83 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
       celledge watch demo_out/data/microscope.avi --model demo_out/int8/model.tflite
       celledge watch smear_fields/ --mode field --crop-size 360
     """
-    from .sources import is_live, open_source
+    from . import shutdown
+    from .outputs import LineSink, check_writable
+    from .sources import MAX_SIDE, is_live, open_source
     from .watch import run_watch
 
     from .packaged import default_model
 
     wh = _parse_size(size)
+    if crop_size > MAX_SIDE:  # bounded work per frame: SIGTERM is honoured between frames
+        raise UserError(f"--crop-size {crop_size} is larger than any frame scopelite takes ({MAX_SIDE} px a side); "
+                        "give the cell's size in the frame's pixels, e.g. --crop-size 360")
+    if out_file:
+        check_writable(out_file, "--out", is_dir=False)
+    if save_dir:
+        check_writable(save_dir, "--save-dir")
     clf = _classifier(model or str(default_model()), threads, device, fallback, tta)
     live = is_live(source)
+    sources = []
+
+    def open_counted():
+        src = open_source(source, loop=loop, size=wh, warn=warn)
+        sources.append(src)
+        return src
+
+    def unreadable() -> int:
+        return sum(getattr(src, "unreadable", 0) for src in sources)
+
     # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
-    first = open_source(source, loop=loop, size=wh) if (not live or exit_on_eof) else None
+    first = open_counted() if (not live or exit_on_eof) else None
     opened = {"first": first}
 
     def opener():
         src = opened.pop("first", None)
-        return src if src is not None else open_source(source, loop=loop, size=wh)
+        return src if src is not None else open_counted()
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    sink = open(out_file, "a", buffering=1) if out_file else sys.stdout  # noqa: SIM115 - closed below
+    ctx = click.get_current_context()
+    ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush))  # SIGINT/SIGTERM: stop within 2 s
+    sink = LineSink(out_file) if out_file else None
+    if sink is not None:
+        ctx.call_on_close(sink.close)
 
     def emit(rec):
-        sink.write(json.dumps(rec) + "\n")
-        sink.flush()
+        if sink is not None:
+            sink.write(json.dumps(rec))
+        else:
+            sys.stdout.write(json.dumps(rec) + "\n")
+            sys.stdout.flush()
 
     status = server = None
     if http_addr:
-        from .httpd import Status, parse_address, serve
+        from .httpd import Status, exposure_warning, parse_address, serve, url
 
+        host, port = parse_address(http_addr)
         status = Status(clf.labels)
-        server = serve(status, *parse_address(http_addr))
-        print(f"serving http://{http_addr}/", file=sys.stderr)
+        server = serve(status, host, port)
+        ctx.call_on_close(server.shutdown)
+        if exposure_warning(host):
+            warn(exposure_warning(host))
+        print(f"serving {url(server)}", file=sys.stderr)
 
     from .field import FieldConfig
 
     summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
                         field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score, live=live,
                         exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
-                        on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels))
+                        on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels,
+                                           unreadable))
+    summary["summary"]["unreadable"] = unreadable()
     emit(summary)
-    if server is not None:
-        server.shutdown()
-    if out_file:
-        sink.close()
+    if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
+        raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
+                        "could be read (see the lines above)")
 
 
-def _on_frame(status, save_dir, save_classes, save_below, save_cap_mb, labels):
-    """Chain the per-frame consumers: HTTP status and frame saving."""
+def _on_frame(status, save_dir, save_classes, save_below, save_cap_mb, labels, unreadable=lambda: 0):
+    """Chain the per-frame consumers: HTTP status and frame saving (``unreadable``: files skipped so far)."""
     hooks = [status.update] if status else []
     if save_dir:
         from .saver import FrameSaver
@@ -237,7 +279,7 @@ def _on_frame(status, save_dir, save_classes, save_below, save_cap_mb, labels):
         hooks.append(FrameSaver(save_dir, classes, save_below, int(save_cap_mb * 2**20)))
     if not hooks:
         return None
-    return lambda frame, rec, counters: [h(frame, rec, counters) for h in hooks]
+    return lambda frame, rec, counters: [h(frame, rec, {**counters, "unreadable": unreadable()}) for h in hooks]
 
 
 @main.command()
@@ -251,7 +293,7 @@ def info(model):
       celledge info model.tflite
     """
     from . import runtime
-    from .bundle import load_sidecar
+    from .bundle import BundleError, load_sidecar
     from .classifier import LiteRTClassifier
 
     sc = load_sidecar(model)
@@ -261,12 +303,18 @@ def info(model):
     ops = runtime.op_counts(model)
     click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
     click.echo(f"interpreter: {runtime.runtime_name()}")
+    mismatch = None
     for rt in sc.runtimes:
         try:
             LiteRTClassifier(model, device="" if rt == "edgetpu" else None, sidecar=sc)
             click.echo(f"{rt}: works here")
-        except UserError as e:
+        except runtime.RuntimeUnavailable as e:
             click.echo(f"{rt}: not here ({e})")
+        except BundleError as e:  # the model and its sidecar disagree: no runtime can use it
+            click.echo(f"{rt}: refused ({e})")
+            mismatch = mismatch or e
+    if mismatch is not None:
+        raise UserError(f"the sidecar does not match the model: {mismatch}")
 
 
 if __name__ == "__main__":  # pragma: no cover

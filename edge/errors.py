@@ -1,8 +1,17 @@
-"""Errors that are the user's to fix: the CLIs print them as one line, no traceback."""
+"""Errors that are the user's to fix: the CLIs print them as one line, no traceback.
+
+``OneLineGroup`` is the click group of all three CLIs: click's usage errors, ours
+(``UserError``) and the file system's (``OSError``: read-only, disk full) all end as
+one ``Error: ...`` line on stderr, on a line of its own, with the exit code.
+"""
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
+
+import click
 
 
 class UserError(Exception):
@@ -11,14 +20,100 @@ class UserError(Exception):
     exit_code = 2
 
 
+def describe_os_error(e: OSError) -> str:
+    """``[Errno 30] Read-only file system: 'x'`` -> ``cannot write x: read-only file system; ...``."""
+    where = f" {e.filename}" if e.filename else ""
+    why = (e.strerror or str(e) or type(e).__name__).lower()
+    hint = {errno.ENOSPC: "free some space or choose another output",
+            errno.EDQUOT: "free some space or choose another output",
+            errno.EROFS: "choose an output on a writable disk",
+            errno.EACCES: "check the permissions or choose another path",
+            errno.EPERM: "check the permissions or choose another path"}.get(e.errno)
+    return f"file system error at{where}: {why}" + (f"; {hint}" if hint else "")
+
+
+def _end_progress_line() -> None:
+    """Close progress bars, so the error starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    bars = list(getattr(getattr(tqdm, "tqdm", None), "_instances", []) or []) if tqdm else []
+    for bar in bars:
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    if bars:
+        sys.stderr.write("\n")
+    elif sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")  # a Keras progress bar may have left the cursor mid-line
+
+
+def print_error(msg: object) -> None:
+    """One ``Error: ...`` line on stderr (whitespace folded), on a line of its own."""
+    _end_progress_line()
+    print("Error: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
+
+
+def warn(msg: object) -> None:
+    """A warning in our words, where the work can go on."""
+    print("warning: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
+
+
 def one_line_errors(fn):
-    """Decorator for click commands: UserError -> ``Error: ...`` on stderr, its exit code (2)."""
+    """Decorator for click commands: UserError -> ``Error: ...`` on stderr, its exit code (2);
+    OSError (read-only, disk full) -> ``Error: ...``, exit 1."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            msg = " ".join(str(e).split())
-            print(f"Error: {msg}", file=sys.stderr)
+            print_error(e)
             sys.exit(e.exit_code)
+        except BrokenPipeError:  # `celledge ... | head`: the reader went away; nothing to say
+            _quiet_stdout()
+            sys.exit(1)
+        except OSError as e:
+            print_error(describe_os_error(e))
+            sys.exit(1)
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush goes here
+    except OSError:
+        pass
+
+
+class OneLineGroup(click.Group):
+    """A click group whose errors are one line: ``Error: Invalid value for '-k': 0 is not in the range x>=1``.
+
+    Click's own form (usage, a hint, a blank line, then the error) is four lines; the usage is
+    one ``--help`` away.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            print_error(e.format_message())
+            sys.exit(e.exit_code)
+        except click.Abort as e:
+            eof = isinstance(e.__cause__ or e.__context__, EOFError)
+            print_error("unexpected end of input" if eof else "interrupted")
+            sys.exit(1 if eof else 130)
+        except UserError as e:  # a command without @one_line_errors
+            print_error(e)
+            sys.exit(e.exit_code)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(1)
+        except OSError as e:
+            print_error(describe_os_error(e))
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)

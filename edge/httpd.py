@@ -5,11 +5,17 @@
 /latest       the last frame's JSON record
 /snapshot.jpg the last frame with its crop or cell boxes and labels
 /             a small self-refreshing page for the lab (no external assets)
+
+GET and HEAD only. Each connection gets REQUEST_TIMEOUT_S to send its request and at most
+MAX_CONNECTIONS are served at once (others are closed), so a slow or hostile client cannot
+hold the daemon. Bound beyond loopback, the page is open to the network: ``exposure_warning``.
 """
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +27,8 @@ from .errors import UserError
 from .preprocess import center_square
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
+REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
 
 
 class Status:
@@ -34,7 +42,7 @@ class Status:
         self.counts: dict[str, int] = {}
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
-        self.counters = {"captured": 0, "dropped": 0, "reconnects": 0}
+        self.counters = {"captured": 0, "dropped": 0, "reconnects": 0, "unreadable": 0}
         self.last_record: dict | None = None
         self._last_frame: np.ndarray | None = None
         self.last_time = 0.0
@@ -83,6 +91,9 @@ class Status:
                 "# HELP scopelite_reconnects_total Times the source was reopened.",
                 "# TYPE scopelite_reconnects_total counter",
                 f"scopelite_reconnects_total {self.counters['reconnects']}",
+                "# HELP scopelite_unreadable_total Images of a folder source skipped because they could not be read.",
+                "# TYPE scopelite_unreadable_total counter",
+                f"scopelite_unreadable_total {self.counters.get('unreadable', 0)}",
                 "# HELP scopelite_fps Frames per second (smoothed).", "# TYPE scopelite_fps gauge",
                 f"scopelite_fps {self._fps:.3f}",
                 "# HELP scopelite_inference_ms Inference latency per frame.",
@@ -139,13 +150,16 @@ class Status:
 <h1>scopelite — differential count</h1>
 <p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
 <p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
-{self.counters['reconnects']} reconnects</p>
+{self.counters['reconnects']} reconnects · {self.counters.get('unreadable', 0)} unreadable</p>
 <img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
 <h2>Count</h2><div id="counts">{bars or '<p>no cells yet</p>'}</div></body></html>"""
 
 
 def _handler(status: Status):
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_S  # socket timeout: a request line or headers that never come end here
+        head_only = False
+
         def log_message(self, *args):  # keep stdout for JSON lines
             pass
 
@@ -155,7 +169,12 @@ def _handler(status: Status):
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if not self.head_only:
+                self.wfile.write(body)
+
+        def do_HEAD(self):  # noqa: N802 - http.server's name
+            self.head_only = True
+            self.do_GET()
 
         def do_GET(self):  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
@@ -188,16 +207,77 @@ def parse_address(value: str) -> tuple[str, int]:
             raise ValueError
     except ValueError:
         raise UserError(f"--http {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080") from None
-    return host or "127.0.0.1", port_n
+    return host.strip("[]") or "127.0.0.1", port_n
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once; more are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        """One line instead of socketserver's traceback; a client that went away is not worth one."""
+        import sys  # noqa: PLC0415
+
+        err = sys.exc_info()[1]
+        if not isinstance(err, (ConnectionError, TimeoutError)):
+            print(f"warning: HTTP request from {client_address[0]} failed: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+
+
+def is_loopback(host: str) -> bool:
+    """127.x, ::1 and names that resolve only there (``localhost``)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning to print when the page and its controls are reachable from other machines."""
+    if is_loopback(host):
+        return None
+    where = "every network interface" if host in ("", "0.0.0.0", "::") else host
+    return (f"--http binds {where}: the page, /latest and the snapshots are open to anyone who can reach this "
+            "machine (no password, no TLS); use 127.0.0.1:PORT unless the network is trusted")
+
+
+def url(server: ThreadingHTTPServer) -> str:
+    """The address the server really listens on, e.g. ``http://127.0.0.1:8080/``."""
+    host, port = server.server_address[:2]
+    return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
 
 
 def serve(status: Status, host: str, port: int) -> ThreadingHTTPServer:
     """Start the server in a daemon thread; ``server.shutdown()`` stops it."""
     try:
-        server = ThreadingHTTPServer((host, port), _handler(status))
+        server_cls = _BoundedServer
+        if ":" in host:
+            server_cls = type("_BoundedServer6", (_BoundedServer,), {"address_family": socket.AF_INET6})
+        server = server_cls((host, port), _handler(status))
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another celledge running? "
                         "choose another port with --http HOST:PORT") from None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -28,3 +28,9 @@ def prepare(image_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
             interp = cv2.INTER_LINEAR
         img = cv2.resize(img, (spec.width, spec.height), interpolation=interp)
     return np.ascontiguousarray(img)
+
+
+def too_small(image_rgb: np.ndarray, spec: InputSpec, factor: int = 4) -> bool:
+    """True when the image is more than ``factor`` times smaller than the model's input on a side:
+    upscaled that far it holds too little of a cell for the class to mean anything."""
+    return min(image_rgb.shape[:2]) * factor < min(spec.height, spec.width)

@@ -11,12 +11,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UserError
+from .outputs import LineSink
+
 
 class FrameSaver:
     def __init__(self, folder: str | os.PathLike, classes: set[str] | None = None, below: float | None = None,
                  cap_bytes: int = 500 * 2**20):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--save-dir {folder} cannot be created ({(e.strerror or str(e)).lower()})") from None
+        self._log = LineSink(self.folder / "saved.jsonl", "--save-dir")
         self.classes, self.below, self.cap = set(classes or ()), below, cap_bytes
         self.saved = 0
         self.deleted = 0
@@ -53,11 +60,15 @@ class FrameSaver:
         name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{'+'.join(why).replace(':', '-')}.jpg"
         path = self.folder / name
         tmp = path.with_name("." + name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:  # disk full, folder gone: no half-written frame left behind
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"stopped saving frames: cannot write {path} "
+                            f"({(e.strerror or str(e)).lower()})") from None
         self._files.append((path, len(data)))
         self.total += len(data)
         self.saved += 1
-        with open(self.folder / "saved.jsonl", "a") as f:
-            f.write(json.dumps({"file": name, "reasons": why, **rec}) + "\n")
+        self._log.write(json.dumps({"file": name, "reasons": why, **rec}))
         return path

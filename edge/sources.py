@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +16,13 @@ import numpy as np
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
+MAX_SIDE = 4096
+# A stream that accepts the connection and never answers must not hold an open or a read for OpenCV's 30 s.
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we say what went wrong, in our words
 
 
 class SourceError(UserError, OSError):
@@ -40,6 +47,14 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def check_frame_size(frame: np.ndarray, what: str) -> np.ndarray:
+    """Refuse frames larger than ``MAX_SIDE`` px on a side (SourceError), so no frame takes seconds."""
+    h, w = frame.shape[:2]
+    if max(h, w) > MAX_SIDE:
+        raise SourceError(f"{what} is {w}x{h} px, larger than {MAX_SIDE} px a side")
+    return frame
+
+
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders (sorted, recursive) into image paths."""
     out: list[Path] = []
@@ -61,7 +76,11 @@ class OpenCVSource:
         m = re.fullmatch(r"/dev/video(\d+)", spec)
         if m:
             target = int(m.group(1))
-        self._cap = cv2.VideoCapture(target)
+        if isinstance(target, str):  # a file or a URL: bounded open and read, whatever the server does
+            self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                                                               cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
+        else:
+            self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video source {spec!r}: no such camera, file or stream")
         if size:
@@ -75,6 +94,7 @@ class OpenCVSource:
             ok, frame = self._cap.read()
         if not ok or frame is None:
             return None
+        check_frame_size(frame, f"a frame of {self.name} (ask a camera for smaller frames with --size)")
         return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
     def close(self) -> None:
@@ -82,24 +102,42 @@ class OpenCVSource:
 
 
 class FolderSource:
-    """A folder of images replayed in name order, optionally looped."""
+    """A folder of images replayed in name order, optionally looped.
 
-    def __init__(self, folder: str | os.PathLike, loop: bool = False):
+    An image that cannot be read (corrupt, truncated, too large) is skipped, counted in
+    ``unreadable`` and passed to ``warn``; the rest of the folder is still read.
+    """
+
+    def __init__(self, folder: str | os.PathLike, loop: bool = False,
+                 warn: Callable[[str], None] | None = None):
         self.name = str(folder)
         self._paths = list_images([folder])
         if not self._paths:
             raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
         self._loop = loop
+        self._warn = warn or (lambda msg: None)
         self._i = 0
+        self._good = 0  # frames read in this pass
+        self.unreadable = 0
 
     def read(self) -> np.ndarray | None:
-        if self._i >= len(self._paths):
-            if not self._loop:
-                return None
-            self._i = 0
-        path = self._paths[self._i]
-        self._i += 1
-        return read_image_rgb(path)
+        while True:
+            if self._i >= len(self._paths):
+                if not self._good:
+                    raise SourceError(f"none of the {len(self._paths)} images in {self.name} could be read")
+                if not self._loop:
+                    return None
+                self._i = self._good = 0
+            path = self._paths[self._i]
+            self._i += 1
+            try:
+                frame = check_frame_size(read_image_rgb(path), str(path))
+            except (SourceError, OSError, cv2.error) as e:
+                self.unreadable += 1
+                self._warn(f"skipped {path}: {e}")
+                continue
+            self._good += 1
+            return frame
 
     def close(self) -> None:
         pass
@@ -132,11 +170,12 @@ def is_live(spec: str) -> bool:
     return "://" in spec or spec.isdigit() or spec.startswith("/dev/video")
 
 
-def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None) -> FrameSource:
-    """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...`` or a folder of images."""
+def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None,
+                warn: Callable[[str], None] | None = None) -> FrameSource:
+    """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...`` or a folder of images (``warn``: skipped files)."""
     p = Path(spec)
     if p.is_dir():
-        return FolderSource(p, loop=loop)
+        return FolderSource(p, loop=loop, warn=warn)
     if not (is_live(spec) or p.is_file()):
         raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
     return OpenCVSource(spec, size=size, loop=loop)

@@ -1,0 +1,89 @@
+"""Check an output before long work starts: can we write there, is there room?
+
+Nothing is created: a folder that does not exist yet is judged by its nearest
+existing parent, so a refused run leaves nothing behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+MIN_FREE_MB = 50
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, min_free_mb: float = MIN_FREE_MB) -> None:
+    """Raise UserError unless ``path`` (a folder, or a file with ``is_dir=False``) can be written.
+
+    Args:
+        path: the output folder or file; it need not exist yet.
+        option: how the user named it (``--out``), for the message.
+        min_free_mb: refuse if the disk has less free space than this.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != is_dir:
+        kind = "a folder" if is_dir else "a file"
+        raise UserError(f"{option} {path} exists and is not {kind}")
+    if not is_dir and path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{option} {path} is not writable; choose another path")
+    base = _existing_parent(path if is_dir else path.parent)
+    if not base.is_dir():
+        raise UserError(f"{option} {path}: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".scopelite-probe."):
+            pass
+    except OSError as e:
+        why = (e.strerror or str(e)).lower()
+        raise UserError(f"{option} {path} cannot be written ({why} at {base}); choose another path") from None
+    free_mb = shutil.disk_usage(base).free / 2**20
+    if free_mb < min_free_mb:
+        raise UserError(f"{option} {path}: only {free_mb:.0f} MB free at {base} (need at least {min_free_mb:.0f} MB); "
+                        "free some space or choose another disk")
+
+
+class LineSink:
+    """Append text lines to a file; a write that fails (disk full) leaves no half line behind.
+
+    Raises UserError naming the file and the reason, so the run ends with one clear line.
+    """
+
+    def __init__(self, path: str | os.PathLike, option: str = "--out"):
+        self.path, self.option = Path(path), option
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise UserError(f"{option} {self.path} cannot be opened ({(e.strerror or str(e)).lower()})") from None
+
+    def write(self, line: str) -> None:
+        data = (line if line.endswith("\n") else line + "\n").encode()
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            try:  # cut back to the last whole line
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise UserError(f"stopped: cannot write {self.path} ({(e.strerror or str(e)).lower()}); "
+                            "every line before this one is complete") from None
+
+    def flush(self) -> None:  # unbuffered: nothing to do
+        pass
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass

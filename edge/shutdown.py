@@ -1,0 +1,64 @@
+"""SIGTERM/SIGINT honoured within a deadline, whatever the main thread is doing.
+
+A Python signal handler runs only between bytecodes of the main thread, so a frame
+stuck in C (a huge image, a stream that never answers) would delay it. Here the C-level
+handler writes the signal to a pipe (``signal.set_wakeup_fd``); a watcher thread reads
+it at once, sets ``stop`` (the loop ends after the current frame) and, if the program
+is still running ``grace`` seconds later, says so and exits.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Callable
+
+
+def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,
+            signals=(signal.SIGINT, signal.SIGTERM)) -> Callable[[], None]:
+    """Call from the main thread: on ``signals``, set ``stop``; exit 1 if not done within ``grace`` s.
+
+    Args:
+        on_force: called just before a forced exit (e.g. flush the output file).
+
+    Returns:
+        A function to call when the work is done: no forced exit after it; the previous handlers are back.
+    """
+    r, w = os.pipe()
+    done = threading.Event()
+    os.set_blocking(w, False)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        try:
+            got = os.read(r, 1)
+        except OSError:
+            return
+        finally:
+            os.close(r)
+        if not got:  # uninstalled
+            return
+        stop.set()
+        name = signal.Signals(got[0]).name if got and got[0] in signal.valid_signals() else "a signal"
+        if not done.wait(grace):  # the work has not ended in time
+            if on_force is not None:
+                try:
+                    on_force()
+                except Exception:  # noqa: BLE001 - exiting on time matters more
+                    pass
+            print(f"Error: still busy {grace:g} s after {name} (a frame or a stream open that does not "
+                  "end); exiting without the summary", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, name="shutdown", daemon=True).start()
+
+    def uninstall() -> None:
+        done.set()
+        signal.set_wakeup_fd(old_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(w)
+
+    return uninstall
