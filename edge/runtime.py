@@ -5,10 +5,7 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
 from pathlib import Path
 
 from .bundle import BundleError
@@ -49,32 +46,6 @@ def runtime_name() -> str:
         return name
 
 
-@contextlib.contextmanager
-def _native_info_hidden():
-    """LiteRT's C++ code logs INFO lines ("Created TensorFlow Lite XNNPACK delegate for CPU.") straight
-    to file descriptor 2, before any error of ours; hide those, pass every other line on."""
-    try:
-        fd = sys.stderr.fileno()
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):  # stderr is not a file (captured): nothing to hide
-        yield
-        return
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            rest = [x for x in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not x.startswith("INFO: ")]
-            if rest:
-                sys.stderr.write("".join(rest))
-                sys.stderr.flush()
-
-
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None,
                      plain: bool = False):
     """Build and allocate an interpreter for ``model_path``.
@@ -105,12 +76,11 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
         kwargs = {}
         if plain:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        with _native_info_hidden():
-            interp = mod.Interpreter(
-                model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
-                **kwargs,
-            )
-            interp.allocate_tensors()
+        interp = mod.Interpreter(
+            model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
+            **kwargs,
+        )
+        interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"cannot load {model_path} as a TFLite model: {msg}") from None
