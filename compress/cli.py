@@ -3,10 +3,20 @@ from __future__ import annotations
 
 import click
 
-from scopelite.edge.errors import one_line_errors
+from scopelite.edge.errors import OneLineGroup, one_line_errors
+
+OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
 
-class _DefaultToConvert(click.Group):
+def _check_max_drop(ctx, param, value):
+    clean, corrupted = value
+    if not (clean >= 0 and corrupted >= 0):  # also refuses nan
+        raise click.BadParameter(f"{clean:g} {corrupted:g}: the largest accuracy losses must be >= 0 points, "
+                                 "e.g. --max-drop 1 2")
+    return value
+
+
+class _DefaultToConvert(OneLineGroup):
     """``cellcompress MODEL ...`` means ``cellcompress convert MODEL ...``."""
 
     def parse_args(self, ctx, args):
@@ -47,6 +57,7 @@ def main() -> None:
                    "like post-training quantisation (qat_calibrated_int8), or both; the gate picks among all int8.")
 @click.option("--qat-lr", "qat_learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-5)
 @click.option("--max-drop", nargs=2, type=float, default=(1.0, 2.0), metavar="CLEAN CORRUPTED",
+              callback=_check_max_drop,
               help="Largest accuracy loss (points) against the float model an int8 model may have.")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
@@ -65,6 +76,9 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
       cellcompress runs/demo/model.keras --int8 --out runs/demo/int8
       cellcompress runs/pbc/model.keras --int8 --qat --edgetpu --out runs/pbc/int8
     """
+    from scopelite.edge.outputs import check_writable
+
+    check_writable(out, "--out", min_free_mb=OUT_FREE_MB)  # before TensorFlow is imported
     from .pipeline import CompressConfig, compress
 
     compress(CompressConfig(model=model, out=out, max_drop_clean=max_drop[0], max_drop_corrupted=max_drop[1],
@@ -91,6 +105,9 @@ def bench(models, out, limit, data, seed, tta):
       cellcompress bench runs/pbc/model.keras runs/pbc/int8/model_int8.tflite runs/pbc/int8/model_qat_int8.tflite --out bench/
       cellcompress bench runs/pbc/int8/model.tflite --tta 1,4,8 --out bench-tta/
     """
+    from scopelite.edge.outputs import check_writable
+
+    check_writable(out, "--out")
     from .bench import bench as run_bench
 
     try:

@@ -5,15 +5,16 @@ from dataclasses import fields
 
 import click
 
-from scopelite.edge.errors import one_line_errors
+from scopelite.edge.errors import OneLineGroup, one_line_errors
 
 from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
 _D = FitConfig(out="")
+RUN_FREE_MB = 200  # a run folder: the model, two checkpoints, snapshots, TensorBoard logs
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
-                               "show_default": True})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                                "show_default": True})
 def main() -> None:
     """Train EfficientNetV2B0 blood-cell classifiers for scopelite.
 
@@ -137,8 +138,9 @@ def fit(quiet, resume, **opts):
     from pathlib import Path
 
     from scopelite.edge.errors import UserError
+    from scopelite.edge.outputs import check_writable
 
-    from .fit import fit as run_fit
+    from . import data as data_lib
 
     if resume:
         cfg_file = Path(resume) / "config.json"
@@ -149,6 +151,11 @@ def fit(quiet, resume, **opts):
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
+    # before TensorFlow is imported: a bad --data or an unwritable --out fails in a second, not after minutes
+    check_writable(cfg.out, "--out", min_free_mb=RUN_FREE_MB)
+    data_lib.check_source(cfg.data)
+    from .fit import fit as run_fit
+
     run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
 
 
@@ -172,9 +179,15 @@ def audit(data, out, image_size, outlier_z, clean_copy):
       celltrain audit ../shared/data/pbc96 --out audit/
       celltrain fit --data ../shared/data/pbc96 --exclude audit/exclusions.txt --out runs/pbc
     """
+    from scopelite.edge.outputs import check_writable
+
     from . import audit as audit_lib
     from . import data as data_lib
 
+    check_writable(out, "--out")
+    if clean_copy:
+        check_writable(clean_copy, "--clean-copy")
+    data_lib.check_source(data)
     ds = data_lib.load(data, image_size, progress=True)
     res = audit_lib.audit(ds, outlier_z=outlier_z)
     rep = audit_lib.write_outputs(ds, res, out, source=data, clean_copy=clean_copy)
@@ -276,8 +289,11 @@ def synth(out, per_class, image_size, fields, video, seed):
     Example:
       celltrain synth demo_data/ --per-class 50
     """
+    from scopelite.edge.outputs import check_writable
+
     from .synth import write_dataset
 
+    check_writable(out, "OUT")
     m = write_dataset(out, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +99,23 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), InputSpec(image_size, image_size))
     labels = np.array([lab for _, lab in files], np.int64)
     ids = [str(p.relative_to(root)) for p, _ in files]
-    return Dataset(images, labels, ids, class_names, f"class folders at {root.resolve()}", False)
+    synthetic = marked_synthetic(root)
+    desc = f"class folders at {root.resolve()}" + (" (synthetic: made by celltrain synth)" if synthetic else "")
+    return Dataset(images, labels, ids, class_names, desc, synthetic)
+
+
+def marked_synthetic(root: str | os.PathLike) -> bool:
+    """True when ``root`` (or the folder above it: ``celltrain synth OUT`` puts crops in OUT/crops)
+    holds a manifest.json that says the data is synthetic."""
+    root = Path(root)
+    for manifest in (root / "manifest.json", root.parent / "manifest.json"):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("synthetic") is True:
+            return True
+    return False
 
 
 def _resize_all(images: np.ndarray, image_size: int) -> np.ndarray:
@@ -132,16 +150,37 @@ def _check_labels(y: np.ndarray, n: int, n_classes: int, where: str) -> np.ndarr
     return y.astype(np.int64)
 
 
+# What a damaged .npz raises, from the zip directory down to one array's bytes.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError)
+
+
+def open_npz(path: str | os.PathLike):
+    """Open a .npz (lazily: arrays are read on access) or raise one UserError saying what it is instead."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise UserError(f"{p} not found") from None
+    except OSError as e:
+        raise UserError(f"cannot read {p} ({(e.strerror or str(e)).lower()})") from None
+    if not head:
+        raise UserError(f"{p} is empty (0 bytes): not a .npz file; was it copied completely?")
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise UserError(f"{p} is not a .npz file (a .npz is a zip archive of arrays, as numpy.savez writes); "
+                        "give a .npz, or a folder of class folders")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (*_DAMAGED, ValueError) as e:
+        raise UserError(f"{p} is a damaged .npz ({type(e).__name__}: {e}); it may be truncated: "
+                        "copy it again") from None
+
+
 def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
     """AN2DL-style ``images``/``labels`` or MedMNIST ``{train,val,test}_{images,labels}`` (its split is kept)."""
     p = Path(path)
-    try:
-        z = np.load(p, allow_pickle=False)
-        keys = set(z.files)
-    except FileNotFoundError:
-        raise UserError(f"{p} not found") from None
-    except (ValueError, OSError) as e:
-        raise UserError(f"cannot read {p} as .npz ({e}); object arrays are refused (allow_pickle=False)") from None
+    z = open_npz(p)
+    keys = set(z.files)
     try:
         if {"images", "labels"} <= keys:
             x = _check_images(z["images"], f"{p}['images']")
@@ -161,12 +200,27 @@ def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
         else:
             raise UserError(f"{p} holds {sorted(keys)}; expected 'images' + 'labels' (AN2DL) or "
                             "train/val/test _images + _labels (MedMNIST)")
+    except _DAMAGED as e:
+        raise UserError(f"{p} is a damaged .npz ({type(e).__name__}: {e}); it may be truncated: "
+                        "copy it again") from None
     except ValueError as e:
-        raise UserError(f"cannot read {p}: {e}; object arrays are refused (allow_pickle=False)") from None
+        hint = "; object arrays are refused (allow_pickle=False)" if "pickle" in str(e) else ""
+        raise UserError(f"cannot read {p}: {e}{hint}") from None
     missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if not (y == c).any()]
     if missing:
         raise UserError(f"{p} has no images of class(es) {', '.join(missing)}; every class needs images")
     return Dataset(_resize_all(x, image_size), y, ids, CLASS_NAMES, f"npz file {p.resolve()}", False, predefined)
+
+
+def check_source(spec: str | None) -> None:
+    """Cheap checks of ``--data`` before long work starts (no images decoded): it exists and,
+    for a .npz, is a readable archive."""
+    if spec in (None, "", SYNTHETIC):
+        return
+    if str(spec).lower().endswith(".npz"):
+        open_npz(spec).close()
+    elif not Path(spec).is_dir():
+        raise UserError(f"data folder {spec} not found")
 
 
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,

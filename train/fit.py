@@ -327,7 +327,12 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
         cfg = dataclasses.replace(cfg, weights=model_lib.resolve_weights(cfg.weights))
     out = Path(cfg.out)
     fresh = not out.exists()
-    ds, split, done, best = _prepare_run(cfg, resume, log)
+    try:
+        ds, split, done, best = _prepare_run(cfg, resume, log)
+    except BaseException:  # bad data, too few images, Ctrl-C: leave no half-made run folder behind
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     keras.utils.set_random_seed(cfg.training_seed + done)
     n_classes = len(ds.class_names)
     tr, va, te = (ds.subset(split[s]) for s in data_lib.SPLITS)
