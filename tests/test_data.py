@@ -56,7 +56,7 @@ def test_bad_npz(tmp_path, crops, make, message):
 def test_not_an_npz(tmp_path):
     p = tmp_path / "x.npz"
     p.write_bytes(b"junk")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="is not a .npz file"):
         data.load(str(p), 32)
 
 
