@@ -139,12 +139,20 @@ def _drop_fragments(pts: np.ndarray, radius: float) -> np.ndarray:
     """Indices of the points farther than ``radius`` from every earlier kept point."""
     if len(pts) < 2:
         return np.arange(len(pts))
-    d = np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1])
+    close = np.triu(np.hypot(pts[:, None, 0] - pts[None, :, 0], pts[:, None, 1] - pts[None, :, 1]) < radius, 1)
+    if not close.any():  # the usual case
+        return np.arange(len(pts))
     keep: list[int] = []
     for j in range(len(pts)):
-        if not keep or d[j, keep].min() >= radius:
+        if not close[keep, j].any():
             keep.append(j)
     return np.array(keep)
+
+
+def _median(a: np.ndarray) -> np.ndarray:
+    """Median of the rows of a small (k, 2) array (np.median costs 60 us on 10 points)."""
+    a = np.sort(a, axis=0)
+    return (a[(len(a) - 1) // 2] + a[len(a) // 2]) / 2
 
 
 def _vote_shift(pred: np.ndarray, dets: np.ndarray, max_jump: float, radius: float) -> np.ndarray:
@@ -163,7 +171,7 @@ def _vote_shift(pred: np.ndarray, dets: np.ndarray, max_jump: float, radius: flo
     close = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1]) < radius
     support = close.sum(axis=1) - np.hypot(c[:, 0], c[:, 1]) / (2 * max_jump)  # tie-break: < 1 vote
     best = int(np.argmax(support))
-    return np.median(c[close[best]], axis=0)
+    return _median(c[close[best]])
 
 
 class Tracker:
@@ -216,7 +224,7 @@ class Tracker:
         whole = [(i, j) for i, j in pairs if not cut_[j]] or pairs  # cut views' centroids are biased
         if whole:
             ii, jj = np.array(whole).T
-            self.offset = predicted - np.median(pts[jj] - pos[ii], axis=0)
+            self.offset = predicted - _median(pts[jj] - pos[ii])
             a = cfg.velocity_smoothing
             self._velocity = (1 - a) * self._velocity + a * (self.offset - previous) / gap
         else:

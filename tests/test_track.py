@@ -1,0 +1,172 @@
+"""Tracking: each physical cell counted once while the stage pans, pauses, jerks and comes back."""
+import time
+
+import numpy as np
+import pytest
+
+from scopelite.edge import field
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.edge.track import StageMotion, TrackConfig, Tracker, cut_by_edge
+from scopelite.train.slide import make_slide_scan
+
+N = len(CLASS_NAMES)
+
+
+def one_hot(k, strength=0.9):
+    s = np.full(N, (1 - strength) / (N - 1))
+    s[k] = strength
+    return s
+
+
+def run_points(tracker, frames, scores=None):
+    """frames: [[(x, y), ...] per frame] -> all events, flush included."""
+    events = []
+    for i, pts in enumerate(frames):
+        sc = None if scores is None else scores[i]
+        events += tracker.update(pts, sc, i)
+    return events + tracker.flush()
+
+
+def test_a_flicker_is_not_counted():
+    tr = Tracker()
+    assert run_points(tr, [[], [(100, 100)], [], [], [], [], [], [], []]) == []
+    tr = Tracker()  # two frames is still not steady (min_frames = 3)
+    assert run_points(tr, [[(100, 100)], [(101, 100)]] + [[]] * 10) == []
+
+
+def test_a_cell_in_view_for_100_frames_is_counted_once():
+    tr = Tracker()
+    frames = [[(300 + np.sin(i) * 2, 200 + np.cos(i) * 2)] for i in range(100)]  # a little stage jitter
+    events = run_points(tr, frames)
+    assert len(events) == 1 and events[0].frames_seen == TrackConfig().decide_frames
+    assert events[0].reason == "steady" and tr.counted == 1
+
+
+def test_class_is_the_mean_over_the_frames_seen():
+    a, b = CLASS_NAMES.index("lymphocyte"), CLASS_NAMES.index("monocyte")
+    weak_a = np.full(N, 0.05)
+    weak_a[a], weak_a[b] = 0.4, 0.3
+    frames = [[(200, 200)]] * 6
+    scores = [weak_a[None]] + [one_hot(b, 0.6)[None]] * 5
+    for cfg in (TrackConfig(), TrackConfig(decide_frames=0)):  # counted on the way / when the track closes
+        (ev,) = run_points(Tracker(cfg), frames, scores)
+        assert int(np.argmax(ev.scores)) == b and ev.frames_seen == 6
+        np.testing.assert_allclose(ev.scores, (weak_a + 5 * one_hot(b, 0.6)) / 6)
+
+
+def pan(cells, offsets):
+    """Frame positions of slide points ``cells`` for view offsets, only those inside a 640x480 frame."""
+    out = []
+    for ox, oy in offsets:
+        out.append([(x - ox, y - oy) for x, y in cells if 0 <= x - ox < 640 and 0 <= y - oy < 480])
+    return out
+
+
+def test_panning_back_does_not_recount():
+    cells = [(100, 100), (200, 300), (400, 150), (550, 400), (900, 250)]
+    there = [(12 * i, 0) for i in range(60)]  # pan 720 px right: the first cells leave the view ...
+    back = [(720 - 12 * i, 0) for i in range(61)]  # ... and come back
+    frames = pan(cells, there + back)
+    assert run_points(Tracker(), frames).__len__() == len(cells)
+    # Without the slide memory, the cells that left for long are counted again.
+    assert len(run_points(Tracker(TrackConfig(remember=False)), frames)) > len(cells)
+
+
+def test_a_jerk_is_followed_without_a_stage_measurement():
+    cells = [(100, 100), (260, 300), (400, 150), (520, 380)]
+    offsets = [(0, 0)] * 5 + [(-70, 40)] * 10 + [(-70 + 4 * i, 40) for i in range(10)]  # a 80 px jump
+    frames = pan(cells, offsets)
+    assert len(run_points(Tracker(), frames)) == len(cells)
+
+
+def test_views_cut_by_the_edge_decide_nothing_and_fragments_are_ignored():
+    tr = Tracker()
+    for i in range(10):  # only ever seen cut by the frame edge: never counted
+        assert tr.update([(3, 200)], None, i, cut=[True]) == []
+    assert tr.flush() == []
+    tr = Tracker()
+    events = []
+    for i in range(20):  # a cell and a small fragment 20 px from it (largest first, as field.detect gives)
+        events += tr.update([(300, 200), (316, 212)], None, i)
+    assert len(events + tr.flush()) == 1
+    assert cut_by_edge((0, 10, 20, 30), 640, 480) and not cut_by_edge((5, 10, 20, 30), 640, 480)
+    assert cut_by_edge((600, 10, 640, 30), 640, 480)
+
+
+def test_dropped_frames_keep_the_track():
+    tr = Tracker(TrackConfig(decide_frames=0))
+    events = []
+    for i in (0, 1, 4, 5, 9, 10):  # frame indices with gaps of up to 3 (max_missed 5)
+        events += tr.update([(300 + i, 200)], None, i)
+    events += tr.flush()
+    assert len(events) == 1 and events[0].frames_seen == 6
+
+
+def test_stage_motion_measures_the_shift():
+    sc = make_slide_scan(3, slide_size=(900, 700), events=False)
+    big = sc.slide
+    a, b = big[50:530, 80:720], big[57:537, 67:707]  # the view moved 13 px left and 7 px down
+    sm = StageMotion()
+    assert sm.update(a) is None
+    dx, dy = sm.update(b)
+    assert abs(dx - 13) < 1.5 and abs(dy + 7) < 1.5
+
+
+def scan_and_count(seed, use_stage_motion=True, **scan_kw):
+    """Detector + tracker over a synthetic scan. Scores: the class of the true cell the detection
+    lies on, right in 70 % of the frames and a random wrong class otherwise."""
+    sc = make_slide_scan(seed, **scan_kw)
+    rng = np.random.default_rng(seed)
+    tracker, motion = Tracker(), StageMotion()
+    w, h = sc.frame_size
+    events = []
+    for i, (frame, truth) in enumerate(sc.frames()):
+        dets = field.detect(frame)
+        x0, y0 = sc.path[i]
+        scores = []
+        for d in dets:
+            c = min(sc.cells, key=lambda c: np.hypot(c["center"][0] - x0 - d.x, c["center"][1] - y0 - d.y))
+            k = CLASS_NAMES.index(c["label"]) if rng.random() < 0.7 else int(rng.integers(N))
+            scores.append(one_hot(k, 0.6))
+        shift = motion.update(frame) if use_stage_motion else None
+        events += tracker.update([(d.x, d.y) for d in dets], np.array(scores).reshape(len(dets), N), i, shift=shift,
+                                 cut=[cut_by_edge(d.box, w, h) for d in dets])
+    events += tracker.flush()
+    return sc, events
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_detector_and_tracker_count_every_cell_of_a_scan_once(seed):
+    sc, events = scan_and_count(seed, slide_size=(1100, 800))
+    assert min(sc.frames_in_view().values()) >= TrackConfig().min_frames  # every cell could be counted
+    assert len(events) == len(sc.cells)
+    x0, y0 = sc.path[0]  # slide coordinates of the tracker = those of the first frame
+    found = {}
+    for e in events:
+        c = min(sc.cells, key=lambda c: np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y))
+        assert np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y) < 15
+        found[c["id"]] = CLASS_NAMES[int(np.argmax(e.scores))]
+    assert len(found) == len(sc.cells)  # one event per true cell
+    assert all(found[c["id"]] == c["label"] for c in sc.cells)  # the mean beats 30 % wrong frames
+
+
+def test_without_stage_motion_the_detections_alone_suffice():
+    sc, events = scan_and_count(4, use_stage_motion=False, slide_size=(1100, 800))
+    assert len(events) == len(sc.cells)
+
+
+def test_tracker_costs_well_under_a_millisecond_for_12_cells():
+    rng = np.random.default_rng(0)
+    cells = rng.uniform([0, 0], [4000, 480], size=(120, 2))  # a long strip: about 12 in view at a time
+    tr = Tracker()
+    times = []
+    for i in range(300):
+        ox = 11.0 * i
+        pts = cells[(cells[:, 0] >= ox) & (cells[:, 0] < ox + 640)] - [ox, 0] + rng.normal(0, 0.7, 2)
+        scores = rng.dirichlet(np.ones(N), size=len(pts))
+        t = time.perf_counter()
+        tr.update(pts, scores, i)
+        times.append(time.perf_counter() - t)
+    per_frame = float(np.median(times))
+    print(f"tracker: {per_frame * 1e6:.0f} us per frame, median of 300, about 12 cells")
+    assert per_frame < 1e-3
