@@ -1,0 +1,170 @@
+"""The differential count as a laboratory reports it. Pure: numpy in, plain values out.
+
+White cells are given as counts and percentages of the white cells counted, in
+the usual clinical row order (neutrophils, lymphocytes, monocytes, eosinophils,
+basophils, immature granulocytes), each with its 95 % confidence interval (Wilson
+score interval: with 100 cells counted a true 5 % can read anywhere from 2 to
+11 %, the uncertainty Rümke's table gives technicians). Erythroblasts are not
+white cells: they are reported as NRBC per 100 white cells. Platelets are
+counted on their own line. A cell whose best score is below ``min_score`` is
+"uncertain": listed for review, never in the percentages. Given the analyser's
+white count (10^9/L), rows also carry absolute counts, and the white count is
+corrected for NRBC (WBC x 100 / (100 + NRBC)), as labs do.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+WHITE = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "immature_granulocyte")
+NRBC = "erythroblast"
+PLATELET = "platelet"
+UNCERTAIN = "uncertain"
+_TITLES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
+           "eosinophil": "Eosinophils", "basophil": "Basophils", "immature_granulocyte": "Immature granulocytes"}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % confidence interval of a proportion k / n, in percent (Wilson score interval)."""
+    if n == 0:
+        return 0.0, 100.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * max(centre - half, 0.0), 100 * min(centre + half, 1.0)
+
+
+class Differential:
+    """A running differential count.
+
+    Args:
+        labels: the model's class names, in its score order.
+        target: white cells to count (e.g. 100 or 200); ``done`` once reached. None: open-ended.
+        min_score: a cell whose best score is below this is uncertain (for review).
+        wbc_count: the analyser's white count, 10^9/L, for absolute counts (None: none given).
+    """
+
+    def __init__(self, labels: Sequence[str], target: int | None = None, min_score: float = 0.5,
+                 wbc_count: float | None = None):
+        self.labels = list(labels)
+        self.target = target
+        self.min_score = min_score
+        self.wbc_count = wbc_count
+        self.counts: dict[str, int] = {name: 0 for name in self.labels}
+        self.review: list[dict[str, Any]] = []  # the uncertain cells
+
+    def add(self, scores: np.ndarray, min_score: float | None = None, ref: Any = None) -> str:
+        """Count one cell from its score vector (e.g. a track's mean); return its label or 'uncertain'.
+
+        ``ref`` (a track id, a frame number: anything JSON-able) is kept with an uncertain
+        cell so that a person can find it for review.
+        """
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(self.labels):
+            raise ValueError(f"{scores.shape[0]} scores for {len(self.labels)} labels")
+        best = int(np.argmax(scores))
+        threshold = self.min_score if min_score is None else min_score
+        if scores[best] < threshold:
+            self.review.append({"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)})
+            return UNCERTAIN
+        self.counts[self.labels[best]] += 1
+        return self.labels[best]
+
+    def add_label(self, label: str) -> None:
+        """Count one cell whose label was decided elsewhere (a person's correction, crop mode)."""
+        if label == UNCERTAIN:
+            self.review.append({"ref": None, "best": None, "score": None})
+        else:
+            self.counts[label] = self.counts.get(label, 0) + 1
+
+    @property
+    def white_total(self) -> int:
+        return sum(self.counts.get(c, 0) for c in WHITE)
+
+    @property
+    def done(self) -> bool:
+        return self.target is not None and self.white_total >= self.target
+
+    def summary(self) -> dict:
+        """JSON-able: white_total, rows [{class, count, percent, ci95[, absolute]}], nrbc_per_100_wbc,
+        platelets, uncertain {count, cells}, other (labels outside these groups), target, done."""
+        n = self.white_total
+        rows = []
+        for c in WHITE:
+            if c not in self.counts:
+                continue
+            k = self.counts[c]
+            lo, hi = wilson_interval(k, n)
+            row = {"class": c, "count": k, "percent": round(100 * k / n, 1) if n else 0.0,
+                   "ci95": [round(lo, 1), round(hi, 1)]}
+            if self.wbc_count is not None:
+                row["absolute"] = round(self._corrected_wbc() * k / n, 2) if n else 0.0  # 10^9/L
+            rows.append(row)
+        nrbc = self.counts.get(NRBC, 0)
+        out = {
+            "white_total": n,
+            "rows": rows,
+            "nrbc": nrbc,
+            "nrbc_per_100_wbc": round(100 * nrbc / n, 1) if n else None,
+            "platelets": self.counts.get(PLATELET, 0),
+            "uncertain": {"count": len(self.review), "cells": list(self.review)},
+            "other": {k: v for k, v in self.counts.items() if k not in WHITE and k not in (NRBC, PLATELET)},
+            "target": self.target,
+            "done": self.done,
+        }
+        if self.wbc_count is not None:
+            out["wbc_count"] = self.wbc_count
+            out["wbc_corrected"] = round(self._corrected_wbc(), 2)
+        return out
+
+    def _corrected_wbc(self) -> float:
+        """The analyser counts NRBC as white cells: WBC x 100 / (100 + NRBC per 100 WBC)."""
+        n = self.white_total
+        nrbc = 100 * self.counts.get(NRBC, 0) / n if n else 0.0
+        return self.wbc_count * 100 / (100 + nrbc)
+
+    def to_text(self) -> str:
+        """A plain-text table in the layout of a manual differential report."""
+        s = self.summary()
+        n = s["white_total"]
+        head = f"Differential: {n} white cells" + (f" of {s['target']}" + (" (done)" if s["done"] else "")
+                                                  if s["target"] else "")
+        absolute = self.wbc_count is not None
+        lines = [head, f"{'Cell':<24}{'Count':>6}{'%':>7}{'95% CI':>14}" + (f"{'x10^9/L':>10}" if absolute else "")]
+        for r in s["rows"]:
+            ci = f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}"
+            lines.append(f"{_TITLES[r['class']]:<24}{r['count']:>6}{r['percent']:>7.1f}{ci:>14}"
+                         + (f"{r['absolute']:>10.2f}" if absolute else ""))
+        lines.append(f"{'White cells':<24}{n:>6}{(100.0 if n else 0.0):>7.1f}"
+                     + (f"{'':>14}{s['wbc_corrected']:>10.2f}" if absolute else ""))
+        nrbc = "-" if s["nrbc_per_100_wbc"] is None else f"{s['nrbc_per_100_wbc']:.1f}"
+        lines.append(f"{'NRBC /100 WBC':<24}{nrbc:>6}   ({s['nrbc']} erythroblasts)")
+        lines.append(f"{'Platelets (seen)':<24}{s['platelets']:>6}")
+        for k, v in s["other"].items():
+            lines.append(f"{k:<24}{v:>6}")
+        lines.append(f"{'Uncertain (review)':<24}{s['uncertain']['count']:>6}")
+        if absolute:
+            lines.append(f"WBC {self.wbc_count:g} x10^9/L (analyser), {s['wbc_corrected']:.2f} corrected for NRBC")
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """section,class,count,percent,ci95_low,ci95_high,absolute_1e9_per_l: one row per line of the report."""
+        s = self.summary()
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["section", "class", "count", "percent", "ci95_low", "ci95_high", "absolute_1e9_per_l"])
+        for r in s["rows"]:
+            w.writerow(["white", r["class"], r["count"], r["percent"], r["ci95"][0], r["ci95"][1], r.get("absolute", "")])
+        w.writerow(["white", "total", s["white_total"], 100.0 if s["white_total"] else 0.0, "", "",
+                    s.get("wbc_corrected", "")])
+        w.writerow(["nrbc", NRBC, s["nrbc"], s["nrbc_per_100_wbc"] if s["nrbc_per_100_wbc"] is not None else "", "", "",
+                    ""])
+        w.writerow(["platelet", PLATELET, s["platelets"], "", "", "", ""])
+        for k, v in s["other"].items():
+            w.writerow(["other", k, v, "", "", "", ""])
+        w.writerow(["review", UNCERTAIN, s["uncertain"]["count"], "", "", "", ""])
+        return buf.getvalue()

@@ -1,0 +1,89 @@
+"""The differential count: percentages of white cells, NRBC per 100 WBC, platelets apart, uncertain for review."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.edge.differential import WHITE, Differential, wilson_interval
+
+N = len(CLASS_NAMES)
+
+
+def sure(label, p=0.9):
+    s = np.full(N, (1 - p) / (N - 1))
+    s[CLASS_NAMES.index(label)] = p
+    return s
+
+
+def filled(target=None, wbc_count=None):
+    d = Differential(CLASS_NAMES, target=target, wbc_count=wbc_count)
+    for label, n in [("neutrophil", 55), ("lymphocyte", 30), ("monocyte", 8), ("eosinophil", 4), ("basophil", 1),
+                     ("immature_granulocyte", 2), ("erythroblast", 3), ("platelet", 12)]:
+        for _ in range(n):
+            assert d.add(sure(label)) == label
+    return d
+
+
+def test_white_cells_in_clinical_order_nrbc_and_platelets_apart():
+    s = filled().summary()
+    assert [r["class"] for r in s["rows"]] == list(WHITE)
+    assert s["white_total"] == 100 and [r["percent"] for r in s["rows"]] == [55.0, 30.0, 8.0, 4.0, 1.0, 2.0]
+    assert s["nrbc"] == 3 and s["nrbc_per_100_wbc"] == 3.0 and s["platelets"] == 12
+    assert s["rows"][3]["ci95"] == [1.6, 9.8]  # 4 of 100: Wilson interval
+    json.dumps(s)
+
+
+def test_uncertain_cells_are_listed_for_review_not_counted():
+    d = filled()
+    vague = np.full(N, 1 / N)
+    assert d.add(vague, ref={"track": 7}) == "uncertain"
+    assert d.add(sure("basophil", 0.45), min_score=0.5, ref=8) == "uncertain"
+    s = d.summary()
+    assert s["white_total"] == 100 and sum(r["percent"] for r in s["rows"]) == pytest.approx(100)
+    assert s["uncertain"]["count"] == 2 and s["uncertain"]["cells"][0]["ref"] == {"track": 7}
+    assert s["uncertain"]["cells"][1]["best"] == "basophil"
+
+
+def test_target_and_done():
+    d = Differential(CLASS_NAMES, target=3)
+    for label in ("neutrophil", "platelet", "erythroblast", "lymphocyte"):
+        d.add(sure(label))
+    assert not d.done and d.summary()["target"] == 3
+    d.add(sure("monocyte"))
+    assert d.done and d.summary()["done"] and "3 white cells of 3 (done)" in d.to_text()
+
+
+def test_absolute_counts_corrected_for_nrbc():
+    s = filled(wbc_count=10.3).summary()
+    assert s["wbc_corrected"] == pytest.approx(10.0)  # 10.3 x 100 / 103
+    assert s["rows"][0]["absolute"] == pytest.approx(5.5)  # 55 % of 10.0
+
+
+def test_text_and_csv_reports():
+    d = filled(target=100, wbc_count=10.3)
+    text = d.to_text()
+    for line in ("Neutrophils", "Immature granulocytes", "NRBC /100 WBC", "Platelets", "Uncertain (review)"):
+        assert line in text
+    assert text.index("Neutrophils") < text.index("Lymphocytes") < text.index("Monocytes") < text.index("Eosinophils")
+    rows = list(csv.DictReader(io.StringIO(d.to_csv())))
+    assert rows[0]["class"] == "neutrophil" and rows[0]["percent"] == "55.0" and rows[0]["absolute_1e9_per_l"] == "5.5"
+    assert {r["section"] for r in rows} == {"white", "nrbc", "platelet", "review"}
+    empty = Differential(CLASS_NAMES)
+    assert empty.summary()["nrbc_per_100_wbc"] is None and "White cells" in empty.to_text()
+
+
+def test_labels_outside_the_groups_and_wrong_lengths():
+    d = Differential(["neutrophil", "lymphocyte", "smudge"])
+    assert d.add([0.1, 0.1, 0.8]) == "smudge" and d.summary()["other"] == {"smudge": 1}
+    assert [r["class"] for r in d.summary()["rows"]] == ["neutrophil", "lymphocyte"]
+    with pytest.raises(ValueError, match="3 labels"):
+        d.add([0.5, 0.5])
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(5, 100)
+    assert 2.1 < lo < 2.2 and 11.1 < hi < 11.3
+    assert wilson_interval(0, 0) == (0.0, 100.0)
