@@ -17,6 +17,68 @@ def run_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProce
     return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def invoke_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run a console script's click command in this process (fast: no interpreter start, imports cached).
+
+    Returns what run_cli returns; an exception that escaped the command is put in stderr as a traceback.
+    """
+    import traceback
+
+    from click.testing import CliRunner
+
+    from scopelite.compress.cli import main as cellcompress
+    from scopelite.edge.cli import main as celledge
+    from scopelite.train.cli import main as celltrain
+
+    cli = {"celledge": celledge, "cellcompress": cellcompress, "celltrain": celltrain}[args[0]]
+    r = CliRunner().invoke(cli, list(args[1:]), prog_name=args[0])
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "Traceback (escaped the command):\n" + "".join(traceback.format_exception(r.exception))
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, stderr)
+
+
+def assert_one_line_error(r, *needles, code: int | None = None):
+    """A non-zero exit (``code`` if given), no traceback, exactly one ``Error:`` line holding ``needles``."""
+    assert r.returncode != 0 if code is None else r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
+    assert len(err) == 1, r.stderr[-2000:]
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def make_broken(model: Path, folder: Path) -> dict[str, Path]:
+    """Copies of a .tflite bundle, each broken in one way: corrupt bytes (sidecar hash updated),
+    a sidecar whose input shape is wrong, no sidecar."""
+    import json
+    import shutil
+
+    from scopelite.edge.bundle import sha256_file
+
+    out = {}
+    corrupt = folder / "corrupt" / "model.tflite"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    sc = json.loads(model.with_suffix(".json").read_text())
+    sc.update(file="model.tflite", sha256=sha256_file(corrupt))
+    corrupt.with_suffix(".json").write_text(json.dumps(sc))
+    out["corrupt"] = corrupt
+    mism = folder / "mismatch" / "model.tflite"
+    mism.parent.mkdir()
+    shutil.copy(model, mism)
+    sc = json.loads(model.with_suffix(".json").read_text())
+    sc["file"] = "model.tflite"
+    sc["input"]["height"] = sc["input"]["width"] = 64  # wrong shape in the sidecar
+    mism.with_suffix(".json").write_text(json.dumps(sc))
+    out["mismatch"] = mism
+    nosc = folder / "nosidecar" / "model.tflite"
+    nosc.parent.mkdir()
+    shutil.copy(model, nosc)
+    out["nosidecar"] = nosc
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A tiny CNN fitted on synthetic 32x32 crops, plus its int8 bundle."""
@@ -34,6 +96,12 @@ def tiny_run(tmp_path_factory):
                                        max_drop_clean=6.0, max_drop_corrupted=8.0), log=lambda _: None)
     return {"dir": out, "keras": out / "model.keras", "tflite": out / "int8" / "model.tflite",
             "fit_metrics": metrics, "compress_metrics": cmetrics}
+
+
+@pytest.fixture
+def broken(tiny_run, tmp_path):
+    """Copies of the tiny bundle, broken in different ways (see make_broken)."""
+    return make_broken(tiny_run["tflite"], tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,46 +1,8 @@
 """Bad input gives one line, a non-zero exit and no traceback."""
-import json
 import shutil
 
-import pytest
-
+from conftest import assert_one_line_error as _assert_one_line_error
 from conftest import run_cli
-
-
-def _assert_one_line_error(r, *needles):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr
-    err = [x for x in r.stderr.splitlines() if x.startswith("Error")]
-    assert len(err) == 1, r.stderr
-    for n in needles:
-        assert n in err[0], err[0]
-
-
-@pytest.fixture
-def broken(tiny_run, tmp_path):
-    """Copies of the tiny bundle, broken in different ways."""
-    out = {}
-    corrupt = tmp_path / "corrupt" / "model.tflite"
-    corrupt.parent.mkdir()
-    corrupt.write_bytes(b"\x00garbage" * 100)
-    shutil.copy(tiny_run["tflite"].with_suffix(".json"), corrupt.with_suffix(".json"))
-    sc = json.loads(corrupt.with_suffix(".json").read_text())
-    from scopelite.edge.bundle import sha256_file
-    sc["sha256"] = sha256_file(corrupt)
-    corrupt.with_suffix(".json").write_text(json.dumps(sc))
-    out["corrupt"] = corrupt
-    mism = tmp_path / "mismatch" / "model.tflite"
-    mism.parent.mkdir()
-    shutil.copy(tiny_run["tflite"], mism)
-    sc = json.loads(tiny_run["tflite"].with_suffix(".json").read_text())
-    sc["input"]["height"] = sc["input"]["width"] = 64  # wrong shape in the sidecar
-    mism.with_suffix(".json").write_text(json.dumps(sc))
-    out["mismatch"] = mism
-    nosc = tmp_path / "nosidecar" / "model.tflite"
-    nosc.parent.mkdir()
-    shutil.copy(tiny_run["tflite"], nosc)
-    out["nosidecar"] = nosc
-    return out
 
 
 def test_edge_bad_models(broken, synth_dir):

@@ -1,0 +1,613 @@
+"""Bad input, everywhere: one ``Error:`` line, the right exit code, no traceback, nothing lost.
+
+A table of cases across celltrain, cellcompress and celledge (the rows of issue 16 and the
+ones that already worked, so they stay working), run in-process through click's CliRunner;
+subprocesses only where a signal or a real file system is needed; then a bounded fuzz of
+images, .npz files, models and sidecars. Nothing here trains or converts a model: celledge
+runs the packaged int8 model, the rest fails before any long work, as it must.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, invoke_cli, make_broken, run_cli
+from scopelite.edge.packaged import default_model
+
+UNWRITABLE = "/sys/scopelite-bad-input"  # sysfs: nobody may create files there, root included
+
+
+def _png(path: Path, shape=(96, 96, 3), value=120) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full(shape, value, np.uint8))
+    return path
+
+
+def _truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Every file the table names, made once: images, folders, models, .npz files, configs."""
+    t = tmp_path_factory.mktemp("bad_input")
+    model = default_model()
+    p = {"c": t, "model": model, "img": _png(t / "cell.png"), "tiny": _png(t / "tiny.png", (1, 1, 3))}
+    p.update(make_broken(model, t / "broken"))
+    sc = json.loads(model.with_suffix(".json").read_text())
+    for name, change in {"badjson": None, "schema": {"schema": "other"}, "nolabels": {"labels": []},
+                         "hash": {"sha256": "0" * 64}}.items():
+        m = t / name / model.name
+        m.parent.mkdir()
+        shutil.copy(model, m)
+        text = "{not json" if change is None else json.dumps({**sc, **change})
+        m.with_suffix(".json").write_text(text)
+        p[name] = m
+    p["bad_png"] = t / "bad.png"
+    p["bad_png"].write_bytes(b"not a png")
+    p["empty_png"] = t / "empty.png"
+    p["empty_png"].write_bytes(b"")
+    p["text_jpg"] = t / "notes.jpg"
+    p["text_jpg"].write_text("a text file\n")
+    for i in range(3):  # good, truncated, good: the truncated one sorts between them
+        _png(t / "mixed" / f"img{i}.png", value=60 + 60 * i)
+    _truncate(t / "mixed" / "img1.png")
+    p["mixed"] = t / "mixed"
+    for i in range(2):
+        _truncate(_png(t / "allbad" / f"img{i}.png"))
+    p["allbad"] = t / "allbad"
+    _png(t / "huge" / "a.png")
+    _png(t / "huge" / "b.png", (4100, 16, 3))  # taller than 4096 px: refused, counted
+    p["huge"] = t / "huge"
+    (t / "emptydir").mkdir()
+    p["emptydir"] = t / "emptydir"
+    p["junk_avi"] = t / "junk.avi"
+    p["junk_avi"].write_bytes(os.urandom(2000))
+    p["outdir"] = t / "outdir"
+    p["outdir"].mkdir()
+    fake = t / "fake" / "model.keras"
+    fake.parent.mkdir()
+    fake.write_bytes(b"PK not a zip")
+    p["fake_keras"] = fake
+    # .npz files: good, truncated, empty, text, object arrays, damaged compressed data, missing classes
+    np.savez(t / "good.npz", images=np.zeros((16, 8, 8, 3), np.uint8), labels=np.arange(16) % 8)
+    np.savez(t / "trunc.npz", images=np.zeros((16, 8, 8, 3), np.uint8), labels=np.arange(16) % 8)
+    _truncate(t / "trunc.npz")
+    (t / "empty.npz").write_bytes(b"")
+    (t / "text.npz").write_text("images,labels\n1,2\n")
+    np.savez(t / "obj.npz", images=np.array([None] * 4, dtype=object), labels=np.arange(4))
+    np.savez(t / "three.npz", images=np.zeros((6, 8, 8, 3), np.uint8), labels=np.arange(6) % 3)
+    np.savez(t / "float.npz", images=np.zeros((16, 8, 8, 3), np.float32), labels=np.arange(16) % 8)
+    np.savez(t / "keys.npz", x=np.zeros(3), y=np.zeros(3))
+    np.savez_compressed(t / "gz.npz", images=np.zeros((64, 8, 8, 3), np.uint8), labels=np.arange(64) % 8)
+    raw = bytearray((t / "gz.npz").read_bytes())
+    raw[80:120] = b"x" * 40
+    (t / "gzbad.npz").write_bytes(bytes(raw))
+    (t / "noclasses").mkdir()
+    (t / "bad.yaml").write_text("epochs: [1\n")
+    (t / "list.yaml").write_text("- 1\n- 2\n")
+    (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
+    (t / "notarun").mkdir()
+    return p
+
+
+def _args(template: str, p: dict) -> list[str]:
+    """``"classify {model} {img}"`` -> arguments with the corpus' paths; ``{tmp}`` is a fresh folder."""
+    return [a.format(**{k: str(v) for k, v in p.items()}) for a in template.split()]
+
+
+# (id, command, arguments, exit code, text of the Error line (None: no Error line), stderr text, stdout text)
+CASES = [
+    # ---- celledge classify
+    ("classify-k0", "celledge", "classify -k 0 {img}", 2, "'-k'", None, None),
+    ("classify-k-neg", "celledge", "classify -k -1 {img}", 2, "'-k'", None, None),
+    ("classify-k-huge", "celledge", "classify -k 100 {img}", 0, None, None, "\t"),
+    ("classify-threads0", "celledge", "classify --threads 0 {img}", 2, "--threads", None, None),
+    ("classify-threads-neg", "celledge", "classify --threads -3 {img}", 2, "--threads", None, None),
+    ("classify-threads-word", "celledge", "classify --threads many {img}", 2, "--threads", None, None),
+    ("classify-device-banana", "celledge", "classify --device banana {img}", 2, "not a device", None, None),
+    ("classify-device-usbx", "celledge", "classify --device usb:x {img}", 2, "not a device", None, None),
+    ("classify-device-usb-cpu-model", "celledge", "classify --device usb {img}", 2, "not compiled for the Edge TPU",
+     None, None),
+    ("classify-tta3", "celledge", "classify --tta 3 {img}", 2, "--tta", None, None),
+    ("classify-fallback-gpu", "celledge", "classify --fallback gpu {img}", 2, "--fallback", None, None),
+    ("classify-no-args", "celledge", "classify", 2, "Missing argument", None, None),
+    ("classify-model-only", "celledge", "classify {model}", 2, "at least one IMAGE", None, None),
+    ("classify-missing-image", "celledge", "classify {tmp}/missing.png", 2, "does not exist", None, None),
+    ("classify-missing-model", "celledge", "classify --model {tmp}/none.tflite {img}", 2, "does not exist", None, None),
+    ("classify-model-is-dir", "celledge", "classify --model {emptydir} {img}", 2, "does not exist", None, None),
+    ("classify-corrupt-model", "celledge", "classify {corrupt} {img}", 2, "cannot load", None, None),
+    ("classify-mismatch", "celledge", "classify {mismatch} {img}", 2, "input shape", None, None),
+    ("classify-no-sidecar", "celledge", "classify {nosidecar} {img}", 2, "no sidecar", None, None),
+    ("classify-sidecar-not-json", "celledge", "classify {badjson} {img}", 2, "not valid JSON", None, None),
+    ("classify-sidecar-schema", "celledge", "classify {schema} {img}", 2, "not a scopelite sidecar", None, None),
+    ("classify-sidecar-no-labels", "celledge", "classify {nolabels} {img}", 2, "labels", None, None),
+    ("classify-sidecar-hash", "celledge", "classify {hash} {img}", 2, "sha256", None, None),
+    ("classify-not-png", "celledge", "classify {bad_png}", 2, "could not be read", "skipped", None),
+    ("classify-empty-file", "celledge", "classify {empty_png}", 2, "could not be read", None, None),
+    ("classify-text-as-jpg", "celledge", "classify {text_jpg}", 2, "could not be read", None, None),
+    ("classify-empty-dir", "celledge", "classify {emptydir}", 2, "no images", None, None),
+    ("classify-mixed-folder", "celledge", "classify {mixed}", 2, "1 of 3 images", "skipped", "img2.png"),
+    ("classify-1x1", "celledge", "classify {tiny}", 0, None, "far smaller", "tiny.png"),
+    ("classify-ok", "celledge", "classify {img}", 0, None, None, "cell.png"),
+    ("classify-json", "celledge", "classify --json {img}", 0, None, None, '"label"'),
+    ("classify-bad-option", "celledge", "classify --bogus {img}", 2, "No such option", None, None),
+    # ---- celledge watch
+    ("watch-k0", "celledge", "watch {mixed} -k 0", 2, "'-k'", None, None),
+    ("watch-threads0", "celledge", "watch {mixed} --threads 0", 2, "--threads", None, None),
+    ("watch-device-banana", "celledge", "watch {mixed} --device banana", 2, "not a device", None, None),
+    ("watch-crop-size-huge", "celledge", "watch {mixed} --mode field --crop-size 100000", 2, "--crop-size", None,
+     None),
+    ("watch-crop-size-tiny", "celledge", "watch {mixed} --mode field --crop-size 4", 2, "--crop-size", None, None),
+    ("watch-mode-bad", "celledge", "watch {mixed} --mode blob", 2, "--mode", None, None),
+    ("watch-fps0", "celledge", "watch {mixed} --fps 0", 2, "--fps", None, None),
+    ("watch-max-frames0", "celledge", "watch {mixed} --max-frames 0", 2, "--max-frames", None, None),
+    ("watch-size-word", "celledge", "watch {mixed} --size big", 2, "WIDTHxHEIGHT", None, None),
+    ("watch-size-zero", "celledge", "watch {mixed} --size 0x10", 2, "WIDTHxHEIGHT", None, None),
+    ("watch-min-score", "celledge", "watch {mixed} --min-score 2", 2, "--min-score", None, None),
+    ("watch-backoff0", "celledge", "watch {mixed} --backoff-cap 0", 2, "--backoff-cap", None, None),
+    ("watch-http-word", "celledge", "watch {mixed} --http nope", 2, "HOST:PORT", None, None),
+    ("watch-http-port", "celledge", "watch {mixed} --http 127.0.0.1:70000", 2, "HOST:PORT", None, None),
+    ("watch-missing", "celledge", "watch {tmp}/nope.avi", 2, "not found", None, None),
+    ("watch-empty-dir", "celledge", "watch {emptydir}", 2, "no images", None, None),
+    ("watch-junk-video", "celledge", "watch {junk_avi} --exit-on-eof", 2, "cannot open video source", None, None),
+    ("watch-no-camera", "celledge", "watch /dev/video99 --exit-on-eof", 2, "cannot open video source", None, None),
+    ("watch-truncated-between", "celledge", "watch {mixed}", 0, None, "img1.png", '"unreadable": 1'),
+    ("watch-truncated-loop", "celledge", "watch {mixed} --loop --max-frames 5", 0, None, "img1.png",
+     '"frames": 5'),
+    ("watch-all-unreadable", "celledge", "watch {allbad}", 2, "none of the 2 images", "skipped", None),
+    ("watch-all-unreadable-loop", "celledge", "watch {allbad} --loop", 2, "none of the 2 images", None, None),
+    ("watch-frame-too-large", "celledge", "watch {huge}", 0, None, "larger than 4096", '"unreadable": 1'),
+    ("watch-out-unwritable", "celledge", f"watch {{mixed}} --out {UNWRITABLE}/w.jsonl", 2, "cannot be written",
+     None, None),
+    ("watch-out-disk-full", "celledge", "watch {mixed} --out /dev/full", 2, "no space left", None, None),
+    ("watch-out-is-dir", "celledge", "watch {mixed} --out {emptydir}", 2, "--out", None, None),
+    ("watch-save-dir-unwritable", "celledge", f"watch {{mixed}} --save-dir {UNWRITABLE} --save-below 0.5", 2,
+     "cannot be written", None, None),
+    ("watch-save-dir-no-rule", "celledge", "watch {mixed} --save-dir {tmp}/s", 2, "needs --save-classes", None,
+     None),
+    ("watch-save-classes-unknown", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes foo", 2,
+     "not labels", None, None),
+    ("watch-save-cap0", "celledge", "watch {mixed} --save-dir {tmp}/s --save-cap-mb 0", 2, "--save-cap-mb", None,
+     None),
+    ("watch-mismatch", "celledge", "watch {mixed} --model {mismatch}", 2, "sidecar says", None, None),
+    ("watch-corrupt-model", "celledge", "watch {mixed} --model {corrupt}", 2, "cannot load", None, None),
+    ("watch-ok-max-frames", "celledge", "watch {mixed} --max-frames 1", 0, None, None, '"max frames"'),
+    ("watch-ok-out-file", "celledge", "watch {mixed} --out {tmp}/w.jsonl", 0, None, None, None),
+    ("watch-ok-save", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 1.0", 0, None, None, '"frames": 2'),
+    # ---- celledge info and the group
+    ("info-mismatch", "celledge", "info {mismatch}", 2, "does not match", None, None),
+    ("info-corrupt", "celledge", "info {corrupt}", 2, "cannot load", None, None),
+    ("info-no-sidecar", "celledge", "info {nosidecar}", 2, "no sidecar", None, None),
+    ("info-missing", "celledge", "info {tmp}/none.tflite", 2, "does not exist", None, None),
+    ("info-ok", "celledge", "info {model}", 0, None, None, "cpu: works here"),
+    ("celledge-no-command", "celledge", "frobnicate", 2, "No such command", None, None),
+    ("celledge-bad-option", "celledge", "--bogus", 2, "No such option", None, None),
+    # ---- cellcompress
+    ("compress-max-drop-neg", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop -1 -1", 2, "--max-drop",
+     None, None),
+    ("compress-max-drop-nan", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop 1 nan", 2,
+     "--max-drop", None, None),
+    ("compress-max-drop-word", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop a b", 2, "--max-drop",
+     None, None),
+    ("compress-out-unwritable", "cellcompress", f"{{fake_keras}} --int8 --out {UNWRITABLE}/o", 2,
+     "cannot be written", None, None),
+    ("compress-out-is-file", "cellcompress", "{fake_keras} --int8 --out {img}", 2, "--out", None, None),
+    ("compress-missing-model", "cellcompress", "{tmp}/none.keras --int8 --out {tmp}/o", 2, "does not exist", None,
+     None),
+    ("compress-unknown-subcommand", "cellcompress", "frobnicate --int8 --out {tmp}/o", 2, "does not exist", None,
+     None),
+    ("compress-tflite-input", "cellcompress", "{corrupt} --int8 --out {tmp}/o", 2, "cellcompress takes", None, None),
+    ("compress-fake-keras", "cellcompress", "{fake_keras} --int8 --out {tmp}/o", 2, "no sidecar", None, None),
+    ("compress-representative", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --representative 2", 2,
+     "--representative", None, None),
+    ("compress-io-dtype", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --io-dtype float", 2, "--io-dtype",
+     None, None),
+    ("compress-bad-option", "cellcompress", "{fake_keras} --int4 --out {tmp}/o", 2, "No such option", None, None),
+    ("bench-tta-word", "cellcompress", "bench {fake_keras} --out {tmp}/b --tta x", 2, "comma-separated", None, None),
+    ("bench-out-unwritable", "cellcompress", f"bench {{fake_keras}} --out {UNWRITABLE}/b", 2, "cannot be written",
+     None, None),
+    ("bench-limit-neg", "cellcompress", "bench {fake_keras} --out {tmp}/b --limit -1", 2, "--limit", None, None),
+    ("bench-missing", "cellcompress", "bench {tmp}/none.keras --out {tmp}/b", 2, "does not exist", None, None),
+    # ---- celltrain
+    ("fit-npz-truncated", "celltrain", "fit --data {c}/trunc.npz --out {tmp}/r", 2, "truncated", None, None),
+    ("fit-npz-empty", "celltrain", "fit --data {c}/empty.npz --out {tmp}/r", 2, "empty", None, None),
+    ("fit-npz-text", "celltrain", "fit --data {c}/text.npz --out {tmp}/r", 2, "not a .npz file", None, None),
+    ("fit-npz-missing", "celltrain", "fit --data {tmp}/none.npz --out {tmp}/r", 2, "not found", None, None),
+    ("fit-data-missing", "celltrain", "fit --data {tmp}/nodata --out {tmp}/r", 2, "not found", None, None),
+    ("fit-out-unwritable", "celltrain", f"fit --out {UNWRITABLE}/r", 2, "cannot be written", None, None),
+    ("fit-out-is-file", "celltrain", "fit --out {img}", 2, "--out", None, None),
+    ("fit-no-out", "celltrain", "fit --epochs 1", 2, "give --out", None, None),
+    ("fit-epochs0", "celltrain", "fit --out {tmp}/r --epochs 0", 2, "--epochs", None, None),
+    ("fit-arch", "celltrain", "fit --out {tmp}/r --arch resnet", 2, "--arch", None, None),
+    ("fit-aug", "celltrain", "fit --out {tmp}/r --aug frobnicate=1", 2, "--aug", None, None),
+    ("fit-lr0", "celltrain", "fit --out {tmp}/r --lr 0", 2, "--lr", None, None),
+    ("fit-config-yaml", "celltrain", "fit --config {c}/bad.yaml --out {tmp}/r", 2, "not valid YAML", None, None),
+    ("fit-config-list", "celltrain", "fit --config {c}/list.yaml --out {tmp}/r", 2, "mapping", None, None),
+    ("fit-config-keys", "celltrain", "fit --config {c}/keys.yaml --out {tmp}/r", 2, "unknown keys", None, None),
+    ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),
+    ("audit-npz-empty", "celltrain", "audit {c}/empty.npz --out {tmp}/a", 2, "empty", None, None),
+    ("audit-npz-truncated", "celltrain", "audit {c}/trunc.npz --out {tmp}/a", 2, "truncated", None, None),
+    ("audit-npz-objects", "celltrain", "audit {c}/obj.npz --out {tmp}/a", 2, "object arrays", None, None),
+    ("audit-npz-damaged", "celltrain", "audit {c}/gzbad.npz --out {tmp}/a", 2, "damaged", None, None),
+    ("audit-npz-classes", "celltrain", "audit {c}/three.npz --out {tmp}/a", 2, "no images of class", None,
+     None),
+    ("audit-npz-float", "celltrain", "audit {c}/float.npz --out {tmp}/a", 2, "uint8", None, None),
+    ("audit-npz-keys", "celltrain", "audit {c}/keys.npz --out {tmp}/a", 2, "expected 'images'", None, None),
+    ("audit-no-class-folders", "celltrain", "audit {c}/noclasses --out {tmp}/a", 2, "no class folders", None,
+     None),
+    ("audit-missing", "celltrain", "audit {tmp}/none --out {tmp}/a", 2, "does not exist", None, None),
+    ("audit-out-unwritable", "celltrain", f"audit {{c}}/good.npz --out {UNWRITABLE}/a", 2, "cannot be written",
+     None, None),
+    ("synth-unwritable", "celltrain", f"synth {UNWRITABLE}/s", 2, "cannot be written", None, None),
+    ("synth-per-class0", "celltrain", "synth {tmp}/s --per-class 0", 2, "--per-class", None, None),
+    ("evaluate-missing", "celltrain", "evaluate {tmp}/none", 2, "does not exist", None, None),
+    ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
+    ("explain-missing-image", "celltrain", "explain {tmp} {tmp}/none.png", 2, "does not exist", None, None),
+    ("celltrain-no-command", "celltrain", "frobnicate", 2, "No such command", None, None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_corpus(case, corpus, tmp_path):
+    _, cli, template, code, error, stderr_has, stdout_has = case
+    r = invoke_cli(cli, *_args(template, {**corpus, "tmp": tmp_path}))
+    if error is None:
+        assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+        assert not [x for x in r.stderr.splitlines() if x.startswith("Error")], r.stderr[-2000:]
+    else:
+        assert_one_line_error(r, error, code=code)
+    if stderr_has:
+        assert stderr_has in r.stderr, r.stderr[-2000:]
+    if stdout_has:
+        assert stdout_has in r.stdout, r.stdout[-2000:]
+    if cli == "celltrain" and " --out " in f" {template} ":  # a failed run leaves no --out folder behind
+        assert not (tmp_path / "r").exists() and not (tmp_path / "a").exists()
+    if cli == "cellcompress":  # a refused conversion writes nothing
+        assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_corpus_is_large_and_covers_the_three_clis():
+    assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
+    assert {c[1] for c in CASES} == {"celltrain", "cellcompress", "celledge"}
+
+
+def test_watch_summary_and_out_file_say_what_was_skipped(corpus, tmp_path):
+    out = tmp_path / "w.jsonl"
+    r = invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    s = lines[-1]["summary"]
+    assert s["frames"] == 2 and s["unreadable"] == 1 and s["stopped"] == "end of stream"
+    assert [x for x in r.stderr.splitlines() if "img1.png" in x][0].startswith("warning: skipped")
+
+
+def test_synth_folders_make_a_synthetic_model(tmp_path):
+    """`celltrain synth OUT` writes OUT/manifest.json and OUT/crops/<class>/: --data OUT/crops is synthetic."""
+    from scopelite.edge.bundle import CLASS_NAMES
+    from scopelite.train import data
+
+    for c in CLASS_NAMES:
+        _png(tmp_path / "crops" / c / "0.png", (16, 16, 3))
+    assert not data.load(str(tmp_path / "crops"), 16).synthetic
+    (tmp_path / "manifest.json").write_text(json.dumps({"synthetic": True, "generator": "scopelite.train.synth"}))
+    ds = data.load(str(tmp_path / "crops"), 16)
+    assert ds.synthetic and "synthetic" in ds.description
+
+
+def test_failed_fit_removes_the_out_folder_it_made(corpus, tmp_path):
+    """Past the up-front checks (a .npz without every class): the run folder made for it goes again."""
+    r = invoke_cli("celltrain", "fit", "--data", str(corpus["c"] / "three.npz"), "--out", str(tmp_path / "r"),
+                   "--arch", "tiny", "--image-size", "16")
+    assert_one_line_error(r, "no images of class", code=2)
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------- file systems
+
+
+def _readonly_mount(folder: Path):
+    """A command prefix that runs in a private mount namespace with ``folder`` a read-only tmpfs, or None."""
+    if not shutil.which("unshare"):
+        return None
+    folder.mkdir(exist_ok=True)
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o ro,size=1m tmpfs {folder}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o ro,size=1m tmpfs {folder} && exec "$@"', "sh"]
+
+
+def test_read_only_file_system(corpus, tmp_path):
+    ro = tmp_path / "ro"
+    prefix = _readonly_mount(ro)
+    if prefix is None:
+        pytest.skip("cannot mount a read-only tmpfs here (needs unshare and mount rights)")
+    bin_dir = Path(sys.executable).parent
+
+    def run(*args):
+        return subprocess.run([*prefix, str(bin_dir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=120)
+
+    assert_one_line_error(run("cellcompress", str(corpus["fake_keras"]), "--int8", "--out", str(ro / "o")),
+                          "read-only file system", code=2)
+    assert_one_line_error(run("celltrain", "synth", str(ro / "s")), "read-only file system", code=2)
+    assert_one_line_error(run("celledge", "watch", str(corpus["mixed"]), "--out", str(ro / "w.jsonl")),
+                          "read-only file system", code=2)
+    assert_one_line_error(run("celledge", "watch", str(corpus["mixed"]), "--save-dir", str(ro / "s"),
+                              "--save-below", "1"), "read-only file system", code=2)
+
+
+def test_disk_full_mid_run_leaves_whole_lines(tmp_path):
+    """The line that does not fit is cut back: every line in the file is whole JSON."""
+    from scopelite.edge.errors import UserError
+    from scopelite.edge.outputs import LineSink
+
+    sink = LineSink(tmp_path / "w.jsonl")
+    sink.write(json.dumps({"frame": 0}))
+    real_write = os.write
+
+    def short_then_full(fd, data):  # half a line goes out, then the disk is full
+        os.write = real_write
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    os.write = short_then_full
+    try:
+        with pytest.raises(UserError, match="no space left"):
+            sink.write(json.dumps({"frame": 1, "label": "x" * 100}))
+    finally:
+        os.write = real_write
+        sink.close()
+    assert [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()] == [{"frame": 0}]
+
+
+# ---------------------------------------------------------------------------------- signals and streams
+
+
+def _start_watch(*args):
+    exe = Path(sys.executable).parent / "celledge"
+    return subprocess.Popen([str(exe), "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _term_within(p, seconds: float) -> tuple[float, str, str]:
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return time.monotonic() - t0, out, err
+
+
+def _silent_server():
+    """A TCP server that accepts connections and never says a word (a hung RTSP camera)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+
+    def accept():
+        while True:
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv, conns
+
+
+def test_hung_stream_open_is_bounded_and_sigterm_is_quick():
+    srv, conns = _silent_server()
+    try:
+        url = f"rtsp://127.0.0.1:{srv.getsockname()[1]}/live"
+        t0 = time.monotonic()
+        r = run_cli("celledge", "watch", url, "--exit-on-eof", timeout=60)
+        took = time.monotonic() - t0
+        assert_one_line_error(r, "cannot open video source", code=2)
+        assert took < 20, f"the open took {took:.1f} s (OpenCV's own limit is 30 s)"
+        p = _start_watch(url)  # reconnecting forever; SIGTERM while an open hangs
+        time.sleep(2.5)
+        dt, _, err = _term_within(p, 2)
+        assert dt < 2.0 and "Traceback" not in err, (dt, err[-2000:])
+    finally:
+        srv.close()
+        for c in conns:
+            c.close()
+
+
+def test_sigterm_in_a_busy_field_loop(tmp_path):
+    """Field mode on the largest frames taken (4096 px a side), looped: SIGTERM still ends it within 2 s."""
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (4096, 4096, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "field.png"), big)
+    p = _start_watch(str(tmp_path), "--mode", "field", "--crop-size", "4096", "--loop")
+    time.sleep(3.5)
+    assert p.poll() is None, p.stderr.read()[-2000:]
+    dt, out, err = _term_within(p, 2)
+    assert dt < 2.0 and "Traceback" not in err, (dt, err[-2000:])
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(base: str, p) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("daemon did not become healthy")
+
+
+def test_http_head_real_url_and_unreadable_metric(corpus):
+    port = _free_port()
+    p = _start_watch(str(corpus["mixed"]), "--loop", "--fps", "20", "--http", str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, p)
+        for path in ("/", "/snapshot.jpg", "/metrics"):
+            req = urllib.request.Request(base + path, method="HEAD")
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert r.status == 200 and int(r.headers["Content-Length"]) > 0 and r.read() == b""
+        time.sleep(0.5)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert int(next(x for x in metrics.splitlines() if x.startswith("scopelite_unreadable_total ")).split()[1]) >= 1
+        # a client that sends nothing is cut off, and the daemon keeps serving
+        idle = socket.create_connection(("127.0.0.1", port))
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            assert r.status == 200
+        idle.settimeout(10)
+        t0 = time.monotonic()
+        assert idle.recv(10) == b"" and time.monotonic() - t0 < 8
+        idle.close()
+    finally:
+        dt, _, err = _term_within(p, 2)
+    assert f"serving http://127.0.0.1:{port}/" in err and "network interface" not in err, err[-2000:]
+    assert dt < 2.0
+
+
+def test_http_beyond_loopback_warns(corpus):
+    port = _free_port()
+    p = _start_watch(str(corpus["mixed"]), "--loop", "--fps", "20", "--http", f"0.0.0.0:{port}")
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", p)
+    finally:
+        _, _, err = _term_within(p, 2)
+    warning = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert warning and "every network interface" in warning[0] and f"serving http://0.0.0.0:{port}/" in err
+
+
+# ---------------------------------------------------------------------------------- fuzz
+
+FUZZ_SEED = 16
+FUZZ_BUDGET_S = 20.0
+
+
+def _mutations(data: bytes, rng: np.random.Generator, n: int):
+    """Truncations, flipped bytes and pure noise of ``data``, ``n`` in all."""
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            yield data[: int(rng.integers(0, max(len(data), 1)))]
+        elif kind == 1:
+            b = bytearray(data)
+            for j in rng.integers(0, len(b), size=int(rng.integers(1, 16))):
+                b[j] = int(rng.integers(0, 256))
+            yield bytes(b)
+        else:
+            yield rng.integers(0, 256, int(rng.integers(0, 4096)), dtype=np.uint8).tobytes()
+
+
+def test_fuzz_images_and_npz_files(tmp_path):
+    """Random and truncated bytes as images (classify, watch) and as .npz files (the data loader)."""
+    from scopelite.edge.errors import UserError
+    from scopelite.train import data
+
+    rng = np.random.default_rng(FUZZ_SEED)
+    t_end = time.monotonic() + FUZZ_BUDGET_S / 2
+    ok, buf = cv2.imencode(".png", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, b in enumerate(_mutations(buf.tobytes(), rng, 24)):
+        (folder / f"{i:03d}.{('png', 'jpg', 'bmp')[i % 3]}").write_bytes(b)
+    r = invoke_cli("celledge", "classify", str(folder), "--json")
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    r = invoke_cli("celledge", "watch", str(folder))
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    npz = tmp_path / "good.npz"
+    np.savez_compressed(npz, images=rng.integers(0, 255, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 8)
+    for i, b in enumerate(_mutations(npz.read_bytes(), rng, 60)):
+        if time.monotonic() > t_end:
+            break
+        f = tmp_path / f"f{i}.npz"
+        f.write_bytes(b)
+        try:
+            data.load(str(f), 8)
+        except UserError:
+            pass
+
+
+_MODEL_FUZZ = r"""
+import json, sys, numpy as np
+from pathlib import Path
+from scopelite.edge.bundle import BundleError, load_sidecar, sha256_file
+from scopelite.edge.classifier import make_classifier
+from scopelite.edge.errors import UserError
+folder, n = Path(sys.argv[1]), 0
+for m in sorted(folder.glob("m*/model.tflite")):
+    try:
+        clf = make_classifier(m)
+        clf.classify(np.zeros((1, clf.input_spec.height, clf.input_spec.width, 3), np.uint8))
+    except UserError:
+        pass
+    n += 1
+for s in sorted(folder.glob("s*/model.tflite")):
+    try:
+        load_sidecar(s)
+    except BundleError:
+        pass
+    n += 1
+print("fuzzed", n)
+"""
+
+
+def test_fuzz_models_and_sidecars(tmp_path):
+    """Truncated and flipped model bytes (hash updated so the loader reaches them) and mangled sidecars.
+
+    In a child process: a crash in native code must fail this test, not end the whole run."""
+    from scopelite.edge.bundle import sha256_file
+
+    rng = np.random.default_rng(FUZZ_SEED)
+    model = default_model()
+    sc = json.loads(model.with_suffix(".json").read_text())
+    for i, b in enumerate(_mutations(model.read_bytes(), rng, 9)):
+        m = tmp_path / f"m{i}" / "model.tflite"
+        m.parent.mkdir()
+        m.write_bytes(b)
+        m.with_suffix(".json").write_text(json.dumps({**sc, "file": "model.tflite", "sha256": sha256_file(m)}))
+    text = json.dumps(sc).encode()
+    for i, b in enumerate(_mutations(text, rng, 30)):
+        s = tmp_path / f"s{i}" / "model.tflite"
+        s.parent.mkdir()
+        shutil.copy(model, s)
+        s.with_suffix(".json").write_bytes(b)
+    values = [None, 0, -1, 1.5, "", "x", [], {}, True, 10**12]
+    for i, key in enumerate(["labels", "input", "output", "runtimes", "format", "schema_version", "file"]):
+        for j, v in enumerate(values):
+            s = tmp_path / f"s-{key}-{j}" / "model.tflite"
+            s.parent.mkdir()
+            shutil.copy(model, s)
+            s.with_suffix(".json").write_text(json.dumps({**sc, "file": "model.tflite", key: v}))
+    r = subprocess.run([sys.executable, "-c", _MODEL_FUZZ, str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "fuzzed" in r.stdout, r.stderr[-3000:]
