@@ -206,7 +206,10 @@ class Tracker:
         """
         cfg = self.cfg
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        sc = np.zeros((len(pts), 1)) if scores is None else np.asarray(scores, dtype=np.float64).reshape(len(pts), -1)
+        if scores is None or len(pts) == 0:
+            sc = np.zeros((len(pts), 1))
+        else:
+            sc = np.asarray(scores, dtype=np.float64).reshape(len(pts), -1)
         cut_ = np.zeros(len(pts), bool) if cut is None else np.asarray(cut, bool).reshape(len(pts))
         keep = _drop_fragments(pts, cfg.px(cfg.fragment_radius))
         pts, sc, cut_ = pts[keep], sc[keep], cut_[keep]
