@@ -131,6 +131,19 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
 
 
+def _crop_size(ctx, param, value: str) -> int | None:
+    """``auto`` -> None (measured per frame); else a whole number of pixels >= 8."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        px = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number of pixels") from None
+    if px < 8:
+        raise click.BadParameter(f"{px} px is too small a crop (8 at least; or 'auto')")
+    return px
+
+
 def _parse_size(value: str | None):
     if value is None:
         return None
@@ -153,8 +166,10 @@ def _parse_size(value: str | None):
 @click.option("--loop", is_flag=True, help="Replay an image folder or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
               help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
-@click.option("--crop-size", type=click.IntRange(min=8), default=96, show_default=True,
-              help="Field mode: square (px of the frame) cropped around each cell, framed like the training crops.")
+@click.option("--crop-size", default="auto", show_default=True, callback=_crop_size, metavar="auto|PX",
+              help="Field mode: side (px of the frame) of the square cropped around each cell. auto: measured "
+                   "on every frame from its red cells (about 7.5 um across in every smear), so that cells appear "
+                   "at the scale the model was trained at; a number fixes it (PBC's CellaVision fields: 360).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
@@ -190,13 +205,13 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     """
     from . import shutdown
     from .outputs import LineSink, check_writable
-    from .sources import MAX_SIDE, is_live, open_source
+    from .sources import MAX_SIDE, is_live, open_source, open_unless_stopped
     from .watch import run_watch
 
     from .packaged import default_model
 
     wh = _parse_size(size)
-    if crop_size > MAX_SIDE:  # bounded work per frame: SIGTERM is honoured between frames
+    if crop_size is not None and crop_size > MAX_SIDE:  # bounded work per frame: SIGTERM is honoured between frames
         raise UserError(f"--crop-size {crop_size} is larger than any frame scopelite takes ({MAX_SIDE} px a side); "
                         "give the cell's size in the frame's pixels, e.g. --crop-size 360")
     if out_file:
@@ -218,12 +233,12 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
     first = open_counted() if (not live or exit_on_eof) else None
     opened = {"first": first}
+    stop = threading.Event()
 
     def opener():
         src = opened.pop("first", None)
-        return src if src is not None else open_counted()
+        return src if src is not None else open_unless_stopped(open_counted, stop)
 
-    stop = threading.Event()
     ctx = click.get_current_context()
     ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush))  # SIGINT/SIGTERM: stop within 2 s
     sink = LineSink(out_file) if out_file else None
@@ -249,10 +264,11 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
             warn(exposure_warning(host))
         print(f"serving {url(server)}", file=sys.stderr)
 
-    from .field import FieldConfig
+    from .field import DEFAULT_MODEL_RBC_PX, FieldConfig
 
     summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
-                        field_cfg=FieldConfig(crop_size=crop_size), min_score=min_score, live=live,
+                        field_cfg=FieldConfig(crop_size=crop_size, model_rbc_px=clf.input_spec.rbc_px or DEFAULT_MODEL_RBC_PX,
+                                              input_px=clf.input_spec.height), min_score=min_score, live=live,
                         exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
                         on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels,
                                            unreadable))

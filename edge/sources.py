@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -168,6 +169,31 @@ class FakeSource:
 def is_live(spec: str) -> bool:
     """A camera or a stream (reconnect when lost), as opposed to a file or folder (ends)."""
     return "://" in spec or spec.isdigit() or spec.startswith("/dev/video")
+
+
+def open_unless_stopped(open_fn: Callable[[], FrameSource], stop: threading.Event, poll: float = 0.1) -> FrameSource:
+    """``open_fn()``, but give up (SourceError) as soon as ``stop`` is set: a stream that never answers
+    must not hold a shutdown for its whole open timeout. A source opened after that is closed."""
+    box: dict = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["src"] = open_fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["err"] = e
+        done.set()
+        if stop.is_set() and "src" in box and not box.get("taken"):
+            box["src"].close()
+
+    threading.Thread(target=run, name="open", daemon=True).start()
+    while not done.wait(poll):
+        if stop.is_set():
+            raise SourceError("stopped while the source was opening")
+    if "err" in box:
+        raise box["err"]
+    box["taken"] = True
+    return box["src"]
 
 
 def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None,

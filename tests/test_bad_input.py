@@ -426,8 +426,9 @@ def test_hung_stream_open_is_bounded_and_sigterm_is_quick():
         assert took < 20, f"the open took {took:.1f} s (OpenCV's own limit is 30 s)"
         p = _start_watch(url)  # reconnecting forever; SIGTERM while an open hangs
         time.sleep(2.5)
-        dt, _, err = _term_within(p, 2)
+        dt, out, err = _term_within(p, 2)
         assert dt < 2.0 and "Traceback" not in err, (dt, err[-2000:])
+        assert p.returncode == 0 and '"summary"' in out, err[-2000:]  # a clean stop, not the forced one
     finally:
         srv.close()
         for c in conns:
@@ -611,3 +612,15 @@ def test_fuzz_models_and_sidecars(tmp_path):
     r = subprocess.run([sys.executable, "-c", _MODEL_FUZZ, str(tmp_path)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "fuzzed" in r.stdout, r.stderr[-3000:]
+
+
+def test_error_after_a_progress_bar_starts_its_own_line(capfd):
+    from tqdm import tqdm
+
+    from scopelite.edge.errors import print_error
+
+    bar = tqdm(total=10, desc="reading", file=sys.stderr)
+    bar.update(3)
+    print_error("cannot decode x.png")
+    err = capfd.readouterr().err
+    assert "\nError: cannot decode x.png\n" in err and not tqdm._instances
