@@ -36,8 +36,8 @@ Panning back
   this is what a technician does when panning back over cells already tallied. The
   limit is honest drift: the offset is a sum of frame-to-frame estimates, so the
   recall works while the accumulated error since the cell was last seen stays
-  under ``recall_radius`` (about 30 px for a 50 px cell; on the synthetic scans the
-  drift stays within a few px over 500 frames). A cell whose slide position
+  under ``recall_radius`` (about 30 px for a 50 px cell; on the synthetic scans of
+  train/slide.py the drift stays within 1 px over 550 frames). A cell whose slide position
   drifted further is counted again, as a new cell. With ``remember=False`` a track
   lost for more than ``max_missed`` frames is forgotten and a cell re-entering the
   view is a new track that may be counted again.
@@ -65,6 +65,11 @@ class TrackConfig:
 
     def px(self, fraction: float) -> float:
         return fraction * self.cell_diameter_px
+
+    @classmethod
+    def for_rbc_px(cls, rbc_px: float, **overrides) -> "TrackConfig":
+        """Sized from the frame's red-cell diameter (``scale.py``): a white cell is about two red cells across."""
+        return cls(cell_diameter_px=2.0 * rbc_px, **overrides)
 
 
 @dataclass(frozen=True, eq=False)

@@ -100,6 +100,11 @@ def test_views_cut_by_the_edge_decide_nothing_and_fragments_are_ignored():
     assert cut_by_edge((600, 10, 640, 30), 640, 480)
 
 
+def test_config_sized_from_the_red_cells():
+    cfg = TrackConfig.for_rbc_px(24.0, min_frames=4)
+    assert cfg.cell_diameter_px == 48.0 and cfg.px(cfg.match_radius) == 24.0 and cfg.min_frames == 4
+
+
 def test_dropped_frames_keep_the_track():
     tr = Tracker(TrackConfig(decide_frames=0))
     events = []
