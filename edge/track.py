@@ -14,8 +14,8 @@ How a frame is matched
   tie. Tracks and detections are then paired greedily, nearest first, within
   ``match_radius`` (cells do not overlap, so with a radius of half a cell diameter a
   detection has at most one plausible track and greedy equals the optimal
-  assignment; a numpy greedy on a 12 x 12 matrix costs microseconds, see
-  benchmarks/track_compare.py), and the offset is re-estimated as the median of the
+  assignment: scipy's Hungarian gave the same counts at the same cost in
+  benchmarks/track_compare.py, so the edge install needs no scipy), and the offset is re-estimated as the median of the
   matched pairs. Nothing here assumes a pan speed: jerks of up to ``max_jump`` are
   recovered from the detections when at least two cells stay in view, and from
   ``StageMotion`` (phase correlation of the whole frame, red cells included) otherwise.
@@ -319,8 +319,8 @@ class StageMotion:
     """How far the image moved between consecutive frames: phase correlation (OpenCV) of the grey frames.
 
     Uses the whole frame, red cells included, so it measures the stage's move even
-    with no white cell in view. Downscaled by ``downscale`` (2: 0.8 ms at 640x480 on
-    one core, within about a px).
+    with no white cell in view. Downscaled by ``downscale`` (2: 0.8-2.5 ms per 640x480
+    frame on our two shared cores, within about a px; the tracker refines it from the cells).
     """
 
     def __init__(self, downscale: int = 2, min_response: float = 0.03):
