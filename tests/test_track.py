@@ -163,24 +163,38 @@ def scan_and_count(seed, use_stage_motion=True):
     return sc, events + tracker.flush()
 
 
+def detectable(sc, frames):
+    """Ids of the cells the detector found (within 15 px) in at least min_frames frames that show them whole."""
+    hits = {}
+    for i, (pts, *_rest) in enumerate(frames):
+        for c in sc.visible(i):
+            if pts and np.min(np.hypot(*(np.array(pts) - c["center"]).T)) < 15:
+                hits[c["id"]] = hits.get(c["id"], 0) + 1
+    return {k for k, v in hits.items() if v >= TrackConfig().min_frames}
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_detector_and_tracker_count_every_cell_of_a_scan_once(seed):
     sc, events = scan_and_count(seed)
     assert min(sc.frames_in_view().values()) >= TrackConfig().min_frames  # every cell could be counted
-    assert len(events) == len(sc.cells)
+    # The tracker's part: exactly the cells the detector found. The detector's: (nearly) all of them;
+    # field.detect as committed with this test finds every one on these seeds, so the count is exact.
+    found_by_detector = detectable(sc, detected_scan(seed)[1])
+    assert len(found_by_detector) >= 0.9 * len(sc.cells), "the detector misses cells: see tests/test_field.py"
+    assert len(events) == len(found_by_detector)
     x0, y0 = sc.path[0]  # slide coordinates of the tracker = those of the first frame
     found = {}
     for e in events:
         c = min(sc.cells, key=lambda c: np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y))
         assert np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y) < 15
         found[c["id"]] = CLASS_NAMES[int(np.argmax(e.scores))]
-    assert len(found) == len(sc.cells)  # one event per true cell
-    assert all(found[c["id"]] == c["label"] for c in sc.cells)  # the mean beats 30 % wrong frames
+    assert set(found) == found_by_detector  # one event per cell found
+    assert all(found[c["id"]] == c["label"] for c in sc.cells if c["id"] in found)  # the mean beats 30 % wrong
 
 
 def test_without_stage_motion_the_detections_alone_suffice():
     sc, events = scan_and_count(3, use_stage_motion=False)
-    assert len(events) == len(sc.cells)
+    assert len(events) == len(detectable(sc, detected_scan(3)[1]))
 
 
 def test_tracker_costs_well_under_a_millisecond_for_12_cells():
@@ -198,3 +212,13 @@ def test_tracker_costs_well_under_a_millisecond_for_12_cells():
     per_frame = float(np.median(times))
     print(f"tracker: {per_frame * 1e6:.0f} us per frame, median of 300, about 12 cells")
     assert per_frame < 1e-3
+
+
+def test_slide_scan_is_reproducible_and_moves_as_a_stage_does():
+    a, b = make_slide_scan(5, **SCAN), make_slide_scan(5, **SCAN)
+    assert a.path == b.path and np.array_equal(a.frame(7), b.frame(7)) and a.frame(7).shape == (480, 640, 3)
+    assert not np.array_equal(a.frame(7), a.frame(8)) or a.path[7] != a.path[8]
+    kinds = {k for _, k in make_slide_scan(0).events}
+    assert {"pause", "jerk", "back", "refocus", "row"} <= kinds
+    steps = np.abs(np.diff(np.array(a.path), axis=0)).max(axis=1)
+    assert steps.max() < 60 and (steps <= 1).sum() > 5  # jerks are bounded; pauses exist
