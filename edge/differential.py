@@ -158,7 +158,7 @@ class Differential:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["section", "class", "count", "percent", "ci95_low", "ci95_high", "absolute_1e9_per_l"])
         for r in s["rows"]:
-            w.writerow(["white", r["class"], r["count"], r["percent"], r["ci95"][0], r["ci95"][1], r.get("absolute", "")])
+            w.writerow(["white", r["class"], r["count"], r["percent"], *r["ci95"], r.get("absolute", "")])
         w.writerow(["white", "total", s["white_total"], 100.0 if s["white_total"] else 0.0, "", "",
                     s.get("wbc_corrected", "")])
         w.writerow(["nrbc", NRBC, s["nrbc"], s["nrbc_per_100_wbc"] if s["nrbc_per_100_wbc"] is not None else "", "", "",

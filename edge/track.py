@@ -12,22 +12,29 @@ How a frame is matched
   track/detection pair within ``max_jump`` gives a candidate shift, and the shift
   that most pairs agree with (within the match radius) wins, the smaller one on a
   tie. Tracks and detections are then paired greedily, nearest first, within
-  ``match_radius`` (cells do not overlap, so with a radius of half a cell diameter a
-  detection has at most one plausible track and greedy equals the optimal
+  ``match_radius`` (cells do not overlap, so with a radius of half a cell diameter
+  a detection has at most one plausible track and greedy equals the optimal
   assignment: scipy's Hungarian gave the same counts at the same cost in
-  benchmarks/track_compare.py, so the edge install needs no scipy), and the offset is re-estimated as the median of the
-  matched pairs. Nothing here assumes a pan speed: jerks of up to ``max_jump`` are
-  recovered from the detections when at least two cells stay in view, and from
-  ``StageMotion`` (phase correlation of the whole frame, red cells included) otherwise.
+  benchmarks/track_compare.py, so the edge install needs no scipy), and the
+  offset is re-estimated as the median of the matched pairs. Nothing here assumes
+  a pan speed: jerks of up to ``max_jump`` are recovered from the detections when
+  at least two cells stay in view, and from ``StageMotion`` (phase correlation of
+  the whole frame, red cells included) otherwise. A detection within
+  ``fragment_radius`` of a larger one is part of that cell (a split nucleus, a
+  granule at its rim) and is dropped before matching.
 
 When a cell is counted
-  A track seen in fewer than ``min_frames`` frames is never counted (a flicker). A
-  track is counted once: when it has been seen in ``decide_frames`` frames, or
-  when it is closed (unseen for more than ``max_missed`` frames, or ``flush()`` at
-  the end of the stream) having been seen in at least ``min_frames``. Its class is
-  the mean of its score vectors over the frames seen until then, so a cell in
-  view for 100 frames is counted once, about ``decide_frames`` frames after it
-  appeared, and its class rests on that many frames, not the first one.
+  Only whole views count: a view cut by the frame edge (``cut_by_edge``) has a
+  centroid pulled inward and a half-reflected crop, so it keeps its track alive
+  but adds no position, score or frame. A track with fewer than ``min_frames``
+  whole views is never counted (a flicker). A track is counted once: when it has
+  ``decide_frames`` whole views, or when it is closed (unseen for more than
+  ``max_missed`` frames, or ``flush()`` at the end of the stream) having at least
+  ``min_frames``. Its class is the mean of its score vectors over those views, so
+  a cell in view for 100 frames is counted once, ``decide_frames`` frames after
+  it appeared (0.6 s at 25 frames/s), its class resting on that many frames, not
+  the first one. ``decide_frames=0`` waits for the track to close and averages
+  every frame, at the cost of counting a cell only once it has left the view.
 
 Panning back
   Counted cells are remembered at their slide position (``remember``, default on).
@@ -36,9 +43,9 @@ Panning back
   this is what a technician does when panning back over cells already tallied. The
   limit is honest drift: the offset is a sum of frame-to-frame estimates, so the
   recall works while the accumulated error since the cell was last seen stays
-  under ``recall_radius`` (about 30 px for a 50 px cell; on the synthetic scans of
-  train/slide.py the drift stays within 1 px over 550 frames). A cell whose slide position
-  drifted further is counted again, as a new cell. With ``remember=False`` a track
+  under ``recall_radius`` (about 30 px for a 50 px cell; on the synthetic scans
+  of train/slide.py the drift stays within 1 px over 550 frames). A cell whose
+  slide position drifted further is counted again, as a new cell. With ``remember=False`` a track
   lost for more than ``max_missed`` frames is forgotten and a cell re-entering the
   view is a new track that may be counted again.
 """

@@ -32,7 +32,7 @@ class SlideScan:
     blur: list[float]  # Gaussian sigma of each frame's defocus (0: in focus)
     frame_size: tuple[int, int] = (640, 480)  # width, height
     seed: int = 0
-    events: list[tuple[int, str]] = field(default_factory=list)  # (frame, "pause" | "jerk" | "back" | "refocus" | "row")
+    events: list[tuple[int, str]] = field(default_factory=list)  # (frame, pause|jerk|back|refocus|row)
     _noise: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -80,8 +80,8 @@ class SlideScan:
             yield self.frame(i), {"frame": i, "offset": list(self.path[i]), "cells": self.visible(i)}
 
 
-def _scan_path(rng: np.random.Generator, slide_wh: tuple[int, int], frame_wh: tuple[int, int], speed: tuple[float, float],
-               row_overlap: float, events: bool) -> tuple[list[tuple[int, int]], list[float], list[tuple[int, str]]]:
+def _scan_path(rng: np.random.Generator, slide_wh: tuple[int, int], frame_wh: tuple[int, int],
+               speed: tuple[float, float], row_overlap: float, events: bool) -> tuple[list[tuple[int, int]], list[float], list[tuple[int, str]]]:
     """Serpentine rows over the slide with pauses, jerks, back-and-forth moves and refocusing."""
     (sw, sh), (w, h) = slide_wh, frame_wh
     max_x, max_y = sw - w, sh - h
