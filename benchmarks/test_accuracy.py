@@ -34,6 +34,7 @@ def clf(request, data_root):
     return LiteRTClassifier(request.config.getoption("--model") or default_model(), num_threads=2)
 
 
+@pytest.mark.data
 def test_field_mode_on_real_fields(data_root, clf, record):
     from scopelite.edge import field as field_lib
     from scopelite.edge.sources import list_images, read_image_rgb
@@ -84,6 +85,7 @@ def test_field_mode_on_real_fields(data_root, clf, record):
     assert detected >= 0.95
 
 
+@pytest.mark.data
 def test_bundle_accuracy_clean_and_corrupted(data_root, clf, record):
     from scopelite.train.corruptions import corrupted_copy
     from scopelite.train.data import load_folders

@@ -40,6 +40,7 @@ def test_other_variants_latency(models, record, request, variant, threads):
                ops=sum(ops.values()))
 
 
+@pytest.mark.edgetpu
 def test_edgetpu_latency(models, record, request):
     from scopelite.edge.runtime import RuntimeUnavailable, make_interpreter
 

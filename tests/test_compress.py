@@ -167,6 +167,7 @@ def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_pa
     assert (tmp_path / "o" / "model.tflite").is_file() and not (tmp_path / "o" / "model_edgetpu.tflite").exists()
 
 
+@pytest.mark.slow
 def test_qat_on_efficientnetv2b0_has_ptq_op_counts(tmp_path):
     """Real architecture: QAT int8 holds no more ops of any kind than PTQ int8 (BN folded)."""
     from scopelite.compress import qat

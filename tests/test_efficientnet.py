@@ -1,10 +1,12 @@
 """The real architecture goes through fit and int8 conversion (small input, one epoch)."""
 import numpy as np
+import pytest
 
 from scopelite.compress.ops import DYNAMIC_SHAPE_OPS, op_counts
 from scopelite.edge.bundle import load_sidecar
 
 
+@pytest.mark.slow
 def test_efficientnetv2b0_fit_and_int8(tmp_path):
     from scopelite.compress.pipeline import CompressConfig, compress
     from scopelite.train.config import FitConfig

@@ -115,6 +115,7 @@ def test_float_tflite_round_trip_is_exact(tiny_run, tmp_path):
     np.testing.assert_allclose(m.predict(images, verbose=0), original.predict(images, verbose=0), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_shipped_model_rebuilt_as_efficientnetv2b0(synth_dir):
     """The real case: the packaged int8 EfficientNetV2B0 becomes a float Keras model that agrees with it."""
     import cv2
@@ -160,6 +161,7 @@ def test_fit_starts_from_an_int8_model_through_the_cli(tiny_run, tmp_path):
     assert not (tmp_path / "e").exists()  # no half-made run folder left behind
 
 
+@pytest.mark.slow
 def test_fit_fine_tunes_the_shipped_model_by_name(tmp_path):
     """--weights shipped: the packaged int8 model, wherever the package is installed."""
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "s"), "--image-size", "64", "--epochs", "1",

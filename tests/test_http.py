@@ -104,6 +104,7 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not _chromium(), reason="no Chromium (.ci/run installs Debian's chromium)")
 def test_lab_page_in_headless_chromium(daemon, tmp_path):
     base, _, _ = daemon

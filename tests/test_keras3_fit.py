@@ -108,6 +108,7 @@ def test_hed_and_rotation_on_the_gpu_match_celltrain(folders, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "g.npy"), want, atol=0.05)
 
 
+@pytest.mark.slow
 def test_keras3_weights_arrive_intact_in_a_scopelite_run(folders, tmp_path):
     """EfficientNetV2B0 trained one epoch under Keras 3, imported into tf-keras: same val predictions."""
     pack = tmp_path / "p.npz"

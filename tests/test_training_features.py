@@ -36,6 +36,7 @@ def test_plan_phases_and_progressive_stages():
     assert [(s.phase, s.start, s.end) for s in segs] == [("head", 0, 2), ("finetune", 2, 10)]
 
 
+@pytest.mark.slow
 def test_fine_tune_freezes_batchnorm_and_part_of_the_backbone():
     from scopelite.train._keras import keras
     from scopelite.train.model import build
@@ -86,6 +87,7 @@ def test_yaml_config_supplies_defaults_and_flags_override(tmp_path):
     assert r.returncode == 2 and "unknown keys" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill(tmp_path):
     run = tmp_path / "k"
     exe = Path(sys.executable).parent / "celltrain"
