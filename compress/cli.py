@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from scopelite.edge._quiet import verbose_option
 from scopelite.edge.errors import OneLineGroup, one_line_errors
 
 OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
@@ -20,13 +21,16 @@ class _DefaultToConvert(OneLineGroup):
     """``cellcompress MODEL ...`` means ``cellcompress convert MODEL ...``."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = ["convert", *args]
+        lead = 1 if args and args[0] == "--verbose" else 0  # the group's own option comes first
+        rest = args[lead:]
+        if rest and rest[0] not in self.commands and rest[0] not in ("-h", "--help"):
+            args = [*args[:lead], "convert", *rest]
         return super().parse_args(ctx, args)
 
 
 @click.group(cls=_DefaultToConvert, context_settings={"help_option_names": ["-h", "--help"],
                                                        "max_content_width": 100})
+@verbose_option
 def main() -> None:
     """Compress trained models for the device, and benchmark their robustness.
 

@@ -5,7 +5,14 @@ from typing import Iterable
 
 import numpy as np
 
+from scopelite.edge._quiet import native_stderr
 from scopelite.train._keras import tf
+
+
+def _convert(conv) -> bytes:
+    """``conv.convert()``, without the converter's C++ chatter on stderr (its errors still pass)."""
+    with native_stderr():
+        return conv.convert()
 
 
 def representative_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -45,12 +52,12 @@ def to_int8(model, representative: np.ndarray, io_dtype: str = "uint8") -> bytes
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.uint8 if io_dtype == "uint8" else tf.int8
     conv.inference_output_type = conv.inference_input_type
-    return conv.convert()
+    return _convert(conv)
 
 
 def to_float32(model) -> bytes:
     """A float32 TFLite flatbuffer of the same (batch-1) model, for comparison."""
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return _convert(tf.lite.TFLiteConverter.from_keras_model(model))
 
 
 def to_float16(model) -> bytes:
@@ -58,11 +65,11 @@ def to_float16(model) -> bytes:
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_types = [tf.float16]
-    return conv.convert()
+    return _convert(conv)
 
 
 def to_dynamic_range(model) -> bytes:
     """int8 weights, float activations (quantised on the fly): no calibration data needed."""
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    return conv.convert()
+    return _convert(conv)

@@ -8,6 +8,7 @@ import threading
 
 import click
 
+from ._quiet import verbose_option
 from .errors import OneLineGroup, UserError, one_line_errors, warn
 
 MODEL = click.Path(exists=True, dir_okay=False)
@@ -48,6 +49,7 @@ def _runtime_options(fn):
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@verbose_option
 def main() -> None:
     """Run an int8 blood-cell classifier on a Pi, a Coral or any Linux box.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._quiet import native_stderr
 from .bundle import BundleError
 from .errors import UserError
 
@@ -76,11 +77,12 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
         kwargs = {}
         if plain:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interp = mod.Interpreter(
-            model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
-            **kwargs,
-        )
-        interp.allocate_tensors()
+        with native_stderr():  # LiteRT's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = mod.Interpreter(
+                model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
+                **kwargs,
+            )
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BundleError(f"cannot load {model_path} as a TFLite model: {msg}") from None

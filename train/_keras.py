@@ -11,18 +11,32 @@ from __future__ import annotations
 import os
 import sys
 
+from scopelite.edge import _quiet
+from scopelite.edge.errors import warn
+
 if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":  # pragma: no cover
     raise ImportError(
         "TensorFlow was imported before scopelite.train._keras could set TF_USE_LEGACY_KERAS=1; "
         "import scopelite first or export TF_USE_LEGACY_KERAS=1"
     )
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide C++ info/warning chatter
+_quiet.tensorflow_env()  # TF_CPP_MIN_LOG_LEVEL=3 unless SCOPELITE_VERBOSE=1
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+# TensorFlow 2.21 prints its start-up lines (oneDNN, cudart, CPU features) before absl reads
+# TF_CPP_MIN_LOG_LEVEL, and CUDA's "failed call to cuInit" at the first device query: both
+# happen here, inside the block that holds native noise back (real errors still pass).
+with _quiet.native_stderr():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
 
-tf.get_logger().setLevel("ERROR")
+    _GPUS = tf.config.list_physical_devices("GPU")
+
+if not _quiet.verbose():
+    tf.get_logger().setLevel("ERROR")
+_quiet.python_noise()
+if not _GPUS and _quiet.nvidia_device_present():  # pragma: no cover - needs an NVIDIA machine
+    warn("an NVIDIA GPU is present but TensorFlow cannot use it (CUDA libraries missing or not matching "
+         f"the driver), so this runs on the CPU; {_quiet.ENV}=1 shows TensorFlow's own reason")
 
 
 def tfmot():

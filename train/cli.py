@@ -5,6 +5,7 @@ from dataclasses import fields
 
 import click
 
+from scopelite.edge._quiet import verbose_option
 from scopelite.edge.errors import OneLineGroup, one_line_errors
 
 from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig, check_aug
@@ -15,6 +16,7 @@ RUN_FREE_MB = 200  # a run folder: the model, two checkpoints, snapshots, Tensor
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                                                 "show_default": True})
+@verbose_option
 def main() -> None:
     """Train EfficientNetV2B0 blood-cell classifiers for scopelite.
 

@@ -1,0 +1,85 @@
+"""The tools speak in their own words: TensorFlow's and LiteRT's start-up noise stays out unless --verbose."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from scopelite.edge import _quiet
+
+NOISE = re.compile(r"XNNPACK|oneDNN|cuda|absl::|cpu_feature_guard|fully_quantize", re.IGNORECASE)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The user's environment: none of the quieting that conftest or the caller may have set."""
+    env = {k: v for k, v in os.environ.items() if k not in (_quiet.ENV, "TF_CPP_MIN_LOG_LEVEL")}
+    return {**env, **extra}
+
+
+@pytest.fixture()
+def cell_png(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cell.png"
+    cv2.imwrite(str(path), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    return path
+
+
+def test_celledge_classify_says_only_its_own_words(cell_png):
+    r = run_cli("celledge", "classify", str(cell_png), env=_env())
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.startswith(str(cell_png))
+    assert not NOISE.search(r.stderr), r.stderr
+
+
+def test_verbose_shows_the_runtime_lines_again(cell_png):
+    r = run_cli("celledge", "--verbose", "classify", str(cell_png), env=_env())
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "XNNPACK" in r.stderr  # LiteRT's own line, held back by default
+
+
+def test_a_tensorflow_command_is_quiet_too(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run)
+    r = run_cli("celltrain", "evaluate", str(run), env=_env())
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert not NOISE.search(r.stderr), r.stderr
+
+
+def test_cellcompress_verbose_still_defaults_to_convert(tmp_path):
+    r = run_cli("cellcompress", "--verbose", str(tmp_path / "missing.keras"), "--int8", "--out", str(tmp_path / "o"),
+                env=_env())
+    assert r.returncode == 2 and "No such command" not in r.stderr and "missing.keras" in r.stderr
+
+
+def test_native_noise_is_held_back_and_the_rest_passes_in_order(capfd, monkeypatch):
+    monkeypatch.delenv(_quiet.ENV, raising=False)
+    with _quiet.native_stderr():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"ERROR: something real\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "XNNPACK" not in err
+    assert err.index("ERROR: something real") < err.index("after")
+
+
+def test_fd2_is_restored_and_the_output_kept_when_the_block_raises(capfd, monkeypatch):
+    monkeypatch.delenv(_quiet.ENV, raising=False)
+    with pytest.raises(RuntimeError):
+        with _quiet.native_stderr():
+            os.write(2, b"what went wrong\n")
+            raise RuntimeError("boom")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "what went wrong" in err and "after" in err
+
+
+def test_verbose_holds_nothing_back(capfd, monkeypatch):
+    monkeypatch.setenv(_quiet.ENV, "1")
+    with _quiet.native_stderr():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert "XNNPACK" in capfd.readouterr().err
