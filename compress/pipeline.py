@@ -81,7 +81,7 @@ def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics:
         sha256=sha256_file(path),
         labels=src.labels,
         input=InputSpec(height=src.input.height, width=src.input.width, dtype=np.dtype(inp["dtype"]).name,
-                        quantization=_quant(inp)),
+                        quantization=_quant(inp), rbc_px=src.input.rbc_px),
         output=TensorSpec(dtype=np.dtype(out["dtype"]).name, quantization=_quant(out)),
         runtimes=tuple(runtimes),
         metrics=metrics,

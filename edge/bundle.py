@@ -74,6 +74,9 @@ class InputSpec:
     crop: str = "center"
     interpolation: str = "area"
     quantization: Quantization | None = None
+    # The scale the model was trained at: a red cell's diameter in input pixels, measured on the
+    # training images by the red-cell ruler (edge/scale.py). None: not measured (older bundles).
+    rbc_px: float | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,14 @@ def _req(d: dict, key: str, typ, where: str):
     return v
 
 
+def _rbc_px(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 10_000:
+        raise BundleError(f"{where}.rbc_px: expected a red-cell diameter in input pixels (1-10000), got {v!r}")
+    return float(v)
+
+
 def _quant(d: Any, where: str) -> Quantization | None:
     if d is None:
         return None
@@ -265,6 +276,7 @@ def _parse(d: Any, where: str) -> Sidecar:
         crop=_req(i, "crop", str, wi),
         interpolation=_req(i, "interpolation", str, wi),
         quantization=_quant(i.get("quantization"), wi + ".quantization"),
+        rbc_px=_rbc_px(i.get("rbc_px"), wi),
     )
     if inp.height <= 0 or inp.width <= 0 or inp.channels != 3:
         raise BundleError(f"{wi}: expected positive height/width and 3 channels, got {inp.height}x{inp.width}x{inp.channels}")

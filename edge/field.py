@@ -1,11 +1,13 @@
 """Field mode: find the stained cells in a whole microscope field, no second network needed.
 
-May-Grünwald-Giemsa stains nuclei, granules and platelets purple: blue well
-above green. Red cells and plasma are pink or pale, with blue close to green.
-So the purple mask ``B - G > threshold``, closed so that the lobes of one
-nucleus merge, gives one connected component per white cell or platelet.
-Each is cropped (a square of ``crop_size`` px around it, as the training crops
-were framed) for the classifier. Pure numpy + OpenCV.
+White cells and platelets are found by colour relative to the frame itself
+(``stain.py``): pixels whose optical-density colour lies off the red cells'
+colour and above their spread, whatever the lab's stain, background or camera.
+The stained pixels are closed so that the lobes of one nucleus merge, and each
+connected piece is one white cell or platelet. Every size is a fraction of the
+frame's red-cell diameter (``scale.py``), so the same settings hold at any
+magnification; each cell is cropped as a square that shows red cells at the
+model's training scale. Pure numpy + OpenCV.
 """
 from __future__ import annotations
 
@@ -14,62 +16,94 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .scale import estimate_rbc_diameter
+from .stain import Layers, stain_layers
+
+# When a model's sidecar does not say its scale: PBC's 96 px crops show a red cell about
+# 18 px across (measured by scale.images_rbc_px).
+DEFAULT_MODEL_RBC_PX = 18.0
+# When a frame has too few red cells and nothing better is known: a red cell in a
+# CellaVision DM96 field (PBC), px; with the shipped model that is a 360 px crop.
+FALLBACK_RBC_PX = 67.5
+
 
 @dataclass(frozen=True)
 class Detection:
     x: float  # centre, pixels
     y: float
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the purple region
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the stained region
     area: int
+    kind: str = "white"  # "white": white-cell sized; "small": platelet sized
 
 
 @dataclass(frozen=True)
 class FieldConfig:
-    crop_size: int = 96  # side of the square cropped around each cell (the training crops' framing)
-    purple_threshold: int = 35  # B - G above the frame's median, grey levels
-    min_area: int = 12  # px at crop_size 96; scaled with (crop_size / 96)^2
-    merge_radius: float = 6.0  # px at crop_size 96: lobes closer than this are one cell
+    """Detector settings. Sizes are fractions of the frame's red-cell diameter.
 
-    def scaled(self, value: float, power: int = 1) -> float:
-        return value * (self.crop_size / 96.0) ** power
+    ``crop_size`` fixes the square cropped around each cell (frame px); ``None``
+    (auto) derives it from each frame's red cells and ``model_rbc_px``.
+    """
+
+    crop_size: int | None = None
+    model_rbc_px: float = DEFAULT_MODEL_RBC_PX  # red-cell diameter in the model's input (sidecar)
+    input_px: int = 96  # the model's input side
+    merge: float = 0.15  # lobes closer than this (x red-cell diameter) are one cell
+    min_area: float = 0.04  # pieces smaller than this (x a red cell's area) are specks
+    white_area: float = 0.4  # stained area above this (x a red cell's area): white-cell sized
+
+    def rbc_px_for_crop(self) -> float | None:
+        """The frame's red-cell diameter implied by a fixed crop size (None in auto mode)."""
+        return None if self.crop_size is None else self.crop_size * self.model_rbc_px / self.input_px
+
+    def crop_for(self, rbc_px: float) -> int:
+        """Crop side (frame px) that shows a red cell of ``rbc_px`` at the model's scale."""
+        if self.crop_size is not None:
+            return self.crop_size
+        return max(int(round(self.input_px * rbc_px / self.model_rbc_px)), 8)
 
 
-def purple_mask(frame_rgb: np.ndarray, threshold: int) -> np.ndarray:
-    """Stained pixels: B - G above the frame's median B - G by ``threshold`` (robust to a colour
-    cast), or darker than half the frame's median brightness (pyknotic, near-black nuclei)."""
-    b = frame_rgb[..., 2].astype(np.int16)
-    g = frame_rgb[..., 1].astype(np.int16)
-    d = b - g
-    grey = frame_rgb.mean(axis=2)
-    purple = d > np.median(d[::4, ::4]) + threshold
-    dark = grey < 0.45 * np.median(grey[::4, ::4])
-    return (purple | dark).astype(np.uint8)
+def stained_mask(layers: Layers) -> np.ndarray:
+    """Nucleus / platelet / granule pixels (uint8 0/1)."""
+    return (layers.residual > layers.t_stained).astype(np.uint8)
 
 
-def detect(frame_rgb: np.ndarray, cfg: FieldConfig = FieldConfig()) -> list[Detection]:
-    """Stained cells in a field, largest first."""
-    mask = purple_mask(frame_rgb, cfg.purple_threshold)
-    r = max(int(round(cfg.scaled(cfg.merge_radius))), 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # drop speckle
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+def detect(frame_rgb: np.ndarray, rbc_px: float | None = None, layers: Layers | None = None,
+           cfg: FieldConfig = FieldConfig()) -> list[Detection]:
+    """Stained cells in a field, largest first.
+
+    Args:
+        frame_rgb: HxWx3 uint8.
+        rbc_px: the frame's red-cell diameter in px (``scale.py``, or implied by a fixed crop size);
+            None: measured on this frame, ``FALLBACK_RBC_PX`` when it has too few red cells.
+        layers: ``stain_layers(frame_rgb)`` if already computed.
+    """
+    layers = layers if layers is not None else stain_layers(frame_rgb)
+    if rbc_px is None:
+        rbc_px = estimate_rbc_diameter(frame_rgb, layers).diameter_px or FALLBACK_RBC_PX
+    mask = cv2.morphologyEx(stained_mask(layers), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # drop speckle
+    r = max(int(round(cfg.merge * rbc_px)), 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
     n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    min_area = cfg.scaled(cfg.min_area, 2)
+    rbc_area = np.pi * (rbc_px / 2) ** 2
     out = []
     for i in range(1, n):
-        x, y, w, h, area = stats[i]
-        if area >= min_area:
-            out.append(Detection(float(centroids[i][0]), float(centroids[i][1]), (int(x), int(y), int(x + w), int(y + h)),
-                                 int(area)))
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area >= cfg.min_area * rbc_area:
+            kind = "white" if area >= cfg.white_area * rbc_area else "small"
+            out.append(Detection(float(centroids[i][0]), float(centroids[i][1]), (x, y, x + w, y + h), area, kind))
     return sorted(out, key=lambda d: -d.area)
 
 
 def crop(frame_rgb: np.ndarray, det: Detection, size: int) -> np.ndarray:
     """A ``size`` x ``size`` square centred on the detection; borders reflected at the frame edge."""
     half = size // 2
+    h, w = frame_rgb.shape[:2]
+    x, y = int(round(det.x)), int(round(det.y))
+    x0, y0, x1, y1 = x - half, y - half, x - half + size, y - half + size
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return frame_rgb[y0:y1, x0:x1]
     padded = cv2.copyMakeBorder(frame_rgb, half, half, half, half, cv2.BORDER_REFLECT)
-    x, y = int(round(det.x)) + half, int(round(det.y)) + half
-    return padded[y - half : y - half + size, x - half : x - half + size]
+    return padded[y0 + half : y1 + half, x0 + half : x1 + half]
 
 
 def match(dets: list[Detection], truth_centres: list[tuple[float, float]], radius: float) -> dict:

@@ -13,11 +13,13 @@ from typing import Callable
 import numpy as np
 
 from . import field as field_lib
+from . import scale as scale_lib
 from .classifier import Classifier
 from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError
+from .stain import stain_layers
 
 
 def _once(source: FrameSource) -> Callable[[], FrameSource]:
@@ -35,25 +37,57 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 UNCERTAIN = "uncertain"
 
 
+class FieldScale:
+    """Where each field-mode frame's scale comes from: a fixed crop size, or the red-cell ruler.
+
+    In auto mode every frame is measured and the median of the last ``window``
+    good estimates is used (``ScaleSmoother``); until a first frame has enough red
+    cells, the crop falls back to ``field.FALLBACK_RBC_PX`` (PBC's framing, 360 px
+    crops for the shipped model) and each record says so.
+    """
+
+    def __init__(self, cfg: field_lib.FieldConfig, window: int = 15):
+        self.cfg = cfg
+        self.smoother = scale_lib.ScaleSmoother(window)
+
+    def measure(self, frame: np.ndarray, layers) -> tuple[float, dict]:
+        fixed = self.cfg.rbc_px_for_crop()
+        if fixed is not None:
+            return fixed, {"source": "crop-size", "rbc_px": round(fixed, 1), "crop": self.cfg.crop_size}
+        est = scale_lib.estimate_rbc_diameter(frame, layers)
+        current = self.smoother.update(est)
+        source = "red cells" if current is not None else "fallback"
+        rbc = current if current is not None else field_lib.FALLBACK_RBC_PX
+        return rbc, {"source": source, "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc),
+                     "frame_rbc_px": None if est.diameter_px is None else round(est.diameter_px, 1),
+                     "red_cells": est.cells}
+
+
 def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
-                   tally: Tally | None = None) -> list[dict]:
-    """Detect the cells of a field, classify all their crops in one pass, update the differential count."""
-    dets = field_lib.detect(frame, cfg)
+                   tally: Tally | None = None, scale: FieldScale | None = None) -> tuple[list[dict], dict]:
+    """Detect the cells of a field, classify all their crops in one pass, update the differential count.
+
+    Returns the cells and the scale used (``FieldScale.measure``).
+    """
+    layers = stain_layers(frame)
+    rbc_px, scale_info = (scale or FieldScale(cfg)).measure(frame, layers)
+    dets = field_lib.detect(frame, rbc_px, layers, cfg)
     if not dets:
-        return []
-    crops = np.stack([prepare(field_lib.crop(frame, d, cfg.crop_size), classifier.input_spec) for d in dets])
+        return [], scale_info
+    side = cfg.crop_for(rbc_px)
+    crops = np.stack([prepare(field_lib.crop(frame, d, side), classifier.input_spec) for d in dets])
     scores = classifier.classify(crops)
     cells = []
+    half = side // 2
     for d, sc in zip(dets, scores):
         best = top_k(sc, classifier.labels, k=1)[0]
         label = best.label if best.score >= min_score else UNCERTAIN
         if tally is not None:
             tally.add(label)
-        half = cfg.crop_size // 2
-        cells.append({"label": label, "score": round(best.score, 4), "best": best.label,
+        cells.append({"label": label, "score": round(best.score, 4), "best": best.label, "kind": d.kind,
                       "center": [round(d.x, 1), round(d.y, 1)],
                       "box": [int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half]})
-    return cells
+    return cells, scale_info
 
 
 def run_watch(
@@ -95,6 +129,7 @@ def run_watch(
     """
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
+    field_scale = FieldScale(field_cfg)
     tally = Tally(list(classifier.labels) + ([UNCERTAIN] if mode == "field" else []))
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
     queue = DropOldestQueue(queue_size)
@@ -116,9 +151,9 @@ def run_watch(
                 continue
             t0 = clock()
             if mode == "field":
-                cells = classify_field(frame, classifier, field_cfg, min_score, tally)
+                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, tally, field_scale)
                 dt = clock() - t0
-                rec = {"frame": n, "cells": cells, "count": tally.summary()["counts"]}
+                rec = {"frame": n, "cells": cells, "scale": scale_info, "count": tally.summary()["counts"]}
             else:
                 scores = classifier.classify(prepare(frame, classifier.input_spec)[None])[0]
                 dt = clock() - t0

@@ -23,6 +23,7 @@ import numpy as np
 from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_bytes_atomic,
                                    write_json_atomic, write_sidecar)
 from scopelite.edge.errors import UserError
+from scopelite.edge.scale import images_rbc_px
 
 from . import data as data_lib
 from . import model as model_lib
@@ -251,7 +252,8 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
         file=path.name,
         sha256=sha256_file(path),
         labels=tuple(ds.class_names),
-        input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32"),
+        input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32",
+                        rbc_px=images_rbc_px(ds.images)),
         output=TensorSpec(dtype="float32"),
         runtimes=("keras",),
         metrics=metrics,

@@ -1,0 +1,67 @@
+"""The red-cell ruler: scale from the slide itself, smoothed over frames, carried in the sidecar."""
+import json
+
+import numpy as np
+import pytest
+
+from scopelite.edge import scale
+from scopelite.edge.bundle import BundleError, Sidecar
+from scopelite.train.synth import make_crops, make_field
+
+# generated red cells have radius 10.5-13.5 px at scale 1 (train/synth.py): diameter ~24 px
+TRUE_DIAMETER = 24.0
+
+
+@pytest.mark.parametrize("s", [0.6, 1.0, 1.5, 2.2])
+def test_estimate_follows_the_magnification(s):
+    rng = np.random.default_rng(int(s * 10))
+    est = [scale.estimate_rbc_diameter(make_field(rng, 640, 480, n_cells=4, scale=s)[0]) for _ in range(3)]
+    d = np.median([e.diameter_px for e in est])
+    assert abs(d / (TRUE_DIAMETER * s) - 1) < 0.12, (s, d)
+    assert all(e.cells >= 3 for e in est)
+
+
+def test_estimate_ignores_colour_and_brightness():
+    img, _ = make_field(np.random.default_rng(3), 640, 480, n_cells=4)
+    ref = scale.estimate_rbc_diameter(img).diameter_px
+    for other in (img[..., [2, 0, 1]], (img * 0.55).astype(np.uint8), np.clip(img.astype(int) + [-30, 10, 25], 0, 255).astype(np.uint8)):
+        assert abs(scale.estimate_rbc_diameter(other).diameter_px / ref - 1) < 0.08
+
+
+def test_too_few_red_cells_gives_none_and_the_smoother_keeps_its_value():
+    blank = np.full((240, 320, 3), 230, np.uint8)
+    e = scale.estimate_rbc_diameter(blank)
+    assert e.diameter_px is None
+    sm = scale.ScaleSmoother(window=5)
+    assert sm.update(e) is None
+    for v in (50.0, 52.0, 200.0, 51.0):  # one wild frame does not move the median far
+        sm.update(scale.ScaleEstimate(v, 10))
+    assert sm.update(e) == 51.5 and sm.current == 51.5
+
+
+def test_crop_side_puts_red_cells_at_the_training_scale():
+    assert scale.crop_side(67.5, 18.0, 96) == 360
+    assert scale.crop_side(36.0, 18.0, 96) == 192
+
+
+def test_images_rbc_px_on_generated_crops():
+    images, _ = make_crops(20, size=96, seed=0)
+    d = scale.images_rbc_px(images, sample=160)
+    assert d is not None and abs(d / TRUE_DIAMETER - 1) < 0.2
+    assert scale.images_rbc_px(np.zeros((0, 96, 96, 3), np.uint8)) is None
+
+
+def test_sidecar_carries_the_training_scale(tmp_path):
+    from scopelite.edge.packaged import default_model
+    from scopelite.edge.bundle import load_sidecar
+
+    sc = load_sidecar(default_model())
+    assert sc.input.rbc_px == 18.0
+    d = sc.to_json()
+    assert Sidecar.from_json(json.loads(json.dumps(d))).input.rbc_px == 18.0
+    for bad in (0, -3, "big", True):
+        d["input"]["rbc_px"] = bad
+        with pytest.raises(BundleError, match="rbc_px"):
+            Sidecar.from_json(d)
+    del d["input"]["rbc_px"]  # older bundles: not measured
+    assert Sidecar.from_json(d).input.rbc_px is None
