@@ -43,11 +43,12 @@ def _field_mode(folder: Path, clf, cfg, pick: str) -> tuple[list[dict], list[np.
     from scopelite.edge.watch import FieldScale, classify_field
 
     rows, tiles = [], []
+    scaler = FieldScale(cfg)  # one microscope: as in `celledge watch FOLDER`, the scale is smoothed over frames
     for path in list_images([folder]):
         truth = path.parent.name
         img = read_image_rgb(path)
         h, w = img.shape[:2]
-        cells, scale = classify_field(img, clf, cfg, min_score=0.0, scale=FieldScale(cfg))
+        cells, scale = classify_field(img, clf, cfg, min_score=0.0, scale=scaler)
         if pick == "centre":
             main = min(cells, key=lambda c: np.hypot(c["center"][0] - w / 2, c["center"][1] - h / 2)) if cells else None
         else:
