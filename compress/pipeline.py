@@ -98,6 +98,7 @@ def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics:
             **(extra or {}),
         },
         synthetic_data=src.synthetic_data,
+        stain_reference=src.stain_reference,
     )
 
 

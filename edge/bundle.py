@@ -93,6 +93,8 @@ class Sidecar:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     synthetic_data: bool = False
+    # The training images' stain (edge/ood.py StainReference.to_json()); None: not measured.
+    stain_reference: dict[str, Any] | None = None
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
@@ -228,6 +230,21 @@ def _req(d: dict, key: str, typ, where: str):
     return v
 
 
+def _stain_reference(v: Any, where: str) -> dict | None:
+    if v is None:
+        return None
+    from .ood import StainReference  # noqa: PLC0415 - a pure helper below this module
+
+    try:
+        ref = StainReference.from_json(v)
+        if len(ref.rbc_od) != 3 or len(ref.nucleus_od) != 3 or not ref.threshold > 0:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{where}: stain_reference must hold rbc_od and nucleus_od (3 numbers each) and a "
+                          "positive threshold") from None
+    return ref.to_json()
+
+
 def _rbc_px(v: Any, where: str) -> float | None:
     if v is None:
         return None
@@ -308,4 +325,5 @@ def _parse(d: Any, where: str) -> Sidecar:
         metrics=d.get("metrics") or {},
         provenance=d.get("provenance") or {},
         synthetic_data=bool(d.get("synthetic_data", False)),
+        stain_reference=_stain_reference(d.get("stain_reference"), where),
     )

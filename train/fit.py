@@ -23,6 +23,7 @@ import numpy as np
 from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_bytes_atomic,
                                    write_json_atomic, write_sidecar)
 from scopelite.edge.errors import UserError
+from scopelite.edge.ood import reference_from
 from scopelite.edge.scale import images_rbc_px
 
 from . import data as data_lib
@@ -266,7 +267,13 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
             **extra,
         },
         synthetic_data=ds.synthetic,
+        stain_reference=_stain_reference(ds.images),
     )
+
+
+def _stain_reference(images: np.ndarray) -> dict | None:
+    ref = reference_from(images)
+    return None if ref is None else ref.to_json()
 
 
 def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, dict, int, float]:

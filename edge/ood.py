@@ -1,0 +1,92 @@
+"""Knowing when the images are unlike the training data: a stain distance. Pure numpy + OpenCV.
+
+A model trained on one lab's slides is confidently wrong on another lab's stain.
+The cheapest signal that this is happening needs no second network: the colour
+of the red cells and of the nuclei in optical density (``stain.py``), which is
+independent of the lamp and the camera's white balance but not of the stain.
+
+``StainStats`` of an image (a field or a crop) are the median OD vectors of its
+red-cell pixels and of its stained (nucleus) pixels. The sidecar of a model keeps
+the training images' stats (``reference``, measured by ``celltrain fit``). The
+score of an image is the distance between the two in log-OD:
+
+    score = || log(rbc / rbc_ref) || + || log(nucleus / nucleus_ref) ||
+
+0 is "stained like the training data"; PBC's own crops score about 0.2-0.4; a
+score above ``reference.threshold`` (the 99th percentile of the training images'
+own scores) means "calibrate or adapt before trusting the differential". An image
+with no measurable red cells or nucleus scores ``None`` (nothing to compare).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .stain import optical_density, stain_layers
+
+_MIN_PIXELS = 30
+_FLOOR = 0.05  # OD floor before the log: below it is noise, and the log would magnify it
+
+
+@dataclass(frozen=True)
+class StainStats:
+    rbc_od: tuple[float, float, float] | None
+    nucleus_od: tuple[float, float, float] | None
+
+
+@dataclass(frozen=True)
+class StainReference:
+    """The training images' stain, and the score above which an image is unlike them."""
+
+    rbc_od: tuple[float, float, float]
+    nucleus_od: tuple[float, float, float]
+    threshold: float
+
+    def to_json(self) -> dict:
+        return {"rbc_od": list(self.rbc_od), "nucleus_od": list(self.nucleus_od), "threshold": self.threshold}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StainReference":
+        return cls(tuple(float(v) for v in d["rbc_od"]), tuple(float(v) for v in d["nucleus_od"]),
+                   float(d["threshold"]))
+
+
+def _vec(v) -> tuple[float, float, float]:
+    return tuple(round(float(x), 4) for x in v)
+
+
+def stain_stats(image_rgb: np.ndarray) -> StainStats:
+    """Median OD of an image's red-cell pixels and of its stained pixels (None where too few)."""
+    layers = stain_layers(image_rgb)
+    od3 = optical_density(image_rgb)
+    stained = layers.residual > layers.t_stained
+    near = cv2.dilate(stained.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    red = (layers.od > layers.t_cell) & ~near
+    rbc = _vec(np.median(od3[red], axis=0)) if red.sum() >= _MIN_PIXELS else None
+    nuc = _vec(np.median(od3[stained], axis=0)) if stained.sum() >= _MIN_PIXELS else None
+    return StainStats(rbc, nuc)
+
+
+def score(stats: StainStats, ref: StainReference) -> float | None:
+    """Stain distance of an image to the training data (see the module docstring)."""
+    if stats.rbc_od is None or stats.nucleus_od is None:
+        return None
+    d = 0.0
+    for v, r in ((stats.rbc_od, ref.rbc_od), (stats.nucleus_od, ref.nucleus_od)):
+        d += float(np.linalg.norm(np.log(np.maximum(v, _FLOOR)) - np.log(np.maximum(r, _FLOOR))))
+    return round(d, 4)
+
+
+def reference_from(images: np.ndarray, sample: int = 400, seed: int = 0, quantile: float = 99.0) -> StainReference | None:
+    """The stain reference of a set of training images: median stats, threshold at their own ``quantile``."""
+    idx = np.random.default_rng(seed).permutation(len(images))[:sample]
+    stats = [stain_stats(np.ascontiguousarray(images[i])) for i in idx]
+    rbc = [s.rbc_od for s in stats if s.rbc_od is not None]
+    nuc = [s.nucleus_od for s in stats if s.nucleus_od is not None]
+    if len(rbc) < 10 or len(nuc) < 10:
+        return None
+    ref = StainReference(_vec(np.median(rbc, axis=0)), _vec(np.median(nuc, axis=0)), 0.0)
+    scores = [v for v in (score(s, ref) for s in stats) if v is not None]
+    return StainReference(ref.rbc_od, ref.nucleus_od, round(float(np.percentile(scores, quantile)), 4))

@@ -1,0 +1,49 @@
+"""The stain distance: like the training data scores low, another stain or junk scores high."""
+import json
+
+import numpy as np
+import pytest
+
+from scopelite.edge import ood
+from scopelite.edge.bundle import BundleError, Sidecar
+from scopelite.train.synth import make_crops
+
+
+@pytest.fixture(scope="module")
+def crops():
+    return make_crops(12, size=96, seed=0)[0]
+
+
+def test_reference_scores_its_own_images_low_and_another_stain_high(crops):
+    ref = ood.reference_from(crops[::2], sample=48)
+    assert ref is not None and ref.threshold > 0
+    own = [ood.score(ood.stain_stats(x), ref) for x in crops[1::2]]
+    other = [ood.score(ood.stain_stats(np.ascontiguousarray(x[..., [1, 2, 0]])), ref) for x in crops[1::2]]
+    own_v = [v for v in own if v is not None]
+    other_v = [v for v in other if v is not None]
+    # generated crops vary more than real ones (their nuclei take class colours), so compare medians
+    assert np.median(other_v) > 1.5 * np.median(own_v)
+    dim = [ood.score(ood.stain_stats((x * 0.6).astype(np.uint8)), ref) for x in crops[1::2]]
+    dim_v = [v for v in dim if v is not None]
+    assert abs(np.median(dim_v) - np.median(own_v)) < 0.25 * np.median(own_v)  # a dimmer lamp is not another stain
+
+
+def test_nothing_to_compare_gives_none(crops):
+    ref = ood.reference_from(crops, sample=48)
+    blank = np.full((96, 96, 3), 220, np.uint8)
+    assert ood.stain_stats(blank) == ood.StainStats(None, None) and ood.score(ood.stain_stats(blank), ref) is None
+    assert ood.reference_from(np.repeat(blank[None], 20, axis=0)) is None
+
+
+def test_sidecar_keeps_a_valid_stain_reference():
+    from scopelite.edge.bundle import load_sidecar
+    from scopelite.edge.packaged import default_model
+
+    d = load_sidecar(default_model()).to_json()
+    ref = ood.StainReference.from_json(d["stain_reference"])
+    assert ref.threshold > 0 and len(ref.rbc_od) == 3
+    assert Sidecar.from_json(json.loads(json.dumps(d))).stain_reference == ref.to_json()
+    for bad in ({"rbc_od": [1, 2]}, {"rbc_od": [1, 2, 3], "nucleus_od": [1, 2, 3], "threshold": -1}, "x"):
+        d["stain_reference"] = bad
+        with pytest.raises(BundleError, match="stain_reference"):
+            Sidecar.from_json(d)
