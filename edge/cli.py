@@ -103,12 +103,18 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
     from .preprocess import prepare, too_small
     from .sources import SourceError, list_images, read_image_rgb
 
+    from . import ood
+    from .bundle import load_sidecar
+
     model, images = _split_model(args, model)
     clf = _classifier(model, threads, device, fallback, tta)
+    ref_json = load_sidecar(model, check_hash=False).stain_reference
+    ref = ood.StainReference.from_json(ref_json) if ref_json else None
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
     failed: list[str] = []
+    unlike = 0
     for path in paths:
         try:
             image = read_image_rgb(path)
@@ -122,13 +128,21 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
             warn(f"{path} is only {image.shape[1]}x{image.shape[0]} px, far smaller than the model's "
                  f"{spec.width}x{spec.height} input: its class below means little")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
+        distance = ood.score(ood.stain_stats(image), ref) if ref else None
+        unlike += distance is not None and distance > ref.threshold
         if as_json:
             rec = {"path": str(path), "label": best[0].label, "score": round(best[0].score, 4),
                    "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
+            if ref:
+                rec["stain_distance"] = distance  # None: no red cell or nucleus to compare
+                rec["unlike_training"] = distance is not None and distance > ref.threshold
             click.echo(json.dumps(rec))
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
             click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")
+    if unlike:
+        warn(f"{unlike} of {len(paths)} images are stained unlike the model's training data (stain distance above "
+             f"{ref.threshold}): expect more mistakes; calibrate or adapt the model to this lab (docs/cross-lab.md)")
     if failed:
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
 
@@ -174,6 +188,16 @@ def _parse_size(value: str | None):
                    "at the scale the model was trained at; a number fixes it (PBC's CellaVision fields: 360).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
+@click.option("--count", "count_target", type=click.IntRange(min=1), default=None,
+              help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
+@click.option("--wbc", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X10^9/L",
+              help="Field mode: the analyser's white count, for absolute counts (corrected for NRBC).")
+@click.option("--track/--no-track", default=None,
+              help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
+                   "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
+                   "counts (default for a folder of images).")
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
 @click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
@@ -191,16 +215,22 @@ def _parse_size(value: str | None):
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter.")
 @_runtime_options
 @one_line_errors
-def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, exit_on_eof, backoff_cap, http_addr,
-          out_file, save_dir, save_classes, save_below, save_cap_mb, top_k, threads, device, fallback, tta):
-    """Classify the centre of each frame of SOURCE and print JSON lines.
+def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, count_target, report_dir, wbc,
+          track, exit_on_eof, backoff_cap, http_addr, out_file, save_dir, save_classes, save_below, save_cap_mb, top_k,
+          threads, device, fallback, tta):
+    """Classify the centre of each frame of SOURCE (or every cell: --mode field) and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
     folder of images. One JSON object per frame goes to stdout, then a
-    summary with the class tally. Stops cleanly on end of stream, Ctrl-C or SIGTERM.
+    summary. Crop mode tallies frames (one cell in the centre of each). Field
+    mode follows every cell across frames while the stage moves and counts each
+    cell once into a differential (white cells in clinical order, NRBC per 100
+    white cells, platelets, uncertain cells for review). Stops cleanly on end of
+    stream, --count, Ctrl-C or SIGTERM.
 
     \b
     Example:
+      celledge watch /dev/video0 --mode field --count 100 --report diff/ --http 127.0.0.1:8080
       celledge watch /dev/video0 --model model.tflite --fps 5
       celledge watch demo_out/data/microscope.avi --model demo_out/int8/model.tflite
       celledge watch smear_fields/ --mode field --crop-size 360
@@ -209,6 +239,8 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     from .outputs import LineSink, check_writable
     from .sources import MAX_SIDE, is_live, open_source, open_unless_stopped
     from .watch import run_watch
+
+    from pathlib import Path
 
     from .packaged import default_model
 
@@ -220,6 +252,10 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
         check_writable(out_file, "--out", is_dir=False)
     if save_dir:
         check_writable(save_dir, "--save-dir")
+    if mode != "field" and (count_target or report_dir or wbc or track is not None):
+        raise UserError("--count, --report, --wbc and --track need --mode field (crop mode counts frames, not cells)")
+    if report_dir:
+        check_writable(report_dir, "--report")
     clf = _classifier(model or str(default_model()), threads, device, fallback, tta)
     live = is_live(source)
     sources = []
@@ -273,7 +309,8 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
                                               input_px=clf.input_spec.height), min_score=min_score, live=live,
                         exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
                         on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels,
-                                           unreadable))
+                                           unreadable), count=count_target, report_dir=report_dir, wbc_count=wbc,
+                        track=track if track is not None else not Path(source).is_dir())
     summary["summary"]["unreadable"] = unreadable()
     emit(summary)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
