@@ -54,7 +54,7 @@ def test_train_bad_inputs(tmp_path, tiny_run):
     data = tmp_path / "data"
     (data / "basophil").mkdir(parents=True)
     _assert_one_line_error(run_cli("celltrain", "fit", "--data", str(data), "--out", str(tmp_path / "r")),
-                           "no folder for class")
+                           "holds no images")
     _assert_one_line_error(run_cli("celltrain", "fit", "--out", str(tmp_path / "r2"), "--weights", "imagenet",
                                    "--arch", "tiny"), "imagenet")
     _assert_one_line_error(run_cli("celltrain", "fit", "--out", str(tmp_path / "r3"), "--weights",

@@ -97,3 +97,30 @@ def test_saved_split_round_trip(tmp_path):
     assert all(np.array_equal(split[k], back[k]) for k in split)
     with pytest.raises(UserError, match="not in"):
         data.load_split(tmp_path / "split.json", data.load_synthetic(3, 24))
+
+
+def test_a_lab_with_only_some_classes_keeps_all_eight_outputs(tmp_path):
+    """Labs label the 4-6 classes their slides show: the dataset keeps the model's 8 classes."""
+    import cv2
+
+    from scopelite.edge.bundle import CLASS_NAMES
+    from scopelite.train.data import load_folders
+    from scopelite.train.metrics import summarize
+    from scopelite.train.synth import make_crops
+
+    images, labels = make_crops(3, size=32, seed=0)
+    for cls in ("eosinophil", "neutrophil", "lymphocyte", "monocyte"):
+        (tmp_path / cls).mkdir()
+        for i in np.flatnonzero(labels == CLASS_NAMES.index(cls)):
+            cv2.imwrite(str(tmp_path / cls / f"{i}.png"), images[i][..., ::-1])
+    ds = load_folders(tmp_path, 32)
+    assert ds.class_names == CLASS_NAMES and len(ds) == 12
+    assert set(np.unique(ds.labels)) == {CLASS_NAMES.index(c) for c in ("eosinophil", "neutrophil", "lymphocyte", "monocyte")}
+    perfect = np.eye(8)[ds.labels]
+    assert summarize(ds.labels, perfect, CLASS_NAMES)["macro_f1"] == 1.0  # absent classes are not averaged in
+    for cls in ("neutrophil", "lymphocyte", "monocyte"):
+        for f in (tmp_path / cls).iterdir():
+            f.unlink()
+        (tmp_path / cls).rmdir()
+    with pytest.raises(Exception, match="one class only"):
+        load_folders(tmp_path, 32)

@@ -63,8 +63,10 @@ def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
 def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False) -> Dataset:
     """Class-folder layout ``root/<class>/<image>``; any format OpenCV reads.
 
-    Folders named after the 8 blood-cell classes get the canonical label order;
-    other names are taken in sorted order.
+    Folders named after the 8 blood-cell classes get the canonical label order, and a
+    lab may have only some of them (the 4-6 classes its slides show): the model keeps
+    all 8 outputs and learns from the classes present. Other names are taken in
+    sorted order.
     """
     root = Path(root)
     if not root.is_dir():
@@ -74,10 +76,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
     names = [_canonical(d.name) for d in folders]
     if set(names) <= set(CLASS_NAMES):
-        missing = [c for c in CLASS_NAMES if c not in names]
-        if missing:
-            raise UserError(f"{root} has no folder for class(es) {', '.join(missing)}; every class needs images")
-        class_names = CLASS_NAMES
+        class_names = CLASS_NAMES  # missing classes: no images, the outputs stay (fine-tuning keeps them)
     else:
         class_names = tuple(names)
     files: list[tuple[Path, int]] = []
@@ -86,6 +85,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         if not imgs:
             raise UserError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files += [(p, class_names.index(n)) for p in imgs]
+    if len(folders) < 2:
+        raise UserError(f"{root} has images of one class only ({folders[0].name}); a classifier needs at least two")
     images = np.empty((len(files), image_size, image_size, 3), np.uint8)
     it = files
     if progress:

@@ -13,7 +13,11 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 
 
 def summarize(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, macro precision/recall/F1, per-class table and expected calibration error."""
+    """Accuracy, macro precision/recall/F1, per-class table and expected calibration error.
+
+    Macro averages are over the classes present in ``y_true`` (a lab's data may hold only
+    some of the model's classes; a class with no images has no recall to average).
+    """
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(axis=1)
     m = confusion(y_true, y_pred, len(class_names))
@@ -21,13 +25,14 @@ def summarize(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str])
     prec = np.divide(tp, m.sum(0), out=np.zeros_like(tp), where=m.sum(0) > 0)
     rec = np.divide(tp, m.sum(1), out=np.zeros_like(tp), where=m.sum(1) > 0)
     f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    present = m.sum(1) > 0
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         "accuracy_ci95": wilson_interval(int((y_pred == y_true).sum()), int(len(y_true))),
-        "macro_precision": float(prec.mean()),
-        "macro_recall": float(rec.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_precision": float(prec[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(rec[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "ece": expected_calibration_error(y_true, probs),
         "per_class": {n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for n, p, r, f, s in zip(class_names, prec, rec, f1, m.sum(1))},
