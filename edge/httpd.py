@@ -2,6 +2,7 @@
 
 /healthz      200 "ok" while frames arrive, 503 otherwise
 /metrics      Prometheus text: frames, fps, inference latency histogram, dropped, reconnects, per-class counts
+              (field mode: each cell once, from the differential: white cells, uncertain, target)
 /latest       the last frame's JSON record
 /snapshot.jpg the last frame with its crop or cell boxes and labels
 /             a small self-refreshing page for the lab (no external assets)
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from .differential import _TITLES
 from .errors import UserError
 from .preprocess import center_square
 
@@ -39,7 +41,8 @@ class Status:
         self.labels = list(labels)
         self.stale_seconds, self.clock = stale_seconds, clock
         self.frames = 0
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # crop mode: frames per class; field mode: cells counted per class
+        self.differential: dict | None = None  # field mode: the record's differential (watch.FieldCounter.brief)
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
         self.counters = {"captured": 0, "dropped": 0, "reconnects": 0, "unreadable": 0}
@@ -61,9 +64,11 @@ class Status:
             self.latency_sum_ms += ms
             self.latency_buckets[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b),
                                       len(LATENCY_BUCKETS_MS))] += 1
-            labels = [c["label"] for c in rec["cells"]] if "cells" in rec else [rec.get("label")]
-            for lab in labels:
-                self.counts[lab] = self.counts.get(lab, 0) + 1
+            if "differential" in rec:  # field mode: the differential counts each cell once
+                self.differential = rec["differential"]
+                self.counts = _differential_counts(self.differential)
+            elif "label" in rec:  # crop mode: one cell per frame
+                self.counts[rec["label"]] = self.counts.get(rec["label"], 0) + 1
             if counters:
                 self.counters.update(counters)
 
@@ -106,10 +111,13 @@ class Status:
             lines += [f'scopelite_inference_ms_bucket{{le="+Inf"}} {self.frames}',
                       f"scopelite_inference_ms_sum {self.latency_sum_ms:.3f}",
                       f"scopelite_inference_ms_count {self.frames}",
-                      "# HELP scopelite_class_total Cells (field mode) or frames (crop mode) per class.",
+                      "# HELP scopelite_class_total Cells counted once each (field mode) or frames (crop mode) "
+                      "per class.",
                       "# TYPE scopelite_class_total counter"]
             for lab in self.labels + sorted(set(self.counts) - set(self.labels)):
                 lines.append(f'scopelite_class_total{{label="{lab}"}} {self.counts.get(lab, 0)}')
+            if self.differential is not None:
+                lines += _differential_metrics(self.differential)
         return "\n".join(lines) + "\n"
 
     def snapshot_jpeg(self) -> bytes | None:
@@ -135,24 +143,85 @@ class Status:
     def page(self) -> str:
         ok, why = self.healthy()
         with self._lock:
-            counts = dict(self.counts)
-        total = sum(counts.values()) or 1
-        bars = "".join(
-            f'<div class="row"><span class="name">{html.escape(str(k))}</span>'
-            f'<span class="bar" style="width:{300 * v / total:.0f}px"></span>'
-            f'<span class="n">{v} ({100 * v / total:.1f} %)</span></div>'
-            for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+            counts, diff = dict(self.counts), self.differential
+        if diff is not None:
+            body = _differential_html(diff)
+        else:
+            total = sum(counts.values()) or 1
+            bars = "".join(
+                f'<div class="row"><span class="name">{html.escape(str(k))}</span>'
+                f'<span class="bar" style="width:{300 * v / total:.0f}px"></span>'
+                f'<span class="n">{v} ({100 * v / total:.1f} %)</span></div>'
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+            body = ('<h2>Frames per class</h2><p class="note">crop mode: the cell in the centre of each frame; '
+                    f'frames are counted, not cells</p><div id="counts">{bars or "<p>no frames yet</p>"}</div>')
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>scopelite</title>
 <meta http-equiv="refresh" content="2">
 <style>body{{font-family:sans-serif;margin:1em;color:#222}}.row{{display:flex;align-items:center;margin:2px 0}}
 .name{{width:11em}}.bar{{display:inline-block;height:14px;background:#7a4fa0;margin-right:6px}}
-.ok{{color:#1a7f37}}.bad{{color:#b42318}}img{{max-width:640px;border:1px solid #ccc}}</style></head><body>
-<h1>scopelite — differential count</h1>
+.ok{{color:#1a7f37}}.bad{{color:#b42318}}img{{max-width:640px;border:1px solid #ccc}}
+table{{border-collapse:collapse}}td,th{{padding:2px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}
+.sum td{{border-top:1px solid #999;font-weight:bold}}.note{{color:#666}}
+progress{{width:300px}}</style></head><body>
+<h1>scopelite</h1>
 <p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
 <p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
 {self.counters['reconnects']} reconnects · {self.counters.get('unreadable', 0)} unreadable</p>
 <img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
-<h2>Count</h2><div id="counts">{bars or '<p>no cells yet</p>'}</div></body></html>"""
+{body}</body></html>"""
+
+
+def _differential_counts(d: dict) -> dict[str, int]:
+    """Cells per class from a differential summary: white rows, erythroblasts, platelets, others, uncertain."""
+    counts = {r["class"]: r["count"] for r in d["rows"]}
+    counts.update(erythroblast=d["nrbc"], platelet=d["platelets"], **d["other"])
+    counts["uncertain"] = d["uncertain"]["count"]
+    return counts
+
+
+def _differential_metrics(d: dict) -> list[str]:
+    lines = ["# HELP scopelite_white_cells_total White cells counted in the differential (each cell once).",
+             "# TYPE scopelite_white_cells_total counter", f"scopelite_white_cells_total {d['white_total']}",
+             "# HELP scopelite_uncertain_cells_total Cells scored below --min-score (for review, not in the %).",
+             "# TYPE scopelite_uncertain_cells_total counter",
+             f"scopelite_uncertain_cells_total {d['uncertain']['count']}",
+             "# HELP scopelite_differential_percent Each white-cell class as a percentage of the white cells.",
+             "# TYPE scopelite_differential_percent gauge"]
+    lines += [f'scopelite_differential_percent{{label="{r["class"]}"}} {r["percent"]}' for r in d["rows"]]
+    lines += ["# HELP scopelite_nrbc_per_100_wbc Erythroblasts per 100 white cells.",
+              "# TYPE scopelite_nrbc_per_100_wbc gauge",
+              f"scopelite_nrbc_per_100_wbc {d['nrbc_per_100_wbc'] if d['nrbc_per_100_wbc'] is not None else 0}"]
+    if d.get("target"):
+        lines += ["# HELP scopelite_differential_target White cells to count (--count).",
+                  "# TYPE scopelite_differential_target gauge", f"scopelite_differential_target {d['target']}"]
+    return lines
+
+
+def _differential_html(d: dict) -> str:
+    """The differential as a lab reads it: white cells in clinical order, NRBC, platelets, uncertain, progress."""
+    n, target = d["white_total"], d.get("target")
+    if target:
+        state = "done" if d["done"] else "counting"
+        progress = (f'<p id="progress"><progress max="{target}" value="{min(n, target)}"></progress> '
+                    f'{n} / {target} white cells ({state})</p>')
+    else:
+        progress = f'<p id="progress">{n} white cells counted (no --count target)</p>'
+    rows = "".join(
+        f'<tr><td>{html.escape(_TITLES.get(r["class"], r["class"]))}</td><td>{r["count"]}</td>'
+        f'<td>{r["percent"]:.1f}</td><td>{r["ci95"][0]:.0f}–{r["ci95"][1]:.0f}</td>'
+        f'<td><span class="bar" style="width:{2 * r["percent"]:.0f}px"></span></td></tr>' for r in d["rows"])
+    nrbc = "–" if d["nrbc_per_100_wbc"] is None else f'{d["nrbc_per_100_wbc"]:.1f}'
+    others = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td><td></td><td></td><td></td></tr>"
+                     for k, v in d["other"].items())
+    return f"""<h2>Differential count</h2>{progress}
+<table id="differential"><tr><th>Cell</th><th>Count</th><th>%</th><th>95 % CI</th><th></th></tr>{rows}
+<tr class="sum"><td>White cells</td><td>{n}</td><td>{100.0 if n else 0.0:.1f}</td><td></td><td></td></tr>
+<tr><td>NRBC /100 WBC</td><td>{nrbc}</td><td colspan="3" class="note">({d["nrbc"]} erythroblasts)</td></tr>
+<tr><td>Platelets (seen)</td><td>{d["platelets"]}</td><td></td><td></td><td></td></tr>{others}
+<tr><td>Uncertain (review)</td><td>{d["uncertain"]["count"]}</td><td colspan="3" class="note">not in the
+percentages</td></tr></table>
+<p class="note">Each cell is counted once, however long it stays in view.</p>"""
 
 
 def _handler(status: Status):

@@ -1,7 +1,18 @@
 """The watch loop: frames in, one JSON-able record per frame out.
 
 Hardware-free: it takes any FrameSource and any Classifier, so tests drive it
-with fakes. Stops on end of stream, ``max_frames`` or ``stop.set()``.
+with fakes. Stops on end of stream, ``max_frames``, ``stop.set()`` or, in field
+mode, once ``count`` white cells are counted.
+
+What is counted
+  Field mode counts cells: every detection is tracked across frames in slide
+  coordinates (``track.py``, sized from the frame's red cells, helped by the
+  stage's measured motion) and each physical cell enters the differential
+  (``differential.py``) once, with the mean of its score vectors, however many
+  frames it stays in view. Frames that are separate fields (a folder of captures
+  that do not overlap: ``track=False``) count every cell of every frame. Crop mode
+  has one cell in the centre of the view and counts frames: its tally says what
+  the frames showed, not how many cells.
 """
 from __future__ import annotations
 
@@ -14,12 +25,15 @@ import numpy as np
 
 from . import field as field_lib
 from . import scale as scale_lib
+from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
+from .differential import Differential
 from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError
 from .stain import stain_layers
+from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 
 
 def _once(source: FrameSource) -> Callable[[], FrameSource]:
@@ -65,9 +79,12 @@ class FieldScale:
 
 def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
                    tally: Tally | None = None, scale: FieldScale | None = None) -> tuple[list[dict], dict]:
-    """Detect the cells of a field, classify all their crops in one pass, update the differential count.
+    """Detect the cells of a field and classify all their crops in one pass.
 
-    Returns the cells and the scale used (``FieldScale.measure``).
+    Returns the cells and the scale used (``FieldScale.measure``). Each cell has its label
+    (``uncertain`` below ``min_score``), best score and class, kind, centre, crop box, its
+    score vector (``scores``, model label order, 4 decimals) and whether the frame edge cuts
+    its stained region (``cut``). ``tally``, if given, counts every cell of this frame.
     """
     layers = stain_layers(frame)
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(frame, layers)
@@ -76,18 +93,134 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
         return [], scale_info
     side = cfg.crop_for(rbc_px)
     crops = np.stack([prepare(field_lib.crop(frame, d, side), classifier.input_spec) for d in dets])
-    scores = classifier.classify(crops)
+    scores = np.asarray(classifier.classify(crops), dtype=np.float64)
+    rounded = np.round(scores, 4).tolist()
     cells = []
     half = side // 2
-    for d, sc in zip(dets, scores):
+    h, w = frame.shape[:2]
+    for d, sc, sc_list in zip(dets, scores, rounded):
         best = top_k(sc, classifier.labels, k=1)[0]
         label = best.label if best.score >= min_score else UNCERTAIN
         if tally is not None:
             tally.add(label)
         cells.append({"label": label, "score": round(best.score, 4), "best": best.label, "kind": d.kind,
                       "center": [round(d.x, 1), round(d.y, 1)],
-                      "box": [int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half]})
+                      "box": [int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half],
+                      "cut": cut_by_edge(d.box, w, h), "scores": sc_list})
     return cells, scale_info
+
+
+class FieldCounter:
+    """Field mode's count: each cell once (``Tracker``) into a ``Differential``.
+
+    The tracker is sized from the frame's red-cell diameter (``TrackConfig.for_rbc_px``)
+    on the first frame, and re-sized when the measured diameter moves by more than
+    ``resize`` (a first frame that had to fall back to the default scale, another objective).
+    With ``track=False`` the frames are separate fields (a folder of captures that do not
+    overlap): every cell of every frame is counted, with its own scores.
+
+    Args:
+        labels: the model's class names, in score order.
+        min_score: a cell whose mean best score is below this is uncertain.
+        target: white cells to count (``done`` once reached; None: open-ended).
+        wbc_count: the analyser's white count (10^9/L) for absolute counts.
+        track: follow cells across frames (a moving stage); False: frames are separate fields.
+    """
+
+    def __init__(self, labels, min_score: float = 0.5, target: int | None = None, wbc_count: float | None = None,
+                 track: bool = True, resize: float = 0.25):
+        self.differential = Differential(labels, target=target, min_score=min_score, wbc_count=wbc_count)
+        self.track = track
+        self.motion = StageMotion()
+        self.tracker: Tracker | None = None
+        self.resize = resize
+        self._rbc_px: float | None = None
+        self._brief: dict | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.differential.done
+
+    def update(self, frame: np.ndarray, cells: list[dict], scale_info: dict, frame_index: int) -> list[dict]:
+        """Track this frame's cells (each gains ``track`` when matched); return the cells counted now."""
+        if not self.track:
+            return self._count_cells(cells, frame_index)
+        shift = self.motion.update(frame)
+        self._size_tracker(float(scale_info["rbc_px"]))
+        pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
+        scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
+        events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells])
+        if cells:
+            seen = {tuple(t["center"]): t["id"] for t in self.tracker.tracks() if t["last_frame"] == frame_index}
+            for c in cells:
+                tid = seen.get((c["center"][0], c["center"][1]))
+                if tid is not None:
+                    c["track"] = tid
+        return self._count(events, frame_index)
+
+    def flush(self, frame_index: int) -> list[dict]:
+        """End of stream: count the open tracks seen in enough whole views."""
+        return self._count(self.tracker.flush(), frame_index) if self.tracker is not None else []
+
+    def brief(self) -> dict:
+        """The differential so far, for every frame record: ``Differential.summary()`` less the review list."""
+        if self._brief is None:
+            s = self.differential.summary()
+            self._brief = {**s, "uncertain": {"count": s["uncertain"]["count"]}}
+        return self._brief
+
+    def summary(self) -> dict:
+        return self.differential.summary()
+
+    def _size_tracker(self, rbc_px: float) -> None:
+        if self._rbc_px is not None and abs(rbc_px - self._rbc_px) <= self.resize * self._rbc_px:
+            return
+        cfg = TrackConfig.for_rbc_px(rbc_px)
+        if self.tracker is None:
+            self.tracker = Tracker(cfg)
+        else:  # every tracker distance is a fraction of cfg.cell_diameter_px: a new size applies from now on
+            self.tracker.cfg = cfg
+        self._rbc_px = rbc_px
+
+    def _count_cells(self, cells: list[dict], frame_index: int) -> list[dict]:
+        """Separate fields: each cell of the frame is one cell of the count."""
+        out = []
+        for j, c in enumerate(cells):
+            if self.differential.done:
+                break
+            ref = {"frame": frame_index, "cell": j, "center": c["center"]}
+            out.append({"cell": j, "label": self.differential.add(c["scores"], ref=ref), "best": c["best"],
+                        "score": c["score"], "center": c["center"]})
+        if out:
+            self._brief = None
+        return out
+
+    def _count(self, events: list[TrackEvent], frame_index: int) -> list[dict]:
+        """Add events to the differential in order; none once the target is reached (the count stops at it)."""
+        out = []
+        for e in events:
+            if self.differential.done:
+                break
+            slide = [round(e.x, 1), round(e.y, 1)]
+            label = self.differential.add(e.scores, ref={"track": e.track_id, "frame": frame_index, "slide": slide})
+            best = int(np.argmax(e.scores))
+            out.append({"track": e.track_id, "label": label, "best": self.differential.labels[best],
+                        "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,
+                        "reason": e.reason})
+        if out:
+            self._brief = None
+        return out
+
+
+def write_report(folder, differential: Differential, run: dict) -> None:
+    """differential.json (the summary and ``run``: source, frames, why it stopped), .csv and .txt in
+    ``folder``, each written atomically (a reader never sees half a report)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    write_json_atomic(folder / "differential.json", {"run": run, "differential": differential.summary()})
+    write_bytes_atomic(folder / "differential.csv", differential.to_csv().encode())
+    write_bytes_atomic(folder / "differential.txt", differential.to_text().encode())
 
 
 def run_watch(
@@ -108,6 +241,10 @@ def run_watch(
     backoff: float = 0.5,
     backoff_cap: float = 30.0,
     on_frame: Callable[[np.ndarray, dict, dict], None] | None = None,
+    count: int | None = None,
+    report_dir: str | None = None,
+    wbc_count: float | None = None,
+    track: bool = True,
 ) -> dict:
     """Classify each frame (capture runs in its own thread); return the summary record.
 
@@ -126,11 +263,22 @@ def run_watch(
             falls behind, and a lost source is reopened with exponential backoff.
         exit_on_eof: stop instead of reconnecting when a live source ends.
         on_frame: called with each frame, its record and the capture counters (HTTP status, saving).
+        count: field mode: stop once this many white cells are counted (reason "count reached").
+        report_dir: field mode: write differential.json, .csv and .txt here when the run ends.
+        wbc_count: field mode: the analyser's white count (10^9/L), for absolute counts.
+        track: field mode: follow cells across frames and count each once (a moving stage: camera,
+            video); False: the frames are separate fields and every cell of every frame counts.
+
+    Returns:
+        {"summary": ...}: frames, drops, why it stopped, speed and the count: in field mode
+        ``differential`` (``Differential.summary()``, each cell counted once, ``counted``: the
+        cells counted at the end of the stream), in crop mode ``tally`` (frames per class).
     """
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
     field_scale = FieldScale(field_cfg)
-    tally = Tally(list(classifier.labels) + ([UNCERTAIN] if mode == "field" else []))
+    tally = Tally(list(classifier.labels))
+    counter = FieldCounter(classifier.labels, min_score, count, wbc_count, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
     queue = DropOldestQueue(queue_size)
     capture = Capture(opener, queue, live=live, exit_on_eof=exit_on_eof, backoff=backoff, backoff_cap=backoff_cap,
@@ -150,10 +298,12 @@ def run_watch(
                     break
                 continue
             t0 = clock()
-            if mode == "field":
-                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, tally, field_scale)
+            if counter is not None:
+                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, None, field_scale)
                 dt = clock() - t0
-                rec = {"frame": n, "cells": cells, "scale": scale_info, "count": tally.summary()["counts"]}
+                counted = counter.update(frame, cells, scale_info, n)
+                rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted,
+                       "differential": counter.brief(), "track_ms": round((clock() - t0 - dt) * 1e3, 3)}
             else:
                 scores = classifier.classify(prepare(frame, classifier.input_spec)[None])[0]
                 dt = clock() - t0
@@ -168,6 +318,9 @@ def run_watch(
                 on_frame(frame, rec, {"captured": capture.frames, "dropped": queue.dropped,
                                       "reconnects": capture.reconnects})
             n += 1
+            if counter is not None and counter.done:
+                reason = "count reached"
+                break
             if fps:
                 remaining = 1.0 / fps - (clock() - t_frame)
                 if remaining > 0:
@@ -179,20 +332,28 @@ def run_watch(
         queue.close()
         capture.join(timeout=2.0)
     elapsed = max(clock() - t_start, 1e-9)
-    return {
-        "summary": {
-            "source": capture.source_name,
-            "mode": mode,
-            "frames": n,
-            "captured": capture.frames,
-            "dropped": queue.dropped,
-            "reconnects": capture.reconnects,
-            "stopped": reason,
-            "seconds": round(elapsed, 3),
-            "fps": round(n / elapsed, 2),
-            "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
-            "tally": tally.summary(),
-        }
+    summary = {
+        "source": capture.source_name,
+        "mode": mode,
+        "frames": n,
+        "captured": capture.frames,
+        "dropped": queue.dropped,
+        "reconnects": capture.reconnects,
+        "stopped": reason,
+        "seconds": round(elapsed, 3),
+        "fps": round(n / elapsed, 2),
+        "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
     }
+    if counter is None:
+        summary["tally"] = tally.summary()
+        return {"summary": summary}
+    at_end = counter.flush(max(n - 1, 0)) if reason != "count reached" else []  # past the target: not counted
+    diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
+    summary.update(counted=at_end, differential=counter.summary(),
+                   tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1)})
+    if report_dir is not None:
+        write_report(report_dir, counter.differential,
+                     {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score})
+    return {"summary": summary}
 
 

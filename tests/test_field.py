@@ -78,7 +78,9 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
     frames, summary = recs[:-1], recs[-1]["summary"]
     assert len(frames) == 3 and summary["mode"] == "field"
     found = sum(len(f["cells"]) for f in frames)
-    assert abs(found - truth) <= 1 and summary["tally"]["total"] == found
+    diff = summary["differential"]  # a folder of separate fields: each cell of each image counted once
+    counted = diff["white_total"] + diff["nrbc"] + diff["platelets"] + diff["uncertain"]["count"]
+    assert abs(found - truth) <= 1 and counted == found and not summary["tracking"]["on"]
     cell = frames[0]["cells"][0]
     scale = frames[0]["scale"]
     assert {"label", "score", "box", "center", "kind"} <= set(cell)
@@ -86,8 +88,8 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
     assert 80 <= scale["crop"] <= 112  # generated fields are drawn at the generated crops' scale
     r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--min-score", "1.0")
-    last = json.loads(r.stdout.splitlines()[-1])["summary"]["tally"]["counts"]
-    assert last["uncertain"] == found  # nothing is ever that sure
+    last = json.loads(r.stdout.splitlines()[-1])["summary"]["differential"]
+    assert last["uncertain"]["count"] == found and last["white_total"] == 0  # nothing is ever that sure
     r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--save-dir", str(tmp_path / "saved"), "--save-below", "1.0", "--max-frames", "2")
     assert r.returncode == 0 and len(list((tmp_path / "saved").glob("*.jpg"))) == 2

@@ -72,7 +72,8 @@ def test_endpoints(daemon):
     assert code == 200 and ctype == "image/jpeg" and img.shape == (96, 96, 3)
     code, body, _ = _get(base + "/")
     page = body.decode()
-    assert code == 200 and "differential count" in page and 'http-equiv="refresh"' in page
+    assert code == 200 and "Frames per class" in page and "frames are counted, not cells" in page
+    assert 'http-equiv="refresh"' in page
     assert "health: ok" in page and "<script src" not in page and "http://" not in page.split("<body>")[1]
     assert _get(base + "/nope")[0] == 404
 
@@ -88,6 +89,39 @@ def test_health_goes_bad_when_frames_stop(tiny_run, tmp_path):
     t[0] = 9.0
     ok, why = s.healthy()
     assert not ok and "no frame for 9 s" in why
+
+
+def test_field_mode_metrics_and_page_show_the_differential():
+    """Field mode: counts come from the record's differential (each cell once), not from the cells of each frame."""
+    from scopelite.edge.differential import Differential
+    from scopelite.edge.httpd import Status
+    from scopelite.edge.watch import FieldCounter
+
+    labels = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+              "neutrophil", "platelet"]
+    d = Differential(labels, target=100)
+    for label, n in [("neutrophil", 30), ("lymphocyte", 9), ("monocyte", 1), ("erythroblast", 2), ("platelet", 5)]:
+        for _ in range(n):
+            d.add(np.eye(len(labels))[labels.index(label)])
+    d.add(np.full(len(labels), 1 / len(labels)))  # uncertain
+    counter = FieldCounter(labels)
+    counter.differential = d
+    s = Status(labels)
+    cell = {"label": "neutrophil", "score": 0.9, "box": [0, 0, 4, 4], "center": [2.0, 2.0]}
+    for _ in range(3):  # the same cell in three frames
+        s.update(np.zeros((8, 8, 3), np.uint8), {"frame": 0, "cells": [cell], "counted": [],
+                                                 "differential": counter.brief(), "infer_ms": 2.0})
+    text = s.metrics_text()
+    assert 'scopelite_class_total{label="neutrophil"} 30' in text and "scopelite_white_cells_total 40" in text
+    assert 'scopelite_class_total{label="uncertain"} 1' in text and "scopelite_uncertain_cells_total 1" in text
+    assert 'scopelite_differential_percent{label="neutrophil"} 75.0' in text
+    assert "scopelite_nrbc_per_100_wbc 5.0" in text and "scopelite_differential_target 100" in text
+    page = s.page()
+    assert "Differential count" in page and "40 / 100 white cells (counting)" in page
+    rows = ("Neutrophils", "Lymphocytes", "Monocytes", "Eosinophils", "Basophils", "Immature granulocytes")
+    assert [page.index(x) for x in rows] == sorted(page.index(x) for x in rows)  # clinical order
+    assert "<td>75.0</td>" in page and "<td>NRBC /100 WBC</td><td>5.0</td>" in page
+    assert "<td>Platelets (seen)</td><td>5</td>" in page and "<td>Uncertain (review)</td><td>1</td>" in page
 
 
 def test_port_in_use_is_one_line(daemon, tiny_run, synth_dir):

@@ -1,0 +1,151 @@
+"""celledge watch, field mode, on a moving stage: each physical cell is counted once into the differential.
+
+Synthetic slide scans (train/slide.py) give the truth: every cell of the slide passes wholly through
+the view for many frames, so a right count is exactly the number of cells on the slide.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from scopelite.edge.bundle import CLASS_NAMES, InputSpec
+from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.watch import FieldCounter, run_watch
+from scopelite.train.slide import make_slide_scan
+
+SCAN = {"slide_size": (1000, 760), "speed": (8.0, 20.0)}  # 100-180 frames, 17-22 cells
+
+
+class ScanSource:
+    """A FrameSource over a slide scan, rendering each frame when it is read."""
+
+    def __init__(self, scan):
+        self.scan, self.name, self._i = scan, f"scan {scan.seed}", 0
+
+    def read(self):
+        if self._i >= len(self.scan):
+            return None
+        self._i += 1
+        return self.scan.frame(self._i - 1)
+
+    def close(self):
+        pass
+
+
+def by_colour(crops):
+    """Any classifier will do for the count; this one mixes classes and sureness from the crop's colour."""
+    m = crops.reshape(len(crops), -1, 3).mean(axis=1)
+    idx = (m[:, 0] * 7 + m[:, 2] * 3).astype(int) % len(CLASS_NAMES)
+    out = np.full((len(crops), len(CLASS_NAMES)), 0.05)
+    out[np.arange(len(crops)), idx] = 0.65
+    return out
+
+
+def always_neutrophil(crops):
+    out = np.full((len(crops), len(CLASS_NAMES)), 0.01)
+    out[:, CLASS_NAMES.index("neutrophil")] = 0.93
+    return out
+
+
+def cells_counted(d):
+    return d["white_total"] + d["nrbc"] + d["platelets"] + d["uncertain"]["count"] + sum(d["other"].values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_cell_of_a_scan_is_counted_once(seed):
+    scan = make_slide_scan(seed, **SCAN)
+    assert min(scan.frames_in_view().values()) >= 3  # every cell could be counted
+    recs = []
+    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour), recs.append,
+                  mode="field")["summary"]
+    assert s["frames"] == len(scan) and s["stopped"] == "end of stream" and s["tracking"]["on"]
+    assert cells_counted(s["differential"]) == len(scan.cells)
+    events = [e for r in recs for e in r["counted"]] + s["counted"]
+    assert len(events) == len(scan.cells) and len({e["track"] for e in events}) == len(events)
+    # every frame says what it saw, which track each cell belongs to, and the count so far
+    assert all("differential" in r and "count" not in r for r in recs)
+    assert cells_counted(recs[-1]["differential"]) == len(scan.cells) - len(s["counted"])
+    assert sum("track" in c for r in recs for c in r["cells"]) >= 0.9 * sum(len(r["cells"]) for r in recs)
+    assert "cells" not in recs[-1]["differential"]["uncertain"]  # the review list only in the summary
+    assert len(s["differential"]["uncertain"]["cells"]) == s["differential"]["uncertain"]["count"]
+    # counted where the cells are: slide positions (first frame's coordinates) on true cells
+    x0, y0 = scan.path[0]
+    for e in events:
+        d = min(np.hypot(c["center"][0] - x0 - e["slide"][0], c["center"][1] - y0 - e["slide"][1]) for c in scan.cells)
+        assert d < 15
+
+
+def test_count_stops_at_the_target_and_writes_the_report(tmp_path):
+    scan = make_slide_scan(1, **SCAN)
+    recs = []
+    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=always_neutrophil),
+                  recs.append, mode="field", count=7, report_dir=str(tmp_path / "report"))["summary"]
+    d = s["differential"]
+    assert s["stopped"] == "count reached" and d["white_total"] == 7 and d["done"] and d["target"] == 7
+    assert s["frames"] < len(scan) and s["counted"] == []  # nothing counted past the target
+    assert recs[-1]["differential"]["done"] and not recs[-2]["differential"]["done"]
+    report = json.loads((tmp_path / "report" / "differential.json").read_text())
+    assert report["differential"] == d and report["run"]["stopped"] == "count reached"
+    assert "white,neutrophil,7,100.0" in (tmp_path / "report" / "differential.csv").read_text()
+    assert (tmp_path / "report" / "differential.txt").read_text().startswith("Differential: 7 white cells of 7 (done)")
+    assert not list((tmp_path / "report").glob(".*"))  # no temporary file left
+
+
+def test_separate_fields_count_every_cell_and_uncertain_cells_go_to_review():
+    counter = FieldCounter(CLASS_NAMES, min_score=0.5, track=False)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    cells = [{"center": [10.0, 10.0], "cut": False, "best": "neutrophil", "score": 0.9,
+              "scores": always_neutrophil(np.zeros((1, 2, 2, 3)))[0].tolist()},
+             {"center": [40.0, 30.0], "cut": False, "best": "basophil", "score": 0.3,
+              "scores": [0.3 if n == "basophil" else 0.1 for n in CLASS_NAMES]}]
+    assert [e["label"] for e in counter.update(frame, cells, {"rbc_px": 24.0}, 0)] == ["neutrophil", "uncertain"]
+    assert [e["label"] for e in counter.update(frame, cells, {"rbc_px": 24.0}, 1)] == ["neutrophil", "uncertain"]
+    s = counter.summary()
+    assert s["white_total"] == 2 and s["uncertain"]["cells"][1]["ref"] == {"frame": 1, "cell": 1,
+                                                                           "center": [40.0, 30.0]}
+
+
+def _write_scan(scan, folder, video=False):
+    import cv2
+
+    folder.mkdir()
+    if video:  # lossless (FFV1), so that the frames are the scan's
+        w, h = scan.frame_size
+        out = cv2.VideoWriter(str(folder / "scan.avi"), cv2.VideoWriter_fourcc(*"FFV1"), 25, (w, h))
+        for frame, _ in scan.frames():
+            out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        out.release()
+        return folder / "scan.avi"
+    for frame, truth in scan.frames():
+        cv2.imwrite(str(folder / f"f{truth['frame']:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
+    from conftest import run_cli
+
+    scan = make_slide_scan(2, **SCAN)
+    video = _write_scan(scan, tmp_path / "video", video=True)
+    r = run_cli("celledge", "watch", str(video), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--report", str(tmp_path / "report"), "--min-score", "0.3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    frames, s = recs[:-1], recs[-1]["summary"]
+    assert len(frames) == len(scan) and s["tracking"]["on"] and s["stopped"] == "end of stream"
+    assert cells_counted(s["differential"]) == len(scan.cells)
+    assert [row["class"] for row in s["differential"]["rows"]] == ["neutrophil", "lymphocyte", "monocyte",
+                                                                   "eosinophil", "basophil", "immature_granulocyte"]
+    report = tmp_path / "report"
+    assert json.loads((report / "differential.json").read_text())["differential"] == s["differential"]
+    assert (report / "differential.csv").read_text().startswith("section,class,count,percent")
+    assert f"Differential: {s['differential']['white_total']} white cells" in (report / "differential.txt").read_text()
+
+    # the same frames as a folder of images: separate fields unless --track says they are a scan
+    folder = _write_scan(scan, tmp_path / "frames")
+    r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--track", "--count", "5", "--min-score", "0.0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert s["tracking"]["on"] and s["stopped"] == "count reached" and s["differential"]["white_total"] == 5
+    r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--count", "5")
+    assert r.returncode == 2 and "need --mode field" in r.stderr and "Traceback" not in r.stderr
