@@ -140,3 +140,18 @@ def test_yaml_config_takes_aug_as_a_mapping(tmp_path):
     r = run_cli("celltrain", "fit", "--config", str(cfg), "--out", str(tmp_path / "y"), "--quiet")
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((tmp_path / "y" / "config.json").read_text())["aug"] == {"hed": 0.4, "jpeg": 0.0}
+
+
+def test_domain_op_moves_stain_densities_far_and_keeps_the_background_near_white():
+    import tensorflow as tf
+
+    from scopelite.train.augment import _domain
+
+    tf.random.set_seed(0)
+    x = np.full((16, 16, 3), 240.0, np.float32)  # background
+    x[4:12, 4:12] = [200.0, 120.0, 130.0]  # a pink red cell
+    od = lambda a: -np.log((np.asarray(a)[6:10, 6:10].mean((0, 1)) + 1.0) / 256.0)  # noqa: E731
+    ratios = np.array([od(_domain(tf.constant(x), 1.0)) / od(x) for _ in range(40)])
+    assert ratios.max() > 1.6 and ratios.min() < 0.65  # beyond the +-30 % of the 'stain' op
+    rest = _domain(tf.constant(x), 0.0).numpy()
+    assert np.allclose(rest, x, atol=1.0)  # strength 0: the identity

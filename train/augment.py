@@ -69,6 +69,21 @@ def _stain(x, s):
     return tf.clip_by_value(256.0 * tf.exp(-od) - 1.0, 0.0, 255.0)
 
 
+def _domain(x, s):
+    """Another lab's slide: stain densities rescaled per channel (0.45x-2.2x at s=1) and mixed across
+    channels (another stain's hue), then another lamp's and camera's white balance (+-20 % per channel).
+
+    Measured between PBC and another lab (DeepBioNet, edge/ood.py stats): red-cell OD differs by ~2x
+    in R and G, nuclear OD by 0.3-0.5x in R and B: far beyond ``stain``'s +-30 %.
+    """
+    od = -tf.math.log((x + 1.0) / 256.0)
+    gain = tf.exp(tf.random.uniform([3], -0.8 * s, 0.8 * s))
+    off = tf.random.uniform([3, 3], -0.25 * s, 0.25 * s) * (1.0 - tf.eye(3))
+    od = tf.maximum(tf.tensordot(od * gain, tf.eye(3) + off, axes=1), 0.0)
+    wb = tf.exp(tf.random.uniform([1, 1, 3], -0.2 * s, 0.2 * s))
+    return tf.clip_by_value((256.0 * tf.exp(-od) - 1.0) * wb, 0.0, 255.0)
+
+
 def _gaussian_kernel(sigma, radius=4):
     r = tf.range(-radius, radius + 1, dtype=tf.float32)
     k = tf.exp(-(r**2) / (2.0 * sigma**2))
@@ -259,6 +274,7 @@ OPS = {
     "colour": (_colour, 1.0),
     "stain": (_stain, 1.0),
     "hed": (_hed, 1.0),
+    "domain": (_domain, 1.0),
     "blur": (_blur, 0.6),
     "noise": (_noise, 0.6),
     "shot": (_shot, 0.5),

@@ -8,7 +8,8 @@ SCHEDULES = ("cosine", "exponential")
 BALANCE = ("weights", "oversample", "none")
 STRATEGIES = ("none", "mirrored", "multiworker")
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
-AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "blur", "noise", "shot", "jpeg", "blots")
+AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "domain", "blur", "noise", "shot", "jpeg",
+           "blots")
 
 
 def check_aug(name: str, strength) -> float | None:
