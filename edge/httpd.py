@@ -46,6 +46,8 @@ class Status:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
         self.counters = {"captured": 0, "dropped": 0, "reconnects": 0, "unreadable": 0}
+        self.unlike_frames = 0  # field mode: frames stained unlike the model's training data (edge/ood.py)
+        self.stain_distance: float | None = None
         self.last_record: dict | None = None
         self._last_frame: np.ndarray | None = None
         self.last_time = 0.0
@@ -64,6 +66,10 @@ class Status:
             self.latency_sum_ms += ms
             self.latency_buckets[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b),
                                       len(LATENCY_BUCKETS_MS))] += 1
+            stain = (rec.get("scale") or {}).get("stain")
+            if stain is not None:
+                self.stain_distance = stain["distance"]
+                self.unlike_frames += bool(stain["unlike_training"])
             if "differential" in rec:  # field mode: the differential counts each cell once
                 self.differential = rec["differential"]
                 self.counts = _differential_counts(self.differential)
@@ -99,6 +105,12 @@ class Status:
                 "# HELP scopelite_unreadable_total Images of a folder source skipped because they could not be read.",
                 "# TYPE scopelite_unreadable_total counter",
                 f"scopelite_unreadable_total {self.counters.get('unreadable', 0)}",
+                "# HELP scopelite_unlike_training_frames_total Frames stained unlike the model's training data.",
+                "# TYPE scopelite_unlike_training_frames_total counter",
+                f"scopelite_unlike_training_frames_total {self.unlike_frames}",
+                "# HELP scopelite_stain_distance The latest frame's stain distance to the training data.",
+                "# TYPE scopelite_stain_distance gauge",
+                f"scopelite_stain_distance {'NaN' if self.stain_distance is None else self.stain_distance}",
                 "# HELP scopelite_fps Frames per second (smoothed).", "# TYPE scopelite_fps gauge",
                 f"scopelite_fps {self._fps:.3f}",
                 "# HELP scopelite_inference_ms Inference latency per frame.",
@@ -144,6 +156,12 @@ class Status:
         ok, why = self.healthy()
         with self._lock:
             counts, diff = dict(self.counts), self.differential
+            unlike, frames = self.unlike_frames, self.frames
+        banner = ""
+        if frames and unlike > frames / 2:
+            banner = ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
+                      f'({unlike} of {frames} frames): the model was trained on another lab\'s stain and '
+                      'will make more mistakes here. Calibrate or adapt it to this lab (docs/cross-lab.md).</p>')
         if diff is not None:
             body = _differential_html(diff)
         else:
@@ -168,7 +186,7 @@ progress{{width:300px}}</style></head><body>
 <p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
 <p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
 {self.counters['reconnects']} reconnects · {self.counters.get('unreadable', 0)} unreadable</p>
-<img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
+{banner}<img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
 {body}</body></html>"""
 
 

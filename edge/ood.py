@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .stain import optical_density, stain_layers
+from .stain import Layers, optical_density, stain_layers
 
 _MIN_PIXELS = 30
 _FLOOR = 0.05  # OD floor before the log: below it is noise, and the log would magnify it
@@ -57,9 +57,9 @@ def _vec(v) -> tuple[float, float, float]:
     return tuple(round(float(x), 4) for x in v)
 
 
-def stain_stats(image_rgb: np.ndarray) -> StainStats:
+def stain_stats(image_rgb: np.ndarray, layers: Layers | None = None) -> StainStats:
     """Median OD of an image's red-cell pixels and of its stained pixels (None where too few)."""
-    layers = stain_layers(image_rgb)
+    layers = layers if layers is not None else stain_layers(image_rgb)
     od3 = optical_density(image_rgb)
     stained = layers.residual > layers.t_stained
     near = cv2.dilate(stained.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)

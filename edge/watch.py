@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import field as field_lib
+from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
@@ -57,17 +58,27 @@ class FieldScale:
     In auto mode every frame is measured and the median of the last ``window``
     good estimates is used (``ScaleSmoother``); until a first frame has enough red
     cells, the crop falls back to ``field.FALLBACK_RBC_PX`` (PBC's framing, 360 px
-    crops for the shipped model) and each record says so.
+    crops for the shipped model) and each record says so. ``every`` > 1 (one
+    microscope's stream) measures only every ``every``-th frame once ``every`` good
+    estimates are in; the frames between hold the smoothed value (the ruler costs
+    5 ms of a 640x480 frame, 36 ms of a 1920x1080 one, and the magnification changes
+    only when someone turns the objective).
     """
 
-    def __init__(self, cfg: field_lib.FieldConfig, window: int = 15):
+    def __init__(self, cfg: field_lib.FieldConfig, window: int = 15, every: int = 1):
         self.cfg = cfg
         self.smoother = scale_lib.ScaleSmoother(window)
+        self.every = every
+        self._frames = 0
 
     def measure(self, frame: np.ndarray, layers) -> tuple[float, dict]:
         fixed = self.cfg.rbc_px_for_crop()
         if fixed is not None:
             return fixed, {"source": "crop-size", "rbc_px": round(fixed, 1), "crop": self.cfg.crop_size}
+        self._frames += 1
+        if self.every > 1 and len(self.smoother.values) >= self.every and self._frames % self.every:
+            rbc = self.smoother.current
+            return rbc, {"source": "red cells (held)", "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc)}
         est = scale_lib.estimate_rbc_diameter(frame, layers)
         current = self.smoother.update(est)
         source = "red cells" if current is not None else "fallback"
@@ -78,35 +89,59 @@ class FieldScale:
 
 
 def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
-                   tally: Tally | None = None, scale: FieldScale | None = None) -> tuple[list[dict], dict]:
+                   tally: Tally | None = None, scale: FieldScale | None = None,
+                   reference: ood.StainReference | None = None,
+                   known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None
+                   ) -> tuple[list[dict], dict]:
     """Detect the cells of a field and classify all their crops in one pass.
 
-    Returns the cells and the scale used (``FieldScale.measure``). Each cell has its label
+    Returns the cells and the scale used (``FieldScale.measure``); with a ``reference`` (the
+    model's training stain) the scale dict also carries ``stain``: this frame's stain distance
+    to the training data and whether it is above the reference's threshold (``edge/ood.py``). Each cell has its label
     (``uncertain`` below ``min_score``), best score and class, kind, centre, crop box, its
     score vector (``scores``, model label order, 4 decimals) and whether the frame edge cuts
     its stained region (``cut``). ``tally``, if given, counts every cell of this frame.
+    ``known(detections)`` may give, by detection index, the label, score, best and scores of
+    cells whose class is already decided (``FieldCounter.known``): those are not classified
+    again and are marked ``decided``.
     """
     layers = stain_layers(frame)
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(frame, layers)
+    if reference is not None:
+        distance = ood.score(ood.stain_stats(frame, layers), reference)
+        scale_info["stain"] = {"distance": distance,
+                               "unlike_training": distance is not None and distance > reference.threshold}
     dets = field_lib.detect(frame, rbc_px, layers, cfg)
     if not dets:
         return [], scale_info
     side = cfg.crop_for(rbc_px)
-    crops = np.stack([prepare(field_lib.crop(frame, d, side), classifier.input_spec) for d in dets])
-    scores = np.asarray(classifier.classify(crops), dtype=np.float64)
-    rounded = np.round(scores, 4).tolist()
+    decided = known(dets) if known is not None else {}
+    todo = [j for j in range(len(dets)) if j not in decided]
+    fresh = {}
+    if todo:
+        crops = np.stack([prepare(field_lib.crop(frame, dets[j], side), classifier.input_spec) for j in todo])
+        scores = np.asarray(classifier.classify(crops), dtype=np.float64)
+        fresh = dict(zip(todo, zip(scores, np.round(scores, 4).tolist())))
     cells = []
     half = side // 2
     h, w = frame.shape[:2]
-    for d, sc, sc_list in zip(dets, scores, rounded):
-        best = top_k(sc, classifier.labels, k=1)[0]
-        label = best.label if best.score >= min_score else UNCERTAIN
+    for j, d in enumerate(dets):
+        if j in fresh:
+            best = top_k(fresh[j][0], classifier.labels, k=1)[0]
+            cell = {"label": best.label if best.score >= min_score else UNCERTAIN, "score": round(best.score, 4),
+                    "best": best.label}
+        else:
+            cell = {k: decided[j][k] for k in ("label", "score", "best")}
         if tally is not None:
-            tally.add(label)
-        cells.append({"label": label, "score": round(best.score, 4), "best": best.label, "kind": d.kind,
-                      "center": [round(d.x, 1), round(d.y, 1)],
-                      "box": [int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half],
-                      "cut": cut_by_edge(d.box, w, h), "scores": sc_list})
+            tally.add(cell["label"])
+        cell.update(kind=d.kind, center=[round(d.x, 1), round(d.y, 1)],
+                    box=[int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half],
+                    cut=cut_by_edge(d.box, w, h))
+        if j in fresh:
+            cell["scores"] = fresh[j][1]
+        else:
+            cell.update(scores=decided[j]["scores"], decided=True)
+        cells.append(cell)
     return cells, scale_info
 
 
@@ -136,16 +171,47 @@ class FieldCounter:
         self.resize = resize
         self._rbc_px: float | None = None
         self._brief: dict | None = None
+        self._decided: dict[int, dict] = {}  # counted track id -> its label, score, best, mean scores
+        self._shift: tuple[int, tuple[float, float] | None] | None = None  # (frame index, stage shift)
+        self._last_index: int | None = None
 
     @property
     def done(self) -> bool:
         return self.differential.done
 
+    def known(self, frame: np.ndarray, dets: list[field_lib.Detection], frame_index: int) -> dict[int, dict]:
+        """Detections that continue an already counted cell: {index: its counted class}, not to classify again.
+
+        A counted track last seen in the previous frame is expected at its last position moved by
+        the stage's measured shift; a detection within a quarter of a cell diameter of that is it
+        (cells do not overlap). Without a clear stage measurement nothing is skipped.
+        """
+        if not self.track or self.tracker is None or not self._decided or not dets:
+            return {}
+        shift = self._stage_shift(frame, frame_index)
+        prev = [t for t in self.tracker.tracks() if t["counted"] and t["last_frame"] == self._last_index
+                and t["id"] in self._decided]
+        if shift is None or not prev:
+            return {}
+        at = np.array([t["center"] for t in prev]) + np.asarray(shift)
+        pts = np.array([(d.x, d.y) for d in dets])
+        dist = np.hypot(pts[:, None, 0] - at[None, :, 0], pts[:, None, 1] - at[None, :, 1])
+        near = dist.argmin(axis=1)
+        radius = 0.25 * self.tracker.cfg.cell_diameter_px
+        return {j: self._decided[prev[k]["id"]] for j, k in enumerate(near) if dist[j, k] < radius}
+
+    def _stage_shift(self, frame: np.ndarray, frame_index: int) -> tuple[float, float] | None:
+        """The stage's shift into this frame (``StageMotion``), measured once per frame."""
+        if self._shift is None or self._shift[0] != frame_index:
+            self._shift = (frame_index, self.motion.update(frame))
+        return self._shift[1]
+
     def update(self, frame: np.ndarray, cells: list[dict], scale_info: dict, frame_index: int) -> list[dict]:
         """Track this frame's cells (each gains ``track`` when matched); return the cells counted now."""
         if not self.track:
             return self._count_cells(cells, frame_index)
-        shift = self.motion.update(frame)
+        shift = self._stage_shift(frame, frame_index)
+        self._last_index = frame_index
         self._size_tracker(float(scale_info["rbc_px"]))
         pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
@@ -207,6 +273,8 @@ class FieldCounter:
             out.append({"track": e.track_id, "label": label, "best": self.differential.labels[best],
                         "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,
                         "reason": e.reason})
+            self._decided[e.track_id] = {"label": label, "score": out[-1]["score"], "best": out[-1]["best"],
+                                         "scores": np.round(e.scores, 4).tolist()}
         if out:
             self._brief = None
         return out
@@ -276,7 +344,10 @@ def run_watch(
     """
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
-    field_scale = FieldScale(field_cfg)
+    field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1)  # one microscope's stream
+    ref_json = getattr(getattr(classifier, "sidecar", None), "stain_reference", None)
+    reference = ood.StainReference.from_json(ref_json) if ref_json else None
+    unlike_frames = 0
     tally = Tally(list(classifier.labels))
     counter = FieldCounter(classifier.labels, min_score, count, wbc_count, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
@@ -299,7 +370,9 @@ def run_watch(
                 continue
             t0 = clock()
             if counter is not None:
-                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, None, field_scale)
+                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, None, field_scale,
+                                                   reference, known=lambda dets: counter.known(frame, dets, n))
+                unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted,
@@ -351,6 +424,11 @@ def run_watch(
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
     summary.update(counted=at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1)})
+    if reference is not None:
+        summary["unlike_training_frames"] = unlike_frames
+        if n and unlike_frames > n / 2:
+            summary["warning"] = ("most frames are stained unlike the model's training data: expect more mistakes; "
+                                  "calibrate or adapt the model to this lab (docs/cross-lab.md)")
     if report_dir is not None:
         write_report(report_dir, counter.differential,
                      {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score})

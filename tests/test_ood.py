@@ -47,3 +47,44 @@ def test_sidecar_keeps_a_valid_stain_reference():
         d["stain_reference"] = bad
         with pytest.raises(BundleError, match="stain_reference"):
             Sidecar.from_json(d)
+
+
+def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
+    import threading
+
+    from scopelite.edge.bundle import InputSpec
+    from scopelite.edge.httpd import Status
+    from scopelite.edge.sources import FakeSource
+    from scopelite.edge.watch import run_watch
+    from scopelite.train.synth import make_field
+
+    class Fake:  # an interpreter-free classifier with a sidecar that carries a stain reference
+        labels = ("basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+                  "neutrophil", "platelet")
+        input_spec = InputSpec(32, 32)
+
+        def __init__(self, ref):
+            self.sidecar = type("S", (), {"stain_reference": ref.to_json()})()
+
+        def classify(self, batch):
+            return np.tile(np.eye(8)[6], (len(batch), 1))
+
+    rng = np.random.default_rng(2)
+    frames = [make_field(rng, 320, 240, n_cells=2)[0] for _ in range(4)]
+    crops = make_crops(12, size=96, seed=0)[0]
+    ref = ood.reference_from(crops, sample=48)
+    recs = []
+    status = Status(Fake.labels)
+    s = run_watch(FakeSource(frames), Fake(ref), recs.append, mode="field", stop=threading.Event(),
+                  on_frame=lambda f, r, c: status.update(f, r, c))["summary"]
+    stains = [r["scale"]["stain"] for r in recs if "scale" in r]
+    assert len(stains) == 4 and all(st["distance"] is not None for st in stains)
+    assert s["unlike_training_frames"] == sum(st["unlike_training"] for st in stains)
+    far = ood.StainReference((2.0, 0.05, 2.0), (0.05, 2.0, 0.05), 0.5)  # a stain nothing here looks like
+    recs.clear()
+    status = Status(Fake.labels)
+    s = run_watch(FakeSource(frames), Fake(far), recs.append, mode="field", stop=threading.Event(),
+                  on_frame=lambda f, r, c: status.update(f, r, c))["summary"]
+    assert s["unlike_training_frames"] == 4 and "unlike the model's training data" in s["warning"]
+    assert "unlike the training data" in status.page()
+    assert "scopelite_unlike_training_frames_total 4" in status.metrics_text()
