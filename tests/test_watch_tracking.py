@@ -149,3 +149,26 @@ def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
     assert s["tracking"]["on"] and s["stopped"] == "count reached" and s["differential"]["white_total"] == 5
     r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--count", "5")
     assert r.returncode == 2 and "need --mode field" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cells_already_counted_are_not_classified_again():
+    scan = make_slide_scan(0, **SCAN)
+    crops = []
+
+    def counting(batch):
+        crops.append(len(batch))
+        return by_colour(batch)
+
+    recs = []
+    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=counting), recs.append,
+                  mode="field")["summary"]
+    assert cells_counted(s["differential"]) == len(scan.cells)
+    cells = [c for r in recs for c in r["cells"]]
+    decided = [c for c in cells if c.get("decided")]
+    assert sum(crops) == len(cells) - len(decided) and len(decided) >= 0.3 * len(cells)
+    counted = {e["track"]: e for r in recs for e in r["counted"]}
+    for c in decided:  # the class it was counted with, and the same track
+        assert c["track"] in counted and (c["label"], c["best"]) == (counted[c["track"]]["label"],
+                                                                    counted[c["track"]]["best"])
+    held = [r["scale"]["source"] for r in recs].count("red cells (held)")
+    assert 0.6 * len(recs) <= held <= 0.85 * len(recs)  # the ruler measures one frame in 5 once it has 5
