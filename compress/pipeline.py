@@ -203,14 +203,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.int8:
         variants["int8"] = (convert.to_int8(fixed, rep, cfg.io_dtype), {"quantization": "post-training full-integer"})
     if cfg.qat:
-        exports, qat_hist, p_keras_qat = _qat_model(model, tcfg, n_classes, train, val, test, cfg, log)
-        how = {"qat_int8": "quantisation-aware training (weights and learned activation ranges), full-integer",
-               "qat_calibrated_int8": "quantisation-aware training (weights), activation ranges calibrated on the "
-                                      "representative set as in post-training quantisation, full-integer"}
-        for kind, qat_fixed in exports.items():
-            variants[kind] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
-                              {"quantization": how[kind], "qat_history": qat_hist})
-            keras_twins[kind] = p_keras_qat
+        _add_qat(variants, keras_twins, model, tcfg, n_classes, train, val, test, rep, cfg, log)
     if cfg.float16:
         variants["float16"] = (convert.to_float16(fixed), {"quantization": "float16 weights"})
     if cfg.dynamic_range:
@@ -220,34 +213,49 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     report = {"model": str(src_path), "split": "test", "n": len(test), "data": ds.description,
               "corrupted_protocol": f"one of 16 corruptions at severity 1-5 per image, seed {cfg.seed}",
               "float": float_m, "variants": {}, "measured_on": machine()}
-    for kind, (blob, extra) in variants.items():
-        path = out / f"model_{kind}.tflite"
-        write_bytes_atomic(path, blob)
-        ops = op_counts(path)
-        bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
-        if bad:  # would be a converter regression: the Edge TPU cannot map these
-            raise UserError(f"{kind} graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
-        draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
-        m, top1 = _measure(path, draft, test, corrupted, p_float, kind)
-        m["ops"] = ops
-        if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
-            m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == top1).mean())
-            if kind == "qat_int8" and m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
-                log(f"      WARNING: the {kind} TFLite model agrees with its Keras QAT model on only "
-                    f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
-                    f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")
-        if kind.endswith("int8"):
-            m["gate"] = gate(float_m, m, cfg)
-            m["edgetpu_offline"] = edgetpu.compatibility(path)
-        metrics = {"split": "test", "n": len(test), "data": ds.description, "float": float_m, **m,
-                   "measured_on": report["measured_on"]}
-        write_sidecar(path, tflite_sidecar(path, sc, src_path, kind, metrics, cfg, ops, extra=extra))
-        report["variants"][kind] = {k: v for k, v in m.items() if k not in ("clean",)} | {
-            "clean": {k: m["clean"][k] for k in ("accuracy", "macro_f1")}}
-        log(f"      {kind:>14}: clean {100 * m['clean']['accuracy']:.2f} %  corrupted "
-            f"{100 * m['corrupted']['accuracy']:.2f} %  {m['size_bytes'] / 1e6:.2f} MB  "
-            f"{m['latency_ms']['threads_2']['p50_ms']:.3f} ms (2 threads)"
-            + (f"  gate {'PASS' if m['gate']['passed'] else 'FAIL'}" if "gate" in m else ""))
+
+    def measure_all(kinds):
+        """Write, measure, gate and describe each variant (report["variants"][kind])."""
+        for kind in kinds:
+            blob, extra = variants[kind]
+            path = out / f"model_{kind}.tflite"
+            write_bytes_atomic(path, blob)
+            ops = op_counts(path)
+            bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
+            if bad:  # would be a converter regression: the Edge TPU cannot map these
+                raise UserError(f"{kind} graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
+            draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
+            m, top1 = _measure(path, draft, test, corrupted, p_float, kind)
+            m["ops"] = ops
+            if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
+                m["top1_agreement_keras_qat_vs_tflite"] = float((keras_twins[kind].argmax(1) == top1).mean())
+                if kind == "qat_int8" and m["top1_agreement_keras_qat_vs_tflite"] < QAT_AGREEMENT_MIN:
+                    log(f"      WARNING: the {kind} TFLite model agrees with its Keras QAT model on only "
+                        f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
+                        f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")
+            if kind.endswith("int8"):
+                m["gate"] = gate(float_m, m, cfg)
+                m["edgetpu_offline"] = edgetpu.compatibility(path)
+            metrics = {"split": "test", "n": len(test), "data": ds.description, "float": float_m, **m,
+                       "measured_on": report["measured_on"]}
+            write_sidecar(path, tflite_sidecar(path, sc, src_path, kind, metrics, cfg, ops, extra=extra))
+            report["variants"][kind] = {k: v for k, v in m.items() if k not in ("clean",)} | {
+                "clean": {k: m["clean"][k] for k in ("accuracy", "macro_f1")}}
+            log(f"      {kind:>14}: clean {100 * m['clean']['accuracy']:.2f} %  corrupted "
+                f"{100 * m['corrupted']['accuracy']:.2f} %  {m['size_bytes'] / 1e6:.2f} MB  "
+                f"{m['latency_ms']['threads_2']['p50_ms']:.3f} ms (2 threads)"
+                + (f"  gate {'PASS' if m['gate']['passed'] else 'FAIL'}" if "gate" in m else ""))
+
+    measure_all(list(variants))
+    int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
+    if cfg.int8 and not cfg.qat and int8_kinds and not any(report["variants"][k]["gate"]["passed"] for k in int8_kinds):
+        # post-training quantisation of an under-trained network can collapse (activation ranges far
+        # wider than the values that matter); quantisation-aware training learns ranges that fit
+        log("      post-training int8 failed the gate: trying quantisation-aware training (as --qat)")
+        before = set(variants)
+        _add_qat(variants, keras_twins, model, tcfg, n_classes, train, val, test, rep, cfg, log)
+        measure_all([k for k in variants if k not in before])
+        report["automatic_qat"] = True
 
     log("[5/5] gate and approval")
     int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
@@ -268,6 +276,19 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())
     return report
+
+
+def _add_qat(variants: dict, keras_twins: dict, model, tcfg: dict, n_classes: int, train, val, test, rep,
+             cfg: CompressConfig, log) -> None:
+    """Quantisation-aware training, then each exported QAT graph converted to full integer."""
+    exports, qat_hist, p_keras_qat = _qat_model(model, tcfg, n_classes, train, val, test, cfg, log)
+    how = {"qat_int8": "quantisation-aware training (weights and learned activation ranges), full-integer",
+           "qat_calibrated_int8": "quantisation-aware training (weights), activation ranges calibrated on the "
+                                  "representative set as in post-training quantisation, full-integer"}
+    for kind, qat_fixed in exports.items():
+        variants[kind] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
+                          {"quantization": how[kind], "qat_history": qat_hist})
+        keras_twins[kind] = p_keras_qat
 
 
 def _approve(variant: Path, dest: Path) -> None:

@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--work", default="/tmp/fewshot")
     ap.add_argument("--n", type=int, nargs="+", default=[0, 5, 10, 25])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="which cells are drawn, fit's split and its training seed")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
     a = ap.parse_args()
     work = Path(a.work)
@@ -122,7 +122,8 @@ def main() -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
             log = work / f"run-{n}.log"
             row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", "shipped", "--data", str(data),
-                                      "--out", str(run_dir), *FIT], log)
+                                      "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed),
+                                      *FIT], log)
             row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
                                            "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
             model = run_dir / "int8" / "model.tflite"
@@ -130,7 +131,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     Path(a.out).write_text(json.dumps({
-        "command": "python tools/few_shot.py --data ../shared/data --n " + " ".join(map(str, a.n)),
+        "command": f"python tools/few_shot.py --data ../shared/data --seed {a.seed} --n " + " ".join(map(str, a.n)),
+        "seed": a.seed,
         "machine": machine(), "date": datetime.date.today().isoformat(),
         "fit_options": FIT, "adapt_fields": len(adapt), "report_fields": len(report),
         "adapt_crops": {k: len(v) for k, v in sorted(crops.items())},
