@@ -74,37 +74,52 @@ def _scan_for(frame_wh, cells_in_view, seed):
     return make_slide_scan(seed, n_cells=n, slide_size=slide, frame_size=frame_wh, speed=(8.0, 20.0))
 
 
-@pytest.mark.parametrize("frame_wh,goal_fps", [((640, 480), 25.0), ((1920, 1080), 8.0)], ids=["640x480", "1920x1080"])
-def test_field_mode_fields_per_second(clf, record, request, frame_wh, goal_fps):
-    """Field mode as the daemon runs it on a stream: stain layers, scale (measured one frame in 5),
-    detection, the stage-motion estimate, crops and classification of the cells not counted yet, and
-    the tracker (each cell counted once), per frame of a moving slide scan. Frames are rendered outside
-    the timed part; the first 5 frames are warm-up."""
+def _field_pass(clf, scan, n_frames, reference):
+    """One pass of field mode over the scan's first frames: (timed frames, s per frame in field mode,
+    s in the tracker, cells, cells classified, cells counted)."""
     from scopelite.edge import field as field_lib
     from scopelite.edge.watch import FieldCounter, FieldScale, classify_field
 
-    scan = _scan_for(frame_wh, 9, seed=0)
-    cfg = field_lib.FieldConfig()  # auto: the scale measured on each frame, as the daemon runs by default
+    cfg = field_lib.FieldConfig()  # auto: the scale from the red cells, as the daemon runs by default
     scale, counter = FieldScale(cfg, every=5), FieldCounter(clf.labels)
-    n_frames = min(len(scan), 125 if frame_wh[0] <= 640 else 45)
     t_field = t_track = 0.0
     cells = counted = decided = 0
     for i in range(n_frames):
         frame = scan.frame(i)
         t0 = time.perf_counter()
-        found, info = classify_field(frame, clf, cfg, 0.5, scale=scale, known=lambda d: counter.known(frame, d, i))
+        found, info = classify_field(frame, clf, cfg, 0.5, scale=scale, reference=reference,
+                                     known=lambda d: counter.known(frame, d, i))
         t1 = time.perf_counter()
         counted += len(counter.update(frame, found, info, i))
         t2 = time.perf_counter()
-        if i >= 5:
+        if i >= 5:  # warm-up
             t_field, t_track, cells = t_field + t1 - t0, t_track + t2 - t1, cells + len(found)
             decided += sum(bool(c.get("decided")) for c in found)
     n = n_frames - 5
-    fps = n / (t_field + t_track)
+    return n, (t_field + t_track) / n, t_track / n, cells, cells - decided, counted
+
+
+@pytest.mark.parametrize("frame_wh,goal_fps", [((640, 480), 25.0), ((1920, 1080), 8.0)], ids=["640x480", "1920x1080"])
+def test_field_mode_fields_per_second(clf, record, request, frame_wh, goal_fps):
+    """Field mode as the daemon runs it on a stream: stain layers, scale (measured one frame in 5),
+    the stain check against the model's training data (when its sidecar has a stain reference),
+    detection, the stage-motion estimate, crops and classification of the cells not counted yet, and
+    the tracker (each cell counted once), per frame of a moving slide scan. Frames are rendered outside
+    the timed part. Also measured without the stain check, for its share."""
+    from scopelite.edge import ood
+
+    scan = _scan_for(frame_wh, 9, seed=0)
+    n_frames = min(len(scan), 125 if frame_wh[0] <= 640 else 45)
+    ref_json = getattr(clf.sidecar, "stain_reference", None)
+    reference = ood.StainReference.from_json(ref_json) if ref_json else None
+    n, per_frame, track_s, cells, classified, counted = _field_pass(clf, scan, n_frames, reference)
+    bare = _field_pass(clf, scan, n_frames, None)[1] if reference is not None else per_frame
+    fps = 1 / per_frame
     w, h = frame_wh
     record.add(f"field mode + tracking {w}x{h}, <=12 cells (fields/s)", fields_per_second=round(fps, 1),
-               tracking_ms=round(1e3 * t_track / n, 2), cells_per_field=round(cells / n, 1),
-               classified_per_field=round((cells - decided) / n, 1), frames=n, cells_counted=counted, goal=goal_fps)
+               without_stain_check=round(1 / bare, 1), stain_check=reference is not None,
+               tracking_ms=round(1e3 * track_s, 2), cells_per_field=round(cells / n, 1),
+               classified_per_field=round(classified / n, 1), frames=n, cells_counted=counted, goal=goal_fps)
     assert 5 <= cells / n <= 12 and counted > 0
     if request.config.getoption("--assert-ratios"):
         assert fps >= goal_fps, f"field mode with tracking: {fps:.1f} frames/s at {w}x{h} (goal {goal_fps:g})"
