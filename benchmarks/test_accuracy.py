@@ -144,7 +144,7 @@ def test_field_mode_on_another_lab(data_root, clf, record):
 
 @pytest.mark.data
 def test_detection_and_scale_on_another_lab(data_root, record):
-    """White-cell detection and the red-cell ruler against DeepBioNet's boxes (odd-numbered files: report half)."""
+    """White-cell detection and the red-cell ruler against DeepBioNet's boxes (files at odd positions in sorted order: report half)."""
     from scopelite.edge import field as field_lib
     from scopelite.edge.scale import estimate_rbc_diameter
     from scopelite.edge.sources import read_image_rgb
@@ -198,7 +198,7 @@ def test_detection_and_scale_on_another_lab(data_root, record):
         "note": "A detection is right when its centre lies inside a true white-cell box; only white-cell-sized "
                 "detections count. Scale: estimated red-cell diameter vs the median of the image's whole "
                 "red-cell boxes (mean of box width and height). The detector's thresholds were chosen with the "
-                "even-numbered files in view; the odd-numbered files are the report half. PBC has no red-cell "
+                "files at even positions (sorted by name) in view; the odd positions are the report half. PBC has no red-cell "
                 "boxes: its figure is the spread of the estimates over 160 fields taken at one magnification. "
                 "Data: Shams et al., Blood Cells Mol Dis 2024.", **out}, [])
     rep = out["report_odd"]

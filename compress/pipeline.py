@@ -263,8 +263,11 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if int8_kinds and not passed:
         write_json_atomic(out / "report.json", {**report, "approved": None})
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
+        tried_qat = cfg.qat or report.get("automatic_qat")
         raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
-                         "Try --qat, more --representative images, or a looser --max-drop if you accept it")
+                         + ("Quantisation-aware training was tried too; train the float model longer, use " if tried_qat
+                            else "Try --qat, ")
+                         + "more --representative images, or a looser --max-drop if you accept it")
     if passed:
         best = max(passed, key=lambda k: (report["variants"][k]["corrupted"]["accuracy"],
                                           report["variants"][k]["clean"]["accuracy"]))
@@ -287,7 +290,7 @@ def _add_qat(variants: dict, keras_twins: dict, model, tcfg: dict, n_classes: in
                                   "representative set as in post-training quantisation, full-integer"}
     for kind, qat_fixed in exports.items():
         variants[kind] = (convert.to_int8(qat_fixed, rep, cfg.io_dtype),
-                          {"quantization": how[kind], "qat_history": qat_hist})
+                          {"quantization": how[kind], "qat_history": qat_hist, "qat_requested": cfg.qat})
         keras_twins[kind] = p_keras_qat
 
 

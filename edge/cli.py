@@ -108,8 +108,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
 
     model, images = _split_model(args, model)
     clf = _classifier(model, threads, device, fallback, tta)
-    ref_json = load_sidecar(model, check_hash=False).stain_reference
-    ref = ood.StainReference.from_json(ref_json) if ref_json else None
+    ref = ood.reference_of(load_sidecar(model, check_hash=False))
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
@@ -245,6 +244,12 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     from .packaged import default_model
 
     wh = _parse_size(size)
+    if loop and mode == "field":
+        if count_target or report_dir:
+            raise UserError("--loop replays the same cells, so a differential (--count/--report) would count them "
+                            "again on every pass; leave out --loop")
+        warn("--loop in field mode counts the same cells again on every pass: the differential is not a count of "
+             "this slide")
     if crop_size is not None and crop_size > MAX_SIDE:  # bounded work per frame: SIGTERM is honoured between frames
         raise UserError(f"--crop-size {crop_size} is larger than any frame scopelite takes ({MAX_SIDE} px a side); "
                         "give the cell's size in the frame's pixels, e.g. --crop-size 360")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .scale import estimate_rbc_diameter
+from .scale import crop_side, estimate_rbc_diameter
 from .stain import Layers, stain_layers
 
 # When a model's sidecar does not say its scale: PBC's 96 px crops show a red cell about
@@ -59,7 +59,7 @@ class FieldConfig:
         """Crop side (frame px) that shows a red cell of ``rbc_px`` at the model's scale."""
         if self.crop_size is not None:
             return self.crop_size
-        return max(int(round(self.input_px * rbc_px / self.model_rbc_px)), 8)
+        return crop_side(rbc_px, self.model_rbc_px, self.input_px)
 
 
 def stained_mask(layers: Layers) -> np.ndarray:

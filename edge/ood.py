@@ -53,6 +53,12 @@ class StainReference:
                    float(d["threshold"]))
 
 
+def reference_of(sidecar) -> StainReference | None:
+    """The stain reference a model's sidecar carries (None: not measured, or no sidecar)."""
+    d = getattr(sidecar, "stain_reference", None)
+    return StainReference.from_json(d) if d else None
+
+
 def _vec(v) -> tuple[float, float, float]:
     return tuple(round(float(x), 4) for x in v)
 
@@ -89,4 +95,6 @@ def reference_from(images: np.ndarray, sample: int = 400, seed: int = 0, quantil
         return None
     ref = StainReference(_vec(np.median(rbc, axis=0)), _vec(np.median(nuc, axis=0)), 0.0)
     scores = [v for v in (score(s, ref) for s in stats) if v is not None]
+    if len(scores) < 10:  # no image holds both a red cell and a nucleus to compare
+        return None
     return StainReference(ref.rbc_od, ref.nucleus_od, round(float(np.percentile(scores, quantile)), 4))

@@ -19,6 +19,7 @@ from .errors import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
 MAX_SIDE = 4096
+MIN_SIDE = 16
 # A stream that accepts the connection and never answers must not hold an open or a read for OpenCV's 30 s.
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
@@ -49,10 +50,13 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def check_frame_size(frame: np.ndarray, what: str) -> np.ndarray:
-    """Refuse frames larger than ``MAX_SIDE`` px on a side (SourceError), so no frame takes seconds."""
+    """Refuse frames larger than ``MAX_SIDE`` px on a side, so no frame takes seconds, and smaller than
+    ``MIN_SIDE``, which hold no cell to find (SourceError)."""
     h, w = frame.shape[:2]
     if max(h, w) > MAX_SIDE:
         raise SourceError(f"{what} is {w}x{h} px, larger than {MAX_SIDE} px a side")
+    if min(h, w) < MIN_SIDE:
+        raise SourceError(f"{what} is {w}x{h} px, smaller than {MIN_SIDE} px a side: no cell to see")
     return frame
 
 

@@ -28,7 +28,8 @@ import numpy as np
 # The stained threshold is the Otsu split, kept between level + STAINED_K and level + CAP_K spreads
 # (the floor: a field with no white cell does not split its red cells in two; the ceiling: a pale
 # nucleus beside a dark one is still stained). Chosen on PBC's 160 fields (field mode), generated
-# fields and the even-numbered DeepBioNet detection fields; the odd-numbered ones are the report half.
+# fields and the DeepBioNet detection files at even positions in sorted order; the odd positions are
+# the report half.
 P_BASE = 25.0
 STAINED_K = 3.0
 CAP_K = 12.0
@@ -105,7 +106,7 @@ def stain_layers(frame_rgb: np.ndarray) -> Layers:
     inside = sub > t_cell
     cells = sub3[inside]
     u = _red_direction(cells)
-    if len(cells) >= 50:  # again from the half of the cells nearest that colour: a large white cell
+    if len(cells) >= 100:  # again from the half of the cells nearest that colour: a large white cell
         off = np.linalg.norm(cells - (cells @ u)[:, None] * u, axis=1)  # must not pull the red colour
         u = _red_direction(cells[off <= np.median(off)])
     # |od3 - (od3 . u) u|: the projection off the red direction, then its length, channel ops in OpenCV

@@ -344,6 +344,9 @@ class StageMotion:
         if self.downscale > 1:
             grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
         grey = grey.astype(np.float32)
+        if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
+            self._prev = None
+            return None
         prev, self._prev = self._prev, grey
         if prev is None or prev.shape != grey.shape:
             self._window = cv2.createHanningWindow(grey.shape[::-1], cv2.CV_32F)

@@ -345,8 +345,7 @@ def run_watch(
     stop = stop or threading.Event()
     field_cfg = field_cfg or field_lib.FieldConfig()
     field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1)  # one microscope's stream
-    ref_json = getattr(getattr(classifier, "sidecar", None), "stain_reference", None)
-    reference = ood.StainReference.from_json(ref_json) if ref_json else None
+    reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = 0
     tally = Tally(list(classifier.labels))
     counter = FieldCounter(classifier.labels, min_score, count, wbc_count, track) if mode == "field" else None

@@ -30,7 +30,6 @@ import numpy as np
 from scopelite.edge import field as field_lib
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
-from scopelite.edge.scale import estimate_rbc_diameter
 from scopelite.edge.sources import list_images, read_image_rgb
 from scopelite.edge.stain import stain_layers
 from scopelite.edge.sysinfo import machine
@@ -46,11 +45,12 @@ def number(p: Path) -> int:
 
 def export_crops(fields: list[Path], out: Path, rbc_model: float, size: int) -> dict[str, list[Path]]:
     cfg = field_lib.FieldConfig(model_rbc_px=rbc_model, input_px=size)
+    scaler = FieldScale(cfg)  # the scale as the daemon smooths it, so these crops are what it classifies
     found: dict[str, list[Path]] = collections.defaultdict(list)
     for p in fields:
         img = read_image_rgb(p)
         layers = stain_layers(img)
-        rbc = estimate_rbc_diameter(img, layers).diameter_px or field_lib.FALLBACK_RBC_PX
+        rbc, _ = scaler.measure(img, layers)
         white = [d for d in field_lib.detect(img, rbc, layers, cfg) if d.kind == "white"]
         if not white:
             continue
@@ -105,6 +105,8 @@ def main() -> None:
     crops = export_crops(adapt, work / "crops", spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, spec.height)
     rows = []
     rng = np.random.default_rng(a.seed)
+    # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
+    order = {cls: rng.permutation(len(files)) for cls, files in sorted(crops.items())}
     for n in a.n:
         row: dict = {"n_per_class": n}
         if n == 0:
@@ -113,7 +115,7 @@ def main() -> None:
             data = work / f"data-{n}"
             shutil.rmtree(data, ignore_errors=True)
             for cls, files in crops.items():
-                pick = rng.permutation(len(files))[:n]
+                pick = order[cls][:n]
                 (data / cls).mkdir(parents=True)
                 for i in pick:
                     shutil.copy(files[i], data / cls / files[i].name)

@@ -105,9 +105,14 @@ def plan(cfg: FitConfig) -> list[Segment]:
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights n / (k * count_c): rare classes count as much as common ones."""
+    """Balanced weights n / (k * count_c): rare classes count as much as common ones.
+
+    k is the number of classes present (a lab's data may hold only some), so the weights
+    average 1 over the images whatever is missing.
+    """
     counts = np.bincount(labels, minlength=n_classes).astype(float)
-    return {c: float(len(labels) / (n_classes * max(counts[c], 1))) for c in range(n_classes)}
+    k = max(int((counts > 0).sum()), 1)
+    return {c: float(len(labels) / (k * max(counts[c], 1))) for c in range(n_classes)}
 
 
 def make_strategy(name: str):

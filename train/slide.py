@@ -80,7 +80,7 @@ class SlideScan:
             yield self.frame(i), {"frame": i, "offset": list(self.path[i]), "cells": self.visible(i)}
 
 
-def _scan_path(rng: np.random.Generator, slide_wh: tuple[int, int], frame_wh: tuple[int, int],
+def scan_path(rng: np.random.Generator, slide_wh: tuple[int, int], frame_wh: tuple[int, int],
                speed: tuple[float, float], row_overlap: float, events: bool) -> tuple[list[tuple[int, int]], list[float], list[tuple[int, str]]]:
     """Serpentine rows over the slide with pauses, jerks, back-and-forth moves and refocusing."""
     (sw, sh), (w, h) = slide_wh, frame_wh
@@ -161,5 +161,5 @@ def make_slide_scan(seed: int = 0, n_cells: int | None = None, slide_size: tuple
     slide, cells = make_field(rng, sw, sh, n_cells=n_cells)
     truth = [{"id": i, "label": c["label"], "center": c["center"], "radius": (c["box"][2] - c["box"][0]) / 2}
              for i, c in enumerate(cells)]
-    path, blur, log = _scan_path(rng, slide_size, frame_size, speed, row_overlap, events)
+    path, blur, log = scan_path(rng, slide_size, frame_size, speed, row_overlap, events)
     return SlideScan(slide, truth, path, blur, tuple(frame_size), seed, log)
