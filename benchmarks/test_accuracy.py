@@ -118,10 +118,12 @@ def test_field_mode_on_real_fields(data_root, clf, record):
     record.add("field mode, PBC fields, default options", accuracy=round(res["default_options"]["accuracy"], 4),
                crop_360=round(res["crop_size_360"]["accuracy"], 4))
     assert res["default_options"]["fields_with_a_detection"] >= 0.95
+    # the shipped model recorded 96.9 % here (2026-12-01): a band of 3 fields below it
+    assert res["default_options"]["accuracy"] >= 0.95, res["default_options"]
 
 
 @pytest.mark.data
-def test_field_mode_on_another_lab(data_root, clf, record):
+def test_field_mode_on_another_lab(data_root, clf, record, request):
     """DeepBioNet's labelled fields (another lab, microscope, camera and stain), zero-shot, default options."""
     from scopelite.edge import field as field_lib
 
@@ -140,6 +142,8 @@ def test_field_mode_on_another_lab(data_root, clf, record):
         "model": str(clf.path), **res, "rows": rows}, tiles)
     record.add("field mode, DeepBioNet fields, zero-shot", accuracy=round(res["accuracy"], 4))
     assert res["fields_with_a_detection"] >= 0.95
+    if not request.config.getoption("--model"):  # the shipped model recorded 62.0 % (2026-12-01): a band of 5 points
+        assert res["accuracy"] >= 0.57, res
 
 
 @pytest.mark.data
