@@ -95,7 +95,7 @@ def _write(name: str, payload: dict, tiles: list[np.ndarray]) -> None:
 
 
 @pytest.mark.data
-def test_field_mode_on_real_fields(data_root, clf, record):
+def test_field_mode_on_real_fields(data_root, clf, record, request):
     """PBC's own fields with default options (crop size measured from red cells) and at the hand-set 360."""
     from scopelite.edge import field as field_lib
 
@@ -118,8 +118,8 @@ def test_field_mode_on_real_fields(data_root, clf, record):
     record.add("field mode, PBC fields, default options", accuracy=round(res["default_options"]["accuracy"], 4),
                crop_360=round(res["crop_size_360"]["accuracy"], 4))
     assert res["default_options"]["fields_with_a_detection"] >= 0.95
-    # the shipped model recorded 96.9 % here (2026-12-01): a band of 3 fields below it
-    assert res["default_options"]["accuracy"] >= 0.95, res["default_options"]
+    if not request.config.getoption("--model"):  # the shipped model recorded 96.9 % (2026-12-01): 3 fields below
+        assert res["default_options"]["accuracy"] >= 0.95, res["default_options"]
 
 
 @pytest.mark.data
