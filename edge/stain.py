@@ -55,8 +55,10 @@ def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
     return v_lo + (v_hi - v_lo) * (idx - lo)
 
 
-def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
+def optical_density(frame_rgb: np.ndarray, step: int = 1) -> np.ndarray:
     """Per-channel OD against the frame's background (brightest pixels), HxWx3 float32 >= 0.
+
+    ``step`` > 1: the OD of every step-th row and column only (the background still from the frame).
 
     The background is the 75th percentile of each channel over the pixels brighter than the
     60th percentile of grey (every other row and column); percentiles of uint8 values come
@@ -72,7 +74,7 @@ def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
         background = frame_rgb.reshape(-1, 3).max(axis=0) + 1.0
     v = np.arange(256, dtype=np.float32)[:, None] + 1.0
     table = np.maximum(-np.log(v / background.astype(np.float32)), 0.0).astype(np.float32)
-    return cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
+    return cv2.LUT(np.ascontiguousarray(frame_rgb[::step, ::step]), table.reshape(256, 1, 3))
 
 
 def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
