@@ -1,0 +1,104 @@
+"""A technician's slide scan from real PBC fields: is each cell counted once, is the differential right?
+
+    python benchmarks/pbc_slide_scan.py --data ../shared/data [--seed 0] [--out benchmarks/results/pbc-slide-scan.json]
+
+32 real PBC fields (4 of each nucleated class, 4 platelet fields; drawn with --seed) are tiled into one
+slide (8 x 4 tiles of 360 x 360 px), and a 640 x 480 view pans over it in overlapping serpentine rows
+with pauses, jerks, back-and-forth moves and refocusing (train/slide.py's scan path), as a stage moved
+by hand. The frames are written as a lossless video and `celledge watch VIDEO --mode field` runs on it
+with default options (tracking on, the scale measured from the red cells). Truth: 28 nucleated centre
+cells, 4 per class; the white-cell differential is 1/6 each (16.7 %), NRBC 16.7 per 100 white cells.
+Nucleated counted = white cells + erythroblasts; cells counted as uncertain are listed apart.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from scopelite.edge.differential import WHITE as WHITE_ORDER
+from scopelite.edge.sources import list_images, read_image_rgb
+from scopelite.edge.sysinfo import machine
+from scopelite.train.slide import SlideScan, scan_path
+
+NUCLEATED = ("basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte", "neutrophil")
+TILE, COLS, ROWS = 360, 8, 4
+
+
+def make_slide(data: Path, seed: int) -> tuple[np.ndarray, list[dict]]:
+    rng = np.random.default_rng(seed)
+    picks = []
+    for cls in NUCLEATED + ("platelet",):
+        files = list_images([data / "pbc-fields" / cls])
+        picks += [(cls, files[i]) for i in rng.choice(len(files), 4, replace=False)]
+    order = rng.permutation(len(picks))
+    slide = np.zeros((ROWS * TILE, COLS * TILE, 3), np.uint8)
+    cells = []
+    for k, j in enumerate(order):
+        cls, path = picks[j]
+        r, c = divmod(k, COLS)
+        img = read_image_rgb(path)[:TILE, :TILE]
+        slide[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = img
+        cells.append({"id": k, "label": cls, "file": path.name,
+                      "center": [c * TILE + TILE / 2, r * TILE + TILE / 2], "radius": 60.0})
+    return slide, cells
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pbc-slide-scan.json"))
+    a = ap.parse_args()
+    slide, cells = make_slide(Path(a.data), a.seed)
+    rng = np.random.default_rng(a.seed + 1)
+    path, blur, events = scan_path(rng, (slide.shape[1], slide.shape[0]), (640, 480), (6.0, 16.0), 0.35, True)
+    scan = SlideScan(slide, cells, path, blur, (640, 480), a.seed, events)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "scan.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, (640, 480))
+        for frame, _ in scan.frames():
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        cmd = [str(Path(sys.executable).parent / "celledge"), "watch", str(video), "--mode", "field",
+               "--report", str(Path(tmp) / "report")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"Error: celledge watch failed: {r.stderr[-2000:]}")
+        summary = json.loads(r.stdout.strip().splitlines()[-1])["summary"]
+    d = summary["differential"]
+    rows = {row["class"]: row for row in d["rows"]}
+    white = d["white_total"]
+    nrbc = d.get("nrbc", 0)
+    truth_pct = 100.0 / len(WHITE_ORDER)
+    l1 = sum(abs(rows.get(c, {}).get("percent", 0.0) - truth_pct) for c in WHITE_ORDER) if white else None
+    result = {
+        "command": f"python benchmarks/pbc_slide_scan.py --data ../shared/data --seed {a.seed}",
+        "watch_command": "celledge watch scan.avi --mode field --report DIR (default options)",
+        "machine": machine(), "date": datetime.date.today().isoformat(), "seed": a.seed,
+        "frames": len(scan), "scan_events": {k: sum(1 for _, e in events if e == k) for k in
+                                             ("pause", "jerk", "back", "refocus", "row")},
+        "truth": {"nucleated": 28, "per_class": 4, "white_percent_each": round(truth_pct, 2), "nrbc_per_100_wbc": 16.67},
+        "counted": {"nucleated": white + nrbc, "white": white, "nrbc": nrbc,
+                    "uncertain": d["uncertain"]["count"], "platelets": d["platelets"],
+                    "rows": {c: {"count": rows.get(c, {}).get("count", 0), "percent": rows.get(c, {}).get("percent", 0.0)}
+                             for c in WHITE_ORDER}},
+        "nucleated_ratio": round((white + nrbc) / 28, 3),
+        "differential_l1_points": None if l1 is None else round(l1, 1),
+        "fps": summary["fps"], "tiles": [{k: c[k] for k in ("id", "label", "file")} for c in cells],
+        "note": __doc__.strip().splitlines()[2:],
+    }
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("frames", "counted", "nucleated_ratio", "differential_l1_points", "fps")},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
