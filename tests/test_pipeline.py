@@ -50,8 +50,11 @@ def test_classify_cli_json(tiny_run, synth_dir):
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 24
     for rec in lines:
-        assert set(rec) == {"path", "label", "score", "top_k"}
+        # the tiny model's sidecar carries the stain of its training crops: each image gets its distance
+        assert set(rec) == {"path", "label", "score", "top_k", "stain_distance", "unlike_training"}
         assert rec["label"] == rec["top_k"][0]["label"] and len(rec["top_k"]) == 2
+    # generated crops are stained like the generated training crops: few are flagged
+    assert sum(rec["unlike_training"] for rec in lines) <= len(lines) // 4
     correct = sum(rec["label"] == rec["path"].split("/")[-2] for rec in lines)
     assert correct >= 18  # 96px crops resized to the 32px model: still mostly right
 
