@@ -94,12 +94,18 @@ def detect(frame_rgb: np.ndarray, rbc_px: float | None = None, layers: Layers | 
     return sorted(out, key=lambda d: -d.area)
 
 
+def crop_box(det: Detection, size: int) -> tuple[int, int, int, int]:
+    """x0, y0, x1, y1 (frame px, may lie outside it) of the ``size`` square ``crop`` takes."""
+    half = size // 2
+    x, y = int(round(det.x)), int(round(det.y))
+    return x - half, y - half, x - half + size, y - half + size
+
+
 def crop(frame_rgb: np.ndarray, det: Detection, size: int) -> np.ndarray:
     """A ``size`` x ``size`` square centred on the detection; borders reflected at the frame edge."""
     half = size // 2
     h, w = frame_rgb.shape[:2]
-    x, y = int(round(det.x)), int(round(det.y))
-    x0, y0, x1, y1 = x - half, y - half, x - half + size, y - half + size
+    x0, y0, x1, y1 = crop_box(det, size)
     if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
         return frame_rgb[y0:y1, x0:x1]
     padded = cv2.copyMakeBorder(frame_rgb, half, half, half, half, cv2.BORDER_REFLECT)

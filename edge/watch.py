@@ -123,7 +123,6 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
         scores = np.asarray(classifier.classify(crops), dtype=np.float64)
         fresh = dict(zip(todo, zip(scores, np.round(scores, 4).tolist())))
     cells = []
-    half = side // 2
     h, w = frame.shape[:2]
     for j, d in enumerate(dets):
         if j in fresh:
@@ -135,7 +134,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
         if tally is not None:
             tally.add(cell["label"])
         cell.update(kind=d.kind, center=[round(d.x, 1), round(d.y, 1)],
-                    box=[int(d.x) - half, int(d.y) - half, int(d.x) + half, int(d.y) + half],
+                    box=list(field_lib.crop_box(d, side)),
                     cut=cut_by_edge(d.box, w, h))
         if j in fresh:
             cell["scores"] = fresh[j][1]

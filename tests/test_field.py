@@ -84,7 +84,7 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
     cell = frames[0]["cells"][0]
     scale = frames[0]["scale"]
     assert {"label", "score", "box", "center", "kind"} <= set(cell)
-    assert scale["source"] == "red cells" and cell["box"][2] - cell["box"][0] == scale["crop"] // 2 * 2
+    assert scale["source"] == "red cells" and cell["box"][2] - cell["box"][0] == scale["crop"]  # the square cropped
     assert 80 <= scale["crop"] <= 112  # generated fields are drawn at the generated crops' scale
     r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--min-score", "1.0")
