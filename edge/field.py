@@ -25,6 +25,8 @@ DEFAULT_MODEL_RBC_PX = 18.0
 # When a frame has too few red cells and nothing better is known: a red cell in a
 # CellaVision DM96 field (PBC), px; with the shipped model that is a 360 px crop.
 FALLBACK_RBC_PX = 67.5
+# Frames with a longer side than this are searched at half size (1920x1080 -> 960x540).
+SEARCH_SIDE = 1280
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,23 @@ def detect(frame_rgb: np.ndarray, rbc_px: float | None = None, layers: Layers | 
             kind = "white" if area >= cfg.white_area * rbc_area else "small"
             out.append(Detection(float(centroids[i][0]), float(centroids[i][1]), (x, y, x + w, y + h), area, kind))
     return sorted(out, key=lambda d: -d.area)
+
+
+def scaled(det: Detection, factor: int) -> Detection:
+    """A detection found on a frame shrunk by ``factor``, in the full frame's pixels."""
+    x0, y0, x1, y1 = det.box
+    return Detection(det.x * factor, det.y * factor, (x0 * factor, y0 * factor, x1 * factor, y1 * factor),
+                     det.area * factor * factor, det.kind)
+
+
+def shrink_for_search(frame_rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """The frame to search for cells, and its shrink factor: half size when the long side is over
+    ``SEARCH_SIDE`` (cells stay tens of px across, and the stain layers cost a quarter); crops are
+    still taken from the full frame."""
+    h, w = frame_rgb.shape[:2]
+    if max(h, w) <= SEARCH_SIDE:
+        return frame_rgb, 1
+    return cv2.resize(frame_rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), 2
 
 
 def crop_box(det: Detection, size: int) -> tuple[int, int, int, int]:

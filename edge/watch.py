@@ -71,7 +71,11 @@ class FieldScale:
         self.every = every
         self._frames = 0
 
-    def measure(self, frame: np.ndarray, layers) -> tuple[float, dict]:
+    def measure(self, frame: np.ndarray, layers, factor: int = 1) -> tuple[float, dict]:
+        """The red-cell diameter in full-frame px, and the record's ``scale`` dict.
+
+        ``frame``/``layers`` may be the frame shrunk by ``factor`` (``field.shrink_for_search``).
+        """
         fixed = self.cfg.rbc_px_for_crop()
         if fixed is not None:
             return fixed, {"source": "crop-size", "rbc_px": round(fixed, 1), "crop": self.cfg.crop_size}
@@ -80,6 +84,8 @@ class FieldScale:
             rbc = self.smoother.current
             return rbc, {"source": "red cells (held)", "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc)}
         est = scale_lib.estimate_rbc_diameter(frame, layers)
+        if est.diameter_px is not None and factor != 1:
+            est = scale_lib.ScaleEstimate(est.diameter_px * factor, est.cells)
         current = self.smoother.update(est)
         source = "red cells" if current is not None else "fallback"
         rbc = current if current is not None else field_lib.FALLBACK_RBC_PX
@@ -105,13 +111,14 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     cells whose class is already decided (``FieldCounter.known``): those are not classified
     again and are marked ``decided``.
     """
-    layers = stain_layers(frame)
-    rbc_px, scale_info = (scale or FieldScale(cfg)).measure(frame, layers)
+    view, factor = field_lib.shrink_for_search(frame)
+    layers = stain_layers(view)
+    rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
     if reference is not None:
-        distance = ood.score(ood.stain_stats(frame, layers), reference)
+        distance = ood.score(ood.stain_stats(view, layers), reference)
         scale_info["stain"] = {"distance": distance,
                                "unlike_training": distance is not None and distance > reference.threshold}
-    dets = field_lib.detect(frame, rbc_px, layers, cfg)
+    dets = [field_lib.scaled(d, factor) for d in field_lib.detect(view, rbc_px / factor, layers, cfg)]
     if not dets:
         return [], scale_info
     side = cfg.crop_for(rbc_px)

@@ -96,3 +96,27 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
     r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--save-dir",
                 str(tmp_path / "s2"), "--save-classes", "unicorn")
     assert r.returncode == 2 and "not labels of this model" in r.stderr
+
+
+def test_a_large_frame_is_searched_at_half_size_and_cropped_at_full():
+    from scopelite.edge.bundle import InputSpec
+    from scopelite.edge.watch import FieldScale, classify_field
+
+    class Fake:
+        labels = ("basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+                  "neutrophil", "platelet")
+        input_spec = InputSpec(32, 32)
+
+        def classify(self, batch):
+            return np.tile(np.eye(8)[6], (len(batch), 1))
+
+    rng = np.random.default_rng(4)
+    img, cells = make_field(rng, 1920, 1080, n_cells=10, scale=2.0)
+    assert field.shrink_for_search(img)[1] == 2 and field.shrink_for_search(img[:720, :1280])[1] == 1
+    cfg = field.FieldConfig(model_rbc_px=24.0, input_px=96)
+    found, info = classify_field(img, Fake(), cfg, 0.0, scale=FieldScale(cfg))
+    assert abs(info["rbc_px"] / 48.0 - 1) < 0.15  # full-frame px: generated red cells are ~24 px x scale 2
+    m = field.match([field.Detection(c["center"][0], c["center"][1], (0, 0, 0, 0), 1) for c in found],
+                    [tuple(c["center"]) for c in cells], radius=40)
+    assert m["recall"] >= 0.9 and m["precision"] >= 0.9, m
+    assert all(c["box"][2] - c["box"][0] == info["crop"] for c in found)
