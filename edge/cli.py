@@ -104,11 +104,10 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta):
     from .sources import SourceError, list_images, read_image_rgb
 
     from . import ood
-    from .bundle import load_sidecar
 
     model, images = _split_model(args, model)
     clf = _classifier(model, threads, device, fallback, tta)
-    ref = ood.reference_of(load_sidecar(model, check_hash=False))
+    ref = ood.reference_of(getattr(clf, "sidecar", None))
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")

@@ -107,9 +107,8 @@ class ScaleSmoother:
     (a crowded clump, a field of white cells) and still follows a real change.
     """
 
-    def __init__(self, window: int = 15, fallback: float | None = None):
+    def __init__(self, window: int = 15):
         self.values: deque[float] = deque(maxlen=window)
-        self.fallback = fallback
 
     def update(self, estimate: ScaleEstimate) -> float | None:
         if estimate.diameter_px is not None:
@@ -118,7 +117,7 @@ class ScaleSmoother:
 
     @property
     def current(self) -> float | None:
-        return float(np.median(self.values)) if self.values else self.fallback
+        return float(np.median(self.values)) if self.values else None
 
 
 def crop_side(frame_rbc_px: float, model_rbc_px: float, input_px: int) -> int:

@@ -43,6 +43,7 @@ class Layers:
     residual: np.ndarray  # HxW float32, OD colour distance from the red cells' colour
     t_cell: float  # od above this: a cell (red or white)
     t_stained: float  # residual above this: nucleus / platelet / granule
+    od_raw: np.ndarray  # HxWx3 float32, per-channel OD before smoothing (the stain check reads it)
 
 
 def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
@@ -55,10 +56,8 @@ def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
     return v_lo + (v_hi - v_lo) * (idx - lo)
 
 
-def optical_density(frame_rgb: np.ndarray, step: int = 1) -> np.ndarray:
+def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
     """Per-channel OD against the frame's background (brightest pixels), HxWx3 float32 >= 0.
-
-    ``step`` > 1: the OD of every step-th row and column only (the background still from the frame).
 
     The background is the 75th percentile of each channel over the pixels brighter than the
     60th percentile of grey (every other row and column); percentiles of uint8 values come
@@ -74,7 +73,7 @@ def optical_density(frame_rgb: np.ndarray, step: int = 1) -> np.ndarray:
         background = frame_rgb.reshape(-1, 3).max(axis=0) + 1.0
     v = np.arange(256, dtype=np.float32)[:, None] + 1.0
     table = np.maximum(-np.log(v / background.astype(np.float32)), 0.0).astype(np.float32)
-    return cv2.LUT(np.ascontiguousarray(frame_rgb[::step, ::step]), table.reshape(256, 1, 3))
+    return cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
 
 
 def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
@@ -101,9 +100,10 @@ def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
 
 def stain_layers(frame_rgb: np.ndarray) -> Layers:
     """The frame's OD and stain-residual layers with their thresholds (see the module docstring)."""
-    od3 = cv2.GaussianBlur(optical_density(frame_rgb), (0, 0), 1.0)
+    raw = optical_density(frame_rgb)
+    od3 = cv2.GaussianBlur(raw, (0, 0), 1.0)
     od = cv2.transform(od3, _ONES)
-    t_cell, t_high = otsu3(od[::2, ::2])
+    t_cell, _ = otsu3(od[::2, ::2])
     sub, sub3 = od[::2, ::2], od3[::2, ::2]
     inside = sub > t_cell
     cells = sub3[inside]
@@ -120,7 +120,7 @@ def stain_layers(frame_rgb: np.ndarray) -> Layers:
     spread = max(q3 - base, _MIN_SPREAD)
     t_split = _otsu2(r_cells) if r_cells.size else 0.0
     t_stained = min(max(t_split, base + STAINED_K * spread), base + CAP_K * spread)
-    return Layers(od=od, residual=residual, t_cell=t_cell, t_stained=float(t_stained))
+    return Layers(od=od, residual=residual, t_cell=t_cell, t_stained=float(t_stained), od_raw=raw)
 
 
 def _red_direction(od_pixels: np.ndarray) -> np.ndarray:

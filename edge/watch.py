@@ -28,7 +28,7 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
-from .differential import Differential
+from .differential import UNCERTAIN, Differential
 from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .capture import Capture, DropOldestQueue
@@ -48,9 +48,6 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
         return source
 
     return open_it
-
-UNCERTAIN = "uncertain"
-
 
 class FieldScale:
     """Where each field-mode frame's scale comes from: a fixed crop size, or the red-cell ruler.
@@ -95,7 +92,7 @@ class FieldScale:
 
 
 def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
-                   tally: Tally | None = None, scale: FieldScale | None = None,
+                   scale: FieldScale | None = None,
                    reference: ood.StainReference | None = None,
                    known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None
                    ) -> tuple[list[dict], dict]:
@@ -106,7 +103,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     to the training data and whether it is above the reference's threshold (``edge/ood.py``). Each cell has its label
     (``uncertain`` below ``min_score``), best score and class, kind, centre, crop box, its
     score vector (``scores``, model label order, 4 decimals) and whether the frame edge cuts
-    its stained region (``cut``). ``tally``, if given, counts every cell of this frame.
+    its stained region (``cut``).
     ``known(detections)`` may give, by detection index, the label, score, best and scores of
     cells whose class is already decided (``FieldCounter.known``): those are not classified
     again and are marked ``decided``.
@@ -138,8 +135,6 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
                     "best": best.label}
         else:
             cell = {k: decided[j][k] for k in ("label", "score", "best")}
-        if tally is not None:
-            tally.add(cell["label"])
         cell.update(kind=d.kind, center=[round(d.x, 1), round(d.y, 1)],
                     box=list(field_lib.crop_box(d, side)),
                     cut=cut_by_edge(d.box, w, h))
@@ -375,7 +370,7 @@ def run_watch(
                 continue
             t0 = clock()
             if counter is not None:
-                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, None, field_scale,
+                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, field_scale,
                                                    reference, known=lambda dets: counter.known(frame, dets, n))
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 dt = clock() - t0
