@@ -123,13 +123,17 @@ def bundle(request, models, tmp_path_factory):
     except UserError:
         pass
     from scopelite.edge import runtime
-    from scopelite.edge.bundle import (CLASS_NAMES, InputSpec, Quantization, Sidecar, TensorSpec, sha256_file,
-                                       write_sidecar)
+    from scopelite.edge.bundle import (CLASS_NAMES, InputSpec, Provenance, Quantization, TensorSpec,
+                                       build_sidecar, write_sidecar)
 
     path = models["int8"]
     it = runtime.make_interpreter(path)
     i, o = it.get_input_details()[0], it.get_output_details()[0]
-    write_sidecar(path, Sidecar(format="tflite", file=path.name, sha256=sha256_file(path), labels=CLASS_NAMES,
-                                input=InputSpec(96, 96, quantization=Quantization(*i["quantization"])),
-                                output=TensorSpec("uint8", Quantization(*o["quantization"])), runtimes=("cpu",)))
+    write_sidecar(path, build_sidecar(
+        path, format="tflite", labels=CLASS_NAMES,
+        input=InputSpec(height=96, width=96, channels=3, dtype="uint8", layout="NHWC", color="RGB",
+                        value_range=(0, 255), normalization="in-graph", crop="center", interpolation="area",
+                        quantization=Quantization(*i["quantization"]), rbc_px=None),
+        output=TensorSpec("uint8", Quantization(*o["quantization"])), runtimes=("cpu",),
+        provenance=Provenance(notes={"made_by": "benchmarks/conftest.py: untrained weights, for latency only"})))
     return path

@@ -51,11 +51,12 @@ def test_stage_costs(clf, video, record, request):
 def test_crop_mode_throughput_vs_bare_invoke(clf, video, record, request):
     from scopelite.edge.sources import OpenCVSource
     from scopelite.edge.watch import run_watch
+    from scopelite.edge.config import WatchConfig
 
     tensor = clf.prepare_tensor(np.zeros((clf.input_spec.height, clf.input_spec.width, 3), np.uint8))
     bare = measure(lambda: clf.invoke(tensor), request.config.getoption("--runs"))
     bare_fps = 1e3 / bare["p50_ms"]
-    s = run_watch(OpenCVSource(str(video)), clf, lambda r: None)["summary"]
+    s = run_watch(WatchConfig(), OpenCVSource(str(video)), clf, lambda r: None)["summary"]
     ratio = s["fps"] / bare_fps
     record.add("watch crop mode, video file (frames/s)", fps=s["fps"], bare_invoke_fps=round(bare_fps, 1),
                ratio=round(ratio, 3), frames=s["frames"])

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
+from scopelite.edge.bundle import BundleError, load_sidecar, source_path, write_bytes_atomic, write_json_atomic
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
@@ -34,15 +34,34 @@ def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _run_model_path(models: list[Path]) -> Path:
-    """The Keras model of the training run the first model came from (for its test split)."""
-    for m in models:
-        sc = load_sidecar(m)
+    """The Keras model of the training run the models came from (for its test split): one given, else the
+    source their sidecars name (by file name and sha256), beside a model or in the folder above."""
+    sidecars = [(m, load_sidecar(m)) for m in models]
+    for m, sc in sidecars:
         if sc.format == "keras":
             return m
-        src = (sc.provenance.get("source") or {}).get("file")
-        if src and Path(src).is_file():
-            return Path(src)
-    raise UserError("cannot tell which training run these models came from; pass a model.keras too, or --data")
+    why = "their sidecars name no source model"
+    for m, sc in sidecars:
+        try:
+            return source_path(m, sc)
+        except BundleError as e:
+            why = str(e)
+    raise UserError(f"cannot tell which training run these models came from: {why} (pass the run's model.keras, "
+                    "with its split.json beside it)")
+
+
+def _given_run(run: str | Path, labels) -> Path:
+    """``--run``: a run folder or its model.keras, checked to be a Keras run of the same labels."""
+    path = Path(run)
+    path = path / "model.keras" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"--run {run}: no model.keras there (give a training run's folder or its model.keras)")
+    sc = load_sidecar(path)
+    if sc.format != "keras":
+        raise UserError(f"--run {run}: a {sc.format} model; give a training run's model.keras")
+    if tuple(sc.labels) != tuple(labels):
+        raise UserError(f"--run {run}: its labels differ from the models'; give a run of the same task")
+    return path
 
 
 @dataclass(frozen=True)
@@ -60,13 +79,18 @@ def builtin_suite(seed: int = 0) -> Suite:
     return Suite("scopelite", tuple(CORRUPTIONS), SEVERITIES, lambda x, c, s: corrupt_all(x, c, s, seed))
 
 
-def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, data: str | None = None):
-    """The test split of the run the models came from, stratified down to ``limit`` images (seeded)."""
+def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, data: str | None = None,
+                run: str | Path | None = None):
+    """The test split of the run the models came from, stratified down to ``limit`` images (seeded).
+
+    ``run``: that run's ``model.keras`` (or its folder) when the models' own run is not found from
+    their sidecars (a shipped model whose run is on another machine: any run of the same data and seed
+    has the same split)."""
     paths = [Path(m) for m in models]
     labels = [load_sidecar(p).labels for p in paths]
     if any(lab != labels[0] for lab in labels):
         raise UserError("the models have different label lists; benchmark models of one task together")
-    run = _run_model_path(paths)
+    run = _given_run(run, labels[0]) if run is not None else _run_model_path(paths)
     run_sc = load_sidecar(run)
     ds, split = heldout_data(run_sc, run, data)
     test = ds.subset(split["test"])
@@ -81,7 +105,7 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
 
 def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, data: str | None = None,
           log: Callable[[str], None] = print, suite: Suite | None = None, selected=None,
-          tta: Sequence[int] = (1,)) -> dict:
+          tta: Sequence[int] = (1,), run: str | Path | None = None) -> dict:
     """Evaluate ``models`` on (up to ``limit`` images of) the run's test split, clean and corrupted
     by every corruption and severity of ``suite`` (default: :func:`builtin_suite`). ``selected``:
     what :func:`select_test` returned, when the caller already holds it (no second read of the data).
@@ -91,7 +115,7 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
 
     suite = suite or builtin_suite(seed)
     paths = [Path(m) for m in models]
-    test, description = selected or select_test(paths, limit, seed, data)
+    test, description = selected or select_test(paths, limit, seed, data, run)
     short = [p.name for p in paths]
     for t in tta:
         view_names(t)  # a bad count fails before any model is loaded
@@ -110,32 +134,47 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
         for n in names:
             acc[n][f"{c}/{s}"] = float((preds[n](x).argmax(1) == y).mean())
     ref = names[0]
-    summary = {}
-    for n in names:
-        sev = suite.severities
-        per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in sev])) for c in suite.corruptions}
-        mce, left_out = mean_corruption_error(acc[n], acc[ref], suite.corruptions, sev)  # left_out depends on the reference only
-        summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
-                      "per_corruption": per_c, "mCE_vs_" + ref: mce}
+    summary, left_out = summarise(acc, suite.corruptions, suite.severities)
     result = {"images": len(test), "data": description, "seed": seed, "suite": suite.name, "tta": list(tta),
               "corruptions": list(suite.corruptions), "severities": list(suite.severities), "reference": ref,
               "mCE_left_out": left_out, "models": summary, "accuracy": acc}
+    write_results(result, out, "bench", log)
+    return result
+
+
+def summarise(acc: dict[str, dict], corruptions: Sequence[str], severities: Sequence[int]) -> tuple[dict, list]:
+    """Per model: clean, mean corrupted, accuracy per corruption (mean over severities) and mCE against
+    the first model; and the corruptions mCE leaves out."""
+    names = list(acc)
+    ref = names[0]
+    summary, left_out = {}, []
+    for n in names:
+        per_c = {c: float(np.mean([acc[n][f"{c}/{s}"] for s in severities])) for c in corruptions}
+        mce, left_out = mean_corruption_error(acc[n], acc[ref], corruptions, severities)  # left_out depends on the reference only
+        summary[n] = {"clean": acc[n]["clean"], "mean_corrupted": float(np.mean(list(per_c.values()))),
+                      "per_corruption": per_c, "mCE_vs_" + ref: mce}
+    return summary, left_out
+
+
+def write_results(result: dict, out: str | Path, stem: str = "bench", log: Callable[[str], None] = print) -> None:
+    """``stem``.{json,csv,md,png} of a bench result in ``out``, each written atomically; one line per model to ``log``."""
     out = Path(out)
-    write_json_atomic(out / "bench.json", result)
+    acc, ref, summary = result["accuracy"], result["reference"], result["models"]
+    write_json_atomic(out / f"{stem}.json", result)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "corruption", "severity", "accuracy"])
-    for n in names:
+    for n in summary:
         w.writerow([n, "clean", 0, f"{acc[n]['clean']:.4f}"])
-        for c, s in jobs:
-            w.writerow([n, c, s, f"{acc[n][f'{c}/{s}']:.4f}"])
-    write_bytes_atomic(out / "bench.csv", buf.getvalue().encode())
-    write_bytes_atomic(out / "bench.md", _markdown(result).encode())
-    _heatmap(summary, list(suite.corruptions), out / "bench.png")
-    for n in names:
-        log(f"{n:>32}: clean {100 * summary[n]['clean']:.2f} %  mean corrupted "
-            f"{100 * summary[n]['mean_corrupted']:.2f} %  mCE {_mce_text(summary[n]['mCE_vs_' + ref])}")
-    return result
+        for c in result["corruptions"]:
+            for s in result["severities"]:
+                w.writerow([n, c, s, f"{acc[n][f'{c}/{s}']:.4f}"])
+    write_bytes_atomic(out / f"{stem}.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / f"{stem}.md", _markdown(result).encode())
+    _heatmap(summary, list(result["corruptions"]), out / f"{stem}.png")
+    for n, s in summary.items():
+        log(f"{n:>32}: clean {100 * s['clean']:.2f} %  mean corrupted "
+            f"{100 * s['mean_corrupted']:.2f} %  mCE {_mce_text(s['mCE_vs_' + ref])}")
 
 
 def mean_corruption_error(acc: dict[str, float], ref: dict[str, float], corruptions: Sequence[str],
@@ -185,7 +224,8 @@ def rank_agreement(a: dict[str, float], b: dict[str, float]) -> dict:
 
 def _markdown(r: dict) -> str:
     ref = r["reference"]
-    lines = [f"# Robustness benchmark, {r['suite']} suite ({r['images']} test images, {r['data']}, seed {r['seed']})",
+    lines = [f"# Robustness benchmark, {r['suite']} suite ({r['images']} {r.get('unit', 'test images')}, {r['data']}, "
+             f"seed {r['seed']})",
              "",
              f"| model | clean | mean corrupted | mCE (vs {ref}) |", "|---|---|---|---|"]
     for n, s in r["models"].items():
@@ -206,14 +246,14 @@ def _heatmap(summary: dict, corruptions: list[str], path: Path) -> None:
     plt = pyplot()
 
     names = list(summary)
-    m = np.array([[summary[n]["per_corruption"][c] for c in corruptions] for n in names]) * 100
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(corruptions), 1.2 + 0.5 * len(names)))
-    im = ax.imshow(m, cmap="RdYlGn", vmin=max(0, m.min() - 5), vmax=100, aspect="auto")
+    m = np.array([[summary[n]["per_corruption"].get(c, np.nan) for c in corruptions] for n in names]) * 100
+    fig, ax = plt.subplots(figsize=(2.5 + 0.62 * len(corruptions), max(3.2, 1.2 + 0.5 * len(names))))  # room for labels
+    im = ax.imshow(m, cmap="RdYlGn", vmin=max(0, np.nanmin(m) - 5), vmax=100, aspect="auto")  # NaN: not measured
     ax.set_xticks(range(len(corruptions)), corruptions, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     for i in range(len(names)):
         for j in range(len(corruptions)):
-            ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, "-" if np.isnan(m[i, j]) else f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="accuracy % (mean over severities)")
     fig.tight_layout()
     save(fig, path, dpi=100)

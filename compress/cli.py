@@ -1,6 +1,8 @@
 """``cellcompress``: quantise a trained model for the Pi / Coral, measure it, and gate it. Thin over the library."""
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from scopelite.edge._quiet import verbose_option
@@ -65,6 +67,10 @@ def main() -> None:
               help="Largest accuracy loss (points) against the float model an int8 model may have.")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
+@click.option("--diagnose", is_flag=True,
+              help="Also measure where post-training int8 loses: every tensor of the int8 graph against the float "
+                   "one, its range and scale, and BatchNorm statistics; writes OUT/int8-diagnosis.{csv,json,png} "
+                   "(docs/int8.md).")
 @one_line_errors
 def convert(model, out, max_drop, qat_learning_rate, **opts):
     """Compress MODEL (a run's model.keras) and approve the best int8 result.
@@ -79,6 +85,7 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
     Example:
       cellcompress runs/demo/model.keras --int8 --out runs/demo/int8
       cellcompress runs/pbc/model.keras --int8 --qat --edgetpu --out runs/pbc/int8
+      cellcompress runs/demo/model.keras --int8 --diagnose --out runs/demo/int8   # per-tensor int8 error
     """
     from scopelite.edge.outputs import check_writable
 
@@ -91,35 +98,56 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
 
 @main.command(context_settings={"show_default": True})
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for bench.{csv,json,md,png}.")
-@click.option("--limit", type=click.IntRange(min=0), default=400, help="Test images (stratified; 0: all).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for bench.{csv,json,md,png} (crop), native.* (native), protocols.* (both side by side).")
+@click.option("--protocol", type=click.Choice(["crop", "native", "both"]), default="crop",
+              help="crop: the run's 96 px test crops, sizes in crop pixels; native: whole --fields at the camera's "
+                   "resolution, debris sized in µm from the red cells, classified by field mode; both: side by side.")
+@click.option("--fields", type=click.Path(exists=True, file_okay=False), default=None,
+              help="For native/both: class folders of whole fields, each centred on a cell of its folder's class.")
+@click.option("--limit", type=click.IntRange(min=0), default=400,
+              help="Test images, and fields (stratified by class; 0: all).")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.option("--run", default=None, type=click.Path(exists=True),
+              help="The training run (folder or model.keras) whose test split to use, when the models' own run is "
+                   "not on this machine (e.g. the shipped model: any run of the same data and seed).")
 @click.option("--seed", type=int, default=0)
 @click.option("--tta", default="1", metavar="N[,N...]",
               help="Also score each model as the mean over N flipped/rotated views (celledge --tta), e.g. 1,4.")
 @one_line_errors
-def bench(models, out, limit, data, seed, tta):
-    """Accuracy of MODELS under 16 corruptions x 5 severities, on their run's test split.
+def bench(models, out, protocol, fields, limit, data, run, seed, tta):
+    """Accuracy of MODELS under 16 corruptions x 5 severities, on their run's test split;
+    with --protocol native, under debris, bubbles, blur and pixelation sized in µm on whole fields.
 
     Any mix of .keras and .tflite bundles (float, int8, QAT, Edge TPU). The mean
     corruption error (mCE) is relative to the first model: put the float model first.
+    How the protocols differ: docs/robustness.md.
 
     \b
     Example:
       cellcompress bench runs/pbc/model.keras runs/pbc/int8/model_int8.tflite runs/pbc/int8/model_qat_int8.tflite --out bench/
       cellcompress bench runs/pbc/int8/model.tflite --tta 1,4,8 --out bench-tta/
+      cellcompress bench edge/models/bloodcell_int8.tflite --protocol both --fields ../shared/data/pbc-fields \\
+          --run runs/mine --out bench-native/
     """
     from scopelite.edge.outputs import check_writable
 
     check_writable(out, "--out")
-    from .bench import bench as run_bench
+    from .native import bench_protocols
 
     try:
         counts = [int(v) for v in tta.split(",")]
     except ValueError:
         raise click.BadParameter(f"{tta!r} is not a comma-separated list of view counts, e.g. 1,4",
                                  param_hint="--tta") from None
-    run_bench(list(models), out, limit=limit, seed=seed, data=data, tta=counts)
+    if protocol != "crop" and not fields:
+        raise click.BadParameter(f"--protocol {protocol} needs --fields DIR (class folders of whole fields, e.g. "
+                                 "../shared/data/pbc-fields)", param_hint="--fields")
+    given = [("--protocol", protocol), ("--fields", fields), ("--limit", str(limit)), ("--data", data),
+             ("--run", run), ("--seed", str(seed)), ("--tta", tta), ("--out", out)]
+    command = shlex.join(["cellcompress", "bench", *models, *(x for kv in given if kv[1] is not None for x in kv)])
+    bench_protocols(list(models), out, protocol=protocol, fields=fields, limit=limit, seed=seed, data=data,
+                    tta=counts, run=run, command=command)
 
 
 if __name__ == "__main__":  # pragma: no cover

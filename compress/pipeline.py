@@ -3,7 +3,6 @@ TFLite bundles out, each measured on the run's held-out split, clean and corrupt
 approves the best int8 model only if it lost no more than allowed against the float model."""
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -11,10 +10,12 @@ from typing import Callable
 import numpy as np
 
 from scopelite.edge import runtime
-from scopelite.edge.bundle import (InputSpec, Quantization, Sidecar, TensorSpec, sha256_file, sidecar_path,
+from scopelite.edge.bundle import (Compression, Gate, Machine, Provenance, Quantization, Sidecar, SourceModel,
+                                   TensorSpec, build_sidecar, derive_sidecar, sha256_file, sidecar_path,
                                    write_bytes_atomic, write_json_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
+from scopelite.edge.provenance import method_of
 from scopelite.edge.sysinfo import machine
 from scopelite.train import model as model_lib
 from scopelite.train._keras import versions
@@ -27,6 +28,7 @@ from .ops import DYNAMIC_SHAPE_OPS, op_counts
 
 APPROVED = "model.tflite"
 QAT_AGREEMENT_MIN = 0.99  # Keras QAT vs its TFLite int8 conversion, top-1 on the test split
+DIAGNOSIS_IMAGES = 48  # --diagnose: held-out images run through both graphs with every tensor kept
 
 
 class GateFailed(UserError):
@@ -55,6 +57,7 @@ class CompressConfig:
     max_drop_corrupted: float = 2.0
     data: str | None = None  # default: the data the run was trained on
     seed: int = 0
+    diagnose: bool = False  # per-tensor error of the post-training int8 model (compress/diagnose.py)
 
 
 def classify_all(clf: LiteRTClassifier, images: np.ndarray, desc: str) -> np.ndarray:
@@ -72,34 +75,33 @@ def _quant(det) -> Quantization | None:
 
 
 def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics: dict, cfg: CompressConfig,
-                   ops: dict, runtimes=("cpu",), extra: dict | None = None) -> Sidecar:
+                   ops: dict, runtimes=("cpu",), extra: dict | None = None,
+                   representative: int | None = None) -> Sidecar:
+    """The sidecar of variant ``kind`` at ``path``, made from the Keras bundle ``src`` at ``src_path``.
+
+    ``extra``: the variant's own record (``quantization`` in words, QAT history...);
+    ``representative``: images its activation ranges were calibrated on (int8 variants).
+    """
     interp = runtime.make_interpreter(path, plain=True)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    return Sidecar(
-        format="tflite",
-        file=path.name,
-        sha256=sha256_file(path),
-        labels=src.labels,
-        input=InputSpec(height=src.input.height, width=src.input.width, dtype=np.dtype(inp["dtype"]).name,
-                        quantization=_quant(inp), rbc_px=src.input.rbc_px),
+    extra = dict(extra or {})
+    int8 = kind.endswith("int8")
+    compression = Compression(
+        variant=kind, method=method_of(kind, extra.get("qat_requested", cfg.qat)),
+        quantization=extra.pop("quantization", kind), config=asdict(cfg),
+        representative=(representative or cfg.representative) if int8 else None,
+        gate=Gate.from_dict(metrics["gate"], "gate") if metrics.get("gate") else None,
+        op_counts=ops, size_bytes=path.stat().st_size,
+        machine=Machine.from_dict(metrics.get("measured_on") or machine()), extra=extra)
+    return build_sidecar(
+        path, format="tflite", labels=src.labels,
+        # the preprocessing the model was trained with, as its Keras sidecar says; only the tensor type changes
+        input=replace(src.input, dtype=np.dtype(inp["dtype"]).name, quantization=_quant(inp)),
         output=TensorSpec(dtype=np.dtype(out["dtype"]).name, quantization=_quant(out)),
-        runtimes=tuple(runtimes),
-        metrics=metrics,
-        provenance={
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"file": str(src_path), "sha256": sha256_file(src_path), "format": src.format},
-            "variant": kind,
-            "data": src.provenance.get("data"),
-            "train_config": src.provenance.get("config"),
-            "compress_config": asdict(cfg),
-            "tools": versions(),
-            "op_counts": ops,
-            "size_bytes": path.stat().st_size,
-            **(extra or {}),
-        },
-        synthetic_data=src.synthetic_data,
-        stain_reference=src.stain_reference,
-    )
+        runtimes=runtimes, metrics=metrics,
+        provenance=Provenance(tools=versions(), source=SourceModel(src_path.name, sha256_file(src_path), src.format),
+                              training=src.provenance.training, compression=compression),
+        synthetic_data=src.synthetic_data, stain_reference=src.stain_reference)
 
 
 def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float_clean: np.ndarray,
@@ -172,11 +174,13 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     """
     if not (cfg.int8 or cfg.qat or cfg.float16 or cfg.dynamic_range):
         raise UserError("choose an output: --int8, --qat, --float16 and/or --dynamic-range")
+    if cfg.diagnose and not cfg.int8:
+        raise UserError("--diagnose examines the post-training int8 model: add --int8")
     compiler = edgetpu.find_compiler(cfg.compiler) if cfg.edgetpu else None
     src_path = Path(cfg.model)
     out = Path(cfg.out)
     sc, model = load_keras_bundle(src_path)
-    tcfg = sc.provenance["config"]
+    tcfg = sc.provenance.training.config
     n_classes = len(sc.labels)
     if sc.synthetic_data:
         log("NOTE: this model was trained on SYNTHETIC data")
@@ -224,7 +228,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
             bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
             if bad:  # would be a converter regression: the Edge TPU cannot map these
                 raise UserError(f"{kind} graph holds dynamic-shape ops {bad}; export with a fixed batch of 1")
-            draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra)
+            draft = tflite_sidecar(path, sc, src_path, kind, {}, cfg, ops, extra=extra, representative=len(rep))
             m, top1 = _measure(path, draft, test, corrupted, p_float, kind)
             m["ops"] = ops
             if kind in keras_twins:  # the fake-quant Keras graph and its int8 conversion must agree
@@ -238,7 +242,8 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                 m["edgetpu_offline"] = edgetpu.compatibility(path)
             metrics = {"split": "test", "n": len(test), "data": ds.description, "float": float_m, **m,
                        "measured_on": report["measured_on"]}
-            write_sidecar(path, tflite_sidecar(path, sc, src_path, kind, metrics, cfg, ops, extra=extra))
+            write_sidecar(path, tflite_sidecar(path, sc, src_path, kind, metrics, cfg, ops, extra=extra,
+                                               representative=len(rep)))
             report["variants"][kind] = {k: v for k, v in m.items() if k not in ("clean",)} | {
                 "clean": {k: m["clean"][k] for k in ("accuracy", "macro_f1")}}
             log(f"      {kind:>14}: clean {100 * m['clean']['accuracy']:.2f} %  corrupted "
@@ -247,11 +252,14 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                 + (f"  gate {'PASS' if m['gate']['passed'] else 'FAIL'}" if "gate" in m else ""))
 
     measure_all(list(variants))
+    if cfg.diagnose and "int8" in variants:
+        report["int8_diagnosis"] = _diagnose(fixed, variants["int8"][0], test, rep, out, cfg, log)
     int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
     if cfg.int8 and not cfg.qat and int8_kinds and not any(report["variants"][k]["gate"]["passed"] for k in int8_kinds):
         # post-training quantisation of an under-trained network can collapse (activation ranges far
         # wider than the values that matter); quantisation-aware training learns ranges that fit
-        log("      post-training int8 failed the gate: trying quantisation-aware training (as --qat)")
+        log("      post-training int8 failed the gate: trying quantisation-aware training (as --qat)"
+            + ("" if cfg.diagnose else "; --diagnose shows where it lost (docs/int8.md)"))
         before = set(variants)
         _add_qat(variants, keras_twins, model, tcfg, n_classes, train, val, test, rep, cfg, log)
         measure_all([k for k in variants if k not in before])
@@ -267,7 +275,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
                          + ("Quantisation-aware training was tried too; train the float model longer, use " if tried_qat
                             else "Try --qat, ")
-                         + "more --representative images, or a looser --max-drop if you accept it")
+                         + "more --representative images, or a looser --max-drop if you accept it. "
+                         + (f"Where post-training int8 loses: {out / 'int8-diagnosis.png'} (docs/int8.md)"
+                            if report.get("int8_diagnosis") else
+                            "Add --diagnose to see where post-training int8 loses, tensor by tensor (docs/int8.md)"))
     if passed:
         best = max(passed, key=lambda k: (report["variants"][k]["corrupted"]["accuracy"],
                                           report["variants"][k]["clean"]["accuracy"]))
@@ -294,10 +305,21 @@ def _add_qat(variants: dict, keras_twins: dict, model, tcfg: dict, n_classes: in
         keras_twins[kind] = p_keras_qat
 
 
-def _approve(variant: Path, dest: Path) -> None:
-    from scopelite.edge.bundle import copy_bundle, load_sidecar  # noqa: PLC0415
+def _diagnose(fixed, int8_blob: bytes, test, rep: np.ndarray, out: Path, cfg: CompressConfig, log) -> dict:
+    """``--diagnose``: int8-diagnosis.{json,csv,png} in ``out``; the summary for report.json."""
+    from . import diagnose  # noqa: PLC0415
 
-    copy_bundle(variant, dest, approved_from=variant.name, gate=load_sidecar(variant).metrics.get("gate"))
+    pick = convert.representative_indices(test.labels, DIAGNOSIS_IMAGES, cfg.seed)
+    context = {"model": cfg.model, "variant": "int8", "images": f"{len(pick)} held-out test images, stratified",
+               "calibration": f"{len(rep)} representative training images", "measured_on": machine()}
+    summary = diagnose.diagnose(fixed, int8_blob, test.images[pick], rep, out, context, log)
+    return {"files": list(diagnose.FILES), **summary}
+
+
+def _approve(variant: Path, dest: Path) -> None:
+    from scopelite.edge.bundle import copy_bundle  # noqa: PLC0415
+
+    copy_bundle(variant, dest, approved_from=variant.name)  # its gate is in the variant's compression record
 
 
 def _edgetpu(model: Path, out: Path, compiler: str | None, sc: Sidecar, src_path: Path, cfg: CompressConfig,
@@ -318,8 +340,11 @@ def _edgetpu(model: Path, out: Path, compiler: str | None, sc: Sidecar, src_path
     from scopelite.edge.bundle import load_sidecar  # noqa: PLC0415
 
     base = load_sidecar(model)
-    tpu_sc = replace(base, file=compiled.name, sha256=sha256_file(compiled), runtimes=("edgetpu",),
-                     provenance={**base.provenance, "edgetpu_compiler": parsed, "cpu_model": model.name})
+    # the compiled file's own size; its ops are the compiler's (edgetpu_compiler), not the CPU model's
+    prov = replace(base.provenance, cpu_model=model.name, copied_from=None, created=None,
+                   compression=replace(base.provenance.compression, edgetpu_compiler=parsed, op_counts={},
+                                       size_bytes=compiled.stat().st_size))
+    tpu_sc = derive_sidecar(base, compiled, runtimes=("edgetpu",), provenance=prov)
     write_sidecar(compiled, tpu_sc)
     log(f"      compiled for the Edge TPU: {parsed.get('tpu_ops')} ops on the TPU, {parsed.get('cpu_ops')} on the "
         f"CPU, {parsed.get('subgraphs')} subgraph(s) -> {compiled}")

@@ -3,7 +3,11 @@
 Every artifact scopelite writes (``model.keras``, ``model.tflite``,
 ``model_edgetpu.tflite``) has a sidecar with the same stem and a ``.json``
 suffix.  This module is the only place that knows the sidecar's schema; the
-trainer, the compressor and the device all read and write through it.
+trainer, the compressor and the device all read and write through it, and
+:func:`build_sidecar` is the only place a sidecar is made (its typed
+``provenance`` is in ``provenance.py``; schema version 1 is read by ``bundle_v1.py``).
+A sidecar names files relative to its bundle, never by an absolute path of the
+machine that built it.
 
 The device prepares pixels from the sidecar alone: it only crops and resizes
 RGB uint8 images; any normalisation lives inside the model graph.
@@ -13,6 +17,7 @@ Pure Python + hashlib: importable on a device with no TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,10 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import bundle_v1
 from .errors import UserError
+from .provenance import (Compression, FileRef, Gate, Machine, Provenance, ProvenanceError, SourceModel,
+                         TrainingData, TrainingRun, absolute_paths, now, portable)
+
+# The typed parts of ``Sidecar.provenance`` (defined in provenance.py, part of this contract).
+PROVENANCE_TYPES = (Provenance, TrainingRun, TrainingData, FileRef, Machine, SourceModel, Compression, Gate)
 
 SCHEMA = "scopelite.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # schema versions this scopelite reads (1 is upgraded on read)
 
 CLASS_NAMES = (
     "basophil",
@@ -40,6 +52,7 @@ CLASS_NAMES = (
 FORMATS = ("keras", "tflite")
 RUNTIMES = ("keras", "cpu", "edgetpu")
 DTYPES = ("uint8", "int8", "float32")
+NORMALIZATIONS = ("in-graph",)  # where pixel values are scaled: inside the model graph
 
 
 class BundleError(UserError, ValueError):
@@ -70,6 +83,7 @@ class InputSpec:
     color: str = "RGB"
     # Raw pixel values the graph expects; normalisation is in the graph.
     value_range: tuple[int, int] = (0, 255)
+    normalization: str = "in-graph"
     # How the device turns a frame into the input: crop, then resize.
     crop: str = "center"
     interpolation: str = "area"
@@ -91,7 +105,7 @@ class Sidecar:
     output: TensorSpec
     runtimes: tuple[str, ...]
     metrics: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
     synthetic_data: bool = False
     # The training images' stain (edge/ood.py StainReference.to_json()); None: not measured.
     stain_reference: dict[str, Any] | None = None
@@ -99,11 +113,12 @@ class Sidecar:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in ("schema", "schema_version")}
         d["labels"] = list(self.labels)
         d["runtimes"] = list(self.runtimes)
         d["input"]["value_range"] = list(self.input.value_range)
-        return d
+        d["provenance"] = self.provenance.to_dict()
+        return {"schema": self.schema, "schema_version": self.schema_version, **d}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "sidecar") -> "Sidecar":
@@ -162,14 +177,53 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 # --------------------------------------------------------------------------- read / write
 
 
+def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: InputSpec,  # noqa: A002
+                  output: TensorSpec, runtimes, provenance: Provenance, metrics: dict[str, Any] | None = None,
+                  synthetic_data: bool = False, stain_reference: dict[str, Any] | None = None) -> Sidecar:
+    """The sidecar of the model file at ``model_path``: the one place a sidecar is made.
+
+    The file name and sha256 come from the file; ``provenance.created`` is now unless given.
+    Absolute paths in free-form parts (configs, descriptions, metrics) are reduced to their
+    last component: a sidecar travels to other machines. Every preprocessing field of
+    ``input`` is written out, defaults included.
+
+    Raises:
+        BundleError: the result would not validate (one line saying which field).
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise BundleError(f"model file not found: {model_path}")
+    prov = provenance if provenance.created else dataclasses.replace(provenance, created=now())
+    try:
+        prov = prov.made_portable()
+    except ProvenanceError as e:
+        raise BundleError(f"sidecar of {model_path.name}: {e}") from None
+    sc = Sidecar(format=format, file=model_path.name, sha256=sha256_file(model_path), labels=tuple(labels),
+                 input=input, output=output, runtimes=tuple(runtimes), metrics=portable(dict(metrics or {})),
+                 provenance=prov, synthetic_data=bool(synthetic_data), stain_reference=stain_reference)
+    # validated, and normalised as a reader will see it (JSON has lists where Python had tuples)
+    return _parse(json.loads(json.dumps(sc.to_json())), f"sidecar of {model_path.name}")
+
+
+def derive_sidecar(base: Sidecar, model_path: str | os.PathLike, *, runtimes=None,
+                   provenance: Provenance | None = None, metrics: dict[str, Any] | None = None) -> Sidecar:
+    """The sidecar of a model made from (or copied from) the model ``base`` describes: same labels,
+    input, output, stain reference; the given runtimes, provenance and metrics replace ``base``'s."""
+    return build_sidecar(model_path, format=base.format, labels=base.labels, input=base.input, output=base.output,
+                         runtimes=base.runtimes if runtimes is None else runtimes,
+                         provenance=base.provenance if provenance is None else provenance,
+                         metrics=base.metrics if metrics is None else metrics,
+                         synthetic_data=base.synthetic_data, stain_reference=base.stain_reference)
+
+
 def write_sidecar(model_path: str | os.PathLike, sidecar: Sidecar) -> Path:
-    """Validate ``sidecar`` against the model file and write it beside it."""
+    """Validate ``sidecar`` against the model file and write it beside it (atomically)."""
     model_path = Path(model_path)
     if sidecar.file != model_path.name:
         raise BundleError(f"sidecar names {sidecar.file!r} but is written for {model_path.name!r}")
     if sidecar.sha256 != sha256_file(model_path):
         raise BundleError(f"sidecar hash does not match {model_path}")
-    _parse(sidecar.to_json(), str(sidecar_path(model_path)))  # round-trip check
+    _parse(sidecar.to_json(), str(sidecar_path(model_path)))  # round-trip check, absolute paths refused
     out = sidecar_path(model_path)
     write_json_atomic(out, sidecar.to_json())
     return out
@@ -190,11 +244,7 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
             f"no sidecar {sc_path.name} beside {model_path}: every scopelite model is a file plus its "
             "JSON sidecar; copy both, or re-create it with celltrain/cellcompress"
         )
-    try:
-        raw = json.loads(sc_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"sidecar {sc_path} is not valid JSON ({e})") from None
-    sc = _parse(raw, str(sc_path))
+    sc = read_sidecar_file(sc_path)
     if sc.file != model_path.name:
         raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, not {model_path.name!r}")
     if check_hash and sc.sha256 != sha256_file(model_path):
@@ -205,17 +255,53 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
     return sc
 
 
-def copy_bundle(src: str | os.PathLike, dest: str | os.PathLike, **provenance: Any) -> Sidecar:
-    """Copy a model and its sidecar under a new name (sidecar file name and hash updated, atomically)."""
-    import dataclasses  # noqa: PLC0415
+def read_sidecar_file(sc_path: str | os.PathLike) -> Sidecar:
+    """Parse a sidecar file on its own (no model file checked); version 1 is upgraded on read."""
+    sc_path = Path(sc_path)
+    try:
+        raw = json.loads(sc_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"sidecar {sc_path} is not valid JSON ({e})") from None
+    return _parse(raw, str(sc_path))
 
+
+def copy_bundle(src: str | os.PathLike, dest: str | os.PathLike, approved_from: str | None = None) -> Sidecar:
+    """Copy a model and its sidecar under a new name (sidecar file name and hash updated, atomically).
+
+    ``approved_from``: the compressed variant this copy approves (recorded in its compression).
+    """
     sc = load_sidecar(src)
+    prov = dataclasses.replace(sc.provenance, copied_from=Path(src).name)
+    if approved_from is not None:
+        if prov.compression is None:
+            raise BundleError(f"{src} records no compression; only a compressed variant can be approved")
+        prov = dataclasses.replace(prov, compression=dataclasses.replace(prov.compression,
+                                                                         approved_from=approved_from))
     dest = Path(dest)
     write_bytes_atomic(dest, Path(src).read_bytes())
-    new = dataclasses.replace(sc, file=dest.name, sha256=sha256_file(dest),
-                              provenance={**sc.provenance, "copied_from": Path(src).name, **provenance})
+    new = derive_sidecar(sc, dest, provenance=prov)
     write_sidecar(dest, new)
     return new
+
+
+def source_path(model_path: str | os.PathLike, sc: Sidecar | None = None) -> Path:
+    """The model file ``model_path`` was made from, found by the name and sha256 its sidecar records,
+    beside it or in the folder above (``run/int8/model.tflite`` -> ``run/model.keras``).
+
+    Raises:
+        BundleError: the sidecar records no source, or no file of that name and hash is there.
+    """
+    model_path = Path(model_path)
+    sc = sc or load_sidecar(model_path)
+    src = sc.provenance.source
+    if src is None:
+        raise BundleError(f"{model_path.name}'s sidecar records no source model")
+    for folder in (model_path.parent, model_path.parent.parent):
+        p = folder / src.file
+        if p.is_file() and p.resolve() != model_path.resolve() and sha256_file(p) == src.sha256:
+            return p
+    raise BundleError(f"{model_path.name} was made from {src.file} (sha256 {src.sha256[:12]}...), which is neither "
+                      f"beside it nor in the folder above; give that {src.format} model too")
 
 
 # --------------------------------------------------------------------------- validation
@@ -228,6 +314,13 @@ def _req(d: dict, key: str, typ, where: str):
     if typ is int and isinstance(v, bool) or not isinstance(v, typ):
         raise BundleError(f"{where}: field {key!r} must be {getattr(typ, '__name__', typ)}, got {v!r}")
     return v
+
+
+def _req_key(d: dict, key: str, where: str):
+    """``d[key]``, which may be null but must be written (preprocessing is explicit, not defaulted)."""
+    if key not in d:
+        raise BundleError(f"{where}: missing field {key!r} (write null when it does not apply)")
+    return d[key]
 
 
 def _stain_reference(v: Any, where: str) -> dict | None:
@@ -269,11 +362,20 @@ def _parse(d: Any, where: str) -> Sidecar:
     if d.get("schema") != SCHEMA:
         raise BundleError(f"{where}: not a scopelite sidecar (schema {d.get('schema')!r}, expected {SCHEMA!r})")
     version = _req(d, "schema_version", int, where)
-    if version != SCHEMA_VERSION:
+    if version not in READS:
         raise BundleError(
-            f"{where}: sidecar schema version {version}, this scopelite reads {SCHEMA_VERSION}; "
+            f"{where}: sidecar schema version {version}, this scopelite reads {', '.join(map(str, READS))}; "
             "upgrade scopelite or re-export the model"
         )
+    if version == bundle_v1.VERSION:
+        try:
+            d = bundle_v1.upgrade(d)
+        except (AttributeError, TypeError, KeyError, ValueError) as e:
+            raise BundleError(f"{where}: a version-1 sidecar that cannot be read ({type(e).__name__}: {e})") from None
+    bad = absolute_paths(d, "")
+    if bad:
+        raise BundleError(f"{where}: field {bad[0].lstrip('.')} holds an absolute path of the machine that built it; "
+                          "a sidecar names files relative to its bundle (re-export the model)")
     fmt = _req(d, "format", str, where)
     if fmt not in FORMATS:
         raise BundleError(f"{where}: format {fmt!r} not one of {FORMATS}")
@@ -290,10 +392,11 @@ def _parse(d: Any, where: str) -> Sidecar:
         layout=_req(i, "layout", str, wi),
         color=_req(i, "color", str, wi),
         value_range=tuple(_req(i, "value_range", list, wi)),
+        normalization=_req(i, "normalization", str, wi),
         crop=_req(i, "crop", str, wi),
         interpolation=_req(i, "interpolation", str, wi),
-        quantization=_quant(i.get("quantization"), wi + ".quantization"),
-        rbc_px=_rbc_px(i.get("rbc_px"), wi),
+        quantization=_quant(_req_key(i, "quantization", wi), wi + ".quantization"),
+        rbc_px=_rbc_px(_req_key(i, "rbc_px", wi), wi),
     )
     if inp.height <= 0 or inp.width <= 0 or inp.channels != 3:
         raise BundleError(f"{wi}: expected positive height/width and 3 channels, got {inp.height}x{inp.width}x{inp.channels}")
@@ -303,6 +406,11 @@ def _parse(d: Any, where: str) -> Sidecar:
         raise BundleError(f"{wi}: dtype {inp.dtype!r} not one of {DTYPES}")
     if inp.crop not in ("center", "none"):
         raise BundleError(f"{wi}: crop {inp.crop!r} must be 'center' or 'none'")
+    if inp.normalization not in NORMALIZATIONS:
+        raise BundleError(f"{wi}: normalization {inp.normalization!r} not one of {NORMALIZATIONS} "
+                          "(the device feeds raw pixels; scaling belongs inside the model graph)")
+    if len(inp.value_range) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in inp.value_range):
+        raise BundleError(f"{wi}: value_range must be two whole numbers, got {list(inp.value_range)}")
     o = _req(d, "output", dict, where)
     out = TensorSpec(dtype=_req(o, "dtype", str, f"{where}: output"), quantization=_quant(o.get("quantization"), f"{where}: output.quantization"))
     if out.dtype not in DTYPES:
@@ -314,6 +422,13 @@ def _parse(d: Any, where: str) -> Sidecar:
     bad = [r for r in runtimes if r not in RUNTIMES]
     if not runtimes or bad:
         raise BundleError(f"{where}: runtimes must be a non-empty subset of {RUNTIMES}, got {runtimes}")
+    metrics = d.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise BundleError(f"{where}: metrics must be a JSON object")
+    try:
+        provenance = Provenance.from_dict(d.get("provenance"), "provenance")
+    except ProvenanceError as e:
+        raise BundleError(f"{where}: {e}") from None
     return Sidecar(
         format=fmt,
         file=_req(d, "file", str, where),
@@ -322,8 +437,8 @@ def _parse(d: Any, where: str) -> Sidecar:
         input=inp,
         output=out,
         runtimes=tuple(runtimes),
-        metrics=d.get("metrics") or {},
-        provenance=d.get("provenance") or {},
+        metrics=metrics,
+        provenance=provenance,
         synthetic_data=bool(d.get("synthetic_data", False)),
         stain_reference=_stain_reference(d.get("stain_reference"), where),
     )

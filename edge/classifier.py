@@ -157,7 +157,7 @@ def make_classifier(model: str | os.PathLike, num_threads: int | None = None, de
     except (RuntimeUnavailable, BundleError) as e:
         if fallback != "cpu" or tpu is None:
             raise
-        cpu = sc.provenance.get("cpu_model")
+        cpu = sc.provenance.cpu_model
         cpu_path = Path(model).with_name(cpu) if cpu else Path(model)
         if "cpu" not in load_sidecar(cpu_path).runtimes:
             raise BundleError(f"{e}; and no CPU model to fall back to beside {model}") from None

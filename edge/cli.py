@@ -159,8 +159,8 @@ def _crop_size(ctx, param, value: str) -> int | None:
 
 
 def _parse_size(value: str | None):
-    if value is None:
-        return None
+    if value is None or isinstance(value, tuple):
+        return value
     try:
         w, h = (int(v) for v in value.lower().split("x"))
         if w <= 0 or h <= 0:
@@ -170,13 +170,29 @@ def _parse_size(value: str | None):
     return w, h
 
 
+def _size(ctx, param, value):
+    return _parse_size(value)
+
+
+def _classes(ctx, param, value) -> tuple[str, ...]:
+    """``basophil, erythroblast`` -> ('basophil', 'erythroblast')."""
+    if isinstance(value, tuple):
+        return value
+    return tuple(c.strip() for c in str(value or "").split(",") if c.strip())
+
+
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="A site file (YAML or JSON) of these options by their names, e.g. 'mode: field' or "
+                   "'crop-size: 360'; a flag given here overrides it. Example: edge/deploy/site.yaml.")
+@click.option("--print-config", is_flag=True,
+              help="Check the options, print them merged (defaults < --config < flags) as a site file, and exit.")
 @click.option("--model", default=None, type=MODEL,
               help="The .tflite model (its .json sidecar beside it). Default: the packaged PBC model.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
-@click.option("--size", default=None, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
+@click.option("--size", default=None, callback=_size, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
 @click.option("--loop", is_flag=True, help="Replay an image folder or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
               help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
@@ -186,12 +202,19 @@ def _parse_size(value: str | None):
                    "at the scale the model was trained at; a number fixes it (PBC's CellaVision fields: 360).")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
-@click.option("--count", "count_target", type=click.IntRange(min=1), default=None,
+@click.option("--count", type=click.IntRange(min=1), default=None,
               help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--report", type=click.Path(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
 @click.option("--wbc", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X10^9/L",
               help="Field mode: the analyser's white count, for absolute counts (corrected for NRBC).")
+@click.option("--sessions", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Field mode: one session per slide in DIR/<start time>/: every counted cell with its crop, and "
+                   "the report (JSON, CSV, printable HTML with a gallery per class) when it closes (--count, the lab "
+                   "page). A session left open by a killed run is resumed. With --http: start/stop/reset on the "
+                   "lab page, review at /review. docs/differential.md")
+@click.option("--new-session", is_flag=True,
+              help="With --sessions: close the session the last run left open (writing its report) and start anew.")
 @click.option("--track/--no-track", default=None,
               help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
                    "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
@@ -199,13 +222,17 @@ def _parse_size(value: str | None):
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
 @click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
-@click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
+@click.option("--http", default=None, metavar="HOST:PORT",
               help="Serve /, /healthz, /metrics, /latest, /snapshot.jpg (e.g. 127.0.0.1:8080; off by default).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--http-token", default=None, envvar="SCOPELITE_HTTP_TOKEN", metavar="TOKEN",
+              help="Changes over HTTP (sessions, review, model reload) need 'Authorization: Bearer TOKEN'. "
+                   "Default: none on loopback; made up and printed once when --http binds beyond it. "
+                   "Also read from $SCOPELITE_HTTP_TOKEN.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the JSON lines to this file instead of stdout.")
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None,
               help="Save frames that match --save-classes or score below --save-below here.")
-@click.option("--save-classes", default="", help="Comma-separated classes to save, e.g. basophil,erythroblast.")
+@click.option("--save-classes", default="", callback=_classes, help="Comma-separated classes to save, e.g. basophil,erythroblast.")
 @click.option("--save-below", type=click.FloatRange(0, 1), default=None, help="Save frames scored below this.")
 @click.option("--save-cap-mb", type=click.FloatRange(min=1), default=500.0, show_default=True,
               help="Disk cap for --save-dir: the oldest saved frames are deleted first.")
@@ -213,9 +240,7 @@ def _parse_size(value: str | None):
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter.")
 @_runtime_options
 @one_line_errors
-def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score, count_target, report_dir, wbc,
-          track, exit_on_eof, backoff_cap, http_addr, out_file, save_dir, save_classes, save_below, save_cap_mb, top_k,
-          threads, device, fallback, tta):
+def watch(**_):
     """Classify the centre of each frame of SOURCE (or every cell: --mode field) and print JSON lines.
 
     SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
@@ -224,48 +249,62 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
     mode follows every cell across frames while the stage moves and counts each
     cell once into a differential (white cells in clinical order, NRBC per 100
     white cells, platelets, uncertain cells for review). Stops cleanly on end of
-    stream, --count, Ctrl-C or SIGTERM.
+    stream, --count, Ctrl-C or SIGTERM. SIGHUP (systemctl reload) or POST
+    /model/reload loads and checks the model again and swaps it in between
+    frames; a bad bundle is refused and the old model keeps serving.
 
     \b
     Example:
+      celledge watch --config /etc/scopelite/site.yaml
       celledge watch /dev/video0 --mode field --count 100 --report diff/ --http 127.0.0.1:8080
+      celledge watch /dev/video0 --mode field --count 100 --sessions sessions/ --http 127.0.0.1:8080
       celledge watch /dev/video0 --model model.tflite --fps 5
       celledge watch demo_out/data/microscope.avi --model demo_out/int8/model.tflite
       celledge watch smear_fields/ --mode field --crop-size 360
     """
     from . import shutdown
+    from .config import from_click
     from .outputs import LineSink, check_writable
-    from .sources import MAX_SIDE, is_live, open_source, open_unless_stopped
+    from .sources import is_live, open_source, open_unless_stopped
     from .watch import run_watch
 
     from pathlib import Path
 
     from .packaged import default_model
 
-    wh = _parse_size(size)
-    if loop and mode == "field":
-        if count_target or report_dir:
-            raise UserError("--loop replays the same cells, so a differential (--count/--report) would count them "
-                            "again on every pass; leave out --loop")
+    def unwritable(cfg) -> list[str]:
+        out = []
+        for path, flag, is_dir in ((cfg.out, "--out", False), (cfg.save_dir, "--save-dir", True),
+                                   (cfg.report, "--report", True), (cfg.sessions, "--sessions", True)):
+            try:
+                if path:
+                    check_writable(path, flag, is_dir=is_dir)
+            except UserError as e:
+                out.append(str(e))
+        return out
+
+    ctx = click.get_current_context()
+    cfg = from_click(ctx, checks=unwritable)  # every mistake of the file and the flags at once
+    if ctx.params["print_config"]:
+        click.echo(cfg.dump(), nl=False)
+        return
+    if cfg.loop and cfg.mode == "field":
         warn("--loop in field mode counts the same cells again on every pass: the differential is not a count of "
              "this slide")
-    if crop_size is not None and crop_size > MAX_SIDE:  # bounded work per frame: SIGTERM is honoured between frames
-        raise UserError(f"--crop-size {crop_size} is larger than any frame scopelite takes ({MAX_SIDE} px a side); "
-                        "give the cell's size in the frame's pixels, e.g. --crop-size 360")
-    if out_file:
-        check_writable(out_file, "--out", is_dir=False)
-    if save_dir:
-        check_writable(save_dir, "--save-dir")
-    if mode != "field" and (count_target or report_dir or wbc or track is not None):
-        raise UserError("--count, --report, --wbc and --track need --mode field (crop mode counts frames, not cells)")
-    if report_dir:
-        check_writable(report_dir, "--report")
-    clf = _classifier(model or str(default_model()), threads, device, fallback, tta)
+    source = cfg.source
+    if cfg.track is None:
+        cfg = cfg.replace(track=not Path(source).is_dir())
+
+    def load(model: str):
+        return _classifier(model, cfg.threads, cfg.device, cfg.fallback, cfg.tta)
+
+    model = cfg.model or str(default_model())
+    clf = load(model)
     live = is_live(source)
     sources = []
 
     def open_counted():
-        src = open_source(source, loop=loop, size=wh, warn=warn)
+        src = open_source(source, loop=cfg.loop, size=cfg.size, warn=warn)
         sources.append(src)
         return src
 
@@ -273,7 +312,7 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
         return sum(getattr(src, "unreadable", 0) for src in sources)
 
     # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
-    first = open_counted() if (not live or exit_on_eof) else None
+    first = open_counted() if (not live or cfg.exit_on_eof) else None
     opened = {"first": first}
     stop = threading.Event()
 
@@ -281,11 +320,16 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
         src = opened.pop("first", None)
         return src if src is not None else open_unless_stopped(open_counted, stop)
 
-    ctx = click.get_current_context()
-    ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush))  # SIGINT/SIGTERM: stop within 2 s
-    sink = LineSink(out_file) if out_file else None
+    from .reload import ModelReloader
+
+    reloader = ModelReloader(load, clf, model)
+    # SIGINT/SIGTERM: stop within 2 s; SIGHUP (systemctl reload): load, check and swap in the model again
+    ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush,
+                                       others={shutdown.SIGHUP: lambda: reloader.request(trigger="SIGHUP")}))
+    sink = LineSink(cfg.out) if cfg.out else None
     if sink is not None:
         ctx.call_on_close(sink.close)
+    status = server = None
 
     def emit(rec):
         if sink is not None:
@@ -293,49 +337,88 @@ def watch(source, model, max_frames, fps, size, loop, mode, crop_size, min_score
         else:
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
+        if status is not None and rec.get("event") == "model_reload":
+            status.model_event(rec)
 
-    status = server = None
-    if http_addr:
+    sessions, cfg = _sessions(cfg, clf.labels)
+    if cfg.http:
         from .httpd import Status, exposure_warning, parse_address, serve, url
 
-        host, port = parse_address(http_addr)
-        status = Status(clf.labels)
-        server = serve(status, host, port)
+        host, port = parse_address(cfg.http)
+        status = Status(clf.labels, model=reloader.info, session=sessions)
+
+        def reload_action(body: dict) -> tuple[int, dict]:
+            """POST /model/reload {"model": PATH} (no body: the file in use again): 200 loaded, 422 refused."""
+            if not isinstance(body.get("model", ""), str):
+                return 400, {"ok": False, "error": 'body must be {"model": "/path/model.tflite"} or empty'}
+            event = reloader.reload(body.get("model") or None, trigger="http")
+            return (200 if event["ok"] else 422), event
+
+        token = _http_token(ctx, host)
+        server = serve(status, host, port, actions={"/model/reload": reload_action}, token=token)
         ctx.call_on_close(server.shutdown)
         if exposure_warning(host):
             warn(exposure_warning(host))
         print(f"serving {url(server)}", file=sys.stderr)
+        if token and not ctx.params["http_token"]:
+            print(f"HTTP token for changes (sessions, review, reload): {token}  (open {url(server)}?token={token})",
+                  file=sys.stderr)
+    elif ctx.params["http_token"] and ctx.get_parameter_source("http_token").name == "COMMANDLINE":
+        raise UserError("--http-token needs --http HOST:PORT")
 
-    from .field import DEFAULT_MODEL_RBC_PX, FieldConfig
-
-    summary = run_watch(opener, clf, emit, max_frames=max_frames, fps=fps, k=top_k, stop=stop, mode=mode,
-                        field_cfg=FieldConfig(crop_size=crop_size, model_rbc_px=clf.input_spec.rbc_px or DEFAULT_MODEL_RBC_PX,
-                                              input_px=clf.input_spec.height), min_score=min_score, live=live,
-                        exit_on_eof=exit_on_eof, backoff_cap=backoff_cap,
-                        on_frame=_on_frame(status, save_dir, save_classes, save_below, save_cap_mb, clf.labels,
-                                           unreadable), count=count_target, report_dir=report_dir, wbc_count=wbc,
-                        track=track if track is not None else not Path(source).is_dir())
+    summary = run_watch(cfg, opener, clf, emit, stop=stop, live=live, reloader=reloader,
+                        on_frame=_on_frame(status, cfg, clf.labels, unreadable), session=sessions)
     summary["summary"]["unreadable"] = unreadable()
+    if sessions is not None:
+        sessions.checkpoint()  # the report as it stands; an open session stays open for the next run
+        s = sessions.summary(cells=False)
+        summary["summary"]["session"] = {"id": s["id"], "folder": s["folder"], "state": s["state"],
+                                         "reason": s["reason"], "resumed": sessions.resumed is not None,
+                                         "white_total": s["differential"]["white_total"],
+                                         "cells": s["cells_total"], "reviewed": s["reviewed"]}
     emit(summary)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")
 
 
-def _on_frame(status, save_dir, save_classes, save_below, save_cap_mb, labels, unreadable=lambda: 0):
+def _sessions(cfg, labels):
+    """``--sessions``: the sessions folder (resumed or new) and the run's config, whose count the session
+    now keeps (a session closes at --count; a daemon with --http goes on to the next one)."""
+    if not cfg.sessions:
+        return None, cfg
+    from .session import Sessions
+
+    sessions = Sessions(cfg.sessions, labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
+                        new=cfg.new_session, one_shot=not cfg.http)
+    state = "resumed" if sessions.resumed else "started"
+    print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
+    return sessions, cfg.replace(count=None)
+
+
+def _http_token(ctx, host: str) -> str | None:
+    """--http-token, or a new one when the server is reachable beyond this machine (None on loopback)."""
+    import secrets
+
+    from .httpd import is_loopback
+
+    if ctx.params["http_token"]:
+        return ctx.params["http_token"]
+    return None if is_loopback(host) else secrets.token_urlsafe(16)
+
+
+def _on_frame(status, cfg, labels, unreadable=lambda: 0):
     """Chain the per-frame consumers: HTTP status and frame saving (``unreadable``: files skipped so far)."""
     hooks = [status.update] if status else []
-    if save_dir:
+    if cfg.save_dir:
         from .saver import FrameSaver
 
-        classes = {c.strip() for c in save_classes.split(",") if c.strip()}
+        classes = set(cfg.save_classes)
         unknown = classes - set(labels)
         if unknown:
             raise UserError(f"--save-classes {', '.join(sorted(unknown))}: not labels of this model "
                             f"({', '.join(labels)})")
-        if not classes and save_below is None:
-            raise UserError("--save-dir needs --save-classes and/or --save-below")
-        hooks.append(FrameSaver(save_dir, classes, save_below, int(save_cap_mb * 2**20)))
+        hooks.append(FrameSaver(cfg.save_dir, classes, cfg.save_below, int(cfg.save_cap_mb * 2**20)))
     if not hooks:
         return None
     return lambda frame, rec, counters: [h(frame, rec, {**counters, "unreadable": unreadable()}) for h in hooks]
@@ -374,6 +457,36 @@ def info(model):
             mismatch = mismatch or e
     if mismatch is not None:
         raise UserError(f"the sidecar does not match the model: {mismatch}")
+
+
+@main.command("export")
+@click.argument("sessions", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The dataset folder (created; added to).")
+@one_line_errors
+def export(sessions, out):
+    """Export the cells a person reviewed as a class-folder dataset for `celltrain fit --data`.
+
+    SESSIONS are session folders or folders of sessions (`celledge watch --sessions DIR`). Each reviewed
+    cell with a class goes to OUT/<class>/<session>_<cell>.png; uncertain, not-a-cell and unreviewed
+    cells stay out. Exporting more sessions into OUT adds to it.
+
+    \b
+    Example:
+      celledge export sessions/ --out my_cells/
+      celltrain fit --data my_cells/ --out runs/mine --weights shipped
+    """
+    from pathlib import Path
+
+    from .outputs import check_writable
+    from .session_export import export_reviewed, summary_line
+
+    check_writable(out, "--out")
+    result = export_reviewed(sessions, out)
+    click.echo(summary_line(result, out))
+    if not result["cells"]:
+        raise UserError("no reviewed cells to export: review them first (the /review page of celledge watch --http)")
+    if len([p for p in Path(out).iterdir() if p.is_dir() and not p.name.startswith(".")]) < 2:
+        warn(f"{out} holds one class only: celltrain fit needs at least two (export more sessions into it)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,9 +52,11 @@ def _end_progress_line() -> None:
 
 
 def print_error(msg: object) -> None:
-    """One ``Error: ...`` line on stderr (whitespace folded), on a line of its own."""
+    """One ``Error: ...`` line on stderr (whitespace folded), on a line of its own; an error with
+    ``lines`` (several mistakes found at once, ``config.ConfigError``) gives one such line each."""
     _end_progress_line()
-    print("Error: " + " ".join(str(msg).split()), file=sys.stderr, flush=True)
+    for line in getattr(msg, "lines", None) or [msg]:
+        print("Error: " + " ".join(str(line).split()), file=sys.stderr, flush=True)
 
 
 def warn(msg: object) -> None:

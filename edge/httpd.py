@@ -6,13 +6,21 @@
 /latest       the last frame's JSON record
 /snapshot.jpg the last frame with its crop or cell boxes and labels
 /             a small self-refreshing page for the lab (no external assets)
+POST /model/reload  load, check and swap in a model (JSON body {"model": PATH}; none: the file in use)
+/session, /review, /cells/<id>.png, POST /session/{start,stop,reset}, /cells/<id>/label: sessions and
+              their review (``session_http``), with ``--sessions``
 
-GET and HEAD only. Each connection gets REQUEST_TIMEOUT_S to send its request and at most
+GET and HEAD; POST only to the ``actions`` the daemon registers and the session routes. Who may POST:
+with a token (``serve(token=...)``: ``--http-token``, or made up at start when --http binds beyond
+loopback) only a request carrying ``Authorization: Bearer TOKEN``; without one, only this machine (a
+POST from another address is refused with 403). A browser's cross-site POST (its Origin is not this
+server) is refused too. Each connection gets REQUEST_TIMEOUT_S to send its request and at most
 MAX_CONNECTIONS are served at once (others are closed), so a slow or hostile client cannot
 hold the daemon. Bound beyond loopback, the page is open to the network: ``exposure_warning``.
 """
 from __future__ import annotations
 
+import hmac
 import html
 import ipaddress
 import json
@@ -24,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from . import session_http
 from .differential import _TITLES
 from .errors import UserError
 from .preprocess import center_square
@@ -36,9 +45,13 @@ MAX_CONNECTIONS = 16
 class Status:
     """Thread-safe state shared by the watch loop (writer) and the HTTP handlers (readers)."""
 
-    def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic):
+    def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic, model: dict | None = None,
+                 session=None):
         self._lock = threading.Lock()
         self.labels = list(labels)
+        self.session = session  # session.Sessions (--sessions): the lab page shows its count and controls
+        self.model = dict(model or {})  # the model in use: file, sha256, mtime (reload.bundle_info)
+        self.reloads = {"ok": 0, "failed": 0}
         self.stale_seconds, self.clock = stale_seconds, clock
         self.frames = 0
         self.counts: dict[str, int] = {}  # crop mode: frames per class; field mode: cells counted per class
@@ -77,6 +90,13 @@ class Status:
                 self.counts[rec["label"]] = self.counts.get(rec["label"], 0) + 1
             if counters:
                 self.counters.update(counters)
+
+    def model_event(self, rec: dict) -> None:
+        """A ``model_reload`` event from the watch loop: count it; a good one names the model now in use."""
+        with self._lock:
+            self.reloads["ok" if rec.get("ok") else "failed"] += 1
+            if rec.get("ok"):
+                self.model = {k: rec.get(k) for k in ("model", "sha256", "mtime")}
 
     def healthy(self) -> tuple[bool, str]:
         with self._lock:
@@ -130,6 +150,7 @@ class Status:
                 lines.append(f'scopelite_class_total{{label="{lab}"}} {self.counts.get(lab, 0)}')
             if self.differential is not None:
                 lines += _differential_metrics(self.differential)
+            lines += _model_metrics(self.model, self.reloads)
         return "\n".join(lines) + "\n"
 
     def snapshot_jpeg(self) -> bytes | None:
@@ -162,8 +183,14 @@ class Status:
             banner = ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
                       f'({unlike} of {frames} frames): the model was trained on another lab\'s stain and '
                       'will make more mistakes here. Calibrate or adapt it to this lab (docs/cross-lab.md).</p>')
+        panel = ""
+        if self.session is not None:  # the technician's count is the session's, not the run's
+            from .review_page import lab_panel  # noqa: PLC0415
+
+            current = self.session.summary(cells=False)
+            diff, panel = current["differential"], lab_panel(current)
         if diff is not None:
-            body = _differential_html(diff)
+            body = panel + _differential_html(diff)
         else:
             total = sum(counts.values()) or 1
             bars = "".join(
@@ -216,6 +243,26 @@ def _differential_metrics(d: dict) -> list[str]:
     return lines
 
 
+def _label_value(v) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _model_metrics(model: dict, reloads: dict) -> list[str]:
+    lines = ["# HELP scopelite_model_reloads_total Model reloads (SIGHUP, POST /model/reload) by result.",
+             "# TYPE scopelite_model_reloads_total counter"]
+    lines += [f'scopelite_model_reloads_total{{result="{k}"}} {reloads[k]}' for k in ("ok", "failed")]
+    if model.get("model"):
+        lines += ["# HELP scopelite_model_info The model in use: its file and sha256.",
+                  "# TYPE scopelite_model_info gauge",
+                  f'scopelite_model_info{{file="{_label_value(model["model"])}",'
+                  f'sha256="{_label_value(model.get("sha256") or "")}"}} 1']
+    if model.get("mtime") is not None:
+        lines += ["# HELP scopelite_model_mtime_seconds Modification time of the model file in use (Unix time).",
+                  "# TYPE scopelite_model_mtime_seconds gauge", f"scopelite_model_mtime_seconds {model['mtime']}"]
+    return lines
+
+
 def _differential_html(d: dict) -> str:
     """The differential as a lab reads it: white cells in clinical order, NRBC, platelets, uncertain, progress."""
     n, target = d["white_total"], d.get("target")
@@ -242,7 +289,12 @@ percentages</td></tr></table>
 <p class="note">Each cell is counted once, however long it stays in view.</p>"""
 
 
-def _handler(status: Status):
+MAX_BODY = 4096  # bytes of a POST body
+
+
+def _handler(status: Status, actions: dict | None = None, token: str | None = None):
+    actions = dict(actions or {})
+
     class Handler(BaseHTTPRequestHandler):
         timeout = REQUEST_TIMEOUT_S  # socket timeout: a request line or headers that never come end here
         head_only = False
@@ -280,8 +332,53 @@ def _handler(status: Status):
                     self._send(200, jpg, "image/jpeg")
             elif path == "/":
                 self._send(200, status.page().encode(), "text/html; charset=utf-8")
+            elif status.session is not None and (routed := session_http.get(status.session, path)) is not None:
+                self._send(*routed)
             else:
                 self._send(404, b"not found", "text/plain")
+
+        def _refused(self) -> str | None:
+            """Why this POST may not change anything (None: it may): token, loopback, cross-site rules."""
+            origin = self.headers.get("Origin")
+            if origin and origin != "null" and origin.split("://", 1)[-1] != self.headers.get("Host"):
+                return f"cross-site request from {origin} refused"
+            if token is not None:
+                given = self.headers.get("Authorization") or ""
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return "a token is needed: send Authorization: Bearer TOKEN (printed by celledge watch at start)"
+                return None
+            if not is_loopback(self.client_address[0]):
+                return "changes are accepted from this machine only (loopback)"
+            return None
+
+        def _reply(self, code: int, obj: dict) -> None:
+            self._send(code, json.dumps(obj).encode(), "application/json")
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            action = actions.get(path)
+            if action is None and (status.session is None or not session_http.is_post_route(path)):
+                return self._reply(404, {"ok": False, "error": "no such action"})
+            refused = self._refused()
+            if refused:
+                return self._reply(403, {"ok": False, "error": refused})
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            if not 0 <= n <= MAX_BODY:
+                return self._reply(400, {"ok": False, "error": f"body must be at most {MAX_BODY} bytes of JSON"})
+            try:
+                body = json.loads(self.rfile.read(n) or b"{}") if n else {}
+                if not isinstance(body, dict):
+                    raise ValueError
+            except ValueError:
+                return self._reply(400, {"ok": False, "error": "body must be a JSON object, e.g. "
+                                                              '{"model": "/path/model.tflite"}'})
+            if action is None:
+                return self._send(*session_http.post(status.session, path, body))
+            code, reply = action(body)
+            self._reply(code, reply)
 
     return Handler
 
@@ -356,13 +453,19 @@ def url(server: ThreadingHTTPServer) -> str:
     return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
 
 
-def serve(status: Status, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the server in a daemon thread; ``server.shutdown()`` stops it."""
+def serve(status: Status, host: str, port: int, actions: dict | None = None,
+          token: str | None = None) -> ThreadingHTTPServer:
+    """Start the server in a daemon thread; ``server.shutdown()`` stops it.
+
+    Args:
+        actions: {path: fn(body dict) -> (HTTP code, JSON-able reply)} served to POST.
+        token: POSTs must carry ``Authorization: Bearer TOKEN`` (None: POSTs from loopback only).
+    """
     try:
         server_cls = _BoundedServer
         if ":" in host:
             server_cls = type("_BoundedServer6", (_BoundedServer,), {"address_family": socket.AF_INET6})
-        server = server_cls((host, port), _handler(status))
+        server = server_cls((host, port), _handler(status, actions, token))
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another celledge running? "
                         "choose another port with --http HOST:PORT") from None

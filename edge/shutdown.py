@@ -4,7 +4,8 @@ A Python signal handler runs only between bytecodes of the main thread, so a fra
 stuck in C (a huge image, a stream that never answers) would delay it. Here the C-level
 handler writes the signal to a pipe (``signal.set_wakeup_fd``); a watcher thread reads
 it at once, sets ``stop`` (the loop ends after the current frame) and, if the program
-is still running ``grace`` seconds later, says so and exits.
+is still running ``grace`` seconds later, says so and exits. Other signals (``others``: SIGHUP
+asks for a model reload) run their function on the same watcher thread and stop nothing.
 """
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import sys
 import threading
 from typing import Callable
 
+SIGHUP = getattr(signal, "SIGHUP", None)  # None where there is none (Windows)
+
 
 def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,
-            signals=(signal.SIGINT, signal.SIGTERM)) -> Callable[[], None]:
+            signals=(signal.SIGINT, signal.SIGTERM),
+            others: dict[int | None, Callable[[], None]] | None = None) -> Callable[[], None]:
     """Call from the main thread: on ``signals``, set ``stop``; exit 1 if not done within ``grace`` s.
 
     Args:
         on_force: called just before a forced exit (e.g. flush the output file).
+        others: {signal: function} for signals that do not stop the work (None keys are skipped);
+            the function runs on the watcher thread, so it must return quickly.
 
     Returns:
         A function to call when the work is done: no forced exit after it; the previous handlers are back.
@@ -28,12 +34,18 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
     r, w = os.pipe()
     done = threading.Event()
     os.set_blocking(w, False)
+    others = {sig: fn for sig, fn in (others or {}).items() if sig is not None}
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    previous.update({sig: signal.signal(sig, lambda *_: None) for sig in others})  # the wakeup fd tells the watcher
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
 
     def watch() -> None:
         try:
-            got = os.read(r, 1)
+            while True:
+                got = os.read(r, 1)
+                if not got or got[0] not in others:
+                    break
+                others[got[0]]()
         except OSError:
             return
         finally:

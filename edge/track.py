@@ -15,7 +15,7 @@ How a frame is matched
   ``match_radius`` (cells do not overlap, so with a radius of half a cell diameter
   a detection has at most one plausible track and greedy equals the optimal
   assignment: scipy's Hungarian gave the same counts at the same cost in
-  benchmarks/track_compare.py, so the edge install needs no scipy), and the
+  tools/track_compare.py, so the edge install needs no scipy), and the
   offset is re-estimated as the median of the matched pairs. Nothing here assumes
   a pan speed: jerks of up to ``max_jump`` are recovered from the detections when
   at least two cells stay in view, and from ``StageMotion`` (phase correlation of

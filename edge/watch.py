@@ -28,9 +28,11 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
+from .config import WatchConfig
 from .differential import UNCERTAIN, Differential
 from .postprocess import Tally, top_k
 from .preprocess import prepare
+from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError
 from .stain import stain_layers
@@ -257,7 +259,7 @@ class FieldCounter:
                 break
             ref = {"frame": frame_index, "cell": j, "center": c["center"]}
             out.append({"cell": j, "label": self.differential.add(c["scores"], ref=ref), "best": c["best"],
-                        "score": c["score"], "center": c["center"]})
+                        "score": c["score"], "center": c["center"], "scores": c["scores"]})
         if out:
             self._brief = None
         return out
@@ -273,12 +275,19 @@ class FieldCounter:
             best = int(np.argmax(e.scores))
             out.append({"track": e.track_id, "label": label, "best": self.differential.labels[best],
                         "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,
-                        "reason": e.reason})
-            self._decided[e.track_id] = {"label": label, "score": out[-1]["score"], "best": out[-1]["best"],
-                                         "scores": np.round(e.scores, 4).tolist()}
+                        "reason": e.reason, "scores": np.round(e.scores, 4).tolist()})
+            self._decided[e.track_id] = {k: out[-1][k] for k in ("label", "score", "best", "scores")}
         if out:
             self._brief = None
         return out
+
+
+def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.FieldConfig:
+    """Field mode's detector settings for this classifier: ``config.crop_size`` and the model's scale
+    (the red-cell diameter in its input, from the sidecar, and its input side)."""
+    spec = classifier.input_spec
+    return field_lib.FieldConfig(crop_size=config.crop_size, input_px=spec.height,
+                                 model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX)
 
 
 def write_report(folder, differential: Differential, run: dict) -> None:
@@ -293,50 +302,36 @@ def write_report(folder, differential: Differential, run: dict) -> None:
 
 
 def run_watch(
+    config: WatchConfig,
     source: FrameSource | Callable[[], FrameSource],
     classifier: Classifier,
     emit: Callable[[dict], None],
-    max_frames: int | None = None,
-    fps: float | None = None,
-    k: int = 3,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
-    mode: str = "crop",
-    field_cfg: field_lib.FieldConfig | None = None,
-    min_score: float = 0.5,
     live: bool = False,
-    exit_on_eof: bool = False,
     queue_size: int = 2,
     backoff: float = 0.5,
-    backoff_cap: float = 30.0,
     on_frame: Callable[[np.ndarray, dict, dict], None] | None = None,
-    count: int | None = None,
-    report_dir: str | None = None,
-    wbc_count: float | None = None,
-    track: bool = True,
+    reloader: ModelReloader | None = None,
+    session=None,
 ) -> dict:
     """Classify each frame (capture runs in its own thread); return the summary record.
 
     Args:
+        config: the run's settings (``config.WatchConfig``): max_frames, fps, top_k, mode, crop_size,
+            min_score, exit_on_eof, backoff_cap, count, report, wbc, track (None: on). Field mode
+            crops at the classifier's scale (its sidecar's ``rbc_px`` and input size).
         source: where frames come from, or a function that opens it (needed to reconnect).
         classifier: turns prepared crops into probabilities.
-        emit: called with each frame's record.
-        max_frames: stop after this many frames (None: until end of stream).
-        fps: cap on frames per second (None: as fast as possible).
-        k: how many classes each record lists.
+        emit: called with each frame's record (and events: reconnecting, model_reload).
         stop: set it (e.g. from a signal handler) to stop after the current frame.
-        mode: "crop" (one cell in the centre of the view) or "field" (find and classify every cell).
-        field_cfg: detector settings for field mode.
-        min_score: field mode: cells scored below this count as "uncertain".
         live: a camera or stream: frames are dropped (oldest first, counted) when inference
             falls behind, and a lost source is reopened with exponential backoff.
-        exit_on_eof: stop instead of reconnecting when a live source ends.
         on_frame: called with each frame, its record and the capture counters (HTTP status, saving).
-        count: field mode: stop once this many white cells are counted (reason "count reached").
-        report_dir: field mode: write differential.json, .csv and .txt here when the run ends.
-        wbc_count: field mode: the analyser's white count (10^9/L), for absolute counts.
-        track: field mode: follow cells across frames and count each once (a moving stage: camera,
-            video); False: the frames are separate fields and every cell of every frame counts.
+        reloader: a ``reload.ModelReloader``: between frames, a new model it has loaded and checked
+            replaces ``classifier`` (the count goes on), and each reload attempt is emitted as an event.
+        session: field mode: a ``session.Sessions``, given each frame and its counted cells (it keeps
+            them, with their crops, in the open session); the run ends when its ``ends_run`` is set.
 
     Returns:
         {"summary": ...}: frames, drops, why it stopped, speed and the count: in field mode
@@ -344,15 +339,18 @@ def run_watch(
         cells counted at the end of the stream), in crop mode ``tally`` (frames per class).
     """
     stop = stop or threading.Event()
-    field_cfg = field_cfg or field_lib.FieldConfig()
+    mode, min_score, track = config.mode, config.min_score, config.track is not False
+    max_frames, fps, k, count = config.max_frames, config.fps, config.top_k, config.count
+    field_cfg = field_config(config, classifier)
     field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1)  # one microscope's stream
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = 0
     tally = Tally(list(classifier.labels))
-    counter = FieldCounter(classifier.labels, min_score, count, wbc_count, track) if mode == "field" else None
+    counter = FieldCounter(classifier.labels, min_score, count, config.wbc, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
     queue = DropOldestQueue(queue_size)
-    capture = Capture(opener, queue, live=live, exit_on_eof=exit_on_eof, backoff=backoff, backoff_cap=backoff_cap,
+    capture = Capture(opener, queue, live=live, exit_on_eof=config.exit_on_eof, backoff=backoff,
+                      backoff_cap=config.backoff_cap,
                       stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}))
     capture.start()
     n, t_start, infer_s = 0, clock(), 0.0
@@ -362,6 +360,13 @@ def run_watch(
             if max_frames is not None and n >= max_frames:
                 reason = "max frames"
                 break
+            if reloader is not None:  # between frames: a checked new model takes over, the count goes on
+                new, events = reloader.take()
+                if new is not None:
+                    classifier, field_cfg = new, field_config(config, new)
+                    field_scale.cfg, reference = field_cfg, ood.reference_of(getattr(new, "sidecar", None))
+                for event in events:
+                    emit({**event, "frame": n})
             t_frame = clock()
             frame = queue.get(timeout=0.25)
             if frame is None:
@@ -391,7 +396,9 @@ def run_watch(
                 on_frame(frame, rec, {"captured": capture.frames, "dropped": queue.dropped,
                                       "reconnects": capture.reconnects})
             n += 1
-            if counter is not None and counter.done:
+            if session is not None and counter is not None:
+                session.update(frame, rec)
+            if counter is not None and (counter.done or session is not None and session.ends_run):
                 reason = "count reached"
                 break
             if fps:
@@ -417,10 +424,14 @@ def run_watch(
         "fps": round(n / elapsed, 2),
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
     }
+    if reloader is not None:
+        summary["model_reloads"] = {"ok": reloader.ok, "failed": reloader.failed, **reloader.info}
     if counter is None:
         summary["tally"] = tally.summary()
         return {"summary": summary}
     at_end = counter.flush(max(n - 1, 0)) if reason != "count reached" else []  # past the target: not counted
+    if session is not None:
+        session.update(None, {"frame": max(n - 1, 0), "counted": at_end})
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
     summary.update(counted=at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1)})
@@ -429,9 +440,10 @@ def run_watch(
         if n and unlike_frames > n / 2:
             summary["warning"] = ("most frames are stained unlike the model's training data: expect more mistakes; "
                                   "calibrate or adapt the model to this lab (docs/cross-lab.md)")
-    if report_dir is not None:
-        write_report(report_dir, counter.differential,
-                     {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score})
+    if config.report is not None:
+        write_report(config.report, counter.differential,
+                     {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score}
+                     | {"config": config.to_file()})
     return {"summary": summary}
 
 

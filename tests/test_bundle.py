@@ -2,16 +2,16 @@ import json
 
 import pytest
 
-from scopelite.edge.bundle import (CLASS_NAMES, BundleError, InputSpec, Quantization, Sidecar, TensorSpec,
-                                   atomic_path, load_sidecar, sha256_file, sidecar_path, write_sidecar)
+from scopelite.edge.bundle import (CLASS_NAMES, BundleError, InputSpec, Provenance, Quantization, TensorSpec,
+                                   atomic_path, build_sidecar, load_sidecar, sidecar_path, write_sidecar)
 
 
 def _sidecar(model_file, **kw):
-    base = dict(format="tflite", file=model_file.name, sha256=sha256_file(model_file), labels=CLASS_NAMES,
+    base = dict(format="tflite", labels=CLASS_NAMES,
                 input=InputSpec(96, 96, dtype="uint8", quantization=Quantization(1.0, 0)),
-                output=TensorSpec("uint8", Quantization(1 / 256, 0)), runtimes=("cpu",))
+                output=TensorSpec("uint8", Quantization(1 / 256, 0)), runtimes=("cpu",), provenance=Provenance())
     base.update(kw)
-    return Sidecar(**base)
+    return build_sidecar(model_file, **base)
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def test_round_trip(model_file):
     back = load_sidecar(model_file)
     assert back == sc
     raw = json.loads(path.read_text())
-    assert raw["schema"] == "scopelite.bundle" and raw["schema_version"] == 1
-    assert raw["input"]["value_range"] == [0, 255]
+    assert raw["schema"] == "scopelite.bundle" and raw["schema_version"] == 2
+    assert raw["input"]["value_range"] == [0, 255] and raw["input"]["normalization"] == "in-graph"
+    assert raw["provenance"]["created"]  # the builder stamps it
 
 
 def test_hash_mismatch_is_refused(model_file):

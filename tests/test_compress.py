@@ -108,13 +108,16 @@ def test_full_compress_writes_every_variant(full_compress):
     assert set(report["variants"]) == {"int8", "qat_int8", "qat_calibrated_int8", "float16", "dynamic_range"}
     for kind in report["variants"]:
         sc = json.loads((out / f"model_{kind}.json").read_text())
-        assert sc["provenance"]["variant"] == kind and sc["metrics"]["size_bytes"] > 0
+        assert sc["provenance"]["compression"]["variant"] == kind and sc["metrics"]["size_bytes"] > 0
+        assert sc["provenance"]["compression"]["method"] == {"int8": "ptq", "float16": "float16",
+                                                             "dynamic_range": "dynamic_range"}.get(kind, "qat")
         assert "p50_ms" in sc["metrics"]["latency_ms"]["threads_1"]
     assert report["approved"]["variant"] in ("int8", "qat_int8", "qat_calibrated_int8")
     assert (out / "model.tflite").is_file() and (out / "report.md").read_text().count("|") > 20
     # the stand-in compiler ran with -s, its log is parsed into the report and a TPU sidecar
     tpu = json.loads((out / "model_edgetpu.json").read_text())
-    assert tpu["runtimes"] == ["edgetpu"] and tpu["provenance"]["edgetpu_compiler"]["cpu_ops"] == 1
+    assert tpu["runtimes"] == ["edgetpu"] and tpu["provenance"]["compression"]["edgetpu_compiler"]["cpu_ops"] == 1
+    assert tpu["provenance"]["cpu_model"] == "model.tflite"
     assert "WARNING: the compiler left 1 ops on the CPU" in r.stdout
     assert report["edgetpu"]["offline"]["fully_mapped"]
 

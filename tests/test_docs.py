@@ -1,11 +1,14 @@
-"""The README and docs/ cite files that exist: every relative link, and every benchmarks/results file named."""
+"""The README and docs/ cite files that exist: every relative link, and every result file named
+(measurements in benchmarks/results/, records of training and compression runs in docs/runs/)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"  # measurements of the software: speed, field-mode accuracy, ...
+RUNS = ROOT / "docs" / "runs"  # records of training, compression and model-selection runs
+FOLDERS = (RESULTS, RUNS)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
@@ -24,7 +27,8 @@ def _cited_results(text: str) -> set[str]:
     """File names in backticks that look like result files (``x.json``, ``x.{md,png}``, ``x.*``)."""
     names = set()
     for tok in re.findall(r"`([^`\s]+)`", text):
-        tok = tok.removeprefix("benchmarks/results/")
+        for prefix in ("benchmarks/results/", "docs/runs/"):
+            tok = tok.removeprefix(prefix)
         if tok.startswith(".") or "<" in tok:
             continue  # an extension or a pattern, not a file
         if "/" in tok.replace(".md/.json", "") or not re.search(r"\.(json|md|png|csv|\{[a-z,]+\}|\*|md/\.json)$", tok):
@@ -57,8 +61,8 @@ def test_cited_result_files_exist():
         for name in _cited_results(doc.read_text()):
             for one in _expand(name):
                 if one.endswith(".*"):
-                    if not list(RESULTS.glob(one)):
+                    if not any(list(folder.glob(one)) for folder in FOLDERS):
                         missing.append(f"{doc.relative_to(ROOT)}: {one}")
-                elif not (RESULTS / one).exists() and not (ROOT / one).exists():
+                elif not any((folder / one).exists() for folder in (*FOLDERS, ROOT)):
                     missing.append(f"{doc.relative_to(ROOT)}: {one}")
     assert missing == []

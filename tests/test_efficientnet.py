@@ -16,8 +16,8 @@ def test_efficientnetv2b0_fit_and_int8(tmp_path):
     fit(FitConfig(out=str(run), arch="efficientnetv2b0", image_size=32, epochs=1, synthetic_per_class=6,
                   batch_size=16), log=lambda _: None, verbose=0)
     sc = load_sidecar(run / "model.keras")
-    assert sc.provenance["config"]["arch"] == "efficientnetv2b0"
-    assert sc.provenance["tools"]["tf_keras"].startswith("2.")  # Keras 2, as TFMOT needs
+    assert sc.provenance.training.config["arch"] == "efficientnetv2b0"
+    assert sc.provenance.tools["tf_keras"].startswith("2.")  # Keras 2, as TFMOT needs
     report = compress(CompressConfig(model=str(run / "model.keras"), out=str(run / "int8"), representative=16,
                                      max_drop_clean=100, max_drop_corrupted=100), log=lambda _: None)
     m = report["variants"]["int8"]

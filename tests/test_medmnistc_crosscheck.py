@@ -89,3 +89,37 @@ def test_run_corrupts_in_another_python_and_ranks(tiny_run, tmp_path):
     # harsher darkening never helps: severity 5 of the fake brightness_down is 75 % darker
     acc = theirs["accuracy"]["model.keras"]
     assert acc["brightness_down/5"] <= acc["brightness_down/1"]
+
+
+def test_native_run_corrupts_whole_fields_at_bloodmnist_scale(tiny_run, tmp_path):
+    """--fields: whole fields resampled to BloodMNIST's red-cell size, corrupted as they are, classified by field mode."""
+    import subprocess
+
+    from conftest import invoke_cli
+    from test_native_bench import write_fields
+
+    fake = tmp_path / "fake" / "medmnistc" / "corruptions"
+    fake.mkdir(parents=True)
+    (fake.parent / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "registry.py").write_text(FAKE_REGISTRY.replace(
+        'assert img.size == (224, 224), "the protocol runs at 224 px"',
+        'assert img.size[0] > 300, "a field goes to the BloodMNIST scale first (red cells 42.4 px, here 26)"'))
+    other_python = tmp_path / "mc-python"
+    other_python.write_text(f'#!/bin/sh\nPYTHONPATH="{fake.parent.parent}" exec "{sys.executable}" "$@"\n')
+    other_python.chmod(0o755)
+    fields = write_fields(tmp_path / "fields", side=240)  # red cells ~26 px: enlarged ~1.7x for MedMNIST-C
+    ours = tmp_path / "ours"
+    r = invoke_cli("cellcompress", "bench", str(tiny_run["tflite"]), "--protocol", "native", "--fields", str(fields),
+                   "--out", str(ours))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "mc"
+    p = subprocess.run([sys.executable, str(SCRIPT), "run", str(tiny_run["tflite"]), "--fields", str(fields),
+                        "--ours", str(ours / "native.json"), "--medmnistc-python", str(other_python),
+                        "--out", str(out)], capture_output=True, text=True, env=dict(os.environ))
+    assert p.returncode == 0, p.stderr[-3000:]
+    theirs = json.loads((out / "bench.json").read_text())
+    assert theirs["unit"] == "fields" and theirs["images"] == 6
+    assert theirs["corruptions"] == ["pixelate", "brightness_down", "stain_deposit"]
+    acc = theirs["accuracy"][Path(tiny_run["tflite"]).name]
+    assert len(acc) == 1 + 3 * 5 and all(0 <= v <= 1 for v in acc.values())

@@ -56,6 +56,7 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     from scopelite.edge.httpd import Status
     from scopelite.edge.sources import FakeSource
     from scopelite.edge.watch import run_watch
+    from scopelite.edge.config import WatchConfig
     from scopelite.train.synth import make_field
 
     class Fake:  # an interpreter-free classifier with a sidecar that carries a stain reference
@@ -75,7 +76,7 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     ref = ood.reference_from(crops, sample=48)
     recs = []
     status = Status(Fake.labels)
-    s = run_watch(FakeSource(frames), Fake(ref), recs.append, mode="field", stop=threading.Event(),
+    s = run_watch(WatchConfig(mode="field"), FakeSource(frames), Fake(ref), recs.append, stop=threading.Event(),
                   on_frame=lambda f, r, c: status.update(f, r, c))["summary"]
     stains = [r["scale"]["stain"] for r in recs if "scale" in r]
     assert len(stains) == 4 and all(st["distance"] is not None for st in stains)
@@ -83,7 +84,7 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     far = ood.StainReference((2.0, 0.05, 2.0), (0.05, 2.0, 0.05), 0.5)  # a stain nothing here looks like
     recs.clear()
     status = Status(Fake.labels)
-    s = run_watch(FakeSource(frames), Fake(far), recs.append, mode="field", stop=threading.Event(),
+    s = run_watch(WatchConfig(mode="field"), FakeSource(frames), Fake(far), recs.append, stop=threading.Event(),
                   on_frame=lambda f, r, c: status.update(f, r, c))["summary"]
     assert s["unlike_training_frames"] == 4 and "unlike the model's training data" in s["warning"]
     assert "unlike the training data" in status.page()

@@ -14,7 +14,7 @@ def test_packaged_bundle_is_valid_and_says_what_it_is():
     sc = load_sidecar(path)  # hash, schema and file name checked
     assert sc.labels == CLASS_NAMES and sc.format == "tflite" and "cpu" in sc.runtimes
     assert (sc.input.height, sc.input.width, sc.input.dtype) == (96, 96, "uint8")
-    assert sc.synthetic_data is False and "pbc96" in sc.provenance["data"]["description"]
+    assert sc.synthetic_data is False and "pbc96" in sc.provenance.training.data.description
     assert sc.metrics["clean"]["accuracy"] >= 0.95 and sc.metrics["gate"]["passed"]
     assert path.stat().st_size < 10e6
     clf = LiteRTClassifier(path)

@@ -20,15 +20,17 @@ def test_int8_bundle_contract(tiny_run):
     assert sc.input.dtype == "uint8" and sc.output.dtype == "uint8"
     assert (sc.input.height, sc.input.width) == (32, 32)
     assert sc.input.quantization.scale > 0 and sc.output.quantization is not None
-    assert sc.synthetic_data is True and sc.provenance["data"]["synthetic"] is True
-    assert sc.provenance["source"]["sha256"] == load_sidecar(tiny_run["keras"]).sha256
+    assert sc.synthetic_data is True and sc.provenance.training.data.synthetic is True
+    assert sc.provenance.source.sha256 == load_sidecar(tiny_run["keras"]).sha256
+    assert sc.provenance.source.file == "model.keras"  # a name beside the run, not the build machine's path
     m = sc.metrics
     assert m["split"] == "test" and m["n"] > 0
     assert {"float", "clean", "corrupted", "latency_ms", "size_bytes", "gate"} <= set(m)
-    assert m["gate"]["passed"] and sc.provenance["approved_from"] == "model_int8.tflite"
+    assert m["gate"]["passed"] and sc.provenance.compression.approved_from == "model_int8.tflite"
+    assert sc.provenance.compression.gate.passed and sc.provenance.compression.method in ("ptq", "automatic_qat")
     ops = op_counts(tiny_run["tflite"])
     assert not set(DYNAMIC_SHAPE_OPS) & set(ops), ops
-    assert ops == sc.provenance["op_counts"]
+    assert ops == sc.provenance.compression.op_counts
 
 
 def test_keras_and_tflite_agree(tiny_run):

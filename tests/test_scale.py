@@ -63,5 +63,8 @@ def test_sidecar_carries_the_training_scale(tmp_path):
         d["input"]["rbc_px"] = bad
         with pytest.raises(BundleError, match="rbc_px"):
             Sidecar.from_json(d)
-    del d["input"]["rbc_px"]  # older bundles: not measured
+    d["input"]["rbc_px"] = None  # not measured: written as null (schema 2; schema-1 files without it: test_sidecar_contract)
     assert Sidecar.from_json(d).input.rbc_px is None
+    del d["input"]["rbc_px"]
+    with pytest.raises(BundleError, match="rbc_px"):
+        Sidecar.from_json(d)

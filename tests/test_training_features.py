@@ -69,8 +69,8 @@ def test_mirrored_strategy_on_two_cpu_replicas(tmp_path):
                 "--epochs", "1", "--synthetic-per-class", "12", "--strategy", "mirrored", "--batch-size", "16",
                 "--quiet", env=dict(os.environ, SCOPELITE_CPU_REPLICAS="2"))
     assert r.returncode == 0, r.stderr[-2000:]
-    prov = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]
-    assert prov["replicas"] == 2 and prov["config"]["strategy"] == "mirrored"
+    prov = json.loads((tmp_path / "m" / "model.json").read_text())["provenance"]["training"]
+    assert prov["extra"]["replicas"] == 2 and prov["config"]["strategy"] == "mirrored"
 
 
 def test_yaml_config_supplies_defaults_and_flags_override(tmp_path):
@@ -85,6 +85,21 @@ def test_yaml_config_supplies_defaults_and_flags_override(tmp_path):
     bad.write_text("epochz: 3\n")
     r = run_cli("celltrain", "fit", "--config", str(bad), "--out", str(tmp_path / "z"))
     assert r.returncode == 2 and "unknown keys" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_few_shot_preset_sets_the_recipe_and_flags_and_config_override_it(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: 8\n")
+    r = run_cli("celltrain", "fit", "--preset", "few-shot", "--config", str(cfg), "--weights", "none", "--arch", "tiny",
+                "--image-size", "32", "--epochs", "2", "--average-last", "2", "--synthetic-per-class", "6",
+                "--out", str(tmp_path / "p"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert saved["fine_tune_fraction"] == 0.3 and saved["learning_rate"] == 2e-4 and saved["head_epochs"] == 0
+    assert saved["augment"] == "strong" and saved["strength"] == 0.5
+    assert saved["epochs"] == 2 and saved["weights"] == "none" and saved["batch_size"] == 8  # flags, then --config
+    r = run_cli("celltrain", "fit", "--preset", "few-shots", "--out", str(tmp_path / "q"))
+    assert r.returncode == 2 and "few-shot" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
@@ -113,7 +128,7 @@ def test_resume_after_a_real_kill(tmp_path):
     epochs = [int(x["epoch"]) for x in rows]
     assert epochs == list(range(40))  # every epoch once: resume trims rows past state.json
     assert json.loads(state.read_text())["epochs_done"] == 40
-    assert json.loads((run / "model.json").read_text())["provenance"]["resumed"] is True
+    assert json.loads((run / "model.json").read_text())["provenance"]["training"]["extra"]["resumed"] is True
     assert json.loads((run / "model.json").read_text())["metrics"]["test"]["accuracy"] >= 0.85
 
 

@@ -4,6 +4,7 @@ import numpy as np
 
 from scopelite.edge.bundle import InputSpec
 from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.config import WatchConfig
 from scopelite.edge.sources import FakeSource, FolderSource
 from scopelite.edge.watch import run_watch
 
@@ -18,7 +19,7 @@ def test_watch_classifies_every_frame_and_tallies():
     src = FakeSource(_frames([10, 100, 250, 250]))
     clf = FakeClassifier(LABELS, InputSpec(8, 8))
     recs = []
-    summary = run_watch(src, clf, recs.append)["summary"]
+    summary = run_watch(WatchConfig(), src, clf, recs.append)["summary"]
     assert [r["label"] for r in recs] == ["dark", "mid", "bright", "bright"]
     assert [r["frame"] for r in recs] == [0, 1, 2, 3]
     assert summary["frames"] == 4 and summary["stopped"] == "end of stream"
@@ -28,8 +29,8 @@ def test_watch_classifies_every_frame_and_tallies():
 
 def test_watch_max_frames_and_stop_event():
     recs = []
-    s = run_watch(FakeSource(_frames([10] * 10)), FakeClassifier(LABELS, InputSpec(8, 8)), recs.append,
-                  max_frames=3)["summary"]
+    s = run_watch(WatchConfig(max_frames=3), FakeSource(_frames([10] * 10)), FakeClassifier(LABELS, InputSpec(8, 8)),
+                  recs.append)["summary"]
     assert len(recs) == 3 and s["stopped"] == "max frames"
     stop = threading.Event()
     got = []
@@ -39,7 +40,8 @@ def test_watch_max_frames_and_stop_event():
         if len(got) == 2:
             stop.set()
 
-    s = run_watch(FakeSource(_frames([10] * 10)), FakeClassifier(LABELS, InputSpec(8, 8)), emit, stop=stop)["summary"]
+    s = run_watch(WatchConfig(), FakeSource(_frames([10] * 10)), FakeClassifier(LABELS, InputSpec(8, 8)), emit,
+                  stop=stop)["summary"]
     assert len(got) == 2 and s["stopped"] == "stopped by signal"
 
 
@@ -49,10 +51,11 @@ def test_folder_source_replays_in_order(tmp_path):
     for i, v in enumerate([250, 10]):
         cv2.imwrite(str(tmp_path / f"img{i}.png"), np.full((20, 20, 3), v, np.uint8))
     recs = []
-    run_watch(FolderSource(tmp_path), FakeClassifier(LABELS, InputSpec(8, 8)), recs.append)
+    run_watch(WatchConfig(), FolderSource(tmp_path), FakeClassifier(LABELS, InputSpec(8, 8)), recs.append)
     assert [r["label"] for r in recs] == ["bright", "dark"]
     looped = []
-    run_watch(FolderSource(tmp_path, loop=True), FakeClassifier(LABELS, InputSpec(8, 8)), looped.append, max_frames=5)
+    run_watch(WatchConfig(max_frames=5), FolderSource(tmp_path, loop=True), FakeClassifier(LABELS, InputSpec(8, 8)),
+              looped.append)
     assert [r["label"] for r in looped] == ["bright", "dark", "bright", "dark", "bright"]
 
 
@@ -75,8 +78,8 @@ def test_live_source_that_fails_is_reopened_with_backoff():
         return FakeSource(_frames([10, 100, 250]), fail_after=2, name="flaky camera")
 
     recs = []
-    s = run_watch(opener, FakeClassifier(LABELS, InputSpec(8, 8)), recs.append, max_frames=7, live=True,
-                  backoff=0.01, backoff_cap=0.05)["summary"]
+    s = run_watch(WatchConfig(max_frames=7, backoff_cap=0.05), opener, FakeClassifier(LABELS, InputSpec(8, 8)),
+                  recs.append, live=True, backoff=0.01)["summary"]
     frames = [r for r in recs if "frame" in r]
     events = [r for r in recs if r.get("event") == "reconnecting"]
     assert len(frames) == 7 and s["frames"] == 7
@@ -86,8 +89,8 @@ def test_live_source_that_fails_is_reopened_with_backoff():
 
 def test_live_source_with_exit_on_eof_stops():
     recs = []
-    s = run_watch(lambda: FakeSource(_frames([10, 100])), FakeClassifier(LABELS, InputSpec(8, 8)), recs.append,
-                  live=True, exit_on_eof=True)["summary"]
+    s = run_watch(WatchConfig(exit_on_eof=True), lambda: FakeSource(_frames([10, 100])),
+                  FakeClassifier(LABELS, InputSpec(8, 8)), recs.append, live=True)["summary"]
     assert s["frames"] == 2 and s["reconnects"] == 0
     assert [r["event"] for r in recs if "event" in r] == ["end"]
 
@@ -108,8 +111,8 @@ def test_slow_inference_drops_oldest_frames_and_counts_them():
         return Camera(_frames([10] * 400), name="fast camera")
 
     recs = []
-    s = run_watch(endless, FakeClassifier(LABELS, InputSpec(8, 8), fn=slow), recs.append, max_frames=10,
-                  live=True, exit_on_eof=True)["summary"]
+    s = run_watch(WatchConfig(max_frames=10, exit_on_eof=True), endless, FakeClassifier(LABELS, InputSpec(8, 8), fn=slow),
+                  recs.append, live=True)["summary"]
     assert s["frames"] == 10 and s["dropped"] > 0
     assert s["captured"] >= s["frames"] + s["dropped"]
 
@@ -121,7 +124,7 @@ def test_files_are_never_dropped():
         time.sleep(0.005)
         return np.eye(3)[[0] * len(crops)]
 
-    s = run_watch(FakeSource(_frames([10] * 40)), FakeClassifier(LABELS, InputSpec(8, 8), fn=slow),
+    s = run_watch(WatchConfig(), FakeSource(_frames([10] * 40)), FakeClassifier(LABELS, InputSpec(8, 8), fn=slow),
                   lambda r: None)["summary"]
     assert s["frames"] == 40 and s["dropped"] == 0
 

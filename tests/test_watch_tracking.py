@@ -10,6 +10,7 @@ import pytest
 
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec
 from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.config import WatchConfig
 from scopelite.edge.watch import FieldCounter, run_watch
 from scopelite.train.slide import make_slide_scan
 
@@ -56,8 +57,8 @@ def test_each_cell_of_a_scan_is_counted_once(seed):
     scan = make_slide_scan(seed, **SCAN)
     assert min(scan.frames_in_view().values()) >= 3  # every cell could be counted
     recs = []
-    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour), recs.append,
-                  mode="field")["summary"]
+    s = run_watch(WatchConfig(mode="field"), ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour),
+                  recs.append)["summary"]
     assert s["frames"] == len(scan) and s["stopped"] == "end of stream" and s["tracking"]["on"]
     assert cells_counted(s["differential"]) == len(scan.cells)
     events = [e for r in recs for e in r["counted"]] + s["counted"]
@@ -78,8 +79,8 @@ def test_each_cell_of_a_scan_is_counted_once(seed):
 def test_count_stops_at_the_target_and_writes_the_report(tmp_path):
     scan = make_slide_scan(1, **SCAN)
     recs = []
-    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=always_neutrophil),
-                  recs.append, mode="field", count=7, report_dir=str(tmp_path / "report"))["summary"]
+    s = run_watch(WatchConfig(mode="field", count=7, report=str(tmp_path / "report")), ScanSource(scan),
+                  FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=always_neutrophil), recs.append)["summary"]
     d = s["differential"]
     assert s["stopped"] == "count reached" and d["white_total"] == 7 and d["done"] and d["target"] == 7
     assert s["frames"] < len(scan) and s["counted"] == []  # nothing counted past the target
@@ -160,8 +161,8 @@ def test_cells_already_counted_are_not_classified_again():
         return by_colour(batch)
 
     recs = []
-    s = run_watch(ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=counting), recs.append,
-                  mode="field")["summary"]
+    s = run_watch(WatchConfig(mode="field"), ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=counting),
+                  recs.append)["summary"]
     assert cells_counted(s["differential"]) == len(scan.cells)
     cells = [c for r in recs for c in r["cells"]]
     decided = [c for c in cells if c.get("decided")]

@@ -35,8 +35,13 @@ from scopelite.edge.stain import stain_layers
 from scopelite.edge.sysinfo import machine
 from scopelite.edge.watch import FieldScale, classify_field
 
-FIT = ["--head-epochs", "0", "--fine-tune-fraction", "1.0", "--epochs", "15", "--lr", "1e-4", "--warmup-epochs", "0",
-       "--augment", "strong", "--strength", "0.5", "--batch-size", "16", "--quiet"]
+COMMON = ["--head-epochs", "0", "--epochs", "15", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
+          "--batch-size", "16", "--quiet"]
+RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11)
+    "full": ["--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
+    "top": ["--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],
+    "head": ["--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
+}
 
 
 def number(p: Path) -> int:
@@ -93,6 +98,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/fewshot")
     ap.add_argument("--n", type=int, nargs="+", default=[0, 5, 10, 25])
     ap.add_argument("--seed", type=int, default=0, help="which cells are drawn, fit's split and its training seed")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="full")
+    ap.add_argument("--validate", action="store_true",
+                    help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
     a = ap.parse_args()
     work = Path(a.work)
@@ -107,8 +115,11 @@ def main() -> None:
     rng = np.random.default_rng(a.seed)
     # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
     order = {cls: rng.permutation(len(files)) for cls, files in sorted(crops.items())}
+    fit = COMMON + RECIPES[a.recipe]
     for n in a.n:
         row: dict = {"n_per_class": n}
+        drawn = {(cls, files[i].stem) for cls, files in crops.items() for i in order[cls][:n]}
+        measured = [p for p in adapt if (p.parent.name, p.stem) not in drawn] if a.validate else report
         if n == 0:
             model = default_model()
         else:
@@ -125,18 +136,19 @@ def main() -> None:
             log = work / f"run-{n}.log"
             row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", "shipped", "--data", str(data),
                                       "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed),
-                                      *FIT], log)
+                                      *fit], log)
             row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
                                            "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
             model = run_dir / "int8" / "model.tflite"
-        row["report"] = field_accuracy(Path(model), report)
+        row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured)
         print(json.dumps(row), flush=True)
         rows.append(row)
     Path(a.out).write_text(json.dumps({
-        "command": f"python tools/few_shot.py --data ../shared/data --seed {a.seed} --n " + " ".join(map(str, a.n)),
-        "seed": a.seed,
+        "command": f"python tools/few_shot.py --data ../shared/data --seed {a.seed} --recipe {a.recipe}"
+                   + (" --validate" if a.validate else "") + " --n " + " ".join(map(str, a.n)),
+        "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
-        "fit_options": FIT, "adapt_fields": len(adapt), "report_fields": len(report),
+        "fit_options": fit, "adapt_fields": len(adapt), "report_fields": len(report),
         "adapt_crops": {k: len(v) for k, v in sorted(crops.items())},
         "note": "DeepBioNet fields split by file number: even = adapt (labelled cells drawn from here), odd = "
                 "report (field mode, default options). cellcompress runs with --max-drop 100 100 because fit's own "

@@ -13,16 +13,18 @@ switches JPEG off (``celltrain fit --aug hed=0.5 --aug jpeg=0``). Beyond the
 haematoxylin-eosin-DAB space, Tellez et al. 2018), ``randaugment`` (two ops
 drawn per image from a RandAugment list, Cubuk et al. 2020, magnitude from the
 strength) and ``shot`` (photon noise of a dim camera: Poisson, signal-dependent,
-unlike ``noise``'s fixed Gaussian).
+unlike ``noise``'s fixed Gaussian), and ``debris`` (specks, fibres, stain deposits
+and bubbles sized in micrometres from the training images' red cells, not in
+pixels: ``scopelite.train.native_corruptions``).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import recipe as R
 from ._keras import tf
-from .config import AUG_OPS, check_aug
-
-POLICIES = ("none", "flips", "strong")
+from .config import AUG_OPS
+from .recipe import HED_FROM_RGB, POLICIES, RGB_FROM_HED, STRONG, resolve_ops  # noqa: F401 - re-exported
 
 
 def _flips(x):
@@ -36,14 +38,14 @@ def _maybe(p, fn, x):
 
 
 def _zoom_shift(x, s):
-    """Zoom by up to ±15 %·s and shift by up to 6 px·s; reflected borders, never black ones."""
+    """Zoom by up to ±15 %·s and shift by up to 6 px·s (at 96 px); reflected borders, never black ones."""
     size = tf.shape(x)[0]
     pad = size // 3
     y = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    scale = tf.random.uniform([], 1.0 - 0.15 * s, 1.0 + 0.15 * s)
+    scale = tf.random.uniform([], 1.0 - R.ZOOM * s, 1.0 + R.ZOOM * s)
     new = tf.cast(tf.cast(size + 2 * pad, tf.float32) * scale, tf.int32)
     y = tf.image.resize(y, [new, new])
-    max_shift = tf.cast(6.0 * s * tf.cast(size, tf.float32) / 96.0, tf.int32) + 1
+    max_shift = tf.cast(R.SHIFT_PX * s * tf.cast(size, tf.float32) / R.SHIFT_AT, tf.int32) + 1
     off = (new - size) // 2 + tf.random.uniform([2], -max_shift, max_shift, tf.int32)
     off = tf.clip_by_value(off, 0, new - size)
     return tf.image.crop_to_bounding_box(y, off[0], off[1], size, size)
@@ -51,11 +53,11 @@ def _zoom_shift(x, s):
 
 def _colour(x, s):
     x = x / 255.0
-    x = tf.image.adjust_brightness(x, tf.random.uniform([], -0.25 * s, 0.25 * s))
-    x = tf.image.adjust_contrast(x, tf.random.uniform([], 1 - 0.45 * s, 1 + 0.45 * s))
-    x = tf.image.adjust_saturation(x, tf.random.uniform([], 1 - 0.6 * s, 1 + 0.6 * s))
-    x = tf.image.adjust_hue(x, tf.random.uniform([], -0.06 * s, 0.06 * s))
-    gamma = tf.exp(tf.random.uniform([], -0.35 * s, 0.35 * s))
+    x = tf.image.adjust_brightness(x, tf.random.uniform([], -R.BRIGHTNESS * s, R.BRIGHTNESS * s))
+    x = tf.image.adjust_contrast(x, tf.random.uniform([], 1 - R.CONTRAST * s, 1 + R.CONTRAST * s))
+    x = tf.image.adjust_saturation(x, tf.random.uniform([], 1 - R.SATURATION * s, 1 + R.SATURATION * s))
+    x = tf.image.adjust_hue(x, tf.random.uniform([], -R.HUE * s, R.HUE * s))
+    gamma = tf.exp(tf.random.uniform([], -R.GAMMA * s, R.GAMMA * s))
     x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
     return x * 255.0
 
@@ -63,8 +65,8 @@ def _colour(x, s):
 def _stain(x, s):
     """Beer-Lambert: scale and shift each channel's optical density (stain strength and hue drift)."""
     od = -tf.math.log((x + 1.0) / 256.0)
-    alpha = tf.random.uniform([1, 1, 3], 1 - 0.3 * s, 1 + 0.3 * s)
-    beta = tf.random.uniform([1, 1, 3], -0.08 * s, 0.08 * s)
+    alpha = tf.random.uniform([1, 1, 3], 1 - R.STAIN_SCALE * s, 1 + R.STAIN_SCALE * s)
+    beta = tf.random.uniform([1, 1, 3], -R.STAIN_SHIFT * s, R.STAIN_SHIFT * s)
     od = tf.maximum(od * alpha + beta, 0.0)
     return tf.clip_by_value(256.0 * tf.exp(-od) - 1.0, 0.0, 255.0)
 
@@ -77,14 +79,14 @@ def _domain(x, s):
     in R and G, nuclear OD by 0.3-0.5x in R and B: far beyond ``stain``'s +-30 %.
     """
     od = -tf.math.log((x + 1.0) / 256.0)
-    gain = tf.exp(tf.random.uniform([3], -0.8 * s, 0.8 * s))
-    off = tf.random.uniform([3, 3], -0.25 * s, 0.25 * s) * (1.0 - tf.eye(3))
+    gain = tf.exp(tf.random.uniform([3], -R.DOMAIN_GAIN * s, R.DOMAIN_GAIN * s))
+    off = tf.random.uniform([3, 3], -R.DOMAIN_MIX * s, R.DOMAIN_MIX * s) * (1.0 - tf.eye(3))
     od = tf.maximum(tf.tensordot(od * gain, tf.eye(3) + off, axes=1), 0.0)
-    wb = tf.exp(tf.random.uniform([1, 1, 3], -0.2 * s, 0.2 * s))
+    wb = tf.exp(tf.random.uniform([1, 1, 3], -R.DOMAIN_WB * s, R.DOMAIN_WB * s))
     return tf.clip_by_value((256.0 * tf.exp(-od) - 1.0) * wb, 0.0, 255.0)
 
 
-def _gaussian_kernel(sigma, radius=4):
+def _gaussian_kernel(sigma, radius=R.BLUR_RADIUS):
     r = tf.range(-radius, radius + 1, dtype=tf.float32)
     k = tf.exp(-(r**2) / (2.0 * sigma**2))
     k = k / tf.reduce_sum(k)
@@ -92,7 +94,7 @@ def _gaussian_kernel(sigma, radius=4):
 
 
 def _blur(x, s):
-    sigma = tf.random.uniform([], 0.3, 0.3 + 2.2 * s)
+    sigma = tf.random.uniform([], R.BLUR_SIGMA[0], R.BLUR_SIGMA[0] + R.BLUR_SIGMA[1] * s)
     k = _gaussian_kernel(sigma)
     kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
     ky = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
@@ -102,7 +104,8 @@ def _blur(x, s):
 
 
 def _noise(x, s):
-    return x + tf.random.normal(tf.shape(x), 0.0, tf.random.uniform([], 1.0, 1.0 + 14.0 * s))
+    lo, span = R.NOISE_SIGMA
+    return x + tf.random.normal(tf.shape(x), 0.0, tf.random.uniform([], lo, lo + span * s))
 
 
 SHOT_PHOTONS = 200.0  # photons at full white for the mildest shot noise (barely visible)
@@ -121,7 +124,8 @@ def _shot(x, s):
 
 
 def _jpeg(x, s):
-    q = tf.random.uniform([], int(90 - 75 * s), 95, tf.int32)
+    top, span, best = R.JPEG_QUALITY
+    q = tf.random.uniform([], int(top - span * s), best, tf.int32)
     y = tf.image.adjust_jpeg_quality(tf.cast(tf.clip_by_value(x, 0, 255), tf.uint8), q)
     return tf.cast(y, tf.float32)
 
@@ -130,20 +134,16 @@ def _blots(x, s):
     """1-3 soft dark blots (stain precipitate, ink, dirt on the slide) up to a quarter of the crop wide."""
     size = tf.cast(tf.shape(x)[0], tf.float32)
     yy, xx = tf.meshgrid(tf.range(size), tf.range(size), indexing="ij")
-    n = tf.random.uniform([], 1, 4, tf.int32)
-    cy = tf.random.uniform([3, 1, 1], 0.0, size)
-    cx = tf.random.uniform([3, 1, 1], 0.0, size)
-    ry = tf.random.uniform([3, 1, 1], 0.02, 0.02 + 0.12 * s) * size
-    rx = tf.random.uniform([3, 1, 1], 0.02, 0.02 + 0.12 * s) * size
+    k, (r0, r1) = R.BLOTS, R.BLOT_RADIUS
+    n = tf.random.uniform([], 1, k + 1, tf.int32)
+    cy = tf.random.uniform([k, 1, 1], 0.0, size)
+    cx = tf.random.uniform([k, 1, 1], 0.0, size)
+    ry = tf.random.uniform([k, 1, 1], r0, r0 + r1 * s) * size
+    rx = tf.random.uniform([k, 1, 1], r0, r0 + r1 * s) * size
     d = tf.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)  # 1 on each ellipse's edge
-    masks = tf.sigmoid((1.0 - d) * 6.0) * tf.cast(tf.range(3) < n, tf.float32)[:, None, None]
-    dark = tf.random.uniform([], 0.5, 1.0)
+    masks = tf.sigmoid((1.0 - d) * R.BLOT_EDGE) * tf.cast(tf.range(k) < n, tf.float32)[:, None, None]
+    dark = tf.random.uniform([], *R.BLOT_DARKNESS)
     return x * (1.0 - dark * tf.reduce_max(masks, axis=0)[..., None])
-
-
-# rgb_from_hed of Ruifrok & Johnston (2001), as in scikit-image: rows are the H, E and DAB stain vectors
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 
 
 def hed_jitter(x, alpha, beta):
@@ -159,8 +159,8 @@ def hed_jitter(x, alpha, beta):
 
 
 def _hed(x, s):
-    alpha = tf.random.uniform([3], 1 - 0.3 * s, 1 + 0.3 * s)
-    beta = tf.random.uniform([3], -0.05 * s, 0.05 * s)
+    alpha = tf.random.uniform([3], 1 - R.HED_SCALE * s, 1 + R.HED_SCALE * s)
+    beta = tf.random.uniform([3], -R.HED_SHIFT * s, R.HED_SHIFT * s)
     return hed_jitter(x, alpha, beta)
 
 
@@ -182,7 +182,7 @@ def rotate(x, degrees):
 
 
 def _rotate(x, s):
-    return rotate(x, tf.random.uniform([], -15.0 * s, 15.0 * s))
+    return rotate(x, tf.random.uniform([], -R.ROTATE_DEG * s, R.ROTATE_DEG * s))
 
 
 def _signed(m):
@@ -266,41 +266,40 @@ def _randaugment(x, s, n: int = 2):
     return x
 
 
-# name -> (transform, share of p): the order they are applied in
-OPS = {
-    "rotate": (_rotate, 1.0),
-    "zoom": (_zoom_shift, 1.0),
-    "randaugment": (_randaugment, 1.0),
-    "colour": (_colour, 1.0),
-    "stain": (_stain, 1.0),
-    "hed": (_hed, 1.0),
-    "domain": (_domain, 1.0),
-    "blur": (_blur, 0.6),
-    "noise": (_noise, 0.6),
-    "shot": (_shot, 0.5),
-    "jpeg": (_jpeg, 0.5),
-    "blots": (_blots, 0.3),
-}
-assert tuple(OPS) == AUG_OPS
-STRONG = ("zoom", "colour", "stain", "blur", "noise", "jpeg", "blots")
+def _debris(x, s, rbc_px: float | None = None):
+    """Debris on the slide at its physical size (``native_corruptions.slide_debris``): one of specks and
+    fibres, stain deposits or bubbles, at a severity up to 5 * s, sized in µm from ``rbc_px`` (the red-cell
+    diameter in this image's pixels; None: 18 px per 96, PBC's scale). Drawn by OpenCV on the host."""
+    from scopelite.edge.field import DEFAULT_MODEL_RBC_PX  # noqa: PLC0415
+
+    from .native_corruptions import px_per_um, slide_debris  # noqa: PLC0415
+
+    def host(img, seed):
+        rbc = rbc_px or DEFAULT_MODEL_RBC_PX * img.shape[0] / 96.0
+        u8 = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return slide_debris(u8, float(s), px_per_um(rbc), int(seed)).astype(np.float32)
+
+    seed = tf.random.uniform([], 0, 2**31 - 1, tf.int64)
+    y = tf.numpy_function(host, [x, seed], tf.float32, stateful=False)
+    return tf.ensure_shape(y, x.shape)
 
 
-def resolve_ops(policy: str, strength: float, overrides: dict | None = None) -> dict[str, float]:
-    """The ops a policy applies and their strengths; ``overrides`` sets (0: removes) single ops."""
-    if policy not in POLICIES:
-        raise ValueError(f"augmentation policy {policy!r} not one of {POLICIES}")
-    ops = {name: strength for name in STRONG} if policy == "strong" else {}
-    for name, value in (overrides or {}).items():
-        checked = check_aug(name, value)
-        ops[name] = strength if checked is None else checked
-    return {name: ops[name] for name in OPS if ops.get(name, 0.0) > 0.0}
+# name -> transform, in the order they are applied (each with probability p * recipe.SHARE[name])
+TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour,
+              "stain": _stain, "hed": _hed, "domain": _domain, "debris": _debris, "blur": _blur, "noise": _noise, "shot": _shot,
+              "jpeg": _jpeg, "blots": _blots}
+OPS = {name: (TRANSFORMS[name], R.SHARE[name]) for name in AUG_OPS}  # name -> (transform, share of p)
+assert set(TRANSFORMS) == set(AUG_OPS)
 
 
-def make_augment(policy: str, strength: float = 0.7, p: float = 0.5, ops: dict | None = None):
+def make_augment(policy: str, strength: float = 0.7, p: float = R.P, ops: dict | None = None,
+                 rbc_px: float | None = None):
     """A function (image float32 HxWx3 in 0..255) -> augmented image, for ``Dataset.map``.
 
     Args:
         ops: per-op strengths that add to or override the policy's (see ``resolve_ops``).
+        rbc_px: red-cell diameter in the images' pixels (``scale.images_rbc_px``): ``debris`` sizes its
+            artefacts in µm from it (None: 18 px per 96 px).
     """
     chosen = resolve_ops(policy, strength, ops)
 
@@ -311,6 +310,8 @@ def make_augment(policy: str, strength: float = 0.7, p: float = 0.5, ops: dict |
             x = _flips(x)
         for name, s in chosen.items():
             transform, share = OPS[name]
+            if name == "debris":
+                transform = lambda y, s, t=transform: t(y, s, rbc_px)  # noqa: E731
             x = _maybe(p * share, lambda y, t=transform, s=s: t(y, s), x)
         return tf.clip_by_value(x, 0.0, 255.0)
 
@@ -323,7 +324,7 @@ def _beta(shape, alpha):
     return g1 / (g1 + g2)
 
 
-def mix_batch(x, y, alpha: float = 0.4):
+def mix_batch(x, y, alpha: float = R.MIX_ALPHA):
     """MixUp or CutMix (coin flip) of a batch with a shuffled copy of itself; labels mixed alike."""
     n = tf.shape(x)[0]
     perm = tf.random.shuffle(tf.range(n))
@@ -349,7 +350,8 @@ def mix_batch(x, y, alpha: float = 0.4):
 
 def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool,
                  policy: str = "flips", strength: float = 0.7, seed: int = 0, image_size: int | None = None,
-                 balance: str = "none", mixup: float = 0.0, ops: dict | None = None):
+                 balance: str = "none", mixup: float = 0.0, ops: dict | None = None, rbc_px: float | None = None,
+                 ordered: bool = False, drop_remainder: bool = False):
     """Batches of (float32 pixels, one-hot labels); shuffled and augmented when training.
 
     Args:
@@ -357,6 +359,10 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
         balance: "oversample" draws every class equally often (epoch length unchanged).
         mixup: probability that a batch is mixed (MixUp or CutMix).
         ops: per-op augmentation strengths on top of ``policy`` (``make_augment``).
+        rbc_px: red-cell diameter (px) in ``images`` as stored, for ``debris`` (scaled with ``image_size``).
+        ordered: keep the shuffled order through the parallel map even when training (multi-worker
+            training shards the batches by position, so every worker must see the same order).
+        drop_remainder: leave out the last, partial batch (multi-worker: a worker's share of it may be empty).
     """
     labels = np.asarray(labels)
     if training and balance == "oversample":
@@ -368,8 +374,10 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         if training:
             ds = ds.shuffle(min(len(labels), 20000), seed=seed, reshuffle_each_iteration=True)
-    aug = make_augment(policy, strength, ops=ops) if training else make_augment("none")
     resize = image_size is not None and image_size != images.shape[1]
+    if rbc_px and resize:
+        rbc_px = rbc_px * image_size / images.shape[1]
+    aug = make_augment(policy, strength, ops=ops, rbc_px=rbc_px) if training else make_augment("none")
 
     def prep(x, y):
         x = tf.cast(x, tf.float32)
@@ -377,7 +385,8 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
             x = tf.image.resize(x, [image_size, image_size], method="area")
         return aug(x), tf.one_hot(y, n_classes)
 
-    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training).batch(batch_size)
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered or not training).batch(
+        batch_size, drop_remainder=drop_remainder)
     if training and mixup > 0:
         ds = ds.map(lambda x, y: tf.cond(tf.random.uniform([]) < mixup, lambda: mix_batch(x, y), lambda: (x, y)),
                     num_parallel_calls=tf.data.AUTOTUNE)

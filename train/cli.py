@@ -8,7 +8,7 @@ import click
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.errors import OneLineGroup, one_line_errors
 
-from .config import AUG_OPS, BALANCE, OPTIMIZERS, SCHEDULES, STRATEGIES, FitConfig, check_aug
+from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
 _D = FitConfig(out="")
 RUN_FREE_MB = 200  # a run folder: the model, two checkpoints, snapshots, TensorBoard logs
@@ -64,7 +64,18 @@ def _load_yaml_defaults(ctx, param, value):
     return value
 
 
+def _preset_defaults(ctx, param, value):
+    """--preset NAME: a named set of defaults (config.PRESETS); --config and flags still override it."""
+    if value:
+        ctx.default_map = {**PRESETS[value], **(ctx.default_map or {})}
+    return value
+
+
 @main.command()
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), callback=_preset_defaults, is_eager=True,
+              expose_value=False, help="Defaults for a job. few-shot: adapt the shipped model to your lab from "
+                                       "25+ labelled cells per class (--weights shipped, top 30 % of the network, "
+                                       "15 epochs, mean of the last 5); your flags override it.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml_defaults,
               is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
 @click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg). Default: generated synthetic smears.")
@@ -110,8 +121,19 @@ def _load_yaml_defaults(ctx, param, value):
               help="Weight averaging (SWA): ship the mean of the last N epochs' weights instead of the best "
                    "epoch's (0: off). Snapshots go to checkpoints/epoch-NNN.npz.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
-              help="tf.distribute: mirrored (all local GPUs) or multiworker (TF_CONFIG).")
-@click.option("--mixed-precision", is_flag=True, help="float16 compute where a GPU has it.")
+              help="tf.distribute: mirrored (all local GPUs) or multiworker (several machines: run the same "
+                   "command on each, with TF_CONFIG naming the cluster and its own index; see docs/gpu-training.md).")
+@click.option("--worker-timeout", type=click.FloatRange(min=1), default=_D.worker_timeout,
+              help="With --strategy multiworker: seconds to wait for every worker of TF_CONFIG to join before "
+                   "giving up with an error (TensorFlow alone would wait forever).")
+@click.option("--mixed-precision", is_flag=True,
+              help="float16 compute where a GPU has it (bfloat16 with --backend keras3).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=_D.backend,
+              help="keras3: the same recipe under Keras 3 on any backend (KERAS_BACKEND=jax on a GPU machine "
+                   "without TensorFlow); --data is then a pack from celltrain pack, and celltrain import makes "
+                   "the run folder. See docs/gpu-training.md.")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=_D.ema,
+              help="With --backend keras3: momentum of an exponential moving average of the weights (0: off).")
 @click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
 @click.option("--seed", type=int, default=_D.seed,
@@ -131,10 +153,12 @@ def fit(quiet, resume, **opts):
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
     Strong augmentation plus HED stain jitter and RandAugment, without JPEG:
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --aug hed=0.6 --aug randaugment=0.5 --aug jpeg=0
-    Fine-tune the shipped int8 PBC model on your own cells (class folders):
-      celltrain fit --data my_cells --out runs/mine --weights shipped --head-epochs 1 --fine-tune-fraction 1.0 --lr 1e-4
+    Adapt the shipped PBC model to your lab's own cells (class folders, 25+ per class; any 2-8 classes):
+      celltrain fit --preset few-shot --data my_cells --out runs/mine
     Continue after a crash or kill:
       celltrain fit --resume runs/pbc
+    On a GPU machine with Keras 3 (JAX) and no TensorFlow, from a pack (docs/gpu-training.md):
+      KERAS_BACKEND=jax celltrain fit --backend keras3 --data pbc96.npz --out g1 --augment strong --mixed-precision
     """
     import json
     from pathlib import Path
@@ -149,12 +173,25 @@ def fit(quiet, resume, **opts):
         if not cfg_file.is_file():
             raise UserError(f"{resume} is not a run folder (no config.json)")
         cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
+        if cfg.backend == "keras3":
+            raise UserError(f"{resume} was trained with --backend keras3, which cannot resume; continue it with "
+                            f"celltrain fit --weights {resume}/model.keras --out NEW (after celltrain import)")
     else:
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
     # before TensorFlow is imported: a bad --data or an unwritable --out fails in a second, not after minutes
+    if cfg.strategy == "multiworker" and cfg.backend == "tf-keras":
+        from .multiworker import from_env
+
+        from_env()  # TF_CONFIG missing or malformed: one Error line
     check_writable(cfg.out, "--out", min_free_mb=RUN_FREE_MB)
+    if cfg.backend == "keras3":  # Keras 3, no TensorFlow needed
+        from . import keras3
+
+        keras3.check(cfg)
+        keras3.fit(cfg)
+        return
     data_lib.check_source(cfg.data)
     from .fit import fit as run_fit
 
@@ -251,6 +288,60 @@ def average(models, out, data):
     soup(models, out, data=data)
 
 
+def _parse_candidates(ctx, param, value):
+    """NAME=RUN or RUN (named after its folder) -> {name: path}; names must differ."""
+    from pathlib import Path
+
+    out = {}
+    for item in value:
+        name, sep, path = item.partition("=")
+        if not sep:
+            p = Path(item)
+            name, path = (p.name if p.is_dir() else p.parent.name) or item, item
+        if not Path(path).exists():
+            raise click.BadParameter(f"{path}: no such run folder or model.keras")
+        if name in out:
+            raise click.BadParameter(f"two candidates are named {name!r}; name them: NAME=RUN")
+        out[name] = path
+    return out
+
+
+@main.command()
+@click.argument("candidates", nargs=-1, required=True, callback=_parse_candidates, metavar="[NAME=]RUN...")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file of every score.")
+@click.option("--tta", default="1,8", help="Comma-separated numbers of TTA views to score each candidate with "
+                                            "(1, 2, 4 or 8).")
+@click.option("--ensembles", is_flag=True, help="Also score the mean prediction of every combination of "
+                                                "candidates (a diagnostic: how far apart their mistakes are).")
+@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@one_line_errors
+def choose(candidates, out, tta, ensembles, data):
+    """Choose among RUNs by VALIDATION score (clean + corrupted val); test beside it.
+
+    RUNs are run folders or model.keras files of one lineage (same data, same
+    --seed, so the same saved split). Each is scored on the clean val split and a
+    corrupted copy of it, and on the test split clean and corrupted, over the --tta
+    views. Choose by val_score: the test figures are for the record (chosen on
+    ~1,250 test images, a model is chosen for its noise).
+
+    \b
+    Example:
+      celltrain choose runs/pbc-v12 runs/pbc-v14 soup=runs/soup-v12v14 --tta 1 --out selection.json
+    """
+    from scopelite.edge.outputs import check_writable
+
+    try:
+        views = tuple(int(v) for v in tta.split(","))
+    except ValueError:
+        views = ()
+    if not views or any(v not in (1, 2, 4, 8) for v in views):
+        raise click.BadParameter(f"{tta!r}: give comma-separated view counts from 1, 2, 4, 8", param_hint="--tta")
+    check_writable(out, "--out", is_dir=False)
+    from .choose import choose as run_choose
+
+    run_choose(candidates, out, views, ensembles, data, log=click.echo)
+
+
 @main.command()
 @click.argument("run", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
@@ -274,6 +365,63 @@ def explain(run, images, out):
     model = path / "model.keras" if path.is_dir() else path
     for rec in run_explain(model, list_images(images), out or model.parent / "explain"):
         click.echo(json.dumps(rec))
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.argument("split", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@one_line_errors
+def pack(data, split, out):
+    """Pack a run's train and val images into OUT (.npz) for a GPU machine.
+
+    DATA is the class-folder dataset, SPLIT a run's split.json (any celltrain run on
+    DATA with the same --seed writes the same one). The image files go in unchanged;
+    the test images stay here. Train on it with celltrain fit --backend keras3.
+
+    \b
+    Example:
+      celltrain pack ../shared/data/pbc96 runs/pbc/split.json .gpu/pbc96.npz
+    """
+    import json
+
+    from scopelite.edge.outputs import check_writable
+
+    from .pack import pack as run_pack
+
+    check_writable(out, "OUT", is_dir=False)
+    click.echo(json.dumps(run_pack(data, split, out)))
+
+
+@main.command(name="import")
+@click.argument("weights", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The split.json the pack was made from.")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="The dataset the pack was made from (the test images are read here).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--tag", type=click.Choice(["final", "raw"]), default="final",
+              help="final: the weights at the end (the EMA weights with --ema); raw: the last epoch's, no EMA.")
+@one_line_errors
+def import_(weights, split, data, out, tag):
+    """Make a run folder from WEIGHTS, the --out of celltrain fit --backend keras3.
+
+    Writes model.keras + model.json, split.json and config.json: a run that celltrain
+    evaluate, celltrain fit --weights, cellcompress and celledge take. Checks that the
+    model gives the trainer's own validation predictions and records it in model.json.
+
+    \b
+    Example:
+      celltrain import g1 --split runs/pbc/split.json --data ../shared/data/pbc96 --out runs/gpu-v1
+    """
+    import json
+
+    from scopelite.edge.outputs import check_writable
+
+    check_writable(out, "--out", min_free_mb=RUN_FREE_MB)
+    from .keras3_import import import_weights
+
+    click.echo(json.dumps(import_weights(weights, split, data, out, tag)))
 
 
 @main.command()

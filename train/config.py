@@ -7,9 +7,21 @@ OPTIMIZERS = ("adamw", "adam", "lion")
 SCHEDULES = ("cosine", "exponential")
 BALANCE = ("weights", "oversample", "none")
 STRATEGIES = ("none", "mirrored", "multiworker")
+# tf-keras: celltrain fit on TensorFlow (what QAT needs); keras3: Keras 3 on any backend, e.g. JAX on a GPU
+# machine without TensorFlow (scopelite.train.keras3), reading a pack of the train and val images
+BACKENDS = ("tf-keras", "keras3")
+# --preset NAME: option defaults for a job; the user's own flags (and --config) still override them.
+PRESETS = {
+    # Adapt the shipped model to a new lab from a few labelled cells per class. Chosen on
+    # DeepBioNet's adapt part against two alternatives (docs/cross-lab.md, few-shot section):
+    # the top 30 % of the network, no choice of epoch on a tiny validation split.
+    "few-shot": {"weights": "shipped", "head_epochs": 0, "fine_tune_fraction": 0.3, "learning_rate": 2e-4,
+                 "average_last": 5, "epochs": 15, "warmup_epochs": 0.0, "augment": "strong", "strength": 0.5,
+                 "batch_size": 16},
+}
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
-AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "domain", "blur", "noise", "shot", "jpeg",
-           "blots")
+AUG_OPS = ("rotate", "zoom", "randaugment", "colour", "stain", "hed", "domain", "debris", "blur", "noise", "shot",
+           "jpeg", "blots")
 
 
 def check_aug(name: str, strength) -> float | None:
@@ -59,7 +71,10 @@ class FitConfig:
     patience: int = 0  # early stopping on val accuracy; 0: off (best weights are kept anyway)
     average_last: int = 0  # SWA: ship the average of the last N epochs' weights instead of the best epoch
     strategy: str = "none"
-    mixed_precision: bool = False
+    worker_timeout: float = 300.0  # --strategy multiworker: seconds to wait for every worker to join
+    mixed_precision: bool = False  # float16 on tf-keras (GPU only), bfloat16 on keras3
+    backend: str = "tf-keras"  # see BACKENDS
+    ema: float = 0.0  # keras3: momentum of an exponential moving average of the weights; 0: off
     seed: int = 0  # the train/val/test split (and training, unless train_seed is set)
     train_seed: int | None = None  # initialisation, shuffling and augmentation; None: seed
     val_fraction: float = 0.1

@@ -26,6 +26,14 @@ SYNTHETIC = "synthetic"
 SPLITS = ("train", "val", "test")
 
 
+def input_spec(image_size: int) -> InputSpec:
+    """How training images are prepared, every field spelled out: the sidecar of a model trained on
+    them records this, and the device prepares its cells the same way."""
+    return InputSpec(height=image_size, width=image_size, channels=3, dtype="uint8", layout="NHWC", color="RGB",
+                     value_range=(0, 255), normalization="in-graph", crop="center", interpolation="area",
+                     quantization=None, rbc_px=None)
+
+
 @dataclass
 class Dataset:
     images: np.ndarray
@@ -97,7 +105,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
-        images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), InputSpec(image_size, image_size))
+        images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), input_spec(image_size))
     labels = np.array([lab for _, lab in files], np.int64)
     ids = [str(p.relative_to(root)) for p, _ in files]
     synthetic = marked_synthetic(root)
@@ -122,7 +130,7 @@ def marked_synthetic(root: str | os.PathLike) -> bool:
 def _resize_all(images: np.ndarray, image_size: int) -> np.ndarray:
     if images.shape[1:3] == (image_size, image_size):
         return images
-    spec = InputSpec(image_size, image_size)
+    spec = input_spec(image_size)
     return np.stack([prepare(np.ascontiguousarray(img), spec) for img in images])
 
 

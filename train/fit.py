@@ -8,7 +8,6 @@ history.csv/json, curves.png and TensorBoard logs.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import io
 import json
 import os
@@ -20,18 +19,22 @@ from typing import Callable
 
 import numpy as np
 
-from scopelite.edge.bundle import (InputSpec, Sidecar, TensorSpec, atomic_path, sha256_file, write_bytes_atomic,
-                                   write_json_atomic, write_sidecar)
+from scopelite.edge.bundle import (FileRef, Machine, Provenance, Sidecar, TensorSpec, TrainingData, TrainingRun,
+                                   atomic_path, build_sidecar, sha256_file, write_bytes_atomic, write_json_atomic,
+                                   write_sidecar)
 from scopelite.edge.errors import UserError
 from scopelite.edge.ood import reference_from
 from scopelite.edge.scale import images_rbc_px
+from scopelite.edge.sysinfo import machine
 
 from . import data as data_lib
 from . import model as model_lib
+from . import multiworker
 from ._keras import keras, tf, versions
 from .augment import make_dataset
 from .config import FitConfig
 from .metrics import summarize
+from .recipe import class_weights  # noqa: F401 - also part of fit's API
 from .run import predict
 
 MODEL_FILE = "model.keras"
@@ -102,17 +105,6 @@ def plan(cfg: FitConfig) -> list[Segment]:
         size = int(round(cfg.image_size * (0.6 + 0.2 * i) / 8) * 8)
         segs.append(Segment(int(bounds[i]), int(bounds[i + 1]), max(size, 16), cfg.strength * (0.4 + 0.3 * i), phase))
     return segs
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights n / (k * count_c): rare classes count as much as common ones.
-
-    k is the number of classes present (a lab's data may hold only some), so the weights
-    average 1 over the images whatever is missing.
-    """
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    k = max(int((counts > 0).sum()), 1)
-    return {c: float(len(labels) / (k * max(counts[c], 1))) for c in range(n_classes)}
 
 
 def make_strategy(name: str):
@@ -253,27 +245,27 @@ def heldout_metrics(model, val: data_lib.Dataset, test: data_lib.Dataset, class_
 
 
 def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dict, extra: dict) -> Sidecar:
-    return Sidecar(
-        format="keras",
-        file=path.name,
-        sha256=sha256_file(path),
-        labels=tuple(ds.class_names),
-        input=InputSpec(height=cfg.image_size, width=cfg.image_size, dtype="float32",
-                        rbc_px=images_rbc_px(ds.images)),
-        output=TensorSpec(dtype="float32"),
-        runtimes=("keras",),
-        metrics=metrics,
-        provenance={
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "data": {"description": ds.description, "synthetic": ds.synthetic, "counts": ds.counts()},
-            "split_file": "split.json",
-            "tools": versions(),
-            "config": cfg.to_json(),
-            **extra,
-        },
-        synthetic_data=ds.synthetic,
-        stain_reference=_stain_reference(ds.images),
-    )
+    """The sidecar of a trained ``model.keras`` in its run folder (``split.json`` beside it).
+
+    ``extra``: what this trainer adds to the training record (replicas, weight averaging, ...).
+    """
+    split = path.parent / "split.json"
+    state = path.parent / "state.json"
+    epochs = json.loads(state.read_text()).get("epochs_done") if state.is_file() else None
+    training = TrainingRun(
+        run=Path(cfg.out).resolve().name, config=cfg.to_json(),
+        data=TrainingData(ds.description, ds.synthetic, ds.counts()),
+        split=FileRef(split.name, sha256_file(split)) if split.is_file() else None,
+        seed=cfg.seed, epochs=int(epochs) if isinstance(epochs, int) else cfg.epochs,
+        machine=Machine.from_dict(machine()), extra=dict(extra))
+    return build_sidecar(
+        path, format="keras", labels=ds.class_names,
+        # the preprocessing the training images went through (data_lib.input_spec), as float32 pixels
+        input=dataclasses.replace(data_lib.input_spec(cfg.image_size), dtype="float32",
+                                  rbc_px=images_rbc_px(ds.images)),
+        output=TensorSpec(dtype="float32", quantization=None), runtimes=("keras",), metrics=metrics,
+        provenance=Provenance(tools=versions(), training=training),
+        synthetic_data=ds.synthetic, stain_reference=_stain_reference(ds.images))
 
 
 def _stain_reference(images: np.ndarray) -> dict | None:
@@ -331,7 +323,29 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     Returns:
         The metrics written into the sidecar.
     """
-    strategy = make_strategy(cfg.strategy)  # before any other TensorFlow work
+    if cfg.backend != "tf-keras":
+        raise UserError(f"this is the tf-keras trainer; backend {cfg.backend!r} is scopelite.train.keras3.fit")
+    if cfg.ema:
+        raise UserError("--ema needs --backend keras3 (tf-keras celltrain fit averages weights with --average-last)")
+    if cfg.strategy != "multiworker":
+        return _fit(cfg, make_strategy(cfg.strategy), None, log, verbose, resume)  # before other TensorFlow work
+    cluster, strategy = multiworker.connect(cfg.worker_timeout, log)  # every worker runs the same steps
+    if cluster.is_chief:
+        with multiworker.peer_errors(cluster, cfg.out, fresh=not Path(cfg.out).exists()):
+            return _fit(cfg, strategy, cluster, log, verbose, resume)
+    wlog = lambda line: log(f"worker {cluster.rank}: {line.strip()}")  # noqa: E731
+    with multiworker.scratch_run(cfg.out, cluster, resume) as scratch, multiworker.peer_errors(cluster, cfg.out):
+        metrics = _fit(dataclasses.replace(cfg, out=scratch), strategy, cluster, wlog, 0, resume)
+    wlog(f"done; its temporary run folder is deleted (the chief, {cluster.to_json()['chief']}, writes {cfg.out})")
+    return metrics
+
+
+def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Callable[[str], None], verbose: int,
+         resume: bool) -> dict:
+    """``fit`` under ``strategy``; ``cluster``: this worker's place when several train together (else None)."""
+    if cfg.batch_size < strategy.num_replicas_in_sync:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch, split over "
+                        f"{strategy.num_replicas_in_sync} replicas; give at least {strategy.num_replicas_in_sync}")
     if cfg.mixed_precision:
         if tf.config.list_physical_devices("GPU"):
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -351,7 +365,9 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     n_classes = len(ds.class_names)
     tr, va, te = (ds.subset(split[s]) for s in data_lib.SPLITS)
     segments = plan(cfg)
-    steps = int(np.ceil(len(tr) / cfg.batch_size))
+    steps = len(tr) // cfg.batch_size if cluster else int(np.ceil(len(tr) / cfg.batch_size))  # see drop_remainder
+    if steps == 0:
+        raise UserError(f"--batch-size {cfg.batch_size} is more than the {len(tr)} training images; give a smaller one")
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
 
@@ -365,7 +381,8 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                                 f"damaged, so this run cannot continue: start again with another --out") from None
         else:
             log(f"[2/4] building {cfg.arch} at {cfg.image_size}x{cfg.image_size}, weights={cfg.weights}"
-                + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else ""))
+                + (f", {strategy.num_replicas_in_sync} replicas" if cfg.strategy != "none" else "")
+                + (f" on {cluster.num_workers} workers (global batch {cfg.batch_size})" if cluster else ""))
             try:
                 model = model_lib.build(cfg.arch, None if cfg.progressive else cfg.image_size, n_classes,
                                         cfg.weights, cfg.dropout)
@@ -379,7 +396,17 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     log(f"[3/4] training {cfg.epochs} epochs ({steps} steps each, augmentation {aug}, "
         f"{', '.join(f'{s.phase} {s.start + 1}-{s.end}@{s.image_size}px' for s in segments)})")
     cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
-    val_ds = make_dataset(va.images, va.labels, n_classes, cfg.batch_size, False)
+    rbc_px = None  # --aug debris sizes its artefacts in µm from the training crops' own red cells
+    if (cfg.aug or {}).get("debris", 0) != 0:
+        rbc_px = images_rbc_px(tr.images)
+        log(f"      debris sized from the training crops' red cells: {rbc_px} px = 7.5 µm" if rbc_px else
+            "      debris: no red cells measurable in the training crops; 18 px per 96 px = 7.5 µm assumed")
+    val_batch = cfg.batch_size  # multi-worker: no replica may get an empty share of the last batch
+    if cluster:
+        val_batch = multiworker.eval_batch_size(len(va), cfg.batch_size, strategy.num_replicas_in_sync)
+    val_ds = make_dataset(va.images, va.labels, n_classes, val_batch, False)
+    if cluster:
+        val_ds = multiworker.shard_by_data(val_ds)
     state_cb = _EpochState(out / "state.json", best)
     best_cb = _AtomicCheckpoint(ckpt / "best.keras", "val_accuracy", best if best >= 0 else None)
     # Order matters for --resume: checkpoint, then the log line, then state.json. A kill
@@ -392,6 +419,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     t0 = time.time()
+    steps_run = 0
     for seg in segments:
         if seg.end <= done:
             continue
@@ -401,9 +429,14 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
                 _compile(model, cfg, seg, steps, segments)
         train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seg.strength,
                                 cfg.training_seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
-                                mixup=cfg.mixup, ops=segment_ops(cfg, seg))
+                                mixup=cfg.mixup, ops=segment_ops(cfg, seg), rbc_px=rbc_px, ordered=cluster is not None,
+                                drop_remainder=cluster is not None)
+        if cluster:
+            train_ds = multiworker.shard_by_data(train_ds)
+        steps_before = int(model.optimizer.iterations.numpy())
         hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
                          verbose=verbose, callbacks=callbacks, class_weight=cw)
+        steps_run += int(model.optimizer.iterations.numpy()) - steps_before
         done = seg.end
         if model.stop_training or (cfg.patience and len(hist.epoch) < seg.end - seg.start):
             break
@@ -419,6 +452,12 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
     elif (ckpt / "best.keras").is_file():
         model.set_weights(keras.models.load_model(ckpt / "best.keras", compile=False).get_weights())
     fixed = model_lib.rebuild_for_export(model, cfg.arch, cfg.image_size, n_classes, batch_size=None)
+    in_step = {}
+    if cluster:  # every worker logs this; equal hashes prove the copies stayed in step
+        in_step = {**cluster.to_json(), "steps": steps_run, "global_batch_size": cfg.batch_size,
+                   "weights_sha256": multiworker.weights_sha256(fixed.get_weights())}
+        log(f"      {steps_run} steps of global batch {cfg.batch_size} on {cluster.num_workers} workers; "
+            f"final weights sha256 {in_step['weights_sha256']}")
     epochs_run = len(state_cb.epoch_seconds)
     metrics = {
         **heldout_metrics(fixed, va, te, ds.class_names),
@@ -435,6 +474,7 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, re
         fixed.save(tmp)
     write_sidecar(final, keras_sidecar(final, cfg, ds, metrics,
                                        {"replicas": strategy.num_replicas_in_sync, "resumed": resume,
+                                        **({"multiworker": in_step} if in_step else {}),
                                         **({"weight_averaging": averaging} if averaging else {})}))
     log(f"      test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
         f"({len(te)} images) -> {final}")

@@ -1,39 +1,17 @@
-"""Model builders. Every model takes raw RGB pixels (0..255) and normalises in-graph,
-so the int8 model on the device is fed plain uint8 crops."""
+"""Model builders for tf-keras: the networks of ``network.py`` plus weights from a file.
+
+Every model takes raw RGB pixels (0..255) and normalises in-graph, so the int8 model on the
+device is fed plain uint8 crops."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from scopelite.edge.errors import UserError
 
+from . import network
 from ._keras import keras
 
-ARCHS = ("efficientnetv2b0", "tiny")
-
-
-def _normalise(x):
-    # EfficientNetV2 without its own preprocessing expects [-1, 1]: x / 127.5 - 1.
-    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)
-
-
-def _tiny(x, n_classes: int, dropout: float):
-    """A 3-conv network for tests and quick checks (a few seconds per epoch)."""
-    for i, filters in enumerate((16, 32, 64)):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = keras.layers.ReLU(name=f"relu{i}")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(x)
-
-
-def _efficientnetv2b0(x, shape, n_classes: int, dropout: float, weights: str | None):
-    base = keras.applications.EfficientNetV2B0(
-        include_top=False, weights=weights, input_tensor=x, input_shape=shape, include_preprocessing=False,
-        pooling="avg",
-    )
-    y = keras.layers.Dropout(dropout, name="top_dropout")(base.output)
-    return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="predictions")(y)
+ARCHS = network.ARCHS
 
 
 def build(arch: str, image_size: int | None, n_classes: int, weights: str = "none", dropout: float = 0.2,
@@ -51,23 +29,16 @@ def build(arch: str, image_size: int | None, n_classes: int, weights: str = "non
     """
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    inp = keras.Input((image_size, image_size, 3), batch_size=batch_size, name="pixels")
-    shape = (image_size, image_size, 3)
-    x = _normalise(inp)
     check_weights_arg(weights or "none", arch)
-    if arch == "tiny":
-        out = _tiny(x, n_classes, dropout)
-    else:
-        try:
-            out = _efficientnetv2b0(x, shape, n_classes, dropout, "imagenet" if weights == "imagenet" else None)
-        except Exception as e:
-            if weights != "imagenet":
-                raise
-            raise UserError(
-                f"cannot get the ImageNet weights ({type(e).__name__}: no network?); use --weights none to "
-                "train from scratch, or --weights FILE with a .keras model from an earlier run"
-            ) from None
-    model = keras.Model(inp, out, name=arch)
+    try:
+        model = network.build(keras, arch, image_size, n_classes, dropout, batch_size, imagenet=weights == "imagenet")
+    except Exception as e:
+        if weights != "imagenet":
+            raise
+        raise UserError(
+            f"cannot get the ImageNet weights ({type(e).__name__}: no network?); use --weights none to "
+            "train from scratch, or --weights FILE with a .keras model from an earlier run"
+        ) from None
     if weights not in (None, "none", "imagenet"):
         copy_weights_from(model, weights)
     return model

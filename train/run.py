@@ -1,12 +1,13 @@
 """A training run on disk: its Keras bundle, its data and its saved split."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from scopelite.edge.bundle import Sidecar, load_sidecar
+from scopelite.edge.bundle import FileRef, Sidecar, load_sidecar, portable, sha256_file
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views
 
@@ -18,7 +19,7 @@ def load_keras_bundle(path: str | os.PathLike):
     sc = load_sidecar(path)
     if sc.format != "keras":
         raise UserError(f"{path} is a {sc.format} model; cellcompress takes the model.keras of a training run")
-    if "config" not in sc.provenance:
+    if sc.provenance.training is None or not sc.provenance.training.config:
         raise UserError(f"{path}: sidecar has no training config; re-train it with celltrain fit")
     try:
         model = keras.models.load_model(path, compile=False)
@@ -27,17 +28,45 @@ def load_keras_bundle(path: str | os.PathLike):
     return sc, model
 
 
+def run_config(sc: Sidecar, model_path: Path) -> dict:
+    """The run's training config: the run folder's ``config.json`` when it is this model's (it keeps
+    paths as given on the training machine; the sidecar reduces absolute ones to a name), else the
+    sidecar's copy."""
+    try:
+        local = json.loads((Path(model_path).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        local = None
+    if isinstance(local, dict) and portable(local) == sc.provenance.training.config:
+        return local
+    return sc.provenance.training.config
+
+
+def split_file(sc: Sidecar, model_path: Path) -> Path:
+    """The run's saved split beside ``model_path``, checked against the hash its sidecar records."""
+    ref = sc.provenance.training.split or FileRef("split.json")
+    path = Path(model_path).parent / ref.file
+    if not path.is_file():
+        raise UserError(f"no {ref.file} beside {model_path}: the run's saved split is needed (copy the run folder "
+                        "whole)")
+    if ref.sha256 and sha256_file(path) != ref.sha256:
+        raise UserError(f"{path} is not the split {Path(model_path).name} was trained with (sha256 differs); "
+                        "restore the run's own split.json")
+    return path
+
+
 def heldout_data(sc: Sidecar, model_path: Path, data_override: str | None):
     """The run's dataset and its saved split (re-created from split.json)."""
-    cfg = sc.provenance["config"]
-    split_file = model_path.parent / sc.provenance.get("split_file", "split.json")
-    if not split_file.is_file():
-        raise UserError(f"no {split_file.name} beside {model_path}: cellcompress needs the run's saved split")
-    ds = data_lib.load(data_override or cfg.get("data"), cfg["image_size"], cfg.get("synthetic_per_class", 300),
+    cfg = run_config(sc, model_path)
+    split = split_file(sc, model_path)
+    data = data_override or cfg.get("data")
+    if data not in (None, "", data_lib.SYNTHETIC) and not Path(data).exists():
+        raise UserError(f"the data {Path(model_path).name} was trained on ({data}) is not here; "
+                        "pass --data PATH to the same images")
+    ds = data_lib.load(data, cfg["image_size"], cfg.get("synthetic_per_class", 300),
                        cfg.get("seed", 0), progress=True)
     if tuple(ds.class_names) != tuple(sc.labels):
         raise UserError(f"data classes {ds.class_names} differ from the model's labels {sc.labels}")
-    return ds, data_lib.load_split(split_file, ds)
+    return ds, data_lib.load_split(split, ds)
 
 
 def predict(model, images: np.ndarray, batch_size: int = 64, tta: int = 1) -> np.ndarray:

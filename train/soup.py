@@ -18,7 +18,7 @@ from scopelite.edge.errors import UserError
 
 from .average import average_into
 from .config import FitConfig
-from .run import heldout_data, load_keras_bundle
+from .run import heldout_data, load_keras_bundle, run_config, split_file
 
 MODEL_FILE = "model.keras"
 
@@ -47,7 +47,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError(f"{out} already holds a model; choose another --out or delete it")
     bundles = [load_keras_bundle(p) for p in paths]
     sc0, model = bundles[0]
-    split_files = [p.parent / sc.provenance.get("split_file", "split.json") for p, (sc, _) in zip(paths, bundles)]
+    split_files = [split_file(sc, p) for p, (sc, _) in zip(paths, bundles)]
     for p, (sc, _) in zip(paths[1:], bundles[1:]):
         if tuple(sc.labels) != tuple(sc0.labels):
             raise UserError(f"{p} has classes {sc.labels}, {paths[0]} has {sc0.labels}")
@@ -58,7 +58,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
     ds, split = heldout_data(sc0, paths[0], data)
-    cfg = dataclasses.replace(FitConfig.from_json(sc0.provenance["config"]), out=str(out))
+    cfg = dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out))
     log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
     recalibrated = average_into(model, [m.get_weights() for _, m in bundles], ds.subset(split["train"]).images,
                                 cfg.batch_size)
@@ -71,7 +71,8 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     final = out / MODEL_FILE
     with atomic_path(final) as tmp:
         model.save(tmp)
-    extra = {"weight_averaging": {"models": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+    extra = {"weight_averaging": {"models": [{"run": p.resolve().parent.name, "file": p.name, "sha256": sha256_file(p)}
+                                             for p in paths],
                                   "batchnorm_recalibrated": recalibrated}}
     write_sidecar(final, keras_sidecar(final, cfg, ds, metrics, extra))
     log(f"val accuracy {metrics['val']['accuracy']:.4f}, test accuracy {metrics['test']['accuracy']:.4f} "

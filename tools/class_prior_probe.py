@@ -3,10 +3,10 @@
 ``celltrain fit`` trains with balanced class weights by default, which tilts decisions toward
 rare classes. Dividing a model's probabilities by ``w_c ** tau`` (logit adjustment, Menon et
 al. 2021) undoes that tilt for tau = 1. Prints and writes clean and corrupted validation
-accuracy (the corrupted copy as ``choose_model.py`` makes it, seed 1) per tau; no test image
+accuracy (the corrupted copy as ``celltrain choose`` makes it, seed 1) per tau; no test image
 is read.
 
-    python benchmarks/class_prior_probe.py runs/X/model.keras [...] --out prior.json
+    python tools/class_prior_probe.py runs/X/model.keras [...] --out prior.json
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from scopelite.train.corruptions import corrupted_copy
-    from scopelite.train.fit import class_weights
+    from scopelite.train.recipe import class_weights
     from scopelite.train.run import heldout_data, load_keras_bundle, predict
 
     out = {}

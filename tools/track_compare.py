@@ -7,7 +7,7 @@ estimator. Detection (edge/field.py) runs once per frame and is shared; only the
 trackers are timed. norfair and scipy are optional: a row is skipped when missing
 (norfair is not an edge dependency: `pip install norfair` in a scratch venv).
 
-    python benchmarks/track_compare.py --seeds 0 1 2 3 --out benchmarks/results/track-compare.json
+    python tools/track_compare.py --seeds 0 1 2 3 --out benchmarks/results/track-compare.json
 """
 from __future__ import annotations
 

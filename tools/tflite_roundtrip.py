@@ -1,7 +1,7 @@
 """How faithfully `--weights MODEL.tflite` rebuilds a float Keras model from an int8 one.
 
-    python benchmarks/tflite_roundtrip.py edge/models/bloodcell_int8.tflite ../shared/data/pbc96 \
-        --n 256 --out benchmarks/results/tflite-weights-roundtrip.json
+    python tools/tflite_roundtrip.py edge/models/bloodcell_int8.tflite ../shared/data/pbc96 \
+        --n 256 --out docs/runs/tflite-weights-roundtrip.json
 
 Draws ``--n`` crops (seeded) from a class-folder dataset, runs the int8 model and the rebuilt float model
 (before and after the BatchNorm statistics are re-measured), and reports how often they pick the same

@@ -1,0 +1,109 @@
+"""What a session costs the watch loop: field mode on a generated 640x480 slide scan, with and without
+``--sessions`` (every counted cell's crop saved as PNG and its line appended), same frames, same model.
+
+Frames are rendered before timing; runs alternate (without, with, without, ...) so that load on a shared
+machine falls on both alike, and the ratio of the medians is reported. The time inside ``Sessions.update``
+is measured directly too (per frame, and per counted cell).
+
+    python benchmarks/session_overhead.py --seeds 0 1 --repeats 3 --out benchmarks/results/session-overhead.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from scopelite.edge.classifier import make_classifier
+from scopelite.edge.config import WatchConfig
+from scopelite.edge.packaged import default_model
+from scopelite.edge.session import Sessions
+from scopelite.edge.sysinfo import machine
+from scopelite.edge.watch import run_watch
+from scopelite.train.slide import make_slide_scan
+
+
+class Frames:
+    def __init__(self, frames):
+        self.frames, self.name, self._i = frames, "scan", 0
+
+    def read(self):
+        if self._i >= len(self.frames):
+            return None
+        self._i += 1
+        return self.frames[self._i - 1]
+
+    def close(self):
+        pass
+
+
+class Timed(Sessions):
+    """Sessions that add up the time spent in update()."""
+
+    spent = 0.0
+    calls = 0
+
+    def update(self, frame, rec):
+        t = time.perf_counter()
+        try:
+            return super().update(frame, rec)
+        finally:
+            self.spent += time.perf_counter() - t
+            self.calls += 1
+
+
+def one(frames, clf, with_session: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = Timed(tmp, clf.labels) if with_session else None
+        t = time.perf_counter()
+        s = run_watch(WatchConfig(mode="field"), Frames(frames), clf, lambda rec: None, session=sessions)["summary"]
+        wall = time.perf_counter() - t
+        out = {"fps": round(s["frames"] / wall, 2), "frames": s["frames"]}
+        if sessions is not None:
+            cells = sessions.summary(cells=False)["cells_total"]
+            out.update(cells=cells, update_ms_per_frame=round(1e3 * sessions.spent / sessions.calls, 3),
+                       update_ms_per_cell=round(1e3 * sessions.spent / max(cells, 1), 2),
+                       folder_kb=round(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp)
+                                           for f in fs) / 1024, 1))
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    load = os.getloadavg()
+    clf = make_classifier(str(default_model()))
+    rows = []
+    for seed in args.seeds:
+        scan = make_slide_scan(seed)
+        frames = [f for f, _ in scan.frames()]
+        without, with_ = [], []
+        for _ in range(args.repeats):
+            without.append(one(frames, clf, False))
+            with_.append(one(frames, clf, True))
+        fps0 = statistics.median(r["fps"] for r in without)
+        fps1 = statistics.median(r["fps"] for r in with_)
+        rows.append({"seed": seed, "frames": len(frames), "cells_on_slide": len(scan.cells),
+                     "fps_without": fps0, "fps_with_session": fps1, "ratio": round(fps1 / fps0, 3),
+                     "cells_recorded": with_[0]["cells"],
+                     "update_ms_per_frame": statistics.median(r["update_ms_per_frame"] for r in with_),
+                     "update_ms_per_cell": statistics.median(r["update_ms_per_cell"] for r in with_),
+                     "session_folder_kb": with_[0]["folder_kb"]})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"command": "python " + " ".join(sys.argv), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "load_average_at_start": [round(x, 2) for x in load], "model": "packaged int8 EfficientNetV2B0 (CPU)",
+              "frame_size": "640x480", "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

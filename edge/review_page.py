@@ -1,0 +1,188 @@
+"""The pages a person uses on a session: the review page (/review) and the lab page's session panel.
+
+Plain HTML, CSS and a little JavaScript, no external files (the device is offline). Both talk to the
+daemon with fetch(): GET /session, POST /session/{start,stop,reset}, POST /cells/<id>/label. Bound
+beyond loopback the daemon wants a token: the pages take it from ``?token=`` once, keep it in the
+browser's localStorage, send it as ``Authorization: Bearer ...`` and ask for it on a 403.
+"""
+from __future__ import annotations
+
+import html
+import json
+
+from .differential import UNCERTAIN
+from .session import NOT_A_CELL, clinical_order
+from .session_report import title
+
+# the JavaScript both pages share: a POST with the token, asking for one when refused
+_POST_JS = """
+const TOKEN_KEY = 'scopelite-token';
+(() => { const t = new URLSearchParams(location.search).get('token');
+         if (t) localStorage.setItem(TOKEN_KEY, t); })();
+async function post(path, body, retried) {
+  const headers = {'Content-Type': 'application/json'};
+  const tok = localStorage.getItem(TOKEN_KEY);
+  if (tok) headers['Authorization'] = 'Bearer ' + tok;
+  const r = await fetch(path, {method: 'POST', headers, body: JSON.stringify(body || {})});
+  if (r.status === 403 && !retried) {
+    const t = prompt('This daemon wants its token (printed by celledge watch when it started):');
+    if (t) { localStorage.setItem(TOKEN_KEY, t.trim()); return post(path, body, true); }
+  }
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(data.error || ('HTTP ' + r.status));
+  return data;
+}
+"""
+
+
+def keys_for(labels) -> list[dict]:
+    """The review keys: 1-8 the classes in clinical order, 9 uncertain, 0 not a cell."""
+    out = [{"key": str(i + 1), "label": lab, "title": title(lab)} for i, lab in enumerate(clinical_order(labels)[:8])]
+    out += [{"key": "9", "label": UNCERTAIN, "title": "Uncertain"}, {"key": "0", "label": NOT_A_CELL,
+                                                                      "title": "Not a cell"}]
+    return out
+
+
+def _script_json(obj) -> str:
+    return json.dumps(obj).replace("</", "<\\/")
+
+
+def lab_panel(summary: dict) -> str:
+    """The lab page's session controls: which session, its state and progress, start/stop/reset, links."""
+    d = summary["differential"]
+    state = "open: counting" if summary["state"] == "open" else f'closed ({summary.get("reason") or "stopped"})'
+    n, done = summary["cells_total"], summary["reviewed"]
+    return f"""<div id="session"><h2>Session {html.escape(summary["id"])}</h2>
+<p id="session-state">{html.escape(state)} · {d["white_total"]} white cells{
+        f' of {summary["target"]}' if summary.get("target") else ''} · {n} cells, {done} reviewed</p>
+<p><button id="start" onclick="act('start')"{" disabled" if summary["state"] == "open" else ""}>Start</button>
+<button id="stop" onclick="act('stop')"{" disabled" if summary["state"] != "open" else ""}>Stop</button>
+<button id="reset" onclick="act('reset')" title="discard this count and start again">Reset</button>
+· <a href="/review">Review cells</a> · <a href="/session/report.html">Report</a>
+<span id="session-error" class="bad"></span></p></div>
+<script>{_POST_JS}
+async function act(what) {{
+  if (what === 'reset' && !confirm('Discard this count and start again?')) return;
+  try {{ await post('/session/' + what); location.reload(); }}
+  catch (e) {{ document.getElementById('session-error').textContent = e.message; }}
+}}
+</script>"""
+
+
+def review_page(labels) -> str:
+    """The review page: cells grouped by class (uncertain first, least sure first), keys and clicks to label."""
+    keys = keys_for(labels)
+    legend = " ".join(f"<kbd>{k['key']}</kbd>&nbsp;{html.escape(k['title'])}" for k in keys)
+    buttons = "".join(f'<button data-label="{k["label"]}">{k["key"]} {html.escape(k["title"])}</button>'
+                      for k in keys)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>scopelite review</title>
+<style>body{{font-family:sans-serif;margin:0 1em 9em;color:#222}}h1{{font-size:1.3em}}h2{{font-size:1.05em;margin:.8em 0 .3em}}
+.grid{{display:flex;flex-wrap:wrap;gap:6px}}.cell{{width:104px;font-size:11px;text-align:center;border:3px solid
+transparent;border-radius:4px;cursor:pointer;padding:2px}}.cell img{{width:96px;height:96px;display:block;margin:auto;
+background:#eee}}.cell.sel{{border-color:#1f6feb}}.cell.done{{opacity:.55}}.ok{{color:#1a7f37}}.low{{color:#b42318}}
+#bar{{position:fixed;left:0;right:0;bottom:0;background:#f6f8fa;border-top:1px solid #ccc;padding:.5em 1em}}
+#bar button{{margin:2px}}kbd{{border:1px solid #999;border-radius:3px;padding:0 4px;background:#fff}}
+#msg{{color:#b42318}}.note{{color:#666}}</style></head><body>
+<h1>Review · <span id="title">session</span></h1>
+<p class="note" id="summary"></p>
+<p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd>; <kbd>Enter</kbd> or <kbd>c</kbd> confirms its
+label; {legend} relabel it. <a href="/">Lab page</a> · <a href="/session/report.html">Report</a></p>
+<div id="groups"></div>
+<div id="bar"><b id="selected">no cell selected</b> <button data-label="confirm">Enter · confirm</button>{buttons}
+<span id="msg"></span></div>
+<script>{_POST_JS}
+const KEYS = {_script_json(keys)};
+const TITLES = Object.fromEntries(KEYS.map(k => [k.label, k.title]));
+const ORDER = ['{UNCERTAIN}', ...KEYS.map(k => k.label).filter(l => l !== '{UNCERTAIN}' && l !== '{NOT_A_CELL}'),
+               '{NOT_A_CELL}'];
+let cells = [], order = [], sel = null;
+
+function groupsOf(list) {{
+  const g = {{}};
+  for (const c of list) (g[c.final] = g[c.final] || []).push(c);
+  const names = ORDER.filter(n => g[n]).concat(Object.keys(g).filter(n => !ORDER.includes(n)).sort());
+  return names.map(n => [n, g[n].sort((a, b) => a.score - b.score || a.id - b.id)]);
+}}
+
+function render(data) {{
+  cells = data.cells;
+  document.getElementById('title').textContent = 'session ' + data.id + (data.state === 'open' ? ' (open)' : ' (closed)');
+  document.getElementById('summary').textContent = data.cells_total + ' cells, ' + data.reviewed + ' reviewed · '
+    + data.differential.white_total + ' white cells' + (data.target ? ' of ' + data.target : '');
+  const root = document.getElementById('groups');
+  root.textContent = '';
+  order = [];
+  for (const [name, list] of groupsOf(cells)) {{
+    const h = document.createElement('h2');
+    h.textContent = (TITLES[name] || name) + ' (' + list.length + ')';
+    const grid = document.createElement('div');
+    grid.className = 'grid';
+    for (const c of list) {{
+      order.push(c.id);
+      const d = document.createElement('div');
+      d.className = 'cell' + (c.reviewed !== null ? ' done' : '');
+      d.id = 'cell-' + c.id;
+      d.dataset.id = c.id;
+      const was = c.reviewed !== null && c.reviewed !== c.label ? ' (model: ' + (TITLES[c.label] || c.label) + ')' : '';
+      d.innerHTML = (c.crop ? '<img alt="" src="/cells/' + c.id + '.png">' : '<img alt="no crop">')
+        + '<span>#' + c.id + ' <span class="'
+        + (c.score < 0.7 ? 'low' : '') + '">' + c.score.toFixed(2) + '</span>'
+        + (c.reviewed !== null ? ' <span class="ok">✓</span>' : '') + '</span><br><span class="was"></span>';
+      d.querySelector('.was').textContent = was;
+      d.onclick = () => select(c.id);
+      grid.appendChild(d);
+    }}
+    root.append(h, grid);
+  }}
+  if (sel === null || !order.includes(sel)) sel = order.length ? order[0] : null;
+  select(sel);
+}}
+
+function select(id) {{
+  document.querySelectorAll('.cell.sel').forEach(e => e.classList.remove('sel'));
+  sel = id;
+  const el = id === null ? null : document.getElementById('cell-' + id);
+  const c = cells.find(x => x.id === id);
+  document.getElementById('selected').textContent = c ? '#' + c.id + ': ' + (TITLES[c.final] || c.final)
+    + (c.final === '{UNCERTAIN}' ? ' (best guess ' + (TITLES[c.best] || c.best) + ')' : '')
+    + ' · score ' + c.score.toFixed(2) + (c.reviewed !== null ? ' · reviewed' : '') : 'no cell selected';
+  if (el) {{ el.classList.add('sel'); el.scrollIntoView({{block: 'nearest'}}); }}
+}}
+
+function move(step) {{
+  if (!order.length) return;
+  const i = order.indexOf(sel);
+  select(order[Math.min(Math.max(i + step, 0), order.length - 1)]);
+}}
+
+let pending = 0;  // requests in flight (the browser test waits for 0)
+async function label(value) {{
+  if (sel === null) return;
+  const id = sel, i = order.indexOf(id), next = order[i + 1] !== undefined ? order[i + 1] : id;
+  pending++;
+  try {{
+    await post('/cells/' + id + '/label', {{label: value}});
+    document.getElementById('msg').textContent = '';
+    if (sel === id) sel = next;  // on to the next cell, unless the person moved meanwhile
+    await load();
+  }} catch (e) {{ document.getElementById('msg').textContent = e.message; }}
+  finally {{ pending--; }}
+}}
+
+async function load() {{
+  const r = await fetch('/session', {{cache: 'no-store'}});
+  if (r.ok) render(await r.json());
+  else document.getElementById('msg').textContent = 'no session (HTTP ' + r.status + ')';
+}}
+
+document.addEventListener('keydown', e => {{
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const k = KEYS.find(x => x.key === e.key);
+  if (k) {{ label(k.label); e.preventDefault(); }}
+  else if (e.key === 'Enter' || e.key === 'c') {{ label('confirm'); e.preventDefault(); }}
+  else if (e.key === 'ArrowRight' || e.key === 'ArrowDown') {{ move(1); e.preventDefault(); }}
+  else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') {{ move(-1); e.preventDefault(); }}
+}});
+document.querySelectorAll('#bar button').forEach(b => b.onclick = () => {{ b.blur(); label(b.dataset.label); }});
+load();
+</script></body></html>"""

@@ -1,0 +1,413 @@
+"""Sessions: one differential per slide, kept in a folder with every cell it counted.
+
+A session folder (``<sessions>/<id>/``, the id is its start time) holds
+
+  state.json     open or closed, target, start and stop times, why it stopped (rewritten atomically)
+  cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
+                 class, score, mean score vector, frame number, frame and slide position, crop file
+  reviews.jsonl  one line per label a person gave (appended; the last line for a cell wins)
+  crops/<id>.png the crop the cell was classified from (at most CROP_MAX px a side)
+  differential.json/.csv/.txt, cells.csv, report.html: the report, written atomically when the session
+                 closes, when a closed session's cell is relabelled, and at the end of each run
+
+Both logs are append-only, so a killed daemon loses at most the cell being written: on restart the
+logs are replayed, a torn last line is cut off, and the open session goes on (``Sessions``). A person's
+label is one of the model's classes, ``uncertain`` (cannot tell: listed for review, not in the
+percentages) or ``not_a_cell`` (debris, a smudge: out of the count altogether).
+
+Pure logic and file I/O: no HTTP, no threads of its own (``Sessions`` takes a lock, because the watch
+loop and the HTTP handlers both call it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from .bundle import write_bytes_atomic, write_json_atomic
+from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
+from .errors import UserError
+from .outputs import LineSink
+
+NOT_A_CELL = "not_a_cell"
+CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
+VIEW_KEEP_FRAMES = 30  # a tracked cell's latest view is kept this many frames for its crop
+
+
+class SessionError(UserError):
+    """A request the session cannot honour; ``http`` is its HTTP status (404 unknown cell, 400 bad label,
+    409 the session is not in the state the request needs)."""
+
+    def __init__(self, message: str, http: int = 409):
+        super().__init__(message)
+        self.http = http
+
+
+def clinical_order(labels) -> list[str]:
+    """The model's labels in the order a lab reports them: white cells, erythroblasts, platelets, others."""
+    first = [c for c in (*WHITE, NRBC, PLATELET) if c in labels]
+    return first + sorted(set(labels) - set(first))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of an append-only log; a torn last line (a kill mid-write) is cut off the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(path, "r+b") as f:  # the next append must start on a line of its own
+            f.truncate(len(whole))
+    out = []
+    for line in whole.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _crop(frame: np.ndarray, box) -> np.ndarray:
+    """The square ``box`` (x0, y0, x1, y1, may lie outside the frame) with reflected borders, as field.crop."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    h, w = frame.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return frame[y0:y1, x0:x1].copy()
+    pad = max(-x0, -y0, x1 - w, y1 - h, 0)
+    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    return padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad].copy()
+
+
+def _png(crop: np.ndarray) -> bytes:
+    side = max(crop.shape[:2])
+    if side > CROP_MAX:
+        f = CROP_MAX / side
+        crop = cv2.resize(crop, (max(round(crop.shape[1] * f), 1), max(round(crop.shape[0] * f), 1)),
+                          interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise SessionError("cannot encode a cell's crop as PNG", 500)
+    return buf.tobytes()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename: a kill never leaves half a file (no fsync: crops are many)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Session:
+    """One session folder: its state, its cells (with people's labels) and its report."""
+
+    def __init__(self, folder: Path, state: dict, cells: list[dict]):
+        self.folder, self.state, self.cells = folder, state, cells
+        self.by_id = {c["id"]: c for c in cells}
+        self._log: LineSink | None = None
+        self._reviews: LineSink | None = None
+        self._thumbs: dict[int, str | None] = {}
+
+    @property
+    def id(self) -> str:
+        return self.state["id"]
+
+    @property
+    def is_open(self) -> bool:
+        return self.state["state"] == "open"
+
+    @classmethod
+    def create(cls, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
+               clock: Callable[[], float] = time.time) -> "Session":
+        t = clock()
+        base = time.strftime("%Y%m%d-%H%M%S", time.localtime(t))
+        sid, n = base, 1
+        while (root / sid).exists():
+            n += 1
+            sid = f"{base}-{n}"
+        folder = root / sid
+        (folder / "crops").mkdir(parents=True)
+        state = {"id": sid, "state": "open", "target": target, "labels": list(labels), "min_score": min_score,
+                 "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
+                 "reason": None}
+        write_json_atomic(folder / "state.json", state)
+        return cls(folder, state, [])
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Session":
+        """Replay a session folder: cells.jsonl, then reviews.jsonl (a torn last line of either is dropped)."""
+        folder = Path(folder)
+        try:
+            state = json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError) as e:
+            raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
+        cells = [c for c in read_jsonl(folder / "cells.jsonl") if isinstance(c, dict) and "id" in c]
+        s = cls(folder, state, cells)
+        for r in read_jsonl(folder / "reviews.jsonl"):
+            cell = s.by_id.get(r.get("id"))
+            if cell is not None:
+                cell["reviewed"] = r.get("label")
+        return s
+
+    # ---------------------------------------------------------------- cells
+    def add(self, cell: dict, crop: np.ndarray | None) -> dict:
+        """Record one counted cell (its crop first, then its line: a kill between leaves no line)."""
+        cid = max(self.by_id, default=0) + 1
+        rec = {"id": cid, **cell, "crop": None, "reviewed": None, "time": round(time.time(), 3)}
+        if crop is not None and crop.size:
+            name = f"crops/{cid}.png"
+            _write_file(self.folder / name, _png(crop))
+            rec["crop"] = name
+        if self._log is None:
+            self._log = LineSink(self.folder / "cells.jsonl", "--sessions")
+        self._log.write(json.dumps(rec))
+        self.cells.append(rec)
+        self.by_id[cid] = rec
+        return rec
+
+    def label(self, cell_id: int, label: str) -> dict:
+        """A person's label for a cell: one of the model's classes, uncertain, not_a_cell, or "confirm"
+        (the label the cell has now is right)."""
+        cell = self.by_id.get(cell_id)
+        if cell is None:
+            raise SessionError(f"no cell {cell_id} in session {self.id}", 404)
+        if label == "confirm":
+            label = effective_label(cell)
+        allowed = [*self.state["labels"], UNCERTAIN, NOT_A_CELL]
+        if label not in allowed:
+            raise SessionError(f"label {label!r} is not one of {', '.join(allowed)} (or confirm)", 400)
+        if self._reviews is None:
+            self._reviews = LineSink(self.folder / "reviews.jsonl", "--sessions")
+        self._reviews.write(json.dumps({"id": cell_id, "label": label, "was": effective_label(cell),
+                                        "time": round(time.time(), 3)}))
+        cell["reviewed"] = label
+        if not self.is_open:
+            self.write_reports()
+        return cell
+
+    # ---------------------------------------------------------------- count and report
+    def differential(self) -> Differential:
+        """The count from the cells as they stand: people's labels over the model's."""
+        st = self.state
+        d = Differential(st["labels"], target=st["target"], min_score=st["min_score"], wbc_count=st["wbc_count"])
+        for c in self.cells:
+            lab = effective_label(c)
+            if lab == NOT_A_CELL:
+                continue
+            if lab == UNCERTAIN:
+                d.review.append({"ref": {"id": c["id"]}, "best": c["best"], "score": c["score"],
+                                 "reviewed": c["reviewed"] is not None})
+            else:
+                d.add_label(lab)
+        return d
+
+    def summary(self, cells: bool = True) -> dict:
+        """JSON-able: the state, the differential, review progress and (``cells``) every cell."""
+        out = {**self.state, "folder": str(self.folder), "differential": self.differential().summary(),
+               "cells_total": len(self.cells), "reviewed": sum(c["reviewed"] is not None for c in self.cells),
+               "not_cells": sum(effective_label(c) == NOT_A_CELL for c in self.cells)}
+        if cells:
+            out["cells"] = [{**c, "final": effective_label(c)} for c in self.cells]
+        return out
+
+    def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
+        self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
+        write_json_atomic(self.folder / "state.json", self.state)
+        self.write_reports()
+        for sink in (self._log, self._reviews):
+            if sink is not None:
+                sink.close()
+        self._log = self._reviews = None
+
+    def write_reports(self) -> None:
+        """differential.json/.csv/.txt, cells.csv and report.html, each atomically."""
+        from . import session_report  # noqa: PLC0415 - HTML only when a report is written
+
+        d = self.differential()
+        summary = self.summary()
+        write_json_atomic(self.folder / "differential.json", {"session": {k: v for k, v in summary.items()
+                                                                          if k != "differential"},
+                                                             "differential": d.summary()})
+        write_bytes_atomic(self.folder / "differential.csv", d.to_csv().encode())
+        write_bytes_atomic(self.folder / "differential.txt", d.to_text().encode())
+        write_bytes_atomic(self.folder / "cells.csv", session_report.cells_csv(summary).encode())
+        write_bytes_atomic(self.folder / "report.html", session_report.report_html(summary, self.thumbnail).encode())
+
+    def thumbnail(self, cell_id: int) -> str | None:
+        """The cell's crop as a small data: URI for the report's gallery (made once per cell)."""
+        from . import session_report  # noqa: PLC0415
+
+        if cell_id not in self._thumbs:
+            png = self.crop_bytes(cell_id)
+            self._thumbs[cell_id] = None if png is None else session_report.thumbnail_uri(png)
+        return self._thumbs[cell_id]
+
+    def crop_bytes(self, cell_id: int) -> bytes | None:
+        cell = self.by_id.get(cell_id)
+        if cell is None or not cell.get("crop"):
+            return None
+        try:
+            return (self.folder / cell["crop"]).read_bytes()
+        except OSError:
+            return None
+
+
+def effective_label(cell: dict) -> str:
+    """A person's label when there is one, else the model's."""
+    return cell["reviewed"] if cell.get("reviewed") is not None else cell["label"]
+
+
+def list_sessions(root: str | os.PathLike, only_open: bool = False) -> list[Path]:
+    """The session folders under ``root`` (``only_open``: those still open), oldest first."""
+    root = Path(root)
+    found = []
+    for d in root.iterdir() if root.is_dir() else ():
+        try:
+            state = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not only_open or state.get("state") == "open":
+            found.append((state.get("started") or 0, d.name, d))
+    return [d for _, _, d in sorted(found)]
+
+
+class Sessions:
+    """The sessions folder of a running daemon: the current session, start/stop/reset, the watch hook.
+
+    On start-up the last session left open is resumed (``new=True``: closed, its report written, and a
+    new one started); with none open, a new one starts. The current session is the open one, or the
+    last closed one (so that it can still be reviewed).
+
+    Args:
+        root: the sessions folder (created if needed).
+        labels: the model's class names, in score order.
+        target: white cells a new session counts before it closes (None: until stopped).
+        one_shot: the run ends when a session reaches its target (no HTTP page to start the next one).
+    """
+
+    def __init__(self, root: str | os.PathLike, labels, target: int | None = None, min_score: float = 0.5,
+                 wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
+                 clock: Callable[[], float] = time.time):
+        self.root = Path(root)
+        self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
+        self.one_shot, self.clock = one_shot, clock
+        self.ends_run = False
+        self.resumed: str | None = None
+        self._lock = threading.RLock()
+        self._views: dict[int, tuple[np.ndarray, int, list]] = {}  # track id -> (crop, frame, centre)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--sessions {root} cannot be created ({(e.strerror or str(e)).lower()})") from None
+        open_ones = [Session.load(d) for d in list_sessions(self.root, only_open=True)]
+        for s in open_ones[:-1]:  # more than one open (should not happen): all but the last are closed
+            s.close("closed at restart (another session was open)", clock)
+        last = open_ones[-1] if open_ones else None
+        if last is not None and new:
+            last.close("closed at restart (--new-session)", clock)
+        elif last is not None and last.differential().done:  # killed between its last cell and closing
+            last.close("count reached", clock)
+        elif last is not None:
+            self.resumed = last.id
+        self.current: Session = last if self.resumed else self._new(target)
+
+    def _new(self, target: int | None) -> Session:
+        return Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock)
+
+    # ---------------------------------------------------------------- controls (lab page, HTTP)
+    def start(self, target: int | None = None) -> dict:
+        with self._lock:
+            if self.current.is_open:
+                raise SessionError(f"session {self.current.id} is open: stop it first")
+            self.current = self._new(self.target if target is None else target)
+            self._views.clear()
+            return self.current.summary(cells=False)
+
+    def stop(self) -> dict:
+        with self._lock:
+            if not self.current.is_open:
+                raise SessionError(f"session {self.current.id} is already closed")
+            self.current.close("stopped", self.clock)
+            return self.current.summary(cells=False)
+
+    def reset(self) -> dict:
+        """Discard the count and start again on the same slide: the session is closed as "reset" (its folder
+        stays) and a new one starts with the same target."""
+        with self._lock:
+            old = self.current
+            if old.is_open:
+                old.close("reset", self.clock)
+            self.current = self._new(old.state["target"])
+            self._views.clear()
+            return self.current.summary(cells=False)
+
+    def label(self, cell_id: int, label: str) -> dict:
+        with self._lock:
+            return dict(self.current.label(cell_id, label))
+
+    def summary(self, cells: bool = True) -> dict:
+        with self._lock:
+            return self.current.summary(cells)
+
+    def crop_bytes(self, cell_id: int) -> bytes | None:
+        with self._lock:
+            return self.current.crop_bytes(cell_id)
+
+    def report_html(self) -> str:
+        from . import session_report  # noqa: PLC0415
+
+        with self._lock:
+            return session_report.report_html(self.current.summary(), self.current.thumbnail)
+
+    def checkpoint(self) -> None:
+        """End of a run: write the current session's report as it stands (an open session stays open)."""
+        with self._lock:
+            self.current.write_reports()
+
+    # ---------------------------------------------------------------- the watch loop's hook
+    def update(self, frame: np.ndarray | None, rec: dict) -> list[dict]:
+        """Per field-mode frame: remember each pending tracked cell's latest whole view (its crop), and
+        record the cells counted in this frame (``rec["counted"]``) while a session is open. Returns the
+        records added. A session that reaches its target closes (and ends a ``one_shot`` run)."""
+        idx, cells = rec.get("frame", 0), rec.get("cells") or []
+        if not self.current.is_open:  # nothing to keep (and no wait while a closed session's report is written)
+            return []
+        with self._lock:
+            if frame is not None and self.current.is_open:
+                for c in cells:
+                    tid = c.get("track")
+                    if tid is not None and not c.get("decided") and not c.get("cut"):
+                        self._views[tid] = (_crop(frame, c["box"]), idx, c["center"])
+            added = []
+            for e in rec.get("counted") or []:
+                if not self.current.is_open:
+                    break
+                crop, center = None, e.get("center")
+                if "track" in e:
+                    crop, _, center = self._views.pop(e["track"], (None, idx, None))
+                elif frame is not None and "cell" in e and e["cell"] < len(cells):
+                    crop = _crop(frame, cells[e["cell"]]["box"])
+                added.append(self.current.add(_cell_record(e, idx, center), crop))
+                if self.current.differential().done:
+                    self.current.close("count reached", self.clock)
+                    self.ends_run = self.one_shot
+            for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:
+                del self._views[tid]
+            return added
+
+
+def _cell_record(e: dict, frame_index: int, center) -> dict[str, Any]:
+    """A counted-cell event of the watch loop (``FieldCounter``) as a session's cell line."""
+    return {"label": e["label"], "best": e["best"], "score": e["score"], "scores": e.get("scores"),
+            "frame": frame_index, "center": center, "slide": e.get("slide"), "track": e.get("track"),
+            "frames": e.get("frames", 1)}

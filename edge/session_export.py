@@ -1,0 +1,76 @@
+"""Cells a person reviewed, exported as the class-folder dataset ``celltrain fit --data`` reads.
+
+OUT/<class>/<session>_<cell>.png for every reviewed cell with a class (not ``uncertain``, not
+``not_a_cell``), and OUT/export.json (which cell each file is, the model's label and the person's).
+Exporting into the same folder again adds to it: file names are unique per session and cell, so
+several sessions (slides) build one dataset, and exporting a session twice rewrites the same files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .bundle import write_json_atomic
+from .differential import UNCERTAIN
+from .session import NOT_A_CELL, Session, SessionError, list_sessions
+
+
+def session_folders(paths) -> list[Path]:
+    """Each path is a session folder or a sessions folder (all the sessions in it)."""
+    out = []
+    for p in map(Path, paths):
+        if (p / "state.json").is_file():
+            out.append(p)
+        else:
+            found = list_sessions(p)
+            if not found:
+                raise SessionError(f"{p} is neither a session folder nor a folder of sessions (no state.json)", 404)
+            out += found
+    return out
+
+
+def export_reviewed(paths, out: str | os.PathLike) -> dict:
+    """Copy the reviewed cells' crops of the sessions at ``paths`` into ``out/<class>/``.
+
+    Returns:
+        {"classes": {class: files}, "cells": n, "skipped": {"unreviewed": n, "uncertain or not a cell": n,
+        "no crop": n}, "sessions": [ids]}
+    """
+    out = Path(out)
+    entries, classes = [], {}
+    skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0}
+    folders = session_folders(paths)
+    for folder in folders:
+        s = Session.load(folder)
+        for c in s.cells:
+            label = c.get("reviewed")
+            if label is None:
+                skipped["unreviewed"] += 1
+            elif label in (UNCERTAIN, NOT_A_CELL):
+                skipped["uncertain or not a cell"] += 1
+            elif not c.get("crop") or not (folder / c["crop"]).is_file():
+                skipped["no crop"] += 1
+            else:
+                name = f"{label}/{s.id}_{c['id']}.png"
+                (out / label).mkdir(parents=True, exist_ok=True)
+                tmp = out / label / f".{s.id}_{c['id']}.png.tmp"
+                shutil.copyfile(folder / c["crop"], tmp)
+                os.replace(tmp, out / name)
+                classes[label] = classes.get(label, 0) + 1
+                entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
+                                "model_label": c["label"], "score": c["score"]})
+    result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,
+              "sessions": [f.name for f in folders]}
+    if entries:
+        write_json_atomic(out / "export.json", {**result, "files": entries})
+    return result
+
+
+def summary_line(result: dict, out) -> str:
+    """One line for the terminal."""
+    per = ", ".join(f"{k} {v}" for k, v in result["classes"].items()) or "none"
+    skip = ", ".join(f"{v} {k}" for k, v in result["skipped"].items() if v)
+    return (f"exported {result['cells']} reviewed cells from {len(result['sessions'])} session(s) to {out}: {per}"
+            + (f" (skipped: {skip})" if skip else ""))
+

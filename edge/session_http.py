@@ -1,0 +1,75 @@
+"""The session's HTTP routes, behind ``httpd``'s handler (which checks who may change state).
+
+GET  /session              the current session as JSON (state, differential, every cell)
+GET  /session/report.html  its printable report, as it stands
+GET  /cells/<id>.png       a cell's crop
+GET  /review               the review page
+POST /session/start        {"target": N} optional: a new session (409 while one is open)
+POST /session/stop         close the open session and write its report
+POST /session/reset        discard the count: close the session as "reset", start a new one
+POST /cells/<id>/label     {"label": "<class>" | "uncertain" | "not_a_cell" | "confirm"}
+
+Each route returns (HTTP status, body, content type), or None when the path is not a session route.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from .errors import UserError
+from .review_page import review_page
+from .session import Sessions, SessionError
+
+Response = tuple[int, bytes, str]
+_CELL_PNG = re.compile(r"/cells/(\d+)\.png")
+_CELL_LABEL = re.compile(r"/cells/(\d+)/label")
+
+
+def _json(code: int, obj) -> Response:
+    return code, json.dumps(obj).encode(), "application/json"
+
+
+def _error(code: int, message: str) -> Response:
+    return _json(code, {"error": message})
+
+
+def get(sessions: Sessions, path: str) -> Response | None:
+    if path == "/session":
+        return _json(200, sessions.summary())
+    if path == "/session/report.html":
+        return 200, sessions.report_html().encode(), "text/html; charset=utf-8"
+    if path == "/review":
+        return 200, review_page(sessions.labels).encode(), "text/html; charset=utf-8"
+    m = _CELL_PNG.fullmatch(path)
+    if m:
+        png = sessions.crop_bytes(int(m.group(1)))
+        return (200, png, "image/png") if png is not None else _error(404, f"no crop for cell {m.group(1)}")
+    return None
+
+
+def is_post_route(path: str) -> bool:
+    return path in ("/session/start", "/session/stop", "/session/reset") or bool(_CELL_LABEL.fullmatch(path))
+
+
+def post(sessions: Sessions, path: str, body: dict) -> Response:
+    try:
+        if path == "/session/start":
+            target = body.get("target")
+            if target is not None and (not isinstance(target, int) or isinstance(target, bool) or target < 1):
+                return _error(400, f"target {target!r} is not a whole number of white cells >= 1")
+            return _json(200, sessions.start(target))
+        if path == "/session/stop":
+            return _json(200, sessions.stop())
+        if path == "/session/reset":
+            return _json(200, sessions.reset())
+        m = _CELL_LABEL.fullmatch(path)
+        if m:
+            label = body.get("label")
+            if not isinstance(label, str):
+                return _error(400, 'send {"label": "<class>"} or {"label": "confirm"}')
+            return _json(200, sessions.label(int(m.group(1)), label))
+    except SessionError as e:
+        return _error(e.http, str(e))
+    except (UserError, OSError) as e:  # the disk: full, read-only, gone
+        return _error(500, str(e))
+    return _error(404, f"no such action: {path}")

@@ -1,0 +1,141 @@
+"""A session's report as files: cells.csv and a printable, self-contained report.html.
+
+Pure: a session summary (``Session.summary()``) in, text out; the gallery's images come from a
+``thumb(cell_id)`` callback as data: URIs, so the HTML needs nothing beside it (print it, mail it).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .differential import _TITLES, UNCERTAIN
+from .session import NOT_A_CELL, clinical_order
+
+THUMB_PX = 96
+_EXTRA_TITLES = {"erythroblast": "Erythroblasts (NRBC)", "platelet": "Platelets", UNCERTAIN: "Uncertain",
+                 NOT_A_CELL: "Not cells (removed by review)"}
+
+
+def title(label: str) -> str:
+    return _TITLES.get(label) or _EXTRA_TITLES.get(label) or label.replace("_", " ").capitalize()
+
+
+def thumbnail_uri(png: bytes, side: int = THUMB_PX) -> str | None:
+    """A crop (PNG bytes) shrunk to ``side`` px as a JPEG data: URI; None if it cannot be decoded."""
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+
+
+def cells_csv(summary: dict) -> str:
+    """One row per cell: id, final label, the model's label and score, reviewed, frame, positions, crop."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "label", "model_label", "best", "score", "reviewed", "frame", "x", "y", "slide_x", "slide_y",
+                "frames_seen", "crop"])
+    for c in summary["cells"]:
+        x, y = c.get("center") or ("", "")
+        sx, sy = c.get("slide") or ("", "")
+        w.writerow([c["id"], c["final"], c["label"], c["best"], c["score"], "yes" if c["reviewed"] else "no",
+                    c["frame"], x, y, sx, sy, c.get("frames", ""), c.get("crop") or ""])
+    return buf.getvalue()
+
+
+def _table(summary: dict) -> str:
+    d = summary["differential"]
+    cells = summary["cells"]
+    reviewed = {}
+    for c in cells:
+        if c["reviewed"] is not None:
+            reviewed[c["final"]] = reviewed.get(c["final"], 0) + 1
+    absolute = "wbc_corrected" in d
+    head = "<th>x10<sup>9</sup>/L</th>" if absolute else ""
+    rows = "".join(
+        f'<tr><td>{html.escape(title(r["class"]))}</td><td>{r["count"]}</td><td>{r["percent"]:.1f}</td>'
+        f'<td>{r["ci95"][0]:.0f}–{r["ci95"][1]:.0f}</td>' + (f'<td>{r["absolute"]:.2f}</td>' if absolute else "")
+        + f'<td>{reviewed.get(r["class"], 0)}</td></tr>' for r in d["rows"])
+    pad = "<td></td>" * (2 + absolute)
+    nrbc = "–" if d["nrbc_per_100_wbc"] is None else f'{d["nrbc_per_100_wbc"]:.1f}'
+    n = d["white_total"]
+    total = f'<td>{d["wbc_corrected"]:.2f}</td>' if absolute else ""
+    others = "".join(f"<tr><td>{html.escape(title(k))}</td><td>{v}</td>{pad}<td>{reviewed.get(k, 0)}</td></tr>"
+                     for k, v in d["other"].items())
+    return f"""<table id="differential"><tr><th>Cell</th><th>Count</th><th>%</th><th>95 % CI</th>{head}
+<th>reviewed</th></tr>{rows}
+<tr class="sum"><td>White cells</td><td>{n}</td><td>{100.0 if n else 0.0:.1f}</td><td></td>{total}<td></td></tr>
+<tr><td>NRBC /100 WBC</td><td>{nrbc}</td><td colspan="{2 + absolute}">({d["nrbc"]} erythroblasts)</td>
+<td>{reviewed.get("erythroblast", 0)}</td></tr>
+<tr><td>Platelets (seen)</td><td>{d["platelets"]}</td>{pad}<td>{reviewed.get("platelet", 0)}</td></tr>{others}
+<tr><td>Uncertain (for review)</td><td>{d["uncertain"]["count"]}</td><td colspan="{2 + absolute}">not in the
+percentages</td><td>{reviewed.get(UNCERTAIN, 0)}</td></tr>
+<tr><td>Not cells</td><td>{summary["not_cells"]}</td><td colspan="{2 + absolute}">removed by review</td>
+<td>{summary["not_cells"]}</td></tr></table>"""
+
+
+def _gallery(summary: dict, thumb: Callable[[int], str | None]) -> str:
+    groups: dict[str, list[dict]] = {}
+    for c in summary["cells"]:
+        groups.setdefault(c["final"], []).append(c)
+    order = clinical_order(summary["labels"]) + [UNCERTAIN, NOT_A_CELL]
+    out = []
+    for label in order + sorted(set(groups) - set(order)):
+        cells = sorted(groups.get(label, []), key=lambda c: c["score"])
+        if not cells:
+            continue
+        figs = []
+        for c in cells:
+            uri = thumb(c["id"])
+            img = f'<img src="{uri}" alt="cell {c["id"]}">' if uri else '<div class="noimg">no crop</div>'
+            if c["reviewed"] is None:
+                mark = '<span class="model">model</span>'
+            elif c["reviewed"] == c["label"]:
+                mark = '<span class="ok">✓ reviewed</span>'
+            else:
+                mark = f'<span class="ok">✓ reviewed</span> (model: {html.escape(title(c["label"]))})'
+            figs.append(f'<figure data-id="{c["id"]}">{img}<figcaption>#{c["id"]} · {c["score"]:.2f}<br>{mark}'
+                        "</figcaption></figure>")
+        out.append(f'<section class="class"><h3>{html.escape(title(label))} ({len(cells)})</h3>'
+                   f'<div class="gallery">{"".join(figs)}</div></section>')
+    return "".join(out) or "<p>no cells counted</p>"
+
+
+def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
+    """The printable report: who/when, the differential in clinical order, review progress, gallery per class."""
+    d = summary["differential"]
+    target = summary.get("target")
+    state = "open (counting)" if summary["state"] == "open" else f'closed: {summary.get("reason") or "stopped"}'
+    count = f'{d["white_total"]} white cells' + (f" of {target}" if target else "")
+    n, done = summary["cells_total"], summary["reviewed"]
+    review = (f"all {n} cells reviewed by a person" if n and done == n else
+              f'<span class="warn">{done} of {n} cells reviewed by a person</span>; the others carry the '
+              f'model\'s label (cells scored below {summary["min_score"]} are uncertain)')
+    wbc = f' · WBC {summary["wbc_count"]:g} x10<sup>9</sup>/L (analyser)' if summary.get("wbc_count") else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Differential {html.escape(summary["id"])}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;color:#111}}h1{{font-size:1.4em}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}}
+td:first-child,th:first-child{{text-align:left}}.sum td{{border-top:2px solid #555;font-weight:bold}}
+.gallery{{display:flex;flex-wrap:wrap;gap:6px}}figure{{margin:0;width:{THUMB_PX + 8}px;font-size:11px;
+text-align:center;break-inside:avoid}}figure img,.noimg{{width:{THUMB_PX}px;height:{THUMB_PX}px;
+border:1px solid #bbb}}.ok{{color:#1a7f37}}.model{{color:#666}}.warn{{color:#b42318;font-weight:bold}}
+.meta{{color:#333}}section.class{{break-inside:avoid-page}}
+@media print{{body{{margin:0}}a{{color:inherit;text-decoration:none}}}}</style></head><body>
+<h1>White-cell differential · session {html.escape(summary["id"])}</h1>
+<p class="meta">Started {html.escape(summary.get("started_at") or "")}
+{"· stopped " + html.escape(summary["stopped_at"]) if summary.get("stopped_at") else ""} · {html.escape(state)}
+· {count}{wbc}</p>
+<p class="meta">{review}.</p>
+{_table(summary)}
+<h2>Cells by class</h2><p class="meta">Least sure first. ✓: a person confirmed or corrected the label.</p>
+{_gallery(summary, thumb)}
+<p class="meta">scopelite · celledge watch --sessions · each cell counted once; percentages of white cells
+with 95 % Wilson intervals.</p></body></html>"""

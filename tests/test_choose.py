@@ -1,0 +1,47 @@
+"""celltrain choose: validation-only choice, test beside it, and prediction ensembles."""
+import json
+import shutil
+
+import pytest
+
+from conftest import assert_one_line_error, invoke_cli
+
+
+def test_choose_scores_candidates_and_ensembles(tiny_run, tmp_path):
+    k = str(tiny_run["keras"])
+    out = tmp_path / "sel.json"
+    r = invoke_cli("celltrain", "choose", f"a={k}", f"b={tiny_run['dir']}", "--tta", "1", "--ensembles",
+                   "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    a = res["candidates"]["a tta1"]
+    # the same test split and the same predictions as fit's own scoring
+    assert a["test"] == pytest.approx(round(100 * tiny_run["fit_metrics"]["test"]["accuracy"], 2))
+    assert a["val_score"] == pytest.approx((a["val"] + a["val_corrupted"]) / 2, abs=0.01)
+    assert a["test_ci95"][0] <= a["test"] <= a["test_ci95"][1]
+    # a model averaged with itself predicts what it predicts alone
+    assert list(res["ensembles"]) == ["a+b"]
+    assert {s: res["ensembles"]["a+b"][s] for s in ("val", "val_corrupted", "test", "test_corrupted")} == \
+        {s: a[s] for s in ("val", "val_corrupted", "test", "test_corrupted")}
+    assert res["chosen"] in ("a tta1", "b tta1")
+    assert "highest val_score" in r.stdout and "1 ensembles" in r.stdout
+
+
+def test_choose_refuses_candidates_of_another_split_and_bad_options(tiny_run, tmp_path):
+    k = str(tiny_run["keras"])
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run["dir"], other, ignore=shutil.ignore_patterns("int8", "checkpoints", "tensorboard"))
+    split = json.loads((other / "split.json").read_text())
+    split["val"], split["test"] = split["test"], split["val"]
+    (other / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "sel.json"
+    r = invoke_cli("celltrain", "choose", f"a={k}", str(other), "--tta", "1", "--out", str(out))
+    assert_one_line_error(r, "does not share", "one lineage")
+    assert not out.exists()
+    # one candidate cannot make an ensemble; view counts are 1, 2, 4 or 8: usage errors, not tracebacks
+    r = invoke_cli("celltrain", "choose", f"a={k}", "--tta", "1", "--ensembles", "--out", str(out))
+    assert_one_line_error(r, "--ensembles needs")
+    r = invoke_cli("celltrain", "choose", f"a={k}", "--tta", "1,3", "--out", str(out))
+    assert_one_line_error(r, "--tta", code=2)
+    r = invoke_cli("celltrain", "choose", f"a={k}", f"a={k}", "--out", str(out))
+    assert_one_line_error(r, "two candidates are named 'a'", code=2)

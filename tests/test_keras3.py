@@ -1,0 +1,185 @@
+"""celltrain pack -> celltrain fit --backend keras3 -> celltrain import: the Keras 3 trainer and its bridge.
+
+Keras 3 runs here on its TensorFlow backend, in this process beside tf-keras (on a lent GPU
+machine it runs on JAX); the network and the augmentation ranges are the ones celltrain fit uses.
+"""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, invoke_cli
+from scopelite.edge.errors import UserError
+from scopelite.train.config import FitConfig
+from scopelite.train.synth import make_crops
+
+NAMES = ["basophil", "eosinophil", "erythroblast", "immature_granulocyte", "lymphocyte", "monocyte",
+         "neutrophil", "platelet"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """8 class folders of generated 32-px crops (PNG), a saved split as celltrain writes it, and its pack."""
+    from scopelite.train.pack import pack
+
+    root = tmp_path_factory.mktemp("k3")
+    images, labels = make_crops(6, size=32, seed=3)
+    split = {"seed": 0, "class_names": NAMES, "description": "test", "train": [], "val": [], "test": []}
+    seen = {c: 0 for c in range(8)}
+    for img, lab in zip(images, labels):
+        name = NAMES[lab]
+        (root / "data" / name).mkdir(parents=True, exist_ok=True)
+        i = seen[lab] = seen[lab] + 1
+        rel = f"{name}/{i}.png"
+        cv2.imwrite(str(root / "data" / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        split["train" if i <= 4 else "val" if i == 5 else "test"].append(rel)
+    (root / "split.json").write_text(json.dumps(split))
+    pack(str(root / "data"), str(root / "split.json"), str(root / "p.npz"))
+    return root
+
+
+def _cfg(folders, out, **kw) -> FitConfig:
+    base = dict(out=str(out), data=str(folders / "p.npz"), backend="keras3", arch="tiny", image_size=32, epochs=1,
+                batch_size=8, warmup_epochs=0, augment="strong", mixup=0.5)
+    return FitConfig(**{**base, **kw})
+
+
+def test_pack_holds_the_train_and_val_files_unchanged_and_no_test_image(folders):
+    from scopelite.train.pack import unpack
+
+    images, labels, ids, split, names = unpack(str(folders / "p.npz"), 32)
+    saved = json.loads((folders / "split.json").read_text())
+    assert ids == saved["train"] + saved["val"] and not set(ids) & set(saved["test"])
+    assert list(split).count("train") == 32 and list(split).count("val") == 8
+    assert names == NAMES and list(labels) == [NAMES.index(i.split("/")[0]) for i in ids]
+    for k in (0, 17, 39):  # PNG is lossless: the pixels that celltrain reads
+        ref = cv2.cvtColor(cv2.imread(str(folders / "data" / ids[k])), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(images[k], ref)
+
+
+def test_keras3_refuses_what_it_cannot_do_before_reading_anything(folders, tmp_path):
+    from scopelite.train.keras3 import check
+
+    check(_cfg(folders, tmp_path / "ok"))  # the defaults of the smoke run below pass
+    for kw, msg in ((dict(aug={"randaugment": 0.5}), "randaugment"), (dict(aug={"shot": None}), "shot"),
+                    (dict(progressive=True), "--progressive"), (dict(weights="x.keras"), "--weights"),
+                    (dict(balance="oversample"), "oversample"), (dict(average_last=3), "--average-last"),
+                    (dict(data=str(folders / "split.json")), "pack"), (dict(data=str(tmp_path / "no.npz")), "no such")):
+        with pytest.raises(UserError, match=msg):
+            check(_cfg(folders, tmp_path / "x", **kw))
+    medmnist = tmp_path / "m.npz"  # a .npz dataset celltrain fit reads, but not a pack
+    np.savez(medmnist, images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(2, np.int64))
+    with pytest.raises(UserError, match="not a pack"):
+        check(_cfg(folders, tmp_path / "x", data=str(medmnist)))
+    # and the tf-keras trainer refuses the Keras 3 options
+    from scopelite.train.fit import fit
+
+    with pytest.raises(UserError, match="--ema needs --backend keras3"):
+        fit(FitConfig(out=str(tmp_path / "t"), arch="tiny", ema=0.99))
+
+
+def test_the_keras3_modules_import_no_tensorflow():
+    """What a GPU machine without TensorFlow imports for celltrain fit --backend keras3."""
+    code = ("import sys; import scopelite.train.cli, scopelite.train.keras3, scopelite.train.pack; "
+            "print(sorted(m for m in ('tensorflow', 'tf_keras', 'keras', 'scopelite.train._keras') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
+def test_augment_layer_keeps_range_and_shape_and_is_identity_at_inference():
+    import keras
+
+    from scopelite.train import keras3_augment, recipe
+
+    x = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype("float32")
+    ops = recipe.resolve_ops("strong", 0.7, {"hed": 0.7, "rotate": 0.7, "domain": 0.5})
+    layer = keras3_augment.make_layer(keras, ops, p=1.0, seed=0)
+    y = np.asarray(layer(x, training=True))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and np.abs(y - x).mean() > 5
+    assert np.array_equal(np.asarray(layer(x, training=False)), x)
+    for name in keras3_augment.BATCHED:  # each op alone moves the pixels, and strength 0 is the identity
+        one = keras3_augment.make_layer(keras, {name: 0.9}, flips=False, p=1.0, seed=1)
+        assert np.abs(np.asarray(one(x, training=True)) - x).mean() > 0.5, name
+    assert np.array_equal(np.asarray(keras3_augment.make_layer(keras, {}, flips=False)(x, training=True)), x)
+    with pytest.raises(ValueError, match="randaugment"):
+        keras3_augment.make_layer(keras, {"randaugment": 0.5})
+
+
+def test_hed_and_rotation_on_the_accelerator_match_celltrain():
+    """Both spellings of the deterministic transforms give the same pixels."""
+    import keras
+
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import hed_jitter, rotate
+    from scopelite.train.keras3_augment import hed_jitter as hed_batch
+    from scopelite.train.keras3_augment import rotate as rotate_batch
+
+    x = np.random.default_rng(1).integers(0, 256, (2, 24, 24, 3)).astype(np.float32)
+    alpha, beta = np.array([1.3, 0.8, 1.1], np.float32), np.array([0.02, -0.03, 0.01], np.float32)
+    got = np.asarray(hed_batch(keras.ops, x, alpha.reshape(1, 1, 1, 3), beta.reshape(1, 1, 1, 3)))
+    want = np.stack([hed_jitter(tf.constant(im), alpha, beta).numpy() for im in x])
+    np.testing.assert_allclose(got, want, atol=0.05)
+    degrees = np.array([[12.0], [-7.0]], np.float32)
+    got = np.asarray(rotate_batch(keras, x, degrees))
+    want = np.stack([rotate(tf.constant(im), float(d)).numpy() for im, d in zip(x, degrees[:, 0])])
+    np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path):
+    """The smoke run: tiny network, 1 epoch, through the CLI; the imported model loads and answers as trained."""
+    w, run = tmp_path / "w", tmp_path / "run"
+    r = invoke_cli("celltrain", "fit", "--backend", "keras3", "--data", str(folders / "p.npz"), "--out", str(w),
+                   "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                   "--warmup-epochs", "0", "--augment", "strong", "--aug", "hed=0.5", "--mixup", "0.5",
+                   "--ema", "0.9")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "celltrain import" in r.stdout  # it says what to do next
+    assert [f.name for f in w.glob("weights-final-*.npz")] == ["weights-final-0.npz"]
+    hist = json.loads((w / "history.json").read_text())
+    assert hist["config"]["backend"] == "keras3" and hist["config"]["aug"] == {"hed": 0.5}
+    assert len(hist["history"]) == 1 and hist["result"]["backend"] == "tensorflow"
+
+    r = invoke_cli("celltrain", "import", str(w), "--split", str(folders / "split.json"),
+                   "--data", str(folders / "data"), "--out", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["val_top1_agreement_with_trainer"] == 1.0 and res["val_max_abs_prob_diff_with_trainer"] < 1e-4
+    assert {f.name for f in run.iterdir()} >= {"model.keras", "model.json", "split.json", "config.json"}
+    from scopelite.train.run import load_keras_bundle
+
+    sc, model = load_keras_bundle(run / "model.keras")  # the sidecar is read and the model loads in tf-keras
+    assert model.output_shape == (None, 8) and list(sc.labels) == NAMES
+    training = sc.provenance.training
+    assert training.extra["trained_with"]["backend"] == "tensorflow"
+    assert training.extra["trained_with"]["val_top1_agreement_with_trainer"] == 1.0
+    assert training.config["image_size"] == 32 and training.config["backend"] == "keras3"
+    # a second import onto the same run is refused in one line, and writes nothing
+    before = (run / "model.keras").stat().st_mtime_ns
+    r = invoke_cli("celltrain", "import", str(w), "--split", str(folders / "split.json"),
+                   "--data", str(folders / "data"), "--out", str(run))
+    assert_one_line_error(r, "already holds a model")
+    assert (run / "model.keras").stat().st_mtime_ns == before
+    # so is a folder that holds no weights
+    r = invoke_cli("celltrain", "import", str(tmp_path), "--split", str(folders / "split.json"),
+                   "--data", str(folders / "data"), "--out", str(tmp_path / "run2"))
+    assert_one_line_error(r, "history.json")
+    assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.slow
+def test_efficientnetv2b0_weights_arrive_intact_from_keras3(folders, tmp_path):
+    """EfficientNetV2B0 trained one epoch under Keras 3, imported into tf-keras: same val predictions,
+    and the weights sent back in files under 16 MiB (what a lent machine returns)."""
+    from scopelite.train import keras3
+    from scopelite.train.keras3_import import import_weights
+
+    w = tmp_path / "w"
+    keras3.fit(_cfg(folders, w, arch="efficientnetv2b0", ema=0.0), log=lambda s: None)
+    assert sorted(f.name for f in w.glob("weights-final-*.npz")) == ["weights-final-0.npz", "weights-final-1.npz"]
+    assert all(f.stat().st_size <= 16 * 2**20 for f in w.iterdir())
+    res = import_weights(str(w), str(folders / "split.json"), str(folders / "data"), str(tmp_path / "run"))
+    assert res["val_top1_agreement_with_trainer"] == 1.0 and res["val_max_abs_prob_diff_with_trainer"] < 1e-4

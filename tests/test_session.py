@@ -1,0 +1,234 @@
+"""Sessions (edge/session.py): cells recorded with their crops, report, resume after a kill, review, export."""
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from scopelite.edge.bundle import CLASS_NAMES, InputSpec
+from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.config import WatchConfig
+from scopelite.edge.session import NOT_A_CELL, Session, SessionError, Sessions, read_jsonl
+from scopelite.edge.session_export import export_reviewed
+from scopelite.edge.watch import run_watch
+from scopelite.train.slide import make_slide_scan
+
+from conftest import assert_one_line_error, invoke_cli
+from test_watch_tracking import SCAN, ScanSource, by_colour
+
+WHITE_ROWS = ("Neutrophils", "Lymphocytes", "Monocytes", "Eosinophils", "Basophils", "Immature granulocytes")
+
+
+def _scan_run(root, seed=0, **kw):
+    """A generated slide scan watched in field mode into a sessions folder: (summary, records, sessions)."""
+    scan = make_slide_scan(seed, **SCAN)
+    sessions = Sessions(root, CLASS_NAMES, **kw)
+    recs = []
+    s = run_watch(WatchConfig(mode="field"), ScanSource(scan), FakeClassifier(CLASS_NAMES, InputSpec(32, 32),
+                                                                              fn=by_colour),
+                  recs.append, session=sessions)["summary"]
+    return s, recs, sessions, scan
+
+
+def _cell(label, score=0.9, **kw):
+    """A counted-cell event as FieldCounter emits it (separate fields: ``cell`` indexes the frame's cells)."""
+    scores = [0.01] * len(CLASS_NAMES)
+    if label in CLASS_NAMES:
+        scores[CLASS_NAMES.index(label)] = score
+    return {"cell": 0, "label": label, "best": label if label in CLASS_NAMES else "monocyte", "score": score,
+            "center": [20.0, 20.0], "scores": scores, **kw}
+
+
+def _feed(sessions, labels, frame0=0):
+    """Count one cell per frame with the given model labels; each frame is a coloured 40x40 image."""
+    for i, label in enumerate(labels):
+        frame = np.full((40, 40, 3), (30 * i) % 255, np.uint8)
+        rec = {"frame": frame0 + i, "cells": [{"box": [0, 0, 40, 40], "center": [20.0, 20.0]}],
+               "counted": [_cell(label)]}
+        sessions.update(frame, rec)
+
+
+def test_a_run_records_every_counted_cell_with_its_crop(tmp_path):
+    s, recs, sessions, scan = _scan_run(tmp_path / "sessions")
+    events = [e for r in recs for e in r["counted"]] + s["counted"]
+    cur = sessions.summary()
+    assert cur["state"] == "open" and cur["cells_total"] == len(events) == len(scan.cells)
+    lines = read_jsonl(sessions.current.folder / "cells.jsonl")
+    assert [c["id"] for c in lines] == list(range(1, len(events) + 1))
+    assert [c["track"] for c in lines] == [e["track"] for e in events]  # in the order counted
+    for c, e in zip(lines, events):
+        assert c["label"] == e["label"] and c["scores"] == e["scores"] and c["slide"] == e["slide"]
+        assert c["reviewed"] is None and 0 <= c["frame"] < len(scan)
+        crop = cv2.imread(str(sessions.current.folder / c["crop"]))
+        assert crop is not None and crop.shape[0] == crop.shape[1] >= 16
+    # the session's differential is the run's: each cell once
+    assert cur["differential"]["rows"] == s["differential"]["rows"]
+    assert cur["differential"]["uncertain"]["count"] == s["differential"]["uncertain"]["count"]
+
+
+def test_count_closes_the_session_and_writes_its_report(tmp_path):
+    s, _, sessions, scan = _scan_run(tmp_path / "sessions", target=4, one_shot=True)
+    folder = sessions.current.folder
+    state = json.loads((folder / "state.json").read_text())
+    assert s["stopped"] == "count reached" and s["frames"] < len(scan)
+    assert state["state"] == "closed" and state["reason"] == "count reached" and state["target"] == 4
+    diff = json.loads((folder / "differential.json").read_text())["differential"]
+    assert diff["white_total"] == 4 and diff["done"]
+    cells = read_jsonl(folder / "cells.jsonl")
+    rows = (folder / "cells.csv").read_text().splitlines()
+    assert rows[0].startswith("id,label,model_label") and len(rows) == len(cells) + 1
+    assert "white,total,4" in (folder / "differential.csv").read_text()
+    assert "Differential: 4 white cells of 4 (done)" in (folder / "differential.txt").read_text()
+    page = (folder / "report.html").read_text()
+    present = [t for t in WHITE_ROWS if f"<td>{t}</td>" in page]
+    assert present and [page.index(f"<td>{t}</td>") for t in present] == sorted(page.index(f"<td>{t}</td>")
+                                                                                 for t in present)
+    assert f"0 of {len(cells)} cells reviewed" in page and "src=\"http" not in page and "<script" not in page
+    figures = re.findall(r'<figure data-id="(\d+)"><img src="data:image/jpeg;base64,', page)
+    assert sorted(map(int, figures)) == [c["id"] for c in cells]  # every cell in the gallery, with its picture
+
+
+def _session_with(root, labels, **kw):
+    sessions = Sessions(root, CLASS_NAMES, **kw)
+    _feed(sessions, labels)
+    return sessions
+
+
+def test_resume_after_a_kill_with_a_torn_line(tmp_path):
+    root = tmp_path / "sessions"
+    first = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"], target=10)
+    sid, folder = first.current.id, first.current.folder
+    first.label(2, "eosinophil")
+    # killed mid-write: half a cell line, half a review line, and the crop of the cell in flight
+    with open(folder / "cells.jsonl", "ab") as f:
+        f.write(b'{"id": 4, "label": "neutr')
+    with open(folder / "reviews.jsonl", "ab") as f:
+        f.write(b'{"id": 1, "lab')
+    (folder / "crops" / "4.png").write_bytes(b"half a png")
+
+    again = Sessions(root, CLASS_NAMES, target=10)
+    assert again.resumed == sid and again.current.is_open
+    cur = again.summary()
+    assert [c["final"] for c in cur["cells"]] == ["neutrophil", "eosinophil", "monocyte"]
+    _feed(again, ["basophil"], frame0=3)  # the next cell takes the torn one's id and crop name
+    third = Session.load(folder)
+    assert [c["label"] for c in third.cells] == ["neutrophil", "lymphocyte", "monocyte", "basophil"]
+    assert cv2.imread(str(folder / "crops" / "4.png")) is not None
+    assert all(line.strip() for line in (folder / "cells.jsonl").read_text().splitlines())
+
+
+def test_restart_closes_a_finished_or_unwanted_session(tmp_path):
+    root = tmp_path / "sessions"
+    done = _session_with(root, ["neutrophil"] * 3, target=3)
+    assert not done.current.is_open  # closed when the third white cell came
+    # killed between the last cell and closing: state.json still says open
+    state = json.loads((done.current.folder / "state.json").read_text())
+    state.update(state="open", reason=None)
+    (done.current.folder / "state.json").write_text(json.dumps(state))
+    again = Sessions(root, CLASS_NAMES, target=3)
+    assert again.resumed is None and again.current.id != done.current.id
+    assert Session.load(done.current.folder).state["reason"] == "count reached"
+
+    old = again.current.id
+    _feed(again, ["lymphocyte"])
+    fresh = Sessions(root, CLASS_NAMES, new=True)
+    closed = Session.load(root / old)
+    assert fresh.current.id != old and fresh.current.is_open and not closed.is_open
+    assert closed.state["reason"] == "closed at restart (--new-session)" and (root / old / "report.html").is_file()
+
+
+def test_start_stop_reset(tmp_path):
+    sessions = _session_with(tmp_path / "s", ["neutrophil", "platelet"], target=100)
+    first = sessions.current.id
+    with pytest.raises(SessionError) as e:
+        sessions.start()
+    assert e.value.http == 409
+    assert sessions.stop()["reason"] == "stopped"
+    assert (sessions.current.folder / "report.html").is_file()
+    _feed(sessions, ["neutrophil"])  # no open session: nothing recorded
+    assert sessions.summary()["cells_total"] == 2
+    with pytest.raises(SessionError):
+        sessions.stop()
+    started = sessions.start(target=200)
+    assert started["state"] == "open" and started["target"] == 200 and started["id"] != first
+    _feed(sessions, ["monocyte"])
+    reset = sessions.reset()
+    assert reset["target"] == 200 and reset["cells_total"] == 0 and reset["state"] == "open"
+    assert Session.load(tmp_path / "s" / started["id"]).state["reason"] == "reset"
+
+
+def test_review_round_trip_updates_the_count_and_the_report(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "neutrophil", "lymphocyte", "uncertain", "platelet"])
+    sessions.stop()
+    folder = sessions.current.folder
+    before = sessions.summary()["differential"]
+    assert before["white_total"] == 3 and before["uncertain"]["count"] == 1
+    assert sessions.label(2, "monocyte")["reviewed"] == "monocyte"
+    assert sessions.label(1, "confirm")["reviewed"] == "neutrophil"
+    sessions.label(4, "basophil")  # an uncertain cell gets its class
+    sessions.label(5, NOT_A_CELL)  # debris
+    for bad, code in (("dog", 400), ("confirm", 404)):
+        with pytest.raises(SessionError) as e:
+            sessions.label(99 if code == 404 else 1, bad)
+        assert e.value.http == code
+    after = Session.load(folder).summary()  # from disk: the review log replayed
+    d = after["differential"]
+    counts = {r["class"]: r["count"] for r in d["rows"]}
+    assert counts["neutrophil"] == 1 and counts["monocyte"] == 1 and counts["basophil"] == 1
+    assert d["white_total"] == 4 and d["uncertain"]["count"] == 0 and d["platelets"] == 0
+    assert after["reviewed"] == 4 and after["not_cells"] == 1
+    page = (folder / "report.html").read_text()  # a closed session's report is rewritten on each label
+    assert "4 of 5 cells reviewed" in page and page.count("✓ reviewed") == 4
+    assert "(model: Neutrophils)" in page  # cell 2 was relabelled
+    assert json.loads((folder / "differential.json").read_text())["differential"]["white_total"] == 4
+    assert len(read_jsonl(folder / "reviews.jsonl")) == 4
+
+
+def test_export_is_a_dataset_that_celltrain_reads(tmp_path):
+    from scopelite.train.data import load_folders
+
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte", "uncertain", "platelet", "eosinophil"])
+    sessions.label(1, "confirm")
+    sessions.label(2, "monocyte")
+    sessions.label(3, "confirm")
+    sessions.label(4, "uncertain")
+    sessions.label(5, NOT_A_CELL)
+    out = tmp_path / "data"
+    r = export_reviewed([root], out)
+    assert r["classes"] == {"monocyte": 2, "neutrophil": 1} and r["cells"] == 3
+    assert r["skipped"] == {"unreviewed": 1, "uncertain or not a cell": 2, "no crop": 0}
+    ds = load_folders(out, 32)
+    assert len(ds) == 3 and ds.class_names == CLASS_NAMES
+    assert sorted(CLASS_NAMES[i] for i in ds.labels) == ["monocyte", "monocyte", "neutrophil"]
+    assert ds.images.shape == (3, 32, 32, 3)
+    files = json.loads((out / "export.json").read_text())["files"]
+    assert {f["cell"]: f["model_label"] for f in files} == {1: "neutrophil", 2: "lymphocyte", 3: "monocyte"}
+    export_reviewed([root / sessions.current.id], out)  # again: the same files, not copies
+    assert len(load_folders(out, 32)) == 3
+
+
+def test_export_cli(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte"])
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "none"))
+    assert_one_line_error(r, "no reviewed cells")
+    sessions.label(1, "confirm")
+    sessions.label(2, "confirm")
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
+    assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir()) == ["lymphocyte", "neutrophil"]
+
+
+def test_watch_options_that_contradict_sessions(tmp_path):
+    folder = str(tmp_path)
+    r = invoke_cli("celledge", "watch", folder, "--sessions", str(tmp_path / "s"))
+    assert_one_line_error(r, "--sessions needs --mode field")
+    r = invoke_cli("celledge", "watch", folder, "--mode", "field", "--new-session")
+    assert_one_line_error(r, "--new-session needs --sessions")
+    (tmp_path / "file").write_text("x")
+    r = invoke_cli("celledge", "watch", folder, "--mode", "field", "--sessions", str(tmp_path / "file"))
+    assert_one_line_error(r, "--sessions", "is a file")
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,150 @@
+"""Sessions over HTTP: the routes, who may change state (loopback, token, cross-site), the lab page's controls."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.edge.httpd import Status, serve
+from scopelite.edge.session import Sessions
+
+from test_session import _feed
+
+
+def _call(url, method="GET", body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read(), r.headers.get("Content-Type")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type")
+
+
+def _post(base, path, body=None, **headers):
+    code, raw, _ = _call(base + path, "POST", body if body is not None else {},
+                         {"Content-Type": "application/json", **headers})
+    return code, json.loads(raw)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A small session (5 cells) behind an HTTP server on loopback: (base URL, sessions, start server fn)."""
+    sessions = Sessions(tmp_path / "sessions", CLASS_NAMES, target=100)
+    _feed(sessions, ["neutrophil", "lymphocyte", "uncertain", "monocyte", "platelet"])
+    servers = []
+
+    def start(token=None):
+        server = serve(Status(CLASS_NAMES, session=sessions), "127.0.0.1", 0, token=token)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start, sessions
+    for s in servers:
+        s.shutdown()
+
+
+def test_session_routes(served):
+    start, sessions = served
+    base = start()
+    code, raw, ctype = _call(base + "/session")
+    s = json.loads(raw)
+    assert code == 200 and ctype == "application/json" and s["cells_total"] == 5 and s["state"] == "open"
+    assert [c["final"] for c in s["cells"]] == ["neutrophil", "lymphocyte", "uncertain", "monocyte", "platelet"]
+    code, png, ctype = _call(base + "/cells/2.png")
+    assert code == 200 and ctype == "image/png"
+    assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape == (40, 40, 3)
+    assert _call(base + "/cells/99.png")[0] == 404
+    code, page, _ = _call(base + "/review")
+    assert code == 200 and b"/cells/" in page and b"<script src" not in page and b"<link" not in page
+    code, lab, _ = _call(base + "/")
+    assert code == 200 and b'id="start"' in lab and b'href="/review"' in lab and b"3 white cells of 100" in lab
+    # relabel, confirm, mistakes
+    code, cell = _post(base, "/cells/3/label", {"label": "basophil"})
+    assert code == 200 and cell["reviewed"] == "basophil"
+    assert _post(base, "/cells/1/label", {"label": "confirm"})[1]["reviewed"] == "neutrophil"
+    assert _post(base, "/cells/1/label", {"label": "cat"})[0] == 400
+    assert _post(base, "/cells/77/label", {"label": "confirm"})[0] == 404
+    assert _post(base, "/cells/1/label", {"colour": "red"})[0] == 400
+    req = urllib.request.Request(base + "/cells/1/label", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 400
+    s = json.loads(_call(base + "/session")[1])
+    assert s["reviewed"] == 2 and s["differential"]["white_total"] == 4 and s["differential"]["uncertain"]["count"] == 0
+    # start while open, stop, start with a target, reset
+    assert _post(base, "/session/start")[0] == 409
+    code, stopped = _post(base, "/session/stop")
+    assert code == 200 and stopped["state"] == "closed"
+    code, report, ctype = _call(base + "/session/report.html")
+    assert code == 200 and ctype.startswith("text/html") and b"2 of 5 cells reviewed" in report
+    assert _post(base, "/session/start", {"target": "many"})[0] == 400
+    code, started = _post(base, "/session/start", {"target": 200})
+    assert code == 200 and started["target"] == 200 and started["id"] != stopped["id"]
+    code, reset = _post(base, "/session/reset")
+    assert code == 200 and reset["id"] != started["id"] and reset["state"] == "open"
+    assert _post(base, "/session/nope")[0] == 404
+    assert _call(base + "/session/stop")[0] == 404  # GET does not change anything
+
+
+def test_token_rules(served):
+    start, sessions = served
+    base = start(token="s3cret-token")
+    assert _call(base + "/session")[0] == 200  # reading needs no token
+    assert _post(base, "/cells/1/label", {"label": "monocyte"})[0] == 403
+    assert _post(base, "/cells/1/label", {"label": "monocyte"}, Authorization="Bearer wrong")[0] == 403
+    assert sessions.summary()["reviewed"] == 0  # refused requests changed nothing
+    code, cell = _post(base, "/cells/1/label", {"label": "monocyte"}, Authorization="Bearer s3cret-token")
+    assert code == 200 and cell["reviewed"] == "monocyte"
+
+
+def test_cross_site_posts_are_refused(served):
+    start, sessions = served
+    base = start()  # loopback, no token: the browser of this machine may change state, other sites may not
+    code, reply = _post(base, "/session/stop", Origin="http://evil.example")
+    assert code == 403 and "cross-site" in reply["error"] and sessions.current.is_open
+    assert _post(base, "/session/stop", Origin=base)[0] == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_path):
+    """celledge watch --sessions --http 0.0.0.0:PORT: the token is printed once and required for changes."""
+    port = _free_port()
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "watch", str(synth_dir / "fields"), "--mode", "field", "--model",
+                          str(tiny_run["tflite"]), "--sessions", str(tmp_path / "sessions"), "--http",
+                          f"0.0.0.0:{port}", "--fps", "0.3"],  # 3 fields: about 10 s to test in
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "SCOPELITE_HTTP_TOKEN": ""})
+    base = f"http://127.0.0.1:{port}"
+    token, lines = None, []
+    deadline = time.monotonic() + 60
+    while token is None and time.monotonic() < deadline:
+        line = p.stderr.readline()
+        lines.append(line)
+        if line.startswith("HTTP token"):
+            token = line.split(":", 1)[1].split()[0]
+    try:
+        assert token and len(token) >= 16, "".join(lines)
+        assert _post(base, "/session/stop")[0] == 403  # not even from this machine without it
+        assert _post(base, "/session/stop", Authorization=f"Bearer {token}")[0] == 200
+        session = json.loads(_call(base + "/session")[1])
+        assert session["state"] == "closed" and session["reason"] == "stopped"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)

@@ -1,0 +1,86 @@
+"""``celltrain import``: the weights ``celltrain fit --backend keras3`` wrote -> an ordinary run folder.
+
+The network is rebuilt in tf-keras from ``network.py`` and the weights set by name; the
+held-out metrics are measured on the run's test split (read from the data here, where it
+never left), and the trainer's own validation predictions are compared with this model's:
+same weights, same answers, recorded in the sidecar. The result is model.keras + model.json,
+split.json and config.json, which ``celltrain evaluate``, ``cellcompress`` and ``celledge`` take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from scopelite.edge.bundle import atomic_path, write_json_atomic, write_sidecar
+from scopelite.edge.errors import UserError
+
+from . import data as data_lib
+from . import fit as fit_lib
+from . import model as model_lib
+from .config import FitConfig
+from .keras3 import HISTORY, VAL_PROBS, load_weight_chunks
+from .network import weight_name
+from .run import predict
+
+TAGS = ("final", "raw")  # final: the EMA weights when trained with --ema (else the last epoch's); raw: no EMA
+
+
+def import_weights(weights: str, split_file: str, data: str, out: str, tag: str = "final") -> dict:
+    """Make the run folder ``out`` from the weights folder ``weights`` (tag ``final`` or ``raw``).
+
+    Returns:
+        Val and test accuracy, test macro-F1, the agreement with the trainer, and the model's path.
+    """
+    src, out_p = Path(weights), Path(out)
+    if (out_p / "model.keras").exists():
+        raise UserError(f"{out} already holds a model; give a new --out")
+    try:
+        hist = json.loads((src / HISTORY).read_text())
+        trained = FitConfig.from_json(hist["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{src} has no {HISTORY} from celltrain fit --backend keras3; give the folder its --out "
+                        "named") from None
+    ws = load_weight_chunks(src, tag)
+    try:
+        saved = json.loads(Path(split_file).read_text())
+        n_classes = len(saved["class_names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{split_file} is not a run's split.json") from None
+    cfg = dataclasses.replace(trained, out=str(out_p), data=data, seed=int(saved.get("seed", 0)),
+                              train_seed=trained.training_seed)
+    model = model_lib.build(cfg.arch, cfg.image_size, n_classes, weights="none", dropout=cfg.dropout)
+    names = [weight_name(w) for w in model.weights]
+    missing = [n for n in names if n not in ws]
+    if missing or len(ws) != len(names):
+        raise UserError(f"the weights do not fit {cfg.arch} with {n_classes} classes: {len(missing)} missing "
+                        f"(first: {missing[:1]}), {len(ws)} given for {len(names)}")
+    model.set_weights([ws[n] for n in names])
+    data_lib.check_source(data)
+    ds = data_lib.load(data, cfg.image_size, seed=cfg.seed, progress=True)
+    split = data_lib.load_split(split_file, ds)
+    va, te = ds.subset(split["val"]), ds.subset(split["test"])
+    metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names),
+               "train_seconds": hist.get("result", {}).get("train_seconds")}
+    check = {}
+    if tag == "final" and (src / VAL_PROBS).is_file():
+        theirs = np.load(src / VAL_PROBS, allow_pickle=False)
+        ours = predict(model, va.images)
+        if theirs.shape == ours.shape:
+            check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
+                     "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
+    out_p.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(split_file, out_p / "split.json")
+    write_json_atomic(out_p / "config.json", cfg.to_json())
+    final = out_p / fit_lib.MODEL_FILE
+    with atomic_path(final) as tmp:
+        model.save(tmp)
+    result = hist.get("result", {})
+    write_sidecar(final, fit_lib.keras_sidecar(final, cfg, ds, metrics, {
+        "trained_with": {"trainer": "celltrain fit --backend keras3", "weights": tag,
+                         **{k: result.get(k) for k in ("backend", "keras", "epochs")}, **check}}))
+    return {"val_accuracy": metrics["val"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
+            "test_macro_f1": metrics["test"]["macro_f1"], **check, "out": str(final)}

@@ -1,0 +1,77 @@
+"""A run's train and val images in one .npz, for training on a machine that holds no data.
+
+``celltrain pack`` writes it here; ``celltrain fit --backend keras3 --data PACK.npz`` reads it
+on a GPU machine. The file bytes go in unchanged (no re-encoding), the test images never do,
+and there are no pickles in it. No TensorFlow here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from scopelite.edge.bundle import atomic_path
+from scopelite.edge.errors import UserError
+
+
+def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
+    """The JPEG/PNG bytes of the named splits' images of ``split_file`` (a run's split.json) in ``out``.
+
+    Returns:
+        Images per split and the bytes packed.
+    """
+    try:
+        saved = json.loads(Path(split_file).read_text())
+        names = saved["class_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{split_file} is not a run's split.json (celltrain fit writes one into its --out)") from None
+    root = Path(data)
+    blobs, labels, ids, which = [], [], [], []
+    for s in splits:
+        for rel in saved.get(s, []):
+            p = root / rel
+            if not p.is_file():
+                raise UserError(f"{p} (in {split_file}'s {s} split) does not exist; give the --data the run was "
+                                "trained on")
+            cls = rel.split("/")[0]
+            if cls not in names:
+                raise UserError(f"{rel}: folder {cls!r} is not one of the split's classes {names}")
+            blobs.append(np.frombuffer(p.read_bytes(), np.uint8))
+            labels.append(names.index(cls))
+            ids.append(rel)
+            which.append(s)
+    if not blobs:
+        raise UserError(f"{split_file} names no {' or '.join(splits)} images")
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a temporary name
+            np.savez(f, blob=np.concatenate(blobs), offsets=offsets, labels=np.array(labels, np.int64),
+                     ids=np.array(ids), split=np.array(which), class_names=np.array(names))
+    return {s: which.count(s) for s in splits} | {"bytes": int(offsets[-1])}
+
+
+def unpack(path: str, image_size: int):
+    """The packed images decoded to RGB at ``image_size`` (area-resized when they differ).
+
+    Returns:
+        images (n, size, size, 3) uint8, labels, ids, split names per image, class names.
+    """
+    import cv2  # noqa: PLC0415
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            blob, offsets, labels = z["blob"], z["offsets"], z["labels"]
+            ids, split, names = z["ids"].tolist(), z["split"], z["class_names"].tolist()
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{path} is not a pack (make one with celltrain pack DATA SPLIT OUT.npz)") from None
+    images = np.empty((len(labels), image_size, image_size, 3), np.uint8)
+    for i in range(len(labels)):
+        img = cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"{path}: image {ids[i]} cannot be decoded; pack it again")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if img.shape[:2] != (image_size, image_size):
+            img = cv2.resize(img, (image_size, image_size), interpolation=cv2.INTER_AREA)
+        images[i] = img
+    return images, labels, ids, split, names
