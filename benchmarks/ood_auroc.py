@@ -20,10 +20,8 @@ import cv2
 import numpy as np
 
 from scopelite.edge import field as field_lib
-from scopelite.edge import ood
-from scopelite.edge.scale import estimate_rbc_diameter
-from scopelite.edge.sources import list_images, read_image_rgb
-from scopelite.edge.stain import stain_layers
+from scopelite.edge import fieldset, ood
+from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
 from scopelite.train.data import load_folders
 
@@ -35,17 +33,10 @@ def auroc(neg: list, pos: list) -> float:
 
 
 def field_crops(folder: Path, model_rbc_px: float, size: int) -> list[np.ndarray]:
+    """Each field's main white cell at the model's scale, each field's own scale (no smoothing)."""
     cfg = field_lib.FieldConfig(model_rbc_px=model_rbc_px, input_px=size)
-    out = []
-    for path in list_images([folder]):
-        img = read_image_rgb(path)
-        layers = stain_layers(img)
-        rbc = estimate_rbc_diameter(img, layers).diameter_px or field_lib.FALLBACK_RBC_PX
-        white = [d for d in field_lib.detect(img, rbc, layers, cfg) if d.kind == "white"]
-        if white:
-            crop = np.ascontiguousarray(field_lib.crop(img, white[0], cfg.crop_for(rbc)))
-            out.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
-    return out
+    crops = (fieldset.main_cell_crop(img, cfg) for img in fieldset.read_fields(list_images([folder])))
+    return [c for c in crops if c is not None]
 
 
 def main() -> None:

@@ -37,28 +37,23 @@ def clf(request, data_root):
 
 
 def _field_mode(folder: Path, clf, cfg, pick: str) -> tuple[list[dict], list[np.ndarray]]:
-    """Field mode over ``folder/<class>/*.jpg`` as the daemon runs it; which detection is the field's cell:
-    ``centre`` (PBC: fields are centred on it) or ``largest`` (the largest white-cell-sized detection)."""
+    """Field mode over ``folder/<class>/*.jpg`` as the daemon runs it (``scopelite.edge.fieldset``); which
+    detection is the field's cell: ``centre`` (PBC: fields are centred on it) or ``largest`` (the largest
+    white-cell-sized detection)."""
+    from scopelite.edge import fieldset
     from scopelite.edge.sources import list_images, read_image_rgb
-    from scopelite.edge.watch import FieldScale, classify_field
 
     rows, tiles = [], []
-    scaler = FieldScale(cfg)  # one microscope: as in `celledge watch FOLDER`, the scale is smoothed over frames
-    for path in list_images([folder]):
-        truth = path.parent.name
-        img = read_image_rgb(path)
-        h, w = img.shape[:2]
-        cells, scale = classify_field(img, clf, cfg, min_score=0.0, scale=scaler)
-        if pick == "centre":
-            main = min(cells, key=lambda c: np.hypot(c["center"][0] - w / 2, c["center"][1] - h / 2)) if cells else None
-        else:
-            white = [c for c in cells if c["kind"] == "white"]
-            main = (white or cells or [None])[0]
+    paths = list_images([folder])
+    for path, res in zip(paths, fieldset.classify_fields(fieldset.read_fields(paths), clf, cfg, pick)):
+        truth, cells, main = fieldset.truth(path), res.cells, res.main
         rows.append({"file": f"{truth}/{path.name}", "truth": truth, "cells": len(cells),
-                     "white_cells": sum(c["kind"] == "white" for c in cells), "crop": scale["crop"],
-                     "rbc_px": scale["rbc_px"], "label": main["best"] if main else None,
+                     "white_cells": sum(c["kind"] == "white" for c in cells), "crop": res.scale["crop"],
+                     "rbc_px": res.scale["rbc_px"], "label": res.label,
                      "score": main["score"] if main else None})
         if sum(r["truth"] == truth for r in rows) <= 2:
+            img = read_image_rgb(path)
+            h, w = img.shape[:2]
             vis = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
             for c in cells:
                 x0, y0, x1, y1 = c["box"]
@@ -97,16 +92,13 @@ def _write(name: str, payload: dict, tiles: list[np.ndarray]) -> None:
 @pytest.mark.data
 def test_field_mode_on_real_fields(data_root, clf, record, request):
     """PBC's own fields with default options (crop size measured from red cells) and at the hand-set 360."""
-    from scopelite.edge import field as field_lib
+    from scopelite.edge.fieldset import default_config
 
     folder = data_root / "pbc-fields"
     if not folder.is_dir():
         pytest.skip(f"no {folder}")
-    spec = clf.input_spec
-    auto = field_lib.FieldConfig(model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, input_px=spec.height)
-    rows, tiles = _field_mode(folder, clf, auto, "centre")
-    fixed_rows, _ = _field_mode(folder, clf, field_lib.FieldConfig(crop_size=360, model_rbc_px=auto.model_rbc_px,
-                                                                   input_px=spec.height), "centre")
+    rows, tiles = _field_mode(folder, clf, default_config(clf), "centre")
+    fixed_rows, _ = _field_mode(folder, clf, default_config(clf, crop_size=360), "centre")
     res = {"default_options": _summary(rows), "crop_size_360": _summary(fixed_rows)}
     _write("pbc-fields-field-mode", {
         "command": "pytest benchmarks/test_accuracy.py --accuracy -k real_fields",
@@ -125,14 +117,12 @@ def test_field_mode_on_real_fields(data_root, clf, record, request):
 @pytest.mark.data
 def test_field_mode_on_another_lab(data_root, clf, record, request):
     """DeepBioNet's labelled fields (another lab, microscope, camera and stain), zero-shot, default options."""
-    from scopelite.edge import field as field_lib
+    from scopelite.edge.fieldset import default_config
 
     folder = data_root / "other-labs" / "deepbionet" / "fields"
     if not folder.is_dir():
         pytest.skip(f"no {folder}")
-    spec = clf.input_spec
-    cfg = field_lib.FieldConfig(model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, input_px=spec.height)
-    rows, tiles = _field_mode(folder, clf, cfg, "largest")
+    rows, tiles = _field_mode(folder, clf, default_config(clf), "largest")
     res = _summary(rows)
     res["white_cells_per_field"] = float(np.mean([r["white_cells"] for r in rows]))
     _write("deepbionet-fields-field-mode", {

@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scopelite.edge import field as field_lib
+from scopelite.edge import fieldset
 from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
 from scopelite.edge.errors import UserError
 from scopelite.edge.scale import estimate_rbc_diameter
 from scopelite.edge.sources import SourceError, list_images, read_image_rgb
-from scopelite.edge.watch import FieldScale, classify_field
 from scopelite.train.native_corruptions import (CROP_COUNTERPART, NATIVE_CORRUPTIONS, SEVERITIES, corrupt_native,
                                                 px_per_um)
 
@@ -120,26 +120,12 @@ def _classifier(path: Path, tta: int):
     return clf
 
 
-def default_field_config(clf) -> field_lib.FieldConfig:
-    """What ``celledge watch --mode field`` uses with default options: crop size from each frame's red
-    cells, the model's training scale from its sidecar."""
-    spec = clf.input_spec
-    return field_lib.FieldConfig(input_px=spec.height, model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX)
-
-
 def classify_folder(images: Sequence[np.ndarray], clf, cfg: field_lib.FieldConfig) -> list[dict]:
-    """Field mode over a folder of separate fields: one ``FieldScale`` for all (smoothed as the daemon does);
-    per field the class of the detection nearest its centre (None: nothing found), how many cells were
-    found, and the red-cell diameter and crop side used."""
-    scaler = FieldScale(cfg)
-    rows = []
-    for img in images:
-        cells, scale = classify_field(img, clf, cfg, min_score=0.0, scale=scaler)
-        h, w = img.shape[:2]
-        main = min(cells, key=lambda c: np.hypot(c["center"][0] - w / 2, c["center"][1] - h / 2)) if cells else None
-        rows.append({"label": main["best"] if main else None, "cells": len(cells), "rbc_px": scale["rbc_px"],
-                     "crop": scale["crop"]})
-    return rows
+    """Field mode over a folder of separate fields (``fieldset.classify_fields``: one ``FieldScale`` for all,
+    smoothed as the daemon does); per field the class of the detection nearest its centre (None: nothing
+    found), how many cells were found, and the red-cell diameter and crop side used."""
+    return [{"label": r.label, "cells": len(r.cells), "rbc_px": r.scale["rbc_px"], "crop": r.scale["crop"]}
+            for r in fieldset.classify_fields(images, clf, cfg, pick="centre")]
 
 
 def bench_native(models: Sequence[str | Path], fields: str | Path | Fields, out: str | Path | None,
@@ -181,7 +167,7 @@ def bench_native(models: Sequence[str | Path], fields: str | Path | Fields, out:
 
     def score(key: str, images: list[np.ndarray]) -> None:
         for j, n in enumerate(names):
-            rows = classify_folder(images, clfs[n], default_field_config(clfs[n]))
+            rows = classify_folder(images, clfs[n], fieldset.default_config(clfs[n]))
             acc[n][key] = float(np.mean(np.array([r["label"] for r in rows], dtype=object) == truth))
             if j == 0:
                 seen[key] = {"with_a_detection": round(float(np.mean([r["cells"] > 0 for r in rows])), 4),

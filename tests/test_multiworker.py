@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,24 +14,9 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 from scopelite.edge.errors import UserError
-from scopelite.train.multiworker import eval_batch_size, parse_tf_config
+from scopelite.train.multiworker import eval_batch_size, loopback_cluster, parse_tf_config, tf_config
 
 TINY = ["--arch", "tiny", "--image-size", "32", "--synthetic-per-class", "20", "--epochs", "1", "--quiet"]
-
-
-def _tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _celltrain(args: list[str], env: dict, **kw) -> subprocess.Popen:
@@ -58,9 +42,12 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[subprocess.Co
 
 
 def test_tf_config_parsing():
-    c = parse_tf_config(_tf_config([1111, 2222], 1))
+    c = parse_tf_config(tf_config(["127.0.0.1:1111", "127.0.0.1:2222"], 1))
     assert (c.num_workers, c.rank, c.is_chief, c.address) == (2, 1, False, "127.0.0.1:2222")
-    assert parse_tf_config(_tf_config([1111, 2222], 0)).is_chief
+    assert parse_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}').is_chief
+    cluster = loopback_cluster(3)
+    assert len(set(cluster)) == 3 and all(a.startswith("127.0.0.1:") for a in cluster)
+    assert json.loads(tf_config(cluster, 2)) == {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": 2}}
     chief = parse_tf_config(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
                                         "task": {"type": "worker", "index": 0}}))
     assert (chief.num_workers, chief.rank, chief.is_chief) == (2, 1, False)  # with a chief task, worker 0 is not it
@@ -102,10 +89,10 @@ def test_eval_batch_size_leaves_no_replica_empty():
 
 
 def test_a_worker_alone_gives_up_after_the_timeout(tmp_path):
-    ports = _free_ports(2)
+    cluster = loopback_cluster(2)
     t0 = time.monotonic()
     p = _celltrain(["fit", "--strategy", "multiworker", "--worker-timeout", "3", "--out", str(tmp_path / "run"),
-                    *TINY], {"TF_CONFIG": _tf_config(ports, 1)})
+                    *TINY], {"TF_CONFIG": tf_config(cluster, 1)})
     (r,) = _finish([p], timeout=180)
     assert "[test] killed" not in r.stderr, "the worker did not give up by itself"
     assert r.returncode != 0 and "Traceback" not in r.stderr
@@ -120,12 +107,12 @@ def test_two_workers_on_loopback_train_in_step(tmp_path):
     from scopelite.train._keras import keras
     from scopelite.train.multiworker import weights_sha256
 
-    ports = _free_ports(2)
+    cluster = loopback_cluster(2)
     chief_out, other_out = tmp_path / "run", tmp_path / "run-worker1"
     scratch = tmp_path / "tmp1"  # worker 1's TMPDIR: its temporary run folder must be gone afterwards
     scratch.mkdir()
     procs = [_celltrain(["fit", "--strategy", "multiworker", "--out", str(out), *TINY],
-                        {"TF_CONFIG": _tf_config(ports, i), **({"TMPDIR": str(scratch)} if i else {})})
+                        {"TF_CONFIG": tf_config(cluster, i), **({"TMPDIR": str(scratch)} if i else {})})
              for i, out in enumerate((chief_out, other_out))]
     chief, other = _finish(procs, timeout=500)
     assert chief.returncode == 0, chief.stderr[-3000:]
@@ -135,7 +122,7 @@ def test_two_workers_on_loopback_train_in_step(tmp_path):
     side = json.loads((chief_out / "model.json").read_text())["provenance"]["training"]
     assert side["config"]["strategy"] == "multiworker" and side["extra"]["replicas"] == 2
     mw = side["extra"]["multiworker"]
-    assert mw["workers"] == 2 and mw["cluster"] == [f"127.0.0.1:{p}" for p in ports]
+    assert mw["workers"] == 2 and mw["cluster"] == cluster
     n_train = len(json.loads((chief_out / "split.json").read_text())["train"])
     assert mw["steps"] == n_train // 32 and mw["global_batch_size"] == 32  # global batch; last partial one dropped
 

@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 
 from scopelite.edge import field as field_lib
+from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
-from scopelite.edge.sources import list_images, read_image_rgb
-from scopelite.edge.stain import stain_layers
+from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
-from scopelite.edge.watch import FieldScale, classify_field
+from scopelite.edge.watch import FieldScale
 
 COMMON = ["--head-epochs", "0", "--epochs", "15", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
@@ -52,33 +52,21 @@ def export_crops(fields: list[Path], out: Path, rbc_model: float, size: int) -> 
     cfg = field_lib.FieldConfig(model_rbc_px=rbc_model, input_px=size)
     scaler = FieldScale(cfg)  # the scale as the daemon smooths it, so these crops are what it classifies
     found: dict[str, list[Path]] = collections.defaultdict(list)
-    for p in fields:
-        img = read_image_rgb(p)
-        layers = stain_layers(img)
-        rbc, _ = scaler.measure(img, layers)
-        white = [d for d in field_lib.detect(img, rbc, layers, cfg) if d.kind == "white"]
-        if not white:
+    for p, img in zip(fields, fieldset.read_fields(fields)):
+        crop = fieldset.main_cell_crop(img, cfg, scaler)
+        if crop is None:
             continue
-        crop = cv2.resize(np.ascontiguousarray(field_lib.crop(img, white[0], cfg.crop_for(rbc))), (size, size),
-                          interpolation=cv2.INTER_AREA)
-        dest = out / p.parent.name / f"{p.stem}.png"
+        dest = out / fieldset.truth(p) / f"{p.stem}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        found[p.parent.name].append(dest)
+        found[fieldset.truth(p)].append(dest)
     return found
 
 
 def field_accuracy(model: Path, fields: list[Path]) -> dict:
     clf = LiteRTClassifier(model, num_threads=2)
-    spec = clf.input_spec
-    cfg = field_lib.FieldConfig(model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, input_px=spec.height)
-    scaler, hits = FieldScale(cfg), collections.defaultdict(list)
-    for p in fields:
-        cells, _ = classify_field(read_image_rgb(p), clf, cfg, 0.0, scale=scaler)
-        main = ([c for c in cells if c["kind"] == "white"] or cells or [None])[0]
-        hits[p.parent.name].append((main["best"] if main else None) == p.parent.name)
-    return {"accuracy": round(float(np.mean([h for v in hits.values() for h in v])), 4),
-            "per_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(hits.items())}}
+    s = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
+    return {"accuracy": round(s.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(s.per_class.items())}}
 
 
 def run(cmd: list[str], log: Path) -> float:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scopelite.train.multiworker import loopback_cluster, tf_config  # no TensorFlow: that loads in the workers
+
 LINE = re.compile(r"(\d+) steps of global batch (\d+) on (\d+) workers; final weights sha256 ([0-9a-f]{64})")
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _celltrain() -> str:
@@ -44,12 +35,10 @@ def _celltrain() -> str:
 
 
 def run_workers(n: int, out: Path, fit_args: list[str], timeout: float) -> dict:
-    ports = _ports(n)
-    cluster = [f"127.0.0.1:{p}" for p in ports]
+    cluster = loopback_cluster(n)
     procs, t0 = [], time.monotonic()
     for i in range(n):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": cluster},
-                                                      "task": {"type": "worker", "index": i}})}
+        env = {**os.environ, "TF_CONFIG": tf_config(cluster, i)}
         cmd = [_celltrain(), "fit", "--strategy", "multiworker", "--out", str(out), "--quiet", *fit_args]
         procs.append((cmd, time.monotonic(), subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                                               stderr=subprocess.PIPE, text=True)))

@@ -22,36 +22,28 @@ import numpy as np
 
 
 def diagnose(fields: str, model: str | None, severity: int, corruptions: list[str] | None, seed: int = 0) -> dict:
-    from scopelite.compress.native import default_field_config, load_fields
-    from scopelite.edge import field as field_lib
+    from scopelite.compress.native import load_fields
     from scopelite.edge.classifier import make_classifier
+    from scopelite.edge.fieldset import classify_fields, default_config
     from scopelite.edge.packaged import default_model
-    from scopelite.edge.watch import FieldScale, classify_field
     from scopelite.train.native_corruptions import NATIVE_CORRUPTIONS, corrupt_native, px_per_um
 
     clf = make_classifier(model or default_model(), num_threads=2)
-    cfg = default_field_config(clf)
+    cfg = default_config(clf)
     fs = load_fields(fields, clf.labels, 0, seed)
     ppu = px_per_um(fs.rbc_px)
-    fixed = field_lib.FieldConfig(crop_size=cfg.crop_for(fs.rbc_px), model_rbc_px=cfg.model_rbc_px,
-                                  input_px=cfg.input_px)
+    fixed = default_config(clf, crop_size=cfg.crop_for(fs.rbc_px))
     out = {}
     for c in corruptions or list(NATIVE_CORRUPTIONS):
         images = [corrupt_native(im, c, severity, ppu, seed + i) for i, im in enumerate(fs.images)]
-        auto, known = FieldScale(cfg), FieldScale(fixed)
         n = {"fields": len(images), "right": 0, "right_at_clean_scale": 0, "wrong_both_ways": 0,
              "wrong_only_with_the_ruler": 0, "picked_off_centre": 0, "rbc_px": []}
-        for img, truth in zip(images, fs.truth):
+        # the same fields twice, side by side: with the ruler (auto) and at the clean folder's scale (known)
+        both = zip(classify_fields(images, clf, cfg, "centre"), classify_fields(images, clf, fixed, "centre"))
+        for img, truth, (auto, known) in zip(images, fs.truth, both):
             h, w = img.shape[:2]
-            res = []
-            for scaler, conf in ((auto, cfg), (known, fixed)):
-                cells, info = classify_field(img, clf, conf, 0.0, scaler)
-                main = min(cells, key=lambda q: np.hypot(q["center"][0] - w / 2, q["center"][1] - h / 2)) \
-                    if cells else None
-                res.append((main, info))
-            (m_auto, info), (m_known, _) = res
-            ok_auto = bool(m_auto and m_auto["best"] == truth)
-            ok_known = bool(m_known and m_known["best"] == truth)
+            m_auto, info = auto.main, auto.scale
+            ok_auto, ok_known = auto.label == truth, known.label == truth
             n["right"] += ok_auto
             n["right_at_clean_scale"] += ok_known
             n["wrong_both_ways"] += not ok_auto and not ok_known

@@ -13,7 +13,6 @@ ship a colour map.
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import json
 from pathlib import Path
@@ -21,13 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scopelite.edge import field as field_lib
+from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images, read_image_rgb
 from scopelite.edge.stain import stain_layers
 from scopelite.edge.sysinfo import machine
-from scopelite.edge.watch import FieldScale, classify_field
 
 
 def stats(img):
@@ -72,7 +70,7 @@ def main() -> None:
     a = ap.parse_args()
     data = Path(a.data)
     clf = LiteRTClassifier(default_model(), num_threads=2)
-    cfg = field_lib.FieldConfig(model_rbc_px=clf.input_spec.rbc_px, input_px=clf.input_spec.height)
+    cfg = fieldset.default_config(clf)
     ref = site_stats([read_image_rgb(p) for p in list_images([data / "pbc-fields"])[::4]])
     files = list_images([data / "other-labs" / "deepbionet" / "fields"])
     number = lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0)  # noqa: E731
@@ -81,14 +79,8 @@ def main() -> None:
     site = site_stats([read_image_rgb(p) for p in adapt[::3]])
     out = {}
     for mode in ("none", "diag", "full"):
-        fn, scaler = make_map(site, ref, mode), FieldScale(cfg)
-        hits = collections.defaultdict(list)
-        for p in report:
-            cells, _ = classify_field(fn(read_image_rgb(p)), clf, cfg, 0.0, scale=scaler)
-            main_cell = ([c for c in cells if c["kind"] == "white"] or cells or [None])[0]
-            hits[p.parent.name].append((main_cell["best"] if main_cell else None) == p.parent.name)
-        out[mode] = {"accuracy": round(float(np.mean([h for v in hits.values() for h in v])), 4),
-                     "per_class": {k: round(float(np.mean(v)), 4) for k, v in hits.items()}}
+        s = fieldset.score_fields(clf, report, cfg, transform=make_map(site, ref, mode))
+        out[mode] = {"accuracy": round(s.accuracy, 4), "per_class": {k: round(v, 4) for k, v in s.per_class.items()}}
         print(mode, out[mode])
     Path(a.out).write_text(json.dumps({
         "command": "python tools/site_colour_probe.py --data ../shared/data", "machine": machine(),

@@ -18,11 +18,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from scopelite.edge.errors import UserError
 
@@ -116,6 +117,25 @@ def parse_tf_config(text: str | None) -> Cluster:
 
 def from_env() -> Cluster:
     return parse_tf_config(os.environ.get(ENV))
+
+
+def tf_config(workers: Sequence[str], index: int) -> str:
+    """TF_CONFIG's text for worker ``index`` of a cluster of ``workers`` ("host:port"; no chief task,
+    so worker 0 is the chief)."""
+    return json.dumps({"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}})
+
+
+def loopback_cluster(n: int) -> list[str]:
+    """``n`` "127.0.0.1:port" addresses with ports free right now: a cluster of workers on this machine
+    (tests, tools/multiworker_loopback.py). Another process may still take a port before a worker binds it."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))  # all bound at once: n different ports
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 # A separate process, because TensorFlow holds the GIL while it waits for the cluster (no Python

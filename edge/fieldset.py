@@ -1,0 +1,155 @@
+"""Labelled whole fields: field mode over ``FOLDER/<class>/*.jpg``, scored against the folders.
+
+Each field shows one white cell of its folder's class (PBC centres its fields on it; another lab's
+may hold it anywhere), with red cells and platelets around it: the field's *main cell*. Benchmarks,
+probes and ``cellcompress bench --protocol native`` run field mode over such a folder as
+``celledge watch FOLDER --mode field`` does (one ``FieldScale`` for the folder: one microscope, the
+scale smoothed over its fields) and score the main cell's class against the folder's name, or crop
+the main cell as field mode crops it. Pure apart from reading images; nothing in the daemon imports
+this module.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from . import field as field_lib
+from .classifier import Classifier
+from .config import WatchConfig
+from .scale import estimate_rbc_diameter
+from .sources import read_image_rgb
+from .stain import stain_layers
+from .watch import FieldScale, classify_field, field_config
+
+PICKS = ("largest", "centre")  # which detection is the field's own cell (main_cell)
+
+
+def default_config(classifier: Classifier, crop_size: int | None = None) -> field_lib.FieldConfig:
+    """Field mode's settings for ``classifier`` as ``celledge watch --mode field`` has them with default
+    options (crop size from each frame's red cells; ``crop_size``: ``--crop-size``), the model's scale
+    from its sidecar."""
+    return field_config(WatchConfig(crop_size=crop_size), classifier)
+
+
+def main_cell(cells: Sequence[dict], shape: tuple[int, ...], pick: str = "largest") -> dict | None:
+    """The field's own cell among ``classify_field``'s cells; None when nothing was found.
+
+    Args:
+        cells: ``classify_field``'s cells (largest detection first).
+        shape: the field's ``image.shape`` (``centre`` measures from its middle).
+        pick: ``largest``: the largest white-cell-sized detection, else the largest of any kind (a
+            field that holds one white cell anywhere); ``centre``: the detection nearest the middle
+            of the field (fields centred on their cell, as PBC's are).
+    """
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {', '.join(PICKS)}, not {pick!r}")
+    if not cells:
+        return None
+    if pick == "largest":
+        return next((c for c in cells if c["kind"] == "white"), cells[0])
+    h, w = shape[:2]
+    return min(cells, key=lambda c: np.hypot(c["center"][0] - w / 2, c["center"][1] - h / 2))
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    """Field mode on one field: ``classify_field``'s cells and scale, and the main cell among them."""
+
+    cells: list[dict]
+    scale: dict
+    main: dict | None
+
+    @property
+    def label(self) -> str | None:
+        """The main cell's best class (None: nothing found)."""
+        return None if self.main is None else self.main["best"]
+
+
+def classify_fields(images: Iterable[np.ndarray], classifier: Classifier, cfg: field_lib.FieldConfig,
+                    pick: str = "largest") -> Iterator[FieldResult]:
+    """Field mode over separate fields of one microscope, one field at a time, as ``celledge watch
+    FOLDER --mode field`` runs it: one ``FieldScale`` for all (the scale smoothed over the fields),
+    every detection classified with its best class (``min_score`` 0), the main cell picked by ``pick``."""
+    scaler = FieldScale(cfg)
+    for img in images:
+        cells, scale = classify_field(img, classifier, cfg, 0.0, scale=scaler)
+        yield FieldResult(cells, scale, main_cell(cells, img.shape, pick))
+
+
+def truth(path: str | Path) -> str:
+    """A labelled field's class: the name of its folder."""
+    return Path(path).parent.name
+
+
+def read_fields(paths: Iterable[str | Path],
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """The fields as RGB uint8, read one at a time (each through ``transform`` when given)."""
+    for p in paths:
+        img = read_image_rgb(p)
+        yield img if transform is None else transform(img)
+
+
+@dataclass
+class Scores:
+    """Per true class, in the order first met: whether each field's main cell had that class; and
+    how often each (true class, label) pair came (label None: nothing found)."""
+
+    hits: dict[str, list[bool]] = field(default_factory=dict)
+    confusion: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, true_class: str, label: str | None) -> None:
+        self.hits.setdefault(true_class, []).append(label == true_class)
+        self.confusion[(true_class, label)] += 1
+
+    @property
+    def fields(self) -> int:
+        return sum(len(v) for v in self.hits.values())
+
+    @property
+    def accuracy(self) -> float:
+        """Share of all fields whose main cell had the folder's class."""
+        return float(np.mean([h for v in self.hits.values() for h in v]))
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        """Accuracy per true class (a class's fields only)."""
+        return {k: float(np.mean(v)) for k, v in self.hits.items()}
+
+
+def score_fields(classifier: Classifier, paths: Sequence[str | Path], cfg: field_lib.FieldConfig,
+                 pick: str = "largest", transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Scores:
+    """Field mode over labelled fields (``<class>/<file>``, in the order given; see ``classify_fields``),
+    each field's main cell scored against its folder's class."""
+    scores = Scores()
+    for p, res in zip(paths, classify_fields(read_fields(paths, transform), classifier, cfg, pick)):
+        scores.add(truth(p), res.label)
+    return scores
+
+
+def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldScale | None = None
+                   ) -> np.ndarray | None:
+    """The field's largest white-cell-sized detection cropped as field mode crops it (the square that
+    shows red cells at the model's scale) and resized to ``cfg.input_px`` (area interpolation); None
+    when the field has no white-cell-sized detection.
+
+    The red-cell diameter is ``scale``'s (smoothed over the fields it has measured, as field mode
+    smooths it) or, without one, this field's own (``field.FALLBACK_RBC_PX`` when it has too few red
+    cells). Frames over ``field.SEARCH_SIDE`` are searched at half size, as field mode does.
+    """
+    view, factor = field_lib.shrink_for_search(image)
+    layers = stain_layers(view)
+    if scale is not None:
+        rbc, _ = scale.measure(view, layers, factor)
+    else:
+        measured = estimate_rbc_diameter(view, layers).diameter_px
+        rbc = field_lib.FALLBACK_RBC_PX if measured is None else measured * factor
+    white = [d for d in field_lib.detect(view, rbc / factor, layers, cfg) if d.kind == "white"]
+    if not white:
+        return None
+    crop = np.ascontiguousarray(field_lib.crop(image, field_lib.scaled(white[0], factor), cfg.crop_for(rbc)))
+    return cv2.resize(crop, (cfg.input_px, cfg.input_px), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,170 @@
+"""Labelled whole fields (edge/fieldset.py): the main cell, scoring a folder against its classes, the main cell's crop."""
+import ast
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from scopelite.edge import field as field_lib
+from scopelite.edge import fieldset
+from scopelite.edge.bundle import InputSpec
+from scopelite.edge.scale import estimate_rbc_diameter
+from scopelite.edge.watch import FieldScale
+from scopelite.train.synth import CLASS_NAMES, make_field, render_scene
+
+NEUTROPHIL, PLATELET = CLASS_NAMES.index("neutrophil"), CLASS_NAMES.index("platelet")
+H, W = 300, 400  # generated fields: red cells ~25 px across at scale 1
+
+
+class ByPosition:
+    """A stand-in model: the i-th crop of a batch (detections come largest first) gets class i."""
+
+    labels = tuple(CLASS_NAMES)
+    input_spec = InputSpec(32, 32, rbc_px=6.0)
+
+    def classify(self, batch):
+        return np.eye(len(self.labels))[np.arange(len(batch)) % len(self.labels)]
+
+
+def _field(seed: int, white: tuple[float, float], platelet: tuple[float, float]) -> np.ndarray:
+    """A neutrophil and a platelet among red cells (the white cell is the larger detection)."""
+    return render_scene(H, W, [(NEUTROPHIL, *white), (PLATELET, *platelet)], 1.0, np.random.default_rng(seed), 80)
+
+
+def _cell(x, y, kind="white", best="neutrophil"):
+    return {"center": [x, y], "kind": kind, "best": best}
+
+
+def test_main_cell_largest_white_or_nearest_the_centre():
+    small, big_white, white = _cell(200, 150, "small"), _cell(10, 10), _cell(300, 20)
+    cells = [small, big_white, white]  # classify_field's order: largest detection first
+    assert fieldset.main_cell(cells, (H, W, 3)) is big_white
+    assert fieldset.main_cell([small, _cell(1, 1, "small")], (H, W, 3)) is small  # no white cell: the largest
+    assert fieldset.main_cell(cells, (H, W, 3), "centre") is small
+    # x runs along the width: in a tall field the cell at (20, 300) is the central one, not (300, 20)
+    tall = [_cell(300, 20), _cell(20, 300)]
+    assert fieldset.main_cell(tall, (600, 40, 3), "centre") is tall[1]
+    assert fieldset.main_cell(tall, (40, 600, 3), "centre") is tall[0]
+    assert fieldset.main_cell([], (H, W, 3)) is None and fieldset.main_cell([], (H, W, 3), "centre") is None
+    with pytest.raises(ValueError, match="largest, centre"):
+        fieldset.main_cell(cells, (H, W, 3), "middle")
+
+
+def test_scores_per_class_overall_and_confusions():
+    s = fieldset.Scores()
+    for truth, label in [("lymphocyte", "lymphocyte"), ("lymphocyte", "monocyte"), ("eosinophil", None),
+                         ("lymphocyte", "lymphocyte"), ("eosinophil", "eosinophil")]:
+        s.add(truth, label)
+    assert s.fields == 5 and s.accuracy == pytest.approx(3 / 5)  # per field, not the mean of the classes
+    assert s.per_class == {"lymphocyte": pytest.approx(2 / 3), "eosinophil": 0.5}
+    assert list(s.per_class) == ["lymphocyte", "eosinophil"]  # in the order first met
+    assert s.confusion == {("lymphocyte", "lymphocyte"): 2, ("lymphocyte", "monocyte"): 1, ("eosinophil", None): 1,
+                           ("eosinophil", "eosinophil"): 1}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> list[Path]:
+    """class folders of generated fields: basophil/ and eosinophil/ hold a white cell near a corner and a
+    platelet in the middle; monocyte/ a field with nothing stained in it (seed 1: no false detection)."""
+    root = tmp_path_factory.mktemp("fields")
+    fields = {"basophil/a.png": _field(1, (80, 70), (W / 2, H / 2)),
+              "eosinophil/b.png": _field(2, (320, 230), (W / 2 + 4, H / 2 - 3)),
+              "monocyte/c.png": render_scene(H, W, [], 1.0, np.random.default_rng(1), 30)}  # red cells only
+    paths = []
+    for name, img in fields.items():
+        (root / name).parent.mkdir()
+        cv2.imwrite(str(root / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        paths.append(root / name)
+    return paths
+
+
+def test_score_fields_scores_the_main_cell_against_the_folder(labelled):
+    clf = ByPosition()
+    cfg = fieldset.default_config(clf)
+    assert (cfg.model_rbc_px, cfg.input_px, cfg.crop_size) == (6.0, 32, None)  # from the sidecar, as watch has it
+    largest = fieldset.score_fields(clf, labelled, cfg)  # the white cell, the largest detection: class 0
+    assert largest.hits == {"basophil": [True], "eosinophil": [False], "monocyte": [False]}
+    assert largest.confusion == {("basophil", "basophil"): 1, ("eosinophil", "basophil"): 1, ("monocyte", None): 1}
+    centre = fieldset.score_fields(clf, labelled, cfg, pick="centre")  # the platelet, the second detection: class 1
+    assert centre.hits == {"basophil": [False], "eosinophil": [True], "monocyte": [False]}
+    assert centre.accuracy == pytest.approx(1 / 3)
+    blank = fieldset.score_fields(clf, labelled, cfg, transform=lambda img: np.full_like(img, 235))
+    assert blank.accuracy == 0 and set(blank.confusion) == {(c, None) for c in ("basophil", "eosinophil", "monocyte")}
+
+
+def test_classify_fields_smooths_one_scale_over_the_folder(labelled):
+    clf = ByPosition()
+    cfg = fieldset.default_config(clf)
+    imgs = list(fieldset.read_fields(labelled[:2])) + [np.full((H, W, 3), 235, np.uint8)]
+    res = list(fieldset.classify_fields(imgs, clf, cfg))
+    assert [r.label for r in res] == ["basophil", "basophil", None]
+    assert all(len(r.cells) == 2 for r in res[:2]) and res[2].cells == [] and res[2].main is None
+    assert res[0].scale["source"] == "red cells" and 18 < res[0].scale["rbc_px"] < 35
+    # the empty field has no red cells: it keeps the folder's scale, not the fallback a lone frame would get
+    assert res[2].scale["source"] == "red cells" and res[2].scale["rbc_px"] == res[1].scale["rbc_px"]
+    assert res[0].scale["crop"] == cfg.crop_for(res[0].scale["rbc_px"])
+    fixed = list(fieldset.classify_fields(imgs[:1], clf, fieldset.default_config(clf, crop_size=100)))
+    assert fixed[0].scale["crop"] == 100 and fixed[0].scale["source"] == "crop-size"
+
+
+def _mad(a, b) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def _crop_at(img, x, y, side, size):
+    det = field_lib.Detection(float(x), float(y), (0, 0, 0, 0), 1)
+    return cv2.resize(np.ascontiguousarray(field_lib.crop(img, det, side)), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_main_cell_crop_is_the_white_cell_at_the_model_input_size():
+    img = _field(5, (90, 80), (200, 150))
+    cfg = field_lib.FieldConfig(crop_size=120, input_px=48)
+    crop = fieldset.main_cell_crop(img, cfg)
+    assert crop.shape == (48, 48, 3) and crop.dtype == np.uint8
+    assert _mad(crop, _crop_at(img, 90, 80, 120, 48)) < _mad(crop, _crop_at(img, 200, 150, 120, 48)) / 1.5
+    empty = render_scene(H, W, [], 1.0, np.random.default_rng(1), 30)
+    assert fieldset.main_cell_crop(empty, cfg) is None
+
+
+def test_main_cell_crop_at_the_fields_own_or_the_folders_scale():
+    img = _field(6, (250, 100), (100, 200))
+    cfg = field_lib.FieldConfig(model_rbc_px=12.0, input_px=32)  # auto: the crop side follows the red cells
+    rbc = estimate_rbc_diameter(img).diameter_px
+    near, far = cfg.crop_for(rbc), cfg.crop_for(1.5 * rbc)
+    scaler = FieldScale(cfg)  # one microscope: three fields at one magnification ...
+    for _ in range(3):
+        assert _mad(fieldset.main_cell_crop(img, cfg, scaler), fieldset.main_cell_crop(img, cfg)) == 0
+    assert len(scaler.smoother.values) == 3
+    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)  # ... then one at 1.5x
+    alone, held = fieldset.main_cell_crop(zoomed, cfg), fieldset.main_cell_crop(zoomed, cfg, scaler)
+    at = (field_lib.detect(zoomed)[0].x, field_lib.detect(zoomed)[0].y)  # the white cell, near (375, 150)
+    assert _mad(alone, _crop_at(zoomed, *at, far, 32)) < _mad(alone, _crop_at(zoomed, *at, near, 32)) / 1.5
+    assert _mad(held, _crop_at(zoomed, *at, near, 32)) < _mad(held, _crop_at(zoomed, *at, far, 32)) / 1.5
+
+
+def test_main_cell_crop_of_a_large_frame_is_searched_at_half_size_and_cut_at_full():
+    img, cells = make_field(np.random.default_rng(4), 1920, 1080, n_cells=3, scale=2.0)
+    (x, y), = [c["center"] for c in cells if c["label"] not in ("platelet",)]
+    cfg = field_lib.FieldConfig(model_rbc_px=24.0, input_px=96)
+    assert field_lib.shrink_for_search(img)[1] == 2
+    crop = fieldset.main_cell_crop(img, cfg)
+    side = cfg.crop_for(estimate_rbc_diameter(field_lib.shrink_for_search(img)[0]).diameter_px * 2)
+    assert abs(side / 192 - 1) < 0.2  # red cells ~48 px at full size, 24 px in the model's 96
+    assert _mad(crop, _crop_at(img, x, y, side, 96)) < _mad(crop, _crop_at(img, x / 2, y / 2, side, 96)) / 1.5
+
+
+def test_nothing_in_the_edge_package_imports_fieldset():
+    """fieldset sits above watch: the daemon's modules must not import it."""
+    edge = Path(fieldset.__file__).parent
+    for py in edge.glob("*.py"):
+        if py.name == "fieldset.py":
+            continue
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.split(".")[-1] == "fieldset" for n in names), py.name
