@@ -57,19 +57,21 @@ class Differential:
         self.counts: dict[str, int] = {name: 0 for name in self.labels}
         self.review: list[dict[str, Any]] = []  # the uncertain cells
 
-    def add(self, scores: np.ndarray, min_score: float | None = None, ref: Any = None) -> str:
+    def add(self, scores: np.ndarray, min_score: float | None = None, ref: Any = None, why: str | None = None) -> str:
         """Count one cell from its score vector (e.g. a track's mean); return its label or 'uncertain'.
 
         ``ref`` (a track id, a frame number: anything JSON-able) is kept with an uncertain
-        cell so that a person can find it for review.
+        cell so that a person can find it for review. ``why``: the cell is uncertain whatever its
+        score, for this reason (kept with it in the review list).
         """
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(self.labels):
             raise ValueError(f"{scores.shape[0]} scores for {len(self.labels)} labels")
         best = int(np.argmax(scores))
         threshold = self.min_score if min_score is None else min_score
-        if scores[best] < threshold:
-            self.review.append({"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)})
+        if why is not None or scores[best] < threshold:
+            entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
+            self.review.append(entry if why is None else {**entry, "why": why})
             return UNCERTAIN
         self.counts[self.labels[best]] += 1
         return self.labels[best]

@@ -35,6 +35,8 @@ When a cell is counted
   it appeared (0.6 s at 25 frames/s), its class resting on that many frames, not
   the first one. ``decide_frames=0`` waits for the track to close and averages
   every frame, at the cost of counting a cell only once it has left the view.
+  Each event also says in how many of those whole views the detection was
+  platelet-sized (``small``): the caller decides what such a track may be counted as.
 
 Panning back
   Counted cells are remembered at their slide position (``remember``, default on).
@@ -93,17 +95,19 @@ class TrackEvent:
     first_frame: int
     last_frame: int
     reason: str  # "steady" (seen decide_frames times), "lost" (its track closed) or "flush" (end of stream)
+    small_views: int = 0  # of the frames_seen whole views, those where the detection was platelet-sized
 
 
 class _Track:
     """A cell's observations: whole ones (position, scores, counting) and ones cut by the frame edge."""
 
-    __slots__ = ("id", "sum_xy", "n", "edge_xy", "n_edge", "score_sum", "first", "last", "frame_xy", "counted")
+    __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "first", "last", "frame_xy",
+                 "counted")
 
     def __init__(self, tid: int, n_classes: int, frame: int):
         self.id = tid
         self.sum_xy, self.edge_xy = np.zeros(2), np.zeros(2)
-        self.n = self.n_edge = 0
+        self.n = self.n_edge = self.n_small = 0
         self.score_sum = np.zeros(n_classes)
         self.first = self.last = frame
         self.frame_xy = np.zeros(2)
@@ -114,13 +118,15 @@ class _Track:
         """Mean slide position over the whole views; over the cut ones while there is none."""
         return self.sum_xy / self.n if self.n else self.edge_xy / self.n_edge
 
-    def see(self, xy: np.ndarray, frame_xy: np.ndarray, scores: np.ndarray, frame: int, cut: bool) -> None:
+    def see(self, xy: np.ndarray, frame_xy: np.ndarray, scores: np.ndarray, frame: int, cut: bool,
+            small: bool = False) -> None:
         if cut:  # centroid biased inward, crop half reflected: keeps the track alive, decides nothing
             self.edge_xy += xy
             self.n_edge += 1
         else:
             self.sum_xy += xy
             self.n += 1
+            self.n_small += small
             self.score_sum += scores
         self.last = frame
         self.frame_xy = frame_xy
@@ -128,7 +134,7 @@ class _Track:
     def event(self, reason: str) -> TrackEvent:
         (x, y), (fx, fy) = self.pos, self.frame_xy
         return TrackEvent(self.id, float(x), float(y), float(fx), float(fy), self.score_sum / max(self.n, 1), self.n,
-                          self.first, self.last, reason)
+                          self.first, self.last, reason, self.n_small)
 
 
 def _greedy_pairs(a: np.ndarray, b: np.ndarray, radius: float) -> list[tuple[int, int]]:
@@ -201,7 +207,7 @@ class Tracker:
         self.counted = 0
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
-               cut: Sequence[bool] | None = None) -> list[TrackEvent]:
+               cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None) -> list[TrackEvent]:
         """Add one frame's detections; return the cells counted this frame.
 
         Args:
@@ -215,6 +221,8 @@ class Tracker:
             cut: per detection, True where the frame edge cuts the cell (``cut_by_edge``): such a
                 view keeps its track alive but gives it no position, score or count while a whole
                 view exists. None: every view whole.
+            small: per detection, True where it is platelet-sized (``field.Detection.kind``); counted
+                per track over its whole views (``TrackEvent.small_views``). None: none is.
         """
         cfg = self.cfg
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -223,8 +231,9 @@ class Tracker:
         else:
             sc = np.asarray(scores, dtype=np.float64).reshape(len(pts), -1)
         cut_ = np.zeros(len(pts), bool) if cut is None else np.asarray(cut, bool).reshape(len(pts))
+        small_ = np.zeros(len(pts), bool) if small is None else np.asarray(small, bool).reshape(len(pts))
         keep = _drop_fragments(pts, cfg.px(cfg.fragment_radius))
-        pts, sc, cut_ = pts[keep], sc[keep], cut_[keep]
+        pts, sc, cut_, small_ = pts[keep], sc[keep], cut_[keep], small_[keep]
         gap = 1 if self._last_frame is None else max(frame_index - self._last_frame, 1)
         self._last_frame = frame_index
         previous = self.offset.copy()
@@ -251,10 +260,10 @@ class Tracker:
             more = _greedy_pairs(pos[free_t] + (predicted - self.offset), pts[free_d], cfg.px(cfg.recall_radius))
             pairs += [(free_t[i], free_d[j]) for i, j in more]
         for i, j in pairs:
-            tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]))
+            tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]))
         events = self._close_lost(frame_index)
         for j in sorted(set(range(len(pts))) - {j for _, j in pairs}):
-            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]))
+            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]))
         need = max(cfg.decide_frames, cfg.min_frames)
         for t in self._active:
             if not t.counted and cfg.decide_frames > 0 and t.n >= need:
@@ -297,7 +306,7 @@ class Tracker:
             self._memory.append(t)
             self._memory_xy = None
 
-    def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool) -> None:
+    def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool) -> None:
         xy = p + self.offset
         if self._memory:
             if self._memory_xy is None:
@@ -307,11 +316,11 @@ class Tracker:
             if d[k] < self.cfg.px(self.cfg.recall_radius):  # a counted cell back in view: not a new one
                 t = self._memory.pop(k)
                 self._memory_xy = None
-                t.see(xy, p, scores, frame_index, cut)
+                t.see(xy, p, scores, frame_index, cut, small)
                 self._active.append(t)
                 return
         t = _Track(self._next_id, len(scores), frame_index)
-        t.see(xy, p, scores, frame_index, cut)
+        t.see(xy, p, scores, frame_index, cut, small)
         self._active.append(t)
         self._next_id += 1
 

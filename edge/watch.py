@@ -29,7 +29,7 @@ from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
 from .config import WatchConfig
-from .differential import UNCERTAIN, Differential
+from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .reload import ModelReloader
@@ -148,6 +148,20 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     return cells, scale_info
 
 
+def _not_what_it_looks_like(platelet_sized: bool, scores, labels) -> str | None:
+    """Why a cell must be uncertain whatever its scores, or None.
+
+    A platelet-sized detection (``field.Detection.kind`` "small"; for a track, in most of its whole
+    views) that the model calls anything but a platelet is not that cell: its crop, scaled as a white
+    cell's, is mostly what lies beside it (a white cell, off centre), so the model names the
+    neighbour. On the PBC slide scan every such track was a platelet or a granule cluster next to a
+    white cell, and every nucleated cell's whole views were white-sized. It is listed for review.
+    """
+    if platelet_sized and labels[int(np.argmax(scores))] != PLATELET:
+        return "platelet-sized"
+    return None
+
+
 class FieldCounter:
     """Field mode's count: each cell once (``Tracker``) into a ``Differential``.
 
@@ -155,7 +169,8 @@ class FieldCounter:
     on the first frame, and re-sized when the measured diameter moves by more than
     ``resize`` (a first frame that had to fall back to the default scale, another objective).
     With ``track=False`` the frames are separate fields (a folder of captures that do not
-    overlap): every cell of every frame is counted, with its own scores.
+    overlap): every cell of every frame is counted, with its own scores. A platelet-sized cell
+    the model calls a nucleated class is counted as uncertain (``_not_what_it_looks_like``).
 
     Args:
         labels: the model's class names, in score order.
@@ -218,7 +233,8 @@ class FieldCounter:
         self._size_tracker(float(scale_info["rbc_px"]))
         pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
-        events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells])
+        events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells],
+                                     small=[c.get("kind") == "small" for c in cells])
         if cells:
             seen = {tuple(t["center"]): t["id"] for t in self.tracker.tracks() if t["last_frame"] == frame_index}
             for c in cells:
@@ -258,7 +274,8 @@ class FieldCounter:
             if self.differential.done:
                 break
             ref = {"frame": frame_index, "cell": j, "center": c["center"]}
-            out.append({"cell": j, "label": self.differential.add(c["scores"], ref=ref), "best": c["best"],
+            why = _not_what_it_looks_like(c.get("kind") == "small", c["scores"], self.differential.labels)
+            out.append({"cell": j, "label": self.differential.add(c["scores"], ref=ref, why=why), "best": c["best"],
                         "score": c["score"], "center": c["center"], "scores": c["scores"]})
         if out:
             self._brief = None
@@ -271,7 +288,9 @@ class FieldCounter:
             if self.differential.done:
                 break
             slide = [round(e.x, 1), round(e.y, 1)]
-            label = self.differential.add(e.scores, ref={"track": e.track_id, "frame": frame_index, "slide": slide})
+            why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, self.differential.labels)
+            label = self.differential.add(e.scores, ref={"track": e.track_id, "frame": frame_index, "slide": slide},
+                                          why=why)
             best = int(np.argmax(e.scores))
             out.append({"track": e.track_id, "label": label, "best": self.differential.labels[best],
                         "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,

@@ -45,6 +45,12 @@ def test_uncertain_cells_are_listed_for_review_not_counted():
     assert s["white_total"] == 100 and sum(r["percent"] for r in s["rows"]) == pytest.approx(100)
     assert s["uncertain"]["count"] == 2 and s["uncertain"]["cells"][0]["ref"] == {"track": 7}
     assert s["uncertain"]["cells"][1]["best"] == "basophil"
+    assert "why" not in s["uncertain"]["cells"][0]
+    # uncertain for a reason, however sure the model is
+    assert d.add(sure("lymphocyte", 0.95), ref=9, why="platelet-sized") == "uncertain"
+    s = d.summary()
+    assert s["white_total"] == 100 and s["uncertain"]["cells"][2] == {"ref": 9, "best": "lymphocyte", "score": 0.95,
+                                                                      "why": "platelet-sized"}
 
 
 def test_target_and_done():

@@ -100,6 +100,19 @@ def test_views_cut_by_the_edge_decide_nothing_and_fragments_are_ignored():
     assert cut_by_edge((600, 10, 640, 30), 640, 480)
 
 
+def test_platelet_sized_views_are_counted_over_the_whole_views_only():
+    tr = Tracker()
+    events = []
+    for i in range(4):  # entering cut by the edge (and platelet-sized there): not a whole view
+        events += tr.update([(3, 200)], None, i, cut=[True], small=[True])
+    for i in range(4, 12):  # then whole: platelet-sized in 6 of 8 views
+        events += tr.update([(40 + i, 200)], None, i, small=[i % 3 != 0])
+    (ev,) = events + tr.flush()
+    assert ev.frames_seen == 8 and ev.small_views == sum(i % 3 != 0 for i in range(4, 12)) == 6
+    (ev,) = run_points(Tracker(), [[(200, 200)]] * 6)  # not given: none is
+    assert ev.small_views == 0
+
+
 def test_config_sized_from_the_red_cells():
     cfg = TrackConfig.for_rbc_px(24.0, min_frames=4)
     assert cfg.cell_diameter_px == 48.0 and cfg.px(cfg.match_radius) == 24.0 and cfg.min_frames == 4

@@ -106,6 +106,29 @@ def test_separate_fields_count_every_cell_and_uncertain_cells_go_to_review():
                                                                            "center": [40.0, 30.0]}
 
 
+def test_a_platelet_sized_cell_called_a_nucleated_class_goes_to_review():
+    """Its crop, scaled as a white cell's, shows the white cell beside it: the model names the neighbour."""
+    def cell(kind, label, x=10.0):
+        return {"center": [x, 10.0], "cut": False, "kind": kind, "best": label, "score": 0.9,
+                "scores": [0.9 if n == label else 0.1 / 7 for n in CLASS_NAMES]}
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+    counter = FieldCounter(CLASS_NAMES, track=False)
+    got = counter.update(frame, [cell("small", "lymphocyte"), cell("small", "platelet", 60.0),
+                                 cell("white", "lymphocyte", 120.0)], {"rbc_px": 24.0}, 0)
+    assert [e["label"] for e in got] == ["uncertain", "platelet", "lymphocyte"]
+    s = counter.summary()
+    assert s["white_total"] == 1 and s["platelets"] == 1
+    review = s["uncertain"]["cells"][0]
+    assert review["why"] == "platelet-sized" and review["best"] == "lymphocyte"
+    # tracked: decided by the kind of most of the track's whole views
+    for kinds, label in ((["small"] * 9 + ["white"] * 6, "uncertain"), (["white"] * 9 + ["small"] * 6, "lymphocyte")):
+        counter = FieldCounter(CLASS_NAMES)
+        got = [e for i, k in enumerate(kinds) for e in counter.update(frame, [cell(k, "lymphocyte", 300.0)],
+                                                                      {"rbc_px": 24.0}, i)]
+        assert [e["label"] for e in got] == [label] and got[0]["frames"] == len(kinds)
+
+
 def _write_scan(scan, folder, video=False):
     import cv2
 
