@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,14 @@ def _interpreter(blob: bytes):
     return it
 
 
+def _quantize_input(img: np.ndarray, detail: dict) -> np.ndarray:
+    """Raw pixels as the int8 graph's input tensor takes them (uint8 or int8, its scale and zero point)."""
+    scale, zp = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(img.astype(np.float32) / (scale or 1.0)) + zp
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])[None]
+
+
 def tensor_errors(int8_blob: bytes, float_blob: bytes, images: np.ndarray) -> tuple[list[dict], float]:
     """Per-tensor accumulated error of the int8 graph against the float32 graph on ``images``
     (uint8, N x H x W x 3), in the int8 graph's execution order; and their top-1 agreement."""
@@ -198,7 +207,7 @@ def tensor_errors(int8_blob: bytes, float_blob: bytes, images: np.ndarray) -> tu
     got = {i: ([], []) for i, *_ in order}
     top_a, top_b = [], []
     for img in images:
-        a.set_tensor(ia["index"], img[None].astype(ia["dtype"]))
+        a.set_tensor(ia["index"], _quantize_input(img, ia))
         b.set_tensor(ib["index"], img[None].astype(np.float32))
         a.invoke()
         b.invoke()
@@ -234,7 +243,8 @@ def isolated_errors(model_batch1, representative: np.ndarray, images: np.ndarray
         for img in images:
             yield [img[None].astype(np.float32)]
 
-    with native_stderr(), contextlib.redirect_stdout(io.StringIO()):
+    with native_stderr(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it runs tf.lite.Interpreter, which warns that it is deprecated
         debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=data)
         debugger.run()
     buf = io.StringIO()
@@ -269,6 +279,7 @@ def batchnorm_drift(model, images: np.ndarray, batch_size: int = 32, batches: in
 
 
 def plot(rows: list[dict], batchnorm: list[dict], path: Path, title: str) -> None:
+    """Accumulated error, calibrated range over the range reached, and the BatchNorm check, against depth."""
     from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
     plt = pyplot()
@@ -276,20 +287,21 @@ def plot(rows: list[dict], batchnorm: list[dict], path: Path, title: str) -> Non
     kinds = sorted({r["kind"] for r in rows})
     colours = dict(zip(kinds, plt.get_cmap("tab10").colors))
     for k in kinds:
-        pts = [(n, r) for n, r in enumerate(rows) if r["kind"] == k and r["nrmse"] is not None]
-        axes[0].scatter([n for n, _ in pts], [r["nrmse"] for _, r in pts], s=9, color=colours[k], label=k)
-        axes[1].scatter([n for n, _ in pts], [max(abs(r["float_min"]), abs(r["float_max"])) for _, r in pts], s=9,
-                        color=colours[k])
+        pts = [(n, r) for n, r in enumerate(rows) if r["kind"] == k]
+        err = [(n, r["nrmse"]) for n, r in pts if r["nrmse"] is not None]
+        wide = [(n, r["calibrated_over_seen"]) for n, r in pts if r.get("calibrated_over_seen") and r["op"] != "LOGISTIC"]
+        axes[0].scatter([n for n, _ in err], [v for _, v in err], s=9, color=colours[k], label=k)
+        axes[1].scatter([n for n, _ in wide], [v for _, v in wide], s=9, color=colours[k])
     axes[0].axhline(NRMSE_BAD, color="grey", lw=0.8, ls="--")
     axes[0].set(ylabel="int8 error / float std\n(accumulated)", yscale="log", title=title)
     axes[0].legend(fontsize=7, ncol=len(kinds), loc="upper left")
-    axes[1].plot(range(len(rows)), [r["float_std"] for r in rows], color="black", lw=0.7, label="float std")
-    axes[1].set(ylabel="float max |x| (dots)\nand std (line)", yscale="log", xlabel="tensor (execution order)")
-    axes[1].legend(fontsize=7, loc="upper left")
+    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].set(ylabel="calibrated int8 range /\nrange the images reach", yscale="log",
+                xlabel="tensor (execution order)")
     if batchnorm:
         axes[2].bar(range(len(batchnorm)), [b["var_ratio"] for b in batchnorm], color="tab:purple")
         axes[2].axhline(1, color="grey", lw=0.8)
-        axes[2].set(yscale="log", ylabel="moving var / measured var", xlabel="BatchNormalization layer (depth order)")
+        axes[2].set(ylabel="moving var / measured var", xlabel="BatchNormalization layer (depth order)")
     fig.tight_layout()
     save(fig, path)
 

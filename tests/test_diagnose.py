@@ -115,3 +115,11 @@ def test_diagnose_needs_int8(tmp_path):
     with pytest.raises(UserError, match="add --int8"):
         compress(CompressConfig(model=str(tmp_path / "none.keras"), out=str(tmp_path / "o"), int8=False,
                                 float16=True, diagnose=True))
+
+
+def test_raw_pixels_enter_a_uint8_or_int8_graph_unchanged():
+    from scopelite.compress.diagnose import _quantize_input
+
+    img = np.array([[[0, 128, 255]]], np.uint8)
+    assert _quantize_input(img, {"quantization": (1.0, 0), "dtype": np.uint8}).tolist() == [[[[0, 128, 255]]]]
+    assert _quantize_input(img, {"quantization": (1.0, -128), "dtype": np.int8}).tolist() == [[[[-128, 0, 127]]]]

@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("root", type=Path)
     ap.add_argument("record", type=Path)
     ap.add_argument("--command", required=True)
+    ap.add_argument("--note", default=None, help="Anything the figures need said (what else ran, code changes).")
     args = ap.parse_args()
     runs = [json.loads(x) for x in (args.root / "runs.jsonl").read_text().splitlines() if x.strip()]
     seeds = [seed_record(args.root, r) for r in runs]
@@ -86,6 +87,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "code": {"git_head": head, "uncommitted_changes": dirty},
+        **({"note": args.note} if args.note else {}),
         "passed": sum(s["passed"] for s in seeds),
         "runs": len(seeds),
         "post_training_int8_passed_gate": sum(bool(s["post_training_int8"] and s["post_training_int8"]["gate_passed"])
