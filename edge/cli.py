@@ -473,7 +473,7 @@ def export(sessions, out):
     \b
     Example:
       celledge export sessions/ --out my_cells/
-      celltrain fit --data my_cells/ --out runs/mine --weights shipped
+      celltrain fit --preset few-shot --data my_cells/ --out runs/mine
     """
     from pathlib import Path
 
