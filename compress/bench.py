@@ -19,7 +19,7 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
-from scopelite.train.run import heldout_data, predict
+from scopelite.train.run import heldout_data, model_file, predict
 
 
 def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -52,8 +52,7 @@ def _run_model_path(models: list[Path]) -> Path:
 
 def _given_run(run: str | Path, labels) -> Path:
     """``--run``: a run folder or its model.keras, checked to be a Keras run of the same labels."""
-    path = Path(run)
-    path = path / "model.keras" if path.is_dir() else path
+    path = model_file(run)
     if not path.is_file():
         raise UserError(f"--run {run}: no model.keras there (give a training run's folder or its model.keras)")
     sc = load_sidecar(path)

@@ -26,6 +26,7 @@ import numpy as np
 
 from scopelite.edge import field as field_lib
 from scopelite.edge import fieldset
+from scopelite.edge.tta import TTAClassifier
 from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
 from scopelite.edge.errors import UserError
 from scopelite.edge.scale import estimate_rbc_diameter
@@ -106,18 +107,12 @@ class _KerasClassifier:
         return self._predict(self._model, crops, batch_size=64)
 
 
-def _classifier(path: Path, tta: int):
+def _classifier(path: Path):
     if load_sidecar(path).format == "keras":
-        clf = _KerasClassifier(path)
-    else:
-        from scopelite.edge.classifier import make_classifier  # noqa: PLC0415
+        return _KerasClassifier(path)
+    from scopelite.edge.classifier import make_classifier  # noqa: PLC0415
 
-        clf = make_classifier(path, num_threads=2)
-    if tta > 1:
-        from scopelite.edge.tta import TTAClassifier  # noqa: PLC0415
-
-        clf = TTAClassifier(clf, tta)
-    return clf
+    return make_classifier(path, num_threads=2)
 
 
 def classify_folder(images: Sequence[np.ndarray], clf, cfg: field_lib.FieldConfig) -> list[dict]:
@@ -157,9 +152,9 @@ def bench_native(models: Sequence[str | Path], fields: str | Path | Fields, out:
     short = [p.name for p in paths]
     clfs = {}
     for p in paths:
-        base = p.name if short.count(p.name) == 1 else str(p)
+        base, clf = (p.name if short.count(p.name) == 1 else str(p)), _classifier(p)  # loaded once per model
         for t in tta:
-            clfs[base if t == 1 else f"{base} tta{t}"] = _classifier(p, t)
+            clfs[base if t == 1 else f"{base} tta{t}"] = clf if t == 1 else TTAClassifier(clf, t)
     names = list(clfs)
     truth = np.array(fs.truth)
     acc: dict[str, dict] = {n: {} for n in names}

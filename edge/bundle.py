@@ -28,11 +28,10 @@ from typing import Any, Iterator
 
 from . import bundle_v1
 from .errors import UserError
-from .provenance import (Compression, FileRef, Gate, Machine, Provenance, ProvenanceError, SourceModel,
-                         TrainingData, TrainingRun, absolute_paths, now, portable)
+from .provenance import (Compression, FileRef, Gate, Machine, Provenance, ProvenanceError, SourceModel,  # noqa: F401
+                         TrainingData, TrainingRun, absolute_paths, now, portable)  # the record types, re-exported
 
 # The typed parts of ``Sidecar.provenance`` (defined in provenance.py, part of this contract).
-PROVENANCE_TYPES = (Provenance, TrainingRun, TrainingData, FileRef, Machine, SourceModel, Compression, Gate)
 
 SCHEMA = "scopelite.bundle"
 SCHEMA_VERSION = 2

@@ -237,7 +237,7 @@ class Session:
         summary = self.summary()
         write_json_atomic(self.folder / "differential.json", {"session": {k: v for k, v in summary.items()
                                                                           if k != "differential"},
-                                                             "differential": d.summary()})
+                                                             "differential": summary["differential"]})
         write_bytes_atomic(self.folder / "differential.csv", d.to_csv().encode())
         write_bytes_atomic(self.folder / "differential.txt", d.to_text().encode())
         write_bytes_atomic(self.folder / "cells.csv", session_report.cells_csv(summary).encode())
@@ -398,7 +398,7 @@ class Sessions:
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = _crop(frame, cells[e["cell"]]["box"])
                 added.append(self.current.add(_cell_record(e, idx, center), crop))
-                if self.current.differential().done:
+                if self.current.state["target"] is not None and self.current.differential().done:
                     self.current.close("count reached", self.clock)
                     self.ends_run = self.one_shot
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:

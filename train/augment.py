@@ -302,6 +302,7 @@ def make_augment(policy: str, strength: float = 0.7, p: float = R.P, ops: dict |
             artefacts in µm from it (None: 18 px per 96 px).
     """
     chosen = resolve_ops(policy, strength, ops)
+    table = {**OPS, "debris": (lambda y, s: _debris(y, s, rbc_px), OPS["debris"][1])}  # debris is sized from rbc_px
 
     def fn(x):
         if policy == "none" and not chosen:
@@ -309,9 +310,7 @@ def make_augment(policy: str, strength: float = 0.7, p: float = R.P, ops: dict |
         if policy != "none":
             x = _flips(x)
         for name, s in chosen.items():
-            transform, share = OPS[name]
-            if name == "debris":
-                transform = lambda y, s, t=transform: t(y, s, rbc_px)  # noqa: E731
+            transform, share = table[name]
             x = _maybe(p * share, lambda y, t=transform, s=s: t(y, s), x)
         return tf.clip_by_value(x, 0.0, 255.0)
 

@@ -20,16 +20,12 @@ from scopelite.edge.errors import UserError
 
 from .corruptions import corrupted_copy
 from .metrics import summarize
-from .run import heldout_data, load_keras_bundle, predict
+from .run import heldout_data, load_keras_bundle, model_file, predict
 
 SETS = ("val", "val_corrupted", "test", "test_corrupted")
 CORRUPTION_SEED = {"val_corrupted": 1, "test_corrupted": 0}  # test's as celltrain evaluate's
 
 
-def model_path(path: str | Path) -> Path:
-    """A run folder or its model.keras -> the model.keras."""
-    p = Path(path)
-    return p / "model.keras" if p.is_dir() else p
 
 
 def _split_file(model: Path, sc) -> Path:
@@ -47,7 +43,7 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
     """
     if ensembles and (len(candidates) < 2 or 1 not in tta):
         raise UserError("--ensembles needs at least two candidates and --tta to include 1")
-    paths = {name: model_path(p) for name, p in candidates.items()}
+    paths = {name: model_file(p) for name, p in candidates.items()}
     first_name, first = next(iter(paths.items()))
     sc, _ = load_keras_bundle(first)
     split_sha = sha256_file(_split_file(first, sc)) if _split_file(first, sc).is_file() else None

@@ -15,6 +15,15 @@ from . import data as data_lib
 from ._keras import keras
 
 
+MODEL_FILE = "model.keras"
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """A run folder or its model.keras -> the model.keras."""
+    p = Path(path)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
 def load_keras_bundle(path: str | os.PathLike):
     sc = load_sidecar(path)
     if sc.format != "keras":

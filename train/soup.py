@@ -18,14 +18,9 @@ from scopelite.edge.errors import UserError
 
 from .average import average_into
 from .config import FitConfig
-from .run import heldout_data, load_keras_bundle, run_config, split_file
-
-MODEL_FILE = "model.keras"
+from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
 
 
-def _model_file(p: str | Path) -> Path:
-    p = Path(p)
-    return p / MODEL_FILE if p.is_dir() else p
 
 
 def _split_digest(f: Path) -> str:
@@ -39,7 +34,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     """Average the weights of ``models`` into a new run folder ``out``; return its metrics."""
     from .fit import heldout_metrics, keras_sidecar  # noqa: PLC0415 - fit imports TensorFlow
 
-    paths = [_model_file(m) for m in models]
+    paths = [model_file(m) for m in models]
     if len(paths) < 2:
         raise UserError("give at least two models to average")
     out = Path(out)
