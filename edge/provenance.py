@@ -106,6 +106,17 @@ def _obj(d: Any, where: str) -> dict:
     return d
 
 
+def _nested(d: dict, key: str, record, where: str):
+    """``d[key]`` read by ``record.from_dict`` (a nested record), or None when absent or null."""
+    v = d.get(key)
+    return None if v is None else record.from_dict(v, f"{where}.{key}")
+
+
+def _name_or_none(d: dict, key: str, where: str) -> str | None:
+    """``d[key]``: a file name (text, no directories), or None when absent or null."""
+    return None if d.get(key) is None else _file_name(_get(d, key, str, where), key, where)
+
+
 def _file_name(v: str, key: str, where: str) -> str:
     """A file named relative to the bundle's folder: a bare name, never a directory path."""
     if not v or "/" in v or "\\" in v or v in (".", "..") or is_absolute(v):
@@ -244,13 +255,12 @@ class TrainingRun:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "TrainingRun":
         d = _obj(d, where)
-        split, machine = d.get("split"), d.get("machine")
         return cls(run=_get(d, "run", str, where), config=_get(d, "config", dict, where),
                    data=TrainingData.from_dict(_get(d, "data", dict, where), f"{where}.data"),
-                   split=None if split is None else FileRef.from_dict(split, f"{where}.split"),
+                   split=_nested(d, "split", FileRef, where),
                    seed=_get(d, "seed", int, where, required=False),
                    epochs=_get(d, "epochs", int, where, required=False),
-                   machine=None if machine is None else Machine.from_dict(machine, f"{where}.machine"),
+                   machine=_nested(d, "machine", Machine, where),
                    extra=_get(d, "extra", dict, where, required=False, default={}))
 
 
@@ -316,18 +326,17 @@ class Compression:
         method = _get(d, "method", str, where)
         if method not in METHODS:
             raise ProvenanceError(f"{where}: method {method!r} not one of {METHODS}")
-        gate, machine, approved = d.get("gate"), d.get("machine"), d.get("approved_from")
         rep = _get(d, "representative", int, where, required=False)
         if rep is not None and rep < 1:
             raise ProvenanceError(f"{where}: representative must be a positive count, got {rep}")
         return cls(variant=_get(d, "variant", str, where), method=method,
                    quantization=_get(d, "quantization", str, where), config=_get(d, "config", dict, where),
                    representative=rep,
-                   gate=None if gate is None else Gate.from_dict(gate, f"{where}.gate"),
+                   gate=_nested(d, "gate", Gate, where),
                    op_counts=_counts(d.get("op_counts") or {}, "op_counts", where),
                    size_bytes=_get(d, "size_bytes", int, where, required=False),
-                   machine=None if machine is None else Machine.from_dict(machine, f"{where}.machine"),
-                   approved_from=None if approved is None else _file_name(approved, "approved_from", where),
+                   machine=_nested(d, "machine", Machine, where),
+                   approved_from=_name_or_none(d, "approved_from", where),
                    edgetpu_compiler=_get(d, "edgetpu_compiler", dict, where, required=False),
                    extra=_get(d, "extra", dict, where, required=False, default={}))
 
@@ -373,15 +382,12 @@ class Provenance:
         tools = _get(d, "tools", dict, where, required=False, default={})
         if not all(isinstance(v, str) for v in tools.values()):
             raise ProvenanceError(f"{where}: tools must map package names to version texts")
-        src, tr, comp = d.get("source"), d.get("training"), d.get("compression")
-        cpu, copied = d.get("cpu_model"), d.get("copied_from")
         return cls(created=_get(d, "created", str, where, required=False), tools=dict(tools),
-                   source=None if src is None else SourceModel.from_dict(src, f"{where}.source"),
-                   training=None if tr is None else TrainingRun.from_dict(tr, f"{where}.training"),
-                   compression=None if comp is None else Compression.from_dict(comp, f"{where}.compression"),
-                   cpu_model=None if cpu is None else _file_name(_get(d, "cpu_model", str, where), "cpu_model", where),
-                   copied_from=None if copied is None else _file_name(_get(d, "copied_from", str, where),
-                                                                      "copied_from", where),
+                   source=_nested(d, "source", SourceModel, where),
+                   training=_nested(d, "training", TrainingRun, where),
+                   compression=_nested(d, "compression", Compression, where),
+                   cpu_model=_name_or_none(d, "cpu_model", where),
+                   copied_from=_name_or_none(d, "copied_from", where),
                    notes=_get(d, "notes", dict, where, required=False, default={}))
 
     def made_portable(self) -> "Provenance":

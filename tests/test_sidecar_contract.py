@@ -235,6 +235,7 @@ def test_bench_without_the_source_says_what_to_give(model_file, tmp_path):
     (lambda d: d["provenance"]["training"].pop("run"), "provenance.training: missing field 'run'"),
     (lambda d: d["provenance"]["training"]["split"].update(file="runs/split.json"), "file name beside the bundle"),
     (lambda d: d["provenance"]["compression"].update(method="magic"), "method 'magic'"),
+    (lambda d: d["provenance"]["compression"].update(approved_from=5), "'approved_from' must be str"),
     (lambda d: d["provenance"]["compression"]["gate"].pop("passed"), "compression.gate: missing field 'passed'"),
     (lambda d: d["provenance"]["source"].update(sha256="xyz"), "64 lower-case hex"),
     (lambda d: d["provenance"]["training"]["machine"].update(cores="2"), "'cores' must be int"),
