@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .bundle import write_json_atomic
+from .bundle import atomic_path, write_json_atomic
 from .differential import UNCERTAIN
 from .session import NOT_A_CELL, Session, SessionError, list_sessions
 
@@ -53,10 +53,8 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
                 skipped["no crop"] += 1
             else:
                 name = f"{label}/{s.id}_{c['id']}.png"
-                (out / label).mkdir(parents=True, exist_ok=True)
-                tmp = out / label / f".{s.id}_{c['id']}.png.tmp"
-                shutil.copyfile(folder / c["crop"], tmp)
-                os.replace(tmp, out / name)
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(folder / c["crop"], tmp)
                 classes[label] = classes.get(label, 0) + 1
                 entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
                                 "model_label": c["label"], "score": c["score"]})
