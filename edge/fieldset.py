@@ -21,7 +21,6 @@ import numpy as np
 from . import field as field_lib
 from .classifier import Classifier
 from .config import WatchConfig
-from .scale import estimate_rbc_diameter
 from .sources import read_image_rgb
 from .stain import stain_layers
 from .watch import FieldScale, classify_field, field_config
@@ -71,13 +70,14 @@ class FieldResult:
 
 
 def classify_fields(images: Iterable[np.ndarray], classifier: Classifier, cfg: field_lib.FieldConfig,
-                    pick: str = "largest") -> Iterator[FieldResult]:
+                    pick: str = "largest", site=None) -> Iterator[FieldResult]:
     """Field mode over separate fields of one microscope, one field at a time, as ``celledge watch
     FOLDER --mode field`` runs it: one ``FieldScale`` for all (the scale smoothed over the fields),
-    every detection classified with its best class (``min_score`` 0), the main cell picked by ``pick``."""
-    scaler = FieldScale(cfg)
+    every detection classified with its best class (``min_score`` 0), the main cell picked by ``pick``.
+    ``site`` (``site.Site``): as ``--site FILE`` (its fixed scale and, when on, its white balance)."""
+    scaler = FieldScale(cfg, site_rbc_px=None if site is None else site.scale_rbc_px)
     for img in images:
-        cells, scale = classify_field(img, classifier, cfg, 0.0, scale=scaler)
+        cells, scale = classify_field(img, classifier, cfg, 0.0, scale=scaler, site=site)
         yield FieldResult(cells, scale, main_cell(cells, img.shape, pick))
 
 
@@ -122,11 +122,12 @@ class Scores:
 
 
 def score_fields(classifier: Classifier, paths: Sequence[str | Path], cfg: field_lib.FieldConfig,
-                 pick: str = "largest", transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Scores:
+                 pick: str = "largest", transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 site=None) -> Scores:
     """Field mode over labelled fields (``<class>/<file>``, in the order given; see ``classify_fields``),
     each field's main cell scored against its folder's class."""
     scores = Scores()
-    for p, res in zip(paths, classify_fields(read_fields(paths, transform), classifier, cfg, pick)):
+    for p, res in zip(paths, classify_fields(read_fields(paths, transform), classifier, cfg, pick, site)):
         scores.add(truth(p), res.label)
     return scores
 
@@ -137,17 +138,14 @@ def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldSc
     shows red cells at the model's scale) and resized to ``cfg.input_px`` (area interpolation); None
     when the field has no white-cell-sized detection.
 
-    The red-cell diameter is ``scale``'s (smoothed over the fields it has measured, as field mode
-    smooths it) or, without one, this field's own (``field.FALLBACK_RBC_PX`` when it has too few red
-    cells). Frames over ``field.SEARCH_SIDE`` are searched at half size, as field mode does.
+    The red-cell diameter is ``FieldScale.measure``'s, as field mode has it: ``scale``'s (smoothed over
+    the fields it has measured) or, without one, a fresh one's: ``cfg.crop_size``'s when fixed, else this
+    field's own (``field.FALLBACK_RBC_PX`` when it has too few red cells). Frames over
+    ``field.SEARCH_SIDE`` are searched at half size, as field mode does.
     """
     view, factor = field_lib.shrink_for_search(image)
     layers = stain_layers(view)
-    if scale is not None:
-        rbc, _ = scale.measure(view, layers, factor)
-    else:
-        measured = estimate_rbc_diameter(view, layers).diameter_px
-        rbc = field_lib.FALLBACK_RBC_PX if measured is None else measured * factor
+    rbc, _ = (scale or FieldScale(cfg)).measure(view, layers, factor)
     white = [d for d in field_lib.detect(view, rbc / factor, layers, cfg) if d.kind == "white"]
     if not white:
         return None

@@ -389,7 +389,3 @@ class Provenance:
                    cpu_model=_name_or_none(d, "cpu_model", where),
                    copied_from=_name_or_none(d, "copied_from", where),
                    notes=_get(d, "notes", dict, where, required=False, default={}))
-
-    def made_portable(self) -> "Provenance":
-        """This provenance with every absolute path in its free-form parts reduced to a name."""
-        return Provenance.from_dict(portable(self.to_dict()))

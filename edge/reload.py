@@ -109,6 +109,12 @@ class ModelReloader:
         t.start()
         return t
 
+    def state(self) -> dict:
+        """The model in use (``bundle_info``) and the reloads by result: ``{"ok", "failed", "model", "sha256",
+        "mtime"}``, the one record of both (the run's summary and ``/metrics`` read it here)."""
+        with self._lock:
+            return {"ok": self.ok, "failed": self.failed, **self.info}
+
     def take(self) -> tuple[Classifier | None, list[dict]]:
         """For the loop, between frames: the checked new model (None: no new one) and the attempts' events."""
         with self._lock:

@@ -14,7 +14,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .differential import _TITLES, UNCERTAIN
+from .differential import TITLES, UNCERTAIN
 from .session import NOT_A_CELL, clinical_order
 
 THUMB_PX = 96
@@ -23,7 +23,7 @@ _EXTRA_TITLES = {"erythroblast": "Erythroblasts (NRBC)", "platelet": "Platelets"
 
 
 def title(label: str) -> str:
-    return _TITLES.get(label) or _EXTRA_TITLES.get(label) or label.replace("_", " ").capitalize()
+    return TITLES.get(label) or _EXTRA_TITLES.get(label) or label.replace("_", " ").capitalize()
 
 
 def thumbnail_uri(png: bytes, side: int = THUMB_PX) -> str | None:

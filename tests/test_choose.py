@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from conftest import assert_one_line_error, invoke_cli
+from scopelite.edge.bundle import sha256_file
 
 
 def test_choose_scores_candidates_and_ensembles(tiny_run, tmp_path):
@@ -35,6 +36,14 @@ def test_choose_refuses_candidates_of_another_split_and_bad_options(tiny_run, tm
     split["val"], split["test"] = split["test"], split["val"]
     (other / "split.json").write_text(json.dumps(split))
     out = tmp_path / "sel.json"
+    # a split edited after training is not the run's own (run.split_file checks the sidecar's hash)
+    r = invoke_cli("celltrain", "choose", f"a={k}", str(other), "--tta", "1", "--out", str(out))
+    assert_one_line_error(r, "is not the split", "sha256 differs")
+    assert not out.exists()
+    # a run trained on that other split (its sidecar records it) is of another lineage
+    sc = json.loads((other / "model.json").read_text())
+    sc["provenance"]["training"]["split"]["sha256"] = sha256_file(other / "split.json")
+    (other / "model.json").write_text(json.dumps(sc))
     r = invoke_cli("celltrain", "choose", f"a={k}", str(other), "--tta", "1", "--out", str(out))
     assert_one_line_error(r, "does not share", "one lineage")
     assert not out.exists()
@@ -45,3 +54,22 @@ def test_choose_refuses_candidates_of_another_split_and_bad_options(tiny_run, tm
     assert_one_line_error(r, "--tta", code=2)
     r = invoke_cli("celltrain", "choose", f"a={k}", f"a={k}", "--out", str(out))
     assert_one_line_error(r, "two candidates are named 'a'", code=2)
+
+
+def test_choose_loads_each_candidate_once(tiny_run, tmp_path, monkeypatch):
+    from scopelite.train import choose as choose_mod
+
+    loads = []
+
+    def counting(path):
+        loads.append(str(path))
+        return load(path)
+
+    load = choose_mod.load_keras_bundle
+    monkeypatch.setattr(choose_mod, "load_keras_bundle", counting)
+    other = tmp_path / "b"
+    shutil.copytree(tiny_run["dir"], other, ignore=shutil.ignore_patterns("int8", "checkpoints", "tensorboard"))
+    res = choose_mod.choose({"a": str(tiny_run["keras"]), "b": str(other)}, tmp_path / "sel.json", tta=(1,),
+                            log=lambda _: None)
+    assert sorted(loads) == sorted([str(tiny_run["keras"]), str(other / "model.keras")])
+    assert set(res["candidates"]) == {"a tta1", "b tta1"}

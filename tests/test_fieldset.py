@@ -119,12 +119,27 @@ def _crop_at(img, x, y, side, size):
 
 def test_main_cell_crop_is_the_white_cell_at_the_model_input_size():
     img = _field(5, (90, 80), (200, 150))
-    cfg = field_lib.FieldConfig(crop_size=120, input_px=48)
+    cfg = field_lib.FieldConfig(crop_size=120, input_px=48, model_rbc_px=10.0)  # red cells ~25 px: 120 px crops
     crop = fieldset.main_cell_crop(img, cfg)
     assert crop.shape == (48, 48, 3) and crop.dtype == np.uint8
     assert _mad(crop, _crop_at(img, 90, 80, 120, 48)) < _mad(crop, _crop_at(img, 200, 150, 120, 48)) / 1.5
     empty = render_scene(H, W, [], 1.0, np.random.default_rng(1), 30)
     assert fieldset.main_cell_crop(empty, cfg) is None
+
+
+@pytest.mark.parametrize("model_rbc_px", [10.0, 18.0])  # a fixed crop at the fields' scale, and at another
+def test_main_cell_crop_finds_the_white_cell_field_mode_finds(model_rbc_px):
+    """One scale for both (FieldScale.measure): a fixed --crop-size sets the detector's scale here as in field mode."""
+    from scopelite.edge.watch import classify_field
+
+    img = _field(5, (90, 80), (200, 150))
+    cfg = field_lib.FieldConfig(crop_size=120, input_px=48, model_rbc_px=model_rbc_px)
+    whites = [c for c in classify_field(img, ByPosition(), cfg, 0.0)[0] if c["kind"] == "white"]
+    crop = fieldset.main_cell_crop(img, cfg)
+    assert (crop is None) == (not whites)
+    if whites:
+        assert _mad(crop, _crop_at(img, *whites[0]["center"], 120, 48)) < 1
+        assert _mad(crop, fieldset.main_cell_crop(img, cfg, FieldScale(cfg))) == 0
 
 
 def test_main_cell_crop_at_the_fields_own_or_the_folders_scale():

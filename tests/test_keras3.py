@@ -129,8 +129,18 @@ def test_hed_and_rotation_on_the_accelerator_match_celltrain():
     np.testing.assert_allclose(got, want, atol=0.05)
 
 
-def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path):
+def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path, monkeypatch):
     """The smoke run: tiny network, 1 epoch, through the CLI; the imported model loads and answers as trained."""
+    from scopelite.train import fit as fit_mod
+    from scopelite.train import keras3_import
+
+    predicted = []  # the bytes of every image array import predicts: each held-out set once
+
+    def counting(model, images, *a, **kw):
+        predicted.append(images.tobytes())
+        return real_predict(model, images, *a, **kw)
+
+    real_predict = keras3_import.predict
     w, run = tmp_path / "w", tmp_path / "run"
     r = invoke_cli("celltrain", "fit", "--backend", "keras3", "--data", str(folders / "p.npz"), "--out", str(w),
                    "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
@@ -143,9 +153,12 @@ def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path):
     assert hist["config"]["backend"] == "keras3" and hist["config"]["aug"] == {"hed": 0.5}
     assert len(hist["history"]) == 1 and hist["result"]["backend"] == "tensorflow"
 
+    monkeypatch.setattr(keras3_import, "predict", counting)
+    monkeypatch.setattr(fit_mod, "predict", counting)
     r = invoke_cli("celltrain", "import", str(w), "--split", str(folders / "split.json"),
                    "--data", str(folders / "data"), "--out", str(run))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert len(predicted) == 2 and len(set(predicted)) == 2  # val and test, once each
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["val_top1_agreement_with_trainer"] == 1.0 and res["val_max_abs_prob_diff_with_trainer"] < 1e-4
     assert {f.name for f in run.iterdir()} >= {"model.keras", "model.json", "split.json", "config.json"}

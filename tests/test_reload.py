@@ -264,3 +264,22 @@ def test_daemon_reloads_on_sighup_and_post_and_refuses_bad_bundles(bundles, tmp_
     summary = json.loads(out.read_text().splitlines()[-1])["summary"]
     assert summary["model_reloads"]["ok"] == 2 and summary["model_reloads"]["failed"] == 2
     assert summary["model_reloads"]["model"] == str(bundles["good"])
+
+
+def test_the_status_page_reads_the_reloaders_counts_and_model_where_they_are_kept():
+    """/metrics and the run's summary show one record (ModelReloader.state), not a copy kept in step by events."""
+    from scopelite.edge.httpd import Status
+
+    old = FakeClassifier(LABELS, InputSpec(8, 8), fn=_one_hot(0))
+    models = {"old": old, "new": FakeClassifier(LABELS, InputSpec(8, 8), fn=_one_hot(2)),
+              "labels": FakeClassifier(["dark", "bright", "mid"], InputSpec(8, 8), fn=_one_hot(2))}
+    reloader = ModelReloader(lambda path: models[path], old, "old")
+    status = Status(LABELS, model=reloader.state)
+    reloader.reload("labels")
+    reloader.reload("new")  # no event handed to the status: it reads the reloader
+    metrics = status.metrics_text()
+    assert 'scopelite_model_reloads_total{result="ok"} 1' in metrics
+    assert 'scopelite_model_reloads_total{result="failed"} 1' in metrics
+    assert 'scopelite_model_info{file="new"' in metrics
+    assert reloader.state() == {"ok": 1, "failed": 1, "model": "new", "sha256": None, "mtime": None}
+    assert 'scopelite_model_reloads_total{result="ok"} 0' in Status(LABELS).metrics_text()  # no reloader: none

@@ -20,18 +20,10 @@ from scopelite.edge.errors import UserError
 
 from .corruptions import corrupted_copy
 from .metrics import summarize
-from .run import heldout_data, load_keras_bundle, model_file, predict
+from .run import heldout_data, load_keras_bundle, model_file, predict, split_file
 
 SETS = ("val", "val_corrupted", "test", "test_corrupted")
 CORRUPTION_SEED = {"val_corrupted": 1, "test_corrupted": 0}  # test's as celltrain evaluate's
-
-
-
-
-def _split_file(model: Path, sc) -> Path:
-    training = getattr(sc.provenance, "training", None)
-    name = training.split.file if training is not None and training.split is not None else "split.json"
-    return model.parent / name
 
 
 def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (1, 8), ensembles: bool = False,
@@ -44,13 +36,15 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
     if ensembles and (len(candidates) < 2 or 1 not in tta):
         raise UserError("--ensembles needs at least two candidates and --tta to include 1")
     paths = {name: model_file(p) for name, p in candidates.items()}
+    bundles = {name: load_keras_bundle(p) for name, p in paths.items()}  # each model loaded once
     first_name, first = next(iter(paths.items()))
-    sc, _ = load_keras_bundle(first)
-    split_sha = sha256_file(_split_file(first, sc)) if _split_file(first, sc).is_file() else None
+    sc = bundles[first_name][0]
+    split_sha = None
     for name, p in paths.items():
-        other, _ = load_keras_bundle(p)
-        f = _split_file(p, other)
-        if tuple(other.labels) != tuple(sc.labels) or not f.is_file() or sha256_file(f) != split_sha:
+        other = bundles[name][0]
+        digest = sha256_file(split_file(other, p))
+        split_sha = split_sha or digest
+        if tuple(other.labels) != tuple(sc.labels) or digest != split_sha:
             raise UserError(f"{name} ({p}) does not share {first_name}'s classes and saved split; candidates must "
                             "come from one lineage (runs on the same data with the same --seed)")
     ds, split = heldout_data(sc, first, data)
@@ -71,7 +65,7 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
 
     res, plain = {}, {}
     for name, p in paths.items():
-        _, m = load_keras_bundle(p)
+        m = bundles[name][1]
         for t in tta:
             probs = {s: predict(m, x, batch_size=128, tta=t) for s, (x, _) in sets.items()}
             if t == 1:

@@ -237,10 +237,15 @@ def _average_snapshots(model, files: list[Path], train_images: np.ndarray, batch
     return info
 
 
-def heldout_metrics(model, val: data_lib.Dataset, test: data_lib.Dataset, class_names) -> dict:
-    """What a bundle's sidecar records: val accuracy and the full test summary."""
+def heldout_metrics(model, val: data_lib.Dataset, test: data_lib.Dataset, class_names,
+                    val_probs: np.ndarray | None = None) -> dict:
+    """What a bundle's sidecar records: val accuracy and the full test summary.
+
+    ``val_probs``: the model's predictions on ``val`` when the caller already has them (not predicted again).
+    """
+    val_probs = predict(model, val.images) if val_probs is None else val_probs
     return {"split": "test",
-            "val": {"accuracy": summarize(val.labels, predict(model, val.images), class_names)["accuracy"]},
+            "val": {"accuracy": summarize(val.labels, val_probs, class_names)["accuracy"]},
             "test": summarize(test.labels, predict(model, test.images), class_names)}
 
 

@@ -63,12 +63,12 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     ds = data_lib.load(data, cfg.image_size, seed=cfg.seed, progress=True)
     split = data_lib.load_split(split_file, ds)
     va, te = ds.subset(split["val"]), ds.subset(split["test"])
-    metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names),
+    ours = predict(model, va.images)  # once: for the metrics and the comparison with the trainer
+    metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names, val_probs=ours),
                "train_seconds": hist.get("result", {}).get("train_seconds")}
     check = {}
     if tag == "final" and (src / VAL_PROBS).is_file():
         theirs = np.load(src / VAL_PROBS, allow_pickle=False)
-        ours = predict(model, va.images)
         if theirs.shape == ours.shape:
             check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
                      "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
