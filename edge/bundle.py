@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from . import bundle_v1
 from .errors import UserError
+from .outputs import fsync_dir
 from .provenance import (Compression, FileRef, Gate, Machine, Provenance, ProvenanceError, SourceModel,  # noqa: F401
                          TrainingData, TrainingRun, absolute_paths, now, portable)  # the record types, re-exported
 
@@ -161,16 +162,29 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: str = "file") -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: a crash leaves the old file or the new one,
+    never half of one, and a failed write leaves no temporary file.
+
+    Args:
+        fsync: "file" (default): the data reaches the disk before the rename, so the file is never torn;
+            "full": the folder is fsync'ed after the rename too, so the new file itself survives a power
+            cut; "none": neither (safe against a kill, not against a power cut).
+    """
+    if fsync not in ("file", "full", "none"):
+        raise ValueError(f"fsync={fsync!r}: use 'file', 'full' or 'none'")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync != "none":
+                f.flush()
+                os.fsync(f.fileno())
+    if fsync == "full":
+        fsync_dir(Path(path).parent)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, fsync: str = "file") -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), fsync=fsync)
 
 
 # --------------------------------------------------------------------------- read / write
@@ -193,15 +207,36 @@ def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: 
     if not model_path.is_file():
         raise BundleError(f"model file not found: {model_path}")
     prov = provenance if provenance.created else dataclasses.replace(provenance, created=now())
-    try:
-        prov = prov.made_portable()
-    except ProvenanceError as e:
-        raise BundleError(f"sidecar of {model_path.name}: {e}") from None
-    sc = Sidecar(format=format, file=model_path.name, sha256=sha256_file(model_path), labels=tuple(labels),
-                 input=input, output=output, runtimes=tuple(runtimes), metrics=portable(dict(metrics or {})),
+    sha = _hash_for_writer(model_path)
+    sc = Sidecar(format=format, file=model_path.name, sha256=sha, labels=tuple(labels),
+                 input=input, output=output, runtimes=tuple(runtimes), metrics=dict(metrics or {}),
                  provenance=prov, synthetic_data=bool(synthetic_data), stain_reference=stain_reference)
-    # validated, and normalised as a reader will see it (JSON has lists where Python had tuples)
-    return _parse(json.loads(json.dumps(sc.to_json())), f"sidecar of {model_path.name}")
+    d = json.loads(json.dumps(sc.to_json()))  # as a reader will see it (JSON has lists where Python had tuples)
+    d["provenance"], d["metrics"] = portable(d["provenance"]), portable(d["metrics"])
+    return _parse(d, f"sidecar of {model_path.name}")  # validated once, provenance included
+
+
+# The hash build_sidecar took of each model file, with the file's stat then; write_sidecar takes it back
+# (once) instead of reading the file again when the file has not changed since.
+_BUILT_HASHES: dict[str, tuple[tuple[int, ...], str]] = {}
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_for_writer(model_path: Path) -> str:
+    key = _stat_key(model_path)
+    sha = sha256_file(model_path)
+    _BUILT_HASHES[str(model_path.resolve())] = (key, sha)
+    return sha
+
+
+def _current_hash(model_path: Path) -> str:
+    """The model file's sha256: build_sidecar's, when the file is unchanged since it was built, else read."""
+    key, sha = _BUILT_HASHES.pop(str(model_path.resolve()), (None, None))
+    return sha if key is not None and key == _stat_key(model_path) else sha256_file(model_path)
 
 
 def derive_sidecar(base: Sidecar, model_path: str | os.PathLike, *, runtimes=None,
@@ -220,7 +255,7 @@ def write_sidecar(model_path: str | os.PathLike, sidecar: Sidecar) -> Path:
     model_path = Path(model_path)
     if sidecar.file != model_path.name:
         raise BundleError(f"sidecar names {sidecar.file!r} but is written for {model_path.name!r}")
-    if sidecar.sha256 != sha256_file(model_path):
+    if sidecar.sha256 != _current_hash(model_path):
         raise BundleError(f"sidecar hash does not match {model_path}")
     _parse(sidecar.to_json(), str(sidecar_path(model_path)))  # round-trip check, absolute paths refused
     out = sidecar_path(model_path)

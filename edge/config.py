@@ -35,6 +35,7 @@ class WatchConfig:
     model: str | None = None  # None: the packaged model
     mode: str = "crop"  # crop | field
     crop_size: int | None = None  # field mode, frame px; None: auto (from the red cells)
+    site: str | None = None  # a site calibration file (celledge calibrate): fixed scale, white balance
     min_score: float = 0.5
     count: int | None = None  # field mode: white cells to count, then stop
     report: str | None = None  # field mode: folder for differential.json/.csv/.txt
@@ -105,6 +106,8 @@ class WatchConfig:
             out.append("--sessions needs --mode field (a session keeps counted cells)")
         if self.sessions and self.loop:
             out.append("--loop replays the same cells: a session would count them again on every pass; leave out --loop")
+        if self.site and self.crop_size is not None:
+            out.append("--crop-size fixes the crop and --site FILE the scale it comes from: give one of them")
         if self.new_session and not self.sessions:
             out.append("--new-session needs --sessions DIR")
         if self.save_dir and not self.save_classes and self.save_below is None:

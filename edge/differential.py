@@ -24,8 +24,9 @@ WHITE = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "imma
 NRBC = "erythroblast"
 PLATELET = "platelet"
 UNCERTAIN = "uncertain"
-_TITLES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
-           "eosinophil": "Eosinophils", "basophil": "Basophils", "immature_granulocyte": "Immature granulocytes"}
+# the white rows' titles in a report (differential text, session report, status page)
+TITLES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
+          "eosinophil": "Eosinophils", "basophil": "Basophils", "immature_granulocyte": "Immature granulocytes"}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -139,7 +140,7 @@ class Differential:
         lines = [head, f"{'Cell':<24}{'Count':>6}{'%':>7}{'95% CI':>14}" + (f"{'x10^9/L':>10}" if absolute else "")]
         for r in s["rows"]:
             ci = f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}"
-            lines.append(f"{_TITLES[r['class']]:<24}{r['count']:>6}{r['percent']:>7.1f}{ci:>14}"
+            lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{r['percent']:>7.1f}{ci:>14}"
                          + (f"{r['absolute']:>10.2f}" if absolute else ""))
         lines.append(f"{'White cells':<24}{n:>6}{(100.0 if n else 0.0):>7.1f}"
                      + (f"{'':>14}{s['wbc_corrected']:>10.2f}" if absolute else ""))

@@ -120,15 +120,21 @@ def crop_box(det: Detection, size: int) -> tuple[int, int, int, int]:
     return x - half, y - half, x - half + size, y - half + size
 
 
-def crop(frame_rgb: np.ndarray, det: Detection, size: int) -> np.ndarray:
-    """A ``size`` x ``size`` square centred on the detection; borders reflected at the frame edge."""
-    half = size // 2
+def crop_at(frame_rgb: np.ndarray, box) -> np.ndarray:
+    """The region ``box`` (x0, y0, x1, y1, frame px; it may run past the frame) with the borders reflected
+    at the frame edge. Inside the frame it is a view of the frame: copy it to keep it past the frame."""
+    x0, y0, x1, y1 = (int(v) for v in box)
     h, w = frame_rgb.shape[:2]
-    x0, y0, x1, y1 = crop_box(det, size)
     if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
         return frame_rgb[y0:y1, x0:x1]
-    padded = cv2.copyMakeBorder(frame_rgb, half, half, half, half, cv2.BORDER_REFLECT)
-    return padded[y0 + half : y1 + half, x0 + half : x1 + half]
+    pad = max(-x0, -y0, x1 - w, y1 - h, 0)
+    padded = cv2.copyMakeBorder(frame_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    return padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad]
+
+
+def crop(frame_rgb: np.ndarray, det: Detection, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` square centred on the detection; borders reflected at the frame edge."""
+    return crop_at(frame_rgb, crop_box(det, size))
 
 
 def match(dets: list[Detection], truth_centres: list[tuple[float, float]], radius: float) -> dict:

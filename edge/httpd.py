@@ -2,7 +2,8 @@
 
 /healthz      200 "ok" while frames arrive, 503 otherwise
 /metrics      Prometheus text: frames, fps, inference latency histogram, dropped, reconnects, per-class counts
-              (field mode: each cell once, from the differential: white cells, uncertain, target)
+              (field mode: each cell once, from the differential: white cells, uncertain, target);
+              with --sessions, the current session's too (scopelite_session_*: reviews included)
 /latest       the last frame's JSON record
 /snapshot.jpg the last frame with its crop or cell boxes and labels
 /             a small self-refreshing page for the lab (no external assets)
@@ -28,12 +29,13 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from . import session_http
-from .differential import _TITLES
+from .differential import TITLES
 from .errors import UserError
 from .preprocess import center_square
 
@@ -45,13 +47,13 @@ MAX_CONNECTIONS = 16
 class Status:
     """Thread-safe state shared by the watch loop (writer) and the HTTP handlers (readers)."""
 
-    def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic, model: dict | None = None,
-                 session=None):
+    def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic,
+                 model: Callable[[], dict] | None = None, session=None):
         self._lock = threading.Lock()
         self.labels = list(labels)
         self.session = session  # session.Sessions (--sessions): the lab page shows its count and controls
-        self.model = dict(model or {})  # the model in use: file, sha256, mtime (reload.bundle_info)
-        self.reloads = {"ok": 0, "failed": 0}
+        # the model in use and its reloads, read where they are kept: reload.ModelReloader.state
+        self.model = model or (lambda: {"ok": 0, "failed": 0})
         self.stale_seconds, self.clock = stale_seconds, clock
         self.frames = 0
         self.counts: dict[str, int] = {}  # crop mode: frames per class; field mode: cells counted per class
@@ -91,13 +93,6 @@ class Status:
             if counters:
                 self.counters.update(counters)
 
-    def model_event(self, rec: dict) -> None:
-        """A ``model_reload`` event from the watch loop: count it; a good one names the model now in use."""
-        with self._lock:
-            self.reloads["ok" if rec.get("ok") else "failed"] += 1
-            if rec.get("ok"):
-                self.model = {k: rec.get(k) for k in ("model", "sha256", "mtime")}
-
     def healthy(self) -> tuple[bool, str]:
         with self._lock:
             if not self.frames:
@@ -112,6 +107,8 @@ class Status:
             return self._fps if self.clock() - self.last_time <= self.stale_seconds else 0.0
 
     def metrics_text(self) -> str:
+        current = self.session.summary(cells=False) if self.session is not None else None  # its own lock
+        model = self.model()  # the reloader's lock
         with self._lock:
             lines = [
                 "# HELP scopelite_frames_total Frames classified.", "# TYPE scopelite_frames_total counter",
@@ -150,7 +147,9 @@ class Status:
                 lines.append(f'scopelite_class_total{{label="{lab}"}} {self.counts.get(lab, 0)}')
             if self.differential is not None:
                 lines += _differential_metrics(self.differential)
-            lines += _model_metrics(self.model, self.reloads)
+            lines += _model_metrics(model)
+            if current is not None:
+                lines += _session_metrics(current, self.labels)
         return "\n".join(lines) + "\n"
 
     def snapshot_jpeg(self) -> bytes | None:
@@ -248,10 +247,44 @@ def _label_value(v) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _model_metrics(model: dict, reloads: dict) -> list[str]:
+def _session_metrics(s: dict, labels) -> list[str]:
+    """The current session (``--sessions``) as GET /session has it: people's labels over the model's. Gauges,
+    not counters: a review moves a cell between classes and a new session starts from zero."""
+    d = s["differential"]
+    counts = _differential_counts(d)
+
+    def gauge(name: str, help_: str, value) -> list[str]:
+        return [f"# HELP scopelite_session_{name} {help_}", f"# TYPE scopelite_session_{name} gauge",
+                f"scopelite_session_{name} {value}"]
+
+    lines = ["# HELP scopelite_session_info The current session: its id (its folder's name) and state.",
+             "# TYPE scopelite_session_info gauge",
+             f'scopelite_session_info{{id="{_label_value(s["id"])}",state="{_label_value(s["state"])}"}} 1']
+    lines += gauge("open", "1 while the current session is open (counting), 0 once it is closed.",
+                   int(s["state"] == "open"))
+    lines += gauge("white_cells", "White cells in the current session's differential.", d["white_total"])
+    if s.get("target"):
+        lines += gauge("target", "White cells the current session counts before it closes.", s["target"])
+    lines += gauge("uncertain_cells", "Cells of the current session listed for review, not in the %.",
+                   d["uncertain"]["count"])
+    lines += ["# HELP scopelite_session_class_cells Cells of the current session per class (a person's label "
+              "over the model's).", "# TYPE scopelite_session_class_cells gauge"]
+    lines += [f'scopelite_session_class_cells{{label="{_label_value(lab)}"}} {counts.get(lab, 0)}'
+              for lab in list(labels) + sorted(set(counts) - set(labels))]
+    lines += ["# HELP scopelite_session_differential_percent Each white-cell class as a percentage of the "
+              "current session's white cells.", "# TYPE scopelite_session_differential_percent gauge"]
+    lines += [f'scopelite_session_differential_percent{{label="{r["class"]}"}} {r["percent"]}' for r in d["rows"]]
+    lines += gauge("cells", "Cells the current session recorded (not-a-cell ones included).", s["cells_total"])
+    lines += gauge("cells_reviewed", "Cells of the current session a person has labelled.", s["reviewed"])
+    lines += gauge("cells_to_review", "Cells of the current session no person has labelled yet.",
+                   s["cells_total"] - s["reviewed"])
+    return lines
+
+
+def _model_metrics(model: dict) -> list[str]:
     lines = ["# HELP scopelite_model_reloads_total Model reloads (SIGHUP, POST /model/reload) by result.",
              "# TYPE scopelite_model_reloads_total counter"]
-    lines += [f'scopelite_model_reloads_total{{result="{k}"}} {reloads[k]}' for k in ("ok", "failed")]
+    lines += [f'scopelite_model_reloads_total{{result="{k}"}} {model[k]}' for k in ("ok", "failed")]
     if model.get("model"):
         lines += ["# HELP scopelite_model_info The model in use: its file and sha256.",
                   "# TYPE scopelite_model_info gauge",
@@ -273,7 +306,7 @@ def _differential_html(d: dict) -> str:
     else:
         progress = f'<p id="progress">{n} white cells counted (no --count target)</p>'
     rows = "".join(
-        f'<tr><td>{html.escape(_TITLES.get(r["class"], r["class"]))}</td><td>{r["count"]}</td>'
+        f'<tr><td>{html.escape(TITLES.get(r["class"], r["class"]))}</td><td>{r["count"]}</td>'
         f'<td>{r["percent"]:.1f}</td><td>{r["ci95"][0]:.0f}–{r["ci95"][1]:.0f}</td>'
         f'<td><span class="bar" style="width:{2 * r["percent"]:.0f}px"></span></td></tr>' for r in d["rows"])
     nrbc = "–" if d["nrbc_per_100_wbc"] is None else f'{d["nrbc_per_100_wbc"]:.1f}'

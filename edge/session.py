@@ -11,7 +11,9 @@ A session folder (``<sessions>/<id>/``, the id is its start time) holds
                  closes, when a closed session's cell is relabelled, and at the end of each run
 
 Both logs are append-only, so a killed daemon loses at most the cell being written: on restart the
-logs are replayed, a torn last line is cut off, and the open session goes on (``Sessions``). A person's
+logs are replayed, a torn last line is cut off, and the open session goes on (``Sessions``). A power
+cut loses no more: each crop is fsync'ed, renamed into place and its folder fsync'ed before its line is
+written, each log line is fsync'ed before ``add``/``label`` return, and so is state.json. A person's
 label is one of the model's classes, ``uncertain`` (cannot tell: listed for review, not in the
 percentages) or ``not_a_cell`` (debris, a smudge: out of the count altogether).
 
@@ -33,7 +35,8 @@ import numpy as np
 from .bundle import write_bytes_atomic, write_json_atomic
 from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
 from .errors import UserError
-from .outputs import LineSink
+from .field import crop_at
+from .outputs import LineSink, fsync_dir
 
 NOT_A_CELL = "not_a_cell"
 CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
@@ -78,17 +81,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _crop(frame: np.ndarray, box) -> np.ndarray:
-    """The square ``box`` (x0, y0, x1, y1, may lie outside the frame) with reflected borders, as field.crop."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    h, w = frame.shape[:2]
-    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
-        return frame[y0:y1, x0:x1].copy()
-    pad = max(-x0, -y0, x1 - w, y1 - h, 0)
-    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    return padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad].copy()
-
-
 def _png(crop: np.ndarray) -> bytes:
     side = max(crop.shape[:2])
     if side > CROP_MAX:
@@ -99,13 +91,6 @@ def _png(crop: np.ndarray) -> bytes:
     if not ok:
         raise SessionError("cannot encode a cell's crop as PNG", 500)
     return buf.tobytes()
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename: a kill never leaves half a file (no fsync: crops are many)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Session:
@@ -140,7 +125,8 @@ class Session:
         state = {"id": sid, "state": "open", "target": target, "labels": list(labels), "min_score": min_score,
                  "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
                  "reason": None}
-        write_json_atomic(folder / "state.json", state)
+        write_json_atomic(folder / "state.json", state, fsync="full")
+        fsync_dir(root)  # the session folder's own name
         return cls(folder, state, [])
 
     @classmethod
@@ -166,10 +152,10 @@ class Session:
         rec = {"id": cid, **cell, "crop": None, "reviewed": None, "time": round(time.time(), 3)}
         if crop is not None and crop.size:
             name = f"crops/{cid}.png"
-            _write_file(self.folder / name, _png(crop))
+            write_bytes_atomic(self.folder / name, _png(crop), fsync="full")  # on disk before its line
             rec["crop"] = name
         if self._log is None:
-            self._log = LineSink(self.folder / "cells.jsonl", "--sessions")
+            self._log = LineSink(self.folder / "cells.jsonl", "--sessions", fsync=True)
         self._log.write(json.dumps(rec))
         self.cells.append(rec)
         self.by_id[cid] = rec
@@ -187,7 +173,7 @@ class Session:
         if label not in allowed:
             raise SessionError(f"label {label!r} is not one of {', '.join(allowed)} (or confirm)", 400)
         if self._reviews is None:
-            self._reviews = LineSink(self.folder / "reviews.jsonl", "--sessions")
+            self._reviews = LineSink(self.folder / "reviews.jsonl", "--sessions", fsync=True)
         self._reviews.write(json.dumps({"id": cell_id, "label": label, "was": effective_label(cell),
                                         "time": round(time.time(), 3)}))
         cell["reviewed"] = label
@@ -222,7 +208,7 @@ class Session:
 
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
-        write_json_atomic(self.folder / "state.json", self.state)
+        write_json_atomic(self.folder / "state.json", self.state, fsync="full")
         self.write_reports()
         for sink in (self._log, self._reviews):
             if sink is not None:
@@ -387,7 +373,7 @@ class Sessions:
                 for c in cells:
                     tid = c.get("track")
                     if tid is not None and not c.get("decided") and not c.get("cut"):
-                        self._views[tid] = (_crop(frame, c["box"]), idx, c["center"])
+                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"])
             added = []
             for e in rec.get("counted") or []:
                 if not self.current.is_open:
@@ -396,7 +382,7 @@ class Sessions:
                 if "track" in e:
                     crop, _, center = self._views.pop(e["track"], (None, idx, None))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
-                    crop = _crop(frame, cells[e["cell"]]["box"])
+                    crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
                 added.append(self.current.add(_cell_record(e, idx, center), crop))
                 if self.current.state["target"] is not None and self.current.differential().done:
                     self.current.close("count reached", self.clock)

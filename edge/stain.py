@@ -56,6 +56,18 @@ def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
     return v_lo + (v_hi - v_lo) * (idx - lo)
 
 
+def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
+    """The frame's background (empty slide) colour, RGB float64: the 75th percentile of each channel over
+    the pixels brighter than the 60th percentile of grey (every other row and column)."""
+    sub = frame_rgb[::2, ::2]
+    grey3 = sub.sum(axis=2, dtype=np.int16)  # 3 x grey: the same order, whole numbers
+    bright = sub[grey3 > _percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)]
+    if bright.size:
+        return np.array([_percentile_of_counts(np.bincount(bright[:, c], minlength=256), 75) for c in range(3)],
+                        np.float64)
+    return frame_rgb.reshape(-1, 3).max(axis=0).astype(np.float64)
+
+
 def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
     """Per-channel OD against the frame's background (brightest pixels), HxWx3 float32 >= 0.
 
@@ -63,14 +75,7 @@ def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
     60th percentile of grey (every other row and column); percentiles of uint8 values come
     from their counts, and OD, a function of a channel's uint8 value alone, from a 256-entry table.
     """
-    sub = frame_rgb[::2, ::2]
-    grey3 = sub.sum(axis=2, dtype=np.int16)  # 3 x grey: the same order, whole numbers
-    bright = sub[grey3 > _percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)]
-    if bright.size:
-        background = np.array([_percentile_of_counts(np.bincount(bright[:, c], minlength=256), 75)
-                               for c in range(3)]) + 1.0
-    else:
-        background = frame_rgb.reshape(-1, 3).max(axis=0) + 1.0
+    background = frame_background(frame_rgb) + 1.0
     v = np.arange(256, dtype=np.float32)[:, None] + 1.0
     table = np.maximum(-np.log(v / background.astype(np.float32)), 0.0).astype(np.float32)
     return cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))

@@ -64,10 +64,12 @@ class FieldScale:
     only when someone turns the objective).
     """
 
-    def __init__(self, cfg: field_lib.FieldConfig, window: int = 15, every: int = 1):
+    def __init__(self, cfg: field_lib.FieldConfig, window: int = 15, every: int = 1,
+                 site_rbc_px: float | None = None):
         self.cfg = cfg
         self.smoother = scale_lib.ScaleSmoother(window)
         self.every = every
+        self.site_rbc_px = site_rbc_px  # a site file's fixed scale (``site.py``): crops at it; the ruler is reported
         self._frames = 0
 
     def measure(self, frame: np.ndarray, layers, factor: int = 1) -> tuple[float, dict]:
@@ -79,13 +81,19 @@ class FieldScale:
         if fixed is not None:
             return fixed, {"source": "crop-size", "rbc_px": round(fixed, 1), "crop": self.cfg.crop_size}
         self._frames += 1
+        site = self.site_rbc_px
         if self.every > 1 and len(self.smoother.values) >= self.every and self._frames % self.every:
-            rbc = self.smoother.current
-            return rbc, {"source": "red cells (held)", "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc)}
+            rbc = site or self.smoother.current
+            return rbc, {"source": "site" if site else "red cells (held)", "rbc_px": round(rbc, 1),
+                         "crop": self.cfg.crop_for(rbc)}
         est = scale_lib.estimate_rbc_diameter(frame, layers)
         if est.diameter_px is not None and factor != 1:
             est = scale_lib.ScaleEstimate(est.diameter_px * factor, est.cells)
         current = self.smoother.update(est)
+        if site:  # the site's scale crops; this frame's ruler is only reported
+            return site, {"source": "site", "rbc_px": round(site, 1), "crop": self.cfg.crop_for(site),
+                          "frame_rbc_px": None if est.diameter_px is None else round(est.diameter_px, 1),
+                          "red_cells": est.cells}
         source = "red cells" if current is not None else "fallback"
         rbc = current if current is not None else field_lib.FALLBACK_RBC_PX
         return rbc, {"source": source, "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc),
@@ -96,8 +104,8 @@ class FieldScale:
 def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
                    scale: FieldScale | None = None,
                    reference: ood.StainReference | None = None,
-                   known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None
-                   ) -> tuple[list[dict], dict]:
+                   known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None,
+                   site=None) -> tuple[list[dict], dict]:
     """Detect the cells of a field and classify all their crops in one pass.
 
     Returns the cells and the scale used (``FieldScale.measure``); with a ``reference`` (the
@@ -108,7 +116,8 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     its stained region (``cut``).
     ``known(detections)`` may give, by detection index, the label, score, best and scores of
     cells whose class is already decided (``FieldCounter.known``): those are not classified
-    again and are marked ``decided``.
+    again and are marked ``decided``. ``site`` (``site.Site``): its white balance is applied to each crop
+    before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``).
     """
     view, factor = field_lib.shrink_for_search(frame)
     layers = stain_layers(view)
@@ -126,6 +135,8 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     fresh = {}
     if todo:
         crops = np.stack([prepare(field_lib.crop(frame, dets[j], side), classifier.input_spec) for j in todo])
+        if site is not None:
+            crops = np.stack([site.balance(c) for c in crops])
         scores = np.asarray(classifier.classify(crops), dtype=np.float64)
         fresh = dict(zip(todo, zip(scores, np.round(scores, 4).tolist())))
     cells = []
@@ -333,6 +344,7 @@ def run_watch(
     on_frame: Callable[[np.ndarray, dict, dict], None] | None = None,
     reloader: ModelReloader | None = None,
     session=None,
+    site=None,
 ) -> dict:
     """Classify each frame (capture runs in its own thread); return the summary record.
 
@@ -351,6 +363,9 @@ def run_watch(
             replaces ``classifier`` (the count goes on), and each reload attempt is emitted as an event.
         session: field mode: a ``session.Sessions``, given each frame and its counted cells (it keeps
             them, with their crops, in the open session); the run ends when its ``ends_run`` is set.
+        site: a ``site.Site`` (``--site FILE``, from ``celledge calibrate``): its fixed scale replaces the
+            per-frame ruler (each record's ``scale.source`` is "site"; crop mode crops the view to the
+            training scale) and, when on, its white balance is applied to what is classified.
 
     Returns:
         {"summary": ...}: frames, drops, why it stopped, speed and the count: in field mode
@@ -361,7 +376,8 @@ def run_watch(
     mode, min_score, track = config.mode, config.min_score, config.track is not False
     max_frames, fps, k, count = config.max_frames, config.fps, config.top_k, config.count
     field_cfg = field_config(config, classifier)
-    field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1)  # one microscope's stream
+    field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1,  # one microscope's stream
+                             site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = 0
     tally = Tally(list(classifier.labels))
@@ -395,19 +411,24 @@ def run_watch(
             t0 = clock()
             if counter is not None:
                 cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, field_scale,
-                                                   reference, known=lambda dets: counter.known(frame, dets, n))
+                                                   reference, known=lambda dets: counter.known(frame, dets, n),
+                                                   site=site)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted,
                        "differential": counter.brief(), "track_ms": round((clock() - t0 - dt) * 1e3, 3)}
             else:
-                scores = classifier.classify(prepare(frame, classifier.input_spec)[None])[0]
+                view = frame if site is None else site.balance(
+                    site.crop_to_scale(frame, field_cfg.model_rbc_px, field_cfg.input_px))
+                scores = classifier.classify(prepare(view, classifier.input_spec)[None])[0]
                 dt = clock() - t0
                 best = top_k(scores, classifier.labels, k=k)
                 tally.add(best[0].label)
                 rec = {"frame": n, "label": best[0].label, "score": round(best[0].score, 4),
                        "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
+                if site is not None and site.use_scale:
+                    rec["scale"] = {"source": "site", "rbc_px": round(site.rbc_px, 1), "crop": view.shape[0]}
             infer_s += dt
             rec["infer_ms"] = round(dt * 1e3, 3)
             emit(rec)
@@ -443,8 +464,10 @@ def run_watch(
         "fps": round(n / elapsed, 2),
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
     }
+    if site is not None:
+        summary["site"] = site.info()
     if reloader is not None:
-        summary["model_reloads"] = {"ok": reloader.ok, "failed": reloader.failed, **reloader.info}
+        summary["model_reloads"] = reloader.state()
     if counter is None:
         summary["tally"] = tally.summary()
         return {"summary": summary}

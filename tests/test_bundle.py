@@ -91,3 +91,55 @@ def test_atomic_files_are_readable_by_others(tmp_path):
     p = tmp_path / "m.tflite"
     write_bytes_atomic(p, b"x")
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("mode, synced", [("file", ["file"]), ("full", ["file", "folder"]), ("none", [])])
+def test_write_bytes_atomic_fsync_modes(tmp_path, monkeypatch, mode, synced):
+    import os
+    import stat
+
+    from scopelite.edge.bundle import write_bytes_atomic
+
+    calls = []
+    real = os.fsync
+
+    def spy(fd):
+        calls.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_bytes_atomic(tmp_path / "a.bin", b"abc", fsync=mode)
+    assert calls == synced and (tmp_path / "a.bin").read_bytes() == b"abc"
+    with pytest.raises(ValueError):
+        write_bytes_atomic(tmp_path / "b.bin", b"abc", fsync="always")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_build_and_write_validate_the_provenance_once_and_hash_the_model_once(model_file, monkeypatch):
+    from scopelite.edge import bundle
+
+    hashed, validated = [], []
+    real_hash, real_from_dict = bundle.sha256_file, Provenance.from_dict.__func__
+
+    def counting_hash(path):
+        hashed.append(str(path))
+        return real_hash(path)
+
+    def counting_from_dict(cls, d, where="provenance"):
+        validated.append(where)
+        return real_from_dict(cls, d, where)
+
+    monkeypatch.setattr(bundle, "sha256_file", counting_hash)
+    monkeypatch.setattr(Provenance, "from_dict", classmethod(counting_from_dict))
+    sc = _sidecar(model_file, provenance=Provenance(notes={"how": "measured on /mnt/scratch/crops"}))
+    assert validated == ["provenance"] and sc.provenance.notes == {"how": "measured on crops"}
+    write_sidecar(model_file, sc)
+    assert hashed == [str(model_file)]  # build_sidecar's hash, not read again by write_sidecar
+    # a file changed after its sidecar was built is still refused (its hash is read again then)
+    sc = _sidecar(model_file)
+    model_file.write_bytes(b"another model, longer")
+    with pytest.raises(BundleError, match="sidecar hash does not match"):
+        write_sidecar(model_file, sc)
+    # a bad provenance is still one line naming the field
+    with pytest.raises(BundleError, match=r"sidecar of model.tflite: provenance: .*cpu_model"):
+        _sidecar(model_file, provenance=Provenance(cpu_model=5))

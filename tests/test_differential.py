@@ -93,3 +93,21 @@ def test_wilson_interval():
     lo, hi = wilson_interval(5, 100)
     assert 2.1 < lo < 2.2 and 11.1 < hi < 11.3
     assert wilson_interval(0, 0) == (0.0, 100.0)
+
+
+def test_no_edge_module_imports_another_modules_private_names():
+    """A name shared across modules is public (differential.TITLES, not _TITLES): private names stay home."""
+    import re
+    from pathlib import Path
+
+    import scopelite.edge
+
+    edge = Path(scopelite.edge.__file__).parent
+    names_from = re.compile(r"^from \.\w+ import (\([^)]*\)|[^\n]*)", re.M)  # a module's names, not a module
+    offenders = [f"{f.name}: {names}" for f in sorted(edge.glob("*.py")) for names in names_from.findall(f.read_text())
+                 if any(n.strip().startswith("_") for n in re.sub(r"#[^\n]*", "", names).strip("()").split(","))]
+    assert not offenders, offenders
+    from scopelite.edge.differential import TITLES
+    from scopelite.edge.session_report import title
+
+    assert all(title(k) == v for k, v in TITLES.items())

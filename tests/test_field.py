@@ -120,3 +120,18 @@ def test_a_large_frame_is_searched_at_half_size_and_cropped_at_full():
                     [tuple(c["center"]) for c in cells], radius=40)
     assert m["recall"] >= 0.9 and m["precision"] >= 0.9, m
     assert all(c["box"][2] - c["box"][0] == info["crop"] for c in found)
+
+
+def test_crop_at_takes_any_box_with_reflected_borders():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 70, 3), np.uint8)
+    pad = 30  # cv2's BORDER_REFLECT is numpy's "symmetric": the edge pixel repeated, then mirrored
+    ref = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    for box in [(10, 5, 40, 35), (-12, -7, 20, 25), (55, 30, 85, 60), (-25, -25, 95, 75)]:
+        x0, y0, x1, y1 = box
+        got = field.crop_at(img, box)
+        assert got.shape == (y1 - y0, x1 - x0, 3)
+        assert np.array_equal(got, ref[y0 + pad : y1 + pad, x0 + pad : x1 + pad]), box
+    det = field.Detection(x=3.0, y=60.0, box=(0, 55, 6, 65), area=36)  # field.crop is crop_at of crop_box
+    big = rng.integers(0, 255, (80, 80, 3), np.uint8)
+    assert np.array_equal(field.crop(big, det, 31), field.crop_at(big, field.crop_box(det, 31)))

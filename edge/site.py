@@ -1,0 +1,356 @@
+"""Site calibration: what is fixed for one microscope, measured once, applied to every frame. Pure.
+
+A lab's microscope has one magnification, one lamp and one camera, and its slides one stain. What
+``celledge calibrate`` measures on a few unlabelled frames of it, and ``--site FILE`` applies:
+
+* **scale**: the red-cell diameter in the site's pixels (red cells are about 7.5 µm across), the
+  median over the calibration frames. Used for the crops instead of the per-frame ruler, which a
+  frame's specks, fibres or crowding can fool (``docs/robustness.md``, native debris); the
+  per-frame ruler is still measured and reported beside it (``frame_rbc_px``).
+* **background** (white balance): the median colour of the empty slide. With ``colour`` on, each
+  classified crop is multiplied per channel by ``gain`` = training background / site background.
+* **stain**: the median stain distance of the frames to the model's training data (``ood.py``) and
+  whether the images are unlike it: the advice to adapt the model (``celltrain fit --preset few-shot``).
+
+Nothing here depends on the slide's class mix: no statistic of the cells' classes, no BatchNorm
+re-estimation (which fails exactly when a slide's mix is not the training mix).
+
+Which parts are on by default was measured (rule and figures: ``benchmarks/results/site-calibration.json``,
+``docs/cross-lab.md``): neither. The site scale rescued PBC fields under heavy native debris (127 -> 154 of
+160) but cost 2 of 120 clean PBC fields and 10 of 181 DeepBioNet fields (DeepBioNet pools two
+magnifications); the white balance cost DeepBioNet 15 fields. ``celledge calibrate --scale`` / ``--colour``
+turn them on; the file always records both, with the stain distance and the advice.
+
+The record (JSON, ``SCHEMA``)::
+
+    {"schema": "scopelite-site/1", "created": "...", "source": "...", "frames": 30,
+     "model": {"name": "bloodcell_int8.tflite", "input_px": 96, "rbc_px": 18.0},
+     "scale": {"use": false, "rbc_px": 57.2, "um_per_px": 0.1311, "iqr": [55.0, 59.1], "frames": 30,
+               "magnifications": [{"rbc_px": 57.2, "frames": 30}]},
+     "background": [171.0, 208.0, 222.0],
+     "colour": {"use": false, "gain": [1.39, 0.99, 1.03], "target_background": [255.0, 228.0, 203.0]},
+     "stain": {"distance": 1.42, "threshold": 0.62, "unlike_training": true, "unlike_frames": 29, "frames": 30},
+     "advice": "..."}
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import cv2
+import numpy as np
+
+from . import ood
+from .errors import UserError
+from .scale import crop_side, estimate_rbc_diameter
+from .stain import frame_background, stain_layers
+
+SCHEMA = "scopelite-site/1"
+RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
+# The training lab's background (PBC, CellaVision DM96): the median of ``stain.frame_background`` over every
+# 4th of ../shared/data/pbc-fields (40 fields; benchmarks/results/site-calibration.json). The target of the
+# white balance for the shipped model and any model trained on PBC.
+TRAINING_BACKGROUND = (255.0, 228.0, 203.0)
+DEFAULT_FRAMES = 30
+GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camera: a wrong measurement
+ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
+                "(label 25 cells per class you see; docs/cross-lab.md)")
+LIKE_ADVICE = "the images are stained like the model's training data"
+
+
+class SiteError(UserError):
+    """A site file that cannot be used: one ``Error:`` line per mistake (``errors.print_error``)."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        super().__init__("; ".join(self.lines))
+
+
+@dataclass(frozen=True)
+class FrameMeasure:
+    """One calibration frame: its red-cell diameter (None: too few red cells), background, stain distance."""
+
+    rbc_px: float | None
+    red_cells: int
+    background: tuple[float, float, float]
+    distance: float | None  # None: no reference, or no red cell and nucleus to compare
+
+
+def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
+    """What calibration reads from one RGB frame (the per-frame ruler, the background, the stain distance)."""
+    layers = stain_layers(frame_rgb)
+    est = estimate_rbc_diameter(frame_rgb, layers)
+    distance = ood.score(ood.stain_stats(frame_rgb, layers), reference) if reference is not None else None
+    bg = tuple(round(float(v), 1) for v in frame_background(frame_rgb))
+    return FrameMeasure(est.diameter_px, est.cells, bg, distance)
+
+
+def magnifications(sizes, min_share: float = 0.15, min_ratio: float = 1.3) -> list[dict]:
+    """The magnifications a set of per-frame red-cell diameters shows: one group, or two when the best split
+    (largest between-group variance of the log sizes) leaves at least ``min_share`` of the frames on each side
+    and the groups' medians are ``min_ratio`` apart. One microscope and objective varies within about
+    +-10 % (PBC: 60-78 px, one group); DeepBioNet's fields are two groups (about 52 and 74 px): two
+    set-ups in one folder, which no single site scale fits."""
+    v = np.sort(np.asarray(list(sizes), np.float64))
+    groups = [v]
+    if len(v) >= 6:
+        lv = np.log(v)
+        best, k = -1.0, None
+        for i in range(1, len(v)):
+            a, b = lv[:i], lv[i:]
+            var = len(a) * len(b) * (a.mean() - b.mean()) ** 2
+            if var > best:
+                best, k = var, i
+        lo, hi = v[:k], v[k:]
+        if min(len(lo), len(hi)) >= min_share * len(v) and np.median(hi) >= min_ratio * np.median(lo):
+            groups = [lo, hi]
+    return [{"rbc_px": round(float(np.median(g)), 2), "frames": int(len(g))} for g in groups]
+
+
+def pick_evenly(items: list, n: int) -> list:
+    """``n`` of ``items`` spread evenly over them, in order (all of them when there are no more than ``n``):
+    a folder's calibration frames come from all of it, not from its first class or slide."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def gain_for(background, target=TRAINING_BACKGROUND) -> tuple[float, float, float]:
+    """Per-channel white-balance gain taking the site's background to the training one."""
+    return tuple(round(float(t) / max(float(b), 1.0), 4) for b, t in zip(background, target))
+
+
+def apply_gain(image_rgb: np.ndarray, gain) -> np.ndarray:
+    """RGB uint8 with each channel multiplied by its gain (rounded, clipped to 0-255)."""
+    v = np.arange(256, dtype=np.float64)[:, None]
+    table = np.clip(np.round(v * np.asarray(gain, np.float64)[None, :]), 0, 255).astype(np.uint8)
+    return cv2.LUT(np.ascontiguousarray(image_rgb), table.reshape(256, 1, 3))
+
+
+def balance_to(image_rgb: np.ndarray, background, target=TRAINING_BACKGROUND) -> np.ndarray:
+    """``image_rgb`` with ``background`` taken to ``target`` per channel."""
+    return apply_gain(image_rgb, gain_for(background, target))
+
+
+def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: float, model_name: str | None = None,
+              reference: ood.StainReference | None = None, target_background=TRAINING_BACKGROUND,
+              scale: bool = True, colour: bool = False, source: str | None = None,
+              progress: Callable[[int, FrameMeasure], None] | None = None) -> dict:
+    """The site record of a microscope from its frames (see the module docstring).
+
+    Args:
+        frames: RGB uint8 frames of the site (unlabelled; a few tens of fields is plenty).
+        input_px, model_rbc_px, model_name: the model the file is made for (its input side and the
+            red-cell diameter in its input, from the sidecar).
+        reference: the model's training stain (``ood.reference_of``); None: no stain distance.
+        target_background: the training data's background colour (the white balance's target).
+        scale, colour: whether ``--site`` uses the site scale / the white balance (both are recorded).
+        progress: called with (frame index, its measurement) for each frame.
+
+    Raises:
+        SiteError: no frame, or no frame with enough red cells to measure the scale.
+    """
+    measures = []
+    for i, frame in enumerate(frames):
+        m = measure_frame(frame, reference)
+        measures.append(m)
+        if progress is not None:
+            progress(i, m)
+    if not measures:
+        raise SiteError(["no frames to calibrate on: give a folder of images, a video or a camera"])
+    sizes = [m.rbc_px for m in measures if m.rbc_px is not None]
+    if not sizes:
+        raise SiteError([f"none of the {len(measures)} frames shows enough red cells to measure the scale: "
+                         "calibrate on ordinary fields of a smear (red cells around the white cells)"])
+    rbc = float(np.median(sizes))
+    bg = tuple(round(float(v), 1) for v in np.median([m.background for m in measures], axis=0))
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "frames": len(measures),
+        "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2)},
+        "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
+                  "iqr": [round(float(v), 2) for v in np.percentile(sizes, [25, 75])], "frames": len(sizes),
+                  "magnifications": magnifications(sizes)},
+        "background": list(bg),
+        "colour": {"use": bool(colour), "gain": list(gain_for(bg, target_background)),
+                   "target_background": [round(float(v), 1) for v in target_background]},
+    }
+    distances = [m.distance for m in measures if m.distance is not None]
+    if reference is not None and distances:
+        median = round(float(np.median(distances)), 4)
+        unlike = median > reference.threshold
+        record["stain"] = {"distance": median, "threshold": reference.threshold, "unlike_training": unlike,
+                           "unlike_frames": sum(d > reference.threshold for d in distances),
+                           "frames": len(distances)}
+        record["advice"] = ADAPT_ADVICE if unlike else LIKE_ADVICE
+    else:
+        record["stain"] = None
+        record["advice"] = ("no stain distance: the model carries no stain reference, or no frame shows a red "
+                            "cell and a nucleus")
+    problems = validate(record)
+    if problems:  # a measurement that makes no sense (a blank background, a wild gain): say it, write nothing
+        raise SiteError(problems)
+    return record
+
+
+def _number(d: dict, key: str, where: str, lo: float, hi: float, out: list[str], whole: bool = False) -> None:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        out.append(f"{where}.{key}: expected a number, got {v!r}")
+    elif whole and not float(v).is_integer():
+        out.append(f"{where}.{key}: expected a whole number, got {v!r}")
+    elif not lo <= v <= hi:
+        out.append(f"{where}.{key}: {v!r} is out of range ({lo:g} to {hi:g})")
+
+
+def _triple(v: Any, where: str, lo: float, hi: float, out: list[str]) -> None:
+    if (not isinstance(v, list) or len(v) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+        out.append(f"{where}: expected three numbers (R, G, B), got {v!r}")
+    elif not all(lo <= x <= hi for x in v):
+        out.append(f"{where}: {v!r} is out of range ({lo:g} to {hi:g} each)")
+
+
+def validate(raw: Any, name: str = "site file") -> list[str]:
+    """Every mistake of a site record, one line each (empty: usable)."""
+    if not isinstance(raw, dict):
+        return [f"{name}: must hold a JSON object made by celledge calibrate, not a {type(raw).__name__}"]
+    if raw.get("schema") != SCHEMA:
+        return [f"{name}: schema {raw.get('schema')!r} is not {SCHEMA!r}: make it again with celledge calibrate "
+                "SOURCE --out FILE"]
+    out: list[str] = []
+    sections = {"model": dict, "scale": dict, "colour": dict, "background": list}
+    for key, kind in sections.items():
+        if not isinstance(raw.get(key), kind):
+            out.append(f"{name}: {key}: missing or not a{'n object' if kind is dict else ' list'}")
+    if out:
+        return out
+    _number(raw["model"], "input_px", f"{name}: model", 8, 4096, out, whole=True)
+    _number(raw["model"], "rbc_px", f"{name}: model", 1, 4096, out)
+    sc = raw["scale"]
+    _number(sc, "rbc_px", f"{name}: scale", 4, 2000, out)  # a red cell of 4 px is no measurement
+    if not isinstance(sc.get("use"), bool):
+        out.append(f"{name}: scale.use: expected true or false, got {sc.get('use')!r}")
+    _triple(raw["background"], f"{name}: background", 1, 255, out)
+    co = raw["colour"]
+    if not isinstance(co.get("use"), bool):
+        out.append(f"{name}: colour.use: expected true or false, got {co.get('use')!r}")
+    _triple(co.get("gain"), f"{name}: colour.gain", *GAIN_RANGE, out)
+    stain = raw.get("stain")
+    if stain is not None and not isinstance(stain, dict):
+        out.append(f"{name}: stain: expected an object or null, got {stain!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Site:
+    """A validated site record, ready to apply (``load``)."""
+
+    path: str
+    rbc_px: float
+    use_scale: bool
+    gain: tuple[float, float, float]
+    use_colour: bool
+    input_px: int
+    record: dict
+
+    @property
+    def scale_rbc_px(self) -> float | None:
+        """The red-cell diameter to crop at (None: the site scale is off, the per-frame ruler decides)."""
+        return self.rbc_px if self.use_scale else None
+
+    @property
+    def um_per_px(self) -> float:
+        return RBC_UM / self.rbc_px
+
+    def balance(self, image_rgb: np.ndarray) -> np.ndarray:
+        """``image_rgb`` white-balanced to the training background (unchanged when colour is off)."""
+        return apply_gain(image_rgb, self.gain) if self.use_colour else image_rgb
+
+    def crop_to_scale(self, image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> np.ndarray:
+        """A single-cell image of this site as the model saw its training cells: the centred square that
+        shows red cells at the model's scale (borders reflected when the image is smaller); unchanged
+        when the site scale is off."""
+        if not self.use_scale:
+            return image_rgb
+        side = crop_side(self.rbc_px, model_rbc_px, input_px)
+        h, w = image_rgb.shape[:2]
+        pad = max(0, (side - min(h, w) + 1) // 2 + 1)
+        img = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT) if pad else image_rgb
+        cy, cx = img.shape[0] // 2, img.shape[1] // 2
+        y0, x0 = cy - side // 2, cx - side // 2
+        return np.ascontiguousarray(img[y0 : y0 + side, x0 : x0 + side])
+
+    def info(self) -> dict:
+        """What each JSON line says about the site file."""
+        return {"file": self.path, "scale": self.use_scale, "colour": self.use_colour}
+
+
+def from_record(raw: Any, name: str = "site file", input_px: int | None = None) -> Site:
+    """A ``Site`` from a parsed record; ``input_px``: the model it will serve (a file made for another input
+    size is refused).
+
+    Raises:
+        SiteError: every mistake, one line each.
+    """
+    problems = validate(raw, name)
+    if not problems and input_px is not None and int(raw["model"]["input_px"]) != int(input_px):
+        problems.append(f"{name} was made for a model with {raw['model']['input_px']} px inputs, this model takes "
+                        f"{input_px} px: calibrate again with this model (celledge calibrate SOURCE --model MODEL)")
+    if problems:
+        raise SiteError(problems)
+    return Site(path=name, rbc_px=float(raw["scale"]["rbc_px"]), use_scale=raw["scale"]["use"],
+                gain=tuple(float(g) for g in raw["colour"]["gain"]), use_colour=raw["colour"]["use"],
+                input_px=int(raw["model"]["input_px"]), record=raw)
+
+
+def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
+    """Read and check a site file (``celledge calibrate``'s JSON).
+
+    Raises:
+        SiteError: missing, unreadable, not JSON, another schema, nonsense values, another input size.
+    """
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SiteError([f"--site {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SiteError([f"--site {name}:{e.lineno}: not valid JSON ({e.msg}); make it with celledge calibrate "
+                         "SOURCE --out FILE"]) from None
+    return from_record(raw, name, input_px)
+
+
+def summary_lines(record: dict, out: str) -> list[str]:
+    """What ``celledge calibrate`` prints: the file, the scale, the background, the stain, the advice."""
+    sc, co, st = record["scale"], record["colour"], record.get("stain")
+    lines = [f"site file: {out} ({record['frames']} frames of {record.get('source') or 'the source'})",
+             f"scale: red cell {sc['rbc_px']} px = {sc['um_per_px']} um/px (a red cell is {RBC_UM:g} um; "
+             f"{sc['frames']} frames measured, quartiles {sc['iqr'][0]}-{sc['iqr'][1]} px); "
+             + ("--site crops at it instead of each frame's ruler" if sc["use"] else
+                "recorded, not used: --site keeps each frame's ruler (calibrate --scale crops at the site scale: "
+                "it rescues slides whose specks fool the ruler, and cost a few fields on clean ones; "
+                "docs/cross-lab.md)")]
+    groups = sc.get("magnifications") or []
+    if len(groups) > 1:
+        lines.append("warning: the frames show red cells at " + " and ".join(
+            f"{g['rbc_px']:g} px ({g['frames']} frames)" for g in groups)
+            + ": more than one objective or camera; calibrate each set-up apart, one site file each")
+    lines.append("background: RGB " + " ".join(f"{v:g}" for v in record["background"])
+                 + f"; white balance to the training background: gain {' '.join(f'{g:g}' for g in co['gain'])}, "
+                 + ("on" if co["use"] else "off (on another lab it lowered accuracy; calibrate --colour turns it on; "
+                                           "docs/cross-lab.md)"))
+    if st:
+        lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "
+                     f"{st['unlike_frames']} of {st['frames']} frames above it)")
+    lines.append(f"advice: {record['advice']}")
+    return lines

@@ -1,0 +1,186 @@
+"""Site calibration: `celledge calibrate` measures a microscope once, `--site FILE` applies it in watch and classify."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, invoke_cli
+from scopelite.edge import site as site_lib
+from scopelite.edge.scale import crop_side
+from scopelite.train.synth import make_field
+
+TRUE_DIAMETER = 24.0  # generated red cells at scale 1 (train/synth.py; tests/test_scale.py)
+MODEL_RBC_PX = 18.0  # the shipped model's sidecar: red cells in its 96 px input
+
+
+def _fields(folder, scale: float, n: int = 5, seed: int = 0) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    frames = [make_field(rng, 640, 480, n_cells=4, scale=scale)[0] for _ in range(n)]
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"field{i:02d}.png"), f[..., ::-1])
+    return frames
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site") / "fields"
+    _fields(folder, 1.5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site_file(fields, tmp_path_factory):
+    out = tmp_path_factory.mktemp("site_out") / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(fields), "--scale", "--out", str(out))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return out, r
+
+
+@pytest.mark.parametrize("s", [0.8, 1.6])
+def test_calibrate_recovers_the_known_scale(s):
+    rng = np.random.default_rng(int(s * 10))
+    frames = [make_field(rng, 640, 480, n_cells=4, scale=s)[0] for _ in range(4)]
+    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert abs(rec["scale"]["rbc_px"] / (TRUE_DIAMETER * s) - 1) < 0.08, rec["scale"]  # the ruler: +6 % at 0.8
+    assert rec["scale"]["um_per_px"] == pytest.approx(7.5 / rec["scale"]["rbc_px"], rel=1e-3)
+    assert rec["frames"] == 4 and rec["scale"]["frames"] == 4
+    assert site_lib.validate(rec) == []
+
+
+def test_calibrate_command_writes_the_file_and_a_summary(site_file):
+    out, r = site_file
+    rec = json.loads(out.read_text())
+    assert rec["schema"] == site_lib.SCHEMA and rec["model"]["input_px"] == 96
+    assert abs(rec["scale"]["rbc_px"] / (TRUE_DIAMETER * 1.5) - 1) < 0.06
+    assert rec["stain"] is not None and rec["stain"]["frames"] >= 1  # the shipped model carries a stain reference
+    assert f"{rec['scale']['rbc_px']} px" in r.stdout and "um/px" in r.stdout and "advice:" in r.stdout
+    assert "celltrain fit --preset few-shot" in r.stdout or "stained like the model's training" in r.stdout
+    assert r.stderr.count("frame ") == 5  # progress, one line a frame, on stderr
+
+
+def _lines(r) -> list[dict]:
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+
+
+def test_site_fixes_the_scale_in_watch(fields, site_file, tmp_path):
+    out, _ = site_file
+    rec = json.loads(out.read_text())
+    rec["scale"]["rbc_px"] = 50.0  # not what the frames show (36 px): the lines must follow the file
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps(rec))
+    lines = _lines(invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(fixed)))
+    frames = [x for x in lines if "frame" in x and "scale" in x]
+    assert len(frames) == 5
+    for x in frames:
+        assert x["scale"]["source"] == "site" and x["scale"]["rbc_px"] == 50.0
+        assert x["scale"]["crop"] == crop_side(50.0, MODEL_RBC_PX, 96)
+        assert abs(x["scale"]["frame_rbc_px"] / 36.0 - 1) < 0.12  # the frame's own ruler is still reported
+        assert all(c["box"][2] - c["box"][0] == x["scale"]["crop"] for c in x["cells"])
+    assert lines[-1]["summary"]["site"] == {"file": str(fixed), "scale": True, "colour": False}
+    without = [x for x in _lines(invoke_cli("celledge", "watch", str(fields), "--mode", "field")) if "scale" in x]
+    assert {x["scale"]["source"] for x in without} == {"red cells"}
+
+
+def test_by_default_the_site_file_changes_no_crop_and_no_colour(fields, tmp_path):
+    off = tmp_path / "default.json"
+    r = invoke_cli("celledge", "calibrate", str(fields), "--frames", "2", "--out", str(off))
+    assert r.returncode == 0 and "recorded, not used" in r.stdout, r.stderr
+    rec = json.loads(off.read_text())
+    assert rec["scale"]["use"] is False and rec["colour"]["use"] is False and rec["frames"] == 2
+    lines = _lines(invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(off),
+                              "--max-frames", "2"))
+    assert {x["scale"]["source"] for x in lines if "scale" in x} == {"red cells"}
+    assert lines[-1]["summary"]["site"]["scale"] is False
+
+
+def test_two_magnifications_are_reported(tmp_path):
+    frames = _fields(tmp_path / "a", 1.0, n=4, seed=1) + _fields(tmp_path / "b", 1.6, n=4, seed=2)
+    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    groups = rec["scale"]["magnifications"]
+    assert [g["frames"] for g in groups] == [4, 4], groups
+    assert abs(groups[1]["rbc_px"] / groups[0]["rbc_px"] - 1.6) < 0.1
+    assert any(line.startswith("warning: the frames show red cells at") for line in site_lib.summary_lines(rec, "x"))
+    one = site_lib.calibrate(frames[:4], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert len(one["scale"]["magnifications"]) == 1
+
+
+def test_site_in_the_config_file(fields, site_file, tmp_path):
+    out, _ = site_file
+    cfg = tmp_path / "watch.yaml"
+    cfg.write_text(f"source: {fields}\nmode: field\nsite: {out}\nmax-frames: 2\n")
+    printed = invoke_cli("celledge", "watch", "--config", str(cfg), "--print-config")
+    assert printed.returncode == 0 and f"site: {out}" in printed.stdout, printed.stderr
+    lines = _lines(invoke_cli("celledge", "watch", "--config", str(cfg)))
+    assert {x["scale"]["source"] for x in lines if "scale" in x} == {"site"}
+    cfg.write_text(f"source: {fields}\nmode: field\nsite: {tmp_path / 'missing.json'}\n")
+    assert_one_line_error(invoke_cli("celledge", "watch", "--config", str(cfg)), "site", "missing.json", code=2)
+    cfg.write_text(f"source: {fields}\nmode: field\nsite: {out}\ncrop-size: 360\n")
+    assert_one_line_error(invoke_cli("celledge", "watch", "--config", str(cfg)), "--crop-size", "--site", code=2)
+
+
+def test_classify_with_a_site_crops_at_the_training_scale(fields, site_file):
+    out, _ = site_file
+    rec = json.loads(out.read_text())
+    r = invoke_cli("celledge", "classify", str(fields / "field00.png"), "--site", str(out), "--json")
+    line = _lines(r)[0]
+    assert line["scale"] == {"source": "site", "rbc_px": round(rec["scale"]["rbc_px"], 1),
+                             "crop": crop_side(rec["scale"]["rbc_px"], MODEL_RBC_PX, 96)}
+
+
+def _bad(tmp_path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_bad_site_files_give_error_lines(site_file, fields, tmp_path):
+    out, _ = site_file
+    good = json.loads(out.read_text())
+    cases = {
+        "not JSON": (_bad(tmp_path, "a.json", "{scale: 3"), "not valid JSON"),
+        "a list": (_bad(tmp_path, "b.json", "[1, 2]"), "JSON object"),
+        "another schema": (_bad(tmp_path, "c.json", json.dumps({**good, "schema": "scopelite-site/0"})), "schema"),
+        "another input size": (_bad(tmp_path, "d.json",
+                                    json.dumps({**good, "model": {**good["model"], "input_px": 224}})), "224 px inputs"),
+        "a negative scale": (_bad(tmp_path, "e.json", json.dumps({**good, "scale": {**good["scale"], "rbc_px": -3}})),
+                             "scale.rbc_px"),
+    }
+    for what, (path, needle) in cases.items():
+        for cmd in (["watch", str(fields), "--mode", "field"], ["classify", str(fields / "field00.png")]):
+            r = invoke_cli("celledge", *cmd, "--site", path)
+            assert_one_line_error(r, needle, code=2)
+    missing = invoke_cli("celledge", "watch", str(fields), "--site", str(tmp_path / "nope.json"))
+    assert_one_line_error(missing, "nope.json", code=2)
+    # several mistakes at once: one Error line each
+    two = _bad(tmp_path, "f.json", json.dumps({**good, "scale": {**good["scale"], "rbc_px": "big", "use": "yes"},
+                                                "colour": {**good["colour"], "gain": [0, 1, 1]}}))
+    r = invoke_cli("celledge", "watch", str(fields), "--site", two)
+    errs = [x for x in r.stderr.splitlines() if x.startswith("Error: ")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errs) == 3, r.stderr
+    assert any("colour.gain" in e for e in errs) and any("scale.use" in e for e in errs)
+
+
+def test_calibrate_refuses_frames_without_red_cells_and_writes_nothing(tmp_path):
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(blank / f"{i}.png"), np.full((240, 320, 3), 230, np.uint8))
+    out = tmp_path / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(blank), "--out", str(out))
+    assert_one_line_error(r, "red cells", code=2)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_white_balance_takes_the_site_background_to_the_training_one():
+    rec = site_lib.calibrate([make_field(np.random.default_rng(1), 320, 240, n_cells=2)[0]], input_px=96,
+                             model_rbc_px=MODEL_RBC_PX, colour=True)
+    s = site_lib.from_record(rec)
+    bg = np.zeros((8, 8, 3), np.uint8) + np.array(rec["background"], np.uint8)
+    assert np.abs(s.balance(bg).astype(int)[0, 0] - np.array(site_lib.TRAINING_BACKGROUND)).max() <= 2
+    off = site_lib.from_record({**rec, "colour": {**rec["colour"], "use": False}})
+    assert off.balance(bg) is bg
