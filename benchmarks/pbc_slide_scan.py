@@ -8,7 +8,9 @@ with pauses, jerks, back-and-forth moves and refocusing (train/slide.py's scan p
 by hand. The frames are written as a lossless video and `celledge watch VIDEO --mode field` runs on it
 with default options (tracking on, the scale measured from the red cells). Truth: 28 nucleated centre
 cells, 4 per class; the white-cell differential is 1/6 each (16.7 %), NRBC 16.7 per 100 white cells.
-Nucleated counted = white cells + erythroblasts; cells counted as uncertain are listed apart.
+Nucleated counted = white cells + erythroblasts; cells counted as uncertain are listed apart. A counted
+cell's class may be revised when its track closes (over all the frames it was seen): ``cells`` gives the
+final label (``counted_as``) and, for a revised one, what it was counted as first (``revised_from``).
 Per counted cell (``cells``): the tile it lies on, whether it is that tile's centre cell (within
 CENTRE px of the tile's centre) or something else on the tile (a platelet, a cell cut by the
 field's border), the tile's class, what it was counted as, from how many whole views, and why.
@@ -58,11 +60,17 @@ def make_slide(data: Path, seed: int) -> tuple[np.ndarray, list[dict]]:
 
 def per_cell(lines: list[str], summary: dict, cells: list[dict], origin: tuple[int, int]) -> list[dict]:
     """Each counted cell, matched to the tile under its slide position (the first frame's coordinates + ``origin``)."""
-    events = [e for line in lines for e in json.loads(line).get("counted", []) if "track" in e]
+    records = [json.loads(line) for line in lines]
+    events = [e for r in records for e in r.get("counted", []) if "track" in e]
+    revised = {r["track"]: r for rec in records + [summary] for r in rec.get("revised", [])}  # the last one wins
     why = {c["ref"]["track"]: c.get("why") for c in summary["differential"]["uncertain"]["cells"]
            if isinstance(c.get("ref"), dict) and "track" in c["ref"]}
     out = []
     for e in events + summary.get("counted", []):
+        if e["track"] in revised:  # its class over all the frames it was seen replaced the counted one
+            r = revised[e["track"]]
+            e = {**e, "label": r["to"], "best": r["best"], "score": r["score"], "revised_from": e["label"],
+                 "revised_over_views": r["frames"]}
         x, y = e["slide"][0] + origin[0], e["slide"][1] + origin[1]
         tile = int(min(max(y // TILE, 0), ROWS - 1)) * COLS + int(min(max(x // TILE, 0), COLS - 1))
         cx, cy = cells[tile]["center"]
@@ -70,6 +78,7 @@ def per_cell(lines: list[str], summary: dict, cells: list[dict], origin: tuple[i
         out.append({"track": e["track"], "tile": tile, "tile_class": cells[tile]["label"],
                     "centre_cell": d <= CENTRE, "from_centre_px": round(d), "counted_as": e["label"],
                     "best": e["best"], "score": e["score"], "whole_views": e["frames"], "reason": e["reason"],
+                    **({k: e[k] for k in ("revised_from", "revised_over_views") if k in e}),
                     **({"why": why[e["track"]]} if why.get(e["track"]) else {})})
     return out
 

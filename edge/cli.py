@@ -334,7 +334,8 @@ def watch(**_):
 
     from .reload import ModelReloader
 
-    reloader = ModelReloader(load, clf, model)
+    # a new model must fit the running site file too (one made for its input size)
+    reloader = ModelReloader(load, clf, model, also=(lambda new: _site(cfg.site, new),) if site is not None else ())
     # SIGINT/SIGTERM: stop within 2 s; SIGHUP (systemctl reload): load, check and swap in the model again
     ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush,
                                        others={shutdown.SIGHUP: lambda: reloader.request(trigger="SIGHUP")}))

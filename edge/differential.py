@@ -9,7 +9,8 @@ white cells: they are reported as NRBC per 100 white cells. Platelets are
 counted on their own line. A cell whose best score is below ``min_score`` is
 "uncertain": listed for review, never in the percentages. Given the analyser's
 white count (10^9/L), rows also carry absolute counts, and the white count is
-corrected for NRBC (WBC x 100 / (100 + NRBC)), as labs do.
+corrected for NRBC (WBC x 100 / (100 + NRBC)), as labs do. A counted cell may be revised (``revise``:
+a tracked cell's class over all the frames it was seen; field mode revises nothing once the count is done).
 """
 from __future__ import annotations
 
@@ -65,17 +66,45 @@ class Differential:
         cell so that a person can find it for review. ``why``: the cell is uncertain whatever its
         score, for this reason (kept with it in the review list).
         """
+        label = self.label_for(scores, min_score, why)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        best = int(np.argmax(scores))
+        if label == UNCERTAIN:
+            entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
+            self.review.append(entry if why is None else {**entry, "why": why})
+            return UNCERTAIN
+        self.counts[label] += 1
+        return label
+
+    def label_for(self, scores: np.ndarray, min_score: float | None = None, why: str | None = None) -> str:
+        """The label ``add`` would count these scores as (nothing is counted)."""
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(self.labels):
             raise ValueError(f"{scores.shape[0]} scores for {len(self.labels)} labels")
         best = int(np.argmax(scores))
         threshold = self.min_score if min_score is None else min_score
-        if why is not None or scores[best] < threshold:
-            entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
-            self.review.append(entry if why is None else {**entry, "why": why})
-            return UNCERTAIN
-        self.counts[self.labels[best]] += 1
-        return self.labels[best]
+        return UNCERTAIN if why is not None or scores[best] < threshold else self.labels[best]
+
+    def revise(self, was: str, scores: np.ndarray, ref: Any = None, why: str | None = None,
+               min_score: float | None = None, match: dict | None = None) -> str:
+        """Move one counted cell from ``was`` to what ``scores`` say now (a tracked cell's class over all its
+        views); return its new label. An uncertain cell leaves the review list: the first entry whose ``ref``
+        holds every item of ``match`` (e.g. ``{"track": 7}``; None: the entry whose ref equals ``ref``)."""
+        self.label_for(scores, min_score, why)  # bad scores raise before anything moves
+        if was == UNCERTAIN:
+            def same(r) -> bool:
+                if match is None:
+                    return r == ref
+                return isinstance(r, dict) and all(r.get(k) == v for k, v in match.items())
+            k = next((i for i, e in enumerate(self.review) if same(e["ref"])), None)
+            if k is None:
+                raise ValueError(f"no uncertain cell {match or ref!r} to revise")
+            del self.review[k]
+        else:
+            if self.counts.get(was, 0) <= 0:
+                raise ValueError(f"no {was} counted to revise")
+            self.counts[was] -= 1
+        return self.add(scores, min_score, ref=ref, why=why)
 
     def add_label(self, label: str) -> None:
         """Count one cell whose label was decided elsewhere (a person's correction, crop mode)."""

@@ -44,10 +44,14 @@ class ModelReloader:
         load: path -> classifier, as the daemon loaded its first model (threads, device, TTA).
         current: the classifier in use.
         path: its model file.
+        also: more checks a new model must pass (each raises ``UserError``/``ValueError`` to refuse it),
+            e.g. that a ``--site`` file was made for its input size.
     """
 
-    def __init__(self, load: Callable[[str], Classifier], current: Classifier, path: str | os.PathLike):
+    def __init__(self, load: Callable[[str], Classifier], current: Classifier, path: str | os.PathLike,
+                 also: tuple[Callable[[Classifier], None], ...] = ()):
         self._load = load
+        self._also = tuple(also)
         self.labels = tuple(current.labels)
         self.path = str(path)
         self.info = bundle_info(current, path)
@@ -69,6 +73,8 @@ class ModelReloader:
             raise ReloadRefused(f"a blank crop gives scores of shape {scores.shape}"
                                 f"{'' if np.isfinite(scores).all() else ' that are not finite'}, "
                                 f"expected (1, {len(self.labels)})")
+        for check in self._also:
+            check(clf)
 
     def reload(self, path: str | os.PathLike | None = None, trigger: str = "http") -> dict:
         """Load and check ``path`` (None: the model file in use, e.g. replaced in place); blocks.

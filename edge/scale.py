@@ -105,19 +105,35 @@ class ScaleSmoother:
     The magnification of a microscope changes only when someone turns the
     objective, so a median over a few seconds rejects one-frame mistakes
     (a crowded clump, a field of white cells) and still follows a real change.
+
+    ``slide`` > 0 (a moving stage over one slide): the scale is the median of every
+    good estimate since the magnification last changed (the last ``slide`` of them),
+    not of the last ``window``: within one slide the magnification is fixed and the
+    red cells are one patient's, so one slide has one scale, and a cell's views are
+    all cropped alike however the local red cells look. A change is the median of the
+    last ``window`` estimates more than ``change`` (25 %, the tracker's re-size
+    threshold) away from it; the long history then restarts from those estimates.
     """
 
-    def __init__(self, window: int = 15):
+    def __init__(self, window: int = 15, slide: int = 0, change: float = 0.25):
         self.values: deque[float] = deque(maxlen=window)
+        self.slide: deque[float] | None = deque(maxlen=slide) if slide > 0 else None
+        self.change = change
 
     def update(self, estimate: ScaleEstimate) -> float | None:
         if estimate.diameter_px is not None:
             self.values.append(estimate.diameter_px)
+            if self.slide is not None:
+                self.slide.append(estimate.diameter_px)
+                recent, whole = float(np.median(self.values)), float(np.median(self.slide))
+                if len(self.values) == self.values.maxlen and abs(recent - whole) > self.change * whole:
+                    self.slide = deque(self.values, maxlen=self.slide.maxlen)  # the objective was turned
         return self.current
 
     @property
     def current(self) -> float | None:
-        return float(np.median(self.values)) if self.values else None
+        values = self.slide if self.slide is not None else self.values
+        return float(np.median(values)) if values else None
 
 
 def crop_side(frame_rbc_px: float, model_rbc_px: float, input_px: int) -> int:

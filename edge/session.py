@@ -4,7 +4,9 @@ A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
   state.json     open or closed, target, start and stop times, why it stopped (rewritten atomically)
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
-                 class, score, mean score vector, frame number, frame and slide position, crop file
+                 class, score, mean score vector, frame number, frame and slide position, crop file;
+                 and a {"revise": id, ...} line when the model revises a cell's label (its class over all
+                 the frames its track was seen: ``watch.FieldCounter``), replayed in order on load
   reviews.jsonl  one line per label a person gave (appended; the last line for a cell wins)
   crops/<id>.png the crop the cell was classified from (at most CROP_MAX px a side)
   differential.json/.csv/.txt, cells.csv, report.html: the report, written atomically when the session
@@ -137,8 +139,12 @@ class Session:
             state = json.loads((folder / "state.json").read_text())
         except (OSError, ValueError) as e:
             raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
-        cells = [c for c in read_jsonl(folder / "cells.jsonl") if isinstance(c, dict) and "id" in c]
-        s = cls(folder, state, cells)
+        lines = [c for c in read_jsonl(folder / "cells.jsonl") if isinstance(c, dict)]
+        s = cls(folder, state, [c for c in lines if "id" in c])
+        for r in lines:  # the model's revisions, in order (``revise``)
+            cell = s.by_id.get(r.get("revise")) if "id" not in r else None
+            if cell is not None:
+                _apply_revision(cell, r)
         for r in read_jsonl(folder / "reviews.jsonl"):
             cell = s.by_id.get(r.get("id"))
             if cell is not None:
@@ -160,6 +166,20 @@ class Session:
         self.cells.append(rec)
         self.by_id[cid] = rec
         return rec
+
+    def revise(self, cell_id: int, revision: dict, frame_index: int) -> dict:
+        """The model's new label for a counted cell (``FieldCounter``'s ``revised``: its class over every view of
+        its track): a ``{"revise": id, ...}`` line in cells.jsonl, replayed by ``load``. A person's label still
+        wins (``effective_label``)."""
+        cell = self.by_id[cell_id]
+        line = {"revise": cell_id, "label": revision["to"], "was": cell["label"], "best": revision["best"],
+                "score": revision["score"], "scores": revision.get("scores"), "frames": revision.get("frames"),
+                "frame": frame_index, "time": round(time.time(), 3)}
+        if self._log is None:
+            self._log = LineSink(self.folder / "cells.jsonl", "--sessions", fsync=True)
+        self._log.write(json.dumps(line))
+        _apply_revision(cell, line)
+        return cell
 
     def label(self, cell_id: int, label: str) -> dict:
         """A person's label for a cell: one of the model's classes, uncertain, not_a_cell, or "confirm"
@@ -248,6 +268,14 @@ class Session:
             return None
 
 
+def _apply_revision(cell: dict, line: dict) -> None:
+    """A ``revise`` line on its cell: the model's label, best, score, scores, views; ``revised``: what it was
+    counted as first, and in which frame it was last revised."""
+    first = (cell.get("revised") or {}).get("from", cell["label"])
+    cell.update({k: line[k] for k in ("label", "best", "score", "scores", "frames") if line.get(k) is not None})
+    cell["revised"] = {"from": first, "frame": line.get("frame")}
+
+
 def effective_label(cell: dict) -> str:
     """A person's label when there is one, else the model's."""
     return cell["reviewed"] if cell.get("reviewed") is not None else cell["label"]
@@ -291,6 +319,7 @@ class Sessions:
         self.resumed: str | None = None
         self._lock = threading.RLock()
         self._views: dict[int, tuple[np.ndarray, int, list]] = {}  # track id -> (crop, frame, centre)
+        self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -317,6 +346,7 @@ class Sessions:
                 raise SessionError(f"session {self.current.id} is open: stop it first")
             self.current = self._new(self.target if target is None else target)
             self._views.clear()
+            self._cell_of_track.clear()
             return self.current.summary(cells=False)
 
     def stop(self) -> dict:
@@ -335,6 +365,7 @@ class Sessions:
                 old.close("reset", self.clock)
             self.current = self._new(old.state["target"])
             self._views.clear()
+            self._cell_of_track.clear()
             return self.current.summary(cells=False)
 
     def label(self, cell_id: int, label: str) -> dict:
@@ -363,8 +394,9 @@ class Sessions:
     # ---------------------------------------------------------------- the watch loop's hook
     def update(self, frame: np.ndarray | None, rec: dict) -> list[dict]:
         """Per field-mode frame: remember each pending tracked cell's latest whole view (its crop), and
-        record the cells counted in this frame (``rec["counted"]``) while a session is open. Returns the
-        records added. A session that reaches its target closes (and ends a ``one_shot`` run)."""
+        record the cells counted in this frame (``rec["counted"]``) and the revisions of this run's cells
+        (``rec["revised"]``) while a session is open. Returns the records added. A session that reaches its
+        target closes (and ends a ``one_shot`` run)."""
         idx, cells = rec.get("frame", 0), rec.get("cells") or []
         if not self.current.is_open:  # nothing to keep (and no wait while a closed session's report is written)
             return []
@@ -372,7 +404,7 @@ class Sessions:
             if frame is not None and self.current.is_open:
                 for c in cells:
                     tid = c.get("track")
-                    if tid is not None and not c.get("decided") and not c.get("cut"):
+                    if tid is not None and not (c.get("decided") or c.get("cut") or tid in self._cell_of_track):
                         self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"])
             added = []
             for e in rec.get("counted") or []:
@@ -384,12 +416,23 @@ class Sessions:
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
                 added.append(self.current.add(_cell_record(e, idx, center), crop))
-                if self.current.state["target"] is not None and self.current.differential().done:
-                    self.current.close("count reached", self.clock)
-                    self.ends_run = self.one_shot
+                if e.get("track") is not None:
+                    self._cell_of_track[e["track"]] = added[-1]["id"]
+                self._close_when_done()
+            for r in rec.get("revised") or []:
+                cid = self._cell_of_track.get(r["track"])
+                if cid is not None and self.current.is_open:
+                    self.current.revise(cid, r, idx)
+                    self._close_when_done()
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:
                 del self._views[tid]
             return added
+
+    def _close_when_done(self) -> None:
+        if self.current.is_open and self.current.state["target"] is not None and self.current.differential().done:
+            self.current.close("count reached", self.clock)
+            self.ends_run = self.one_shot
+            self._cell_of_track.clear()
 
 
 def _cell_record(e: dict, frame_index: int, center) -> dict[str, Any]:

@@ -38,6 +38,18 @@ When a cell is counted
   Each event also says in how many of those whole views the detection was
   platelet-sized (``small``): the caller decides what such a track may be counted as.
 
+Revising the class
+  A counted track goes on collecting its whole views. When it closes having had
+  fresh views since its last event, it gives a ``final`` event: the mean over all
+  its views, so the caller can revise the class it counted. A view whose scores
+  were copied from the decision (``fresh`` False: the caller skipped classifying a
+  counted cell again) adds no scores; the next fresh view of the track stands for
+  it (weight 1 + the copied whole views before it), so when the caller classifies
+  a counted cell one frame in k, the mean still estimates the mean over every
+  frame the cell was seen, not one weighting the deciding views k times more.
+  A remembered cell recalled on panning back gives another ``final`` when it
+  closes again (if it was classified again meanwhile).
+
 Panning back
   Counted cells are remembered at their slide position (``remember``, default on).
   A detection that matches no active track but lies within ``recall_radius`` of a
@@ -94,21 +106,25 @@ class TrackEvent:
     frames_seen: int
     first_frame: int
     last_frame: int
-    reason: str  # "steady" (seen decide_frames times), "lost" (its track closed) or "flush" (end of stream)
+    reason: str  # "steady" (seen decide_frames times), "lost" (its track closed), "flush" (end of stream),
+    #              "final" (a counted track closed: its mean over all its views, to revise its class)
     small_views: int = 0  # of the frames_seen whole views, those where the detection was platelet-sized
+    fresh_views: int = 0  # of the frames_seen whole views, those classified (not copied from the decision)
 
 
 class _Track:
     """A cell's observations: whole ones (position, scores, counting) and ones cut by the frame edge."""
 
-    __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "first", "last", "frame_xy",
-                 "counted")
+    __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "weight", "n_fresh", "copied",
+                 "reported", "first", "last", "frame_xy", "counted")
 
     def __init__(self, tid: int, n_classes: int, frame: int):
         self.id = tid
         self.sum_xy, self.edge_xy = np.zeros(2), np.zeros(2)
         self.n = self.n_edge = self.n_small = 0
-        self.score_sum = np.zeros(n_classes)
+        self.score_sum = np.zeros(n_classes)  # weighted: a fresh view counts for itself and the copied ones before it
+        self.weight = 0.0
+        self.n_fresh = self.copied = self.reported = 0  # fresh views; copied ones since the last; fresh at last event
         self.first = self.last = frame
         self.frame_xy = np.zeros(2)
         self.counted = False
@@ -119,7 +135,7 @@ class _Track:
         return self.sum_xy / self.n if self.n else self.edge_xy / self.n_edge
 
     def see(self, xy: np.ndarray, frame_xy: np.ndarray, scores: np.ndarray, frame: int, cut: bool,
-            small: bool = False) -> None:
+            small: bool = False, fresh: bool = True) -> None:
         if cut:  # centroid biased inward, crop half reflected: keeps the track alive, decides nothing
             self.edge_xy += xy
             self.n_edge += 1
@@ -127,14 +143,22 @@ class _Track:
             self.sum_xy += xy
             self.n += 1
             self.n_small += small
-            self.score_sum += scores
+            if fresh:
+                w = 1 + self.copied
+                self.score_sum += w * scores
+                self.weight += w
+                self.n_fresh += 1
+                self.copied = 0
+            else:  # scores copied from the decision: the next fresh view stands for it
+                self.copied += 1
         self.last = frame
         self.frame_xy = frame_xy
 
     def event(self, reason: str) -> TrackEvent:
         (x, y), (fx, fy) = self.pos, self.frame_xy
-        return TrackEvent(self.id, float(x), float(y), float(fx), float(fy), self.score_sum / max(self.n, 1), self.n,
-                          self.first, self.last, reason, self.n_small)
+        self.reported = self.n_fresh
+        return TrackEvent(self.id, float(x), float(y), float(fx), float(fy), self.score_sum / max(self.weight, 1e-9),
+                          self.n, self.first, self.last, reason, self.n_small, self.n_fresh)
 
 
 def _greedy_pairs(a: np.ndarray, b: np.ndarray, radius: float) -> list[tuple[int, int]]:
@@ -207,8 +231,10 @@ class Tracker:
         self.counted = 0
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
-               cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None) -> list[TrackEvent]:
-        """Add one frame's detections; return the cells counted this frame.
+               cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None,
+               fresh: Sequence[bool] | None = None) -> list[TrackEvent]:
+        """Add one frame's detections; return the cells counted this frame, and a ``final`` event for each
+        counted cell whose track closed with views added since it was counted (its class over all of them).
 
         Args:
             points: [(x, y)] detection centres in this frame, px, largest detection first (as
@@ -223,6 +249,8 @@ class Tracker:
                 view exists. None: every view whole.
             small: per detection, True where it is platelet-sized (``field.Detection.kind``); counted
                 per track over its whole views (``TrackEvent.small_views``). None: none is.
+            fresh: per detection, False where its scores were copied from its cell's decision (not
+                classified again): the view adds no scores (the next fresh one stands for it). None: all fresh.
         """
         cfg = self.cfg
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -232,8 +260,9 @@ class Tracker:
             sc = np.asarray(scores, dtype=np.float64).reshape(len(pts), -1)
         cut_ = np.zeros(len(pts), bool) if cut is None else np.asarray(cut, bool).reshape(len(pts))
         small_ = np.zeros(len(pts), bool) if small is None else np.asarray(small, bool).reshape(len(pts))
+        fresh_ = np.ones(len(pts), bool) if fresh is None else np.asarray(fresh, bool).reshape(len(pts))
         keep = _drop_fragments(pts, cfg.px(cfg.fragment_radius))
-        pts, sc, cut_, small_ = pts[keep], sc[keep], cut_[keep], small_[keep]
+        pts, sc, cut_, small_, fresh_ = pts[keep], sc[keep], cut_[keep], small_[keep], fresh_[keep]
         gap = 1 if self._last_frame is None else max(frame_index - self._last_frame, 1)
         self._last_frame = frame_index
         previous = self.offset.copy()
@@ -260,10 +289,11 @@ class Tracker:
             more = _greedy_pairs(pos[free_t] + (predicted - self.offset), pts[free_d], cfg.px(cfg.recall_radius))
             pairs += [(free_t[i], free_d[j]) for i, j in more]
         for i, j in pairs:
-            tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]))
+            tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]),
+                          bool(fresh_[j]))
         events = self._close_lost(frame_index)
         for j in sorted(set(range(len(pts))) - {j for _, j in pairs}):
-            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]))
+            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]), bool(fresh_[j]))
         need = max(cfg.decide_frames, cfg.min_frames)
         for t in self._active:
             if not t.counted and cfg.decide_frames > 0 and t.n >= need:
@@ -271,8 +301,9 @@ class Tracker:
         return events
 
     def flush(self) -> list[TrackEvent]:
-        """End of stream: count the open tracks seen steadily; close everything."""
+        """End of stream: count the open tracks seen steadily; close everything (``final`` events as ``update``)."""
         events = [self._count(t, "flush") for t in self._active if not t.counted and t.n >= self.cfg.min_frames]
+        events += [t.event("final") for t in self._active if t.counted and t.n_fresh > t.reported]
         for t in self._active:
             self._forget_or_remember(t)
         self._active = []
@@ -297,6 +328,8 @@ class Tracker:
                 continue
             if not t.counted and t.n >= self.cfg.min_frames:
                 events.append(self._count(t, "lost"))
+            elif t.counted and t.n_fresh > t.reported:  # seen again since it was counted: its class over every view
+                events.append(t.event("final"))
             self._forget_or_remember(t)
         self._active = keep
         return events
@@ -306,7 +339,8 @@ class Tracker:
             self._memory.append(t)
             self._memory_xy = None
 
-    def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool) -> None:
+    def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool,
+                         fresh: bool = True) -> None:
         xy = p + self.offset
         if self._memory:
             if self._memory_xy is None:
@@ -316,11 +350,11 @@ class Tracker:
             if d[k] < self.cfg.px(self.cfg.recall_radius):  # a counted cell back in view: not a new one
                 t = self._memory.pop(k)
                 self._memory_xy = None
-                t.see(xy, p, scores, frame_index, cut, small)
+                t.see(xy, p, scores, frame_index, cut, small, fresh)
                 self._active.append(t)
                 return
         t = _Track(self._next_id, len(scores), frame_index)
-        t.see(xy, p, scores, frame_index, cut, small)
+        t.see(xy, p, scores, frame_index, cut, small, fresh)
         self._active.append(t)
         self._next_id += 1
 

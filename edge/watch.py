@@ -51,6 +51,9 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 
     return open_it
 
+SLIDE_SCALE_ESTIMATES = 1000  # tracking mode: the scale is the median of up to this many estimates (``ScaleSmoother``)
+
+
 class FieldScale:
     """Where each field-mode frame's scale comes from: a fixed crop size, or the red-cell ruler.
 
@@ -61,13 +64,14 @@ class FieldScale:
     microscope's stream) measures only every ``every``-th frame once ``every`` good
     estimates are in; the frames between hold the smoothed value (the ruler costs
     5 ms of a 640x480 frame, 36 ms of a 1920x1080 one, and the magnification changes
-    only when someone turns the objective).
+    only when someone turns the objective). ``slide`` > 0 (tracking: a stage moving over
+    one slide): the median of every estimate since the magnification last changed.
     """
 
     def __init__(self, cfg: field_lib.FieldConfig, window: int = 15, every: int = 1,
-                 site_rbc_px: float | None = None):
+                 site_rbc_px: float | None = None, slide: int = 0):
         self.cfg = cfg
-        self.smoother = scale_lib.ScaleSmoother(window)
+        self.smoother = scale_lib.ScaleSmoother(window, slide=slide)
         self.every = every
         self.site_rbc_px = site_rbc_px  # a site file's fixed scale (``site.py``): crops at it; the ruler is reported
         self._frames = 0
@@ -173,8 +177,11 @@ def _not_what_it_looks_like(platelet_sized: bool, scores, labels) -> str | None:
     return None
 
 
+RECHECK_EVERY = 5  # a counted cell still in view is classified again one frame in this many (FieldCounter.known)
+
+
 class FieldCounter:
-    """Field mode's count: each cell once (``Tracker``) into a ``Differential``.
+    """Field mode's count: each cell once (``Tracker``) into a ``Differential``, revised when its track closes.
 
     The tracker is sized from the frame's red-cell diameter (``TrackConfig.for_rbc_px``)
     on the first frame, and re-sized when the measured diameter moves by more than
@@ -182,6 +189,13 @@ class FieldCounter:
     With ``track=False`` the frames are separate fields (a folder of captures that do not
     overlap): every cell of every frame is counted, with its own scores. A platelet-sized cell
     the model calls a nucleated class is counted as uncertain (``_not_what_it_looks_like``).
+
+    A tracked cell is counted after ``decide_frames`` steady views; while it stays in view it is
+    classified again one frame in ``RECHECK_EVERY`` (5: five views a second at 25 frames/s, the rate at
+    which the red-cell ruler is re-measured, for a fifth of the cost of classifying it every frame), and
+    when its track closes its class over all those views (``Tracker``'s ``final`` event) replaces the
+    counted one if it differs (``revised``: the last ``update``/``flush``'s revisions), by the same rules.
+    Nothing is revised once the count is done.
 
     Args:
         labels: the model's class names, in score order.
@@ -201,6 +215,7 @@ class FieldCounter:
         self._rbc_px: float | None = None
         self._brief: dict | None = None
         self._decided: dict[int, dict] = {}  # counted track id -> its label, score, best, mean scores
+        self.revised: list[dict] = []  # the revisions of the last update/flush: track, from, to, frames, ...
         self._shift: tuple[int, tuple[float, float] | None] | None = None  # (frame index, stage shift)
         self._last_index: int | None = None
 
@@ -213,13 +228,15 @@ class FieldCounter:
 
         A counted track last seen in the previous frame is expected at its last position moved by
         the stage's measured shift; a detection within a quarter of a cell diameter of that is it
-        (cells do not overlap). Without a clear stage measurement nothing is skipped.
+        (cells do not overlap). Without a clear stage measurement nothing is skipped. One frame in
+        ``RECHECK_EVERY`` (staggered by track) a counted cell is classified again: its class is
+        revised over those views when its track closes.
         """
         if not self.track or self.tracker is None or not self._decided or not dets:
             return {}
         shift = self._stage_shift(frame, frame_index)
         prev = [t for t in self.tracker.tracks() if t["counted"] and t["last_frame"] == self._last_index
-                and t["id"] in self._decided]
+                and t["id"] in self._decided and (frame_index + t["id"]) % RECHECK_EVERY]
         if shift is None or not prev:
             return {}
         at = np.array([t["center"] for t in prev]) + np.asarray(shift)
@@ -245,7 +262,8 @@ class FieldCounter:
         pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
         events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells],
-                                     small=[c.get("kind") == "small" for c in cells])
+                                     small=[c.get("kind") == "small" for c in cells],
+                                     fresh=[not c.get("decided") for c in cells])
         if cells:
             seen = {tuple(t["center"]): t["id"] for t in self.tracker.tracks() if t["last_frame"] == frame_index}
             for c in cells:
@@ -293,11 +311,16 @@ class FieldCounter:
         return out
 
     def _count(self, events: list[TrackEvent], frame_index: int) -> list[dict]:
-        """Add events to the differential in order; none once the target is reached (the count stops at it)."""
+        """Add events to the differential in order, and revise cells on ``final`` events (``self.revised``);
+        none once the target is reached (the count stops at it)."""
         out = []
+        self.revised = []
         for e in events:
             if self.differential.done:
                 break
+            if e.reason == "final":
+                self._revise(e, frame_index)
+                continue
             slide = [round(e.x, 1), round(e.y, 1)]
             why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, self.differential.labels)
             label = self.differential.add(e.scores, ref={"track": e.track_id, "frame": frame_index, "slide": slide},
@@ -307,9 +330,30 @@ class FieldCounter:
                         "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,
                         "reason": e.reason, "scores": np.round(e.scores, 4).tolist()})
             self._decided[e.track_id] = {k: out[-1][k] for k in ("label", "score", "best", "scores")}
-        if out:
+        if out or self.revised:
             self._brief = None
         return out
+
+    def _revise(self, e: TrackEvent, frame_index: int) -> None:
+        """A counted cell's track closed: its class over all its views replaces the counted one if it differs."""
+        was = self._decided.get(e.track_id)
+        if was is None:
+            return
+        labels = self.differential.labels
+        why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, labels)
+        best = int(np.argmax(e.scores))
+        now = {"label": self.differential.label_for(e.scores, why=why), "score": round(float(e.scores[best]), 4),
+               "best": labels[best], "scores": np.round(e.scores, 4).tolist()}
+        if now["label"] == was["label"]:  # no revision: copies keep carrying what the records said
+            return
+        slide = [round(e.x, 1), round(e.y, 1)]
+        self.differential.revise(was["label"], e.scores, ref={"track": e.track_id, "frame": frame_index,
+                                                              "slide": slide},
+                                 why=why, match={"track": e.track_id})
+        self._decided[e.track_id] = now
+        self.revised.append({"track": e.track_id, "from": was["label"], "to": now["label"], "frames": e.frames_seen,
+                             "classified": e.fresh_views, "best": now["best"], "score": now["score"],
+                             "slide": slide, "scores": now["scores"]})
 
 
 def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.FieldConfig:
@@ -376,7 +420,8 @@ def run_watch(
     mode, min_score, track = config.mode, config.min_score, config.track is not False
     max_frames, fps, k, count = config.max_frames, config.fps, config.top_k, config.count
     field_cfg = field_config(config, classifier)
-    field_scale = FieldScale(field_cfg, every=5 if mode == "field" and track else 1,  # one microscope's stream
+    stream = mode == "field" and track  # one microscope's stream over one slide: one scale (ScaleSmoother)
+    field_scale = FieldScale(field_cfg, every=5 if stream else 1, slide=SLIDE_SCALE_ESTIMATES if stream else 0,
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = 0
@@ -416,7 +461,7 @@ def run_watch(
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
-                rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted,
+                rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted, "revised": counter.revised,
                        "differential": counter.brief(), "track_ms": round((clock() - t0 - dt) * 1e3, 3)}
             else:
                 view = frame if site is None else site.balance(
@@ -472,10 +517,11 @@ def run_watch(
         summary["tally"] = tally.summary()
         return {"summary": summary}
     at_end = counter.flush(max(n - 1, 0)) if reason != "count reached" else []  # past the target: not counted
+    revised_at_end = counter.revised if reason != "count reached" else []
     if session is not None:
-        session.update(None, {"frame": max(n - 1, 0), "counted": at_end})
+        session.update(None, {"frame": max(n - 1, 0), "counted": at_end, "revised": revised_at_end})
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
-    summary.update(counted=at_end, differential=counter.summary(),
+    summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1)})
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames

@@ -53,6 +53,31 @@ def test_uncertain_cells_are_listed_for_review_not_counted():
                                                                       "why": "platelet-sized"}
 
 
+def test_revise_moves_a_counted_cell_and_an_uncertain_one_leaves_the_review_list():
+    d = filled()
+    assert d.label_for(sure("monocyte")) == "monocyte" and d.summary()["rows"][2]["count"] == 8  # counts nothing
+    assert d.revise("neutrophil", sure("monocyte"), ref={"track": 1}) == "monocyte"
+    s = d.summary()
+    assert [r["count"] for r in s["rows"][:3]] == [54, 30, 9] and s["white_total"] == 100
+    # a cell counted uncertain (matched by its track) becomes a white cell, and one becomes uncertain
+    d.add(np.full(N, 1 / N), ref={"track": 5, "frame": 40})
+    d.add(np.full(N, 1 / N), ref={"track": 6, "frame": 41})
+    assert d.revise("uncertain", sure("basophil"), ref={"track": 6, "frame": 90}, match={"track": 6}) == "basophil"
+    assert [c["ref"] for c in d.summary()["uncertain"]["cells"]] == [{"track": 5, "frame": 40}]
+    assert d.revise("lymphocyte", sure("lymphocyte"), ref={"track": 2}, why="platelet-sized") == "uncertain"
+    s = d.summary()
+    assert s["white_total"] == 100 and s["rows"][1]["count"] == 29 and s["rows"][4]["count"] == 2
+    assert s["uncertain"]["cells"][-1] == {"ref": {"track": 2}, "best": "lymphocyte", "score": 0.9,
+                                           "why": "platelet-sized"}
+    with pytest.raises(ValueError, match="no uncertain cell"):
+        d.revise("uncertain", sure("basophil"), match={"track": 6})
+    with pytest.raises(ValueError, match="no eosinophil"):
+        Differential(CLASS_NAMES).revise("eosinophil", sure("basophil"))
+    with pytest.raises(ValueError):  # bad scores: nothing moves
+        d.revise("neutrophil", np.ones(3))
+    assert d.summary()["rows"][0]["count"] == 54
+
+
 def test_target_and_done():
     d = Differential(CLASS_NAMES, target=3)
     for label in ("neutrophil", "platelet", "erythroblast", "lymphocyte"):

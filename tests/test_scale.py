@@ -56,9 +56,9 @@ def test_sidecar_carries_the_training_scale(tmp_path):
     from scopelite.edge.bundle import load_sidecar
 
     sc = load_sidecar(default_model())
-    assert sc.input.rbc_px == 18.0
+    assert 15.0 < sc.input.rbc_px < 20.0  # PBC's 96 px crops: median 17.6 px over all 12,453 (images_rbc_px)
     d = sc.to_json()
-    assert Sidecar.from_json(json.loads(json.dumps(d))).input.rbc_px == 18.0
+    assert Sidecar.from_json(json.loads(json.dumps(d))).input.rbc_px == sc.input.rbc_px
     for bad in (0, -3, "big", True):
         d["input"]["rbc_px"] = bad
         with pytest.raises(BundleError, match="rbc_px"):
@@ -68,3 +68,19 @@ def test_sidecar_carries_the_training_scale(tmp_path):
     del d["input"]["rbc_px"]
     with pytest.raises(BundleError, match="rbc_px"):
         Sidecar.from_json(d)
+
+
+def test_slide_smoother_holds_one_scale_per_slide_and_follows_a_turned_objective():
+    """Tracking over one slide: local swings of the red cells' size do not move the crop; an objective turn does."""
+    est = lambda v: scale.ScaleEstimate(v, 10)  # noqa: E731
+    short, slide = scale.ScaleSmoother(window=15), scale.ScaleSmoother(window=15, slide=1000)
+    for v in [68.0] * 100 + [76.0] * 20:  # a patch of larger-looking red cells (another part of the smear)
+        short.update(est(v))
+        slide.update(est(v))
+    assert short.current == 76.0  # the 15-estimate median followed the patch
+    assert slide.current == 68.0  # the slide's scale did not (+12 % is no objective change)
+    for v in [68.0 * 2.5] * 15:  # 40x -> 100x objective: +150 %
+        slide.update(est(v))
+    assert slide.current == 170.0 and len(slide.slide) < 30  # the history restarted at the turn (not 135 values)
+    slide.update(scale.ScaleEstimate(None, 0))
+    assert slide.current == 170.0

@@ -54,9 +54,15 @@ def test_a_run_records_every_counted_cell_with_its_crop(tmp_path):
     events = [e for r in recs for e in r["counted"]] + s["counted"]
     cur = sessions.summary()
     assert cur["state"] == "open" and cur["cells_total"] == len(events) == len(scan.cells)
-    lines = read_jsonl(sessions.current.folder / "cells.jsonl")
+    log = read_jsonl(sessions.current.folder / "cells.jsonl")
+    lines = [c for c in log if "id" in c]
     assert [c["id"] for c in lines] == list(range(1, len(events) + 1))
     assert [c["track"] for c in lines] == [e["track"] for e in events]  # in the order counted
+    # the model's revisions (a cell's class over every view of its track), each logged once, in order
+    revised = [r for rec in recs for r in rec["revised"]] + s["revised"]
+    by_track = {c["track"]: c["id"] for c in lines}
+    assert [(r["revise"], r["was"], r["label"]) for r in log if "revise" in r] == [
+        (by_track[r["track"]], r["from"], r["to"]) for r in revised]
     for c, e in zip(lines, events):
         assert c["label"] == e["label"] and c["scores"] == e["scores"] and c["slide"] == e["slide"]
         assert c["reviewed"] is None and 0 <= c["frame"] < len(scan)
@@ -116,6 +122,53 @@ def test_resume_after_a_kill_with_a_torn_line(tmp_path):
     assert [c["label"] for c in third.cells] == ["neutrophil", "lymphocyte", "monocyte", "basophil"]
     assert cv2.imread(str(folder / "crops" / "4.png")) is not None
     assert all(line.strip() for line in (folder / "cells.jsonl").read_text().splitlines())
+
+
+def test_a_revision_is_logged_replayed_and_a_review_still_wins(tmp_path):
+    root = tmp_path / "sessions"
+    sessions = Sessions(root, CLASS_NAMES, target=10)
+    frame = np.full((40, 40, 3), 90, np.uint8)
+
+    def revision(track, was, now, score=0.7):
+        return {"track": track, "from": was, "to": now, "frames": 45, "classified": 21, "best": now, "score": score,
+                "scores": _cell(now, score)["scores"]}
+
+    sessions.update(frame, {"frame": 0, "cells": [], "counted": [_cell("immature_granulocyte", track=3),
+                                                                _cell("lymphocyte", track=4),
+                                                                _cell("uncertain", 0.3, track=5)]})
+    sessions.update(frame, {"frame": 9, "cells": [], "counted": [],
+                            "revised": [revision(3, "immature_granulocyte", "monocyte"),
+                                        revision(5, "uncertain", "basophil"), revision(99, "lymphocyte", "basophil")]})
+    cur = sessions.summary()
+    assert [c["final"] for c in cur["cells"]] == ["monocyte", "lymphocyte", "basophil"]  # track 99: not this session's
+    assert cur["cells"][0]["revised"] == {"from": "immature_granulocyte", "frame": 9}
+    assert cur["differential"]["uncertain"]["count"] == 0 and cur["differential"]["white_total"] == 3
+    folder = sessions.current.folder
+    log = read_jsonl(folder / "cells.jsonl")
+    assert [(r["revise"], r["was"], r["label"]) for r in log if "revise" in r] == [
+        (1, "immature_granulocyte", "monocyte"), (3, "uncertain", "basophil")]
+    # a person's label beats the model's, before and after a later revision
+    sessions.label(2, "neutrophil")
+    sessions.update(frame, {"frame": 12, "cells": [], "counted": [], "revised": [revision(4, "lymphocyte", "monocyte")]})
+    assert [c["final"] for c in sessions.summary()["cells"]] == ["monocyte", "neutrophil", "basophil"]
+    # killed (a torn revise line) and resumed: the log replayed, revisions applied in order
+    with open(folder / "cells.jsonl", "ab") as f:
+        f.write(b'{"revise": 1, "label": "eosino')
+    again = Sessions(root, CLASS_NAMES, target=10)
+    assert again.resumed == sessions.current.id
+    cells = again.summary()["cells"]
+    assert [(c["label"], c["final"]) for c in cells] == [("monocyte", "monocyte"), ("monocyte", "neutrophil"),
+                                                          ("basophil", "basophil")]
+    assert cells[0]["best"] == "monocyte" and cells[0]["score"] == 0.7 and cells[0]["frames"] == 45
+    # the new run's track 3 is another cell: nothing of the old run is revised by it
+    again.update(frame, {"frame": 0, "cells": [], "counted": [], "revised": [revision(3, "monocyte", "eosinophil")]})
+    assert [c["label"] for c in again.summary()["cells"]] == ["monocyte", "monocyte", "basophil"]
+    again.stop()
+    rows = (folder / "cells.csv").read_text().splitlines()
+    assert rows[1].startswith("1,monocyte,monocyte,monocyte,0.7,") and rows[2].startswith("2,neutrophil,monocyte,")
+    d = json.loads((folder / "differential.json").read_text())["differential"]
+    counts = {r["class"]: r["count"] for r in d["rows"]}
+    assert (counts["monocyte"], counts["neutrophil"], counts["basophil"], d["white_total"]) == (1, 1, 1, 3)
 
 
 def test_restart_closes_a_finished_or_unwanted_session(tmp_path):

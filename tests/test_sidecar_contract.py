@@ -17,6 +17,7 @@ from scopelite.edge.provenance import absolute_paths, is_absolute, portable
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).parent / "data" / "sidecar_v1"  # sidecars as scopelite wrote them before schema 2
+V2 = Path(__file__).parent / "data" / "sidecar_v2"  # the same shipped model's sidecar rewritten in schema 2
 SHA = "ab" * 32
 
 
@@ -105,10 +106,11 @@ def test_derived_and_copied_bundles_go_through_the_builder(model_file):
 
 
 def test_the_shipped_sidecar_as_it_was_loads_to_the_same_values_as_it_is():
-    shipped = default_model()
+    """pbc-v15's sidecar (shipped until session 12) as schema 1 wrote it and as schema 2 rewrote it: equal."""
+    rewritten = V2 / "bloodcell_int8.json"
     old = read_sidecar_file(V1 / "bloodcell_int8.json")
-    new = load_sidecar(shipped)
-    assert json.loads(sidecar_path(shipped).read_text())["schema_version"] == 2
+    new = read_sidecar_file(rewritten)
+    assert json.loads(rewritten.read_text())["schema_version"] == 2
     assert old == new
     raw_old = json.loads((V1 / "bloodcell_int8.json").read_text())
     for key in ("labels", "output", "stain_reference", "sha256"):
@@ -122,7 +124,7 @@ def test_the_shipped_sidecar_as_it_was_loads_to_the_same_values_as_it_is():
     assert new.provenance.source == SourceModel("model.keras", p["source"]["sha256"], "keras")
     assert new.provenance.notes == {k: p[k] for k in ("rbc_px_measured", "stain_reference_measured")}
     # every number of the old file is in the new one (the new one adds copies: seed, epochs, representative, cores)
-    raw_new = json.loads(sidecar_path(shipped).read_text())
+    raw_new = json.loads(rewritten.read_text())
     raw_old.pop("schema_version"), raw_new.pop("schema_version")
     lost = _numbers(raw_old) - _numbers(raw_new)
     assert not lost, lost

@@ -9,11 +9,14 @@ import pytest
 
 from conftest import assert_one_line_error, invoke_cli
 from scopelite.edge import site as site_lib
+from scopelite.edge.bundle import load_sidecar
+from scopelite.edge.packaged import default_model
 from scopelite.edge.scale import crop_side
 from scopelite.train.synth import make_field
 
 TRUE_DIAMETER = 24.0  # generated red cells at scale 1 (train/synth.py; tests/test_scale.py)
-MODEL_RBC_PX = 18.0  # the shipped model's sidecar: red cells in its 96 px input
+SHIPPED_RBC_PX = load_sidecar(default_model()).input.rbc_px  # what watch crops for, with the shipped model
+MODEL_RBC_PX = 18.0  # a model's training scale for calibrate() (red cells in a 96 px input)
 
 
 def _fields(folder, scale: float, n: int = 5, seed: int = 0) -> list[np.ndarray]:
@@ -78,7 +81,7 @@ def test_site_fixes_the_scale_in_watch(fields, site_file, tmp_path):
     assert len(frames) == 5
     for x in frames:
         assert x["scale"]["source"] == "site" and x["scale"]["rbc_px"] == 50.0
-        assert x["scale"]["crop"] == crop_side(50.0, MODEL_RBC_PX, 96)
+        assert x["scale"]["crop"] == crop_side(50.0, SHIPPED_RBC_PX, 96)
         assert abs(x["scale"]["frame_rbc_px"] / 36.0 - 1) < 0.12  # the frame's own ruler is still reported
         assert all(c["box"][2] - c["box"][0] == x["scale"]["crop"] for c in x["cells"])
     assert lines[-1]["summary"]["site"] == {"file": str(fixed), "scale": True, "colour": False}
@@ -129,7 +132,7 @@ def test_classify_with_a_site_crops_at_the_training_scale(fields, site_file):
     r = invoke_cli("celledge", "classify", str(fields / "field00.png"), "--site", str(out), "--json")
     line = _lines(r)[0]
     assert line["scale"] == {"source": "site", "rbc_px": round(rec["scale"]["rbc_px"], 1),
-                             "crop": crop_side(rec["scale"]["rbc_px"], MODEL_RBC_PX, 96)}
+                             "crop": crop_side(rec["scale"]["rbc_px"], SHIPPED_RBC_PX, 96)}
 
 
 def _bad(tmp_path, name: str, text: str) -> str:
@@ -184,3 +187,21 @@ def test_white_balance_takes_the_site_background_to_the_training_one():
     assert np.abs(s.balance(bg).astype(int)[0, 0] - np.array(site_lib.TRAINING_BACKGROUND)).max() <= 2
     off = site_lib.from_record({**rec, "colour": {**rec["colour"], "use": False}})
     assert off.balance(bg) is bg
+
+
+def test_a_reloaded_model_must_fit_the_running_site_file(fields):
+    """SIGHUP / POST /model/reload: a model with another input size than the --site file's is refused, the old serves."""
+    from scopelite.edge.bundle import InputSpec
+    from scopelite.edge.classifier import FakeClassifier
+    from scopelite.edge.reload import ModelReloader
+
+    frames = [cv2.imread(str(p))[..., ::-1] for p in sorted(fields.glob("*.png"))[:2]]
+    record = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    labels = ["a", "b"]
+    models = {"old": FakeClassifier(labels, InputSpec(96, 96)), "same": FakeClassifier(labels, InputSpec(96, 96)),
+              "bigger": FakeClassifier(labels, InputSpec(128, 128))}
+    reloader = ModelReloader(models.get, models["old"], "old",
+                             also=(lambda new: site_lib.from_record(record, input_px=new.input_spec.height),))
+    refused = reloader.reload("bigger")
+    assert not refused["ok"] and "128 px" in refused["error"] and reloader.path == "old"
+    assert reloader.reload("same")["ok"] and reloader.path == "same"

@@ -20,13 +20,18 @@ def one_hot(k, strength=0.9):
     return s
 
 
-def run_points(tracker, frames, scores=None):
+def run_points(tracker, frames, scores=None, fresh=None):
     """frames: [[(x, y), ...] per frame] -> all events, flush included."""
     events = []
     for i, pts in enumerate(frames):
         sc = None if scores is None else scores[i]
-        events += tracker.update(pts, sc, i)
+        events += tracker.update(pts, sc, i, fresh=None if fresh is None else fresh[i])
     return events + tracker.flush()
+
+
+def counts(events):
+    """The events that count a cell (not the ``final`` ones that revise a counted cell's class)."""
+    return [e for e in events if e.reason != "final"]
 
 
 def test_a_flicker_is_not_counted():
@@ -45,8 +50,10 @@ def test_a_cell_in_view_for_100_frames_is_counted_once():
     tr = Tracker()
     frames = [[(300 + np.sin(i) * 2, 200 + np.cos(i) * 2)] for i in range(100)]  # a little stage jitter
     events = run_points(tr, frames)
-    assert len(events) == 1 and events[0].frames_seen == TrackConfig().decide_frames
+    assert len(counts(events)) == 1 and events[0].frames_seen == TrackConfig().decide_frames
     assert events[0].reason == "steady" and tr.counted == 1
+    # its track closes at the end: a final event over all 100 views, to revise its class
+    assert [(e.reason, e.frames_seen, e.fresh_views) for e in events[1:]] == [("final", 100, 100)]
 
 
 def test_class_is_the_mean_over_the_frames_seen():
@@ -59,6 +66,48 @@ def test_class_is_the_mean_over_the_frames_seen():
         (ev,) = run_points(Tracker(cfg), frames, scores)
         assert int(np.argmax(ev.scores)) == b and ev.frames_seen == 6
         np.testing.assert_allclose(ev.scores, (weak_a + 5 * one_hot(b, 0.6)) / 6)
+
+
+def test_a_counted_cell_is_revised_over_all_its_views_when_its_track_closes():
+    a, b = CLASS_NAMES.index("immature_granulocyte"), CLASS_NAMES.index("monocyte")
+    frames = [[(300, 200)]] * 45
+    scores = [one_hot(a, 0.6)[None]] * 15 + [one_hot(b, 0.8)[None]] * 30  # A while deciding, then B
+    counted, final = run_points(Tracker(), frames, scores)
+    assert (counted.reason, int(np.argmax(counted.scores)), counted.frames_seen) == ("steady", a, 15)
+    assert (final.reason, final.track_id, final.frames_seen, final.fresh_views) == ("final", counted.track_id, 45, 45)
+    np.testing.assert_allclose(final.scores, (15 * one_hot(a, 0.6) + 30 * one_hot(b, 0.8)) / 45)
+    # counted when its track closed (all its views already): nothing to revise
+    assert [e.reason for e in run_points(Tracker(), frames[:10] + [[]] * 8, scores[:10] + [None] * 8)] == ["lost"]
+
+
+def test_copied_views_add_no_scores_and_the_next_fresh_view_stands_for_them():
+    a, b, c = (CLASS_NAMES.index(k) for k in ("lymphocyte", "monocyte", "basophil"))
+    frames = [[(300, 200)]] * 45
+    fresh = [[True]] * 15 + [[i % 5 == 4] for i in range(30)]  # classified again one frame in 5 once counted
+    scores = [one_hot(a)[None]] * 15 + [(one_hot(b) if f[0] else one_hot(c))[None] for f in fresh[15:]]
+    counted, final = run_points(Tracker(), frames, scores, fresh)
+    assert final.frames_seen == 45 and final.fresh_views == 15 + 6
+    # the copied views' scores (c) are nowhere; each of the 6 fresh b views stands for 5 frames
+    np.testing.assert_allclose(final.scores, (15 * one_hot(a) + 30 * one_hot(b)) / 45)
+    assert int(np.argmax(counted.scores)) == a and int(np.argmax(final.scores)) == b
+    # never classified again after its count: no final event
+    fresh = [[True]] * 15 + [[False]] * 30
+    assert [e.reason for e in run_points(Tracker(), frames, scores, fresh)] == ["steady"]
+
+
+def test_a_recalled_cell_gives_another_final_event_when_it_closes_again():
+    cells = [(100, 100), (200, 300), (400, 150), (550, 400), (900, 250)]
+    offsets = [(12 * i, 0) for i in range(60)] + [(720 - 12 * i, 0) for i in range(61)]  # there and back
+    events = run_points(Tracker(), pan(cells, offsets))
+    by_track = {}
+    for e in events:
+        by_track.setdefault(e.track_id, []).append(e)
+    assert len(by_track) == len(cells) and all(len(counts(v)) == 1 for v in by_track.values())
+    # the cells that left the view and came back: a final event each time their track closed
+    assert [e.reason for e in by_track[1]] == ["steady", "final", "final"]
+    assert [e.reason for e in by_track[0]] == ["lost", "final"]  # counted when it left; revised after its recall
+    for v in by_track.values():  # each over more views than the last
+        assert all(a.frames_seen < b.frames_seen for a, b in zip(v, v[1:]))
 
 
 def pan(cells, offsets):
@@ -74,16 +123,16 @@ def test_panning_back_does_not_recount():
     there = [(12 * i, 0) for i in range(60)]  # pan 720 px right: the first cells leave the view ...
     back = [(720 - 12 * i, 0) for i in range(61)]  # ... and come back
     frames = pan(cells, there + back)
-    assert run_points(Tracker(), frames).__len__() == len(cells)
+    assert len(counts(run_points(Tracker(), frames))) == len(cells)
     # Without the slide memory, the cells that left for long are counted again.
-    assert len(run_points(Tracker(TrackConfig(remember=False)), frames)) > len(cells)
+    assert len(counts(run_points(Tracker(TrackConfig(remember=False)), frames))) > len(cells)
 
 
 def test_a_jerk_is_followed_without_a_stage_measurement():
     cells = [(100, 100), (260, 300), (400, 150), (520, 380)]
     offsets = [(0, 0)] * 5 + [(-70, 40)] * 10 + [(-70 + 4 * i, 40) for i in range(10)]  # a 80 px jump
     frames = pan(cells, offsets)
-    assert len(run_points(Tracker(), frames)) == len(cells)
+    assert len(counts(run_points(Tracker(), frames))) == len(cells)
 
 
 def test_views_cut_by_the_edge_decide_nothing_and_fragments_are_ignored():
@@ -95,7 +144,7 @@ def test_views_cut_by_the_edge_decide_nothing_and_fragments_are_ignored():
     events = []
     for i in range(20):  # a cell and a small fragment 20 px from it (largest first, as field.detect gives)
         events += tr.update([(300, 200), (316, 212)], None, i)
-    assert len(events + tr.flush()) == 1
+    assert len(counts(events + tr.flush())) == 1
     assert cut_by_edge((0, 10, 20, 30), 640, 480) and not cut_by_edge((5, 10, 20, 30), 640, 480)
     assert cut_by_edge((600, 10, 640, 30), 640, 480)
 
@@ -194,20 +243,22 @@ def test_detector_and_tracker_count_every_cell_of_a_scan_once(seed):
     # field.detect as committed with this test finds every one on these seeds, so the count is exact.
     found_by_detector = detectable(sc, detected_scan(seed)[1])
     assert len(found_by_detector) >= 0.9 * len(sc.cells), "the detector misses cells: see tests/test_field.py"
-    assert len(events) == len(found_by_detector)
+    assert len(counts(events)) == len(found_by_detector)
     x0, y0 = sc.path[0]  # slide coordinates of the tracker = those of the first frame
-    found = {}
+    found, finals = {}, {}
     for e in events:
         c = min(sc.cells, key=lambda c: np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y))
         assert np.hypot(c["center"][0] - x0 - e.x, c["center"][1] - y0 - e.y) < 15
-        found[c["id"]] = CLASS_NAMES[int(np.argmax(e.scores))]
+        (finals if e.reason == "final" else found)[c["id"]] = CLASS_NAMES[int(np.argmax(e.scores))]
     assert set(found) == found_by_detector  # one event per cell found
     assert all(found[c["id"]] == c["label"] for c in sc.cells if c["id"] in found)  # the mean beats 30 % wrong
+    # the cells seen again after they were counted: their class over every view, as right
+    assert set(finals) <= set(found) and all(finals[k] == found[k] for k in finals)
 
 
 def test_without_stage_motion_the_detections_alone_suffice():
     sc, events = scan_and_count(3, use_stage_motion=False)
-    assert len(events) == len(detectable(sc, detected_scan(3)[1]))
+    assert len(counts(events)) == len(detectable(sc, detected_scan(3)[1]))
 
 
 def test_tracker_costs_well_under_a_millisecond_for_12_cells():

@@ -69,6 +69,14 @@ def test_each_cell_of_a_scan_is_counted_once(seed):
     assert sum("track" in c for r in recs for c in r["cells"]) >= 0.9 * sum(len(r["cells"]) for r in recs)
     assert "cells" not in recs[-1]["differential"]["uncertain"]  # the review list only in the summary
     assert len(s["differential"]["uncertain"]["cells"]) == s["differential"]["uncertain"]["count"]
+    # the differential is the counted labels, each revised to its class over every view when its track closed
+    final = {e["track"]: e["label"] for e in events}
+    for r in [r for rec in recs for r in rec["revised"]] + s["revised"]:
+        assert final[r["track"]] == r["from"] != r["to"] and r["frames"] >= 15 and 0 < r["classified"] <= r["frames"]
+        final[r["track"]] = r["to"]
+    rows = {row["class"]: row["count"] for row in s["differential"]["rows"]}
+    assert all(rows[k] == list(final.values()).count(k) for k in rows)
+    assert s["differential"]["uncertain"]["count"] == list(final.values()).count("uncertain")
     # counted where the cells are: slide positions (first frame's coordinates) on true cells
     x0, y0 = scan.path[0]
     for e in events:
@@ -127,6 +135,46 @@ def test_a_platelet_sized_cell_called_a_nucleated_class_goes_to_review():
         got = [e for i, k in enumerate(kinds) for e in counter.update(frame, [cell(k, "lymphocyte", 300.0)],
                                                                       {"rbc_px": 24.0}, i)]
         assert [e["label"] for e in got] == [label] and got[0]["frames"] == len(kinds)
+
+
+def test_a_counted_cell_is_revised_to_its_class_over_all_its_views():
+    frame = np.zeros((480, 640, 3), np.uint8)
+
+    def cell(label, kind="white", score=0.8, decided=False):
+        return {"center": [300.0, 200.0], "cut": False, "kind": kind, "best": label, "score": score,
+                "scores": [score if n == label else (1 - score) / 7 for n in CLASS_NAMES],
+                **({"decided": True} if decided else {})}
+
+    def run(views, **kw):
+        counter, counted, revised, brief = FieldCounter(CLASS_NAMES, **kw), [], [], None
+        for i, c in enumerate(views):
+            counted += counter.update(frame, [c], {"rbc_px": 24.0}, i)
+            revised += counter.revised
+            brief = counter.brief()
+        counted += counter.flush(len(views))
+        return counter, counted, revised + counter.revised, brief
+
+    # counted as IG after 15 views; 30 more say monocyte: revised when its track closes
+    counter, counted, revised, brief = run([cell("immature_granulocyte", score=0.6)] * 15 + [cell("monocyte")] * 30)
+    assert [(e["label"], e["frames"]) for e in counted] == [("immature_granulocyte", 15)]
+    assert [(r["track"], r["from"], r["to"], r["frames"], r["classified"]) for r in revised] == [
+        (counted[0]["track"], "immature_granulocyte", "monocyte", 45, 45)]
+    rows = {r["class"]: r["count"] for r in counter.summary()["rows"]}
+    assert rows["monocyte"] == 1 and rows["immature_granulocyte"] == 0 and counter.summary()["white_total"] == 1
+    assert {r["class"]: r["count"] for r in brief["rows"]}["immature_granulocyte"] == 1  # before the track closed
+    # the views copied from its decision (decided) say nothing: no revision
+    _, _, revised, _ = run([cell("immature_granulocyte", score=0.6)] * 15 + [cell("monocyte", decided=True)] * 30)
+    assert revised == []
+    # uncertain (platelet-sized in most views so far) until its later views outweigh: leaves the review list
+    counter, counted, revised, _ = run([cell("lymphocyte", "small")] * 15 + [cell("lymphocyte")] * 30)
+    assert counted[0]["label"] == "uncertain" and [r["to"] for r in revised] == ["lymphocyte"]
+    assert counter.summary()["uncertain"]["count"] == 0 and counter.summary()["white_total"] == 1
+    # and back: a cell may become uncertain (its mean best score under min_score)
+    counter, _, revised, _ = run([cell("monocyte")] * 15 + [cell("monocyte", score=0.2)] * 45)
+    assert [r["to"] for r in revised] == ["uncertain"] and counter.summary()["uncertain"]["cells"][0]["ref"]["track"] == 0
+    # the count target reached: the count has stopped, nothing is revised
+    counter, _, revised, _ = run([cell("immature_granulocyte", score=0.6)] * 15 + [cell("monocyte")] * 30, target=1)
+    assert counter.done and revised == [] and counter.summary()["rows"][5]["count"] == 1
 
 
 def _write_scan(scan, folder, video=False):
@@ -190,9 +238,19 @@ def test_cells_already_counted_are_not_classified_again():
     cells = [c for r in recs for c in r["cells"]]
     decided = [c for c in cells if c.get("decided")]
     assert sum(crops) == len(cells) - len(decided) and len(decided) >= 0.3 * len(cells)
-    counted = {e["track"]: e for r in recs for e in r["counted"]}
-    for c in decided:  # the class it was counted with, and the same track
-        assert c["track"] in counted and (c["label"], c["best"]) == (counted[c["track"]]["label"],
-                                                                    counted[c["track"]]["best"])
+    counted, now = {e["track"]: e for r in recs for e in r["counted"]}, {}
+    for r in recs:
+        for c in (c for c in r["cells"] if c.get("decided")):  # the class it was counted (or last revised) with
+            assert c["track"] in counted and (c["label"], c["best"]) == now[c["track"]]
+        now.update({e["track"]: (e["label"], e["best"]) for e in r["counted"]})
+        now.update({e["track"]: (e["to"], e["best"]) for e in r["revised"]})
+    # ... but one frame in RECHECK_EVERY (5) a counted cell in view is classified again, for its revision
+    counted_before, again, copied = set(), 0, 0
+    for r in recs:
+        for c in (c for c in r["cells"] if c.get("track") in counted_before and not c["cut"]):
+            copied += bool(c.get("decided"))
+            again += not c.get("decided")
+        counted_before |= {e["track"] for e in r["counted"]}
+    assert 0.15 <= again / (again + copied) <= 0.3
     held = [r["scale"]["source"] for r in recs].count("red cells (held)")
     assert 0.6 * len(recs) <= held <= 0.85 * len(recs)  # the ruler measures one frame in 5 once it has 5

@@ -50,9 +50,14 @@ def run_ours(d: dict, use_shift: bool, cfg: track.TrackConfig = track.TrackConfi
         pts = [(x.x, x.y) for x in dets]
         cut = [track.cut_by_edge(x.box, w, h) for x in dets]
         t = time.perf_counter()
-        n += len(tr.update(pts, None, i, shift=shift if use_shift else None, cut=cut))
+        n += _counts(tr.update(pts, None, i, shift=shift if use_shift else None, cut=cut))
         t_total += time.perf_counter() - t
-    return n + len(tr.flush()), 1e3 * t_total / len(d["dets"])
+    return n + _counts(tr.flush()), 1e3 * t_total / len(d["dets"])
+
+
+def _counts(events) -> int:
+    """Cells counted (a ``final`` event revises a counted cell's class: not another cell)."""
+    return sum(e.reason != "final" for e in events)
 
 
 def hungarian_pairs(a, b, radius):
