@@ -122,9 +122,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     unlike = 0
     for path in paths:
         try:
-            image = read_image_rgb(path)
+            image, site_scale = read_image_rgb(path), None
             if site_cal is not None:
-                image = site_cal.balance(site_cal.crop_to_scale(image, model_rbc, clf.input_spec.height))
+                image, site_scale = site_cal.view(image, model_rbc, clf.input_spec.height)
             crop = prepare(image, clf.input_spec)
         except (SourceError, OSError) as e:
             print(f"skipped: {e}", file=sys.stderr)
@@ -143,8 +143,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
             if ref:
                 rec["stain_distance"] = distance  # None: no red cell or nucleus to compare
                 rec["unlike_training"] = distance is not None and distance > ref.threshold
-            if site_cal is not None and site_cal.use_scale:
-                rec["scale"] = {"source": "site", "rbc_px": round(site_cal.rbc_px, 1), "crop": image.shape[0]}
+            if site_scale is not None:
+                rec["scale"] = site_scale
             click.echo(json.dumps(rec))
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])

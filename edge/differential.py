@@ -66,9 +66,7 @@ class Differential:
         cell so that a person can find it for review. ``why``: the cell is uncertain whatever its
         score, for this reason (kept with it in the review list).
         """
-        label = self.label_for(scores, min_score, why)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        best = int(np.argmax(scores))
+        scores, best, label = self._decide(scores, min_score, why)
         if label == UNCERTAIN:
             entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
             self.review.append(entry if why is None else {**entry, "why": why})
@@ -78,12 +76,17 @@ class Differential:
 
     def label_for(self, scores: np.ndarray, min_score: float | None = None, why: str | None = None) -> str:
         """The label ``add`` would count these scores as (nothing is counted)."""
+        return self._decide(scores, min_score, why)[2]
+
+    def _decide(self, scores: np.ndarray, min_score: float | None, why: str | None) -> tuple[np.ndarray, int, str]:
+        """The scores as a vector, the best class's index and the label: the best class, or uncertain below
+        the threshold or when ``why`` says so. Raises ValueError for a vector of another length."""
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != len(self.labels):
             raise ValueError(f"{scores.shape[0]} scores for {len(self.labels)} labels")
         best = int(np.argmax(scores))
         threshold = self.min_score if min_score is None else min_score
-        return UNCERTAIN if why is not None or scores[best] < threshold else self.labels[best]
+        return scores, best, UNCERTAIN if why is not None or scores[best] < threshold else self.labels[best]
 
     def revise(self, was: str, scores: np.ndarray, ref: Any = None, why: str | None = None,
                min_score: float | None = None, match: dict | None = None) -> str:

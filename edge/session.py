@@ -160,9 +160,7 @@ class Session:
             name = f"crops/{cid}.png"
             write_bytes_atomic(self.folder / name, _png(crop), fsync="full")  # on disk before its line
             rec["crop"] = name
-        if self._log is None:
-            self._log = LineSink(self.folder / "cells.jsonl", "--sessions", fsync=True)
-        self._log.write(json.dumps(rec))
+        self._cells_log().write(json.dumps(rec))
         self.cells.append(rec)
         self.by_id[cid] = rec
         return rec
@@ -175,11 +173,15 @@ class Session:
         line = {"revise": cell_id, "label": revision["to"], "was": cell["label"], "best": revision["best"],
                 "score": revision["score"], "scores": revision.get("scores"), "frames": revision.get("frames"),
                 "frame": frame_index, "time": round(time.time(), 3)}
-        if self._log is None:
-            self._log = LineSink(self.folder / "cells.jsonl", "--sessions", fsync=True)
-        self._log.write(json.dumps(line))
+        self._cells_log().write(json.dumps(line))
         _apply_revision(cell, line)
         return cell
+
+    def _cells_log(self) -> LineSink:
+        """cells.jsonl, opened on the first line written to it (counted cells and revisions)."""
+        if self._log is None:
+            self._log = LineSink(self.folder / "cells.jsonl", "--sessions", fsync=True)
+        return self._log
 
     def label(self, cell_id: int, label: str) -> dict:
         """A person's label for a cell: one of the model's classes, uncertain, not_a_cell, or "confirm"

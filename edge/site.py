@@ -46,6 +46,7 @@ import numpy as np
 
 from . import ood
 from .errors import UserError
+from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
 from .stain import frame_background, stain_layers
 
@@ -281,11 +282,16 @@ class Site:
             return image_rgb
         side = crop_side(self.rbc_px, model_rbc_px, input_px)
         h, w = image_rgb.shape[:2]
-        pad = max(0, (side - min(h, w) + 1) // 2 + 1)
-        img = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT) if pad else image_rgb
-        cy, cx = img.shape[0] // 2, img.shape[1] // 2
-        y0, x0 = cy - side // 2, cx - side // 2
-        return np.ascontiguousarray(img[y0 : y0 + side, x0 : x0 + side])
+        x0, y0 = w // 2 - side // 2, h // 2 - side // 2
+        return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
+
+    def view(self, image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> tuple[np.ndarray, dict | None]:
+        """What crop mode and ``celledge classify`` classify of a single-cell image: cut to the model's scale
+        (``crop_to_scale``) and white-balanced (``balance``); and the JSON line's ``scale`` (None when the
+        site scale is off)."""
+        view = self.balance(self.crop_to_scale(image_rgb, model_rbc_px, input_px))
+        scale = {"source": "site", "rbc_px": round(self.rbc_px, 1), "crop": view.shape[0]} if self.use_scale else None
+        return view, scale
 
     def info(self) -> dict:
         """What each JSON line says about the site file."""

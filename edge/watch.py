@@ -138,9 +138,9 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     todo = [j for j in range(len(dets)) if j not in decided]
     fresh = {}
     if todo:
-        crops = np.stack([prepare(field_lib.crop(frame, dets[j], side), classifier.input_spec) for j in todo])
-        if site is not None:
-            crops = np.stack([site.balance(c) for c in crops])
+        balance = site.balance if site is not None else (lambda c: c)
+        crops = np.stack([balance(prepare(field_lib.crop(frame, dets[j], side), classifier.input_spec))
+                          for j in todo])
         scores = np.asarray(classifier.classify(crops), dtype=np.float64)
         fresh = dict(zip(todo, zip(scores, np.round(scores, 4).tolist())))
     cells = []
@@ -464,16 +464,16 @@ def run_watch(
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted, "revised": counter.revised,
                        "differential": counter.brief(), "track_ms": round((clock() - t0 - dt) * 1e3, 3)}
             else:
-                view = frame if site is None else site.balance(
-                    site.crop_to_scale(frame, field_cfg.model_rbc_px, field_cfg.input_px))
+                view, site_scale = (frame, None) if site is None else site.view(frame, field_cfg.model_rbc_px,
+                                                                                field_cfg.input_px)
                 scores = classifier.classify(prepare(view, classifier.input_spec)[None])[0]
                 dt = clock() - t0
                 best = top_k(scores, classifier.labels, k=k)
                 tally.add(best[0].label)
                 rec = {"frame": n, "label": best[0].label, "score": round(best[0].score, 4),
                        "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
-                if site is not None and site.use_scale:
-                    rec["scale"] = {"source": "site", "rbc_px": round(site.rbc_px, 1), "crop": view.shape[0]}
+                if site_scale is not None:
+                    rec["scale"] = site_scale
             infer_s += dt
             rec["infer_ms"] = round(dt * 1e3, 3)
             emit(rec)
