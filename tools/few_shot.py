@@ -11,6 +11,10 @@ What a lab would do, with the real commands:
 4. field mode over the *report* part (file number odd) with the adapted int8 model.
 N = 0 is the shipped model, zero-shot. Fit keeps 10 % + 10 % of the N cells for its own
 validation and test, as it always does. Wall times are for 2 CPU cores.
+
+    python tools/few_shot.py --n 25 --image-size 128     # fine-tune at 128 px (the same area cropped)
+    python tools/few_shot.py --n 25 --weights RUN.keras  # start from other weights than the shipped model's
+    python tools/few_shot.py plot OUT.png RESULTS.json [RESULTS.json ...]   # accuracy against N
 """
 from __future__ import annotations
 
@@ -87,6 +91,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[0, 5, 10, 25])
     ap.add_argument("--seed", type=int, default=0, help="which cells are drawn, fit's split and its training seed")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="full")
+    ap.add_argument("--weights", default="shipped",
+                    help="the model fine-tuned (celltrain fit --weights); N = 0 scores the shipped model all the same")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="fine-tune at this input size (cells cropped over the same area, so red cells span "
+                         "proportionally more pixels); default: the shipped model's")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
@@ -98,12 +107,14 @@ def main() -> None:
     adapt = [p for p in fields if number(p) % 2 == 0]
     report = [p for p in fields if number(p) % 2 == 1]
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
-    crops = export_crops(adapt, work / "crops", spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, spec.height)
+    size = a.image_size or spec.height
+    rbc = (spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX) * size / spec.height
+    crops = export_crops(adapt, work / "crops", rbc, size)
     rows = []
     rng = np.random.default_rng(a.seed)
     # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
     order = {cls: rng.permutation(len(files)) for cls, files in sorted(crops.items())}
-    fit = COMMON + RECIPES[a.recipe]
+    fit = COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
     for n in a.n:
         row: dict = {"n_per_class": n}
         drawn = {(cls, files[i].stem) for cls, files in crops.items() for i in order[cls][:n]}
@@ -122,7 +133,7 @@ def main() -> None:
             run_dir = work / f"run-{n}"
             shutil.rmtree(run_dir, ignore_errors=True)
             log = work / f"run-{n}.log"
-            row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", "shipped", "--data", str(data),
+            row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", a.weights, "--data", str(data),
                                       "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed),
                                       *fit], log)
             row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
@@ -133,7 +144,9 @@ def main() -> None:
         rows.append(row)
     Path(a.out).write_text(json.dumps({
         "command": f"python tools/few_shot.py --data ../shared/data --seed {a.seed} --recipe {a.recipe}"
-                   + (" --validate" if a.validate else "") + " --n " + " ".join(map(str, a.n)),
+                   + (" --validate" if a.validate else "") + " --n " + " ".join(map(str, a.n))
+                   + ("" if a.weights == "shipped" else f" --weights {a.weights}")
+                   + ("" if a.image_size is None else f" --image-size {a.image_size}"),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
         "fit_options": fit, "adapt_fields": len(adapt), "report_fields": len(report),
@@ -144,5 +157,28 @@ def main() -> None:
                 "measure. Data: Shams et al., Blood Cells Mol Dis 2024.", "rows": rows}, indent=1) + "\n")
 
 
+def plot(files: list[Path], out: Path) -> None:
+    """Accuracy on the report part against labelled cells per class, one line per results file (seed)."""
+    from scopelite.train._plot import pyplot, save  # noqa: PLC0415
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        rows = [r for r in d["rows"] if "report" in r]
+        ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows], "o-",
+                label=f"seed {d['seed']} ({d['recipe']})")
+    ax.axhline(95, color="grey", ls="--", lw=1, label="target after 25 cells")
+    ax.set(xlabel="labelled cells per class (N)", ylabel="fields right (%)", ylim=(40, 100),
+           title="Few-shot adaptation, DeepBioNet report part")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    save(fig, out)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["plot"]:  # python tools/few_shot.py plot OUT.png RESULTS.json ...
+        plot([Path(f) for f in sys.argv[3:]], Path(sys.argv[2]))
+    else:
+        main()
