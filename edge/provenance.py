@@ -274,22 +274,26 @@ class Gate:
     drop_clean_pt: float
     drop_corrupted_pt: float
     failures: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what passed only because the test split is too small to measure it
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_drop_clean_pt": self.max_drop_clean_pt, "max_drop_corrupted_pt": self.max_drop_corrupted_pt,
                 "drop_clean_pt": self.drop_clean_pt, "drop_corrupted_pt": self.drop_corrupted_pt,
-                "passed": self.passed, "failures": list(self.failures)}
+                "passed": self.passed, "failures": list(self.failures),
+                **({"notes": list(self.notes)} if self.notes else {})}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Gate":
         d = _obj(d, where)
         num = (int, float)
-        failures = _get(d, "failures", list, where, required=False, default=[])
-        if not all(isinstance(x, str) for x in failures):
-            raise ProvenanceError(f"{where}: failures must be a list of texts")
+        texts = {}
+        for key in ("failures", "notes"):
+            texts[key] = _get(d, key, list, where, required=False, default=[])
+            if not all(isinstance(x, str) for x in texts[key]):
+                raise ProvenanceError(f"{where}: {key} must be a list of texts")
         return cls(_get(d, "passed", bool, where), _get(d, "max_drop_clean_pt", num, where),
                    _get(d, "max_drop_corrupted_pt", num, where), _get(d, "drop_clean_pt", num, where),
-                   _get(d, "drop_corrupted_pt", num, where), tuple(failures))
+                   _get(d, "drop_corrupted_pt", num, where), tuple(texts["failures"]), tuple(texts["notes"]))
 
 
 @dataclass(frozen=True)

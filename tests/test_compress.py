@@ -309,3 +309,33 @@ def test_qat_fine_tuning_keeps_batchnorm_statistics(tiny_run):
     for name, v in stats.items():
         np.testing.assert_array_equal(after[name], v, err_msg=name)
     assert any(not np.array_equal(after[n], v) for n, v in conv.items())  # the rest did train
+
+
+def test_gate_lets_one_image_through_only_where_the_split_cannot_measure_the_threshold():
+    """A few-shot run keeps 6-13 test images: one image flipped by int8 is 8-17 points. The gate lets
+    exactly one image through (with a note) when one image is more than the threshold; two still fail,
+    and so does a split large enough to measure the threshold, a zero or negative threshold, or no
+    split size."""
+    from scopelite.compress.pipeline import CompressConfig, gate
+    from scopelite.edge.provenance import Gate
+
+    cfg = CompressConfig(model="m.keras", out="o")  # thresholds 1.0 / 2.0 points
+
+    def acc(clean, corrupted):
+        return {"clean": {"accuracy": clean}, "corrupted": {"accuracy": corrupted}}
+
+    g = gate(acc(1.0, 5 / 6), acc(1.0, 4 / 6), cfg, 6)  # corrupted: one of 6 images lost
+    assert g["passed"] and not g["failures"] and len(g["notes"]) == 1
+    assert "one image" in g["notes"][0] and "6 test images" in g["notes"][0]
+    assert Gate.from_dict(g, "gate").to_dict() == g  # the sidecar schema keeps the note
+    g = gate(acc(1.0, 5 / 6), acc(1.0, 3 / 6), cfg, 6)  # two images lost
+    assert not g["passed"] and "corrupted accuracy drop 33.33 pt > 2.0 pt" in g["failures"][0]
+    assert not gate(acc(1.0, 5 / 6), acc(1.0, 4 / 6), cfg)["passed"]  # split size not given: as before
+    assert gate(acc(0.5, 0.5), acc(0.48, 0.5), cfg, 50)["passed"]  # one of 50 images = 2 pt > 1.0
+    assert not gate(acc(0.5, 0.5), acc(0.46, 0.5), cfg, 50)["passed"]  # two of 50
+    assert not gate(acc(0.5, 0.5), acc(0.485, 0.5), cfg, 200)["passed"]  # 3 of 200 = 1.5 pt: measurable
+    strict = CompressConfig(model="m", out="o", max_drop_clean=0.0, max_drop_corrupted=0.0)
+    assert not gate(acc(1.0, 1.0), acc(5 / 6, 1.0), strict, 6)["passed"]  # 0 means no loss at all
+    forced = CompressConfig(model="m", out="o", max_drop_clean=-1.0, max_drop_corrupted=-1.0)
+    assert not gate(acc(1.0, 1.0), acc(1.0, 1.0), forced, 6)["passed"]  # tests force a failure this way
+    assert "notes" not in gate(acc(1.0, 1.0), acc(1.0, 1.0), cfg, 6)

@@ -10,6 +10,8 @@ model; scored (float, argmax) on both parts:
 - ``source``: statistics restandardised on 512 PBC crops (the function unchanged: the reference);
 - ``source+adapt``: then re-measured on the adapt crops (proper AdaBN; what ``--save`` writes, the
   weights ``tools/few_shot.py --weights`` can start the few-shot recipe from).
+Each score: fields right, balanced accuracy (mean of per-class recalls), and the differential's error:
+the L1 distance in points between the predicted and the true class shares of the part.
 Nothing from the report part is used but for scoring. Recorded: benchmarks/results/few-shot-adabn.json.
 """
 from __future__ import annotations
@@ -68,8 +70,9 @@ def main() -> None:
     def score(x, y):
         p = model.predict(x, verbose=0, batch_size=32).argmax(1)
         per = {labels[c]: round(float((p[y == c] == c).mean()), 4) for c in sorted(set(y.tolist()))}
+        shares = np.bincount(p, minlength=len(labels)) - np.bincount(y, minlength=len(labels))
         return {"accuracy": round(float((p == y).mean()), 4), "balanced": round(float(np.mean(list(per.values()))), 4),
-                "per_class": per}
+                "differential_l1_pt": round(float(100 * np.abs(shares).sum() / len(y)), 1), "per_class": per}
 
     def adabn(x):  # the adapt crops in 11 seeded batches of 16-17 (no small last batch)
         idx = np.random.default_rng(0).permutation(len(x))
