@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +212,21 @@ def test_layers_without_bias_and_a_depth_multiplier_round_trip(tmp_path):
     for name in ("dw", "pw", "fc"):
         np.testing.assert_allclose(dst.get_layer(name).get_weights()[0], src.get_layer(name).get_weights()[0],
                                    atol=1e-6)
+
+
+def test_few_labelled_cells_are_pointed_out_when_fine_tuning(tiny_run, synth_dir, tmp_path):
+    """A lab fine-tuning on a handful of cells per class hears what that gave on another lab."""
+    from scopelite.train.fit import FEW_CELLS, few_cells_note
+
+    note = few_cells_note({"eosinophil": 5, "monocyte": 2, "neutrophil": FEW_CELLS, "basophil": 0}, pretrained=True)
+    assert note.startswith("few labelled cells (monocyte 2, eosinophil 5)") and "neutrophil" not in note
+    assert "basophil" not in note and "docs/cross-lab.md" in note
+    assert few_cells_note({"eosinophil": 5}, pretrained=False) is None  # training from scratch: another matter
+    assert few_cells_note({"eosinophil": FEW_CELLS, "basophil": 0}, pretrained=True) is None
+    cells = tmp_path / "cells"  # a lab's labelled cells: class folders without the synthetic data's manifest
+    shutil.copytree(synth_dir / "crops", cells)
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r"), "--arch", "tiny", "--image-size", "32",
+                "--epochs", "1", "--head-epochs", "0", "--data", str(cells), "--weights", str(tiny_run["tflite"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(x for x in r.stdout.splitlines() if "NOTE: few labelled cells" in x)
+    assert "basophil 3" in line  # synth_dir holds 3 crops of each class
