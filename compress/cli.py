@@ -66,7 +66,7 @@ def main() -> None:
               callback=_check_max_drop,
               help="Largest accuracy loss (points) against the float model an int8 model may have. On a test split "
                    "too small to measure it (one image worth more points: a few-shot run's 6-13 images), one lost "
-                   "image passes with a NOTE; two fail.")
+                   "image per metric passes with a NOTE; two fail.")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
 @click.option("--diagnose", is_flag=True,

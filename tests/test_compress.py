@@ -316,7 +316,7 @@ def test_gate_lets_one_image_through_only_where_the_split_cannot_measure_the_thr
     exactly one image through (with a note) when one image is more than the threshold; two still fail,
     and so does a split large enough to measure the threshold, a zero or negative threshold, or no
     split size."""
-    from scopelite.compress.pipeline import CompressConfig, gate
+    from scopelite.compress.pipeline import CompressConfig, gate, markdown
     from scopelite.edge.provenance import Gate
 
     cfg = CompressConfig(model="m.keras", out="o")  # thresholds 1.0 / 2.0 points
@@ -324,7 +324,7 @@ def test_gate_lets_one_image_through_only_where_the_split_cannot_measure_the_thr
     def acc(clean, corrupted):
         return {"clean": {"accuracy": clean}, "corrupted": {"accuracy": corrupted}}
 
-    g = gate(acc(1.0, 5 / 6), acc(1.0, 4 / 6), cfg, 6)  # corrupted: one of 6 images lost
+    g = g1 = gate(acc(1.0, 5 / 6), acc(1.0, 4 / 6), cfg, 6)  # corrupted: one of 6 images lost
     assert g["passed"] and not g["failures"] and len(g["notes"]) == 1
     assert "one image" in g["notes"][0] and "6 test images" in g["notes"][0]
     assert Gate.from_dict(g, "gate").to_dict() == g  # the sidecar schema keeps the note
@@ -339,3 +339,12 @@ def test_gate_lets_one_image_through_only_where_the_split_cannot_measure_the_thr
     forced = CompressConfig(model="m", out="o", max_drop_clean=-1.0, max_drop_corrupted=-1.0)
     assert not gate(acc(1.0, 1.0), acc(1.0, 1.0), forced, 6)["passed"]  # tests force a failure this way
     assert "notes" not in gate(acc(1.0, 1.0), acc(1.0, 1.0), cfg, 6)
+    exact = gate(acc(7 / 50, 7 / 50), acc(7 / 50, 6 / 50), cfg, 50)  # 2.0000000000000018 pt, threshold 2.0
+    assert exact["passed"] and "notes" not in exact  # a drop equal to the threshold passes, rounding aside
+    assert not gate(acc(1.0, 1.0), acc(0.0, 1.0), cfg, 1)["passed"]  # one image of one is no measurement
+    assert not gate(acc(1.0, 1.0), acc(0.75, 1.0), cfg, 4)["passed"]  # under 5 images: no allowance
+    assert not gate(acc(1.0, 1.0), acc(0.8, 1.0), cfg, 0)["passed"]
+    md = markdown({"model": "m", "n": 6, "data": "d", "corrupted_protocol": "c", "float": acc(1.0, 5 / 6),
+                   "variants": {"int8": {**acc(1.0, 4 / 6), "size_bytes": 1, "gate": g1,
+                                         "latency_ms": {"threads_1": {"p50_ms": 1}, "threads_2": {"p50_ms": 1}}}}})
+    assert "pass (note: corrupted accuracy drop of one image" in md  # the report says why it passed

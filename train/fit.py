@@ -319,7 +319,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     write_json_atomic(out / "config.json", cfg.to_json())
     log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
-    note = few_cells_note(ds.counts(), pretrained=cfg.weights != "none" and not ds.synthetic)
+    note = few_cells_note(ds.counts(), pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
         log(f"      NOTE: {note}")
     return ds, split, 0, -1.0
@@ -336,7 +336,7 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
         return None
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
     return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 70-75 % of fields "
-            f"right with 5 per class, 79-87 % with 10, 83-91 % with 25, 89-92 % with 50 (docs/cross-lab.md); "
+            f"right with 5 per class, 79-87 % with 10, 83-88 % with 25, 89-90 % with 50 (docs/cross-lab.md); "
             f"label {FEW_CELLS} or more of each class you see where you can")
 
 
