@@ -115,7 +115,7 @@ class TrackEvent:
 class _Track:
     """A cell's observations: whole ones (position, scores, counting) and ones cut by the frame edge."""
 
-    __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "weight", "n_fresh", "copied",
+    __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "n_fresh", "copied",
                  "reported", "first", "last", "frame_xy", "counted")
 
     def __init__(self, tid: int, n_classes: int, frame: int):
@@ -123,7 +123,6 @@ class _Track:
         self.sum_xy, self.edge_xy = np.zeros(2), np.zeros(2)
         self.n = self.n_edge = self.n_small = 0
         self.score_sum = np.zeros(n_classes)  # weighted: a fresh view counts for itself and the copied ones before it
-        self.weight = 0.0
         self.n_fresh = self.copied = self.reported = 0  # fresh views; copied ones since the last; fresh at last event
         self.first = self.last = frame
         self.frame_xy = np.zeros(2)
@@ -133,6 +132,11 @@ class _Track:
     def pos(self) -> np.ndarray:
         """Mean slide position over the whole views; over the cut ones while there is none."""
         return self.sum_xy / self.n if self.n else self.edge_xy / self.n_edge
+
+    @property
+    def unreported(self) -> bool:
+        """Counted, and classified afresh since its last event: its class over every view is due (``final``)."""
+        return self.counted and self.n_fresh > self.reported
 
     def see(self, xy: np.ndarray, frame_xy: np.ndarray, scores: np.ndarray, frame: int, cut: bool,
             small: bool = False, fresh: bool = True) -> None:
@@ -144,9 +148,7 @@ class _Track:
             self.n += 1
             self.n_small += small
             if fresh:
-                w = 1 + self.copied
-                self.score_sum += w * scores
-                self.weight += w
+                self.score_sum += (1 + self.copied) * scores
                 self.n_fresh += 1
                 self.copied = 0
             else:  # scores copied from the decision: the next fresh view stands for it
@@ -157,7 +159,8 @@ class _Track:
     def event(self, reason: str) -> TrackEvent:
         (x, y), (fx, fy) = self.pos, self.frame_xy
         self.reported = self.n_fresh
-        return TrackEvent(self.id, float(x), float(y), float(fx), float(fy), self.score_sum / max(self.weight, 1e-9),
+        weight = self.n - self.copied  # whole views the fresh ones stand for (not those copied since the last)
+        return TrackEvent(self.id, float(x), float(y), float(fx), float(fy), self.score_sum / max(weight, 1e-9),
                           self.n, self.first, self.last, reason, self.n_small, self.n_fresh)
 
 
@@ -303,7 +306,7 @@ class Tracker:
     def flush(self) -> list[TrackEvent]:
         """End of stream: count the open tracks seen steadily; close everything (``final`` events as ``update``)."""
         events = [self._count(t, "flush") for t in self._active if not t.counted and t.n >= self.cfg.min_frames]
-        events += [t.event("final") for t in self._active if t.counted and t.n_fresh > t.reported]
+        events += [t.event("final") for t in self._active if t.unreported]
         for t in self._active:
             self._forget_or_remember(t)
         self._active = []
@@ -328,7 +331,7 @@ class Tracker:
                 continue
             if not t.counted and t.n >= self.cfg.min_frames:
                 events.append(self._count(t, "lost"))
-            elif t.counted and t.n_fresh > t.reported:  # seen again since it was counted: its class over every view
+            elif t.unreported:  # seen again since it was counted: its class over every view
                 events.append(t.event("final"))
             self._forget_or_remember(t)
         self._active = keep
