@@ -66,7 +66,10 @@ class Differential:
         cell so that a person can find it for review. ``why``: the cell is uncertain whatever its
         score, for this reason (kept with it in the review list).
         """
-        scores, best, label = self._decide(scores, min_score, why)
+        return self._commit(*self._decide(scores, min_score, why), ref, why)
+
+    def _commit(self, scores: np.ndarray, best: int, label: str, ref: Any, why: str | None) -> str:
+        """Count one decided cell (``_decide``'s three values): its class, or an entry in the review list."""
         if label == UNCERTAIN:
             entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
             self.review.append(entry if why is None else {**entry, "why": why})
@@ -93,7 +96,7 @@ class Differential:
         """Move one counted cell from ``was`` to what ``scores`` say now (a tracked cell's class over all its
         views); return its new label. An uncertain cell leaves the review list: the first entry whose ``ref``
         holds every item of ``match`` (e.g. ``{"track": 7}``; None: the entry whose ref equals ``ref``)."""
-        self.label_for(scores, min_score, why)  # bad scores raise before anything moves
+        decided = self._decide(scores, min_score, why)  # bad scores raise before anything moves
         if was == UNCERTAIN:
             def same(r) -> bool:
                 if match is None:
@@ -107,7 +110,7 @@ class Differential:
             if self.counts.get(was, 0) <= 0:
                 raise ValueError(f"no {was} counted to revise")
             self.counts[was] -= 1
-        return self.add(scores, min_score, ref=ref, why=why)
+        return self._commit(*decided, ref, why)
 
     def add_label(self, label: str) -> None:
         """Count one cell whose label was decided elsewhere (a person's correction, crop mode)."""

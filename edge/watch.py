@@ -321,15 +321,11 @@ class FieldCounter:
             if e.reason == "final":
                 self._revise(e, frame_index)
                 continue
-            slide = [round(e.x, 1), round(e.y, 1)]
-            why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, self.differential.labels)
-            label = self.differential.add(e.scores, ref={"track": e.track_id, "frame": frame_index, "slide": slide},
-                                          why=why)
-            best = int(np.argmax(e.scores))
-            out.append({"track": e.track_id, "label": label, "best": self.differential.labels[best],
-                        "score": round(float(e.scores[best]), 4), "slide": slide, "frames": e.frames_seen,
-                        "reason": e.reason, "scores": np.round(e.scores, 4).tolist()})
-            self._decided[e.track_id] = {k: out[-1][k] for k in ("label", "score", "best", "scores")}
+            ref, why, seen = self._seen(e, frame_index)
+            label = self.differential.add(e.scores, ref=ref, why=why)
+            out.append({"track": e.track_id, "label": label, "best": seen["best"], "score": seen["score"],
+                        "slide": ref["slide"], "frames": e.frames_seen, "reason": e.reason, "scores": seen["scores"]})
+            self._decided[e.track_id] = {"label": label, **seen}
         if out or self.revised:
             self._brief = None
         return out
@@ -339,21 +335,25 @@ class FieldCounter:
         was = self._decided.get(e.track_id)
         if was is None:
             return
-        labels = self.differential.labels
-        why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, labels)
-        best = int(np.argmax(e.scores))
-        now = {"label": self.differential.label_for(e.scores, why=why), "score": round(float(e.scores[best]), 4),
-               "best": labels[best], "scores": np.round(e.scores, 4).tolist()}
+        ref, why, seen = self._seen(e, frame_index)
+        now = {"label": self.differential.label_for(e.scores, why=why), **seen}
         if now["label"] == was["label"]:  # no revision: copies keep carrying what the records said
             return
-        slide = [round(e.x, 1), round(e.y, 1)]
-        self.differential.revise(was["label"], e.scores, ref={"track": e.track_id, "frame": frame_index,
-                                                              "slide": slide},
-                                 why=why, match={"track": e.track_id})
+        self.differential.revise(was["label"], e.scores, ref=ref, why=why, match={"track": e.track_id})
         self._decided[e.track_id] = now
         self.revised.append({"track": e.track_id, "from": was["label"], "to": now["label"], "frames": e.frames_seen,
                              "classified": e.fresh_views, "best": now["best"], "score": now["score"],
-                             "slide": slide, "scores": now["scores"]})
+                             "slide": ref["slide"], "scores": now["scores"]})
+
+    def _seen(self, e: TrackEvent, frame_index: int) -> tuple[dict, str | None, dict]:
+        """A track event as the count takes it (to count or to revise): its ref in the review list, why it is
+        uncertain whatever its score (mostly platelet-sized views), and its best class, score and scores."""
+        labels = self.differential.labels
+        why = _not_what_it_looks_like(2 * e.small_views > e.frames_seen, e.scores, labels)
+        best = int(np.argmax(e.scores))
+        ref = {"track": e.track_id, "frame": frame_index, "slide": [round(e.x, 1), round(e.y, 1)]}
+        return ref, why, {"best": labels[best], "score": round(float(e.scores[best]), 4),
+                          "scores": np.round(e.scores, 4).tolist()}
 
 
 def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.FieldConfig:
