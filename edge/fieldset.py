@@ -86,6 +86,16 @@ def truth(path: str | Path) -> str:
     return Path(path).parent.name
 
 
+def parts_by_number(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Another lab's labelled fields split in two by the number in each file name (``02.jpg`` -> 2): the
+    even ones (the *adapt* part: its cells may be labelled, calibrated on and chosen by) and the odd ones
+    (the *report* part), in the order given. A name without digits counts as 0."""
+    even, odd = [], []
+    for p in paths:
+        (odd if int("".join(c for c in Path(p).stem if c.isdigit()) or 0) % 2 else even).append(p)
+    return even, odd
+
+
 def read_fields(paths: Iterable[str | Path],
                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """The fields as RGB uint8, read one at a time (each through ``transform`` when given)."""
@@ -130,6 +140,17 @@ def score_fields(classifier: Classifier, paths: Sequence[str | Path], cfg: field
     for p, res in zip(paths, classify_fields(read_fields(paths, transform), classifier, cfg, pick, site)):
         scores.add(truth(p), res.label)
     return scores
+
+
+def main_cell_crops(paths: Sequence[str | Path], cfg: field_lib.FieldConfig) -> Iterator[tuple[Path, np.ndarray]]:
+    """``main_cell_crop`` of each field with one ``FieldScale`` for all (the scale as the daemon smooths it
+    over a folder: what it classifies), as (path, crop); fields without a white-cell-sized detection are
+    left out."""
+    scaler = FieldScale(cfg)
+    for p, img in zip(paths, read_fields(paths)):
+        crop = main_cell_crop(img, cfg, scaler)
+        if crop is not None:
+            yield Path(p), crop
 
 
 def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldScale | None = None

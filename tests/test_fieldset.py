@@ -183,3 +183,27 @@ def test_nothing_in_the_edge_package_imports_fieldset():
             else:
                 continue
             assert not any(n.split(".")[-1] == "fieldset" for n in names), py.name
+
+
+def test_main_cell_crops_hold_one_scale_for_the_folder_and_leave_out_empty_fields(tmp_path):
+    cfg = field_lib.FieldConfig(model_rbc_px=12.0, input_px=32)
+    img = _field(6, (250, 100), (100, 200))
+    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)
+    empty = np.full_like(img, 235)
+    paths = []
+    for name, im in (("a.png", img), ("b.png", empty), ("c.png", img), ("d.png", zoomed)):
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+        paths.append(tmp_path / name)
+    got = list(fieldset.main_cell_crops(paths, cfg))
+    assert [p.name for p, _ in got] == ["a.png", "c.png", "d.png"]  # the empty field has no main cell
+    scaler = FieldScale(cfg)  # what the generator must equal: main_cell_crop field by field, one scaler
+    expect = [fieldset.main_cell_crop(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), cfg, scaler) for p in paths]
+    for (_, crop), want in zip(got, [e for e in expect if e is not None]):
+        assert _mad(crop, want) == 0
+    assert _mad(got[2][1], fieldset.main_cell_crop(zoomed, cfg)) > 0  # the zoomed field is cut at the folder's scale
+
+
+def test_parts_by_number_splits_by_the_number_in_the_file_name():
+    paths = [Path(f"eosinophil/{n}") for n in ("02.jpg", "03.jpg", "x.jpg", "11.png", "100.jpg")]
+    even, odd = fieldset.parts_by_number(paths)
+    assert [p.name for p in even] == ["02.jpg", "x.jpg", "100.jpg"] and [p.name for p in odd] == ["03.jpg", "11.png"]

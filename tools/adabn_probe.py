@@ -28,11 +28,6 @@ from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images
-from scopelite.edge.watch import FieldScale
-
-
-def number(p: Path) -> int:
-    return int("".join(c for c in p.stem if c.isdigit()) or 0)
 
 
 def main() -> None:
@@ -50,17 +45,13 @@ def main() -> None:
     labels = sidecar_labels(shipped)
 
     def crops(paths):
-        scaler, xs, ys = FieldScale(cfg), [], []
-        for p, img in zip(paths, fieldset.read_fields(paths)):
-            c = fieldset.main_cell_crop(img, cfg, scaler)
-            if c is not None:
-                xs.append(c)
-                ys.append(labels.index(fieldset.truth(p)))
-        return np.stack(xs).astype(np.float32), np.array(ys)
+        found = list(fieldset.main_cell_crops(paths, cfg))
+        return (np.stack([c for _, c in found]).astype(np.float32),
+                np.array([labels.index(fieldset.truth(p)) for p, _ in found]))
 
-    fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
-    xa, ya = crops([p for p in fields if number(p) % 2 == 0])
-    xr, yr = crops([p for p in fields if number(p) % 2 == 1])
+    adapt, report = fieldset.parts_by_number(list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"]))
+    xa, ya = crops(adapt)
+    xr, yr = crops(report)
     pbc = sorted((Path(a.data) / "pbc96").glob("*/*"))
     pick = np.random.default_rng(0).permutation(len(pbc))[:512]
     xp = np.stack([cv2.cvtColor(cv2.resize(cv2.imread(str(pbc[i])), (spec.width, spec.height)), cv2.COLOR_BGR2RGB)

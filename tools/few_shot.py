@@ -37,7 +37,6 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
-from scopelite.edge.watch import FieldScale
 
 COMMON = ["--head-epochs", "0", "--epochs", "15", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
@@ -48,18 +47,10 @@ RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11)
 }
 
 
-def number(p: Path) -> int:
-    return int("".join(c for c in p.stem if c.isdigit()) or 0)
-
-
 def export_crops(fields: list[Path], out: Path, rbc_model: float, size: int) -> dict[str, list[Path]]:
     cfg = field_lib.FieldConfig(model_rbc_px=rbc_model, input_px=size)
-    scaler = FieldScale(cfg)  # the scale as the daemon smooths it, so these crops are what it classifies
     found: dict[str, list[Path]] = collections.defaultdict(list)
-    for p, img in zip(fields, fieldset.read_fields(fields)):
-        crop = fieldset.main_cell_crop(img, cfg, scaler)
-        if crop is None:
-            continue
+    for p, crop in fieldset.main_cell_crops(fields, cfg):  # the scale smoothed as the daemon does
         dest = out / fieldset.truth(p) / f"{p.stem}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
@@ -104,8 +95,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
-    adapt = [p for p in fields if number(p) % 2 == 0]
-    report = [p for p in fields if number(p) % 2 == 1]
+    adapt, report = fieldset.parts_by_number(fields)
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
     size = a.image_size or spec.height
     rbc = (spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX) * size / spec.height

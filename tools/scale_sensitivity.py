@@ -21,7 +21,7 @@ FIELDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "other-labs" 
 
 def main() -> None:
     clf = LiteRTClassifier(default_model(), num_threads=1)
-    fields = [p for p in list_images([FIELDS]) if int("".join(c for c in p.stem if c.isdigit()) or 0) % 2 == 0]
+    fields = fieldset.parts_by_number(list_images([FIELDS]))[0]
     for factor in (float(x) for x in sys.argv[1:] or ["1.0"]):
         cfg = field_lib.FieldConfig(model_rbc_px=field_lib.DEFAULT_MODEL_RBC_PX * factor, input_px=96)
         s = fieldset.score_fields(clf, fields, cfg)

@@ -31,10 +31,6 @@ CANDIDATES = {"none": None, "scale": (True, False), "colour": (False, True), "bo
 RULE = Path("/work/notes/decision12-site.md")
 
 
-def number(p: Path) -> int:
-    return int("".join(c for c in p.stem if c.isdigit()) or 0)
-
-
 def variant(record: dict, flags):
     if flags is None or flags == "frame":
         return None
@@ -77,15 +73,13 @@ def main() -> None:
 
     pbc = list_images([data / "pbc-fields"])
     pbc_cal, pbc_rest = pbc[::4], [p for i, p in enumerate(pbc) if i % 4]
-    pbc_bg = [frame_background(read_image_rgb(p)) for p in pbc_cal]
-    target = tuple(round(float(v), 1) for v in np.median(pbc_bg, axis=0))
-    dbn = list_images([data / "other-labs" / "deepbionet" / "fields"])
-    adapt = [p for p in dbn if number(p) % 2 == 0]
-    report = [p for p in dbn if number(p) % 2 == 1]
+    pbc_cal_frames = [read_image_rgb(p) for p in pbc_cal]  # read once: the target background, then the site
+    target = tuple(round(float(v), 1) for v in np.median([frame_background(f) for f in pbc_cal_frames], axis=0))
+    adapt, report = fieldset.parts_by_number(list_images([data / "other-labs" / "deepbionet" / "fields"]))
     dbn_frames = site_lib.pick_evenly(adapt, site_lib.DEFAULT_FRAMES)
     dbn_site = site_lib.calibrate((read_image_rgb(p) for p in dbn_frames), target_background=target,
                                   source="deepbionet adapt part (even), evenly spread", **kw)
-    pbc_site = site_lib.calibrate((read_image_rgb(p) for p in pbc_cal), target_background=target,
+    pbc_site = site_lib.calibrate(pbc_cal_frames, target_background=target,
                                   source="pbc-fields, every 4th", **kw)
     out = {
         "what": "Site calibration candidates for `celledge calibrate` / `--site` (issue 13 item 3b). Shipped int8 "
@@ -143,7 +137,7 @@ def ruler_by_class(data: Path) -> dict:
     does not fit it)."""
     from scopelite.edge.scale import estimate_rbc_diameter
 
-    files = [p for p in list_images([data / "other-labs" / "deepbionet" / "fields"]) if number(p) % 2 == 0]
+    files = fieldset.parts_by_number(list_images([data / "other-labs" / "deepbionet" / "fields"]))[0]
     by: dict[str, list[float]] = {}
     for p in files:
         d = estimate_rbc_diameter(read_image_rgb(p)).diameter_px
