@@ -143,7 +143,7 @@ class Status:
                       "# HELP scopelite_class_total Cells counted once each (field mode) or frames (crop mode) "
                       "per class.",
                       "# TYPE scopelite_class_total counter"]
-            for lab in self.labels + sorted(set(self.counts) - set(self.labels)):
+            for lab in _label_order(self.labels, self.counts):
                 lines.append(f'scopelite_class_total{{label="{lab}"}} {self.counts.get(lab, 0)}')
             if self.differential is not None:
                 lines += _differential_metrics(self.differential)
@@ -242,6 +242,11 @@ def _differential_metrics(d: dict) -> list[str]:
     return lines
 
 
+def _label_order(labels, counts) -> list[str]:
+    """The model's labels in its order, then any other label counted (a person's, say), sorted."""
+    return list(labels) + sorted(set(counts) - set(labels))
+
+
 def _label_value(v) -> str:
     """A Prometheus label value: backslash, double quote and newline escaped."""
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -270,7 +275,7 @@ def _session_metrics(s: dict, labels) -> list[str]:
     lines += ["# HELP scopelite_session_class_cells Cells of the current session per class (a person's label "
               "over the model's).", "# TYPE scopelite_session_class_cells gauge"]
     lines += [f'scopelite_session_class_cells{{label="{_label_value(lab)}"}} {counts.get(lab, 0)}'
-              for lab in list(labels) + sorted(set(counts) - set(labels))]
+              for lab in _label_order(labels, counts)]
     lines += ["# HELP scopelite_session_differential_percent Each white-cell class as a percentage of the "
               "current session's white cells.", "# TYPE scopelite_session_differential_percent gauge"]
     lines += [f'scopelite_session_differential_percent{{label="{r["class"]}"}} {r["percent"]}' for r in d["rows"]]

@@ -266,10 +266,6 @@ class Site:
         """The red-cell diameter to crop at (None: the site scale is off, the per-frame ruler decides)."""
         return self.rbc_px if self.use_scale else None
 
-    @property
-    def um_per_px(self) -> float:
-        return RBC_UM / self.rbc_px
-
     def balance(self, image_rgb: np.ndarray) -> np.ndarray:
         """``image_rgb`` white-balanced to the training background (unchanged when colour is off)."""
         return apply_gain(image_rgb, self.gain) if self.use_colour else image_rgb
