@@ -22,6 +22,7 @@ import argparse
 import collections
 import datetime
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=None,
                     help="fine-tune at this input size (cells cropped over the same area, so red cells span "
                          "proportionally more pixels); default: the shipped model's")
+    ap.add_argument("--fit-args", default="",
+                    help="more celltrain fit options on top of the recipe, one string (e.g. \"--epochs 30\")")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
@@ -104,7 +107,8 @@ def main() -> None:
     rng = np.random.default_rng(a.seed)
     # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
     order = {cls: rng.permutation(len(files)) for cls, files in sorted(crops.items())}
-    fit = COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
+    fit = (COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
+           + shlex.split(a.fit_args))
     for n in a.n:
         row: dict = {"n_per_class": n}
         drawn = {(cls, files[i].stem) for cls, files in crops.items() for i in order[cls][:n]}
@@ -136,7 +140,8 @@ def main() -> None:
         "command": f"python tools/few_shot.py --data ../shared/data --seed {a.seed} --recipe {a.recipe}"
                    + (" --validate" if a.validate else "") + " --n " + " ".join(map(str, a.n))
                    + ("" if a.weights == "shipped" else f" --weights {a.weights}")
-                   + ("" if a.image_size is None else f" --image-size {a.image_size}"),
+                   + ("" if a.image_size is None else f" --image-size {a.image_size}")
+                   + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}"),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
         "fit_options": fit, "adapt_fields": len(adapt), "report_fields": len(report),
