@@ -86,14 +86,64 @@ def truth(path: str | Path) -> str:
     return Path(path).parent.name
 
 
-def parts_by_number(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+def file_number(path: str | Path) -> int:
+    """The number in a file's name (``02.jpg`` -> 2; no digits: 0)."""
+    return int("".join(c for c in Path(path).stem if c.isdigit()) or 0)
+
+
+def parts_by_number(paths: Iterable[Path], groups: Sequence[Sequence[Path]] = ()) -> tuple[list[Path], list[Path]]:
     """Another lab's labelled fields split in two by the number in each file name (``02.jpg`` -> 2): the
     even ones (the *adapt* part: its cells may be labelled, calibrated on and chosen by) and the odd ones
-    (the *report* part), in the order given. A name without digits counts as 0."""
+    (the *report* part), in the order given. A name without digits counts as 0.
+
+    ``groups`` (``duplicate_groups``): fields that show the same cell go together, to the part of the
+    group's smallest number, so that no cell is adapted on and reported on at once."""
+    number = {Path(p): min(file_number(q) for q in g) for g in groups for p in g}
     even, odd = [], []
     for p in paths:
-        (odd if int("".join(c for c in Path(p).stem if c.isdigit()) or 0) % 2 else even).append(p)
+        (odd if number.get(Path(p), file_number(p)) % 2 else even).append(p)
     return even, odd
+
+
+DUPLICATE_NCC = 0.75  # same cell above this (DeepBioNet: the valley between copies and distinct cells)
+
+
+def _match(a: np.ndarray, b: np.ndarray) -> float:
+    """How well ``a``'s centre (with the red cells around it) is found in ``b`` under any of the 8 turns
+    and flips: the highest normalised cross-correlation, over every shift that keeps it inside ``b``."""
+    n = a.shape[0] // 6
+    t = a[n:-n, n:-n]
+    return max(float(cv2.matchTemplate(b, np.ascontiguousarray(np.rot90(v, k)), cv2.TM_CCOEFF_NORMED).max())
+               for v in (t, t[:, ::-1]) for k in range(4))
+
+
+def duplicate_groups(crops: Iterable[tuple[Path, np.ndarray]], threshold: float = DUPLICATE_NCC) -> list[list[Path]]:
+    """Fields that show the same cell, as groups (each field in one; a cell seen once is a group of one).
+
+    ``crops``: (path, main-cell crop) as ``main_cell_crops`` gives them, all at one scale. Two fields of
+    one class are copies when one crop's centre (two thirds of the side: the cell and the red cells around
+    it) matches the other crop, turned, flipped or shifted, with a correlation of at least ``threshold``;
+    groups are the chains of copies. Public datasets hold such copies (DeepBioNet: 361 fields, about 170
+    distinct cells, a copy mostly under the next file number): a split by file name alone puts one cell
+    in both parts."""
+    grey = [(Path(p), cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32)) for p, c in crops]
+    parent = list(range(len(grey)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, (p, a) in enumerate(grey):
+        for j in range(i + 1, len(grey)):
+            q, b = grey[j]
+            if truth(p) == truth(q) and root(i) != root(j) and max(_match(a, b), _match(b, a)) >= threshold:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[Path]] = collections.defaultdict(list)
+    for i, (p, _) in enumerate(grey):
+        groups[root(i)].append(p)
+    return list(groups.values())
 
 
 def read_fields(paths: Iterable[str | Path],

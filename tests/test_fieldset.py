@@ -207,3 +207,24 @@ def test_parts_by_number_splits_by_the_number_in_the_file_name():
     paths = [Path(f"eosinophil/{n}") for n in ("02.jpg", "03.jpg", "x.jpg", "11.png", "100.jpg")]
     even, odd = fieldset.parts_by_number(paths)
     assert [p.name for p in even] == ["02.jpg", "x.jpg", "100.jpg"] and [p.name for p in odd] == ["03.jpg", "11.png"]
+
+
+def test_parts_by_number_keeps_the_fields_of_one_cell_together():
+    paths = [Path(f"eosinophil/{n}.jpg") for n in (2, 3, 5, 8, 9)]
+    groups = [[paths[1], paths[2]], [paths[4], paths[0]], [paths[3]]]  # 3+5 one cell (odd), 9+2 one cell (even)
+    even, odd = fieldset.parts_by_number(paths, groups)
+    assert [p.stem for p in even] == ["2", "8", "9"] and [p.stem for p in odd] == ["3", "5"]
+    assert fieldset.parts_by_number(paths) == ([paths[0], paths[3]], [paths[1], paths[2], paths[4]])
+
+
+def test_duplicate_groups_finds_one_cell_turned_flipped_and_shifted():
+    rng = np.random.default_rng(0)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (128, 128, 3)).astype(np.uint8), (0, 0), 2.0)
+    a = big[16:112, 16:112].copy()
+    b = np.ascontiguousarray(np.rot90(big[10:106, 20:116][:, ::-1]))  # the same view flipped, turned, shifted
+    other = cv2.GaussianBlur(rng.integers(0, 256, (96, 96, 3)).astype(np.uint8), (0, 0), 2.0)
+    crops = [(Path("eosinophil/1.jpg"), a), (Path("eosinophil/4.jpg"), other), (Path("eosinophil/2.jpg"), b),
+             (Path("neutrophil/7.jpg"), a)]  # another class is never a copy, whatever it looks like
+    groups = sorted(sorted(p.as_posix() for p in g) for g in fieldset.duplicate_groups(crops))
+    assert groups == [["eosinophil/1.jpg", "eosinophil/2.jpg"], ["eosinophil/4.jpg"], ["neutrophil/7.jpg"]]
+    assert len(fieldset.duplicate_groups(crops, threshold=1.01)) == 4  # nothing is a copy above a perfect match

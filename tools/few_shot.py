@@ -3,12 +3,17 @@
     python tools/few_shot.py --data ../shared/data --work /tmp/fewshot --n 0 5 10 25
 
 What a lab would do, with the real commands:
-1. cells of the new lab as class folders: here each DeepBioNet field of the *adapt* part (file
-   number even) gives its largest white-cell-sized detection, cropped by field mode at the
-   measured scale and resized to the model's input (what the daemon classifies);
+1. cells of the new lab as class folders: here each DeepBioNet field of the *adapt* part gives its
+   largest white-cell-sized detection, cropped by field mode at the measured scale and resized to
+   the model's input (what the daemon classifies). DeepBioNet holds the same cell in several fields
+   (turned, flipped, shifted: 361 fields, about 170 cells), so the parts are split by cell
+   (``fieldset.duplicate_groups``; a cell's fields go to the part of its smallest file number's
+   parity) and N cells per class are N different cells (``--split number``: the file-number split of
+   sessions 10-13, which put copies of one cell in both parts);
 2. ``celltrain fit --weights shipped --data <N per class>`` (fine-tune the shipped model);
 3. ``cellcompress <run>/model.keras --int8`` (the gate as always);
-4. field mode over the *report* part (file number odd) with the adapted int8 model.
+4. field mode over the *report* part with the adapted int8 model: fields right, and distinct cells
+   right (each cell's fields averaged, then the cells).
 N = 0 is the shipped model, zero-shot. Fit keeps 10 % + 10 % of the N cells for its own
 validation and test, as it always does. Wall times are for 2 CPU cores.
 
@@ -48,21 +53,27 @@ RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11)
 }
 
 
-def export_crops(fields: list[Path], out: Path, rbc_model: float, size: int) -> dict[str, list[Path]]:
-    cfg = field_lib.FieldConfig(model_rbc_px=rbc_model, input_px=size)
-    found: dict[str, list[Path]] = collections.defaultdict(list)
-    for p, crop in fieldset.main_cell_crops(fields, cfg):  # the scale smoothed as the daemon does
+def export_crops(crops: list[tuple[Path, np.ndarray]], out: Path) -> dict[Path, Path]:
+    """The main-cell crops as PNG files under ``out/<class>/``, by field."""
+    written = {}
+    for p, crop in crops:
         dest = out / fieldset.truth(p) / f"{p.stem}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(dest), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-        found[fieldset.truth(p)].append(dest)
-    return found
+        written[p] = dest
+    return written
 
 
-def field_accuracy(model: Path, fields: list[Path]) -> dict:
+def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int]) -> dict:
+    """Field mode with default options: fields right, per class, and distinct cells right (each cell's
+    share of its fields right, averaged over the cells)."""
     clf = LiteRTClassifier(model, num_threads=2)
-    s = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
-    return {"accuracy": round(s.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(s.per_class.items())}}
+    scores, by_cell = fieldset.Scores(), collections.defaultdict(list)
+    for p, res in zip(fields, fieldset.classify_fields(fieldset.read_fields(fields), clf, fieldset.default_config(clf))):
+        scores.add(fieldset.truth(p), res.label)
+        by_cell[cell_of[p]].append(res.label == fieldset.truth(p))
+    return {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
+            "cells": len(by_cell), "cell_accuracy": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4)}
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -90,6 +101,9 @@ def main() -> None:
                          "proportionally more pixels); default: the shipped model's")
     ap.add_argument("--fit-args", default="",
                     help="more celltrain fit options on top of the recipe, one string (e.g. \"--epochs 30\")")
+    ap.add_argument("--split", choices=["cells", "number"], default="cells",
+                    help="cells: copies of one cell stay in one part (default); number: by file number alone "
+                         "(sessions 10-13; leaks copies across the parts)")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
@@ -98,32 +112,46 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
-    adapt, report = fieldset.parts_by_number(fields)
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
+    rbc = spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX
+    # which fields show one cell: compared at the shipped model's scale and size, whatever --image-size
+    groups = fieldset.duplicate_groups(fieldset.main_cell_crops(
+        fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
+    if a.split == "number":
+        groups = [[p] for g in groups for p in g]  # every field its own cell: the old split
+    cell_of = {p: i for i, g in enumerate(groups) for p in g}
+    cell_of.update({p: len(groups) + i for i, p in enumerate(fields) if p not in cell_of})  # no main cell found
+    adapt, report = fieldset.parts_by_number(fields, groups)
     size = a.image_size or spec.height
-    rbc = (spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX) * size / spec.height
-    crops = export_crops(adapt, work / "crops", rbc, size)
+    cfg = field_lib.FieldConfig(model_rbc_px=rbc * size / spec.height, input_px=size)
+    files = export_crops(list(fieldset.main_cell_crops(adapt, cfg)), work / "crops")  # the scale smoothed as the daemon does
+    # one field per cell of the adapt part (its first), by class: what a lab labels is N different cells
+    cells: dict[str, list[Path]] = collections.defaultdict(list)
+    seen: set[int] = set()
+    for p in adapt:
+        if p in files and cell_of[p] not in seen:
+            seen.add(cell_of[p])
+            cells[fieldset.truth(p)].append(p)
     rows = []
     rng = np.random.default_rng(a.seed)
     # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
-    order = {cls: rng.permutation(len(files)) for cls, files in sorted(crops.items())}
+    order = {cls: rng.permutation(len(ps)) for cls, ps in sorted(cells.items())}
     fit = (COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
            + shlex.split(a.fit_args))
     for n in a.n:
         row: dict = {"n_per_class": n}
-        drawn = {(cls, files[i].stem) for cls, files in crops.items() for i in order[cls][:n]}
-        measured = [p for p in adapt if (p.parent.name, p.stem) not in drawn] if a.validate else report
+        drawn = {cell_of[ps[i]] for cls, ps in cells.items() for i in order[cls][:n]}
+        measured = [p for p in adapt if cell_of[p] not in drawn] if a.validate else report
         if n == 0:
             model = default_model()
         else:
             data = work / f"data-{n}"
             shutil.rmtree(data, ignore_errors=True)
-            for cls, files in crops.items():
-                pick = order[cls][:n]
+            for cls, ps in cells.items():
                 (data / cls).mkdir(parents=True)
-                for i in pick:
-                    shutil.copy(files[i], data / cls / files[i].name)
-            row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(crops)}
+                for i in order[cls][:n]:
+                    shutil.copy(files[ps[i]], data / cls / files[ps[i]].name)
+            row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(cells)}
             run_dir = work / f"run-{n}"
             shutil.rmtree(run_dir, ignore_errors=True)
             log = work / f"run-{n}.log"
@@ -133,7 +161,7 @@ def main() -> None:
             row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
                                            "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
             model = run_dir / "int8" / "model.tflite"
-        row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured)
+        row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured, cell_of)
         print(json.dumps(row), flush=True)
         rows.append(row)
     Path(a.out).write_text(json.dumps({
@@ -141,13 +169,16 @@ def main() -> None:
                    + (" --validate" if a.validate else "") + " --n " + " ".join(map(str, a.n))
                    + ("" if a.weights == "shipped" else f" --weights {a.weights}")
                    + ("" if a.image_size is None else f" --image-size {a.image_size}")
-                   + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}"),
+                   + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}")
+                   + ("" if a.split == "cells" else " --split number"),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
-        "fit_options": fit, "adapt_fields": len(adapt), "report_fields": len(report),
-        "adapt_crops": {k: len(v) for k, v in sorted(crops.items())},
-        "note": "DeepBioNet fields split by file number: even = adapt (labelled cells drawn from here), odd = "
-                "report (field mode, default options). cellcompress runs with --max-drop 100 100 because fit's own "
+        "fit_options": fit, "split": a.split, "adapt_fields": len(adapt), "report_fields": len(report),
+        "adapt_cells": {k: len(v) for k, v in sorted(cells.items())},
+        "report_cells": len({cell_of[p] for p in report}),
+        "note": "DeepBioNet fields split by file number (even = adapt: labelled cells drawn from here; odd = "
+                "report: field mode, default options), with split 'cells' the fields of one cell together (in the "
+                "part of the cell's smallest number; fieldset.duplicate_groups). cellcompress runs with --max-drop 100 100 because fit's own "
                 "test split of a few cells is too small for the gate to mean anything; the report part is the "
                 "measure. Data: Shams et al., Blood Cells Mol Dis 2024.", "rows": rows}, indent=1) + "\n")
 
