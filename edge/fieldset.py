@@ -108,9 +108,10 @@ def parts_by_number(paths: Iterable[Path], groups: Sequence[Sequence[Path]] = ()
 DUPLICATE_NCC = 0.75  # same cell above this (DeepBioNet: the valley between copies and distinct cells)
 
 
-def _match(a: np.ndarray, b: np.ndarray) -> float:
-    """How well ``a``'s centre (with the red cells around it) is found in ``b`` under any of the 8 turns
-    and flips: the highest normalised cross-correlation, over every shift that keeps it inside ``b``."""
+def copy_score(a: np.ndarray, b: np.ndarray) -> float:
+    """How well grey crop ``a``'s centre (with the red cells around it) is found in grey crop ``b`` (float32,
+    one size) under any of the 8 turns and flips: the highest normalised cross-correlation, over every shift
+    that keeps it inside ``b``."""
     n = a.shape[0] // 6
     t = a[n:-n, n:-n]
     return max(float(cv2.matchTemplate(b, np.ascontiguousarray(np.rot90(v, k)), cv2.TM_CCOEFF_NORMED).max())
@@ -138,7 +139,7 @@ def duplicate_groups(crops: Iterable[tuple[Path, np.ndarray]], threshold: float 
     for i, (p, a) in enumerate(grey):
         for j in range(i + 1, len(grey)):
             q, b = grey[j]
-            if truth(p) == truth(q) and root(i) != root(j) and max(_match(a, b), _match(b, a)) >= threshold:
+            if truth(p) == truth(q) and root(i) != root(j) and max(copy_score(a, b), copy_score(b, a)) >= threshold:
                 parent[root(j)] = root(i)
     groups: dict[int, list[Path]] = collections.defaultdict(list)
     for i, (p, _) in enumerate(grey):

@@ -1,0 +1,82 @@
+"""How many different cells another lab's labelled fields hold: copies of one cell (turned, flipped,
+shifted) found by ``fieldset.duplicate_groups``, and what that does to a split by file number.
+
+    python tools/deepbionet_duplicates.py --data ../shared/data --plot benchmarks/results/deepbionet-duplicates.png
+
+Writes ``benchmarks/results/deepbionet-duplicates.json``: the groups, per class; how many cells a split by
+file number alone put in both parts; each field's best match with any other field of its class (the
+histogram shows the valley that sets ``fieldset.DUPLICATE_NCC``). About 2 min on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from scopelite.edge import field as field_lib
+from scopelite.edge import fieldset
+from scopelite.edge.classifier import LiteRTClassifier
+from scopelite.edge.packaged import default_model
+from scopelite.edge.sources import list_images
+from scopelite.edge.sysinfo import machine
+
+BINS = [0.0, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0001]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                                         / "deepbionet-duplicates.json"))
+    ap.add_argument("--plot", default=None, help="a PNG of the largest copy groups, one row each")
+    a = ap.parse_args()
+    fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
+    spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
+    cfg = field_lib.FieldConfig(model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, input_px=spec.height)
+    crops = list(fieldset.main_cell_crops(fields, cfg))
+    groups = fieldset.duplicate_groups(crops)
+    grey = {p: cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32) for p, c in crops}
+    best = {p: max((max(fieldset.copy_score(g, h), fieldset.copy_score(h, g))
+                    for q, h in grey.items() if q != p and fieldset.truth(q) == fieldset.truth(p)), default=0.0)
+            for p, g in grey.items()}
+    both = sum(1 for g in groups if len({fieldset.file_number(p) % 2 for p in g}) > 1)
+    per_class = collections.Counter(fieldset.truth(g[0]) for g in groups)
+    fields_per_class = collections.Counter(fieldset.truth(p) for p in fields)
+    adapt, report = fieldset.parts_by_number(fields, groups)
+    cells = {p: i for i, g in enumerate(groups) for p in g}
+    out = {
+        "what": "Copies of one cell among DeepBioNet's labelled fields (the field turned, flipped or shifted), "
+                "found by comparing main-cell crops (fieldset.duplicate_groups, NCC >= "
+                f"{fieldset.DUPLICATE_NCC} of the crop's centre with its red cells, same class only)",
+        "command": "python tools/deepbionet_duplicates.py --data ../shared/data --plot "
+                   "benchmarks/results/deepbionet-duplicates.png",
+        "machine": machine(), "date": datetime.date.today().isoformat(),
+        "fields": len(fields), "fields_with_a_main_cell": len(crops), "cells": len(groups),
+        "per_class": {k: {"fields": fields_per_class[k], "cells": per_class[k]} for k in sorted(fields_per_class)},
+        "fields_per_cell": dict(sorted(collections.Counter(len(g) for g in groups).items())),
+        "cells_in_both_parts_of_the_file_number_split": both,
+        "split_by_cell": {"adapt": {"fields": len(adapt), "cells": len({cells.get(p, p) for p in adapt})},
+                          "report": {"fields": len(report), "cells": len({cells.get(p, p) for p in report})}},
+        "best_match_histogram": {"bins": BINS, "fields": np.histogram(list(best.values()), bins=BINS)[0].tolist()},
+        "groups": sorted(([p.relative_to(Path(a.data)).as_posix() for p in g] for g in groups if len(g) > 1),
+                         key=len, reverse=True),
+        "data": "Shams et al., Blood Cells Mol Dis 2024 (DeepBioNet / Bio-net dataset)",
+    }
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "groups"}, indent=1))
+    if a.plot:
+        rows = []
+        for g in sorted(groups, key=len, reverse=True)[:5]:
+            tiles = [cv2.resize(cv2.imread(str(p)), (160, 120), interpolation=cv2.INTER_AREA) for p in g[:6]]
+            tiles += [np.full((120, 160, 3), 255, np.uint8)] * (6 - len(tiles))
+            rows.append(np.hstack(tiles))
+        cv2.imwrite(a.plot, np.vstack(rows))
+
+
+if __name__ == "__main__":
+    main()
