@@ -335,9 +335,10 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     if not pretrained or not few:
         return None
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
-    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 70-75 % of fields "
-            f"right with 5 per class, 79-87 % with 10, 83-88 % with 25, 89-90 % with 50 (docs/cross-lab.md); "
-            f"label {FEW_CELLS} or more of each class you see where you can")
+    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 72 % of fields "
+            f"right with 5 different cells per class, 78-83 % with 10, 77-81 % with 25, 86 % with 35-47 "
+            f"(docs/cross-lab.md); label {FEW_CELLS} or more different cells of each class you see where you can "
+            f"(one cell photographed twice counts once)")
 
 
 def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, resume: bool = False) -> dict:
