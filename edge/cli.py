@@ -108,12 +108,12 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     from .sources import SourceError, list_images, read_image_rgb
 
     from . import ood
-    from .field import DEFAULT_MODEL_RBC_PX
+    from .field import model_rbc_px
 
     model, images = _split_model(args, model)
     clf = _classifier(model, threads, device, fallback, tta)
     site_cal = _site(site, clf)
-    model_rbc = clf.input_spec.rbc_px or DEFAULT_MODEL_RBC_PX
+    model_rbc = model_rbc_px(clf.input_spec)
     ref = ood.reference_of(getattr(clf, "sidecar", None))
     paths = list_images(images)
     if not paths:
@@ -494,7 +494,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from . import ood
     from . import site as site_lib
     from .bundle import write_json_atomic
-    from .field import DEFAULT_MODEL_RBC_PX
+    from .field import model_rbc_px
     from .outputs import check_writable
     from .packaged import default_model
     from .sources import SourceError, list_images, open_source, read_image_rgb
@@ -537,7 +537,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
         print(f"frame {i + 1}/{total}: {ruler}{dist}", file=sys.stderr, flush=True)
 
     reference = ood.reference_of(getattr(clf, "sidecar", None))
-    record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=spec.rbc_px or DEFAULT_MODEL_RBC_PX,
+    record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=model_rbc_px(spec),
                                 model_name=Path(model).name, reference=reference,
                                 scale=scale, colour=colour, source=str(source), progress=progress)
     write_json_atomic(out, record)

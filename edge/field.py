@@ -29,6 +29,12 @@ FALLBACK_RBC_PX = 67.5
 SEARCH_SIDE = 1280
 
 
+def model_rbc_px(spec) -> float:
+    """The red-cell diameter a model was trained at, in its input's pixels: its sidecar's ``rbc_px``
+    (``bundle.InputSpec``), or ``DEFAULT_MODEL_RBC_PX`` for a model whose sidecar predates it."""
+    return spec.rbc_px or DEFAULT_MODEL_RBC_PX
+
+
 @dataclass(frozen=True)
 class Detection:
     x: float  # centre, pixels

@@ -361,7 +361,7 @@ def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.Field
     (the red-cell diameter in its input, from the sidecar, and its input side)."""
     spec = classifier.input_spec
     return field_lib.FieldConfig(crop_size=config.crop_size, input_px=spec.height,
-                                 model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX)
+                                 model_rbc_px=field_lib.model_rbc_px(spec))
 
 
 def write_report(folder, differential: Differential, run: dict) -> None:

@@ -37,7 +37,7 @@ def main() -> None:
     a = ap.parse_args()
     fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
-    cfg = field_lib.FieldConfig(model_rbc_px=spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX, input_px=spec.height)
+    cfg = field_lib.FieldConfig(model_rbc_px=field_lib.model_rbc_px(spec), input_px=spec.height)
     crops = list(fieldset.main_cell_crops(fields, cfg))
     groups = fieldset.duplicate_groups(crops)
     grey = {p: cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32) for p, c in crops}

@@ -113,7 +113,7 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
-    rbc = spec.rbc_px or field_lib.DEFAULT_MODEL_RBC_PX
+    rbc = field_lib.model_rbc_px(spec)
     # which fields show one cell: compared at the shipped model's scale and size, whatever --image-size
     groups = fieldset.duplicate_groups(fieldset.main_cell_crops(
         fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
