@@ -113,7 +113,7 @@ def copy_score(a: np.ndarray, b: np.ndarray) -> float:
     one size) under any of the 8 turns and flips: the highest normalised cross-correlation, over every shift
     that keeps it inside ``b``."""
     n = a.shape[0] // 6
-    t = a[n:-n, n:-n]
+    t = a[n : a.shape[0] - n, n : a.shape[1] - n]
     return max(float(cv2.matchTemplate(b, np.ascontiguousarray(np.rot90(v, k)), cv2.TM_CCOEFF_NORMED).max())
                for v in (t, t[:, ::-1]) for k in range(4))
 

@@ -73,7 +73,8 @@ def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int]) ->
         scores.add(fieldset.truth(p), res.label)
         by_cell[cell_of[p]].append(res.label == fieldset.truth(p))
     return {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
-            "cells": len(by_cell), "cell_accuracy": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4)}
+            "cells": len(by_cell),
+            "cell_accuracy": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4) if by_cell else None}
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -115,10 +116,9 @@ def main() -> None:
     spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
     rbc = field_lib.model_rbc_px(spec)
     # which fields show one cell: compared at the shipped model's scale and size, whatever --image-size
-    groups = fieldset.duplicate_groups(fieldset.main_cell_crops(
-        fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
-    if a.split == "number":
-        groups = [[p] for g in groups for p in g]  # every field its own cell: the old split
+    # (--split number: every field its own cell, the old split)
+    groups = [[p] for p in fields] if a.split == "number" else fieldset.duplicate_groups(
+        fieldset.main_cell_crops(fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
     cell_of = {p: i for i, g in enumerate(groups) for p in g}
     cell_of.update({p: len(groups) + i for i, p in enumerate(fields) if p not in cell_of})  # no main cell found
     adapt, report = fieldset.parts_by_number(fields, groups)
