@@ -44,12 +44,12 @@ from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
 
-COMMON = ["--head-epochs", "0", "--epochs", "15", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
+COMMON = ["--head-epochs", "0", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
-RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11)
-    "full": ["--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
-    "top": ["--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],
-    "head": ["--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
+RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11); "top" is --preset few-shot
+    "full": ["--epochs", "15", "--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
+    "top": ["--epochs", "30", "--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],  # 15 until session 14
+    "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
 
 
