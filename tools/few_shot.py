@@ -194,10 +194,11 @@ def plot(files: list[Path], out: Path) -> None:
         rows = [r for r in d["rows"] if "report" in r]
         opts = d.get("fit_options", [])
         px = opts[opts.index("--image-size") + 1] if "--image-size" in opts else "96"
+        epochs = opts[len(opts) - 1 - opts[::-1].index("--epochs") + 1] if "--epochs" in opts else "?"  # the last wins
         split = d.get("split", "number")  # files before the split by cell were split by file number
-        ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows],
-                ("o-" if split == "cells" else "x:") if px == "96" else "s--",
-                label=f"seed {d['seed']}, {px} px ({d['recipe']}, split by {'cell' if split == 'cells' else 'file number'})")
+        style = "s--" if px != "96" else "x:" if split != "cells" else "o-" if epochs == "30" else "^--"
+        ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows], style,
+                label=f"seed {d['seed']}, {px} px, {epochs} epochs, split by {'cell' if split == 'cells' else 'file number'}")
     ax.axhline(95, color="grey", ls="--", lw=1, label="target after 25 cells")
     ax.set(xlabel="labelled cells per class (N)", ylabel="fields right (%)", ylim=(40, 100),
            title="Few-shot adaptation, DeepBioNet report part")
