@@ -77,6 +77,26 @@ def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int]) ->
             "cell_accuracy": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4) if by_cell else None}
 
 
+def one_field_per_cell(adapt: list[Path], cropped, cell_of: dict[Path, int]) -> dict[str, list[Path]]:
+    """By class, one field of each cell of the adapt part (its first with a main-cell crop, in the order
+    given): a lab labels different cells, not the same cell photographed twice."""
+    cells: dict[str, list[Path]] = collections.defaultdict(list)
+    seen: set[int] = set()
+    for p in adapt:
+        if p in cropped and cell_of[p] not in seen:
+            seen.add(cell_of[p])
+            cells[fieldset.truth(p)].append(p)
+    return dict(cells)
+
+
+def draw(cells: dict[str, list[Path]], n: int, seed: int) -> dict[str, list[Path]]:
+    """``n`` cells of each class (all of a class that has fewer), in one seeded order per class, so that a
+    larger ``n`` holds the cells of a smaller one."""
+    rng = np.random.default_rng(seed)
+    order = {cls: rng.permutation(len(ps)) for cls, ps in sorted(cells.items())}
+    return {cls: [cells[cls][i] for i in order[cls][:n]] for cls in sorted(cells)}
+
+
 def run(cmd: list[str], log: Path) -> float:
     t = time.time()
     with open(log, "a") as f:
@@ -125,32 +145,24 @@ def main() -> None:
     size = a.image_size or spec.height
     cfg = field_lib.FieldConfig(model_rbc_px=rbc * size / spec.height, input_px=size)
     files = export_crops(list(fieldset.main_cell_crops(adapt, cfg)), work / "crops")  # the scale smoothed as the daemon does
-    # one field per cell of the adapt part (its first), by class: what a lab labels is N different cells
-    cells: dict[str, list[Path]] = collections.defaultdict(list)
-    seen: set[int] = set()
-    for p in adapt:
-        if p in files and cell_of[p] not in seen:
-            seen.add(cell_of[p])
-            cells[fieldset.truth(p)].append(p)
+    cells = one_field_per_cell(adapt, files, cell_of)
     rows = []
-    rng = np.random.default_rng(a.seed)
-    # one order per class: N = 10 holds the cells of N = 5, whatever --n lists
-    order = {cls: rng.permutation(len(ps)) for cls, ps in sorted(cells.items())}
     fit = (COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
            + shlex.split(a.fit_args))
     for n in a.n:
         row: dict = {"n_per_class": n}
-        drawn = {cell_of[ps[i]] for cls, ps in cells.items() for i in order[cls][:n]}
+        picked = draw(cells, n, a.seed)
+        drawn = {cell_of[p] for ps in picked.values() for p in ps}
         measured = [p for p in adapt if cell_of[p] not in drawn] if a.validate else report
         if n == 0:
             model = default_model()
         else:
             data = work / f"data-{n}"
             shutil.rmtree(data, ignore_errors=True)
-            for cls, ps in cells.items():
+            for cls, ps in picked.items():
                 (data / cls).mkdir(parents=True)
-                for i in order[cls][:n]:
-                    shutil.copy(files[ps[i]], data / cls / files[ps[i]].name)
+                for p in ps:
+                    shutil.copy(files[p], data / cls / files[p].name)
             row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(cells)}
             run_dir = work / f"run-{n}"
             shutil.rmtree(run_dir, ignore_errors=True)

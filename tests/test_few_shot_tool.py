@@ -1,0 +1,36 @@
+"""tools/few_shot.py's split and draw: N different cells per class, no cell both fine-tuned on and scored."""
+import importlib.util
+from pathlib import Path
+
+from scopelite.edge import fieldset
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("few_shot", ROOT / "tools" / "few_shot.py")
+few_shot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(few_shot)
+
+
+def _lab():
+    """20 eosinophil and 12 neutrophil fields; consecutive numbers are mostly one cell photographed twice."""
+    paths = [Path(f"eosinophil/{n}.jpg") for n in range(20)] + [Path(f"neutrophil/{n}.jpg") for n in range(20, 32)]
+    groups = [paths[i:i + 2] for i in range(0, 20, 2)] + [[p] for p in paths[20:26]] + [paths[26:29], paths[29:32]]
+    cell_of = {p: i for i, g in enumerate(groups) for p in g}
+    return paths, groups, cell_of
+
+
+def test_draw_takes_different_cells_nested_and_keeps_their_copies_out_of_what_is_scored():
+    paths, groups, cell_of = _lab()
+    adapt, report = fieldset.parts_by_number(paths, groups)
+    assert not {cell_of[p] for p in adapt} & {cell_of[p] for p in report}  # no cell in both parts
+    cropped = set(paths) - {paths[0]}  # the first field of cell 0 has no main-cell crop: its copy stands in
+    cells = few_shot.one_field_per_cell(adapt, cropped, cell_of)
+    assert paths[0] not in cells["eosinophil"] and paths[1] in cells["eosinophil"]
+    assert all(len({cell_of[p] for p in ps}) == len(ps) for ps in cells.values())  # one field per cell
+    small, large = few_shot.draw(cells, 2, seed=3), few_shot.draw(cells, 4, seed=3)
+    assert all(set(small[c]) <= set(large[c]) and len(small[c]) == min(2, len(cells[c])) for c in cells)
+    assert few_shot.draw(cells, 4, seed=3) == large and few_shot.draw(cells, 4, seed=4) != large
+    drawn = {cell_of[p] for ps in large.values() for p in ps}
+    validation = [p for p in adapt if cell_of[p] not in drawn]
+    assert validation and not any(cell_of[p] in drawn for p in validation + report)
+    # every field of a drawn cell is out of validation, copies included
+    assert all(q not in validation for g in groups if cell_of[g[0]] in drawn for q in g)
