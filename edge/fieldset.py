@@ -118,6 +118,35 @@ def copy_score(a: np.ndarray, b: np.ndarray) -> float:
                for v in (t, t[:, ::-1]) for k in range(4))
 
 
+def copy_scores(crops: Iterable[tuple[Path, np.ndarray]]) -> dict[tuple[Path, Path], float]:
+    """For each pair of fields of one class (in the order given), how alike their main-cell crops are: the
+    higher ``copy_score`` of the two ways round (each crop's centre sought in the other)."""
+    grey = [(Path(p), cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32)) for p, c in crops]
+    return {(p, q): max(copy_score(a, b), copy_score(b, a))
+            for i, (p, a) in enumerate(grey) for q, b in grey[i + 1:] if truth(p) == truth(q)}
+
+
+def groups_from_scores(paths: Sequence[Path], scores: dict[tuple[Path, Path], float],
+                       threshold: float = DUPLICATE_NCC) -> list[list[Path]]:
+    """``paths`` in groups: the chains of pairs whose ``copy_scores`` reach ``threshold`` (each path in one
+    group, in the order given; a path in no such pair is a group of its own)."""
+    parent = {Path(p): Path(p) for p in paths}
+
+    def root(p: Path) -> Path:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    for (p, q), score in scores.items():
+        if score >= threshold:
+            parent[root(q)] = root(p)
+    groups: dict[Path, list[Path]] = collections.defaultdict(list)
+    for p in parent:
+        groups[root(p)].append(p)
+    return list(groups.values())
+
+
 def duplicate_groups(crops: Iterable[tuple[Path, np.ndarray]], threshold: float = DUPLICATE_NCC) -> list[list[Path]]:
     """Fields that show the same cell, as groups (each field in one; a cell seen once is a group of one).
 
@@ -127,24 +156,8 @@ def duplicate_groups(crops: Iterable[tuple[Path, np.ndarray]], threshold: float 
     groups are the chains of copies. Public datasets hold such copies (DeepBioNet: 361 fields, about 170
     distinct cells, a copy mostly under the next file number): a split by file name alone puts one cell
     in both parts."""
-    grey = [(Path(p), cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32)) for p, c in crops]
-    parent = list(range(len(grey)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, (p, a) in enumerate(grey):
-        for j in range(i + 1, len(grey)):
-            q, b = grey[j]
-            if truth(p) == truth(q) and root(i) != root(j) and max(copy_score(a, b), copy_score(b, a)) >= threshold:
-                parent[root(j)] = root(i)
-    groups: dict[int, list[Path]] = collections.defaultdict(list)
-    for i, (p, _) in enumerate(grey):
-        groups[root(i)].append(p)
-    return list(groups.values())
+    crops = list(crops)
+    return groups_from_scores([Path(p) for p, _ in crops], copy_scores(crops), threshold)
 
 
 def read_fields(paths: Iterable[str | Path],
@@ -180,6 +193,17 @@ class Scores:
     def per_class(self) -> dict[str, float]:
         """Accuracy per true class (a class's fields only)."""
         return {k: float(np.mean(v)) for k, v in self.hits.items()}
+
+
+def cell_accuracy(paths: Sequence[str | Path], scores: Scores, cell_of: dict[Path, int]) -> float | None:
+    """Distinct cells right: each cell's share of its fields right, averaged over the cells (a cell
+    photographed n times counts once). ``scores``: ``score_fields`` over ``paths`` in that order; ``cell_of``:
+    each path's cell (``duplicate_groups``). None without fields."""
+    right = {k: iter(v) for k, v in scores.hits.items()}  # each class's fields in the order of paths
+    by_cell: dict[int, list[bool]] = collections.defaultdict(list)
+    for p in paths:
+        by_cell[cell_of[Path(p)]].append(next(right[truth(p)]))
+    return float(np.mean([np.mean(v) for v in by_cell.values()])) if by_cell else None
 
 
 def score_fields(classifier: Classifier, paths: Sequence[str | Path], cfg: field_lib.FieldConfig,

@@ -228,3 +228,13 @@ def test_duplicate_groups_finds_one_cell_turned_flipped_and_shifted():
     groups = sorted(sorted(p.as_posix() for p in g) for g in fieldset.duplicate_groups(crops))
     assert groups == [["eosinophil/1.jpg", "eosinophil/2.jpg"], ["eosinophil/4.jpg"], ["neutrophil/7.jpg"]]
     assert len(fieldset.duplicate_groups(crops, threshold=1.01)) == 4  # nothing is a copy above a perfect match
+
+
+def test_cell_accuracy_counts_a_cell_photographed_twice_once():
+    paths = [Path("eosinophil/1.jpg"), Path("neutrophil/2.jpg"), Path("eosinophil/3.jpg"), Path("eosinophil/5.jpg")]
+    scores = fieldset.Scores()
+    for p, label in zip(paths, ["eosinophil", "neutrophil", "neutrophil", "neutrophil"]):
+        scores.add(fieldset.truth(p), label)
+    cell_of = {paths[0]: 0, paths[2]: 0, paths[1]: 1, paths[3]: 2}  # 1 and 3 one cell: right once, wrong once
+    assert scores.accuracy == 0.5 and fieldset.cell_accuracy(paths, scores, cell_of) == (0.5 + 1.0 + 0.0) / 3
+    assert fieldset.cell_accuracy([], fieldset.Scores(), {}) is None

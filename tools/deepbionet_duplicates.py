@@ -37,21 +37,17 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="a PNG of the largest copy groups, one row each")
     a = ap.parse_args()
     fields = list_images([Path(a.data) / "other-labs" / "deepbionet" / "fields"])
-    spec = LiteRTClassifier(default_model(), num_threads=2).input_spec
+    clf = LiteRTClassifier(default_model(), num_threads=2)  # its scale crops; zero-shot by field and by cell
+    spec = clf.input_spec
     cfg = field_lib.FieldConfig(model_rbc_px=field_lib.model_rbc_px(spec), input_px=spec.height)
     crops = list(fieldset.main_cell_crops(fields, cfg))
-    cropped = {p for p, _ in crops}
-    groups = fieldset.duplicate_groups(crops) + [[p] for p in fields if p not in cropped]  # no main cell: its own
+    scores = fieldset.copy_scores(crops)  # scored once: the groups and each field's best match
+    groups = fieldset.groups_from_scores(fields, scores)  # a field without a main cell is a cell of its own
     cell_of = {p: i for i, g in enumerate(groups) for p in g}
-    clf = LiteRTClassifier(default_model(), num_threads=2)  # zero-shot, counted by field and by cell
-    right, by_cell = [], collections.defaultdict(list)
-    for p, res in zip(fields, fieldset.classify_fields(fieldset.read_fields(fields), clf, fieldset.default_config(clf))):
-        right.append(res.label == fieldset.truth(p))
-        by_cell[cell_of[p]].append(right[-1])
-    grey = {p: cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32) for p, c in crops}
-    best = {p: max((max(fieldset.copy_score(g, h), fieldset.copy_score(h, g))
-                    for q, h in grey.items() if q != p and fieldset.truth(q) == fieldset.truth(p)), default=0.0)
-            for p, g in grey.items()}
+    zero_shot = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
+    best = {p: 0.0 for p, _ in crops}
+    for (p, q), score in scores.items():
+        best[p], best[q] = max(best[p], score), max(best[q], score)
     both = sum(1 for g in groups if len({fieldset.file_number(p) % 2 for p in g}) > 1)
     per_class = collections.Counter(fieldset.truth(g[0]) for g in groups)
     fields_per_class = collections.Counter(fieldset.truth(p) for p in fields)
@@ -72,8 +68,8 @@ def main() -> None:
         "zero_shot": {"what": "the shipped model, field mode with default options over all the fields (one smoothed "
                               "scale, as celledge watch FOLDER --mode field): fields right, and cells right (each "
                               "cell's fields averaged, then the cells)",
-                      "fields_right": round(float(np.mean(right)), 4),
-                      "cells_right": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4)},
+                      "fields_right": round(zero_shot.accuracy, 4),
+                      "cells_right": round(fieldset.cell_accuracy(fields, zero_shot, cell_of), 4)},
         "best_match_histogram": {"bins": BINS, "fields": np.histogram(list(best.values()), bins=BINS)[0].tolist()},
         "groups": sorted(([p.relative_to(Path(a.data)).as_posix() for p in g] for g in groups if len(g) > 1),
                          key=len, reverse=True),

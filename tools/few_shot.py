@@ -68,13 +68,10 @@ def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int]) ->
     """Field mode with default options: fields right, per class, and distinct cells right (each cell's
     share of its fields right, averaged over the cells)."""
     clf = LiteRTClassifier(model, num_threads=2)
-    scores, by_cell = fieldset.Scores(), collections.defaultdict(list)
-    for p, res in zip(fields, fieldset.classify_fields(fieldset.read_fields(fields), clf, fieldset.default_config(clf))):
-        scores.add(fieldset.truth(p), res.label)
-        by_cell[cell_of[p]].append(res.label == fieldset.truth(p))
+    scores = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
+    cells = fieldset.cell_accuracy(fields, scores, cell_of)
     return {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
-            "cells": len(by_cell),
-            "cell_accuracy": round(float(np.mean([np.mean(v) for v in by_cell.values()])), 4) if by_cell else None}
+            "cells": len({cell_of[p] for p in fields}), "cell_accuracy": None if cells is None else round(cells, 4)}
 
 
 def one_field_per_cell(adapt: list[Path], cropped, cell_of: dict[Path, int]) -> dict[str, list[Path]]:
@@ -139,8 +136,9 @@ def main() -> None:
     # (--split number: every field its own cell, the old split)
     groups = [[p] for p in fields] if a.split == "number" else fieldset.duplicate_groups(
         fieldset.main_cell_crops(fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
+    grouped = {p for g in groups for p in g}
+    groups += [[p] for p in fields if p not in grouped]  # no main cell found: a cell of its own
     cell_of = {p: i for i, g in enumerate(groups) for p in g}
-    cell_of.update({p: len(groups) + i for i, p in enumerate(fields) if p not in cell_of})  # no main cell found
     adapt, report = fieldset.parts_by_number(fields, groups)
     size = a.image_size or spec.height
     cfg = field_lib.FieldConfig(model_rbc_px=rbc * size / spec.height, input_px=size)
