@@ -1,0 +1,31 @@
+"""tools/deepbionet_setups.py's pure parts: colour without brightness, two set-ups, the background-only vote."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("deepbionet_setups", ROOT / "tools" / "deepbionet_setups.py")
+setups = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(setups)
+
+
+def test_chromaticity_ignores_brightness():
+    c = setups.chromaticity(np.array([[200, 100, 50], [100, 50, 25], [0, 0, 0]]))
+    assert np.allclose(c[0], c[1]) and np.allclose(c[0].sum(), 1.0)
+    assert np.all(np.isfinite(c[2]))
+
+
+def test_two_groups_splits_cyan_from_yellow_and_names_the_bluer_one_first():
+    rng = np.random.default_rng(0)
+    cyan = setups.chromaticity(rng.normal([150, 200, 225], 4, (30, 3)))
+    yellow = setups.chromaticity(rng.normal([200, 210, 150], 4, (20, 3)))
+    labels = setups.two_groups(np.vstack([yellow, cyan]))
+    assert set(labels[:20]) == {1} and set(labels[20:]) == {0}
+
+
+def test_knn_vote_takes_the_majority_of_the_nearest_and_breaks_ties_by_the_nearer():
+    train = np.array([[0.0], [0.1], [0.2], [5.0], [5.1]])
+    labels = ["a", "a", "b", "c", "c"]
+    assert setups.knn_vote(train, labels, np.array([[0.05], [5.05]]), k=3) == ["a", "c"]
+    assert setups.knn_vote(train, labels, np.array([[0.19]]), k=2) == ["b"]  # a 1-1 tie: b is nearer
