@@ -22,7 +22,7 @@ from . import field as field_lib
 from .classifier import Classifier
 from .config import WatchConfig
 from .sources import read_image_rgb
-from .stain import stain_layers
+from .stain import frame_background, stain_layers
 from .watch import FieldScale, classify_field, field_config
 
 PICKS = ("largest", "centre")  # which detection is the field's own cell (main_cell)
@@ -247,3 +247,29 @@ def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldSc
         return None
     crop = np.ascontiguousarray(field_lib.crop(image, field_lib.scaled(white[0], factor), cfg.crop_for(rbc)))
     return cv2.resize(crop, (cfg.input_px, cfg.input_px), interpolation=cv2.INTER_AREA)
+
+
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
+    rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
+    return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
+
+
+def two_groups(points: np.ndarray, seed: int = 0) -> np.ndarray:
+    """k-means (k = 2) labels of ``points`` (rows of chromaticity), group 0 the one with the larger mean blue
+    share (seeded, 10 starts)."""
+    pts = np.asarray(points, np.float32)
+    cv2.setRNGSeed(seed)
+    _, labels, centres = cv2.kmeans(pts, 2, None, (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-6),
+                                    10, cv2.KMEANS_PP_CENTERS)
+    labels = labels.ravel().astype(int)
+    return labels if centres[0, 2] >= centres[1, 2] else 1 - labels
+
+
+def background_setups(paths: Sequence[str | Path]) -> tuple[dict[Path, int], np.ndarray]:
+    """Which of two microscope set-ups each field comes from, told apart by its background colour
+    (``stain.frame_background``'s chromaticity, ``two_groups``; 0: the bluer background); and the
+    chromaticities, one row per path. A lab whose classes were photographed on different set-ups
+    lets a model fitted there learn the background instead of the cell: score each set-up apart."""
+    chroma = chromaticity(np.array([frame_background(img) for img in read_fields(paths)], np.float64))
+    return {Path(p): int(g) for p, g in zip(paths, two_groups(chroma))}, chroma

@@ -34,3 +34,14 @@ def test_draw_takes_different_cells_nested_and_keeps_their_copies_out_of_what_is
     assert validation and not any(cell_of[p] in drawn for p in validation + report)
     # every field of a drawn cell is out of validation, copies included
     assert all(q not in validation for g in groups if cell_of[g[0]] in drawn for q in g)
+
+
+def test_by_setup_scores_each_background_apart():
+    paths = [Path("eosinophil/1.jpg"), Path("eosinophil/2.jpg"), Path("neutrophil/3.jpg"), Path("neutrophil/4.jpg")]
+    scores = fieldset.Scores()
+    for p, label in zip(paths, ["eosinophil", "neutrophil", "neutrophil", "eosinophil"]):
+        scores.add(fieldset.truth(p), label)
+    out = few_shot.by_setup(paths, scores, {paths[0]: 1, paths[1]: 1, paths[2]: 1, paths[3]: 0})
+    assert out["yellower background"] == {"fields": 3, "accuracy": round(2 / 3, 4),
+                                          "per_class": {"eosinophil": 0.5, "neutrophil": 1.0}}
+    assert out["bluer background"] == {"fields": 1, "accuracy": 0.0, "per_class": {"neutrophil": 0.0}}

@@ -1,8 +1,11 @@
-"""tools/deepbionet_setups.py's pure parts: colour without brightness, two set-ups, the background-only vote."""
+"""Telling a lab's microscope set-ups apart by background colour (fieldset) and the background-only vote
+(tools/deepbionet_setups.py)."""
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+
+from scopelite.edge import fieldset
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("deepbionet_setups", ROOT / "tools" / "deepbionet_setups.py")
@@ -11,16 +14,16 @@ _spec.loader.exec_module(setups)
 
 
 def test_chromaticity_ignores_brightness():
-    c = setups.chromaticity(np.array([[200, 100, 50], [100, 50, 25], [0, 0, 0]]))
+    c = fieldset.chromaticity(np.array([[200, 100, 50], [100, 50, 25], [0, 0, 0]]))
     assert np.allclose(c[0], c[1]) and np.allclose(c[0].sum(), 1.0)
     assert np.all(np.isfinite(c[2]))
 
 
 def test_two_groups_splits_cyan_from_yellow_and_names_the_bluer_one_first():
     rng = np.random.default_rng(0)
-    cyan = setups.chromaticity(rng.normal([150, 200, 225], 4, (30, 3)))
-    yellow = setups.chromaticity(rng.normal([200, 210, 150], 4, (20, 3)))
-    labels = setups.two_groups(np.vstack([yellow, cyan]))
+    cyan = fieldset.chromaticity(rng.normal([150, 200, 225], 4, (30, 3)))
+    yellow = fieldset.chromaticity(rng.normal([200, 210, 150], 4, (20, 3)))
+    labels = fieldset.two_groups(np.vstack([yellow, cyan]))
     assert set(labels[:20]) == {1} and set(labels[20:]) == {0}
 
 

@@ -95,7 +95,7 @@ def test_few_shot_preset_sets_the_recipe_and_flags_and_config_override_it(tmp_pa
                 "--out", str(tmp_path / "p"), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     saved = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert saved["fine_tune_fraction"] == 0.3 and saved["learning_rate"] == 2e-4 and saved["head_epochs"] == 0
+    assert saved["fine_tune_fraction"] == 1.0 and saved["learning_rate"] == 1e-4 and saved["head_epochs"] == 0
     assert saved["augment"] == "strong" and saved["strength"] == 0.5
     assert saved["epochs"] == 2 and saved["weights"] == "none" and saved["batch_size"] == 8  # flags, then --config
     r = run_cli("celltrain", "fit", "--preset", "few-shots", "--out", str(tmp_path / "q"))

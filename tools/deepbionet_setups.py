@@ -3,8 +3,8 @@ colour alone tells about the class (a shortcut an adapted model can learn).
 
     python tools/deepbionet_setups.py --data ../shared/data --plot benchmarks/results/deepbionet-setups.png
 
-Each field's background colour (``stain.frame_background``) is put in one of two groups by k-means on its
-chromaticity; per group: the fields of each class, the frame's own red-cell ruler, and the shipped model's
+Each field's background colour is put in one of two groups by k-means on its chromaticity
+(``fieldset.background_setups``); per group: the fields of each class, the frame's own red-cell ruler, and the shipped model's
 zero-shot field mode. Then the shortcut baseline: a 5-nearest-neighbour vote on background colour alone,
 fitted on the few-shot curve's adapt part and scored on its report part (split by cell, as
 ``tools/few_shot.py``). Writes ``benchmarks/results/deepbionet-setups.json``. About 2 min on 2 cores.
@@ -17,7 +17,6 @@ import datetime
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from scopelite.edge import field as field_lib
@@ -25,24 +24,7 @@ from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images
-from scopelite.edge.stain import frame_background
 from scopelite.edge.sysinfo import machine
-
-
-def chromaticity(rgb: np.ndarray) -> np.ndarray:
-    """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
-    rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
-    return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
-
-
-def two_groups(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """k-means (k = 2) labels of ``points`` (rows), group 0 the one with the larger mean blue share."""
-    pts = np.asarray(points, np.float32)
-    cv2.setRNGSeed(seed)
-    _, labels, centres = cv2.kmeans(pts, 2, None, (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-6),
-                                    10, cv2.KMEANS_PP_CENTERS)
-    labels = labels.ravel()
-    return labels if centres[0, 2] >= centres[1, 2] else 1 - labels
 
 
 def knn_vote(train: np.ndarray, train_labels: list[str], test: np.ndarray, k: int = 5) -> list[str]:
@@ -69,9 +51,8 @@ def main() -> None:
     spec = clf.input_spec
     cfg = field_lib.FieldConfig(model_rbc_px=field_lib.model_rbc_px(spec), input_px=spec.height)
 
-    backgrounds = np.array([frame_background(img) for img in fieldset.read_fields(fields)], np.float64)
-    chroma = chromaticity(backgrounds)
-    group = two_groups(chroma)
+    setup_of, chroma = fieldset.background_setups(fields)
+    group = [setup_of[p] for p in fields]
     results = list(fieldset.classify_fields(fieldset.read_fields(fields), clf, fieldset.default_config(clf)))
     classes = [fieldset.truth(p) for p in fields]
 
@@ -87,7 +68,7 @@ def main() -> None:
                 per_class[c] = {"fields": len(ci),
                                 "zero_shot_right": round(float(np.mean([results[i].label == c for i in ci])), 4)}
         setups[f"group {g}"] = {
-            "background_rgb_median": np.median(backgrounds[idx], axis=0).round(1).tolist(),
+            "background_chromaticity_median": np.median(chroma[idx], axis=0).round(4).tolist(),
             "fields": len(idx),
             "frame_rbc_px_median": round(float(np.median(rulers)), 1) if rulers else None,
             "zero_shot_right": round(float(np.mean([results[i].label == classes[i] for i in idx])), 4),

@@ -46,9 +46,10 @@ from scopelite.edge.sysinfo import machine
 
 COMMON = ["--head-epochs", "0", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
-RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rule (session 11); "top" is --preset few-shot
+RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" is --preset few-shot (session 15; "top" before)
     "full": ["--epochs", "15", "--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
     "top": ["--epochs", "30", "--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],  # 15 until session 14
+    "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # since session 15
     "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
 
@@ -64,14 +65,34 @@ def export_crops(crops: list[tuple[Path, np.ndarray]], out: Path) -> dict[Path, 
     return written
 
 
-def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int]) -> dict:
+def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int],
+                   setup_of: dict[Path, int] | None = None) -> dict:
     """Field mode with default options: fields right, per class, and distinct cells right (each cell's
-    share of its fields right, averaged over the cells)."""
+    share of its fields right, averaged over the cells); with ``setup_of`` (``fieldset.background_setups``)
+    also per set-up, where the background cannot tell the classes it holds apart."""
     clf = LiteRTClassifier(model, num_threads=2)
     scores = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
     cells = fieldset.cell_accuracy(fields, scores, cell_of)
-    return {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
-            "cells": len({cell_of[p] for p in fields}), "cell_accuracy": None if cells is None else round(cells, 4)}
+    out = {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
+           "cells": len({cell_of[p] for p in fields}), "cell_accuracy": None if cells is None else round(cells, 4)}
+    if setup_of is not None:
+        out["by_setup"] = by_setup(fields, scores, setup_of)
+    return out
+
+
+def by_setup(fields: list[Path], scores: fieldset.Scores, setup_of: dict[Path, int]) -> dict:
+    """``scores`` (over ``fields``, in that order) per set-up: fields, fields right, per class."""
+    right = {k: iter(v) for k, v in scores.hits.items()}
+    hits: dict[int, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for p in fields:
+        hits[setup_of[p]][fieldset.truth(p)].append(next(right[fieldset.truth(p)]))
+    return {SETUP_NAMES[g]: {"fields": sum(len(v) for v in h.values()),
+                             "accuracy": round(float(np.mean([x for v in h.values() for x in v])), 4),
+                             "per_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(h.items())}}
+            for g, h in sorted(hits.items())}
+
+
+SETUP_NAMES = {0: "bluer background", 1: "yellower background"}  # fieldset.two_groups: 0 is the bluer
 
 
 def one_field_per_cell(adapt: list[Path], cropped, cell_of: dict[Path, int]) -> dict[str, list[Path]]:
@@ -111,7 +132,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/fewshot")
     ap.add_argument("--n", type=int, nargs="+", default=[0, 5, 10, 25])
     ap.add_argument("--seed", type=int, default=0, help="which cells are drawn, fit's split and its training seed")
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="full")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="whole")
     ap.add_argument("--weights", default="shipped",
                     help="the model fine-tuned (celltrain fit --weights); N = 0 scores the shipped model all the same")
     ap.add_argument("--image-size", type=int, default=None,
@@ -140,6 +161,7 @@ def main() -> None:
     groups += [[p] for p in fields if p not in grouped]  # no main cell found: a cell of its own
     cell_of = {p: i for i, g in enumerate(groups) for p in g}
     adapt, report = fieldset.parts_by_number(fields, groups)
+    setup_of, _ = fieldset.background_setups(fields)
     size = a.image_size or spec.height
     cfg = field_lib.FieldConfig(model_rbc_px=rbc * size / spec.height, input_px=size)
     files = export_crops(list(fieldset.main_cell_crops(adapt, cfg)), work / "crops")  # the scale smoothed as the daemon does
@@ -171,7 +193,7 @@ def main() -> None:
             row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
                                            "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
             model = run_dir / "int8" / "model.tflite"
-        row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured, cell_of)
+        row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured, cell_of, setup_of)
         print(json.dumps(row), flush=True)
         rows.append(row)
     Path(a.out).write_text(json.dumps({
@@ -188,7 +210,9 @@ def main() -> None:
         "report_cells": len({cell_of[p] for p in report}),
         "note": "DeepBioNet fields split by file number (even = adapt: labelled cells drawn from here; odd = "
                 "report: field mode, default options), with split 'cells' the fields of one cell together (in the "
-                "part of the cell's smallest number; fieldset.duplicate_groups). cellcompress runs with --max-drop 100 100 because fit's own "
+                "part of the cell's smallest number; fieldset.duplicate_groups); by_setup: the same per background "
+                "colour (fieldset.background_setups: DeepBioNet's classes come from two set-ups, so a model can learn "
+                "the background). cellcompress runs with --max-drop 100 100 because fit's own "
                 "test split of a few cells is too small for the gate to mean anything; the report part is the "
                 "measure. Data: Shams et al., Blood Cells Mol Dis 2024.", "rows": rows}, indent=1) + "\n")
 

@@ -74,8 +74,8 @@ def _preset_defaults(ctx, param, value):
 @main.command()
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), callback=_preset_defaults, is_eager=True,
               expose_value=False, help="Defaults for a job. few-shot: adapt the shipped model to your lab from "
-                                       "25+ labelled cells per class (--weights shipped, top 30 % of the network, "
-                                       "30 epochs, mean of the last 5); your flags override it.")
+                                       "25+ labelled cells per class (--weights shipped, the whole network at lr "
+                                       "1e-4, 30 epochs, mean of the last 5); your flags override it.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml_defaults,
               is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
 @click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg). Default: generated synthetic smears.")
