@@ -158,3 +158,20 @@ def test_domain_op_moves_stain_densities_far_and_keeps_the_background_near_white
     assert backgrounds.min() > 170 and backgrounds.mean() > 215
     rest = _domain(tf.constant(x), 0.0).numpy()
     assert np.allclose(rest, x, atol=1.0)  # strength 0: the identity
+
+
+def test_hue_op_turns_the_hue_anywhere_and_keeps_brightness_and_saturation():
+    import colorsys
+
+    import tensorflow as tf
+
+    from scopelite.train.augment import _hue
+
+    tf.random.set_seed(0)
+    x = np.full((8, 8, 3), [235.0, 200.0, 190.0], np.float32)  # PBC's beige-pink background
+    h0, s0, v0 = colorsys.rgb_to_hsv(*(x[0, 0] / 255.0))
+    turned = [colorsys.rgb_to_hsv(*(_hue(tf.constant(x), 1.0).numpy()[0, 0] / 255.0)) for _ in range(60)]
+    shift = np.array([min(abs(h - h0), 1 - abs(h - h0)) for h, _, _ in turned])
+    assert shift.max() > 0.35 and np.median(shift) > 0.15  # far beyond colour's +-0.06 turn
+    assert np.allclose([v for _, _, v in turned], v0, atol=0.01) and np.allclose([s for _, s, _ in turned], s0, atol=0.02)
+    assert np.allclose(_hue(tf.constant(x), 0.0).numpy(), x, atol=1.0)  # strength 0: the identity

@@ -13,7 +13,7 @@ switches JPEG off (``celltrain fit --aug hed=0.5 --aug jpeg=0``). Beyond the
 haematoxylin-eosin-DAB space, Tellez et al. 2018), ``randaugment`` (two ops
 drawn per image from a RandAugment list, Cubuk et al. 2020, magnitude from the
 strength) and ``shot`` (photon noise of a dim camera: Poisson, signal-dependent,
-unlike ``noise``'s fixed Gaussian), and ``debris`` (specks, fibres, stain deposits
+unlike ``noise``'s fixed Gaussian), ``hue`` (any hue: another stain's colours), and ``debris`` (specks, fibres, stain deposits
 and bubbles sized in micrometres from the training images' red cells, not in
 pixels: ``scopelite.train.native_corruptions``).
 """
@@ -60,6 +60,15 @@ def _colour(x, s):
     gamma = tf.exp(tf.random.uniform([], -R.GAMMA * s, R.GAMMA * s))
     x = tf.clip_by_value(x, 0.0, 1.0) ** gamma
     return x * 255.0
+
+
+def _hue(x, s):
+    """Another stain's hue: the hue rotated by up to +-0.5 s of a turn (s = 1: any hue), saturation and
+    value kept. Another lab's slide can differ from the training lab's mostly in hue (DeepBioNet: cyan or
+    yellow-green background where PBC's is beige-pink; purple eosinophil granules where PBC's are orange);
+    ``colour`` turns it by +-0.06 s only."""
+    delta = tf.random.uniform([], -R.HUE_TURN * s, R.HUE_TURN * s)
+    return tf.clip_by_value(tf.image.adjust_hue(x / 255.0, delta), 0.0, 1.0) * 255.0
 
 
 def _stain(x, s):
@@ -285,7 +294,7 @@ def _debris(x, s, rbc_px: float | None = None):
 
 
 # name -> transform, in the order they are applied (each with probability p * recipe.SHARE[name])
-TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour,
+TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour, "hue": _hue,
               "stain": _stain, "hed": _hed, "domain": _domain, "debris": _debris, "blur": _blur, "noise": _noise, "shot": _shot,
               "jpeg": _jpeg, "blots": _blots}
 OPS = {name: (TRANSFORMS[name], R.SHARE[name]) for name in AUG_OPS}  # name -> (transform, share of p)
