@@ -230,9 +230,13 @@ def plot(files: list[Path], out: Path) -> None:
         px = opts[opts.index("--image-size") + 1] if "--image-size" in opts else "96"
         epochs = opts[len(opts) - 1 - opts[::-1].index("--epochs") + 1] if "--epochs" in opts else "?"  # the last wins
         split = d.get("split", "number")  # files before the split by cell were split by file number
+        frac = opts[len(opts) - 1 - opts[::-1].index("--fine-tune-fraction") + 1] if "--fine-tune-fraction" in opts else "?"
+        whole = frac == "1.0" and "--average-last" in opts  # the preset since session 15
         style = "s--" if px != "96" else "x:" if split != "cells" else "o-" if epochs == "30" else "^--"
         ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows], style,
-                label=f"seed {d['seed']}, {px} px, {epochs} epochs, split by {'cell' if split == 'cells' else 'file number'}")
+                lw=2.5 if whole else 1.2,
+                label=f"seed {d['seed']}, {'whole network' if whole else 'top ' + frac}, {px} px, {epochs} epochs, "
+                      f"split by {'cell' if split == 'cells' else 'file number'}")
     ax.axhline(95, color="grey", ls="--", lw=1, label="target after 25 cells")
     ax.set(xlabel="labelled cells per class (N)", ylabel="fields right (%)", ylim=(40, 100),
            title="Few-shot adaptation, DeepBioNet report part")

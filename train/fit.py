@@ -335,9 +335,9 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     if not pretrained or not few:
         return None
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
-    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 78-89 % of fields "
-            f"right with 5 different cells per class, 81-87 % with 10, 85 % with 25 and 85-87 % with all it had "
-            f"(35-47 of its two common classes; docs/cross-lab.md); label {FEW_CELLS} or more different cells "
+    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 83-93 % of fields "
+            f"right with 5 different cells per class, 89-94 % with 10, 86-87 % with 25 and 88-89 % with all it "
+            f"had (35-47 of its two common classes; docs/cross-lab.md); label {FEW_CELLS} or more different cells "
             f"of each class you see where you can (one cell photographed twice counts once)")
 
 
