@@ -255,15 +255,26 @@ def chromaticity(rgb: np.ndarray) -> np.ndarray:
     return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
 
 
-def two_groups(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """k-means (k = 2) labels of ``points`` (rows of chromaticity), group 0 the one with the larger mean blue
-    share (seeded, 10 starts)."""
-    pts = np.asarray(points, np.float32)
-    cv2.setRNGSeed(seed)
-    _, labels, centres = cv2.kmeans(pts, 2, None, (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 1e-6),
-                                    10, cv2.KMEANS_PP_CENTERS)
-    labels = labels.ravel().astype(int)
+def two_groups(points: np.ndarray) -> np.ndarray:
+    """2-means labels of ``points`` (rows of chromaticity), group 0 the one with the larger mean blue share.
+    Deterministic (Lloyd's iterations from the two extreme points along the first principal axis, no
+    random state). It always makes two groups, also of a lab with one set-up: look at the points (the
+    plot of ``tools/deepbionet_setups.py``) before reading the groups as set-ups."""
+    pts = np.asarray(points, np.float64)
+    centred = pts - pts.mean(axis=0)
+    proj = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    centres = pts[[int(np.argmin(proj)), int(np.argmax(proj))]]
+    labels = np.zeros(len(pts), int)
+    for _ in range(100):
+        labels = ((pts[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        new = np.array([pts[labels == k].mean(axis=0) if np.any(labels == k) else centres[k] for k in (0, 1)])
+        if np.allclose(new, centres):
+            break
+        centres = new
     return labels if centres[0, 2] >= centres[1, 2] else 1 - labels
+
+
+SETUP_NAMES = {0: "bluer background", 1: "yellower background"}  # background_setups' groups
 
 
 def background_setups(paths: Sequence[str | Path]) -> tuple[dict[Path, int], np.ndarray]:

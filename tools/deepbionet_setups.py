@@ -3,7 +3,7 @@ colour alone tells about the class (a shortcut an adapted model can learn).
 
     python tools/deepbionet_setups.py --data ../shared/data --plot benchmarks/results/deepbionet-setups.png
 
-Each field's background colour is put in one of two groups by k-means on its chromaticity
+Each field's background colour is put in one of two groups by 2-means on its chromaticity
 (``fieldset.background_setups``); per group: the fields of each class, the frame's own red-cell ruler, and the shipped model's
 zero-shot field mode. Then the shortcut baseline: a 5-nearest-neighbour vote on background colour alone,
 fitted on the few-shot curve's adapt part and scored on its report part (split by cell, as
@@ -67,7 +67,7 @@ def main() -> None:
             if ci:
                 per_class[c] = {"fields": len(ci),
                                 "zero_shot_right": round(float(np.mean([results[i].label == c for i in ci])), 4)}
-        setups[f"group {g}"] = {
+        setups[fieldset.SETUP_NAMES[g]] = {
             "background_chromaticity_median": np.median(chroma[idx], axis=0).round(4).tolist(),
             "fields": len(idx),
             "frame_rbc_px_median": round(float(np.median(rulers)), 1) if rulers else None,
@@ -85,8 +85,8 @@ def main() -> None:
     base_per_class = {c: round(float(np.mean([g == t for g, t in zip(guess, truth_r) if t == c])), 4)
                       for c in sorted(set(truth_r))}
     out = {
-        "what": "DeepBioNet's labelled fields grouped by background colour (k-means, k = 2, on chromaticity): "
-                "the set-ups they come from, each one's red-cell ruler and the shipped model's zero-shot field "
+        "what": "DeepBioNet's labelled fields grouped by background colour (fieldset.background_setups: 2-means on chromaticity): "
+                "(fieldset.background_setups; always two groups) the set-ups they come from, each one's red-cell ruler and the shipped model's zero-shot field "
                 "mode; and how well background colour alone predicts the class (5-NN on chromaticity, adapt "
                 "part -> report part, split by cell)",
         "command": "python tools/deepbionet_setups.py --data ../shared/data --plot "

@@ -85,14 +85,11 @@ def by_setup(fields: list[Path], scores: fieldset.Scores, setup_of: dict[Path, i
     right = {k: iter(v) for k, v in scores.hits.items()}
     hits: dict[int, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for p in fields:
-        hits[setup_of[p]][fieldset.truth(p)].append(next(right[fieldset.truth(p)]))
-    return {SETUP_NAMES[g]: {"fields": sum(len(v) for v in h.values()),
+        hits[setup_of[Path(p)]][fieldset.truth(p)].append(next(right[fieldset.truth(p)]))
+    return {fieldset.SETUP_NAMES[g]: {"fields": sum(len(v) for v in h.values()),
                              "accuracy": round(float(np.mean([x for v in h.values() for x in v])), 4),
                              "per_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(h.items())}}
             for g, h in sorted(hits.items())}
-
-
-SETUP_NAMES = {0: "bluer background", 1: "yellower background"}  # fieldset.two_groups: 0 is the bluer
 
 
 def one_field_per_cell(adapt: list[Path], cropped, cell_of: dict[Path, int]) -> dict[str, list[Path]]:
@@ -232,10 +229,12 @@ def plot(files: list[Path], out: Path) -> None:
         split = d.get("split", "number")  # files before the split by cell were split by file number
         frac = opts[len(opts) - 1 - opts[::-1].index("--fine-tune-fraction") + 1] if "--fine-tune-fraction" in opts else "?"
         whole = frac == "1.0" and "--average-last" in opts  # the preset since session 15
+        tuned = ("whole network" if whole else "whole network, best epoch" if frac == "1.0" else "head only"
+                 if frac in ("0", "0.0") else f"top {float(frac):.0%}" if frac != "?" else "?")
         style = "s--" if px != "96" else "x:" if split != "cells" else "o-" if epochs == "30" else "^--"
         ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows], style,
                 lw=2.5 if whole else 1.2,
-                label=f"seed {d['seed']}, {'whole network' if whole else 'top ' + frac}, {px} px, {epochs} epochs, "
+                label=f"seed {d['seed']}, {tuned}, {px} px, {epochs} epochs, "
                       f"split by {'cell' if split == 'cells' else 'file number'}")
     ax.axhline(95, color="grey", ls="--", lw=1, label="target after 25 cells")
     ax.set(xlabel="labelled cells per class (N)", ylabel="fields right (%)", ylim=(40, 100),

@@ -325,7 +325,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     return ds, split, 0, -1.0
 
 
-FEW_CELLS = 25  # labelled cells per class below which adapting to a new lab was measured to fall short
+FEW_CELLS = 25  # labelled cells per class below which adapting to a new lab varied most with the cells drawn
 
 
 def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
@@ -337,8 +337,9 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
     return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 83-93 % of fields "
             f"right with 5 different cells per class, 89-94 % with 10, 86-87 % with 25 and 88-89 % with all it "
-            f"had (35-47 of its two common classes; docs/cross-lab.md); label {FEW_CELLS} or more different cells "
-            f"of each class you see where you can (one cell photographed twice counts once)")
+            f"had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, which ones you label "
+            f"moves the result more; label {FEW_CELLS} or more different cells of each class you see where you can "
+            f"(one cell photographed twice counts once)")
 
 
 def fit(cfg: FitConfig, log: Callable[[str], None] = print, verbose: int = 1, resume: bool = False) -> dict:

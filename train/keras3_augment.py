@@ -25,7 +25,7 @@ from . import recipe as R
 from .config import AUG_OPS
 
 HOST = ("jpeg",)
-BATCHED = ("rotate", "zoom", "colour", "stain", "hed", "domain", "blur", "noise", "blots")
+BATCHED = ("rotate", "zoom", "colour", "hue", "stain", "hed", "domain", "blur", "noise", "blots")
 UNBATCHED = tuple(op for op in AUG_OPS if op not in BATCHED + HOST)
 
 
@@ -118,6 +118,12 @@ def make_layer(keras, ops: dict[str, float], flips: bool = True, p: float = R.P,
             y = K.einsum("nhwi,noi->nhwo", y, rot)
             gamma = K.exp(self.u((n, 1, 1, 1), -R.GAMMA * s, R.GAMMA * s))
             return K.power(K.clip(y, 0.0, 1.0), gamma) * 255.0
+
+        def hue(self, x, n, s):  # augment._hue: the hue turned by up to +-HUE_TURN * s of a turn, in HSV
+            hsv = keras.ops.image.rgb_to_hsv(K.clip(x, 0.0, 255.0) / 255.0)
+            h = hsv[..., :1] + self.u((n, 1, 1, 1), -R.HUE_TURN * s, R.HUE_TURN * s)
+            hsv = K.concatenate([h - K.floor(h), hsv[..., 1:]], axis=-1)
+            return keras.ops.image.hsv_to_rgb(hsv) * 255.0
 
         def stain(self, x, n, s):
             od = -K.log((x + 1.0) / 256.0)
