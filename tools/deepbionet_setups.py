@@ -86,7 +86,7 @@ def main() -> None:
                       for c in sorted(set(truth_r))}
     out = {
         "what": "DeepBioNet's labelled fields grouped by background colour (fieldset.background_setups: 2-means on chromaticity): "
-                "(fieldset.background_setups; always two groups) the set-ups they come from, each one's red-cell ruler and the shipped model's zero-shot field "
+                "the set-ups they come from, each one's red-cell ruler and the shipped model's zero-shot field "
                 "mode; and how well background colour alone predicts the class (5-NN on chromaticity, adapt "
                 "part -> report part, split by cell)",
         "command": "python tools/deepbionet_setups.py --data ../shared/data --plot "
