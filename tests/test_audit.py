@@ -94,3 +94,28 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     used = set(split["train"] + split["val"] + split["test"])
     assert not used & set(ex) and len(used) == 210 - len(ex)
+
+
+def _smear(rng, background, n):
+    """``n`` 32 px crops: a purple cell on a background of the given RGB, a little noise."""
+    imgs = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        img = np.clip(rng.normal(background, 3, (32, 32, 3)), 0, 255)
+        img[10:22, 10:22] = [120, 60, 150]
+        imgs[i] = img
+    return imgs
+
+
+def test_background_note_names_a_class_photographed_on_its_own_background_and_nothing_else():
+    from scopelite.train.audit import background_note, background_shortcut
+
+    rng = np.random.default_rng(0)
+    beige, cyan = [235, 215, 200], [160, 215, 225]
+    same = np.concatenate([_smear(rng, beige, 30) for _ in range(3)])
+    labels = np.repeat([0, 1, 2], 30)
+    assert background_note(same, labels, ("eosinophil", "lymphocyte", "neutrophil")) is None
+    own = np.concatenate([_smear(rng, cyan, 30), _smear(rng, beige, 30), _smear(rng, beige, 30)])
+    recall = background_shortcut(own, labels)
+    assert recall[0][0] == 1.0 and abs(recall[0][1] - 1 / 3) < 1e-9 and recall[1][0] < 0.8
+    note = background_note(own, labels, ("eosinophil", "lymphocyte", "neutrophil"))
+    assert note is not None and "eosinophil" in note and "neutrophil" not in note.split(":")[0]

@@ -108,6 +108,48 @@ class AuditResult:
     flagged: list[tuple[int, str]]  # (index, reason) for the montage
 
 
+def background_shortcut(images: np.ndarray, labels: np.ndarray, k: int = 5, sample: int = 2000,
+                        seed: int = 0) -> dict[int, tuple[float, float]]:
+    """How well the background colour alone tells each class: per label, the share of its images whose
+    ``k`` nearest neighbours in background chromaticity (``stain.frame_background``, leave-one-out) vote
+    for it, and the label's share of the images (what chance gives). At most ``sample`` images, seeded."""
+    from scopelite.edge.fieldset import chromaticity  # noqa: PLC0415
+    from scopelite.edge.stain import frame_background  # noqa: PLC0415
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    # a seeded order: backgrounds are whole grey levels, so equal distances are common, and ties must not
+    # go to the images filed next to each other (one class's folder)
+    idx = rng.permutation(len(labels))[:sample]
+    if len(idx) <= k:
+        return {}
+    x = chromaticity(np.array([frame_background(images[i]) for i in idx]))
+    y = labels[idx]
+    sq = (x ** 2).sum(axis=1)
+    d = sq[:, None] + sq[None, :] - 2 * x @ x.T
+    np.fill_diagonal(d, np.inf)
+    near = np.argsort(d, axis=1, kind="stable")[:, :k]
+    vote = np.array([np.bincount(y[row]).argmax() for row in near])
+    return {int(c): (float(np.mean(vote[y == c] == c)), float(np.mean(y == c))) for c in np.unique(y)}
+
+
+def background_note(images: np.ndarray, labels: np.ndarray, class_names, min_recall: float = 0.8,
+                    min_lift: float = 2.0) -> str | None:
+    """A warning when the background alone tells a class (``background_shortcut`` recall >= ``min_recall``
+    and >= ``min_lift`` x its share): that class was photographed on its own slides or set-up, and a model
+    can learn the background instead of the cell. Measured: DeepBioNet's eosinophils 0.84-1.0 (photographed
+    on their own set-up: tools/deepbionet_setups.py); PBC's eight classes (pbc96) at most 0.32
+    (benchmarks/results/background-shortcut.json)."""
+    flagged = [(class_names[c], r) for c, (r, share) in background_shortcut(images, labels).items()
+               if r >= min_recall and r >= min_lift * share]
+    if not flagged:
+        return None
+    listed = ", ".join(f"{r:.0%} of the {name} images" for name, r in flagged)
+    return (f"the background colour alone picks out {listed}: that class was photographed on other slides or "
+            "another set-up than the rest, and the model can learn the background instead of the cell; label "
+            "each class on the same slides and microscope as the others (docs/cross-lab.md)")
+
+
 def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near_bits: int = 3) -> AuditResult:
     """Find exact and near duplicates, label conflicts, outliers and class imbalance in ``ds``."""
     n = len(ds)

@@ -322,6 +322,12 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     note = few_cells_note(ds.counts(), pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
         log(f"      NOTE: {note}")
+    if not ds.synthetic:
+        from .audit import background_note  # noqa: PLC0415
+
+        note = background_note(ds.images, ds.labels, ds.class_names)
+        if note:
+            log(f"      NOTE: {note}")
     return ds, split, 0, -1.0
 
 
