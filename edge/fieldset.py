@@ -258,9 +258,12 @@ def chromaticity(rgb: np.ndarray) -> np.ndarray:
 def two_groups(points: np.ndarray) -> np.ndarray:
     """2-means labels of ``points`` (rows of chromaticity), group 0 the one with the larger mean blue share.
     Deterministic (Lloyd's iterations from the two extreme points along the first principal axis, no
-    random state). It always makes two groups, also of a lab with one set-up: look at the points (the
-    plot of ``tools/deepbionet_setups.py``) before reading the groups as set-ups."""
+    random state). It makes two groups whenever the points differ at all, also for a lab with one set-up: look
+    at the points (the plot of ``tools/deepbionet_setups.py``) before reading the groups as set-ups. Fewer
+    than 2 points, or all alike: one group."""
     pts = np.asarray(points, np.float64)
+    if len(pts) < 2 or np.ptp(pts, axis=0).max() == 0:
+        return np.zeros(len(pts), int)  # nothing to split: one group
     centred = pts - pts.mean(axis=0)
     proj = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     centres = pts[[int(np.argmin(proj)), int(np.argmax(proj))]]

@@ -119,3 +119,8 @@ def test_background_note_names_a_class_photographed_on_its_own_background_and_no
     assert recall[0][0] == 1.0 and abs(recall[0][1] - 1 / 3) < 1e-9 and recall[1][0] < 0.8
     note = background_note(own, labels, ("eosinophil", "lymphocyte", "neutrophil"))
     assert note is not None and "eosinophil" in note and "neutrophil" not in note.split(":")[0]
+    # the same with the class on its own background filed last (ties must not favour low labels)
+    last = np.concatenate([_smear(rng, beige, 30), _smear(rng, beige, 30), _smear(rng, cyan, 30)])
+    note = background_note(last, labels + 3, {3: "eosinophil", 4: "lymphocyte", 5: "neutrophil"})
+    assert note is not None and "neutrophil images" in note and "eosinophil images" not in note
+    assert background_shortcut(last[:, :, :, 0], labels) == {}  # not RGB: no judgement, no crash

@@ -32,3 +32,8 @@ def test_knn_vote_takes_the_majority_of_the_nearest_and_breaks_ties_by_the_neare
     labels = ["a", "a", "b", "c", "c"]
     assert setups.knn_vote(train, labels, np.array([[0.05], [5.05]]), k=3) == ["a", "c"]
     assert setups.knn_vote(train, labels, np.array([[0.19]]), k=2) == ["b"]  # a 1-1 tie: b is nearer
+
+
+def test_two_groups_of_nothing_to_split_is_one_group():
+    assert fieldset.two_groups(np.zeros((0, 3))).tolist() == []
+    assert fieldset.two_groups(np.full((4, 3), 1 / 3)).tolist() == [0, 0, 0, 0]

@@ -325,7 +325,11 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if not ds.synthetic:
         from .audit import background_note  # noqa: PLC0415
 
-        note = background_note(ds.images, ds.labels, ds.class_names)
+        try:  # a warning only: it must never stop a training
+            note = background_note(ds.images, ds.labels, ds.class_names,
+                                   among=np.setdiff1d(np.arange(len(ds)), drop))
+        except Exception as e:  # noqa: BLE001
+            note = f"background check skipped ({type(e).__name__}: {e})"
         if note:
             log(f"      NOTE: {note}")
     return ds, split, 0, -1.0
