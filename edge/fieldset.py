@@ -22,7 +22,7 @@ from . import field as field_lib
 from .classifier import Classifier
 from .config import WatchConfig
 from .sources import read_image_rgb
-from .stain import frame_background, stain_layers
+from .stain import chromaticity, frame_background, stain_layers
 from .watch import FieldScale, classify_field, field_config
 
 PICKS = ("largest", "centre")  # which detection is the field's own cell (main_cell)
@@ -195,14 +195,20 @@ class Scores:
         return {k: float(np.mean(v)) for k, v in self.hits.items()}
 
 
+def field_hits(paths: Sequence[str | Path], scores: Scores) -> list[bool]:
+    """Whether each field's main cell was right, in the order of ``paths`` (``scores``: ``score_fields``
+    over ``paths`` in that order; ``Scores`` keeps them per class)."""
+    right = {k: iter(v) for k, v in scores.hits.items()}
+    return [next(right[truth(p)]) for p in paths]
+
+
 def cell_accuracy(paths: Sequence[str | Path], scores: Scores, cell_of: dict[Path, int]) -> float | None:
     """Distinct cells right: each cell's share of its fields right, averaged over the cells (a cell
     photographed n times counts once). ``scores``: ``score_fields`` over ``paths`` in that order; ``cell_of``:
     each path's cell (``duplicate_groups``). None without fields."""
-    right = {k: iter(v) for k, v in scores.hits.items()}  # each class's fields in the order of paths
     by_cell: dict[int, list[bool]] = collections.defaultdict(list)
-    for p in paths:
-        by_cell[cell_of[Path(p)]].append(next(right[truth(p)]))
+    for p, hit in zip(paths, field_hits(paths, scores)):
+        by_cell[cell_of[Path(p)]].append(hit)
     return float(np.mean([np.mean(v) for v in by_cell.values()])) if by_cell else None
 
 
@@ -247,12 +253,6 @@ def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldSc
         return None
     crop = np.ascontiguousarray(field_lib.crop(image, field_lib.scaled(white[0], factor), cfg.crop_for(rbc)))
     return cv2.resize(crop, (cfg.input_px, cfg.input_px), interpolation=cv2.INTER_AREA)
-
-
-def chromaticity(rgb: np.ndarray) -> np.ndarray:
-    """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
-    rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
-    return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
 
 
 def two_groups(points: np.ndarray) -> np.ndarray:

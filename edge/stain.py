@@ -68,6 +68,12 @@ def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
     return frame_rgb.reshape(-1, 3).max(axis=0).astype(np.float64)
 
 
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
+    rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
+    return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
+
+
 def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
     """Per-channel OD against the frame's background (brightest pixels), HxWx3 float32 >= 0.
 

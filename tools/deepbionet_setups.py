@@ -25,18 +25,7 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
-
-
-def knn_vote(train: np.ndarray, train_labels: list[str], test: np.ndarray, k: int = 5) -> list[str]:
-    """Each test row's most common label among its ``k`` nearest training rows (ties: the nearer)."""
-    train, test = np.asarray(train, np.float64), np.asarray(test, np.float64)
-    out = []
-    for row in test:
-        order = np.argsort(np.linalg.norm(train - row, axis=1))[:k]
-        votes = collections.Counter(train_labels[i] for i in order)
-        top = max(votes.values())
-        out.append(next(train_labels[i] for i in order if votes[train_labels[i]] == top))
-    return out
+from scopelite.train.audit import nearest_vote
 
 
 def main() -> None:
@@ -79,8 +68,8 @@ def main() -> None:
     groups = fieldset.groups_from_scores(fields, fieldset.copy_scores(crops))
     adapt, report = fieldset.parts_by_number(fields, groups)
     index = {p: i for i, p in enumerate(fields)}
-    guess = knn_vote(chroma[[index[p] for p in adapt]], [fieldset.truth(p) for p in adapt],
-                     chroma[[index[p] for p in report]])
+    train, test = chroma[[index[p] for p in adapt]], chroma[[index[p] for p in report]]
+    guess = nearest_vote(np.linalg.norm(test[:, None] - train[None], axis=2), [fieldset.truth(p) for p in adapt])
     truth_r = [fieldset.truth(p) for p in report]
     base_per_class = {c: round(float(np.mean([g == t for g, t in zip(guess, truth_r) if t == c])), 4)
                       for c in sorted(set(truth_r))}

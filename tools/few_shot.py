@@ -82,10 +82,9 @@ def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int],
 
 def by_setup(fields: list[Path], scores: fieldset.Scores, setup_of: dict[Path, int]) -> dict:
     """``scores`` (over ``fields``, in that order) per set-up: fields, fields right, per class."""
-    right = {k: iter(v) for k, v in scores.hits.items()}
     hits: dict[int, dict[str, list[bool]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for p in fields:
-        hits[setup_of[Path(p)]][fieldset.truth(p)].append(next(right[fieldset.truth(p)]))
+    for p, hit in zip(fields, fieldset.field_hits(fields, scores)):
+        hits[setup_of[Path(p)]][fieldset.truth(p)].append(hit)
     return {fieldset.SETUP_NAMES[g]: {"fields": sum(len(v) for v in h.values()),
                              "accuracy": round(float(np.mean([x for v in h.values() for x in v])), 4),
                              "per_class": {k: round(float(np.mean(v)), 4) for k, v in sorted(h.items())}}

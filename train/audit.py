@@ -108,15 +108,32 @@ class AuditResult:
     flagged: list[tuple[int, str]]  # (index, reason) for the montage
 
 
-def background_shortcut(images: np.ndarray, labels: np.ndarray, k: int = 5, sample: int = 2000, seed: int = 0,
+def nearest_vote(dist: np.ndarray, labels, k: int = 5) -> np.ndarray:
+    """Each row's most common label among its ``k`` nearest columns (``dist``: rows x columns distances,
+    ``labels``: one per column); a tied vote goes to the tied label of the nearest of them. Equal distances
+    keep the columns' order (stable sort)."""
+    labels = np.asarray(labels)
+    classes, y = np.unique(labels, return_inverse=True)
+    near = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    vote = np.empty(len(near), int)
+    for i, row in enumerate(near):
+        counts = np.bincount(y[row], minlength=len(classes))
+        tied = counts == counts.max()
+        vote[i] = next(y[j] for j in row if tied[y[j]])
+    return classes[vote]
+
+
+SHORTCUT_SAMPLE = 2000  # background_shortcut's images at most (a 2000 x 2000 distance matrix: about 32 MB)
+
+
+def background_shortcut(images: np.ndarray, labels: np.ndarray, k: int = 5, sample: int = SHORTCUT_SAMPLE, seed: int = 0,
                         among: np.ndarray | None = None) -> dict[int, tuple[float, float]]:
     """How well the background colour alone tells each class: per label, the share of its images whose
     ``k`` nearest neighbours in background chromaticity (``stain.frame_background``, leave-one-out) vote
     for it (a tied vote goes to the tied class of the nearest neighbour), and the label's share of the
     images (what chance gives). At most ``sample`` images, seeded; ``among``: only these indices. Empty
     when the images are not RGB uint8 (N, H, W, 3) or too few."""
-    from scopelite.edge.fieldset import chromaticity  # noqa: PLC0415
-    from scopelite.edge.stain import frame_background  # noqa: PLC0415
+    from scopelite.edge.stain import chromaticity, frame_background  # noqa: PLC0415
 
     images, labels = np.asarray(images), np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(labels) != len(images):
@@ -128,18 +145,13 @@ def background_shortcut(images: np.ndarray, labels: np.ndarray, k: int = 5, samp
     idx = rng.permutation(pool)[:sample]
     if len(idx) <= k:
         return {}
-    classes, y = np.unique(labels[idx], return_inverse=True)
+    y = labels[idx]
     x = chromaticity(np.array([frame_background(images[i]) for i in idx]))
     sq = (x ** 2).sum(axis=1)
     d = sq[:, None] + sq[None, :] - 2 * x @ x.T
-    np.fill_diagonal(d, np.inf)
-    near = np.argsort(d, axis=1, kind="stable")[:, :k]
-    vote = np.empty(len(idx), int)
-    for i, row in enumerate(near):
-        counts = np.bincount(y[row], minlength=len(classes))
-        tied = counts == counts.max()
-        vote[i] = next(y[j] for j in row if tied[y[j]])  # the nearest neighbour among the tied classes
-    return {int(c): (float(np.mean(vote[y == n] == n)), float(np.mean(y == n))) for n, c in enumerate(classes)}
+    np.fill_diagonal(d, np.inf)  # leave one out
+    vote = nearest_vote(d, y, k)
+    return {int(c): (float(np.mean(vote[y == c] == c)), float(np.mean(y == c))) for c in np.unique(y)}
 
 
 def background_note(images: np.ndarray, labels: np.ndarray, class_names, among: np.ndarray | None = None,
@@ -152,7 +164,8 @@ def background_note(images: np.ndarray, labels: np.ndarray, class_names, among: 
     classes (pbc96) at most 0.28."""
     found = background_shortcut(images, labels, among=among)
     flagged = [(class_names[c], r) for c, (r, share) in found.items()
-               if share < 1 and share * min(len(labels), 2000) >= 3 and r >= min_recall
+               if share < 1 and share * min(len(labels) if among is None else len(among), SHORTCUT_SAMPLE) >= 3
+               and r >= min_recall
                and (r - share) / (1 - share) >= min_kappa]
     if not flagged:
         return None
