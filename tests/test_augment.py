@@ -175,3 +175,19 @@ def test_hue_op_turns_the_hue_anywhere_and_keeps_brightness_and_saturation():
     assert shift.max() > 0.35 and np.median(shift) > 0.15  # far beyond colour's +-0.06 turn
     assert np.allclose([v for _, _, v in turned], v0, atol=0.01) and np.allclose([s for _, s, _ in turned], s0, atol=0.02)
     assert np.allclose(_hue(tf.constant(x), 0.0).numpy(), x, atol=1.0)  # strength 0: the identity
+
+
+def test_grey_op_removes_colour_and_keeps_luminance():
+    import tensorflow as tf
+
+    from scopelite.train.augment import _grey
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    luma = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    g = _grey(tf.constant(x), 1.0).numpy()
+    assert np.allclose(g, luma[..., None], atol=0.01)  # s = 1: grey, the luminance kept
+    assert np.allclose(g.std(axis=-1), 0.0, atol=0.01) and x.std(axis=-1).mean() > 20
+    half = _grey(tf.constant(x), 0.5).numpy()
+    assert np.allclose(half, (x + luma[..., None]) / 2, atol=0.01)
+    assert np.allclose(_grey(tf.constant(x), 0.0).numpy(), x)  # strength 0: the identity

@@ -13,7 +13,7 @@ switches JPEG off (``celltrain fit --aug hed=0.5 --aug jpeg=0``). Beyond the
 haematoxylin-eosin-DAB space, Tellez et al. 2018), ``randaugment`` (two ops
 drawn per image from a RandAugment list, Cubuk et al. 2020, magnitude from the
 strength) and ``shot`` (photon noise of a dim camera: Poisson, signal-dependent,
-unlike ``noise``'s fixed Gaussian), ``hue`` (any hue: another stain's colours), and ``debris`` (specks, fibres, stain deposits
+unlike ``noise``'s fixed Gaussian), ``hue`` (any hue: another stain's colours), ``grey`` (luminance only), and ``debris`` (specks, fibres, stain deposits
 and bubbles sized in micrometres from the training images' red cells, not in
 pixels: ``scopelite.train.native_corruptions``).
 """
@@ -69,6 +69,15 @@ def _hue(x, s):
     ``colour`` turns it by +-0.06 s only."""
     delta = tf.random.uniform([], -R.HUE_TURN * s, R.HUE_TURN * s)
     return tf.clip_by_value(tf.image.adjust_hue(x / 255.0, delta), 0.0, 1.0) * 255.0
+
+
+def _grey(x, s):
+    """The cell by density and texture alone: blended toward its luminance by s (s = 1: grey). The
+    model's eosinophil cue is mostly the granules' hue against the nucleus (PBC eosinophils shown in grey:
+    43 % right); another stain can give them the nucleus' hue (DeepBioNet: purple), which a uniform hue turn
+    never teaches."""
+    grey = tf.reduce_sum(x * tf.constant(R.LUMA), axis=-1, keepdims=True)
+    return x + s * (grey - x)
 
 
 def _stain(x, s):
@@ -222,7 +231,7 @@ def _ra_ops(m):
                                  else [1.0, 0.0, 0.0, 0.0, 1.0, d, 0.0, 0.0]))
 
     def grey(x):
-        return tf.reduce_sum(x * [0.299, 0.587, 0.114], -1, keepdims=True) + tf.zeros_like(x)
+        return tf.reduce_sum(x * R.LUMA, -1, keepdims=True) + tf.zeros_like(x)
 
     def sharpness(x):
         k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
@@ -294,7 +303,7 @@ def _debris(x, s, rbc_px: float | None = None):
 
 
 # name -> transform, in the order they are applied (each with probability p * recipe.SHARE[name])
-TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour, "hue": _hue,
+TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour, "hue": _hue, "grey": _grey,
               "stain": _stain, "hed": _hed, "domain": _domain, "debris": _debris, "blur": _blur, "noise": _noise, "shot": _shot,
               "jpeg": _jpeg, "blots": _blots}
 OPS = {name: (TRANSFORMS[name], R.SHARE[name]) for name in AUG_OPS}  # name -> (transform, share of p)

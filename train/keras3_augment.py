@@ -25,7 +25,7 @@ from . import recipe as R
 from .config import AUG_OPS
 
 HOST = ("jpeg",)
-BATCHED = ("rotate", "zoom", "colour", "hue", "stain", "hed", "domain", "blur", "noise", "blots")
+BATCHED = ("rotate", "zoom", "colour", "hue", "grey", "stain", "hed", "domain", "blur", "noise", "blots")
 UNBATCHED = tuple(op for op in AUG_OPS if op not in BATCHED + HOST)
 
 
@@ -106,7 +106,7 @@ def make_layer(keras, ops: dict[str, float], flips: bool = True, p: float = R.P,
             y = x / 255.0 + self.u((n, 1, 1, 1), -R.BRIGHTNESS * s, R.BRIGHTNESS * s)
             mean = K.mean(y, axis=(1, 2), keepdims=True)
             y = (y - mean) * self.u((n, 1, 1, 1), 1 - R.CONTRAST * s, 1 + R.CONTRAST * s) + mean
-            grey = K.sum(y * K.convert_to_tensor([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+            grey = K.sum(y * K.convert_to_tensor(R.LUMA), axis=-1, keepdims=True)
             y = grey + (y - grey) * self.u((n, 1, 1, 1), 1 - R.SATURATION * s, 1 + R.SATURATION * s)
             # hue: a rotation of the colour cube about its grey diagonal by +-HUE * s of a turn
             th = self.u((n,), -R.HUE * s, R.HUE * s) * 2.0 * math.pi
@@ -124,6 +124,9 @@ def make_layer(keras, ops: dict[str, float], flips: bool = True, p: float = R.P,
             h = hsv[..., :1] + self.u((n, 1, 1, 1), -R.HUE_TURN * s, R.HUE_TURN * s)
             hsv = K.concatenate([h - K.floor(h), hsv[..., 1:]], axis=-1)
             return keras.ops.image.hsv_to_rgb(hsv) * 255.0
+
+        def grey(self, x, n, s):  # augment._grey: blended toward the luminance by s
+            return x + s * (K.sum(x * K.convert_to_tensor(R.LUMA), axis=-1, keepdims=True) - x)
 
         def stain(self, x, n, s):
             od = -K.log((x + 1.0) / 256.0)
