@@ -35,6 +35,12 @@ def model_rbc_px(spec) -> float:
     return spec.rbc_px or DEFAULT_MODEL_RBC_PX
 
 
+def rbc_fraction(spec) -> float:
+    """The scale field mode cuts a model's crops at, whatever size they are saved at: a red cell's
+    diameter over the crop's side (``model_rbc_px`` over the input size)."""
+    return round(model_rbc_px(spec) / spec.height, 5)
+
+
 @dataclass(frozen=True)
 class Detection:
     x: float  # centre, pixels

@@ -115,7 +115,7 @@ class Session:
 
     @classmethod
     def create(cls, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
-               clock: Callable[[], float] = time.time) -> "Session":
+               clock: Callable[[], float] = time.time, rbc_fraction: float | None = None) -> "Session":
         t = clock()
         base = time.strftime("%Y%m%d-%H%M%S", time.localtime(t))
         sid, n = base, 1
@@ -126,7 +126,7 @@ class Session:
         (folder / "crops").mkdir(parents=True)
         state = {"id": sid, "state": "open", "target": target, "labels": list(labels), "min_score": min_score,
                  "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
-                 "reason": None}
+                 "reason": None, "rbc_fraction": rbc_fraction}
         write_json_atomic(folder / "state.json", state, fsync="full")
         fsync_dir(root)  # the session folder's own name
         return cls(folder, state, [])
@@ -309,12 +309,16 @@ class Sessions:
         labels: the model's class names, in score order.
         target: white cells a new session counts before it closes (None: until stopped).
         one_shot: the run ends when a session reaches its target (no HTTP page to start the next one).
+        rbc_fraction: the scale the crops are cut at: a red cell's diameter over the crop's side (the
+            model's ``rbc_px`` over its input size); recorded in each new session's state, so that
+            ``celledge export`` can tell ``celltrain fit`` the scale of the cells it exports.
     """
 
     def __init__(self, root: str | os.PathLike, labels, target: int | None = None, min_score: float = 0.5,
                  wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, rbc_fraction: float | None = None):
         self.root = Path(root)
+        self.rbc_fraction = rbc_fraction
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
         self.ends_run = False
@@ -339,7 +343,8 @@ class Sessions:
         self.current: Session = last if self.resumed else self._new(target)
 
     def _new(self, target: int | None) -> Session:
-        return Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock)
+        return Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
+                              self.rbc_fraction)
 
     # ---------------------------------------------------------------- controls (lab page, HTTP)
     def start(self, target: int | None = None) -> dict:

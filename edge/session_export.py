@@ -1,12 +1,18 @@
 """Cells a person reviewed, exported as the class-folder dataset ``celltrain fit --data`` reads.
 
 OUT/<class>/<session>_<cell>.png for every reviewed cell with a class (not ``uncertain``, not
-``not_a_cell``), and OUT/export.json (which cell each file is, the model's label and the person's).
+``not_a_cell``), and OUT/export.json (which cell each file is, the model's label and the person's, and
+the scale the daemon cut it at: ``rbc_fraction``, a red cell's diameter over the crop's side).
 Exporting into the same folder again adds to it: file names are unique per session and cell, so
 several sessions (slides) build one dataset, and exporting a session twice rewrites the same files.
+
+``celltrain fit`` reads the scale back (``recorded_scales``): a model fine-tuned on exported cells
+records the scale they were cut at, not one measured again on the small crops, which can read a
+few per cent off on another lab's red cells (DeepBioNet: 16.98 px measured on crops cut at 18.0).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +20,8 @@ from pathlib import Path
 from .bundle import atomic_path, write_json_atomic
 from .differential import UNCERTAIN
 from .session import NOT_A_CELL, Session, SessionError, list_sessions
+
+RECORD = "export.json"  # in the exported folder: which cell each file is, and the scale it was cut at
 
 
 def session_folders(paths) -> list[Path]:
@@ -57,12 +65,42 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
                     shutil.copyfile(folder / c["crop"], tmp)
                 classes[label] = classes.get(label, 0) + 1
                 entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
-                                "model_label": c["label"], "score": c["score"]})
+                                "model_label": c["label"], "score": c["score"],
+                                "rbc_fraction": s.state.get("rbc_fraction")})
     result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,
               "sessions": [f.name for f in folders]}
     if entries:
-        write_json_atomic(out / "export.json", {**result, "files": entries})
+        record_files(out, entries, result)
     return result
+
+
+def record_files(out: str | os.PathLike, entries: list[dict], summary: dict | None = None) -> None:
+    """Write ``out/export.json``: ``entries`` (one per file: ``file`` relative to ``out``, optionally
+    ``rbc_fraction``) and what an earlier export there recorded of files still present that this one
+    did not write again."""
+    out = Path(out)
+    new = {e["file"] for e in entries}
+    kept = [e for e in _read_record(out) if e.get("file") not in new and (out / str(e.get("file"))).is_file()]
+    write_json_atomic(out / RECORD, {**(summary or {}), "files": kept + list(entries)})
+
+
+def _read_record(folder: Path) -> list[dict]:
+    try:
+        files = json.loads((folder / RECORD).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [e for e in files if isinstance(e, dict)] if isinstance(files, list) else []
+
+
+def recorded_scales(folder: str | os.PathLike) -> dict[str, float]:
+    """``file`` -> ``rbc_fraction`` of the files ``folder/export.json`` records a scale for (none when
+    there is no readable record)."""
+    out = {}
+    for e in _read_record(Path(folder)):
+        f, r = e.get("file"), e.get("rbc_fraction")
+        if isinstance(f, str) and isinstance(r, (int, float)) and 0.0 < r < 1.0:
+            out[f] = float(r)
+    return out
 
 
 def summary_line(result: dict, out) -> str:

@@ -225,8 +225,14 @@ def test_few_labelled_cells_are_pointed_out_when_fine_tuning(tiny_run, synth_dir
     assert few_cells_note({"eosinophil": FEW_CELLS, "basophil": 0}, pretrained=True) is None
     cells = tmp_path / "cells"  # a lab's labelled cells: class folders without the synthetic data's manifest
     shutil.copytree(synth_dir / "crops", cells)
+    # as celledge export leaves them: the scale the daemon cut each cell at (a red cell over a fifth of the side)
+    from scopelite.edge.session_export import record_files
+
+    record_files(cells, [{"file": str(f.relative_to(cells)), "rbc_fraction": 0.2} for f in sorted(cells.glob("*/*.png"))])
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r"), "--arch", "tiny", "--image-size", "32",
                 "--epochs", "1", "--head-epochs", "0", "--data", str(cells), "--weights", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr[-2000:]
     line = next(x for x in r.stdout.splitlines() if "NOTE: few labelled cells" in x)
     assert "basophil 3" in line  # synth_dir holds 3 crops of each class
+    assert "training scale: red cells 6.4 px across, as export.json records" in r.stdout  # 0.2 x 32 px
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["input"]["rbc_px"] == 6.4

@@ -285,3 +285,39 @@ def test_watch_options_that_contradict_sessions(tmp_path):
     r = invoke_cli("celledge", "watch", folder, "--mode", "field", "--sessions", str(tmp_path / "file"))
     assert_one_line_error(r, "--sessions", "is a file")
     assert not (tmp_path / "s").exists()
+
+
+def test_export_records_the_scale_the_cells_were_cut_at_and_fit_trains_at_it(tmp_path):
+    """A lab's exported cells carry the daemon's crop scale; celltrain fit records that scale in the new
+    model's sidecar instead of measuring the small crops again (which read DeepBioNet's 6 % low)."""
+    from scopelite.edge.session_export import recorded_scales
+    from scopelite.train.data import load_folders, training_scale
+
+    root = tmp_path / "s"
+    first = _session_with(root, ["neutrophil", "lymphocyte"], rbc_fraction=0.1875)
+    first.label(1, "confirm")
+    first.label(2, "confirm")
+    out = tmp_path / "data"
+    export_reviewed([root], out)
+    scales = recorded_scales(out)
+    assert len(scales) == 2 and set(scales.values()) == {0.1875}
+    ds = load_folders(out, 64)
+    assert training_scale(ds, out) == (12.0, "as export.json records (the crops were cut at it)")  # 0.1875 x 64
+
+    # a second export into the same folder keeps the first one's record of the files it did not write again
+    second = _session_with(tmp_path / "s2", ["monocyte"], rbc_fraction=0.1875)
+    second.label(1, "confirm")
+    export_reviewed([tmp_path / "s2"], out)
+    assert len(recorded_scales(out)) == 3
+
+    # a session from before the scale was recorded: fit measures the crops instead, and says how many it knew
+    legacy = tmp_path / "old"
+    old = _session_with(legacy, ["eosinophil"])
+    old.label(1, "confirm")
+    export_reviewed([legacy], out)
+    ds = load_folders(out, 64)
+    rbc, how = training_scale(ds, out)
+    assert how.startswith("measured on the images") and "3 of 4 images" in how
+    assert recorded_scales(tmp_path) == {}  # no record: nothing recorded
+    (out / "export.json").write_text("{not json")
+    assert recorded_scales(out) == {}

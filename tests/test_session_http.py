@@ -145,6 +145,13 @@ def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_
         assert _post(base, "/session/stop", Authorization=f"Bearer {token}")[0] == 200
         session = json.loads(_call(base + "/session")[1])
         assert session["state"] == "closed" and session["reason"] == "stopped"
+        # the session records the scale its cells are cut at (celledge export passes it to celltrain fit)
+        from scopelite.edge.bundle import load_sidecar
+        from scopelite.edge.field import model_rbc_px
+
+        spec = load_sidecar(tiny_run["tflite"]).input
+        (state,) = [json.loads(f.read_text()) for f in (tmp_path / "sessions").glob("*/state.json")]
+        assert state["rbc_fraction"] == pytest.approx(model_rbc_px(spec) / spec.height, abs=1e-5)
     finally:
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=20)

@@ -41,6 +41,7 @@ from scopelite.edge import field as field_lib
 from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
+from scopelite.edge.session_export import record_files
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
 
@@ -139,6 +140,9 @@ def main() -> None:
     ap.add_argument("--split", choices=["cells", "number"], default="cells",
                     help="cells: copies of one cell stay in one part (default); number: by file number alone "
                          "(sessions 10-13; leaks copies across the parts)")
+    ap.add_argument("--measure-scale", action="store_true",
+                    help="leave out the export record (export.json) of the cells' scale, so that celltrain fit measures "
+                         "it on the crops, as before session 16 (DeepBioNet: 16.98 px on crops cut at 18.0)")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
@@ -179,6 +183,9 @@ def main() -> None:
                 (data / cls).mkdir(parents=True)
                 for p in ps:
                     shutil.copy(files[p], data / cls / files[p].name)
+            if not a.measure_scale:  # as celledge export records them: the scale the crops were cut at
+                record_files(data, [{"file": f"{cls}/{files[p].name}", "label": cls, "field": p.name,
+                                     "rbc_fraction": field_lib.rbc_fraction(spec)} for cls, ps in picked.items() for p in ps])
             row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(cells)}
             run_dir = work / f"run-{n}"
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -198,10 +205,12 @@ def main() -> None:
                    + ("" if a.weights == "shipped" else f" --weights {a.weights}")
                    + ("" if a.image_size is None else f" --image-size {a.image_size}")
                    + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}")
-                   + ("" if a.split == "cells" else " --split number"),
+                   + ("" if a.split == "cells" else " --split number") + (" --measure-scale" if a.measure_scale else ""),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
-        "fit_options": fit, "split": a.split, "adapt_fields": len(adapt), "report_fields": len(report),
+        "fit_options": fit, "split": a.split,
+        "training_scale": "measured by celltrain fit on the crops" if a.measure_scale else
+                          "recorded with the crops (export.json: the scale field mode cut them at), as celledge export does", "adapt_fields": len(adapt), "report_fields": len(report),
         "adapt_cells": {k: len(v) for k, v in sorted(cells.items())},
         "report_cells": len({cell_of[p] for p in report}),
         "note": "DeepBioNet fields split by file number (even = adapt: labelled cells drawn from here; odd = "

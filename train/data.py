@@ -20,6 +20,8 @@ import numpy as np
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec, write_json_atomic
 from scopelite.edge.errors import UserError
 from scopelite.edge.preprocess import prepare
+from scopelite.edge.scale import images_rbc_px
+from scopelite.edge.session_export import RECORD, recorded_scales
 from scopelite.edge.sources import IMAGE_SUFFIXES
 
 SYNTHETIC = "synthetic"
@@ -54,6 +56,19 @@ class Dataset:
 
     def counts(self) -> dict[str, int]:
         return {n: int((self.labels == i).sum()) for i, n in enumerate(self.class_names)}
+
+
+def training_scale(ds: Dataset, data: str | os.PathLike | None) -> tuple[float | None, str]:
+    """The red-cell diameter (px, in ``ds.images`` as loaded) the model is trained at, and where it
+    comes from: the scale ``celledge export`` recorded for every image (``DATA/export.json``: the
+    daemon cut them at it, so field mode must crop at it again), else measured on the images
+    (``scale.images_rbc_px``; None when too few red cells show)."""
+    recorded = recorded_scales(data) if data and Path(data).is_dir() else {}
+    fractions = [recorded.get(i) for i in ds.ids]
+    if ds.ids and all(f is not None for f in fractions):
+        return round(float(np.median(fractions)) * ds.images.shape[1], 2), f"as {RECORD} records (the crops were cut at it)"
+    note = f" ({RECORD} records it for {sum(f is not None for f in fractions)} of {len(ds)} images)" if recorded else ""
+    return images_rbc_px(ds.images), "measured on the images" + note
 
 
 def _canonical(name: str) -> str:

@@ -24,7 +24,6 @@ from scopelite.edge.bundle import (FileRef, Machine, Provenance, Sidecar, Tensor
                                    write_sidecar)
 from scopelite.edge.errors import UserError
 from scopelite.edge.ood import reference_from
-from scopelite.edge.scale import images_rbc_px
 from scopelite.edge.sysinfo import machine
 
 from . import data as data_lib
@@ -267,7 +266,7 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
         path, format="keras", labels=ds.class_names,
         # the preprocessing the training images went through (data_lib.input_spec), as float32 pixels
         input=dataclasses.replace(data_lib.input_spec(cfg.image_size), dtype="float32",
-                                  rbc_px=images_rbc_px(ds.images)),
+                                  rbc_px=data_lib.training_scale(ds, cfg.data)[0]),
         output=TensorSpec(dtype="float32", quantization=None), runtimes=("keras",), metrics=metrics,
         provenance=Provenance(tools=versions(), training=training),
         synthetic_data=ds.synthetic, stain_reference=_stain_reference(ds.images))
@@ -319,6 +318,9 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     write_json_atomic(out / "config.json", cfg.to_json())
     log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
+    if cfg.data and (Path(cfg.data) / data_lib.RECORD).is_file():  # cells exported by celledge export
+        rbc, how = data_lib.training_scale(ds, cfg.data)
+        log(f"      training scale: red cells {rbc} px across, {how}")
     note = few_cells_note(ds.counts(), pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
         log(f"      NOTE: {note}")
@@ -433,7 +435,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
     cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
     rbc_px = None  # --aug debris sizes its artefacts in µm from the training crops' own red cells
     if (cfg.aug or {}).get("debris", 0) != 0:
-        rbc_px = images_rbc_px(tr.images)
+        rbc_px = data_lib.training_scale(tr, cfg.data)[0]
         log(f"      debris sized from the training crops' red cells: {rbc_px} px = 7.5 µm" if rbc_px else
             "      debris: no red cells measurable in the training crops; 18 px per 96 px = 7.5 µm assumed")
     val_batch = cfg.batch_size  # multi-worker: no replica may get an empty share of the last batch
