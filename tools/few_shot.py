@@ -227,7 +227,7 @@ def plot(files: list[Path], out: Path) -> None:
     from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
     for f in files:
         d = json.loads(Path(f).read_text())
         rows = [r for r in d["rows"] if "report" in r]
@@ -239,16 +239,19 @@ def plot(files: list[Path], out: Path) -> None:
         whole = frac == "1.0" and "--average-last" in opts  # the preset since session 15
         tuned = ("whole network" if whole else "whole network, best epoch" if frac == "1.0" else "head only"
                  if frac in ("0", "0.0") else f"top {float(frac):.0%}" if frac != "?" else "?")
-        style = "s--" if px != "96" else "x:" if split != "cells" else "o-" if epochs == "30" else "^--"
+        recorded = d.get("training_scale", "").startswith("recorded")  # since session 16: the crops' scale travels with them
+        style = ("D-" if recorded else "s--" if px != "96" else "x:" if split != "cells" else "o-" if epochs == "30"
+                 else "^--")
         ax.plot([r["n_per_class"] for r in rows], [100 * r["report"]["accuracy"] for r in rows], style,
-                lw=2.5 if whole else 1.2,
+                lw=3.0 if recorded else 2.0 if whole else 1.2,
                 label=f"seed {d['seed']}, {tuned}, {px} px, {epochs} epochs, "
-                      f"split by {'cell' if split == 'cells' else 'file number'}")
+                      f"split by {'cell' if split == 'cells' else 'file number'}"
+                      + (", scale recorded" if recorded else ", scale measured" if whole else ""))
     ax.axhline(95, color="grey", ls="--", lw=1, label="target after 25 cells")
     ax.set(xlabel="labelled cells per class (N)", ylabel="fields right (%)", ylim=(40, 100),
            title="Few-shot adaptation, DeepBioNet report part")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, fontsize=8)  # below: the lines stay visible
     fig.tight_layout()
     save(fig, out)
 

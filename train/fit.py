@@ -347,8 +347,8 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     if not pretrained or not few:
         return None
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
-    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 83-93 % of fields "
-            f"right with 5 different cells per class, 89-94 % with 10, 86-87 % with 25 and 88-89 % with all it "
+    return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 85-93 % of fields "
+            f"right with 5 different cells per class, 89-95 % with 10, 89-93 % with 25 and 88-91 % with all it "
             f"had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, which ones you label "
             f"moves the result more; label {FEW_CELLS} or more different cells of each class you see where you can "
             f"(one cell photographed twice counts once)")
