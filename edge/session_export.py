@@ -66,7 +66,7 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
                 classes[label] = classes.get(label, 0) + 1
                 entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
                                 "model_label": c["label"], "score": c["score"],
-                                "rbc_fraction": s.state.get("rbc_fraction")})
+                                "rbc_fraction": c.get("rbc_fraction", s.state.get("rbc_fraction"))})
     result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,
               "sessions": [f.name for f in folders]}
     if entries:

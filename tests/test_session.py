@@ -321,3 +321,27 @@ def test_export_records_the_scale_the_cells_were_cut_at_and_fit_trains_at_it(tmp
     assert recorded_scales(tmp_path) == {}  # no record: nothing recorded
     (out / "export.json").write_text("{not json")
     assert recorded_scales(out) == {}
+
+
+def test_cells_counted_after_a_model_reload_carry_the_new_models_scale(tmp_path):
+    """A lab hot-reloads its fine-tuned model into the running daemon: the cells counted from then on are cut
+    at that model's scale, and their records (and the export) say so."""
+    from scopelite.edge.reload import ModelReloader
+
+    scan = make_slide_scan(0, **SCAN)
+    old = FakeClassifier(CLASS_NAMES, InputSpec(32, 32, rbc_px=6.0), fn=by_colour)
+    new = FakeClassifier(CLASS_NAMES, InputSpec(32, 32, rbc_px=8.0), fn=by_colour)
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES, rbc_fraction=6.0 / 32)
+    reloader = ModelReloader(lambda path: new, old, "old")
+    half = len(scan) // 2
+
+    def emit(rec):
+        if rec.get("frame") == half and "event" not in rec:
+            reloader.reload("new")
+
+    run_watch(WatchConfig(mode="field"), ScanSource(scan), old, emit, session=sessions, reloader=reloader)
+    fractions = [(c["frame"], c["rbc_fraction"]) for c in sessions.current.cells]
+    before = {f for fr, f in fractions if fr <= half}
+    after = {f for fr, f in fractions if fr > half + 1}
+    assert before == {6.0 / 32} and after == {0.25}, fractions  # the new model's 8 px in 32
+    assert sessions.current.state["rbc_fraction"] == 6.0 / 32  # the session's own: the model it started with
