@@ -33,7 +33,7 @@ def _cited_results(text: str) -> set[str]:
             continue  # an extension or a pattern, not a file
         if "/" in tok.replace(".md/.json", "") or not re.search(r"\.(json|md|png|csv|\{[a-z,]+\}|\*|md/\.json)$", tok):
             continue
-        if tok.startswith(("model", "bench.", "crosscheck.", "evaluation.", "split.", "config.", "history.",
+        if tok.startswith(("model", "export.", "bench.", "crosscheck.", "evaluation.", "split.", "config.", "history.",
                            "audit.", "flagged.", "state.", "curves.", "confusion.", "summary.", "sel",
                            "prior.", "published.", "truth.", "manifest.", "*", "{", "frames.")):
             continue  # files a command writes, not committed results

@@ -78,7 +78,9 @@ def _preset_defaults(ctx, param, value):
                                        "1e-4, 30 epochs, mean of the last 5); your flags override it.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml_defaults,
               is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
-@click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg). Default: generated synthetic smears.")
+@click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg), e.g. a lab's reviewed cells from "
+              "celledge export (trained at the scale its export.json records they were cut at). Default: generated "
+              "synthetic smears.")
 @click.option("--exclude", default=None, type=click.Path(exists=True, dir_okay=False),
               help="File of image ids to leave out (from celltrain audit --exclusions).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
