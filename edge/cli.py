@@ -415,7 +415,8 @@ def _sessions(cfg, labels, spec=None):
 
     sessions = Sessions(cfg.sessions, labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http,
-                        rbc_fraction=None if spec is None else rbc_fraction(spec))
+                        # a fixed --crop-size follows no ruler: its scale is not known, so fit measures the cells
+                        rbc_fraction=None if spec is None or cfg.crop_size is not None else rbc_fraction(spec))
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
     return sessions, cfg.replace(count=None)

@@ -324,7 +324,7 @@ class Sessions:
         self.ends_run = False
         self.resumed: str | None = None
         self._lock = threading.RLock()
-        self._views: dict[int, tuple[np.ndarray, int, list]] = {}  # track id -> (crop, frame, centre)
+        self._views: dict[int, tuple[np.ndarray, int, list, float | None]] = {}  # track id -> (crop, frame, centre, scale)
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -412,17 +412,17 @@ class Sessions:
                 for c in cells:
                     tid = c.get("track")
                     if tid is not None and not (c.get("decided") or c.get("cut") or tid in self._cell_of_track):
-                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"])
+                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"], self.rbc_fraction)
             added = []
             for e in rec.get("counted") or []:
                 if not self.current.is_open:
                     break
-                crop, center = None, e.get("center")
-                if "track" in e:
-                    crop, _, center = self._views.pop(e["track"], (None, idx, None))
+                crop, center, cut_at = None, e.get("center"), self.rbc_fraction
+                if "track" in e:  # its crop is its latest whole view, cut at the scale of that frame's model
+                    crop, _, center, cut_at = self._views.pop(e["track"], (None, idx, None, self.rbc_fraction))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
-                added.append(self.current.add(_cell_record(e, idx, center, self.rbc_fraction), crop))
+                added.append(self.current.add(_cell_record(e, idx, center, cut_at), crop))
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()

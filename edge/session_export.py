@@ -4,7 +4,8 @@ OUT/<class>/<session>_<cell>.png for every reviewed cell with a class (not ``unc
 ``not_a_cell``), and OUT/export.json (which cell each file is, the model's label and the person's, and
 the scale the daemon cut it at: ``rbc_fraction``, a red cell's diameter over the crop's side).
 Exporting into the same folder again adds to it: file names are unique per session and cell, so
-several sessions (slides) build one dataset, and exporting a session twice rewrites the same files.
+several sessions (slides) build one dataset, and exporting a session twice rewrites the same files
+(a cell whose review changed since moves to its new class folder, or out).
 
 ``celltrain fit`` reads the scale back (``recorded_scales``): a model fine-tuned on exported cells
 records the scale they were cut at, not one measured again on the small crops, which can read a
@@ -49,9 +50,11 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
     entries, classes = [], {}
     skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0}
     folders = session_folders(paths)
+    earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in _read_record(out)}
     for folder in folders:
         s = Session.load(folder)
         for c in s.cells:
+            _drop_stale(out, earlier.get((s.id, c["id"])), _export_name(s.id, c))
             label = c.get("reviewed")
             if label is None:
                 skipped["unreviewed"] += 1
@@ -60,13 +63,13 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
             elif not c.get("crop") or not (folder / c["crop"]).is_file():
                 skipped["no crop"] += 1
             else:
-                name = f"{label}/{s.id}_{c['id']}.png"
+                name = _export_name(s.id, c)
                 with atomic_path(out / name) as tmp:
                     shutil.copyfile(folder / c["crop"], tmp)
                 classes[label] = classes.get(label, 0) + 1
                 entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
                                 "model_label": c["label"], "score": c["score"],
-                                "rbc_fraction": c.get("rbc_fraction", s.state.get("rbc_fraction"))})
+                                "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")})
     result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,
               "sessions": [f.name for f in folders]}
     if entries:
@@ -74,14 +77,33 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
     return result
 
 
+def _export_name(session_id: str, cell: dict) -> str | None:
+    """Where a reviewed cell's crop goes (None: it is not exported, e.g. reviewed as uncertain)."""
+    label = cell.get("reviewed")
+    if label is None or label in (UNCERTAIN, NOT_A_CELL):
+        return None
+    return f"{label}/{session_id}_{cell['id']}.png"
+
+
+def _drop_stale(out: Path, before: str | None, now: str | None) -> None:
+    """A cell exported before under another class (its review changed since) or no longer exportable:
+    its old copy goes, so that it does not train under two labels."""
+    if before and before != now and (out / before).is_file():
+        (out / before).unlink()
+        try:  # a class folder left empty would stop celltrain fit ("holds no images")
+            (out / before).parent.rmdir()
+        except OSError:
+            pass
+
+
 def record_files(out: str | os.PathLike, entries: list[dict], summary: dict | None = None) -> None:
-    """Write ``out/export.json``: ``entries`` (one per file: ``file`` relative to ``out``, optionally
-    ``rbc_fraction``) and what an earlier export there recorded of files still present that this one
-    did not write again."""
+    """Write ``out/export.json``: ``files``, the ``entries`` (one per file: ``file`` relative to ``out``,
+    optionally ``rbc_fraction``) and what an earlier export there recorded of files still present that
+    this one did not write again; ``last_export``: ``summary``, what this export did."""
     out = Path(out)
     new = {e["file"] for e in entries}
     kept = [e for e in _read_record(out) if e.get("file") not in new and (out / str(e.get("file"))).is_file()]
-    write_json_atomic(out / RECORD, {**(summary or {}), "files": kept + list(entries)})
+    write_json_atomic(out / RECORD, {"last_export": summary or {}, "files": kept + list(entries)})
 
 
 def _read_record(folder: Path) -> list[dict]:

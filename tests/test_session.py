@@ -302,22 +302,47 @@ def test_export_records_the_scale_the_cells_were_cut_at_and_fit_trains_at_it(tmp
     scales = recorded_scales(out)
     assert len(scales) == 2 and set(scales.values()) == {0.1875}
     ds = load_folders(out, 64)
-    assert training_scale(ds, out) == (12.0, "as export.json records (the crops were cut at it)")  # 0.1875 x 64
+    assert training_scale(ds) == (12.0, "as export.json records (the crops were cut at it)")  # 0.1875 x 64
+    assert training_scale(ds.subset([1]))[0] == 12.0  # the training split keeps its folder
 
     # a second export into the same folder keeps the first one's record of the files it did not write again
-    second = _session_with(tmp_path / "s2", ["monocyte"], rbc_fraction=0.1875)
+    # (another daemon's sessions: another start time, so other session ids and file names)
+    second = _session_with(tmp_path / "s2", ["monocyte"], rbc_fraction=0.1875, clock=lambda: 1.0e9)
     second.label(1, "confirm")
     export_reviewed([tmp_path / "s2"], out)
     assert len(recorded_scales(out)) == 3
 
-    # a session from before the scale was recorded: fit measures the crops instead, and says how many it knew
+    # a person changes a review: re-exporting moves the cell, it does not train under two labels
+    first.label(2, "monocyte")
+    export_reviewed([root], out)
+    assert len(list(out.glob("*/*.png"))) == 3 and len(recorded_scales(out)) == 3
+    assert not (out / "lymphocyte").exists()
+    first.label(1, "uncertain")
+    export_reviewed([root], out)
+    assert len(list(out.glob("*/*.png"))) == 2 and not (out / "neutrophil").exists()  # no empty class folder left
+
+    # a session from before the scale was recorded (its cell lines have no rbc_fraction): fit measures the
+    # crops instead, and says for how many images it had one
     legacy = tmp_path / "old"
-    old = _session_with(legacy, ["eosinophil"])
+    old = _session_with(legacy, ["eosinophil"], clock=lambda: 1.1e9)
+    lines = [json.loads(x) for x in (old.current.folder / "cells.jsonl").read_text().splitlines()]
+    (old.current.folder / "cells.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in c.items() if k != "rbc_fraction"}) + "\n" for c in lines))
+    old = Sessions(legacy, CLASS_NAMES, clock=lambda: 1.1e9)
     old.label(1, "confirm")
     export_reviewed([legacy], out)
     ds = load_folders(out, 64)
-    rbc, how = training_scale(ds, out)
-    assert how.startswith("measured on the images") and "3 of 4 images" in how
+    rbc, how = training_scale(ds)
+    assert how.startswith("measured on the images") and "2 of 3 images" in how, how
+
+    # cells cut by two models at different scales: one median would fit neither, so fit measures
+    mixed = tmp_path / "mixed"
+    export_reviewed([tmp_path / "s2"], mixed)
+    third = _session_with(tmp_path / "s3", ["basophil"], rbc_fraction=0.25, clock=lambda: 1.2e9)
+    third.label(1, "confirm")
+    export_reviewed([tmp_path / "s3"], mixed)
+    rbc, how = training_scale(load_folders(mixed, 64))
+    assert how.startswith("measured on the images") and "0.1875 to 0.2500" in how
     assert recorded_scales(tmp_path) == {}  # no record: nothing recorded
     (out / "export.json").write_text("{not json")
     assert recorded_scales(out) == {}
@@ -345,3 +370,14 @@ def test_cells_counted_after_a_model_reload_carry_the_new_models_scale(tmp_path)
     after = {f for fr, f in fractions if fr > half + 1}
     assert before == {6.0 / 32} and after == {0.25}, fractions  # the new model's 8 px in 32
     assert sessions.current.state["rbc_fraction"] == 6.0 / 32  # the session's own: the model it started with
+
+
+def test_a_fixed_crop_size_records_no_scale(tmp_path):
+    """--crop-size PX follows no ruler: the cells' scale is not known, so the sessions record none (fit measures)."""
+    from scopelite.edge.cli import _sessions
+
+    spec = InputSpec(96, 96, rbc_px=18.0)
+    auto, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "a")), CLASS_NAMES, spec)
+    fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), CLASS_NAMES, spec)
+    assert auto.rbc_fraction == 0.1875 and auto.current.state["rbc_fraction"] == 0.1875
+    assert fixed.rbc_fraction is None and fixed.current.state["rbc_fraction"] is None

@@ -45,6 +45,7 @@ class Dataset:
     description: str
     synthetic: bool
     predefined_split: dict[str, np.ndarray] | None = None  # e.g. MedMNIST's own train/val/test
+    root: str | None = None  # the class-folder dataset's folder (its export.json: ``training_scale``)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,22 +53,31 @@ class Dataset:
     def subset(self, idx) -> "Dataset":
         idx = np.asarray(idx, dtype=np.int64)
         return Dataset(self.images[idx], self.labels[idx], [self.ids[i] for i in idx],
-                       self.class_names, self.description, self.synthetic)
+                       self.class_names, self.description, self.synthetic, root=self.root)
 
     def counts(self) -> dict[str, int]:
         return {n: int((self.labels == i).sum()) for i, n in enumerate(self.class_names)}
 
 
-def training_scale(ds: Dataset, data: str | os.PathLike | None) -> tuple[float | None, str]:
+MIXED_SCALES = 1.03  # recorded scales further apart than this (max / min): measure instead of one median
+
+
+def training_scale(ds: Dataset) -> tuple[float | None, str]:
     """The red-cell diameter (px, in ``ds.images`` as loaded) the model is trained at, and where it
-    comes from: the scale ``celledge export`` recorded for every image (``DATA/export.json``: the
+    comes from: the scale ``celledge export`` recorded for every image (``ROOT/export.json``: the
     daemon cut them at it, so field mode must crop at it again), else measured on the images
-    (``scale.images_rbc_px``; None when too few red cells show)."""
-    recorded = recorded_scales(data) if data and Path(data).is_dir() else {}
-    fractions = [recorded.get(i) for i in ds.ids]
-    if ds.ids and all(f is not None for f in fractions):
-        return round(float(np.median(fractions)) * ds.images.shape[1], 2), f"as {RECORD} records (the crops were cut at it)"
-    note = f" ({RECORD} records it for {sum(f is not None for f in fractions)} of {len(ds)} images)" if recorded else ""
+    (``scale.images_rbc_px``; None when too few red cells show). Recorded scales that differ (cells
+    cut by two models) are measured instead: one median would fit neither."""
+    recorded = recorded_scales(ds.root) if ds.root and Path(ds.root).is_dir() else {}
+    fractions = [recorded.get(Path(i).as_posix()) for i in ds.ids]
+    known = [f for f in fractions if f is not None]
+    if ds.ids and len(known) == len(fractions) and max(known) <= MIXED_SCALES * min(known):
+        return round(float(np.median(known)) * ds.images.shape[1], 2), f"as {RECORD} records (the crops were cut at it)"
+    note = ""
+    if known and len(known) < len(fractions):
+        note = f" ({RECORD} records it for {len(known)} of {len(ds)} images)"
+    elif known:
+        note = f" ({RECORD} records scales from {min(known):.4f} to {max(known):.4f} of a crop's side: cells cut by different models)"
     return images_rbc_px(ds.images), "measured on the images" + note
 
 
@@ -125,7 +135,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     ids = [str(p.relative_to(root)) for p, _ in files]
     synthetic = marked_synthetic(root)
     desc = f"class folders at {root.resolve()}" + (" (synthetic: made by celltrain synth)" if synthetic else "")
-    return Dataset(images, labels, ids, class_names, desc, synthetic)
+    return Dataset(images, labels, ids, class_names, desc, synthetic, root=str(root))
 
 
 def marked_synthetic(root: str | os.PathLike) -> bool:

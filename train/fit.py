@@ -266,7 +266,7 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
         path, format="keras", labels=ds.class_names,
         # the preprocessing the training images went through (data_lib.input_spec), as float32 pixels
         input=dataclasses.replace(data_lib.input_spec(cfg.image_size), dtype="float32",
-                                  rbc_px=data_lib.training_scale(ds, cfg.data)[0]),
+                                  rbc_px=data_lib.training_scale(ds)[0]),
         output=TensorSpec(dtype="float32", quantization=None), runtimes=("keras",), metrics=metrics,
         provenance=Provenance(tools=versions(), training=training),
         synthetic_data=ds.synthetic, stain_reference=_stain_reference(ds.images))
@@ -318,8 +318,8 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     write_json_atomic(out / "config.json", cfg.to_json())
     log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
-    if cfg.data and (Path(cfg.data) / data_lib.RECORD).is_file():  # cells exported by celledge export
-        rbc, how = data_lib.training_scale(ds, cfg.data)
+    if ds.root and (Path(ds.root) / data_lib.RECORD).is_file():  # cells exported by celledge export
+        rbc, how = data_lib.training_scale(ds)
         log(f"      training scale: red cells {rbc} px across, {how}")
     note = few_cells_note(ds.counts(), pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
@@ -435,8 +435,8 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
     cw = class_weights(tr.labels, n_classes) if cfg.balance == "weights" else None
     rbc_px = None  # --aug debris sizes its artefacts in µm from the training crops' own red cells
     if (cfg.aug or {}).get("debris", 0) != 0:
-        rbc_px = data_lib.training_scale(tr, cfg.data)[0]
-        log(f"      debris sized from the training crops' red cells: {rbc_px} px = 7.5 µm" if rbc_px else
+        rbc_px = data_lib.training_scale(tr)[0]
+        log(f"      debris sized from the training scale: red cells {rbc_px} px = 7.5 µm" if rbc_px else
             "      debris: no red cells measurable in the training crops; 18 px per 96 px = 7.5 µm assumed")
     val_batch = cfg.batch_size  # multi-worker: no replica may get an empty share of the last batch
     if cluster:
