@@ -351,7 +351,7 @@ def watch(**_):
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
 
-    sessions, cfg = _sessions(cfg, clf.labels, clf.input_spec)
+    sessions, cfg = _sessions(cfg, clf)
     if cfg.http:
         from .httpd import Status, exposure_warning, parse_address, serve, url
 
@@ -404,19 +404,17 @@ def _site(path: str | None, clf):
     return load(path, input_px=clf.input_spec.height)
 
 
-def _sessions(cfg, labels, spec=None):
+def _sessions(cfg, clf):
     """``--sessions``: the sessions folder (resumed or new) and the run's config, whose count the session
-    now keeps (a session closes at --count; a daemon with --http goes on to the next one). ``spec``: the
-    model's input, whose scale the sessions record (the scale field mode cuts their cells at)."""
+    now keeps (a session closes at --count; a daemon with --http goes on to the next one). The sessions
+    record the scale field mode cuts ``clf``'s cells at (``FieldConfig.cut_scale``)."""
     if not cfg.sessions:
         return None, cfg
-    from .field import rbc_fraction
     from .session import Sessions
+    from .watch import field_config
 
-    sessions = Sessions(cfg.sessions, labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
-                        new=cfg.new_session, one_shot=not cfg.http,
-                        # a fixed --crop-size follows no ruler: its scale is not known, so fit measures the cells
-                        rbc_fraction=None if spec is None or cfg.crop_size is not None else rbc_fraction(spec))
+    sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
+                        new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale())
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
     return sessions, cfg.replace(count=None)

@@ -35,12 +35,6 @@ def model_rbc_px(spec) -> float:
     return spec.rbc_px or DEFAULT_MODEL_RBC_PX
 
 
-def rbc_fraction(spec) -> float:
-    """The scale field mode cuts a model's crops at, whatever size they are saved at: a red cell's
-    diameter over the crop's side (``model_rbc_px`` over the input size)."""
-    return round(model_rbc_px(spec) / spec.height, 5)
-
-
 @dataclass(frozen=True)
 class Detection:
     x: float  # centre, pixels
@@ -68,6 +62,12 @@ class FieldConfig:
     def rbc_px_for_crop(self) -> float | None:
         """The frame's red-cell diameter implied by a fixed crop size (None in auto mode)."""
         return None if self.crop_size is None else self.crop_size * self.model_rbc_px / self.input_px
+
+    def cut_scale(self) -> float | None:
+        """The scale the crops are cut at, whatever size they are saved at: a red cell's diameter over the
+        crop's side (``model_rbc_px`` over ``input_px``); None with a fixed ``crop_size``, which follows no
+        ruler (a session records it, ``celledge export`` passes it on to ``celltrain fit``)."""
+        return None if self.crop_size is not None else round(self.model_rbc_px / self.input_px, 5)
 
     def crop_for(self, rbc_px: float) -> int:
         """Crop side (frame px) that shows a red cell of ``rbc_px`` at the model's scale."""

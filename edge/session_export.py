@@ -54,7 +54,8 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
     for folder in folders:
         s = Session.load(folder)
         for c in s.cells:
-            _drop_stale(out, earlier.get((s.id, c["id"])), _export_name(s.id, c))
+            name = _export_name(s.id, c)
+            _drop_stale(out, earlier.get((s.id, c["id"])), name)
             label = c.get("reviewed")
             if label is None:
                 skipped["unreviewed"] += 1
@@ -63,7 +64,6 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
             elif not c.get("crop") or not (folder / c["crop"]).is_file():
                 skipped["no crop"] += 1
             else:
-                name = _export_name(s.id, c)
                 with atomic_path(out / name) as tmp:
                     shutil.copyfile(folder / c["crop"], tmp)
                 classes[label] = classes.get(label, 0) + 1

@@ -446,8 +446,7 @@ def run_watch(
                     classifier, field_cfg = new, field_config(config, new)
                     field_scale.cfg, reference = field_cfg, ood.reference_of(getattr(new, "sidecar", None))
                     if session is not None:  # the cells counted from now on are cut at the new model's scale
-                        session.rbc_fraction = (None if field_cfg.crop_size is not None
-                                                else field_lib.rbc_fraction(new.input_spec))
+                        session.rbc_fraction = field_cfg.cut_scale()
                 for event in events:
                     emit({**event, "frame": n})
             t_frame = clock()

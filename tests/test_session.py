@@ -376,8 +376,8 @@ def test_a_fixed_crop_size_records_no_scale(tmp_path):
     """--crop-size PX follows no ruler: the cells' scale is not known, so the sessions record none (fit measures)."""
     from scopelite.edge.cli import _sessions
 
-    spec = InputSpec(96, 96, rbc_px=18.0)
-    auto, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "a")), CLASS_NAMES, spec)
-    fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), CLASS_NAMES, spec)
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(96, 96, rbc_px=18.0))
+    auto, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "a")), clf)
+    fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), clf)
     assert auto.rbc_fraction == 0.1875 and auto.current.state["rbc_fraction"] == 0.1875
     assert fixed.rbc_fraction is None and fixed.current.state["rbc_fraction"] is None

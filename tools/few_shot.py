@@ -185,7 +185,7 @@ def main() -> None:
                     shutil.copy(files[p], data / cls / files[p].name)
             if not a.measure_scale:  # as celledge export records them: the scale the crops were cut at
                 record_files(data, [{"file": f"{cls}/{files[p].name}", "label": cls, "field": p.name,
-                                     "rbc_fraction": field_lib.rbc_fraction(spec)} for cls, ps in picked.items() for p in ps])
+                                     "rbc_fraction": cfg.cut_scale()} for cls, ps in picked.items() for p in ps])
             row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(cells)}
             run_dir = work / f"run-{n}"
             shutil.rmtree(run_dir, ignore_errors=True)
