@@ -50,9 +50,18 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
     entries, classes = [], {}
     skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0}
     folders = session_folders(paths)
-    earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in _read_record(out)}
-    for folder in folders:
-        s = Session.load(folder)
+    record = _read_record(out)
+    earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
+    started = {e.get("session"): e.get("session_started") for e in record if e.get("session_started") is not None}
+    sessions = [Session.load(folder) for folder in folders]
+    for s in sessions:  # one id, two sessions (two devices started in one second, before ids had a suffix)
+        other = next((t.folder for t in sessions if t.id == s.id and t.folder.resolve() != s.folder.resolve()), None)
+        if other is not None or started.get(s.id, s.state.get("started")) != s.state.get("started"):
+            where = f"{other}" if other is not None else f"a session exported into {out} before"
+            raise SessionError(f"{s.folder} and {where} share the session id {s.id}; their cells would overwrite "
+                               "each other: export them into separate folders", 409)
+    for s in sessions:
+        folder = s.folder
         for c in s.cells:
             name = _export_name(s.id, c)
             _drop_stale(out, earlier.get((s.id, c["id"])), name)
@@ -67,7 +76,8 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
                 with atomic_path(out / name) as tmp:
                     shutil.copyfile(folder / c["crop"], tmp)
                 classes[label] = classes.get(label, 0) + 1
-                entries.append({"file": name, "session": s.id, "cell": c["id"], "label": label,
+                entries.append({"file": name, "session": s.id, "session_started": s.state.get("started"),
+                                "cell": c["id"], "label": label,
                                 "model_label": c["label"], "score": c["score"],
                                 "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")})
     result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,

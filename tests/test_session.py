@@ -1,6 +1,7 @@
 """Sessions (edge/session.py): cells recorded with their crops, report, resume after a kill, review, export."""
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -261,6 +262,38 @@ def test_export_is_a_dataset_that_celltrain_reads(tmp_path):
     assert {f["cell"]: f["model_label"] for f in files} == {1: "neutrophil", 2: "lymphocyte", 3: "monocyte"}
     export_reviewed([root / sessions.current.id], out)  # again: the same files, not copies
     assert len(load_folders(out, 32)) == 3
+
+
+def test_two_devices_sessions_started_in_one_second_export_into_one_folder(tmp_path):
+    """Two microscopes' daemons, one second: their sessions get different ids, so their cells do not overwrite
+    each other in a shared export folder; sessions that do share an id (made before ids had a suffix) are
+    refused, not merged."""
+    def second():
+        return 1_790_000_000.0
+
+    a = _session_with(tmp_path / "a", ["neutrophil", "lymphocyte"], clock=second)
+    b = _session_with(tmp_path / "b", ["monocyte", "eosinophil"], clock=second)
+    assert a.current.id != b.current.id and a.current.id[:15] == b.current.id[:15]  # same second, own suffix
+    for s in (a, b):
+        s.label(1, "confirm")
+        s.label(2, "confirm")
+    out = tmp_path / "data"
+    export_reviewed([tmp_path / "a"], out)
+    r = export_reviewed([tmp_path / "b"], out)
+    assert r["cells"] == 2
+    assert sorted(p.parent.name for p in out.glob("*/*.png")) == ["eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    # an older pair of sessions with one id: refused before anything is written or removed
+    clone = tmp_path / "c" / a.current.id
+    shutil.copytree(a.current.folder, clone)
+    state = json.loads((clone / "state.json").read_text())
+    (clone / "state.json").write_text(json.dumps({**state, "started": state["started"] + 0.5}))
+    before = sorted(out.rglob("*"))
+    with pytest.raises(SessionError, match="share the session id"):
+        export_reviewed([tmp_path / "c"], out)  # another session under an id already exported here
+    with pytest.raises(SessionError, match="share the session id"):
+        export_reviewed([tmp_path / "a", tmp_path / "c"], tmp_path / "fresh")  # two in one export
+    assert sorted(out.rglob("*")) == before and not (tmp_path / "fresh").exists()
+    export_reviewed([tmp_path / "a"], out)  # the same session again is fine
 
 
 def test_export_cli(tmp_path):
