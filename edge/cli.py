@@ -585,18 +585,27 @@ def info(model):
 @main.command("export")
 @click.argument("sessions", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The dataset folder (created; added to).")
+@click.option("--self-train", "self_train", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="MODEL", help="Your adapted int8 model (fitted on these reviewed cells): also export the "
+              "unreviewed cells it scores 0.9 or more, under its class, at most twice your largest class's "
+              "reviewed count per class; then fit again.")
 @one_line_errors
-def export(sessions, out):
+def export(sessions, out, self_train):
     """Export the cells a person reviewed as a class-folder dataset for `celltrain fit --data`.
 
     SESSIONS are session folders or folders of sessions (`celledge watch --sessions DIR`). Each reviewed
     cell with a class goes to OUT/<class>/<session>_<cell>.png; uncertain, not-a-cell and unreviewed
-    cells stay out. Exporting more sessions into OUT adds to it.
+    cells stay out (with --self-train, the unreviewed cells the adapted model is sure of go too: one
+    round of self-training on the cells your device has already seen; export.json marks them "pseudo").
+    Exporting more sessions into OUT adds to it.
 
     \b
     Example:
       celledge export sessions/ --out my_cells/
       celltrain fit --preset few-shot --data my_cells/ --out runs/mine
+      cellcompress runs/mine/model.keras --int8 --out runs/mine/int8
+      celledge export sessions/ --out my_cells/ --self-train runs/mine/int8/model.tflite
+      celltrain fit --preset few-shot --data my_cells/ --out runs/mine2
     """
     from pathlib import Path
 
@@ -604,7 +613,12 @@ def export(sessions, out):
     from .session_export import export_reviewed, summary_line
 
     check_writable(out, "--out")
-    result = export_reviewed(sessions, out)
+    model = None
+    if self_train is not None:
+        from .classifier import make_classifier
+
+        model = make_classifier(self_train, device="cpu")
+    result = export_reviewed(sessions, out, model)
     click.echo(summary_line(result, out))
     if not result["cells"]:
         raise UserError("no reviewed cells to export: review them first (the /review page of celledge watch --http)")

@@ -17,10 +17,19 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .bundle import atomic_path, write_json_atomic
 from .differential import UNCERTAIN
+from .preprocess import prepare
+from .self_train import confident
 from .session import NOT_A_CELL, Session, SessionError, list_sessions
+from .sources import read_image_rgb
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 RECORD = "export.json"  # in the exported folder: which cell each file is, and the scale it was cut at
 
@@ -39,15 +48,19 @@ def session_folders(paths) -> list[Path]:
     return out
 
 
-def export_reviewed(paths, out: str | os.PathLike) -> dict:
+def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None = None) -> dict:
     """Copy the reviewed cells' crops of the sessions at ``paths`` into ``out/<class>/``.
+
+    ``self_train``: the lab's adapted model (fine-tuned on its reviewed cells): the unreviewed cells it is
+    sure of (``self_train.confident``) go too, under its class, marked ``"pseudo": true`` in export.json, for
+    a second fit. Exported again without it, those copies go.
 
     Returns:
         {"classes": {class: files}, "cells": n, "skipped": {"unreviewed": n, "uncertain or not a cell": n,
-        "no crop": n}, "sessions": [ids]}
+        "no crop": n}, "sessions": [ids], "self_trained": {class: files}}
     """
     out = Path(out)
-    entries, classes = [], {}
+    entries, classes, guessed = [], {}, {}
     skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0}
     folders = session_folders(paths)
     record = _read_record(out)
@@ -60,36 +73,78 @@ def export_reviewed(paths, out: str | os.PathLike) -> dict:
             where = f"{other}" if other is not None else f"a session exported into {out} before"
             raise SessionError(f"{s.folder} and {where} share the session id {s.id}; their cells would overwrite "
                                "each other: export them into separate folders", 409)
+    pseudo = _pseudo_labels(sessions, self_train) if self_train is not None else {}
     for s in sessions:
         folder = s.folder
         for c in s.cells:
-            name = _export_name(s.id, c)
+            guess = pseudo.get((s.id, c["id"]))
+            name = _export_name(s.id, c, guess[0] if guess else None)
             _drop_stale(out, earlier.get((s.id, c["id"])), name)
             label = c.get("reviewed")
-            if label is None:
+            if label is None and guess is None:
                 skipped["unreviewed"] += 1
             elif label in (UNCERTAIN, NOT_A_CELL):
                 skipped["uncertain or not a cell"] += 1
-            elif not c.get("crop") or not (folder / c["crop"]).is_file():
+            elif not _has_crop(folder, c):
                 skipped["no crop"] += 1
             else:
                 with atomic_path(out / name) as tmp:
                     shutil.copyfile(folder / c["crop"], tmp)
-                classes[label] = classes.get(label, 0) + 1
-                entries.append({"file": name, "session": s.id, "session_started": s.state.get("started"),
-                                "cell": c["id"], "label": label,
-                                "model_label": c["label"], "score": c["score"],
-                                "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")})
-    result = {"classes": dict(sorted(classes.items())), "cells": len(entries), "skipped": skipped,
-              "sessions": [f.name for f in folders]}
+                entry = {"file": name, "session": s.id, "session_started": s.state.get("started"),
+                         "cell": c["id"], "label": label, "model_label": c["label"], "score": c["score"],
+                         "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")}
+                if label is None:  # unreviewed: the adapted model's class
+                    entry.update(label=guess[0], pseudo=True, pseudo_score=round(guess[1], 4))
+                    guessed[guess[0]] = guessed.get(guess[0], 0) + 1
+                else:
+                    classes[label] = classes.get(label, 0) + 1
+                entries.append(entry)
+    result = {"classes": dict(sorted(classes.items())), "cells": len(entries) - sum(guessed.values()),
+              "skipped": skipped, "sessions": [f.name for f in folders], "self_trained": dict(sorted(guessed.items()))}
     if entries:
         record_files(out, entries, result)
     return result
 
 
-def _export_name(session_id: str, cell: dict) -> str | None:
-    """Where a reviewed cell's crop goes (None: it is not exported, e.g. reviewed as uncertain)."""
+def _has_crop(folder: Path, cell: dict) -> bool:
+    return bool(cell.get("crop")) and (folder / cell["crop"]).is_file()
+
+
+SELF_TRAIN_BATCH = 256  # crops classified at a time (memory stays small on a device's sessions)
+
+
+def _pseudo_labels(sessions: list[Session], model: Classifier) -> dict[tuple[str, int], tuple[str, float]]:
+    """(session, cell) -> (class, score) for the unreviewed cells ``model`` is sure of, judged among the classes
+    the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class)."""
+    reviewed: dict[str, int] = {}
+    for s in sessions:
+        for c in s.cells:
+            r = c.get("reviewed")
+            if r is not None and r not in (UNCERTAIN, NOT_A_CELL) and _has_crop(s.folder, c):
+                reviewed[r] = reviewed.get(r, 0) + 1
+    known = [k for k in sorted(reviewed) if k in model.labels]
+    if reviewed and not known:
+        raise SessionError(f"--self-train: the model knows none of the reviewed classes ({', '.join(sorted(reviewed))})", 400)
+    todo = [(s, c) for s in sessions for c in s.cells if c.get("reviewed") is None and _has_crop(s.folder, c)]
+    if not known or not todo:
+        return {}
+    probs = []
+    for i in range(0, len(todo), SELF_TRAIN_BATCH):
+        crops = [prepare(read_image_rgb(s.folder / c["crop"]), model.input_spec) for s, c in todo[i:i + SELF_TRAIN_BATCH]]
+        probs.append(model.classify(np.stack(crops)))
+    probs = np.concatenate(probs)
+    chosen = confident(probs, list(model.labels), known, max(reviewed[k] for k in known))
+    cols = {k: list(model.labels).index(k) for k in known}
+    return {(todo[i][0].id, todo[i][1]["id"]): (k, float(probs[i, cols[k]])) for k, idx in chosen.items() for i in idx}
+
+
+def _export_name(session_id: str, cell: dict, guess: str | None = None) -> str | None:
+    """Where a cell's crop goes: its reviewed class's folder, or for an unreviewed cell ``guess`` (the
+    adapted model's class under ``--self-train``); None: it is not exported (unreviewed without a guess,
+    reviewed as uncertain or not a cell)."""
     label = cell.get("reviewed")
+    if label is None:
+        label = guess
     if label is None or label in (UNCERTAIN, NOT_A_CELL):
         return None
     return f"{label}/{session_id}_{cell['id']}.png"
@@ -139,6 +194,9 @@ def summary_line(result: dict, out) -> str:
     """One line for the terminal."""
     per = ", ".join(f"{k} {v}" for k, v in result["classes"].items()) or "none"
     skip = ", ".join(f"{v} {k}" for k, v in result["skipped"].items() if v)
+    guessed = result.get("self_trained") or {}
+    more = (f"; and {sum(guessed.values())} unreviewed cells the adapted model is sure of: "
+            + ", ".join(f"{k} {v}" for k, v in guessed.items())) if guessed else ""
     return (f"exported {result['cells']} reviewed cells from {len(result['sessions'])} session(s) to {out}: {per}"
-            + (f" (skipped: {skip})" if skip else ""))
+            + more + (f" (skipped: {skip})" if skip else ""))
 

@@ -45,3 +45,4 @@ def test_by_setup_scores_each_background_apart():
     assert out["yellower background"] == {"fields": 3, "accuracy": round(2 / 3, 4),
                                           "per_class": {"eosinophil": 0.5, "neutrophil": 1.0}}
     assert out["bluer background"] == {"fields": 1, "accuracy": 0.0, "per_class": {"neutrophil": 0.0}}
+

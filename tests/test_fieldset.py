@@ -127,6 +127,20 @@ def test_main_cell_crop_is_the_white_cell_at_the_model_input_size():
     assert fieldset.main_cell_crop(empty, cfg) is None
 
 
+def test_white_cell_crops_gives_every_white_cell_largest_first():
+    lymph = CLASS_NAMES.index("lymphocyte")
+    img = render_scene(H, W, [(NEUTROPHIL, 90, 80), (lymph, 290, 200), (PLATELET, 200, 150)], 1.0,
+                       np.random.default_rng(5), 80)
+    cfg = field_lib.FieldConfig(crop_size=120, input_px=48, model_rbc_px=10.0)
+    crops = fieldset.white_cell_crops(img, cfg)
+    assert len(crops) == 2 and all(c.shape == (48, 48, 3) for c in crops)  # the platelet is not white-cell sized
+    assert _mad(crops[0], fieldset.main_cell_crop(img, cfg)) == 0  # the main cell is the first
+    at = {xy: _crop_at(img, *xy, 120, 48) for xy in ((90, 80), (290, 200))}
+    nearest = [min(at, key=lambda xy: _mad(c, at[xy])) for c in crops]
+    assert sorted(nearest) == sorted(at)  # one crop on each white cell
+    assert fieldset.white_cell_crops(render_scene(H, W, [], 1.0, np.random.default_rng(1), 30), cfg) == []
+
+
 @pytest.mark.parametrize("model_rbc_px", [10.0, 18.0])  # a fixed crop at the fields' scale, and at another
 def test_main_cell_crop_finds_the_white_cell_field_mode_finds(model_rbc_px):
     """One scale for both (FieldScale.measure): a fixed --crop-size sets the detector's scale here as in field mode."""

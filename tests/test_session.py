@@ -11,7 +11,7 @@ from scopelite.edge.bundle import CLASS_NAMES, InputSpec
 from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.session import NOT_A_CELL, Session, SessionError, Sessions, read_jsonl
-from scopelite.edge.session_export import export_reviewed
+from scopelite.edge.session_export import export_reviewed, summary_line
 from scopelite.edge.watch import run_watch
 from scopelite.train.slide import make_slide_scan
 
@@ -296,6 +296,50 @@ def test_two_devices_sessions_started_in_one_second_export_into_one_folder(tmp_p
     export_reviewed([tmp_path / "a"], out)  # the same session again is fine
 
 
+def _by_brightness(crops):
+    """An adapted model that names a crop by its brightness (the frames of _feed: 30 per cell)."""
+    out = np.full((len(crops), len(CLASS_NAMES)), 0.005)
+    for i, b in enumerate(crops.reshape(len(crops), -1).mean(axis=1)):
+        name, p = ("neutrophil", 0.95) if b < 45 else ("lymphocyte", 0.95) if b < 75 else \
+            ("neutrophil", 0.6) if b < 105 else ("monocyte", 0.99) if b < 135 else ("neutrophil", 0.97)
+        out[i, CLASS_NAMES.index(name)] = p
+    return out
+
+
+def test_export_self_train_adds_the_unreviewed_cells_the_adapted_model_is_sure_of(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "neutrophil", "lymphocyte", "monocyte", "neutrophil"])
+    sid = sessions.current.id
+    sessions.label(1, "confirm")
+    sessions.label(2, "confirm")
+    model = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=_by_brightness)
+    out = tmp_path / "data"
+    r = export_reviewed([root], out, model)
+    # cell 3 (the daemon said neutrophil) is a sure lymphocyte, cell 6 a sure neutrophil; cell 4 unsure; cell 5 a
+    # monocyte, a class nobody reviewed: judged among neutrophil and lymphocyte it scores too little for either
+    assert r["cells"] == 2 and r["self_trained"] == {"lymphocyte": 1, "neutrophil": 1}
+    assert r["skipped"]["unreviewed"] == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.png")) == [
+        f"lymphocyte/{sid}_2.png", f"lymphocyte/{sid}_3.png", f"neutrophil/{sid}_1.png", f"neutrophil/{sid}_6.png"]
+    files = {f["cell"]: f for f in json.loads((out / "export.json").read_text())["files"]}
+    assert files[3]["pseudo"] and files[3]["label"] == "lymphocyte" and files[3]["model_label"] == "neutrophil"
+    assert files[3]["pseudo_score"] == 0.95 and "pseudo" not in files[1]
+    assert "and 2 unreviewed cells the adapted model is sure of: lymphocyte 1, neutrophil 1" in summary_line(r, out)
+    sessions.label(3, "eosinophil")  # a person names cell 3 after all: it moves, reviewed, not a guess
+    _feed(sessions, ["neutrophil"] * 4, frame0=6)  # cells 7-10, brightness 0, 30, 60, 90
+    r = export_reviewed([root], out, model)
+    assert r["classes"] == {"eosinophil": 1, "lymphocyte": 1, "neutrophil": 1}
+    assert not (out / "lymphocyte" / f"{sid}_3.png").exists() and (out / "eosinophil" / f"{sid}_3.png").is_file()
+    # sure neutrophils: 6 (0.97), 7 and 8 (0.95); one reviewed cell per class allows two guesses per class
+    assert r["self_trained"] == {"lymphocyte": 1, "neutrophil": 2}
+    assert (out / "neutrophil" / f"{sid}_6.png").is_file() and (out / "lymphocyte" / f"{sid}_9.png").is_file()
+    # exported again without --self-train: the guesses go, the reviewed cells stay
+    r = export_reviewed([root], out)
+    assert r["self_trained"] == {} and sorted(p.parent.name for p in out.glob("*/*.png")) == [
+        "eosinophil", "lymphocyte", "neutrophil"]
+    assert not any(f.get("pseudo") for f in json.loads((out / "export.json").read_text())["files"])
+
+
 def test_export_cli(tmp_path):
     root = tmp_path / "s"
     sessions = _session_with(root, ["neutrophil", "lymphocyte"])
@@ -306,6 +350,25 @@ def test_export_cli(tmp_path):
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
     assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout
     assert sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir()) == ["lymphocyte", "neutrophil"]
+
+
+def test_export_cli_self_train(tmp_path, tiny_run):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte", "neutrophil"])
+    sessions.label(1, "confirm")
+    sessions.label(2, "confirm")
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"), "--self-train",
+                   str(tiny_run["tflite"]))
+    assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout, r.stderr
+    files = json.loads((tmp_path / "data" / "export.json").read_text())["files"]
+    guessed = [f for f in files if f.get("pseudo")]
+    assert all(f["label"] in ("neutrophil", "lymphocyte") and f["pseudo_score"] >= 0.9 for f in guessed)
+    assert len(files) == 2 + len(guessed) and (f"and {len(guessed)} unreviewed" in r.stdout) == bool(guessed)
+    (tmp_path / "bad.tflite").write_bytes(b"not a model")
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data2"), "--self-train",
+                   str(tmp_path / "bad.tflite"))
+    assert_one_line_error(r, "bad.tflite")
+    assert not (tmp_path / "data2").exists()
 
 
 def test_watch_options_that_contradict_sessions(tmp_path):

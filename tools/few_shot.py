@@ -19,6 +19,8 @@ validation and test, as it always does. Wall times are for 2 CPU cores.
 
     python tools/few_shot.py --n 25 --image-size 128     # fine-tune at 128 px (the same area cropped)
     python tools/few_shot.py --n 25 --weights RUN.keras  # start from other weights than the shipped model's
+    python tools/few_shot.py --n 25 --self-train ../shared/data/other-labs/deepbionet/detection/images
+        # then one round of self-training on the lab's unlabelled frames (decision 17a)
     python tools/few_shot.py plot OUT.png RESULTS.json [RESULTS.json ...]   # accuracy against N
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from scopelite.edge import field as field_lib
 from scopelite.edge import fieldset
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
+from scopelite.edge.self_train import confident
 from scopelite.edge.session_export import record_files
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
@@ -53,8 +56,6 @@ RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" is 
     "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # since session 15
     "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
-
-
 def export_crops(crops: list[tuple[Path, np.ndarray]], out: Path) -> dict[Path, Path]:
     """The main-cell crops as PNG files under ``out/<class>/``, by field."""
     written = {}
@@ -112,6 +113,26 @@ def draw(cells: dict[str, list[Path]], n: int, seed: int) -> dict[str, list[Path
     return {cls: [cells[cls][i] for i in order[cls][:n]] for cls in sorted(cells)}
 
 
+def grey48(crop: np.ndarray) -> np.ndarray:
+    """A crop as ``fieldset.copy_score`` compares it here: grey, 48 px (a quarter of the work of 96 px)."""
+    return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def pool_crops(pool: Path, cfg: field_lib.FieldConfig, labelled: list[np.ndarray]
+               ) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """Every white-cell-sized detection of the unlabelled frames under ``pool`` (each frame at its own measured
+    scale: the pool may mix set-ups), as (name, crop), less the crops that copy one of the ``labelled`` crops
+    (``fieldset.copy_score`` at 48 px >= ``fieldset.DUPLICATE_NCC``): no validation or report cell is seen, even
+    unlabelled. Also how many were left out."""
+    frames = list_images([pool])
+    crops = [(f"{p.stem}-{i}", c) for p, img in zip(frames, fieldset.read_fields(frames))
+             for i, c in enumerate(fieldset.white_cell_crops(img, cfg))]
+    ref = [grey48(c) for c in labelled]
+    kept = [(name, c) for name, c in crops
+            if max(fieldset.copy_score(grey48(c), r) for r in ref) < fieldset.DUPLICATE_NCC]
+    return kept, len(crops) - len(kept)
+
+
 def run(cmd: list[str], log: Path) -> float:
     t = time.time()
     with open(log, "a") as f:
@@ -121,6 +142,18 @@ def run(cmd: list[str], log: Path) -> float:
     if r.returncode != 0:
         sys.exit(f"Error: {' '.join(cmd[:3])} failed (rc {r.returncode}); see {log}")
     return round(time.time() - t, 1)
+
+
+def fit_and_compress(bin_dir: Path, a, data: Path, run_dir: Path, fit: list[str], row: dict) -> Path:
+    """``celltrain fit`` on ``data`` then ``cellcompress --int8``, as a lab runs them; the wall times go into
+    ``row``; the int8 model's path."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log = run_dir.with_suffix(".log")
+    row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", a.weights, "--data", str(data),
+                              "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed), *fit], log)
+    row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
+                                   "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
+    return run_dir / "int8" / "model.tflite"
 
 
 def main() -> None:
@@ -143,6 +176,10 @@ def main() -> None:
     ap.add_argument("--measure-scale", action="store_true",
                     help="leave out the export record (export.json) of the cells' scale, so that celltrain fit measures "
                          "it on the crops, as before session 16 (DeepBioNet: 16.98 px on crops cut at 18.0)")
+    ap.add_argument("--self-train", metavar="POOL", default=None,
+                    help="after each fit, classify the white cells of the unlabelled frames under POOL with the adapted "
+                         "model, add the confident ones to the labelled cells (decision 17a) and fit again; the row's "
+                         "'self_train' holds the second model's figures")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
@@ -155,8 +192,8 @@ def main() -> None:
     rbc = field_lib.model_rbc_px(spec)
     # which fields show one cell: compared at the shipped model's scale and size, whatever --image-size
     # (--split number: every field its own cell, the old split)
-    groups = [[p] for p in fields] if a.split == "number" else fieldset.duplicate_groups(
-        fieldset.main_cell_crops(fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
+    labelled = list(fieldset.main_cell_crops(fields, field_lib.FieldConfig(model_rbc_px=rbc, input_px=spec.height)))
+    groups = [[p] for p in fields] if a.split == "number" else fieldset.duplicate_groups(labelled)
     grouped = {p for g in groups for p in g}
     groups += [[p] for p in fields if p not in grouped]  # no main cell found: a cell of its own
     cell_of = {p: i for i, g in enumerate(groups) for p in g}
@@ -166,6 +203,7 @@ def main() -> None:
     cfg = field_lib.FieldConfig(model_rbc_px=rbc * size / spec.height, input_px=size)
     files = export_crops(list(fieldset.main_cell_crops(adapt, cfg)), work / "crops")  # the scale smoothed as the daemon does
     cells = one_field_per_cell(adapt, files, cell_of)
+    pool, left_out = pool_crops(Path(a.self_train), cfg, [c for _, c in labelled]) if a.self_train else ([], 0)
     rows = []
     fit = (COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
            + shlex.split(a.fit_args))
@@ -187,15 +225,24 @@ def main() -> None:
                 record_files(data, [{"file": f"{cls}/{files[p].name}", "label": cls, "field": p.name,
                                      "rbc_fraction": cfg.cut_scale()} for cls, ps in picked.items() for p in ps])
             row["cells"] = {cls: len(list((data / cls).iterdir())) for cls in sorted(cells)}
-            run_dir = work / f"run-{n}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            log = work / f"run-{n}.log"
-            row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", a.weights, "--data", str(data),
-                                      "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed),
-                                      *fit], log)
-            row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
-                                           "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
-            model = run_dir / "int8" / "model.tflite"
+            model = fit_and_compress(bin_dir, a, data, work / f"run-{n}", fit, row)
+            if pool:
+                with_pool = work / f"data-{n}-self"
+                shutil.rmtree(with_pool, ignore_errors=True)
+                shutil.copytree(data, with_pool)
+                clf = LiteRTClassifier(model, num_threads=2)
+                chosen = confident(clf.classify(np.stack([c for _, c in pool])), list(clf.labels), sorted(picked), n)
+                for cls, idx in chosen.items():
+                    for i in idx:
+                        cv2.imwrite(str(with_pool / cls / f"pool-{pool[i][0]}.png"), cv2.cvtColor(pool[i][1], cv2.COLOR_RGB2BGR))
+                if not a.measure_scale:
+                    record_files(with_pool, [{"file": f"{cls}/pool-{pool[i][0]}.png", "label": cls, "pseudo": True,
+                                              "rbc_fraction": cfg.cut_scale()} for cls, idx in chosen.items() for i in idx])
+                st: dict = {"pool": len(pool), "pool_left_out_as_copies": left_out,
+                            "added": {cls: len(idx) for cls, idx in chosen.items()}}
+                st_model = fit_and_compress(bin_dir, a, with_pool, work / f"run-{n}-self", fit, st)
+                st["validation" if a.validate else "report"] = field_accuracy(st_model, measured, cell_of, setup_of)
+                row["self_train"] = st
         row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured, cell_of, setup_of)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -205,7 +252,8 @@ def main() -> None:
                    + ("" if a.weights == "shipped" else f" --weights {a.weights}")
                    + ("" if a.image_size is None else f" --image-size {a.image_size}")
                    + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}")
-                   + ("" if a.split == "cells" else " --split number") + (" --measure-scale" if a.measure_scale else ""),
+                   + ("" if a.split == "cells" else " --split number") + (" --measure-scale" if a.measure_scale else "")
+                   + ("" if not a.self_train else f" --self-train {a.self_train}"),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
         "fit_options": fit, "split": a.split,
