@@ -47,6 +47,37 @@ def test_each_op_alone_changes_the_image_and_keeps_shape_and_range(crop, name):
     assert np.array_equal(off(tf.constant(crop)).numpy(), crop)  # strength 0 switches it off
 
 
+def test_bgswap_gives_a_crop_another_crops_background():
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import _bgswap, crop_backgrounds
+
+    rng = np.random.default_rng(0)
+    x = np.full((32, 32, 3), (200.0, 225.0, 230.0), np.float32)  # a cyan background ...
+    x[8:24, 8:24] = (120.0, 60.0, 150.0)  # ... and a purple cell: a quarter of the pixels
+    x += rng.normal(0, 2, x.shape).astype(np.float32)
+    own = crop_backgrounds(x[None])[0]
+    assert np.allclose(own, (200, 225, 230), atol=2)  # the brightest 40 %: background only
+    target = np.array([[232.0, 214.0, 222.0]], np.float32)  # a pink one
+    y = _bgswap(tf.constant(x), 1.0, target).numpy()
+    assert np.allclose(crop_backgrounds(y[None])[0], target[0], atol=1.0)
+    gain = target[0] / own
+    assert np.allclose(y[16, 16], x[16, 16] * gain, rtol=1e-4)  # the cell under the same white balance
+    half = _bgswap(tf.constant(x), 0.5, target).numpy()
+    assert np.allclose(half[0, 0], x[0, 0] * np.sqrt(gain), rtol=1e-4)  # s = 0.5: half the way (in log)
+    assert np.allclose(_bgswap(tf.constant(x), 0.0, target).numpy(), x)
+    # draws among the bank: two backgrounds, both reached
+    bank = np.array([[232.0, 214.0, 222.0], [225.0, 228.0, 200.0]], np.float32)
+    seen = {tuple(np.round(crop_backgrounds(_bgswap(tf.constant(x), 1.0, bank).numpy()[None])[0] / 10)) for _ in range(20)}
+    assert len(seen) == 2
+
+
+def test_fit_draws_bgswap_backgrounds_from_its_training_crops(tmp_path):
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "run"), "--arch", "tiny", "--image-size", "32",
+                "--epochs", "1", "--synthetic-per-class", "6", "--aug", "bgswap=1.0")
+    assert r.returncode == 0, r.stderr
+    assert "bgswap: backgrounds drawn from the" in r.stdout + r.stderr
+
+
 def test_hed_jitter_moves_one_stain_and_is_the_identity_at_rest(crop):
     from scopelite.train._keras import tf
     from scopelite.train.augment import HED_FROM_RGB, hed_jitter

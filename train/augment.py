@@ -51,6 +51,31 @@ def _zoom_shift(x, s):
     return tf.image.crop_to_bounding_box(y, off[0], off[1], size, size)
 
 
+def _bgswap(x, s, backgrounds=None):
+    """Another set-up's background: the crop white-balanced so that its background (the mean of its brightest
+    ``recipe.BG_BRIGHTEST`` of pixels) takes the colour of one of ``backgrounds`` (RGB rows, drawn at random:
+    ``crop_backgrounds`` of the training crops; None: ``recipe.BACKGROUNDS``), s = 1 the whole way. A lab that
+    photographed one class on one set-up can otherwise teach a model the background instead of the cell."""
+    bank = tf.constant(R.BACKGROUNDS if backgrounds is None else backgrounds, tf.float32)
+    grey = tf.reshape(tf.reduce_sum(x * tf.constant(R.LUMA), axis=-1), [-1])
+    n = tf.size(grey)
+    k = tf.maximum(tf.cast(tf.cast(n, tf.float32) * R.BG_BRIGHTEST, tf.int32), 1)
+    bright = tf.math.top_k(grey, k).indices
+    own = tf.reduce_mean(tf.gather(tf.reshape(x, [-1, 3]), bright), axis=0)
+    target = bank[tf.random.uniform([], 0, tf.shape(bank)[0], tf.int32)]
+    return x * tf.pow(tf.maximum(target, 1.0) / tf.maximum(own, 1.0), s)
+
+
+def crop_backgrounds(images: np.ndarray) -> np.ndarray:
+    """Each crop's background as ``_bgswap`` measures it (RGB float32 rows): the mean of its brightest
+    ``recipe.BG_BRIGHTEST`` of pixels by luminance."""
+    x = np.asarray(images, np.float32).reshape(len(images), -1, 3)
+    grey = x @ np.asarray(R.LUMA, np.float32)
+    k = max(int(x.shape[1] * R.BG_BRIGHTEST), 1)
+    idx = np.argpartition(-grey, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(x, idx[..., None], axis=1).mean(axis=1).astype(np.float32)
+
+
 def _colour(x, s):
     x = x / 255.0
     x = tf.image.adjust_brightness(x, tf.random.uniform([], -R.BRIGHTNESS * s, R.BRIGHTNESS * s))
@@ -303,7 +328,7 @@ def _debris(x, s, rbc_px: float | None = None):
 
 
 # name -> transform, in the order they are applied (each with probability p * recipe.SHARE[name])
-TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "colour": _colour, "hue": _hue, "grey": _grey,
+TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "bgswap": _bgswap, "colour": _colour, "hue": _hue, "grey": _grey,
               "stain": _stain, "hed": _hed, "domain": _domain, "debris": _debris, "blur": _blur, "noise": _noise, "shot": _shot,
               "jpeg": _jpeg, "blots": _blots}
 OPS = {name: (TRANSFORMS[name], R.SHARE[name]) for name in AUG_OPS}  # name -> (transform, share of p)
@@ -311,16 +336,19 @@ assert set(TRANSFORMS) == set(AUG_OPS)
 
 
 def make_augment(policy: str, strength: float = 0.7, p: float = R.P, ops: dict | None = None,
-                 rbc_px: float | None = None):
+                 rbc_px: float | None = None, backgrounds: np.ndarray | None = None):
     """A function (image float32 HxWx3 in 0..255) -> augmented image, for ``Dataset.map``.
 
     Args:
         ops: per-op strengths that add to or override the policy's (see ``resolve_ops``).
         rbc_px: red-cell diameter in the images' pixels (``scale.images_rbc_px``): ``debris`` sizes its
             artefacts in µm from it (None: 18 px per 96 px).
+        backgrounds: the training crops' backgrounds (``crop_backgrounds``), which ``bgswap`` draws from
+            (None: ``recipe.BACKGROUNDS``).
     """
     chosen = resolve_ops(policy, strength, ops)
-    table = {**OPS, "debris": (lambda y, s: _debris(y, s, rbc_px), OPS["debris"][1])}  # debris is sized from rbc_px
+    table = {**OPS, "debris": (lambda y, s: _debris(y, s, rbc_px), OPS["debris"][1]),  # debris is sized from rbc_px
+             "bgswap": (lambda y, s: _bgswap(y, s, backgrounds), OPS["bgswap"][1])}
 
     def fn(x):
         if policy == "none" and not chosen:
@@ -368,7 +396,7 @@ def mix_batch(x, y, alpha: float = R.MIX_ALPHA):
 def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool,
                  policy: str = "flips", strength: float = 0.7, seed: int = 0, image_size: int | None = None,
                  balance: str = "none", mixup: float = 0.0, ops: dict | None = None, rbc_px: float | None = None,
-                 ordered: bool = False, drop_remainder: bool = False):
+                 ordered: bool = False, drop_remainder: bool = False, backgrounds: np.ndarray | None = None):
     """Batches of (float32 pixels, one-hot labels); shuffled and augmented when training.
 
     Args:
@@ -377,6 +405,7 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
         mixup: probability that a batch is mixed (MixUp or CutMix).
         ops: per-op augmentation strengths on top of ``policy`` (``make_augment``).
         rbc_px: red-cell diameter (px) in ``images`` as stored, for ``debris`` (scaled with ``image_size``).
+        backgrounds: the crops' backgrounds for ``bgswap`` (``crop_backgrounds``).
         ordered: keep the shuffled order through the parallel map even when training (multi-worker
             training shards the batches by position, so every worker must see the same order).
         drop_remainder: leave out the last, partial batch (multi-worker: a worker's share of it may be empty).
@@ -394,7 +423,7 @@ def make_dataset(images, labels, n_classes: int, batch_size: int, training: bool
     resize = image_size is not None and image_size != images.shape[1]
     if rbc_px and resize:
         rbc_px = rbc_px * image_size / images.shape[1]
-    aug = make_augment(policy, strength, ops=ops, rbc_px=rbc_px) if training else make_augment("none")
+    aug = make_augment(policy, strength, ops=ops, rbc_px=rbc_px, backgrounds=backgrounds) if training else make_augment("none")
 
     def prep(x, y):
         x = tf.cast(x, tf.float32)

@@ -30,7 +30,7 @@ from . import data as data_lib
 from . import model as model_lib
 from . import multiworker
 from ._keras import keras, tf, versions
-from .augment import make_dataset
+from .augment import crop_backgrounds, make_dataset
 from .config import FitConfig
 from .metrics import summarize
 from .recipe import class_weights  # noqa: F401 - also part of fit's API
@@ -438,6 +438,10 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         rbc_px = data_lib.training_scale(tr)[0]
         log(f"      debris sized from the training scale: red cells {rbc_px} px = 7.5 µm" if rbc_px else
             "      debris: no red cells measurable in the training crops; 18 px per 96 px = 7.5 µm assumed")
+    backgrounds = None  # --aug bgswap draws from the training crops' own backgrounds
+    if (cfg.aug or {}).get("bgswap", 0) != 0:
+        backgrounds = crop_backgrounds(tr.images)
+        log(f"      bgswap: backgrounds drawn from the {len(backgrounds)} training crops' own")
     val_batch = cfg.batch_size  # multi-worker: no replica may get an empty share of the last batch
     if cluster:
         val_batch = multiworker.eval_batch_size(len(va), cfg.batch_size, strategy.num_replicas_in_sync)
@@ -467,7 +471,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         train_ds = make_dataset(tr.images, tr.labels, n_classes, cfg.batch_size, True, cfg.augment, seg.strength,
                                 cfg.training_seed + seg.start, image_size=seg.image_size, balance=cfg.balance,
                                 mixup=cfg.mixup, ops=segment_ops(cfg, seg), rbc_px=rbc_px, ordered=cluster is not None,
-                                drop_remainder=cluster is not None)
+                                drop_remainder=cluster is not None, backgrounds=backgrounds)
         if cluster:
             train_ds = multiworker.shard_by_data(train_ds)
         steps_before = int(model.optimizer.iterations.numpy())

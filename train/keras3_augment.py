@@ -10,7 +10,7 @@ share, in the same order. Where the batched spelling differs:
   not a batched op); ``zoom`` resamples through one affine transform;
 * ``jpeg`` is applied on the host, before the others (keras.ops has no JPEG codec): see
   ``keras3.jpeg_copies``; MixUp/CutMix too (labels never reach a layer);
-* ``randaugment``, ``shot`` and ``debris`` are not spelled here (``UNBATCHED``): the trainer
+* ``randaugment``, ``bgswap``, ``shot`` and ``debris`` are not spelled here (``UNBATCHED``): the trainer
   refuses them; continue the imported run with ``celltrain fit --aug randaugment`` on tf-keras.
 
 Nothing here imports TensorFlow: the ``keras`` module is passed in.
