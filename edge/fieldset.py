@@ -245,17 +245,17 @@ def main_cell_crop(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldSc
     field's own (``field.FALLBACK_RBC_PX`` when it has too few red cells). Frames over
     ``field.SEARCH_SIDE`` are searched at half size, as field mode does.
     """
-    return next(iter(white_cell_crops(image, cfg, scale)), None)
+    return next(iter(white_cell_crops(image, cfg, scale, limit=1)), None)
 
 
-def white_cell_crops(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldScale | None = None
-                     ) -> list[np.ndarray]:
-    """Every white-cell-sized detection of the field, largest first, cropped and resized as
-    ``main_cell_crop`` crops the largest (an empty list when there is none)."""
+def white_cell_crops(image: np.ndarray, cfg: field_lib.FieldConfig, scale: FieldScale | None = None,
+                     limit: int | None = None) -> list[np.ndarray]:
+    """Every white-cell-sized detection of the field (the first ``limit``), largest first, cropped and resized
+    as ``main_cell_crop`` crops the largest (an empty list when there is none)."""
     view, factor = field_lib.shrink_for_search(image)
     layers = stain_layers(view)
     rbc, _ = (scale or FieldScale(cfg)).measure(view, layers, factor)
-    white = [d for d in field_lib.detect(view, rbc / factor, layers, cfg) if d.kind == "white"]
+    white = [d for d in field_lib.detect(view, rbc / factor, layers, cfg) if d.kind == "white"][:limit]
     size = cfg.crop_for(rbc)
     return [cv2.resize(np.ascontiguousarray(field_lib.crop(image, field_lib.scaled(d, factor), size)),
                        (cfg.input_px, cfg.input_px), interpolation=cv2.INTER_AREA) for d in white]

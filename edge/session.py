@@ -117,9 +117,9 @@ class Session:
     def create(cls, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                clock: Callable[[], float] = time.time, rbc_fraction: float | None = None) -> "Session":
         t = clock()
-        # the start time, then 4 random hex digits: two devices' sessions started in one second do not
+        # the start time, then 6 random hex digits: two devices' sessions started in one second do not
         # share an id (their cells export into one folder by id)
-        base = time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + "-" + os.urandom(2).hex()
+        base = time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) + "-" + os.urandom(3).hex()
         sid, n = base, 1
         while (root / sid).exists():
             n += 1

@@ -1,7 +1,8 @@
 """Cells a person reviewed, exported as the class-folder dataset ``celltrain fit --data`` reads.
 
 OUT/<class>/<session>_<cell>.png for every reviewed cell with a class (not ``uncertain``, not
-``not_a_cell``), and OUT/export.json (which cell each file is, the model's label and the person's, and
+``not_a_cell``; with ``self_train``, also the unreviewed cells an adapted model is sure of, marked
+``pseudo``), and OUT/export.json (which cell each file is, the model's label and the person's, and
 the scale the daemon cut it at: ``rbc_fraction``, a red cell's diameter over the crop's side).
 Exporting into the same folder again adds to it: file names are unique per session and cell, so
 several sessions (slides) build one dataset, and exporting a session twice rewrites the same files
@@ -26,7 +27,7 @@ from .differential import UNCERTAIN
 from .preprocess import prepare
 from .self_train import confident
 from .session import NOT_A_CELL, Session, SessionError, list_sessions
-from .sources import read_image_rgb
+from .sources import SourceError, read_image_rgb
 
 if TYPE_CHECKING:
     from .classifier import Classifier
@@ -53,69 +54,94 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
 
     ``self_train``: the lab's adapted model (fine-tuned on its reviewed cells): the unreviewed cells it is
     sure of (``self_train.confident``) go too, under its class, marked ``"pseudo": true`` in export.json, for
-    a second fit. Exported again without it, those copies go.
+    a second fit. A session exported again without it loses those copies.
 
     Returns:
         {"classes": {class: files}, "cells": n, "skipped": {"unreviewed": n, "uncertain or not a cell": n,
-        "no crop": n}, "sessions": [ids], "self_trained": {class: files}}
+        "no crop": n, "unreadable crop": n}, "sessions": [ids], "self_trained": {class: files}}
     """
     out = Path(out)
     entries, classes, guessed = [], {}, {}
-    skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0}
-    folders = session_folders(paths)
-    record = _read_record(out)
-    earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
-    started = {e.get("session"): e.get("session_started") for e in record if e.get("session_started") is not None}
+    skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0, "unreadable crop": 0}
+    folders = list({f.resolve(): f for f in session_folders(paths)}.values())  # one folder named twice: once
     sessions = [Session.load(folder) for folder in folders]
-    for s in sessions:  # one id, two sessions (two devices started in one second, before ids had a suffix)
-        other = next((t.folder for t in sessions if t.id == s.id and t.folder.resolve() != s.folder.resolve()), None)
-        if other is not None or started.get(s.id, s.state.get("started")) != s.state.get("started"):
-            where = f"{other}" if other is not None else f"a session exported into {out} before"
-            raise SessionError(f"{s.folder} and {where} share the session id {s.id}; their cells would overwrite "
-                               "each other: export them into separate folders", 409)
-    pseudo = _pseudo_labels(sessions, self_train) if self_train is not None else {}
-    for s in sessions:
-        folder = s.folder
-        for c in s.cells:
-            guess = pseudo.get((s.id, c["id"]))
-            name = _export_name(s.id, c, guess[0] if guess else None)
-            _drop_stale(out, earlier.get((s.id, c["id"])), name)
-            label = c.get("reviewed")
-            if label is None and guess is None:
-                skipped["unreviewed"] += 1
-            elif label in (UNCERTAIN, NOT_A_CELL):
-                skipped["uncertain or not a cell"] += 1
-            elif not _has_crop(folder, c):
-                skipped["no crop"] += 1
-            else:
-                with atomic_path(out / name) as tmp:
-                    shutil.copyfile(folder / c["crop"], tmp)
-                entry = {"file": name, "session": s.id, "session_started": s.state.get("started"),
-                         "cell": c["id"], "label": label, "model_label": c["label"], "score": c["score"],
-                         "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")}
-                if label is None:  # unreviewed: the adapted model's class
-                    entry.update(label=guess[0], pseudo=True, pseudo_score=round(guess[1], 4))
-                    guessed[guess[0]] = guessed.get(guess[0], 0) + 1
+    record = _read_record(out)
+    _check_ids(sessions, record, out)
+    earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
+    pseudo = _pseudo_labels(sessions, self_train, skipped) if self_train is not None else {}
+    result = {"classes": classes, "cells": 0, "skipped": skipped, "sessions": [f.name for f in folders],
+              "self_trained": guessed}
+    try:
+        for s in sessions:
+            folder = s.folder
+            for c in s.cells:
+                guess = pseudo.get((s.id, c["id"]))
+                name = _export_name(s.id, c, guess[0] if guess else None)
+                _drop_stale(out, earlier.get((s.id, c["id"])), name)
+                label = c.get("reviewed")
+                if label is None and guess is None:
+                    skipped["unreviewed"] += 1
+                elif label in (UNCERTAIN, NOT_A_CELL):
+                    skipped["uncertain or not a cell"] += 1
+                elif not _has_crop(folder, c):
+                    skipped["no crop"] += 1
                 else:
-                    classes[label] = classes.get(label, 0) + 1
-                entries.append(entry)
-    result = {"classes": dict(sorted(classes.items())), "cells": len(entries) - sum(guessed.values()),
-              "skipped": skipped, "sessions": [f.name for f in folders], "self_trained": dict(sorted(guessed.items()))}
-    if entries:
-        record_files(out, entries, result)
+                    with atomic_path(out / name) as tmp:
+                        shutil.copyfile(folder / c["crop"], tmp)
+                    entry = {"file": name, "session": s.id, "session_started": s.state.get("started"),
+                             "cell": c["id"], "label": label, "model_label": c["label"], "score": c["score"],
+                             "rbc_fraction": c.get("rbc_fraction") or s.state.get("rbc_fraction")}
+                    if label is None:  # unreviewed: the adapted model's class
+                        entry.update(label=guess[0], pseudo=True, pseudo_score=round(guess[1], 4))
+                        guessed[guess[0]] = guessed.get(guess[0], 0) + 1
+                    else:
+                        classes[label] = classes.get(label, 0) + 1
+                    entries.append(entry)
+    finally:  # also when stopped part way (a full disk): the record names every file written so far
+        result.update(classes=dict(sorted(classes.items())), cells=len(entries) - sum(guessed.values()),
+                      self_trained=dict(sorted(guessed.items())))
+        if entries:
+            record_files(out, entries, result)
     return result
+
+
+def _check_ids(sessions: list[Session], record: list[dict], out: Path) -> None:
+    """Refuse sessions that share an id (two devices started in one second, before ids had a random suffix):
+    two in this export, or one and a session exported into ``out`` before (told apart by its start time, or
+    for records older than that, by what they say of its cells)."""
+    started = {e.get("session"): e.get("session_started") for e in record if e.get("session_started") is not None}
+    cells = {(e.get("session"), e.get("cell")): e for e in record}
+    for s in sessions:
+        for t in sessions:
+            if t is not s and t.id == s.id:
+                same = t.state.get("started") == s.state.get("started")
+                raise SessionError(f"{s.folder} and {t.folder} " + (
+                    f"are two copies of session {s.id}: export one of them" if same else
+                    f"share the session id {s.id}; their cells would overwrite each other: export them into "
+                    "separate folders"), 409)
+        before = started.get(s.id)
+        clash = before is not None and before != s.state.get("started")
+        if before is None:  # an older record: does it describe this session's cells? (a cell the model revised
+            # since has another label: only a cell missing, or another score under the same label, tells)
+            clash = any(cid not in s.by_id or (e.get("model_label") == s.by_id[cid].get("label")
+                                               and e.get("score") != s.by_id[cid].get("score"))
+                        for (sid, cid), e in cells.items() if sid == s.id)
+        if clash:
+            raise SessionError(f"{s.folder} and a session exported into {out} before share the session id {s.id}; "
+                               "their cells would overwrite each other: export them into separate folders", 409)
 
 
 def _has_crop(folder: Path, cell: dict) -> bool:
     return bool(cell.get("crop")) and (folder / cell["crop"]).is_file()
 
 
-SELF_TRAIN_BATCH = 256  # crops classified at a time (memory stays small on a device's sessions)
+SELF_TRAIN_BATCH = 256  # crops classified at a time
 
 
-def _pseudo_labels(sessions: list[Session], model: Classifier) -> dict[tuple[str, int], tuple[str, float]]:
+def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict) -> dict[tuple[str, int], tuple[str, float]]:
     """(session, cell) -> (class, score) for the unreviewed cells ``model`` is sure of, judged among the classes
-    the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class)."""
+    the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class). A crop
+    that cannot be read is left out (``skipped["unreadable crop"]``), as it is unreviewed anyway."""
     reviewed: dict[str, int] = {}
     for s in sessions:
         for c in s.cells:
@@ -125,14 +151,23 @@ def _pseudo_labels(sessions: list[Session], model: Classifier) -> dict[tuple[str
     known = [k for k in sorted(reviewed) if k in model.labels]
     if reviewed and not known:
         raise SessionError(f"--self-train: the model knows none of the reviewed classes ({', '.join(sorted(reviewed))})", 400)
-    todo = [(s, c) for s in sessions for c in s.cells if c.get("reviewed") is None and _has_crop(s.folder, c)]
-    if not known or not todo:
+    todo = [(s, c) for s in sessions for c in s.cells
+            if known and c.get("reviewed") is None and _has_crop(s.folder, c)]
+    kept, probs = [], []
+    for i in range(0, len(todo), SELF_TRAIN_BATCH):  # a batch at a time: memory stays small
+        crops = []
+        for s, c in todo[i:i + SELF_TRAIN_BATCH]:
+            try:
+                crops.append(prepare(read_image_rgb(s.folder / c["crop"]), model.input_spec))
+            except SourceError:
+                skipped["unreadable crop"] += 1
+                continue
+            kept.append((s, c))
+        if crops:
+            probs.append(model.classify(np.stack(crops)))
+    if not kept:
         return {}
-    probs = []
-    for i in range(0, len(todo), SELF_TRAIN_BATCH):
-        crops = [prepare(read_image_rgb(s.folder / c["crop"]), model.input_spec) for s, c in todo[i:i + SELF_TRAIN_BATCH]]
-        probs.append(model.classify(np.stack(crops)))
-    probs = np.concatenate(probs)
+    todo, probs = kept, np.concatenate(probs)
     chosen = confident(probs, list(model.labels), known, max(reviewed[k] for k in known))
     cols = {k: list(model.labels).index(k) for k in known}
     return {(todo[i][0].id, todo[i][1]["id"]): (k, float(probs[i, cols[k]])) for k, idx in chosen.items() for i in idx}
@@ -188,6 +223,12 @@ def recorded_scales(folder: str | os.PathLike) -> dict[str, float]:
         if isinstance(f, str) and isinstance(r, (int, float)) and 0.0 < r < 1.0:
             out[f] = float(r)
     return out
+
+
+def recorded_pseudo(folder: str | os.PathLike) -> set[str]:
+    """The ``file`` names ``folder/export.json`` marks ``"pseudo"`` (``--self-train``'s guesses): celltrain fit
+    trains on them but never validates or tests on them."""
+    return {e["file"] for e in _read_record(Path(folder)) if e.get("pseudo") is True and isinstance(e.get("file"), str)}
 
 
 def summary_line(result: dict, out) -> str:

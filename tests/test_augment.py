@@ -71,6 +71,20 @@ def test_bgswap_gives_a_crop_another_crops_background():
     assert len(seen) == 2
 
 
+def test_make_dataset_swaps_backgrounds_from_the_bank_it_is_given():
+    from scopelite.train.augment import crop_backgrounds, make_dataset
+
+    x = np.full((64, 32, 32, 3), (200.0, 225.0, 230.0), np.float32)
+    x[:, 8:24, 8:24] = (120.0, 60.0, 150.0)
+    bank = np.array([[232.0, 214.0, 222.0]], np.float32)
+    ds = make_dataset(x.astype(np.uint8), np.zeros(64, int), 2, 16, True, policy="none", ops={"bgswap": 1.0},
+                      backgrounds=bank)
+    got = np.concatenate([b.numpy() for b, _ in ds])
+    moved = np.abs(crop_backgrounds(got) - bank[0]).max(axis=1) < 1.5
+    assert 8 < moved.sum() < 56  # about half the crops (recipe.P), given the bank's background
+    assert all(np.allclose(crop_backgrounds(got[i:i + 1])[0], (200, 225, 230), atol=1.5) for i in np.flatnonzero(~moved))
+
+
 def test_fit_draws_bgswap_backgrounds_from_its_training_crops(tmp_path):
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "run"), "--arch", "tiny", "--image-size", "32",
                 "--epochs", "1", "--synthetic-per-class", "6", "--aug", "bgswap=1.0")

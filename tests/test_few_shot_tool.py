@@ -46,3 +46,24 @@ def test_by_setup_scores_each_background_apart():
                                           "per_class": {"eosinophil": 0.5, "neutrophil": 1.0}}
     assert out["bluer background"] == {"fields": 1, "accuracy": 0.0, "per_class": {"neutrophil": 0.0}}
 
+
+
+def test_pool_crops_finds_every_white_cell_and_leaves_out_copies_of_labelled_fields(tmp_path):
+    import cv2
+    import numpy as np
+
+    from scopelite.edge import field as field_lib
+    from scopelite.train.synth import CLASS_NAMES, render_scene
+
+    lymph, neut, eos = (CLASS_NAMES.index(c) for c in ("lymphocyte", "neutrophil", "eosinophil"))
+    frames = {"a/1.png": [(neut, 90, 80), (eos, 290, 200)], "b/1.png": [(lymph, 150, 150)]}  # one name, two folders
+    for k, (name, cells) in enumerate(frames.items()):
+        img = render_scene(300, 400, cells, 1.0, np.random.default_rng(10 + k), 80)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cfg = field_lib.FieldConfig(crop_size=120, input_px=48, model_rbc_px=10.0)
+    crops, left_out = few_shot.pool_crops(tmp_path, cfg, [])
+    assert left_out == 0 and sorted(n for n, _ in crops) == ["a_1-0", "a_1-1", "b_1-0"]
+    labelled = [c for n, c in crops if n == "b_1-0"]  # that cell is also a labelled field: left out
+    kept, left_out = few_shot.pool_crops(tmp_path, cfg, labelled)
+    assert left_out == 1 and sorted(n for n, _ in kept) == ["a_1-0", "a_1-1"]

@@ -253,7 +253,7 @@ def test_export_is_a_dataset_that_celltrain_reads(tmp_path):
     out = tmp_path / "data"
     r = export_reviewed([root], out)
     assert r["classes"] == {"monocyte": 2, "neutrophil": 1} and r["cells"] == 3
-    assert r["skipped"] == {"unreviewed": 1, "uncertain or not a cell": 2, "no crop": 0}
+    assert r["skipped"] == {"unreviewed": 1, "uncertain or not a cell": 2, "no crop": 0, "unreadable crop": 0}
     ds = load_folders(out, 32)
     assert len(ds) == 3 and ds.class_names == CLASS_NAMES
     assert sorted(CLASS_NAMES[i] for i in ds.labels) == ["monocyte", "monocyte", "neutrophil"]
@@ -294,6 +294,28 @@ def test_two_devices_sessions_started_in_one_second_export_into_one_folder(tmp_p
         export_reviewed([tmp_path / "a", tmp_path / "c"], tmp_path / "fresh")  # two in one export
     assert sorted(out.rglob("*")) == before and not (tmp_path / "fresh").exists()
     export_reviewed([tmp_path / "a"], out)  # the same session again is fine
+    r = export_reviewed([tmp_path / "a", a.current.folder], tmp_path / "twice")  # one folder named twice: once
+    assert r["cells"] == 2 and len(json.loads((tmp_path / "twice" / "export.json").read_text())["files"]) == 2
+    copy = tmp_path / "d" / a.current.id
+    shutil.copytree(a.current.folder, copy)  # a copy of the same session (same start): said as such
+    with pytest.raises(SessionError, match="two copies of session"):
+        export_reviewed([tmp_path / "a", tmp_path / "d"], tmp_path / "copies")
+    # a folder exported before session_started was recorded: the clash is told by the cells it lists
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    rec = json.loads((legacy / "export.json").read_text())
+    for e in rec["files"]:
+        e.pop("session_started")
+    (legacy / "export.json").write_text(json.dumps(rec))
+    export_reviewed([tmp_path / "a"], legacy)  # the session it lists: fine
+    clone_cells = [json.loads(x) for x in (clone / "cells.jsonl").read_text().splitlines()]
+    (clone / "cells.jsonl").write_text("".join(json.dumps({**c, "score": 0.5} if "id" in c else c) + "\n"
+                                               for c in clone_cells))  # another session's cells under the id
+    for e in rec["files"]:
+        e.pop("session_started", None)
+    (legacy / "export.json").write_text(json.dumps(rec))
+    with pytest.raises(SessionError, match="share the session id"):
+        export_reviewed([tmp_path / "c"], legacy)
 
 
 def _by_brightness(crops):
@@ -333,6 +355,11 @@ def test_export_self_train_adds_the_unreviewed_cells_the_adapted_model_is_sure_o
     # sure neutrophils: 6 (0.97), 7 and 8 (0.95); one reviewed cell per class allows two guesses per class
     assert r["self_trained"] == {"lymphocyte": 1, "neutrophil": 2}
     assert (out / "neutrophil" / f"{sid}_6.png").is_file() and (out / "lymphocyte" / f"{sid}_9.png").is_file()
+    # an unreviewed crop that cannot be read (a torn copy) is left out of the guesses, not the export's end
+    broken = next(c for c in sessions.current.cells if c["id"] == 10)
+    (sessions.current.folder / broken["crop"]).write_bytes(b"torn")
+    r = export_reviewed([root], out, model)
+    assert r["skipped"]["unreadable crop"] == 1 and r["self_trained"] == {"lymphocyte": 1, "neutrophil": 2}
     # exported again without --self-train: the guesses go, the reviewed cells stay
     r = export_reviewed([root], out)
     assert r["self_trained"] == {} and sorted(p.parent.name for p in out.glob("*/*.png")) == [
@@ -353,22 +380,49 @@ def test_export_cli(tmp_path):
 
 
 def test_export_cli_self_train(tmp_path, tiny_run):
-    root = tmp_path / "s"
-    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte", "neutrophil"])
-    sessions.label(1, "confirm")
-    sessions.label(2, "confirm")
-    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"), "--self-train",
+    """With the tiny model fitted on generated crops, sessions of such crops: the unreviewed ones it is sure of
+    are exported under its class; an Edge TPU-only model is refused with the CPU model's name."""
+    import dataclasses
+
+    from scopelite.edge.bundle import copy_bundle, derive_sidecar, write_sidecar
+    from scopelite.train.synth import make_crops
+
+    x, y = make_crops(6, size=32, seed=7)
+    want = [CLASS_NAMES.index("neutrophil"), CLASS_NAMES.index("lymphocyte")]
+    picked = [i for i in range(len(y)) if y[i] in want]
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    for k, i in enumerate(picked):  # each generated crop is one frame, and the counted cell fills it
+        frame = cv2.resize(x[i], (40, 40), interpolation=cv2.INTER_LINEAR)
+        sessions.update(frame, {"frame": k, "cells": [{"box": [0, 0, 40, 40], "center": [20.0, 20.0]}],
+                                "counted": [_cell(CLASS_NAMES[y[i]])]})
+    truth = {k + 1: CLASS_NAMES[y[i]] for k, i in enumerate(picked)}
+    first = {name: next(c for c, t in truth.items() if t == name) for name in ("neutrophil", "lymphocyte")}
+    for cid in first.values():
+        sessions.label(cid, "confirm")
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data"), "--self-train",
                    str(tiny_run["tflite"]))
     assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout, r.stderr
     files = json.loads((tmp_path / "data" / "export.json").read_text())["files"]
     guessed = [f for f in files if f.get("pseudo")]
-    assert all(f["label"] in ("neutrophil", "lymphocyte") and f["pseudo_score"] >= 0.9 for f in guessed)
-    assert len(files) == 2 + len(guessed) and (f"and {len(guessed)} unreviewed" in r.stdout) == bool(guessed)
+    assert 1 <= len(guessed) <= 4  # at most twice one reviewed cell per class
+    assert all(f["pseudo_score"] >= 0.9 and f["label"] == truth[f["cell"]] for f in guessed)
+    assert f"and {len(guessed)} unreviewed cells the adapted model is sure of" in r.stdout
+    # an Edge TPU-only model: refused, naming the CPU model beside it
+    tpu_dir = tmp_path / "tpu"
+    tpu_dir.mkdir()
+    cpu = copy_bundle(tiny_run["tflite"], tpu_dir / "model.tflite")
+    (tpu_dir / "model_edgetpu.tflite").write_bytes(b"compiled")
+    write_sidecar(tpu_dir / "model_edgetpu.tflite", derive_sidecar(
+        cpu, tpu_dir / "model_edgetpu.tflite", runtimes=("edgetpu",),
+        provenance=dataclasses.replace(cpu.provenance, cpu_model="model.tflite", copied_from=None)))
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data3"), "--self-train",
+                   str(tpu_dir / "model_edgetpu.tflite"))
+    assert_one_line_error(r, "needs the CPU int8 model", "model.tflite")
     (tmp_path / "bad.tflite").write_bytes(b"not a model")
-    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data2"), "--self-train",
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data2"), "--self-train",
                    str(tmp_path / "bad.tflite"))
     assert_one_line_error(r, "bad.tflite")
-    assert not (tmp_path / "data2").exists()
+    assert not (tmp_path / "data2").exists() and not (tmp_path / "data3").exists()
 
 
 def test_watch_options_that_contradict_sessions(tmp_path):
@@ -477,3 +531,37 @@ def test_a_fixed_crop_size_records_no_scale(tmp_path):
     fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), clf)
     assert auto.rbc_fraction == 0.1875 and auto.current.state["rbc_fraction"] == 0.1875
     assert fixed.rbc_fraction is None and fixed.current.state["rbc_fraction"] is None
+
+
+def test_fit_trains_on_self_trained_guesses_but_never_validates_or_tests_on_them(tmp_path):
+    """export --self-train's guesses (export.json: pseudo) go to fit's training split only, and the cells people
+    labelled split exactly as they would without the guesses."""
+    from scopelite.edge.session_export import record_files
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import fit
+    from scopelite.train.synth import make_crops
+
+    x, y = make_crops(12, size=32, seed=4)
+    names = {CLASS_NAMES.index("neutrophil"): "neutrophil", CLASS_NAMES.index("lymphocyte"): "lymphocyte"}
+    keep = [i for i, c in enumerate(y) if c in names]
+    labelled, both = tmp_path / "labelled", tmp_path / "both"
+    guesses, seen = [], {}
+    for k, i in enumerate(keep):
+        cls = names[y[i]]
+        seen[cls] = seen.get(cls, 0) + 1
+        guess = seen[cls] % 2 == 0  # every other cell of a class only as a guess
+        for root in (both,) if guess else (labelled, both):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / cls / f"{'p' if guess else 'c'}{k:03d}.png"), cv2.cvtColor(x[i], cv2.COLOR_RGB2BGR))
+        if guess:
+            guesses.append(f"{cls}/p{k:03d}.png")
+    record_files(both, [{"file": f, "label": f.split("/")[0], "pseudo": True} for f in guesses])
+    splits = {}
+    for root in (labelled, both):
+        fit(FitConfig(out=str(tmp_path / f"run-{root.name}"), data=str(root), arch="tiny", image_size=32, epochs=1,
+                      batch_size=8), log=lambda _: None, verbose=0)
+        splits[root.name] = json.loads((tmp_path / f"run-{root.name}" / "split.json").read_text())
+    assert set(guesses) <= set(splits["both"]["train"])
+    for part in ("val", "test"):
+        assert not set(guesses) & set(splits["both"][part]) and splits["both"][part] == splits["labelled"][part]
+    assert set(splits["both"]["train"]) == set(splits["labelled"]["train"]) | set(guesses)

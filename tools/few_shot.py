@@ -125,9 +125,14 @@ def pool_crops(pool: Path, cfg: field_lib.FieldConfig, labelled: list[np.ndarray
     (``fieldset.copy_score`` at 48 px >= ``fieldset.DUPLICATE_NCC``): no validation or report cell is seen, even
     unlabelled. Also how many were left out."""
     frames = list_images([pool])
-    crops = [(f"{p.stem}-{i}", c) for p, img in zip(frames, fieldset.read_fields(frames))
-             for i, c in enumerate(fieldset.white_cell_crops(img, cfg))]
+    if not frames:
+        sys.exit(f"Error: --self-train {pool}: no images there")
+    # named by the frame's path under the pool (frames in two subfolders may share a name), then the cell
+    crops = [("_".join(p.relative_to(pool).with_suffix("").parts) + f"-{i}", c)
+             for p, img in zip(frames, fieldset.read_fields(frames)) for i, c in enumerate(fieldset.white_cell_crops(img, cfg))]
     ref = [grey48(c) for c in labelled]
+    if not ref:
+        return crops, 0
     kept = [(name, c) for name, c in crops
             if max(fieldset.copy_score(grey48(c), r) for r in ref) < fieldset.DUPLICATE_NCC]
     return kept, len(crops) - len(kept)

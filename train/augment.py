@@ -54,7 +54,8 @@ def _zoom_shift(x, s):
 def _bgswap(x, s, backgrounds=None):
     """Another set-up's background: the crop white-balanced so that its background (the mean of its brightest
     ``recipe.BG_BRIGHTEST`` of pixels) takes the colour of one of ``backgrounds`` (RGB rows, drawn at random:
-    ``crop_backgrounds`` of the training crops; None: ``recipe.BACKGROUNDS``), s = 1 the whole way. A lab that
+    ``crop_backgrounds`` of the training crops; None: ``recipe.BACKGROUNDS``), s = 1 the whole way; each
+    channel's gain kept within ``recipe.BG_MAX_GAIN`` (a crop whose brightest pixels are its cell). A lab that
     photographed one class on one set-up can otherwise teach a model the background instead of the cell."""
     bank = tf.constant(R.BACKGROUNDS if backgrounds is None else backgrounds, tf.float32)
     grey = tf.reshape(tf.reduce_sum(x * tf.constant(R.LUMA), axis=-1), [-1])
@@ -63,17 +64,21 @@ def _bgswap(x, s, backgrounds=None):
     bright = tf.math.top_k(grey, k).indices
     own = tf.reduce_mean(tf.gather(tf.reshape(x, [-1, 3]), bright), axis=0)
     target = bank[tf.random.uniform([], 0, tf.shape(bank)[0], tf.int32)]
-    return x * tf.pow(tf.maximum(target, 1.0) / tf.maximum(own, 1.0), s)
+    gain = tf.clip_by_value(tf.maximum(target, 1.0) / tf.maximum(own, 1.0), 1.0 / R.BG_MAX_GAIN, R.BG_MAX_GAIN)
+    return x * tf.pow(gain, s)
 
 
 def crop_backgrounds(images: np.ndarray) -> np.ndarray:
     """Each crop's background as ``_bgswap`` measures it (RGB float32 rows): the mean of its brightest
     ``recipe.BG_BRIGHTEST`` of pixels by luminance."""
-    x = np.asarray(images, np.float32).reshape(len(images), -1, 3)
-    grey = x @ np.asarray(R.LUMA, np.float32)
-    k = max(int(x.shape[1] * R.BG_BRIGHTEST), 1)
-    idx = np.argpartition(-grey, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(x, idx[..., None], axis=1).mean(axis=1).astype(np.float32)
+    out = np.empty((len(images), 3), np.float32)
+    for i in range(0, len(images), 512):  # a few hundred crops at a time: memory stays small
+        x = np.asarray(images[i:i + 512], np.float32).reshape(min(512, len(images) - i), -1, 3)
+        grey = x @ np.asarray(R.LUMA, np.float32)
+        k = max(int(x.shape[1] * R.BG_BRIGHTEST), 1)
+        idx = np.argpartition(-grey, k - 1, axis=1)[:, :k]
+        out[i:i + len(x)] = np.take_along_axis(x, idx[..., None], axis=1).mean(axis=1)
+    return out
 
 
 def _colour(x, s):

@@ -22,7 +22,7 @@ PRESETS = {
                  "batch_size": 16},
 }
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
-AUG_OPS = ("rotate", "zoom", "randaugment", "bgswap", "colour", "hue", "grey", "stain", "hed", "domain", "debris", "blur",
+AUG_OPS = ("rotate", "zoom", "bgswap", "randaugment", "colour", "hue", "grey", "stain", "hed", "domain", "debris", "blur",
            "noise", "shot", "jpeg", "blots")
 
 

@@ -21,7 +21,7 @@ from scopelite.edge.bundle import CLASS_NAMES, InputSpec, write_json_atomic
 from scopelite.edge.errors import UserError
 from scopelite.edge.preprocess import prepare
 from scopelite.edge.scale import images_rbc_px
-from scopelite.edge.session_export import RECORD, recorded_scales
+from scopelite.edge.session_export import RECORD, recorded_pseudo, recorded_scales
 from scopelite.edge.sources import IMAGE_SUFFIXES
 
 SYNTHETIC = "synthetic"
@@ -79,6 +79,16 @@ def training_scale(ds: Dataset) -> tuple[float | None, str]:
     elif known:
         note = f" ({RECORD} records scales from {min(known):.4f} to {max(known):.4f} of a crop's side: cells cut by different models)"
     return images_rbc_px(ds.images), "measured on the images" + note
+
+
+def pseudo_labelled(ds: Dataset) -> np.ndarray:
+    """Indices of the images ``ROOT/export.json`` marks as guesses (``celledge export --self-train``): fit puts
+    them in the training split only, so that its validation and test figures are people's labels, and the
+    people-labelled cells split as they would without them."""
+    if not ds.root or not Path(ds.root).is_dir():
+        return np.zeros(0, np.int64)
+    marked = recorded_pseudo(ds.root)
+    return np.array([i for i, x in enumerate(ds.ids) if Path(x).as_posix() in marked], np.int64)
 
 
 def _canonical(name: str) -> str:

@@ -311,7 +311,11 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if ds.predefined_split is not None:  # keep the dataset's own split, minus what is dropped
         split = {k: np.setdiff1d(v, drop) for k, v in ds.predefined_split.items()}
     else:
-        split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=drop)
+        guessed = np.setdiff1d(data_lib.pseudo_labelled(ds), drop)  # --self-train's guesses: training only
+        split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=np.union1d(drop, guessed))
+        if len(guessed):
+            split["train"] = np.union1d(split["train"], guessed)
+            log(f"      {len(guessed)} cells the adapted model labelled ({data_lib.RECORD}: pseudo) go to train only")
     if min(len(v) for v in split.values()) == 0:
         raise UserError(f"{len(ds)} images are too few to split into train/val/test; add data")
     data_lib.save_split(out / "split.json", ds, split, cfg.seed)

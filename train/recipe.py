@@ -19,7 +19,7 @@ POLICIES = ("none", "flips", "strong")
 # the ops "strong" turns on, each at --strength (the others are added with --aug NAME=S)
 STRONG = ("zoom", "colour", "stain", "blur", "noise", "jpeg", "blots")
 P = 0.5  # probability that an op is applied to an image, times the op's share below
-SHARE = {"rotate": 1.0, "zoom": 1.0, "randaugment": 1.0, "bgswap": 1.0, "colour": 1.0, "hue": 1.0, "grey": 0.6, "stain": 1.0, "hed": 1.0, "domain": 1.0,
+SHARE = {"rotate": 1.0, "zoom": 1.0, "bgswap": 1.0, "randaugment": 1.0, "colour": 1.0, "hue": 1.0, "grey": 0.6, "stain": 1.0, "hed": 1.0, "domain": 1.0,
          "debris": 0.5, "blur": 0.6, "noise": 0.6, "shot": 0.5, "jpeg": 0.5, "blots": 0.3}
 assert tuple(SHARE) == AUG_OPS  # the order ops are applied in
 
@@ -34,6 +34,7 @@ HUE = 0.06  # hue +- 0.06 * s of a turn,
 GAMMA = 0.35  # gamma exp(+- 0.35 * s)
 HUE_TURN = 0.5  # hue: the hue rotated by a uniform +- 0.5 * s of a turn (s = 1: any hue; colour's is +- 0.06 s)
 BG_BRIGHTEST = 0.4  # bgswap: a crop's background is the mean of its brightest 40 % of pixels (by LUMA)
+BG_MAX_GAIN = 2.0  # ... and no channel is scaled by more than 2x or less than 1/2
 BACKGROUNDS = [[235.0, 235.0, 235.0], [232.0, 214.0, 222.0], [200.0, 225.0, 230.0], [225.0, 228.0, 200.0]]
 # ... drawn from the training crops' own backgrounds in celltrain fit; these (white, pink, cyan, yellow) otherwise
 LUMA = [0.299, 0.587, 0.114]  # grey (and colour's saturation): the luminance weights of RGB (ITU-R BT.601)
