@@ -124,3 +124,16 @@ def test_a_lab_with_only_some_classes_keeps_all_eight_outputs(tmp_path):
         (tmp_path / cls).rmdir()
     with pytest.raises(Exception, match="one class only"):
         load_folders(tmp_path, 32)
+
+
+def test_training_scale_is_measured_once_per_dataset(monkeypatch):
+    """fit asks for the scale for its log line, the sidecar and debris: the crops are measured once."""
+    from scopelite.train import data as data_lib
+
+    calls = []
+    monkeypatch.setattr(data_lib, "images_rbc_px", lambda images: calls.append(len(images)) or 18.0)
+    ds = data_lib.load_synthetic(3, 32)
+    assert data_lib.training_scale(ds) == data_lib.training_scale(ds) == (18.0, "measured on the images")
+    assert calls == [len(ds)]
+    tr = ds.subset([0, 1, 2])  # another set of images: measured on its own
+    assert data_lib.training_scale(tr)[0] == 18.0 and calls == [len(ds), 3]

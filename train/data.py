@@ -11,7 +11,7 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -46,6 +46,7 @@ class Dataset:
     synthetic: bool
     predefined_split: dict[str, np.ndarray] | None = None  # e.g. MedMNIST's own train/val/test
     root: str | None = None  # the class-folder dataset's folder (its export.json: ``training_scale``)
+    _scale: tuple | None = field(default=None, repr=False, compare=False)  # training_scale's answer, once
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,6 +69,12 @@ def training_scale(ds: Dataset) -> tuple[float | None, str]:
     daemon cut them at it, so field mode must crop at it again), else measured on the images
     (``scale.images_rbc_px``; None when too few red cells show). Recorded scales that differ (cells
     cut by two models) are measured instead: one median would fit neither."""
+    if ds._scale is None:
+        ds._scale = _training_scale(ds)
+    return ds._scale
+
+
+def _training_scale(ds: Dataset) -> tuple[float | None, str]:
     recorded = recorded_scales(ds.root) if ds.root and Path(ds.root).is_dir() else {}
     fractions = [recorded.get(Path(i).as_posix()) for i in ds.ids]
     known = [f for f in fractions if f is not None]
