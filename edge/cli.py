@@ -618,7 +618,7 @@ def export(sessions, out, self_train):
         from .bundle import load_sidecar
         from .classifier import make_classifier
 
-        if "cpu" not in load_sidecar(self_train).runtimes:  # an Edge TPU-only model: its CPU twin is beside it
+        if load_sidecar(self_train).runtimes == ("edgetpu",):  # an Edge TPU-only model: its CPU twin is beside it
             cpu = load_sidecar(self_train).provenance.cpu_model
             raise UserError(f"--self-train needs the CPU int8 model, not the Edge TPU one ({self_train})"
                             + (f": use {Path(self_train).with_name(cpu)}" if cpu else ""))

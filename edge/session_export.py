@@ -68,7 +68,8 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
     record = _read_record(out)
     _check_ids(sessions, record, out)
     earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
-    pseudo = _pseudo_labels(sessions, self_train, skipped) if self_train is not None else {}
+    unreadable: set = set()
+    pseudo = _pseudo_labels(sessions, self_train, skipped, unreadable) if self_train is not None else {}
     result = {"classes": classes, "cells": 0, "skipped": skipped, "sessions": [f.name for f in folders],
               "self_trained": guessed}
     try:
@@ -80,7 +81,7 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
                 _drop_stale(out, earlier.get((s.id, c["id"])), name)
                 label = c.get("reviewed")
                 if label is None and guess is None:
-                    skipped["unreviewed"] += 1
+                    skipped["unreviewed"] += (s.id, c["id"]) not in unreadable  # counted once, as unreadable
                 elif label in (UNCERTAIN, NOT_A_CELL):
                     skipped["uncertain or not a cell"] += 1
                 elif not _has_crop(folder, c):
@@ -138,10 +139,11 @@ def _has_crop(folder: Path, cell: dict) -> bool:
 SELF_TRAIN_BATCH = 256  # crops classified at a time
 
 
-def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict) -> dict[tuple[str, int], tuple[str, float]]:
+def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict, unreadable: set
+                   ) -> dict[tuple[str, int], tuple[str, float]]:
     """(session, cell) -> (class, score) for the unreviewed cells ``model`` is sure of, judged among the classes
     the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class). A crop
-    that cannot be read is left out (``skipped["unreadable crop"]``), as it is unreviewed anyway."""
+    that cannot be read is left out (counted in ``skipped["unreadable crop"]``, its key added to ``unreadable``)."""
     reviewed: dict[str, int] = {}
     for s in sessions:
         for c in s.cells:
@@ -161,6 +163,7 @@ def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict) ->
                 crops.append(prepare(read_image_rgb(s.folder / c["crop"]), model.input_spec))
             except SourceError:
                 skipped["unreadable crop"] += 1
+                unreadable.add((s.id, c["id"]))
                 continue
             kept.append((s, c))
         if crops:

@@ -71,6 +71,19 @@ def test_bgswap_gives_a_crop_another_crops_background():
     assert len(seen) == 2
 
 
+def test_bgswap_gain_is_bounded_and_crop_backgrounds_reads_batches_alike():
+    from scopelite.train._keras import tf
+    from scopelite.train.augment import _bgswap, crop_backgrounds
+
+    dark = np.full((16, 16, 3), 60.0, np.float32)  # a crop whose brightest pixels are a dark cell
+    y = _bgswap(tf.constant(dark), 1.0, np.array([[235.0, 235.0, 235.0]], np.float32)).numpy()
+    assert np.allclose(y, 120.0)  # gain 235 / 60 = 3.9, kept at 2
+    rng = np.random.default_rng(1)
+    many = rng.integers(0, 256, (600, 8, 8, 3), dtype=np.uint8)  # more than one chunk of 512
+    one_by_one = np.stack([crop_backgrounds(m[None])[0] for m in many])
+    assert np.allclose(crop_backgrounds(many), one_by_one)
+
+
 def test_make_dataset_swaps_backgrounds_from_the_bank_it_is_given():
     from scopelite.train.augment import crop_backgrounds, make_dataset
 

@@ -67,3 +67,11 @@ def test_pool_crops_finds_every_white_cell_and_leaves_out_copies_of_labelled_fie
     labelled = [c for n, c in crops if n == "b_1-0"]  # that cell is also a labelled field: left out
     kept, left_out = few_shot.pool_crops(tmp_path, cfg, labelled)
     assert left_out == 1 and sorted(n for n, _ in kept) == ["a_1-0", "a_1-1"]
+
+    import pytest
+
+    with pytest.raises(SystemExit, match="not a folder of images"):
+        few_shot.pool_crops(tmp_path / "missing", cfg, [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="not a folder of images"):
+        few_shot.pool_crops(tmp_path / "empty", cfg, [])

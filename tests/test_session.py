@@ -360,6 +360,7 @@ def test_export_self_train_adds_the_unreviewed_cells_the_adapted_model_is_sure_o
     (sessions.current.folder / broken["crop"]).write_bytes(b"torn")
     r = export_reviewed([root], out, model)
     assert r["skipped"]["unreadable crop"] == 1 and r["self_trained"] == {"lymphocyte": 1, "neutrophil": 2}
+    assert r["skipped"]["unreviewed"] == 3  # 4, 5 and the third sure neutrophil (10 counts once: unreadable)
     # exported again without --self-train: the guesses go, the reviewed cells stay
     r = export_reviewed([root], out)
     assert r["self_trained"] == {} and sorted(p.parent.name for p in out.glob("*/*.png")) == [
@@ -418,6 +419,9 @@ def test_export_cli_self_train(tmp_path, tiny_run):
     r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data3"), "--self-train",
                    str(tpu_dir / "model_edgetpu.tflite"))
     assert_one_line_error(r, "needs the CPU int8 model", "model.tflite")
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data3"), "--self-train",
+                   str(tiny_run["keras"]))  # the float model: not the Edge TPU message
+    assert r.returncode != 0 and "Edge TPU" not in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "bad.tflite").write_bytes(b"not a model")
     r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data2"), "--self-train",
                    str(tmp_path / "bad.tflite"))

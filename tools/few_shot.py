@@ -124,9 +124,9 @@ def pool_crops(pool: Path, cfg: field_lib.FieldConfig, labelled: list[np.ndarray
     scale: the pool may mix set-ups), as (name, crop), less the crops that copy one of the ``labelled`` crops
     (``fieldset.copy_score`` at 48 px >= ``fieldset.DUPLICATE_NCC``): no validation or report cell is seen, even
     unlabelled. Also how many were left out."""
-    frames = list_images([pool])
+    frames = list_images([pool]) if Path(pool).is_dir() else []
     if not frames:
-        sys.exit(f"Error: --self-train {pool}: no images there")
+        sys.exit(f"Error: --self-train {pool}: not a folder of images")
     # named by the frame's path under the pool (frames in two subfolders may share a name), then the cell
     crops = [("_".join(p.relative_to(pool).with_suffix("").parts) + f"-{i}", c)
              for p, img in zip(frames, fieldset.read_fields(frames)) for i, c in enumerate(fieldset.white_cell_crops(img, cfg))]
@@ -209,6 +209,8 @@ def main() -> None:
     files = export_crops(list(fieldset.main_cell_crops(adapt, cfg)), work / "crops")  # the scale smoothed as the daemon does
     cells = one_field_per_cell(adapt, files, cell_of)
     pool, left_out = pool_crops(Path(a.self_train), cfg, [c for _, c in labelled]) if a.self_train else ([], 0)
+    if a.self_train and not pool:
+        sys.exit(f"Error: --self-train {a.self_train}: no white cell found there that is not a copy of a labelled field")
     rows = []
     fit = (COMMON + RECIPES[a.recipe] + ([] if a.image_size is None else ["--image-size", str(size)])
            + shlex.split(a.fit_args))
@@ -240,9 +242,10 @@ def main() -> None:
                 for cls, idx in chosen.items():
                     for i in idx:
                         cv2.imwrite(str(with_pool / cls / f"pool-{pool[i][0]}.png"), cv2.cvtColor(pool[i][1], cv2.COLOR_RGB2BGR))
-                if not a.measure_scale:
-                    record_files(with_pool, [{"file": f"{cls}/pool-{pool[i][0]}.png", "label": cls, "pseudo": True,
-                                              "rbc_fraction": cfg.cut_scale()} for cls, idx in chosen.items() for i in idx])
+                # marked pseudo always (fit trains on them, never validates on them); the scale unless --measure-scale
+                record_files(with_pool, [{"file": f"{cls}/pool-{pool[i][0]}.png", "label": cls, "pseudo": True,
+                                          **({} if a.measure_scale else {"rbc_fraction": cfg.cut_scale()})}
+                                         for cls, idx in chosen.items() for i in idx])
                 st: dict = {"pool": len(pool), "pool_left_out_as_copies": left_out,
                             "added": {cls: len(idx) for cls, idx in chosen.items()}}
                 st_model = fit_and_compress(bin_dir, a, with_pool, work / f"run-{n}-self", fit, st)

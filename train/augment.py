@@ -65,7 +65,7 @@ def _bgswap(x, s, backgrounds=None):
     own = tf.reduce_mean(tf.gather(tf.reshape(x, [-1, 3]), bright), axis=0)
     target = bank[tf.random.uniform([], 0, tf.shape(bank)[0], tf.int32)]
     gain = tf.clip_by_value(tf.maximum(target, 1.0) / tf.maximum(own, 1.0), 1.0 / R.BG_MAX_GAIN, R.BG_MAX_GAIN)
-    return x * tf.pow(gain, s)
+    return tf.clip_by_value(x * tf.pow(gain, s), 0.0, 255.0)
 
 
 def crop_backgrounds(images: np.ndarray) -> np.ndarray:
@@ -333,11 +333,11 @@ def _debris(x, s, rbc_px: float | None = None):
 
 
 # name -> transform, in the order they are applied (each with probability p * recipe.SHARE[name])
-TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "randaugment": _randaugment, "bgswap": _bgswap, "colour": _colour, "hue": _hue, "grey": _grey,
+TRANSFORMS = {"rotate": _rotate, "zoom": _zoom_shift, "bgswap": _bgswap, "randaugment": _randaugment, "colour": _colour, "hue": _hue, "grey": _grey,
               "stain": _stain, "hed": _hed, "domain": _domain, "debris": _debris, "blur": _blur, "noise": _noise, "shot": _shot,
               "jpeg": _jpeg, "blots": _blots}
 OPS = {name: (TRANSFORMS[name], R.SHARE[name]) for name in AUG_OPS}  # name -> (transform, share of p)
-assert set(TRANSFORMS) == set(AUG_OPS)
+assert tuple(TRANSFORMS) == AUG_OPS
 
 
 def make_augment(policy: str, strength: float = 0.7, p: float = R.P, ops: dict | None = None,

@@ -46,7 +46,7 @@ class Dataset:
     synthetic: bool
     predefined_split: dict[str, np.ndarray] | None = None  # e.g. MedMNIST's own train/val/test
     root: str | None = None  # the class-folder dataset's folder (its export.json: ``training_scale``)
-    _scale: tuple | None = field(default=None, repr=False, compare=False)  # training_scale's answer, once
+    _scale: tuple | None = field(default=None, init=False, repr=False, compare=False)  # training_scale's answer, once
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -325,7 +325,9 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if ds.root and (Path(ds.root) / data_lib.RECORD).is_file():  # cells exported by celledge export
         rbc, how = data_lib.training_scale(ds)
         log(f"      training scale: red cells {rbc} px across, {how}")
-    note = few_cells_note(ds.counts(), pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
+    people = np.delete(ds.labels, data_lib.pseudo_labelled(ds))  # the guesses are not people's labels
+    note = few_cells_note({n: int((people == i).sum()) for i, n in enumerate(ds.class_names)},
+                          pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
         log(f"      NOTE: {note}")
     if not ds.synthetic:
