@@ -618,8 +618,9 @@ def export(sessions, out, self_train):
         from .bundle import load_sidecar
         from .classifier import make_classifier
 
-        if load_sidecar(self_train).runtimes == ("edgetpu",):  # an Edge TPU-only model: its CPU twin is beside it
-            cpu = load_sidecar(self_train).provenance.cpu_model
+        sidecar = load_sidecar(self_train)
+        if sidecar.runtimes == ("edgetpu",):  # an Edge TPU-only model: its CPU twin is beside it
+            cpu = sidecar.provenance.cpu_model
             raise UserError(f"--self-train needs the CPU int8 model, not the Edge TPU one ({self_train})"
                             + (f": use {Path(self_train).with_name(cpu)}" if cpu else ""))
         model = make_classifier(self_train, device="cpu")

@@ -68,8 +68,8 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
     record = _read_record(out)
     _check_ids(sessions, record, out)
     earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
-    unreadable: set = set()
-    pseudo = _pseudo_labels(sessions, self_train, skipped, unreadable) if self_train is not None else {}
+    pseudo, unreadable = _pseudo_labels(sessions, self_train) if self_train is not None else ({}, set())
+    skipped["unreadable crop"] = len(unreadable)
     result = {"classes": classes, "cells": 0, "skipped": skipped, "sessions": [f.name for f in folders],
               "self_trained": guessed}
     try:
@@ -139,11 +139,11 @@ def _has_crop(folder: Path, cell: dict) -> bool:
 SELF_TRAIN_BATCH = 256  # crops classified at a time
 
 
-def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict, unreadable: set
-                   ) -> dict[tuple[str, int], tuple[str, float]]:
+def _pseudo_labels(sessions: list[Session], model: Classifier
+                   ) -> tuple[dict[tuple[str, int], tuple[str, float]], set[tuple[str, int]]]:
     """(session, cell) -> (class, score) for the unreviewed cells ``model`` is sure of, judged among the classes
-    the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class). A crop
-    that cannot be read is left out (counted in ``skipped["unreadable crop"]``, its key added to ``unreadable``)."""
+    the sessions' reviewed cells have (``self_train.confident``; n: the most reviewed cells of one class); and
+    the (session, cell) keys of the crops that could not be read (left out)."""
     reviewed: dict[str, int] = {}
     for s in sessions:
         for c in s.cells:
@@ -155,25 +155,25 @@ def _pseudo_labels(sessions: list[Session], model: Classifier, skipped: dict, un
         raise SessionError(f"--self-train: the model knows none of the reviewed classes ({', '.join(sorted(reviewed))})", 400)
     todo = [(s, c) for s in sessions for c in s.cells
             if known and c.get("reviewed") is None and _has_crop(s.folder, c)]
-    kept, probs = [], []
+    kept, probs, unreadable = [], [], set()
     for i in range(0, len(todo), SELF_TRAIN_BATCH):  # a batch at a time: memory stays small
         crops = []
         for s, c in todo[i:i + SELF_TRAIN_BATCH]:
             try:
                 crops.append(prepare(read_image_rgb(s.folder / c["crop"]), model.input_spec))
             except SourceError:
-                skipped["unreadable crop"] += 1
                 unreadable.add((s.id, c["id"]))
                 continue
             kept.append((s, c))
         if crops:
             probs.append(model.classify(np.stack(crops)))
     if not kept:
-        return {}
+        return {}, unreadable
     todo, probs = kept, np.concatenate(probs)
     chosen = confident(probs, list(model.labels), known, max(reviewed[k] for k in known))
     cols = {k: list(model.labels).index(k) for k in known}
-    return {(todo[i][0].id, todo[i][1]["id"]): (k, float(probs[i, cols[k]])) for k, idx in chosen.items() for i in idx}
+    guesses = {(todo[i][0].id, todo[i][1]["id"]): (k, float(probs[i, cols[k]])) for k, idx in chosen.items() for i in idx}
+    return guesses, unreadable
 
 
 def _export_name(session_id: str, cell: dict, guess: str | None = None) -> str | None:

@@ -56,6 +56,8 @@ RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" is 
     "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # since session 15
     "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
+
+
 def export_crops(crops: list[tuple[Path, np.ndarray]], out: Path) -> dict[Path, Path]:
     """The main-cell crops as PNG files under ``out/<class>/``, by field."""
     written = {}

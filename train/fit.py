@@ -308,10 +308,11 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if cfg.exclude:
         drop = np.union1d(drop, data_lib.read_exclusions(cfg.exclude, ds))
     fractions = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+    pseudo = data_lib.pseudo_labelled(ds)  # --self-train's guesses (export.json): train on, never judge by
     if ds.predefined_split is not None:  # keep the dataset's own split, minus what is dropped
         split = {k: np.setdiff1d(v, drop) for k, v in ds.predefined_split.items()}
     else:
-        guessed = np.setdiff1d(data_lib.pseudo_labelled(ds), drop)  # --self-train's guesses: training only
+        guessed = np.setdiff1d(pseudo, drop)  # training only
         split = data_lib.stratified_split(ds.labels, fractions, cfg.seed, exclude=np.union1d(drop, guessed))
         if len(guessed):
             split["train"] = np.union1d(split["train"], guessed)
@@ -325,7 +326,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     if ds.root and (Path(ds.root) / data_lib.RECORD).is_file():  # cells exported by celledge export
         rbc, how = data_lib.training_scale(ds)
         log(f"      training scale: red cells {rbc} px across, {how}")
-    people = np.delete(ds.labels, data_lib.pseudo_labelled(ds))  # the guesses are not people's labels
+    people = np.delete(ds.labels, pseudo)  # the guesses are not people's labels
     note = few_cells_note({n: int((people == i).sum()) for i, n in enumerate(ds.class_names)},
                           pretrained=cfg.weights not in ("none", "imagenet") and not ds.synthetic)
     if note:
