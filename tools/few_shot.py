@@ -155,12 +155,37 @@ def fit_and_compress(bin_dir: Path, a, data: Path, run_dir: Path, fit: list[str]
     """``celltrain fit`` on ``data`` then ``cellcompress --int8``, as a lab runs them; the wall times go into
     ``row``; the int8 model's path."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    log = run_dir.with_suffix(".log")
-    row["fit_seconds"] = run([str(bin_dir / "celltrain"), "fit", "--weights", a.weights, "--data", str(data),
-                              "--out", str(run_dir), "--seed", str(a.seed), "--train-seed", str(a.seed), *fit], log)
+    row["fit_seconds"] = fit_once(bin_dir, a, data, run_dir, fit, a.seed)
+    return compress(bin_dir, run_dir, row)
+
+
+def fit_once(bin_dir: Path, a, data: Path, run_dir: Path, fit: list[str], train_seed: int) -> float:
+    """``celltrain fit`` on ``data`` (fit's split from ``a.seed``, its training from ``train_seed``); its wall time."""
+    return run([str(bin_dir / "celltrain"), "fit", "--weights", a.weights, "--data", str(data), "--out", str(run_dir),
+                "--seed", str(a.seed), "--train-seed", str(train_seed), *fit], run_dir.with_suffix(".log"))
+
+
+def compress(bin_dir: Path, run_dir: Path, row: dict) -> Path:
     row["compress_seconds"] = run([str(bin_dir / "cellcompress"), str(run_dir / "model.keras"), "--int8",
-                                   "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], log)
+                                   "--out", str(run_dir / "int8"), "--max-drop", "100", "100"], run_dir.with_suffix(".log"))
     return run_dir / "int8" / "model.tflite"
+
+
+def soup_and_compress(bin_dir: Path, a, data: Path, first: Path, fit: list[str], k: int, row: dict) -> Path:
+    """``k - 1`` more fits of ``data`` beside ``first`` (training seeds ``a.seed + 100 i``), ``celltrain average``
+    of the ``k`` (decision 18a), ``cellcompress --int8``; wall times into ``row``; the int8 model's path."""
+    members = [first]
+    row["fit_seconds"] = []
+    for i in range(1, k):
+        member = first.with_name(f"{first.name}-s{i}")
+        shutil.rmtree(member, ignore_errors=True)
+        row["fit_seconds"].append(fit_once(bin_dir, a, data, member, fit, a.seed + 100 * i))
+        members.append(member)
+    out = first.with_name(f"{first.name}-soup")
+    shutil.rmtree(out, ignore_errors=True)
+    row["average_seconds"] = run([str(bin_dir / "celltrain"), "average", *map(str, members), "--out", str(out)],
+                                 out.with_suffix(".log"))
+    return compress(bin_dir, out, row)
 
 
 def main() -> None:
@@ -187,10 +212,15 @@ def main() -> None:
                     help="after each fit, classify the white cells of the unlabelled frames under POOL with the adapted "
                          "model, add the confident ones to the labelled cells (decision 17a) and fit again; the row's "
                          "'self_train' holds the second model's figures")
+    ap.add_argument("--soup", type=int, default=None, metavar="K",
+                    help="also fit K - 1 more times (training seeds SEED + 100, + 200, ...), average the K fits' weights "
+                         "(celltrain average) and score that model too: the row's 'soup' (decision 18a)")
     ap.add_argument("--validate", action="store_true",
                     help="measure on the adapt fields whose cell was not drawn (choosing a recipe), not the report part")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "few-shot-deepbionet.json"))
     a = ap.parse_args()
+    if a.soup is not None and a.soup < 2:
+        sys.exit(f"Error: --soup {a.soup}: a soup averages at least 2 fits")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
@@ -253,6 +283,11 @@ def main() -> None:
                 st_model = fit_and_compress(bin_dir, a, with_pool, work / f"run-{n}-self", fit, st)
                 st["validation" if a.validate else "report"] = field_accuracy(st_model, measured, cell_of, setup_of)
                 row["self_train"] = st
+            if a.soup:
+                sp: dict = {"k": a.soup}
+                sp_model = soup_and_compress(bin_dir, a, data, work / f"run-{n}", fit, a.soup, sp)
+                sp["validation" if a.validate else "report"] = field_accuracy(sp_model, measured, cell_of, setup_of)
+                row["soup"] = sp
         row["validation" if a.validate else "report"] = field_accuracy(Path(model), measured, cell_of, setup_of)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -263,7 +298,8 @@ def main() -> None:
                    + ("" if a.image_size is None else f" --image-size {a.image_size}")
                    + ("" if not a.fit_args else f" --fit-args {shlex.quote(a.fit_args)}")
                    + ("" if a.split == "cells" else " --split number") + (" --measure-scale" if a.measure_scale else "")
-                   + ("" if not a.self_train else f" --self-train {a.self_train}"),
+                   + ("" if not a.self_train else f" --self-train {a.self_train}")
+                   + ("" if not a.soup else f" --soup {a.soup}"),
         "seed": a.seed, "recipe": a.recipe, "measured_on": "adapt part, cells not drawn" if a.validate else "report part",
         "machine": machine(), "date": datetime.date.today().isoformat(),
         "fit_options": fit, "split": a.split,
