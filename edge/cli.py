@@ -109,6 +109,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
 
     from . import ood
     from .field import model_rbc_px
+    from .stain import is_greyscale
 
     model, images = _split_model(args, model)
     clf = _classifier(model, threads, device, fallback, tta)
@@ -119,7 +120,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
     failed: list[str] = []
-    unlike = 0
+    unlike = grey = 0
     for path in paths:
         try:
             image, site_scale = read_image_rgb(path), None
@@ -134,6 +135,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
         if too_small(image, spec):
             warn(f"{path} is only {image.shape[1]}x{image.shape[0]} px, far smaller than the model's "
                  f"{spec.width}x{spec.height} input: its class below means little")
+        grey += is_greyscale(image)
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(image), ref) if ref else None
         unlike += distance is not None and distance > ref.threshold
@@ -149,6 +151,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
             click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")
+    if grey:
+        warn(f"{grey} of {len(paths)} images hold no colour (greyscale or blank): the model was trained on stained "
+             "colour images, so their classes mean little")
     if unlike:
         warn(f"{unlike} of {len(paths)} images are stained unlike the model's training data (stain distance above "
              f"{ref.threshold}): expect more mistakes; calibrate or adapt the model to this lab (docs/cross-lab.md)")
@@ -276,10 +281,8 @@ def watch(**_):
     from . import shutdown
     from .config import from_click
     from .outputs import LineSink, check_writable
-    from .sources import is_live, open_source, open_unless_stopped
+    from .sources import is_live, is_still, open_source, open_unless_stopped
     from .watch import run_watch
-
-    from pathlib import Path
 
     from .packaged import default_model
 
@@ -304,7 +307,7 @@ def watch(**_):
              "this slide")
     source = cfg.source
     if cfg.track is None:
-        cfg = cfg.replace(track=not Path(source).is_dir())
+        cfg = cfg.replace(track=not is_still(source))
 
     def load(model: str):
         return _classifier(model, cfg.threads, cfg.device, cfg.fallback, cfg.tta)
@@ -389,6 +392,11 @@ def watch(**_):
                                          "white_total": s["differential"]["white_total"],
                                          "cells": s["cells_total"], "reviewed": s["reviewed"]}
     emit(summary)
+    if summary["summary"].get("warning"):
+        warn(summary["summary"]["warning"])
+    if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
+        warn(f"{summary['summary']['source']} ended with session {s['id']} still open: the next run with --sessions "
+             f"{cfg.sessions} resumes it (--new-session closes it and starts another)")
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")
@@ -415,6 +423,8 @@ def _sessions(cfg, clf):
 
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale())
+    for d in sessions.damaged:
+        warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
     return sessions, cfg.replace(count=None)
@@ -499,7 +509,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .field import model_rbc_px
     from .outputs import check_writable
     from .packaged import default_model
-    from .sources import SourceError, list_images, open_source, read_image_rgb
+    from .sources import SourceError, is_still, list_images, open_source, read_image_rgb
 
     check_writable(out, "--out", is_dir=False)
     model = model or str(default_model())
@@ -524,7 +534,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
         finally:
             src.close()
 
-    if Path(source).is_dir():
+    if is_still(source):  # a folder, or one image file
         paths = list_images([source])
         if not paths:
             raise UserError(f"no images in folder {source}")

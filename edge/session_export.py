@@ -26,7 +26,7 @@ from .bundle import atomic_path, write_json_atomic
 from .differential import UNCERTAIN
 from .preprocess import prepare
 from .self_train import confident
-from .session import NOT_A_CELL, Session, SessionError, list_sessions
+from .session import NOT_A_CELL, Session, SessionError, damaged_sessions, list_sessions
 from .sources import SourceError, read_image_rgb
 
 if TYPE_CHECKING:
@@ -42,6 +42,11 @@ def session_folders(paths) -> list[Path]:
         if (p / "state.json").is_file():
             out.append(p)
         else:
+            damaged = damaged_sessions(p)
+            if damaged:  # their reviewed cells would be left out without a word
+                raise SessionError(f"{damaged[0]}/state.json cannot be read" + (
+                    f" (and {len(damaged) - 1} more sessions' under {p})" if len(damaged) > 1 else "")
+                    + ": repair it or move the folder aside, then export again", 422)
             found = list_sessions(p)
             if not found:
                 raise SessionError(f"{p} is neither a session folder nor a folder of sessions (no state.json)", 404)
@@ -86,6 +91,8 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
                     skipped["uncertain or not a cell"] += 1
                 elif not _has_crop(folder, c):
                     skipped["no crop"] += 1
+                elif guess is None and not _decodes(folder / c["crop"]):  # a guess's crop was read to guess it
+                    skipped["unreadable crop"] += 1
                 else:
                     with atomic_path(out / name) as tmp:
                         shutil.copyfile(folder / c["crop"], tmp)
@@ -134,6 +141,15 @@ def _check_ids(sessions: list[Session], record: list[dict], out: Path) -> None:
 
 def _has_crop(folder: Path, cell: dict) -> bool:
     return bool(cell.get("crop")) and (folder / cell["crop"]).is_file()
+
+
+def _decodes(path: Path) -> bool:
+    """Whether a crop is an image (a damaged one must not join a training set)."""
+    try:
+        read_image_rgb(path)
+    except (SourceError, OSError):
+        return False
+    return True
 
 
 SELF_TRAIN_BATCH = 256  # crops classified at a time

@@ -48,7 +48,7 @@ from . import ood
 from .errors import UserError
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
-from .stain import frame_background, stain_layers
+from .stain import frame_background, is_greyscale, stain_layers
 
 SCHEMA = "scopelite-site/1"
 RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
@@ -57,6 +57,7 @@ RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
 # white balance for the shipped model and any model trained on PBC.
 TRAINING_BACKGROUND = (255.0, 228.0, 203.0)
 DEFAULT_FRAMES = 30
+MAX_REFLECT = 1.5  # the site square may exceed a single-cell image's side by this much (borders reflected), no more
 GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camera: a wrong measurement
 ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
                 "(label 25 cells per class you see; docs/cross-lab.md)")
@@ -155,8 +156,9 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     Raises:
         SiteError: no frame, or no frame with enough red cells to measure the scale.
     """
-    measures = []
+    measures, grey = [], 0
     for i, frame in enumerate(frames):
+        grey += is_greyscale(frame)
         m = measure_frame(frame, reference)
         measures.append(m)
         if progress is not None:
@@ -167,6 +169,9 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     if not sizes:
         raise SiteError([f"none of the {len(measures)} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
+    if grey == len(measures):
+        raise SiteError([f"the {'frame holds' if grey == 1 else f'{grey} frames hold'} no colour (greyscale): "
+                         "a site is measured on stained smears in colour; set the camera to colour"])
     rbc = float(np.median(sizes))
     bg = tuple(round(float(v), 1) for v in np.median([m.background for m in measures], axis=0))
     record: dict[str, Any] = {
@@ -278,6 +283,10 @@ class Site:
             return image_rgb
         side = crop_side(self.rbc_px, model_rbc_px, input_px)
         h, w = image_rgb.shape[:2]
+        if side > MAX_REFLECT * min(h, w):
+            raise UserError(f"a {w}x{h} px image is far smaller than the {side} px square that {self.path}'s scale cuts "
+                            f"(red cells {self.rbc_px:.0f} px across on that microscope): is it a crop already cut to "
+                            "the model's scale? Classify such crops without --site, or calibrate with --no-scale")
         x0, y0 = w // 2 - side // 2, h // 2 - side // 2
         return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
 

@@ -87,6 +87,9 @@ class OpenCVSource:
         else:
             self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
+            if Path(spec).is_file():
+                raise SourceError(f"cannot read {spec} as a video (not a video file OpenCV can decode; images: "
+                                  f"{', '.join(IMAGE_SUFFIXES)})")
             raise SourceError(f"cannot open video source {spec!r}: no such camera, file or stream")
         if size:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
@@ -107,7 +110,7 @@ class OpenCVSource:
 
 
 class FolderSource:
-    """A folder of images replayed in name order, optionally looped.
+    """A folder of images (or one image file) replayed in name order, optionally looped.
 
     An image that cannot be read (corrupt, truncated, too large) is skipped, counted in
     ``unreadable`` and passed to ``warn``; the rest of the folder is still read.
@@ -123,13 +126,17 @@ class FolderSource:
         self._warn = warn or (lambda msg: None)
         self._i = 0
         self._good = 0  # frames read in this pass
+        self._last_error = ""
         self.unreadable = 0
 
     def read(self) -> np.ndarray | None:
         while True:
             if self._i >= len(self._paths):
                 if not self._good:
-                    raise SourceError(f"none of the {len(self._paths)} images in {self.name} could be read")
+                    if len(self._paths) == 1:
+                        raise SourceError(self._last_error)
+                    raise SourceError(f"none of the {len(self._paths)} images in {self.name} could be read "
+                                      f"(the last: {self._last_error})")
                 if not self._loop:
                     return None
                 self._i = self._good = 0
@@ -139,6 +146,7 @@ class FolderSource:
                 frame = check_frame_size(read_image_rgb(path), str(path))
             except (SourceError, OSError, cv2.error) as e:
                 self.unreadable += 1
+                self._last_error = str(e)
                 self._warn(f"skipped {path}: {e}")
                 continue
             self._good += 1
@@ -168,6 +176,12 @@ class FakeSource:
 
     def close(self) -> None:
         self.closed = True
+
+
+def is_still(spec: str | os.PathLike) -> bool:
+    """A folder of images or one image file: still fields, each read once (no tracking between them)."""
+    p = Path(spec)
+    return p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def is_live(spec: str) -> bool:
@@ -202,9 +216,10 @@ def open_unless_stopped(open_fn: Callable[[], FrameSource], stop: threading.Even
 
 def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None,
                 warn: Callable[[str], None] | None = None) -> FrameSource:
-    """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...`` or a folder of images (``warn``: skipped files)."""
+    """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...``, a folder of images or one image file (``warn``:
+    skipped files)."""
     p = Path(spec)
-    if p.is_dir():
+    if is_still(p):  # an image file too: read as one, not through a video decoder
         return FolderSource(p, loop=loop, warn=warn)
     if not (is_live(spec) or p.is_file()):
         raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")

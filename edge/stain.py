@@ -68,6 +68,19 @@ def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
     return frame_rgb.reshape(-1, 3).max(axis=0).astype(np.float64)
 
 
+GREY_TOLERANCE = 2.0  # mean |R - G| and |G - B| (uint8 levels) under which a frame holds no colour
+
+
+def is_greyscale(frame_rgb: np.ndarray) -> bool:
+    """Whether a frame holds no colour (a camera in monochrome mode, a grey file, a blank white frame): field
+    mode finds cells by their stain colour and the models were trained on colour, so say so."""
+    sub = np.asarray(frame_rgb)[::4, ::4].astype(np.int16)
+    if sub.ndim != 3 or sub.shape[2] < 3:
+        return True
+    return bool(np.abs(sub[..., 0] - sub[..., 1]).mean() < GREY_TOLERANCE
+                and np.abs(sub[..., 1] - sub[..., 2]).mean() < GREY_TOLERANCE)
+
+
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
     """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
     rgb = np.asarray(rgb, np.float64).reshape(-1, 3)

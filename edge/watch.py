@@ -35,7 +35,7 @@ from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError
-from .stain import stain_layers
+from .stain import is_greyscale, stain_layers
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 
 
@@ -424,7 +424,7 @@ def run_watch(
     field_scale = FieldScale(field_cfg, every=5 if stream else 1, slide=SLIDE_SCALE_ESTIMATES if stream else 0,
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
-    unlike_frames = 0
+    unlike_frames = grey_frames = 0
     tally = Tally(list(classifier.labels))
     counter = FieldCounter(classifier.labels, min_score, count, config.wbc, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
@@ -455,6 +455,7 @@ def run_watch(
                 if queue.closed:
                     break
                 continue
+            grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
                 cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, field_scale,
@@ -511,6 +512,11 @@ def run_watch(
         "fps": round(n / elapsed, 2),
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
     }
+    if grey_frames:
+        summary["grey_frames"] = grey_frames
+        summary["warning"] = (f"{grey_frames} of {n} frames hold no colour (greyscale or blank): the model was trained "
+                              "on stained colour images and field mode finds cells by their stain; set the camera to "
+                              "colour")
     if site is not None:
         summary["site"] = site.info()
     if reloader is not None:
@@ -528,8 +534,9 @@ def run_watch(
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:
-            summary["warning"] = ("most frames are stained unlike the model's training data: expect more mistakes; "
-                                  "calibrate or adapt the model to this lab (docs/cross-lab.md)")
+            unlike = ("most frames are stained unlike the model's training data: expect more mistakes; calibrate or "
+                      "adapt the model to this lab (docs/cross-lab.md)")
+            summary["warning"] = "; ".join(filter(None, [summary.get("warning"), unlike]))
     if config.report is not None:
         write_report(config.report, counter.differential,
                      {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score}

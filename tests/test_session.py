@@ -569,3 +569,43 @@ def test_fit_trains_on_self_trained_guesses_but_never_validates_or_tests_on_them
     for part in ("val", "test"):
         assert not set(guesses) & set(splits["both"][part]) and splits["both"][part] == splits["labelled"][part]
     assert set(splits["both"]["train"]) == set(splits["labelled"]["train"]) | set(guesses)
+
+
+def test_export_skips_a_reviewed_crop_that_is_not_an_image(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"])
+    for cid in (1, 2, 3):
+        sessions.label(cid, "confirm")
+    (sessions.current.folder / sessions.current.by_id[2]["crop"]).write_text("not a png")  # a damaged crop
+    out = tmp_path / "data"
+    r = export_reviewed([root], out)
+    assert r["classes"] == {"monocyte": 1, "neutrophil": 1} and r["skipped"]["unreadable crop"] == 1
+    assert not (out / "lymphocyte").exists() or not any((out / "lymphocyte").iterdir())
+    assert {f["cell"] for f in json.loads((out / "export.json").read_text())["files"]} == {1, 3}
+
+
+def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
+    root = tmp_path / "s"
+    first = _session_with(root, ["neutrophil", "lymphocyte"])
+    first.label(1, "confirm")
+    damaged = first.current.folder
+    (damaged / "state.json").write_text('{"id": "torn')  # a damaged disk, a hand edit
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
+    assert_one_line_error(r, f"{damaged}/state.json cannot be read")
+    assert not (tmp_path / "data").exists()
+    again = Sessions(root, CLASS_NAMES)  # the daemon's start-up: a new session, and it says why
+    assert again.damaged == [damaged] and again.current.folder != damaged and again.resumed is None
+
+
+def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
+    from scopelite.train.synth import make_field
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
+                                                            cv2.COLOR_RGB2BGR))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
+                   "--count", "100")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "still open: the next run with --sessions" in r.stderr and "--new-session" in r.stderr

@@ -205,3 +205,24 @@ def test_a_reloaded_model_must_fit_the_running_site_file(fields):
     refused = reloader.reload("bigger")
     assert not refused["ok"] and "128 px" in refused["error"] and reloader.path == "old"
     assert reloader.reload("same")["ok"] and reloader.path == "same"
+
+
+def test_site_scale_refuses_an_image_far_smaller_than_its_square():
+    from scopelite.edge.errors import UserError
+
+    rec = site_lib.calibrate([make_field(np.random.default_rng(1), 320, 240, n_cells=2)[0]], input_px=96,
+                             model_rbc_px=MODEL_RBC_PX, scale=True)
+    site = site_lib.from_record({**rec, "scale": {**rec["scale"], "rbc_px": 54.0}}, "site.json")
+    side = crop_side(54.0, MODEL_RBC_PX, 96)  # the square that shows this microscope's red cells at 18 px in 96
+    small = int(side / 1.4)  # a little smaller: borders reflected, as before
+    assert site.crop_to_scale(np.zeros((small, small, 3), np.uint8), MODEL_RBC_PX, 96).shape[0] == side
+    with pytest.raises(UserError, match=f"a 96x96 px image is far smaller than the {side} px square"):
+        site.crop_to_scale(np.zeros((96, 96, 3), np.uint8), MODEL_RBC_PX, 96)  # a crop already cut, not a frame
+
+
+def test_calibrate_refuses_frames_without_colour():
+    field = make_field(np.random.default_rng(1), 320, 240, n_cells=2)[0]
+    frame = cv2.cvtColor(cv2.cvtColor(field, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)  # a camera in monochrome
+    assert site_lib.calibrate([field], input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 1  # in colour: fine
+    with pytest.raises(site_lib.SiteError, match="2 frames hold no colour"):
+        site_lib.calibrate([frame, frame], input_px=96, model_rbc_px=MODEL_RBC_PX)

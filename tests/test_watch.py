@@ -149,3 +149,26 @@ def test_saver_rules_and_disk_cap(tmp_path):
     names = sorted(f.name for f in files)
     assert "_00000019_" in names[-1] and all("_00000001_" not in n for n in names)  # oldest went first
     assert json.loads((tmp_path / "saved.jsonl").read_text().splitlines()[0])["reasons"] == ["class:basophil"]
+
+
+def test_frames_without_colour_are_counted_and_warned_about():
+    from scopelite.edge.stain import is_greyscale
+
+    stained = np.zeros((30, 40, 3), np.uint8) + np.array([230, 200, 215], np.uint8)  # a pink slide
+    assert not is_greyscale(stained) and is_greyscale(_frames([120])[0]) and is_greyscale(np.zeros((30, 40), np.uint8))
+    clf = FakeClassifier(LABELS, InputSpec(8, 8))
+    s = run_watch(WatchConfig(), FakeSource([stained, *_frames([120, 250])]), clf, lambda r: None)["summary"]
+    assert s["grey_frames"] == 2 and s["warning"].startswith("2 of 3 frames hold no colour")
+    s = run_watch(WatchConfig(), FakeSource([stained]), clf, lambda r: None)["summary"]
+    assert "grey_frames" not in s and "warning" not in s
+
+
+def test_one_image_file_is_a_source_of_one_frame(tmp_path):
+    import cv2
+
+    from scopelite.edge.sources import is_still, open_source
+
+    cv2.imwrite(str(tmp_path / "field.jpg"), np.full((20, 20, 3), 250, np.uint8))
+    src = open_source(str(tmp_path / "field.jpg"))
+    assert isinstance(src, FolderSource) and is_still(tmp_path / "field.jpg") and is_still(tmp_path)
+    assert src.read().shape == (20, 20, 3) and src.read() is None
