@@ -66,7 +66,9 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
 
     from .packaged import default_model
 
-    if model is None and args and args[0].endswith(".tflite"):
+    if args and args[0].endswith(".tflite"):
+        if model is not None:
+            raise click.UsageError(f"two models: --model {model} and {args[0]}; give one")
         model, args = args[0], args[1:]
     if not args:
         raise click.UsageError("give at least one IMAGE or folder")
@@ -315,6 +317,9 @@ def watch(**_):
     model = cfg.model or str(default_model())
     clf = load(model)
     site = _site(cfg.site, clf)  # a bad site file fails here, before anything is opened
+    if site is not None and site.use_scale and cfg.crop_size is not None:
+        raise UserError(f"--crop-size fixes the crop and --site {cfg.site} (made with --scale) the scale it comes from: "
+                        "give one of them")
     live = is_live(source)
     sources = []
 

@@ -106,8 +106,6 @@ class WatchConfig:
             out.append("--sessions needs --mode field (a session keeps counted cells)")
         if self.sessions and self.loop:
             out.append("--loop replays the same cells: a session would count them again on every pass; leave out --loop")
-        if self.site and self.crop_size is not None:
-            out.append("--crop-size fixes the crop and --site FILE the scale it comes from: give one of them")
         if self.new_session and not self.sessions:
             out.append("--new-session needs --sessions DIR")
         if self.save_dir and not self.save_classes and self.save_below is None:

@@ -629,3 +629,8 @@ def test_error_after_a_progress_bar_starts_its_own_line(capfd):
     print_error("cannot decode x.png")
     err = capfd.readouterr().err
     assert "\nError: cannot decode x.png\n" in err and not tqdm._instances
+
+
+def test_classify_refuses_two_models(corpus):
+    r = invoke_cli("celledge", "classify", str(corpus["model"]), "--model", str(corpus["model"]), str(corpus["img"]))
+    assert_one_line_error(r, "two models", code=2)

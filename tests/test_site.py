@@ -226,3 +226,14 @@ def test_calibrate_refuses_frames_without_colour():
     assert site_lib.calibrate([field], input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 1  # in colour: fine
     with pytest.raises(site_lib.SiteError, match="2 frames hold no colour"):
         site_lib.calibrate([frame, frame], input_px=96, model_rbc_px=MODEL_RBC_PX)
+
+
+def test_crop_size_conflicts_only_with_a_site_that_fixes_the_scale(fields, site_file, tmp_path):
+    out, _ = site_file  # made with --scale
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(out), "--crop-size", "300")
+    assert_one_line_error(r, "--crop-size fixes the crop", code=2)
+    off = tmp_path / "off.json"
+    assert invoke_cli("celledge", "calibrate", str(fields), "--frames", "2", "--out", str(off)).returncode == 0
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(off), "--crop-size", "300",
+                   "--max-frames", "1")
+    assert r.returncode == 0, r.stderr[-2000:]  # this site records the scale, it does not fix it
