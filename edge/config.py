@@ -110,6 +110,10 @@ class WatchConfig:
             out.append("--new-session needs --sessions DIR")
         if self.save_dir and not self.save_classes and self.save_below is None:
             out.append("--save-dir needs --save-classes and/or --save-below")
+        if not self.save_dir and (self.save_classes or self.save_below is not None):
+            out.append("--save-classes and --save-below need --save-dir DIR (where the frames go)")
+        if self.mode != "field" and self.crop_size is not None:
+            out.append("--crop-size needs --mode field (crop mode classifies each whole frame)")
         return out
 
 
