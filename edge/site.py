@@ -57,6 +57,7 @@ RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
 # white balance for the shipped model and any model trained on PBC.
 TRAINING_BACKGROUND = (255.0, 228.0, 203.0)
 DEFAULT_FRAMES = 30
+FEW_FRAMES = 5  # a scale measured on fewer frames than this is reported with a warning
 MAX_REFLECT = 1.5  # the site square may exceed a single-cell image's side by this much (borders reflected), no more
 GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camera: a wrong measurement
 ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
@@ -351,6 +352,9 @@ def summary_lines(record: dict, out: str) -> list[str]:
                 "recorded, not used: --site keeps each frame's ruler (calibrate --scale crops at the site scale: "
                 "it rescues slides whose specks fool the ruler, and cost a few fields on clean ones; "
                 "docs/cross-lab.md)")]
+    if sc["frames"] < FEW_FRAMES:
+        lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
+                     f"of so few is easily fooled; calibrate on {FEW_FRAMES} or more ordinary fields of the smear")
     groups = sc.get("magnifications") or []
     if len(groups) > 1:
         lines.append("warning: the frames show red cells at " + " and ".join(

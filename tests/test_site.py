@@ -237,3 +237,11 @@ def test_crop_size_conflicts_only_with_a_site_that_fixes_the_scale(fields, site_
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(off), "--crop-size", "300",
                    "--max-frames", "1")
     assert r.returncode == 0, r.stderr[-2000:]  # this site records the scale, it does not fix it
+
+
+def test_a_scale_measured_on_few_frames_is_reported_with_a_warning(tmp_path):
+    frames = _fields(tmp_path / "a", 1.0, n=5, seed=3)
+    few = site_lib.summary_lines(site_lib.calibrate(frames[:1], input_px=96, model_rbc_px=MODEL_RBC_PX), "x")
+    assert any(line.startswith("warning: only 1 frame measured the scale") for line in few)
+    enough = site_lib.summary_lines(site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX), "x")
+    assert not any("measured the scale:" in line for line in enough)
