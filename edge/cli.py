@@ -430,9 +430,16 @@ def _sessions(cfg, clf):
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale())
     for d in sessions.damaged:
         warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
+    if sessions.resumed and sessions.current.damaged:
+        warn(_damaged_lines(sessions.current.id, sessions.current.damaged))
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
     return sessions, cfg.replace(count=None)
+
+
+def _damaged_lines(sid: str, d: list[str]) -> str:
+    return (f"session {sid}: {len(d)} line{'s' if len(d) > 1 else ''} of its logs could not be read and "
+            f"{'were' if len(d) > 1 else 'was'} skipped ({', '.join(d[:3])}{', ...' if len(d) > 3 else ''})")
 
 
 def _http_token(ctx, host: str) -> str | None:
@@ -640,6 +647,8 @@ def export(sessions, out, self_train):
                             + (f": use {Path(self_train).with_name(cpu)}" if cpu else ""))
         model = make_classifier(self_train, device="cpu")
     result = export_reviewed(sessions, out, model)
+    for sid, lines in result["damaged_lines"].items():
+        warn(_damaged_lines(sid, lines))
     click.echo(summary_line(result, out))
     if not result["cells"]:
         raise UserError("no reviewed cells to export: review them first (the /review page of celledge watch --http)")

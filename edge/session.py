@@ -60,8 +60,9 @@ def clinical_order(labels) -> list[str]:
     return first + sorted(set(labels) - set(first))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of an append-only log; a torn last line (a kill mid-write) is cut off the file."""
+def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict]:
+    """The complete lines of an append-only log; a torn last line (a kill mid-write) is cut off the file.
+    A complete line that is not JSON (a damaged disk, a hand edit) is skipped and named in ``damaged``."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -71,11 +72,12 @@ def read_jsonl(path: Path) -> list[dict]:
         with open(path, "r+b") as f:  # the next append must start on a line of its own
             f.truncate(len(whole))
     out = []
-    for line in whole.splitlines():
+    for i, line in enumerate(whole.splitlines(), 1):
         try:
             out.append(json.loads(line))
         except ValueError:
-            continue
+            if damaged is not None:
+                damaged.append(f"{path.name} line {i}")
     return out
 
 
@@ -101,6 +103,7 @@ class Session:
     def __init__(self, folder: Path, state: dict, cells: list[dict]):
         self.folder, self.state, self.cells = folder, state, cells
         self.by_id = {c["id"]: c for c in cells}
+        self.damaged: list[str] = []  # lines of its logs that could not be read (``load``)
         self._log: LineSink | None = None
         self._reviews: LineSink | None = None
         self._thumbs: dict[int, str | None] = {}
@@ -141,16 +144,18 @@ class Session:
             state = json.loads((folder / "state.json").read_text())
         except (OSError, ValueError) as e:
             raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
-        lines = [c for c in read_jsonl(folder / "cells.jsonl") if isinstance(c, dict)]
+        damaged: list[str] = []
+        lines = [c for c in read_jsonl(folder / "cells.jsonl", damaged) if isinstance(c, dict)]
         s = cls(folder, state, [c for c in lines if "id" in c])
         for r in lines:  # the model's revisions, in order (``revise``)
             cell = s.by_id.get(r.get("revise")) if "id" not in r else None
             if cell is not None:
                 _apply_revision(cell, r)
-        for r in read_jsonl(folder / "reviews.jsonl"):
-            cell = s.by_id.get(r.get("id"))
+        for r in read_jsonl(folder / "reviews.jsonl", damaged):
+            cell = s.by_id.get(r.get("id")) if isinstance(r, dict) else None
             if cell is not None:
                 cell["reviewed"] = r.get("label")
+        s.damaged = damaged
         return s
 
     # ---------------------------------------------------------------- cells

@@ -63,7 +63,8 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
 
     Returns:
         {"classes": {class: files}, "cells": n, "skipped": {"unreviewed": n, "uncertain or not a cell": n,
-        "no crop": n, "unreadable crop": n}, "sessions": [ids], "self_trained": {class: files}}
+        "no crop": n, "unreadable crop": n}, "sessions": [ids], "self_trained": {class: files},
+        "damaged_lines": {session id: lines of its logs that could not be read}}
     """
     out = Path(out)
     entries, classes, guessed = [], {}, {}
@@ -76,7 +77,7 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
     pseudo, unreadable = _pseudo_labels(sessions, self_train) if self_train is not None else ({}, set())
     skipped["unreadable crop"] = len(unreadable)
     result = {"classes": classes, "cells": 0, "skipped": skipped, "sessions": [f.name for f in folders],
-              "self_trained": guessed}
+              "self_trained": guessed, "damaged_lines": {s.id: s.damaged for s in sessions if s.damaged}}
     try:
         for s in sessions:
             folder = s.folder

@@ -609,3 +609,20 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
                    "--count", "100")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "still open: the next run with --sessions" in r.stderr and "--new-session" in r.stderr
+
+
+def test_a_damaged_log_line_is_skipped_and_named(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"])
+    for cid in (1, 2, 3):
+        sessions.label(cid, "confirm")
+    log = sessions.current.folder / "cells.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    second = next(i for i, line in enumerate(lines) if '"id": 2' in line)
+    lines[second] = "{garbled\n"  # a damaged disk: a whole line, not a torn last one
+    log.write_text("".join(lines))
+    loaded = Session.load(sessions.current.folder)
+    assert loaded.damaged == [f"cells.jsonl line {second + 1}"] and sorted(loaded.by_id) == [1, 3]
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
+    assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout, r.stderr[-2000:]
+    assert f"1 line of its logs could not be read and was skipped (cells.jsonl line {second + 1})" in r.stderr
