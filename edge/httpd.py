@@ -411,8 +411,9 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 if not isinstance(body, dict):
                     raise ValueError
             except ValueError:
-                return self._reply(400, {"ok": False, "error": "body must be a JSON object, e.g. "
-                                                              '{"model": "/path/model.tflite"}'})
+                example = ('{"model": "/path/model.tflite"}' if action is not None else '{"target": 100}'
+                           if path == "/session/start" else '{"label": "neutrophil"}' if "/label" in path else "{}")
+                return self._reply(400, {"ok": False, "error": f"body must be a JSON object, e.g. {example}"})
             if action is None:
                 return self._send(*session_http.post(status.session, path, body))
             code, reply = action(body)

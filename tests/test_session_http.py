@@ -79,7 +79,7 @@ def test_session_routes(served):
     req = urllib.request.Request(base + "/cells/1/label", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)
-    assert e.value.code == 400
+    assert e.value.code == 400 and '{"label": "neutrophil"}' in json.loads(e.value.read())["error"]
     s = json.loads(_call(base + "/session")[1])
     assert s["reviewed"] == 2 and s["differential"]["white_total"] == 4 and s["differential"]["uncertain"]["count"] == 0
     # start while open, stop, start with a target, reset
