@@ -158,7 +158,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
              "colour images, so their classes mean little")
     if unlike:
         warn(f"{unlike} of {len(paths)} images are stained unlike the model's training data (stain distance above "
-             f"{ref.threshold}): expect more mistakes; calibrate or adapt the model to this lab (docs/cross-lab.md)")
+             f"{ref.threshold}): expect more mistakes; " + ("" if site_cal is not None else "calibrate or ")
+             + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
     if failed:
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
 

@@ -534,8 +534,9 @@ def run_watch(
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:
-            unlike = ("most frames are stained unlike the model's training data: expect more mistakes; calibrate or "
-                      "adapt the model to this lab (docs/cross-lab.md)")
+            unlike = ("most frames are stained unlike the model's training data: expect more mistakes; "
+                      + ("" if site is not None else "calibrate or ")
+                      + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
             summary["warning"] = "; ".join(filter(None, [summary.get("warning"), unlike]))
     if config.report is not None:
         write_report(config.report, counter.differential,
