@@ -122,6 +122,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
     failed: list[str] = []
+    site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
     for path in paths:
         try:
@@ -132,6 +133,10 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
         except (SourceError, OSError) as e:
             print(f"skipped: {e}", file=sys.stderr)
             failed.append(str(e))
+            continue
+        except UserError as e:  # Site.crop_to_scale: a crop already cut, not an image of the microscope
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            site_refused.append(f"{path}: {e}")
             continue
         spec = clf.input_spec
         if too_small(image, spec):
@@ -162,6 +167,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
              + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
     if failed:
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
+    if site_refused:
+        raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
 
 
 def _crop_size(ctx, param, value: str) -> int | None:
@@ -207,7 +214,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, callback=_size, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
-@click.option("--loop", is_flag=True, help="Replay an image folder or a video file forever.")
+@click.option("--loop", is_flag=True, help="Replay an image folder, an image or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
               help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
 @click.option("--crop-size", default="auto", show_default=True, callback=_crop_size, metavar="auto|PX",
@@ -237,7 +244,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--track/--no-track", default=None,
               help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
                    "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
-                   "counts (default for a folder of images).")
+                   "counts (default for a folder of images or one image).")
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
 @click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
@@ -262,8 +269,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 def watch(**_):
     """Classify the centre of each frame of SOURCE (or every cell: --mode field) and print JSON lines.
 
-    SOURCE is /dev/videoN, a camera index, a video file, a stream URL or a
-    folder of images. One JSON object per frame goes to stdout, then a
+    SOURCE is /dev/videoN, a camera index, a video file, a stream URL, a
+    folder of images or one image. One JSON object per frame goes to stdout, then a
     summary. Crop mode tallies frames (one cell in the centre of each). Field
     mode follows every cell across frames while the stage moves and counts each
     cell once into a differential (white cells in clinical order, NRBC per 100
@@ -302,6 +309,12 @@ def watch(**_):
 
     ctx = click.get_current_context()
     cfg = from_click(ctx, checks=unwritable)  # every mistake of the file and the flags at once
+    if cfg.site and cfg.crop_size is not None:  # before --print-config returns: it checks the whole set-up
+        from .site import load as load_site
+
+        if load_site(cfg.site).use_scale:
+            raise UserError(f"--crop-size fixes the crop and --site {cfg.site} (made with --scale) the scale it "
+                            "comes from: give one of them")
     if ctx.params["print_config"]:
         click.echo(cfg.dump(), nl=False)
         return
@@ -318,9 +331,6 @@ def watch(**_):
     model = cfg.model or str(default_model())
     clf = load(model)
     site = _site(cfg.site, clf)  # a bad site file fails here, before anything is opened
-    if site is not None and site.use_scale and cfg.crop_size is not None:
-        raise UserError(f"--crop-size fixes the crop and --site {cfg.site} (made with --scale) the scale it comes from: "
-                        "give one of them")
     live = is_live(source)
     sources = []
 
@@ -494,8 +504,8 @@ def _on_frame(status, cfg, labels, unreadable=lambda: 0):
 def calibrate(source, out, frames, model, scale, colour, size):
     """Measure a microscope once, from a few unlabelled frames, for --site FILE in watch and classify.
 
-    SOURCE is a folder of images, a video file, /dev/videoN, a camera index or a
-    stream URL, as for watch. Reads the red-cell diameter (the magnification: red
+    SOURCE is a folder of images, one image, a video file, /dev/videoN, a camera
+    index or a stream URL, as for watch. Reads the red-cell diameter (the magnification: red
     cells are about 7.5 um across; the median over the frames is a ruler that one
     frame's specks or crowding cannot fool), the background colour (white
     balance) and the stain distance to the model's training data, and says

@@ -113,7 +113,7 @@ class WatchConfig:
         if not self.save_dir and (self.save_classes or self.save_below is not None):
             out.append("--save-classes and --save-below need --save-dir DIR (where the frames go)")
         if self.mode != "field" and self.crop_size is not None:
-            out.append("--crop-size needs --mode field (crop mode classifies each whole frame)")
+            out.append("--crop-size needs --mode field (crop mode classifies the centre square of each frame)")
         return out
 
 

@@ -73,12 +73,25 @@ def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict]:
             f.truncate(len(whole))
     out = []
     for i, line in enumerate(whole.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
-            if damaged is not None:
-                damaged.append(f"{path.name} line {i}")
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif damaged is not None:
+            damaged.append(f"{path.name} line {i}")
     return out
+
+
+def _read_state(folder: Path) -> dict:
+    """A session's state.json (ValueError when it is not a JSON object)."""
+    state = json.loads((folder / "state.json").read_text())
+    if not isinstance(state, dict):
+        raise ValueError(f"not a JSON object but {type(state).__name__}")
+    return state
 
 
 def _now() -> str:
@@ -141,18 +154,18 @@ class Session:
         """Replay a session folder: cells.jsonl, then reviews.jsonl (a torn last line of either is dropped)."""
         folder = Path(folder)
         try:
-            state = json.loads((folder / "state.json").read_text())
+            state = _read_state(folder)
         except (OSError, ValueError) as e:
             raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
         damaged: list[str] = []
-        lines = [c for c in read_jsonl(folder / "cells.jsonl", damaged) if isinstance(c, dict)]
+        lines = read_jsonl(folder / "cells.jsonl", damaged)
         s = cls(folder, state, [c for c in lines if "id" in c])
         for r in lines:  # the model's revisions, in order (``revise``)
             cell = s.by_id.get(r.get("revise")) if "id" not in r else None
             if cell is not None:
                 _apply_revision(cell, r)
         for r in read_jsonl(folder / "reviews.jsonl", damaged):
-            cell = s.by_id.get(r.get("id")) if isinstance(r, dict) else None
+            cell = s.by_id.get(r.get("id"))
             if cell is not None:
                 cell["reviewed"] = r.get("label")
         s.damaged = damaged
@@ -298,7 +311,7 @@ def damaged_sessions(root: str | os.PathLike) -> list[Path]:
     for d in sorted(root.iterdir()) if root.is_dir() else ():
         if (d / "state.json").is_file():
             try:
-                json.loads((d / "state.json").read_text())
+                _read_state(d)
             except (OSError, ValueError):
                 out.append(d)
     return out
@@ -310,7 +323,7 @@ def list_sessions(root: str | os.PathLike, only_open: bool = False) -> list[Path
     found = []
     for d in root.iterdir() if root.is_dir() else ():
         try:
-            state = json.loads((d / "state.json").read_text())
+            state = _read_state(d)
         except (OSError, ValueError):
             continue
         if not only_open or state.get("state") == "open":

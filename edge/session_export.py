@@ -45,7 +45,7 @@ def session_folders(paths) -> list[Path]:
             damaged = damaged_sessions(p)
             if damaged:  # their reviewed cells would be left out without a word
                 raise SessionError(f"{damaged[0]}/state.json cannot be read" + (
-                    f" (and {len(damaged) - 1} more sessions' under {p})" if len(damaged) > 1 else "")
+                    f" (and {len(damaged) - 1} more session{'s' if len(damaged) > 2 else ''} under {p})" if len(damaged) > 1 else "")
                     + ": repair it or move the folder aside, then export again", 422)
             found = list_sessions(p)
             if not found:

@@ -157,22 +157,26 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     Raises:
         SiteError: no frame, or no frame with enough red cells to measure the scale.
     """
-    measures, grey = [], 0
+    measures, grey, monochrome = [], 0, 0
     for i, frame in enumerate(frames):
-        grey += is_greyscale(frame)
         m = measure_frame(frame, reference)
-        measures.append(m)
+        if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
+            grey += 1
+            monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
+        else:
+            measures.append(m)
         if progress is not None:
             progress(i, m)
-    if not measures:
+    if not measures and not grey:
         raise SiteError(["no frames to calibrate on: give a folder of images, a video or a camera"])
+    if not measures and monochrome:
+        raise SiteError([f"the {'frame holds' if grey == 1 else f'{grey} frames hold'} no colour (greyscale or "
+                         "blank): a site is measured on stained smears in colour; if the camera is in monochrome "
+                         "mode, set it to colour"])
     sizes = [m.rbc_px for m in measures if m.rbc_px is not None]
     if not sizes:
-        raise SiteError([f"none of the {len(measures)} frames shows enough red cells to measure the scale: "
+        raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
-    if grey == len(measures):
-        raise SiteError([f"the {'frame holds' if grey == 1 else f'{grey} frames hold'} no colour (greyscale): "
-                         "a site is measured on stained smears in colour; set the camera to colour"])
     rbc = float(np.median(sizes))
     bg = tuple(round(float(v), 1) for v in np.median([m.background for m in measures], axis=0))
     record: dict[str, Any] = {
@@ -180,6 +184,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
         "frames": len(measures),
+        **({"grey_frames_left_out": grey} if grey else {}),
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2)},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
                   "iqr": [round(float(v), 2) for v in np.percentile(sizes, [25, 75])], "frames": len(sizes),
@@ -352,6 +357,9 @@ def summary_lines(record: dict, out: str) -> list[str]:
                 "recorded, not used: --site keeps each frame's ruler (calibrate --scale crops at the site scale: "
                 "it rescues slides whose specks fool the ruler, and cost a few fields on clean ones; "
                 "docs/cross-lab.md)")]
+    if record.get("grey_frames_left_out"):
+        n = record["grey_frames_left_out"]
+        lines.append(f"warning: {n} frame{'s' if n > 1 else ''} without colour (blank or greyscale) left out")
     if sc["frames"] < FEW_FRAMES:
         lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
                      f"of so few is easily fooled; calibrate on {FEW_FRAMES} or more ordinary fields of the smear")

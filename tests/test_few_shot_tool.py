@@ -75,3 +75,26 @@ def test_pool_crops_finds_every_white_cell_and_leaves_out_copies_of_labelled_fie
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="not a folder of images"):
         few_shot.pool_crops(tmp_path / "empty", cfg, [])
+
+
+def test_soup_fits_more_training_seeds_on_one_split_and_averages_them_all(tmp_path, monkeypatch):
+    import types
+
+    import pytest
+
+    calls = []
+    monkeypatch.setattr(few_shot, "run", lambda cmd, log: calls.append(cmd) or 1.0)
+    a = types.SimpleNamespace(weights="shipped", seed=7)
+    first = tmp_path / "run-25"
+    row: dict = {}
+    model = few_shot.soup_and_compress(tmp_path / "bin", a, tmp_path / "data", first, ["--epochs", "30"], 3, row)
+    fits = [c for c in calls if c[1] == "fit"]
+    assert [c[c.index("--train-seed") + 1] for c in fits] == ["107", "207"]
+    assert {c[c.index("--seed") + 1] for c in fits} == {"7"}  # one split: celltrain average refuses others
+    average = next(c for c in calls if c[1] == "average")
+    assert average[2:5] == [str(first), str(tmp_path / "run-25-s1"), str(tmp_path / "run-25-s2")]
+    assert calls[-1][1] == str(tmp_path / "run-25-soup" / "model.keras") and "--int8" in calls[-1]
+    assert model == tmp_path / "run-25-soup" / "int8" / "model.tflite" and row["fit_seconds"] == [1.0, 1.0]
+    monkeypatch.setattr("sys.argv", ["few_shot.py", "--soup", "1"])
+    with pytest.raises(SystemExit, match="at least 2 fits"):
+        few_shot.main()

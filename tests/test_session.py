@@ -595,6 +595,10 @@ def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
     assert not (tmp_path / "data").exists()
     again = Sessions(root, CLASS_NAMES)  # the daemon's start-up: a new session, and it says why
     assert again.damaged == [damaged] and again.current.folder != damaged and again.resumed is None
+    (damaged / "state.json").write_text("null")  # JSON, but not a session's state
+    assert_one_line_error(invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data")),
+                          f"{damaged}/state.json cannot be read")
+    assert damaged in Sessions(root, CLASS_NAMES).damaged
 
 
 def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
@@ -620,7 +624,7 @@ def test_a_damaged_log_line_is_skipped_and_named(tmp_path):
     lines = log.read_text().splitlines(keepends=True)
     second = next(i for i, line in enumerate(lines) if '"id": 2' in line)
     lines[second] = "{garbled\n"  # a damaged disk: a whole line, not a torn last one
-    log.write_text("".join(lines))
+    log.write_text("".join(lines) + "\n")  # a blank line (a hand edit) is no damage
     loaded = Session.load(sessions.current.folder)
     assert loaded.damaged == [f"cells.jsonl line {second + 1}"] and sorted(loaded.by_id) == [1, 3]
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))

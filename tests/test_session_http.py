@@ -82,6 +82,10 @@ def test_session_routes(served):
     assert e.value.code == 400 and '{"label": "neutrophil"}' in json.loads(e.value.read())["error"]
     s = json.loads(_call(base + "/session")[1])
     assert s["reviewed"] == 2 and s["differential"]["white_total"] == 4 and s["differential"]["uncertain"]["count"] == 0
+    req = urllib.request.Request(base + "/session/start", data=b"[1]", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 400 and '{"target": 100}' in json.loads(e.value.read())["error"]
     # start while open, stop, start with a target, reset
     assert _post(base, "/session/start")[0] == 409
     code, stopped = _post(base, "/session/stop")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -226,12 +227,19 @@ def test_calibrate_refuses_frames_without_colour():
     assert site_lib.calibrate([field], input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 1  # in colour: fine
     with pytest.raises(site_lib.SiteError, match="2 frames hold no colour"):
         site_lib.calibrate([frame, frame], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    alone = site_lib.calibrate([field], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    mixed = site_lib.calibrate([field, frame], input_px=96, model_rbc_px=MODEL_RBC_PX)  # left out of the medians
+    assert mixed["background"] == alone["background"] and mixed["frames"] == 1 and mixed["grey_frames_left_out"] == 1
+    assert site_lib.validate(mixed) == []
+    assert any("1 frame without colour" in line for line in site_lib.summary_lines(mixed, "x"))
 
 
 def test_crop_size_conflicts_only_with_a_site_that_fixes_the_scale(fields, site_file, tmp_path):
     out, _ = site_file  # made with --scale
-    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(out), "--crop-size", "300")
-    assert_one_line_error(r, "--crop-size fixes the crop", code=2)
+    for extra in ([], ["--print-config"]):  # --print-config checks the whole set-up a unit file will start
+        r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(out), "--crop-size", "300",
+                       *extra)
+        assert_one_line_error(r, "--crop-size fixes the crop", code=2)
     off = tmp_path / "off.json"
     assert invoke_cli("celledge", "calibrate", str(fields), "--frames", "2", "--out", str(off)).returncode == 0
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(off), "--crop-size", "300",
@@ -245,3 +253,15 @@ def test_a_scale_measured_on_few_frames_is_reported_with_a_warning(tmp_path):
     assert any(line.startswith("warning: only 1 frame measured the scale") for line in few)
     enough = site_lib.summary_lines(site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX), "x")
     assert not any("measured the scale:" in line for line in enough)
+
+
+def test_classify_with_a_site_skips_crops_far_smaller_than_its_square_and_goes_on(fields, site_file, tmp_path):
+    out, _ = site_file  # made with --scale
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(sorted(fields.iterdir())[0], mixed / "a_field.png")
+    cv2.imwrite(str(mixed / "b_crop.png"), np.full((96, 96, 3), (200, 180, 220), np.uint8))
+    shutil.copy(sorted(fields.iterdir())[1], mixed / "c_field.png")
+    r = invoke_cli("celledge", "classify", str(mixed), "--site", str(out))
+    assert_one_line_error(r, "1 of 3 images were not classified", "b_crop.png", "far smaller", code=2)
+    assert "a_field.png" in r.stdout and "c_field.png" in r.stdout
