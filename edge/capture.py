@@ -27,6 +27,8 @@ class DropOldestQueue:
         with self._cv:
             while block and len(self._dq) >= self._maxsize and not (stop and stop.is_set()):
                 self._cv.wait(0.1)
+            if block and len(self._dq) >= self._maxsize:  # the run is stopping: a file's frame is not dropped
+                return
             if len(self._dq) >= self._maxsize:
                 self._dq.popleft()
                 self.dropped += 1
