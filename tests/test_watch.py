@@ -68,6 +68,12 @@ def test_drop_oldest_queue_counts_what_it_drops():
     assert q.dropped == 3 and q.get() == 3 and q.get() == 4
     q.close()
     assert q.get(timeout=0.01) is None
+    files = DropOldestQueue(1)  # a file's frames wait for room; a stop ends the wait without dropping any
+    files.put("a", block=True)
+    stop = threading.Event()
+    stop.set()
+    files.put("b", block=True, stop=stop)
+    assert files.dropped == 0 and files.get() == "a"
 
 
 def test_live_source_that_fails_is_reopened_with_backoff():
