@@ -129,3 +129,42 @@ def test_train_seed_varies_training_but_keeps_the_split(tmp_path):
     assert kernels and all(not np.allclose(x, y) for n, x, y in zip(names, wa, wb) if "kernel" in n)
     r = run_cli("celltrain", "average", str(a), str(b), "--out", str(tmp_path / "soup"))
     assert r.returncode == 0, r.stderr
+
+
+def test_fit_soup_fits_k_members_on_one_split_and_ships_their_average(tmp_path):
+    out = tmp_path / "soup"
+    r = run_cli("celltrain", "fit", "--out", str(out), "--arch", "tiny", "--image-size", "32", "--epochs", "1",
+                "--synthetic-per-class", "20", "--train-seed", "4", "--soup", "2", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    members = [out / "members" / "0", out / "members" / "1"]
+    assert [json.loads((m / "config.json").read_text())["train_seed"] for m in members] == [4, 104]
+    assert (members[0] / "split.json").read_bytes() == (members[1] / "split.json").read_bytes() \
+        == (out / "split.json").read_bytes()
+    names, w0 = _weights(members[0] / "model.keras")
+    _, w1 = _weights(members[1] / "model.keras")
+    _, ws = _weights(out / "model.keras")
+    k = next(i for i, n in enumerate(names) if "kernel" in n)
+    assert np.allclose(ws[k], (w0[k] + w1[k]) / 2, atol=1e-6)
+    assert json.loads((out / "config.json").read_text())["soup"] == 2
+    sidecar = json.loads((out / "model.json").read_text())
+    assert len(json.dumps(sidecar).split("weight_averaging")) > 1
+    again = run_cli("celltrain", "fit", "--resume", str(out))  # a soup is resumed member by member
+    assert again.returncode == 2 and "resume a member" in again.stderr
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "k3"), "--soup", "2", "--backend", "keras3")
+    assert r.returncode == 2 and "--soup fits on one machine" in r.stderr
+
+
+def test_fit_soup_after_a_kill_keeps_fitted_members_and_resumes_the_cut_one(tmp_path):
+    from scopelite.train.soup import fit_soup
+
+    cfg = FitConfig(out=str(tmp_path / "s"), soup=3, seed=2)
+    done, cut = tmp_path / "s" / "members" / "0", tmp_path / "s" / "members" / "1"
+    done.mkdir(parents=True)
+    (done / "model.keras").write_bytes(b"")
+    cut.mkdir()
+    (cut / "state.json").write_text("{}")
+    (cut / "config.json").write_text("{}")
+    calls = []
+    with pytest.raises(UserError):  # soup() then finds no real models: what matters is who was fitted and how
+        fit_soup(cfg, lambda m, resume: calls.append((m.out, m.training_seed, resume)), log=lambda _: None)
+    assert calls == [(str(cut), 102, True), (str(tmp_path / "s" / "members" / "2"), 202, False)]

@@ -21,6 +21,7 @@ validation and test, as it always does. Wall times are for 2 CPU cores.
     python tools/few_shot.py --n 25 --weights RUN.keras  # start from other weights than the shipped model's
     python tools/few_shot.py --n 25 --self-train ../shared/data/other-labs/deepbionet/detection/images
         # then one round of self-training on the lab's unlabelled frames (decision 17a)
+    python tools/few_shot.py --n 25 --soup 3      # also the average of 3 fits of the same cells (decision 18a)
     python tools/few_shot.py plot OUT.png RESULTS.json [RESULTS.json ...]   # accuracy against N
 """
 from __future__ import annotations

@@ -72,6 +72,7 @@ class FitConfig:
     head_epochs: int = 2  # with pretrained weights: epochs of phase 1 (frozen backbone)
     patience: int = 0  # early stopping on val accuracy; 0: off (best weights are kept anyway)
     average_last: int = 0  # SWA: ship the average of the last N epochs' weights instead of the best epoch
+    soup: int = 1  # fit this many times (training seeds + 100 i, one split) and ship their weights' average
     strategy: str = "none"
     worker_timeout: float = 300.0  # --strategy multiworker: seconds to wait for every worker to join
     mixed_precision: bool = False  # float16 on tf-keras (GPU only), bfloat16 on keras3

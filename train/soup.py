@@ -29,9 +29,36 @@ def _split_digest(f: Path) -> str:
     return hashlib.sha256(f.read_bytes()).hexdigest()
 
 
+SOUP_SEED_STEP = 100  # member i of --soup K trains with training seed + 100 i
+
+
+def member_configs(cfg: FitConfig) -> list[FitConfig]:
+    """``celltrain fit --soup K``'s K runs: ``OUT/members/I``, one split (``seed``), training seeds ``+100 i``."""
+    return [dataclasses.replace(cfg, out=str(Path(cfg.out) / "members" / str(i)), soup=1,
+                                train_seed=cfg.training_seed + SOUP_SEED_STEP * i) for i in range(cfg.soup)]
+
+
+def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: Callable[[str], None] = print) -> dict:
+    """``celltrain fit --soup K``: ``fit_one(member, resume)`` each member (``member_configs``), then their average
+    in ``cfg.out`` (``soup``); its metrics. The same command again after a kill keeps the members already fitted
+    and resumes the one that was cut short."""
+    members = member_configs(cfg)
+    for i, member in enumerate(members):
+        folder = Path(member.out)
+        if (folder / MODEL_FILE).exists():
+            log(f"soup member {i + 1}/{len(members)}: {folder} already fitted")
+            continue
+        resume = (folder / "state.json").exists() and (folder / "config.json").exists()
+        log(f"soup member {i + 1}/{len(members)} (training seed {member.training_seed}) "
+            f"{'resumed in' if resume else '->'} {folder}")
+        fit_one(member, resume)
+    return soup([m.out for m in members], cfg.out, data=cfg.data, log=log, config=cfg)
+
+
 def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
-         log: Callable[[str], None] = print) -> dict:
-    """Average the weights of ``models`` into a new run folder ``out``; return its metrics."""
+         log: Callable[[str], None] = print, config: FitConfig | None = None) -> dict:
+    """Average the weights of ``models`` into a new run folder ``out``; return its metrics. ``config``: the run's
+    config to record (``fit_soup``'s); by default the first model's, with ``out``."""
     from .fit import heldout_metrics, keras_sidecar  # noqa: PLC0415 - fit imports TensorFlow
 
     paths = [model_file(m) for m in models]
@@ -53,7 +80,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
     ds, split = heldout_data(sc0, paths[0], data)
-    cfg = dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out))
+    cfg = config or dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out))
     log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
     recalibrated = average_into(model, [m.get_weights() for _, m in bundles], ds.subset(split["train"]).images,
                                 cfg.batch_size)
