@@ -1,5 +1,6 @@
 """Weight averaging: SWA in celltrain fit (--average-last) and model soups (celltrain average)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,25 +147,37 @@ def test_fit_soup_fits_k_members_on_one_split_and_ships_their_average(tmp_path):
     k = next(i for i, n in enumerate(names) if "kernel" in n)
     assert np.allclose(ws[k], (w0[k] + w1[k]) / 2, atol=1e-6)
     assert json.loads((out / "config.json").read_text())["soup"] == 2
-    sidecar = json.loads((out / "model.json").read_text())
-    assert len(json.dumps(sidecar).split("weight_averaging")) > 1
-    again = run_cli("celltrain", "fit", "--resume", str(out))  # a soup is resumed member by member
-    assert again.returncode == 2 and "resume a member" in again.stderr
+    averaged = json.loads((out / "model.json").read_text())["provenance"]["training"]["extra"]["weight_averaging"]
+    assert [m["run"] for m in averaged["models"]] == ["members/0", "members/1"]
+    again = run_cli("celltrain", "fit", "--resume", str(out))  # a soup is resumed by its own command
+    assert again.returncode == 2 and "give the same celltrain fit --out" in again.stderr
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "k3"), "--soup", "2", "--backend", "keras3")
-    assert r.returncode == 2 and "--soup fits on one machine" in r.stderr
+    assert r.returncode == 2 and "--soup needs --backend tf-keras" in r.stderr
 
 
 def test_fit_soup_after_a_kill_keeps_fitted_members_and_resumes_the_cut_one(tmp_path):
-    from scopelite.train.soup import fit_soup
+    from scopelite.train.soup import fit_soup, member_configs
 
-    cfg = FitConfig(out=str(tmp_path / "s"), soup=3, seed=2)
-    done, cut = tmp_path / "s" / "members" / "0", tmp_path / "s" / "members" / "1"
-    done.mkdir(parents=True)
+    cfg = FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="none")
+    members = member_configs(cfg)
+    done, cut = Path(members[0].out), Path(members[1].out)
+    for m, folder in ((members[0], done), (members[1], cut)):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(m.to_json()))  # as fit writes it
     (done / "model.keras").write_bytes(b"")
-    cut.mkdir()
     (cut / "state.json").write_text("{}")
-    (cut / "config.json").write_text("{}")
     calls = []
     with pytest.raises(UserError):  # soup() then finds no real models: what matters is who was fitted and how
         fit_soup(cfg, lambda m, resume: calls.append((m.out, m.training_seed, resume)), log=lambda _: None)
-    assert calls == [(str(cut), 102, True), (str(tmp_path / "s" / "members" / "2"), 202, False)]
+    assert calls == [(str(cut), 102, True), (members[2].out, 202, False)]
+    calls.clear()  # the same folder with another recipe: refused before anything is fitted
+    with pytest.raises(UserError, match=r"fitted with other settings \(epochs\)"):
+        fit_soup(FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="none", epochs=20),
+                 lambda m, resume: calls.append(m), log=lambda _: None)
+    plain = tmp_path / "plain"  # a plain run's folder is not a soup's
+    plain.mkdir()
+    (plain / "model.keras").write_bytes(b"")
+    with pytest.raises(UserError, match="holds another run"):
+        fit_soup(FitConfig(out=str(plain), soup=2, weights="none"), lambda m, resume: calls.append(m),
+                 log=lambda _: None)
+    assert calls == []

@@ -85,7 +85,8 @@ def _preset_defaults(ctx, param, value):
               help="File of image ids to leave out (from celltrain audit --exclusions).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Continue the killed or stopped run in this folder (its config is reused).")
+              help="Continue the killed or stopped run in this folder (its config is reused). A --soup run: give "
+                   "the same command again instead.")
 @click.option("--arch", type=click.Choice(["efficientnetv2b0", "tiny"]), default=_D.arch)
 @click.option("--weights", default=_D.weights,
               help="imagenet | none | shipped | FILE. shipped: the int8 PBC model packaged with scopelite (fine-tune "
@@ -123,7 +124,8 @@ def _preset_defaults(ctx, param, value):
               help="Weight averaging (SWA): ship the mean of the last N epochs' weights instead of the best "
                    "epoch's (0: off). Snapshots go to checkpoints/epoch-NNN.npz.")
 @click.option("--soup", type=click.IntRange(min=1), default=_D.soup, metavar="K",
-              help="Fit K times on one split (training seeds --train-seed, +100, +200, ...; each in OUT/members/I) and "
+              help="Fit K times on one split (training seeds --train-seed or --seed, +100, +200, ...; each in "
+                   "OUT/members/I) and "
                    "ship the average of their weights (celltrain average) in OUT; the same command again after a "
                    "kill keeps the fitted members. K times the time. With --preset few-shot, 3 fits were never worse "
                    "than one and 1.1 points better on average (8 draws of another lab's cells; docs/cross-lab.md).")
@@ -177,6 +179,10 @@ def fit(quiet, resume, **opts):
 
     if resume:
         cfg_file = Path(resume) / "config.json"
+        if (Path(resume) / "members").is_dir():
+            raise UserError(f"{resume} is a --soup run: give the same celltrain fit --out {resume} --soup K command "
+                            "again (it keeps the fitted members and resumes the cut one; a finished soup has nothing "
+                            "to resume)")
         if not cfg_file.is_file():
             raise UserError(f"{resume} is not a run folder (no config.json)")
         cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
@@ -187,18 +193,15 @@ def fit(quiet, resume, **opts):
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
-    if cfg.soup > 1 and resume:
-        raise UserError(f"{resume} is the average of {cfg.soup} fits: resume a member (celltrain fit --resume "
-                        f"{resume}/members/I), then celltrain average {resume}/members/* --out NEW")
-    if cfg.soup > 1 and (cfg.backend != "tf-keras" or cfg.strategy != "none"):
-        raise UserError("--soup fits on one machine with --backend tf-keras: leave out --backend keras3 / --strategy, "
-                        "or fit the runs apart and average them with celltrain average")
+    if cfg.soup > 1 and (cfg.backend != "tf-keras" or cfg.strategy == "multiworker"):
+        raise UserError("--soup needs --backend tf-keras and no --strategy multiworker: fit the runs apart (one --seed, "
+                        "several --train-seed) and average them with celltrain average")
     # before TensorFlow is imported: a bad --data or an unwritable --out fails in a second, not after minutes
     if cfg.strategy == "multiworker" and cfg.backend == "tf-keras":
         from .multiworker import from_env
 
         from_env()  # TF_CONFIG missing or malformed: one Error line
-    check_writable(cfg.out, "--out", min_free_mb=RUN_FREE_MB)
+    check_writable(cfg.out, "--out", min_free_mb=RUN_FREE_MB * (cfg.soup + 1 if cfg.soup > 1 else 1))
     if cfg.backend == "keras3":  # Keras 3, no TensorFlow needed
         from . import keras3
 
@@ -208,7 +211,7 @@ def fit(quiet, resume, **opts):
     data_lib.check_source(cfg.data)
     from .fit import fit as run_fit
 
-    if cfg.soup > 1 and not resume:
+    if cfg.soup > 1:
         from .soup import fit_soup
 
         fit_soup(cfg, lambda member, again: run_fit(member, verbose=2 if quiet else 1, resume=again))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +22,15 @@ from .config import FitConfig
 from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
 
 
+
+
+def _run_name(model: Path, out: Path) -> str:
+    """A member's run folder as the soup's sidecar names it: ``members/I`` inside ``out``, else its folder's name."""
+    run = model.resolve().parent
+    try:
+        return str(run.relative_to(out.resolve()))
+    except ValueError:
+        return run.name
 
 
 def _split_digest(f: Path) -> str:
@@ -42,13 +52,26 @@ def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: 
     """``celltrain fit --soup K``: ``fit_one(member, resume)`` each member (``member_configs``), then their average
     in ``cfg.out`` (``soup``); its metrics. The same command again after a kill keeps the members already fitted
     and resumes the one that was cut short."""
+    from .model import resolve_weights  # noqa: PLC0415
+
+    out = Path(cfg.out)
+    if (out / MODEL_FILE).exists() or (out / "state.json").exists():
+        raise UserError(f"{out} holds another run (not a --soup one): choose another --out or delete it")
+    cfg = dataclasses.replace(cfg, weights=resolve_weights(cfg.weights))  # recorded as plain fits record it
     members = member_configs(cfg)
     for i, member in enumerate(members):
         folder = Path(member.out)
+        before = folder / "config.json"
+        if before.exists():  # fitted, or cut short: with these settings, or it would mix members of two recipes
+            had = FitConfig.from_json({**json.loads(before.read_text()), "out": member.out})
+            if had != member:
+                diff = sorted(k for k, v in had.to_json().items() if member.to_json().get(k) != v)
+                raise UserError(f"{folder} was fitted with other settings ({', '.join(diff)}) than this command's: "
+                                f"give the command that started {out}, or another --out")
         if (folder / MODEL_FILE).exists():
             log(f"soup member {i + 1}/{len(members)}: {folder} already fitted")
             continue
-        resume = (folder / "state.json").exists() and (folder / "config.json").exists()
+        resume = (folder / "state.json").exists() and before.exists()
         log(f"soup member {i + 1}/{len(members)} (training seed {member.training_seed}) "
             f"{'resumed in' if resume else '->'} {folder}")
         fit_one(member, resume)
@@ -80,7 +103,8 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
     ds, split = heldout_data(sc0, paths[0], data)
-    cfg = config or dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out))
+    cfg = (dataclasses.replace(config, out=str(out), data=data or config.data) if config is not None
+           else dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out)))
     log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
     recalibrated = average_into(model, [m.get_weights() for _, m in bundles], ds.subset(split["train"]).images,
                                 cfg.batch_size)
@@ -93,7 +117,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     final = out / MODEL_FILE
     with atomic_path(final) as tmp:
         model.save(tmp)
-    extra = {"weight_averaging": {"models": [{"run": p.resolve().parent.name, "file": p.name, "sha256": sha256_file(p)}
+    extra = {"weight_averaging": {"models": [{"run": _run_name(p, out), "file": p.name, "sha256": sha256_file(p)}
                                              for p in paths],
                                   "batchnorm_recalibrated": recalibrated}}
     write_sidecar(final, keras_sidecar(final, cfg, ds, metrics, extra))
