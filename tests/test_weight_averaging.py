@@ -158,8 +158,12 @@ def test_fit_soup_fits_k_members_on_one_split_and_ships_their_average(tmp_path):
 def test_fit_soup_after_a_kill_keeps_fitted_members_and_resumes_the_cut_one(tmp_path):
     from scopelite.train.soup import fit_soup, member_configs
 
-    cfg = FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="none")
-    members = member_configs(cfg)
+    import dataclasses
+
+    from scopelite.train.model import resolve_weights
+
+    cfg = FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="shipped")
+    members = member_configs(dataclasses.replace(cfg, weights=resolve_weights("shipped")))  # as fit records them
     done, cut = Path(members[0].out), Path(members[1].out)
     for m, folder in ((members[0], done), (members[1], cut)):
         folder.mkdir(parents=True)
@@ -172,12 +176,16 @@ def test_fit_soup_after_a_kill_keeps_fitted_members_and_resumes_the_cut_one(tmp_
     assert calls == [(str(cut), 102, True), (members[2].out, 202, False)]
     calls.clear()  # the same folder with another recipe: refused before anything is fitted
     with pytest.raises(UserError, match=r"fitted with other settings \(epochs\)"):
-        fit_soup(FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="none", epochs=20),
+        fit_soup(FitConfig(out=str(tmp_path / "s"), soup=3, seed=2, weights="shipped", epochs=20),
                  lambda m, resume: calls.append(m), log=lambda _: None)
-    plain = tmp_path / "plain"  # a plain run's folder is not a soup's
-    plain.mkdir()
-    (plain / "model.keras").write_bytes(b"")
-    with pytest.raises(UserError, match="holds another run"):
-        fit_soup(FitConfig(out=str(plain), soup=2, weights="none"), lambda m, resume: calls.append(m),
-                 log=lambda _: None)
+    (done.parent.parent / "model.keras").write_bytes(b"")  # the same command after the soup finished
+    with pytest.raises(UserError, match="holds a finished soup"):
+        fit_soup(cfg, lambda m, resume: calls.append(m), log=lambda _: None)
+    for name in ("model.keras", "config.json"):  # a plain run's folder, finished or cut before its first epoch
+        plain = tmp_path / f"plain-{name}"
+        plain.mkdir()
+        (plain / name).write_bytes(b"")
+        with pytest.raises(UserError, match="holds another run"):
+            fit_soup(FitConfig(out=str(plain), soup=2, weights="none"), lambda m, resume: calls.append(m),
+                     log=lambda _: None)
     assert calls == []

@@ -128,7 +128,7 @@ def _preset_defaults(ctx, param, value):
                    "OUT/members/I) and "
                    "ship the average of their weights (celltrain average) in OUT; the same command again after a "
                    "kill keeps the fitted members. K times the time. With --preset few-shot, 3 fits were never worse "
-                   "than one and 1.1 points better on average (8 draws of another lab's cells; docs/cross-lab.md).")
+                   "than one and 1.1 points better on average (8 (draw, N) pairs of another lab's cells; docs/cross-lab.md).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
               help="tf.distribute: mirrored (all local GPUs) or multiworker (several machines: run the same "
                    "command on each, with TF_CONFIG naming the cluster and its own index; see docs/gpu-training.md).")

@@ -24,6 +24,21 @@ from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_co
 
 
 
+PATH_FIELDS = ("data", "exclude", "weights")  # the same file typed another way (./cells, an absolute path) is no change
+
+
+def _differences(had: FitConfig, want: FitConfig) -> list[str]:
+    """The settings in which a member's recorded config differs from the one this command would give it."""
+    a, b = had.to_json(), want.to_json()
+
+    def same(key: str) -> bool:
+        if key in PATH_FIELDS and a.get(key) and b.get(key) and Path(a[key]).exists():
+            return Path(a[key]).resolve() == Path(b[key]).resolve()
+        return a.get(key) == b.get(key)
+
+    return sorted(k for k in a.keys() | b.keys() if not same(k))
+
+
 def _run_name(model: Path, out: Path) -> str:
     """A member's run folder as the soup's sidecar names it: ``members/I`` inside ``out``, else its folder's name."""
     run = model.resolve().parent
@@ -55,7 +70,9 @@ def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: 
     from .model import resolve_weights  # noqa: PLC0415
 
     out = Path(cfg.out)
-    if (out / MODEL_FILE).exists() or (out / "state.json").exists():
+    if (out / MODEL_FILE).exists() and (out / "members").is_dir():
+        raise UserError(f"{out} holds a finished soup: choose another --out or delete it")
+    if any((out / f).exists() for f in (MODEL_FILE, "state.json", "config.json")) and not (out / "members").is_dir():
         raise UserError(f"{out} holds another run (not a --soup one): choose another --out or delete it")
     cfg = dataclasses.replace(cfg, weights=resolve_weights(cfg.weights))  # recorded as plain fits record it
     members = member_configs(cfg)
@@ -64,8 +81,8 @@ def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: 
         before = folder / "config.json"
         if before.exists():  # fitted, or cut short: with these settings, or it would mix members of two recipes
             had = FitConfig.from_json({**json.loads(before.read_text()), "out": member.out})
-            if had != member:
-                diff = sorted(k for k, v in had.to_json().items() if member.to_json().get(k) != v)
+            diff = _differences(had, member)
+            if diff:
                 raise UserError(f"{folder} was fitted with other settings ({', '.join(diff)}) than this command's: "
                                 f"give the command that started {out}, or another --out")
         if (folder / MODEL_FILE).exists():
