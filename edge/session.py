@@ -303,28 +303,17 @@ def effective_label(cell: dict) -> str:
     return cell["reviewed"] if cell.get("reviewed") is not None else cell["label"]
 
 
-def damaged_sessions(root: str | os.PathLike) -> list[Path]:
-    """The folders under ``root`` whose state.json is there but cannot be read (a damaged disk, a hand edit):
-    ``list_sessions`` leaves them out, and the caller must say so."""
-    root = Path(root)
-    out = []
-    for d in sorted(root.iterdir()) if root.is_dir() else ():
-        if (d / "state.json").is_file():
-            try:
-                _read_state(d)
-            except (OSError, ValueError):
-                out.append(d)
-    return out
-
-
-def list_sessions(root: str | os.PathLike, only_open: bool = False) -> list[Path]:
-    """The session folders under ``root`` (``only_open``: those still open), oldest first."""
+def list_sessions(root: str | os.PathLike, only_open: bool = False, damaged: list[Path] | None = None) -> list[Path]:
+    """The session folders under ``root`` (``only_open``: those still open), oldest first. A folder whose
+    state.json is there but cannot be read (a damaged disk, a hand edit) is left out and named in ``damaged``."""
     root = Path(root)
     found = []
     for d in root.iterdir() if root.is_dir() else ():
         try:
             state = _read_state(d)
         except (OSError, ValueError):
+            if damaged is not None and (d / "state.json").is_file():
+                damaged.append(d)
             continue
         if not only_open or state.get("state") == "open":
             found.append((state.get("started") or 0, d.name, d))
@@ -364,8 +353,8 @@ class Sessions:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--sessions {root} cannot be created ({(e.strerror or str(e)).lower()})") from None
-        self.damaged = damaged_sessions(self.root)  # left alone; the caller says so
-        open_ones = [Session.load(d) for d in list_sessions(self.root, only_open=True)]
+        self.damaged: list[Path] = []  # sessions whose state.json cannot be read: left alone; the caller says so
+        open_ones = [Session.load(d) for d in list_sessions(self.root, only_open=True, damaged=self.damaged)]
         for s in open_ones[:-1]:  # more than one open (should not happen): all but the last are closed
             s.close("closed at restart (another session was open)", clock)
         last = open_ones[-1] if open_ones else None

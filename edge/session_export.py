@@ -26,7 +26,7 @@ from .bundle import atomic_path, write_json_atomic
 from .differential import UNCERTAIN
 from .preprocess import prepare
 from .self_train import confident
-from .session import NOT_A_CELL, Session, SessionError, damaged_sessions, list_sessions
+from .session import NOT_A_CELL, Session, SessionError, list_sessions
 from .sources import SourceError, read_image_rgb
 
 if TYPE_CHECKING:
@@ -42,12 +42,13 @@ def session_folders(paths) -> list[Path]:
         if (p / "state.json").is_file():
             out.append(p)
         else:
-            damaged = damaged_sessions(p)
+            damaged: list[Path] = []
+            found = list_sessions(p, damaged=damaged)
             if damaged:  # their reviewed cells would be left out without a word
+                damaged.sort()
                 raise SessionError(f"{damaged[0]}/state.json cannot be read" + (
                     f" (and {len(damaged) - 1} more session{'s' if len(damaged) > 2 else ''} under {p})" if len(damaged) > 1 else "")
                     + ": repair it or move the folder aside, then export again", 422)
-            found = list_sessions(p)
             if not found:
                 raise SessionError(f"{p} is neither a session folder nor a folder of sessions (no state.json)", 404)
             out += found

@@ -48,6 +48,7 @@ from scopelite.edge.self_train import confident
 from scopelite.edge.session_export import record_files
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
+from scopelite.train.config import SOUP_SEED_STEP
 
 COMMON = ["--head-epochs", "0", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
@@ -173,14 +174,15 @@ def compress(bin_dir: Path, run_dir: Path, row: dict) -> Path:
 
 
 def soup_and_compress(bin_dir: Path, a, data: Path, first: Path, fit: list[str], k: int, row: dict) -> Path:
-    """``k - 1`` more fits of ``data`` beside ``first`` (training seeds ``a.seed + 100 i``), ``celltrain average``
-    of the ``k`` (decision 18a), ``cellcompress --int8``; wall times into ``row``; the int8 model's path."""
+    """``k - 1`` more fits of ``data`` beside ``first`` (training seeds ``a.seed + 100 i``, as ``celltrain fit --soup``
+    gives its members; ``first`` is the one fit already made), ``celltrain average`` of the ``k`` (decision 18a),
+    ``cellcompress --int8``; wall times into ``row``; the int8 model's path."""
     members = [first]
     row["fit_seconds"] = []
     for i in range(1, k):
         member = first.with_name(f"{first.name}-s{i}")
         shutil.rmtree(member, ignore_errors=True)
-        row["fit_seconds"].append(fit_once(bin_dir, a, data, member, fit, a.seed + 100 * i))
+        row["fit_seconds"].append(fit_once(bin_dir, a, data, member, fit, a.seed + SOUP_SEED_STEP * i))
         members.append(member)
     out = first.with_name(f"{first.name}-soup")
     shutil.rmtree(out, ignore_errors=True)

@@ -21,6 +21,7 @@ PRESETS = {
                  "average_last": 5, "epochs": 30, "warmup_epochs": 0.0, "augment": "strong", "strength": 0.5,
                  "batch_size": 16},
 }
+SOUP_SEED_STEP = 100  # --soup K: member i trains with the training seed + 100 i (one split)
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
 AUG_OPS = ("rotate", "zoom", "bgswap", "randaugment", "colour", "hue", "grey", "stain", "hed", "domain", "debris", "blur",
            "noise", "shot", "jpeg", "blots")

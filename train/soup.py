@@ -18,7 +18,7 @@ from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, w
 from scopelite.edge.errors import UserError
 
 from .average import average_into
-from .config import FitConfig
+from .config import SOUP_SEED_STEP, FitConfig
 from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
 
 
@@ -52,9 +52,6 @@ def _split_digest(f: Path) -> str:
     if not f.is_file():
         raise UserError(f"no {f.name} in {f.parent}: only models of celltrain runs can be averaged")
     return hashlib.sha256(f.read_bytes()).hexdigest()
-
-
-SOUP_SEED_STEP = 100  # member i of --soup K trains with training seed + 100 i
 
 
 def member_configs(cfg: FitConfig) -> list[FitConfig]:
