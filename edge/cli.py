@@ -92,13 +92,22 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
               help="A site calibration file (celledge calibrate). Made with --scale: each image, a crop of that "
                    "microscope, is cut to the square that shows its red cells at the model's training scale "
                    "before it is classified (each JSON line gets its \"scale\"); with --colour: white-balanced.")
+@click.option("--rescale/--no-rescale", default=True, show_default=True,
+              help="Cut each image framed unlike the training crops (its red cells, or a white cell that fills it, "
+                   "say how) to the square the model was trained at; images at most 1.25x the model's input are "
+                   "taken as already cut. The JSON line's \"scale\" says what was done. A --site made with --scale "
+                   "fixes the scale instead.")
 @_runtime_options
 @one_line_errors
-def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
+def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, rescale):
     """Classify single-cell images (files or folders).
 
     Without a model, the int8 EfficientNetV2B0 shipped in the package (trained
     on real PBC cells, 96x96 crops) is used.
+
+    Each image should hold one cell near its centre. A model knows cells at the
+    framing it was trained at (PBC's: about 5 red cells across the crop); an image
+    framed tighter or wider is cut to that framing first (--no-rescale: as given).
 
     \b
     Example:
@@ -109,7 +118,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     from .preprocess import prepare, too_small
     from .sources import SourceError, list_images, read_image_rgb
 
-    from . import ood
+    from . import crop_scale, ood
     from .field import model_rbc_px
     from .stain import is_greyscale
 
@@ -126,9 +135,12 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
     unlike = grey = 0
     for path in paths:
         try:
-            image, site_scale = read_image_rgb(path), None
+            image, scale = read_image_rgb(path), None
             if site_cal is not None:
-                image, site_scale = site_cal.view(image, model_rbc, clf.input_spec.height)
+                image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
+            if scale is None and rescale:
+                image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
+                scale = found.record()
             crop = prepare(image, clf.input_spec)
         except (SourceError, OSError) as e:
             print(f"skipped: {e}", file=sys.stderr)
@@ -152,8 +164,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site):
             if ref:
                 rec["stain_distance"] = distance  # None: no red cell or nucleus to compare
                 rec["unlike_training"] = distance is not None and distance > ref.threshold
-            if site_scale is not None:
-                rec["scale"] = site_scale
+            if scale is not None:
+                rec["scale"] = scale
             click.echo(json.dumps(rec))
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])

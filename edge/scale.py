@@ -68,13 +68,15 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def estimate_rbc_diameter(frame_rgb: np.ndarray, layers: Layers | None = None,
-                          min_cells: int = 3) -> ScaleEstimate:
+                          min_cells: int = 3, singles_only: bool = False) -> ScaleEstimate:
     """The typical red-cell diameter of one RGB frame, in its pixels (see the module docstring).
 
     Args:
         frame_rgb: HxWx3 uint8.
         layers: ``stain_layers(frame_rgb)`` if already computed (field mode shares it with detection).
         min_cells: fewer measurable red cells than this gives ``diameter_px=None``.
+        singles_only: count only pieces shaped like one red cell (step 3), never the fallbacks: a crop's few
+            red cells, cut off by its edge or touching the white cell, mislead them.
     """
     lay = layers if layers is not None else stain_layers(frame_rgb)
     mask = _filled((lay.od > lay.t_cell).astype(np.uint8))
@@ -93,6 +95,8 @@ def estimate_rbc_diameter(frame_rgb: np.ndarray, layers: Layers | None = None,
     single = (areas >= 0.55 * np.pi * radii**2) & (areas <= 1.8 * np.pi * radii**2)
     if single.sum() >= min_cells:
         return ScaleEstimate(2.0 * _weighted_median(radii[single], areas[single]), int(single.sum()))
+    if singles_only:
+        return ScaleEstimate(None, int(single.sum()))
     peaks = _peak_radii(np.where(stained[lab], 0, dt))
     if len(peaks) >= min_cells:
         return ScaleEstimate(2.0 * float(np.median(peaks)), len(peaks))
