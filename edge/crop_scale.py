@@ -15,6 +15,9 @@ model sees a cell framed 1.5x off as another cell: at three red cells across, th
    ``MEASURE_PX`` or more): when the framing they imply is more than ``BAND`` off the training
    framing, the centred square at the training scale is cut (borders reflected).
 4. Else as given.
+
+Images longer than ``field.SEARCH_SIDE`` are measured shrunk to it (a 20-megapixel file costs what a
+1280 px one does).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .field import crop_at, detect
+from .field import SEARCH_SIDE, crop_at, detect
 from .scale import crop_side, estimate_rbc_diameter
 from .stain import stain_layers
 
@@ -65,8 +68,14 @@ def measure(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> CropSc
     side = min(h, w)
     if side <= AS_GIVEN * input_px:
         return CropScale("as given", None, side)
-    up = max(1, math.ceil(MEASURE_PX / side))
-    view = cv2.resize(image_rgb, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC) if up > 1 else image_rgb
+    if side < MEASURE_PX:  # small crops measured upsampled by a whole factor (scale.images_rbc_px)
+        up = float(math.ceil(MEASURE_PX / side))
+        view = cv2.resize(image_rgb, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+    elif max(h, w) > SEARCH_SIDE:  # large images measured at most SEARCH_SIDE px long (as field mode searches)
+        up = SEARCH_SIDE / max(h, w)
+        view = cv2.resize(image_rgb, (max(1, round(w * up)), max(1, round(h * up))), interpolation=cv2.INTER_AREA)
+    else:
+        up, view = 1.0, image_rgb
     layers = stain_layers(view)
     est = estimate_rbc_diameter(view, layers, min_cells=1, singles_only=True)
     white = _white_diameter(view, layers, est.diameter_px)

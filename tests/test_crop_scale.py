@@ -87,3 +87,9 @@ def test_classify_reports_how_each_image_was_framed(tmp_path):
     assert lines[str(small)]["scale"] == {"source": "as given", "rbc_px": None, "crop": 96}
     r = invoke_cli("celledge", "classify", str(wide), "--json", "--no-rescale")
     assert r.returncode == 0 and "scale" not in json.loads(r.stdout.splitlines()[0])
+
+
+def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels():
+    crop = cv2.resize(_framed(1.0, 12.0), None, fx=8, fy=8, interpolation=cv2.INTER_CUBIC)  # 2304 px, rbc ~192
+    found = crop_scale.measure(crop, MODEL_RBC, INPUT)
+    assert found.source == "red cells" and abs(found.rbc_px / (8 * RBC) - 1) < 0.15, found
