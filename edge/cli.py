@@ -138,6 +138,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             image, scale = read_image_rgb(path), None
             if site_cal is not None:
                 image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
+            seen = image  # the image as read (and white-balanced by --site): its size, colour and stain
             if scale is None and rescale:
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
                 scale = found.record()
@@ -151,12 +152,12 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             site_refused.append(f"{path}: {e}")
             continue
         spec = clf.input_spec
-        if too_small(image, spec):
-            warn(f"{path} is only {image.shape[1]}x{image.shape[0]} px, far smaller than the model's "
+        if too_small(seen, spec):
+            warn(f"{path} is only {seen.shape[1]}x{seen.shape[0]} px, far smaller than the model's "
                  f"{spec.width}x{spec.height} input: its class below means little")
-        grey += is_greyscale(image)
+        grey += is_greyscale(seen)
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
-        distance = ood.score(ood.stain_stats(image), ref) if ref else None
+        distance = ood.score(ood.stain_stats(seen), ref) if ref else None
         unlike += distance is not None and distance > ref.threshold
         if as_json:
             rec = {"path": str(path), "label": best[0].label, "score": round(best[0].score, 4),
@@ -238,6 +239,10 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "this microscope's measured scale instead of each frame's red-cell ruler, which specks can "
                    "fool (each line's scale says \"source\": \"site\" and still reports the frame's own "
                    "ruler); with --colour: white-balance the crops. Neither is on by default (docs/cross-lab.md).")
+@click.option("--rescale/--no-rescale", default=True, show_default=True,
+              help="Crop mode: when the views are framed unlike the training crops (their red cells, or a white "
+                   "cell that fills the view, say how; the median over the stream), cut each to the training "
+                   "framing. Each line's \"scale\" says what was done. A --site made with --scale fixes it instead.")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("--count", type=click.IntRange(min=1), default=None,

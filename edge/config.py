@@ -60,6 +60,7 @@ class WatchConfig:
     device: str | None = None
     fallback: str | None = None
     tta: int = 1
+    rescale: bool = True  # crop mode: reframe views framed unlike the training crops (crop_scale.StreamFraming)
 
     def replace(self, **changes: Any) -> "WatchConfig":
         return dataclasses.replace(self, **changes)
@@ -112,6 +113,9 @@ class WatchConfig:
             out.append("--save-dir needs --save-classes and/or --save-below")
         if not self.save_dir and (self.save_classes or self.save_below is not None):
             out.append("--save-classes and --save-below need --save-dir DIR (where the frames go)")
+        if self.mode == "field" and not self.rescale:
+            out.append("--no-rescale is for crop mode: field mode cuts every cell at the model's scale from the "
+                       "frame's red cells (--crop-size PX fixes the square instead)")
         if self.mode != "field" and self.crop_size is not None:
             out.append("--crop-size needs --mode field (crop mode classifies the centre square of each frame)")
         return out

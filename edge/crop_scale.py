@@ -8,20 +8,22 @@ model sees a cell framed 1.5x off as another cell: at three red cells across, th
 
 1. An image no larger than ``AS_GIVEN`` x the model's input is taken as cut for the model (the
    daemon's own saved crops, a 96 px collection): classified as given.
-2. The white cell nearest the centre fills the image (the framing its size implies is below
-   ``TIGHT`` red cells across; white cells are about ``WHITE_TO_RED`` red cells across): the red cells
-   are cut off, so the white cell's size sets the scale.
+2. The white cell at the centre (the largest stained piece near it, if it could be one cell) fills the image
+   (the framing its size implies is below ``TIGHT`` red cells across; white cells are about
+   ``WHITE_TO_RED`` red cells across): the red cells are cut off, so the white cell's size sets the scale.
 3. Else its red cells (at least ``MIN_RED_CELLS`` pieces shaped like one red cell, measured at
    ``MEASURE_PX`` or more): when the framing they imply is more than ``BAND`` off the training
    framing, the centred square at the training scale is cut (borders reflected).
 4. Else as given.
 
-Images longer than ``field.SEARCH_SIDE`` are measured shrunk to it (a 20-megapixel file costs what a
-1280 px one does).
+What is measured is the centred square (what the model is shown), shrunk to ``field.SEARCH_SIDE`` when
+larger; an image without colour is left as given; a square wider than the image is at most ``MAX_WIDEN``
+times its side and is built at twice the model's input, so a large file costs about what a 1280 px one does.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
@@ -29,7 +31,8 @@ import numpy as np
 
 from .field import SEARCH_SIDE, crop_at, detect
 from .scale import crop_side, estimate_rbc_diameter
-from .stain import stain_layers
+from .preprocess import center_square
+from .stain import is_greyscale, stain_layers
 
 AS_GIVEN = 1.25
 BAND = 1.25
@@ -37,6 +40,8 @@ TIGHT = 3.2
 WHITE_TO_RED = 1.57  # median white-cell / red-cell diameter on PBC's 160 fields (probe 19-1)
 MIN_RED_CELLS = 4
 MEASURE_PX = 384
+MAX_WIDEN = 3.5  # a square at most this x the image's side (1.6 red cells across -> 5.33 is 3.3x)
+WHITE_MAX_SHARE = 0.8  # a "white cell" covering more of the image is not one cell (at 1.6 red cells across one covers ~75 %)
 
 
 @dataclass(frozen=True)
@@ -52,51 +57,94 @@ class CropScale:
 
 
 def _white_diameter(image: np.ndarray, layers, rbc_px: float | None) -> float | None:
-    """Equivalent diameter (px) of the stained piece nearest the image's centre."""
-    h, w = image.shape[:2]
-    dets = detect(image, rbc_px or min(h, w) / 3.0, layers)
-    if not dets:
+    """Equivalent diameter (px) of the largest stained piece whose centre lies within a quarter of the square
+    image's side from its centre, unless it covers more than ``WHITE_MAX_SHARE`` of the image (noise or a
+    texture merges into one piece as large as the image)."""
+    side = image.shape[0]
+    near = [d for d in detect(image, rbc_px or side / 3.0, layers)
+            if max(abs(d.x - side / 2), abs(d.y - side / 2)) <= side / 4]
+    if not near or near[0].area > WHITE_MAX_SHARE * side * side:  # detect lists the largest first
         return None
-    d = min(dets, key=lambda d: (d.x - w / 2) ** 2 + (d.y - h / 2) ** 2)
-    return 2.0 * math.sqrt(d.area / math.pi)
+    return 2.0 * math.sqrt(near[0].area / math.pi)
 
 
 def measure(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> CropScale:
     """How ``image_rgb`` (one cell, centred) should be framed for a model trained at ``model_rbc_px`` red-cell
-    px in an ``input_px`` input (see the module docstring)."""
-    h, w = image_rgb.shape[:2]
-    side = min(h, w)
-    if side <= AS_GIVEN * input_px:
+    px in an ``input_px`` input (see the module docstring). What is measured is the centred square, the part
+    the model is shown."""
+    square = center_square(image_rgb)
+    side = square.shape[0]
+    if side <= AS_GIVEN * input_px or is_greyscale(square):
         return CropScale("as given", None, side)
     if side < MEASURE_PX:  # small crops measured upsampled by a whole factor (scale.images_rbc_px)
         up = float(math.ceil(MEASURE_PX / side))
-        view = cv2.resize(image_rgb, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
-    elif max(h, w) > SEARCH_SIDE:  # large images measured at most SEARCH_SIDE px long (as field mode searches)
-        up = SEARCH_SIDE / max(h, w)
-        view = cv2.resize(image_rgb, (max(1, round(w * up)), max(1, round(h * up))), interpolation=cv2.INTER_AREA)
+        view = cv2.resize(square, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+    elif side > SEARCH_SIDE:  # large images measured at SEARCH_SIDE px (as field mode searches)
+        up = SEARCH_SIDE / side
+        view = cv2.resize(square, (SEARCH_SIDE, SEARCH_SIDE), interpolation=cv2.INTER_AREA)
     else:
-        up, view = 1.0, image_rgb
+        up, view = 1.0, np.ascontiguousarray(square)
     layers = stain_layers(view)
     est = estimate_rbc_diameter(view, layers, min_cells=1, singles_only=True)
     white = _white_diameter(view, layers, est.diameter_px)
     if white is not None and side * WHITE_TO_RED / (white / up) < TIGHT:
         rbc = white / up / WHITE_TO_RED
-        return CropScale("white cell", rbc, crop_side(rbc, model_rbc_px, input_px))
+        return CropScale("white cell", rbc, min(crop_side(rbc, model_rbc_px, input_px), int(MAX_WIDEN * side)))
     if est.diameter_px is not None and est.cells >= MIN_RED_CELLS:
         rbc = est.diameter_px / up
         framing = side / rbc / (input_px / model_rbc_px)
         if not 1 / BAND <= framing <= BAND:
-            return CropScale("red cells", rbc, crop_side(rbc, model_rbc_px, input_px))
+            return CropScale("red cells", rbc, min(crop_side(rbc, model_rbc_px, input_px), int(MAX_WIDEN * side)))
         return CropScale("as given", rbc, side)
     return CropScale("as given", None, side)
 
 
 def rescale(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> tuple[np.ndarray, CropScale]:
     """``image_rgb`` framed as the model's training crops (``measure``): the centred square of the measured
-    side, borders reflected; the image itself when it is left as given."""
+    side, borders reflected; the image itself when it is left as given. A square wider than the image is
+    built at most ``2 x input_px`` px across (the model sees it at ``input_px``), so a widened large image
+    costs what a small one does."""
     found = measure(image_rgb, model_rbc_px, input_px)
     if found.source == "as given":
         return image_rgb, found
+    return _centred(image_rgb, found.side, input_px), found
+
+
+def _centred(image_rgb: np.ndarray, side: int, input_px: int) -> np.ndarray:
+    """The centred ``side`` square of the image, borders reflected; when it is wider than the image, built at
+    most ``2 x input_px`` across."""
     h, w = image_rgb.shape[:2]
-    x0, y0 = w // 2 - found.side // 2, h // 2 - found.side // 2
-    return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + found.side, y0 + found.side))), found
+    if side > min(h, w) and side > 2 * input_px:
+        f = 2 * input_px / side
+        image_rgb = cv2.resize(image_rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        h, w, side = image_rgb.shape[0], image_rgb.shape[1], 2 * input_px
+    x0, y0 = w // 2 - side // 2, h // 2 - side // 2
+    return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
+
+
+class StreamFraming:
+    """Crop mode's framing: views of one microscope one after another, so one framing for the stream.
+
+    Each view's ``measure`` gives the zoom it asks for (the side to classify over the view's side); the
+    stream uses the median of the last ``window`` (as given while most views say so). The first ``window``
+    views are all measured, then every ``every``-th (measuring a 640x480 view costs 5-40 ms; a stream's
+    framing changes only when someone turns the objective).
+    """
+
+    def __init__(self, model_rbc_px: float, input_px: int, window: int = 15, every: int = 10):
+        self.model_rbc_px, self.input_px, self.every = model_rbc_px, input_px, every
+        self.zooms: deque[float] = deque(maxlen=window)
+        self.frames = 0
+
+    def view(self, image_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
+        """What crop mode classifies of this view, and the JSON line's ``scale``."""
+        self.frames += 1
+        h, w = image_rgb.shape[:2]
+        side = min(h, w)
+        if len(self.zooms) < (self.zooms.maxlen or 0) or self.frames % self.every == 0:
+            self.zooms.append(measure(image_rgb, self.model_rbc_px, self.input_px).side / side)
+        crop = max(int(round(float(np.median(self.zooms)) * side)), 8)
+        record = {"source": "stream", "crop": crop, "views_measured": len(self.zooms)}
+        if crop == side:
+            return image_rgb, {**record, "source": "as given"}
+        return _centred(image_rgb, crop, self.input_px), record

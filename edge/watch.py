@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import crop_scale
 from . import field as field_lib
 from . import ood
 from . import scale as scale_lib
@@ -426,6 +427,7 @@ def run_watch(
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = grey_frames = 0
     tally = Tally(list(classifier.labels))
+    framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
     counter = FieldCounter(classifier.labels, min_score, count, config.wbc, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
     queue = DropOldestQueue(queue_size)
@@ -444,6 +446,7 @@ def run_watch(
                 new, events = reloader.take()
                 if new is not None:
                     classifier, field_cfg = new, field_config(config, new)
+                    framing = None  # measured again for the new model's scale
                     field_scale.cfg, reference = field_cfg, ood.reference_of(getattr(new, "sidecar", None))
                     if session is not None:  # the cells counted from now on are cut at the new model's scale
                         session.rbc_fraction = field_cfg.cut_scale()
@@ -469,6 +472,10 @@ def run_watch(
             else:
                 view, site_scale = (frame, None) if site is None else site.view(frame, field_cfg.model_rbc_px,
                                                                                 field_cfg.input_px)
+                if site_scale is None and config.rescale:
+                    if framing is None:
+                        framing = crop_scale.StreamFraming(field_cfg.model_rbc_px, field_cfg.input_px)
+                    view, site_scale = framing.view(view)
                 scores = classifier.classify(prepare(view, classifier.input_spec)[None])[0]
                 dt = clock() - t0
                 best = top_k(scores, classifier.labels, k=k)

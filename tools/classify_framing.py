@@ -2,9 +2,10 @@
 
 Each labelled field's white cell (the largest white-cell-sized detection) is cut as a square of k red-cell
 diameters (the field's own ruler) for k in FRAMINGS (5.33: the shipped model's training framing, 96 / 18), at the
-field's own resolution, as another collection would have cut it; then `celledge classify`'s two ways are scored:
-as given (--no-rescale) and rescaled (crop_scale.rescale, the default). PBC's crops of its test split (96 px,
-the model's own framing and size) are scored both ways too.
+field's own resolution, as another collection would have cut it; then scored as given (--no-rescale), rescaled
+(`celledge classify`: crop_scale.rescale, the default) and as `celledge watch FOLDER` crop mode frames a folder of
+them (one framing for the stream: crop_scale.StreamFraming). PBC's crops of its test split (96 px, the model's
+own framing and size) are scored the same ways.
 
     python tools/classify_framing.py --data ../shared/data --split runs/any-pbc-run/split.json --out RESULT.json
 
@@ -47,21 +48,23 @@ def framed(image: np.ndarray, k: float) -> np.ndarray | None:
 
 
 def score(clf, items, spec, model_rbc) -> dict:
-    """items: (crop, true class). Accuracy as given and rescaled, and how each was rescaled."""
+    """items: (crop, true class). Accuracy as given, rescaled (celledge classify: each image alone) and as
+    `celledge watch FOLDER` crop mode frames them (one framing for the stream: crop_scale.StreamFraming, the
+    images in the part's order); how each image was rescaled."""
     labels = list(clf.labels)
     hits: dict[str, list[bool]] = defaultdict(list)
     sources: Counter = Counter()
     ms = []
+    stream = crop_scale.StreamFraming(model_rbc, spec.height)
     for crop, truth in items:
         t0 = time.perf_counter()
         view, found = crop_scale.rescale(crop, model_rbc, spec.height)
         ms.append(1000 * (time.perf_counter() - t0))
         sources[found.source] += 1
-        for name, img in (("as_given", crop), ("rescaled", view)):
+        for name, img in (("as_given", crop), ("rescaled", view), ("crop_mode", stream.view(crop)[0])):
             hits[name].append(labels[int(np.argmax(clf.classify(prepare(img, spec)[None])[0]))] == truth)
-    return {"images": len(ms), "as_given": round(float(np.mean(hits["as_given"])), 4),
-            "rescaled": round(float(np.mean(hits["rescaled"])), 4), "rescaled_by": dict(sources),
-            "rescale_ms_median": round(float(np.median(ms)), 1)}
+    return {"images": len(ms), **{n: round(float(np.mean(hits[n])), 4) for n in ("as_given", "rescaled", "crop_mode")},
+            "rescaled_by": dict(sources), "rescale_ms_median": round(float(np.median(ms)), 1)}
 
 
 def main() -> None:
@@ -94,7 +97,8 @@ def main() -> None:
             for k in FRAMINGS:
                 items = [(c, t) for c, t in ((framed(img, k), t) for img, t in images) if c is not None]
                 per[str(k)] = score(clf, items, spec, model_rbc)
-            per["mean"] = {n: round(float(np.mean([per[str(k)][n] for k in FRAMINGS])), 4) for n in ("as_given", "rescaled")}
+            per["mean"] = {n: round(float(np.mean([per[str(k)][n] for k in FRAMINGS])), 4)
+                           for n in ("as_given", "rescaled", "crop_mode")}
             result["parts"][part] = per
         print(part, json.dumps(result["parts"][part]), flush=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
