@@ -126,13 +126,13 @@ class StreamFraming:
     """Crop mode's framing: views of one microscope one after another, so one framing for the stream.
 
     Each view's ``measure`` gives the zoom it asks for (the side to classify over the view's side); the
-    stream uses the median of the last ``window`` (as given while most views say so). The first ``window``
-    views are all measured, then every ``every``-th (measuring a 640x480 view costs 5-40 ms; a stream's
-    framing changes only when someone turns the objective).
+    stream uses the median of the last ``window`` measured (as given while most views say so). The first
+    ``first`` views are all measured, then every ``every``-th (measuring a 640x480 view costs 5-40 ms, a
+    frame of crop mode 1-2 ms; a stream's framing changes only when someone turns the objective).
     """
 
-    def __init__(self, model_rbc_px: float, input_px: int, window: int = 15, every: int = 10):
-        self.model_rbc_px, self.input_px, self.every = model_rbc_px, input_px, every
+    def __init__(self, model_rbc_px: float, input_px: int, window: int = 15, first: int = 5, every: int = 25):
+        self.model_rbc_px, self.input_px, self.first, self.every = model_rbc_px, input_px, first, every
         self.zooms: deque[float] = deque(maxlen=window)
         self.frames = 0
 
@@ -141,7 +141,7 @@ class StreamFraming:
         self.frames += 1
         h, w = image_rgb.shape[:2]
         side = min(h, w)
-        if len(self.zooms) < (self.zooms.maxlen or 0) or self.frames % self.every == 0:
+        if self.frames <= self.first or self.frames % self.every == 0:
             self.zooms.append(measure(image_rgb, self.model_rbc_px, self.input_px).side / side)
         crop = max(int(round(float(np.median(self.zooms)) * side)), 8)
         record = {"source": "stream", "crop": crop, "views_measured": len(self.zooms)}

@@ -137,12 +137,14 @@ def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels(monkeyp
 
 def test_crop_mode_holds_one_framing_for_the_stream():
     """Views framed 12 red cells across: one framing for all, the median of the views measured so far; the
-    first 15 views are all measured, then every 10th."""
+    first 5 views are all measured, then every 25th, the last 15 kept."""
     stream = crop_scale.StreamFraming(MODEL_RBC, INPUT)
-    records = [stream.view(_framed(1.0, 12.0, seed))[1] for seed in range(20)]
+    views = [_framed(1.0, 12.0, seed) for seed in range(3)]
+    records = [stream.view(views[i % 3])[1] for i in range(400)]
     assert all(r["source"] == "stream" for r in records)
-    assert all(abs(r["crop"] / 128 - 1) < 0.15 for r in records), [r["crop"] for r in records]
-    assert [r["views_measured"] for r in records][14:] == [15] * 6  # window full: every 10th replaces the oldest
+    assert all(abs(r["crop"] / 128 - 1) < 0.15 for r in records), {r["crop"] for r in records}
+    measured = [r["views_measured"] for r in records]
+    assert measured[:6] == [1, 2, 3, 4, 5, 5] and measured[24] == 6 and measured[-1] == 15
     at_training = crop_scale.StreamFraming(MODEL_RBC, INPUT)
     view = _framed(2.0, INPUT / MODEL_RBC)
     assert at_training.view(view) == (view, {"source": "as given", "crop": 256, "views_measured": 1})

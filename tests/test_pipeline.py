@@ -53,8 +53,10 @@ def test_classify_cli_json(tiny_run, synth_dir):
     assert len(lines) == 24
     for rec in lines:
         # the tiny model's sidecar carries the stain of its training crops: each image gets its distance
-        assert set(rec) == {"path", "label", "score", "top_k", "stain_distance", "unlike_training"}
+        assert set(rec) == {"path", "label", "score", "top_k", "stain_distance", "unlike_training", "scale"}
         assert rec["label"] == rec["top_k"][0]["label"] and len(rec["top_k"]) == 2
+    # 96 px crops framed as the model's 32 px training crops: most are classified as given (crop_scale)
+    assert sum(rec["scale"]["source"] == "as given" for rec in lines) >= 20, [rec["scale"] for rec in lines]
     # generated crops are stained like the generated training crops: few are flagged
     assert sum(rec["unlike_training"] for rec in lines) <= len(lines) // 4
     correct = sum(rec["label"] == rec["path"].split("/")[-2] for rec in lines)
