@@ -92,11 +92,13 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
               help="A site calibration file (celledge calibrate). Made with --scale: each image, a crop of that "
                    "microscope, is cut to the square that shows its red cells at the model's training scale "
                    "before it is classified (each JSON line gets its \"scale\"); with --colour: white-balanced.")
-@click.option("--rescale/--no-rescale", default=True, show_default=True,
-              help="Cut each image framed unlike the training crops (its red cells, or a white cell that fills it, "
-                   "say how) to the square the model was trained at; images at most 1.25x the model's input are "
-                   "taken as already cut. The JSON line's \"scale\" says what was done. A --site made with --scale "
-                   "fixes the scale instead.")
+@click.option("--rescale", type=click.Choice(["each", "shared", "none"]), default="each", show_default=True,
+              help="Images framed unlike the training crops (their red cells, or a white cell that fills one, say "
+                   "how) are cut to the training framing. each: every image measured alone; shared: one framing "
+                   "for all, the median over up to 15 images spread through them (a collection cut alike: better "
+                   "when it is, docs/cross-lab.md); none: as given. Images at most 1.25x the model's input are "
+                   "taken as already cut. The JSON line's \"scale\" says what was done. A --site made with "
+                   "--scale fixes the scale instead.")
 @_runtime_options
 @one_line_errors
 def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, rescale):
@@ -107,7 +109,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
 
     Each image should hold one cell near its centre. A model knows cells at the
     framing it was trained at (PBC's: about 5 red cells across the crop); an image
-    framed tighter or wider is cut to that framing first (--no-rescale: as given).
+    framed tighter or wider is cut to that framing first (--rescale; for a folder
+    of crops cut alike, --rescale shared measures one framing for all).
 
     \b
     Example:
@@ -130,6 +133,12 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
+    shared = None  # --rescale shared: (zoom, images measured)
+    if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
+        from .site import pick_evenly
+
+        sample = pick_evenly(paths, SHARED_SAMPLE)
+        shared = crop_scale.shared_zoom(_readable(sample, site_cal), model_rbc, clf.input_spec.height)
     failed: list[str] = []
     site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
@@ -139,7 +148,13 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             if site_cal is not None:
                 image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
             seen = image  # the image as read (and white-balanced by --site): its size, colour and stain
-            if scale is None and rescale:
+            if scale is None and shared is not None:
+                side = min(image.shape[:2])
+                if not crop_scale.taken_as_cut(image, clf.input_spec.height):
+                    image, side = crop_scale.at_zoom(image, shared[0], clf.input_spec.height)
+                scale = {"source": "shared" if side != min(seen.shape[:2]) else "as given", "crop": side,
+                         "images_measured": shared[1]}
+            elif scale is None and rescale == "each":
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
                 scale = found.record()
             crop = prepare(image, clf.input_spec)
@@ -182,6 +197,21 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
     if site_refused:
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
+
+
+SHARED_SAMPLE = 15  # classify --rescale shared: images measured for the one framing
+
+
+def _readable(paths, site_cal):
+    """The images at ``paths`` that can be read (white-balanced by a --site with colour), one by one."""
+    from .sources import SourceError, read_image_rgb
+
+    for path in paths:
+        try:
+            image = read_image_rgb(path)
+        except (SourceError, OSError):
+            continue  # the main loop says so
+        yield image if site_cal is None else site_cal.balance(image)
 
 
 def _crop_size(ctx, param, value: str) -> int | None:

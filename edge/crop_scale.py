@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -68,13 +69,18 @@ def _white_diameter(image: np.ndarray, layers, rbc_px: float | None) -> float | 
     return 2.0 * math.sqrt(near[0].area / math.pi)
 
 
+def taken_as_cut(image_rgb: np.ndarray, input_px: int) -> bool:
+    """An image no larger than ``AS_GIVEN`` x the model's input: taken as cut for the model, never reframed."""
+    return min(image_rgb.shape[:2]) <= AS_GIVEN * input_px
+
+
 def measure(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> CropScale:
     """How ``image_rgb`` (one cell, centred) should be framed for a model trained at ``model_rbc_px`` red-cell
     px in an ``input_px`` input (see the module docstring). What is measured is the centred square, the part
     the model is shown."""
     square = center_square(image_rgb)
     side = square.shape[0]
-    if side <= AS_GIVEN * input_px or is_greyscale(square):
+    if taken_as_cut(square, input_px) or is_greyscale(square):
         return CropScale("as given", None, side)
     if side < MEASURE_PX:  # small crops measured upsampled by a whole factor (scale.images_rbc_px)
         up = float(math.ceil(MEASURE_PX / side))
@@ -122,14 +128,37 @@ def _centred(image_rgb: np.ndarray, side: int, input_px: int) -> np.ndarray:
     return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
 
 
+def shared_zoom(images: Iterable[np.ndarray], model_rbc_px: float, input_px: int) -> tuple[float, int]:
+    """One framing for images of one collection (cut alike by one lab's pipeline): the median zoom (side to
+    classify over the image's side) of those with a reading, and how many had one (1.0 and 0 when none)."""
+    zooms = []
+    for image in images:
+        found = measure(image, model_rbc_px, input_px)
+        if found.rbc_px is not None:
+            zooms.append(found.side / min(image.shape[:2]))
+    return (float(np.median(zooms)) if zooms else 1.0), len(zooms)
+
+
+def at_zoom(image_rgb: np.ndarray, zoom: float, input_px: int) -> tuple[np.ndarray, int]:
+    """The centred square ``zoom`` x the image's side (borders reflected, ``_centred``), and its side; the
+    image itself when that is its own side."""
+    side = min(image_rgb.shape[:2])
+    crop = max(int(round(zoom * side)), 8)
+    return (image_rgb if crop == side else _centred(image_rgb, crop, input_px)), crop
+
+
 class StreamFraming:
     """Crop mode's framing: views of one microscope one after another, so one framing for the stream.
 
-    Each view's ``measure`` gives the zoom it asks for (the side to classify over the view's side); the
-    stream uses the median of the last ``window`` measured (as given while most views say so). The first
-    ``first`` views are all measured, then every ``every``-th (measuring a 640x480 view costs 5-40 ms, a
-    frame of crop mode 1-2 ms; a stream's framing changes only when someone turns the objective).
+    Each measured view with a reading (its red cells, or a white cell filling it) votes for the zoom it asks
+    for (the side to classify over the view's side, 1 when its red cells say the framing is right); a view
+    with nothing to measure does not vote. The stream uses the median of the last ``window`` votes (as given
+    before any). Views are measured until ``first`` votes are in (at most the first ``WARM_UP`` views),
+    then every ``every``-th (measuring a 640x480 view costs 5-40 ms, a frame of crop mode 1-2 ms; a
+    stream's framing changes only when someone turns the objective).
     """
+
+    WARM_UP = 50
 
     def __init__(self, model_rbc_px: float, input_px: int, window: int = 15, first: int = 5, every: int = 25):
         self.model_rbc_px, self.input_px, self.first, self.every = model_rbc_px, input_px, first, every
@@ -141,10 +170,10 @@ class StreamFraming:
         self.frames += 1
         h, w = image_rgb.shape[:2]
         side = min(h, w)
-        if self.frames <= self.first or self.frames % self.every == 0:
-            self.zooms.append(measure(image_rgb, self.model_rbc_px, self.input_px).side / side)
-        crop = max(int(round(float(np.median(self.zooms)) * side)), 8)
-        record = {"source": "stream", "crop": crop, "views_measured": len(self.zooms)}
-        if crop == side:
-            return image_rgb, {**record, "source": "as given"}
-        return _centred(image_rgb, crop, self.input_px), record
+        if (len(self.zooms) < self.first and self.frames <= self.WARM_UP) or self.frames % self.every == 0:
+            found = measure(image_rgb, self.model_rbc_px, self.input_px)
+            if found.rbc_px is not None:
+                self.zooms.append(found.side / side)
+        view, crop = at_zoom(image_rgb, float(np.median(self.zooms)) if self.zooms else 1.0, self.input_px)
+        return view, {"source": "as given" if crop == side else "stream", "crop": crop,
+                      "views_measured": len(self.zooms)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -121,8 +122,24 @@ def test_classify_reports_how_each_image_was_framed(tmp_path):
     assert lines[str(wide)]["scale"]["source"] == "red cells"
     assert abs(lines[str(wide)]["scale"]["crop"] / 128 - 1) < 0.15
     assert lines[str(small)]["scale"] == {"source": "as given", "rbc_px": None, "crop": 96}
-    r = invoke_cli("celledge", "classify", str(wide), "--json", "--no-rescale")
+    r = invoke_cli("celledge", "classify", str(wide), "--json", "--rescale", "none")
     assert r.returncode == 0 and "scale" not in json.loads(r.stdout.splitlines()[0])
+
+
+def test_classify_shared_gives_a_collection_one_framing(tmp_path):
+    """Four wide crops and one whose red cells cannot be read (grey): all five cut at the median framing of
+    the four; a 96 px image among them stays as it is."""
+    for seed in range(4):
+        cv2.imwrite(str(tmp_path / f"w{seed}.png"), cv2.cvtColor(_framed(1.0, 12.0, seed), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "grey.png"), cv2.cvtColor(_framed(1.0, 12.0, 9), cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.cvtColor(_framed(0.75, 5.33), cv2.COLOR_RGB2BGR))
+    r = invoke_cli("celledge", "classify", str(tmp_path), "--json", "--rescale", "shared")
+    assert r.returncode == 0, r.stderr
+    scale = {Path(json.loads(x)["path"]).stem: json.loads(x)["scale"] for x in r.stdout.splitlines()}
+    wide = [scale[k] for k in ("w0", "w1", "w2", "w3", "grey")]
+    assert all(s["source"] == "shared" and s["images_measured"] == 4 for s in wide), scale
+    assert len({s["crop"] for s in wide}) == 1 and abs(wide[0]["crop"] / 128 - 1) < 0.15
+    assert scale["small"] == {"source": "as given", "crop": 96, "images_measured": 4}
 
 
 def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels(monkeypatch):
@@ -137,7 +154,8 @@ def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels(monkeyp
 
 def test_crop_mode_holds_one_framing_for_the_stream():
     """Views framed 12 red cells across: one framing for all, the median of the views measured so far; the
-    first 5 views are all measured, then every 25th, the last 15 kept."""
+    first 5 views are all measured, then every 25th, the last 15 kept. A view with nothing to measure does
+    not vote."""
     stream = crop_scale.StreamFraming(MODEL_RBC, INPUT)
     views = [_framed(1.0, 12.0, seed) for seed in range(3)]
     records = [stream.view(views[i % 3])[1] for i in range(400)]
@@ -148,6 +166,11 @@ def test_crop_mode_holds_one_framing_for_the_stream():
     at_training = crop_scale.StreamFraming(MODEL_RBC, INPUT)
     view = _framed(2.0, INPUT / MODEL_RBC)
     assert at_training.view(view) == (view, {"source": "as given", "crop": 256, "views_measured": 1})
+    blanks = crop_scale.StreamFraming(MODEL_RBC, INPUT)
+    blank = np.full((288, 288, 3), 225, np.uint8)
+    assert [blanks.view(blank)[1]["views_measured"] for _ in range(3)] == [0, 0, 0]
+    out, rec = blanks.view(_framed(1.0, 12.0))  # the first view with red cells decides
+    assert rec["source"] == "stream" and rec["views_measured"] == 1 and abs(out.shape[0] / 128 - 1) < 0.15
 
 
 def test_watch_crop_mode_reframes_and_field_mode_refuses_no_rescale(tmp_path):

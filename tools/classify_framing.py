@@ -2,9 +2,10 @@
 
 Each labelled field's white cell (the largest white-cell-sized detection) is cut as a square of k red-cell
 diameters (the field's own ruler) for k in FRAMINGS (5.33: the shipped model's training framing, 96 / 18), at the
-field's own resolution, as another collection would have cut it; then scored as given (--no-rescale), rescaled
-(`celledge classify`: crop_scale.rescale, the default) and as `celledge watch FOLDER` crop mode frames a folder of
-them (one framing for the stream: crop_scale.StreamFraming). PBC's crops of its test split (96 px, the model's
+field's own resolution, as another collection would have cut it; then scored as given (--rescale none), rescaled
+(`celledge classify`: crop_scale.rescale, --rescale each, the default), with one framing for the part's crops at
+that framing (--rescale shared: the median over 15 spread through them) and as `celledge watch FOLDER` crop mode
+frames a folder of them (one framing for the stream: crop_scale.StreamFraming). PBC's crops of its test split (96 px, the model's
 own framing and size) are scored the same ways.
 
     python tools/classify_framing.py --data ../shared/data --split runs/any-pbc-run/split.json --out RESULT.json
@@ -30,11 +31,13 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.packaged import default_model
 from scopelite.edge.preprocess import prepare
 from scopelite.edge.scale import estimate_rbc_diameter
+from scopelite.edge.site import pick_evenly
 from scopelite.edge.sources import list_images, read_image_rgb
 from scopelite.edge.stain import stain_layers
 from scopelite.edge.sysinfo import machine
 
 FRAMINGS = (1.6, 2.2, 3.0, 4.0, 5.33, 8.0)
+NAMES = ("as_given", "rescaled", "shared", "crop_mode")
 
 
 def framed(image: np.ndarray, k: float) -> np.ndarray | None:
@@ -56,14 +59,16 @@ def score(clf, items, spec, model_rbc) -> dict:
     sources: Counter = Counter()
     ms = []
     stream = crop_scale.StreamFraming(model_rbc, spec.height)
+    zoom, _ = crop_scale.shared_zoom(pick_evenly([c for c, _ in items], 15), model_rbc, spec.height)
     for crop, truth in items:
         t0 = time.perf_counter()
         view, found = crop_scale.rescale(crop, model_rbc, spec.height)
         ms.append(1000 * (time.perf_counter() - t0))
         sources[found.source] += 1
-        for name, img in (("as_given", crop), ("rescaled", view), ("crop_mode", stream.view(crop)[0])):
+        shared = crop if crop_scale.taken_as_cut(crop, spec.height) else crop_scale.at_zoom(crop, zoom, spec.height)[0]
+        for name, img in (("as_given", crop), ("rescaled", view), ("shared", shared), ("crop_mode", stream.view(crop)[0])):
             hits[name].append(labels[int(np.argmax(clf.classify(prepare(img, spec)[None])[0]))] == truth)
-    return {"images": len(ms), **{n: round(float(np.mean(hits[n])), 4) for n in ("as_given", "rescaled", "crop_mode")},
+    return {"images": len(ms), **{n: round(float(np.mean(hits[n])), 4) for n in NAMES},
             "rescaled_by": dict(sources), "rescale_ms_median": round(float(np.median(ms)), 1)}
 
 
@@ -98,7 +103,7 @@ def main() -> None:
                 items = [(c, t) for c, t in ((framed(img, k), t) for img, t in images) if c is not None]
                 per[str(k)] = score(clf, items, spec, model_rbc)
             per["mean"] = {n: round(float(np.mean([per[str(k)][n] for k in FRAMINGS])), 4)
-                           for n in ("as_given", "rescaled", "crop_mode")}
+                           for n in NAMES}
             result["parts"][part] = per
         print(part, json.dumps(result["parts"][part]), flush=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
