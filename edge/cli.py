@@ -95,8 +95,9 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
 @click.option("--rescale", type=click.Choice(["each", "shared", "none"]), default="each", show_default=True,
               help="Images framed unlike the training crops (their red cells, or a white cell that fills one, say "
                    "how) are cut to the training framing. each: every image measured alone; shared: one framing "
-                   "for all, the median over up to 15 images spread through them (a collection cut alike: better "
-                   "when it is, docs/cross-lab.md); none: as given. Images at most 1.25x the model's input are "
+                   "for all, the median over up to 15 images spread through them (for a collection cut alike, "
+                   "e.g. one lab's crops: better then, docs/cross-lab.md; wrong for a folder mixing framings, "
+                   "which it warns about); none: as given. Images at most 1.25x the model's input are "
                    "taken as already cut. The JSON line's \"scale\" says what was done. A --site made with "
                    "--scale fixes the scale instead.")
 @_runtime_options
@@ -138,7 +139,15 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         from .site import pick_evenly
 
         sample = pick_evenly(paths, SHARED_SAMPLE)
-        shared = crop_scale.shared_zoom(_readable(sample, site_cal), model_rbc, clf.input_spec.height)
+        zoom, zooms = crop_scale.shared_zoom(_readable(sample, site_cal), model_rbc, clf.input_spec.height)
+        shared = zoom, len(zooms)
+        if not zooms:
+            warn(f"--rescale shared: none of the {len(sample)} images measured had red cells or a white cell to read "
+                 "the framing from: all are classified as given")
+        elif crop_scale.framings_differ(zooms, zoom):
+            warn(f"--rescale shared: the {len(zooms)} images measured are not framed alike (a third or more lie "
+                 f"over {crop_scale.BAND}x from their median): one framing for all misframes some; --rescale each "
+                 "measures each image alone")
     failed: list[str] = []
     site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
@@ -153,7 +162,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                 if not crop_scale.taken_as_cut(image, clf.input_spec.height):
                     image, side = crop_scale.at_zoom(image, shared[0], clf.input_spec.height)
                 scale = {"source": "shared" if side != min(seen.shape[:2]) else "as given", "crop": side,
-                         "images_measured": shared[1]}
+                         "readings": shared[1]}
             elif scale is None and rescale == "each":
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
                 scale = found.record()

@@ -128,15 +128,21 @@ def _centred(image_rgb: np.ndarray, side: int, input_px: int) -> np.ndarray:
     return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
 
 
-def shared_zoom(images: Iterable[np.ndarray], model_rbc_px: float, input_px: int) -> tuple[float, int]:
+def shared_zoom(images: Iterable[np.ndarray], model_rbc_px: float, input_px: int) -> tuple[float, list[float]]:
     """One framing for images of one collection (cut alike by one lab's pipeline): the median zoom (side to
-    classify over the image's side) of those with a reading, and how many had one (1.0 and 0 when none)."""
+    classify over the image's side) of those with a reading (1.0 when none), and their zooms."""
     zooms = []
     for image in images:
         found = measure(image, model_rbc_px, input_px)
         if found.rbc_px is not None:
             zooms.append(found.side / min(image.shape[:2]))
-    return (float(np.median(zooms)) if zooms else 1.0), len(zooms)
+    return (float(np.median(zooms)) if zooms else 1.0), zooms
+
+
+def framings_differ(zooms: list[float], zoom: float) -> bool:
+    """A third or more of the readings lie more than ``BAND`` from their median: not one framing."""
+    off = sum(not 1 / BAND <= z / zoom <= BAND for z in zooms)
+    return len(zooms) > 0 and off * 3 >= len(zooms)
 
 
 def at_zoom(image_rgb: np.ndarray, zoom: float, input_px: int) -> tuple[np.ndarray, int]:
@@ -170,10 +176,12 @@ class StreamFraming:
         self.frames += 1
         h, w = image_rgb.shape[:2]
         side = min(h, w)
+        if taken_as_cut(image_rgb, self.input_px):  # a crop already cut for the model: never reframed
+            return image_rgb, {"source": "as given", "crop": side, "readings": len(self.zooms)}
         if (len(self.zooms) < self.first and self.frames <= self.WARM_UP) or self.frames % self.every == 0:
             found = measure(image_rgb, self.model_rbc_px, self.input_px)
             if found.rbc_px is not None:
                 self.zooms.append(found.side / side)
         view, crop = at_zoom(image_rgb, float(np.median(self.zooms)) if self.zooms else 1.0, self.input_px)
         return view, {"source": "as given" if crop == side else "stream", "crop": crop,
-                      "views_measured": len(self.zooms)}
+                      "readings": len(self.zooms)}

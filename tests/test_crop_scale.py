@@ -137,9 +137,9 @@ def test_classify_shared_gives_a_collection_one_framing(tmp_path):
     assert r.returncode == 0, r.stderr
     scale = {Path(json.loads(x)["path"]).stem: json.loads(x)["scale"] for x in r.stdout.splitlines()}
     wide = [scale[k] for k in ("w0", "w1", "w2", "w3", "grey")]
-    assert all(s["source"] == "shared" and s["images_measured"] == 4 for s in wide), scale
+    assert all(s["source"] == "shared" and s["readings"] == 4 for s in wide), scale
     assert len({s["crop"] for s in wide}) == 1 and abs(wide[0]["crop"] / 128 - 1) < 0.15
-    assert scale["small"] == {"source": "as given", "crop": 96, "images_measured": 4}
+    assert scale["small"] == {"source": "as given", "crop": 96, "readings": 4}
 
 
 def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels(monkeypatch):
@@ -161,16 +161,16 @@ def test_crop_mode_holds_one_framing_for_the_stream():
     records = [stream.view(views[i % 3])[1] for i in range(400)]
     assert all(r["source"] == "stream" for r in records)
     assert all(abs(r["crop"] / 128 - 1) < 0.15 for r in records), {r["crop"] for r in records}
-    measured = [r["views_measured"] for r in records]
+    measured = [r["readings"] for r in records]
     assert measured[:6] == [1, 2, 3, 4, 5, 5] and measured[24] == 6 and measured[-1] == 15
     at_training = crop_scale.StreamFraming(MODEL_RBC, INPUT)
     view = _framed(2.0, INPUT / MODEL_RBC)
-    assert at_training.view(view) == (view, {"source": "as given", "crop": 256, "views_measured": 1})
+    assert at_training.view(view) == (view, {"source": "as given", "crop": 256, "readings": 1})
     blanks = crop_scale.StreamFraming(MODEL_RBC, INPUT)
     blank = np.full((288, 288, 3), 225, np.uint8)
-    assert [blanks.view(blank)[1]["views_measured"] for _ in range(3)] == [0, 0, 0]
+    assert [blanks.view(blank)[1]["readings"] for _ in range(3)] == [0, 0, 0]
     out, rec = blanks.view(_framed(1.0, 12.0))  # the first view with red cells decides
-    assert rec["source"] == "stream" and rec["views_measured"] == 1 and abs(out.shape[0] / 128 - 1) < 0.15
+    assert rec["source"] == "stream" and rec["readings"] == 1 and abs(out.shape[0] / 128 - 1) < 0.15
 
 
 def test_watch_crop_mode_reframes_and_field_mode_refuses_no_rescale(tmp_path):
@@ -186,3 +186,27 @@ def test_watch_crop_mode_reframes_and_field_mode_refuses_no_rescale(tmp_path):
     assert r.returncode == 0 and all("scale" not in json.loads(x) for x in r.stdout.splitlines() if '"frame"' in x)
     r = invoke_cli("celledge", "watch", str(folder), "--mode", "field", "--no-rescale")
     assert r.returncode == 2 and "Error: --no-rescale is for crop mode" in r.stderr
+
+
+def test_crop_mode_never_reframes_a_crop_already_cut():
+    """After wide views have set the stream's framing, a 96 px crop (cut for the model) stays as it is."""
+    stream = crop_scale.StreamFraming(MODEL_RBC, INPUT)
+    for seed in range(5):
+        stream.view(_framed(1.0, 12.0, seed))
+    small = _framed(0.75, 5.33)
+    assert stream.view(small) == (small, {"source": "as given", "crop": 96, "readings": 5})
+
+
+def test_classify_shared_warns_when_nothing_is_read_or_framings_differ(tmp_path):
+    none, mixed = tmp_path / "none", tmp_path / "mixed"
+    none.mkdir(), mixed.mkdir()
+    for seed in range(3):
+        cv2.imwrite(str(none / f"b{seed}.png"), np.full((300, 300, 3), 225, np.uint8))
+        cv2.imwrite(str(mixed / f"w{seed}.png"), cv2.cvtColor(_framed(1.0, 12.0, seed), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(mixed / f"t{seed}.png"), cv2.cvtColor(_framed(2.0, INPUT / MODEL_RBC, seed), cv2.COLOR_RGB2BGR))
+    r = invoke_cli("celledge", "classify", str(none), "--rescale", "shared")
+    assert r.returncode == 0 and "none of the 3 images measured" in r.stderr
+    r = invoke_cli("celledge", "classify", str(mixed), "--rescale", "shared")
+    assert r.returncode == 0 and "not framed alike" in r.stderr, r.stderr
+    r = invoke_cli("celledge", "classify", str(mixed / "w0.png"), str(mixed / "w1.png"), "--rescale", "shared")
+    assert r.returncode == 0 and "not framed alike" not in r.stderr and "none of" not in r.stderr
