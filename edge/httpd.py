@@ -163,7 +163,8 @@ class Status:
         else:
             h, w = frame.shape[:2]
             s = center_square(frame).shape[0]
-            y, x = (h - s) // 2, (w - s) // 2
+            s = int((rec or {}).get("scale", {}).get("crop", s))  # crop mode's square, reframed or a site's
+            y, x = h // 2 - s // 2, w // 2 - s // 2
             boxes = [([x, y, x + s, y + s], f"{rec.get('label')} {rec.get('score', 0):.2f}" if rec else "")]
         for (x0, y0, x1, y1), text in boxes:
             cv2.rectangle(img, (x0, y0), (x1, y1), (40, 200, 40), 2)

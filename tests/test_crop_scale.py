@@ -210,3 +210,15 @@ def test_classify_shared_warns_when_nothing_is_read_or_framings_differ(tmp_path)
     assert r.returncode == 0 and "not framed alike" in r.stderr, r.stderr
     r = invoke_cli("celledge", "classify", str(mixed / "w0.png"), str(mixed / "w1.png"), "--rescale", "shared")
     assert r.returncode == 0 and "not framed alike" not in r.stderr and "none of" not in r.stderr
+
+
+def test_the_snapshot_draws_the_square_crop_mode_classified():
+    from scopelite.edge.httpd import Status
+
+    status = Status(["neutrophil"])
+    frame = np.full((480, 640, 3), 230, np.uint8)
+    status.update(frame, {"frame": 0, "label": "neutrophil", "score": 0.9, "scale": {"source": "stream", "crop": 200}})
+    img = cv2.imdecode(np.frombuffer(status.snapshot_jpeg(), np.uint8), cv2.IMREAD_COLOR)
+    green = (img[..., 1].astype(int) - img[..., 2] > 60) & (img[..., 1].astype(int) - img[..., 0] > 60)
+    ys, xs = np.nonzero(green[100:, :])  # the box, below the label text
+    assert abs(xs.min() - 220) <= 3 and abs(xs.max() - 419) <= 3, (xs.min(), xs.max())  # 200 px, centred
