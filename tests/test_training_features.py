@@ -97,6 +97,7 @@ def test_few_shot_preset_sets_the_recipe_and_flags_and_config_override_it(tmp_pa
     saved = json.loads((tmp_path / "p" / "config.json").read_text())
     assert saved["fine_tune_fraction"] == 1.0 and saved["learning_rate"] == 1e-4 and saved["head_epochs"] == 0
     assert saved["augment"] == "strong" and saved["strength"] == 0.5
+    assert saved["soup"] == 3 and sorted(p.name for p in (tmp_path / "p" / "members").iterdir()) == ["0", "1", "2"]
     assert saved["epochs"] == 2 and saved["weights"] == "none" and saved["batch_size"] == 8  # flags, then --config
     r = run_cli("celltrain", "fit", "--preset", "few-shots", "--out", str(tmp_path / "q"))
     assert r.returncode == 2 and "few-shot" in r.stderr and "Traceback" not in r.stderr

@@ -22,6 +22,8 @@ validation and test, as it always does. Wall times are for 2 CPU cores.
     python tools/few_shot.py --n 25 --self-train ../shared/data/other-labs/deepbionet/detection/images
         # then one round of self-training on the lab's unlabelled frames (decision 17a)
     python tools/few_shot.py --n 25 --soup 3      # also the average of 3 fits of the same cells (decision 18a)
+    python tools/few_shot.py --n 25 --fit-args "--epochs 60" --soup 3
+        # --preset few-shot since session 19 (decision 19a): each row's "soup" (its own fields: one fit of 60)
     python tools/few_shot.py plot OUT.png RESULTS.json [RESULTS.json ...]   # accuracy against N
 """
 from __future__ import annotations
@@ -55,7 +57,8 @@ COMMON = ["--head-epochs", "0", "--warmup-epochs", "0", "--augment", "strong", "
 RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" is --preset few-shot (session 15; "top" before)
     "full": ["--epochs", "15", "--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
     "top": ["--epochs", "30", "--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],  # 15 until session 14
-    "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # since session 15
+    "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # sessions 15-18
+    # the preset since session 19 is "whole" with --fit-args "--epochs 60" and --soup 3 (each row's "soup")
     "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
 

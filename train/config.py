@@ -16,10 +16,11 @@ PRESETS = {
     # DeepBioNet's adapt part against two alternatives (docs/cross-lab.md, few-shot section):
     # no choice of epoch on a tiny validation split (the mean of the last 5); 30 epochs, not 15, by a second
     # rule on fresh draws split by cell (benchmarks/results/few-shot-recipe14-decision.json); the whole network
-    # at lr 1e-4, not its top 30 % at 2e-4, by a third (few-shot-whole-network-decision.json, session 15).
+    # at lr 1e-4, not its top 30 % at 2e-4, by a third (few-shot-whole-network-decision.json, session 15); the weight
+    # average of 3 fits of 60 epochs, not one of 30, by a fourth (few-shot-soup60-decision.json, session 19).
     "few-shot": {"weights": "shipped", "head_epochs": 0, "fine_tune_fraction": 1.0, "learning_rate": 1e-4,
-                 "average_last": 5, "epochs": 30, "warmup_epochs": 0.0, "augment": "strong", "strength": 0.5,
-                 "batch_size": 16},
+                 "average_last": 5, "epochs": 60, "soup": 3, "warmup_epochs": 0.0, "augment": "strong",
+                 "strength": 0.5, "batch_size": 16},
 }
 SOUP_SEED_STEP = 100  # --soup K: member i trains with the training seed + 100 i (one split)
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
