@@ -197,9 +197,10 @@ def fit(quiet, resume, **opts):
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
     if cfg.soup > 1 and (cfg.backend != "tf-keras" or cfg.strategy == "multiworker"):
-        raise UserError(f"--soup {cfg.soup} (--preset few-shot fits 3) needs --backend tf-keras and no --strategy "
-                        "multiworker: add --soup 1, or fit the runs apart (one --seed, several --train-seed) and "
-                        "average them with celltrain average")
+        preset = " (--preset few-shot fits 3)" if cfg.soup == PRESETS["few-shot"]["soup"] else ""
+        raise UserError(f"--soup {cfg.soup}{preset} needs --backend tf-keras and no --strategy multiworker: add "
+                        "--soup 1, or fit the runs apart (one --seed, several --train-seed) and average them with "
+                        "celltrain average")
     # before TensorFlow is imported: a bad --data or an unwritable --out fails in a second, not after minutes
     if cfg.strategy == "multiworker" and cfg.backend == "tf-keras":
         from .multiworker import from_env
