@@ -134,11 +134,11 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     paths = list_images(images)
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
-    shared = None  # --rescale shared: (zoom, images measured)
+    shared = None  # --rescale shared: (zoom, readings)
     if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
         from .site import pick_evenly
 
-        sample = pick_evenly(paths, SHARED_SAMPLE)
+        sample = pick_evenly(paths, crop_scale.SAMPLE)
         zoom, zooms = crop_scale.shared_zoom(_readable(sample, site_cal), model_rbc, clf.input_spec.height)
         shared = zoom, len(zooms)
         if not zooms:
@@ -158,11 +158,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                 image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
             seen = image  # the image as read (and white-balanced by --site): its size, colour and stain
             if scale is None and shared is not None:
-                side = min(image.shape[:2])
-                if not crop_scale.taken_as_cut(image, clf.input_spec.height):
-                    image, side = crop_scale.at_zoom(image, shared[0], clf.input_spec.height)
-                scale = {"source": "shared" if side != min(seen.shape[:2]) else "as given", "crop": side,
-                         "readings": shared[1]}
+                image, scale = crop_scale.at_zoom(image, *shared, clf.input_spec.height, "shared")
             elif scale is None and rescale == "each":
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
                 scale = found.record()
@@ -206,9 +202,6 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
     if site_refused:
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
-
-
-SHARED_SAMPLE = 15  # classify --rescale shared: images measured for the one framing
 
 
 def _readable(paths, site_cal):
@@ -268,7 +261,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--size", default=None, callback=_size, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
 @click.option("--loop", is_flag=True, help="Replay an image folder, an image or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
-              help="crop: the cell in the centre of the view; field: find and classify every cell in the frame.")
+              help="crop: the cell in the centre of the view (reframed to the training framing, --rescale); field: "
+                   "find and classify every cell in the frame.")
 @click.option("--crop-size", default="auto", show_default=True, callback=_crop_size, metavar="auto|PX",
               help="Field mode: side (px of the frame) of the square cropped around each cell. auto: measured "
                    "on every frame from its red cells (about 7.5 um across in every smear), so that cells appear "

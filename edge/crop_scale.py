@@ -42,6 +42,7 @@ WHITE_TO_RED = 1.57  # median white-cell / red-cell diameter on PBC's 160 fields
 MIN_RED_CELLS = 4
 MEASURE_PX = 384
 MAX_WIDEN = 3.5  # a square at most this x the image's side (1.6 red cells across -> 5.33 is 3.3x)
+SAMPLE = 15  # --rescale shared: images measured for the one framing; crop mode: readings kept
 WHITE_MAX_SHARE = 0.8  # a "white cell" covering more of the image is not one cell (at 1.6 red cells across one covers ~75 %)
 
 
@@ -145,12 +146,14 @@ def framings_differ(zooms: list[float], zoom: float) -> bool:
     return len(zooms) > 0 and off * 3 >= len(zooms)
 
 
-def at_zoom(image_rgb: np.ndarray, zoom: float, input_px: int) -> tuple[np.ndarray, int]:
-    """The centred square ``zoom`` x the image's side (borders reflected, ``_centred``), and its side; the
-    image itself when that is its own side."""
+def at_zoom(image_rgb: np.ndarray, zoom: float, readings: int, input_px: int, source: str) -> tuple[np.ndarray, dict]:
+    """One framing for many images (``--rescale shared``, crop mode's stream): the centred square ``zoom`` x the
+    image's side (borders reflected, ``_centred``) and the JSON line's ``scale`` (``source``, or "as given" when
+    the image is left as it is: taken as cut, or the square is its own)."""
     side = min(image_rgb.shape[:2])
-    crop = max(int(round(zoom * side)), 8)
-    return (image_rgb if crop == side else _centred(image_rgb, crop, input_px)), crop
+    crop = side if taken_as_cut(image_rgb, input_px) else max(int(round(zoom * side)), 8)
+    view = image_rgb if crop == side else _centred(image_rgb, crop, input_px)
+    return view, {"source": source if crop != side else "as given", "crop": crop, "readings": readings}
 
 
 class StreamFraming:
@@ -166,7 +169,7 @@ class StreamFraming:
 
     WARM_UP = 50
 
-    def __init__(self, model_rbc_px: float, input_px: int, window: int = 15, first: int = 5, every: int = 25):
+    def __init__(self, model_rbc_px: float, input_px: int, window: int = SAMPLE, first: int = 5, every: int = 25):
         self.model_rbc_px, self.input_px, self.first, self.every = model_rbc_px, input_px, first, every
         self.zooms: deque[float] = deque(maxlen=window)
         self.frames = 0
@@ -174,14 +177,11 @@ class StreamFraming:
     def view(self, image_rgb: np.ndarray) -> tuple[np.ndarray, dict]:
         """What crop mode classifies of this view, and the JSON line's ``scale``."""
         self.frames += 1
-        h, w = image_rgb.shape[:2]
-        side = min(h, w)
         if taken_as_cut(image_rgb, self.input_px):  # a crop already cut for the model: never reframed
-            return image_rgb, {"source": "as given", "crop": side, "readings": len(self.zooms)}
+            return at_zoom(image_rgb, 1.0, len(self.zooms), self.input_px, "stream")
         if (len(self.zooms) < self.first and self.frames <= self.WARM_UP) or self.frames % self.every == 0:
             found = measure(image_rgb, self.model_rbc_px, self.input_px)
             if found.rbc_px is not None:
-                self.zooms.append(found.side / side)
-        view, crop = at_zoom(image_rgb, float(np.median(self.zooms)) if self.zooms else 1.0, self.input_px)
-        return view, {"source": "as given" if crop == side else "stream", "crop": crop,
-                      "readings": len(self.zooms)}
+                self.zooms.append(found.side / min(image_rgb.shape[:2]))
+        zoom = float(np.median(self.zooms)) if self.zooms else 1.0
+        return at_zoom(image_rgb, zoom, len(self.zooms), self.input_px, "stream")

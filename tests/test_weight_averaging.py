@@ -150,11 +150,13 @@ def test_fit_soup_fits_k_members_on_one_split_and_ships_their_average(tmp_path):
     averaged = json.loads((out / "model.json").read_text())["provenance"]["training"]["extra"]["weight_averaging"]
     assert [m["run"] for m in averaged["models"]] == ["members/0", "members/1"]
     again = run_cli("celltrain", "fit", "--resume", str(out))  # a soup is resumed by its own command
-    assert again.returncode == 2 and "give the same celltrain fit --out" in again.stderr
+    assert again.returncode == 2 and "give the celltrain fit command that started it again" in again.stderr
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "k3"), "--soup", "2", "--backend", "keras3")
     assert r.returncode == 2 and "--soup 2 needs --backend tf-keras" in r.stderr
     r = run_cli("celltrain", "fit", "--preset", "few-shot", "--out", str(tmp_path / "k4"), "--backend", "keras3")
-    assert r.returncode == 2 and "--soup 3 (--preset few-shot fits 3)" in r.stderr and "add --soup 1" in r.stderr
+    assert r.returncode == 2 and "--soup 3 (from --preset or --config)" in r.stderr and "add --soup 1" in r.stderr
+    r = run_cli("celltrain", "fit", "--out", str(tmp_path / "k5"), "--soup", "3", "--backend", "keras3")
+    assert r.returncode == 2 and "--soup 3 needs" in r.stderr
 
 
 def test_fit_soup_after_a_kill_keeps_fitted_members_and_resumes_the_cut_one(tmp_path):

@@ -59,13 +59,13 @@ def score(clf, items, spec, model_rbc) -> dict:
     sources: Counter = Counter()
     ms = []
     stream = crop_scale.StreamFraming(model_rbc, spec.height)
-    zoom, _ = crop_scale.shared_zoom(pick_evenly([c for c, _ in items], 15), model_rbc, spec.height)
+    zoom, zooms = crop_scale.shared_zoom(pick_evenly([c for c, _ in items], crop_scale.SAMPLE), model_rbc, spec.height)
     for crop, truth in items:
         t0 = time.perf_counter()
         view, found = crop_scale.rescale(crop, model_rbc, spec.height)
         ms.append(1000 * (time.perf_counter() - t0))
         sources[found.source] += 1
-        shared = crop if crop_scale.taken_as_cut(crop, spec.height) else crop_scale.at_zoom(crop, zoom, spec.height)[0]
+        shared = crop_scale.at_zoom(crop, zoom, len(zooms), spec.height, "shared")[0]
         for name, img in (("as_given", crop), ("rescaled", view), ("shared", shared), ("crop_mode", stream.view(crop)[0])):
             hits[name].append(labels[int(np.argmax(clf.classify(prepare(img, spec)[None])[0]))] == truth)
     return {"images": len(ms), **{n: round(float(np.mean(hits[n])), 4) for n in NAMES},

@@ -54,7 +54,7 @@ from scopelite.train.config import SOUP_SEED_STEP
 
 COMMON = ["--head-epochs", "0", "--warmup-epochs", "0", "--augment", "strong", "--strength", "0.5",
           "--batch-size", "16", "--quiet"]
-RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" is --preset few-shot (session 15; "top" before)
+RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" was --preset few-shot in sessions 15-18
     "full": ["--epochs", "15", "--fine-tune-fraction", "1.0", "--lr", "1e-4"],  # session 10: best epoch by fit's own val split
     "top": ["--epochs", "30", "--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],  # 15 until session 14
     "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # sessions 15-18
@@ -336,7 +336,7 @@ def plot(files: list[Path], out: Path) -> None:
         epochs = opts[len(opts) - 1 - opts[::-1].index("--epochs") + 1] if "--epochs" in opts else "?"  # the last wins
         split = d.get("split", "number")  # files before the split by cell were split by file number
         frac = opts[len(opts) - 1 - opts[::-1].index("--fine-tune-fraction") + 1] if "--fine-tune-fraction" in opts else "?"
-        whole = frac == "1.0" and "--average-last" in opts  # the preset since session 15
+        whole = frac == "1.0" and "--average-last" in opts  # the preset of sessions 15-18 (one fit)
         tuned = ("whole network" if whole else "whole network, best epoch" if frac == "1.0" else "head only"
                  if frac in ("0", "0.0") else f"top {float(frac):.0%}" if frac != "?" else "?")
         recorded = d.get("training_scale", "").startswith("recorded")  # since session 16: the crops' scale travels with them

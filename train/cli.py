@@ -88,8 +88,8 @@ def _preset_defaults(ctx, param, value):
               help="File of image ids to leave out (from celltrain audit --exclusions).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Continue the killed or stopped run in this folder (its config is reused). A --soup run: give "
-                   "the same command again instead.")
+              help="Continue the killed or stopped run in this folder (its config is reused). A --soup run "
+                   "(--preset few-shot fits 3): give the command that started it again instead.")
 @click.option("--arch", type=click.Choice(["efficientnetv2b0", "tiny"]), default=_D.arch)
 @click.option("--weights", default=_D.weights,
               help="imagenet | none | shipped | FILE. shipped: the int8 PBC model packaged with scopelite (fine-tune "
@@ -183,9 +183,10 @@ def fit(quiet, resume, **opts):
     if resume:
         cfg_file = Path(resume) / "config.json"
         if (Path(resume) / "members").is_dir():
-            raise UserError(f"{resume} is a --soup run: give the same celltrain fit --out {resume} --soup K command "
-                            "again (it keeps the fitted members and resumes the cut one; a finished soup has nothing "
-                            "to resume)")
+            raise UserError(f"{resume} is a --soup run (--preset few-shot makes one): give the celltrain fit command "
+                            f"that started it again, e.g. celltrain fit --preset few-shot --data DATA --out {resume} "
+                            "(it keeps the fitted members and resumes the cut one; a finished soup has nothing to "
+                            "resume)")
         if not cfg_file.is_file():
             raise UserError(f"{resume} is not a run folder (no config.json)")
         cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
@@ -197,7 +198,8 @@ def fit(quiet, resume, **opts):
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
     if cfg.soup > 1 and (cfg.backend != "tf-keras" or cfg.strategy == "multiworker"):
-        preset = " (--preset few-shot fits 3)" if cfg.soup == PRESETS["few-shot"]["soup"] else ""
+        given = click.get_current_context().get_parameter_source("soup")
+        preset = "" if resume or given != click.core.ParameterSource.DEFAULT_MAP else " (from --preset or --config)"
         raise UserError(f"--soup {cfg.soup}{preset} needs --backend tf-keras and no --strategy multiworker: add "
                         "--soup 1, or fit the runs apart (one --seed, several --train-seed) and average them with "
                         "celltrain average")
