@@ -95,15 +95,14 @@ def measure(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> CropSc
     est = estimate_rbc_diameter(view, layers, min_cells=1, singles_only=True)
     white = _white_diameter(view, layers, est.diameter_px)
     if white is not None and side * WHITE_TO_RED / (white / up) < TIGHT:
-        rbc = white / up / WHITE_TO_RED
-        return CropScale("white cell", rbc, min(crop_side(rbc, model_rbc_px, input_px), int(MAX_WIDEN * side)))
-    if est.diameter_px is not None and est.cells >= MIN_RED_CELLS:
-        rbc = est.diameter_px / up
-        framing = side / rbc / (input_px / model_rbc_px)
-        if not 1 / BAND <= framing <= BAND:
-            return CropScale("red cells", rbc, min(crop_side(rbc, model_rbc_px, input_px), int(MAX_WIDEN * side)))
-        return CropScale("as given", rbc, side)
-    return CropScale("as given", None, side)
+        source, rbc = "white cell", white / up / WHITE_TO_RED
+    elif est.diameter_px is not None and est.cells >= MIN_RED_CELLS:
+        source, rbc = "red cells", est.diameter_px / up
+        if 1 / BAND <= side / rbc / (input_px / model_rbc_px) <= BAND:  # the framing is right
+            return CropScale("as given", rbc, side)
+    else:
+        return CropScale("as given", None, side)
+    return CropScale(source, rbc, min(crop_side(rbc, model_rbc_px, input_px), int(MAX_WIDEN * side)))
 
 
 def rescale(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> tuple[np.ndarray, CropScale]:
@@ -129,15 +128,23 @@ def _centred(image_rgb: np.ndarray, side: int, input_px: int) -> np.ndarray:
     return np.ascontiguousarray(crop_at(image_rgb, (x0, y0, x0 + side, y0 + side)))
 
 
+def zoom_of(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> float | None:
+    """The zoom ``measure`` asks of the image (side to classify over its side; 1 when its red cells say the
+    framing is right), or None when it has no reading (nothing to measure, taken as cut, no colour)."""
+    found = measure(image_rgb, model_rbc_px, input_px)
+    return None if found.rbc_px is None else found.side / min(image_rgb.shape[:2])
+
+
+def median_zoom(zooms) -> float:
+    """One framing from many readings: their median (1.0, as given, when there are none)."""
+    return float(np.median(zooms)) if len(zooms) else 1.0
+
+
 def shared_zoom(images: Iterable[np.ndarray], model_rbc_px: float, input_px: int) -> tuple[float, list[float]]:
-    """One framing for images of one collection (cut alike by one lab's pipeline): the median zoom (side to
-    classify over the image's side) of those with a reading (1.0 when none), and their zooms."""
-    zooms = []
-    for image in images:
-        found = measure(image, model_rbc_px, input_px)
-        if found.rbc_px is not None:
-            zooms.append(found.side / min(image.shape[:2]))
-    return (float(np.median(zooms)) if zooms else 1.0), zooms
+    """One framing for images of one collection (cut alike by one lab's pipeline): the median zoom of those
+    with a reading (``zoom_of``; 1.0 when none), and their zooms."""
+    zooms = [z for z in (zoom_of(image, model_rbc_px, input_px) for image in images) if z is not None]
+    return median_zoom(zooms), zooms
 
 
 def framings_differ(zooms: list[float], zoom: float) -> bool:
@@ -180,8 +187,7 @@ class StreamFraming:
         if taken_as_cut(image_rgb, self.input_px):  # a crop already cut for the model: never reframed
             return at_zoom(image_rgb, 1.0, len(self.zooms), self.input_px, "stream")
         if (len(self.zooms) < self.first and self.frames <= self.WARM_UP) or self.frames % self.every == 0:
-            found = measure(image_rgb, self.model_rbc_px, self.input_px)
-            if found.rbc_px is not None:
-                self.zooms.append(found.side / min(image_rgb.shape[:2]))
-        zoom = float(np.median(self.zooms)) if self.zooms else 1.0
-        return at_zoom(image_rgb, zoom, len(self.zooms), self.input_px, "stream")
+            zoom = zoom_of(image_rgb, self.model_rbc_px, self.input_px)
+            if zoom is not None:
+                self.zooms.append(zoom)
+        return at_zoom(image_rgb, median_zoom(self.zooms), len(self.zooms), self.input_px, "stream")
