@@ -5,6 +5,7 @@ import json
 import re
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -62,8 +63,6 @@ def main() -> None:
 
 def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[str, ...]]:
     """``classify [MODEL.tflite] IMAGE...``: a leading .tflite is the model; else --model or the packaged one."""
-    from pathlib import Path
-
     from .packaged import default_model
 
     if args and args[0].endswith(".tflite"):
@@ -461,8 +460,12 @@ def watch(**_):
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
-        warn(f"{summary['summary']['source']} ended with session {s['id']} still open: the next run with --sessions "
-             f"{cfg.sessions} resumes it (--new-session closes it and starts another)")
+        warn(f"{summary['summary']['source']} ended with session {s['id']} still open: a run with --sessions "
+             f"{cfg.sessions} on other fields (another folder, a camera) adds to it, --new-session closes it and "
+             f"starts another")
+    if sessions is not None and not live and not cfg.http:
+        print(f"review its cells: celledge review {cfg.sessions}  (then celledge export {cfg.sessions} --out DIR)",
+              file=sys.stderr)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")
@@ -487,8 +490,12 @@ def _sessions(cfg, clf):
     from .session import Sessions
     from .watch import field_config
 
+    from .sources import is_live
+
+    source = None if not cfg.source or is_live(cfg.source) else str(Path(cfg.source).resolve())  # not resumed on
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
-                        new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale())
+                        new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
+                        source=source)
     for d in sessions.damaged:
         warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
     if sessions.resumed and sessions.current.damaged:
@@ -574,8 +581,6 @@ def calibrate(source, out, frames, model, scale, colour, size):
       celledge calibrate /dev/video0 --frames 20 --scale --out /etc/scopelite/site.json
       celledge watch /dev/video0 --mode field --site /etc/scopelite/site.json
     """
-    from pathlib import Path
-
     from . import ood
     from . import site as site_lib
     from .bundle import write_json_atomic
@@ -665,6 +670,55 @@ def info(model):
         raise UserError(f"the sidecar does not match the model: {mismatch}")
 
 
+@main.command()
+@click.argument("sessions", type=click.Path(exists=True, file_okay=False))
+@click.option("--session", "sid", default=None, metavar="ID", help="Which session (its folder's name; default: "
+              "the latest started).")
+@click.option("--http", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="Where to serve the review page.")
+@click.option("--http-token", default=None, envvar="SCOPELITE_HTTP_TOKEN", metavar="TOKEN",
+              help="Labels need 'Authorization: Bearer TOKEN' (default: none on loopback; made up and printed "
+                   "once when --http binds beyond it). Also read from $SCOPELITE_HTTP_TOKEN.")
+@one_line_errors
+def review(sessions, sid, http, http_token):
+    """Review a session's cells in the browser, with no camera or model: the /review page of `watch --http`.
+
+    SESSIONS is a sessions folder (`celledge watch --sessions DIR`) or one session's folder. For sessions
+    counted from a folder or a video file, whose run ended with the file, and for any session closed
+    earlier. Each label is kept at once and the session's report rewritten; Stop on the lab page closes
+    a session left open. Ctrl-C ends it; then `celledge export`.
+
+    \b
+    Example:
+      celledge watch scan.avi --mode field --count 100 --sessions sessions/
+      celledge review sessions/              # open http://127.0.0.1:8080/review
+      celledge export sessions/ --out my_cells/
+    """
+    from . import shutdown
+    from .httpd import Status, exposure_warning, parse_address, serve, url
+    from .session import Sessions
+
+    host, port = parse_address(http)
+    current = Sessions.reviewing(sessions, sid)
+    s = current.summary(cells=False)
+    stop = threading.Event()
+    click.get_current_context().call_on_close(shutdown.install(stop))
+    token = _http_token(click.get_current_context(), host)
+    server = serve(Status(current.labels, session=current), host, port, token=token)
+    if exposure_warning(host):
+        warn(exposure_warning(host))
+    link = f"{url(server)}review" + (f"?token={token}" if token and not http_token else "")
+    print(f"session {s['id']} ({s['state']}; {s['cells_total']} cells, {s['reviewed']} reviewed): review at {link}"
+          "  (Ctrl-C ends)", file=sys.stderr)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+    s = current.summary(cells=False)
+    print(f"session {s['id']}: {s['reviewed']} of {s['cells_total']} cells reviewed; report {s['folder']}/report.html",
+          file=sys.stderr)
+
+
 @main.command("export")
 @click.argument("sessions", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The dataset folder (created; added to).")
@@ -690,8 +744,6 @@ def export(sessions, out, self_train):
       celledge export sessions/ --out my_cells/ --self-train runs/mine/int8/model.tflite
       celltrain fit --preset few-shot --data my_cells/ --out runs/mine2
     """
-    from pathlib import Path
-
     from .outputs import check_writable
     from .session_export import export_reviewed, summary_line
 

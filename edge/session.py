@@ -2,7 +2,8 @@
 
 A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
-  state.json     open or closed, target, start and stop times, why it stopped (rewritten atomically)
+  state.json     open or closed, target, start and stop times, why it stopped, the files and folders read
+                 into it (``sources``: not resumed on one of them); rewritten atomically
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
                  class, score, mean score vector, frame number, frame and slide position, crop file;
                  and a {"revise": id, ...} line when the model revises a cell's label (its class over all
@@ -52,6 +53,17 @@ class SessionError(UserError):
     def __init__(self, message: str, http: int = 409):
         super().__init__(message)
         self.http = http
+
+
+class ResumeError(UserError):
+    """An open session already counted the file or folder a run is about to read again."""
+
+    def __init__(self, sid: str, source: str, target: int | None):
+        until = f" before --count {target}" if target else ""
+        super().__init__(f"session {sid} was left open by a run on {source} (it ended or was stopped{until}): "
+                         f"reading it again would count its cells twice. --new-session closes {sid} (its report stays) and "
+                         f"counts {source} anew; to add more fields to {sid}, give another folder or video")
+        self.session = sid
 
 
 def clinical_order(labels) -> list[str]:
@@ -248,6 +260,12 @@ class Session:
             out["cells"] = [{**c, "final": effective_label(c)} for c in self.cells]
         return out
 
+    def read_from(self, source: str | None) -> None:
+        """Record that a run reads ``source`` (a file or folder; None: a camera) into this session."""
+        if source is not None and source not in self.state.setdefault("sources", []):
+            self.state["sources"].append(source)
+            write_json_atomic(self.folder / "state.json", self.state, fsync="full")
+
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
         write_json_atomic(self.folder / "state.json", self.state, fsync="full")
@@ -335,12 +353,18 @@ class Sessions:
         rbc_fraction: the scale the crops are cut at: a red cell's diameter over the crop's side (the
             model's ``rbc_px`` over its input size); recorded in each new session's state, so that
             ``celledge export`` can tell ``celltrain fit`` the scale of the cells it exports.
+        source: a file or folder the run reads from its start (None: a camera or stream, which shows new
+            fields). Recorded in the session's ``sources``; an open session that has read it already is not
+            resumed on it (its fields would be counted twice): ``ResumeError``.
     """
 
     def __init__(self, root: str | os.PathLike, labels, target: int | None = None, min_score: float = 0.5,
                  wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
-                 clock: Callable[[], float] = time.time, rbc_fraction: float | None = None):
+                 clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
+                 source: str | None = None):
         self.root = Path(root)
+        self.source = source
+        self.review_only = False
         self.rbc_fraction = rbc_fraction
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
@@ -363,16 +387,64 @@ class Sessions:
         elif last is not None and last.differential().done:  # killed between its last cell and closing
             last.close("count reached", clock)
         elif last is not None:
+            if source is not None and source in last.state.get("sources", []):
+                raise ResumeError(last.id, source, last.state.get("target"))
             self.resumed = last.id
         self.current: Session = last if self.resumed else self._new(target)
+        if self.resumed:
+            self.current.read_from(source)
+
+    @classmethod
+    def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
+        """One session of a sessions folder served for review only (``celledge review``): no camera and no
+        model, so Start and Reset are refused; Stop closes an open session. ``root`` is a sessions folder (the
+        session ``sid``, else the latest started) or one session's folder. UserError: no such session."""
+        root = Path(root)
+        if (root / "state.json").is_file():
+            folder = root
+        else:
+            damaged: list[Path] = []
+            found = list_sessions(root, damaged=damaged)
+            if sid is not None:
+                folder = next((d for d in found if d.name == sid), None)
+                if folder is None:
+                    have = ", ".join(d.name for d in found[-5:]) or "none"
+                    raise UserError(f"no session {sid} in {root} (the latest: {have})")
+            elif not found:
+                bad = f"; {len(damaged)} whose state.json cannot be read" if damaged else ""
+                raise UserError(f"{root} holds no session (celledge watch ... --sessions {root} makes them){bad}")
+            else:
+                folder = found[-1]
+        if sid is not None and folder.name != sid:
+            raise UserError(f"{root} is the session {folder.name}, not {sid}")
+        current = Session.load(folder)
+        self = cls.__new__(cls)
+        st = current.state
+        self.root, self.source, self.review_only = folder.parent, None, True
+        self.rbc_fraction = st.get("rbc_fraction")
+        self.labels, self.target, self.min_score, self.wbc_count = (list(st["labels"]), st.get("target"),
+                                                                     st.get("min_score", 0.5), st.get("wbc_count"))
+        self.one_shot, self.clock, self.ends_run, self.resumed = False, time.time, False, None
+        self._lock = threading.RLock()
+        self._views, self._cell_of_track, self.damaged = {}, {}, []
+        self.current = current
+        return self
+
+    def _refuse_in_review(self, what: str) -> None:
+        if self.review_only:
+            raise SessionError(f"celledge review serves session {self.current.id} for review only: {what} needs "
+                               "celledge watch (a camera and a model)")
 
     def _new(self, target: int | None) -> Session:
-        return Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
-                              self.rbc_fraction)
+        s = Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
+                           self.rbc_fraction)
+        s.read_from(self.source)
+        return s
 
     # ---------------------------------------------------------------- controls (lab page, HTTP)
     def start(self, target: int | None = None) -> dict:
         with self._lock:
+            self._refuse_in_review("a new session")
             if self.current.is_open:
                 raise SessionError(f"session {self.current.id} is open: stop it first")
             self.current = self._new(self.target if target is None else target)
@@ -391,6 +463,7 @@ class Sessions:
         """Discard the count and start again on the same slide: the session is closed as "reset" (its folder
         stays) and a new one starts with the same target."""
         with self._lock:
+            self._refuse_in_review("Reset (a new count)")
             old = self.current
             if old.is_open:
                 old.close("reset", self.clock)
@@ -401,7 +474,10 @@ class Sessions:
 
     def label(self, cell_id: int, label: str) -> dict:
         with self._lock:
-            return dict(self.current.label(cell_id, label))
+            cell = dict(self.current.label(cell_id, label))
+            if self.review_only and self.current.is_open:  # no run will write its report: this one does
+                self.current.write_reports()
+            return cell
 
     def summary(self, cells: bool = True) -> dict:
         with self._lock:

@@ -612,7 +612,93 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
                    "--count", "100")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "still open: the next run with --sessions" in r.stderr and "--new-session" in r.stderr
+    assert "still open: a run with --sessions" in r.stderr and "--new-session" in r.stderr
+    assert f"celledge review {tmp_path / 's'}" in r.stderr
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert first["state"] == "open" and first["white_total"] > 0
+
+    # the same folder again would count its cells twice: refused, nothing counted
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    assert_one_line_error(r, f"session {first['id']} was left open by a run on {fields.resolve()}",
+                          "count its cells twice", "--new-session")
+    assert Session.load(tmp_path / "s" / first["id"]).differential().summary()["white_total"] == first["white_total"]
+
+    # other fields add to it (a slide scanned in parts)
+    more = tmp_path / "more"
+    shutil.copytree(fields, more)
+    r = invoke_cli("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    again = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and again["resumed"] and again["id"] == first["id"], r.stderr[-2000:]
+    assert again["white_total"] == 2 * first["white_total"]
+    assert Session.load(tmp_path / "s" / first["id"]).state["sources"] == [str(fields.resolve()), str(more.resolve())]
+
+    # --new-session closes it and counts the folder anew
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
+                   "--new-session")
+    anew = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and not anew["resumed"] and anew["white_total"] == first["white_total"]
+    assert Session.load(tmp_path / "s" / first["id"]).state["state"] == "closed"
+
+
+def test_review_serves_a_closed_session_with_no_camera(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"], target=3)
+    assert not sessions.current.is_open
+    old = sessions.current.id
+    _session_with(root, ["neutrophil"])  # a later one, open: the default
+    r = invoke_cli("celledge", "review", str(root), "--session", "nope")
+    assert_one_line_error(r, "no session nope in", old)
+    r = invoke_cli("celledge", "review", str(tmp_path / "empty_dir_not_there"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "review", str(root), "--session", old, "--http", "127.0.0.1:0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        assert f"session {old} (closed; 3 cells, 0 reviewed): review at http://127.0.0.1:" in line, line
+        base = re.search(r"(http://\S+/)review", line).group(1)
+        with urllib.request.urlopen(base + "review", timeout=10) as resp:
+            assert resp.status == 200 and b"<html" in resp.read().lower()
+        with urllib.request.urlopen(base + "session", timeout=10) as resp:
+            assert json.load(resp)["id"] == old
+
+        def post(path, body):
+            req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.load(resp)
+            except urllib.error.HTTPError as e:
+                return e.code, json.load(e)
+
+        code, cell = post("cells/2/label", {"label": "monocyte"})
+        assert code == 200 and cell["reviewed"] == "monocyte"
+        code, body = post("session/start", {})
+        assert code == 409 and "review only" in body["error"]
+        code, body = post("session/reset", {})
+        assert code == 409 and "review only" in body["error"]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err
+    assert "1 of 3 cells reviewed" in err
+    report = json.loads((root / old / "differential.json").read_text())
+    rows = {r["class"]: r["count"] for r in report["differential"]["rows"]}
+    assert (rows["neutrophil"], rows["lymphocyte"], rows["monocyte"]) == (1, 0, 2)  # the report follows the label
+    done = Session.load(root / old)
+    assert done.by_id[2]["reviewed"] == "monocyte"
+    r = invoke_cli("celledge", "export", str(root / old), "--out", str(tmp_path / "data"))
+    assert r.returncode == 0 and "exported 1 reviewed cell" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 def test_a_damaged_log_line_is_skipped_and_named(tmp_path):
