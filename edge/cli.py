@@ -594,11 +594,14 @@ def calibrate(source, out, frames, model, scale, colour, size):
     clf = _classifier(model, None)
     spec = clf.input_spec
 
+    skipped = []
+
     def folder_frames(paths):
         for p in paths:
             try:
                 yield read_image_rgb(p)
             except (SourceError, OSError) as e:
+                skipped.append(p)
                 warn(f"skipped {p}: {e}")
 
     def stream_frames():
@@ -624,7 +627,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     def progress(i, m):
         ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({m.red_cells} cells)"
         dist = "" if m.distance is None else f", stain distance {m.distance:.2f}"
-        print(f"frame {i + 1}/{total}: {ruler}{dist}", file=sys.stderr, flush=True)
+        print(f"frame {i + 1}/{total - len(skipped)}: {ruler}{dist}", file=sys.stderr, flush=True)
 
     reference = ood.reference_of(getattr(clf, "sidecar", None))
     record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=model_rbc_px(spec),

@@ -177,6 +177,12 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     if not sizes:
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
+    groups = magnifications(sizes)
+    if scale and len(groups) > 1:  # one fixed scale would crop every set-up wrong
+        raise SiteError(["the frames show red cells at " + " and ".join(
+            f"{g['rbc_px']:g} px ({g['frames']} frames)" for g in groups) + ": more than one objective or camera, "
+            "and --scale would crop them all at one scale in between. Calibrate each set-up apart, one site file "
+            "each (or leave out --scale: each frame's own ruler)"])
     rbc = float(np.median(sizes))
     bg = tuple(round(float(v), 1) for v in np.median([m.background for m in measures], axis=0))
     record: dict[str, Any] = {
@@ -188,7 +194,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2)},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
                   "iqr": [round(float(v), 2) for v in np.percentile(sizes, [25, 75])], "frames": len(sizes),
-                  "magnifications": magnifications(sizes)},
+                  "magnifications": groups},
         "background": list(bg),
         "colour": {"use": bool(colour), "gain": list(gain_for(bg, target_background)),
                    "target_background": [round(float(v), 1) for v in target_background]},
@@ -362,7 +368,8 @@ def summary_lines(record: dict, out: str) -> list[str]:
         lines.append(f"warning: {n} frame{'s' if n > 1 else ''} without colour (blank or greyscale) left out")
     if sc["frames"] < FEW_FRAMES:
         lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
-                     f"of so few is easily fooled; calibrate on {FEW_FRAMES} or more ordinary fields of the smear")
+                     f"of so few is easily fooled (the scale and the stain advice below); calibrate on {FEW_FRAMES} "
+                     "or more ordinary fields of the smear")
     groups = sc.get("magnifications") or []
     if len(groups) > 1:
         lines.append("warning: the frames show red cells at " + " and ".join(

@@ -102,15 +102,27 @@ def test_by_default_the_site_file_changes_no_crop_and_no_colour(fields, tmp_path
     assert lines[-1]["summary"]["site"]["scale"] is False
 
 
-def test_two_magnifications_are_reported(tmp_path):
+def test_two_magnifications_are_reported_and_refused_for_a_fixed_scale(tmp_path):
     frames = _fields(tmp_path / "a", 1.0, n=4, seed=1) + _fields(tmp_path / "b", 1.6, n=4, seed=2)
-    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=False)
     groups = rec["scale"]["magnifications"]
     assert [g["frames"] for g in groups] == [4, 4], groups
     assert abs(groups[1]["rbc_px"] / groups[0]["rbc_px"] - 1.6) < 0.1
     assert any(line.startswith("warning: the frames show red cells at") for line in site_lib.summary_lines(rec, "x"))
     one = site_lib.calibrate(frames[:4], input_px=96, model_rbc_px=MODEL_RBC_PX)
-    assert len(one["scale"]["magnifications"]) == 1
+    assert len(one["scale"]["magnifications"]) == 1 and one["scale"]["use"]
+    # --scale: one fixed scale in between would crop both set-ups wrong; refused, nothing written
+    both = tmp_path / "both"
+    both.mkdir()
+    for f in ("a", "b"):
+        for p in (tmp_path / f).iterdir():
+            shutil.copy(p, both / f"{f}_{p.name}")
+    out = tmp_path / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(both), "--scale", "--out", str(out))
+    assert_one_line_error(r, "more than one objective or camera", "Calibrate each set-up apart")
+    assert not out.exists()
+    r = invoke_cli("celledge", "calibrate", str(both), "--out", str(out))
+    assert r.returncode == 0 and "calibrate each set-up apart" in r.stdout, r.stderr[-2000:]
 
 
 def test_site_in_the_config_file(fields, site_file, tmp_path):
