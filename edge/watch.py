@@ -52,6 +52,7 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 
     return open_it
 
+SITE_TOLERANCE = 0.25  # one objective's ruler varies about +-10 % (PBC: 60-78 px): further off a site's scale is another set-up
 SLIDE_SCALE_ESTIMATES = 1000  # tracking mode: the scale is the median of up to this many estimates (``ScaleSmoother``)
 
 
@@ -76,6 +77,8 @@ class FieldScale:
         self.every = every
         self.site_rbc_px = site_rbc_px  # a site file's fixed scale (``site.py``): crops at it; the ruler is reported
         self._frames = 0
+        self.off_site = self.checked = 0  # frames measured with a site / more than SITE_TOLERANCE off its scale
+        self.ruler: float | None = None  # the frames' own smoothed ruler, last seen
 
     def measure(self, frame: np.ndarray, layers, factor: int = 1) -> tuple[float, dict]:
         """The red-cell diameter in full-frame px, and the record's ``scale`` dict.
@@ -95,10 +98,13 @@ class FieldScale:
         if est.diameter_px is not None and factor != 1:
             est = scale_lib.ScaleEstimate(est.diameter_px * factor, est.cells)
         current = self.smoother.update(est)
-        if site:  # the site's scale crops; this frame's ruler is only reported
+        if site:  # the site's scale crops; this frame's ruler is only reported (and checked against it)
+            self.ruler, self.checked = current, self.checked + 1
+            off = current is not None and abs(current / site - 1) > SITE_TOLERANCE
+            self.off_site += off
             return site, {"source": "site", "rbc_px": round(site, 1), "crop": self.cfg.crop_for(site),
                           "frame_rbc_px": None if est.diameter_px is None else round(est.diameter_px, 1),
-                          "red_cells": est.cells}
+                          "red_cells": est.cells, **({"off_site": True} if off else {})}
         source = "red cells" if current is not None else "fallback"
         rbc = current if current is not None else field_lib.FALLBACK_RBC_PX
         return rbc, {"source": source, "rbc_px": round(rbc, 1), "crop": self.cfg.crop_for(rbc),
@@ -529,6 +535,13 @@ def run_watch(
                               + "; if the camera is in monochrome mode, set it to colour")
     if site is not None:
         summary["site"] = site.info()
+        if field_scale.off_site > field_scale.checked / 2 and field_scale.site_rbc_px and field_scale.ruler:
+            off = (f"the frames' red cells measure {field_scale.ruler:.1f} px, the site file's scale "
+                   f"{field_scale.site_rbc_px:.1f} px ({field_scale.off_site} of {field_scale.checked} frames measured, "
+                   f"more than "
+                   f"{SITE_TOLERANCE:.0%} off): another objective or camera? cells were cropped at the site's scale; "
+                   "calibrate this set-up (celledge calibrate), or run without --site")
+            summary["warning"] = "; ".join(filter(None, [summary.get("warning"), off]))
     if reloader is not None:
         summary["model_reloads"] = reloader.state()
     if counter is None:

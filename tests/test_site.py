@@ -277,3 +277,19 @@ def test_classify_with_a_site_skips_crops_far_smaller_than_its_square_and_goes_o
     r = invoke_cli("celledge", "classify", str(mixed), "--site", str(out))
     assert_one_line_error(r, "1 of 3 images were not classified", "b_crop.png", "far smaller", code=2)
     assert "a_field.png" in r.stdout and "c_field.png" in r.stdout
+
+
+def test_watch_warns_when_the_frames_ruler_is_far_from_the_site_scale(tmp_path):
+    """A site file made (--scale) at one objective, run on fields of another: the cells are cropped at the site's
+    scale, so watch says the frames' red cells measure something else."""
+    _fields(tmp_path / "low", 1.0, n=4, seed=1)
+    _fields(tmp_path / "high", 1.6, n=4, seed=2)
+    site = tmp_path / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(tmp_path / "low"), "--scale", "--out", str(site))
+    assert r.returncode == 0, r.stderr[-2000:]
+    same = _lines(invoke_cli("celledge", "watch", str(tmp_path / "low"), "--mode", "field", "--site", str(site)))
+    assert "another objective" not in same[-1]["summary"].get("warning", "") and not any(x.get("scale", {}).get("off_site") for x in same[:-1])
+    r = invoke_cli("celledge", "watch", str(tmp_path / "high"), "--mode", "field", "--site", str(site))
+    lines = _lines(r)
+    assert "another objective or camera?" in lines[-1]["summary"]["warning"] and "calibrate this set-up" in r.stderr
+    assert sum(bool(x.get("scale", {}).get("off_site")) for x in lines[:-1]) >= 3
