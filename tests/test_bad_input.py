@@ -99,6 +99,10 @@ def corpus(tmp_path_factory):
     raw[80:120] = b"x" * 40
     (t / "gzbad.npz").write_bytes(bytes(raw))
     (t / "noclasses").mkdir()
+    for name in ("lymphocyte", "Neutrophils", "blast"):  # one misnamed class, one the model has not
+        (t / "misnamed" / name).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(t / "misnamed" / name / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
     (t / "bad.yaml").write_text("epochs: [1\n")
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
@@ -247,6 +251,10 @@ CASES = [
     ("fit-lr0", "celltrain", "fit --out {tmp}/r --lr 0", 2, "--lr", None, None),
     ("fit-config-yaml", "celltrain", "fit --config {c}/bad.yaml --out {tmp}/r", 2, "not valid YAML", None, None),
     ("fit-config-list", "celltrain", "fit --config {c}/list.yaml --out {tmp}/r", 2, "mapping", None, None),
+    ("fit-misnamed-class", "celltrain", "fit --data {c}/misnamed --weights shipped --out {tmp}/r", 2,
+     "rename Neutrophils/ to neutrophil/", None, None),
+    ("fit-foreign-class", "celltrain", "fit --data {c}/misnamed --weights shipped --out {tmp}/r", 2,
+     "move blast/ out of", None, None),
     ("fit-config-keys", "celltrain", "fit --config {c}/keys.yaml --out {tmp}/r", 2, "unknown keys", None, None),
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),
     ("audit-npz-empty", "celltrain", "audit {c}/empty.npz --out {tmp}/a", 2, "empty", None, None),

@@ -102,6 +102,24 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
+def _not_a_class(folders: list[str], root: Path) -> str:
+    """The error for class folders beside the model's classes that are none of them: a near name (a plural,
+    another case, an abbreviation) is suggested; a class the model has not (blasts) is to be left out."""
+    import difflib  # noqa: PLC0415
+
+    aliases = {"ig": "immature_granulocyte", "igs": "immature_granulocyte", "nrbc": "erythroblast",
+               "nrbcs": "erythroblast", "plt": "platelet", "thrombocyte": "platelet", "thrombocytes": "platelet"}
+    hints = []
+    for f in folders:
+        c = _canonical(f)
+        near = aliases.get(c) or next(iter(difflib.get_close_matches(c.rstrip("s"), CLASS_NAMES, 1, 0.75)), None)
+        hints.append(f"rename {f}/ to {near}/" if near else f"move {f}/ out of {root} (the model has no such class)")
+    listed = ", ".join(f"'{f}'" for f in folders)
+    return (f"{listed} {'is' if len(folders) == 1 else 'are'} not one of the model's classes ({', '.join(CLASS_NAMES)}), "
+            f"as the folders beside {'it' if len(folders) == 1 else 'them'} are; fine-tuning keeps the 8 classes: "
+            + "; ".join(hints))
+
+
 def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
     from .synth import make_crops  # noqa: PLC0415
 
@@ -125,6 +143,9 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     if not folders:
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
     names = [_canonical(d.name) for d in folders]
+    known = [d.name for d, n in zip(folders, names) if n in CLASS_NAMES]
+    if known and len(known) < len(names):  # a lab's folder of the model's classes, one of them misnamed or foreign
+        raise UserError(_not_a_class([d.name for d, n in zip(folders, names) if n not in CLASS_NAMES], root))
     if set(names) <= set(CLASS_NAMES):
         class_names = CLASS_NAMES  # missing classes: no images, the outputs stay (fine-tuning keeps them)
     else:
