@@ -12,7 +12,8 @@ model sees a cell framed 1.5x off as another cell: at three red cells across, th
    (the framing its size implies is below ``TIGHT`` red cells across; white cells are about
    ``WHITE_TO_RED`` red cells across): the red cells are cut off, so the white cell's size sets the scale.
 3. Else its red cells (at least ``MIN_RED_CELLS`` pieces shaped like one red cell, measured at
-   ``MEASURE_PX`` or more): when the framing they imply is more than ``BAND`` off the training
+   ``MEASURE_PX`` or more, at least ``MIN_RBC_PX`` across in the image: smaller ones are an eosinophil's
+   granules or specks): when the framing they imply is more than ``BAND`` off the training
    framing, the centred square at the training scale is cut (borders reflected).
 4. Else as given.
 
@@ -31,7 +32,7 @@ import cv2
 import numpy as np
 
 from .field import SEARCH_SIDE, crop_at, detect
-from .scale import crop_side, estimate_rbc_diameter
+from .scale import ScaleEstimate, crop_side, estimate_rbc_diameter
 from .preprocess import center_square
 from .stain import is_greyscale, stain_layers
 
@@ -40,6 +41,7 @@ BAND = 1.25
 TIGHT = 3.2
 WHITE_TO_RED = 1.57  # median white-cell / red-cell diameter on PBC's 160 fields (probe 19-1)
 MIN_RED_CELLS = 4
+MIN_RBC_PX = 10.0  # a red-cell reading smaller (image px) is granules or specks: no camera shows cells that small usefully
 MEASURE_PX = 384
 MAX_WIDEN = 3.5  # a square at most this x the image's side (1.6 red cells across -> 5.33 is 3.3x)
 SAMPLE = 15  # --rescale shared: images measured for the one framing; crop mode: readings kept
@@ -93,6 +95,8 @@ def measure(image_rgb: np.ndarray, model_rbc_px: float, input_px: int) -> CropSc
         up, view = 1.0, np.ascontiguousarray(square)
     layers = stain_layers(view)
     est = estimate_rbc_diameter(view, layers, min_cells=1, singles_only=True)
+    if est.diameter_px is not None and est.diameter_px / up < MIN_RBC_PX:  # an eosinophil's granules, specks
+        est = ScaleEstimate(None, est.cells)
     white = _white_diameter(view, layers, est.diameter_px)
     if white is not None and side * WHITE_TO_RED / (white / up) < TIGHT:
         source, rbc = "white cell", white / up / WHITE_TO_RED

@@ -222,3 +222,22 @@ def test_the_snapshot_draws_the_square_crop_mode_classified():
     green = (img[..., 1].astype(int) - img[..., 2] > 60) & (img[..., 1].astype(int) - img[..., 0] > 60)
     ys, xs = np.nonzero(green[100:, :])  # the box, below the label text
     assert abs(xs.min() - 220) <= 3 and abs(xs.max() - 419) <= 3, (xs.min(), xs.max())  # 200 px, centred
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_red_cells_under_the_floor_are_no_reading(seed, monkeypatch):
+    """Pieces under MIN_RBC_PX across (an eosinophil's granules read as red cells in a tight crop) give no reading:
+    the crop is left as given, not cut to a square of a few granules (without the floor: a 27-36 px square)."""
+    rng = np.random.default_rng(seed)
+    side, s = 160, 0.2  # red cells ~5 px: 33 across
+    img = render_scene(side, side, [(CLASS_NAMES.index("eosinophil"), side / 2, side / 2)], s, rng,
+                       int(side * side / (26 * 26 * s * s) * 0.55))
+    found = crop_scale.measure(img, MODEL_RBC, INPUT)
+    assert found.source == "as given" and found.rbc_px is None and found.side == side
+    monkeypatch.setattr(crop_scale, "MIN_RBC_PX", 0.0)
+    without = crop_scale.measure(img, MODEL_RBC, INPUT)
+    assert without.source == "red cells" and without.rbc_px < 8 and without.side < 40  # what the floor prevents
+    small = _framed(0.55, 16.0, seed)  # red cells ~13 px: still a ruler
+    monkeypatch.undo()
+    found = crop_scale.measure(small, MODEL_RBC, INPUT)
+    assert found.source == "red cells" and abs(found.rbc_px / (0.55 * RBC) - 1) < 0.2, found
