@@ -358,10 +358,10 @@ def watch(**_):
 
     ctx = click.get_current_context()
     cfg = from_click(ctx, checks=unwritable)  # every mistake of the file and the flags at once
-    if cfg.site and cfg.crop_size is not None:  # before --print-config returns: it checks the whole set-up
+    if cfg.site:  # checked before --print-config returns: it checks the whole set-up
         from .site import load as load_site
 
-        if load_site(cfg.site).use_scale:
+        if load_site(cfg.site).use_scale and cfg.crop_size is not None:
             raise UserError(f"--crop-size fixes the crop and --site {cfg.site} (made with --scale) the scale it "
                             "comes from: give one of them")
     if ctx.params["print_config"]:

@@ -263,6 +263,9 @@ def validate(raw: Any, name: str = "site file") -> list[str]:
     stain = raw.get("stain")
     if stain is not None and not isinstance(stain, dict):
         out.append(f"{name}: stain: expected an object or null, got {stain!r}")
+    elif stain is not None:  # calibrate's measurement against the model's reference: a hand edit is caught
+        _number(stain, "distance", f"{name}: stain", 0, 1e6, out)
+        _number(stain, "threshold", f"{name}: stain", 1e-6, 1e6, out)
     return out
 
 

@@ -165,11 +165,19 @@ def test_bad_site_files_give_error_lines(site_file, fields, tmp_path):
                                     json.dumps({**good, "model": {**good["model"], "input_px": 224}})), "224 px inputs"),
         "a negative scale": (_bad(tmp_path, "e.json", json.dumps({**good, "scale": {**good["scale"], "rbc_px": -3}})),
                              "scale.rbc_px"),
+        "a hand-edited stain threshold": (_bad(tmp_path, "g.json", json.dumps(
+            {**good, "stain": {**(good["stain"] or {"distance": 1.0}), "threshold": -1}})), "stain.threshold"),
     }
     for what, (path, needle) in cases.items():
         for cmd in (["watch", str(fields), "--mode", "field"], ["classify", str(fields / "field00.png")]):
             r = invoke_cli("celledge", *cmd, "--site", path)
             assert_one_line_error(r, needle, code=2)
+    # --print-config checks the whole set-up, the site file too
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", cases["a list"][0], "--print-config")
+    assert_one_line_error(r, "JSON object", code=2)
+    # a site file given as --config (both are "site files" in the docs): told where it goes
+    r = invoke_cli("celledge", "watch", "--config", str(out))
+    assert_one_line_error(r, "is a site file", f"--site {out}", code=2)
     missing = invoke_cli("celledge", "watch", str(fields), "--site", str(tmp_path / "nope.json"))
     assert_one_line_error(missing, "nope.json", code=2)
     # several mistakes at once: one Error line each
