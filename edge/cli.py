@@ -460,7 +460,9 @@ def watch(**_):
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
-        warn(f"{summary['summary']['source']} ended with session {s['id']} still open: a run with --sessions "
+        how = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}.get(
+            summary["summary"].get("stopped"), "ended")
+        warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: a run with --sessions "
              f"{cfg.sessions} on other fields (another folder, a camera) adds to it, --new-session closes it and "
              f"starts another")
     if sessions is not None and not live and not cfg.http:
@@ -639,18 +641,23 @@ def calibrate(source, out, frames, model, scale, colour, size):
 
 
 @main.command()
-@click.argument("model", type=MODEL)
+@click.argument("model", type=MODEL, required=False)
 @one_line_errors
 def info(model):
-    """Print a model's sidecar, its op counts and which runtimes work on this machine.
+    """Print a model's sidecar, its op counts and which runtimes work on this machine (MODEL: default the
+    packaged one, as the other commands).
 
     \b
     Example:
-      celledge info model.tflite
+      celledge info
+      celledge info runs/mine/int8/model.tflite
     """
     from . import runtime
     from .bundle import BundleError, load_sidecar
     from .classifier import LiteRTClassifier
+    from .packaged import default_model
+
+    model = model or str(default_model())
 
     sc = load_sidecar(model)
     click.echo(json.dumps(sc.to_json(), indent=2))

@@ -638,6 +638,9 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     anew = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert r.returncode == 0 and not anew["resumed"] and anew["white_total"] == first["white_total"]
     assert Session.load(tmp_path / "s" / first["id"]).state["state"] == "closed"
+    r = invoke_cli("celledge", "watch", str(tmp_path / "more"), "--mode", "field", "--sessions", str(tmp_path / "s"),
+                   "--max-frames", "1")
+    assert r.returncode == 0 and "stopped at --max-frames with session" in r.stderr, r.stderr[-2000:]
 
 
 def test_review_serves_a_closed_session_with_no_camera(tmp_path):

@@ -329,3 +329,13 @@ def test_a_runs_split_and_data_are_checked_against_its_sidecar(tmp_path):
     (run / "split.json").write_text('{"seed": 4}')
     with pytest.raises(UserError, match="not the split model.keras was trained with"):
         heldout_data(sc, keras, None)
+
+
+def test_info_without_a_model_describes_the_packaged_one():
+    """As classify, watch and calibrate: no MODEL is the packaged model."""
+    r = invoke_cli("celledge", "info")
+    assert r.returncode == 0, r.stderr[-2000:]
+    shown = json.loads(r.stdout[: r.stdout.index("\nops:")])
+    assert shown["labels"] == list(CLASS_NAMES) and shown["format"] == "tflite"
+    assert shown["input"] == json.loads(sidecar_path(default_model()).read_text())["input"]
+    assert "ops: CONV_2D" in r.stdout
