@@ -333,6 +333,11 @@ def test_failed_fit_removes_the_out_folder_it_made(corpus, tmp_path):
                    "--arch", "tiny", "--image-size", "16")
     assert_one_line_error(r, "no images of class", code=2)
     assert not (tmp_path / "r").exists()
+    # --soup K: the first member finds the mistake; neither it nor OUT/members stays
+    r = invoke_cli("celltrain", "fit", "--data", str(corpus["c"] / "misnamed"), "--soup", "2", "--out",
+                   str(tmp_path / "s"), "--arch", "tiny", "--image-size", "16")
+    assert_one_line_error(r, "rename Neutrophils/ to neutrophil/", code=2)
+    assert not (tmp_path / "s").exists()
 
 
 # ---------------------------------------------------------------------------------- file systems

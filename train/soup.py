@@ -73,6 +73,19 @@ def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: 
         raise UserError(f"{out} holds another run (not a --soup one): choose another --out or delete it")
     cfg = dataclasses.replace(cfg, weights=resolve_weights(cfg.weights))  # recorded as plain fits record it
     members = member_configs(cfg)
+    made = not out.exists()
+    try:
+        _fit_members(members, fit_one, out, log)
+    except UserError:  # bad data or settings, found by the first member: leave no empty run folder behind
+        if made and not any((Path(m.out) / "state.json").exists() for m in members):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return soup([m.out for m in members], cfg.out, data=cfg.data, log=log, config=cfg)
+
+
+def _fit_members(members: list[FitConfig], fit_one: Callable[[FitConfig, bool], object], out: Path,
+                 log: Callable[[str], None]) -> None:
+    """Fit each member not fitted yet (resuming one cut short); refuse a member folder fitted otherwise."""
     for i, member in enumerate(members):
         folder = Path(member.out)
         before = folder / "config.json"
@@ -89,7 +102,6 @@ def fit_soup(cfg: FitConfig, fit_one: Callable[[FitConfig, bool], object], log: 
         log(f"soup member {i + 1}/{len(members)} (training seed {member.training_seed}) "
             f"{'resumed in' if resume else '->'} {folder}")
         fit_one(member, resume)
-    return soup([m.out for m in members], cfg.out, data=cfg.data, log=log, config=cfg)
 
 
 def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
