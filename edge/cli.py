@@ -134,11 +134,14 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     if not paths:
         raise UserError(f"no images found in {', '.join(images)}")
     shared = None  # --rescale shared: (zoom, readings)
+    read_ahead: dict = {}
     if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
         from .site import pick_evenly
 
         sample = pick_evenly(paths, crop_scale.SAMPLE)
-        zoom, zooms = crop_scale.shared_zoom(_readable(sample, site_cal), model_rbc, clf.input_spec.height)
+        read_ahead = _readable(sample)  # read once: the loop below takes them from here (a decoder's warning once)
+        zoom, zooms = crop_scale.shared_zoom([img if site_cal is None else site_cal.balance(img)
+                                              for img in read_ahead.values()], model_rbc, clf.input_spec.height)
         shared = zoom, len(zooms)
         if not zooms:
             warn(f"--rescale shared: none of the {len(sample)} images measured had red cells or a white cell to read "
@@ -152,7 +155,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     unlike = grey = 0
     for path in paths:
         try:
-            image, scale = read_image_rgb(path), None
+            image = read_ahead.pop(path, None)
+            image, scale = (image if image is not None else read_image_rgb(path)), None
             if site_cal is not None:
                 image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
             seen = image  # the image as read (and white-balanced by --site): its size, colour and stain
@@ -203,16 +207,17 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
 
 
-def _readable(paths, site_cal):
-    """The images at ``paths`` that can be read (white-balanced by a --site with colour), one by one."""
+def _readable(paths) -> dict:
+    """{path: RGB image} of the ``paths`` that can be read (the others: the main loop says so)."""
     from .sources import SourceError, read_image_rgb
 
+    out = {}
     for path in paths:
         try:
-            image = read_image_rgb(path)
+            out[path] = read_image_rgb(path)
         except (SourceError, OSError):
-            continue  # the main loop says so
-        yield image if site_cal is None else site_cal.balance(image)
+            continue
+    return out
 
 
 def _crop_size(ctx, param, value: str) -> int | None:

@@ -126,9 +126,14 @@ def test_classify_reports_how_each_image_was_framed(tmp_path):
     assert r.returncode == 0 and "scale" not in json.loads(r.stdout.splitlines()[0])
 
 
-def test_classify_shared_gives_a_collection_one_framing(tmp_path):
+def test_classify_shared_gives_a_collection_one_framing(tmp_path, monkeypatch):
     """Four wide crops and one whose red cells cannot be read (grey): all five cut at the median framing of
-    the four; a 96 px image among them stays as it is."""
+    the four; a 96 px image among them stays as it is. Each image is read once (the sample measured is kept)."""
+    from scopelite.edge import sources
+
+    reads = []
+    real = sources.read_image_rgb
+    monkeypatch.setattr(sources, "read_image_rgb", lambda p: reads.append(str(p)) or real(p))
     for seed in range(4):
         cv2.imwrite(str(tmp_path / f"w{seed}.png"), cv2.cvtColor(_framed(1.0, 12.0, seed), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(tmp_path / "grey.png"), cv2.cvtColor(_framed(1.0, 12.0, 9), cv2.COLOR_RGB2GRAY))
@@ -140,6 +145,7 @@ def test_classify_shared_gives_a_collection_one_framing(tmp_path):
     assert all(s["source"] == "shared" and s["readings"] == 4 for s in wide), scale
     assert len({s["crop"] for s in wide}) == 1 and abs(wide[0]["crop"] / 128 - 1) < 0.15
     assert scale["small"] == {"source": "as given", "crop": 96, "readings": 4}
+    assert sorted(reads) == sorted(str(p) for p in tmp_path.glob("*.png"))
 
 
 def test_a_large_image_is_measured_shrunk_and_reframed_in_its_own_pixels(monkeypatch):
