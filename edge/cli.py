@@ -632,7 +632,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
         it, total = stream_frames(), frames
 
     def progress(i, m):
-        ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({m.red_cells} cells)"
+        ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({m.red_cells} cell{'' if m.red_cells == 1 else 's'})"
         dist = "" if m.distance is None else f", stain distance {m.distance:.2f}"
         print(f"frame {i + 1}/{total - len(skipped)}: {ruler}{dist}", file=sys.stderr, flush=True)
 

@@ -180,7 +180,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     groups = magnifications(sizes)
     if scale and len(groups) > 1:  # one fixed scale would crop every set-up wrong
         raise SiteError(["the frames show red cells at " + " and ".join(
-            f"{g['rbc_px']:g} px ({g['frames']} frames)" for g in groups) + ": more than one objective or camera, "
+            f"{g['rbc_px']:g} px ({_n(g['frames'], 'frame')})" for g in groups) + ": more than one objective or camera, "
             "and --scale would crop them all at one scale in between. Calibrate each set-up apart, one site file "
             "each (or leave out --scale: each frame's own ruler)"])
     rbc = float(np.median(sizes))
@@ -356,12 +356,17 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
     return from_record(raw, name, input_px)
 
 
+def _n(count: int, word: str) -> str:
+    """``1 frame``, ``2 frames``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def summary_lines(record: dict, out: str) -> list[str]:
     """What ``celledge calibrate`` prints: the file, the scale, the background, the stain, the advice."""
     sc, co, st = record["scale"], record["colour"], record.get("stain")
-    lines = [f"site file: {out} ({record['frames']} frames of {record.get('source') or 'the source'})",
+    lines = [f"site file: {out} ({_n(record['frames'], 'frame')} of {record.get('source') or 'the source'})",
              f"scale: red cell {sc['rbc_px']} px = {sc['um_per_px']} um/px (a red cell is {RBC_UM:g} um; "
-             f"{sc['frames']} frames measured, quartiles {sc['iqr'][0]}-{sc['iqr'][1]} px); "
+             f"{_n(sc['frames'], 'frame')} measured, quartiles {sc['iqr'][0]}-{sc['iqr'][1]} px); "
              + ("--site crops at it instead of each frame's ruler" if sc["use"] else
                 "recorded, not used: --site keeps each frame's ruler (calibrate --scale crops at the site scale: "
                 "it rescues slides whose specks fool the ruler, and cost a few fields on clean ones; "
@@ -376,7 +381,7 @@ def summary_lines(record: dict, out: str) -> list[str]:
     groups = sc.get("magnifications") or []
     if len(groups) > 1:
         lines.append("warning: the frames show red cells at " + " and ".join(
-            f"{g['rbc_px']:g} px ({g['frames']} frames)" for g in groups)
+            f"{g['rbc_px']:g} px ({_n(g['frames'], 'frame')})" for g in groups)
             + ": more than one objective or camera; calibrate each set-up apart, one site file each")
     lines.append("background: RGB " + " ".join(f"{v:g}" for v in record["background"])
                  + f"; white balance to the training background: gain {' '.join(f'{g:g}' for g in co['gain'])}, "
@@ -384,6 +389,6 @@ def summary_lines(record: dict, out: str) -> list[str]:
                                            "docs/cross-lab.md)"))
     if st:
         lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "
-                     f"{st['unlike_frames']} of {st['frames']} frames above it)")
+                     f"{st['unlike_frames']} of {_n(st['frames'], 'frame')} above it)")
     lines.append(f"advice: {record['advice']}")
     return lines

@@ -301,3 +301,10 @@ def test_watch_warns_when_the_frames_ruler_is_far_from_the_site_scale(tmp_path):
     lines = _lines(r)
     assert "another objective or camera?" in lines[-1]["summary"]["warning"] and "calibrate this set-up" in r.stderr
     assert sum(bool(x.get("scale", {}).get("off_site")) for x in lines[:-1]) >= 3
+
+
+def test_calibrate_on_one_frame_says_so_in_the_singular(fields, tmp_path):
+    r = invoke_cli("celledge", "calibrate", str(fields), "--frames", "1", "--out", str(tmp_path / "one.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(1 frame of" in r.stdout and "1 frame measured" in r.stdout and "1 frames" not in r.stdout + r.stderr
+    assert "the stain advice below" in r.stdout  # one frame: the advice is as shaky as the scale
