@@ -71,6 +71,7 @@ class Capture(threading.Thread):
         self.connected = False
         self.last_frame_time = 0.0
         self.source_name = "?"
+        self.files: collections.deque[str] = collections.deque()  # a folder's image file of each frame queued, in order (``FolderSource.path``)
 
     def run(self) -> None:
         delay = self.backoff
@@ -96,6 +97,8 @@ class Capture(threading.Thread):
                 if frame is not None:
                     self.frames += 1
                     self.last_frame_time = time.monotonic()
+                    if not self.live and getattr(source, "path", None) is not None:  # nothing is dropped: in step
+                        self.files.append(str(source.path))
                     self.queue.put(np.asarray(frame), block=not self.live, stop=self.stop)
                     continue
                 source.close()

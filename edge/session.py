@@ -522,7 +522,7 @@ class Sessions:
                     crop, _, center, cut_at = self._views.pop(e["track"], (None, idx, None, self.rbc_fraction))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
-                added.append(self.current.add(_cell_record(e, idx, center, cut_at), crop))
+                added.append(self.current.add(_cell_record(e, idx, center, cut_at, rec.get("file")), crop))
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()
@@ -542,9 +542,10 @@ class Sessions:
             self._cell_of_track.clear()
 
 
-def _cell_record(e: dict, frame_index: int, center, rbc_fraction: float | None = None) -> dict[str, Any]:
+def _cell_record(e: dict, frame_index: int, center, rbc_fraction: float | None = None,
+                 file: str | None = None) -> dict[str, Any]:
     """A counted-cell event of the watch loop (``FieldCounter``) as a session's cell line, with the scale its
     crop was cut at (``Sessions.rbc_fraction``: the model's when the cell was counted)."""
     return {"label": e["label"], "best": e["best"], "score": e["score"], "scores": e.get("scores"),
             "frame": frame_index, "center": center, "slide": e.get("slide"), "track": e.get("track"),
-            "frames": e.get("frames", 1), "rbc_fraction": rbc_fraction}
+            "frames": e.get("frames", 1), "rbc_fraction": rbc_fraction, **({"file": file} if file else {})}

@@ -37,16 +37,18 @@ def thumbnail_uri(png: bytes, side: int = THUMB_PX) -> str | None:
 
 
 def cells_csv(summary: dict) -> str:
-    """One row per cell: id, final label, the model's label and score, reviewed, frame, positions, crop."""
+    """One row per cell: id, final label, the model's label and score, reviewed, frame, positions, crop, and the
+    image file the frame came from (a folder source; empty for a camera or a video)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "label", "model_label", "best", "score", "reviewed", "frame", "x", "y", "slide_x", "slide_y",
-                "frames_seen", "crop"])
+                "frames_seen", "crop", "file"])
     for c in summary["cells"]:
         x, y = c.get("center") or ("", "")
         sx, sy = c.get("slide") or ("", "")
         w.writerow([c["id"], c["final"], c["label"], c["best"], c["score"], "yes" if c["reviewed"] else "no",
-                    c["frame"], x, y, sx, sy, c.get("frames", ""), c.get("crop") or ""])
+                    c["frame"], x, y, sx, sy, c.get("frames", ""), c.get("crop") or "",
+                    c.get("file") or ""])
     return buf.getvalue()
 
 

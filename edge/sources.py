@@ -128,6 +128,7 @@ class FolderSource:
         self._good = 0  # frames read in this pass
         self._last_error = ""
         self.unreadable = 0
+        self.path: Path | None = None  # the image file of the frame ``read`` returned last
 
     def read(self) -> np.ndarray | None:
         while True:
@@ -150,6 +151,7 @@ class FolderSource:
                 self._warn(f"skipped {path}: {e}")
                 continue
             self._good += 1
+            self.path = path
             return frame
 
     def close(self) -> None:

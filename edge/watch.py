@@ -464,6 +464,7 @@ def run_watch(
                 if queue.closed:
                     break
                 continue
+            file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
@@ -493,6 +494,8 @@ def run_watch(
                     rec["scale"] = site_scale
             infer_s += dt
             rec["infer_ms"] = round(dt * 1e3, 3)
+            if file is not None:
+                rec["file"] = file
             emit(rec)
             if on_frame is not None:
                 on_frame(frame, rec, {"captured": capture.frames, "dropped": queue.dropped,

@@ -616,6 +616,13 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     assert f"celledge review {tmp_path / 's'}" in r.stderr
     first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert first["state"] == "open" and first["white_total"] > 0
+    # each line names its image, and so does each cell (a frame number restarts with every run)
+    lines = [json.loads(x) for x in r.stdout.splitlines()[:-1]]
+    assert [x["file"] for x in lines] == [str(fields / "0.png"), str(fields / "1.png")]
+    cells = Session.load(tmp_path / "s" / first["id"]).cells
+    assert cells and {c["file"] for c in cells} <= {str(fields / "0.png"), str(fields / "1.png")}
+    csv_rows = (tmp_path / "s" / first["id"] / "cells.csv").read_text().splitlines()
+    assert csv_rows[0].endswith(",file") and all(row.endswith(".png") for row in csv_rows[1:])
 
     # the same folder again would count its cells twice: refused, nothing counted
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
