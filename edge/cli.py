@@ -142,6 +142,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         read_ahead = _readable(sample)  # read once: the loop below takes them from here (a decoder's warning once)
         zoom, zooms = crop_scale.shared_zoom([img if site_cal is None else site_cal.balance(img)
                                               for img in read_ahead.values()], model_rbc, clf.input_spec.height)
+        read_ahead = {p: img for p, img in read_ahead.items() if img.size <= KEEP_READ_PX}  # large: read again
         shared = zoom, len(zooms)
         if not zooms:
             warn(f"--rescale shared: none of the {len(sample)} images measured had red cells or a white cell to read "
@@ -205,6 +206,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
     if site_refused:
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
+
+
+KEEP_READ_PX = 3 * 1280 * 960  # --rescale shared keeps its sample images this size or smaller (15 of them: 55 MB)
 
 
 def _readable(paths) -> dict:
@@ -425,6 +429,8 @@ def watch(**_):
             sys.stdout.flush()
 
     sessions, cfg = _sessions(cfg, clf)
+    if sessions is not None:
+        ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
     if cfg.http:
         from .httpd import Status, exposure_warning, parse_address, serve, url
 
@@ -470,7 +476,7 @@ def watch(**_):
         warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: a run with --sessions "
              f"{cfg.sessions} on other fields (another folder, a camera) adds to it, --new-session closes it and "
              f"starts another")
-    if sessions is not None and not live and not cfg.http:
+    if sessions is not None and not live and not cfg.http and s["cells_total"]:
         print(f"review its cells: celledge review {cfg.sessions}  (then celledge export {cfg.sessions} --out DIR)",
               file=sys.stderr)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
@@ -502,7 +508,7 @@ def _sessions(cfg, clf):
     source = None if not cfg.source or is_live(cfg.source) else str(Path(cfg.source).resolve())  # not resumed on
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
-                        source=source)
+                        source=source, hold=True)
     for d in sessions.damaged:
         warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
     if sessions.resumed and sessions.current.damaged:
@@ -632,9 +638,10 @@ def calibrate(source, out, frames, model, scale, colour, size):
         it, total = stream_frames(), frames
 
     def progress(i, m):
-        ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({m.red_cells} cell{'' if m.red_cells == 1 else 's'})"
+        cells = f"{m.red_cells} cell{'' if m.red_cells == 1 else 's'}"
+        ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({cells})"
         dist = "" if m.distance is None else f", stain distance {m.distance:.2f}"
-        print(f"frame {i + 1}/{total - len(skipped)}: {ruler}{dist}", file=sys.stderr, flush=True)
+        print(f"frame {i + 1 + len(skipped)}/{total}: {ruler}{dist}", file=sys.stderr, flush=True)  # skipped files count
 
     reference = ood.reference_of(getattr(clf, "sidecar", None))
     record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=model_rbc_px(spec),
@@ -700,8 +707,9 @@ def review(sessions, sid, http, http_token):
 
     SESSIONS is a sessions folder (`celledge watch --sessions DIR`) or one session's folder. For sessions
     counted from a folder or a video file, whose run ended with the file, and for any session closed
-    earlier. Each label is kept at once and the session's report rewritten; Stop on the lab page closes
-    a session left open. Ctrl-C ends it; then `celledge export`.
+    earlier (an open one can be reviewed too, and exported; the next watch run on other fields still adds
+    to it). Each label is kept at once and the session's report rewritten. Refused while a watch counts
+    into that session: review it on that daemon's own /review page. Ctrl-C ends it; then `celledge export`.
 
     \b
     Example:
@@ -719,7 +727,7 @@ def review(sessions, sid, http, http_token):
     stop = threading.Event()
     click.get_current_context().call_on_close(shutdown.install(stop))
     token = _http_token(click.get_current_context(), host)
-    server = serve(Status(current.labels, session=current), host, port, token=token)
+    server = serve(Status(current.labels, session=current, review_only=True), host, port, token=token)
     if exposure_warning(host):
         warn(exposure_warning(host))
     link = f"{url(server)}review" + (f"?token={token}" if token and not http_token else "")

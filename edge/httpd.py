@@ -48,8 +48,9 @@ class Status:
     """Thread-safe state shared by the watch loop (writer) and the HTTP handlers (readers)."""
 
     def __init__(self, labels, stale_seconds: float = 5.0, clock=time.monotonic,
-                 model: Callable[[], dict] | None = None, session=None):
+                 model: Callable[[], dict] | None = None, session=None, review_only: bool = False):
         self._lock = threading.Lock()
+        self.review_only = review_only  # celledge review: a session's pages, no camera (/ is /review)
         self.labels = list(labels)
         self.session = session  # session.Sessions (--sessions): the lab page shows its count and controls
         # the model in use and its reloads, read where they are kept: reload.ModelReloader.state
@@ -94,6 +95,8 @@ class Status:
                 self.counters.update(counters)
 
     def healthy(self) -> tuple[bool, str]:
+        if self.review_only:
+            return True, "review only (no camera)"
         with self._lock:
             if not self.frames:
                 return False, "no frames yet"
@@ -369,6 +372,11 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                     self._send(503, b"no frame yet", "text/plain")
                 else:
                     self._send(200, jpg, "image/jpeg")
+            elif path == "/" and status.review_only:  # no camera: the session's review page is the page
+                self.send_response(302)
+                self.send_header("Location", "/review" + (self.path[1:] if self.path.startswith("/?") else ""))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif path == "/":
                 self._send(200, status.page().encode(), "text/html; charset=utf-8")
             elif status.session is not None and (routed := session_http.get(status.session, path)) is not None:

@@ -25,6 +25,7 @@ loop and the HTTP handlers both call it).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -132,6 +133,7 @@ class Session:
         self._log: LineSink | None = None
         self._reviews: LineSink | None = None
         self._thumbs: dict[int, str | None] = {}
+        self._lockfd: int | None = None
 
     @property
     def id(self) -> str:
@@ -260,6 +262,24 @@ class Session:
             out["cells"] = [{**c, "final": effective_label(c)} for c in self.cells]
         return out
 
+    def lock(self) -> bool:
+        """Take this session folder for this process (an exclusive ``flock`` on ``.lock``, held until ``unlock``
+        or the process ends): False when another process (a watch counting into it, a review) holds it."""
+        if self._lockfd is None:
+            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self._lockfd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lockfd is not None:
+            os.close(self._lockfd)  # closing the descriptor releases the flock
+            self._lockfd = None
+
     def read_from(self, source: str | None) -> None:
         """Record that a run reads ``source`` (a file or folder; None: a camera) into this session."""
         if source is not None and source not in self.state.setdefault("sources", []):
@@ -354,24 +374,28 @@ class Sessions:
             model's ``rbc_px`` over its input size); recorded in each new session's state, so that
             ``celledge export`` can tell ``celltrain fit`` the scale of the cells it exports.
         source: a file or folder the run reads from its start (None: a camera or stream, which shows new
-            fields). Recorded in the session's ``sources``; an open session that has read it already is not
-            resumed on it (its fields would be counted twice): ``ResumeError``.
+            fields). Recorded in the session's ``sources`` at the first cell counted from it; an open session
+            that counted from it already is not resumed on it (its cells would be counted twice): ``ResumeError``.
+        hold: take each session folder this run counts into (``Session.lock``): a second process on it
+            (``celledge review``, another watch) is refused, and this one is refused while another holds it.
     """
 
     def __init__(self, root: str | os.PathLike, labels, target: int | None = None, min_score: float = 0.5,
                  wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
                  clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
-                 source: str | None = None):
+                 source: str | None = None, hold: bool = False):
         self.root = Path(root)
-        self.source = source
+        self.source, self.hold = source, hold
         self.review_only = False
+        self._counted_source = False  # this run has counted a cell from ``source`` into the current session
         self.rbc_fraction = rbc_fraction
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
         self.ends_run = False
         self.resumed: str | None = None
         self._lock = threading.RLock()
-        self._views: dict[int, tuple[np.ndarray, int, list, float | None]] = {}  # track id -> (crop, frame, centre, scale)
+        # track id -> (crop, frame, centre, scale, image file)
+        self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -382,22 +406,26 @@ class Sessions:
         for s in open_ones[:-1]:  # more than one open (should not happen): all but the last are closed
             s.close("closed at restart (another session was open)", clock)
         last = open_ones[-1] if open_ones else None
+        if last is not None and hold and not last.lock():
+            raise UserError(f"session {last.id} in {self.root} is in use by another celledge (a celledge review, or a "
+                            "watch counting into it): stop that one first")
         if last is not None and new:
             last.close("closed at restart (--new-session)", clock)
         elif last is not None and last.differential().done:  # killed between its last cell and closing
             last.close("count reached", clock)
         elif last is not None:
             if source is not None and source in last.state.get("sources", []):
+                last.unlock()
                 raise ResumeError(last.id, source, last.state.get("target"))
             self.resumed = last.id
+        if last is not None and not self.resumed:
+            last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
-        if self.resumed:
-            self.current.read_from(source)
 
     @classmethod
     def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
         """One session of a sessions folder served for review only (``celledge review``): no camera and no
-        model, so Start and Reset are refused; Stop closes an open session. ``root`` is a sessions folder (the
+        model, so Start and Reset are refused (POST /session/stop closes an open session). ``root`` is a sessions folder (the
         session ``sid``, else the latest started) or one session's folder. UserError: no such session."""
         root = Path(root)
         if (root / "state.json").is_file():
@@ -411,16 +439,20 @@ class Sessions:
                     have = ", ".join(d.name for d in found[-5:]) or "none"
                     raise UserError(f"no session {sid} in {root} (the latest: {have})")
             elif not found:
-                bad = f"; {len(damaged)} whose state.json cannot be read" if damaged else ""
+                bad = f" ({len(damaged)} whose state.json cannot be read)" if damaged else ""
                 raise UserError(f"{root} holds no session (celledge watch ... --sessions {root} makes them){bad}")
             else:
                 folder = found[-1]
         if sid is not None and folder.name != sid:
             raise UserError(f"{root} is the session {folder.name}, not {sid}")
         current = Session.load(folder)
+        if not current.lock():
+            raise UserError(f"session {current.id} is in use by a running celledge watch (or another celledge review): "
+                            "review it on that daemon's /review page (watch --http), or stop it first")
         self = cls.__new__(cls)
         st = current.state
-        self.root, self.source, self.review_only = folder.parent, None, True
+        self.root, self.source, self.hold, self.review_only = folder.parent, None, True, True
+        self._counted_source = False
         self.rbc_fraction = st.get("rbc_fraction")
         self.labels, self.target, self.min_score, self.wbc_count = (list(st["labels"]), st.get("target"),
                                                                      st.get("min_score", 0.5), st.get("wbc_count"))
@@ -436,10 +468,20 @@ class Sessions:
                                "celledge watch (a camera and a model)")
 
     def _new(self, target: int | None) -> Session:
+        """A new session (held by this process with ``hold``; the one before is let go)."""
         s = Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
                            self.rbc_fraction)
-        s.read_from(self.source)
+        if self.hold:
+            s.lock()
+            if getattr(self, "current", None) is not None:
+                self.current.unlock()
+        self._counted_source = False
         return s
+
+    def release(self) -> None:
+        """The run is over: let go of the session folder (``hold``)."""
+        with self._lock:
+            self.current.unlock()
 
     # ---------------------------------------------------------------- controls (lab page, HTTP)
     def start(self, target: int | None = None) -> dict:
@@ -512,17 +554,22 @@ class Sessions:
                 for c in cells:
                     tid = c.get("track")
                     if tid is not None and not (c.get("decided") or c.get("cut") or tid in self._cell_of_track):
-                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"], self.rbc_fraction)
+                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"], self.rbc_fraction,
+                                            rec.get("file"))
             added = []
             for e in rec.get("counted") or []:
                 if not self.current.is_open:
                     break
-                crop, center, cut_at = None, e.get("center"), self.rbc_fraction
+                crop, center, cut_at, file = None, e.get("center"), self.rbc_fraction, rec.get("file")
                 if "track" in e:  # its crop is its latest whole view, cut at the scale of that frame's model
-                    crop, _, center, cut_at = self._views.pop(e["track"], (None, idx, None, self.rbc_fraction))
+                    crop, _, center, cut_at, file = self._views.pop(e["track"], (None, idx, None, self.rbc_fraction,
+                                                                                 file))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
-                added.append(self.current.add(_cell_record(e, idx, center, cut_at, rec.get("file")), crop))
+                if not self._counted_source:  # a run that counts nothing from a file does not bar it
+                    self.current.read_from(self.source)
+                    self._counted_source = True
+                added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()

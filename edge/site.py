@@ -141,7 +141,7 @@ def balance_to(image_rgb: np.ndarray, background, target=TRAINING_BACKGROUND) ->
 
 def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: float, model_name: str | None = None,
               reference: ood.StainReference | None = None, target_background=TRAINING_BACKGROUND,
-              scale: bool = True, colour: bool = False, source: str | None = None,
+              scale: bool = False, colour: bool = False, source: str | None = None,
               progress: Callable[[int, FrameMeasure], None] | None = None) -> dict:
     """The site record of a microscope from its frames (see the module docstring).
 

@@ -327,6 +327,18 @@ def test_synth_folders_make_a_synthetic_model(tmp_path):
     assert ds.synthetic and "synthetic" in ds.description
 
 
+def test_foreign_class_folders_are_refused_only_when_fine_tuning_the_8_classes(corpus):
+    """Beside some of the 8 classes, a folder that is none of them is a misnamed class when a model of the 8 is
+    fine-tuned; trained from scratch, the names are the model's own classes."""
+    from scopelite.edge.errors import UserError
+    from scopelite.train import data
+
+    own = data.load(str(corpus["c"] / "misnamed"), 16)
+    assert set(own.class_names) == {"blast", "lymphocyte", "neutrophils"}
+    with pytest.raises(UserError, match="rename Neutrophils/ to neutrophil/"):
+        data.load(str(corpus["c"] / "misnamed"), 16, fine_tune=True)
+
+
 def test_failed_fit_removes_the_out_folder_it_made(corpus, tmp_path):
     """Past the up-front checks (a .npz without every class): the run folder made for it goes again."""
     r = invoke_cli("celltrain", "fit", "--data", str(corpus["c"] / "three.npz"), "--out", str(tmp_path / "r"),
@@ -334,9 +346,9 @@ def test_failed_fit_removes_the_out_folder_it_made(corpus, tmp_path):
     assert_one_line_error(r, "no images of class", code=2)
     assert not (tmp_path / "r").exists()
     # --soup K: the first member finds the mistake; neither it nor OUT/members stays
-    r = invoke_cli("celltrain", "fit", "--data", str(corpus["c"] / "misnamed"), "--soup", "2", "--out",
+    r = invoke_cli("celltrain", "fit", "--data", str(corpus["c"] / "three.npz"), "--soup", "2", "--out",
                    str(tmp_path / "s"), "--arch", "tiny", "--image-size", "16")
-    assert_one_line_error(r, "rename Neutrophils/ to neutrophil/", code=2)
+    assert_one_line_error(r, "no images of class", code=2)
     assert not (tmp_path / "s").exists()
 
 

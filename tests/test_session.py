@@ -10,6 +10,7 @@ import pytest
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec
 from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
+from scopelite.edge.errors import UserError
 from scopelite.edge.session import NOT_A_CELL, Session, SessionError, Sessions, read_jsonl
 from scopelite.edge.session_export import export_reviewed, summary_line
 from scopelite.edge.watch import run_watch
@@ -665,13 +666,16 @@ def test_review_serves_a_closed_session_with_no_camera(tmp_path):
     _session_with(root, ["neutrophil"])  # a later one, open: the default
     r = invoke_cli("celledge", "review", str(root), "--session", "nope")
     assert_one_line_error(r, "no session nope in", old)
-    r = invoke_cli("celledge", "review", str(tmp_path / "empty_dir_not_there"))
-    assert r.returncode != 0 and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke_cli("celledge", "review", str(tmp_path / "empty")), "holds no session")
 
     exe = Path(sys.executable).parent / "celledge"
     p = subprocess.Popen([str(exe), "review", str(root), "--session", old, "--http", "127.0.0.1:0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        import select
+
+        assert select.select([p.stderr], [], [], 60)[0], "celledge review printed nothing in 60 s"
         line = p.stderr.readline()
         assert f"session {old} (closed; 3 cells, 0 reviewed): review at http://127.0.0.1:" in line, line
         base = re.search(r"(http://\S+/)review", line).group(1)
@@ -679,6 +683,13 @@ def test_review_serves_a_closed_session_with_no_camera(tmp_path):
             assert resp.status == 200 and b"<html" in resp.read().lower()
         with urllib.request.urlopen(base + "session", timeout=10) as resp:
             assert json.load(resp)["id"] == old
+        with urllib.request.urlopen(base, timeout=10) as resp:  # no camera: the lab page is the review page
+            assert resp.url.endswith("/review")
+        with urllib.request.urlopen(base + "healthz", timeout=10) as resp:
+            assert resp.status == 200 and b"review only" in resp.read()
+        # the session is this process's: a watch resuming it, or a second review, is refused meanwhile
+        with pytest.raises(Exception, match="in use by"):
+            Sessions.reviewing(root, old)
 
         def post(path, body):
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
@@ -726,3 +737,44 @@ def test_a_damaged_log_line_is_skipped_and_named(tmp_path):
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
     assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout, r.stderr[-2000:]
     assert f"1 line of its logs could not be read and was skipped (cells.jsonl line {second + 1})" in r.stderr
+
+
+def test_review_of_an_open_session_rewrites_its_report_and_a_watch_holds_its_session(tmp_path):
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte"])  # open: a folder ended before its count
+    folder = sessions.current.folder
+    review = Sessions.reviewing(root)
+    assert review.current.is_open and review.current.id == sessions.current.id
+    review.label(1, "monocyte")
+    rows = {r["class"]: r["count"] for r in json.loads((folder / "differential.json").read_text())["differential"]["rows"]}
+    assert (rows["neutrophil"], rows["monocyte"]) == (0, 1)  # written now: no run will write it
+    with pytest.raises(SessionError, match="review only"):
+        review.start()
+    review.release()
+    # a watch holds the session it counts into: review refused; and a watch will not resume one under review
+    daemon = Sessions(root, CLASS_NAMES, hold=True)
+    assert daemon.resumed == sessions.current.id
+    with pytest.raises(UserError, match="in use by a running celledge watch"):
+        Sessions.reviewing(root)
+    daemon.release()
+    review = Sessions.reviewing(root)
+    with pytest.raises(UserError, match="in use by another celledge"):
+        Sessions(root, CLASS_NAMES, hold=True)
+    review.release()
+
+
+def test_a_run_that_counted_nothing_from_a_folder_does_not_bar_it(tmp_path):
+    """The folder is recorded at its first counted cell: a run that counted none (blank images) leaves it free."""
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(blank / f"{i}.png"), np.full((240, 320, 3), (200, 180, 230), np.uint8))
+    args = ("celledge", "watch", str(blank), "--mode", "field", "--sessions", str(tmp_path / "s"), "--count", "10")
+    r = invoke_cli(*args)
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and first["cells"] == 0 and first["state"] == "open", r.stderr[-2000:]
+    assert "celledge review" not in r.stderr  # nothing to review
+    r = invoke_cli(*args)
+    again = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and again["resumed"] and again["id"] == first["id"], r.stderr[-2000:]
+    assert Session.load(tmp_path / "s" / first["id"]).state.get("sources", []) == []

@@ -104,13 +104,15 @@ def test_by_default_the_site_file_changes_no_crop_and_no_colour(fields, tmp_path
 
 def test_two_magnifications_are_reported_and_refused_for_a_fixed_scale(tmp_path):
     frames = _fields(tmp_path / "a", 1.0, n=4, seed=1) + _fields(tmp_path / "b", 1.6, n=4, seed=2)
-    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=False)
+    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)  # scale off, as the CLI's default
     groups = rec["scale"]["magnifications"]
     assert [g["frames"] for g in groups] == [4, 4], groups
     assert abs(groups[1]["rbc_px"] / groups[0]["rbc_px"] - 1.6) < 0.1
     assert any(line.startswith("warning: the frames show red cells at") for line in site_lib.summary_lines(rec, "x"))
-    one = site_lib.calibrate(frames[:4], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    one = site_lib.calibrate(frames[:4], input_px=96, model_rbc_px=MODEL_RBC_PX, scale=True)
     assert len(one["scale"]["magnifications"]) == 1 and one["scale"]["use"]
+    with pytest.raises(site_lib.SiteError, match="more than one objective"):
+        site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=True)
     # --scale: one fixed scale in between would crop both set-ups wrong; refused, nothing written
     both = tmp_path / "both"
     both.mkdir()

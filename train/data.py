@@ -128,13 +128,14 @@ def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
                    f"synthetic smears (scopelite.train.synth, seed {seed}, {per_class} per class)", True)
 
 
-def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False) -> Dataset:
+def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False, fine_tune: bool = False) -> Dataset:
     """Class-folder layout ``root/<class>/<image>``; any format OpenCV reads.
 
     Folders named after the 8 blood-cell classes get the canonical label order, and a
     lab may have only some of them (the 4-6 classes its slides show): the model keeps
     all 8 outputs and learns from the classes present. Other names are taken in
-    sorted order.
+    sorted order (a model of other classes, trained from scratch); ``fine_tune`` (a model of the 8 classes
+    is fine-tuned): a folder beside some of the 8 that is none of them is refused, with the near name.
     """
     root = Path(root)
     if not root.is_dir():
@@ -144,7 +145,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
     names = [_canonical(d.name) for d in folders]
     known = [d.name for d, n in zip(folders, names) if n in CLASS_NAMES]
-    if known and len(known) < len(names):  # a lab's folder of the model's classes, one of them misnamed or foreign
+    if fine_tune and known and len(known) < len(names):  # a lab's folder of the 8 classes, one misnamed or foreign
         raise UserError(_not_a_class([d.name for d, n in zip(folders, names) if n not in CLASS_NAMES], root))
     if set(names) <= set(CLASS_NAMES):
         class_names = CLASS_NAMES  # missing classes: no images, the outputs stay (fine-tuning keeps them)
@@ -296,13 +297,14 @@ def check_source(spec: str | None) -> None:
 
 
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,
-         progress: bool = False) -> Dataset:
-    """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path."""
+         progress: bool = False, fine_tune: bool = False) -> Dataset:
+    """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path (``fine_tune``:
+    ``load_folders``)."""
     if spec in (None, "", SYNTHETIC):
         return load_synthetic(synthetic_per_class, image_size, seed)
     if str(spec).lower().endswith(".npz"):
         return load_npz(spec, image_size)
-    return load_folders(spec, image_size, progress=progress)
+    return load_folders(spec, image_size, progress=progress, fine_tune=fine_tune)
 
 
 def exact_duplicates(images: np.ndarray) -> np.ndarray:

@@ -296,7 +296,8 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     out.mkdir(parents=True, exist_ok=True)
 
     log(f"[1/4] loading data: {cfg.data or 'generated synthetic smears'}")
-    ds = data_lib.load(cfg.data, cfg.image_size, cfg.synthetic_per_class, cfg.seed, progress=True)
+    ds = data_lib.load(cfg.data, cfg.image_size, cfg.synthetic_per_class, cfg.seed, progress=True,
+                       fine_tune=cfg.weights not in ("none", "imagenet"))
     if ds.synthetic:
         log("      NOTE: training on SYNTHETIC data - the model is a demo, not a blood-cell classifier")
     if resume:
