@@ -505,7 +505,7 @@ def _sessions(cfg, clf):
 
     from .sources import is_live
 
-    source = None if not cfg.source or is_live(cfg.source) else str(Path(cfg.source).resolve())  # not resumed on
+    source = None if not cfg.source or is_live(cfg.source) else str(Path(cfg.source).resolve())  # counted twice?
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
                         source=source, hold=True)

@@ -25,7 +25,7 @@ async function post(path, body, retried) {
   if (tok) headers['Authorization'] = 'Bearer ' + tok;
   const r = await fetch(path, {method: 'POST', headers, body: JSON.stringify(body || {})});
   if (r.status === 403 && !retried) {
-    const t = prompt('This daemon wants its token (printed by celledge watch when it started):');
+    const t = prompt('This daemon wants its token (printed by celledge watch or review when it started):');
     if (t) { localStorage.setItem(TOKEN_KEY, t.trim()); return post(path, body, true); }
   }
   const data = await r.json().catch(() => ({}));

@@ -2,8 +2,8 @@
 
 A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
-  state.json     open or closed, target, start and stop times, why it stopped, the files and folders read
-                 into it (``sources``: not resumed on one of them); rewritten atomically
+  state.json     open or closed, target, start and stop times, why it stopped, the files and folders it
+                 counted cells from (``sources``: a run on one of them is refused); rewritten atomically
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
                  class, score, mean score vector, frame number, frame and slide position, crop file;
                  and a {"revise": id, ...} line when the model revises a cell's label (its class over all
@@ -266,7 +266,11 @@ class Session:
         """Take this session folder for this process (an exclusive ``flock`` on ``.lock``, held until ``unlock``
         or the process ends): False when another process (a watch counting into it, a review) holds it."""
         if self._lockfd is None:
-            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise UserError(f"session folder {self.folder} cannot be written ({(e.strerror or str(e)).lower()}): "
+                                "labels and counts could not be kept") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -425,8 +429,9 @@ class Sessions:
     @classmethod
     def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
         """One session of a sessions folder served for review only (``celledge review``): no camera and no
-        model, so Start and Reset are refused (POST /session/stop closes an open session). ``root`` is a sessions folder (the
-        session ``sid``, else the latest started) or one session's folder. UserError: no such session."""
+        model, so Start and Reset are refused (POST /session/stop closes an open session). ``root`` is a
+        sessions folder (the session ``sid``, else the latest started) or one session's folder. UserError: no
+        such session, or another process holds it (``Session.lock``)."""
         root = Path(root)
         if (root / "state.json").is_file():
             folder = root
