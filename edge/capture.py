@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -98,7 +99,7 @@ class Capture(threading.Thread):
                     self.frames += 1
                     self.last_frame_time = time.monotonic()
                     if not self.live and getattr(source, "path", None) is not None:  # nothing is dropped: in step
-                        self.files.append(str(source.path))
+                        self.files.append(str(Path(source.path).resolve()))
                     self.queue.put(np.asarray(frame), block=not self.live, stop=self.stop)
                     continue
                 source.close()

@@ -473,9 +473,14 @@ def watch(**_):
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
         how = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}.get(
             summary["summary"].get("stopped"), "ended")
-        warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: a run with --sessions "
-             f"{cfg.sessions} on other fields (another folder, a camera) adds to it, --new-session closes it and "
-             f"starts another")
+        again = ("the same command goes on where it stopped (images counted already are skipped)"
+                 if is_still(cfg.source) else f"a run with --sessions {cfg.sessions} on other fields adds to it")
+        warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: {again}; --new-session "
+             "closes it and starts another")
+    if summary["summary"].get("already_counted"):
+        n = summary["summary"]["already_counted"]
+        print(f"{n} image{'s' if n > 1 else ''} counted into session {s['id']} by an earlier run: skipped",
+              file=sys.stderr)
     if sessions is not None and not live and not cfg.http and s["cells_total"]:
         print(f"review its cells: celledge review {cfg.sessions}  (then celledge export {cfg.sessions} --out DIR)",
               file=sys.stderr)
@@ -503,9 +508,11 @@ def _sessions(cfg, clf):
     from .session import Sessions
     from .watch import field_config
 
-    from .sources import is_live
+    from .sources import is_live, is_still
 
-    source = None if not cfg.source or is_live(cfg.source) else str(Path(cfg.source).resolve())  # counted twice?
+    # a video file read again from its start would count its cells twice (a folder's images are told apart)
+    video = cfg.source and not is_live(cfg.source) and not is_still(cfg.source)
+    source = str(Path(cfg.source).resolve()) if video else None
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
                         source=source, hold=True)

@@ -2,8 +2,8 @@
 
 A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
-  state.json     open or closed, target, start and stop times, why it stopped, the files and folders it
-                 counted cells from (``sources``: a run on one of them is refused); rewritten atomically
+  state.json     open or closed, target, start and stop times, why it stopped, the video files it counted
+                 cells from (``sources``: a run on one of them is refused); rewritten atomically
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
                  class, score, mean score vector, frame number, frame and slide position, crop file;
                  and a {"revise": id, ...} line when the model revises a cell's label (its class over all
@@ -57,13 +57,14 @@ class SessionError(UserError):
 
 
 class ResumeError(UserError):
-    """An open session already counted the file or folder a run is about to read again."""
+    """An open session already counted the video file a run is about to read again from its start."""
 
     def __init__(self, sid: str, source: str, target: int | None):
         until = f" before --count {target}" if target else ""
         super().__init__(f"session {sid} was left open by a run on {source} (it ended or was stopped{until}): "
-                         f"reading it again would count its cells twice. --new-session closes {sid} (its report stays) and "
-                         f"counts {source} anew; to add more fields to {sid}, give another folder or video")
+                         f"reading it again from its start would count its cells twice. --new-session closes {sid} "
+                         f"(its report stays) and counts it anew; to add more fields to {sid}, give another video, a "
+                         "folder of images or a camera")
         self.session = sid
 
 
@@ -377,9 +378,10 @@ class Sessions:
         rbc_fraction: the scale the crops are cut at: a red cell's diameter over the crop's side (the
             model's ``rbc_px`` over its input size); recorded in each new session's state, so that
             ``celledge export`` can tell ``celltrain fit`` the scale of the cells it exports.
-        source: a file or folder the run reads from its start (None: a camera or stream, which shows new
-            fields). Recorded in the session's ``sources`` at the first cell counted from it; an open session
-            that counted from it already is not resumed on it (its cells would be counted twice): ``ResumeError``.
+        source: a video file the run reads from its start (None: a camera or stream, which shows new fields,
+            or a folder of images, whose images are told apart by ``file``: ``counted``). Recorded in the
+            session's ``sources`` at the first cell counted from it; an open session that counted from it already
+            is not resumed on it (its cells would be counted twice): ``ResumeError``.
         hold: take each session folder this run counts into (``Session.lock``): a second process on it
             (``celledge review``, another watch) is refused, and this one is refused while another holds it.
     """
@@ -425,6 +427,7 @@ class Sessions:
         if last is not None and not self.resumed:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
+        self._files = {c["file"] for c in self.current.cells if c.get("file")}  # images counted into the session
 
     @classmethod
     def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
@@ -465,6 +468,7 @@ class Sessions:
         self._lock = threading.RLock()
         self._views, self._cell_of_track, self.damaged = {}, {}, []
         self.current = current
+        self._files = set()
         return self
 
     def _refuse_in_review(self, what: str) -> None:
@@ -481,7 +485,14 @@ class Sessions:
             if getattr(self, "current", None) is not None:
                 self.current.unlock()
         self._counted_source = False
+        self._files = set()
         return s
+
+    def counted(self, file: str | None) -> bool:
+        """Whether the open session already counted cells from this image file (a folder run again after it
+        stopped part-way, or an image of a folder counted before): its frame is skipped, not counted twice."""
+        with self._lock:
+            return file is not None and self.current.is_open and file in self._files
 
     def release(self) -> None:
         """The run is over: let go of the session folder (``hold``)."""
@@ -575,6 +586,8 @@ class Sessions:
                     self.current.read_from(self.source)
                     self._counted_source = True
                 added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
+                if file:
+                    self._files.add(file)
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()

@@ -157,8 +157,9 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     Raises:
         SiteError: no frame, or no frame with enough red cells to measure the scale.
     """
-    measures, grey, monochrome = [], 0, 0
+    measures, grey, monochrome, shapes = [], 0, 0, set()
     for i, frame in enumerate(frames):
+        shapes.add(f"{frame.shape[1]}x{frame.shape[0]}")
         m = measure_frame(frame, reference)
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
@@ -178,6 +179,10 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
     groups = magnifications(sizes)
+    if scale and len(shapes) > 1:  # another camera, or frames cut or scaled apart: one fixed scale fits none
+        raise SiteError([f"the frames come in {len(shapes)} sizes ({', '.join(sorted(shapes)[:4])}): more than one "
+                         "camera, or images resized apart, and --scale would crop them all at one scale. Calibrate "
+                         "each set-up apart on its own frames (or leave out --scale: each frame's own ruler)"])
     if scale and len(groups) > 1:  # one fixed scale would crop every set-up wrong
         raise SiteError(["the frames show red cells at " + " and ".join(
             f"{g['rbc_px']:g} px ({_n(g['frames'], 'frame')})" for g in groups) + ": more than one objective or camera, "
@@ -191,6 +196,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         "source": source,
         "frames": len(measures),
         **({"grey_frames_left_out": grey} if grey else {}),
+        **({"frame_sizes": sorted(shapes)} if len(shapes) > 1 else {}),
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2)},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
                   "iqr": [round(float(v), 2) for v in np.percentile(sizes, [25, 75])], "frames": len(sizes),
@@ -378,6 +384,9 @@ def summary_lines(record: dict, out: str) -> list[str]:
         lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
                      f"of so few is easily fooled (the scale and the stain advice below); calibrate on {FEW_FRAMES} "
                      "or more ordinary fields of the smear")
+    if record.get("frame_sizes"):
+        lines.append(f"warning: the frames come in {len(record['frame_sizes'])} sizes "
+                     f"({', '.join(record['frame_sizes'][:4])}): more than one camera? calibrate each set-up apart")
     groups = sc.get("magnifications") or []
     if len(groups) > 1:
         lines.append("warning: the frames show red cells at " + " and ".join(

@@ -100,7 +100,7 @@ class FieldScale:
         current = self.smoother.update(est)
         if site:  # the site's scale crops; this frame's ruler is only reported (and checked against it)
             self.ruler, self.checked = current, self.checked + 1
-            off = current is not None and abs(current / site - 1) > SITE_TOLERANCE
+            off = current is not None and max(current / site, site / current) > 1 + SITE_TOLERANCE
             self.off_site += off
             return site, {"source": "site", "rbc_px": round(site, 1), "crop": self.cfg.crop_for(site),
                           "frame_rbc_px": None if est.diameter_px is None else round(est.diameter_px, 1),
@@ -431,7 +431,7 @@ def run_watch(
     field_scale = FieldScale(field_cfg, every=5 if stream else 1, slide=SLIDE_SCALE_ESTIMATES if stream else 0,
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
-    unlike_frames = grey_frames = 0
+    unlike_frames = grey_frames = already = 0
     tally = Tally(list(classifier.labels))
     framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
     counter = FieldCounter(classifier.labels, min_score, count, config.wbc, track) if mode == "field" else None
@@ -465,6 +465,9 @@ def run_watch(
                     break
                 continue
             file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
+            if session is not None and session.counted(file):  # counted into this session by an earlier run
+                already += 1
+                continue
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
@@ -529,6 +532,8 @@ def run_watch(
         "fps": round(n / elapsed, 2),
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
     }
+    if already:  # a folder's images the session had counted before: skipped, not counted twice
+        summary["already_counted"] = already
     if grey_frames:
         summary["grey_frames"] = grey_frames
     if n and grey_frames > n / 2:  # a few blank frames (the lamp between fields) are normal
@@ -542,7 +547,7 @@ def run_watch(
             off = (f"the frames' red cells measure {field_scale.ruler:.1f} px, the site file's scale "
                    f"{field_scale.site_rbc_px:.1f} px ({field_scale.off_site} of {field_scale.checked} frames measured, "
                    f"more than "
-                   f"{SITE_TOLERANCE:.0%} off): another objective or camera? cells were cropped at the site's scale; "
+                   f"{1 + SITE_TOLERANCE:g}x off): another objective or camera? cells were cropped at the site's scale; "
                    "calibrate this set-up (celledge calibrate), or run without --site")
             summary["warning"] = "; ".join(filter(None, [summary.get("warning"), off]))
     if reloader is not None:

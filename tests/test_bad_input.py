@@ -99,10 +99,11 @@ def corpus(tmp_path_factory):
     raw[80:120] = b"x" * 40
     (t / "gzbad.npz").write_bytes(bytes(raw))
     (t / "noclasses").mkdir()
-    for name in ("lymphocyte", "Neutrophils", "blast"):  # one misnamed class, one the model has not
-        (t / "misnamed" / name).mkdir(parents=True)
+    for name in ("lymphocyte", "Neutrophils", "blast", "plural/Lymphs", "plural/Neutrophils"):
+        d = t / name if "/" in name else t / "misnamed" / name  # misnamed: one misnamed class, one the model has not
+        d.mkdir(parents=True)
         for i in range(2):
-            cv2.imwrite(str(t / "misnamed" / name / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
+            cv2.imwrite(str(d / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
     (t / "bad.yaml").write_text("epochs: [1\n")
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
@@ -253,6 +254,8 @@ CASES = [
     ("fit-config-list", "celltrain", "fit --config {c}/list.yaml --out {tmp}/r", 2, "mapping", None, None),
     ("fit-misnamed-class", "celltrain", "fit --data {c}/misnamed --weights shipped --out {tmp}/r", 2,
      "rename Neutrophils/ to neutrophil/", None, None),
+    ("fit-plural-classes", "celltrain", "fit --data {c}/plural --weights shipped --out {tmp}/r", 2,
+     "rename Lymphs/ to lymphocyte/", None, None),
     ("fit-foreign-class", "celltrain", "fit --data {c}/misnamed --weights shipped --out {tmp}/r", 2,
      "move blast/ out of", None, None),
     ("fit-config-keys", "celltrain", "fit --config {c}/keys.yaml --out {tmp}/r", 2, "unknown keys", None, None),
@@ -335,8 +338,14 @@ def test_foreign_class_folders_are_refused_only_when_fine_tuning_the_8_classes(c
 
     own = data.load(str(corpus["c"] / "misnamed"), 16)
     assert set(own.class_names) == {"blast", "lymphocyte", "neutrophils"}
+    from scopelite.edge.bundle import CLASS_NAMES
+
     with pytest.raises(UserError, match="rename Neutrophils/ to neutrophil/"):
-        data.load(str(corpus["c"] / "misnamed"), 16, fine_tune=True)
+        data.load(str(corpus["c"] / "misnamed"), 16, classes=CLASS_NAMES)
+    with pytest.raises(UserError, match="rename Lymphs/ to lymphocyte/; rename Neutrophils/ to neutrophil/"):
+        data.load(str(corpus["c"] / "plural"), 16, classes=CLASS_NAMES)  # none of the 8 at all
+    mine = data.load(str(corpus["c"] / "plural"), 16, classes=["neutrophils", "lymphs", "other"])
+    assert mine.class_names == ("neutrophils", "lymphs", "other")  # a model of its own classes keeps their order
 
 
 def test_failed_fit_removes_the_out_folder_it_made(corpus, tmp_path):

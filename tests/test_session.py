@@ -607,48 +607,71 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
 
     fields = tmp_path / "fields"
     fields.mkdir()
-    for i in range(2):
+    for i in range(3):
         cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
                                                             cv2.COLOR_RGB2BGR))
-    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
-                   "--count", "100")
+    watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    r = invoke_cli(*watch, "--count", "100", "--max-frames", "1")  # stopped part-way
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "still open: a run with --sessions" in r.stderr and "--new-session" in r.stderr
+    assert "stopped at --max-frames with session" in r.stderr and "goes on where it stopped" in r.stderr
     assert f"celledge review {tmp_path / 's'}" in r.stderr
     first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert first["state"] == "open" and first["white_total"] > 0
-    # each line names its image, and so does each cell (a frame number restarts with every run)
+    from_first = len(Session.load(tmp_path / "s" / first["id"]).cells)
+
+    # the same folder again goes on where it stopped: the image counted before is skipped, not counted twice
+    r = invoke_cli(*watch)
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert r.returncode == 0 and summary["session"]["id"] == first["id"] and summary["already_counted"] == 1
+    assert "1 image counted into session" in r.stderr
+    # each line names its image (absolute), and so does each cell (a frame number restarts with every run)
     lines = [json.loads(x) for x in r.stdout.splitlines()[:-1]]
-    assert [x["file"] for x in lines] == [str(fields / "0.png"), str(fields / "1.png")]
-    cells = Session.load(tmp_path / "s" / first["id"]).cells
-    assert cells and {c["file"] for c in cells} <= {str(fields / "0.png"), str(fields / "1.png")}
+    assert [x["file"] for x in lines] == [str(fields.resolve() / "1.png"), str(fields.resolve() / "2.png")]
+    whole = Session.load(tmp_path / "s" / first["id"])
+    assert {c["file"] for c in whole.cells} <= {str(fields.resolve() / f"{i}.png") for i in range(3)}
+    assert sum(c["file"] == str(fields.resolve() / "0.png") for c in whole.cells) == from_first
     csv_rows = (tmp_path / "s" / first["id"] / "cells.csv").read_text().splitlines()
     assert csv_rows[0].endswith(",file") and all(row.endswith(".png") for row in csv_rows[1:])
 
-    # the same folder again would count its cells twice: refused, nothing counted
-    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
-    assert_one_line_error(r, f"session {first['id']} was left open by a run on {fields.resolve()}",
-                          "count its cells twice", "--new-session")
-    assert Session.load(tmp_path / "s" / first["id"]).differential().summary()["white_total"] == first["white_total"]
-
+    # the whole folder in one run (the scale smoothed over the folder: a count a little apart)
+    r = invoke_cli(*watch, "--new-session")
+    anew = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and not anew["resumed"] and anew["white_total"] > 0, r.stderr[-2000:]
+    total = anew["white_total"]
+    assert Session.load(tmp_path / "s" / first["id"]).state["state"] == "closed"
+    # again, or one of its images: nothing is counted twice
+    for again in (watch, ("celledge", "watch", str(fields / "0.png"), *watch[3:])):
+        r = invoke_cli(*again)
+        s = json.loads(r.stdout.splitlines()[-1])["summary"]
+        assert r.returncode == 0 and s["session"]["id"] == anew["id"] and s["session"]["white_total"] == total
     # other fields add to it (a slide scanned in parts)
     more = tmp_path / "more"
-    shutil.copytree(fields, more)
+    more.mkdir()
+    shutil.copy(fields / "0.png", more / "a.png")
     r = invoke_cli("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
-    again = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
-    assert r.returncode == 0 and again["resumed"] and again["id"] == first["id"], r.stderr[-2000:]
-    assert again["white_total"] == 2 * first["white_total"]
-    assert Session.load(tmp_path / "s" / first["id"]).state["sources"] == [str(fields.resolve()), str(more.resolve())]
+    assert json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["white_total"] > total
 
-    # --new-session closes it and counts the folder anew
-    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
-                   "--new-session")
-    anew = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
-    assert r.returncode == 0 and not anew["resumed"] and anew["white_total"] == first["white_total"]
-    assert Session.load(tmp_path / "s" / first["id"]).state["state"] == "closed"
-    r = invoke_cli("celledge", "watch", str(tmp_path / "more"), "--mode", "field", "--sessions", str(tmp_path / "s"),
-                   "--max-frames", "1")
-    assert r.returncode == 0 and "stopped at --max-frames with session" in r.stderr, r.stderr[-2000:]
+
+def test_a_video_counted_into_an_open_session_is_not_read_again_from_its_start(tmp_path):
+    from scopelite.train.synth import make_field
+
+    video = tmp_path / "scan.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(3):
+        frame = cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0], cv2.COLOR_RGB2BGR)
+        for _ in range(12):
+            out.write(frame)
+    out.release()
+    watch = ("celledge", "watch", str(video), "--mode", "field", "--sessions", str(tmp_path / "s"), "--count", "100")
+    r = invoke_cli(*watch)
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and first["state"] == "open" and first["white_total"] > 0, r.stderr[-2000:]
+    assert "on other fields adds to it" in r.stderr
+    r = invoke_cli(*watch)
+    assert_one_line_error(r, f"session {first['id']} was left open by a run on {video.resolve()}",
+                          "count its cells twice", "--new-session")
+    assert Session.load(tmp_path / "s" / first["id"]).differential().summary()["white_total"] == first["white_total"]
+    assert Session.load(tmp_path / "s" / first["id"]).state["sources"] == [str(video.resolve())]
 
 
 def test_review_serves_a_closed_session_with_no_camera(tmp_path):

@@ -310,3 +310,16 @@ def test_calibrate_on_one_frame_says_so_in_the_singular(fields, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "(1 frame of" in r.stdout and "1 frame measured" in r.stdout and "1 frames" not in r.stdout + r.stderr
     assert "the stain advice below" in r.stdout  # one frame: the advice is as shaky as the scale
+
+
+def test_frames_of_two_sizes_are_two_set_ups():
+    """Two cameras (or images resized apart) whose red cells read close: --scale refused, a warning without it."""
+    rng = np.random.default_rng(3)
+    frames = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(3)] + [make_field(rng, 360, 360, n_cells=2)[0]
+                                                                          for _ in range(3)]
+    with pytest.raises(site_lib.SiteError, match="2 sizes"):
+        site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=True)
+    rec = site_lib.calibrate(frames, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert rec["frame_sizes"] == ["360x360", "640x480"] and site_lib.validate(rec) == []
+    assert any("more than one camera?" in line for line in site_lib.summary_lines(rec, "x"))
+    assert "frame_sizes" not in site_lib.calibrate(frames[:3], input_px=96, model_rbc_px=MODEL_RBC_PX)

@@ -11,6 +11,7 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,22 +103,28 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def _not_a_class(folders: list[str], root: Path) -> str:
-    """The error for class folders beside the model's classes that are none of them: a near name (a plural,
+def _not_a_class(folders: list[str], root: Path, classes) -> str:
+    """The error for class folders that are none of the fine-tuned model's classes: a near name (a plural,
     another case, an abbreviation) is suggested; a class the model has not (blasts) is to be left out."""
     import difflib  # noqa: PLC0415
 
     aliases = {"ig": "immature_granulocyte", "igs": "immature_granulocyte", "nrbc": "erythroblast",
-               "nrbcs": "erythroblast", "plt": "platelet", "thrombocyte": "platelet", "thrombocytes": "platelet"}
+               "nrbcs": "erythroblast", "plt": "platelet", "plts": "platelet", "thrombocyte": "platelet",
+               "thrombocytes": "platelet", "lymph": "lymphocyte", "lymphs": "lymphocyte", "mono": "monocyte",
+               "monos": "monocyte", "neut": "neutrophil", "neuts": "neutrophil", "seg": "neutrophil",
+               "segs": "neutrophil", "pmn": "neutrophil", "eo": "eosinophil", "eos": "eosinophil",
+               "baso": "basophil", "basos": "basophil"}
+    canon = {_canonical(c): c for c in classes}
     hints = []
     for f in folders:
         c = _canonical(f)
-        near = aliases.get(c) or next(iter(difflib.get_close_matches(c.rstrip("s"), CLASS_NAMES, 1, 0.75)), None)
-        hints.append(f"rename {f}/ to {near}/" if near else f"move {f}/ out of {root} (the model has no such class)")
+        near = canon.get(aliases.get(c, "")) or next(iter(difflib.get_close_matches(c.rstrip("s"), list(canon), 1,
+                                                                                     0.75)), None)
+        hints.append(f"rename {f}/ to {canon.get(near, near)}/" if near
+                     else f"move {f}/ out of {root} (the model has no such class)")
     listed = ", ".join(f"'{f}'" for f in folders)
-    return (f"{listed} {'is' if len(folders) == 1 else 'are'} not one of the model's classes ({', '.join(CLASS_NAMES)}), "
-            f"as the folders beside {'it' if len(folders) == 1 else 'them'} are; fine-tuning keeps the 8 classes: "
-            + "; ".join(hints))
+    return (f"{listed} {'is' if len(folders) == 1 else 'are'} not one of the model's classes ({', '.join(classes)}); "
+            f"fine-tuning keeps the model's {len(classes)} classes: " + "; ".join(hints))
 
 
 def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
@@ -128,14 +135,16 @@ def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
                    f"synthetic smears (scopelite.train.synth, seed {seed}, {per_class} per class)", True)
 
 
-def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False, fine_tune: bool = False) -> Dataset:
+def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False,
+                 classes: Sequence[str] | None = None) -> Dataset:
     """Class-folder layout ``root/<class>/<image>``; any format OpenCV reads.
 
     Folders named after the 8 blood-cell classes get the canonical label order, and a
     lab may have only some of them (the 4-6 classes its slides show): the model keeps
     all 8 outputs and learns from the classes present. Other names are taken in
-    sorted order (a model of other classes, trained from scratch); ``fine_tune`` (a model of the 8 classes
-    is fine-tuned): a folder beside some of the 8 that is none of them is refused, with the near name.
+    sorted order (a model of other classes, trained from scratch). ``classes``: those of a model being
+    fine-tuned, which it keeps (in its order): every folder must be one of them (else refused, with the near
+    name).
     """
     root = Path(root)
     if not root.is_dir():
@@ -144,10 +153,13 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     if not folders:
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
     names = [_canonical(d.name) for d in folders]
-    known = [d.name for d, n in zip(folders, names) if n in CLASS_NAMES]
-    if fine_tune and known and len(known) < len(names):  # a lab's folder of the 8 classes, one misnamed or foreign
-        raise UserError(_not_a_class([d.name for d, n in zip(folders, names) if n not in CLASS_NAMES], root))
-    if set(names) <= set(CLASS_NAMES):
+    if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
+        canon = {_canonical(c): c for c in classes}
+        foreign = [d.name for d, n in zip(folders, names) if n not in canon]
+        if foreign:
+            raise UserError(_not_a_class(foreign, root, list(classes)))
+        class_names, names = tuple(classes), [canon[n] for n in names]
+    elif set(names) <= set(CLASS_NAMES):
         class_names = CLASS_NAMES  # missing classes: no images, the outputs stay (fine-tuning keeps them)
     else:
         class_names = tuple(names)
@@ -297,14 +309,14 @@ def check_source(spec: str | None) -> None:
 
 
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,
-         progress: bool = False, fine_tune: bool = False) -> Dataset:
-    """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path (``fine_tune``:
-    ``load_folders``)."""
+         progress: bool = False, classes: Sequence[str] | None = None) -> Dataset:
+    """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path (``classes``: those of
+    the model fine-tuned, ``load_folders``)."""
     if spec in (None, "", SYNTHETIC):
         return load_synthetic(synthetic_per_class, image_size, seed)
     if str(spec).lower().endswith(".npz"):
         return load_npz(spec, image_size)
-    return load_folders(spec, image_size, progress=progress, fine_tune=fine_tune)
+    return load_folders(spec, image_size, progress=progress, classes=classes)
 
 
 def exact_duplicates(images: np.ndarray) -> np.ndarray:

@@ -297,7 +297,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
 
     log(f"[1/4] loading data: {cfg.data or 'generated synthetic smears'}")
     ds = data_lib.load(cfg.data, cfg.image_size, cfg.synthetic_per_class, cfg.seed, progress=True,
-                       fine_tune=cfg.weights not in ("none", "imagenet"))
+                       classes=_weights_classes(cfg.weights))
     if ds.synthetic:
         log("      NOTE: training on SYNTHETIC data - the model is a demo, not a blood-cell classifier")
     if resume:
@@ -346,6 +346,16 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
 
 
 FEW_CELLS = 25  # labelled cells per class below which adapting to a new lab varied most with the cells drawn
+
+
+def _weights_classes(weights: str) -> list[str] | None:
+    """The classes of the model ``--weights`` fine-tunes (from its sidecar), which it keeps; None: trained from
+    scratch, or a model without a readable sidecar."""
+    if weights in ("none", "imagenet"):
+        return None
+    from . import from_tflite  # noqa: PLC0415
+
+    return from_tflite.sidecar_labels(model_lib.resolve_weights(weights))
 
 
 def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
