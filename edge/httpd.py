@@ -491,8 +491,8 @@ def exposure_warning(host: str) -> str | None:
     if is_loopback(host):
         return None
     where = "every network interface" if host in ("", "0.0.0.0", "::") else host
-    return (f"--http binds {where}: the page, /latest and the snapshots are open to anyone who can reach this "
-            "machine (no password, no TLS); use 127.0.0.1:PORT unless the network is trusted")
+    return (f"--http binds {where}: the pages (and a daemon's /latest and snapshots) are open to anyone who can "
+            "reach this machine (no password, no TLS); use 127.0.0.1:PORT unless the network is trusted")
 
 
 def url(server: ThreadingHTTPServer) -> str:

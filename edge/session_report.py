@@ -114,7 +114,7 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
     """The printable report: who/when, the differential in clinical order, review progress, gallery per class."""
     d = summary["differential"]
     target = summary.get("target")
-    state = "open (counting)" if summary["state"] == "open" else f'closed: {summary.get("reason") or "stopped"}'
+    state = "open (not closed yet)" if summary["state"] == "open" else f'closed: {summary.get("reason") or "stopped"}'
     count = f'{d["white_total"]} white cells' + (f" of {target}" if target else "")
     n, done = summary["cells_total"], summary["reviewed"]
     review = (f"all {n} cells reviewed by a person" if n and done == n else
