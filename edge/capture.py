@@ -72,7 +72,8 @@ class Capture(threading.Thread):
         self.connected = False
         self.last_frame_time = 0.0
         self.source_name = "?"
-        self.files: collections.deque[str] = collections.deque()  # a folder's image file of each frame queued, in order (``FolderSource.path``)
+        # a folder's image file of each frame queued, in order (``FolderSource.path``)
+        self.files: collections.deque[str] = collections.deque()
 
     def run(self) -> None:
         delay = self.backoff

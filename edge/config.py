@@ -258,8 +258,9 @@ def from_click(ctx, file_param: str = "config", checks=lambda cfg: []) -> WatchC
     if path:
         raw, lines, found = read_file(path)
         if isinstance(raw, dict) and str(raw.get("schema", "")).startswith("scopelite-site"):
-            raise ConfigError([f"{path} is a site file (made by celledge calibrate): give it as --site {path} (or "
-                               f"'site: {path}' in a --config file); --config takes watch's options (YAML or JSON: mode, count, ...)"])
+            raise ConfigError([f"{path} is a site file (made by celledge calibrate): give it as --site {path} "
+                               f"(or 'site: {path}' in a --config file); --config takes watch's options (YAML or "
+                               "JSON: mode, count, ...)"])
         for key, value in raw.items():
             line = lines.get(str(key), 0)
             where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)

@@ -52,7 +52,8 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 
     return open_it
 
-SITE_TOLERANCE = 0.25  # one objective's ruler varies about +-10 % (PBC: 60-78 px): further off a site's scale is another set-up
+# one objective's ruler varies about +-10 % (PBC: 60-78 px): further than this factor off a site's scale is another set-up
+SITE_TOLERANCE = 0.25
 SLIDE_SCALE_ESTIMATES = 1000  # tracking mode: the scale is the median of up to this many estimates (``ScaleSmoother``)
 
 
