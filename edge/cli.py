@@ -470,6 +470,8 @@ def watch(**_):
     emit(summary)
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])
+    if sessions is not None and summary["summary"]["session"]["state"] == "closed":
+        print(f"session {s['id']} closed ({s['reason']}): report {s['folder']}/report.html", file=sys.stderr)
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
         how = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}.get(
             summary["summary"].get("stopped"), "ended")
@@ -520,6 +522,9 @@ def _sessions(cfg, clf):
         warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
     if sessions.resumed and sessions.current.damaged:
         warn(_damaged_lines(sessions.current.id, sessions.current.damaged))
+    if sessions.closed_at_start is not None:
+        old = sessions.closed_at_start
+        print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
     return sessions, cfg.replace(count=None)

@@ -399,6 +399,7 @@ class Sessions:
         self.one_shot, self.clock = one_shot, clock
         self.ends_run = False
         self.resumed: str | None = None
+        self.closed_at_start: Session | None = None  # the open session this start closed (--new-session, done)
         self._lock = threading.RLock()
         # track id -> (crop, frame, centre, scale, image file)
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
@@ -417,8 +418,10 @@ class Sessions:
                             "watch counting into it): stop that one first")
         if last is not None and new:
             last.close("closed at restart (--new-session)", clock)
+            self.closed_at_start = last
         elif last is not None and last.differential().done:  # killed between its last cell and closing
             last.close("count reached", clock)
+            self.closed_at_start = last
         elif last is not None:
             if source is not None and source in last.state.get("sources", []):
                 last.unlock()
@@ -465,6 +468,7 @@ class Sessions:
         self.labels, self.target, self.min_score, self.wbc_count = (list(st["labels"]), st.get("target"),
                                                                      st.get("min_score", 0.5), st.get("wbc_count"))
         self.one_shot, self.clock, self.ends_run, self.resumed = False, time.time, False, None
+        self.closed_at_start = None
         self._lock = threading.RLock()
         self._views, self._cell_of_track, self.damaged = {}, {}, []
         self.current = current

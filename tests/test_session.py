@@ -637,6 +637,7 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     r = invoke_cli(*watch, "--new-session")
     anew = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert r.returncode == 0 and not anew["resumed"] and anew["white_total"] > 0, r.stderr[-2000:]
+    assert f"session {first['id']} closed (closed at restart (--new-session)): report" in r.stderr
     total = anew["white_total"]
     assert Session.load(tmp_path / "s" / first["id"]).state["state"] == "closed"
     # again, or one of its images: nothing is counted twice
@@ -650,6 +651,10 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     shutil.copy(fields / "0.png", more / "a.png")
     r = invoke_cli("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
     assert json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["white_total"] > total
+    # a count reached closes the session, and watch says so
+    r = invoke_cli(*watch, "--new-session", "--count", "1")
+    done = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert done["state"] == "closed" and f"session {done['id']} closed (count reached): report" in r.stderr
 
 
 def test_a_video_counted_into_an_open_session_is_not_read_again_from_its_start(tmp_path):
