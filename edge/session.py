@@ -286,7 +286,8 @@ class Session:
             self._lockfd = None
 
     def read_from(self, source: str | None) -> None:
-        """Record that a run reads ``source`` (a file or folder; None: a camera) into this session."""
+        """Record that a run counted cells from ``source`` (a video file; None: a camera or a folder) into this
+        session; state.json is written only when it is new here."""
         if source is not None and source not in self.state.setdefault("sources", []):
             self.state["sources"].append(source)
             write_json_atomic(self.folder / "state.json", self.state, fsync="full")
@@ -393,7 +394,6 @@ class Sessions:
         self.root = Path(root)
         self.source, self.hold = source, hold
         self.review_only = False
-        self._counted_source = False  # this run has counted a cell from ``source`` into the current session
         self.rbc_fraction = rbc_fraction
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
@@ -463,7 +463,6 @@ class Sessions:
         self = cls.__new__(cls)
         st = current.state
         self.root, self.source, self.hold, self.review_only = folder.parent, None, True, True
-        self._counted_source = False
         self.rbc_fraction = st.get("rbc_fraction")
         self.labels, self.target, self.min_score, self.wbc_count = (list(st["labels"]), st.get("target"),
                                                                      st.get("min_score", 0.5), st.get("wbc_count"))
@@ -488,7 +487,6 @@ class Sessions:
             s.lock()
             if getattr(self, "current", None) is not None:
                 self.current.unlock()
-        self._counted_source = False
         self._files = set()
         return s
 
@@ -586,9 +584,7 @@ class Sessions:
                                                                                  file))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
-                if not self._counted_source:  # a run that counts nothing from a file does not bar it
-                    self.current.read_from(self.source)
-                    self._counted_source = True
+                self.current.read_from(self.source)  # at its first cell: a run that counts nothing does not bar it
                 added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
                 if file:
                     self._files.add(file)
