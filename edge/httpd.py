@@ -496,9 +496,26 @@ def exposure_warning(host: str) -> str | None:
 
 
 def url(server: ThreadingHTTPServer) -> str:
-    """The address the server really listens on, e.g. ``http://127.0.0.1:8080/``."""
+    """The address to open, e.g. ``http://127.0.0.1:8080/``: where the server really listens (port 0 resolved);
+    bound to every interface (``0.0.0.0``, ``::``), this machine's own address on its network, which another
+    machine can open (``0.0.0.0`` opens nowhere but here)."""
     host, port = server.server_address[:2]
+    if host in ("", "0.0.0.0", "::"):
+        host = outward_address(socket.AF_INET6 if host == "::" else socket.AF_INET)
     return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
+
+
+def outward_address(family: int = socket.AF_INET) -> str:
+    """This machine's address on the network its default route leads to (a UDP socket's chosen source
+    address: nothing is sent); its host name when it has no such route (a device on a lab network alone)."""
+    probe = ("10.255.255.255", 1) if family == socket.AF_INET else ("fd00::1", 1)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(probe)
+            addr = s.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+    return addr.split("%")[0] if addr not in ("0.0.0.0", "::") else socket.gethostname()
 
 
 def serve(status: Status, host: str, port: int, actions: dict | None = None,

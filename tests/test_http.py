@@ -160,3 +160,27 @@ def test_lab_page_in_headless_chromium(daemon, tmp_path):
     # the snapshot (a stained cell, purple) was drawn: blue well above green somewhere on the page
     b, g = img[..., 0].astype(int), img[..., 1].astype(int)
     assert ((b - g) > 40).sum() > 200
+
+
+def test_url_of_a_server_on_every_interface_opens_from_elsewhere():
+    """--http 0.0.0.0:0: the printed link is this machine's own address and the real port, not 0.0.0.0:0."""
+    from scopelite.edge.httpd import Status, serve, url
+
+    server = serve(Status(["a", "b"]), "0.0.0.0", 0)
+    try:
+        link = url(server)
+        host, port = link[len("http://"):].rstrip("/").rsplit(":", 1)
+        assert host not in ("0.0.0.0", "", "127.0.0.1") and int(port) == server.server_address[1] > 0
+        with urllib.request.urlopen(link + "healthz", timeout=5) as r:
+            assert r.status in (200, 503)
+    except urllib.error.HTTPError as e:
+        assert e.code == 503  # no frame yet: unhealthy, but it answered at that address
+    finally:
+        server.shutdown()
+        server.server_close()
+    loop = serve(Status(["a", "b"]), "127.0.0.1", 0)
+    try:
+        assert url(loop) == f"http://127.0.0.1:{loop.server_address[1]}/"
+    finally:
+        loop.shutdown()
+        loop.server_close()
