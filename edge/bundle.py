@@ -216,6 +216,38 @@ def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: 
     return _parse(d, f"sidecar of {model_path.name}")  # validated once, provenance included
 
 
+def describe(sc: Sidecar) -> list[str]:
+    """A sidecar in a few lines for people (``celledge info``; ``--json`` prints all of it): what the model
+    tells apart, what it takes, how it scored and where it came from. Metrics and provenance are read as far
+    as they are there (older and hand-made sidecars have less)."""
+    inp = sc.input
+    scale = "red cells not measured" if inp.rbc_px is None else f"red cells {inp.rbc_px:g} px across"
+    lines = [f"{sc.format} model {sc.file} (sha256 {sc.sha256[:12]}...)",
+             f"classes ({len(sc.labels)}): {', '.join(sc.labels)}",
+             f"input: {inp.width}x{inp.height} {inp.color} {inp.dtype}, {scale}",
+             f"runtimes: {', '.join(sc.runtimes)}"]
+    m = sc.metrics or {}
+
+    def pct(block) -> str | None:
+        acc = block.get("accuracy") if isinstance(block, dict) else None
+        return None if not isinstance(acc, (int, float)) else f"{100 * acc:.2f} %"
+
+    if pct(m.get("clean")):
+        where = f"{m.get('split', 'held-out')} split" + (f", {m['n']} images" if m.get("n") else "") + \
+                (f" of {m['data']}" if m.get("data") else "")
+        corrupted = f", corrupted {pct(m.get('corrupted'))}" if pct(m.get("corrupted")) else ""
+        lines.append(f"accuracy: {pct(m['clean'])}{corrupted} ({where})")
+    gate = m.get("gate")
+    if isinstance(gate, dict) and "passed" in gate:
+        lines.append("gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(map(str, gate.get("failures", [])))))
+    if sc.synthetic_data:
+        lines.append("trained on synthetic cells (a demo model: not for real slides)")
+    prov = sc.provenance.to_dict()
+    if prov.get("created"):
+        lines.append(f"created: {prov['created']}")
+    return lines
+
+
 # The hash build_sidecar took of each model file, with the file's stat then; write_sidecar takes it back
 # (once) instead of reading the file again when the file has not changed since.
 _BUILT_HASHES: dict[str, tuple[tuple[int, ...], str]] = {}

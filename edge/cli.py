@@ -667,40 +667,55 @@ def calibrate(source, out, frames, model, scale, colour, size):
 
 @main.command()
 @click.argument("model", type=MODEL, required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object instead: the whole sidecar, the op counts, the interpreter and each runtime's "
+                   "verdict here (for scripts).")
 @one_line_errors
-def info(model):
-    """Print a model's sidecar, its op counts and which runtimes work on this machine (MODEL: default the
-    packaged one, as the other commands).
+def info(model, as_json):
+    """What a model is and whether it runs here: its classes, input, accuracy and gate (from its sidecar), its
+    op counts, and which runtimes work on this machine (MODEL: default the packaged one, as the other commands).
 
     \b
     Example:
       celledge info
       celledge info runs/mine/int8/model.tflite
+      celledge info --json | jq .sidecar.metrics.clean.per_class
     """
     from . import runtime
-    from .bundle import BundleError, load_sidecar
+    from .bundle import BundleError, describe, load_sidecar
     from .classifier import LiteRTClassifier
     from .packaged import default_model
 
     model = model or str(default_model())
 
     sc = load_sidecar(model)
-    click.echo(json.dumps(sc.to_json(), indent=2))
-    if sc.format != "tflite":
-        return
-    ops = runtime.op_counts(model)
-    click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
-    click.echo(f"interpreter: {runtime.runtime_name()}")
+    report: dict = {"model": str(Path(model).resolve()), "sidecar": sc.to_json()}
     mismatch = None
-    for rt in sc.runtimes:
-        try:
-            LiteRTClassifier(model, device="" if rt == "edgetpu" else None, sidecar=sc)
-            click.echo(f"{rt}: works here")
-        except runtime.RuntimeUnavailable as e:
-            click.echo(f"{rt}: not here ({e})")
-        except BundleError as e:  # the model and its sidecar disagree: no runtime can use it
-            click.echo(f"{rt}: refused ({e})")
-            mismatch = mismatch or e
+    if sc.format == "tflite":
+        report["ops"] = runtime.op_counts(model)
+        report["interpreter"] = runtime.runtime_name()
+        report["runtimes"] = {}
+        for rt in sc.runtimes:
+            try:
+                LiteRTClassifier(model, device="" if rt == "edgetpu" else None, sidecar=sc)
+                report["runtimes"][rt] = "works here"
+            except runtime.RuntimeUnavailable as e:
+                report["runtimes"][rt] = f"not here ({e})"
+            except BundleError as e:  # the model and its sidecar disagree: no runtime can use it
+                report["runtimes"][rt] = f"refused ({e})"
+                mismatch = mismatch or e
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(f"model: {report['model']}")
+        for line in describe(sc):
+            click.echo(line)
+        if "ops" in report:
+            click.echo("ops: " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
+            click.echo(f"interpreter: {report['interpreter']}")
+            for rt, verdict in report["runtimes"].items():
+                click.echo(f"{rt}: {verdict}")
+        click.echo("the whole sidecar: celledge info --json")
     if mismatch is not None:
         raise UserError(f"the sidecar does not match the model: {mismatch}")
 

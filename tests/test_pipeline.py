@@ -101,7 +101,12 @@ def test_watch_stops_on_sigterm(tiny_run, synth_dir):
 def test_info_cli(tiny_run):
     r = run_cli("celledge", "info", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr
-    assert '"format": "tflite"' in r.stdout and "cpu: works here" in r.stdout and "ops: CONV_2D 3" in r.stdout
+    assert "tflite model" in r.stdout and "cpu: works here" in r.stdout and "ops: CONV_2D 3" in r.stdout
+    assert "trained on synthetic cells" in r.stdout and "{" not in r.stdout  # for people: no JSON mixed in
+    r = run_cli("celledge", "info", str(tiny_run["tflite"]), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)  # one object, nothing else on stdout
+    assert d["sidecar"]["format"] == "tflite" and d["runtimes"]["cpu"] == "works here" and d["ops"]["CONV_2D"] == 3
 
 
 def test_fit_starts_from_an_earlier_run(tiny_run, tmp_path):

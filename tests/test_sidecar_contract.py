@@ -335,7 +335,10 @@ def test_info_without_a_model_describes_the_packaged_one():
     """As classify, watch and calibrate: no MODEL is the packaged model."""
     r = invoke_cli("celledge", "info")
     assert r.returncode == 0, r.stderr[-2000:]
-    shown = json.loads(r.stdout[: r.stdout.index("\nops:")])
+    assert f"classes (8): {', '.join(CLASS_NAMES)}" in r.stdout and "ops: CONV_2D" in r.stdout
+    packaged = json.loads(sidecar_path(default_model()).read_text())["metrics"]
+    assert f"accuracy: {100 * packaged['clean']['accuracy']:.2f} %" in r.stdout and "gate: passed" in r.stdout
+    r = invoke_cli("celledge", "info", "--json")
+    shown = json.loads(r.stdout)["sidecar"]
     assert shown["labels"] == list(CLASS_NAMES) and shown["format"] == "tflite"
     assert shown["input"] == json.loads(sidecar_path(default_model()).read_text())["input"]
-    assert "ops: CONV_2D" in r.stdout
