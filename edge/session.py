@@ -135,6 +135,7 @@ class Session:
         self._reviews: LineSink | None = None
         self._thumbs: dict[int, str | None] = {}
         self._lockfd: int | None = None
+        self.version = 0  # bumped by every change of its count (cells, revisions, labels, closing)
 
     @property
     def id(self) -> str:
@@ -198,6 +199,7 @@ class Session:
         self._cells_log().write(json.dumps(rec))
         self.cells.append(rec)
         self.by_id[cid] = rec
+        self.version += 1
         return rec
 
     def revise(self, cell_id: int, revision: dict, frame_index: int) -> dict:
@@ -210,6 +212,7 @@ class Session:
                 "frame": frame_index, "time": round(time.time(), 3)}
         self._cells_log().write(json.dumps(line))
         _apply_revision(cell, line)
+        self.version += 1
         return cell
 
     def _cells_log(self) -> LineSink:
@@ -234,6 +237,7 @@ class Session:
         self._reviews.write(json.dumps({"id": cell_id, "label": label, "was": effective_label(cell),
                                         "time": round(time.time(), 3)}))
         cell["reviewed"] = label
+        self.version += 1
         if not self.is_open:
             self.write_reports()
         return cell
@@ -294,6 +298,7 @@ class Session:
 
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
+        self.version += 1
         write_json_atomic(self.folder / "state.json", self.state, fsync="full")
         self.write_reports()
         for sink in (self._log, self._reviews):
@@ -391,24 +396,11 @@ class Sessions:
                  wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
                  clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
                  source: str | None = None, hold: bool = False):
-        self.root = Path(root)
-        self.source, self.hold = source, hold
-        self.review_only = False
-        self.rbc_fraction = rbc_fraction
-        self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
-        self.one_shot, self.clock = one_shot, clock
-        self.ends_run = False
-        self.resumed: str | None = None
-        self.closed_at_start: Session | None = None  # the open session this start closed (--new-session, done)
-        self._lock = threading.RLock()
-        # track id -> (crop, frame, centre, scale, image file)
-        self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
-        self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
+        self._setup(Path(root), labels, target, min_score, wbc_count, rbc_fraction, source, hold, one_shot, clock)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--sessions {root} cannot be created ({(e.strerror or str(e)).lower()})") from None
-        self.damaged: list[Path] = []  # sessions whose state.json cannot be read: left alone; the caller says so
         open_ones = [Session.load(d) for d in list_sessions(self.root, only_open=True, damaged=self.damaged)]
         for s in open_ones[:-1]:  # more than one open (should not happen): all but the last are closed
             s.close("closed at restart (another session was open)", clock)
@@ -431,6 +423,24 @@ class Sessions:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
         self._files = {c["file"] for c in self.current.cells if c.get("file")}  # images counted into the session
+
+    def _setup(self, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
+               rbc_fraction: float | None, source: str | None, hold: bool, one_shot: bool = False,
+               clock: Callable[[], float] = time.time, review_only: bool = False) -> None:
+        """Every attribute but ``current`` and ``_files`` (``__init__`` and ``reviewing`` set those)."""
+        self.root, self.source, self.hold, self.review_only = root, source, hold, review_only
+        self.rbc_fraction = rbc_fraction
+        self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
+        self.one_shot, self.clock = one_shot, clock
+        self.ends_run = False
+        self.resumed: str | None = None
+        self.closed_at_start: Session | None = None  # the open session this start closed (--new-session, done)
+        self.damaged: list[Path] = []  # sessions whose state.json cannot be read: left alone; the caller says so
+        self._lock = threading.RLock()
+        # track id -> (crop, frame, centre, scale, image file)
+        self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
+        self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
+        self._brief: tuple[tuple[str, int], dict] | None = None  # (session id, version) -> brief()
 
     @classmethod
     def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
@@ -460,16 +470,10 @@ class Sessions:
         if not current.lock():
             raise UserError(f"session {current.id} is in use by a running celledge watch (or another celledge review): "
                             "review it on that daemon's /review page (watch --http), or stop it first")
-        self = cls.__new__(cls)
+        self = cls.__new__(cls)  # no sessions folder to open or create: only the attributes, then this one
         st = current.state
-        self.root, self.source, self.hold, self.review_only = folder.parent, None, True, True
-        self.rbc_fraction = st.get("rbc_fraction")
-        self.labels, self.target, self.min_score, self.wbc_count = (list(st["labels"]), st.get("target"),
-                                                                     st.get("min_score", 0.5), st.get("wbc_count"))
-        self.one_shot, self.clock, self.ends_run, self.resumed = False, time.time, False, None
-        self.closed_at_start = None
-        self._lock = threading.RLock()
-        self._views, self._cell_of_track, self.damaged = {}, {}, []
+        self._setup(folder.parent, st["labels"], st.get("target"), st.get("min_score", 0.5), st.get("wbc_count"),
+                    st.get("rbc_fraction"), source=None, hold=True, review_only=True)
         self.current = current
         self._files = set()
         return self
@@ -542,6 +546,18 @@ class Sessions:
     def summary(self, cells: bool = True) -> dict:
         with self._lock:
             return self.current.summary(cells)
+
+    def brief(self) -> dict:
+        """For each frame's JSON line: the session counted into, and its count so far (people's labels over the
+        model's, earlier runs' cells too), as the run's own ``differential`` (the summary less the review list);
+        worked out again only when the session changed."""
+        with self._lock:
+            key = (self.current.id, self.current.version)
+            if self._brief is None or self._brief[0] != key:
+                s = self.current.differential().summary()
+                self._brief = (key, {"id": self.current.id, "open": self.current.is_open,
+                                     "differential": {**s, "uncertain": {"count": s["uncertain"]["count"]}}})
+            return self._brief[1]
 
     def crop_bytes(self, cell_id: int) -> bytes | None:
         with self._lock:

@@ -500,13 +500,14 @@ def run_watch(
             rec["infer_ms"] = round(dt * 1e3, 3)
             if file is not None:
                 rec["file"] = file
+            if session is not None and counter is not None:
+                session.update(frame, rec)
+                rec["session"] = session.brief()  # the slide's count: this run's cells and earlier runs'
             emit(rec)
             if on_frame is not None:
                 on_frame(frame, rec, {"captured": capture.frames, "dropped": queue.dropped,
                                       "reconnects": capture.reconnects})
             n += 1
-            if session is not None and counter is not None:
-                session.update(frame, rec)
             if counter is not None and (counter.done or session is not None and session.ends_run):
                 reason = "count reached"
                 break

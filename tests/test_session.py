@@ -627,6 +627,12 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     # each line names its image (absolute), and so does each cell (a frame number restarts with every run)
     lines = [json.loads(x) for x in r.stdout.splitlines()[:-1]]
     assert [x["file"] for x in lines] == [str(fields.resolve() / "1.png"), str(fields.resolve() / "2.png")]
+    # each line's "differential" is this run's; its "session" the slide's, the first run's cells included
+    last = lines[-1]
+    assert last["session"]["id"] == first["id"] and last["session"]["open"]
+    assert last["session"]["differential"]["white_total"] == summary["session"]["white_total"]
+    assert last["session"]["differential"]["white_total"] == last["differential"]["white_total"] + first["white_total"]
+    assert "cells" not in last["session"]["differential"]["uncertain"]  # the review list stays out of each line
     whole = Session.load(tmp_path / "s" / first["id"])
     assert {c["file"] for c in whole.cells} <= {str(fields.resolve() / f"{i}.png") for i in range(3)}
     assert sum(c["file"] == str(fields.resolve() / "0.png") for c in whole.cells) == from_first
@@ -806,3 +812,16 @@ def test_a_run_that_counted_nothing_from_a_folder_does_not_bar_it(tmp_path):
     again = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert r.returncode == 0 and again["resumed"] and again["id"] == first["id"], r.stderr[-2000:]
     assert Session.load(tmp_path / "s" / first["id"]).state.get("sources", []) == []
+
+
+def test_the_sessions_brief_follows_cells_labels_and_closing(tmp_path):
+    """Each frame's "session" (Sessions.brief): worked out again after every cell, person's label and close."""
+    sessions = Sessions(tmp_path, CLASS_NAMES, target=3)
+    _feed(sessions, ["neutrophil", "lymphocyte"])
+    b = sessions.brief()
+    assert b["open"] and b["differential"]["white_total"] == 2 and sessions.brief() is b  # unchanged: not redone
+    sessions.label(1, NOT_A_CELL)
+    assert sessions.brief()["differential"]["white_total"] == 1
+    _feed(sessions, ["monocyte", "monocyte"], frame0=2)
+    b = sessions.brief()
+    assert b["differential"]["white_total"] == 3 and not b["open"]  # the target closed it
