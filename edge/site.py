@@ -92,6 +92,22 @@ def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = 
     return FrameMeasure(est.diameter_px, est.cells, bg, distance)
 
 
+def frame_sizes(shapes, tolerance: float = 0.05) -> list[str]:
+    """The frame sizes ("WxH") of a set of (width, height), sizes within ``tolerance`` of each other on both sides
+    taken as one (one camera's images cropped a few pixels apart: PBC's 360x360 and 360x363), each named by its
+    smallest member; sorted."""
+    groups: list[list[tuple[int, int]]] = []
+    for w, h in sorted(shapes):
+        for g in groups:
+            gw, gh = g[0]
+            if abs(w - gw) <= tolerance * max(w, gw) and abs(h - gh) <= tolerance * max(h, gh):
+                g.append((w, h))
+                break
+        else:
+            groups.append([(w, h)])
+    return sorted(f"{g[0][0]}x{g[0][1]}" for g in groups)
+
+
 def magnifications(sizes, min_share: float = 0.15, min_ratio: float = 1.3) -> list[dict]:
     """The magnifications a set of per-frame red-cell diameters shows: one group, or two when the best split
     (largest between-group variance of the log sizes) leaves at least ``min_share`` of the frames on each side
@@ -159,7 +175,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     """
     measures, grey, monochrome, shapes = [], 0, 0, set()
     for i, frame in enumerate(frames):
-        shapes.add(f"{frame.shape[1]}x{frame.shape[0]}")
+        shapes.add((frame.shape[1], frame.shape[0]))
         m = measure_frame(frame, reference)
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
@@ -179,6 +195,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
     groups = magnifications(sizes)
+    shapes = frame_sizes(shapes)
     if scale and len(shapes) > 1:  # another camera, or frames cut or scaled apart: one fixed scale fits none
         raise SiteError([f"the frames come in {len(shapes)} sizes ({', '.join(sorted(shapes)[:4])}): more than one "
                          "camera, or images resized apart, and --scale would crop them all at one scale. Calibrate "

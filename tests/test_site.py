@@ -323,3 +323,8 @@ def test_frames_of_two_sizes_are_two_set_ups():
     assert rec["frame_sizes"] == ["360x360", "640x480"] and site_lib.validate(rec) == []
     assert any("more than one camera?" in line for line in site_lib.summary_lines(rec, "x"))
     assert "frame_sizes" not in site_lib.calibrate(frames[:3], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    # one camera's images cropped a few pixels apart (PBC: 360x360 and 360x363) are one size: --scale is fine
+    alike = frames[3:] + [cv2.copyMakeBorder(f, 0, 3, 0, 0, cv2.BORDER_REFLECT) for f in frames[3:]]
+    rec = site_lib.calibrate(alike, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=True)
+    assert rec["scale"]["use"] and "frame_sizes" not in rec
+    assert site_lib.frame_sizes({(360, 360), (360, 363), (640, 480), (1024, 768)}) == ["1024x768", "360x360", "640x480"]
