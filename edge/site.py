@@ -92,7 +92,7 @@ def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = 
     return FrameMeasure(est.diameter_px, est.cells, bg, distance)
 
 
-def frame_sizes(shapes, tolerance: float = 0.05) -> list[str]:
+def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:
     """The frame sizes ("WxH") of a set of (width, height), sizes within ``tolerance`` of each other on both sides
     taken as one (one camera's images cropped a few pixels apart: PBC's 360x360 and 360x363), each named by its
     smallest member; sorted."""
