@@ -311,9 +311,17 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
             "JSON sidecar; copy both, or re-create it with celltrain/cellcompress"
         )
     sc = read_sidecar_file(sc_path)
-    if sc.file != model_path.name:
-        raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, not {model_path.name!r}")
+    # A model copied under another name with its sidecar (bloodcell_int8.* -> model.*) is the same model: the
+    # hash says so. Without the hash checked, the name is all there is.
+    renamed = sc.file != model_path.name
+    if renamed and not check_hash:
+        raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, not {model_path.name!r}: rename the model "
+                          f"back to {sc.file}, or its \"file\" in the sidecar to {model_path.name!r}")
     if check_hash and sc.sha256 != sha256_file(model_path):
+        if renamed:
+            raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, another model than {model_path.name} "
+                              "(its sha256 differs): copy that model's own sidecar beside it, named "
+                              f"{sc_path.name}")
         raise BundleError(
             f"{model_path} does not match its sidecar (sha256 differs): the file was changed or "
             "replaced; re-export it, or copy the matching sidecar"

@@ -342,3 +342,19 @@ def test_info_without_a_model_describes_the_packaged_one():
     shown = json.loads(r.stdout)["sidecar"]
     assert shown["labels"] == list(CLASS_NAMES) and shown["format"] == "tflite"
     assert shown["input"] == json.loads(sidecar_path(default_model()).read_text())["input"]
+
+
+def test_a_model_copied_under_another_name_with_its_sidecar_loads(tmp_path):
+    """README's install step: bloodcell_int8.tflite/.json copied as model.tflite/.json is the same model (the hash
+    says so); a sidecar of another model under the new name is refused, saying which model it describes."""
+    src = default_model()
+    shutil.copy(src, tmp_path / "model.tflite")
+    shutil.copy(sidecar_path(src), tmp_path / "model.json")
+    assert load_sidecar(tmp_path / "model.tflite").file == src.name
+    r = invoke_cli("celledge", "info", str(tmp_path / "model.tflite"))
+    assert r.returncode == 0 and "cpu: works here" in r.stdout, r.stderr[-2000:]
+    (tmp_path / "model.tflite").write_bytes(src.read_bytes()[:-4] + b"\0\0\0\0")  # another model, same sidecar
+    r = invoke_cli("celledge", "info", str(tmp_path / "model.tflite"))
+    assert_one_line_error(r, f"describes '{src.name}', another model than model.tflite")
+    with pytest.raises(BundleError, match="rename the model back"):
+        load_sidecar(tmp_path / "model.tflite", check_hash=False)
