@@ -231,7 +231,9 @@ class Tracker:
         self._memory_xy: np.ndarray | None = None
         self._next_id = 0
         self._last_frame: int | None = None
+        self._segment_frames = 0  # frames since the stream began or the view last jumped (``jump``)
         self.counted = 0
+        self.jumps = 0
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
                cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None,
@@ -268,6 +270,7 @@ class Tracker:
         pts, sc, cut_, small_, fresh_ = pts[keep], sc[keep], cut_[keep], small_[keep], fresh_[keep]
         gap = 1 if self._last_frame is None else max(frame_index - self._last_frame, 1)
         self._last_frame = frame_index
+        self._segment_frames += 1
         previous = self.offset.copy()
         predicted = previous - np.asarray(shift, np.float64) if shift is not None else previous + self._velocity * gap
 
@@ -304,12 +307,34 @@ class Tracker:
         return events
 
     def flush(self) -> list[TrackEvent]:
-        """End of stream: count the open tracks seen steadily; close everything (``final`` events as ``update``)."""
-        events = [self._count(t, "flush") for t in self._active if not t.counted and t.n >= self.cfg.min_frames]
+        """End of stream: count the open tracks seen steadily; close everything (``final`` events as ``update``).
+        After a ``jump``, a last stretch of fewer than ``min_frames`` frames is a still field (``jump``)."""
+        return self._close_all(still=self.jumps > 0)
+
+    def _close_all(self, still: bool) -> list[TrackEvent]:
+        """Close every open track: count those seen steadily (``still``: a stretch shorter than ``min_frames``
+        counts its cells seen in each of its frames), ``final`` events for counted ones."""
+        short = still and self._segment_frames < self.cfg.min_frames
+        need = max(self._segment_frames, 1) if short else self.cfg.min_frames
+        events = [self._count(t, "flush") for t in self._active if not t.counted and t.n >= need]
         events += [t.event("final") for t in self._active if t.unreported]
         for t in self._active:
             self._forget_or_remember(t)
         self._active = []
+        return events
+
+    def jump(self) -> list[TrackEvent]:
+        """The view jumped: the frame about to be added shares nothing with the one before (``StageMotion.jumped``:
+        the stage stepped to another field, or a video of separate fields), so no cell of the one can be a cell
+        of the other, wherever they sit in the frame. Every open track closes as at the end of a stream, and the
+        remembered cells are forgotten (their slide positions no longer compare). A stretch of fewer than
+        ``min_frames`` frames between jumps is a still field: its cells seen in each of its frames are counted
+        (the flicker test needs more views than it has). Returns the events, as ``flush``."""
+        events = self._close_all(still=True)
+        self._memory, self._memory_xy = [], None
+        self.offset, self._velocity = np.zeros(2), np.zeros(2)
+        self._segment_frames = 0
+        self.jumps += 1
         return events
 
     def tracks(self) -> list[dict]:
@@ -362,6 +387,24 @@ class Tracker:
         self._next_id += 1
 
 
+def detail_match(a: np.ndarray, b: np.ndarray, dx: float, dy: float) -> float:
+    """How well the fine detail of grey frame ``a`` moved by (dx, dy) matches ``b``: the correlation of the two
+    frames less their blur (sigma 3 px) over where they overlap; 0 when they overlap on less than a fifth."""
+    import cv2
+
+    hp_a = a - cv2.GaussianBlur(a, (0, 0), 3)
+    hp_b = b - cv2.GaussianBlur(b, (0, 0), 3)
+    moved = cv2.warpAffine(hp_a, np.float32([[1, 0, dx], [0, 1, dy]]), hp_a.shape[::-1],
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    inside = np.isfinite(moved)
+    if inside.sum() < 0.2 * inside.size:
+        return 0.0
+    x, y = moved[inside], hp_b[inside]
+    x, y = x - x.mean(), y - y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else 0.0
+
+
 def cut_by_edge(box: Sequence[float], width: int, height: int, margin: int = 1) -> bool:
     """True when a detection's box (x0, y0, x1, y1; x1/y1 exclusive) touches the frame border."""
     x0, y0, x1, y1 = box
@@ -374,13 +417,26 @@ class StageMotion:
     Uses the whole frame, red cells included, so it measures the stage's move even
     with no white cell in view. Downscaled by ``downscale`` (2: 0.8-2.5 ms per 640x480
     frame on our two shared cores, within about a px; the tracker refines it from the cells).
+
+    ``jumped``: this frame shares nothing with the one before (``Tracker.jump``): the peak of the same
+    correlation on frames 4x smaller is below ``jump_response``, or below ``check_response`` while the fine
+    detail of the two frames, aligned by it, hardly matches (``detail_match`` < ``jump_detail``). Measured
+    (benchmarks/results/stage-jump.json): consecutive frames of generated slide scans (pans, jerks, pauses,
+    refocusing) peak at 0.87 or more; two different fields at 0.20 at most (DeepBioNet) and, for PBC, whose
+    fields all centre one large white cell that correlates at no shift, up to 0.68, where their detail matches
+    at 0.22 at most (scans: 0.84 or more).
     """
 
-    def __init__(self, downscale: int = 2, min_response: float = 0.03):
+    def __init__(self, downscale: int = 2, min_response: float = 0.03, jump_response: float = 0.3,
+                 check_response: float = 0.75, jump_detail: float = 0.3):
         self.downscale = downscale
         self.min_response = min_response
+        self.jump_response, self.check_response, self.jump_detail = jump_response, check_response, jump_detail
+        self.jumped = False
         self._prev: np.ndarray | None = None
         self._window: np.ndarray | None = None
+        self._coarse: np.ndarray | None = None
+        self._coarse_window: np.ndarray | None = None
 
     def update(self, frame_rgb: np.ndarray) -> tuple[float, float] | None:
         """(dx, dy) the content moved since the previous frame, px; None for the first frame or no clear peak."""
@@ -390,13 +446,26 @@ class StageMotion:
         if self.downscale > 1:
             grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
         grey = grey.astype(np.float32)
-        if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
-            self._prev = None
+        self.jumped = False
+        if min(grey.shape) < 32:  # too small to correlate (phaseCorrelate would raise on the coarse one)
+            self._prev = self._coarse = None
             return None
+        f = min(self.downscale / 4, 1.0)  # the coarse frame: 4x smaller than the camera's
+        coarse = grey if f == 1.0 else cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         prev, self._prev = self._prev, grey
+        prev_coarse, self._coarse = self._coarse, coarse
         if prev is None or prev.shape != grey.shape:
             self._window = cv2.createHanningWindow(grey.shape[::-1], cv2.CV_32F)
+            self._coarse_window = cv2.createHanningWindow(coarse.shape[::-1], cv2.CV_32F)
             return None
+        textured = min(float(prev_coarse.std()), float(coarse.std())) >= 2.0  # a blank view proves nothing
+        if textured:
+            (cx, cy), coarse_response = cv2.phaseCorrelate(prev_coarse, coarse, self._coarse_window)
+            up = grey.shape[1] / coarse.shape[1]
+            self.jumped = coarse_response < self.jump_response or (
+                coarse_response < self.check_response and detail_match(prev, grey, cx * up, cy * up) < self.jump_detail)
+            if self.jumped:
+                return None
         (dx, dy), response = cv2.phaseCorrelate(prev, grey, self._window)
         if response < self.min_response:
             return None

@@ -242,7 +242,7 @@ class FieldCounter:
         """
         if not self.track or self.tracker is None or not self._decided or not dets:
             return {}
-        shift = self._stage_shift(frame, frame_index)
+        shift = self._stage_shift(frame, frame_index)  # None after a jump: nothing is known in a new view
         prev = [t for t in self.tracker.tracks() if t["counted"] and t["last_frame"] == self._last_index
                 and t["id"] in self._decided and (frame_index + t["id"]) % RECHECK_EVERY]
         if shift is None or not prev:
@@ -267,6 +267,7 @@ class FieldCounter:
         shift = self._stage_shift(frame, frame_index)
         self._last_index = frame_index
         self._size_tracker(float(scale_info["rbc_px"]))
+        jumped = self.tracker.jump() if self.motion.jumped else []  # another field: no cell carries over
         pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
         events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells],
@@ -278,7 +279,7 @@ class FieldCounter:
                 tid = seen.get((c["center"][0], c["center"][1]))
                 if tid is not None:
                     c["track"] = tid
-        return self._count(events, frame_index)
+        return self._count(jumped + events, frame_index)
 
     def flush(self, frame_index: int) -> list[dict]:
         """End of stream: count the open tracks seen in enough whole views."""
@@ -563,7 +564,8 @@ def run_watch(
         session.update(None, {"frame": max(n - 1, 0), "counted": at_end, "revised": revised_at_end})
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
     summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),
-                   tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1)})
+                   tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
+                             **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:

@@ -254,3 +254,54 @@ def test_cells_already_counted_are_not_classified_again():
     assert 0.15 <= again / (again + copied) <= 0.3
     held = [r["scale"]["source"] for r in recs].count("red cells (held)")
     assert 0.6 * len(recs) <= held <= 0.85 * len(recs)  # the ruler measures one frame in 5 once it has 5
+
+
+class FramesSource:
+    """A FrameSource over a list of frames."""
+
+    def __init__(self, frames):
+        self.frames, self.name, self._i = frames, "frames", 0
+
+    def read(self):
+        if self._i >= len(self.frames):
+            return None
+        self._i += 1
+        return self.frames[self._i - 1]
+
+    def close(self):
+        pass
+
+
+def _centred_fields(n):
+    """Generated fields with one white cell each, all moved to the middle of the frame (as PBC's are)."""
+    from scopelite.train.synth import make_field
+
+    out = []
+    for i in range(n):
+        img, cells = make_field(np.random.default_rng(100 + i), 640, 480, n_cells=1)
+        x0, y0, x1, y1 = cells[0]["box"]
+        out.append(np.roll(img, (240 - (y0 + y1) // 2, 320 - (x0 + x1) // 2), axis=(0, 1)))
+    return out
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_a_video_of_separate_fields_counts_each_fields_cells(repeat):
+    """A video that steps from field to field (the stage moved between frames, or a video made of stills): no cell
+    of one field is a cell of the next, though all sit in the middle: one cell per field. Before StageMotion.jumped,
+    the 8 middle cells were one track: 1 cell (repeat 3), 0 (repeat 1: a track of 8 views that flickered)."""
+    fields = _centred_fields(8)
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    video = [f for f in fields for _ in range(repeat)]
+    s = run_watch(WatchConfig(mode="field"), FramesSource(video), clf, lambda r: None)["summary"]
+    assert s["tracking"]["view_jumps"] == len(fields) - 1
+    assert cells_counted(s["differential"]) == len(fields)
+
+
+def test_a_scan_never_jumps():
+    """Consecutive frames of generated scans (pans, jerks, pauses, refocusing) are one view moving: no jump."""
+    from scopelite.edge.track import StageMotion
+
+    for seed in (0, 1, 2):
+        scan = make_slide_scan(seed, **SCAN)
+        motion = StageMotion()
+        assert not any(motion.update(scan.frame(i)) is None and motion.jumped for i in range(len(scan)))
