@@ -299,6 +299,10 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "lab page, review at /review. docs/differential.md")
 @click.option("--new-session", is_flag=True,
               help="With --sessions: close the session the last run left open (writing its report) and start anew.")
+@click.option("--add-to-session", is_flag=True,
+              help="With --sessions: count this folder or video into the session left open by a run on another "
+                   "one (more fields of the same slide). Without it that is refused: another slide needs "
+                   "--new-session. A camera, or the same folder run again, resumes without it.")
 @click.option("--track/--no-track", default=None,
               help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
                    "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
@@ -476,7 +480,7 @@ def watch(**_):
         how = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}.get(
             summary["summary"].get("stopped"), "ended")
         again = ("the same command goes on where it stopped (images counted already are skipped)"
-                 if is_still(cfg.source) else f"a run with --sessions {cfg.sessions} on other fields adds to it")
+                 if is_still(cfg.source) else "other fields of this slide add to it with --add-to-session")
         warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: {again}; --new-session "
              "closes it and starts another")
     if summary["summary"].get("already_counted"):
@@ -513,7 +517,8 @@ def _sessions(cfg, clf):
     from .sources import is_live, is_still
 
     # a video file read again from its start would count its cells twice (a folder's images are told apart)
-    video = cfg.source and not is_live(cfg.source) and not is_still(cfg.source)
+    live = not cfg.source or is_live(cfg.source)
+    video = not live and not is_still(cfg.source)
     source = str(Path(cfg.source).resolve()) if video else None
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
@@ -525,9 +530,31 @@ def _sessions(cfg, clf):
     if sessions.closed_at_start is not None:
         old = sessions.closed_at_start
         print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
+    other = _counted_elsewhere(sessions.current, cfg.source, video) if sessions.resumed and not live else None
+    if other and not cfg.add_to_session:
+        sessions.release()
+        n = len(sessions.current.cells)
+        raise UserError(f"session {sessions.current.id} is open with {n} cell{'' if n == 1 else 's'} counted from "
+                        f"{other}, not from {cfg.source}: another slide? add --new-session (closes it, its report "
+                        "stays); more fields of the same slide? add --add-to-session")
     state = "resumed" if sessions.resumed else "started"
-    print(f"session {sessions.current.id} {state} in {sessions.current.folder}", file=sys.stderr)
+    print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
+          + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)
     return sessions, cfg.replace(count=None)
+
+
+def _counted_elsewhere(session, source, video: bool) -> str | None:
+    """The folders and videos an open session counted its cells from, when ``source`` (a folder, image or video
+    file) is none of them; None for a camera or stream, a session with no cells, or the same folder again."""
+    if not session.cells or not source or not Path(source).exists():
+        return None
+    here = Path(source).resolve()
+    here = here if here.is_dir() or video else here.parent
+    before = sorted({str(Path(c["file"]).parent) for c in session.cells if c.get("file")}
+                    | set(session.state.get("sources", [])))
+    if not before or str(here) in before:
+        return None
+    return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
 
 
 def _damaged_lines(sid: str, d: list[str]) -> str:

@@ -42,6 +42,7 @@ class WatchConfig:
     wbc: float | None = None  # field mode: the analyser's white count, 10^9/L
     sessions: str | None = None  # field mode: folder of sessions (one per slide: cells, crops, report)
     new_session: bool = False  # close a session left open by the last run instead of resuming it
+    add_to_session: bool = False  # count a folder or video the open session has not counted from into it
     track: bool | None = None  # None: on for cameras, streams and videos; off for a folder
     max_frames: int | None = None
     fps: float | None = None
@@ -109,6 +110,10 @@ class WatchConfig:
             out.append("--loop replays the same cells: a session would count them again on every pass; leave out --loop")
         if self.new_session and not self.sessions:
             out.append("--new-session needs --sessions DIR")
+        if self.add_to_session and not self.sessions:
+            out.append("--add-to-session needs --sessions DIR")
+        if self.add_to_session and self.new_session:
+            out.append("--add-to-session adds to the open session, --new-session closes it: give one of them")
         if self.save_dir and not self.save_classes and self.save_below is None:
             out.append("--save-dir needs --save-classes and/or --save-below")
         if not self.save_dir and (self.save_classes or self.save_below is not None):

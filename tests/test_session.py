@@ -651,12 +651,20 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
         r = invoke_cli(*again)
         s = json.loads(r.stdout.splitlines()[-1])["summary"]
         assert r.returncode == 0 and s["session"]["id"] == anew["id"] and s["session"]["white_total"] == total
-    # other fields add to it (a slide scanned in parts)
+    # another folder: another slide, or more fields of this one? refused until the user says which
     more = tmp_path / "more"
     more.mkdir()
     shutil.copy(fields / "0.png", more / "a.png")
-    r = invoke_cli("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    into = ("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    r = invoke_cli(*into)
+    assert_one_line_error(r, f"session {anew['id']} is open with", f"counted from {fields.resolve()}, not from {more}",
+                          "--new-session", "--add-to-session")
+    assert Session.load(tmp_path / "s" / anew["id"]).differential().summary()["white_total"] == total
+    r = invoke_cli(*into, "--add-to-session")  # a slide scanned in parts: its other fields add to it
+    assert f"adding {more} to the cells from {fields.resolve()}" in r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["white_total"] > total
+    r = invoke_cli(*into, "--add-to-session", "--new-session")
+    assert_one_line_error(r, "give one of them")
     # a count reached closes the session, and watch says so
     r = invoke_cli(*watch, "--new-session", "--count", "1")
     done = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
@@ -677,7 +685,7 @@ def test_a_video_counted_into_an_open_session_is_not_read_again_from_its_start(t
     r = invoke_cli(*watch)
     first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert r.returncode == 0 and first["state"] == "open" and first["white_total"] > 0, r.stderr[-2000:]
-    assert "on other fields adds to it" in r.stderr
+    assert "other fields of this slide add to it with --add-to-session" in r.stderr
     r = invoke_cli(*watch)
     assert_one_line_error(r, f"session {first['id']} was left open by a run on {video.resolve()}",
                           "count its cells twice", "--new-session")
