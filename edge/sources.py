@@ -61,11 +61,13 @@ def check_frame_size(frame: np.ndarray, what: str) -> np.ndarray:
 
 
 def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (sorted, recursive) into image paths."""
+    """Expand files and folders (sorted, recursive) into image paths. Hidden files and folders inside a folder are
+    left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
+                              and not any(part.startswith(".") for part in q.relative_to(p).parts)))
         else:
             out.append(p)
     return out

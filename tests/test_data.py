@@ -68,8 +68,16 @@ def test_folders_any_format_and_bad_files(tmp_path, crops):
         d = tmp_path / "d" / CLASS_NAMES[lab].replace("_", " ")  # "immature granulocyte" is accepted too
         d.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(d / f"{i}.{('png', 'jpg', 'bmp')[i % 3]}"), img)
+    # hidden files and folders are not cells: macOS's resource forks (._x.jpg), a viewer's thumbnails
+    (tmp_path / "d" / "basophil" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "d" / "basophil" / ".thumbs").mkdir()
+    (tmp_path / "d" / "basophil" / ".thumbs" / "0.png").write_bytes(b"nope")
     ds = data.load(str(tmp_path / "d"), 32)
     assert len(ds) == 32 and ds.class_names == CLASS_NAMES and sorted(set(ds.labels.tolist())) == list(range(8))
+    from scopelite.edge.sources import list_images
+
+    assert len(list_images([tmp_path / "d"])) == 32
+    assert list_images([tmp_path / "d" / "basophil" / "._0.png"]) == [tmp_path / "d" / "basophil" / "._0.png"]
     (tmp_path / "d" / "basophil" / "broken.png").write_bytes(b"nope")
     with pytest.raises(UserError, match="broken.png"):
         data.load(str(tmp_path / "d"), 32)

@@ -165,7 +165,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         class_names = tuple(names)
     files: list[tuple[Path, int]] = []
     for d, n in zip(folders, names):
-        imgs = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        imgs = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(d).parts))  # ._x.jpg: not images
         if not imgs:
             raise UserError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         files += [(p, class_names.index(n)) for p in imgs]
