@@ -38,6 +38,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -374,8 +375,12 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SiteError([f"--site {name}:{e.lineno}: not valid JSON ({e.msg}); make it with celledge calibrate "
-                         "SOURCE --out FILE"]) from None
+        first = next((line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+        yaml_like = str(name).lower().endswith((".yaml", ".yml")) or re.match(r"\s*[\w-]+\s*:(\s|$)", first)
+        hint = (": this looks like a watch settings file (YAML), which is given as --config FILE" if yaml_like
+                else "")
+        raise SiteError([f"--site {name}:{e.lineno}: not valid JSON ({e.msg}){hint}; a site file is what celledge "
+                         "calibrate SOURCE --out FILE writes"]) from None
     return from_record(raw, name, input_px)
 
 

@@ -161,6 +161,8 @@ def test_bad_site_files_give_error_lines(site_file, fields, tmp_path):
     good = json.loads(out.read_text())
     cases = {
         "not JSON": (_bad(tmp_path, "a.json", "{scale: 3"), "not valid JSON"),
+        "watch's YAML settings": (_bad(tmp_path, "site.yaml", "source: /dev/video0\nmode: field\n"),
+                                  "given as --config FILE"),
         "a list": (_bad(tmp_path, "b.json", "[1, 2]"), "JSON object"),
         "another schema": (_bad(tmp_path, "c.json", json.dumps({**good, "schema": "scopelite-site/0"})), "schema"),
         "another input size": (_bad(tmp_path, "d.json",
