@@ -778,6 +778,8 @@ def review(sessions, sid, http, http_token):
 
     host, port = parse_address(http)
     current = Sessions.reviewing(sessions, sid)
+    for d in current.damaged:
+        warn(f"{d}/state.json cannot be read: that session is not served (this is {current.current.id})")
     s = current.summary(cells=False)
     stop = threading.Event()
     click.get_current_context().call_on_close(shutdown.install(stop))

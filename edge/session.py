@@ -449,10 +449,10 @@ class Sessions:
         sessions folder (the session ``sid``, else the latest started) or one session's folder. UserError: no
         such session, or another process holds it (``Session.lock``)."""
         root = Path(root)
+        damaged: list[Path] = []
         if (root / "state.json").is_file():
             folder = root
         else:
-            damaged: list[Path] = []
             found = list_sessions(root, damaged=damaged)
             if sid is not None:
                 folder = next((d for d in found if d.name == sid), None)
@@ -476,6 +476,7 @@ class Sessions:
                     st.get("rbc_fraction"), source=None, hold=True, review_only=True)
         self.current = current
         self._files = set()
+        self.damaged = damaged  # sessions passed over: state.json unreadable (the caller says so)
         return self
 
     def _refuse_in_review(self, what: str) -> None:

@@ -599,7 +599,13 @@ def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
     (damaged / "state.json").write_text("null")  # JSON, but not a session's state
     assert_one_line_error(invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data")),
                           f"{damaged}/state.json cannot be read")
-    assert damaged in Sessions(root, CLASS_NAMES).damaged
+    newer = Sessions(root, CLASS_NAMES)
+    assert damaged in newer.damaged
+    # celledge review serves the readable one, and names the one it passed over
+    newer.release()
+    served = Sessions.reviewing(root)
+    assert served.damaged == [damaged] and served.current.id == newer.current.id
+    served.release()
 
 
 def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
