@@ -474,11 +474,16 @@ def watch(**_):
     emit(summary)
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])
+    diff = summary["summary"].get("differential") or {}
+    if sessions is None and cfg.count and not diff.get("done"):  # (a session's count: said below)
+        how = _HOW_IT_ENDED.get(summary["summary"].get("stopped"), "ended")
+        warn(f"{summary['summary']['source']} {how} at {diff.get('white_total', 0)} of --count {cfg.count} white "
+             "cells: the differential is of those"
+             + (f" (--report {cfg.report} says so)" if cfg.report else ""))
     if sessions is not None and summary["summary"]["session"]["state"] == "closed":
         print(f"session {s['id']} closed ({s['reason']}): report {s['folder']}/report.html", file=sys.stderr)
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
-        how = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}.get(
-            summary["summary"].get("stopped"), "ended")
+        how = _HOW_IT_ENDED.get(summary["summary"].get("stopped"), "ended")
         again = ("the same command goes on where it stopped (images counted already are skipped)"
                  if is_still(cfg.source) else "other fields of this slide add to it with --add-to-session")
         warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: {again}; --new-session "
@@ -503,6 +508,9 @@ def _site(path: str | None, clf):
     from .site import load
 
     return load(path, input_px=clf.input_spec.height)
+
+
+_HOW_IT_ENDED = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}  # else "ended"
 
 
 def _sessions(cfg, clf):

@@ -219,6 +219,11 @@ def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert s["tracking"]["on"] and s["stopped"] == "count reached" and s["differential"]["white_total"] == 5
+    assert "of --count" not in r.stderr
+    r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                "--count", "500", "--max-frames", "3")  # a folder too short for the count: said, not only in the JSON
+    s = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert r.returncode == 0 and f"stopped at --max-frames at {s['differential']['white_total']} of --count 500" in r.stderr
     r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--count", "5")
     assert r.returncode == 2 and "need --mode field" in r.stderr and "Traceback" not in r.stderr
 
