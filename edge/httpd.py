@@ -492,7 +492,8 @@ def exposure_warning(host: str) -> str | None:
         return None
     where = "every network interface" if host in ("", "0.0.0.0", "::") else host
     return (f"--http binds {where}: the pages (and a daemon's /latest and snapshots) are open to anyone who can "
-            "reach this machine (no password, no TLS); use 127.0.0.1:PORT unless the network is trusted")
+            "reach this machine (reading needs no password, changes need the token; no TLS); use 127.0.0.1:PORT "
+            "unless the network is trusted")
 
 
 def url(server: ThreadingHTTPServer) -> str:

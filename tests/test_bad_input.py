@@ -547,7 +547,9 @@ def test_http_beyond_loopback_warns(corpus):
     finally:
         _, _, err = _term_within(p, 2)
     warning = [x for x in err.splitlines() if x.startswith("warning:")]
-    assert warning and "every network interface" in warning[0] and f"serving http://0.0.0.0:{port}/" in err
+    assert warning and "every network interface" in warning[0] and f"serving http://0.0.0.0:{port}/" not in err
+    assert f":{port}/" in err.split("serving http://", 1)[1].splitlines()[0]  # this machine's address, the real port
+    assert "changes need the token" in warning[0]
 
 
 # ---------------------------------------------------------------------------------- fuzz

@@ -358,3 +358,11 @@ def test_a_model_copied_under_another_name_with_its_sidecar_loads(tmp_path):
     assert_one_line_error(r, f"describes '{src.name}', another model than model.tflite")
     with pytest.raises(BundleError, match="rename the model back"):
         load_sidecar(tmp_path / "model.tflite", check_hash=False)
+
+
+def test_a_sidecar_or_an_image_given_as_the_model_is_named_so(tmp_path):
+    img = tmp_path / "cell.png"
+    img.write_bytes(b"\x89PNG")
+    assert_one_line_error(invoke_cli("celledge", "info", str(img)), "is not a model file")
+    assert_one_line_error(invoke_cli("celledge", "info", str(sidecar_path(default_model()))),
+                          "is a sidecar", f"{default_model().name}")
