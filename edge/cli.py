@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -850,9 +851,16 @@ def export(sessions, out, self_train):
     result = export_reviewed(sessions, out, model)
     for sid, lines in result["damaged_lines"].items():
         warn(_damaged_lines(sid, lines))
-    click.echo(summary_line(result, out))
     if not result["cells"]:
-        raise UserError("no reviewed cells to export: review them first (the /review page of celledge watch --http)")
+        sk = result["skipped"]
+        lost = sk["no crop"] + sk["unreadable crop"]
+        if lost:
+            raise UserError(f"no reviewed cell could be exported: {lost} reviewed cell{'s have' if lost > 1 else ' has'} "
+                            "no readable crop in its session's crops/ folder (deleted or damaged); nothing written")
+        raise UserError(f"no reviewed cells to export ({sk['unreviewed']} unreviewed, {sk['uncertain or not a cell']} "
+                        f"uncertain or not a cell): review them first with celledge review {shlex.quote(str(sessions[0]))}"
+                        " (or the /review page of celledge watch --http); nothing written")
+    click.echo(summary_line(result, out))
     if len([p for p in Path(out).iterdir() if p.is_dir() and not p.name.startswith(".")]) < 2:
         warn(f"{out} holds one class only: celltrain fit needs at least two (export more sessions into it)")
 

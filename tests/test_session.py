@@ -373,7 +373,8 @@ def test_export_cli(tmp_path):
     root = tmp_path / "s"
     sessions = _session_with(root, ["neutrophil", "lymphocyte"])
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "none"))
-    assert_one_line_error(r, "no reviewed cells")
+    assert_one_line_error(r, "no reviewed cells", "2 unreviewed", f"celledge review {root}", "nothing written")
+    assert "exported" not in r.stdout and not (tmp_path / "none").exists()
     sessions.label(1, "confirm")
     sessions.label(2, "confirm")
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
@@ -583,6 +584,10 @@ def test_export_skips_a_reviewed_crop_that_is_not_an_image(tmp_path):
     assert r["classes"] == {"monocyte": 1, "neutrophil": 1} and r["skipped"]["unreadable crop"] == 1
     assert not (out / "lymphocyte").exists() or not any((out / "lymphocyte").iterdir())
     assert {f["cell"] for f in json.loads((out / "export.json").read_text())["files"]} == {1, 3}
+    for cid in (1, 3):  # every reviewed crop gone: said so, not "review them first"
+        (sessions.current.folder / sessions.current.by_id[cid]["crop"]).unlink()
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "again"))
+    assert_one_line_error(r, "3 reviewed cells have no readable crop")
 
 
 def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
