@@ -603,6 +603,7 @@ class Sessions:
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
                 self.current.read_from(self.source)  # at its first cell: a run that counts nothing does not bar it
                 added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
+                e["session_cell"] = added[-1]["id"]  # the JSON line names it as the session does (crops/ID.png)
                 if file:
                     self._files.add(file)
                 if e.get("track") is not None:
