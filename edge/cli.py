@@ -167,6 +167,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             elif scale is None and rescale == "each":
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)
                 scale = found.record()
+            elif scale is None:  # --rescale none
+                scale = {"source": "as given", "rbc_px": None, "crop": int(min(image.shape[:2]))}
             crop = prepare(image, clf.input_spec)
         except (SourceError, OSError) as e:
             print(f"skipped: {e}", file=sys.stderr)
