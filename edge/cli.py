@@ -496,7 +496,8 @@ def watch(**_):
         print(f"{n} image{'s' if n > 1 else ''} counted into session {s['id']} by an earlier run: skipped",
               file=sys.stderr)
     if sessions is not None and not live and not cfg.http and s["cells_total"]:
-        print(f"review its cells: celledge review {cfg.sessions}  (then celledge export {cfg.sessions} --out DIR)",
+        q = shlex.quote(str(cfg.sessions))  # pasted back into a shell
+        print(f"review its cells: celledge review {q}  (then celledge export {q} --out DIR)",
               file=sys.stderr)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "

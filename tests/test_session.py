@@ -847,3 +847,18 @@ def test_the_sessions_brief_follows_cells_labels_and_closing(tmp_path):
     _feed(sessions, ["monocyte", "monocyte"], frame0=2)
     b = sessions.brief()
     assert b["differential"]["white_total"] == 3 and not b["open"]  # the target closed it
+
+
+def test_the_review_hint_can_be_pasted_back_for_a_folder_with_a_space(tmp_path):
+    import shlex
+
+    from scopelite.train.synth import make_field
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    cv2.imwrite(str(fields / "0.png"), cv2.cvtColor(make_field(np.random.default_rng(0), 320, 240)[0], cv2.COLOR_RGB2BGR))
+    where = tmp_path / "odd dir" / "my sessions"
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(where))
+    assert r.returncode == 0, r.stderr[-2000:]
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("review its cells: "))
+    assert shlex.split(hint.split(": ", 1)[1].split("  (")[0]) == ["celledge", "review", str(where)]
