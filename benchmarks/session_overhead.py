@@ -24,23 +24,10 @@ from scopelite.edge.classifier import make_classifier
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.packaged import default_model
 from scopelite.edge.session import Session, Sessions
+from scopelite.edge.sources import FakeSource
 from scopelite.edge.sysinfo import machine
 from scopelite.edge.watch import run_watch
 from scopelite.train.slide import make_slide_scan
-
-
-class Frames:
-    def __init__(self, frames):
-        self.frames, self.name, self._i = frames, "scan", 0
-
-    def read(self):
-        if self._i >= len(self.frames):
-            return None
-        self._i += 1
-        return self.frames[self._i - 1]
-
-    def close(self):
-        pass
 
 
 class Timed(Sessions):
@@ -76,7 +63,7 @@ def one(frames, clf, with_session: bool, where: str | None = None, fsync: bool =
             os.fsync = lambda fd: None
         try:
             t = time.perf_counter()
-            s = run_watch(WatchConfig(mode="field"), Frames(frames), clf, lambda rec: None,
+            s = run_watch(WatchConfig(mode="field"), FakeSource(frames), clf, lambda rec: None,
                           session=sessions)["summary"]
             wall = time.perf_counter() - t
         finally:

@@ -11,6 +11,7 @@ import pytest
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec
 from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
+from scopelite.edge.sources import FakeSource
 from scopelite.edge.watch import FieldCounter, run_watch
 from scopelite.train.slide import make_slide_scan
 
@@ -261,22 +262,6 @@ def test_cells_already_counted_are_not_classified_again():
     assert 0.6 * len(recs) <= held <= 0.85 * len(recs)  # the ruler measures one frame in 5 once it has 5
 
 
-class FramesSource:
-    """A FrameSource over a list of frames."""
-
-    def __init__(self, frames):
-        self.frames, self.name, self._i = frames, "frames", 0
-
-    def read(self):
-        if self._i >= len(self.frames):
-            return None
-        self._i += 1
-        return self.frames[self._i - 1]
-
-    def close(self):
-        pass
-
-
 def _centred_fields(n):
     """Generated fields with one white cell each, all moved to the middle of the frame (as PBC's are)."""
     from scopelite.train.synth import make_field
@@ -297,7 +282,7 @@ def test_a_video_of_separate_fields_counts_each_fields_cells(repeat):
     fields = _centred_fields(8)
     clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
     video = [f for f in fields for _ in range(repeat)]
-    s = run_watch(WatchConfig(mode="field"), FramesSource(video), clf, lambda r: None)["summary"]
+    s = run_watch(WatchConfig(mode="field"), FakeSource(video), clf, lambda r: None)["summary"]
     assert s["tracking"]["view_jumps"] == len(fields) - 1
     assert cells_counted(s["differential"]) == len(fields)
 
