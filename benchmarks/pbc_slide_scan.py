@@ -128,6 +128,7 @@ def main() -> None:
         "nucleated_ratio": round((white + nrbc) / 28, 3),
         "differential_l1_points": None if l1 is None else round(l1, 1),
         "fps": summary["fps"],
+        "view_jumps": summary.get("tracking", {}).get("view_jumps"),  # a pan is never a jump (StageMotion.jumped)
         "centre_cells": _centre_cells(counted_cells, cells),
         "cells": counted_cells,
         "tiles": [{k: c[k] for k in ("id", "label", "file")} for c in cells],
@@ -135,7 +136,7 @@ def main() -> None:
     }
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("frames", "counted", "nucleated_ratio", "differential_l1_points", "fps",
-                                             "centre_cells")},
+                                             "view_jumps", "centre_cells")},
                      indent=1))
 
 

@@ -585,12 +585,8 @@ class Sessions:
         if not self.current.is_open:  # nothing to keep (and no wait while a closed session's report is written)
             return []
         with self._lock:
-            if frame is not None and self.current.is_open:
-                for c in cells:
-                    tid = c.get("track")
-                    if tid is not None and not (c.get("decided") or c.get("cut") or tid in self._cell_of_track):
-                        self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"], self.rbc_fraction,
-                                            rec.get("file"))
+            if frame is not None:
+                self.keep_views(frame, rec)
             added = []
             for e in rec.get("counted") or []:
                 if not self.current.is_open:
@@ -617,6 +613,19 @@ class Sessions:
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:
                 del self._views[tid]
             return added
+
+    def keep_views(self, frame: np.ndarray, rec: dict) -> None:
+        """Remember each pending tracked cell's view in this frame (its crop, if it is counted later); also
+        called for a frame the counter held back, once its cells have their tracks."""
+        idx = rec.get("frame", 0)
+        with self._lock:
+            if not self.current.is_open:
+                return
+            for c in rec.get("cells") or []:
+                tid = c.get("track")
+                if tid is not None and not (c.get("decided") or c.get("cut") or tid in self._cell_of_track):
+                    self._views[tid] = (crop_at(frame, c["box"]).copy(), idx, c["center"], self.rbc_fraction,
+                                        rec.get("file"))
 
     def _close_when_done(self) -> None:
         if self.current.is_open and self.current.state["target"] is not None and self.current.differential().done:

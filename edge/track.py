@@ -433,40 +433,78 @@ class StageMotion:
         self.min_response = min_response
         self.jump_response, self.check_response, self.jump_detail = jump_response, check_response, jump_detail
         self.jumped = False
+        self.settled: str | None = None
         self._prev: np.ndarray | None = None
         self._window: np.ndarray | None = None
         self._coarse: np.ndarray | None = None
         self._coarse_window: np.ndarray | None = None
+        self._held: tuple[np.ndarray, np.ndarray] | None = None  # the view before a frame that jumped
 
     def update(self, frame_rgb: np.ndarray) -> tuple[float, float] | None:
-        """(dx, dy) the content moved since the previous frame, px; None for the first frame or no clear peak."""
+        """(dx, dy) the content moved since the previous frame, px; None for the first frame, no clear peak, a
+        blank frame, or a frame unlike the one before (``jumped``). Sets ``jumped`` and ``settled``:
+
+        - ``jumped``: this frame is unlike the last one with texture (another field, or a glitch: a torn or
+          blurred frame). Which one is only known from the next frame, which ``settled`` then says.
+        - ``settled`` (the next call): "jump" when the frame that ``jumped`` began a new view (this one is unlike
+          the view before it), "glitch" when this one continues the view before it (then the shift returned is
+          from that view; the glitch frame is to be left out), None when nothing was pending.
+
+        A blank frame (no texture) proves nothing: it is skipped, and the next frame is compared with the last
+        one that had texture (a shutter or a lamp between two fields does not hide the jump).
+        """
         import cv2
 
         grey = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
         if self.downscale > 1:
             grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
         grey = grey.astype(np.float32)
-        self.jumped = False
-        if min(grey.shape) < 32:  # too small to correlate (phaseCorrelate would raise on the coarse one)
-            self._prev = self._coarse = None
+        self.jumped, self.settled = False, None
+        if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
+            self._prev = self._coarse = self._held = None
             return None
-        f = min(self.downscale / 4, 1.0)  # the coarse frame: 4x smaller than the camera's
-        coarse = grey if f == 1.0 else cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        prev, self._prev = self._prev, grey
-        prev_coarse, self._coarse = self._coarse, coarse
-        if prev is None or prev.shape != grey.shape:
+        # the coarse frame: 4x smaller than the camera's (as is, when ``downscale`` is 4 or more, or it would be tiny)
+        f = self.downscale / 4
+        coarse = grey if f >= 1.0 or min(grey.shape) * f < 8 else cv2.resize(grey, None, fx=f, fy=f,
+                                                                               interpolation=cv2.INTER_AREA)
+        if float(coarse.std()) < 2.0:  # blank: keep the last view with texture as the reference
+            return None
+        if self._prev is None or self._prev.shape != grey.shape:
             self._window = cv2.createHanningWindow(grey.shape[::-1], cv2.CV_32F)
             self._coarse_window = cv2.createHanningWindow(coarse.shape[::-1], cv2.CV_32F)
+            self._prev, self._coarse, self._held = grey, coarse, None
             return None
-        textured = min(float(prev_coarse.std()), float(coarse.std())) >= 2.0  # a blank view proves nothing
-        if textured:
-            (cx, cy), coarse_response = cv2.phaseCorrelate(prev_coarse, coarse, self._coarse_window)
-            up = grey.shape[1] / coarse.shape[1]
-            self.jumped = coarse_response < self.jump_response or (
-                coarse_response < self.check_response and detail_match(prev, grey, cx * up, cy * up) < self.jump_detail)
-            if self.jumped:
-                return None
-        (dx, dy), response = cv2.phaseCorrelate(prev, grey, self._window)
+        if self._held is not None:  # the frame before was unlike the view before it: which is this one like?
+            held, self._held = self._held, None
+            if not self._unlike(held[0], held[1], grey, coarse):
+                self.settled = "glitch"
+                self._prev, self._coarse = grey, coarse
+                return self._shift(held[0], grey)
+            self.settled = "jump"
+        prev = self._prev
+        if self._unlike(prev, self._coarse, grey, coarse):
+            self.jumped = True
+            self._held = (prev, self._coarse)
+            self._prev, self._coarse = grey, coarse
+            return None
+        self._prev, self._coarse = grey, coarse
+        return self._shift(prev, grey)
+
+    def _unlike(self, a: np.ndarray, a_coarse: np.ndarray, b: np.ndarray, b_coarse: np.ndarray) -> bool:
+        """The two views share nothing: the coarse correlation has no clear peak, or a weak one where the fine
+        detail, aligned by it, does not match."""
+        import cv2
+
+        (cx, cy), peak = cv2.phaseCorrelate(a_coarse, b_coarse, self._coarse_window)
+        if peak < self.jump_response:
+            return True
+        up = b.shape[1] / b_coarse.shape[1]
+        return peak < self.check_response and detail_match(a, b, cx * up, cy * up) < self.jump_detail
+
+    def _shift(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
+        import cv2
+
+        (dx, dy), response = cv2.phaseCorrelate(a, b, self._window)
         if response < self.min_response:
             return None
         return dx * self.downscale, dy * self.downscale

@@ -226,10 +226,20 @@ class FieldCounter:
         self.revised: list[dict] = []  # the revisions of the last update/flush: track, from, to, frames, ...
         self._shift: tuple[int, tuple[float, float] | None] | None = None  # (frame index, stage shift)
         self._last_index: int | None = None
+        # a frame unlike the one before (StageMotion.jumped), held back until the next frame says whether it began a
+        # new view or was a glitch: (cells, scale, frame index); ``holding``: this update held its frame back;
+        # ``late``: this update (or flush) fed the frame held back before it (its cells gained their tracks now)
+        self._pending: tuple[list[dict], dict, int] | None = None
+        self.holding = self.late = False
 
     @property
     def done(self) -> bool:
         return self.differential.done
+
+    @property
+    def deferred(self) -> bool:
+        """A frame is held back (``holding``), its cells not yet tracked."""
+        return self._pending is not None
 
     def known(self, frame: np.ndarray, dets: list[field_lib.Detection], frame_index: int) -> dict[int, dict]:
         """Detections that continue an already counted cell: {index: its counted class}, not to classify again.
@@ -265,9 +275,26 @@ class FieldCounter:
         if not self.track:
             return self._count_cells(cells, frame_index)
         shift = self._stage_shift(frame, frame_index)
+        self.late, self.holding = False, False
+        events: list[TrackEvent] = []
+        pending, self._pending = self._pending, None
+        if pending is not None and self.motion.settled == "jump":  # the held frame began a new view
+            events += self.tracker.jump() + self._feed(*pending, shift=None)
+            self.late = True
+        elif pending is not None and self.motion.settled is None:  # a blank frame: still undecided
+            self._pending = pending
+            return self._count(events, frame_index)
+        # settled "glitch": the held frame (torn, blurred) is left out; this one continues the view before it
+        if self.motion.jumped:  # unlike the view before: another field, or a glitch; the next frame says
+            self._pending, self.holding = (cells, scale_info, frame_index), True
+            return self._count(events, frame_index)
+        return self._count(events + self._feed(cells, scale_info, frame_index, shift), frame_index)
+
+    def _feed(self, cells: list[dict], scale_info: dict, frame_index: int,
+              shift: tuple[float, float] | None) -> list[TrackEvent]:
+        """One frame's cells to the tracker (each gains ``track`` when matched); its events."""
         self._last_index = frame_index
         self._size_tracker(float(scale_info["rbc_px"]))
-        jumped = self.tracker.jump() if self.motion.jumped else []  # another field: no cell carries over
         pts = np.array([c["center"] for c in cells], np.float64).reshape(-1, 2)
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
         events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells],
@@ -279,11 +306,19 @@ class FieldCounter:
                 tid = seen.get((c["center"][0], c["center"][1]))
                 if tid is not None:
                     c["track"] = tid
-        return self._count(jumped + events, frame_index)
+        return events
 
     def flush(self, frame_index: int) -> list[dict]:
-        """End of stream: count the open tracks seen in enough whole views."""
-        return self._count(self.tracker.flush(), frame_index) if self.tracker is not None else []
+        """End of stream: count the open tracks seen in enough whole views (a last frame held back, unlike the
+        one before it, is a field of its own)."""
+        if self.tracker is None:
+            return []
+        events: list[TrackEvent] = []
+        self.late = self._pending is not None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            events += self.tracker.jump() + self._feed(*pending, shift=None)
+        return self._count(events + self.tracker.flush(), frame_index)
 
     def brief(self) -> dict:
         """The differential so far, for every frame record: ``Differential.summary()`` less the review list."""
@@ -436,6 +471,7 @@ def run_watch(
     unlike_frames = grey_frames = already = 0
     tally = Tally(list(classifier.labels))
     framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
+    held: tuple[np.ndarray, dict] | None = None  # field mode: the frame the counter holds back, and its record
     counter = FieldCounter(classifier.labels, min_score, count, config.wbc, track) if mode == "field" else None
     opener = source if callable(source) and not hasattr(source, "read") else _once(source)
     queue = DropOldestQueue(queue_size)
@@ -502,6 +538,9 @@ def run_watch(
             if file is not None:
                 rec["file"] = file
             if session is not None and counter is not None:
+                if counter.late and held is not None:  # its cells have their tracks now: keep their views
+                    session.keep_views(*held)
+                held = (frame, rec) if counter.holding else (held if counter.deferred else None)
                 session.update(frame, rec)
                 rec["session"] = session.brief()  # the slide's count: this run's cells and earlier runs'
             emit(rec)
@@ -561,6 +600,8 @@ def run_watch(
     at_end = counter.flush(max(n - 1, 0)) if reason != "count reached" else []  # past the target: not counted
     revised_at_end = counter.revised if reason != "count reached" else []
     if session is not None:
+        if counter.late and held is not None:
+            session.keep_views(*held)
         session.update(None, {"frame": max(n - 1, 0), "counted": at_end, "revised": revised_at_end})
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
     summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),

@@ -295,3 +295,53 @@ def test_a_scan_never_jumps():
         scan = make_slide_scan(seed, **SCAN)
         motion = StageMotion()
         assert not any(motion.update(scan.frame(i)) is None and motion.jumped for i in range(len(scan)))
+
+
+def _glitched(frame: np.ndarray, how: str, other: np.ndarray) -> np.ndarray:
+    import cv2
+
+    out = frame.copy()
+    if how == "torn":  # dropped stream packets: the lower two-thirds grey
+        out[frame.shape[0] // 3:] = 128
+    elif how == "blurred":  # a 41 px motion blur
+        out = cv2.blur(frame, (41, 1))
+    else:  # another field for one frame
+        out = other
+    return out
+
+
+@pytest.mark.parametrize("how", ["torn", "blurred", "foreign"])
+def test_one_bad_frame_in_a_scan_is_not_a_jump(how):
+    """A torn, blurred or foreign frame in the middle of a scan: held back one frame, then left out, since the next
+    frame continues the view before it. Counting it as two jumps counted seed 0's 22 cells as 45 / 32 / 29."""
+    scan = make_slide_scan(0, **SCAN)
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    frames = [scan.frame(i) for i in range(len(scan))]
+    clean = run_watch(WatchConfig(mode="field"), FakeSource(frames), clf, lambda r: None)["summary"]
+    k = len(frames) // 2
+    frames[k] = _glitched(frames[k], how, _centred_fields(1)[0])
+    s = run_watch(WatchConfig(mode="field"), FakeSource(frames), clf, lambda r: None)["summary"]
+    assert s["tracking"]["view_jumps"] == 0
+    assert cells_counted(s["differential"]) == cells_counted(clean["differential"]) == len(scan.cells)
+
+
+def test_a_blank_frame_between_fields_does_not_hide_the_jump():
+    """A shutter or lamp between two fields: the field after it is compared with the one before it."""
+    fields = _centred_fields(4)
+    blank = np.full_like(fields[0], 235)
+    video = [f for field in fields for f in (field, field, field, blank)]
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    s = run_watch(WatchConfig(mode="field"), FakeSource(video), clf, lambda r: None)["summary"]
+    assert s["tracking"]["view_jumps"] == 3 and cells_counted(s["differential"]) == 4
+
+
+def test_a_field_held_back_keeps_its_crop_in_the_session(tmp_path):
+    """A one-frame field (a video of stills) is counted a frame late: its cells still get their crops."""
+    from scopelite.edge.session import Session, Sessions
+
+    fields = _centred_fields(3)
+    sessions = Sessions(tmp_path, CLASS_NAMES)
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    run_watch(WatchConfig(mode="field"), FakeSource(fields), clf, lambda r: None, session=sessions)
+    cells = Session.load(sessions.current.folder).cells
+    assert len(cells) == 3 and all(c["crop"] for c in cells)
