@@ -532,9 +532,10 @@ def _sessions(cfg, clf):
     live = not cfg.source or is_live(cfg.source)
     video = not live and not is_still(cfg.source)
     source = str(Path(cfg.source).resolve()) if video else None
+    given = cfg.source if live else _input_of(cfg.source)
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
-                        source=source, hold=True)
+                        source=source, hold=True, given=given)
     for d in sessions.damaged:
         warn(f"{d}/state.json cannot be read: that session is left as it is (not resumed, not counted into)")
     if sessions.resumed and sessions.current.damaged:
@@ -542,7 +543,7 @@ def _sessions(cfg, clf):
     if sessions.closed_at_start is not None:
         old = sessions.closed_at_start
         print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
-    other = _counted_elsewhere(sessions.current, cfg.source, video) if sessions.resumed and not live else None
+    other = _counted_elsewhere(sessions.current, given) if sessions.resumed and not live else None
     if other and not cfg.add_to_session:
         sessions.release()
         n = len(sessions.current.cells)
@@ -555,16 +556,24 @@ def _sessions(cfg, clf):
     return sessions, cfg.replace(count=None)
 
 
-def _counted_elsewhere(session, source, video: bool) -> str | None:
-    """The folders and videos an open session counted its cells from, when ``source`` (a folder, image or video
-    file) is none of them; None for a camera or stream, a session with no cells, or the same folder again."""
-    if not session.cells or not source or not Path(source).exists():
+def _input_of(source: str) -> str:
+    """What a run on a file or folder reads, as a session records it: the folder (an image's own folder), or the
+    video file, resolved."""
+    from .sources import is_still
+
+    p = Path(source).resolve()
+    return str(p.parent if p.is_file() and is_still(p) else p)
+
+
+def _counted_elsewhere(session, given: str) -> str | None:
+    """What an open session counted its cells from, when ``given`` (a folder or video, ``_input_of``) is none of
+    them nor inside one (a subfolder or an image of a folder counted); None when it is, or the session has no cells
+    yet. A folder that holds one counted is refused too: its other folders may be other slides."""
+    if not session.cells:
         return None
-    here = Path(source).resolve()
-    here = here if here.is_dir() or video else here.parent
-    before = sorted({str(Path(c["file"]).parent) for c in session.cells if c.get("file")}
-                    | set(session.state.get("sources", [])))
-    if not before or str(here) in before:
+    before = session.counted_from()
+    here = Path(given)
+    if not before or any(here == Path(b) or here.is_relative_to(b) for b in before):
         return None
     return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
 

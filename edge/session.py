@@ -289,12 +289,29 @@ class Session:
             os.close(self._lockfd)  # closing the descriptor releases the flock
             self._lockfd = None
 
-    def read_from(self, source: str | None) -> None:
-        """Record that a run counted cells from ``source`` (a video file; None: a camera or a folder) into this
-        session; state.json is written only when it is new here."""
-        if source is not None and source not in self.state.setdefault("sources", []):
+    def read_from(self, source: str | None, given: str | None = None) -> None:
+        """Record that a run counted cells from ``source`` (a video file read from its start; None: a camera or a
+        folder) and what it was given (``given``: the folder, image's folder, video or camera, in ``inputs``)
+        into this session; state.json is written only when either is new here."""
+        new = source is not None and source not in self.state.setdefault("sources", [])
+        if new:
             self.state["sources"].append(source)
+        if given is not None and given not in self.state.setdefault("inputs", []):
+            self.state["inputs"].append(given)
+            new = True
+        if new:
             write_json_atomic(self.folder / "state.json", self.state, fsync="full")
+
+    def counted_from(self) -> list[str]:
+        """What runs counted this session's cells from: ``inputs`` (folders, videos, cameras), and for cells counted
+        before inputs were recorded, their images' folders and the videos in ``sources``."""
+        seen = list(self.state.get("inputs", [])) + [s for s in self.state.get("sources", [])
+                                                     if s not in self.state.get("inputs", [])]
+        for c in self.cells:
+            parent = str(Path(c["file"]).parent) if c.get("file") else None
+            if parent and not any(parent == s or Path(parent).is_relative_to(s) for s in seen):
+                seen.append(parent)
+        return seen
 
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
@@ -390,13 +407,16 @@ class Sessions:
             is not resumed on it (its cells would be counted twice): ``ResumeError``.
         hold: take each session folder this run counts into (``Session.lock``): a second process on it
             (``celledge review``, another watch) is refused, and this one is refused while another holds it.
+        given: what the run reads (a folder, an image's folder or a video, resolved; a camera as given), recorded in
+            the session's ``inputs`` at the first cell counted from it (``Session.counted_from``).
     """
 
     def __init__(self, root: str | os.PathLike, labels, target: int | None = None, min_score: float = 0.5,
                  wbc_count: float | None = None, new: bool = False, one_shot: bool = False,
                  clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
-                 source: str | None = None, hold: bool = False):
+                 source: str | None = None, hold: bool = False, given: str | None = None):
         self._setup(Path(root), labels, target, min_score, wbc_count, rbc_fraction, source, hold, one_shot, clock)
+        self.given = given
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -429,6 +449,7 @@ class Sessions:
                clock: Callable[[], float] = time.time, review_only: bool = False) -> None:
         """Every attribute but ``current`` and ``_files`` (``__init__`` and ``reviewing`` set those)."""
         self.root, self.source, self.hold, self.review_only = root, source, hold, review_only
+        self.given: str | None = None  # what this run reads (Session.read_from's ``given``)
         self.rbc_fraction = rbc_fraction
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
@@ -597,7 +618,7 @@ class Sessions:
                                                                                  file))
                 elif frame is not None and "cell" in e and e["cell"] < len(cells):
                     crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
-                self.current.read_from(self.source)  # at its first cell: a run that counts nothing does not bar it
+                self.current.read_from(self.source, self.given)  # at its first cell: a run that counts nothing
                 added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
                 e["session_cell"] = added[-1]["id"]  # the JSON line names it as the session does (crops/ID.png)
                 if file:

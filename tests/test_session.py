@@ -862,3 +862,34 @@ def test_the_review_hint_can_be_pasted_back_for_a_folder_with_a_space(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     hint = next(x for x in r.stderr.splitlines() if x.startswith("review its cells: "))
     assert shlex.split(hint.split(": ", 1)[1].split("  (")[0]) == ["celledge", "review", str(where)]
+
+
+def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
+    """A folder with subfolders run again is the same input; a folder after a camera's cells is another slide's."""
+    from scopelite.edge.cli import _counted_elsewhere, _input_of
+    from scopelite.train.synth import make_field
+
+    slide = tmp_path / "slide"
+    for sub in ("a", "b"):
+        (slide / sub).mkdir(parents=True)
+        cv2.imwrite(str(slide / sub / "0.png"), cv2.cvtColor(make_field(np.random.default_rng(len(sub)), 320, 240)[0],
+                                                              cv2.COLOR_RGB2BGR))
+    watch = ("celledge", "watch", str(slide), "--mode", "field", "--sessions", str(tmp_path / "s"), "--count", "500")
+    r = invoke_cli(*watch)
+    sid = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["id"]
+    session = Session.load(tmp_path / "s" / sid)
+    assert session.state["inputs"] == [str(slide.resolve())]
+    for same in (slide, slide / "a", slide / "b" / "0.png"):  # again, a part of it, one image of it
+        assert _counted_elsewhere(session, _input_of(str(same))) is None
+    assert _counted_elsewhere(session, _input_of(str(tmp_path)))  # a folder holding it and others: refused
+    other = tmp_path / "other"
+    other.mkdir()
+    assert _counted_elsewhere(session, _input_of(str(other))) == str(slide.resolve())
+    r = invoke_cli(*watch)  # the whole folder again: resumed (its images skipped), not refused
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["summary"]["already_counted"] == 2
+
+    # a camera's session: a folder is another slide's unless told
+    cam = Sessions(tmp_path / "cam", CLASS_NAMES, given="/dev/video0")
+    _feed(cam, ["neutrophil"])
+    assert cam.current.state["inputs"] == ["/dev/video0"]
+    assert _counted_elsewhere(cam.current, _input_of(str(other))) == "/dev/video0"
