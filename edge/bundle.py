@@ -320,6 +320,9 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
     # A model copied under another name with its sidecar (bloodcell_int8.* -> model.*) is the same model: the
     # hash says so. Without the hash checked, the name is all there is.
     renamed = sc.file != model_path.name
+    if renamed and Path(sc.file).suffix.lower() != model_path.suffix.lower():
+        raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, a {Path(sc.file).suffix} file, not "
+                          f"{model_path.name!r}: give the model its own extension back")
     if renamed and not check_hash:
         raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, not {model_path.name!r}: rename the model "
                           f"back to {sc.file}, or its \"file\" in the sidecar to {model_path.name!r}")

@@ -358,6 +358,10 @@ def test_a_model_copied_under_another_name_with_its_sidecar_loads(tmp_path):
     assert_one_line_error(r, f"describes '{src.name}', another model than model.tflite")
     with pytest.raises(BundleError, match="rename the model back"):
         load_sidecar(tmp_path / "model.tflite", check_hash=False)
+    shutil.copy(src, tmp_path / "model.keras")  # the right bytes under the wrong extension
+    shutil.copy(sidecar_path(src), tmp_path / "model.json")
+    assert_one_line_error(invoke_cli("celledge", "info", str(tmp_path / "model.keras")),
+                          "a .tflite file", "its own extension back")
 
 
 def test_a_sidecar_or_an_image_given_as_the_model_is_named_so(tmp_path):
