@@ -222,7 +222,7 @@ def describe(sc: Sidecar) -> list[str]:
     as they are there (older and hand-made sidecars have less)."""
     inp = sc.input
     scale = "red cells not measured" if inp.rbc_px is None else f"red cells {inp.rbc_px:g} px across"
-    lines = [f"{sc.format} model {sc.file} (sha256 {sc.sha256[:12]}...)",
+    lines = [f"{sc.format} model, sha256 {sc.sha256[:12]}... (made as {sc.file})",
              f"classes ({len(sc.labels)}): {', '.join(sc.labels)}",
              f"input: {inp.width}x{inp.height} {inp.color} {inp.dtype}, {scale}",
              f"runtimes: {', '.join(sc.runtimes)}"]
@@ -328,9 +328,9 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
                           f"back to {sc.file}, or its \"file\" in the sidecar to {model_path.name!r}")
     if check_hash and sc.sha256 != sha256_file(model_path):
         if renamed:
-            raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, another model than {model_path.name} "
-                              "(its sha256 differs): copy that model's own sidecar beside it, named "
-                              f"{sc_path.name}")
+            raise BundleError(f"sidecar {sc_path} describes {sc.file!r}, and {model_path.name} is not that file (its "
+                              "sha256 differs): another model, or a copy cut short or damaged; copy the model again, "
+                              f"or that model's own sidecar beside it, named {sc_path.name}")
         raise BundleError(
             f"{model_path} does not match its sidecar (sha256 differs): the file was changed or "
             "replaced; re-export it, or copy the matching sidecar"

@@ -101,7 +101,7 @@ def test_watch_stops_on_sigterm(tiny_run, synth_dir):
 def test_info_cli(tiny_run):
     r = run_cli("celledge", "info", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr
-    assert "tflite model" in r.stdout and "cpu: works here" in r.stdout and "ops: CONV_2D 3" in r.stdout
+    assert "tflite model, sha256" in r.stdout and "cpu: works here" in r.stdout and "ops: CONV_2D 3" in r.stdout
     assert "trained on synthetic cells" in r.stdout and "{" not in r.stdout  # for people: no JSON mixed in
     r = run_cli("celledge", "info", str(tiny_run["tflite"]), "--json")
     assert r.returncode == 0, r.stderr

@@ -355,7 +355,7 @@ def test_a_model_copied_under_another_name_with_its_sidecar_loads(tmp_path):
     assert r.returncode == 0 and "cpu: works here" in r.stdout, r.stderr[-2000:]
     (tmp_path / "model.tflite").write_bytes(src.read_bytes()[:-4] + b"\0\0\0\0")  # another model, same sidecar
     r = invoke_cli("celledge", "info", str(tmp_path / "model.tflite"))
-    assert_one_line_error(r, f"describes '{src.name}', another model than model.tflite")
+    assert_one_line_error(r, f"describes '{src.name}', and model.tflite is not that file", "damaged")
     with pytest.raises(BundleError, match="rename the model back"):
         load_sidecar(tmp_path / "model.tflite", check_hash=False)
     shutil.copy(src, tmp_path / "model.keras")  # the right bytes under the wrong extension
