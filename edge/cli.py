@@ -550,6 +550,11 @@ def _sessions(cfg, clf):
         raise UserError(f"session {sessions.current.id} is open with {n} cell{'' if n == 1 else 's'} counted from "
                         f"{other}, not from {cfg.source}: another slide? add --new-session (closes it, its report "
                         "stays); more fields of the same slide? add --add-to-session")
+    if not sessions.resumed and not live and not cfg.new_session:
+        again = _counted_before(sessions, given)
+        if again is not None:
+            warn(f"{cfg.source} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
+                 f"session {sessions.current.id} counts its cells again (a second count of that slide)")
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
           + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)
@@ -563,6 +568,24 @@ def _input_of(source: str) -> str:
 
     p = Path(source).resolve()
     return str(p.parent if p.is_file() and is_still(p) else p)
+
+
+def _counted_before(sessions, given: str):
+    """The session before the one just started, closed, when it counted from ``given`` (or a folder holding it);
+    else None."""
+    from .session import Session, SessionError, list_sessions
+
+    earlier = [d for d in list_sessions(sessions.root) if d != sessions.current.folder]
+    if not earlier:
+        return None
+    try:
+        last = Session.load(earlier[-1])
+    except SessionError:
+        return None
+    here = Path(given)
+    if last.cells and any(here == Path(b) or here.is_relative_to(b) for b in last.counted_from()):
+        return last
+    return None
 
 
 def _counted_elsewhere(session, given: str) -> str | None:

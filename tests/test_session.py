@@ -683,6 +683,10 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     r = invoke_cli(*watch, "--new-session", "--count", "1")
     done = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     assert done["state"] == "closed" and f"session {done['id']} closed (count reached): report" in r.stderr
+    assert "counts its cells again" not in r.stderr  # --new-session: asked for
+    # the same folder after its session closed: a second count of the slide, said so
+    r = invoke_cli(*watch)
+    assert r.returncode == 0 and f"was counted into session {done['id']} (count reached)" in r.stderr
 
 
 def test_a_video_counted_into_an_open_session_is_not_read_again_from_its_start(tmp_path):
