@@ -485,16 +485,20 @@ def watch(**_):
              + (f" (--report {cfg.report} says so)" if cfg.report else ""))
     if sessions is not None and summary["summary"]["session"]["state"] == "closed":
         print(f"session {s['id']} closed ({s['reason']}): report {s['folder']}/report.html", file=sys.stderr)
+    skipped = summary["summary"].get("already_counted", 0)
+    if skipped:
+        print(f"{skipped} image{'s' if skipped > 1 else ''} counted into session {s['id']} by an earlier run: skipped",
+              file=sys.stderr)
     if sessions is not None and summary["summary"]["session"]["state"] == "open" and not live:
         how = _HOW_IT_ENDED.get(summary["summary"].get("stopped"), "ended")
-        again = ("the same command goes on where it stopped (images counted already are skipped)"
-                 if is_still(cfg.source) else "other fields of this slide add to it with --add-to-session")
+        if skipped and not summary["summary"]["frames"]:
+            how, again = "held nothing new", "other fields of this slide add to it with --add-to-session"
+        elif is_still(cfg.source):
+            again = "the same command goes on where it stopped (images counted already are skipped)"
+        else:
+            again = "other fields of this slide add to it with --add-to-session"
         warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: {again}; --new-session "
              "closes it and starts another")
-    if summary["summary"].get("already_counted"):
-        n = summary["summary"]["already_counted"]
-        print(f"{n} image{'s' if n > 1 else ''} counted into session {s['id']} by an earlier run: skipped",
-              file=sys.stderr)
     if sessions is not None and not live and not cfg.http and s["cells_total"]:
         q = shlex.quote(str(cfg.sessions))  # pasted back into a shell
         print(f"review its cells: celledge review {q}  (then celledge export {q} --out DIR)",
