@@ -629,6 +629,7 @@ class Sessions:
             for r in rec.get("revised") or []:
                 cid = self._cell_of_track.get(r["track"])
                 if cid is not None and self.current.is_open:
+                    r["session_cell"] = cid
                     self.current.revise(cid, r, idx)
                     self._close_when_done()
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:

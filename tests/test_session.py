@@ -138,9 +138,10 @@ def test_a_revision_is_logged_replayed_and_a_review_still_wins(tmp_path):
     sessions.update(frame, {"frame": 0, "cells": [], "counted": [_cell("immature_granulocyte", track=3),
                                                                 _cell("lymphocyte", track=4),
                                                                 _cell("uncertain", 0.3, track=5)]})
-    sessions.update(frame, {"frame": 9, "cells": [], "counted": [],
-                            "revised": [revision(3, "immature_granulocyte", "monocyte"),
-                                        revision(5, "uncertain", "basophil"), revision(99, "lymphocyte", "basophil")]})
+    revised = [revision(3, "immature_granulocyte", "monocyte"), revision(5, "uncertain", "basophil"),
+               revision(99, "lymphocyte", "basophil")]
+    sessions.update(frame, {"frame": 9, "cells": [], "counted": [], "revised": revised})
+    assert [r.get("session_cell") for r in revised] == [1, 3, None]  # the JSON line names the session's cells
     cur = sessions.summary()
     assert [c["final"] for c in cur["cells"]] == ["monocyte", "lymphocyte", "basophil"]  # track 99: not this session's
     assert cur["cells"][0]["revised"] == {"from": "immature_granulocyte", "frame": 9}
