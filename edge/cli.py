@@ -530,13 +530,13 @@ def _sessions(cfg, clf):
     from .session import Sessions
     from .watch import field_config
 
-    from .sources import is_live, is_still
+    from .sources import input_of, is_live, is_still
 
     # a video file read again from its start would count its cells twice (a folder's images are told apart)
     live = not cfg.source or is_live(cfg.source)
     video = not live and not is_still(cfg.source)
     source = str(Path(cfg.source).resolve()) if video else None
-    given = cfg.source if live else _input_of(cfg.source)
+    given = cfg.source if live else input_of(cfg.source)
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
                         source=source, hold=True, given=given)
@@ -547,7 +547,7 @@ def _sessions(cfg, clf):
     if sessions.closed_at_start is not None:
         old = sessions.closed_at_start
         print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
-    other = _counted_elsewhere(sessions.current, given) if sessions.resumed and not live else None
+    other = sessions.current.elsewhere(given) if sessions.resumed and not live else None
     if other and not cfg.add_to_session:
         sessions.release()
         n = len(sessions.current.cells)
@@ -555,7 +555,7 @@ def _sessions(cfg, clf):
                         f"{other}, not from {cfg.source}: another slide? add --new-session (closes it, its report "
                         "stays); more fields of the same slide? add --add-to-session")
     if not sessions.resumed and not live and not cfg.new_session:
-        again = _counted_before(sessions, given)
+        again = sessions.counted_before()
         if again is not None:
             warn(f"{cfg.source} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
                  f"session {sessions.current.id} counts its cells again (a second count of that slide)")
@@ -563,46 +563,6 @@ def _sessions(cfg, clf):
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
           + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)
     return sessions, cfg.replace(count=None)
-
-
-def _input_of(source: str) -> str:
-    """What a run on a file or folder reads, as a session records it: the folder (an image's own folder), or the
-    video file, resolved."""
-    from .sources import is_still
-
-    p = Path(source).resolve()
-    return str(p.parent if p.is_file() and is_still(p) else p)
-
-
-def _counted_before(sessions, given: str):
-    """The session before the one just started, closed, when it counted from ``given`` (or a folder holding it);
-    else None."""
-    from .session import Session, SessionError, list_sessions
-
-    earlier = [d for d in list_sessions(sessions.root) if d != sessions.current.folder]
-    if not earlier:
-        return None
-    try:
-        last = Session.load(earlier[-1])
-    except SessionError:
-        return None
-    here = Path(given)
-    if last.cells and any(here == Path(b) or here.is_relative_to(b) for b in last.counted_from()):
-        return last
-    return None
-
-
-def _counted_elsewhere(session, given: str) -> str | None:
-    """What an open session counted its cells from, when ``given`` (a folder or video, ``_input_of``) is none of
-    them nor inside one (a subfolder or an image of a folder counted); None when it is, or the session has no cells
-    yet. A folder that holds one counted is refused too: its other folders may be other slides."""
-    if not session.cells:
-        return None
-    before = session.counted_from()
-    here = Path(given)
-    if not before or any(here == Path(b) or here.is_relative_to(b) for b in before):
-        return None
-    return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
 
 
 def _damaged_lines(sid: str, d: list[str]) -> str:

@@ -313,6 +313,17 @@ class Session:
                 seen.append(parent)
         return seen
 
+    def elsewhere(self, given: str) -> str | None:
+        """What this session counted its cells from, when ``given`` (a folder, an image's folder or a video,
+        ``sources.input_of``) is none of them nor inside one (a subfolder or an image of a folder counted); None
+        when it is, or it has no cells yet. A folder holding one it counted is elsewhere: its other folders may
+        be other slides."""
+        before = self.counted_from() if self.cells else []
+        here = Path(given)
+        if not before or any(here == Path(b) or here.is_relative_to(b) for b in before):
+            return None
+        return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
+
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)
         self.version += 1
@@ -499,6 +510,18 @@ class Sessions:
         self._files = set()
         self.damaged = damaged  # sessions passed over: state.json unreadable (the caller says so)
         return self
+
+    def counted_before(self) -> "Session | None":
+        """The session before the current one when it counted cells from what this run reads (``given``): a
+        second count of that slide; None otherwise (or unreadable)."""
+        earlier = [d for d in list_sessions(self.root) if d != self.current.folder]
+        if not earlier or self.given is None:
+            return None
+        try:
+            last = Session.load(earlier[-1])
+        except SessionError:
+            return None
+        return last if last.cells and last.elsewhere(self.given) is None else None
 
     def _refuse_in_review(self, what: str) -> None:
         if self.review_only:

@@ -188,6 +188,13 @@ def is_still(spec: str | os.PathLike) -> bool:
     return p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def input_of(spec: str | os.PathLike) -> str:
+    """What a run on a file or folder reads, as a session records it: the folder (an image's own folder), or the
+    video file; resolved."""
+    p = Path(spec).resolve()
+    return str(p.parent if p.is_file() and is_still(p) else p)
+
+
 def is_live(spec: str) -> bool:
     """A camera or a stream (reconnect when lost), as opposed to a file or folder (ends)."""
     return "://" in spec or spec.isdigit() or spec.startswith("/dev/video")

@@ -871,7 +871,7 @@ def test_the_review_hint_can_be_pasted_back_for_a_folder_with_a_space(tmp_path):
 
 def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
     """A folder with subfolders run again is the same input; a folder after a camera's cells is another slide's."""
-    from scopelite.edge.cli import _counted_elsewhere, _input_of
+    from scopelite.edge.sources import input_of
     from scopelite.train.synth import make_field
 
     slide = tmp_path / "slide"
@@ -885,11 +885,11 @@ def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
     session = Session.load(tmp_path / "s" / sid)
     assert session.state["inputs"] == [str(slide.resolve())]
     for same in (slide, slide / "a", slide / "b" / "0.png"):  # again, a part of it, one image of it
-        assert _counted_elsewhere(session, _input_of(str(same))) is None
-    assert _counted_elsewhere(session, _input_of(str(tmp_path)))  # a folder holding it and others: refused
+        assert session.elsewhere(input_of(str(same))) is None
+    assert session.elsewhere(input_of(str(tmp_path)))  # a folder holding it and others: refused
     other = tmp_path / "other"
     other.mkdir()
-    assert _counted_elsewhere(session, _input_of(str(other))) == str(slide.resolve())
+    assert session.elsewhere(input_of(str(other))) == str(slide.resolve())
     r = invoke_cli(*watch)  # the whole folder again: resumed (its images skipped), not refused
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["summary"]["already_counted"] == 2
 
@@ -897,4 +897,4 @@ def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
     cam = Sessions(tmp_path / "cam", CLASS_NAMES, given="/dev/video0")
     _feed(cam, ["neutrophil"])
     assert cam.current.state["inputs"] == ["/dev/video0"]
-    assert _counted_elsewhere(cam.current, _input_of(str(other))) == "/dev/video0"
+    assert cam.current.elsewhere(input_of(str(other))) == "/dev/video0"
