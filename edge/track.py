@@ -439,6 +439,8 @@ class StageMotion:
         self._coarse: np.ndarray | None = None
         self._coarse_window: np.ndarray | None = None
         self._held: tuple[np.ndarray, np.ndarray] | None = None  # the view before a frame that jumped
+        self._before: tuple[np.ndarray, np.ndarray] | None = None  # the view before the reference (``_prev``)
+        self._last_shift_before: tuple[float, float] | None = None  # the shift from ``_before`` to ``_prev``
 
     def update(self, frame_rgb: np.ndarray) -> tuple[float, float] | None:
         """(dx, dy) the content moved since the previous frame, px; None for the first frame, no clear peak, a
@@ -472,23 +474,36 @@ class StageMotion:
         if self._prev is None or self._prev.shape != grey.shape:
             self._window = cv2.createHanningWindow(grey.shape[::-1], cv2.CV_32F)
             self._coarse_window = cv2.createHanningWindow(coarse.shape[::-1], cv2.CV_32F)
-            self._prev, self._coarse, self._held = grey, coarse, None
+            self._prev, self._coarse, self._held, self._before = grey, coarse, None, None
             return None
         if self._held is not None:  # the frame before was unlike the view before it: which is this one like?
             held, self._held = self._held, None
             if not self._unlike(held[0], held[1], grey, coarse):
                 self.settled = "glitch"
-                self._prev, self._coarse = grey, coarse
-                return self._shift(held[0], grey)
-            self.settled = "jump"
-        prev = self._prev
-        if self._unlike(prev, self._coarse, grey, coarse):
-            self.jumped = True
-            self._held = (prev, self._coarse)
-            self._prev, self._coarse = grey, coarse
-            return None
+                return self._accept(held, grey, coarse)
+            self.settled, self._before = "jump", None
+        prev = (self._prev, self._coarse)
+        if not self._unlike(*prev, grey, coarse):
+            return self._accept(prev, grey, coarse)
+        before = self._before
+        if before is not None and not self._unlike(before[0], before[1], grey, coarse):
+            # the frame before was the odd one (a torn frame close enough to pass) and this one continues the view
+            # before it: the shift since that frame is the one since the view before, less the odd frame's
+            odd = self._last_shift_before  # from the view before to the odd frame, as the tracker was told
+            s = self._accept(before, grey, coarse)
+            return None if s is None or odd is None else (s[0] - odd[0], s[1] - odd[1])
+        self.jumped = True
+        self._held = prev
+        self._prev, self._coarse, self._before = grey, coarse, None
+        return None
+
+    def _accept(self, ref: tuple[np.ndarray, np.ndarray], grey: np.ndarray,
+                coarse: np.ndarray) -> tuple[float, float] | None:
+        """This frame continues the view ``ref``: it becomes the reference (``ref`` the one before); the shift."""
+        s = self._shift(ref[0], grey)
+        self._before, self._last_shift_before = ref, s
         self._prev, self._coarse = grey, coarse
-        return self._shift(prev, grey)
+        return s
 
     def _unlike(self, a: np.ndarray, a_coarse: np.ndarray, b: np.ndarray, b_coarse: np.ndarray) -> bool:
         """The two views share nothing: the coarse correlation has no clear peak, or a weak one where the fine
