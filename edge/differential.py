@@ -159,6 +159,11 @@ class Differential:
             out["wbc_corrected"] = round(self._corrected_wbc(), 2)
         return out
 
+    def brief(self) -> dict:
+        """``summary()`` less the review list (the uncertain cells' count only): for every frame's JSON line."""
+        s = self.summary()
+        return {**s, "uncertain": {"count": s["uncertain"]["count"]}}
+
     def _corrected_wbc(self) -> float:
         """The analyser counts NRBC as white cells: WBC x 100 / (100 + NRBC per 100 WBC)."""
         n = self.white_total

@@ -599,9 +599,8 @@ class Sessions:
         with self._lock:
             key = (self.current.id, self.current.version)
             if self._brief is None or self._brief[0] != key:
-                s = self.current.differential().summary()
                 self._brief = (key, {"id": self.current.id, "open": self.current.is_open,
-                                     "differential": {**s, "uncertain": {"count": s["uncertain"]["count"]}}})
+                                     "differential": self.current.differential().brief()})
             return self._brief[1]
 
     def crop_bytes(self, cell_id: int) -> bytes | None:

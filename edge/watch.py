@@ -236,11 +236,6 @@ class FieldCounter:
     def done(self) -> bool:
         return self.differential.done
 
-    @property
-    def deferred(self) -> bool:
-        """A frame is held back (``holding``), its cells not yet tracked."""
-        return self._pending is not None
-
     def known(self, frame: np.ndarray, dets: list[field_lib.Detection], frame_index: int) -> dict[int, dict]:
         """Detections that continue an already counted cell: {index: its counted class}, not to classify again.
 
@@ -314,17 +309,16 @@ class FieldCounter:
         if self.tracker is None:
             return []
         events: list[TrackEvent] = []
-        self.late = self._pending is not None
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
+        pending, self._pending = self._pending, None
+        self.late = pending is not None
+        if pending is not None:
             events += self.tracker.jump() + self._feed(*pending, shift=None)
         return self._count(events + self.tracker.flush(), frame_index)
 
     def brief(self) -> dict:
         """The differential so far, for every frame record: ``Differential.summary()`` less the review list."""
         if self._brief is None:
-            s = self.differential.summary()
-            self._brief = {**s, "uncertain": {"count": s["uncertain"]["count"]}}
+            self._brief = self.differential.brief()
         return self._brief
 
     def summary(self) -> dict:
@@ -540,7 +534,8 @@ def run_watch(
             if session is not None and counter is not None:
                 if counter.late and held is not None:  # its cells have their tracks now: keep their views
                     session.keep_views(*held)
-                held = (frame, rec) if counter.holding else (held if counter.deferred else None)
+                if counter.holding:  # fed (and kept) when the next frame says it began a new view
+                    held = (frame, rec)
                 session.update(frame, rec)
                 rec["session"] = session.brief()  # the slide's count: this run's cells and earlier runs'
             emit(rec)

@@ -23,7 +23,9 @@ import numpy as np
 
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
-from scopelite.edge.track import detail_match
+from scopelite.edge.track import StageMotion, detail_match
+
+RULE = StageMotion()  # the thresholds the daemon uses
 from scopelite.train.slide import make_slide_scan
 
 
@@ -42,7 +44,7 @@ def pair_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
 def summary(values: list[tuple[float, float]]) -> dict:
     r = np.array([v[0] for v in values])
     d = np.array([v[1] for v in values])
-    jumped = (r < 0.3) | ((r < 0.75) & (d < 0.3))
+    jumped = (r < RULE.jump_response) | ((r < RULE.check_response) & (d < RULE.jump_detail))
     return {"pairs": len(values), "peak": {"min": round(float(r.min()), 3), "median": round(float(np.median(r)), 3),
                                            "max": round(float(r.max()), 3)},
             "detail": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
@@ -69,7 +71,8 @@ def main() -> None:
                  "machine": machine(), "date": datetime.date.today().isoformat(),
                  "data": "PBC (Acevedo et al., Data in Brief 2020) pbc-fields; DeepBioNet (Shams et al., Blood Cells "
                          "Mol Dis 2024) fields; generated slide scans (train/slide.py, seeds 0-7)",
-                 "rule": "jump: peak < 0.3, or peak < 0.75 and detail < 0.3 (StageMotion defaults)"}
+                 "rule": f"jump: peak < {RULE.jump_response}, or peak < {RULE.check_response} and detail < "
+                         f"{RULE.jump_detail} (StageMotion defaults)"}
     scan = []
     for seed in range(8):
         s = make_slide_scan(seed, slide_size=(1000, 760), speed=(8.0, 20.0))
