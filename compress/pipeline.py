@@ -101,7 +101,7 @@ def tflite_sidecar(path: Path, src: Sidecar, src_path: Path, kind: str, metrics:
         runtimes=runtimes, metrics=metrics,
         provenance=Provenance(tools=versions(), source=SourceModel(src_path.name, sha256_file(src_path), src.format),
                               training=src.provenance.training, compression=compression),
-        synthetic_data=src.synthetic_data, stain_reference=src.stain_reference)
+        synthetic_data=src.synthetic_data, stain_reference=src.stain_reference, views=src.views)
 
 
 def _measure(path: Path, sc_draft: Sidecar, test, corrupted: np.ndarray, p_float_clean: np.ndarray,

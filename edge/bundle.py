@@ -52,6 +52,7 @@ CLASS_NAMES = (
 FORMATS = ("keras", "tflite")
 RUNTIMES = ("keras", "cpu", "edgetpu")
 DTYPES = ("uint8", "int8", "float32")
+VIEWS = (1, 2, 4, 8)  # Sidecar.views: as edge/tta.py's CHOICES
 NORMALIZATIONS = ("in-graph",)  # where pixel values are scaled: inside the model graph
 
 
@@ -109,6 +110,9 @@ class Sidecar:
     synthetic_data: bool = False
     # The training images' stain (edge/ood.py StainReference.to_json()); None: not measured.
     stain_reference: dict[str, Any] | None = None
+    # How many flipped/rotated views (edge/tta.py) celledge averages for this model unless --tta says otherwise:
+    # 1, or what its training advised (``celltrain fit --views``; --preset few-shot: 8). Absent in older sidecars: 1.
+    views: int = 1
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
@@ -192,7 +196,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, fsync: str = "file")
 
 def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: InputSpec,  # noqa: A002
                   output: TensorSpec, runtimes, provenance: Provenance, metrics: dict[str, Any] | None = None,
-                  synthetic_data: bool = False, stain_reference: dict[str, Any] | None = None) -> Sidecar:
+                  synthetic_data: bool = False, stain_reference: dict[str, Any] | None = None,
+                  views: int = 1) -> Sidecar:
     """The sidecar of the model file at ``model_path``: the one place a sidecar is made.
 
     The file name and sha256 come from the file; ``provenance.created`` is now unless given.
@@ -210,7 +215,8 @@ def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: 
     sha = _hash_for_writer(model_path)
     sc = Sidecar(format=format, file=model_path.name, sha256=sha, labels=tuple(labels),
                  input=input, output=output, runtimes=tuple(runtimes), metrics=dict(metrics or {}),
-                 provenance=prov, synthetic_data=bool(synthetic_data), stain_reference=stain_reference)
+                 provenance=prov, synthetic_data=bool(synthetic_data), stain_reference=stain_reference,
+                 views=views)
     d = json.loads(json.dumps(sc.to_json()))  # as a reader will see it (JSON has lists where Python had tuples)
     d["provenance"], d["metrics"] = portable(d["provenance"]), portable(d["metrics"])
     return _parse(d, f"sidecar of {model_path.name}")  # validated once, provenance included
@@ -240,6 +246,9 @@ def describe(sc: Sidecar) -> list[str]:
     gate = m.get("gate")
     if isinstance(gate, dict) and "passed" in gate:
         lines.append("gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(map(str, gate.get("failures", [])))))
+    if sc.views > 1:
+        lines.append(f"runs over {sc.views} flipped/rotated views by default (its training advised it; "
+                     f"celledge --tta 1: {sc.views}x fewer model runs)")
     if sc.synthetic_data:
         lines.append("trained on synthetic cells (a demo model: not for real slides)")
     prov = sc.provenance.to_dict()
@@ -274,12 +283,12 @@ def _current_hash(model_path: Path) -> str:
 def derive_sidecar(base: Sidecar, model_path: str | os.PathLike, *, runtimes=None,
                    provenance: Provenance | None = None, metrics: dict[str, Any] | None = None) -> Sidecar:
     """The sidecar of a model made from (or copied from) the model ``base`` describes: same labels,
-    input, output, stain reference; the given runtimes, provenance and metrics replace ``base``'s."""
+    input, output, stain reference, views; the given runtimes, provenance and metrics replace ``base``'s."""
     return build_sidecar(model_path, format=base.format, labels=base.labels, input=base.input, output=base.output,
                          runtimes=base.runtimes if runtimes is None else runtimes,
                          provenance=base.provenance if provenance is None else provenance,
                          metrics=base.metrics if metrics is None else metrics,
-                         synthetic_data=base.synthetic_data, stain_reference=base.stain_reference)
+                         synthetic_data=base.synthetic_data, stain_reference=base.stain_reference, views=base.views)
 
 
 def write_sidecar(model_path: str | os.PathLike, sidecar: Sidecar) -> Path:
@@ -429,6 +438,13 @@ def _rbc_px(v: Any, where: str) -> float | None:
     return float(v)
 
 
+def _views(v: Any, where: str) -> int:
+    if isinstance(v, bool) or v not in VIEWS:
+        raise BundleError(f"{where}: views must be one of {', '.join(map(str, VIEWS))} (flipped/rotated views "
+                          f"celledge averages), got {v!r}")
+    return int(v)
+
+
 def _quant(d: Any, where: str) -> Quantization | None:
     if d is None:
         return None
@@ -524,4 +540,5 @@ def _parse(d: Any, where: str) -> Sidecar:
         provenance=provenance,
         synthetic_data=bool(d.get("synthetic_data", False)),
         stain_reference=_stain_reference(d.get("stain_reference"), where),
+        views=_views(d.get("views", 1), where),
     )

@@ -26,11 +26,17 @@ def _check_device(ctx, param, value):
 
 
 def _classifier(model: str, threads: int | None, device: str | None = None, fallback: str | None = None,
-                tta: int = 1):
+                tta: int | None = None):
+    """The model's classifier over ``tta`` views (None: as many as its sidecar advises, said on stderr)."""
     from .classifier import make_classifier
 
     clf = make_classifier(model, num_threads=threads, device=device, fallback=fallback,
                           warn=lambda msg: print(msg, file=sys.stderr))
+    if tta is None:
+        tta = clf.sidecar.views
+        if tta > 1:
+            print(f"note: {Path(model).name} runs over {tta} flipped/rotated views of each cell (its sidecar advises "
+                  f"it: an adapted model, more accurate so; --tta 1 for {tta}x fewer model runs)", file=sys.stderr)
     if tta > 1:
         from .tta import TTAClassifier
 
@@ -39,11 +45,12 @@ def _classifier(model: str, threads: int | None, device: str | None = None, fall
 
 
 def _runtime_options(fn):
-    fn = click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default="1", show_default=True,
-                      callback=lambda ctx, param, v: int(v),
+    fn = click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default=None,
+                      callback=lambda ctx, param, v: None if v is None else int(v),
                       help="Test-time augmentation: average the scores of this many flipped/rotated views of each "
                            "cell (1: off). Steadier on blurred, noisy or odd-stained images; costs one inference "
-                           "per view.")(fn)
+                           "per view. Default: what the model's sidecar advises (1; 8 for a model adapted with "
+                           "celltrain fit --preset few-shot).")(fn)
     fn = click.option("--fallback", type=click.Choice(["cpu"]), default=None,
                       help="If the Edge TPU cannot be loaded, run the CPU model beside it instead of failing.")(fn)
     return click.option("--device", default=None, metavar="cpu|usb|pci|:N", callback=_check_device,

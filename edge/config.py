@@ -60,7 +60,7 @@ class WatchConfig:
     threads: int | None = None
     device: str | None = None
     fallback: str | None = None
-    tta: int = 1
+    tta: int | None = None  # views averaged per cell; None: as the model's sidecar advises (``Sidecar.views``)
     rescale: bool = True  # crop mode: reframe views framed unlike the training crops (crop_scale.StreamFraming)
 
     def replace(self, **changes: Any) -> "WatchConfig":

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .bundle import InputSpec
+from .bundle import VIEWS, InputSpec
 from .errors import UserError
 
 View = Callable[[np.ndarray], np.ndarray]  # (N,H,W,C) -> (N,H',W',C)
@@ -28,7 +28,7 @@ _VIEWS: list[tuple[str, View]] = [
     ("transpose", lambda x: np.swapaxes(x, 1, 2)),
     ("antitranspose", lambda x: np.rot90(np.swapaxes(x, 1, 2), 2, axes=(1, 2))),
 ]
-CHOICES = (1, 2, 4, 8)
+CHOICES = VIEWS  # the view counts a sidecar may advise (bundle.VIEWS)
 
 
 def view_names(n: int) -> list[str]:
@@ -71,3 +71,8 @@ class TTAClassifier:
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+def views_of(classifier) -> int:
+    """How many views ``classifier`` averages (1 unless it is a ``TTAClassifier``)."""
+    return classifier.n if isinstance(classifier, TTAClassifier) else 1

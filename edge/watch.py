@@ -38,6 +38,7 @@ from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError
 from .stain import is_greyscale, stain_layers
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
+from .tta import views_of
 
 
 def _once(source: FrameSource) -> Callable[[], FrameSource]:
@@ -568,6 +569,7 @@ def run_watch(
         "seconds": round(elapsed, 3),
         "fps": round(n / elapsed, 2),
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
+        "views": views_of(classifier),  # flipped/rotated views averaged per cell (--tta, or the model's sidecar)
     }
     if already:  # a folder's images the session had counted before: skipped, not counted twice
         summary["already_counted"] = already

@@ -87,7 +87,7 @@ def test_typed_provenance_round_trips_through_the_file(model_file):
 
 
 def test_derived_and_copied_bundles_go_through_the_builder(model_file):
-    write_sidecar(model_file, _build(model_file))
+    write_sidecar(model_file, _build(model_file, views=8))  # an adapted model's advice travels with every copy
     dest = model_file.with_name("model.tflite")
     copied = copy_bundle(model_file, dest, approved_from=model_file.name)
     assert load_sidecar(dest) == copied
@@ -100,6 +100,20 @@ def test_derived_and_copied_bundles_go_through_the_builder(model_file):
     sc = derive_sidecar(copied, tpu, runtimes=("edgetpu",), provenance=prov)
     assert sc.file == "model_edgetpu.tflite" and sc.runtimes == ("edgetpu",)
     assert sc.provenance.cpu_model == "model.tflite"
+    assert copied.views == sc.views == 8 and json.loads(sidecar_path(dest).read_text())["views"] == 8
+
+
+def test_the_compressed_model_keeps_the_views_its_training_advised(tiny_run, tmp_path):
+    """cellcompress's sidecar of each variant carries the Keras model's ``views`` (celltrain fit --preset few-shot
+    writes 8): the int8 model on the device is run as its training advised."""
+    from scopelite.compress.pipeline import CompressConfig, tflite_sidecar
+
+    src = dataclasses.replace(load_sidecar(tiny_run["keras"]), views=4)
+    out = tmp_path / "model.tflite"
+    shutil.copy(tiny_run["tflite"], out)
+    cfg = CompressConfig(model=str(tiny_run["keras"]), out=str(tmp_path))
+    assert tflite_sidecar(out, src, tiny_run["keras"], "int8", {}, cfg, {}).views == 4
+    assert tflite_sidecar(out, load_sidecar(tiny_run["keras"]), tiny_run["keras"], "int8", {}, cfg, {}).views == 1
 
 
 # --------------------------------------------------------------------------- schema 1
@@ -242,6 +256,8 @@ def test_bench_without_the_source_says_what_to_give(model_file, tmp_path):
     (lambda d: d["provenance"]["source"].update(sha256="xyz"), "64 lower-case hex"),
     (lambda d: d["provenance"]["training"]["machine"].update(cores="2"), "'cores' must be int"),
     (lambda d: d.update(schema_version=3), "reads 1, 2"),
+    (lambda d: d.update(views=3), "views must be one of 1, 2, 4, 8"),
+    (lambda d: d.update(views=True), "views must be one of 1, 2, 4, 8"),
 ])
 def test_bad_sidecars_get_one_clear_line(model_file, mutate, message):
     write_sidecar(model_file, _build(model_file))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from scopelite.edge.bundle import load_sidecar
 from scopelite.train.config import FitConfig
 from scopelite.train.fit import plan, set_trainable
 
@@ -99,6 +100,9 @@ def test_few_shot_preset_sets_the_recipe_and_flags_and_config_override_it(tmp_pa
     assert saved["augment"] == "strong" and saved["strength"] == 0.5
     assert saved["soup"] == 3 and sorted(p.name for p in (tmp_path / "p" / "members").iterdir()) == ["0", "1", "2"]
     assert saved["epochs"] == 2 and saved["weights"] == "none" and saved["batch_size"] == 8  # flags, then --config
+    assert saved["views"] == 8 and load_sidecar(tmp_path / "p" / "model.keras").views == 8  # celledge runs 8 views
+    r = run_cli("celltrain", "fit", "--preset", "few-shot", "--views", "3", "--out", str(tmp_path / "v"))
+    assert r.returncode == 2 and "give 1, 2, 4 or 8 views" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("celltrain", "fit", "--preset", "few-shots", "--out", str(tmp_path / "q"))
     assert r.returncode == 2 and "few-shot" in r.stderr and "Traceback" not in r.stderr
 

@@ -67,6 +67,50 @@ def test_celledge_classify_with_tta_on_the_packaged_model(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_a_model_whose_sidecar_advises_views_runs_over_them_unless_tta_says_otherwise(tmp_path):
+    """An adapted model's sidecar says 8 views (celltrain fit --preset few-shot): classify and watch use them by
+    default, say so on stderr, and --tta still overrides; celledge info names it; older sidecars mean 1."""
+    import shutil
+
+    import cv2
+
+    from scopelite.edge.bundle import load_sidecar, sidecar_path
+    from scopelite.edge.packaged import default_model
+
+    rng = np.random.default_rng(1)
+    img = tmp_path / "cell.png"
+    cv2.imwrite(str(img), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    model = tmp_path / "adapted.tflite"
+    shutil.copy(default_model(), model)
+    sc = json.loads(sidecar_path(default_model()).read_text())
+    assert sc.get("views", 1) == 1  # the shipped model: one view (decision 15d)
+    sidecar_path(model).write_text(json.dumps({**sc, "views": 8}))
+    assert load_sidecar(model).views == 8
+
+    def run(*extra):
+        r = run_cli("celledge", "classify", "--model", str(model), str(img), "--json", "-k", "8", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout)["top_k"], r.stderr
+
+    advised, note = run()
+    eight, said = run("--tta", "8")
+    one, quiet = run("--tta", "1")
+    assert advised == eight and advised != one
+    assert "runs over 8 flipped/rotated views" in note and "--tta 1" in note
+    assert "views" not in said and "views" not in quiet
+    info = run_cli("celledge", "info", str(model))
+    assert info.returncode == 0 and "runs over 8 flipped/rotated views by default" in info.stdout
+    field = tmp_path / "fields"
+    field.mkdir()
+    cv2.imwrite(str(field / "f.png"), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    w = run_cli("celledge", "watch", str(field), "--model", str(model), "--mode", "field", "--exit-on-eof")
+    assert w.returncode == 0, w.stderr[-2000:]
+    assert json.loads(w.stdout.splitlines()[-1])["summary"]["views"] == 8
+    w = run_cli("celledge", "watch", str(field), "--model", str(model), "--mode", "field", "--exit-on-eof",
+                "--tta", "2")
+    assert json.loads(w.stdout.splitlines()[-1])["summary"]["views"] == 2
+
+
 def test_bench_scores_each_model_with_each_view_count(tiny_run, tmp_path):
     from scopelite.compress.bench import bench
 

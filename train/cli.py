@@ -6,6 +6,7 @@ from dataclasses import fields
 import click
 
 from scopelite.edge._quiet import verbose_option
+from scopelite.edge.bundle import VIEWS
 from scopelite.edge.errors import OneLineGroup, one_line_errors
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
@@ -71,6 +72,12 @@ def _preset_defaults(ctx, param, value):
     return value
 
 
+def _check_views(ctx, param, value):
+    if value not in VIEWS:
+        raise click.BadParameter(f"{value}: give 1, 2, 4 or 8 views", param_hint="--views")
+    return value
+
+
 @main.command()
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), callback=_preset_defaults, is_eager=True,
               expose_value=False, help="Defaults for a job. few-shot: adapt the shipped model to your lab from "
@@ -132,6 +139,10 @@ def _preset_defaults(ctx, param, value):
                    "ship the average of their weights (celltrain average) in OUT; the same command again after a "
                    "kill keeps the fitted members. K times the time. --preset few-shot fits 3 (3 fits of 60 epochs were 2.4 "
                    "points better than one of 30 over 8 (draw, N) pairs of another lab's cells; docs/cross-lab.md).")
+@click.option("--views", type=int, default=_D.views, callback=_check_views, metavar="1|2|4|8",
+              help="Write into the model's sidecar that celledge watch/classify should average this many "
+                   "flipped/rotated views of each cell by default (their --tta still overrides). --preset few-shot: "
+                   "8 (2.6 points better on another lab's fields after 25 cells per class; docs/cross-lab.md).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
               help="tf.distribute: mirrored (all local GPUs) or multiworker (several machines: run the same "
                    "command on each, with TF_CONFIG naming the cluster and its own index; see docs/gpu-training.md).")

@@ -17,8 +17,9 @@ PRESETS = {
     # no choice of epoch on a tiny validation split (the mean of the last 5); 30 epochs, not 15, by a second
     # rule on fresh draws split by cell (benchmarks/results/few-shot-recipe14-decision.json); the whole network
     # at lr 1e-4, not its top 30 % at 2e-4, by a third (few-shot-whole-network-decision.json, session 15); the weight
-    # average of 3 fits of 60 epochs, not one of 30, by a fourth (few-shot-soup60-decision.json, session 19).
-    "few-shot": {"weights": "shipped", "head_epochs": 0, "fine_tune_fraction": 1.0, "learning_rate": 1e-4,
+    # average of 3 fits of 60 epochs, not one of 30, by a fourth (few-shot-soup60-decision.json, session 19); run
+    # over 8 views by default, by a fifth (few-shot-tta21b-decision.json, session 21).
+    "few-shot": {"views": 8, "weights": "shipped", "head_epochs": 0, "fine_tune_fraction": 1.0, "learning_rate": 1e-4,
                  "average_last": 5, "epochs": 60, "soup": 3, "warmup_epochs": 0.0, "augment": "strong",
                  "strength": 0.5, "batch_size": 16},
 }
@@ -75,6 +76,7 @@ class FitConfig:
     patience: int = 0  # early stopping on val accuracy; 0: off (best weights are kept anyway)
     average_last: int = 0  # SWA: ship the average of the last N epochs' weights instead of the best epoch
     soup: int = 1  # fit this many times (training seeds + 100 i, one split) and ship their weights' average
+    views: int = 1  # flipped/rotated views celledge averages for this model by default (its sidecar's ``views``)
     strategy: str = "none"
     worker_timeout: float = 300.0  # --strategy multiworker: seconds to wait for every worker to join
     mixed_precision: bool = False  # float16 on tf-keras (GPU only), bfloat16 on keras3

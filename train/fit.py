@@ -269,7 +269,7 @@ def keras_sidecar(path: Path, cfg: FitConfig, ds: data_lib.Dataset, metrics: dic
                                   rbc_px=data_lib.training_scale(ds)[0]),
         output=TensorSpec(dtype="float32", quantization=None), runtimes=("keras",), metrics=metrics,
         provenance=Provenance(tools=versions(), training=training),
-        synthetic_data=ds.synthetic, stain_reference=_stain_reference(ds.images))
+        synthetic_data=ds.synthetic, stain_reference=_stain_reference(ds.images), views=cfg.views)
 
 
 def _stain_reference(images: np.ndarray) -> dict | None:
@@ -367,7 +367,7 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
     return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 85-93 % of fields "
             f"right with 5 different cells per class, 89-95 % with 10 (one fit, before session 19), 88-96 % with 25 "
-            f"(mean 92.5 % over six draws, the preset of now; 95.4 % watched with --tta 8) and 88-91 % with all it had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, "
+            f"(mean 92.5 % over six draws, the preset of now, one view; 95.4 % over the 8 views celledge runs its models with) and 88-91 % with all it had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, "
             f"which ones you label moves the result more; label {FEW_CELLS} or more different cells of each class you see where you can "
             f"(one cell photographed twice counts once)")
 
