@@ -29,18 +29,14 @@ def _classifier(model: str, threads: int | None, device: str | None = None, fall
                 tta: int | None = None):
     """The model's classifier over ``tta`` views (None: as many as its sidecar advises, said on stderr)."""
     from .classifier import make_classifier
+    from .tta import as_advised, views_of
 
-    clf = make_classifier(model, num_threads=threads, device=device, fallback=fallback,
-                          warn=lambda msg: print(msg, file=sys.stderr))
-    if tta is None:
-        tta = clf.sidecar.views
-        if tta > 1:
-            print(f"note: {Path(model).name} runs over {tta} flipped/rotated views of each cell (its sidecar advises "
-                  f"it: an adapted model, more accurate so; --tta 1 for {tta}x fewer model runs)", file=sys.stderr)
-    if tta > 1:
-        from .tta import TTAClassifier
-
-        clf = TTAClassifier(clf, tta)
+    clf = as_advised(make_classifier(model, num_threads=threads, device=device, fallback=fallback,
+                                     warn=lambda msg: print(msg, file=sys.stderr)), tta)
+    n = views_of(clf)
+    if tta is None and n > 1:
+        print(f"note: {Path(model).name} runs over {n} flipped/rotated views of each cell (its sidecar advises "
+              f"it: an adapted model, more accurate so; --tta 1 for {n}x fewer model runs)", file=sys.stderr)
     return clf
 
 

@@ -73,6 +73,15 @@ class TTAClassifier:
         return getattr(self.inner, name)
 
 
+def as_advised(classifier, n: int | None = None):
+    """``classifier`` over ``n`` views; None: as many as its sidecar advises (``Sidecar.views``: 1 unless its
+    training said otherwise), as ``celledge watch`` and ``classify`` run it without ``--tta``."""
+    if n is None:
+        sidecar = getattr(classifier, "sidecar", None)
+        n = 1 if sidecar is None else sidecar.views
+    return classifier if n == 1 else TTAClassifier(classifier, n)
+
+
 def views_of(classifier) -> int:
     """How many views ``classifier`` averages (1 unless it is a ``TTAClassifier``)."""
     return classifier.n if isinstance(classifier, TTAClassifier) else 1

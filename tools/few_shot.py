@@ -49,6 +49,7 @@ from scopelite.edge.packaged import default_model
 from scopelite.edge.self_train import confident
 from scopelite.edge.session_export import record_files
 from scopelite.edge.sources import list_images
+from scopelite.edge.tta import as_advised, views_of
 from scopelite.edge.sysinfo import machine
 from scopelite.train.config import SOUP_SEED_STEP
 
@@ -79,11 +80,12 @@ def field_accuracy(model: Path, fields: list[Path], cell_of: dict[Path, int],
     """Field mode with default options: fields right, per class, and distinct cells right (each cell's
     share of its fields right, averaged over the cells); with ``setup_of`` (``fieldset.background_setups``)
     also per set-up, where the background cannot tell the classes it holds apart."""
-    clf = LiteRTClassifier(model, num_threads=2)
+    clf = as_advised(LiteRTClassifier(model, num_threads=2))  # over the views its sidecar advises, as watch runs it
     scores = fieldset.score_fields(clf, fields, fieldset.default_config(clf))
     cells = fieldset.cell_accuracy(fields, scores, cell_of)
     out = {"accuracy": round(scores.accuracy, 4), "per_class": {k: round(v, 4) for k, v in sorted(scores.per_class.items())},
-           "cells": len({cell_of[p] for p in fields}), "cell_accuracy": None if cells is None else round(cells, 4)}
+           "cells": len({cell_of[p] for p in fields}), "cell_accuracy": None if cells is None else round(cells, 4),
+           "views": views_of(clf)}
     if setup_of is not None:
         out["by_setup"] = by_setup(fields, scores, setup_of)
     return out
