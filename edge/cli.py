@@ -438,7 +438,7 @@ def watch(**_):
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
 
-    sessions, cfg = _sessions(cfg, clf)
+    sessions, cfg = _sessions(cfg, clf, live)
     if sessions is not None:
         ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
     if cfg.http:
@@ -473,7 +473,8 @@ def watch(**_):
     if sessions is not None:
         sessions.checkpoint()  # the report as it stands; an open session stays open for the next run
         s = sessions.summary(cells=False)
-        summary["summary"]["session"] = {"id": s["id"], "folder": s["folder"], "state": s["state"],
+        # each frame line's session object (id, open, differential), and what the run's end adds to it
+        summary["summary"]["session"] = {**sessions.brief(), "folder": s["folder"], "state": s["state"],
                                          "reason": s["reason"], "resumed": sessions.resumed is not None,
                                          "white_total": s["differential"]["white_total"],
                                          "cells": s["cells_total"], "reviewed": s["reviewed"]}
@@ -524,19 +525,19 @@ def _site(path: str | None, clf):
 _HOW_IT_ENDED = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}  # else "ended"
 
 
-def _sessions(cfg, clf):
+def _sessions(cfg, clf, live: bool):
     """``--sessions``: the sessions folder (resumed or new) and the run's config, whose count the session
     now keeps (a session closes at --count; a daemon with --http goes on to the next one). The sessions
-    record the scale field mode cuts ``clf``'s cells at (``FieldConfig.cut_scale``)."""
+    record the scale field mode cuts ``clf``'s cells at (``FieldConfig.cut_scale``); ``live``: the source is a
+    camera or stream."""
     if not cfg.sessions:
         return None, cfg
     from .session import Sessions
     from .watch import field_config
 
-    from .sources import input_of, is_live, is_still
+    from .sources import input_of, is_still
 
     # a video file read again from its start would count its cells twice (a folder's images are told apart)
-    live = not cfg.source or is_live(cfg.source)
     video = not live and not is_still(cfg.source)
     source = str(Path(cfg.source).resolve()) if video else None
     given = cfg.source if live else input_of(cfg.source)

@@ -645,6 +645,8 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     assert last["session"]["differential"]["white_total"] == summary["session"]["white_total"]
     assert last["session"]["differential"]["white_total"] == last["differential"]["white_total"] + first["white_total"]
     assert "cells" not in last["session"]["differential"]["uncertain"]  # the review list stays out of each line
+    assert set(last["session"]) <= set(summary["session"])  # the summary's session: the lines' keys and more
+    assert summary["session"]["differential"] == last["session"]["differential"] and summary["session"]["open"]
     named = [e["session_cell"] for x in lines for e in x["counted"]]  # each counted cell as the session names it
     assert named and all((tmp_path / "s" / first["id"] / "crops" / f"{i}.png").is_file() for i in named)
     assert min(named) > from_first  # numbered on from the first run's cells, not from 0 again

@@ -24,6 +24,8 @@ validation and test, as it always does. Wall times are for 2 CPU cores.
     python tools/few_shot.py --n 25 --soup 3      # also the average of 3 fits of the same cells (decision 18a)
     python tools/few_shot.py --n 25 --fit-args "--epochs 60" --soup 3
         # --preset few-shot since session 19 (decision 19a): each row's "soup" (its own fields: one fit of 60)
+    python tools/few_shot.py --n 25 --recipe preset
+        # celltrain fit --preset few-shot as it is (session 22: scored over the 8 views its sidecar advises)
     python tools/few_shot.py plot OUT.png RESULTS.json [RESULTS.json ...]   # accuracy against N
 """
 from __future__ import annotations
@@ -60,6 +62,8 @@ RECIPES = {  # the candidates of docs/cross-lab.md's few-shot rules; "whole" was
     "top": ["--epochs", "30", "--fine-tune-fraction", "0.3", "--lr", "2e-4", "--average-last", "5"],  # 15 until session 14
     "whole": ["--epochs", "30", "--fine-tune-fraction", "1.0", "--lr", "1e-4", "--average-last", "5"],  # sessions 15-18
     # the preset since session 19 is "whole" with --fit-args "--epochs 60" and --soup 3 (each row's "soup")
+    # celltrain fit --preset few-shot itself, as a lab runs it (its soup of 3 inside fit; its sidecar says 8 views)
+    "preset": ["--preset", "few-shot"],
     "head": ["--epochs", "15", "--fine-tune-fraction", "0.0", "--lr", "1e-3", "--average-last", "5"],
 }
 
