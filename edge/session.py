@@ -454,11 +454,12 @@ class Sessions:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
         self._files = {c["file"] for c in self.current.cells if c.get("file")}  # images counted into the session
+        self._pixels = {c["pixels"]: c.get("file") for c in self.current.cells if c.get("pixels")}  # ... by content
 
     def _setup(self, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                rbc_fraction: float | None, source: str | None, hold: bool, one_shot: bool = False,
                clock: Callable[[], float] = time.time, review_only: bool = False) -> None:
-        """Every attribute but ``current`` and ``_files`` (``__init__`` and ``reviewing`` set those)."""
+        """Every attribute but ``current``, ``_files`` and ``_pixels`` (``__init__`` and ``reviewing`` set those)."""
         self.root, self.source, self.hold, self.review_only = root, source, hold, review_only
         self.given: str | None = None  # what this run reads (Session.read_from's ``given``)
         self.rbc_fraction = rbc_fraction
@@ -507,7 +508,7 @@ class Sessions:
         self._setup(folder.parent, st["labels"], st.get("target"), st.get("min_score", 0.5), st.get("wbc_count"),
                     st.get("rbc_fraction"), source=None, hold=True, review_only=True)
         self.current = current
-        self._files = set()
+        self._files, self._pixels = set(), {}
         self.damaged = damaged  # sessions passed over: state.json unreadable (the caller says so)
         return self
 
@@ -536,14 +537,16 @@ class Sessions:
             s.lock()
             if getattr(self, "current", None) is not None:
                 self.current.unlock()
-        self._files = set()
+        self._files, self._pixels = set(), {}
         return s
 
-    def counted(self, file: str | None) -> bool:
+    def counted(self, file: str | None, pixels: str | None = None) -> bool:
         """Whether the open session already counted cells from this image file (a folder run again after it
-        stopped part-way, or an image of a folder counted before): its frame is skipped, not counted twice."""
+        stopped part-way, or an image of a folder counted before) or from an image of the same pixels (a copy
+        under another name, ``sources.pixels_digest``): its frame is skipped, not counted twice."""
         with self._lock:
-            return file is not None and self.current.is_open and file in self._files
+            return self.current.is_open and (file is not None and file in self._files
+                                             or pixels is not None and pixels in self._pixels)
 
     def release(self) -> None:
         """The run is over: let go of the session folder (``hold``)."""
@@ -635,16 +638,21 @@ class Sessions:
                 if not self.current.is_open:
                     break
                 crop, center, cut_at, file = None, e.get("center"), self.rbc_fraction, rec.get("file")
+                pixels = None
                 if "track" in e:  # its crop is its latest whole view, cut at the scale of that frame's model
                     crop, _, center, cut_at, file = self._views.pop(e["track"], (None, idx, None, self.rbc_fraction,
                                                                                  file))
-                elif frame is not None and "cell" in e and e["cell"] < len(cells):
-                    crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
+                else:  # one image's cell (a folder's): its image is this frame
+                    pixels = rec.get("pixels")
+                    if frame is not None and "cell" in e and e["cell"] < len(cells):
+                        crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
                 self.current.read_from(self.source, self.given)  # at its first cell: a run that counts nothing
-                added.append(self.current.add(_cell_record(e, idx, center, cut_at, file), crop))
+                added.append(self.current.add(_cell_record(e, idx, center, cut_at, file, pixels), crop))
                 e["session_cell"] = added[-1]["id"]  # the JSON line names it as the session does (crops/ID.png)
                 if file:
                     self._files.add(file)
+                if pixels:
+                    self._pixels[pixels] = file
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()
@@ -679,9 +687,11 @@ class Sessions:
 
 
 def _cell_record(e: dict, frame_index: int, center, rbc_fraction: float | None = None,
-                 file: str | None = None) -> dict[str, Any]:
+                 file: str | None = None, pixels: str | None = None) -> dict[str, Any]:
     """A counted-cell event of the watch loop (``FieldCounter``) as a session's cell line, with the scale its
-    crop was cut at (``Sessions.rbc_fraction``: the model's when the cell was counted)."""
+    crop was cut at (``Sessions.rbc_fraction``: the model's when the cell was counted) and, from a folder, its
+    image's file and pixel digest (``sources.pixels_digest``)."""
     return {"label": e["label"], "best": e["best"], "score": e["score"], "scores": e.get("scores"),
             "frame": frame_index, "center": center, "slide": e.get("slide"), "track": e.get("track"),
-            "frames": e.get("frames", 1), "rbc_fraction": rbc_fraction, **({"file": file} if file else {})}
+            "frames": e.get("frames", 1), "rbc_fraction": rbc_fraction, **({"file": file} if file else {}),
+            **({"pixels": pixels} if pixels else {})}

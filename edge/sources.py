@@ -5,6 +5,7 @@ end of the stream. ``open_source`` picks one from a user's SOURCE argument.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -47,6 +48,17 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     if img is None:
         raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def pixels_digest(frame: np.ndarray) -> str | None:
+    """A short digest of a frame's decoded pixels (and shape): one image saved twice under two names gives one
+    digest, whatever the file format. None for a uniform frame (blank images are alike without being copies)."""
+    if frame.size == 0 or frame.min() == frame.max():
+        return None
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(frame.shape).encode())
+    h.update(np.ascontiguousarray(frame).data)
+    return h.hexdigest()
 
 
 def check_frame_size(frame: np.ndarray, what: str) -> np.ndarray:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Callable
-
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
-from .sources import FrameSource, SourceError
+from .sources import FrameSource, SourceError, pixels_digest
 from .stain import is_greyscale, stain_layers
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
@@ -464,6 +464,10 @@ def run_watch(
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = grey_frames = already = 0
+    # separate fields (a folder): an image whose pixels an earlier one had (a copy under another name) is not
+    # counted again: {digest: the first image's file}, and the copies (file, copy of)
+    seen: dict[str, str | None] = {}
+    copies: list[tuple[str | None, str | None]] = []
     tally = Tally(list(classifier.labels))
     framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
     held: tuple[np.ndarray, dict] | None = None  # field mode: the frame the counter holds back, and its record
@@ -498,9 +502,16 @@ def run_watch(
                     break
                 continue
             file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
-            if session is not None and session.counted(file):  # counted into this session by an earlier run
+            pixels = pixels_digest(frame) if counter is not None and not track else None
+            if session is not None and session.counted(file, pixels):  # counted into this session by an earlier run
                 already += 1
                 continue
+            if pixels is not None and pixels in seen:
+                copies.append((file, seen[pixels]))
+                emit({"event": "copy", "frame": n, "file": file, "copy_of": seen[pixels]})
+                continue
+            if pixels is not None:
+                seen[pixels] = file
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
@@ -532,6 +543,8 @@ def run_watch(
             rec["infer_ms"] = round(dt * 1e3, 3)
             if file is not None:
                 rec["file"] = file
+            if pixels is not None:
+                rec["pixels"] = pixels
             if session is not None and counter is not None:
                 if counter.late and held is not None:  # its cells have their tracks now: keep their views
                     session.keep_views(*held)
@@ -580,6 +593,12 @@ def run_watch(
                               "on stained colour images" + (" and field mode finds cells by their stain" if counter
                                                             is not None else "")
                               + "; if the camera is in monochrome mode, set it to colour")
+    if copies:
+        summary["copies"] = len(copies)
+        file, first = (Path(f).name if f else "?" for f in copies[0])
+        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), (
+            f"{len(copies)} image{'s' if len(copies) > 1 else ''} held the same pixels as an earlier one (a copy "
+            f"under another name: {file} is {first}{' ...' if len(copies) > 1 else ''}): each counted once")]))
     if site is not None:
         summary["site"] = site.info()
         if field_scale.off_site > field_scale.checked / 2 and field_scale.site_rbc_px and field_scale.ruler:

@@ -900,3 +900,49 @@ def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
     _feed(cam, ["neutrophil"])
     assert cam.current.state["inputs"] == ["/dev/video0"]
     assert cam.current.elsewhere(input_of(str(other))) == "/dev/video0"
+
+
+def test_a_copy_of_an_image_under_another_name_is_counted_once(tmp_path):
+    """A folder holding one field twice (saved again under another name and format) counts its cells once and
+    says so; a copy added to a session later (--add-to-session) is skipped like the image it copies; blank images
+    are alike without being copies."""
+    from scopelite.train.synth import make_field
+
+    fields, more = tmp_path / "fields", tmp_path / "more"
+    fields.mkdir()
+    more.mkdir()
+    images = [cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0], cv2.COLOR_RGB2BGR) for i in range(2)]
+    for i, im in enumerate(images):
+        cv2.imwrite(str(fields / f"{i}.png"), im)
+    plain = invoke_cli("celledge", "watch", str(fields), "--mode", "field")
+    once = json.loads(plain.stdout.splitlines()[-1])["summary"]
+    assert plain.returncode == 0 and "copies" not in once and once["differential"]["white_total"] > 0
+    cv2.imwrite(str(fields / "2 copy.bmp"), images[0])  # the same pixels, another name and format
+    cv2.imwrite(str(fields / "3.png"), np.zeros((240, 320, 3), np.uint8))  # blank twice: not copies
+    cv2.imwrite(str(fields / "4.png"), np.zeros((240, 320, 3), np.uint8))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    assert summary["copies"] == 1 and summary["frames"] == 4
+    assert summary["differential"]["white_total"] == once["differential"]["white_total"]
+    assert [x for x in lines if x.get("event") == "copy"] == [
+        {"event": "copy", "frame": 2, "file": str((fields / "2 copy.bmp").resolve()),
+         "copy_of": str((fields / "0.png").resolve())}]
+    assert "1 image held the same pixels as an earlier one" in r.stderr and "2 copy.bmp is 0.png" in r.stderr
+    # sessions: a copy in a folder added later is skipped as counted already
+    for p in (fields / "2 copy.bmp", fields / "3.png", fields / "4.png"):
+        p.unlink()
+    watch = ("celledge", "watch", "--mode", "field", "--sessions", str(tmp_path / "s"))
+    r = invoke_cli(*watch, str(fields))
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    cv2.imwrite(str(more / "a.png"), images[1])  # a copy of fields/1.png
+    cv2.imwrite(str(more / "b.png"), cv2.cvtColor(make_field(np.random.default_rng(7), 320, 240)[0],
+                                                  cv2.COLOR_RGB2BGR))
+    r = invoke_cli(*watch, str(more), "--add-to-session")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert summary["already_counted"] == 1 and summary["frames"] == 1 and summary["session"]["id"] == first["id"]
+    cells = Session.load(tmp_path / "s" / first["id"]).cells
+    assert {c["file"] for c in cells} >= {str((fields / "0.png").resolve()), str((more / "b.png").resolve())}
+    assert str((more / "a.png").resolve()) not in {c["file"] for c in cells}
