@@ -534,8 +534,8 @@ def test_a_fixed_crop_size_records_no_scale(tmp_path):
     from scopelite.edge.cli import _sessions
 
     clf = FakeClassifier(CLASS_NAMES, InputSpec(96, 96, rbc_px=18.0))
-    auto, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "a")), clf)
-    fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), clf)
+    auto, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "a")), clf, live=True)
+    fixed, _ = _sessions(WatchConfig(mode="field", sessions=str(tmp_path / "f"), crop_size=360), clf, live=True)
     assert auto.rbc_fraction == 0.1875 and auto.current.state["rbc_fraction"] == 0.1875
     assert fixed.rbc_fraction is None and fixed.current.state["rbc_fraction"] is None
 
@@ -671,7 +671,7 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     # another folder: another slide, or more fields of this one? refused until the user says which
     more = tmp_path / "more"
     more.mkdir()
-    shutil.copy(fields / "0.png", more / "a.png")
+    cv2.imwrite(str(more / "a.png"), cv2.cvtColor(make_field(np.random.default_rng(5), 320, 240)[0], cv2.COLOR_RGB2BGR))
     into = ("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
     r = invoke_cli(*into)
     assert_one_line_error(r, f"session {anew['id']} is open with", f"counted from {fields.resolve()}, not from {more}",
