@@ -563,6 +563,16 @@ def _sessions(cfg, clf, live: bool):
         if again is not None:
             warn(f"{cfg.source} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
                  f"session {sessions.current.id} counts its cells again (a second count of that slide)")
+    if sessions.resumed and cfg.count is not None and cfg.count != sessions.current.state.get("target"):
+        have, was = sessions.current.differential().summary()["white_total"], sessions.current.state.get("target")
+        if cfg.count <= have:
+            sessions.release()
+            raise UserError(f"session {sessions.current.id} is open with {have} white cells counted: --count "
+                            f"{cfg.count} is reached already; give a larger --count to go on counting into it, or "
+                            "--new-session for another slide")
+        sessions.current.retarget(cfg.count)
+        print(f"session {sessions.current.id}: counting to {cfg.count} white cells (--count; it was "
+              f"{f'counting to {was}' if was else 'open-ended'})", file=sys.stderr)
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
           + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)

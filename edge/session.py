@@ -303,10 +303,12 @@ class Session:
             write_json_atomic(self.folder / "state.json", self.state, fsync="full")
 
     def counted_from(self) -> list[str]:
-        """What runs counted this session's cells from: ``inputs`` (folders, videos, cameras), and for cells counted
-        before inputs were recorded, their images' folders and the videos in ``sources``."""
+        """What runs counted this session's cells from: ``inputs`` (folders, videos, cameras) and the videos in
+        ``sources``; for a session from before inputs were recorded, its cells' images' folders."""
         seen = list(self.state.get("inputs", [])) + [s for s in self.state.get("sources", [])
                                                      if s not in self.state.get("inputs", [])]
+        if self.state.get("inputs"):  # recorded: a folder of links counts images that lie elsewhere (by their path)
+            return seen
         for c in self.cells:
             parent = str(Path(c["file"]).parent) if c.get("file") else None
             if parent and not any(parent == s or Path(parent).is_relative_to(s) for s in seen):
@@ -323,6 +325,12 @@ class Session:
         if not before or any(here == Path(b) or here.is_relative_to(b) for b in before):
             return None
         return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
+
+    def retarget(self, target: int | None) -> None:
+        """Count to ``target`` white cells from now on (a resumed session given another ``--count``)."""
+        self.state["target"] = target
+        self.version += 1
+        write_json_atomic(self.folder / "state.json", self.state, fsync="full")
 
     def close(self, reason: str, clock: Callable[[], float] = time.time) -> None:
         self.state.update(state="closed", stopped=clock(), stopped_at=_now(), reason=reason)

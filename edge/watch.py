@@ -503,12 +503,12 @@ def run_watch(
                 continue
             file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
             pixels = pixels_digest(frame) if counter is not None and not track else None
-            if session is not None and session.counted(file, pixels):  # counted into this session by an earlier run
-                already += 1
-                continue
-            if pixels is not None and pixels in seen:
+            if pixels is not None and pixels in seen:  # a copy of an image of this run
                 copies.append((file, seen[pixels]))
                 emit({"event": "copy", "frame": n, "file": file, "copy_of": seen[pixels]})
+                continue
+            if session is not None and session.counted(file, pixels):  # counted into this session by an earlier run
+                already += 1
                 continue
             if pixels is not None:
                 seen[pixels] = file

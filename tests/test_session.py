@@ -937,12 +937,60 @@ def test_a_copy_of_an_image_under_another_name_is_counted_once(tmp_path):
     r = invoke_cli(*watch, str(fields))
     first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
     cv2.imwrite(str(more / "a.png"), images[1])  # a copy of fields/1.png
-    cv2.imwrite(str(more / "b.png"), cv2.cvtColor(make_field(np.random.default_rng(7), 320, 240)[0],
-                                                  cv2.COLOR_RGB2BGR))
+    new = cv2.cvtColor(make_field(np.random.default_rng(7), 320, 240)[0], cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(more / "b.png"), new)
+    cv2.imwrite(str(more / "c.png"), new)  # a copy of this run's b.png: a copy, not "counted by an earlier run"
     r = invoke_cli(*watch, str(more), "--add-to-session")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert summary["already_counted"] == 1 and summary["frames"] == 1 and summary["session"]["id"] == first["id"]
+    assert summary["copies"] == 1 and "c.png is b.png" in r.stderr
     cells = Session.load(tmp_path / "s" / first["id"]).cells
     assert {c["file"] for c in cells} >= {str((fields / "0.png").resolve()), str((more / "b.png").resolve())}
     assert str((more / "a.png").resolve()) not in {c["file"] for c in cells}
+
+
+def test_a_resumed_session_counts_to_the_count_given_now(tmp_path):
+    """--count on a run that resumes an open session is its new target (said on stderr); one already reached is
+    refused in one line, before anything is counted."""
+    from scopelite.train.synth import make_field
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
+                                                            cv2.COLOR_RGB2BGR))
+    watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    r = invoke_cli(*watch, "--count", "1000", "--max-frames", "1")
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    have = first["white_total"]
+    assert r.returncode == 0 and have > 0 and first["state"] == "open"
+    r = invoke_cli(*watch, "--count", str(have))
+    assert_one_line_error(r, f"session {first['id']} is open with {have} white cells counted", "--count", "reached")
+    assert Session.load(tmp_path / "s" / first["id"]).state["target"] == 1000  # nothing changed
+    r = invoke_cli(*watch, "--count", str(have + 1))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"session {first['id']}: counting to {have + 1} white cells (--count; it was counting to 1000)" in r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert done["id"] == first["id"] and done["state"] == "closed" and done["white_total"] >= have + 1
+    assert done["differential"]["target"] == have + 1
+
+
+def test_a_folder_of_links_records_the_folder_given_not_where_the_images_lie(tmp_path):
+    """Sessions record what a run was given: after a folder of links to another folder's images, that other
+    folder is another input (refused without --add-to-session), not the same one."""
+    from scopelite.train.synth import make_field
+
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(real / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
+                                                          cv2.COLOR_RGB2BGR))
+    (links / "0.png").symlink_to(real / "0.png")
+    r = invoke_cli("celledge", "watch", str(links), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    sid = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["id"]
+    assert r.returncode == 0 and Session.load(tmp_path / "s" / sid).cells
+    r = invoke_cli("celledge", "watch", str(real), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    assert_one_line_error(r, f"session {sid} is open with", f"counted from {links.resolve()}, not from {real}",
+                          "--add-to-session")
