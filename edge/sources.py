@@ -42,11 +42,16 @@ class FrameSource(Protocol):
 
 
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot."""
+    """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot, or if it is larger than
+    ``MAX_SIDE`` px a side (a slide scan's mosaic: seconds and gigabytes for one image on a Pi)."""
     data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
+    h, w = img.shape[:2]
+    if max(h, w) > MAX_SIDE:
+        raise SourceError(f"{path} is {w}x{h} px, larger than {MAX_SIDE} px a side: give fields or crops as the "
+                          "camera takes them (a whole-slide mosaic: cut it into fields first)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

@@ -183,6 +183,8 @@ CASES = [
     ("watch-all-unreadable", "celledge", "watch {allbad}", 2, "none of the 2 images", "skipped", None),
     ("watch-all-unreadable-loop", "celledge", "watch {allbad} --loop", 2, "none of the 2 images", None, None),
     ("watch-frame-too-large", "celledge", "watch {huge}", 0, None, "larger than 4096", '"unreadable": 1'),
+    ("classify-too-large", "celledge", "classify {huge}", 2, "1 of 2 images could not be read", "larger than 4096",
+     "a.png"),
     ("watch-out-unwritable", "celledge", f"watch {{mixed}} --out {UNWRITABLE}/w.jsonl", 2, "cannot be written",
      None, None),
     ("watch-out-disk-full", "celledge", "watch {mixed} --out /dev/full", 2, "no space left", None, None),
