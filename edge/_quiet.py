@@ -33,6 +33,8 @@ _NOISE = re.compile("|".join([
     r"Created TensorFlow Lite XNNPACK delegate for CPU",
     r"^fully_quantize: \d+, inference_type: \d+",
     r"Estimated count of arithmetic ops",
+    r"^\[[^\]@]+ @ 0x[0-9a-f]+\] ",  # FFmpeg's own lines ("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found")
+    r"^Unexpected element\. Expected: ",  # OpenCV's AVI parser on a file that is not one
 ]))
 
 

@@ -61,7 +61,8 @@ class Capture(threading.Thread):
 
     def __init__(self, open_source: Callable[[], FrameSource], queue: DropOldestQueue, live: bool,
                  exit_on_eof: bool = False, backoff: float = 0.5, backoff_cap: float = 30.0,
-                 stop: threading.Event | None = None, on_event: Callable[[str, dict], None] | None = None):
+                 stop: threading.Event | None = None, on_event: Callable[[str, dict], None] | None = None,
+                 name: str = "?"):
         super().__init__(name="capture", daemon=True)
         self._open, self.queue, self.live, self.exit_on_eof = open_source, queue, live, exit_on_eof
         self.backoff, self.backoff_cap = backoff, backoff_cap
@@ -71,7 +72,7 @@ class Capture(threading.Thread):
         self.reconnects = 0
         self.connected = False
         self.last_frame_time = 0.0
-        self.source_name = "?"
+        self.source_name = name  # the source as given until it opens, then as it names itself
         # a folder's image file of each frame queued, in order (``FolderSource.path``)
         self.files: collections.deque[str] = collections.deque()
 

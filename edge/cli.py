@@ -437,6 +437,10 @@ def watch(**_):
         else:
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
+        tries = rec.get("attempt", 0) if rec.get("event") == "reconnecting" else 0
+        if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at attempts 1, 2, 4, 8...: a person may be looking
+            warn(f"{cfg.source}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
+                 "keeps trying until stopped, --exit-on-eof: it stops instead)")
 
     sessions, cfg = _sessions(cfg, clf, live)
     if sessions is not None:

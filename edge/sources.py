@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import cv2
 import numpy as np
 
+from ._quiet import native_stderr, verbose
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -26,6 +27,8 @@ OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we say what went wrong, in our words
+if not verbose():  # FFmpeg's own lines ("[mjpeg @ 0x...] overread 8"), read when a first video is opened: ours instead
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class SourceError(UserError, OSError):
@@ -91,20 +94,28 @@ def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 class OpenCVSource:
-    """A camera (``/dev/videoN`` or index), a video file, or a stream URL."""
+    """A camera (``/dev/videoN`` or index), a video file, or a stream URL.
 
-    def __init__(self, spec: str, size: tuple[int, int] | None = None, loop: bool = False):
+    A video file that ends before the frame count its header announces (cut short, a copy interrupted) is
+    read as far as it goes, and ``warn`` says so once.
+    """
+
+    def __init__(self, spec: str, size: tuple[int, int] | None = None, loop: bool = False,
+                 warn: Callable[[str], None] | None = None):
         self.name = spec
         self._loop = loop and Path(spec).is_file()
+        self._warn = warn or (lambda msg: None)
+        self._read = 0
         target: int | str = int(spec) if spec.isdigit() else spec
         m = re.fullmatch(r"/dev/video(\d+)", spec)
         if m:
             target = int(m.group(1))
-        if isinstance(target, str):  # a file or a URL: bounded open and read, whatever the server does
-            self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
-                                                               cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
-        else:
-            self._cap = cv2.VideoCapture(target)
+        with native_stderr():  # a container parser's own complaint ("Unexpected element"): our Error line instead
+            if isinstance(target, str):  # a file or a URL: bounded open and read, whatever the server does
+                self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
+            else:
+                self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             if Path(spec).is_file():
                 raise SourceError(f"cannot read {spec} as a video (not a video file OpenCV can decode; images: "
@@ -113,9 +124,17 @@ class OpenCVSource:
         if size:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT) if Path(spec).is_file() else 0
+        self._announced = int(count) if count and count > 0 else 0  # 0: not known (a camera, a stream)
 
     def read(self) -> np.ndarray | None:
         ok, frame = self._cap.read()
+        if ok and frame is not None:
+            self._read += 1
+        elif self._announced and 0 < self._read < self._announced - 1:  # one frame of slack: headers round
+            self._warn(f"{self.name} ended after {self._read} of the {self._announced} frames its header "
+                       "announces: the file is cut short or damaged (the frames read were used)")
+            self._announced = 0  # said once, looped or not
         if (not ok or frame is None) and self._loop:  # a video file replayed: rewind
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
@@ -251,4 +270,4 @@ def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = No
         return FolderSource(p, loop=loop, warn=warn)
     if not (is_live(spec) or p.is_file()):
         raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
-    return OpenCVSource(spec, size=size, loop=loop)
+    return OpenCVSource(spec, size=size, loop=loop, warn=warn)

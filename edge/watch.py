@@ -476,7 +476,8 @@ def run_watch(
     queue = DropOldestQueue(queue_size)
     capture = Capture(opener, queue, live=live, exit_on_eof=config.exit_on_eof, backoff=backoff,
                       backoff_cap=config.backoff_cap,
-                      stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}))
+                      stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}),
+                      name=config.source or "?")
     capture.start()
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"

@@ -675,3 +675,41 @@ def test_error_after_a_progress_bar_starts_its_own_line(capfd):
 def test_classify_refuses_two_models(corpus):
     r = invoke_cli("celledge", "classify", str(corpus["model"]), "--model", str(corpus["model"]), str(corpus["img"]))
     assert_one_line_error(r, "two models", code=2)
+
+
+def test_a_video_cut_short_is_read_as_far_as_it_goes_and_said_so(tmp_path):
+    """A video file that ends before the frames its header announces (a copy interrupted): its frames are used,
+    one warning says so, and FFmpeg's own lines ("[mjpeg @ 0x...] overread") stay out of the way; a file that is
+    no video at all is one Error line, without the container parser's complaint."""
+    from scopelite.train.synth import make_field
+
+    whole = tmp_path / "scan.avi"
+    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 5, (320, 240))
+    for i in range(24):
+        w.write(cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0], cv2.COLOR_RGB2BGR))
+    w.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    r = run_cli("celledge", "watch", str(cut), "--mode", "field")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert 0 < summary["frames"] < 24
+    assert f"ended after {summary['frames']} of the 24 frames its header announces" in r.stderr
+    assert " @ 0x" not in r.stderr, r.stderr
+    r = run_cli("celledge", "watch", str(whole), "--mode", "field")
+    assert r.returncode == 0 and "header announces" not in r.stderr
+    not_video = tmp_path / "clip.mp4"
+    not_video.write_bytes(whole.read_bytes()[:3000])  # an AVI's first bytes, named .mp4
+    r = run_cli("celledge", "watch", str(not_video), "--exit-on-eof")
+    assert_one_line_error(r, "cannot read", "as a video", code=2)
+
+
+def test_a_camera_that_will_not_open_is_said_on_stderr_while_watch_keeps_trying():
+    """watch on a missing camera retries (a daemon waits for its camera) and says so on stderr, not only in JSON
+    lines; its summary names the camera."""
+    p = _start_watch("/dev/video99", "--backoff-cap", "1")
+    time.sleep(3.0)
+    dt, out, err = _term_within(p, 2)
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert "warning: /dev/video99:" in err and "trying again in" in err and "attempt 1;" in err, err
+    assert json.loads(out.splitlines()[-1])["summary"]["source"] == "/dev/video99"
