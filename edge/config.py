@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -194,6 +195,14 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
     return raw, lines, mistakes
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _plain(key: str, value: Any, kind: str) -> tuple[Any, str | None]:
     """A file value in the form the flag's type takes, or why it cannot be. ``kind``: int, float, bool, str."""
     if key == "save_classes" and isinstance(value, (list, tuple)):
@@ -208,8 +217,11 @@ def _plain(key: str, value: Any, kind: str) -> tuple[Any, str | None]:
         return str(value), None  # a camera index
     if isinstance(value, (dict, list, tuple)):
         return None, f"expected a single value, got {type(value).__name__} {value!r}"
-    if kind == "int" and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+    if kind == "int" and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()
+                          or isinstance(value, str) and not re.fullmatch(r"\s*[-+]?\d+\s*", value)):
         return None, f"expected a whole number, got {value!r}"
+    if kind == "float" and isinstance(value, str) and not _is_number(value):
+        return None, f"expected a number, got {value!r}"
     if kind == "bool" and not isinstance(value, bool):
         return None, f"expected true or false, got {value!r}"
     if kind == "float" and isinstance(value, bool):

@@ -64,8 +64,10 @@ def test_print_config_reads_back_the_same_and_json_works(tmp_path):
 MISTAKES = [  # (line of the file, what the one Error line for it says)
     ("fsp: 10", "site.yaml:2: fsp: unknown option (did you mean fps?)"),
     ("colour: blue", "site.yaml:2: colour: unknown option; celledge watch --help"),
-    ("fps: fast", "site.yaml:2: fps: 'fast' is not a valid float"),
+    ("fps: fast", "site.yaml:2: fps: expected a number, got 'fast'"),
     ("count: 2.5", "site.yaml:2: count: expected a whole number, got 2.5"),
+    ("count: many", "site.yaml:2: count: expected a whole number, got 'many'"),
+    ("count: '12'", "--count, --report, --wbc and --track need --mode field"),  # a number in quotes is a number
     ("count: 0", "site.yaml:2: count: 0 is not in the range x>=1"),
     ("min-score: 1.5", "site.yaml:2: min-score: 1.5 is not in the range 0<=x<=1"),
     ("loop: maybe", "site.yaml:2: loop: expected true or false, got 'maybe'"),
