@@ -29,6 +29,7 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
+from .illumination import flatten
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
@@ -132,9 +133,12 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     again and are marked ``decided``. ``site`` (``site.Site``): its white balance is applied to each crop
     before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``).
     """
+    frame, uneven = flatten(frame)  # a lamp that lights one side more: divided out before anything is read
     view, factor = field_lib.shrink_for_search(frame)
     layers = stain_layers(view)
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
+    if uneven:
+        scale_info["uneven_light"] = uneven
     if reference is not None:
         distance = ood.score(ood.stain_stats(view, layers), reference)
         scale_info["stain"] = {"distance": distance,
