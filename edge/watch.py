@@ -30,6 +30,7 @@ from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
 from .illumination import flatten
+from .noise import quieter
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
@@ -135,10 +136,13 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     """
     frame, uneven = flatten(frame)  # a lamp that lights one side more: divided out before anything is read
     view, factor = field_lib.shrink_for_search(frame)
+    view, noisy = quieter(view)  # a noisy camera: cells read from a smoothed copy (crops from the frame itself)
     layers = stain_layers(view)
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
     if uneven:
         scale_info["uneven_light"] = uneven
+    if noisy:
+        scale_info["noise"] = noisy
     if reference is not None:
         distance = ood.score(ood.stain_stats(view, layers), reference)
         scale_info["stain"] = {"distance": distance,
