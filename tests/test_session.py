@@ -614,14 +614,19 @@ def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
     served.release()
 
 
-def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
+def _write_fields(folder, seeds, name="{}.png"):
+    """Generated 320x240 fields (one per seed) written into ``folder`` as ``name.format(i)``."""
     from scopelite.train.synth import make_field
 
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
-                                                            cv2.COLOR_RGB2BGR))
+    folder.mkdir(exist_ok=True)
+    for i, seed in enumerate(seeds):
+        cv2.imwrite(str(folder / name.format(i)), cv2.cvtColor(make_field(np.random.default_rng(seed), 320, 240)[0],
+                                                                cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
+    fields = _write_fields(tmp_path / "fields", range(3))
     watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
     r = invoke_cli(*watch, "--count", "100", "--max-frames", "1")  # stopped part-way
     assert r.returncode == 0, r.stderr[-2000:]
@@ -671,7 +676,7 @@ def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_pat
     # another folder: another slide, or more fields of this one? refused until the user says which
     more = tmp_path / "more"
     more.mkdir()
-    cv2.imwrite(str(more / "a.png"), cv2.cvtColor(make_field(np.random.default_rng(5), 320, 240)[0], cv2.COLOR_RGB2BGR))
+    _write_fields(more, [5], name="a.png")
     into = ("celledge", "watch", str(more), "--mode", "field", "--sessions", str(tmp_path / "s"))
     r = invoke_cli(*into)
     assert_one_line_error(r, f"session {anew['id']} is open with", f"counted from {fields.resolve()}, not from {more}",
@@ -953,13 +958,7 @@ def test_a_copy_of_an_image_under_another_name_is_counted_once(tmp_path):
 def test_a_resumed_session_counts_to_the_count_given_now(tmp_path):
     """--count on a run that resumes an open session is its new target (said on stderr); one already reached is
     refused in one line, before anything is counted."""
-    from scopelite.train.synth import make_field
-
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in range(4):
-        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
-                                                            cv2.COLOR_RGB2BGR))
+    fields = _write_fields(tmp_path / "fields", range(4))
     watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
     r = invoke_cli(*watch, "--count", "1000", "--max-frames", "1")
     first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
@@ -979,14 +978,8 @@ def test_a_resumed_session_counts_to_the_count_given_now(tmp_path):
 def test_a_folder_of_links_records_the_folder_given_not_where_the_images_lie(tmp_path):
     """Sessions record what a run was given: after a folder of links to another folder's images, that other
     folder is another input (refused without --add-to-session), not the same one."""
-    from scopelite.train.synth import make_field
-
-    real, links = tmp_path / "real", tmp_path / "links"
-    real.mkdir()
+    real, links = _write_fields(tmp_path / "real", range(3)), tmp_path / "links"
     links.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(real / f"{i}.png"), cv2.cvtColor(make_field(np.random.default_rng(i), 320, 240)[0],
-                                                          cv2.COLOR_RGB2BGR))
     (links / "0.png").symlink_to(real / "0.png")
     r = invoke_cli("celledge", "watch", str(links), "--mode", "field", "--sessions", str(tmp_path / "s"))
     sid = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]["id"]
