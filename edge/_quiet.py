@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 
 ENV = "SCOPELITE_VERBOSE"
@@ -85,43 +86,60 @@ def python_noise() -> None:
         pass
 
 
+# fd 2 is the process's: blocks in several threads at once (a camera reopened while a model reloads) share one
+# redirect, made by the first block in and undone by the last one out: {"depth", "saved", "hold"}
+_REDIRECT: dict = {"depth": 0, "saved": None, "hold": None}
+_REDIRECT_LOCK = threading.Lock()
+
+
+def _flush() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 @contextlib.contextmanager
 def native_stderr():
     """Hold back native (C/C++) noise written to fd 2 inside the block; pass on the rest.
 
     Lines are held in a temporary file and written out when the block ends (also on an
-    exception), minus those matching known noise. A no-op when verbose, or when fd 2
-    cannot be duplicated (closed, odd sandboxes).
+    exception), minus those matching known noise; blocks open in several threads at once share the
+    redirect, and the last to end passes the lines on. A no-op when verbose, or when fd 2 cannot be
+    duplicated (closed, odd sandboxes).
     """
     if verbose():
         yield
         return
+    with _REDIRECT_LOCK:
+        if _REDIRECT["depth"] == 0:
+            _flush()
+            try:
+                saved = os.dup(2)
+            except OSError:
+                saved = None
+            hold = None
+            if saved is not None:
+                try:
+                    hold = tempfile.TemporaryFile(mode="w+b")
+                    os.dup2(hold.fileno(), 2)
+                except OSError:
+                    os.close(saved)
+                    saved, hold = None, None
+            _REDIRECT.update(saved=saved, hold=hold)
+        _REDIRECT["depth"] += 1
     try:
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):
-        pass
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        hold = tempfile.TemporaryFile(mode="w+b")
-    except OSError:
-        os.close(saved)
-        yield
-        return
-    try:
-        os.dup2(hold.fileno(), 2)
         yield
     finally:
-        try:
-            sys.stderr.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)
-        _pass_on(hold)
+        with _REDIRECT_LOCK:
+            _REDIRECT["depth"] -= 1
+            if _REDIRECT["depth"] == 0 and _REDIRECT["saved"] is not None:
+                _flush()
+                os.dup2(_REDIRECT["saved"], 2)
+                os.close(_REDIRECT["saved"])
+                hold = _REDIRECT["hold"]
+                _REDIRECT.update(saved=None, hold=None)
+                _pass_on(hold)
 
 
 def _pass_on(hold) -> None:

@@ -70,6 +70,7 @@ class Capture(threading.Thread):
         self.on_event = on_event or (lambda kind, info: None)
         self.frames = 0
         self.reconnects = 0
+        self._in_a_row = 0  # failed opens or reads since the source last gave a frame
         self.connected = False
         self.last_frame_time = 0.0
         self.source_name = name  # the source as given until it opens, then as it names itself
@@ -99,6 +100,7 @@ class Capture(threading.Thread):
                     err = "end of stream"
                 if frame is not None:
                     self.frames += 1
+                    self._in_a_row = 0
                     self.last_frame_time = time.monotonic()
                     if not self.live and getattr(source, "path", None) is not None:  # nothing is dropped: in step
                         self.files.append(str(Path(source.path).resolve()))
@@ -123,5 +125,7 @@ class Capture(threading.Thread):
             self.on_event("end", {"reason": reason})
             return False
         self.reconnects += 1
-        self.on_event("reconnecting", {"reason": reason, "in_seconds": delay, "attempt": self.reconnects})
+        self._in_a_row += 1
+        self.on_event("reconnecting", {"reason": reason, "in_seconds": delay, "attempt": self.reconnects,
+                                       "in_a_row": self._in_a_row})
         return not self.stop.wait(delay)

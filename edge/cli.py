@@ -41,7 +41,9 @@ def _classifier(model: str, threads: int | None, device: str | None = None, fall
 
 
 def _runtime_options(fn):
-    fn = click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default=None,
+    from .bundle import VIEWS
+
+    fn = click.option("--tta", type=click.Choice([str(v) for v in VIEWS]), default=None,
                       callback=lambda ctx, param, v: None if v is None else int(v),
                       help="Test-time augmentation: average the scores of this many flipped/rotated views of each "
                            "cell (1: off). Steadier on blurred, noisy or odd-stained images; costs one inference "
@@ -437,8 +439,8 @@ def watch(**_):
         else:
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
-        tries = rec.get("attempt", 0) if rec.get("event") == "reconnecting" else 0
-        if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at attempts 1, 2, 4, 8...: a person may be looking
+        tries = rec.get("in_a_row", 0) if rec.get("event") == "reconnecting" else 0
+        if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at tries 1, 2, 4, 8... of each outage
             warn(f"{cfg.source}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
                  "keeps trying until stopped, --exit-on-eof: it stops instead)")
 
@@ -669,7 +671,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
 
     check_writable(out, "--out", is_dir=False)
     model = model or str(default_model())
-    clf = _classifier(model, None)
+    clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec
 
     skipped = []

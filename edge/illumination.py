@@ -19,6 +19,7 @@ SMALL = 64  # the small copy's longer side (px)
 BLOCKS = 8  # blocks along the longer side
 PERCENTILE = 90.0  # of grey in each block: the empty slide, where the block has some
 MIN_BLOCKS = 12  # fewer usable blocks (a frame filled with cells): no profile
+FLOOR = 0.1  # the profile is not taken below this: at most 10x brighter (black outside a field stop stays dark)
 
 
 def _design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -69,6 +70,6 @@ def flatten(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
     profile = lamp_profile(frame_rgb)
     if profile is None:
         return frame_rgb, 0.0
-    gain = cv2.merge([1.0 / profile] * 3)
+    gain = cv2.merge([1.0 / np.maximum(profile, FLOOR)] * 3)
     out = cv2.convertScaleAbs(cv2.multiply(frame_rgb.astype(np.float32), gain))  # rounded, saturated at 255
     return out, round(float(1.0 - profile.min()), 3)

@@ -25,10 +25,14 @@ def noise_level(frame_rgb: np.ndarray) -> float:
     return float(np.median(np.abs(np.diff(grey, axis=1)))) / (0.6745 * np.sqrt(2.0))
 
 
-def quieter(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """The frame to read cells from, and the noise level when it was smoothed (0: the frame itself)."""
-    level = noise_level(frame_rgb)
+def quieter(frame_rgb: np.ndarray, level: float | None = None, factor: int = 1) -> tuple[np.ndarray, float]:
+    """The frame to read cells from, and the noise level when it was smoothed (0: the frame itself).
+
+    ``level``/``factor``: ``frame_rgb`` is a copy shrunk by ``factor`` of a frame whose noise is ``level``
+    (measured at full size: shrinking averages noise away); the smoothing is sized for the copy's pixels.
+    """
+    level = noise_level(frame_rgb) if level is None else level
     if level <= NOISY:
         return frame_rgb, 0.0
-    sigma = min(level * SIGMA_PER_LEVEL, MAX_SIGMA)
+    sigma = min(level * SIGMA_PER_LEVEL / factor, MAX_SIGMA)
     return cv2.GaussianBlur(frame_rgb, (0, 0), sigma), round(level, 1)

@@ -296,6 +296,8 @@ class Session:
         new = source is not None and source not in self.state.setdefault("sources", [])
         if new:
             self.state["sources"].append(source)
+        if given is not None and "inputs" not in self.state:  # the first run to record: earlier runs' folders too
+            self.state["inputs"], new = self.counted_from(), True
         if given is not None and given not in self.state.setdefault("inputs", []):
             self.state["inputs"].append(given)
             new = True

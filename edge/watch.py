@@ -30,7 +30,7 @@ from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
 from .illumination import flatten
-from .noise import quieter
+from .noise import noise_level, quieter
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
@@ -136,7 +136,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     """
     frame, uneven = flatten(frame)  # a lamp that lights one side more: divided out before anything is read
     view, factor = field_lib.shrink_for_search(frame)
-    view, noisy = quieter(view)  # a noisy camera: cells read from a smoothed copy (crops from the frame itself)
+    view, noisy = quieter(view, noise_level(frame), factor)  # a noisy camera: cells read from a smoothed copy
     layers = stain_layers(view)
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
     if uneven:
@@ -511,7 +511,9 @@ def run_watch(
                     break
                 continue
             file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
-            pixels = pixels_digest(frame) if counter is not None and not track else None
+            # a folder's images as separate fields, read once (--loop replays the same images on purpose)
+            folder_field = counter is not None and not track and not config.loop and file is not None
+            pixels = pixels_digest(frame) if folder_field else None
             if pixels is not None and pixels in seen:  # a copy of an image of this run
                 copies.append((file, seen[pixels]))
                 emit({"event": "copy", "frame": n, "file": file, "copy_of": seen[pixels]})

@@ -39,11 +39,18 @@ def test_a_vignetted_frame_is_lit_evenly_again(severity):
     assert abs(float(np.median(out)) - float(np.median(f))) < 20  # back near the evenly lit brightness (median 225)
 
 
-def test_a_frame_with_no_empty_slide_is_not_guessed_at():
-    """A frame filled with cells (no background in most blocks) has no lamp profile to read."""
-    rng = np.random.default_rng(0)
-    crowded = np.clip(rng.normal(120, 30, (240, 320, 3)), 0, 255).astype(np.uint8)
-    assert flatten(crowded)[1] == 0.0 or _background_spread(flatten(crowded)[0]) <= _background_spread(crowded)
+def test_black_outside_a_field_stop_stays_dark():
+    """A round field stop (a bright disc, black around it: eyepiece and phone adaptors) is not a lamp that
+    falls off: the correction brightens at most ``1 / FLOOR`` times, so the black around stays near black
+    instead of grey noise (it reached a mean of 126 of 255 before the floor)."""
+    f = _field(5)
+    yy, xx = np.mgrid[:480, :640]
+    disc = (xx - 320) ** 2 + (yy - 240) ** 2 <= 200 ** 2
+    stop = (f * disc[..., None]).astype(np.uint8)
+    stop[~disc] = np.random.default_rng(0).integers(0, 8, (int((~disc).sum()), 3))  # a dark sensor's noise
+    out, falloff = flatten(stop)
+    assert out[~disc].mean() <= stop[~disc].mean() / illumination.FLOOR + 1
+    assert out[~disc].mean() < 60
 
 
 def test_field_mode_finds_the_same_cells_in_a_vignetted_frame():

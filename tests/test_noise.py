@@ -53,3 +53,18 @@ def test_field_mode_reads_a_very_noisy_frame_like_the_clean_one():
         on_by.append(abs(on_scale["rbc_px"] - clean_scale["rbc_px"]))
         off_by.append(abs(off_scale["rbc_px"] - clean_scale["rbc_px"]))
     assert sum(on_by) < sum(off_by), (on_by, off_by)
+
+
+def test_the_noise_gate_reads_the_whole_frame_and_the_smoothing_fits_a_shrunk_copy():
+    """A frame over field mode's search size is read through a copy shrunk by a whole factor, whose noise is
+    lower (averaged): whether to smooth is decided from the frame itself, and sigma is scaled to the copy."""
+    import cv2
+
+    f = corrupt(_field(2), "shot_noise", 5, seed=3)
+    small = cv2.resize(f, (320, 240), interpolation=cv2.INTER_AREA)
+    level = noise_level(f)
+    assert level > NOISY and noise_level(small) < level  # averaged away by the shrink
+    out, said = quieter(small, level, factor=2)
+    assert said == round(level, 1) and out is not small
+    same, _ = quieter(f, level, factor=1)
+    assert noise_level(out) < noise_level(small) and noise_level(same) < level

@@ -88,3 +88,37 @@ def test_verbose_holds_nothing_back(capfd, monkeypatch):
     with _quiet.native_stderr():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
     assert "XNNPACK" in capfd.readouterr().err
+
+
+def test_blocks_in_two_threads_share_one_redirect_and_the_last_restores_fd2(capfd, monkeypatch):
+    """A camera reopened (capture thread) while a model reloads (another thread): the blocks overlap, A in, B in,
+    A out, B out. fd 2 must point where it did before, and the real lines of both reach the user."""
+    import threading
+
+    monkeypatch.delenv(_quiet.ENV, raising=False)
+    before = os.fstat(2).st_ino
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with _quiet.native_stderr():
+            os.write(2, b"from A\n")
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with _quiet.native_stderr():
+            b_in.set()
+            a_out.wait(5)
+            os.write(2, b"from B\n")
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert os.fstat(2).st_ino == before
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "from A" in err and "from B" in err and "after" in err

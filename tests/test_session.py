@@ -950,6 +950,10 @@ def test_a_copy_of_an_image_under_another_name_is_counted_once(tmp_path):
     summary = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert summary["already_counted"] == 1 and summary["frames"] == 1 and summary["session"]["id"] == first["id"]
     assert summary["copies"] == 1 and "c.png is b.png" in r.stderr
+    # --loop replays a folder on purpose (no session): no copies, and --max-frames still ends it
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--loop", "--max-frames", "5")
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert r.returncode == 0 and summary["frames"] == 5 and "copies" not in summary
     cells = Session.load(tmp_path / "s" / first["id"]).cells
     assert {c["file"] for c in cells} >= {str((fields / "0.png").resolve()), str((more / "b.png").resolve())}
     assert str((more / "a.png").resolve()) not in {c["file"] for c in cells}
@@ -987,3 +991,18 @@ def test_a_folder_of_links_records_the_folder_given_not_where_the_images_lie(tmp
     r = invoke_cli("celledge", "watch", str(real), "--mode", "field", "--sessions", str(tmp_path / "s"))
     assert_one_line_error(r, f"session {sid} is open with", f"counted from {links.resolve()}, not from {real}",
                           "--add-to-session")
+
+
+def test_a_session_from_before_inputs_were_recorded_keeps_the_folders_it_counted_from(tmp_path):
+    """The first run that records what it was given into an older session (cells, no ``inputs``) records the
+    folders the earlier cells came from too: the earlier folder is not refused afterwards as another slide's."""
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    _feed(sessions, ["neutrophil"])
+    cur = sessions.current
+    cur.cells[-1]["file"] = str(tmp_path / "slideA" / "1.png")  # as a cell counted from slide A's folder
+    cur.state.pop("inputs", None)  # written before inputs were recorded
+    assert cur.counted_from() == [str(tmp_path / "slideA")]
+    cur.read_from(None, str(tmp_path / "slideB"))  # --add-to-session slideB
+    assert cur.state["inputs"] == [str(tmp_path / "slideA"), str(tmp_path / "slideB")]
+    assert cur.elsewhere(str(tmp_path / "slideA")) is None and cur.elsewhere(str(tmp_path / "slideB")) is None
+    assert json.loads((cur.folder / "state.json").read_text())["inputs"] == cur.state["inputs"]

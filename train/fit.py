@@ -367,7 +367,7 @@ def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
     listed = ", ".join(f"{k} {n}" for k, n in sorted(few.items(), key=lambda kv: kv[1]))
     return (f"few labelled cells ({listed}): adapting the shipped model to another lab gave 85-93 % of fields "
             f"right with 5 different cells per class, 89-95 % with 10 (one fit, before session 19), 88-96 % with 25 "
-            f"(mean 92.5 % over six draws, the preset of now, one view; 95.4 % over the 8 views celledge runs its models with) and 88-91 % with all it had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, "
+            f"(mean 92.5 % over six draws, the preset of now, one view; 95.4 % over the 8 views its models are run with) and 88-91 % with all it had (35-47 of its two common classes; docs/cross-lab.md): with fewer cells, "
             f"which ones you label moves the result more; label {FEW_CELLS} or more different cells of each class you see where you can "
             f"(one cell photographed twice counts once)")
 
