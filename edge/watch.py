@@ -120,7 +120,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
                    scale: FieldScale | None = None,
                    reference: ood.StainReference | None = None,
                    known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None,
-                   site=None) -> tuple[list[dict], dict]:
+                   site=None, uneven: float | None = None) -> tuple[list[dict], dict]:
     """Detect the cells of a field and classify all their crops in one pass.
 
     Returns the cells and the scale used (``FieldScale.measure``); with a ``reference`` (the
@@ -132,9 +132,12 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     ``known(detections)`` may give, by detection index, the label, score, best and scores of
     cells whose class is already decided (``FieldCounter.known``): those are not classified
     again and are marked ``decided``. ``site`` (``site.Site``): its white balance is applied to each crop
-    before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``).
+    before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``). ``uneven``: the caller
+    has divided out the frame's uneven light already (``illumination.flatten``, how far it fell off); None:
+    done here.
     """
-    frame, uneven = flatten(frame)  # a lamp that lights one side more: divided out before anything is read
+    if uneven is None:  # a lamp that lights one side more: divided out before anything is read
+        frame, uneven = flatten(frame)
     view, factor = field_lib.shrink_for_search(frame)
     view, noisy = quieter(view, noise_level(frame), factor)  # a noisy camera: cells read from a smoothed copy
     layers = stain_layers(view)
@@ -526,9 +529,11 @@ def run_watch(
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
+                # lit evenly once, here: the cells are read, tracked and kept (the session's crops) from it
+                frame, uneven = flatten(frame)
                 cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, field_scale,
                                                    reference, known=lambda dets: counter.known(frame, dets, n),
-                                                   site=site)
+                                                   site=site, uneven=uneven)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)

@@ -85,3 +85,29 @@ def test_field_mode_finds_the_same_cells_in_a_vignetted_frame():
     finally:
         illumination.UNEVEN = uneven
     assert abs(off_scale["rbc_px"] - plain_scale["rbc_px"]) > 0.05 * plain_scale["rbc_px"] or whites(off) != whites(plain)
+
+
+def test_a_session_keeps_the_crops_field_mode_read(tmp_path):
+    """The session's crop of a cell counted on an unevenly lit frame is cut from the frame as field mode read
+    it (lit evenly), not from the dark-cornered original: review and self-training see what the model saw."""
+    import cv2
+    import json
+
+    from conftest import invoke_cli
+    from scopelite.edge.field import crop_at
+    from scopelite.edge.session import Session
+
+    v = corrupt(_field(6), "vignette", 4, seed=9)
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    cv2.imwrite(str(fields / "0.png"), cv2.cvtColor(v, cv2.COLOR_RGB2BGR))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[0]["scale"]["uneven_light"] > 0.3
+    sid = lines[-1]["summary"]["session"]["id"]
+    session = Session.load(tmp_path / "s" / sid)
+    cell = session.cells[0]
+    box = next(c["box"] for c in lines[0]["cells"] if c["center"] == cell["center"])
+    kept = cv2.cvtColor(cv2.imread(str(tmp_path / "s" / sid / "crops" / f"{cell['id']}.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(kept, crop_at(flatten(v)[0], box))
