@@ -57,6 +57,7 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 
 # one objective's ruler varies about +-10 % (PBC: 60-78 px): further than this factor off a site's scale is another set-up
 SITE_TOLERANCE = 0.25
+UNEVEN_ADVICE = 0.3  # light falling off by more than this across most frames: the summary advises adjusting the lamp
 SLIDE_SCALE_ESTIMATES = 1000  # tracking mode: the scale is the median of up to this many estimates (``ScaleSmoother``)
 
 
@@ -475,6 +476,8 @@ def run_watch(
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = grey_frames = already = 0
+    dim_corners: list[float] = []  # field mode: each unevenly lit frame's fall-off (illumination.flatten)
+    noisy_frames = 0
     # separate fields (a folder): an image whose pixels an earlier one had (a copy under another name) is not
     # counted again: {digest: the first image's file}, and the copies (file, copy of)
     seen: dict[str, str | None] = {}
@@ -535,6 +538,9 @@ def run_watch(
                                                    reference, known=lambda dets: counter.known(frame, dets, n),
                                                    site=site, uneven=uneven)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
+                if uneven:
+                    dim_corners.append(uneven)
+                noisy_frames += bool(scale_info.get("noise"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted, "revised": counter.revised,
@@ -639,6 +645,16 @@ def run_watch(
     summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
                              **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
+    summary.update(uneven_light_frames=len(dim_corners), noisy_frames=noisy_frames)
+    if n and len(dim_corners) > n / 2 and float(np.median(dim_corners)) > UNEVEN_ADVICE:
+        light = (f"{len(dim_corners)} of {n} frames were lit unevenly (the light falls off by "
+                 f"{100 * float(np.median(dim_corners)):.0f} % across the view, median): field mode evened it out, but "
+                 "centre the lamp and adjust the condenser (Koehler illumination) for the best images")
+        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), light]))
+    if n and noisy_frames > n / 2:
+        grain = (f"{noisy_frames} of {n} frames were noisy (the camera's grain): cells were found on a smoothed copy; "
+                 "more light, or a lower camera gain, gives better images")
+        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), grain]))
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:

@@ -105,7 +105,10 @@ def test_a_session_keeps_the_crops_field_mode_read(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert lines[0]["scale"]["uneven_light"] > 0.3
-    sid = lines[-1]["summary"]["session"]["id"]
+    summary = lines[-1]["summary"]
+    assert summary["uneven_light_frames"] == 1 and summary["noisy_frames"] == 0
+    assert "1 of 1 frames were lit unevenly" in r.stderr and "Koehler" in r.stderr
+    sid = summary["session"]["id"]
     session = Session.load(tmp_path / "s" / sid)
     cell = session.cells[0]
     box = next(c["box"] for c in lines[0]["cells"] if c["center"] == cell["center"])
