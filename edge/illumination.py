@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 UNEVEN = 0.10  # the profile's darkest point this far below its brightest: corrected (else left alone)
+ADVISE = 0.30  # falling off this far over most frames: watch's summary and calibrate advise adjusting the lamp
 SMALL = 64  # the small copy's longer side (px)
 BLOCKS = 8  # blocks along the longer side
 PERCENTILE = 90.0  # of grey in each block: the empty slide, where the block has some

@@ -22,7 +22,7 @@ def noise_level(frame_rgb: np.ndarray) -> float:
     horizontally neighbouring pixels over every fourth row, / (0.6745 sqrt 2)."""
     rows = np.ascontiguousarray(frame_rgb[::4])
     grey = cv2.cvtColor(rows, cv2.COLOR_RGB2GRAY).astype(np.int16)
-    return float(np.median(np.abs(np.diff(grey, axis=1)))) / (0.6745 * np.sqrt(2.0))
+    return float(np.median(np.abs(np.diff(grey, axis=1))) / (0.6745 * np.sqrt(2.0)))
 
 
 def quieter(frame_rgb: np.ndarray, level: float | None = None, factor: int = 1) -> tuple[np.ndarray, float]:

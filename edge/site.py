@@ -49,6 +49,8 @@ from . import ood
 from .errors import UserError
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
+from .illumination import ADVISE, flatten
+from .noise import NOISY, noise_level, quieter
 from .stain import frame_background, is_greyscale, stain_layers
 
 SCHEMA = "scopelite-site/1"
@@ -76,21 +78,28 @@ class SiteError(UserError):
 
 @dataclass(frozen=True)
 class FrameMeasure:
-    """One calibration frame: its red-cell diameter (None: too few red cells), background, stain distance."""
+    """One calibration frame: its red-cell diameter (None: too few red cells), background, stain distance, how far
+    its light falls off across the view and its pixel noise."""
 
     rbc_px: float | None
     red_cells: int
     background: tuple[float, float, float]
     distance: float | None  # None: no reference, or no red cell and nucleus to compare
+    falloff: float = 0.0  # illumination.flatten's (0: lit evenly)
+    noise: float = 0.0  # noise.noise_level's, grey levels
 
 
 def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
-    """What calibration reads from one RGB frame (the per-frame ruler, the background, the stain distance)."""
-    layers = stain_layers(frame_rgb)
-    est = estimate_rbc_diameter(frame_rgb, layers)
-    distance = ood.score(ood.stain_stats(frame_rgb, layers), reference) if reference is not None else None
+    """What calibration reads from one RGB frame (the per-frame ruler, the background, the stain distance), read
+    as field mode reads it: uneven light divided out, cells found on a smoothed copy of a noisy frame."""
+    frame_rgb, falloff = flatten(frame_rgb)
+    level = noise_level(frame_rgb)
+    view = quieter(frame_rgb, level)[0]
+    layers = stain_layers(view)
+    est = estimate_rbc_diameter(view, layers)
+    distance = ood.score(ood.stain_stats(view, layers), reference) if reference is not None else None
     bg = tuple(round(float(v), 1) for v in frame_background(frame_rgb))
-    return FrameMeasure(est.diameter_px, est.cells, bg, distance)
+    return FrameMeasure(est.diameter_px, est.cells, bg, distance, falloff, round(level, 1))
 
 
 def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:
@@ -235,6 +244,16 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         record["stain"] = None
         record["advice"] = ("no stain distance: the model carries no stain reference, or no frame shows a red "
                             "cell and a nucleus")
+    falloff = float(np.median([m.falloff for m in measures]))
+    level = float(np.median([m.noise for m in measures]))
+    record["light"] = {"falloff": round(falloff, 3), "uneven_frames": sum(m.falloff > 0 for m in measures),
+                       "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures)}
+    if falloff > ADVISE:
+        record["advice"] += (f"; the light falls off by {100 * falloff:.0f} % across the view: centre the lamp and "
+                             "adjust the condenser (Koehler illumination); field mode evens it out meanwhile")
+    if level > NOISY:
+        record["advice"] += ("; the frames are noisy (the camera's grain): more light or a lower camera gain; field "
+                             "mode finds cells on a smoothed copy meanwhile")
     problems = validate(record)
     if problems:  # a measurement that makes no sense (a blank background, a wild gain): say it, write nothing
         raise SiteError(problems)
@@ -418,6 +437,11 @@ def summary_lines(record: dict, out: str) -> list[str]:
                  + f"; white balance to the training background: gain {' '.join(f'{g:g}' for g in co['gain'])}, "
                  + ("on" if co["use"] else "off (on another lab it lowered accuracy; calibrate --colour turns it on; "
                                            "docs/cross-lab.md)"))
+    light = record.get("light")
+    if light:
+        lines.append(f"light: falls off by {100 * light['falloff']:.0f} % across the view (median; "
+                     f"{light['uneven_frames']} frame(s) evened out); pixel noise {light['noise']:g} grey levels "
+                     f"({light['noisy_frames']} frame(s) read through a smoothed copy)")
     if st:
         lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "
                      f"{st['unlike_frames']} of {_n(st['frames'], 'frame')} above it)")

@@ -29,7 +29,7 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
-from .illumination import flatten
+from .illumination import ADVISE, flatten
 from .noise import noise_level, quieter
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
@@ -57,7 +57,6 @@ def _once(source: FrameSource) -> Callable[[], FrameSource]:
 
 # one objective's ruler varies about +-10 % (PBC: 60-78 px): further than this factor off a site's scale is another set-up
 SITE_TOLERANCE = 0.25
-UNEVEN_ADVICE = 0.3  # light falling off by more than this across most frames: the summary advises adjusting the lamp
 SLIDE_SCALE_ESTIMATES = 1000  # tracking mode: the scale is the median of up to this many estimates (``ScaleSmoother``)
 
 
@@ -646,7 +645,7 @@ def run_watch(
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
                              **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
     summary.update(uneven_light_frames=len(dim_corners), noisy_frames=noisy_frames)
-    if n and len(dim_corners) > n / 2 and float(np.median(dim_corners)) > UNEVEN_ADVICE:
+    if n and len(dim_corners) > n / 2 and float(np.median(dim_corners)) > ADVISE:
         light = (f"{len(dim_corners)} of {n} frames were lit unevenly (the light falls off by "
                  f"{100 * float(np.median(dim_corners)):.0f} % across the view, median): field mode evened it out, but "
                  "centre the lamp and adjust the condenser (Koehler illumination) for the best images")

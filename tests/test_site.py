@@ -330,3 +330,24 @@ def test_frames_of_two_sizes_are_two_set_ups():
     rec = site_lib.calibrate(alike, input_px=96, model_rbc_px=MODEL_RBC_PX, scale=True)
     assert rec["scale"]["use"] and "frame_sizes" not in rec
     assert site_lib.frame_sizes({(360, 360), (360, 363), (640, 480), (1024, 768)}) == ["1024x768", "360x360", "640x480"]
+
+
+def test_calibrate_reads_the_lamp_and_the_grain_and_says_what_to_adjust():
+    """A microscope whose lamp lights the middle (dark corners) and whose camera is grainy: calibrate reads the
+    frames as field mode does (evened out, smoothed), so its scale is the evenly lit frames' one, records how far
+    the light falls off and how noisy the frames are, and its advice names the lamp and the camera's gain."""
+    from scopelite.train.corruptions import corrupt
+
+    rng = np.random.default_rng(3)
+    clean = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(5)]
+    even = site_lib.calibrate(clean, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert even["light"]["falloff"] == 0.0 and even["light"]["noisy_frames"] == 0
+    assert "Koehler" not in even["advice"] and "gain" not in even["advice"]
+    worse = [corrupt(corrupt(f, "vignette", 4, seed=i), "shot_noise", 4, seed=i) for i, f in enumerate(clean)]
+    rec = site_lib.calibrate(worse, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert rec["light"]["falloff"] > 0.3 and rec["light"]["uneven_frames"] == 5 and rec["light"]["noisy_frames"] == 5
+    assert "Koehler" in rec["advice"] and "camera gain" in rec["advice"]
+    assert abs(rec["scale"]["rbc_px"] / even["scale"]["rbc_px"] - 1) < 0.08, (rec["scale"], even["scale"])
+    assert site_lib.validate(rec) == [] and json.loads(json.dumps(rec)) == rec
+    lines = site_lib.summary_lines(rec, "site.json")
+    assert any(line.startswith("light: falls off by") for line in lines)
