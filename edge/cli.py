@@ -570,7 +570,7 @@ def _sessions(cfg, clf, live: bool):
             warn(f"{cfg.source} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
                  f"session {sessions.current.id} counts its cells again (a second count of that slide)")
     if sessions.resumed and cfg.count is not None and cfg.count != sessions.current.state.get("target"):
-        have, was = sessions.current.differential().summary()["white_total"], sessions.current.state.get("target")
+        have, was = sessions.current.differential().white_total, sessions.current.state.get("target")
         if cfg.count <= have:
             sessions.release()
             raise UserError(f"session {sessions.current.id} is open with {have} white cells counted: --count "

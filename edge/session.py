@@ -464,7 +464,7 @@ class Sessions:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
         self._files = {c["file"] for c in self.current.cells if c.get("file")}  # images counted into the session
-        self._pixels = {c["pixels"]: c.get("file") for c in self.current.cells if c.get("pixels")}  # ... by content
+        self._pixels = {c["pixels"] for c in self.current.cells if c.get("pixels")}  # ... and by content
 
     def _setup(self, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                rbc_fraction: float | None, source: str | None, hold: bool, one_shot: bool = False,
@@ -518,7 +518,7 @@ class Sessions:
         self._setup(folder.parent, st["labels"], st.get("target"), st.get("min_score", 0.5), st.get("wbc_count"),
                     st.get("rbc_fraction"), source=None, hold=True, review_only=True)
         self.current = current
-        self._files, self._pixels = set(), {}
+        self._files, self._pixels = set(), set()
         self.damaged = damaged  # sessions passed over: state.json unreadable (the caller says so)
         return self
 
@@ -547,7 +547,7 @@ class Sessions:
             s.lock()
             if getattr(self, "current", None) is not None:
                 self.current.unlock()
-        self._files, self._pixels = set(), {}
+        self._files, self._pixels = set(), set()
         return s
 
     def counted(self, file: str | None, pixels: str | None = None) -> bool:
@@ -662,7 +662,7 @@ class Sessions:
                 if file:
                     self._files.add(file)
                 if pixels:
-                    self._pixels[pixels] = file
+                    self._pixels.add(pixels)
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
                 self._close_when_done()

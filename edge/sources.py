@@ -51,10 +51,8 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
-    h, w = img.shape[:2]
-    if max(h, w) > MAX_SIDE:
-        raise SourceError(f"{path} is {w}x{h} px, larger than {MAX_SIDE} px a side: give fields or crops as the "
-                          "camera takes them (a whole-slide mosaic: cut it into fields first)")
+    check_frame_size(img, str(path), min_side=1, hint=": give fields or crops as the camera takes them (a "
+                     "whole-slide mosaic: cut it into fields first)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -69,14 +67,14 @@ def pixels_digest(frame: np.ndarray) -> str | None:
     return h.hexdigest()
 
 
-def check_frame_size(frame: np.ndarray, what: str) -> np.ndarray:
-    """Refuse frames larger than ``MAX_SIDE`` px on a side, so no frame takes seconds, and smaller than
-    ``MIN_SIDE``, which hold no cell to find (SourceError)."""
+def check_frame_size(frame: np.ndarray, what: str, min_side: int = MIN_SIDE, hint: str = "") -> np.ndarray:
+    """Refuse frames larger than ``MAX_SIDE`` px on a side, so no frame takes seconds (``hint``: what to do,
+    appended), and smaller than ``min_side``, which hold no cell to find (SourceError)."""
     h, w = frame.shape[:2]
     if max(h, w) > MAX_SIDE:
-        raise SourceError(f"{what} is {w}x{h} px, larger than {MAX_SIDE} px a side")
-    if min(h, w) < MIN_SIDE:
-        raise SourceError(f"{what} is {w}x{h} px, smaller than {MIN_SIDE} px a side: no cell to see")
+        raise SourceError(f"{what} is {w}x{h} px, larger than {MAX_SIDE} px a side{hint}")
+    if min(h, w) < min_side:
+        raise SourceError(f"{what} is {w}x{h} px, smaller than {min_side} px a side: no cell to see")
     return frame
 
 

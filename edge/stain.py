@@ -46,7 +46,7 @@ class Layers:
     od_raw: np.ndarray  # HxWx3 float32, per-channel OD before smoothing (the stain check reads it)
 
 
-def _percentile_of_counts(counts: np.ndarray, q: float) -> float:
+def percentile_of_counts(counts: np.ndarray, q: float) -> float:
     """``np.percentile(values, q)`` (linear) of whole numbers 0..len(counts)-1, given how often each occurs."""
     n = int(counts.sum())
     idx = q / 100 * (n - 1)
@@ -61,9 +61,9 @@ def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
     the pixels brighter than the 60th percentile of grey (every other row and column)."""
     sub = frame_rgb[::2, ::2]
     grey3 = sub.sum(axis=2, dtype=np.int16)  # 3 x grey: the same order, whole numbers
-    bright = sub[grey3 > _percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)]
+    bright = sub[grey3 > percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)]
     if bright.size:
-        return np.array([_percentile_of_counts(np.bincount(bright[:, c], minlength=256), 75) for c in range(3)],
+        return np.array([percentile_of_counts(np.bincount(bright[:, c], minlength=256), 75) for c in range(3)],
                         np.float64)
     return frame_rgb.reshape(-1, 3).max(axis=0).astype(np.float64)
 

@@ -38,7 +38,7 @@ from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest
-from .stain import is_greyscale, stain_layers
+from .stain import is_greyscale, percentile_of_counts, stain_layers
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
 
@@ -406,6 +406,11 @@ class FieldCounter:
                           "scores": np.round(e.scores, 4).tolist()}
 
 
+def _warn(summary: dict, text: str) -> None:
+    """Add ``text`` to the summary's warning (one line: "; " between warnings)."""
+    summary["warning"] = "; ".join(filter(None, [summary.get("warning"), text]))
+
+
 def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.FieldConfig:
     """Field mode's detector settings for this classifier: ``config.crop_size`` and the model's scale
     (the red-cell diameter in its input, from the sidecar, and its input side)."""
@@ -475,7 +480,9 @@ def run_watch(
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = grey_frames = already = 0
-    dim_corners: list[float] = []  # field mode: each unevenly lit frame's fall-off (illumination.flatten)
+    # field mode: how many frames fell off by each 1/1000 (illumination.flatten's, 3 decimals): a bounded record
+    # of a camera run for weeks, and the median from it; and how many frames were noisy
+    dim_corners = np.zeros(1001, np.int64)
     noisy_frames = 0
     # separate fields (a folder): an image whose pixels an earlier one had (a copy under another name) is not
     # counted again: {digest: the first image's file}, and the copies (file, copy of)
@@ -538,7 +545,7 @@ def run_watch(
                                                    site=site, uneven=uneven)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 if uneven:
-                    dim_corners.append(uneven)
+                    dim_corners[int(round(uneven * 1000))] += 1
                 noisy_frames += bool(scale_info.get("noise"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
@@ -617,9 +624,9 @@ def run_watch(
     if copies:
         summary["copies"] = len(copies)
         file, first = (Path(f).name if f else "?" for f in copies[0])
-        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), (
-            f"{len(copies)} image{'s' if len(copies) > 1 else ''} held the same pixels as an earlier one (a copy "
-            f"under another name: {file} is {first}{' ...' if len(copies) > 1 else ''}): each counted once")]))
+        _warn(summary, f"{len(copies)} image{'s' if len(copies) > 1 else ''} held the same pixels as an earlier one "
+                       f"(a copy under another name: {file} is {first}{' ...' if len(copies) > 1 else ''}): each "
+                       "counted once")
     if site is not None:
         summary["site"] = site.info()
         if field_scale.off_site > field_scale.checked / 2 and field_scale.site_rbc_px and field_scale.ruler:
@@ -628,7 +635,7 @@ def run_watch(
                    f"more than "
                    f"{1 + SITE_TOLERANCE:g}x off): another objective or camera? cells were cropped at the site's scale; "
                    "calibrate this set-up (celledge calibrate), or run without --site")
-            summary["warning"] = "; ".join(filter(None, [summary.get("warning"), off]))
+            _warn(summary, off)
     if reloader is not None:
         summary["model_reloads"] = reloader.state()
     if counter is None:
@@ -644,23 +651,25 @@ def run_watch(
     summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
                              **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
-    summary.update(uneven_light_frames=len(dim_corners), noisy_frames=noisy_frames)
-    if n and len(dim_corners) > n / 2 and float(np.median(dim_corners)) > ADVISE:
-        light = (f"{len(dim_corners)} of {n} frames were lit unevenly (the light falls off by "
-                 f"{100 * float(np.median(dim_corners)):.0f} % across the view, median): field mode evened it out, but "
+    uneven_frames = int(dim_corners.sum())
+    summary.update(uneven_light_frames=uneven_frames, noisy_frames=noisy_frames)
+    median_falloff = percentile_of_counts(dim_corners, 50) / 1000 if uneven_frames else 0.0
+    if n and uneven_frames > n / 2 and median_falloff > ADVISE:
+        light = (f"{uneven_frames} of {n} frames were lit unevenly (the light falls off by "
+                 f"{100 * median_falloff:.0f} % across the view, median): field mode evened it out, but "
                  "centre the lamp and adjust the condenser (Koehler illumination) for the best images")
-        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), light]))
+        _warn(summary, light)
     if n and noisy_frames > n / 2:
         grain = (f"{noisy_frames} of {n} frames were noisy (the camera's grain): cells were found on a smoothed copy; "
                  "more light, or a lower camera gain, gives better images")
-        summary["warning"] = "; ".join(filter(None, [summary.get("warning"), grain]))
+        _warn(summary, grain)
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:
             unlike = ("most frames are stained unlike the model's training data: expect more mistakes; "
                       + ("" if site is not None else "calibrate or ")
                       + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
-            summary["warning"] = "; ".join(filter(None, [summary.get("warning"), unlike]))
+            _warn(summary, unlike)
     if config.report is not None:
         write_report(config.report, counter.differential,
                      {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score}
