@@ -8,6 +8,9 @@ between the cells is the brightest thing in a field, so the lamp's profile is re
 end of each block of a small copy of the frame, fitted with a smooth surface (a quadratic in log
 brightness) that passes over blocks covered by cells. Only a frame whose profile falls off by more
 than ``UNEVEN`` is corrected; an evenly lit frame is returned as it is.
+
+Too much light is read too: a camera exposed too long (or a lamp too bright) clips the empty slide to pure
+white, and the red cells, barely tinted, fade into it (``overexposed``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ BLOCKS = 8  # blocks along the longer side
 PERCENTILE = 90.0  # of grey in each block: the empty slide, where the block has some
 MIN_BLOCKS = 12  # fewer usable blocks (a frame filled with cells): no profile
 FLOOR = 0.1  # the profile is not taken below this: at most 10x brighter (black outside a field stop stays dark)
+OVEREXPOSED = 0.20  # this share of the frame pure white (all three channels >= CLIPPED): overexposed
+CLIPPED = 254
 
 
 def _design(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -74,3 +79,14 @@ def flatten(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
     gain = cv2.merge([1.0 / np.maximum(profile, FLOOR)] * 3)
     out = cv2.convertScaleAbs(cv2.multiply(frame_rgb.astype(np.float32), gain))  # rounded, saturated at 255
     return out, round(float(1.0 - profile.min()), 3)
+
+
+def overexposed(frame_rgb: np.ndarray) -> float:
+    """The share of the frame that is pure white (every channel at ``CLIPPED`` or above, every 4th pixel), when
+    it is ``OVEREXPOSED`` or more; else 0. A well exposed smear has none (PBC's fields, DeepBioNet's: at most
+    0.1 %); the robustness suite's brightness +35 levels clips up to half of a PBC field, +80 two thirds."""
+    sub = np.asarray(frame_rgb)[::4, ::4]
+    if sub.ndim != 3 or sub.size == 0:
+        return 0.0
+    share = float((sub.min(axis=2) >= CLIPPED).mean())
+    return round(share, 3) if share >= OVEREXPOSED else 0.0

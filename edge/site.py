@@ -49,7 +49,7 @@ from . import ood
 from .errors import UserError
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
-from .illumination import ADVISE, flatten
+from .illumination import ADVISE, flatten, overexposed
 from .noise import NOISY, noise_level, quieter
 from .stain import frame_background, is_greyscale, stain_layers
 
@@ -79,7 +79,7 @@ class SiteError(UserError):
 @dataclass(frozen=True)
 class FrameMeasure:
     """One calibration frame: its red-cell diameter (None: too few red cells), background, stain distance, how far
-    its light falls off across the view and its pixel noise."""
+    its light falls off across the view, its pixel noise and how much of it is pure white."""
 
     rbc_px: float | None
     red_cells: int
@@ -87,19 +87,21 @@ class FrameMeasure:
     distance: float | None  # None: no reference, or no red cell and nucleus to compare
     falloff: float = 0.0  # illumination.flatten's (0: lit evenly)
     noise: float = 0.0  # noise.noise_level's, grey levels
+    overexposed: float = 0.0  # illumination.overexposed's: the share of the view pure white (0: under OVEREXPOSED)
 
 
 def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
     """What calibration reads from one RGB frame (the per-frame ruler, the background, the stain distance), read
     as field mode reads it: uneven light divided out, cells found on a smoothed copy of a noisy frame."""
     frame_rgb, falloff = flatten(frame_rgb)
+    clipped = overexposed(frame_rgb)
     level = noise_level(frame_rgb)
     view = quieter(frame_rgb, level)[0]
     layers = stain_layers(view)
     est = estimate_rbc_diameter(view, layers)
     distance = ood.score(ood.stain_stats(view, layers), reference) if reference is not None else None
     bg = tuple(round(float(v), 1) for v in frame_background(frame_rgb))
-    return FrameMeasure(est.diameter_px, est.cells, bg, distance, falloff, round(level, 1))
+    return FrameMeasure(est.diameter_px, est.cells, bg, distance, falloff, round(level, 1), clipped)
 
 
 def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:
@@ -247,13 +249,17 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     falloff = float(np.median([m.falloff for m in measures]))
     level = float(np.median([m.noise for m in measures]))
     record["light"] = {"falloff": round(falloff, 3), "uneven_frames": sum(m.falloff > 0 for m in measures),
-                       "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures)}
+                       "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures),
+                       "overexposed_frames": sum(m.overexposed > 0 for m in measures)}
     if falloff > ADVISE:
         record["advice"] += (f"; the light falls off by {100 * falloff:.0f} % across the view: centre the lamp and "
                              "adjust the condenser (Koehler illumination); field mode evens it out meanwhile")
     if level > NOISY:
         record["advice"] += ("; the frames are noisy (the camera's grain): more light or a lower camera gain; field "
                              "mode finds cells on a smoothed copy meanwhile")
+    if record["light"]["overexposed_frames"] > len(measures) / 2:
+        record["advice"] += ("; the frames are overexposed (much of the view pure white, red cells faint): shorten "
+                             "the camera's exposure or dim the lamp")
     problems = validate(record)
     if problems:  # a measurement that makes no sense (a blank background, a wild gain): say it, write nothing
         raise SiteError(problems)
@@ -441,7 +447,8 @@ def summary_lines(record: dict, out: str) -> list[str]:
     if light:
         lines.append(f"light: falls off by {100 * light['falloff']:.0f} % across the view (median; "
                      f"{light['uneven_frames']} frame(s) evened out); pixel noise {light['noise']:g} grey levels "
-                     f"({light['noisy_frames']} frame(s) read through a smoothed copy)")
+                     f"({light['noisy_frames']} frame(s) read through a smoothed copy)"
+                     + (f"; {light['overexposed_frames']} frame(s) overexposed" if light.get("overexposed_frames") else ""))
     if st:
         lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "
                      f"{st['unlike_frames']} of {_n(st['frames'], 'frame')} above it)")

@@ -29,7 +29,7 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
-from .illumination import ADVISE, flatten
+from .illumination import ADVISE, flatten, overexposed
 from .noise import noise_level, quieter
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
@@ -138,6 +138,7 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     """
     if uneven is None:  # a lamp that lights one side more: divided out before anything is read
         frame, uneven = flatten(frame)
+    clipped = overexposed(frame)
     view, factor = field_lib.shrink_for_search(frame)
     view, noisy = quieter(view, noise_level(frame), factor)  # a noisy camera: cells read from a smoothed copy
     layers = stain_layers(view)
@@ -146,6 +147,8 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
         scale_info["uneven_light"] = uneven
     if noisy:
         scale_info["noise"] = noisy
+    if clipped:
+        scale_info["overexposed"] = clipped
     if reference is not None:
         distance = ood.score(ood.stain_stats(view, layers), reference)
         scale_info["stain"] = {"distance": distance,
@@ -483,7 +486,7 @@ def run_watch(
     # field mode: how many frames fell off by each 1/1000 (illumination.flatten's, 3 decimals): a bounded record
     # of a camera run for weeks, and the median from it; and how many frames were noisy
     dim_corners = np.zeros(1001, np.int64)
-    noisy_frames = 0
+    noisy_frames = bright_frames = 0
     # separate fields (a folder): an image whose pixels an earlier one had (a copy under another name) is not
     # counted again: {digest: the first image's file}, and the copies (file, copy of)
     seen: dict[str, str | None] = {}
@@ -547,6 +550,7 @@ def run_watch(
                 if uneven:
                     dim_corners[int(round(uneven * 1000))] += 1
                 noisy_frames += bool(scale_info.get("noise"))
+                bright_frames += bool(scale_info.get("overexposed"))
                 dt = clock() - t0
                 counted = counter.update(frame, cells, scale_info, n)
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted, "revised": counter.revised,
@@ -652,7 +656,7 @@ def run_watch(
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
                              **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
     uneven_frames = int(dim_corners.sum())
-    summary.update(uneven_light_frames=uneven_frames, noisy_frames=noisy_frames)
+    summary.update(uneven_light_frames=uneven_frames, noisy_frames=noisy_frames, overexposed_frames=bright_frames)
     median_falloff = percentile_of_counts(dim_corners, 50) / 1000 if uneven_frames else 0.0
     if n and uneven_frames > n / 2 and median_falloff > ADVISE:
         light = (f"{uneven_frames} of {n} frames were lit unevenly (the light falls off by "
@@ -663,6 +667,10 @@ def run_watch(
         grain = (f"{noisy_frames} of {n} frames were noisy (the camera's grain): cells were found on a smoothed copy; "
                  "more light, or a lower camera gain, gives better images")
         _warn(summary, grain)
+    if n and bright_frames > n / 2:
+        _warn(summary, f"{bright_frames} of {n} frames were overexposed (much of the view pure white): red cells "
+                       "fade into the background and are measured and classified less well; shorten the camera's "
+                       "exposure or dim the lamp")
     if reference is not None:
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:

@@ -114,3 +114,36 @@ def test_a_session_keeps_the_crops_field_mode_read(tmp_path):
     box = next(c["box"] for c in lines[0]["cells"] if c["center"] == cell["center"])
     kept = cv2.cvtColor(cv2.imread(str(tmp_path / "s" / sid / "crops" / f"{cell['id']}.png")), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(kept, crop_at(flatten(v)[0], box))
+
+
+def test_overexposure_is_read_from_the_pure_white_share_of_the_frame():
+    f = _field(1)
+    assert illumination.overexposed(f) == 0.0  # a well exposed field has no pure white
+    bright = corrupt(f, "brightness_up", 5, seed=1)  # +80 levels: the empty slide clipped to white
+    assert illumination.overexposed(bright) > 0.6
+    speck = f.copy()
+    speck[:40, :40] = 255  # a small glare is not an overexposed frame
+    assert illumination.overexposed(speck) == 0.0
+    assert illumination.overexposed(np.zeros((0, 0, 3), np.uint8)) == 0.0
+
+
+def test_watch_says_when_most_frames_were_overexposed_and_still_measures_them(tmp_path):
+    """Overexposed frames: each line's scale says how much of the view is pure white, and the summary counts them
+    and says what to adjust (PBC's fields clipped so: 114 of 160 right, 155 exposed well)."""
+    import json
+
+    import cv2
+
+    from conftest import invoke_cli
+
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(corrupt(_field(i), "brightness_up", 5, seed=i), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(fields / "2.png"), cv2.cvtColor(_field(9), cv2.COLOR_RGB2BGR))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [("overexposed" in x["scale"]) for x in lines[:-1]] == [True, True, False]
+    assert lines[-1]["summary"]["overexposed_frames"] == 2 and "2 of 3 frames were overexposed" in r.stderr
+    assert "exposure" in r.stderr
