@@ -2,7 +2,8 @@
 
 /healthz      200 "ok" while frames arrive, 503 otherwise
 /metrics      Prometheus text: frames, fps, inference latency histogram, dropped, reconnects, per-class counts
-              (field mode: each cell once, from the differential: white cells, uncertain, target);
+              (field mode: each cell once, from the differential: white cells, uncertain, target; frames
+              overexposed, noisy or unevenly lit);
               with --sessions, the current session's too (scopelite_session_*: reviews included)
 /latest       the last frame's JSON record
 /snapshot.jpg the last frame with its crop or cell boxes and labels
@@ -21,6 +22,7 @@ hold the daemon. Bound beyond loopback, the page is open to the network: ``expos
 """
 from __future__ import annotations
 
+import collections
 import hmac
 import html
 import ipaddress
@@ -37,11 +39,22 @@ import numpy as np
 from . import session_http
 from .differential import TITLES
 from .errors import UserError
+from .illumination import ADVISE
 from .preprocess import center_square
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 REQUEST_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 16
+CAMERA_WINDOW = 100  # the lab page's advice on the camera reads the last this many field-mode frames
+# field mode: what each frame's scale says about the camera, as (key, page advice when most recent frames show it)
+CAMERA = (
+    ("overexposed", "The camera is overexposed: much of the view is pure white and red cells fade into it. "
+                    "Shorten the exposure or dim the lamp."),
+    ("noise", "The images are grainy (the camera's gain): cells are found on a smoothed copy. More light or a "
+              "lower camera gain gives better images."),
+    ("uneven_light", f"The light falls off by more than {100 * ADVISE:.0f} % across the view: field mode evens it "
+                     "out, but centre the lamp and adjust the condenser (Koehler illumination)."),
+)
 
 
 class Status:
@@ -64,6 +77,10 @@ class Status:
         self.counters = {"captured": 0, "dropped": 0, "reconnects": 0, "unreadable": 0}
         self.unlike_frames = 0  # field mode: frames stained unlike the model's training data (edge/ood.py)
         self.stain_distance: float | None = None
+        # field mode: frames each camera condition was seen in (totals for /metrics), and the last CAMERA_WINDOW
+        # frames' conditions (the page's advice follows a camera that goes wrong after weeks, not the run's start)
+        self.camera_frames = {key: 0 for key, _ in CAMERA}
+        self._camera: collections.deque[tuple[bool, ...]] = collections.deque(maxlen=CAMERA_WINDOW)
         self.last_record: dict | None = None
         self._last_frame: np.ndarray | None = None
         self.last_time = 0.0
@@ -82,7 +99,14 @@ class Status:
             self.latency_sum_ms += ms
             self.latency_buckets[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b),
                                       len(LATENCY_BUCKETS_MS))] += 1
-            stain = (rec.get("scale") or {}).get("stain")
+            scale = rec.get("scale") or {}
+            if "cells" in rec:  # field mode: what the frame says about the camera
+                seen = (bool(scale.get("overexposed")), bool(scale.get("noise")),
+                        (scale.get("uneven_light") or 0.0) > ADVISE)
+                self._camera.append(seen)
+                for (key, _), flag in zip(CAMERA, (seen[0], seen[1], bool(scale.get("uneven_light")))):
+                    self.camera_frames[key] += flag
+            stain = scale.get("stain")
             if stain is not None:
                 self.stain_distance = stain["distance"]
                 self.unlike_frames += bool(stain["unlike_training"])
@@ -128,6 +152,10 @@ class Status:
                 "# HELP scopelite_unlike_training_frames_total Frames stained unlike the model's training data.",
                 "# TYPE scopelite_unlike_training_frames_total counter",
                 f"scopelite_unlike_training_frames_total {self.unlike_frames}",
+                "# HELP scopelite_camera_frames_total Field-mode frames overexposed, noisy, or lit unevenly (each "
+                "one read as field mode corrects it).",
+                "# TYPE scopelite_camera_frames_total counter",
+                *(f'scopelite_camera_frames_total{{condition="{key}"}} {n}' for key, n in self.camera_frames.items()),
                 "# HELP scopelite_stain_distance The latest frame's stain distance to the training data.",
                 "# TYPE scopelite_stain_distance gauge",
                 f"scopelite_stain_distance {'NaN' if self.stain_distance is None else self.stain_distance}",
@@ -181,9 +209,13 @@ class Status:
         with self._lock:
             counts, diff = dict(self.counts), self.differential
             unlike, frames = self.unlike_frames, self.frames
-        banner = ""
+            recent = list(self._camera)
+        banner = "".join(
+            f'<p class="bad camera" id="camera-{key}"><b>{html.escape(text)}</b> ({n} of the last {len(recent)} '
+            'frames)</p>'
+            for i, (key, text) in enumerate(CAMERA) if (n := sum(r[i] for r in recent)) > len(recent) / 2)
         if frames and unlike > frames / 2:
-            banner = ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
+            banner += ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
                       f'({unlike} of {frames} frames): the model was trained on another lab\'s stain and '
                       'will make more mistakes here. Calibrate or adapt it to this lab (docs/cross-lab.md).</p>')
         panel = ""

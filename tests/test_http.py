@@ -124,6 +124,34 @@ def test_field_mode_metrics_and_page_show_the_differential():
     assert "<td>Platelets (seen)</td><td>5</td>" in page and "<td>Uncertain (review)</td><td>1</td>" in page
 
 
+def test_lab_page_advises_on_the_camera_from_the_recent_frames():
+    """Field mode's frames say when the camera is overexposed, grainy or unevenly lit: /metrics counts them all the
+    run, and the page advises while most of the last CAMERA_WINDOW frames show it (a camera that goes wrong after
+    weeks is said at once; one put right stops being said)."""
+    from scopelite.edge.httpd import CAMERA_WINDOW, Status
+
+    s = Status(["neutrophil"])
+    frame = np.zeros((8, 8, 3), np.uint8)
+
+    def feed(n, **scale):
+        for _ in range(n):
+            s.update(frame, {"frame": 0, "cells": [], "scale": {"source": "red cells", **scale}, "infer_ms": 1.0})
+
+    feed(3 * CAMERA_WINDOW)  # weeks of good frames
+    feed(CAMERA_WINDOW // 2 + 1, overexposed=0.7, noise=9.0, uneven_light=0.2)
+    page = s.page()
+    assert 'id="camera-overexposed"' in page and "Shorten the exposure" in page
+    assert f"({CAMERA_WINDOW // 2 + 1} of the last {CAMERA_WINDOW} frames)" in page
+    assert 'id="camera-noise"' in page and 'id="camera-uneven_light"' not in page  # falls off by 20 %: no advice
+    text = s.metrics_text()
+    assert f'scopelite_camera_frames_total{{condition="overexposed"}} {CAMERA_WINDOW // 2 + 1}' in text
+    assert f'scopelite_camera_frames_total{{condition="uneven_light"}} {CAMERA_WINDOW // 2 + 1}' in text
+    feed(CAMERA_WINDOW)  # the exposure put right
+    assert "camera-" not in s.page()
+    s.update(frame, {"label": "neutrophil", "score": 0.9, "scale": {"overexposed": 0.7}})  # crop mode: not read
+    assert f'condition="overexposed"}} {CAMERA_WINDOW // 2 + 1}' in s.metrics_text()
+
+
 def test_port_in_use_is_one_line(daemon, tiny_run, synth_dir):
     _, port, _ = daemon
     r = run_cli("celledge", "watch", str(synth_dir / "crops"), "--model", str(tiny_run["tflite"]),
