@@ -68,22 +68,3 @@ def test_the_noise_gate_reads_the_whole_frame_and_the_smoothing_fits_a_shrunk_co
     assert said == round(level, 1) and out is not small
     same, _ = quieter(f, level, factor=1)
     assert noise_level(out) < noise_level(small) and noise_level(same) < level
-
-
-def test_watch_says_when_most_frames_were_noisy(tmp_path):
-    import json
-
-    import cv2
-
-    from conftest import invoke_cli
-
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in range(2):
-        cv2.imwrite(str(fields / f"{i}.png"), cv2.cvtColor(corrupt(_field(i), "shot_noise", 4, seed=i), cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(fields / "2.png"), cv2.cvtColor(_field(9), cv2.COLOR_RGB2BGR))
-    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field")
-    assert r.returncode == 0, r.stderr[-2000:]
-    lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [("noise" in x["scale"]) for x in lines[:-1]] == [True, True, False]
-    assert lines[-1]["summary"]["noisy_frames"] == 2 and "2 of 3 frames were noisy" in r.stderr
