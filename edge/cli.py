@@ -708,6 +708,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
         cells = f"{m.red_cells} cell{'' if m.red_cells == 1 else 's'}"
         ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({cells})"
         dist = "" if m.distance is None else f", stain distance {m.distance:.2f}"
+        dist += f", overexposed ({100 * m.overexposed:.0f} % pure white): left out" if m.overexposed else ""
         # the frame's place among the files picked (skipped ones count)
         print(f"frame {i + 1 + len(skipped)}/{total}: {ruler}{dist}", file=sys.stderr, flush=True)
 

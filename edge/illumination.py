@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .stain import is_greyscale
+
 UNEVEN = 0.10  # the profile's darkest point this far below its brightest: corrected (else left alone)
 ADVISE = 0.30  # falling off this far over most frames: watch's summary and calibrate advise adjusting the lamp
 SMALL = 64  # the small copy's longer side (px)
@@ -82,11 +84,16 @@ def flatten(frame_rgb: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def overexposed(frame_rgb: np.ndarray) -> float:
-    """The share of the frame that is pure white (every channel at ``CLIPPED`` or above, every 4th pixel), when
-    it is ``OVEREXPOSED`` or more; else 0. A well exposed smear has none (PBC's fields, DeepBioNet's: at most
-    0.1 %); the robustness suite's brightness +35 levels clips up to half of a PBC field, +80 two thirds."""
-    sub = np.asarray(frame_rgb)[::4, ::4]
-    if sub.ndim != 3 or sub.size == 0:
+    """The share of the frame that is pure white (every channel at ``CLIPPED`` or above, read on every 4th row
+    and column), when it is ``OVEREXPOSED`` or more and the frame holds colour; else 0. A well exposed smear has
+    none (PBC's fields, DeepBioNet's: at most 0.1 %); the robustness suite's brightness +35 levels clips up to
+    half of a PBC field, +80 two thirds. A frame without colour (an all-white view: no slide) is not called
+    overexposed: ``stain.is_greyscale`` says what it is. Only 8-bit RGB frames are read (others: 0)."""
+    frame = np.asarray(frame_rgb)
+    if frame.ndim != 3 or frame.shape[2] < 3 or frame.dtype != np.uint8 or frame.size == 0:
         return 0.0
-    share = float((sub.min(axis=2) >= CLIPPED).mean())
-    return round(share, 3) if share >= OVEREXPOSED else 0.0
+    sub = np.ascontiguousarray(frame[::4, ::4, :3])
+    share = cv2.countNonZero(cv2.inRange(sub, (CLIPPED,) * 3, (255,) * 3)) / (sub.shape[0] * sub.shape[1])
+    if share < OVEREXPOSED or is_greyscale(frame):
+        return 0.0
+    return round(share, 3)

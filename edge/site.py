@@ -185,17 +185,23 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     Raises:
         SiteError: no frame, or no frame with enough red cells to measure the scale.
     """
-    measures, grey, monochrome, shapes = [], 0, 0, set()
+    measures, grey, monochrome, bright, shapes = [], 0, 0, 0, set()
     for i, frame in enumerate(frames):
         shapes.add((frame.shape[1], frame.shape[0]))
         m = measure_frame(frame, reference)
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
             monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
+        elif m.overexposed:  # clipped white: its background, white balance and stain distance would be wrong
+            bright += 1
         else:
             measures.append(m)
         if progress is not None:
             progress(i, m)
+    if not measures and bright:
+        raise SiteError([f"{'the frame is' if bright + grey == 1 else f'{bright} of the {bright + grey} frames are'} "
+                         "overexposed (much of the view pure white, red cells faint): shorten the camera's exposure "
+                         "or dim the lamp, then calibrate again"])
     if not measures and not grey:
         raise SiteError(["no frames to calibrate on: give a folder of images, a video or a camera"])
     if not measures and monochrome:
@@ -225,6 +231,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         "source": source,
         "frames": len(measures),
         **({"grey_frames_left_out": grey} if grey else {}),
+        **({"overexposed_frames_left_out": bright} if bright else {}),
         **({"frame_sizes": sorted(shapes)} if len(shapes) > 1 else {}),
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2)},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
@@ -249,17 +256,16 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     falloff = float(np.median([m.falloff for m in measures]))
     level = float(np.median([m.noise for m in measures]))
     record["light"] = {"falloff": round(falloff, 3), "uneven_frames": sum(m.falloff > 0 for m in measures),
-                       "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures),
-                       "overexposed_frames": sum(m.overexposed > 0 for m in measures)}
+                       "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures)}
     if falloff > ADVISE:
         record["advice"] += (f"; the light falls off by {100 * falloff:.0f} % across the view: centre the lamp and "
                              "adjust the condenser (Koehler illumination); field mode evens it out meanwhile")
     if level > NOISY:
         record["advice"] += ("; the frames are noisy (the camera's grain): more light or a lower camera gain; field "
                              "mode finds cells on a smoothed copy meanwhile")
-    if record["light"]["overexposed_frames"] > len(measures) / 2:
-        record["advice"] += ("; the frames are overexposed (much of the view pure white, red cells faint): shorten "
-                             "the camera's exposure or dim the lamp")
+    if bright:
+        record["advice"] += (f"; {_n(bright, 'frame')} overexposed (much of the view pure white, red cells faint), "
+                             "left out: shorten the camera's exposure or dim the lamp")
     problems = validate(record)
     if problems:  # a measurement that makes no sense (a blank background, a wild gain): say it, write nothing
         raise SiteError(problems)
@@ -427,6 +433,10 @@ def summary_lines(record: dict, out: str) -> list[str]:
     if record.get("grey_frames_left_out"):
         n = record["grey_frames_left_out"]
         lines.append(f"warning: {n} frame{'s' if n > 1 else ''} without colour (blank or greyscale) left out")
+    if record.get("overexposed_frames_left_out"):
+        n = record["overexposed_frames_left_out"]
+        lines.append(f"warning: {n} overexposed frame{'s' if n > 1 else ''} (much of the view pure white) left out: "
+                     "shorten the camera's exposure or dim the lamp")
     if sc["frames"] < FEW_FRAMES:
         lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
                      f"of so few is easily fooled (the scale and the stain advice below); calibrate on {FEW_FRAMES} "
@@ -447,8 +457,7 @@ def summary_lines(record: dict, out: str) -> list[str]:
     if light:
         lines.append(f"light: falls off by {100 * light['falloff']:.0f} % across the view (median; "
                      f"{light['uneven_frames']} frame(s) evened out); pixel noise {light['noise']:g} grey levels "
-                     f"({light['noisy_frames']} frame(s) read through a smoothed copy)"
-                     + (f"; {light['overexposed_frames']} frame(s) overexposed" if light.get("overexposed_frames") else ""))
+                     f"({light['noisy_frames']} frame(s) read through a smoothed copy)")
     if st:
         lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "
                      f"{st['unlike_frames']} of {_n(st['frames'], 'frame')} above it)")

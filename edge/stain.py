@@ -59,7 +59,7 @@ def percentile_of_counts(counts: np.ndarray, q: float) -> float:
 def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
     """The frame's background (empty slide) colour, RGB float64: the 75th percentile of each channel over
     the pixels brighter than the 60th percentile of grey (every other row and column)."""
-    channels = cv2.split(np.ascontiguousarray(frame_rgb[::2, ::2]))  # numpy's reductions over axis 2 are slow
+    channels = cv2.split(np.ascontiguousarray(frame_rgb[::2, ::2, :3]))  # numpy's reductions over axis 2 are slow
     grey3 = cv2.add(cv2.add(channels[0], channels[1], dtype=cv2.CV_16U), channels[2], dtype=cv2.CV_16U)  # 3 x grey
     bright = grey3 > percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)
     if bright.any():

@@ -151,8 +151,9 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
         scale_info["overexposed"] = clipped
     if reference is not None:
         distance = ood.score(ood.stain_stats(view, layers), reference)
-        scale_info["stain"] = {"distance": distance,
-                               "unlike_training": distance is not None and distance > reference.threshold}
+        # an overexposed frame's colours are clipped: its distance is no judge of the stain (null, not counted)
+        scale_info["stain"] = {"distance": distance, "unlike_training": None if clipped else
+                               distance is not None and distance > reference.threshold}
     dets = [field_lib.scaled(d, factor) for d in field_lib.detect(view, rbc_px / factor, layers, cfg)]
     if not dets:
         return [], scale_info
@@ -667,8 +668,9 @@ def run_watch(
         grain = (f"{noisy_frames} of {n} frames were noisy (the camera's grain): cells were found on a smoothed copy; "
                  "more light, or a lower camera gain, gives better images")
         _warn(summary, grain)
-    if n and bright_frames > n / 2:
-        _warn(summary, f"{bright_frames} of {n} frames were overexposed (much of the view pure white): red cells "
+    colour = n - grey_frames  # a frame without colour (all white: no slide) is said apart, not as overexposed
+    if colour and bright_frames > colour / 2:
+        _warn(summary, f"{bright_frames} of {colour} frames were overexposed (much of the view pure white): red cells "
                        "fade into the background and are measured and classified less well; shorten the camera's "
                        "exposure or dim the lamp")
     if reference is not None:

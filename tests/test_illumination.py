@@ -125,6 +125,9 @@ def test_overexposure_is_read_from_the_pure_white_share_of_the_frame():
     speck[:40, :40] = 255  # a small glare is not an overexposed frame
     assert illumination.overexposed(speck) == 0.0
     assert illumination.overexposed(np.zeros((0, 0, 3), np.uint8)) == 0.0
+    assert illumination.overexposed(np.full((48, 64, 3), 255, np.uint8)) == 0.0  # all white: no slide, no colour
+    assert illumination.overexposed(bright.astype(np.uint16) * 257) == 0.0  # only 8-bit frames are read
+    assert illumination.overexposed(np.dstack([bright, np.full(bright.shape[:2], 255, np.uint8)])) > 0.6  # RGBA
 
 
 @pytest.mark.parametrize("corruption,severity,key,counted,said", [

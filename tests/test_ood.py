@@ -89,3 +89,14 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     assert s["unlike_training_frames"] == 4 and "unlike the model's training data" in s["warning"]
     assert "unlike the training data" in status.page()
     assert "scopelite_unlike_training_frames_total 4" in status.metrics_text()
+    # overexposed frames: their clipped colours are no judge of the stain (distance kept, no verdict, not counted)
+    from scopelite.train.corruptions import corrupt
+
+    recs.clear()
+    bright = [corrupt(f, "brightness_up", 5, seed=i) for i, f in enumerate(frames[:3])] + frames[3:]
+    s = run_watch(WatchConfig(mode="field"), FakeSource(bright), Fake(far), recs.append,
+                  stop=threading.Event())["summary"]
+    stains = [r["scale"]["stain"] for r in recs if "scale" in r]
+    assert [st["unlike_training"] for st in stains] == [None, None, None, True]
+    assert s["unlike_training_frames"] == 1 and s["overexposed_frames"] == 3
+    assert "overexposed" in s["warning"] and "unlike the model's training data" not in s["warning"]

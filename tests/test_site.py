@@ -347,23 +347,29 @@ def test_calibrate_reads_the_lamp_and_the_grain_and_says_what_to_adjust():
     rec = site_lib.calibrate(worse, input_px=96, model_rbc_px=MODEL_RBC_PX)
     assert rec["light"]["falloff"] > 0.3 and rec["light"]["uneven_frames"] == 5 and rec["light"]["noisy_frames"] == 5
     assert "Koehler" in rec["advice"] and "camera gain" in rec["advice"]
-    assert even["light"]["overexposed_frames"] == 0 and "exposure" not in even["advice"]
+    assert "overexposed_frames_left_out" not in even and "exposure" not in even["advice"]
     assert abs(rec["scale"]["rbc_px"] / even["scale"]["rbc_px"] - 1) < 0.08, (rec["scale"], even["scale"])
     assert site_lib.validate(rec) == [] and json.loads(json.dumps(rec)) == rec
     lines = site_lib.summary_lines(rec, "site.json")
     assert any(line.startswith("light: falls off by") for line in lines)
 
 
-def test_calibrate_says_when_the_frames_are_overexposed():
-    """A camera exposed too long clips the empty slide to white: calibrate counts the frames and advises a shorter
-    exposure (well exposed frames: no such advice)."""
+def test_calibrate_leaves_overexposed_frames_out_and_says_why():
+    """A camera exposed too long clips the empty slide to white, and its background, white balance and stain
+    distance would be the clipping's: calibrate leaves such frames out, says so and advises a shorter exposure;
+    when every frame is overexposed it writes nothing and says what to fix (not "too few red cells")."""
     from scopelite.train.corruptions import corrupt
 
     rng = np.random.default_rng(4)
     clean = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(4)]
+    bright = [corrupt(f, "brightness_up", 5, seed=i) for i, f in enumerate(clean)]
     even = site_lib.calibrate(clean, input_px=96, model_rbc_px=MODEL_RBC_PX)
-    bright = site_lib.calibrate([corrupt(f, "brightness_up", 5, seed=i) for i, f in enumerate(clean)],
-                                input_px=96, model_rbc_px=MODEL_RBC_PX)
-    assert bright["light"]["overexposed_frames"] == 4 and "shorten the camera's exposure" in bright["advice"]
-    assert even["light"]["overexposed_frames"] == 0 and "exposure" not in even["advice"]
-    assert any("4 frame(s) overexposed" in line for line in site_lib.summary_lines(bright, "site.json"))
+    assert "overexposed_frames_left_out" not in even and "exposure" not in even["advice"]
+    mixed = site_lib.calibrate(clean[:2] + bright[2:], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert mixed["frames"] == 2 and mixed["overexposed_frames_left_out"] == 2
+    assert "2 frames overexposed" in mixed["advice"] and "shorten the camera's exposure" in mixed["advice"]
+    assert mixed["background"] == site_lib.calibrate(clean[:2], input_px=96, model_rbc_px=MODEL_RBC_PX)["background"]
+    assert any("2 overexposed frames" in line for line in site_lib.summary_lines(mixed, "site.json"))
+    with pytest.raises(site_lib.SiteError) as e:
+        site_lib.calibrate(bright + [np.full((480, 640, 3), 255, np.uint8)], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert "4 of the 5 frames are overexposed" in str(e.value) and "shorten the camera's exposure" in str(e.value)
