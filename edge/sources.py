@@ -48,7 +48,14 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot, or if it is larger than
     ``MAX_SIDE`` px a side (a slide scan's mosaic: seconds and gigabytes for one image on a Pi)."""
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as e:  # OPENCV_IO_MAX_IMAGE_PIXELS: refused before decoding
+        if "CV_IO_MAX_IMAGE_PIXELS" not in str(e):
+            raise SourceError(f"cannot decode image {path} (not an image, or corrupt)") from None
+        raise SourceError(f"{path} holds more than {MAX_SIDE}x{MAX_SIDE} px, larger than {MAX_SIDE} px a side: give "
+                          "fields or crops as the camera takes them (a whole-slide mosaic: cut it into fields "
+                          "first)") from None
     if img is None:
         raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
     check_frame_size(img, str(path), min_side=1, hint=": give fields or crops as the camera takes them (a "

@@ -713,3 +713,15 @@ def test_a_camera_that_will_not_open_is_said_on_stderr_while_watch_keeps_trying(
     assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
     assert "warning: /dev/video99:" in err and "trying again in" in err and "attempt 1;" in err, err
     assert json.loads(out.splitlines()[-1])["summary"]["source"] == "/dev/video99"
+
+
+def test_an_image_bomb_is_refused_from_its_header(tmp_path):
+    """A small PNG that unpacks to 5000x5000 px (75 MB; 30000 px: 5 GB in 9 s) is refused before it is decoded,
+    with the same message as a large frame: OpenCV's pixel limit is set when scopelite.edge is first imported."""
+    bomb = tmp_path / "bomb.png"
+    cv2.imwrite(str(bomb), np.zeros((5000, 5000, 3), np.uint8))
+    assert bomb.stat().st_size < 2_000_000
+    from conftest import run_cli
+
+    r = run_cli("celledge", "classify", str(bomb))
+    assert r.returncode == 2 and "more than 4096x4096 px" in r.stderr, r.stderr[-1500:]  # said from the header
