@@ -150,9 +150,13 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` on success.
 
     The temporary name keeps the final suffix (Keras insists on ``.keras``).
-    On any exception the temporary file is removed and ``final`` is untouched.
+    On any exception the temporary file is removed and ``final`` is untouched. Through a symlink the file it
+    names is replaced (the link stays); a device, pipe or folder at ``final`` is refused (OSError), never
+    renamed over.
     """
-    final = Path(final)
+    final = Path(os.path.realpath(final))
+    if final.exists() and not final.is_file():
+        raise IsADirectoryError(f"{final} is not a regular file (a folder, device or pipe): not replaced")
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
     os.close(fd)

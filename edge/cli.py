@@ -18,6 +18,23 @@ THREADS = click.IntRange(min=1)
 TOP_K = click.IntRange(min=1)
 
 
+# what --out must not be named like: a JSON file written there would replace (or be appended to) a picture or film
+_MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".mp4", ".avi", ".mov", ".mkv",
+                   ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
+
+
+def _not_media(out, option: str, source=None, ending: str = ".json") -> None:
+    """Refuse an output file named like an image or a video, or one that is the source itself (UserError)."""
+    from .errors import UserError  # noqa: PLC0415
+
+    p = Path(out)
+    if p.suffix.lower() in _MEDIA_SUFFIXES:
+        raise UserError(f"{option} {out} is named like an image or a video: the JSON written there would replace it "
+                        f"or be added to it; give a name ending in {ending}")
+    if source is not None and p.exists() and Path(str(source)).exists() and p.resolve() == Path(str(source)).resolve():
+        raise UserError(f"{option} {out} is the source itself; give another file")
+
+
 def _check_device(ctx, param, value):
     """cpu, or an Edge TPU as pycoral names it: usb, usb:N, pci, pci:N, :N."""
     if value is None or value == "cpu" or re.fullmatch(r"(usb|pci)?(:\d+)?", value) and value:
@@ -373,6 +390,8 @@ def watch(**_):
             try:
                 if path:
                     check_writable(path, flag, is_dir=is_dir)
+                    if flag == "--out":
+                        _not_media(path, flag, cfg.source, ending=".jsonl")
             except UserError as e:
                 out.append(str(e))
         return out
@@ -669,7 +688,8 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .packaged import default_model
     from .sources import SourceError, is_still, list_images, open_source, read_image_rgb
 
-    check_writable(out, "--out", is_dir=False)
+    check_writable(out, "--out", is_dir=False, replaced=True)
+    _not_media(out, "--out", source)
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

@@ -22,18 +22,24 @@ def _existing_parent(path: Path) -> Path:
     return p
 
 
-def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, min_free_mb: float = MIN_FREE_MB) -> None:
+def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, min_free_mb: float = MIN_FREE_MB,
+                   replaced: bool = False) -> None:
     """Raise UserError unless ``path`` (a folder, or a file with ``is_dir=False``) can be written.
 
     Args:
         path: the output folder or file; it need not exist yet.
         option: how the user named it (``--out``), for the message.
         min_free_mb: refuse if the disk has less free space than this.
+        replaced: the file is written whole and renamed over ``path`` (``bundle.write_bytes_atomic``): a device
+            or pipe there is refused (a line sink, appended to, may write to one).
     """
     path = Path(path)
     if path.exists() and path.is_dir() != is_dir:
         kind = "a folder" if is_dir else "a file"
         raise UserError(f"{option} {path} exists and is not {kind}")
+    if not is_dir and replaced and path.exists() and not path.is_file():  # renamed over: a device would be lost
+        raise UserError(f"{option} {path} is a device or pipe, not a file: the output is written to a file beside "
+                        "it and renamed over it; give a file path")
     if not is_dir and path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {path} is not writable; choose another path")
     base = _existing_parent(path if is_dir else path.parent)

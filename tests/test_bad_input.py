@@ -725,3 +725,36 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path):
 
     r = run_cli("celledge", "classify", str(bomb))
     assert r.returncode == 2 and "more than 4096x4096 px" in r.stderr, r.stderr[-1500:]  # said from the header
+
+
+def test_outputs_never_replace_an_input_a_device_or_a_link(tmp_path):
+    """--out named like an image or video is refused (it was the source image, now JSON: a lost slide); a pipe or
+    device is refused by calibrate (its file is renamed over the path: /dev/full became a JSON file); through a
+    symlink the file it names is written and the link kept."""
+    from conftest import invoke_cli
+
+    from scopelite.edge.bundle import write_json_atomic
+    from scopelite.train.synth import make_field
+
+    src = tmp_path / "fields"
+    src.mkdir()
+    img = src / "0.jpg"
+    cv2.imwrite(str(img), make_field(np.random.default_rng(0), 320, 240, n_cells=3)[0])
+    before = img.read_bytes()
+    for cmd in (("calibrate", str(src), "--out", str(img)), ("watch", str(src), "--mode", "field", "--out", str(img))):
+        r = invoke_cli("celledge", *cmd)
+        assert r.returncode == 2 and "named like an image or a video" in r.stderr, r.stderr[-800:]
+    assert img.read_bytes() == before
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    r = invoke_cli("celledge", "calibrate", str(src), "--out", str(fifo))
+    assert r.returncode == 2 and "is a device or pipe" in r.stderr and not fifo.is_file()
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_json_atomic(link, {"a": 1})
+    assert link.is_symlink() and json.loads(real.read_text()) == {"a": 1}
+    with pytest.raises(OSError):
+        write_json_atomic(fifo, {"a": 1})
+    assert not fifo.is_file()
