@@ -6,7 +6,7 @@ import shlex
 import click
 
 from scopelite.edge._quiet import verbose_option
-from scopelite.edge.errors import OneLineGroup, one_line_errors
+from scopelite.edge.errors import Number, OneLineGroup, one_line_errors
 
 OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
@@ -61,7 +61,7 @@ def main() -> None:
 @click.option("--qat-ranges", type=click.Choice(["learned", "calibrated", "both"]), default="learned",
               help="QAT activation ranges: TFMOT's learned ones (qat_int8), recalibrated on the representative set "
                    "like post-training quantisation (qat_calibrated_int8), or both; the gate picks among all int8.")
-@click.option("--qat-lr", "qat_learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-5)
+@click.option("--qat-lr", "qat_learning_rate", type=Number(min=0, min_open=True), default=1e-5)
 @click.option("--max-drop", nargs=2, type=float, default=(1.0, 2.0), metavar="CLEAN CORRUPTED",
               callback=_check_max_drop,
               help="Largest accuracy loss (points) against the float model an int8 model may have. On a test split "

@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from ._quiet import verbose_option
-from .errors import OneLineGroup, UserError, one_line_errors, warn
+from .errors import Number, OneLineGroup, UserError, one_line_errors, warn
 
 MODEL = click.Path(exists=True, dir_okay=False)
-THREADS = click.IntRange(min=1)
+THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed the interpreter
 TOP_K = click.IntRange(min=1)
 
 
@@ -290,7 +290,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--model", default=None, type=MODEL,
               help="The .tflite model (its .json sidecar beside it). Default: the packaged PBC model.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on frames per second.")
+@click.option("--fps", type=Number(min=0.0001), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, callback=_size, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
 @click.option("--loop", is_flag=True, help="Replay an image folder, an image or a video file forever.")
 @click.option("--mode", type=click.Choice(["crop", "field"]), default="crop", show_default=True,
@@ -309,13 +309,13 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Crop mode: when the views are framed unlike the training crops (their red cells, or a white "
                    "cell that fills the view, say how; the median over the stream), cut each to the training "
                    "framing. Each line's \"scale\" says what was done. A --site made with --scale fixes it instead.")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--min-score", type=Number(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential).")
 @click.option("--report", type=click.Path(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
-@click.option("--wbc", type=click.FloatRange(min=0, min_open=True), default=None, metavar="X10^9/L",
+@click.option("--wbc", type=Number(min=0, max=1000, min_open=True), default=None, metavar="X10^9/L",
               help="Field mode: the analyser's white count, for absolute counts (corrected for NRBC).")
 @click.option("--sessions", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Field mode: one session per slide in DIR/<start time>/: every counted cell with its crop, and "
@@ -333,7 +333,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
                    "counts (default for a folder of images or one image).")
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
-@click.option("--backoff-cap", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--backoff-cap", type=Number(min=0.1, max=86400), default=30.0, show_default=True,
               help="Camera/stream: longest wait (s) between reconnection attempts (doubling from 0.5 s).")
 @click.option("--http", default=None, metavar="HOST:PORT",
               help="Serve /, /healthz, /metrics, /latest, /snapshot.jpg (e.g. 127.0.0.1:8080; off by default).")
@@ -346,8 +346,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None,
               help="Save frames that match --save-classes or score below --save-below here.")
 @click.option("--save-classes", default="", callback=_classes, help="Comma-separated classes to save, e.g. basophil,erythroblast.")
-@click.option("--save-below", type=click.FloatRange(0, 1), default=None, help="Save frames scored below this.")
-@click.option("--save-cap-mb", type=click.FloatRange(min=1), default=500.0, show_default=True,
+@click.option("--save-below", type=Number(0, 1), default=None, help="Save frames scored below this.")
+@click.option("--save-cap-mb", type=Number(min=1), default=500.0, show_default=True,
               help="Disk cap for --save-dir: the oldest saved frames are deleted first.")
 @click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter.")

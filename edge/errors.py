@@ -20,6 +20,19 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Number(click.FloatRange):
+    """``click.FloatRange`` that refuses ``nan`` and ``inf`` (Python's float() takes both, and range checks pass
+    nan: ``--wbc nan`` put NaN into a differential's JSON). The flags' type for every float of the three CLIs."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v or v in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
 def describe_os_error(e: OSError) -> str:
     """``[Errno 30] Read-only file system: 'x'`` -> ``cannot write x: read-only file system; ...``."""
     where = f" {e.filename}" if e.filename else ""

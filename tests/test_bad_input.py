@@ -123,6 +123,14 @@ CASES = [
     ("classify-k-neg", "celledge", "classify -k -1 {img}", 2, "'-k'", None, None),
     ("classify-k-huge", "celledge", "classify -k 100 {img}", 0, None, None, "\t"),
     ("classify-threads0", "celledge", "classify --threads 0 {img}", 2, "--threads", None, None),
+    ("classify-threads-huge", "celledge", "classify --threads 100000 {img}", 2, "1<=x<=64", None, None),  # crashed
+    ("watch-wbc-nan", "celledge", "watch {mixed} --mode field --wbc nan", 2, "not a finite number", None, None),
+    ("watch-wbc-huge", "celledge", "watch {mixed} --mode field --wbc 1e308", 2, "--wbc", None, None),
+    ("watch-min-score-nan", "celledge", "watch {mixed} --min-score nan", 2, "not a finite number", None, None),
+    ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
+    ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
+     "not a finite number", None, None),
+    ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
     ("classify-threads-neg", "celledge", "classify --threads -3 {img}", 2, "--threads", None, None),
     ("classify-threads-word", "celledge", "classify --threads many {img}", 2, "--threads", None, None),
     ("classify-device-banana", "celledge", "classify --device banana {img}", 2, "not a device", None, None),

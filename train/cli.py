@@ -7,7 +7,7 @@ import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import OneLineGroup, one_line_errors
+from scopelite.edge.errors import Number, OneLineGroup, one_line_errors
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
@@ -106,25 +106,25 @@ def _check_views(ctx, param, value):
 @click.option("--image-size", type=click.IntRange(min=16), default=_D.image_size, help="Square input size in pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer)
-@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=_D.learning_rate,
+@click.option("--lr", "learning_rate", type=Number(min=0, min_open=True), default=_D.learning_rate,
               help="Peak learning rate (after warm-up).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=_D.schedule)
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=_D.warmup_epochs)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=_D.weight_decay)
+@click.option("--warmup-epochs", type=Number(min=0), default=_D.warmup_epochs)
+@click.option("--weight-decay", type=Number(min=0), default=_D.weight_decay)
 @click.option("--augment", type=click.Choice(["none", "flips", "strong"]), default=_D.augment,
               help="strong adds zoom, exposure, colour, stain, blur, noise, JPEG and dark blots "
                    "(ops zoom, colour, stain, blur, noise, jpeg, blots; change any with --aug).")
-@click.option("--strength", type=click.FloatRange(0, 1), default=_D.strength, help="Strength of strong augmentation.")
+@click.option("--strength", type=Number(0, 1), default=_D.strength, help="Strength of strong augmentation.")
 @click.option("--aug", multiple=True, callback=_parse_aug, metavar="NAME[=STRENGTH]",
               help=f"Set one augmentation op's strength (repeatable; 0 switches it off, no value: --strength), "
                    f"on top of --augment: {', '.join(AUG_OPS)}. E.g. --aug hed=0.5 --aug randaugment --aug jpeg=0")
-@click.option("--mixup", type=click.FloatRange(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
+@click.option("--mixup", type=Number(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
 @click.option("--progressive/--no-progressive", default=_D.progressive,
               help="Progressive resizing: 60%->100% image size and weak->full augmentation over 3 stages.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=_D.label_smoothing)
+@click.option("--label-smoothing", type=Number(0, 0.5), default=_D.label_smoothing)
 @click.option("--balance", type=click.Choice(BALANCE), default=_D.balance,
               help="Class imbalance: loss weights, oversampling, or nothing.")
-@click.option("--fine-tune-fraction", type=click.FloatRange(0, 1), default=_D.fine_tune_fraction,
+@click.option("--fine-tune-fraction", type=Number(0, 1), default=_D.fine_tune_fraction,
               help="With pretrained weights: share of the backbone unfrozen after the head phase.")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=_D.head_epochs,
               help="With pretrained weights: epochs on a frozen backbone first.")
@@ -146,7 +146,7 @@ def _check_views(ctx, param, value):
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
               help="tf.distribute: mirrored (all local GPUs) or multiworker (several machines: run the same "
                    "command on each, with TF_CONFIG naming the cluster and its own index; see docs/gpu-training.md).")
-@click.option("--worker-timeout", type=click.FloatRange(min=1), default=_D.worker_timeout,
+@click.option("--worker-timeout", type=Number(min=1), default=_D.worker_timeout,
               help="With --strategy multiworker: seconds to wait for every worker of TF_CONFIG to join before "
                    "giving up with an error (TensorFlow alone would wait forever).")
 @click.option("--mixed-precision", is_flag=True,
@@ -155,7 +155,7 @@ def _check_views(ctx, param, value):
               help="keras3: the same recipe under Keras 3 on any backend (KERAS_BACKEND=jax on a GPU machine "
                    "without TensorFlow); --data is then a pack from celltrain pack, and celltrain import makes "
                    "the run folder. See docs/gpu-training.md.")
-@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=_D.ema,
+@click.option("--ema", type=Number(0, 1, max_open=True), default=_D.ema,
               help="With --backend keras3: momentum of an exponential moving average of the weights (0: off).")
 @click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
@@ -241,7 +241,7 @@ def fit(quiet, resume, **opts):
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for audit.json, flagged.png, exclusions.txt.")
 @click.option("--image-size", type=click.IntRange(min=16), default=96, help="Size images are compared at.")
-@click.option("--outlier-z", type=click.FloatRange(min=0), default=50.0, show_default=True,
+@click.option("--outlier-z", type=Number(min=0), default=50.0, show_default=True,
               help="Neighbour-distance z-score above which an image is an outlier.")
 @click.option("--clean-copy", type=click.Path(file_okay=False), default=None,
               help="Write the class folders without the flagged images here.")
