@@ -103,6 +103,9 @@ def _quiet_stdout() -> None:
         pass
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2: a group run with no arguments
+
+
 class OneLineGroup(click.Group):
     """A click group whose errors are one line: ``Error: Invalid value for '-k': 0 is not in the range x>=1``.
 
@@ -115,6 +118,9 @@ class OneLineGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as e:  # the tool alone: its help, as click prints it (not squeezed into an Error line)
+            click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message(), err=True)
+            sys.exit(e.exit_code)
         except click.ClickException as e:
             print_error(e.format_message())
             sys.exit(e.exit_code)

@@ -21,6 +21,8 @@ def noise_level(frame_rgb: np.ndarray) -> float:
     """The frame's pixel noise in grey levels (a Gaussian's sigma): the median absolute difference of
     horizontally neighbouring pixels over every fourth row, / (0.6745 sqrt 2)."""
     rows = np.ascontiguousarray(frame_rgb[::4])
+    if rows.shape[0] == 0 or rows.shape[1] < 2:  # no neighbours to compare (a frame one pixel wide): no noise read
+        return 0.0
     grey = cv2.cvtColor(rows, cv2.COLOR_RGB2GRAY).astype(np.int16)
     return float(np.median(np.abs(np.diff(grey, axis=1))) / (0.6745 * np.sqrt(2.0)))
 

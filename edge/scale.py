@@ -80,6 +80,8 @@ def estimate_rbc_diameter(frame_rgb: np.ndarray, layers: Layers | None = None,
     """
     lay = layers if layers is not None else stain_layers(frame_rgb)
     mask = _filled((lay.od > lay.t_cell).astype(np.uint8))
+    if mask.all():  # no background anywhere (a strip of a frame, one colour): nothing to measure a cell against
+        return ScaleEstimate(None, 0)
     dt = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:

@@ -443,7 +443,8 @@ def summary_lines(record: dict, out: str) -> list[str]:
                      "or more ordinary fields of the smear")
     if record.get("frame_sizes"):
         lines.append(f"warning: the frames come in {len(record['frame_sizes'])} sizes "
-                     f"({', '.join(record['frame_sizes'][:4])}): more than one camera? calibrate each set-up apart")
+                     f"({', '.join(record['frame_sizes'][:4])}{', ...' if len(record['frame_sizes']) > 4 else ''}): "
+                     "more than one camera? calibrate each set-up apart")
     groups = sc.get("magnifications") or []
     if len(groups) > 1:
         lines.append("warning: the frames show red cells at " + " and ".join(

@@ -1,6 +1,7 @@
 """Bad input gives one line, a non-zero exit and no traceback."""
 import shutil
 
+import pytest
 from conftest import assert_one_line_error as _assert_one_line_error
 from conftest import run_cli
 
@@ -73,3 +74,12 @@ def test_imagenet_without_network_explains_the_alternatives(tmp_path):
     r = run_cli("celltrain", "fit", "--out", str(tmp_path / "r"), "--weights", "imagenet", "--epochs", "1",
                 "--synthetic-per-class", "5", "--image-size", "32", env=env)
     _assert_one_line_error(r, "ImageNet", "--weights none", "--weights FILE")
+
+
+@pytest.mark.parametrize("tool", ["celledge", "celltrain", "cellcompress"])
+def test_a_tool_alone_prints_its_help_as_help(tool):
+    """Run with no command, each tool prints its usual help (its commands one a line), not the whole help squeezed
+    into one Error line."""
+    r = run_cli(tool)
+    assert r.returncode == 2 and not r.stderr.startswith("Error"), r.stderr[:500]
+    assert "Usage:" in r.stderr and "Commands:" in r.stderr and len(r.stderr.splitlines()) > 8

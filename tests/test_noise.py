@@ -68,3 +68,12 @@ def test_the_noise_gate_reads_the_whole_frame_and_the_smoothing_fits_a_shrunk_co
     assert said == round(level, 1) and out is not small
     same, _ = quieter(f, level, factor=1)
     assert noise_level(out) < noise_level(small) and noise_level(same) < level
+
+
+def test_a_frame_too_narrow_to_compare_neighbours_has_no_noise_read():
+    """A frame one pixel wide (or none) has no neighbouring pixels: 0, not NaN (calibrate wrote "noise": NaN)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert noise_level(np.zeros((30, 1, 3), np.uint8)) == 0.0 and noise_level(np.zeros((0, 5, 3), np.uint8)) == 0.0

@@ -93,3 +93,18 @@ def test_slide_smoother_holds_one_scale_per_slide_and_follows_a_turned_objective
     assert slide.current == 170.0 and len(slide.slide) < 30  # the history restarted at the turn (not 135 values)
     slide.update(scale.ScaleEstimate(None, 0))
     assert slide.current == 170.0
+
+
+def test_a_frame_without_background_gives_no_estimate_and_no_overflow():
+    """A view whose every pixel reads as cell (a 3000x20 strip of one colour after the light correction): no
+    estimate; the distance transform of a mask with no zero pixel is meaningless (its peaks overflowed sums)."""
+    import warnings
+
+    from scopelite.edge.stain import Layers
+
+    h, w = 20, 3000
+    full = Layers(od=np.ones((h, w), np.float32), residual=np.zeros((h, w), np.float32), t_cell=0.5, t_stained=1.0,
+                  od_raw=np.ones((h, w, 3), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scale.estimate_rbc_diameter(np.zeros((h, w, 3), np.uint8), full).diameter_px is None
