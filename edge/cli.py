@@ -462,6 +462,12 @@ def watch(**_):
         if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at tries 1, 2, 4, 8... of each outage
             warn(f"{cfg.source}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
                  "keeps trying until stopped, --exit-on-eof: it stops instead)")
+        if rec.get("event") == "model_reload":  # the operator reads the journal (stderr), not only the lines
+            if rec["ok"]:
+                print(f"model reloaded ({rec['trigger']}): {rec['model']} (sha256 {str(rec.get('sha256'))[:12]})",
+                      file=sys.stderr, flush=True)
+            else:
+                warn(f"model reload ({rec['trigger']}) refused: {rec['error']}; still serving {rec['serving']}")
 
     sessions, cfg = _sessions(cfg, clf, live)
     if sessions is not None:

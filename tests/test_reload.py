@@ -261,6 +261,9 @@ def test_daemon_reloads_on_sighup_and_post_and_refuses_bad_bundles(bundles, tmp_
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=15)
     assert p.returncode == 0, err
+    # the operator's journal (stderr) says each reload too, a refused one as a warning with the reason
+    assert err.count("model reloaded (") == 2 and err.count("warning: model reload (") == 2, err[-2000:]
+    assert "refused: " in err and "sha256 differs" in err and f"still serving {live}" in err
     summary = json.loads(out.read_text().splitlines()[-1])["summary"]
     assert summary["model_reloads"]["ok"] == 2 and summary["model_reloads"]["failed"] == 2
     assert summary["model_reloads"]["model"] == str(bundles["good"])
