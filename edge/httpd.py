@@ -23,6 +23,7 @@ hold the daemon. Bound beyond loopback, the page is open to the network: ``expos
 from __future__ import annotations
 
 import collections
+import errno
 import hmac
 import html
 import ipaddress
@@ -565,7 +566,13 @@ def serve(status: Status, host: str, port: int, actions: dict | None = None,
             server_cls = type("_BoundedServer6", (_BoundedServer,), {"address_family": socket.AF_INET6})
         server = server_cls((host, port), _handler(status, actions, token))
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another celledge running? "
-                        "choose another port with --http HOST:PORT") from None
+        if e.errno == errno.EADDRINUSE:
+            hint = "is another celledge running? choose another port with --http HOST:PORT"
+        elif e.errno == errno.EACCES:
+            hint = "ports below 1024 need root: choose a port above 1024"
+        else:  # a name that does not resolve, an address this machine does not have
+            hint = ("is the address one of this machine's? use 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                    "network it is on)")
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); {hint}") from None
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

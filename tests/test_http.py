@@ -158,6 +158,10 @@ def test_port_in_use_is_one_line(daemon, tiny_run, synth_dir):
                 "--http", f"127.0.0.1:{port}")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [x for x in r.stderr.splitlines() if x.startswith("Error")][0].count("cannot listen on") == 1
+    assert "another celledge running" in r.stderr
+    r = run_cli("celledge", "watch", str(synth_dir / "crops"), "--model", str(tiny_run["tflite"]),
+                "--http", "nosuchhost.invalid:8080")  # not a port in use: not said to be one
+    assert r.returncode == 2 and "one of this machine's" in r.stderr and "another celledge" not in r.stderr
 
 
 def _chromium():
