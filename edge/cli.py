@@ -201,10 +201,14 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             site_refused.append(f"{path}: {e}")
             continue
         spec = clf.input_spec
+        doubts = {}  # --json says them per image too: a script reads the lines, not the warnings
         if too_small(seen, spec):
             warn(f"{path} is only {seen.shape[1]}x{seen.shape[0]} px, far smaller than the model's "
                  f"{spec.width}x{spec.height} input: its class below means little")
-        grey += is_greyscale(seen)
+            doubts["too_small"] = True
+        if is_greyscale(seen):
+            grey += 1
+            doubts["no_colour"] = True
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(seen), ref) if ref else None
         unlike += distance is not None and distance > ref.threshold
@@ -216,7 +220,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                 rec["unlike_training"] = distance is not None and distance > ref.threshold
             if scale is not None:
                 rec["scale"] = scale
-            click.echo(json.dumps(rec))
+            click.echo(json.dumps({**rec, **doubts}))
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
             click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")

@@ -184,6 +184,7 @@ CASES = [
     ("watch-one-text-as-jpg", "celledge", "watch {text_jpg}", 2, "none of the 1 images", "cannot decode", None),
     ("watch-one-tiny-image", "celledge", "watch {tiny}", 2, "none of the 1 images", "smaller than 16 px", None),
     ("classify-grey", "celledge", "classify {img}", 0, None, "1 of 1 images hold no colour", "cell.png"),
+    ("classify-grey-json", "celledge", "classify --json {img}", 0, None, "hold no colour", '"no_colour": true'),
     ("watch-no-camera", "celledge", "watch /dev/video99 --exit-on-eof", 2, "cannot open video source", None, None),
     ("watch-truncated-between", "celledge", "watch {mixed}", 0, None, "img1.png", '"unreadable": 1'),
     ("watch-truncated-loop", "celledge", "watch {mixed} --loop --max-frames 5", 0, None, "img1.png",
