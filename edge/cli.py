@@ -346,7 +346,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "Default: none on loopback; made up and printed once when --http binds beyond it. "
                    "Also read from $SCOPELITE_HTTP_TOKEN.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the JSON lines to this file instead of stdout.")
+              help="Write the JSON lines to this file instead of stdout (added to its end: a daemon restarted "
+                   "keeps one log; each run ends with its own summary line).")
 @click.option("--save-dir", type=click.Path(file_okay=False), default=None,
               help="Save frames that match --save-classes or score below --save-below here.")
 @click.option("--save-classes", default="", callback=_classes, help="Comma-separated classes to save, e.g. basophil,erythroblast.")
