@@ -888,6 +888,12 @@ def export(sessions, out, self_train):
     from .session_export import export_reviewed, summary_line
 
     check_writable(out, "--out")
+    target = Path(out).resolve()
+    for folder in sessions:  # class folders dropped among the sessions or their crops would be read as sessions
+        home = Path(folder).resolve()
+        if target == home or home in target.parents or target in home.parents:
+            raise UserError(f"--out {out} is inside the sessions folder {folder} (or holds it): give a folder of "
+                            "its own, e.g. --out my_cells/")
     model = None
     if self_train is not None:
         from .bundle import load_sidecar

@@ -381,6 +381,10 @@ def test_export_cli(tmp_path):
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "data"))
     assert r.returncode == 0 and "exported 2 reviewed cells" in r.stdout
     assert sorted(p.name for p in (tmp_path / "data").iterdir() if p.is_dir()) == ["lymphocyte", "neutrophil"]
+    for inside in (root, next(root.iterdir()) / "crops", tmp_path):  # among the sessions, or holding them: refused
+        r = invoke_cli("celledge", "export", str(root), "--out", str(inside))
+        assert_one_line_error(r, "inside the sessions folder")
+    assert not (root / "neutrophil").exists()
 
 
 def test_export_cli_self_train(tmp_path, tiny_run):
