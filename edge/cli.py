@@ -393,7 +393,7 @@ def watch(**_):
         for path, flag, is_dir in ((cfg.out, "--out", False), (cfg.save_dir, "--save-dir", True),
                                    (cfg.report, "--report", True), (cfg.sessions, "--sessions", True)):
             try:
-                if path:
+                if path and not (flag == "--out" and path == "-"):  # --out -: stdout, as without --out
                     check_writable(path, flag, is_dir=is_dir)
                     if flag == "--out":
                         _not_media(path, flag, cfg.source, ending=".jsonl")
@@ -412,10 +412,14 @@ def watch(**_):
     if ctx.params["print_config"]:
         click.echo(cfg.dump(), nl=False)
         return
+    if cfg.out == "-":
+        cfg = cfg.replace(out=None)
     if cfg.loop and cfg.mode == "field":
         warn("--loop in field mode counts the same cells again on every pass: the differential is not a count of "
              "this slide")
     source = cfg.source
+    if cfg.size is not None and is_still(source):
+        warn(f"--size asks a camera for its frame size; the images of {source} are read as they are")
     if cfg.track is None:
         cfg = cfg.replace(track=not is_still(source))
 
@@ -699,6 +703,8 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .packaged import default_model
     from .sources import SourceError, is_still, list_images, open_source, read_image_rgb
 
+    if out == "-":
+        raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
     _not_media(out, "--out", source)
     model = model or str(default_model())

@@ -128,6 +128,9 @@ CASES = [
     ("watch-wbc-huge", "celledge", "watch {mixed} --mode field --wbc 1e308", 2, "--wbc", None, None),
     ("watch-min-score-nan", "celledge", "watch {mixed} --min-score nan", 2, "not a finite number", None, None),
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
+    ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
+    ("calibrate-out-dash", "celledge", "calibrate {mixed} --out -", 2, "give a file name", None, None),
+    ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
      "not a finite number", None, None),
     ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
