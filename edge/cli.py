@@ -25,8 +25,6 @@ _MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".
 
 def _not_media(out, option: str, source=None, ending: str = ".json") -> None:
     """Refuse an output file named like an image or a video, or one that is the source itself (UserError)."""
-    from .errors import UserError  # noqa: PLC0415
-
     p = Path(out)
     if p.suffix.lower() in _MEDIA_SUFFIXES:
         raise UserError(f"{option} {out} is named like an image or a video: the JSON written there would replace it "

@@ -153,8 +153,8 @@ class Status:
                 "# HELP scopelite_unlike_training_frames_total Frames stained unlike the model's training data.",
                 "# TYPE scopelite_unlike_training_frames_total counter",
                 f"scopelite_unlike_training_frames_total {self.unlike_frames}",
-                "# HELP scopelite_camera_frames_total Field-mode frames overexposed, noisy, or lit unevenly (each "
-                "one read as field mode corrects it).",
+                "# HELP scopelite_camera_frames_total Field-mode frames overexposed, noisy (read through a "
+                "smoothed copy) or lit unevenly (evened out).",
                 "# TYPE scopelite_camera_frames_total counter",
                 *(f'scopelite_camera_frames_total{{condition="{key}"}} {n}' for key, n in self.camera_frames.items()),
                 "# HELP scopelite_stain_distance The latest frame's stain distance to the training data.",
