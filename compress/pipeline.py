@@ -192,6 +192,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     compiler = edgetpu.find_compiler(cfg.compiler) if cfg.edgetpu else None
     src_path = Path(cfg.model)
     out = Path(cfg.out)
+    if sidecar_path(out / APPROVED).resolve() == sidecar_path(src_path).resolve():
+        raise UserError(f"--out {out} is the training run's own folder: the int8 model's sidecar ({APPROVED} -> "
+                        f"{sidecar_path(out / APPROVED).name}) would replace the Keras model's; give another folder, "
+                        f"e.g. --out {out / 'int8'}")
     sc, model = load_keras_bundle(src_path)
     tcfg = sc.provenance.training.config
     n_classes = len(sc.labels)
@@ -201,9 +205,6 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     ds, split = heldout_data(sc, src_path, cfg.data)
     train, val, test = (ds.subset(split[s]) for s in ("train", "val", "test"))
     corrupted, _ = corrupted_copy(test.images, cfg.seed)
-    if (out / APPROVED).exists():  # a new run must not leave an old approval in place
-        (out / APPROVED).unlink()
-        sidecar_path(out / APPROVED).unlink(missing_ok=True)
 
     log(f"[2/5] float model on {len(test)} held-out test images, clean and corrupted")
     p_float = model.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
@@ -236,6 +237,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         for kind in kinds:
             blob, extra = variants[kind]
             path = out / f"model_{kind}.tflite"
+            sidecar_path(path).unlink(missing_ok=True)  # an interrupted run leaves no old sidecar beside a new model
             write_bytes_atomic(path, blob)
             ops = op_counts(path)
             bad = [o for o in DYNAMIC_SHAPE_OPS if o in ops]
@@ -283,6 +285,9 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     log("[5/5] gate and approval")
     int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
     passed = [k for k in int8_kinds if report["variants"][k]["gate"]["passed"]]
+    if not passed and (out / APPROVED).exists():  # an old approval is kept until now (an interrupted run keeps
+        (out / APPROVED).unlink()                 # it whole), and not past a run that approves nothing
+        sidecar_path(out / APPROVED).unlink(missing_ok=True)
     if int8_kinds and not passed:
         write_json_atomic(out / "report.json", {**report, "approved": None})
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)

@@ -134,6 +134,8 @@ CASES = [
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
      "not a finite number", None, None),
     ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
+    ("fit-image-size-17", "celltrain", "fit --data {tmp} --out {tmp}/r --image-size 17", 2, "32 px or more", None,
+     None),  # was a Keras traceback and a half-made run folder
     ("classify-threads-neg", "celledge", "classify --threads -3 {img}", 2, "--threads", None, None),
     ("classify-threads-word", "celledge", "classify --threads many {img}", 2, "--threads", None, None),
     ("classify-device-banana", "celledge", "classify --device banana {img}", 2, "not a device", None, None),

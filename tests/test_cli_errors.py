@@ -83,3 +83,15 @@ def test_a_tool_alone_prints_its_help_as_help(tool):
     r = run_cli(tool)
     assert r.returncode == 2 and not r.stderr.startswith("Error"), r.stderr[:500]
     assert "Usage:" in r.stderr and "Commands:" in r.stderr and len(r.stderr.splitlines()) > 8
+
+
+def test_compress_refuses_the_training_runs_own_folder_as_out(tiny_run):
+    """model.tflite's sidecar is model.json: written into the run's folder it replaced the Keras model's own, and
+    the run could no longer be evaluated or converted."""
+    from conftest import invoke_cli
+
+    keras_sidecar = tiny_run["dir"] / "model.json"
+    before = keras_sidecar.read_bytes()
+    r = invoke_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--out", str(tiny_run["dir"]))
+    _assert_one_line_error(r, "the training run's own folder")
+    assert keras_sidecar.read_bytes() == before

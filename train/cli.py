@@ -208,6 +208,9 @@ def fit(quiet, resume, **opts):
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
+        if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:  # Keras refuses it after the run folder is made
+            raise UserError(f"--image-size {cfg.image_size}: EfficientNetV2B0 takes images of 32 px or more "
+                            "(--arch tiny takes 16)")
     if cfg.soup > 1 and (cfg.backend != "tf-keras" or cfg.strategy == "multiworker"):
         given = click.get_current_context().get_parameter_source("soup")
         preset = "" if resume or given != click.core.ParameterSource.DEFAULT_MAP else " (from --preset or --config)"
