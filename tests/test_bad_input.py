@@ -739,6 +739,9 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path):
 
     r = run_cli("celledge", "classify", str(bomb))
     assert r.returncode == 2 and "more than 4096x4096 px" in r.stderr, r.stderr[-1500:]  # said from the header
+    from scopelite.edge.sources import MAX_SIDE  # the pixel limit set in edge/__init__.py is this side squared
+
+    assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == str(MAX_SIDE * MAX_SIDE)
 
 
 def test_outputs_never_replace_an_input_a_device_or_a_link(tmp_path):
