@@ -86,9 +86,15 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
     their sidecars (a shipped model whose run is on another machine: any run of the same data and seed
     has the same split)."""
     paths = [Path(m) for m in models]
-    labels = [load_sidecar(p).labels for p in paths]
+    sidecars = [load_sidecar(p) for p in paths]
+    labels = [sc.labels for sc in sidecars]
     if any(lab != labels[0] for lab in labels):
         raise UserError("the models have different label lists; benchmark models of one task together")
+    sizes = [(sc.input.height, sc.input.width) for sc in sidecars]
+    if any(s != sizes[0] for s in sizes):
+        listed = ", ".join(f"{p} {h}x{w}" for p, (h, w) in zip(paths, sizes))
+        raise UserError(f"the models take different input sizes ({listed}); the crop protocol scores every model "
+                        "on one set of test crops: benchmark each input size apart")
     run = _given_run(run, labels[0]) if run is not None else _run_model_path(paths)
     run_sc = load_sidecar(run)
     ds, split = heldout_data(run_sc, run, data)

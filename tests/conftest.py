@@ -98,6 +98,18 @@ def tiny_run(tmp_path_factory):
             "fit_metrics": metrics, "compress_metrics": cmetrics}
 
 
+@pytest.fixture(scope="session")
+def tiny_run_48(tmp_path_factory):
+    """tiny_run's lineage (same generated data, seed and split) at 48 px instead of 32, one epoch."""
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import fit
+
+    out = tmp_path_factory.mktemp("tiny48") / "run"
+    fit(FitConfig(out=str(out), arch="tiny", image_size=48, epochs=1, synthetic_per_class=120, batch_size=32),
+        log=lambda _: None, verbose=0)
+    return {"dir": out, "keras": out / "model.keras"}
+
+
 @pytest.fixture
 def broken(tiny_run, tmp_path):
     """Copies of the tiny bundle, broken in different ways (see make_broken)."""

@@ -73,3 +73,12 @@ def test_choose_loads_each_candidate_once(tiny_run, tmp_path, monkeypatch):
                             log=lambda _: None)
     assert sorted(loads) == sorted([str(tiny_run["keras"]), str(other / "model.keras")])
     assert set(res["candidates"]) == {"a tta1", "b tta1"}
+
+
+def test_choose_refuses_candidates_of_another_input_size(tiny_run, tiny_run_48, tmp_path):
+    # the same data, seed and split: only the input size differs (it ended in a Keras shape traceback)
+    out = tmp_path / "sel.json"
+    r = invoke_cli("celltrain", "choose", f"a={tiny_run['dir']}", f"b={tiny_run_48['dir']}", "--tta", "1",
+                   "--out", str(out))
+    assert_one_line_error(r, "b (", "48x48", "a 32x32", "--image-size")
+    assert not out.exists()

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, invoke_cli, run_cli
 from scopelite.compress import edgetpu
 from scopelite.compress.ops import op_counts
 
@@ -348,3 +348,10 @@ def test_gate_lets_one_image_through_only_where_the_split_cannot_measure_the_thr
                    "variants": {"int8": {**acc(1.0, 4 / 6), "size_bytes": 1, "gate": g1,
                                          "latency_ms": {"threads_1": {"p50_ms": 1}, "threads_2": {"p50_ms": 1}}}}})
     assert "pass (note: corrupted accuracy drop of one image" in md  # the report says why it passed
+
+
+def test_bench_refuses_models_of_different_input_sizes(tiny_run, tiny_run_48, tmp_path):
+    out = tmp_path / "bench"
+    r = invoke_cli("cellcompress", "bench", str(tiny_run["keras"]), str(tiny_run_48["keras"]), "--out", str(out))
+    assert_one_line_error(r, "different input sizes", "32x32", "48x48")
+    assert not (out / "bench.json").exists()

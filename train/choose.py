@@ -47,6 +47,10 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
         if tuple(other.labels) != tuple(sc.labels) or digest != split_sha:
             raise UserError(f"{name} ({p}) does not share {first_name}'s classes and saved split; candidates must "
                             "come from one lineage (runs on the same data with the same --seed)")
+        if (other.input.height, other.input.width) != (sc.input.height, sc.input.width):
+            raise UserError(f"{name} ({p}) takes {other.input.height}x{other.input.width} images, {first_name} "
+                            f"{sc.input.height}x{sc.input.width}; candidates are scored on one set of images: "
+                            "choose among runs of one --image-size (score others with celltrain evaluate)")
     ds, split = heldout_data(sc, first, data)
     sets = {}
     for s in SETS:
