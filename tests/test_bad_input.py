@@ -262,6 +262,10 @@ CASES = [
     ("fit-out-unwritable", "celltrain", f"fit --out {UNWRITABLE}/r", 2, "cannot be written", None, None),
     ("fit-out-is-file", "celltrain", "fit --out {img}", 2, "--out", None, None),
     ("fit-no-out", "celltrain", "fit --epochs 1", 2, "give --out", None, None),
+    ("fit-resume-epochs", "celltrain", "fit --resume {tmp} --epochs 40 --data {tmp}", 2,
+     "--data, --epochs would be ignored", None, None),  # were ignored silently: the run kept its own
+    ("fit-resume-preset", "celltrain", "fit --resume {tmp} --preset few-shot", 2, "--preset/--config would be",
+     None, None),
     ("fit-epochs0", "celltrain", "fit --out {tmp}/r --epochs 0", 2, "--epochs", None, None),
     ("fit-arch", "celltrain", "fit --out {tmp}/r --arch resnet", 2, "--arch", None, None),
     ("fit-aug", "celltrain", "fit --out {tmp}/r --aug frobnicate=1", 2, "--aug", None, None),

@@ -192,6 +192,15 @@ def fit(quiet, resume, **opts):
     from . import data as data_lib
 
     if resume:
+        ctx = click.get_current_context()
+        source = click.core.ParameterSource
+        sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name in opts}
+        given = [o for o, s in sources.items() if s in (source.COMMANDLINE, source.ENVIRONMENT)]
+        given += ["--preset/--config"] * any(s == source.DEFAULT_MAP for s in sources.values())
+        if given:  # they were ignored silently: a user asking for more epochs got the old count
+            raise UserError(f"--resume continues {resume} with the options it was started with (its config.json), "
+                            f"so {', '.join(given)} would be ignored: leave {'it' if len(given) == 1 else 'them'} "
+                            "out, or start a new run without --resume")
         cfg_file = Path(resume) / "config.json"
         if (Path(resume) / "members").is_dir():
             raise UserError(f"{resume} is a --soup run (--preset few-shot makes one): give the celltrain fit command "
