@@ -134,7 +134,7 @@ CASES = [
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
      "not a finite number", None, None),
     ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
-    ("fit-image-size-17", "celltrain", "fit --data {tmp} --out {tmp}/r --image-size 17", 2, "32 px or more", None,
+    ("fit-image-size-17", "celltrain", "fit --data {c}/misnamed --out {tmp}/r --image-size 17", 2, "32 px or more", None,
      None),  # was a Keras traceback and a half-made run folder
     ("classify-threads-neg", "celledge", "classify --threads -3 {img}", 2, "--threads", None, None),
     ("classify-threads-word", "celledge", "classify --threads many {img}", 2, "--threads", None, None),
@@ -262,6 +262,11 @@ CASES = [
     ("fit-out-unwritable", "celltrain", f"fit --out {UNWRITABLE}/r", 2, "cannot be written", None, None),
     ("fit-out-is-file", "celltrain", "fit --out {img}", 2, "--out", None, None),
     ("fit-no-out", "celltrain", "fit --epochs 1", 2, "give --out", None, None),
+    ("fit-out-is-data", "celltrain", "fit --data {c}/misnamed --out {c}/misnamed", 2, "is --data", None, None),
+    ("fit-out-in-data", "celltrain", "fit --data {c}/misnamed --out {c}/misnamed/r", 2, "is inside --data", None,
+     None),  # fit wrote its run into the class folders: next time its folders were classes
+    ("fit-data-a-file", "celltrain", "fit --data {img} --out {tmp}/r", 2, "is a file, not a folder", None, None),
+    ("fit-weights-a-folder", "celltrain", "fit --weights {tmp} --out {tmp}/r", 2, "is a folder", None, None),
     ("fit-resume-epochs", "celltrain", "fit --resume {tmp} --epochs 40 --data {tmp}", 2,
      "--data, --epochs would be ignored", None, None),  # were ignored silently: the run kept its own
     ("fit-resume-preset", "celltrain", "fit --resume {tmp} --preset few-shot", 2, "--preset/--config would be",

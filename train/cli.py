@@ -217,6 +217,12 @@ def fit(quiet, resume, **opts):
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
+        data_dir = Path(cfg.data) if cfg.data not in (None, "", data_lib.SYNTHETIC) else None
+        if data_dir is not None and data_dir.is_dir() and data_dir.resolve() in (Path(cfg.out).resolve(),
+                                                                                  *Path(cfg.out).resolve().parents):
+            where = "is" if data_dir.resolve() == Path(cfg.out).resolve() else "is inside"
+            raise UserError(f"--out {cfg.out} {where} --data {cfg.data}: the run's folders would be read as "
+                            "classes next time; put the run elsewhere (e.g. --out runs/NAME)")
         if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:  # Keras refuses it after the run folder is made
             raise UserError(f"--image-size {cfg.image_size}: EfficientNetV2B0 takes images of 32 px or more "
                             "(--arch tiny takes 16)")

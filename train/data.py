@@ -148,7 +148,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data folder {root} not found")
+        raise UserError(_not_a_folder(root))
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
@@ -306,7 +306,14 @@ def check_source(spec: str | None) -> None:
     if str(spec).lower().endswith(".npz"):
         open_npz(spec).close()
     elif not Path(spec).is_dir():
-        raise UserError(f"data folder {spec} not found")
+        raise UserError(_not_a_folder(Path(spec)))
+
+
+def _not_a_folder(p: Path) -> str:
+    if p.exists():  # a file: it said "not found", of a file that is there
+        return (f"{p} is a file, not a folder: give a folder of class folders (<class>/<images>) or a .npz "
+                "pack from celltrain pack")
+    return f"data folder {p} not found"
 
 
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,

@@ -62,6 +62,11 @@ def is_tflite(weights: str) -> bool:
 
 
 def _no_such_file(weights) -> UserError:
+    folder = Path(str(weights))
+    if folder.is_dir():  # a run folder: name its model
+        inside = [n for n in ("model.keras", "model.tflite") if (folder / n).is_file()]
+        hint = f"give {folder / inside[0]}" if inside else "it holds no model.keras (an unfinished run?)"
+        return UserError(f"--weights {weights} is a folder: {hint}")
     return UserError(f"--weights {weights}: no such file; use none, imagenet, shipped (the packaged int8 model), "
                      "a .keras model from an earlier run or a .tflite model")
 
