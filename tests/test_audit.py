@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, invoke_cli, run_cli
 from scopelite.edge.bundle import CLASS_NAMES
 from scopelite.train import audit as audit_lib
 from scopelite.train.synth import make_crops
@@ -94,6 +94,40 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     used = set(split["train"] + split["val"] + split["test"])
     assert not used & set(ex) and len(used) == 210 - len(ex)
+
+
+def test_audit_lists_every_unreadable_image_and_its_clean_copy_trains(dirty, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dirty[0], root)
+    (root / "basophil" / "broken.png").write_bytes(b"not an image")  # it stopped at the first such file
+    good = next((root / "eosinophil").glob("c*.png"))
+    (root / "eosinophil" / "half.jpg").write_bytes(good.read_bytes()[:60])
+    (root / "monocyte" / "empty.tif").write_bytes(b"")
+    out, clean = tmp_path / "audit", tmp_path / "clean"
+    r = invoke_cli("celltrain", "audit", str(root), "--out", str(out), "--clean-copy", str(clean))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    bad = ["basophil/broken.png", "eosinophil/half.jpg", "monocyte/empty.tif"]
+    rep = json.loads((out / "audit.json").read_text())
+    assert rep["unreadable"] == bad and rep["images"] == 210
+    assert "3 files cannot be decoded" in r.stderr and "basophil/broken.png" in r.stderr
+    assert not any((clean / b).exists() for b in bad)
+    r = invoke_cli("celltrain", "fit", "--data", str(clean), "--out", str(tmp_path / "run"), "--arch", "tiny",
+                   "--image-size", "32", "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = invoke_cli("celltrain", "fit", "--data", str(root), "--out", str(tmp_path / "run2"), "--arch", "tiny",
+                   "--image-size", "32", "--epochs", "1", "--quiet")
+    assert_one_line_error(r, "cannot decode")  # training still refuses them (a label for nothing)
+
+
+def test_audit_imbalance_is_over_the_classes_present():
+    from scopelite.train.data import Dataset
+
+    x, y = make_crops(6, size=32, seed=1)
+    keep = np.isin(y, [0, 1])  # a lab that labelled two classes: the six others are absent, not tiny
+    ds = Dataset(x[keep], y[keep], [str(i) for i in range(keep.sum())], CLASS_NAMES, "t", True)
+    assert audit_lib.audit(ds).report["imbalance_ratio"] == 1.0
 
 
 def _smear(rng, background, n):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,8 +177,10 @@ def background_note(images: np.ndarray, labels: np.ndarray, class_names, among: 
             "on the same slides and microscope as the others (docs/cross-lab.md)")
 
 
-def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near_bits: int = 3) -> AuditResult:
-    """Find exact and near duplicates, label conflicts, outliers and class imbalance in ``ds``."""
+def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near_bits: int = 3,
+          unreadable: Sequence[str] = ()) -> AuditResult:
+    """Find exact and near duplicates, label conflicts, outliers and class imbalance in ``ds``; ``unreadable``:
+    the ids of files the loader could not decode (reported: training refuses a folder holding them)."""
     n = len(ds)
     exact = exact_duplicates(ds.images)
     near = near_duplicate_pairs(ds.images, near_bits)
@@ -211,7 +214,8 @@ def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near
         "data": ds.description,
         "images": n,
         "class_counts": counts,
-        "imbalance_ratio": round(max(counts.values()) / max(min(counts.values()), 1), 2),
+        # over the classes present: a lab labels the 4-6 it sees, the other folders are absent, not tiny
+        "imbalance_ratio": round(max(counts.values()) / max(min([c for c in counts.values() if c] or [1]), 1), 2),
         "exact_duplicates": len(exact),
         "near_duplicate_pairs": len(near),
         "duplicate_groups": [[ds.ids[i] for i in g] for g in dup_groups],
@@ -221,6 +225,7 @@ def audit(ds: Dataset, outlier_z: float = 50.0, max_violation: float = 0.1, near
                      for i in outliers],
         "outlier_rule": f"knn_z > {outlier_z} or off-stain colour / dark share > {max_violation}",
         "excluded": len(exclude),
+        "unreadable": list(unreadable),
     }
     return AuditResult(report, exclude, flagged)
 

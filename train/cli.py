@@ -284,12 +284,19 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     if clean_copy:
         check_writable(clean_copy, "--clean-copy")
     data_lib.check_source(data)
-    ds = data_lib.load(data, image_size, progress=True)
-    res = audit_lib.audit(ds, outlier_z=outlier_z)
+    unreadable: list[str] = []  # listed, not the first one refused: an audit is where a user looks for them
+    ds = data_lib.load(data, image_size, progress=True, unreadable=unreadable)
+    res = audit_lib.audit(ds, outlier_z=outlier_z, unreadable=unreadable)
     rep = audit_lib.write_outputs(ds, res, out, source=data, clean_copy=clean_copy)
     click.echo(f"{rep['images']} images: {rep['exact_duplicates']} exact duplicates, {rep['near_duplicate_pairs']} "
                f"near-duplicate pairs, {len(rep['label_conflicts'])} label conflicts, {len(rep['outliers'])} outliers; "
                f"imbalance {rep['imbalance_ratio']}x; {rep['excluded']} ids in {out}/exclusions.txt")
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        fix = f"train on --clean-copy {clean_copy}, which leaves them out" if clean_copy else \
+            "remove or replace them (or audit again with --clean-copy DIR for a copy without them)"
+        click.echo(f"Warning: {len(unreadable)} files cannot be decoded ({shown}; all in {out}/audit.json): "
+                   f"celltrain fit refuses a folder holding them; {fix}", err=True)
 
 
 @main.command()

@@ -136,7 +136,7 @@ def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
 
 
 def load_folders(root: str | os.PathLike, image_size: int, progress: bool = False,
-                 classes: Sequence[str] | None = None) -> Dataset:
+                 classes: Sequence[str] | None = None, unreadable: list[str] | None = None) -> Dataset:
     """Class-folder layout ``root/<class>/<image>``; any format OpenCV reads.
 
     Folders named after the 8 blood-cell classes get the canonical label order, and a
@@ -144,7 +144,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     all 8 outputs and learns from the classes present. Other names are taken in
     sorted order (a model of other classes, trained from scratch). ``classes``: those of a model being
     fine-tuned, which it keeps (in its order): every folder must be one of them (else refused, with the near
-    name).
+    name). ``unreadable``: a list that receives the ids of files OpenCV cannot decode, left out (an audit
+    lists them all); without it the first such file is refused.
     """
     root = Path(root)
     if not root.is_dir():
@@ -178,11 +179,20 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         from tqdm import tqdm  # noqa: PLC0415
 
         it = tqdm(files, desc=f"reading {root.name}", unit="img", leave=False)
+    read = np.ones(len(files), bool)
     for i, (p, _) in enumerate(it):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
-            raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
+            if unreadable is None:
+                raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
+            unreadable.append(str(p.relative_to(root)))
+            read[i] = False
+            continue
         images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), input_spec(image_size))
+    if not read.all():
+        files, images = [f for f, ok in zip(files, read) if ok], images[read]
+        if not files:
+            raise UserError(f"{root}: none of its {len(read)} images can be decoded")
     labels = np.array([lab for _, lab in files], np.int64)
     ids = [str(p.relative_to(root)) for p, _ in files]
     synthetic = marked_synthetic(root)
@@ -317,14 +327,15 @@ def _not_a_folder(p: Path) -> str:
 
 
 def load(spec: str | None, image_size: int, synthetic_per_class: int = 300, seed: int = 0,
-         progress: bool = False, classes: Sequence[str] | None = None) -> Dataset:
+         progress: bool = False, classes: Sequence[str] | None = None,
+         unreadable: list[str] | None = None) -> Dataset:
     """``None``/``"synthetic"``: generated data; a ``.npz`` file; or a class-folder path (``classes``: those of
-    the model fine-tuned, ``load_folders``)."""
+    the model fine-tuned, ``unreadable``: see ``load_folders``)."""
     if spec in (None, "", SYNTHETIC):
         return load_synthetic(synthetic_per_class, image_size, seed)
     if str(spec).lower().endswith(".npz"):
         return load_npz(spec, image_size)
-    return load_folders(spec, image_size, progress=progress, classes=classes)
+    return load_folders(spec, image_size, progress=progress, classes=classes, unreadable=unreadable)
 
 
 def exact_duplicates(images: np.ndarray) -> np.ndarray:
