@@ -29,6 +29,12 @@ from .ops import DYNAMIC_SHAPE_OPS, op_counts
 APPROVED = "model.tflite"
 QAT_AGREEMENT_MIN = 0.99  # Keras QAT vs its TFLite int8 conversion, top-1 on the test split
 DIAGNOSIS_IMAGES = 48  # --diagnose: held-out images run through both graphs with every tensor kept
+# what a run may leave in --out besides model.tflite and report.*: removed when this run did not make them, so
+# no variant of an earlier model (an Edge TPU build above all) stays beside the new approval
+RUN_FILES = tuple(f"model_{k}.{ext}" for k in ("int8", "qat_int8", "qat_calibrated_int8", "float16",
+                                                "dynamic_range") for ext in ("tflite", "json")) + \
+    ("model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log",
+     "int8-diagnosis.json", "int8-diagnosis.csv", "int8-diagnosis.png")
 
 
 class GateFailed(UserError):
@@ -289,7 +295,9 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         (out / APPROVED).unlink()                 # it whole), and not past a run that approves nothing
         sidecar_path(out / APPROVED).unlink(missing_ok=True)
     if int8_kinds and not passed:
+        _remove_earlier(out, variants, report, cfg, log)
         write_json_atomic(out / "report.json", {**report, "approved": None})
+        write_bytes_atomic(out / "report.md", markdown({**report, "approved": None}).encode())
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
         tried_qat = cfg.qat or report.get("automatic_qat")
         raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
@@ -307,9 +315,27 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         log(f"      approved {best} -> {out / APPROVED}")
         if cfg.edgetpu:
             report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
+    _remove_earlier(out, variants, report, cfg, log)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())
     return report
+
+
+def _remove_earlier(out: Path, variants: dict, report: dict, cfg: CompressConfig, log) -> None:
+    """Remove what an earlier run into ``out`` made and this one did not (RUN_FILES)."""
+    made = {f"model_{k}.{ext}" for k in variants for ext in ("tflite", "json")}
+    if (report.get("edgetpu") or {}).get("compiled"):
+        made |= {"model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"}
+    if report.get("int8_diagnosis"):
+        from .diagnose import FILES  # noqa: PLC0415
+
+        made |= set(FILES)
+    stale = [n for n in RUN_FILES if n not in made and (out / n).is_file()]
+    for n in stale:
+        (out / n).unlink()
+    shown = [n for n in stale if n.endswith((".tflite", ".png"))] or stale
+    if stale:
+        log(f"      removed {', '.join(shown)} of an earlier run into {out} (not made this time)")
 
 
 def _add_qat(variants: dict, keras_twins: dict, model, tcfg: dict, n_classes: int, train, val, test, rep,
@@ -391,4 +417,6 @@ def markdown(report: dict) -> str:
                           f"{100 * v['top1_agreement_keras_qat_vs_tflite']:.2f} % of test images (top-1)."]
     if report.get("approved"):
         lines += ["", f"Approved: **{report['approved']['variant']}** -> `{report['approved']['file']}`"]
+    elif "approved" in report:
+        lines += ["", "Approved: **none**: no int8 variant passed the gate."]
     return "\n".join(lines) + "\n"

@@ -148,6 +148,8 @@ def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
     out = tmp_path / "strict"
     out.mkdir()
     (out / "model.tflite").write_bytes(b"an old approval that must not survive")
+    (out / "model_float16.tflite").write_bytes(b"an old variant")
+    (out / "report.md").write_text("Approved: **int8** (an old report)")
     lines: list[str] = []
     # a drop can never be below -100 points: both metrics must fail, whatever the model (the CLI refuses
     # such a --max-drop; the library takes it, so the test can make every variant fail)
@@ -161,6 +163,7 @@ def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
     assert report["approved"] is None and report["automatic_qat"] is True
     assert report["variants"]["int8"]["gate"]["passed"] is False
     assert report["variants"]["qat_int8"]["gate"]["passed"] is False  # QAT was measured and gated too
+    assert not (out / "model_float16.tflite").exists() and "Approved: **none**" in (out / "report.md").read_text()
     sc = json.loads((out / "model_int8.json").read_text())
     assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -101
     r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-1", "-1", "--out", str(out))
@@ -171,11 +174,20 @@ def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_pa
     env = dict(os.environ, PATH=os.path.dirname(shutil.which("python3") or "/usr/bin/python3"))
     from conftest import run_cli as run
 
-    r = run("cellcompress", str(tiny_run["keras"]), "--int8", "--edgetpu", "--out", str(tmp_path / "o"),
+    o = tmp_path / "o"
+    o.mkdir()
+    earlier = ["model_edgetpu.tflite", "model_edgetpu.json", "model_float16.tflite", "int8-diagnosis.png"]
+    for n in earlier:  # an earlier model's build into the same --out: it stayed beside the new approval
+        (o / n).write_bytes(b"an earlier run's")
+    (o / "notes.txt").write_text("the user's own")
+    r = run("cellcompress", str(tiny_run["keras"]), "--int8", "--edgetpu", "--out", str(o),
             "--representative", "32", "--max-drop", "6", "8", env={**env, "PATH": f"{os.path.dirname(os.sys.executable)}:/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "edgetpu_compiler is not installed" in r.stdout and "coral.ai" in r.stdout
-    assert (tmp_path / "o" / "model.tflite").is_file() and not (tmp_path / "o" / "model_edgetpu.tflite").exists()
+    assert (o / "model.tflite").is_file() and not any((o / n).exists() for n in earlier)
+    said = [x for x in r.stdout.splitlines() if "of an earlier run" in x]
+    assert len(said) == 1 and all(n in said[0] for n in earlier if not n.endswith(".json")), r.stdout[-2000:]
+    assert (o / "notes.txt").read_text() == "the user's own" and (o / "model_int8.tflite").is_file()
 
 
 @pytest.mark.slow
