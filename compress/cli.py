@@ -45,7 +45,9 @@ def main() -> None:
 
 @main.command(context_settings={"show_default": True})
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the bundles and report. A folder used before is updated: the variants, Edge TPU build and diagnosis an earlier run left there and this one does not make are removed.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the bundles and report. A folder used before is updated: the variants, Edge TPU "
+                   "build and diagnosis an earlier run left there and this one does not make are removed.")
 @click.option("--int8", is_flag=True, help="Full-integer post-training quantisation (weights and activations).")
 @click.option("--qat", is_flag=True, help="Also quantisation-aware fine-tuning (TFMOT), then full-integer int8.")
 @click.option("--float16", is_flag=True, help="Also float16 weights (float compute).")
