@@ -267,6 +267,10 @@ CASES = [
      None),  # fit wrote its run into the class folders: next time its folders were classes
     ("fit-data-a-file", "celltrain", "fit --data {img} --out {tmp}/r", 2, "is a file, not a folder", None, None),
     ("fit-weights-a-folder", "celltrain", "fit --weights {tmp} --out {tmp}/r", 2, "is a folder", None, None),
+    ("fit-preset-epochs", "celltrain", "fit --preset few-shot --out {tmp}/r --epochs 3", 2,
+     "(--average-last: from --preset/--config", None, None),  # named an option the user had not typed
+    ("fit-preset-arch", "celltrain", "fit --preset few-shot --out {tmp}/r --arch tiny", 2,
+     "(--weights: from --preset/--config", None, None),
     ("fit-resume-epochs", "celltrain", "fit --resume {tmp} --epochs 40 --data {tmp}", 2,
      "--data, --epochs would be ignored", None, None),  # were ignored silently: the run kept its own
     ("fit-resume-preset", "celltrain", "fit --resume {tmp} --preset few-shot", 2, "--preset/--config would be",

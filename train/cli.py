@@ -1,13 +1,15 @@
 """``celltrain``: make data, train and evaluate blood-cell classifiers. Thin over the library."""
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import fields
 
 import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import Number, OneLineGroup, one_line_errors
+from scopelite.edge.errors import Number, OneLineGroup, UserError, one_line_errors
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
@@ -70,6 +72,26 @@ def _preset_defaults(ctx, param, value):
     if value:
         ctx.default_map = {**PRESETS[value], **(ctx.default_map or {})}
     return value
+
+
+def _naming_defaults(fn):
+    """A command's errors that name options the user did not type (they came from --preset or --config) say
+    so: "--average-last 5 is more than --epochs 3" read as a bug to someone who typed only --epochs 3."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            ctx = click.get_current_context()
+            text = str(e)
+            named = [p.opts[0] for p in ctx.command.params if p.opts and p.expose_value
+                     and ctx.get_parameter_source(p.name) == click.core.ParameterSource.DEFAULT_MAP
+                     and re.search(re.escape(p.opts[0]) + r"(?![\w-])", text)]
+            if named and "from --preset" not in text:
+                e.args = (f"{text} ({', '.join(named)}: from --preset/--config; set "
+                          f"{'it' if len(named) == 1 else 'them'} on the command line to override)",)
+            raise
+    return wrapper
 
 
 def _check_views(ctx, param, value):
@@ -166,6 +188,7 @@ def _check_views(ctx, param, value):
                    "the split, so `celltrain average` can mix them; vary --train-seed to make them differ.")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
 @one_line_errors
+@_naming_defaults
 def fit(quiet, resume, **opts):
     """Train a model; write model.keras + model.json, config, split and curves to --out.
 
@@ -186,7 +209,6 @@ def fit(quiet, resume, **opts):
     import json
     from pathlib import Path
 
-    from scopelite.edge.errors import UserError
     from scopelite.edge.outputs import check_writable
 
     from . import data as data_lib
