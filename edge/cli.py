@@ -410,6 +410,9 @@ def watch(**_):
             raise UserError(f"--crop-size fixes the crop and --site {cfg.site} (made with --scale) the scale it "
                             "comes from: give one of them")
     if ctx.params["print_config"]:
+        from .bundle import load_sidecar
+
+        _check_save_classes(cfg, load_sidecar(cfg.model or default_model()).labels)  # the model's, not a guess
         click.echo(cfg.dump(), nl=False)
         return
     if cfg.out == "-":
@@ -635,18 +638,21 @@ def _http_token(ctx, host: str) -> str | None:
     return None if is_loopback(host) else secrets.token_urlsafe(16)
 
 
+def _check_save_classes(cfg, labels) -> None:
+    unknown = set(cfg.save_classes) - set(labels)
+    if unknown:
+        raise UserError(f"--save-classes {', '.join(sorted(unknown))}: not labels of this model "
+                        f"({', '.join(labels)})")
+
+
 def _on_frame(status, cfg, labels, unreadable=lambda: 0):
     """Chain the per-frame consumers: HTTP status and frame saving (``unreadable``: files skipped so far)."""
     hooks = [status.update] if status else []
     if cfg.save_dir:
         from .saver import FrameSaver
 
-        classes = set(cfg.save_classes)
-        unknown = classes - set(labels)
-        if unknown:
-            raise UserError(f"--save-classes {', '.join(sorted(unknown))}: not labels of this model "
-                            f"({', '.join(labels)})")
-        hooks.append(FrameSaver(cfg.save_dir, classes, cfg.save_below, int(cfg.save_cap_mb * 2**20)))
+        _check_save_classes(cfg, labels)
+        hooks.append(FrameSaver(cfg.save_dir, set(cfg.save_classes), cfg.save_below, int(cfg.save_cap_mb * 2**20)))
     if not hooks:
         return None
     return lambda frame, rec, counters: [h(frame, rec, {**counters, "unreadable": unreadable()}) for h in hooks]

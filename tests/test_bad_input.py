@@ -130,6 +130,8 @@ CASES = [
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
     ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
     ("calibrate-out-dash", "celledge", "calibrate {mixed} --out -", 2, "give a file name", None, None),
+    ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
+     "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
     ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
      "not a finite number", None, None),
