@@ -49,9 +49,10 @@ from . import ood
 from .errors import UserError
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
-from .illumination import ADVISE, flatten, overexposed
-from .noise import NOISY, noise_level, quieter
-from .stain import frame_background, is_greyscale, stain_layers
+from .frameread import read_frame
+from .illumination import ADVISE
+from .noise import NOISY
+from .stain import frame_background, is_greyscale
 
 SCHEMA = "scopelite-site/1"
 RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
@@ -93,15 +94,12 @@ class FrameMeasure:
 def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
     """What calibration reads from one RGB frame (the per-frame ruler, the background, the stain distance), read
     as field mode reads it: uneven light divided out, cells found on a smoothed copy of a noisy frame."""
-    frame_rgb, falloff = flatten(frame_rgb)
-    clipped = overexposed(frame_rgb)
-    level = noise_level(frame_rgb)
-    view = quieter(frame_rgb, level)[0]
-    layers = stain_layers(view)
-    est = estimate_rbc_diameter(view, layers)
-    distance = ood.score(ood.stain_stats(view, layers), reference) if reference is not None else None
-    bg = tuple(round(float(v), 1) for v in frame_background(frame_rgb))
-    return FrameMeasure(est.diameter_px, est.cells, bg, distance, falloff, round(level, 1), clipped)
+    read = read_frame(frame_rgb)  # as watch reads it (a frame over 1280 px searched at half size)
+    est = estimate_rbc_diameter(read.view, read.layers)
+    rbc = None if est.diameter_px is None else est.diameter_px * read.factor
+    distance = ood.score(ood.stain_stats(read.view, read.layers), reference) if reference is not None else None
+    bg = tuple(round(float(v), 1) for v in frame_background(read.frame))
+    return FrameMeasure(rbc, est.cells, bg, distance, read.uneven, round(read.noise, 1), read.overexposed)
 
 
 def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:

@@ -29,8 +29,8 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
-from .illumination import ADVISE, flatten, overexposed
-from .noise import noise_level, quieter
+from .frameread import read_frame
+from .illumination import ADVISE, flatten
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
@@ -38,7 +38,7 @@ from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest
-from .stain import is_greyscale, percentile_of_counts, stain_layers
+from .stain import is_greyscale, percentile_of_counts
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
 
@@ -136,12 +136,9 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     has divided out the frame's uneven light already (``illumination.flatten``, how far it fell off); None:
     done here.
     """
-    if uneven is None:  # a lamp that lights one side more: divided out before anything is read
-        frame, uneven = flatten(frame)
-    clipped = overexposed(frame)
-    view, factor = field_lib.shrink_for_search(frame)
-    view, noisy = quieter(view, noise_level(frame), factor)  # a noisy camera: cells read from a smoothed copy
-    layers = stain_layers(view)
+    read = read_frame(frame, uneven)
+    frame, uneven, clipped, noisy = read.frame, read.uneven, read.overexposed, read.smoothed
+    view, factor, layers = read.view, read.factor, read.layers
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
     if uneven:
         scale_info["uneven_light"] = uneven

@@ -373,3 +373,22 @@ def test_calibrate_leaves_overexposed_frames_out_and_says_why():
     with pytest.raises(site_lib.SiteError) as e:
         site_lib.calibrate(bright + [np.full((480, 640, 3), 255, np.uint8)], input_px=96, model_rbc_px=MODEL_RBC_PX)
     assert "4 of the 5 frames are overexposed" in str(e.value) and "shorten the camera's exposure" in str(e.value)
+
+
+def test_calibration_reads_a_large_frame_as_watch_does():
+    """A camera over 1280 px: watch searches a half-size copy; calibration read the whole frame, so the site file's
+    ruler and stain distance were not the ones watch then saw (edge/frameread.py reads both)."""
+    from scopelite.edge import field as field_lib
+    from scopelite.edge import ood
+    from scopelite.edge.classifier import FakeClassifier
+    from scopelite.edge.watch import FieldScale, classify_field
+
+    reference = ood.StainReference.from_json(load_sidecar(default_model()).stain_reference)
+    frame = make_field(np.random.default_rng(3), 1920, 1440, n_cells=6, scale=3.0)[0]
+    measured = site_lib.measure_frame(frame, reference)
+    cfg = field_lib.FieldConfig()
+    sc = load_sidecar(default_model())
+    clf = FakeClassifier(sc.labels, sc.input)
+    _, info = classify_field(frame, clf, cfg, 0.5, scale=FieldScale(cfg, every=1), reference=reference)
+    assert measured.rbc_px is not None and info["frame_rbc_px"] == round(measured.rbc_px, 1)
+    assert info["stain"]["distance"] == measured.distance
