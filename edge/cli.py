@@ -18,17 +18,12 @@ THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed t
 TOP_K = click.IntRange(min=1)
 
 
-# what --out must not be named like, besides the images sources.py reads: a JSON file written there would replace
-# (or be appended to) a film
-_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
-
-
 def _not_media(out, option: str, source=None, ending: str = ".json") -> None:
     """Refuse an output file named like an image or a video, or one that is the source itself (UserError)."""
-    from .sources import IMAGE_SUFFIXES  # noqa: PLC0415 - OpenCV is imported when a command needs it
+    from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES  # noqa: PLC0415 - OpenCV is imported when a command needs it
 
     p = Path(out)
-    if p.suffix.lower() in IMAGE_SUFFIXES + _VIDEO_SUFFIXES:
+    if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         raise UserError(f"{option} {out} is named like an image or a video: the JSON written there would replace it "
                         f"or be added to it; give a name ending in {ending}")
     if source is not None and p.exists() and Path(str(source)).exists() and p.resolve() == Path(str(source)).resolve():

@@ -19,6 +19,7 @@ from ._quiet import native_stderr, verbose
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
 # Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
 MAX_SIDE = 4096
 MIN_SIDE = 16
@@ -57,6 +58,8 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
                           "fields or crops as the camera takes them (a whole-slide mosaic: cut it into fields "
                           "first)") from None
     if img is None:
+        if Path(path).suffix.lower() in VIDEO_SUFFIXES:  # it said "not an image, or corrupt" of a good film
+            raise SourceError(f"{path} is a video, not an image: celledge watch {path} reads it frame by frame")
         raise SourceError(f"cannot decode image {path} (not an image, or corrupt)")
     check_frame_size(img, str(path), min_side=1, hint=": give fields or crops as the camera takes them (a "
                      "whole-slide mosaic: cut it into fields first)")

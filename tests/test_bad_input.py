@@ -108,6 +108,7 @@ def corpus(tmp_path_factory):
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "notarun").mkdir()
+    (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
     return p
 
 
@@ -144,6 +145,8 @@ CASES = [
     ("classify-device-usbx", "celledge", "classify --device usb:x {img}", 2, "not a device", None, None),
     ("classify-device-usb-cpu-model", "celledge", "classify --device usb {img}", 2, "not compiled for the Edge TPU",
      None, None),
+    ("classify-video", "celledge", "classify {c}/film.avi", 2, "is a video, not an image: celledge watch", None,
+     None),  # said "not an image, or corrupt" of a film
     ("classify-tta3", "celledge", "classify --tta 3 {img}", 2, "--tta", None, None),
     ("classify-fallback-gpu", "celledge", "classify --fallback gpu {img}", 2, "--fallback", None, None),
     ("classify-no-args", "celledge", "classify", 2, "Missing argument", None, None),
