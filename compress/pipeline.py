@@ -211,6 +211,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     ds, split = heldout_data(sc, src_path, cfg.data)
     train, val, test = (ds.subset(split[s]) for s in ("train", "val", "test"))
     corrupted, _ = corrupted_copy(test.images, cfg.seed)
+    too_few = len(test) < MIN_GATE_IMAGES and (cfg.max_drop_clean < 100 or cfg.max_drop_corrupted < 100)
+    if too_few:
+        log(f"NOTE: the run's test split holds {len(test)} images: one image is {100 / max(len(test), 1):.0f} "
+            "points, too coarse for the gate to judge int8 (label about 10 or more cells per class)")
 
     log(f"[2/5] float model on {len(test)} held-out test images, clean and corrupted")
     p_float = model.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
@@ -300,6 +304,11 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         write_bytes_atomic(out / "report.md", markdown({**report, "approved": None}).encode())
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
         tried_qat = cfg.qat or report.get("automatic_qat")
+        if too_few:  # not the model's fault: the split cannot measure it
+            raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. The test "
+                             f"split holds {len(test)} images, too few to judge: label more cells (25 per class "
+                             "are recommended), or check the int8 model on your own cells and accept it with "
+                             "--max-drop 100 100")
         raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
                          + ("Quantisation-aware training was tried too; train the float model longer, use " if tried_qat
                             else "Try --qat, ")

@@ -367,3 +367,30 @@ def test_bench_refuses_models_of_different_input_sizes(tiny_run, tiny_run_48, tm
     r = invoke_cli("cellcompress", "bench", str(tiny_run["keras"]), str(tiny_run_48["keras"]), "--out", str(out))
     assert_one_line_error(r, "different input sizes", "32x32", "48x48")
     assert not (out / "bench.json").exists()
+
+
+def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
+    """5 cells per class leave 2-4 test images: one flipped image failed the gate with advice to train longer."""
+    import cv2
+
+    from scopelite.compress.pipeline import CompressConfig, GateFailed, compress
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import fit
+    from scopelite.train.synth import make_crops
+
+    data = tmp_path / "cells"
+    x, y = make_crops(10, size=64, seed=2)
+    for i, (img, lab) in enumerate(zip(x, y)):
+        if lab in (4, 6):  # a lab's lymphocytes and neutrophils, 10 each
+            (data / str(lab)).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(data / str(lab) / f"{i}.png"), img[..., ::-1])
+    for lab, name in ((4, "lymphocyte"), (6, "neutrophil")):
+        (data / str(lab)).rename(data / name)
+    run = tmp_path / "run"
+    fit(FitConfig(out=str(run), data=str(data), arch="tiny", image_size=32, epochs=1), log=lambda _: None, verbose=0)
+    lines: list[str] = []
+    with pytest.raises(GateFailed) as e:  # a drop can never be below -100 points: the gate fails whatever the model
+        compress(CompressConfig(model=str(run / "model.keras"), out=str(tmp_path / "o"), representative=8,
+                                qat_epochs=1, max_drop_clean=-101.0, max_drop_corrupted=-101.0), log=lines.append)
+    assert "too few to judge" in str(e.value) and "--max-drop 100 100" in str(e.value)
+    assert any(x.startswith("NOTE: the run's test split holds") for x in lines)
