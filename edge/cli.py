@@ -589,6 +589,14 @@ def _sessions(cfg, clf, live: bool):
     if sessions.closed_at_start is not None:
         old = sessions.closed_at_start
         print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
+    now = _model_record(clf)
+    before = sessions.use_model(now)
+    if before is not None:  # it resumed silently: one differential from two models, and nothing said which
+        n = len(sessions.current.cells)
+        warn(f"session {sessions.current.id} counted its {n} cell{'' if n == 1 else 's'} so far with "
+             f"{before.get('file')} (sha256 {str(before.get('sha256'))[:12]}); it goes on with {now['file']} "
+             f"(sha256 {now['sha256'][:12]}): its differential mixes the two models' "
+             "calls (state.json 'models' says from which cell); add --new-session to count afresh")
     other = sessions.current.elsewhere(given) if sessions.resumed and not live else None
     if other and not cfg.add_to_session:
         sessions.release()
@@ -631,6 +639,12 @@ def _http_token(ctx, host: str) -> str | None:
     if ctx.params["http_token"]:
         return ctx.params["http_token"]
     return None if is_loopback(host) else secrets.token_urlsafe(16)
+
+
+def _model_record(clf) -> dict | None:
+    """What a session records of the model that classifies its cells (None: a classifier without a sidecar)."""
+    sc = getattr(clf, "sidecar", None)
+    return {"file": sc.file, "sha256": sc.sha256} if sc is not None else None
 
 
 def _check_save_classes(cfg, labels) -> None:

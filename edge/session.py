@@ -3,7 +3,8 @@
 A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
   state.json     open or closed, target, start and stop times, why it stopped, the video files it counted
-                 cells from (``sources``: a run on one of them is refused); rewritten atomically
+                 cells from (``sources``: a run on one of them is refused), the models that classified
+                 them (``models``: file, sha256 and the cell each took over from); rewritten atomically
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
                  class, score, mean score vector, frame number, frame and slide position, crop file;
                  and a {"revise": id, ...} line when the model revises a cell's label (its class over all
@@ -328,6 +329,19 @@ class Session:
             return None
         return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
 
+    def record_model(self, model: dict) -> dict | None:
+        """Record in ``models`` (state.json) that the cells from now on are classified by ``model`` ({"file",
+        "sha256"}), unless it is the model already recorded. Returns the model it replaces when cells were
+        counted with that one (its differential now mixes two models), else None."""
+        models = self.state.setdefault("models", [])
+        if models and models[-1].get("sha256") == model.get("sha256"):
+            return None
+        before = models[-1] if models else None
+        models.append({**model, "from_cell": len(self.cells)})
+        self.version += 1
+        write_json_atomic(self.folder / "state.json", self.state, fsync="full")
+        return before if before is not None and self.cells else None
+
     def retarget(self, target: int | None) -> None:
         """Count to ``target`` white cells from now on (a resumed session given another ``--count``)."""
         self.state["target"] = target
@@ -476,6 +490,7 @@ class Sessions:
         self.labels, self.target, self.min_score, self.wbc_count = list(labels), target, min_score, wbc_count
         self.one_shot, self.clock = one_shot, clock
         self.ends_run = False
+        self.model: dict | None = None  # what classifies the cells (use_model): recorded in each session's state
         self.resumed: str | None = None
         self.closed_at_start: Session | None = None  # the open session this start closed (--new-session, done)
         self.damaged: list[Path] = []  # sessions whose state.json cannot be read: left alone; the caller says so
@@ -543,12 +558,21 @@ class Sessions:
         """A new session (held by this process with ``hold``; the one before is let go)."""
         s = Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
                            self.rbc_fraction)
+        if self.model:
+            s.record_model(self.model)
         if self.hold:
             s.lock()
             if getattr(self, "current", None) is not None:
                 self.current.unlock()
         self._files, self._pixels = set(), set()
         return s
+
+    def use_model(self, model: dict | None) -> dict | None:
+        """The model that classifies the cells from now on ({"file", "sha256"}; at start and at each reload),
+        recorded in the open session's state (``Session.record_model``, whose answer this returns)."""
+        with self._lock:
+            self.model = model
+            return self.current.record_model(model) if model and self.current.is_open else None
 
     def counted(self, file: str | None, pixels: str | None = None) -> bool:
         """Whether the open session already counted cells from this image file (a folder run again after it

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from scopelite.edge.bundle import CLASS_NAMES, InputSpec
+from scopelite.edge.bundle import CLASS_NAMES, InputSpec, load_sidecar
 from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.errors import UserError
@@ -1010,3 +1010,25 @@ def test_a_session_from_before_inputs_were_recorded_keeps_the_folders_it_counted
     assert cur.state["inputs"] == [str(tmp_path / "slideA"), str(tmp_path / "slideB")]
     assert cur.elsewhere(str(tmp_path / "slideA")) is None and cur.elsewhere(str(tmp_path / "slideB")) is None
     assert json.loads((cur.folder / "state.json").read_text())["inputs"] == cur.state["inputs"]
+
+
+def test_a_session_resumed_with_another_model_says_so_and_records_both(tmp_path, tiny_run):
+    """A session counted with the shipped model and resumed with an adapted one went on silently: its differential
+    mixed two models and nothing recorded which classified which cell."""
+    fields = _write_fields(tmp_path / "fields", range(3))
+    watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    r = invoke_cli(*watch, "--count", "1000", "--max-frames", "1")
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and first["white_total"] > 0 and "mixes the two models" not in r.stderr
+    n = len(Session.load(tmp_path / "s" / first["id"]).cells)
+    r = invoke_cli(*watch, "--max-frames", "1")  # the same model again: nothing to say
+    assert r.returncode == 0 and "mixes the two models" not in r.stderr, r.stderr[-2000:]
+    n2 = len(Session.load(tmp_path / "s" / first["id"]).cells)
+    r = invoke_cli(*watch, "--model", str(tiny_run["tflite"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"session {first['id']} counted its {n2} cells so far with bloodcell_int8.tflite" in r.stderr
+    assert "goes on with model.tflite" in r.stderr and "--new-session" in r.stderr
+    models = Session.load(tmp_path / "s" / first["id"]).state["models"]
+    assert [m["file"] for m in models] == ["bloodcell_int8.tflite", "model.tflite"]
+    assert models[0]["from_cell"] == 0 and models[1]["from_cell"] == n2 >= n > 0
+    assert models[1]["sha256"] == load_sidecar(tiny_run["tflite"]).sha256
