@@ -226,6 +226,14 @@ def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: 
     return _parse(d, f"sidecar of {model_path.name}")  # validated once, provenance included
 
 
+def gate_failures(sc: Sidecar) -> list[str] | None:
+    """Why cellcompress's gate refused this model (its accuracy drops), or None: it passed, or was never gated."""
+    gate = (sc.metrics or {}).get("gate")
+    if isinstance(gate, dict) and gate.get("passed") is False:
+        return [str(f) for f in gate.get("failures", [])]
+    return None
+
+
 def describe(sc: Sidecar) -> list[str]:
     """A sidecar in a few lines for people (``celledge info``; ``--json`` prints all of it): what the model
     tells apart, what it takes, how it scored and where it came from. Metrics and provenance are read as far

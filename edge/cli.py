@@ -40,11 +40,16 @@ def _check_device(ctx, param, value):
 def _classifier(model: str, threads: int | None, device: str | None = None, fallback: str | None = None,
                 tta: int | None = None):
     """The model's classifier over ``tta`` views (None: as many as its sidecar advises, said on stderr)."""
+    from .bundle import gate_failures
     from .classifier import make_classifier
     from .tta import as_advised, views_of
 
     clf = as_advised(make_classifier(model, num_threads=threads, device=device, fallback=fallback,
                                      warn=lambda msg: print(msg, file=sys.stderr)), tta)
+    failed = gate_failures(clf.sidecar) if getattr(clf, "sidecar", None) is not None else None
+    if failed is not None:  # it ran as if approved: a variant cellcompress left beside the approval for the record
+        warn(f"{Path(model).name} failed cellcompress's quality gate ({'; '.join(failed) or 'see celledge info'}): it "
+             "is not an approved model; expect more mistakes than its float model made")
     n = views_of(clf)
     if tta is None and n > 1:
         print(f"note: {Path(model).name} runs over {n} flipped/rotated views of each cell (its sidecar advises "

@@ -109,6 +109,25 @@ def test_info_cli(tiny_run):
     assert d["sidecar"]["format"] == "tflite" and d["runtimes"]["cpu"] == "works here" and d["ops"]["CONV_2D"] == 3
 
 
+def test_a_model_that_failed_the_gate_is_said_where_it_runs(tiny_run, synth_dir, tmp_path):
+    """cellcompress leaves every variant beside the approval, failed ones too: given as --model, one ran silently."""
+    import shutil
+
+    from conftest import invoke_cli
+
+    failed = tmp_path / "model_int8.tflite"
+    shutil.copy(tiny_run["tflite"], failed)
+    sc = json.loads(tiny_run["tflite"].with_suffix(".json").read_text())
+    sc["metrics"]["gate"].update(passed=False, failures=["clean accuracy drop 25.00 pt > 1.0 pt (75.00 -> 50.00 %)"])
+    failed.with_suffix(".json").write_text(json.dumps(sc))
+    img = str(next((synth_dir / "crops").rglob("*.png")))
+    r = invoke_cli("celledge", "classify", "--model", str(failed), img)
+    assert r.returncode == 0 and "model_int8.tflite failed cellcompress's quality gate (clean accuracy drop 25.00" \
+        in r.stderr, r.stderr[-2000:]
+    r = invoke_cli("celledge", "classify", "--model", str(tiny_run["tflite"]), img)
+    assert r.returncode == 0 and "quality gate" not in r.stderr
+
+
 def test_fit_starts_from_an_earlier_run(tiny_run, tmp_path):
     from scopelite.train.config import FitConfig
     from scopelite.train.fit import fit
