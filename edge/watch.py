@@ -680,9 +680,14 @@ def run_watch(
                       + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
             _warn(summary, unlike)
     if config.report is not None:
-        write_report(config.report, counter.differential,
+        # with a session, the slide's count (every run that counted into it, people's labels over the model's,
+        # its --count): the run's own held only this run's cells after a resume, without its target
+        current = session.current if session is not None else None
+        write_report(config.report, current.differential() if current is not None else counter.differential,
                      {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score}
-                     | {"config": config.to_file()})
+                     | {"config": config.to_file()}
+                     | ({"session": {"id": current.id, "folder": str(current.folder), "state": current.state["state"]}}
+                        if current is not None else {}))
     return {"summary": summary}
 
 

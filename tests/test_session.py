@@ -1032,3 +1032,22 @@ def test_a_session_resumed_with_another_model_says_so_and_records_both(tmp_path,
     assert [m["file"] for m in models] == ["bloodcell_int8.tflite", "model.tflite"]
     assert models[0]["from_cell"] == 0 and models[1]["from_cell"] == n2 >= n > 0
     assert models[1]["sha256"] == load_sidecar(tiny_run["tflite"]).sha256
+
+
+def test_report_with_a_session_is_the_slides_count_over_every_run(tmp_path):
+    """--report after a resume held only the last run's cells, with no --count (the session keeps it)."""
+    fields = _write_fields(tmp_path / "fields", range(3))
+    watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
+             "--report", str(tmp_path / "rep"))
+    r = invoke_cli(*watch, "--count", "1000", "--max-frames", "1")
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert r.returncode == 0 and first["white_total"] > 0
+    r = invoke_cli(*watch)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    rep = json.loads((tmp_path / "rep" / "differential.json").read_text())
+    assert rep["run"]["session"]["id"] == first["id"] and rep["run"]["session"]["state"] == "open"
+    d = rep["differential"]
+    assert d["white_total"] == summary["session"]["white_total"] > summary["differential"]["white_total"]
+    assert d["target"] == 1000 and not d["done"]
+    assert f"{d['white_total']} white cells" in (tmp_path / "rep" / "differential.txt").read_text()
