@@ -187,3 +187,21 @@ def test_trim_history_drops_repeated_and_broken_rows(tmp_path):
     trim_history(h, 5)
     assert h.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n"
     trim_history(tmp_path / "absent.csv", 2)  # no file: nothing to do
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path):
+    """An interrupted fit said only "Error: interrupted"."""
+    run = tmp_path / "k"
+    exe = Path(sys.executable).parent / "celltrain"
+    p = subprocess.Popen([str(exe), "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32",
+                          "--epochs", "200", "--synthetic-per-class", "40", "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = run / "state.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not state.is_file():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert [x for x in err.splitlines() if x.startswith("Error")] == \
+        [f"Error: interrupted; continue from the last finished epoch with: celltrain fit --resume {run}"]

@@ -269,12 +269,33 @@ def fit(quiet, resume, **opts):
     data_lib.check_source(cfg.data)
     from .fit import fit as run_fit
 
-    if cfg.soup > 1:
-        from .soup import fit_soup
+    try:
+        if cfg.soup > 1:
+            from .soup import fit_soup
 
-        fit_soup(cfg, lambda member, again: run_fit(member, verbose=2 if quiet else 1, resume=again))
-        return
-    run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
+            fit_soup(cfg, lambda member, again: run_fit(member, verbose=2 if quiet else 1, resume=again))
+            return
+        run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
+    except KeyboardInterrupt:  # it said "interrupted" and nothing of what to do next
+        raise _Interrupted(_after_interrupt(cfg, resume)) from None
+
+
+class _Interrupted(UserError):
+    exit_code = 130
+
+
+def _after_interrupt(cfg: FitConfig, resume) -> str:
+    """What an interrupted fit leaves and how to go on from it."""
+    from pathlib import Path
+
+    out = Path(cfg.out)
+    if cfg.soup > 1:
+        return (f"interrupted; the fitted members in {out}/members are kept: give the same command again to go on "
+                "(it resumes the cut member)")
+    if (out / "state.json").is_file():
+        return f"interrupted; continue from the last finished epoch with: celltrain fit --resume {out}"
+    return ("interrupted before the first epoch finished: nothing to resume" + ("" if out.exists() else
+            f" (no {out} left behind)") + "; give the same command again to start over")
 
 
 @main.command()
