@@ -145,3 +145,21 @@ def test_training_scale_is_measured_once_per_dataset(monkeypatch):
     assert calls == [len(ds)]
     tr = ds.subset([0, 1, 2])  # another set of images: measured on its own
     assert data_lib.training_scale(tr)[0] == 18.0 and calls == [len(ds), 3]
+
+
+def test_whole_fields_among_crops_are_noted(tmp_path):
+    """Three 640x480 fields copied among 96 px crops trained as three cells, and nothing said so."""
+    from scopelite.train.synth import make_field
+
+    x, y = make_crops(4, size=96, seed=3)
+    for i, (img, lab) in enumerate(zip(x, y)):
+        d = tmp_path / data.CLASS_NAMES[lab]
+        d.mkdir(exist_ok=True)
+        cv2.imwrite(str(d / f"c{i}.png"), img[..., ::-1])
+    assert data.mixed_sizes_note(data.load_folders(tmp_path, 32)) is None
+    field = make_field(np.random.default_rng(0), 640, 480)[0]
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "lymphocyte" / f"zfield{i}.png"), field[..., ::-1])
+    note = data.mixed_sizes_note(data.load_folders(tmp_path, 32))
+    assert note is not None and note.startswith("3 of 35 images are over 2.5x the usual side (96 px)")
+    assert "lymphocyte/zfield0.png (640x480)" in note

@@ -47,6 +47,7 @@ class Dataset:
     synthetic: bool
     predefined_split: dict[str, np.ndarray] | None = None  # e.g. MedMNIST's own train/val/test
     root: str | None = None  # the class-folder dataset's folder (its export.json: ``training_scale``)
+    sizes: np.ndarray | None = None  # class folders: each image's (height, width) as read, before resizing
     _scale: tuple | None = field(default=None, init=False, repr=False, compare=False)  # training_scale's answer, once
 
     def __len__(self) -> int:
@@ -180,6 +181,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
 
         it = tqdm(files, desc=f"reading {root.name}", unit="img", leave=False)
     read = np.ones(len(files), bool)
+    sizes = np.zeros((len(files), 2), np.int64)
     for i, (p, _) in enumerate(it):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
@@ -188,16 +190,36 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
             unreadable.append(str(p.relative_to(root)))
             read[i] = False
             continue
+        sizes[i] = img.shape[:2]
         images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), input_spec(image_size))
     if not read.all():
-        files, images = [f for f, ok in zip(files, read) if ok], images[read]
+        files, images, sizes = [f for f, ok in zip(files, read) if ok], images[read], sizes[read]
         if not files:
             raise UserError(f"{root}: none of its {len(read)} images can be decoded")
     labels = np.array([lab for _, lab in files], np.int64)
     ids = [str(p.relative_to(root)) for p, _ in files]
     synthetic = marked_synthetic(root)
     desc = f"class folders at {root.resolve()}" + (" (synthetic: made by celltrain synth)" if synthetic else "")
-    return Dataset(images, labels, ids, class_names, desc, synthetic, root=str(root))
+    return Dataset(images, labels, ids, class_names, desc, synthetic, root=str(root), sizes=sizes)
+
+
+LARGER = 2.5  # an image this many times the usual side (the median's) is not a crop cut like the others
+
+
+def mixed_sizes_note(ds: Dataset) -> str | None:
+    """A note when some images of a class-folder dataset are far larger than the rest (whole fields among
+    single-cell crops: each is shrunk to the input and trained as one cell), else None."""
+    if ds.sizes is None or not len(ds.sizes):
+        return None
+    side = ds.sizes.max(axis=1)
+    usual = float(np.median(side))
+    big = np.flatnonzero(side > LARGER * usual)
+    if not len(big):
+        return None
+    h, w = ds.sizes[big[0]]
+    return (f"{len(big)} of {len(ds)} images are over {LARGER:g}x the usual side ({int(usual)} px), e.g. "
+            f"{ds.ids[big[0]]} ({w}x{h}): whole fields among single-cell crops? each is shrunk and trained as one "
+            "cell; cut the cells out (celledge watch --mode field --sessions, then celledge export) or remove them")
 
 
 def marked_synthetic(root: str | os.PathLike) -> bool:

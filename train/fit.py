@@ -324,6 +324,9 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     write_json_atomic(out / "config.json", cfg.to_json())
     log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
+    mixed = data_lib.mixed_sizes_note(ds)
+    if mixed:
+        log(f"      NOTE: {mixed}")
     if ds.root and (Path(ds.root) / data_lib.RECORD).is_file():  # cells exported by celledge export
         rbc, how = data_lib.training_scale(ds)
         log(f"      training scale: red cells {rbc} px across, {how}")
