@@ -562,7 +562,14 @@ def _site(path: str | None, clf):
         return None
     from .site import load
 
-    return load(path, input_px=clf.input_spec.height)
+    site = load(path, input_px=clf.input_spec.height)
+    made_for = site.record["model"]
+    sha = getattr(getattr(clf, "sidecar", None), "sha256", None)
+    if made_for.get("sha256") and sha and made_for["sha256"] != sha:  # an adapted model on the old site file
+        warn(f"{path} was calibrated with {made_for.get('name')} (sha256 {made_for['sha256'][:12]}), not this "
+             f"model (sha256 {sha[:12]}): its scale and light are the microscope's and still hold, its stain "
+             "distance and advice were that model's; calibrate again with this model to see its own")
+    return site
 
 
 _HOW_IT_ENDED = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}  # else "ended"
@@ -772,7 +779,8 @@ def calibrate(source, out, frames, model, scale, colour, size):
     reference = ood.reference_of(getattr(clf, "sidecar", None))
     record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=model_rbc_px(spec),
                                 model_name=Path(model).name, reference=reference,
-                                scale=scale, colour=colour, source=str(source), progress=progress)
+                                scale=scale, colour=colour, source=str(source), progress=progress,
+                                model_sha256=getattr(getattr(clf, "sidecar", None), "sha256", None))
     write_json_atomic(out, record)
     for line in site_lib.summary_lines(record, out):
         click.echo(line)

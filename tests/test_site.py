@@ -392,3 +392,20 @@ def test_calibration_reads_a_large_frame_as_watch_does():
     _, info = classify_field(frame, clf, cfg, 0.5, scale=FieldScale(cfg, every=1), reference=reference)
     assert measured.rbc_px is not None and info["frame_rbc_px"] == round(measured.rbc_px, 1)
     assert info["stain"]["distance"] == measured.distance
+
+
+def test_a_site_file_of_another_model_is_said(site_file, fields, tmp_path):
+    """A site calibrated with the shipped model, used with an adapted one: accepted silently, its stain verdict
+    the other model's."""
+    out, _ = site_file
+    rec = json.loads(out.read_text())
+    assert rec["model"]["sha256"] == load_sidecar(default_model()).sha256
+    img = str(sorted(fields.glob("*.png"))[0])
+    r = invoke_cli("celledge", "classify", "--site", str(out), img)
+    assert r.returncode == 0 and "was calibrated with" not in r.stderr, r.stderr[-2000:]
+    rec["model"]["sha256"] = "0" * 64  # as if made with another model of the same input size
+    other = tmp_path / "other-model-site.json"
+    other.write_text(json.dumps(rec))
+    r = invoke_cli("celledge", "classify", "--site", str(other), img)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{other} was calibrated with bloodcell_int8.tflite (sha256 000000000000), not this model" in r.stderr
