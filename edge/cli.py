@@ -397,6 +397,8 @@ def watch(**_):
                     check_writable(path, flag, is_dir=is_dir)
                     if flag == "--out":
                         _not_media(path, flag, cfg.source, ending=".jsonl")
+                    if flag == "--sessions":
+                        _not_a_dataset(path)
             except UserError as e:
                 out.append(str(e))
         return out
@@ -651,6 +653,19 @@ def _http_token(ctx, host: str) -> str | None:
     if ctx.params["http_token"]:
         return ctx.params["http_token"]
     return None if is_loopback(host) else secrets.token_urlsafe(16)
+
+
+def _not_a_dataset(sessions) -> None:
+    """Refuse a sessions folder in (or at) a folder celledge export wrote: its session folders would be read
+    as classes by celltrain fit (UserError)."""
+    from .session_export import RECORD  # noqa: PLC0415
+
+    here = Path(sessions).resolve()
+    for d in (here, *here.parents):
+        if (d / RECORD).is_file():
+            raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
+                            f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
+                            "give a folder of its own, e.g. --sessions sessions/")
 
 
 def _model_record(clf) -> dict | None:

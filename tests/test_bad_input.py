@@ -108,6 +108,8 @@ def corpus(tmp_path_factory):
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "notarun").mkdir()
+    (t / "exported").mkdir()
+    (t / "exported" / "export.json").write_text("{}")  # a folder celledge export wrote (a lab's labelled cells)
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
     return p
 
@@ -145,6 +147,8 @@ CASES = [
     ("classify-device-usbx", "celledge", "classify --device usb:x {img}", 2, "not a device", None, None),
     ("classify-device-usb-cpu-model", "celledge", "classify --device usb {img}", 2, "not compiled for the Edge TPU",
      None, None),
+    ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
+     "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
     ("classify-video", "celledge", "classify {c}/film.avi", 2, "is a video, not an image: celledge watch", None,
      None),  # said "not an image, or corrupt" of a film
     ("classify-tta3", "celledge", "classify --tta 3 {img}", 2, "--tta", None, None),
