@@ -175,6 +175,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                  f"over {crop_scale.BAND}x from their median): one framing for all misframes some; --rescale each "
                  "measures each image alone")
     failed: list[str] = []
+    wide: list[str] = []  # images holding more than the crop classified (whole fields)
     site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
     for path in paths:
@@ -209,6 +210,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         if is_greyscale(seen):
             grey += 1
             doubts["no_colour"] = True
+        side = (scale or {}).get("crop")
+        if side and side < WIDE * min(seen.shape[:2]):  # a whole field: its centre square only is classified
+            wide.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px, its centre {side} px")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(seen), ref) if ref else None
         unlike += distance is not None and distance > ref.threshold
@@ -224,6 +228,10 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         else:
             alts = ", ".join(f"{c.label} {c.score:.2f}" for c in best[1:])
             click.echo(f"{path}\t{best[0].label}\t{best[0].score:.3f}\t({alts})")
+    if wide:
+        warn(f"{len(wide)} of {len(paths)} images hold more than one cell's crop (e.g. {wide[0]} classified): "
+             "classify names the centre cell only; celledge watch SOURCE --mode field finds and classifies every "
+             "cell of a field")
     if grey:
         warn(f"{grey} of {len(paths)} images hold no colour (greyscale or blank): the model was trained on stained "
              "colour images, so their classes mean little")
@@ -237,6 +245,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
 
 
+WIDE = 0.6  # classify: a crop under this share of an image's shorter side leaves most of it unread (a field)
 KEEP_READ_PX = 3 * 1280 * 960  # --rescale shared keeps its sample images this size or smaller (15 of them: 55 MB)
 
 

@@ -108,6 +108,9 @@ def corpus(tmp_path_factory):
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "notarun").mkdir()
+    from scopelite.train.synth import make_field
+
+    cv2.imwrite(str(t / "field.png"), make_field(np.random.default_rng(0), 640, 480)[0][..., ::-1])
     (t / "exported").mkdir()
     (t / "exported" / "export.json").write_text("{}")  # a folder celledge export wrote (a lab's labelled cells)
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
@@ -149,6 +152,7 @@ CASES = [
      None, None),
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
+    ("classify-field", "celledge", "classify {c}/field.png", 0, None, "hold more than one cell's crop", "\t"),
     ("classify-video", "celledge", "classify {c}/film.avi", 2, "is a video, not an image: celledge watch", None,
      None),  # said "not an image, or corrupt" of a film
     ("classify-tta3", "celledge", "classify --tta 3 {img}", 2, "--tta", None, None),
