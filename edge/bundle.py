@@ -226,6 +226,22 @@ def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: 
     return _parse(d, f"sidecar of {model_path.name}")  # validated once, provenance included
 
 
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two model records ({"sha256", "source_sha256"}: ``model_record``) are one model: the same file, or
+    two builds of one trained model (its CPU int8 and its Edge TPU compilation, whose files differ)."""
+    if a.get("source_sha256") and b.get("source_sha256"):
+        return a["source_sha256"] == b["source_sha256"]
+    return a.get("sha256") == b.get("sha256")
+
+
+def model_record(sc: Sidecar) -> dict:
+    """What a session or a site file records of the model it was made with: its file, its sha256 and the sha256
+    of the trained model it was made from (``provenance.source``), when the sidecar names one."""
+    source = getattr(getattr(sc, "provenance", None), "source", None)
+    return {"file": sc.file, "sha256": sc.sha256,
+            **({"source_sha256": source.sha256} if getattr(source, "sha256", None) else {})}
+
+
 def gate_failures(sc: Sidecar) -> list[str] | None:
     """Why cellcompress's gate refused this model (its accuracy drops), or None: it passed, or was never gated."""
     gate = (sc.metrics or {}).get("gate")

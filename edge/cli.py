@@ -573,13 +573,15 @@ def _site(path: str | None, clf):
         return None
     from .site import load
 
+    from .bundle import same_model
+
     site = load(path, input_px=clf.input_spec.height)
-    made_for = site.record["model"]
-    sha = getattr(getattr(clf, "sidecar", None), "sha256", None)
-    if made_for.get("sha256") and sha and made_for["sha256"] != sha:  # an adapted model on the old site file
+    made_for, now = site.record["model"], _model_record(clf)
+    # an adapted model on the first model's site file (an Edge TPU build of the same model is the same model)
+    if made_for.get("sha256") and now is not None and not same_model(made_for, now):
         warn(f"{path} was calibrated with {made_for.get('name')} (sha256 {made_for['sha256'][:12]}), not this "
-             f"model (sha256 {sha[:12]}): its scale and light are the microscope's and still hold, its stain "
-             "distance and advice were that model's; calibrate again with this model to see its own")
+             f"model (sha256 {now['sha256'][:12]}): its scale and light are the microscope's and still hold, its "
+             "stain distance and advice were that model's; calibrate again with this model to see its own")
     return site
 
 
@@ -612,14 +614,6 @@ def _sessions(cfg, clf, live: bool):
     if sessions.closed_at_start is not None:
         old = sessions.closed_at_start
         print(f"session {old.id} closed ({old.state['reason']}): report {old.folder / 'report.html'}", file=sys.stderr)
-    now = _model_record(clf)
-    before = sessions.use_model(now)
-    if before is not None:  # it resumed silently: one differential from two models, and nothing said which
-        n = len(sessions.current.cells)
-        warn(f"session {sessions.current.id} counted its {n} cell{'' if n == 1 else 's'} so far with "
-             f"{before.get('file')} (sha256 {str(before.get('sha256'))[:12]}); it goes on with {now['file']} "
-             f"(sha256 {now['sha256'][:12]}): its differential mixes the two models' "
-             "calls (state.json 'models' says from which cell); add --new-session to count afresh")
     other = sessions.current.elsewhere(given) if sessions.resumed and not live else None
     if other and not cfg.add_to_session:
         sessions.release()
@@ -642,6 +636,14 @@ def _sessions(cfg, clf, live: bool):
         sessions.current.retarget(cfg.count)
         print(f"session {sessions.current.id}: counting to {cfg.count} white cells (--count; it was "
               f"{f'counting to {was}' if was else 'open-ended'})", file=sys.stderr)
+    now = _model_record(clf)  # recorded once the run is sure to count into the session (not before a refusal)
+    before = sessions.use_model(now)
+    if before is not None:  # it resumed silently: one differential from two models, and nothing said which
+        n = len(sessions.current.cells)
+        warn(f"session {sessions.current.id} counted its {n} cell{'' if n == 1 else 's'} so far with "
+             f"{before.get('file')} (sha256 {str(before.get('sha256'))[:12]}); it goes on with {now['file']} "
+             f"(sha256 {now['sha256'][:12]}): its differential mixes the two models' "
+             "calls (state.json 'models' says after how many cells); add --new-session to count afresh")
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
           + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)
@@ -678,9 +680,11 @@ def _not_a_dataset(sessions) -> None:
 
 
 def _model_record(clf) -> dict | None:
-    """What a session records of the model that classifies its cells (None: a classifier without a sidecar)."""
+    """What a session or site file records of the model (``bundle.model_record``; None: no sidecar)."""
+    from .bundle import model_record
+
     sc = getattr(clf, "sidecar", None)
-    return {"file": sc.file, "sha256": sc.sha256} if sc is not None else None
+    return model_record(sc) if sc is not None else None
 
 
 def _check_save_classes(cfg, labels) -> None:
@@ -804,7 +808,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     record = site_lib.calibrate(it, input_px=spec.height, model_rbc_px=model_rbc_px(spec),
                                 model_name=Path(model).name, reference=reference,
                                 scale=scale, colour=colour, source=str(source), progress=progress,
-                                model_sha256=getattr(getattr(clf, "sidecar", None), "sha256", None))
+                                model_id=_model_record(clf))
     write_json_atomic(out, record)
     for line in site_lib.summary_lines(record, out):
         click.echo(line)

@@ -4,7 +4,7 @@ A session folder (``<sessions>/<id>/``, the id is its start time) holds
 
   state.json     open or closed, target, start and stop times, why it stopped, the video files it counted
                  cells from (``sources``: a run on one of them is refused), the models that classified
-                 them (``models``: file, sha256 and the cell each took over from); rewritten atomically
+                 them (``models``: file, sha256s and how many cells came before each); rewritten atomically
   cells.jsonl    one line per counted cell, appended as it is counted: id, the model's label, best
                  class, score, mean score vector, frame number, frame and slide position, crop file;
                  and a {"revise": id, ...} line when the model revises a cell's label (its class over all
@@ -37,7 +37,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .bundle import write_bytes_atomic, write_json_atomic
+from .bundle import same_model, write_bytes_atomic, write_json_atomic
 from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
 from .errors import UserError
 from .field import crop_at
@@ -330,14 +330,15 @@ class Session:
         return ", ".join(before[:2]) + (f" and {len(before) - 2} more" if len(before) > 2 else "")
 
     def record_model(self, model: dict) -> dict | None:
-        """Record in ``models`` (state.json) that the cells from now on are classified by ``model`` ({"file",
-        "sha256"}), unless it is the model already recorded. Returns the model it replaces when cells were
-        counted with that one (its differential now mixes two models), else None."""
+        """Record in ``models`` (state.json) that the cells from now on are classified by ``model``
+        (``bundle.model_record``), unless it is the model already recorded (``bundle.same_model``: an Edge TPU
+        build of it too). Returns the model it replaces when cells were counted with that one (its differential
+        now mixes two models), else None. ``cells_before``: how many cells the session held when it took over."""
         models = self.state.setdefault("models", [])
-        if models and models[-1].get("sha256") == model.get("sha256"):
+        if models and same_model(models[-1], model):
             return None
         before = models[-1] if models else None
-        models.append({**model, "from_cell": len(self.cells)})
+        models.append({**model, "cells_before": len(self.cells)})
         self.version += 1
         write_json_atomic(self.folder / "state.json", self.state, fsync="full")
         return before if before is not None and self.cells else None

@@ -168,13 +168,14 @@ def balance_to(image_rgb: np.ndarray, background, target=TRAINING_BACKGROUND) ->
 def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: float, model_name: str | None = None,
               reference: ood.StainReference | None = None, target_background=TRAINING_BACKGROUND,
               scale: bool = False, colour: bool = False, source: str | None = None,
-              progress: Callable[[int, FrameMeasure], None] | None = None, model_sha256: str | None = None) -> dict:
+              progress: Callable[[int, FrameMeasure], None] | None = None, model_id: dict | None = None) -> dict:
     """The site record of a microscope from its frames (see the module docstring).
 
     Args:
         frames: RGB uint8 frames of the site (unlabelled; a few tens of fields is plenty).
-        input_px, model_rbc_px, model_name, model_sha256: the model the file is made for (its input side and
-            the red-cell diameter in its input, from the sidecar; its file's hash, to tell it from another).
+        input_px, model_rbc_px, model_name, model_id: the model the file is made for (its input side and
+            the red-cell diameter in its input, from the sidecar; ``bundle.model_record``'s sha256s, to tell it
+            from another).
         reference: the model's training stain (``ood.reference_of``); None: no stain distance.
         target_background: the training data's background colour (the white balance's target).
         scale, colour: whether ``--site`` uses the site scale / the white balance (both are recorded).
@@ -232,7 +233,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         **({"overexposed_frames_left_out": bright} if bright else {}),
         **({"frame_sizes": sorted(shapes)} if len(shapes) > 1 else {}),
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2),
-                  **({"sha256": model_sha256} if model_sha256 else {})},
+                  **{k: v for k, v in (model_id or {}).items() if k in ("sha256", "source_sha256")}},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
                   "iqr": [round(float(v), 2) for v in np.percentile(sizes, [25, 75])], "frames": len(sizes),
                   "magnifications": groups},

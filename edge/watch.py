@@ -27,7 +27,7 @@ from . import crop_scale
 from . import field as field_lib
 from . import ood
 from . import scale as scale_lib
-from .bundle import write_bytes_atomic, write_json_atomic
+from .bundle import model_record, write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
 from .frameread import read_frame
 from .illumination import ADVISE, flatten
@@ -516,7 +516,7 @@ def run_watch(
                     if session is not None:  # the cells counted from now on are cut at the new model's scale
                         session.rbc_fraction = field_cfg.cut_scale()
                         sc = getattr(new, "sidecar", None)  # ... and classified by it: the session records it
-                        session.use_model({"file": sc.file, "sha256": sc.sha256} if sc is not None else None)
+                        session.use_model(model_record(sc) if sc is not None else None)
                 for event in events:
                     emit({**event, "frame": n})
             t_frame = clock()

@@ -10,6 +10,7 @@ import pytest
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec, load_sidecar
 from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
+from scopelite.edge.packaged import default_model
 from scopelite.edge.errors import UserError
 from scopelite.edge.session import NOT_A_CELL, Session, SessionError, Sessions, read_jsonl
 from scopelite.edge.session_export import export_reviewed, summary_line
@@ -1024,14 +1025,33 @@ def test_a_session_resumed_with_another_model_says_so_and_records_both(tmp_path,
     r = invoke_cli(*watch, "--max-frames", "1")  # the same model again: nothing to say
     assert r.returncode == 0 and "mixes the two models" not in r.stderr, r.stderr[-2000:]
     n2 = len(Session.load(tmp_path / "s" / first["id"]).cells)
+    other = _write_fields(tmp_path / "other", [7])  # another slide with the other model: refused, nothing recorded
+    r = invoke_cli("celledge", "watch", str(other), "--mode", "field", "--sessions", str(tmp_path / "s"), "--model",
+                   str(tiny_run["tflite"]))
+    assert r.returncode == 2 and "another slide?" in r.stderr and "mixes the two models" not in r.stderr
+    assert len(Session.load(tmp_path / "s" / first["id"]).state["models"]) == 1
     r = invoke_cli(*watch, "--model", str(tiny_run["tflite"]))
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"session {first['id']} counted its {n2} cells so far with bloodcell_int8.tflite" in r.stderr
     assert "goes on with model.tflite" in r.stderr and "--new-session" in r.stderr
     models = Session.load(tmp_path / "s" / first["id"]).state["models"]
     assert [m["file"] for m in models] == ["bloodcell_int8.tflite", "model.tflite"]
-    assert models[0]["from_cell"] == 0 and models[1]["from_cell"] == n2 >= n > 0
+    assert models[0]["cells_before"] == 0 and models[1]["cells_before"] == n2 >= n > 0
     assert models[1]["sha256"] == load_sidecar(tiny_run["tflite"]).sha256
+
+
+def test_an_edge_tpu_build_is_the_same_model_as_its_cpu_model():
+    """Their files differ (the compiled one is another file): a daemon falling back to the CPU after the
+    accelerator was unplugged must not be told its differential mixes two models."""
+    from scopelite.edge.bundle import model_record, same_model
+
+    cpu = load_sidecar(default_model())
+    cpu_rec = model_record(cpu)
+    tpu_rec = {**cpu_rec, "file": "model_edgetpu.tflite", "sha256": "1" * 64}  # same source, another file
+    assert cpu_rec["source_sha256"] == cpu.provenance.source.sha256
+    assert same_model(cpu_rec, tpu_rec) and same_model(cpu_rec, cpu_rec)
+    assert not same_model(cpu_rec, {**tpu_rec, "source_sha256": "2" * 64})
+    assert not same_model({"sha256": "a"}, {"sha256": "b"}) and same_model({"sha256": "a"}, {"sha256": "a"})
 
 
 def test_report_with_a_session_is_the_slides_count_over_every_run(tmp_path):

@@ -399,11 +399,17 @@ def test_a_site_file_of_another_model_is_said(site_file, fields, tmp_path):
     the other model's."""
     out, _ = site_file
     rec = json.loads(out.read_text())
-    assert rec["model"]["sha256"] == load_sidecar(default_model()).sha256
+    shipped = load_sidecar(default_model())
+    assert rec["model"]["sha256"] == shipped.sha256 and rec["model"]["source_sha256"] == shipped.provenance.source.sha256
     img = str(sorted(fields.glob("*.png"))[0])
     r = invoke_cli("celledge", "classify", "--site", str(out), img)
     assert r.returncode == 0 and "was calibrated with" not in r.stderr, r.stderr[-2000:]
-    rec["model"]["sha256"] = "0" * 64  # as if made with another model of the same input size
+    rec["model"]["sha256"] = "0" * 64  # as if made with the Edge TPU build of the same model: the same model
+    tpu = tmp_path / "tpu-site.json"
+    tpu.write_text(json.dumps(rec))
+    r = invoke_cli("celledge", "classify", "--site", str(tpu), img)
+    assert r.returncode == 0 and "was calibrated with" not in r.stderr, r.stderr[-2000:]
+    rec["model"]["source_sha256"] = "0" * 64  # as if made with another model of the same input size
     other = tmp_path / "other-model-site.json"
     other.write_text(json.dumps(rec))
     r = invoke_cli("celledge", "classify", "--site", str(other), img)
