@@ -68,9 +68,9 @@ def main() -> None:
               callback=_check_max_drop,
               help="Largest accuracy loss (points) against the float model an int8 model may have. On a test split "
                    "too small to measure it (one image worth more points: a few-shot run's 6-13 images), one lost "
-                   "image per metric passes with a NOTE; two fail. Under 5 test images (under about 10 labelled "
-                   "cells per class) the gate cannot judge: check the model on your own cells and accept it with "
-                   "--max-drop 100 100.")
+                   "image per metric passes with a NOTE; two fail. Under 5 test images (a run of a few labelled "
+                   "cells of a few classes) the gate cannot judge: check the model on your own cells and accept it "
+                   "with --max-drop 100 100.")
 @click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
 @click.option("--diagnose", is_flag=True,

@@ -214,7 +214,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     too_few = len(test) < MIN_GATE_IMAGES and (cfg.max_drop_clean < 100 or cfg.max_drop_corrupted < 100)
     if too_few:
         log(f"NOTE: the run's test split holds {len(test)} images: one image is {100 / max(len(test), 1):.0f} "
-            "points, too coarse for the gate to judge int8 (label about 10 or more cells per class)")
+            f"points, too coarse for the gate to judge int8 (it needs {MIN_GATE_IMAGES}: label more cells)")
 
     log(f"[2/5] float model on {len(test)} held-out test images, clean and corrupted")
     p_float = model.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
@@ -306,8 +306,8 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         tried_qat = cfg.qat or report.get("automatic_qat")
         if too_few:  # not the model's fault: the split cannot measure it
             raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. The test "
-                             f"split holds {len(test)} images, too few to judge: label more cells (25 per class "
-                             "are recommended), or check the int8 model on your own cells and accept it with "
+                             f"split holds {len(test)} images, too few to judge (the gate needs {MIN_GATE_IMAGES}): "
+                             "label more cells, or check the int8 model on your own cells and accept it with "
                              "--max-drop 100 100")
         raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
                          + ("Quantisation-aware training was tried too; train the float model longer, use " if tried_qat
@@ -323,7 +323,16 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         report["approved"] = {"variant": best, "file": APPROVED}
         log(f"      approved {best} -> {out / APPROVED}")
         if cfg.edgetpu:
-            report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
+            for n in ("model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"):  # an earlier model's:
+                (out / n).unlink(missing_ok=True)  # gone before compiling, so a failed compile leaves none
+            try:
+                report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
+            except UserError as e:  # the compiler failed: the approval and this run's report stand, then the error
+                report["edgetpu"] = {"compiled": None, "error": str(e)}
+                _remove_earlier(out, variants, report, cfg, log)
+                write_json_atomic(out / "report.json", report)
+                write_bytes_atomic(out / "report.md", markdown(report).encode())
+                raise
     _remove_earlier(out, variants, report, cfg, log)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())

@@ -672,8 +672,12 @@ def _not_a_dataset(sessions) -> None:
     from .session_export import RECORD  # noqa: PLC0415
 
     here = Path(sessions).resolve()
-    for d in (here, *here.parents):
-        if (d / RECORD).is_file():
+    for d in (here, *here.parents)[:3]:  # the folder, or a class folder or one below it
+        try:
+            record = json.loads((d / RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "files" in record and "last_export" in record:  # celledge export's own
             raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
                             f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
                             "give a folder of its own, e.g. --sessions sessions/")

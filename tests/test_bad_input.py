@@ -112,7 +112,9 @@ def corpus(tmp_path_factory):
 
     cv2.imwrite(str(t / "field.png"), make_field(np.random.default_rng(0), 640, 480)[0][..., ::-1])
     (t / "exported").mkdir()
-    (t / "exported" / "export.json").write_text("{}")  # a folder celledge export wrote (a lab's labelled cells)
+    (t / "exported" / "export.json").write_text('{"last_export": {}, "files": []}')  # celledge export wrote it
+    (t / "other-export").mkdir()
+    (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
     return p
 
@@ -153,6 +155,8 @@ CASES = [
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
     ("classify-field", "celledge", "classify {c}/field.png", 0, None, "hold more than one cell's crop", "\t"),
+    ("watch-sessions-other-export-json", "celledge", "watch {mixed} --mode field --sessions {c}/other-export/s "
+     "--print-config", 0, None, None, "sessions:"),
     ("classify-video", "celledge", "classify {c}/film.avi", 2, "is a video, not an image: celledge watch", None,
      None),  # said "not an image, or corrupt" of a film
     ("classify-tta3", "celledge", "classify --tta 3 {img}", 2, "--tta", None, None),

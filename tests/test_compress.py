@@ -370,7 +370,8 @@ def test_bench_refuses_models_of_different_input_sizes(tiny_run, tiny_run_48, tm
 
 
 def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
-    """5 cells per class leave 2-4 test images: one flipped image failed the gate with advice to train longer."""
+    """A few cells of a few classes (here 10 of 2) leave 2-4 test images: one flipped image failed the gate with
+    advice to train longer."""
     import cv2
 
     from scopelite.compress.pipeline import CompressConfig, GateFailed, compress
@@ -394,3 +395,20 @@ def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
                                 qat_epochs=1, max_drop_clean=-101.0, max_drop_corrupted=-101.0), log=lines.append)
     assert "too few to judge" in str(e.value) and "--max-drop 100 100" in str(e.value)
     assert any(x.startswith("NOTE: the run's test split holds") for x in lines)
+
+
+def test_a_failed_compile_leaves_no_earlier_edge_tpu_build_and_this_runs_report(tiny_run, tmp_path):
+    o = tmp_path / "o"
+    o.mkdir()
+    for n in ("model_edgetpu.tflite", "model_edgetpu.json", "report.json"):  # an earlier model's build and report
+        (o / n).write_text("{}")
+    broken = tmp_path / "edgetpu_compiler"
+    broken.write_text("#!/bin/sh\necho 'Internal compiler error. Aborting!'\nexit 1\n")
+    broken.chmod(0o755)
+    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--edgetpu", "--compiler", str(broken),
+                "--out", str(o), "--representative", "32", "--max-drop", "6", "8")
+    assert_one_line_error(r, "could not compile", "Internal compiler error")
+    assert not (o / "model_edgetpu.tflite").exists() and not (o / "model_edgetpu.json").exists()
+    report = json.loads((o / "report.json").read_text())
+    assert report["approved"]["variant"] == "int8" and "could not compile" in report["edgetpu"]["error"]
+    assert (o / "model.tflite").is_file()
