@@ -211,7 +211,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             grey += 1
             doubts["no_colour"] = True
         side = (scale or {}).get("crop")
-        if side and side < WIDE * min(seen.shape[:2]):  # a whole field: its centre square only is classified
+        if side and min(seen.shape[:2]) >= FIELD_SIDE and side < WIDE * min(seen.shape[:2]):  # a whole field
             wide.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px, its centre {side} px")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(seen), ref) if ref else None
@@ -245,7 +245,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
 
 
-WIDE = 0.6  # classify: a crop under this share of an image's shorter side leaves most of it unread (a field)
+WIDE = 0.6  # classify: a crop under this share of an image's shorter side leaves most of it unread (a field) ...
+FIELD_SIDE = 400  # ... in an image of a camera's size (480 px and up); datasets' single-cell crops are smaller
 KEEP_READ_PX = 3 * 1280 * 960  # --rescale shared keeps its sample images this size or smaller (15 of them: 55 MB)
 
 

@@ -219,16 +219,16 @@ def fit(quiet, resume, **opts):
         sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name in opts}
         given = [o for o, s in sources.items() if s in (source.COMMANDLINE, source.ENVIRONMENT)]
         given += ["--preset/--config"] * any(s == source.DEFAULT_MAP for s in sources.values())
-        if given:  # they were ignored silently: a user asking for more epochs got the old count
-            raise UserError(f"--resume continues {resume} with the options it was started with (its config.json), "
-                            f"so {', '.join(given)} would be ignored: leave {'it' if len(given) == 1 else 'them'} "
-                            "out, or start a new run without --resume")
         cfg_file = Path(resume) / "config.json"
-        if (Path(resume) / "members").is_dir():
+        if (Path(resume) / "members").is_dir():  # first: its options are given again, not left out
             raise UserError(f"{resume} is a --soup run (--preset few-shot makes one): give the celltrain fit command "
                             f"that started it again, e.g. celltrain fit --preset few-shot --data DATA --out {resume} "
                             "(it keeps the fitted members and resumes the cut one; a finished soup has nothing to "
                             "resume)")
+        if given:  # they were ignored silently: a user asking for more epochs got the old count
+            raise UserError(f"--resume continues {resume} with the options it was started with (its config.json), "
+                            f"so {', '.join(given)} would be ignored: leave {'it' if len(given) == 1 else 'them'} "
+                            "out, or start a new run without --resume")
         if not cfg_file.is_file():
             raise UserError(f"{resume} is not a run folder (no config.json)")
         cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
@@ -289,9 +289,12 @@ def _after_interrupt(cfg: FitConfig, resume) -> str:
     from pathlib import Path
 
     out = Path(cfg.out)
+    if cfg.strategy == "multiworker":  # each worker's own copy of --out: the chief's holds the checkpoint
+        return f"interrupted; continue with celltrain fit --resume {out} on every worker (docs/gpu-training.md)"
     if cfg.soup > 1:
-        return (f"interrupted; the fitted members in {out}/members are kept: give the same command again to go on "
-                "(it resumes the cut member)")
+        done = sorted(p.parent.name for p in (out / "members").glob("*/model.keras"))
+        kept = f"members {', '.join(done)} are fitted and kept" if done else "no member had finished"
+        return f"interrupted; {kept}: give the same command again to go on (it resumes the cut member)"
     if (out / "state.json").is_file():
         return f"interrupted; continue from the last finished epoch with: celltrain fit --resume {out}"
     return ("interrupted before the first epoch finished: nothing to resume" + ("" if out.exists() else
