@@ -299,7 +299,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         (out / APPROVED).unlink()                 # it whole), and not past a run that approves nothing
         sidecar_path(out / APPROVED).unlink(missing_ok=True)
     if int8_kinds and not passed:
-        _remove_earlier(out, variants, report, cfg, log)
+        _remove_earlier(out, variants, report, log)
         write_json_atomic(out / "report.json", {**report, "approved": None})
         write_bytes_atomic(out / "report.md", markdown({**report, "approved": None}).encode())
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
@@ -329,17 +329,17 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                 report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
             except UserError as e:  # the compiler failed: the approval and this run's report stand, then the error
                 report["edgetpu"] = {"compiled": None, "error": str(e)}
-                _remove_earlier(out, variants, report, cfg, log)
+                _remove_earlier(out, variants, report, log)
                 write_json_atomic(out / "report.json", report)
                 write_bytes_atomic(out / "report.md", markdown(report).encode())
                 raise
-    _remove_earlier(out, variants, report, cfg, log)
+    _remove_earlier(out, variants, report, log)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())
     return report
 
 
-def _remove_earlier(out: Path, variants: dict, report: dict, cfg: CompressConfig, log) -> None:
+def _remove_earlier(out: Path, variants: dict, report: dict, log) -> None:
     """Remove what an earlier run into ``out`` made and this one did not (RUN_FILES)."""
     made = {f"model_{k}.{ext}" for k in variants for ext in ("tflite", "json")}
     if (report.get("edgetpu") or {}).get("compiled"):

@@ -572,9 +572,8 @@ def _site(path: str | None, clf):
     mistake (``site.SiteError``)."""
     if not path:
         return None
-    from .site import load
-
     from .bundle import same_model
+    from .site import load
 
     site = load(path, input_px=clf.input_spec.height)
     made_for, now = site.record["model"], _model_record(clf)

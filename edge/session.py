@@ -569,7 +569,7 @@ class Sessions:
         return s
 
     def use_model(self, model: dict | None) -> dict | None:
-        """The model that classifies the cells from now on ({"file", "sha256"}; at start and at each reload),
+        """The model that classifies the cells from now on (``bundle.model_record``; at start and at each reload),
         recorded in the open session's state (``Session.record_model``, whose answer this returns)."""
         with self._lock:
             self.model = model

@@ -24,7 +24,8 @@ turn them on; the file always records both, with the stain distance and the advi
 The record (JSON, ``SCHEMA``)::
 
     {"schema": "scopelite-site/1", "created": "...", "source": "...", "frames": 30,
-     "model": {"name": "bloodcell_int8.tflite", "input_px": 96, "rbc_px": 18.0, "sha256": "..."},
+     "model": {"name": "bloodcell_int8.tflite", "input_px": 96, "rbc_px": 18.0, "sha256": "...",
+               "source_sha256": "..."},
      "scale": {"use": false, "rbc_px": 57.2, "um_per_px": 0.1311, "iqr": [55.0, 59.1], "frames": 30,
                "magnifications": [{"rbc_px": 57.2, "frames": 30}]},
      "background": [171.0, 208.0, 222.0],

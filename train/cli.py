@@ -277,14 +277,14 @@ def fit(quiet, resume, **opts):
             return
         run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
     except KeyboardInterrupt:  # it said "interrupted" and nothing of what to do next
-        raise _Interrupted(_after_interrupt(cfg, resume)) from None
+        raise _Interrupted(_after_interrupt(cfg)) from None
 
 
 class _Interrupted(UserError):
     exit_code = 130
 
 
-def _after_interrupt(cfg: FitConfig, resume) -> str:
+def _after_interrupt(cfg: FitConfig) -> str:
     """What an interrupted fit leaves and how to go on from it."""
     from pathlib import Path
 
