@@ -323,8 +323,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         report["approved"] = {"variant": best, "file": APPROVED}
         log(f"      approved {best} -> {out / APPROVED}")
         if cfg.edgetpu:
-            for n in ("model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"):  # an earlier model's:
-                (out / n).unlink(missing_ok=True)  # gone before compiling, so a failed compile leaves none
+            if (out / "model_edgetpu.tflite").is_file():  # an earlier model's: gone before compiling, so that a
+                log(f"      removed model_edgetpu.tflite of an earlier run into {out} (compiled anew)")  # failed
+            for n in ("model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"):  # compile leaves none
+                (out / n).unlink(missing_ok=True)
             try:
                 report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
             except UserError as e:  # the compiler failed: the approval and this run's report stand, then the error
