@@ -195,7 +195,9 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     exe = Path(sys.executable).parent / "celltrain"
     p = subprocess.Popen([str(exe), "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32",
                           "--epochs", "200", "--synthetic-per-class", "40", "--quiet"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         # a job started with & by a script (CI's nohup) ignores SIGINT, and so would its children
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = run / "state.json"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not state.is_file():
