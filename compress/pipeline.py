@@ -298,10 +298,9 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     if not passed and (out / APPROVED).exists():  # an old approval is kept until now (an interrupted run keeps
         (out / APPROVED).unlink()                 # it whole), and not past a run that approves nothing
         sidecar_path(out / APPROVED).unlink(missing_ok=True)
+    _remove_earlier(out, variants, report, log)  # before compiling too: a failed compile leaves no earlier build
     if int8_kinds and not passed:
-        _remove_earlier(out, variants, report, log)
-        write_json_atomic(out / "report.json", {**report, "approved": None})
-        write_bytes_atomic(out / "report.md", markdown({**report, "approved": None}).encode())
+        _write_report(out, {**report, "approved": None})
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
         tried_qat = cfg.qat or report.get("automatic_qat")
         if too_few:  # not the model's fault: the split cannot measure it
@@ -323,29 +322,25 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         report["approved"] = {"variant": best, "file": APPROVED}
         log(f"      approved {best} -> {out / APPROVED}")
         if cfg.edgetpu:
-            if (out / "model_edgetpu.tflite").is_file():  # an earlier model's: gone before compiling, so that a
-                log(f"      removed model_edgetpu.tflite of an earlier run into {out} (compiled anew)")  # failed
-            for n in ("model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"):  # compile leaves none
-                (out / n).unlink(missing_ok=True)
             try:
                 report["edgetpu"] = _edgetpu(out / APPROVED, out, compiler, sc, src_path, cfg, log)
             except UserError as e:  # the compiler failed: the approval and this run's report stand, then the error
                 report["edgetpu"] = {"compiled": None, "error": str(e)}
-                _remove_earlier(out, variants, report, log)
-                write_json_atomic(out / "report.json", report)
-                write_bytes_atomic(out / "report.md", markdown(report).encode())
+                _write_report(out, report)
                 raise
-    _remove_earlier(out, variants, report, log)
-    write_json_atomic(out / "report.json", report)
-    write_bytes_atomic(out / "report.md", markdown(report).encode())
+    _write_report(out, report)
     return report
 
 
+def _write_report(out: Path, report: dict) -> None:
+    write_json_atomic(out / "report.json", report)
+    write_bytes_atomic(out / "report.md", markdown(report).encode())
+
+
 def _remove_earlier(out: Path, variants: dict, report: dict, log) -> None:
-    """Remove what an earlier run into ``out`` made and this one did not (RUN_FILES)."""
+    """Remove what an earlier run into ``out`` made and this one did not (RUN_FILES), before its Edge TPU
+    compilation (an earlier build goes whether or not this one compiles)."""
     made = {f"model_{k}.{ext}" for k in variants for ext in ("tflite", "json")}
-    if (report.get("edgetpu") or {}).get("compiled"):
-        made |= {"model_edgetpu.tflite", "model_edgetpu.json", "model_edgetpu.log"}
     if report.get("int8_diagnosis"):
         from .diagnose import FILES  # noqa: PLC0415
 
@@ -355,7 +350,7 @@ def _remove_earlier(out: Path, variants: dict, report: dict, log) -> None:
         (out / n).unlink()
     shown = [n for n in stale if n.endswith((".tflite", ".png"))] or stale
     if stale:
-        log(f"      removed {', '.join(shown)} of an earlier run into {out} (not made this time)")
+        log(f"      removed {', '.join(shown)} of an earlier run into {out}")
 
 
 def _add_qat(variants: dict, keras_twins: dict, model, tcfg: dict, n_classes: int, train, val, test, rep,

@@ -234,9 +234,12 @@ def same_model(a: dict, b: dict) -> bool:
     return a.get("sha256") == b.get("sha256")
 
 
-def model_record(sc: Sidecar) -> dict:
+def model_record(sc: Sidecar | None) -> dict | None:
     """What a session or a site file records of the model it was made with: its file, its sha256 and the sha256
-    of the trained model it was made from (``provenance.source``), when the sidecar names one."""
+    of the trained model it was made from (``provenance.source``), when the sidecar names one (None: no sidecar,
+    a classifier without one)."""
+    if sc is None:
+        return None
     source = getattr(getattr(sc, "provenance", None), "source", None)
     return {"file": sc.file, "sha256": sc.sha256,
             **({"source_sha256": source.sha256} if getattr(source, "sha256", None) else {})}

@@ -669,15 +669,11 @@ def _http_token(ctx, host: str) -> str | None:
 def _not_a_dataset(sessions) -> None:
     """Refuse a sessions folder in (or at) a folder celledge export wrote: its session folders would be read
     as classes by celltrain fit (UserError)."""
-    from .session_export import RECORD  # noqa: PLC0415
+    from .session_export import RECORD, written_by_export  # noqa: PLC0415
 
     here = Path(sessions).resolve()
     for d in (here, *here.parents)[:3]:  # the folder, or a class folder or one below it
-        try:
-            record = json.loads((d / RECORD).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and "files" in record and "last_export" in record:  # celledge export's own
+        if written_by_export(d):
             raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
                             f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
                             "give a folder of its own, e.g. --sessions sessions/")
@@ -687,8 +683,7 @@ def _model_record(clf) -> dict | None:
     """What a session or site file records of the model (``bundle.model_record``; None: no sidecar)."""
     from .bundle import model_record
 
-    sc = getattr(clf, "sidecar", None)
-    return model_record(sc) if sc is not None else None
+    return model_record(getattr(clf, "sidecar", None))
 
 
 def _check_save_classes(cfg, labels) -> None:

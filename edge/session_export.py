@@ -227,6 +227,15 @@ def record_files(out: str | os.PathLike, entries: list[dict], summary: dict | No
     write_json_atomic(out / RECORD, {"last_export": summary or {}, "files": kept + list(entries)})
 
 
+def written_by_export(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds celledge export's own record (not just any file named like it)."""
+    try:
+        record = json.loads((Path(folder) / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "files" in record and "last_export" in record
+
+
 def _read_record(folder: Path) -> list[dict]:
     try:
         files = json.loads((folder / RECORD).read_text()).get("files")

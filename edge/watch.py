@@ -515,8 +515,7 @@ def run_watch(
                     field_scale.cfg, reference = field_cfg, ood.reference_of(getattr(new, "sidecar", None))
                     if session is not None:  # the cells counted from now on are cut at the new model's scale
                         session.rbc_fraction = field_cfg.cut_scale()
-                        sc = getattr(new, "sidecar", None)  # ... and classified by it: the session records it
-                        session.use_model(model_record(sc) if sc is not None else None)
+                        session.use_model(model_record(getattr(new, "sidecar", None)))  # ... and classified by it
                 for event in events:
                     emit({**event, "frame": n})
             t_frame = clock()
