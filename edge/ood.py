@@ -66,13 +66,43 @@ def _vec(v) -> tuple[float, float, float]:
 def stain_stats(image_rgb: np.ndarray, layers: Layers | None = None) -> StainStats:
     """Median OD of an image's red-cell pixels and of its stained pixels (None where too few)."""
     layers = layers if layers is not None else stain_layers(image_rgb)
-    od3 = layers.od_raw[::2, ::2]  # every other row and column: medians need no more
+    # every other row and column: medians need no more
     stained = layers.residual[::2, ::2] > layers.t_stained
     near = cv2.dilate(stained.astype(np.uint8), np.ones((4, 4), np.uint8)).astype(bool)
     red = (layers.od[::2, ::2] > layers.t_cell) & ~near
-    rbc = _vec(np.median(od3[red], axis=0)) if red.sum() >= _MIN_PIXELS // 4 else None
-    nuc = _vec(np.median(od3[stained], axis=0)) if stained.sum() >= _MIN_PIXELS // 4 else None
+    n_red, n_stained = int(red.sum()), int(stained.sum())
+    if layers.od_table is not None:
+        rbc_od, nuc_od = _medians_from_counts(image_rgb, layers.od_table, red, stained)
+    else:
+        rbc_od, nuc_od = (np.median(layers.od_raw[::2, ::2][m], axis=0) if m.any() else None for m in (red, stained))
+    rbc = _vec(rbc_od) if n_red >= _MIN_PIXELS // 4 else None
+    nuc = _vec(nuc_od) if n_stained >= _MIN_PIXELS // 4 else None
     return StainStats(rbc, nuc)
+
+
+def _medians_from_counts(image_rgb: np.ndarray, table: np.ndarray, *masks: np.ndarray) -> list[np.ndarray | None]:
+    """Per mask (disjoint, on every other row and column), ``np.median(od_raw[::2, ::2][mask], axis=0)`` from counts of the
+    image's uint8 values, in a fifth of the time: a channel's OD is ``table[value]``, which falls as the value
+    rises, so the middle OD values are those of the middle image values (for an even count the mean of the two,
+    in float32, as numpy's median). None for an empty mask."""
+    sub = image_rgb[::2, ::2]
+    label = np.zeros(masks[0].shape, np.int32)
+    for k, m in enumerate(masks, 1):
+        label[m] = k
+    counts = [np.bincount((sub[..., c].astype(np.int32) * (len(masks) + 1) + label).ravel(),
+                          minlength=256 * (len(masks) + 1)).reshape(256, -1) for c in range(3)]
+    out = []
+    for k in range(1, len(masks) + 1):
+        n = int(counts[0][:, k].sum())
+        if n == 0:
+            out.append(None)
+            continue
+        med = np.empty(3, np.float32)
+        for c in range(3):
+            lo, hi = np.searchsorted(np.cumsum(counts[c][:, k]), [(n - 1) // 2 + 1, n // 2 + 1])
+            med[c] = (table[lo, c] + table[hi, c]) / np.float32(2)
+        out.append(med)
+    return out
 
 
 def score(stats: StainStats, ref: StainReference) -> float | None:

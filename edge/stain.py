@@ -44,6 +44,7 @@ class Layers:
     t_cell: float  # od above this: a cell (red or white)
     t_stained: float  # residual above this: nucleus / platelet / granule
     od_raw: np.ndarray  # HxWx3 float32, per-channel OD before smoothing (the stain check reads it)
+    od_table: np.ndarray | None = None  # 256x3 float32: od_raw is od_table[value, channel] (``od_table``)
 
 
 def percentile_of_counts(counts: np.ndarray, q: float) -> float:
@@ -56,10 +57,19 @@ def percentile_of_counts(counts: np.ndarray, q: float) -> float:
     return v_lo + (v_hi - v_lo) * (idx - lo)
 
 
+def every_other(image: np.ndarray) -> np.ndarray:
+    """``image[::2, ::2]`` as a contiguous array; for even sides through OpenCV's nearest-neighbour halving,
+    which picks exactly those pixels (numpy's strided copy of a colour image is 3x slower)."""
+    h, w = image.shape[:2]
+    if h % 2 == 0 and w % 2 == 0 and h >= 2 and w >= 2:
+        return cv2.resize(np.ascontiguousarray(image), (w // 2, h // 2), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(image[::2, ::2])
+
+
 def frame_background(frame_rgb: np.ndarray) -> np.ndarray:
     """The frame's background (empty slide) colour, RGB float64: the 75th percentile of each channel over
     the pixels brighter than the 60th percentile of grey (every other row and column)."""
-    channels = cv2.split(np.ascontiguousarray(frame_rgb[::2, ::2, :3]))  # numpy's reductions over axis 2 are slow
+    channels = cv2.split(every_other(frame_rgb[..., :3]))  # numpy's reductions over axis 2 are slow
     grey3 = cv2.add(cv2.add(channels[0], channels[1], dtype=cv2.CV_16U), channels[2], dtype=cv2.CV_16U)  # 3 x grey
     bright = grey3 > percentile_of_counts(np.bincount(grey3.ravel(), minlength=766), 60)
     if bright.any():
@@ -94,10 +104,15 @@ def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
     60th percentile of grey (every other row and column); percentiles of uint8 values come
     from their counts, and OD, a function of a channel's uint8 value alone, from a 256-entry table.
     """
+    return cv2.LUT(np.ascontiguousarray(frame_rgb), od_table(frame_rgb).reshape(256, 1, 3))
+
+
+def od_table(frame_rgb: np.ndarray) -> np.ndarray:
+    """256x3 float32: the OD of each uint8 value of each channel against the frame's background. It falls as
+    the value rises (0 at and above the background)."""
     background = frame_background(frame_rgb) + 1.0
     v = np.arange(256, dtype=np.float32)[:, None] + 1.0
-    table = np.maximum(-np.log(v / background.astype(np.float32)), 0.0).astype(np.float32)
-    return cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
+    return np.maximum(-np.log(v / background.astype(np.float32)), 0.0).astype(np.float32)
 
 
 def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
@@ -124,13 +139,14 @@ def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
 
 def stain_layers(frame_rgb: np.ndarray) -> Layers:
     """The frame's OD and stain-residual layers with their thresholds (see the module docstring)."""
-    raw = optical_density(frame_rgb)
+    table = od_table(frame_rgb)
+    raw = cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
     od3 = cv2.GaussianBlur(raw, (0, 0), 1.0)
     od = cv2.transform(od3, _ONES)
-    t_cell, _ = otsu3(od[::2, ::2])
-    sub, sub3 = od[::2, ::2], od3[::2, ::2]
+    sub = every_other(od)  # thresholds and colours need no more
+    t_cell, _ = otsu3(sub)
     inside = sub > t_cell
-    cells = np.stack([np.ascontiguousarray(sub3[..., c])[inside] for c in range(3)])  # 3 x N: fast medians
+    cells = np.stack([c[inside] for c in cv2.split(every_other(od3))])  # 3 x N: fast medians
     u = _red_direction(cells)
     if cells.shape[1] >= 100:  # again from the half of the cells nearest that colour: a large white cell
         d = cells - np.outer(u, u @ cells)  # must not pull the red colour
@@ -139,13 +155,14 @@ def stain_layers(frame_rgb: np.ndarray) -> Layers:
     # |od3 - (od3 . u) u|: the projection off the red direction, then its length, channel ops in OpenCV
     off_red = cv2.transform(od3, (np.eye(3, dtype=np.float32) - np.outer(u, u)).astype(np.float32))
     residual = cv2.sqrt(cv2.transform(cv2.multiply(off_red, off_red), _ONES))
-    r_cells = residual[::2, ::2][inside]
+    r_cells = every_other(residual)[inside]
     # the red cells' residual level and spread, from the lower part (white cells may be up to half)
     base, q3 = np.percentile(r_cells, [P_BASE, P_BASE + 20]) if r_cells.size else (0.0, 0.0)
     spread = max(q3 - base, _MIN_SPREAD)
     t_split = _otsu2(r_cells) if r_cells.size else 0.0
     t_stained = min(max(t_split, base + STAINED_K * spread), base + CAP_K * spread)
-    return Layers(od=od, residual=residual, t_cell=t_cell, t_stained=float(t_stained), od_raw=raw)
+    return Layers(od=od, residual=residual, t_cell=t_cell, t_stained=float(t_stained), od_raw=raw,
+                  od_table=table)
 
 
 def _red_direction(od_pixels: np.ndarray) -> np.ndarray:

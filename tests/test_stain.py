@@ -56,3 +56,32 @@ def test_background_and_red_colour_are_those_of_the_plain_reading(k):
     od3 = cv2.GaussianBlur(lay.od_raw, (0, 0), 1.0)
     off = od3 - (od3 @ u)[..., None] * u
     assert np.allclose(lay.residual, np.sqrt((off * off).sum(axis=2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(480, 640, 3), (363, 360, 3), (481, 641, 3), (2, 2, 3), (1, 5, 3), (6, 8, 4), (6, 8)])
+def test_every_other_is_the_strided_copy(shape):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    for image in (rng.integers(0, 256, shape, dtype=np.uint8), rng.random(shape, dtype=np.float32)):
+        half = stain.every_other(image)
+        assert half.flags["C_CONTIGUOUS"] and np.array_equal(half, image[::2, ::2])
+
+
+@pytest.mark.parametrize("k", range(12))
+def test_stain_stats_from_counts_are_numpys_medians(k):
+    """ood.stain_stats reads its medians from counts of the frame's values (the OD table); the same as numpy's
+    median of the OD pixels (what it does for layers without a table), even and odd counts alike."""
+    import dataclasses
+
+    from scopelite.edge import ood
+
+    f = list(_frames())[k]
+    lay = stain.stain_layers(f)
+    assert lay.od_table is not None and np.array_equal(lay.od_raw, lay.od_table[f, np.arange(3)])
+    fast, plain = ood.stain_stats(f, lay), ood.stain_stats(f, dataclasses.replace(lay, od_table=None))
+    assert fast == plain and fast.rbc_od is not None
+    for parity in (0, 1):  # a mask of an even and of an odd number of pixels
+        mask = lay.residual[::2, ::2] > np.percentile(lay.residual, 50)
+        mask.flat[np.flatnonzero(mask)[:(int(mask.sum()) - parity) % 2]] = False
+        assert mask.sum() % 2 == parity
+        got = ood._medians_from_counts(f, lay.od_table, mask)[0]
+        assert np.array_equal(got, np.median(lay.od_raw[::2, ::2][mask], axis=0))
