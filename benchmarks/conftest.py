@@ -110,9 +110,10 @@ def models(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def bundle(request, models, tmp_path_factory):
+def bundle(request):
     """An int8 bundle (file + sidecar) for the daemon benchmarks: --model, else the packaged model,
-    else the int8 EfficientNetV2B0 built here with a sidecar written for it."""
+    else the int8 EfficientNetV2B0 built here with a sidecar written for it (only then are the
+    ``models`` built: minutes of TensorFlow the daemon benchmarks need not wait for)."""
     if request.config.getoption("--model"):
         return Path(request.config.getoption("--model"))
     from scopelite.edge.packaged import default_model
@@ -126,7 +127,7 @@ def bundle(request, models, tmp_path_factory):
     from scopelite.edge.bundle import (CLASS_NAMES, InputSpec, Provenance, Quantization, TensorSpec,
                                        build_sidecar, write_sidecar)
 
-    path = models["int8"]
+    path = request.getfixturevalue("models")["int8"]
     it = runtime.make_interpreter(path)
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     write_sidecar(path, build_sidecar(
