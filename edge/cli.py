@@ -391,6 +391,10 @@ def watch(**_):
       celledge watch smear_fields/ --mode field --crop-size 360
     """
     from . import shutdown
+
+    # a SIGHUP (systemctl reload) before its handler is in (the model loading, the source opening) would end the
+    # run, and systemd does not restart a unit a SIGHUP ended: remembered here, and a reload asked for once in
+    early_hup = shutdown.defer(shutdown.SIGHUP)
     from .config import from_click
     from .outputs import LineSink, check_writable
     from .sources import is_live, is_still, open_source, open_unless_stopped
@@ -445,15 +449,16 @@ def watch(**_):
     clf = load(model)
     site = _site(cfg.site, clf)  # a bad site file fails here, before anything is opened
     live = is_live(source)
-    sources = []
+    sources = {"closed": 0, "open": None}  # a camera reopened for weeks: only the open source is kept
 
     def open_counted():
         src = open_source(source, loop=cfg.loop, size=cfg.size, warn=warn)
-        sources.append(src)
+        sources["closed"] += getattr(sources["open"], "unreadable", 0)
+        sources["open"] = src
         return src
 
     def unreadable() -> int:
-        return sum(getattr(src, "unreadable", 0) for src in sources)
+        return sources["closed"] + getattr(sources["open"], "unreadable", 0)
 
     # a bad file fails here, at once; a missing camera too with --exit-on-eof (else: retried)
     first = open_counted() if (not live or cfg.exit_on_eof) else None
@@ -471,6 +476,8 @@ def watch(**_):
     # SIGINT/SIGTERM: stop within 2 s; SIGHUP (systemctl reload): load, check and swap in the model again
     ctx.call_on_close(shutdown.install(stop, on_force=sys.stdout.flush,
                                        others={shutdown.SIGHUP: lambda: reloader.request(trigger="SIGHUP")}))
+    if early_hup():
+        reloader.request(trigger="SIGHUP")
     sink = LineSink(cfg.out) if cfg.out else None
     if sink is not None:
         ctx.call_on_close(sink.close)

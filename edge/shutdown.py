@@ -18,6 +18,16 @@ from typing import Callable
 SIGHUP = getattr(signal, "SIGHUP", None)  # None where there is none (Windows)
 
 
+def defer(sig: int | None) -> Callable[[], bool]:
+    """Until ``install`` takes ``sig`` over, remember it instead of letting it end the program (SIGHUP's default
+    does). Call from the main thread. Returns a function: whether ``sig`` came."""
+    if sig is None:
+        return lambda: False
+    came = threading.Event()
+    signal.signal(sig, lambda *_: came.set())
+    return came.is_set
+
+
 def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,
             signals=(signal.SIGINT, signal.SIGTERM),
             others: dict[int | None, Callable[[], None]] | None = None) -> Callable[[], None]:

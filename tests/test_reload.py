@@ -286,3 +286,37 @@ def test_the_status_page_reads_the_reloaders_counts_and_model_where_they_are_kep
     assert 'scopelite_model_info{file="new"' in metrics
     assert reloader.state() == {"ok": 1, "failed": 1, "model": "new", "sha256": None, "mtime": None}
     assert 'scopelite_model_reloads_total{result="ok"} 0' in Status(LABELS).metrics_text()  # no reloader: none
+
+
+def test_a_sighup_while_the_daemon_starts_is_a_reload_not_its_end(bundles, tmp_path, monkeypatch):
+    """systemctl reload right after a start: the SIGHUP came while the model was loading, before its handler was
+    in, and ended the run (systemd does not restart a unit a SIGHUP ended). Now it is kept and asked for once the
+    reloader is up. (On the code before, this SIGHUP ends the test process itself.)"""
+    from click.testing import CliRunner
+
+    from scopelite.edge import cli, shutdown
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"f{i}.png"), np.random.default_rng(i).integers(0, 255, (96, 96, 3), np.uint8))
+    real, calls = cli._classifier, []
+
+    def loading(*a, **k):  # the model loads: a SIGHUP arrives meanwhile (the first load only)
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGHUP)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "_classifier", loading)
+    previous = signal.getsignal(signal.SIGHUP)
+    out = tmp_path / "frames.jsonl"
+    try:
+        r = CliRunner().invoke(cli.main, ["watch", str(folder), "--loop", "--max-frames", "6", "--model",
+                                          str(bundles["good"]), "--out", str(out)])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert r.exit_code == 0, r.output
+    events = [json.loads(x) for x in out.read_text().splitlines() if '"model_reload"' in x]
+    assert [(e["trigger"], e["ok"]) for e in events] == [("SIGHUP", True)] and len(calls) == 2
+    assert shutdown.defer(None)() is False  # no such signal (Windows): nothing deferred
