@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -77,19 +78,44 @@ class LineSink:
     Raises UserError naming the file and the reason, so the run ends with one clear line.
     ``fsync=True``: each line is on disk when ``write`` returns (and the file's name when it is
     opened), so a power cut loses no line written before it; it costs a disk flush per line.
+    Missing folders on the way are made. A file renamed or removed under it (logrotate, a person)
+    is followed: the next line starts a new file at the path, so a daemon's lines can be rotated.
     """
 
     def __init__(self, path: str | os.PathLike, option: str = "--out", fsync: bool = False):
         self.path, self.option, self.fsync = Path(path), option, fsync
+        self._fd, self._id = self._open(), None
+        st = os.fstat(self._fd)
+        if stat.S_ISREG(st.st_mode):  # a device or pipe (/dev/stdout) is never rotated
+            self._id = (st.st_dev, st.st_ino)
+
+    def _open(self) -> int:
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
-            raise UserError(f"{option} {self.path} cannot be opened ({(e.strerror or str(e)).lower()})") from None
-        if fsync:
+            raise UserError(f"{self.option} {self.path} cannot be opened ({(e.strerror or str(e)).lower()})") from None
+        if self.fsync:
             fsync_dir(self.path.parent)
+        return fd
+
+    def _follow(self) -> None:
+        """Open the path again if the file written to is no longer there (a stat per line: microseconds)."""
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._id
+        except OSError:
+            moved = True
+        if moved:
+            fd = self._open()
+            os.close(self._fd)
+            st = os.fstat(fd)
+            self._fd, self._id = fd, (st.st_dev, st.st_ino)
 
     def write(self, line: str) -> None:
         data = (line if line.endswith("\n") else line + "\n").encode()
+        if self._id is not None:
+            self._follow()
         start = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             view = memoryview(data)

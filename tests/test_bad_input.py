@@ -466,6 +466,26 @@ def test_disk_full_mid_run_leaves_whole_lines(tmp_path):
     assert [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()] == [{"frame": 0}]
 
 
+def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
+    """logrotate renames the file (then compresses and removes it): the next line starts a new file at the path,
+    not an endless write into the renamed or deleted one. Missing folders on the way are made (--print-config
+    judged such a path writable by its nearest folder; the run then could not open it)."""
+    from scopelite.edge.outputs import LineSink
+
+    path = tmp_path / "new" / "deeper" / "frames.jsonl"
+    sink = LineSink(path)
+    sink.write("1")
+    path.rename(path.with_name("frames.jsonl.1"))
+    sink.write("2")
+    path.unlink()
+    sink.write("3")
+    sink.write("4")
+    sink.close()
+    assert path.with_name("frames.jsonl.1").read_text() == "1\n" and path.read_text() == "3\n4\n"
+    out = LineSink("/dev/stdout" if os.path.exists("/dev/stdout") else path)  # not a file: never reopened
+    out.close()
+
+
 # ---------------------------------------------------------------------------------- signals and streams
 
 
