@@ -181,12 +181,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: str = "fi
     """
     if fsync not in ("file", "full", "none"):
         raise ValueError(f"fsync={fsync!r}: use 'file', 'full' or 'none'")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync != "none":
-                f.flush()
-                os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if fsync != "none":
+                    f.flush()
+                    os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is None:  # a full disk at write or fsync names no file: the message must
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     if fsync == "full":
         fsync_dir(Path(path).parent)
 

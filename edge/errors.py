@@ -42,7 +42,7 @@ def describe_os_error(e: OSError) -> str:
             errno.EROFS: "choose an output on a writable disk",
             errno.EACCES: "check the permissions or choose another path",
             errno.EPERM: "check the permissions or choose another path"}.get(e.errno)
-    return f"file system error at{where}: {why}" + (f"; {hint}" if hint else "")
+    return f"file system error{' at' + where if where else ''}: {why}" + (f"; {hint}" if hint else "")
 
 
 def _end_progress_line() -> None:

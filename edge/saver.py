@@ -1,5 +1,8 @@
 """Save the frames a lab wants to look at again: classes of interest and low confidence,
-within a size cap (oldest saved frames are deleted first, so the disk never fills)."""
+within a size cap (oldest saved frames are deleted first, so the disk never fills).
+
+Each saved frame is a JPEG and a JSON file of the same name (its record: why it was saved, the
+frame's line); both count against the cap and go together."""
 from __future__ import annotations
 
 import collections
@@ -12,7 +15,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .outputs import LineSink
+from .bundle import write_bytes_atomic
 
 
 class FrameSaver:
@@ -23,13 +26,12 @@ class FrameSaver:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--save-dir {folder} cannot be created ({(e.strerror or str(e)).lower()})") from None
-        self._log = LineSink(self.folder / "saved.jsonl", "--save-dir")
         self.classes, self.below, self.cap = set(classes or ()), below, cap_bytes
         self.saved = 0
         self.deleted = 0
-        # files already there count against the cap too
+        # files already there count against the cap too (a JPEG with its record)
         existing = sorted(self.folder.glob("*.jpg"), key=lambda p: p.stat().st_mtime)
-        self._files = collections.deque((p, p.stat().st_size) for p in existing)
+        self._files = collections.deque((p, _size(p) + _size(p.with_suffix(".json"))) for p in existing)
         self.total = sum(size for _, size in self._files)
 
     def reasons(self, rec: dict) -> list[str]:
@@ -50,25 +52,34 @@ class FrameSaver:
         if not ok:
             return None
         data = buf.tobytes()
-        if len(data) > self.cap:
-            return None
-        while self._files and self.total + len(data) > self.cap:
-            old, size = self._files.popleft()
-            old.unlink(missing_ok=True)
-            self.total -= size
-            self.deleted += 1
         name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{'+'.join(why).replace(':', '-')}.jpg"
+        # the record names the saved image ("saved"); "file" stays the frame's own (a folder's image)
+        record = (json.dumps({"saved": name, "reasons": why, **rec}) + "\n").encode()
+        size = len(data) + len(record)
+        if size > self.cap:
+            return None
+        while self._files and self.total + size > self.cap:
+            old, old_size = self._files.popleft()
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+            self.total -= old_size
+            self.deleted += 1
         path = self.folder / name
-        tmp = path.with_name("." + name + ".tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+        try:  # the record first: a JPEG is never without its record
+            write_bytes_atomic(path.with_suffix(".json"), record, fsync="none")  # a card's wear: no flush per frame
+            write_bytes_atomic(path, data, fsync="none")
         except OSError as e:  # disk full, folder gone: no half-written frame left behind
-            tmp.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
             raise UserError(f"stopped saving frames: cannot write {path} "
                             f"({(e.strerror or str(e)).lower()})") from None
-        self._files.append((path, len(data)))
-        self.total += len(data)
+        self._files.append((path, size))
+        self.total += size
         self.saved += 1
-        self._log.write(json.dumps({"file": name, "reasons": why, **rec}))
         return path
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -466,6 +466,25 @@ def test_disk_full_mid_run_leaves_whole_lines(tmp_path):
     assert [json.loads(x) for x in (tmp_path / "w.jsonl").read_text().splitlines()] == [{"frame": 0}]
 
 
+def test_a_full_disk_at_an_atomic_write_names_the_file(tmp_path, monkeypatch):
+    """A full disk at write or fsync raises an OSError without a file name: the run's Error line said
+    "file system error at: no space left on device", naming nothing (a session's crop or state file)."""
+    from scopelite.edge.bundle import write_bytes_atomic
+    from scopelite.edge.errors import describe_os_error
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "crops" / "7.png"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as e:
+        write_bytes_atomic(target, b"x" * 10)
+    assert describe_os_error(e.value).startswith(f"file system error at {target}: no space left on device")
+    assert list(target.parent.iterdir()) == []  # no temporary file left
+    assert describe_os_error(OSError(28, "No space left on device")).startswith("file system error: no space")
+
+
 def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
     """logrotate renames the file (then compresses and removes it): the next line starts a new file at the path,
     not an endless write into the renamed or deleted one. Missing folders on the way are made (--print-config

@@ -150,11 +150,19 @@ def test_saver_rules_and_disk_cap(tmp_path):
     for i in range(4, 20):
         s(frame, {"frame": i, "label": "basophil", "score": 0.9})
     files = list(tmp_path.glob("*.jpg"))
-    assert sum(f.stat().st_size for f in files) <= 30_000 and s.deleted > 0
-    assert len((tmp_path / "saved.jsonl").read_text().splitlines()) == s.saved == 19
+    records = sorted(tmp_path.glob("*.json"))
+    # the cap holds the frames and their records (a log of every frame ever saved grew without bound)
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) <= 30_000 and s.deleted > 0 and s.saved == 19
+    assert sorted(p.stem for p in records) == sorted(p.stem for p in files)  # each frame with its record
     names = sorted(f.name for f in files)
     assert "_00000019_" in names[-1] and all("_00000001_" not in n for n in names)  # oldest went first
-    assert json.loads((tmp_path / "saved.jsonl").read_text().splitlines()[0])["reasons"] == ["class:basophil"]
+    last = json.loads(records[-1].read_text())
+    assert last["reasons"] == ["class:basophil"] and last["saved"] == names[-1] and last["frame"] == 19
+    folder_rec = {"frame": 20, "label": "basophil", "score": 0.9, "file": "/slides/BA_1.jpg"}  # a folder's image
+    got = json.loads(s(frame, folder_rec).with_suffix(".json").read_text())
+    assert got["file"] == "/slides/BA_1.jpg" and got["saved"].endswith("class-basophil.jpg")
+    again = FrameSaver(tmp_path, classes={"basophil"}, cap_bytes=30_000)  # a restart counts what is there
+    assert again.total == sum(f.stat().st_size for f in tmp_path.iterdir())
 
 
 def test_frames_without_colour_are_counted_and_warned_about():
