@@ -412,7 +412,14 @@ def watch(**_):
                     if flag == "--out":
                         _not_media(path, flag, cfg.source, ending=".jsonl")
                     if flag == "--sessions":
-                        _not_a_dataset(path)
+                        _not_a_dataset(path, cfg.source)
+            except UserError as e:
+                out.append(str(e))
+        if cfg.http:
+            from .httpd import parse_address
+
+            try:
+                parse_address(cfg.http)
             except UserError as e:
                 out.append(str(e))
         return out
@@ -500,14 +507,11 @@ def watch(**_):
             else:
                 warn(f"model reload ({rec['trigger']}) refused: {rec['error']}; still serving {rec['serving']}")
 
-    sessions, cfg = _sessions(cfg, clf, live)
-    if sessions is not None:
-        ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
-    if cfg.http:
+    if cfg.http:  # listening before a session is opened: a port in use left an empty open session behind
         from .httpd import Status, exposure_warning, parse_address, serve, url
 
         host, port = parse_address(cfg.http)
-        status = Status(clf.labels, model=reloader.state, session=sessions)
+        status = Status(clf.labels, model=reloader.state)  # its session: below, once opened
 
         def reload_action(body: dict) -> tuple[int, dict]:
             """POST /model/reload {"model": PATH} (no body: the file in use again): 200 loaded, 422 refused."""
@@ -527,6 +531,11 @@ def watch(**_):
                   file=sys.stderr)
     elif ctx.params["http_token"] and ctx.get_parameter_source("http_token").name == "COMMANDLINE":
         raise UserError("--http-token needs --http HOST:PORT")
+    sessions, cfg = _sessions(cfg, clf, live)
+    if sessions is not None:
+        ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
+        if status is not None:
+            status.session = sessions
 
     summary = run_watch(cfg, opener, clf, emit, stop=stop, live=live, reloader=reloader,
                         on_frame=_on_frame(status, cfg, clf.labels, unreadable), session=sessions,
@@ -673,17 +682,42 @@ def _http_token(ctx, host: str) -> str | None:
     return None if is_loopback(host) else secrets.token_urlsafe(16)
 
 
-def _not_a_dataset(sessions) -> None:
-    """Refuse a sessions folder in (or at) a folder celledge export wrote: its session folders would be read
-    as classes by celltrain fit (UserError)."""
+def _not_a_dataset(sessions, source: str | None = None) -> None:
+    """Refuse a sessions folder in (or at) a folder celledge export wrote or the folder of images watched (or a
+    folder of class folders of images: a training set): its session folders would be read as classes by
+    celltrain fit, and its crops as fields by the next run (UserError)."""
     from .session_export import RECORD, written_by_export  # noqa: PLC0415
 
     here = Path(sessions).resolve()
+    if source and Path(source).is_dir():
+        src = Path(source).resolve()
+        if here == src or src in here.parents:
+            raise UserError(f"--sessions {sessions} is {'in ' if here != src else ''}the folder of images watched "
+                            f"({source}): each session's crops would be read as fields by the next run; give a "
+                            "folder of its own, e.g. --sessions sessions/")
+    if here.is_dir():
+        classes = [d for d in here.iterdir() if d.is_dir() and not (d / "state.json").exists()]
+        if len(classes) >= 2 and sum(_some_images(d) for d in classes[:20]) >= 2:
+            raise UserError(f"--sessions {sessions} holds class folders of images (a training set?): its session "
+                            "folders would be read as classes by celltrain fit; give a folder of its own, e.g. "
+                            "--sessions sessions/")
     for d in (here, *here.parents)[:3]:  # the folder, or a class folder or one below it
         if written_by_export(d):
             raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
                             f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
                             "give a folder of its own, e.g. --sessions sessions/")
+
+
+def _some_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image among its first 50 names (a class folder may hold thousands)."""
+    import itertools  # noqa: PLC0415
+
+    from .sources import IMAGE_SUFFIXES  # noqa: PLC0415
+
+    try:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in itertools.islice(folder.iterdir(), 50))
+    except OSError:
+        return False
 
 
 def _model_record(clf) -> dict | None:

@@ -813,6 +813,40 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path):
     assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == str(MAX_SIDE * MAX_SIDE)
 
 
+def test_sessions_are_refused_where_their_folders_would_be_read_as_images_or_classes(tmp_path):
+    """--sessions in the folder of images watched (the session's crops became fields of the next run) or in a
+    training set of class folders (a session folder became a ninth class); a port in use no longer leaves an
+    empty open session behind (the next run on another folder took it over)."""
+    import socket
+
+    src = tmp_path / "fields"
+    for i in range(2):
+        _png(src / f"{i}.png", value=100 + 50 * i)
+    for where in (src, src / "sessions"):
+        assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions", str(where)),
+                              "the folder of images watched", code=2)
+    data = tmp_path / "pbc"
+    for c in ("basophil", "neutrophil"):
+        _png(data / c / "0.png")
+    assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions", str(data)),
+                          "class folders of images", code=2)
+    assert sorted(p.name for p in src.iterdir()) == ["0.png", "1.png"]  # nothing written into the fields
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions",
+                                         str(tmp_path / "sessions"), "--http", f"127.0.0.1:{port}"),
+                              "cannot listen", code=2)
+    finally:
+        busy.close()
+    assert not (tmp_path / "sessions").exists() or not [d for d in (tmp_path / "sessions").iterdir()
+                                                          if (d / "state.json").exists()]
+    r = invoke_cli("celledge", "watch", str(src), "--mode", "field", "--http", "127.0.0.1:99999", "--print-config")
+    assert_one_line_error(r, "is not HOST:PORT", code=2)
+
+
 def test_outputs_never_replace_an_input_a_device_or_a_link(tmp_path):
     """--out named like an image or video is refused (it was the source image, now JSON: a lost slide); a pipe or
     device is refused by calibrate (its file is renamed over the path: /dev/full became a JSON file); through a
