@@ -508,7 +508,7 @@ def watch(**_):
                 warn(f"model reload ({rec['trigger']}) refused: {rec['error']}; still serving {rec['serving']}")
 
     if cfg.http:  # listening before a session is opened: a port in use left an empty open session behind
-        from .httpd import Status, exposure_warning, parse_address, serve, url
+        from .httpd import Status, exposure_warning, parse_address, serve, start_serving, url
 
         host, port = parse_address(cfg.http)
         status = Status(clf.labels, model=reloader.state)  # its session: below, once opened
@@ -521,7 +521,17 @@ def watch(**_):
             return (200 if event["ok"] else 422), event
 
         token = _http_token(ctx, host)
-        server = serve(status, host, port, actions={"/model/reload": reload_action}, token=token)
+        # bound now, answered once the session is open (a request before would find none)
+        server = serve(status, host, port, actions={"/model/reload": reload_action}, token=token, start=False)
+        ctx.call_on_close(server.server_close)
+    elif ctx.params["http_token"] and ctx.get_parameter_source("http_token").name == "COMMANDLINE":
+        raise UserError("--http-token needs --http HOST:PORT")
+    sessions, cfg = _sessions(cfg, clf, live)
+    if sessions is not None:
+        ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
+    if server is not None:
+        status.session = sessions
+        start_serving(server)
         ctx.call_on_close(server.shutdown)
         if exposure_warning(host):
             warn(exposure_warning(host))
@@ -529,13 +539,6 @@ def watch(**_):
         if token and not ctx.params["http_token"]:
             print(f"HTTP token for changes (sessions, review, reload): {token}  (open {url(server)}?token={token})",
                   file=sys.stderr)
-    elif ctx.params["http_token"] and ctx.get_parameter_source("http_token").name == "COMMANDLINE":
-        raise UserError("--http-token needs --http HOST:PORT")
-    sessions, cfg = _sessions(cfg, clf, live)
-    if sessions is not None:
-        ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
-        if status is not None:
-            status.session = sessions
 
     summary = run_watch(cfg, opener, clf, emit, stop=stop, live=live, reloader=reloader,
                         on_frame=_on_frame(status, cfg, clf.labels, unreadable), session=sessions,

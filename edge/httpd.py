@@ -553,12 +553,13 @@ def outward_address(family: int = socket.AF_INET) -> str:
 
 
 def serve(status: Status, host: str, port: int, actions: dict | None = None,
-          token: str | None = None) -> ThreadingHTTPServer:
+          token: str | None = None, start: bool = True) -> ThreadingHTTPServer:
     """Start the server in a daemon thread; ``server.shutdown()`` stops it.
 
     Args:
         actions: {path: fn(body dict) -> (HTTP code, JSON-able reply)} served to POST.
         token: POSTs must carry ``Authorization: Bearer TOKEN`` (None: POSTs from loopback only).
+        start: False: bound and listening (connections wait), answered once ``start_serving(server)``.
     """
     try:
         server_cls = _BoundedServer
@@ -574,5 +575,11 @@ def serve(status: Status, host: str, port: int, actions: dict | None = None,
             hint = ("is the address one of this machine's? use 127.0.0.1 (this machine only) or 0.0.0.0 (every "
                     "network it is on)")
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); {hint}") from None
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    if start:
+        start_serving(server)
     return server
+
+
+def start_serving(server: ThreadingHTTPServer) -> None:
+    """Answer a server made with ``serve(..., start=False)`` (in a daemon thread)."""
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()

@@ -438,7 +438,8 @@ def test_export_cli_self_train(tmp_path, tiny_run):
 
 
 def test_watch_options_that_contradict_sessions(tmp_path):
-    folder = str(tmp_path)
+    (tmp_path / "fields").mkdir()
+    folder = str(tmp_path / "fields")  # (a sessions folder inside the folder watched is refused too)
     r = invoke_cli("celledge", "watch", folder, "--sessions", str(tmp_path / "s"))
     assert_one_line_error(r, "--sessions needs --mode field")
     r = invoke_cli("celledge", "watch", folder, "--mode", "field", "--new-session")
