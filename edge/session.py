@@ -26,6 +26,7 @@ loop and the HTTP handlers both call it).
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -137,6 +138,10 @@ class Session:
         self._thumbs: dict[int, str | None] = {}
         self._lockfd: int | None = None
         self.version = 0  # bumped by every change of its count (cells, revisions, labels, closing)
+        # cells per label as they stand (people's over the model's), kept up to date as cells are added, revised
+        # and labelled: each frame's line reads the count from it, not from every cell of a session open for weeks
+        self._tally: collections.Counter | None = None  # made at first use (``load`` changes cells before)
+        self._next_id: int | None = None
 
     @property
     def id(self) -> str:
@@ -191,15 +196,20 @@ class Session:
     # ---------------------------------------------------------------- cells
     def add(self, cell: dict, crop: np.ndarray | None) -> dict:
         """Record one counted cell (its crop first, then its line: a kill between leaves no line)."""
-        cid = max(self.by_id, default=0) + 1
+        if self._next_id is None:
+            self._next_id = max(self.by_id, default=0) + 1
+        cid = self._next_id
         rec = {"id": cid, **cell, "crop": None, "reviewed": None, "time": round(time.time(), 3)}
         if crop is not None and crop.size:
             name = f"crops/{cid}.png"
             write_bytes_atomic(self.folder / name, _png(crop), fsync="full")  # on disk before its line
             rec["crop"] = name
         self._cells_log().write(json.dumps(rec))
+        tally = self._counts()
         self.cells.append(rec)
         self.by_id[cid] = rec
+        self._next_id = cid + 1
+        tally[effective_label(rec)] += 1
         self.version += 1
         return rec
 
@@ -212,7 +222,10 @@ class Session:
                 "score": revision["score"], "scores": revision.get("scores"), "frames": revision.get("frames"),
                 "frame": frame_index, "time": round(time.time(), 3)}
         self._cells_log().write(json.dumps(line))
+        tally, was = self._counts(), effective_label(cell)
         _apply_revision(cell, line)
+        tally[was] -= 1
+        tally[effective_label(cell)] += 1
         self.version += 1
         return cell
 
@@ -235,9 +248,11 @@ class Session:
             raise SessionError(f"label {label!r} is not one of {', '.join(allowed)} (or confirm)", 400)
         if self._reviews is None:
             self._reviews = LineSink(self.folder / "reviews.jsonl", "--sessions", fsync=True)
-        self._reviews.write(json.dumps({"id": cell_id, "label": label, "was": effective_label(cell),
-                                        "time": round(time.time(), 3)}))
+        tally, was = self._counts(), effective_label(cell)
+        self._reviews.write(json.dumps({"id": cell_id, "label": label, "was": was, "time": round(time.time(), 3)}))
         cell["reviewed"] = label
+        tally[was] -= 1
+        tally[label] += 1
         self.version += 1
         if not self.is_open:
             self.write_reports()
@@ -258,6 +273,21 @@ class Session:
             else:
                 d.add_label(lab)
         return d
+
+    def _counts(self) -> collections.Counter:
+        if self._tally is None:
+            self._tally = collections.Counter(effective_label(c) for c in self.cells)
+        return self._tally
+
+    def brief(self) -> dict:
+        """``differential().brief()`` from the running tally: the same, in time that does not grow with the
+        cells counted (100,000 cells: 0.5 s a change before)."""
+        st, tally = self.state, self._counts()
+        d = Differential(st["labels"], target=st["target"], min_score=st["min_score"], wbc_count=st["wbc_count"])
+        for label, n in tally.items():
+            if n and label not in (NOT_A_CELL, UNCERTAIN):
+                d.counts[label] = d.counts.get(label, 0) + n
+        return {**d.brief(), "uncertain": {"count": tally[UNCERTAIN]}}
 
     def summary(self, cells: bool = True) -> dict:
         """JSON-able: the state, the differential, review progress and (``cells``) every cell."""
@@ -638,7 +668,7 @@ class Sessions:
             key = (self.current.id, self.current.version)
             if self._brief is None or self._brief[0] != key:
                 self._brief = (key, {"id": self.current.id, "open": self.current.is_open,
-                                     "differential": self.current.differential().brief()})
+                                     "differential": self.current.brief()})
             return self._brief[1]
 
     def crop_bytes(self, cell_id: int) -> bytes | None:
