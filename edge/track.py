@@ -82,6 +82,9 @@ class TrackConfig:
     decide_frames: int = 15  # counted once seen in this many frames (0: only when its track closes)
     max_missed: int = 5  # frames a track may go unseen (defocus, a missed detection) before it closes
     remember: bool = True  # keep counted cells in slide coordinates: panning back does not recount them
+    # ... the most recent this many (a daemon scanning for weeks: memory and the recall search stay bounded; at
+    # 0.1 counted cells a frame that is an hour of scanning at 10 frames/s)
+    memory: int = 4000
     velocity_smoothing: float = 0.5  # weight of the newest measured stage velocity in the prediction
 
     def px(self, fraction: float) -> float:
@@ -365,19 +368,28 @@ class Tracker:
     def _forget_or_remember(self, t: _Track) -> None:
         if t.counted and self.cfg.remember:
             self._memory.append(t)
-            self._memory_xy = None
+            if self._memory_xy is not None:  # kept up to date, not built again from every remembered cell
+                self._memory_xy = np.vstack([self._memory_xy, np.asarray(t.pos, np.float64)[None]])
+            if len(self._memory) > max(self.cfg.memory, 1):  # the oldest remembered cell is forgotten
+                self._memory.pop(0)
+                if self._memory_xy is not None:
+                    self._memory_xy = self._memory_xy[1:]
+
+    def ids(self) -> set[int]:
+        """The ids of the tracks open or remembered (a counted cell's class is needed while its track can return)."""
+        return {t.id for t in self._active} | {t.id for t in self._memory}
 
     def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool,
                          fresh: bool = True) -> None:
         xy = p + self.offset
         if self._memory:
             if self._memory_xy is None:
-                self._memory_xy = np.array([m.pos for m in self._memory])
+                self._memory_xy = np.array([m.pos for m in self._memory], np.float64).reshape(-1, 2)
             d = np.hypot(*(self._memory_xy - xy).T)
             k = int(np.argmin(d))
             if d[k] < self.cfg.px(self.cfg.recall_radius):  # a counted cell back in view: not a new one
                 t = self._memory.pop(k)
-                self._memory_xy = None
+                self._memory_xy = np.delete(self._memory_xy, k, axis=0)
                 t.see(xy, p, scores, frame_index, cut, small, fresh)
                 self._active.append(t)
                 return

@@ -377,6 +377,9 @@ class FieldCounter:
             out.append({"track": e.track_id, "label": label, "best": seen["best"], "score": seen["score"],
                         "slide": ref["slide"], "frames": e.frames_seen, "reason": e.reason, "scores": seen["scores"]})
             self._decided[e.track_id] = {"label": label, **seen}
+        if self.tracker is not None and len(self._decided) > 2 * self.tracker.cfg.memory + 1000:
+            live = self.tracker.ids()  # tracks forgotten (a jump, the memory's cap) cannot return: their classes go
+            self._decided = {k: v for k, v in self._decided.items() if k in live}
         if out or self.revised:
             self._brief = None
         return out

@@ -286,3 +286,38 @@ def test_slide_scan_is_reproducible_and_moves_as_a_stage_does():
     assert {"pause", "jerk", "back", "refocus", "row"} <= kinds
     steps = np.abs(np.diff(np.array(a.path), axis=0)).max(axis=1)
     assert steps.max() < 60 and (steps <= 1).sum() > 5  # jerks are bounded; pauses exist
+
+
+def test_the_slide_memory_keeps_the_most_recent_cells_and_its_positions_in_step():
+    """A daemon scanning for weeks: the remembered (counted, closed) cells are capped, oldest forgotten first,
+    and the positions searched for a returning cell stay those of the cells remembered."""
+    cells = [(100, 100), (200, 300), (400, 150), (550, 400), (900, 250)]
+    frames = pan(cells, [(12 * i, 0) for i in range(60)] + [(720 - 12 * i, 0) for i in range(61)])
+    small = Tracker(TrackConfig(memory=1))
+    events = []
+    for i, pts in enumerate(frames):
+        events += small.update(pts, None, i)
+        assert len(small._memory) <= 1
+        if small._memory_xy is not None:  # built at a recall, then kept in step
+            assert np.allclose(small._memory_xy, np.array([m.pos for m in small._memory]).reshape(-1, 2))
+    events += small.flush()
+    assert len(counts(events)) > len(cells)  # a cell forgotten is counted again on its return: the cap is real
+    assert len(counts(run_points(Tracker(TrackConfig(memory=5)), frames))) == len(cells)
+    assert small.ids() == {t.id for t in small._active} | {t.id for t in small._memory}
+
+
+def test_the_counters_classes_of_tracks_that_cannot_return_are_let_go():
+    """FieldCounter keeps each counted track's class for ``known`` and revisions; once its track is forgotten
+    (a jump, the memory's cap) it cannot return, and a daemon scanning for weeks no longer keeps them all."""
+    from scopelite.edge.watch import FieldCounter
+
+    counter = FieldCounter(CLASS_NAMES)
+    counter.tracker = Tracker(TrackConfig(memory=1))
+    counter.tracker.update([(100.0, 100.0)], None, 0)
+    (kept,) = counter.tracker.ids()
+    counter._decided = {k: {"label": "neutrophil"} for k in range(kept, kept + 1003)}
+    counter._count([], 1)
+    assert counter._decided == {kept: {"label": "neutrophil"}}
+    counter._decided = {k: {"label": "neutrophil"} for k in range(kept, kept + 1002)}  # under the bound: kept
+    counter._count([], 2)
+    assert len(counter._decided) == 1002
