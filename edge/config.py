@@ -282,6 +282,11 @@ def from_click(ctx, file_param: str = "config", checks=lambda cfg: []) -> WatchC
             line = lines.get(str(key), 0)
             where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)
             k = key_of(key)
+            if k == "http_token":  # a secret: never in a file that is copied, printed or reported
+                found.append((line, f"{where}: {key}: the token is not read from files; give --http-token or set "
+                                    "SCOPELITE_HTTP_TOKEN (under systemd: Environment=SCOPELITE_HTTP_TOKEN=... in a "
+                                    "drop-in, systemctl edit scopelite-edge)"))
+                continue
             if k not in params:
                 near = difflib.get_close_matches(k, sorted(params), n=1, cutoff=0.6)
                 hint = f" (did you mean {near[0].replace('_', '-')}?)" if near else ""

@@ -64,6 +64,8 @@ def test_print_config_reads_back_the_same_and_json_works(tmp_path):
 MISTAKES = [  # (line of the file, what the one Error line for it says)
     ("fsp: 10", "site.yaml:2: fsp: unknown option (did you mean fps?)"),
     ("colour: blue", "site.yaml:2: colour: unknown option; celledge watch --help"),
+    ("http-token: s3cret", "site.yaml:2: http-token: the token is not read from files; give --http-token or set "
+                           "SCOPELITE_HTTP_TOKEN"),  # (it said "unknown option", which --help contradicts)
     ("fps: fast", "site.yaml:2: fps: expected a number, got 'fast'"),
     ("count: 2.5", "site.yaml:2: count: expected a whole number, got 2.5"),
     ("count: many", "site.yaml:2: count: expected a whole number, got 'many'"),
