@@ -334,8 +334,9 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--sessions", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Field mode: one session per slide in DIR/<start time>/: every counted cell with its crop, and "
                    "the report (JSON, CSV, printable HTML with a gallery per class) when it closes (--count, the lab "
-                   "page). A session left open by a killed run is resumed. With --http: start/stop/reset on the "
-                   "lab page, review at /review. docs/differential.md")
+                   "page). A session left open by a killed run is resumed (a camera, or a folder: the images "
+                   "counted are skipped; not a video file, whose cells would be counted twice). With --http: "
+                   "start/stop/reset on the lab page, review at /review. docs/differential.md")
 @click.option("--new-session", is_flag=True,
               help="With --sessions: close the session the last run left open (writing its report) and start anew.")
 @click.option("--add-to-session", is_flag=True,

@@ -118,7 +118,10 @@ class WatchConfig:
         if self.save_dir and not self.save_classes and self.save_below is None:
             out.append("--save-dir needs --save-classes and/or --save-below")
         if not self.save_dir and (self.save_classes or self.save_below is not None):
-            out.append("--save-classes and --save-below need --save-dir DIR (where the frames go)")
+            given = [f for f, v in (("--save-classes", self.save_classes), ("--save-below", self.save_below is not None))
+                     if v]
+            out.append(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --save-dir DIR (where the frames "
+                       "go)")
         if self.mode == "field" and not self.rescale:
             out.append("--no-rescale is for crop mode: field mode cuts every cell at the model's scale from the "
                        "frame's red cells (--crop-size PX fixes the square instead)")
