@@ -530,6 +530,7 @@ def watch(**_):
     sessions, cfg = _sessions(cfg, clf, live)
     if sessions is not None:
         ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
+        sessions.on_change = lambda what: print(f"{what} (lab page)", file=sys.stderr, flush=True)
     if server is not None:
         status.session = sessions
         start_serving(server)

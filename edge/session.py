@@ -526,6 +526,8 @@ class Sessions:
         self.closed_at_start: Session | None = None  # the open session this start closed (--new-session, done)
         self.damaged: list[Path] = []  # sessions whose state.json cannot be read: left alone; the caller says so
         self._lock = threading.RLock()
+        # told of what people do on the lab page (start, stop, reset): the daemon's journal says it
+        self.on_change: Callable[[str], None] | None = None
         # track id -> (crop, frame, centre, scale, image file)
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
@@ -627,6 +629,7 @@ class Sessions:
             self.current = self._new(self.target if target is None else target)
             self._views.clear()
             self._cell_of_track.clear()
+            self._tell(f"session {self.current.id} started (target: {self.current.state['target'] or 'none'})")
             return self.current.summary(cells=False)
 
     def stop(self) -> dict:
@@ -634,6 +637,7 @@ class Sessions:
             if not self.current.is_open:
                 raise SessionError(f"session {self.current.id} is already closed")
             self.current.close("stopped", self.clock)
+            self._tell(f"session {self.current.id} stopped: report {self.current.folder / 'report.html'}")
             return self.current.summary(cells=False)
 
     def reset(self) -> dict:
@@ -647,7 +651,14 @@ class Sessions:
             self.current = self._new(old.state["target"])
             self._views.clear()
             self._cell_of_track.clear()
+            n = len(old.cells)
+            self._tell(f"session {old.id} reset ({n} cell{'' if n == 1 else 's'} set aside, its folder kept): "
+                       f"session {self.current.id} started")
             return self.current.summary(cells=False)
+
+    def _tell(self, what: str) -> None:
+        if self.on_change is not None:
+            self.on_change(what)
 
     def label(self, cell_id: int, label: str) -> dict:
         with self._lock:

@@ -197,6 +197,8 @@ def test_restart_closes_a_finished_or_unwanted_session(tmp_path):
 
 def test_start_stop_reset(tmp_path):
     sessions = _session_with(tmp_path / "s", ["neutrophil", "platelet"], target=100)
+    told = []
+    sessions.on_change = told.append  # the daemon's journal: what people did on the lab page
     first = sessions.current.id
     with pytest.raises(SessionError) as e:
         sessions.start()
@@ -213,6 +215,8 @@ def test_start_stop_reset(tmp_path):
     reset = sessions.reset()
     assert reset["target"] == 200 and reset["cells_total"] == 0 and reset["state"] == "open"
     assert Session.load(tmp_path / "s" / started["id"]).state["reason"] == "reset"
+    assert [t.split()[2] for t in told] == ["stopped:", "started", "reset"] and told[1].endswith("target: 200)")
+    assert f"session {started['id']} reset (1 cell set aside" in told[2] and reset["id"] in told[2]
 
 
 def test_review_round_trip_updates_the_count_and_the_report(tmp_path):
