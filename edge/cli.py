@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -518,7 +519,8 @@ def watch(**_):
             """POST /model/reload {"model": PATH} (no body: the file in use again): 200 loaded, 422 refused."""
             if not isinstance(body.get("model", ""), str):
                 return 400, {"ok": False, "error": 'body must be {"model": "/path/model.tflite"} or empty'}
-            event = reloader.reload(body.get("model") or None, trigger="http")
+            given = body.get("model") or None  # a relative path is the daemon's (its working folder): said whole
+            event = reloader.reload(os.path.abspath(given) if given else None, trigger="http")
             return (200 if event["ok"] else 422), event
 
         token = _http_token(ctx, host)
