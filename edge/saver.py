@@ -38,6 +38,8 @@ class FrameSaver:
         cells = rec.get("cells") or [{"label": rec.get("label"), "score": rec.get("score", 1.0)}]
         out = []
         for c in cells:
+            if c.get("decided"):  # a cell followed from an earlier frame, not classified again: saved with that one
+                continue
             if c["label"] in self.classes or c.get("best") in self.classes:
                 out.append(f"class:{c.get('best') or c['label']}")
             if self.below is not None and c["score"] < self.below:

@@ -147,6 +147,9 @@ def test_saver_rules_and_disk_cap(tmp_path):
     assert "low_confidence" in s(frame, {"frame": 2, "label": "neutrophil", "score": 0.3}).name
     field_rec = {"frame": 3, "cells": [{"label": "uncertain", "best": "basophil", "score": 0.2}]}
     assert s(frame, field_rec) is not None
+    # the same cell followed into the next frames (decided: not classified again) saves no frame again
+    assert s(frame, {"frame": 3, "cells": [{"label": "basophil", "best": "basophil", "score": 0.2,
+                                            "decided": True}]}) is None
     for i in range(4, 20):
         s(frame, {"frame": i, "label": "basophil", "score": 0.9})
     files = list(tmp_path.glob("*.jpg"))
