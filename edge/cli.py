@@ -499,6 +499,8 @@ def watch(**_):
             sys.stdout.write(json.dumps(rec) + "\n")
             sys.stdout.flush()
         tries = rec.get("in_a_row", 0) if rec.get("event") == "reconnecting" else 0
+        if tries and status is not None:  # /healthz and the lab page say why no frames come
+            status.source_trouble(f"{rec['reason']} (attempt {tries}, next in {rec['in_seconds']:g} s)")
         if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at tries 1, 2, 4, 8... of each outage
             warn(f"{cfg.source}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
                  "keeps trying until stopped, --exit-on-eof: it stops instead)")

@@ -87,6 +87,7 @@ class Status:
         self.last_time = 0.0
         self.started = clock()
         self._fps = 0.0
+        self.source_problem: str | None = None  # why no frames come (``source_trouble``)
 
     def update(self, frame: np.ndarray, rec: dict, counters: dict | None = None) -> None:
         now = self.clock()
@@ -95,6 +96,7 @@ class Status:
                 dt = max(now - self.last_time, 1e-6)
                 self._fps = 0.9 * self._fps + 0.1 * (1.0 / dt) if self._fps else 1.0 / dt
             self.frames += 1
+            self.source_problem = None
             self.last_time, self.last_record, self._last_frame = now, rec, frame
             ms = rec.get("infer_ms", 0.0)
             self.latency_sum_ms += ms
@@ -123,12 +125,19 @@ class Status:
         if self.review_only:
             return True, "review only (no camera)"
         with self._lock:
+            problem = f": {self.source_problem}" if self.source_problem else ""
             if not self.frames:
-                return False, "no frames yet"
+                return False, "no frames yet" + problem
             age = self.clock() - self.last_time
         if age > self.stale_seconds:
-            return False, f"no frame for {age:.0f} s"
+            return False, f"no frame for {age:.0f} s" + problem
         return True, "ok"
+
+    def source_trouble(self, reason: str | None) -> None:
+        """Why the source gives no frames (a ``reconnecting`` event's reason: the camera cannot be opened, the
+        stream ended); None once frames come again. /healthz and the lab page say it."""
+        with self._lock:
+            self.source_problem = reason
 
     def fps(self) -> float:
         with self._lock:

@@ -216,3 +216,18 @@ def test_url_of_a_server_on_every_interface_opens_from_elsewhere():
     finally:
         loop.shutdown()
         loop.server_close()
+
+
+def test_health_and_the_page_say_why_no_frames_come():
+    """A camera that cannot be opened: /healthz and the lab page said only "no frames yet"; now the reason the
+    daemon is retrying, until frames come."""
+    from scopelite.edge.httpd import Status
+
+    t = [0.0]
+    st = Status(["a", "b"], clock=lambda: t[0])
+    st.source_trouble("cannot open video source '/dev/video0': no such camera (attempt 4, next in 4 s)")
+    ok, why = st.healthy()
+    assert not ok and why.startswith("no frames yet: cannot open video source '/dev/video0'")
+    assert "no such camera (attempt 4" in st.page()
+    st.update(np.zeros((8, 8, 3), np.uint8), {"frame": 0, "label": "a", "score": 0.9, "infer_ms": 1.0})
+    assert st.healthy() == (True, "ok") and st.source_problem is None
