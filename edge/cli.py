@@ -976,7 +976,7 @@ def review(sessions, sid, http, http_token):
 @click.option("--self-train", "self_train", type=click.Path(exists=True, dir_okay=False), default=None,
               metavar="MODEL", help="Your adapted int8 model (fitted on these reviewed cells): also export the "
               "unreviewed cells it scores 0.9 or more, under its class, at most twice your largest class's "
-              "reviewed count per class; then fit again.")
+              "reviewed count per class (only classes you reviewed receive its guesses); then fit again.")
 @one_line_errors
 def export(sessions, out, self_train):
     """Export the cells a person reviewed as a class-folder dataset for `celltrain fit --data`.
@@ -1029,6 +1029,10 @@ def export(sessions, out, self_train):
                         f"uncertain or not a cell): review them first with celledge review {shlex.quote(str(sessions[0]))}"
                         " (or the /review page of celledge watch --http); nothing written")
     click.echo(summary_line(result, out))
+    if self_train is not None and not result["self_trained"]:
+        warn(f"--self-train added no cells: {self_train} scored no unreviewed cell of the classes you reviewed "
+             f"({', '.join(result['classes'])}) 0.9 or more; only reviewed classes receive its guesses (review more "
+             "cells, or fit on the reviewed ones alone)")
     if len([p for p in Path(out).iterdir() if p.is_dir() and not p.name.startswith(".")]) < 2:
         warn(f"{out} holds one class only: celltrain fit needs at least two (export more sessions into it)")
 

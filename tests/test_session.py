@@ -420,6 +420,12 @@ def test_export_cli_self_train(tmp_path, tiny_run):
     assert 1 <= len(guessed) <= 4  # at most twice one reviewed cell per class
     assert all(f["pseudo_score"] >= 0.9 and f["label"] == truth[f["cell"]] for f in guessed)
     assert f"and {len(guessed)} unreviewed cells the adapted model is sure of" in r.stdout
+    for cid in truth:  # every cell reviewed: nothing left to guess, and it says so (it said nothing)
+        if cid not in first.values():
+            sessions.label(cid, "confirm")
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data_all"), "--self-train",
+                   str(tiny_run["tflite"]))
+    assert r.returncode == 0 and "warning: --self-train added no cells" in r.stderr, r.stderr
     # an Edge TPU-only model: refused, naming the CPU model beside it
     tpu_dir = tmp_path / "tpu"
     tpu_dir.mkdir()
