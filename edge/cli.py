@@ -101,7 +101,9 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
     if model is None:
         model = str(default_model())
     elif not Path(model).is_file():
-        raise click.BadParameter(f"file {model!r} does not exist", param_hint="MODEL")
+        what = "is a folder: give the model file in it (a .tflite beside its .json)" if Path(model).is_dir() else \
+            "does not exist"
+        raise click.BadParameter(f"file {model!r} {what}", param_hint="MODEL")
     return model, args
 
 

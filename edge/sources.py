@@ -277,5 +277,6 @@ def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = No
     if is_still(p):  # an image file too: read as one, not through a video decoder
         return FolderSource(p, loop=loop, warn=warn)
     if not (is_live(spec) or p.is_file()):
-        raise SourceError(f"source {spec!r} not found: give a video file, an image folder, /dev/videoN or a URL")
+        what = "is not a video file, an image or a folder" if p.exists() else "not found"
+        raise SourceError(f"source {spec!r} {what}: give a video file, an image folder, /dev/videoN or a URL")
     return OpenCVSource(spec, size=size, loop=loop, warn=warn)
