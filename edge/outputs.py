@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 import tempfile
 from pathlib import Path
 
@@ -78,20 +79,22 @@ class LineSink:
     Raises UserError naming the file and the reason, so the run ends with one clear line.
     ``fsync=True``: each line is on disk when ``write`` returns (and the file's name when it is
     opened), so a power cut loses no line written before it; it costs a disk flush per line.
-    Missing folders on the way are made. A file renamed or removed under it (logrotate, a person)
+    Missing folders on the way are made at the start. A file renamed or removed under it (logrotate, a person)
     is followed: the next line starts a new file at the path, so a daemon's lines can be rotated.
     """
 
     def __init__(self, path: str | os.PathLike, option: str = "--out", fsync: bool = False):
         self.path, self.option, self.fsync = Path(path), option, fsync
-        self._fd, self._id = self._open(), None
+        self._lock = threading.Lock()  # a camera's reconnect events are written from the capture thread
+        self._fd, self._id = self._open(make_folders=True), None
         st = os.fstat(self._fd)
         if stat.S_ISREG(st.st_mode):  # a device or pipe (/dev/stdout) is never rotated
             self._id = (st.st_dev, st.st_ino)
 
-    def _open(self) -> int:
+    def _open(self, make_folders: bool = False) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if make_folders:  # at the start only: a folder moved away later is not made again
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
             raise UserError(f"{self.option} {self.path} cannot be opened ({(e.strerror or str(e)).lower()})") from None
@@ -113,10 +116,14 @@ class LineSink:
             self._fd, self._id = fd, (st.st_dev, st.st_ino)
 
     def write(self, line: str) -> None:
+        with self._lock:
+            self._write(line)
+
+    def _write(self, line: str) -> None:
         data = (line if line.endswith("\n") else line + "\n").encode()
         if self._id is not None:
             self._follow()
-        start = os.lseek(self._fd, 0, os.SEEK_END)
+        start = os.lseek(self._fd, 0, os.SEEK_END) if self._id is not None else None  # a pipe cannot seek
         try:
             view = memoryview(data)
             while view:
@@ -125,7 +132,8 @@ class LineSink:
                 os.fsync(self._fd)
         except OSError as e:
             try:  # cut back to the last whole line
-                os.ftruncate(self._fd, start)
+                if start is not None:
+                    os.ftruncate(self._fd, start)
             except OSError:
                 pass
             raise UserError(f"stopped: cannot write {self.path} ({(e.strerror or str(e)).lower()}); "
@@ -135,7 +143,8 @@ class LineSink:
         pass
 
     def close(self) -> None:
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+        with self._lock:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass

@@ -496,6 +496,7 @@ def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
     """logrotate renames the file (then compresses and removes it): the next line starts a new file at the path,
     not an endless write into the renamed or deleted one. Missing folders on the way are made (--print-config
     judged such a path writable by its nearest folder; the run then could not open it)."""
+    from scopelite.edge.errors import UserError
     from scopelite.edge.outputs import LineSink
 
     path = tmp_path / "new" / "deeper" / "frames.jsonl"
@@ -508,8 +509,22 @@ def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
     sink.write("4")
     sink.close()
     assert path.with_name("frames.jsonl.1").read_text() == "1\n" and path.read_text() == "3\n4\n"
-    out = LineSink("/dev/stdout" if os.path.exists("/dev/stdout") else path)  # not a file: never reopened
-    out.close()
+    r, w = os.pipe()  # a pipe (stdout into another program): never "rotated", never reopened
+    try:
+        pipe = LineSink(f"/dev/fd/{w}")
+        assert pipe._id is None
+        pipe.write("5")
+        assert os.read(r, 10) == b"5\n"
+        pipe.close()
+    finally:
+        os.close(r)
+        os.close(w)
+    gone = tmp_path / "moved" / "f.jsonl"  # a folder moved away later is not made again: one clear error
+    sink = LineSink(gone)
+    shutil.rmtree(gone.parent)
+    with pytest.raises(UserError, match="cannot be opened"):
+        sink.write("6")
+    sink.close()
 
 
 # ---------------------------------------------------------------------------------- signals and streams
