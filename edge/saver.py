@@ -18,6 +18,9 @@ from .errors import UserError
 from .bundle import write_bytes_atomic
 
 
+TRACKS_KEPT = 10_000  # tracked cells remembered as saved
+
+
 class FrameSaver:
     def __init__(self, folder: str | os.PathLike, classes: set[str] | None = None, below: float | None = None,
                  cap_bytes: int = 500 * 2**20):
@@ -29,27 +32,36 @@ class FrameSaver:
         self.classes, self.below, self.cap = set(classes or ()), below, cap_bytes
         self.saved = 0
         self.deleted = 0
-        # files already there count against the cap too (a JPEG with its record)
-        existing = sorted(self.folder.glob("*.jpg"), key=lambda p: p.stat().st_mtime)
-        self._files = collections.deque((p, _size(p) + _size(p.with_suffix(".json"))) for p in existing)
+        # files already there count against the cap too, oldest first: a JPEG with its record, a record left
+        # alone by a kill, the saved.jsonl of versions before
+        existing = [p for p in self.folder.iterdir() if p.suffix == ".jpg"
+                    or p.suffix == ".json" and not p.with_suffix(".jpg").exists() or p.name == "saved.jsonl"]
+        existing.sort(key=lambda p: p.stat().st_mtime)
+        self._files = collections.deque((p, _size(p) + (_size(p.with_suffix(".json")) if p.suffix == ".jpg" else 0))
+                                        for p in existing)
         self.total = sum(size for _, size in self._files)
+        # tracked cells that already had a frame saved (a cell in view for many frames is saved once): recent ones
+        self._tracks: collections.OrderedDict[int, None] = collections.OrderedDict()
 
-    def reasons(self, rec: dict) -> list[str]:
+    def _reasons(self, rec: dict) -> list[tuple[int | None, str]]:
+        """(track or None, reason) for each cell of interest not saved before."""
         cells = rec.get("cells") or [{"label": rec.get("label"), "score": rec.get("score", 1.0)}]
         out = []
         for c in cells:
-            if c.get("decided"):  # a cell followed from an earlier frame, not classified again: saved with that one
+            track = c.get("track")
+            if c.get("decided") or track is not None and track in self._tracks:  # followed from a saved frame
                 continue
             if c["label"] in self.classes or c.get("best") in self.classes:
-                out.append(f"class:{c.get('best') or c['label']}")
+                out.append((track, f"class:{c.get('best') or c['label']}"))
             if self.below is not None and c["score"] < self.below:
-                out.append("low_confidence")
-        return sorted(set(out))
+                out.append((track, "low_confidence"))
+        return out
 
     def __call__(self, frame: np.ndarray, rec: dict, counters: dict | None = None) -> Path | None:
-        why = self.reasons(rec)
-        if not why:
+        found = self._reasons(rec)
+        if not found:
             return None
+        why = sorted({w for _, w in found})
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:
             return None
@@ -62,8 +74,9 @@ class FrameSaver:
             return None
         while self._files and self.total + size > self.cap:
             old, old_size = self._files.popleft()
+            if old.suffix == ".jpg":  # its record first: a JPEG left alone is counted at the next start
+                old.with_suffix(".json").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
             self.total -= old_size
             self.deleted += 1
         path = self.folder / name
@@ -77,6 +90,11 @@ class FrameSaver:
         self._files.append((path, size))
         self.total += size
         self.saved += 1
+        for track, _ in found:
+            if track is not None:
+                self._tracks[track] = None
+        while len(self._tracks) > TRACKS_KEPT:
+            self._tracks.popitem(last=False)
         return path
 
 

@@ -164,8 +164,19 @@ def test_saver_rules_and_disk_cap(tmp_path):
     folder_rec = {"frame": 20, "label": "basophil", "score": 0.9, "file": "/slides/BA_1.jpg"}  # a folder's image
     got = json.loads(s(frame, folder_rec).with_suffix(".json").read_text())
     assert got["file"] == "/slides/BA_1.jpg" and got["saved"].endswith("class-basophil.jpg")
+    (tmp_path / "saved.jsonl").write_text("x" * 3000)  # the log of versions before, and a record left by a kill
+    (tmp_path / "20260101-000000_00000099_low_confidence.json").write_text("{}")
     again = FrameSaver(tmp_path, classes={"basophil"}, cap_bytes=30_000)  # a restart counts what is there
     assert again.total == sum(f.stat().st_size for f in tmp_path.iterdir())
+    # a tracked cell of interest in view for many frames: its first frame is saved, not every one
+    cell = {"label": "basophil", "best": "basophil", "score": 0.9, "track": 7}
+    assert again(frame, {"frame": 30, "cells": [cell]}) is not None
+    assert again(frame, {"frame": 31, "cells": [cell]}) is None
+    assert again(frame, {"frame": 32, "cells": [cell, {**cell, "track": 8}]}) is not None
+    for i in range(40, 60):
+        again(frame, {"frame": i, "label": "basophil", "score": 0.9})
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) <= 30_000
+    assert not (tmp_path / "saved.jsonl").exists()  # counted, and deleted in its turn
 
 
 def test_frames_without_colour_are_counted_and_warned_about():
