@@ -706,8 +706,8 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
             raise UserError(f"--sessions {sessions} is {'in ' if here != src else ''}the folder of images watched "
                             f"({source}): each session's crops would be read as fields by the next run; give a "
                             "folder of its own, e.g. --sessions sessions/")
-    if here.is_dir():
-        classes = [d for d in here.iterdir() if d.is_dir() and not (d / "state.json").exists()]
+    if here.is_dir() and not any((d / "state.json").exists() for d in here.iterdir() if d.is_dir()):
+        classes = [d for d in here.iterdir() if d.is_dir() and not d.name.startswith(".")]  # none a session's
         if len(classes) >= 2 and sum(_some_images(d) for d in classes[:20]) >= 2:
             raise UserError(f"--sessions {sessions} holds class folders of images (a training set?): its session "
                             "folders would be read as classes by celltrain fit; give a folder of its own, e.g. "

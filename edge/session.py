@@ -756,7 +756,7 @@ class Sessions:
                                         rec.get("file"))
 
     def _close_when_done(self) -> None:
-        if self.current.is_open and self.current.state["target"] is not None and self.current.differential().done:
+        if self.current.is_open and self.current.state["target"] is not None and self.current.brief()["done"]:
             self.current.close("count reached", self.clock)
             self.ends_run = self.one_shot
             self._cell_of_track.clear()

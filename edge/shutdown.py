@@ -45,9 +45,9 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
     done = threading.Event()
     os.set_blocking(w, False)
     others = {sig: fn for sig, fn in (others or {}).items() if sig is not None}
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)  # first: a signal between the two is not lost
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
     previous.update({sig: signal.signal(sig, lambda *_: None) for sig in others})  # the wakeup fd tells the watcher
-    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
 
     def watch() -> None:
         try:

@@ -165,7 +165,8 @@ CASES = [
     ("classify-model-only", "celledge", "classify {model}", 2, "at least one IMAGE", None, None),
     ("classify-missing-image", "celledge", "classify {tmp}/missing.png", 2, "does not exist", None, None),
     ("classify-missing-model", "celledge", "classify --model {tmp}/none.tflite {img}", 2, "does not exist", None, None),
-    ("classify-model-is-dir", "celledge", "classify --model {emptydir} {img}", 2, "does not exist", None, None),
+    ("classify-model-is-dir", "celledge", "classify --model {emptydir} {img}", 2, "is a folder: give the model file",
+     None, None),
     ("classify-corrupt-model", "celledge", "classify {corrupt} {img}", 2, "cannot load", None, None),
     ("classify-mismatch", "celledge", "classify {mismatch} {img}", 2, "input shape", None, None),
     ("classify-no-sidecar", "celledge", "classify {nosidecar} {img}", 2, "no sidecar", None, None),
@@ -229,8 +230,6 @@ CASES = [
     ("watch-save-below-no-dir", "celledge", "watch {mixed} --save-below 0.5", 2, "Error: --save-below needs --save-dir",
      None, None),
     ("watch-dev-null", "celledge", "watch /dev/null", 2, "'/dev/null' is not a video file, an image or a folder",
-     None, None),
-    ("classify-model-folder", "celledge", "classify {img} --model {outdir}", 2, "is a folder: give the model file",
      None, None),
     ("watch-save-classes-no-dir", "celledge", "watch {mixed} --save-classes basophil", 2,
      "Error: --save-classes needs --save-dir", None, None),
@@ -853,6 +852,13 @@ def test_sessions_are_refused_where_their_folders_would_be_read_as_images_or_cla
     assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions", str(data)),
                           "class folders of images", code=2)
     assert sorted(p.name for p in src.iterdir()) == ["0.png", "1.png"]  # nothing written into the fields
+    used = tmp_path / "used"  # a sessions folder in use (a session in it) beside two folders of images: its own
+    (used / "20260101-000000-abcdef").mkdir(parents=True)
+    (used / "20260101-000000-abcdef" / "state.json").write_text("{}")
+    for c in ("saved", "other"):
+        _png(used / c / "0.png")
+    r = invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions", str(used), "--print-config")
+    assert r.returncode == 0, r.stderr
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
