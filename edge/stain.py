@@ -97,14 +97,15 @@ def chromaticity(rgb: np.ndarray) -> np.ndarray:
     return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1e-9)
 
 
-def optical_density(frame_rgb: np.ndarray) -> np.ndarray:
+def optical_density(frame_rgb: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
     """Per-channel OD against the frame's background (brightest pixels), HxWx3 float32 >= 0.
 
     The background is the 75th percentile of each channel over the pixels brighter than the
     60th percentile of grey (every other row and column); percentiles of uint8 values come
     from their counts, and OD, a function of a channel's uint8 value alone, from a 256-entry table.
     """
-    return cv2.LUT(np.ascontiguousarray(frame_rgb), od_table(frame_rgb).reshape(256, 1, 3))
+    table = od_table(frame_rgb) if table is None else table  # ``od_table``'s, when the caller keeps it too
+    return cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
 
 
 def od_table(frame_rgb: np.ndarray) -> np.ndarray:
@@ -140,7 +141,7 @@ def otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
 def stain_layers(frame_rgb: np.ndarray) -> Layers:
     """The frame's OD and stain-residual layers with their thresholds (see the module docstring)."""
     table = od_table(frame_rgb)
-    raw = cv2.LUT(np.ascontiguousarray(frame_rgb), table.reshape(256, 1, 3))
+    raw = optical_density(frame_rgb, table)
     od3 = cv2.GaussianBlur(raw, (0, 0), 1.0)
     od = cv2.transform(od3, _ONES)
     sub = every_other(od)  # thresholds and colours need no more
