@@ -1,5 +1,6 @@
 """Where the daemon's time goes: per-stage costs, end-to-end frames/s vs the bare invoke rate,
 and whole-field mode. Ratios are measured in the same run; --assert-ratios makes them pass/fail."""
+import dataclasses
 import os
 import time
 
@@ -79,46 +80,58 @@ def _scan_for(frame_wh, cells_in_view, seed):
     return make_slide_scan(seed, n_cells=n, slide_size=slide, frame_size=frame_wh, speed=(8.0, 20.0))
 
 
-def _field_pass(clf, scan, n_frames, reference):
-    """One pass of field mode over the scan's first frames: (timed frames, s per frame in field mode,
-    s in the tracker, cells, cells classified, cells counted)."""
-    from scopelite.edge import field as field_lib
-    from scopelite.edge.watch import FieldCounter, FieldScale, classify_field
+class _WithoutStainReference:
+    """The classifier with no stain reference in its sidecar: field mode without the stain check."""
 
-    cfg = field_lib.FieldConfig()  # auto: the scale from the red cells, as the daemon runs by default
-    scale, counter = FieldScale(cfg, every=5), FieldCounter(clf.labels)
-    t_field = t_track = 0.0
-    cells = counted = decided = 0
-    for i in range(n_frames):
-        frame = scan.frame(i)
-        t0 = time.perf_counter()
-        found, info = classify_field(frame, clf, cfg, 0.5, scale=scale, reference=reference,
-                                     known=lambda d: counter.known(frame, d, i))
-        t1 = time.perf_counter()
-        counted += len(counter.update(frame, found, info, i))
-        t2 = time.perf_counter()
-        if i >= 5:  # warm-up
-            t_field, t_track, cells = t_field + t1 - t0, t_track + t2 - t1, cells + len(found)
-            decided += sum(bool(c.get("decided")) for c in found)
-    n = n_frames - 5
-    return n, (t_field + t_track) / n, t_track / n, cells, cells - decided, counted
+    def __init__(self, clf):
+        self._clf, self.sidecar = clf, dataclasses.replace(clf.sidecar, stain_reference=None)
+
+    def __getattr__(self, name):
+        return getattr(self._clf, name)
+
+
+def _field_pass(clf, frames, stain_check=True):
+    """Field mode as the daemon runs it (``run_watch``: frames from a capture thread, the next frame read while
+    this one is classified, the tracker) over frames rendered beforehand: (timed frames, s per frame,
+    s in the tracker per frame, cells, cells classified, cells counted). The first 5 frames are a warm-up."""
+    from scopelite.edge.config import WatchConfig
+    from scopelite.edge.sources import FakeSource
+    from scopelite.edge.watch import run_watch
+
+    stamps, recs = [], []
+
+    def emit(rec):
+        if "cells" in rec:
+            stamps.append(time.perf_counter())
+            recs.append(rec)
+
+    classifier = clf if stain_check else _WithoutStainReference(clf)
+    summary = run_watch(WatchConfig(mode="field"), FakeSource(frames), classifier, emit)["summary"]
+    assert summary["frames"] == len(frames) == len(recs) and summary["tracking"]["on"]
+    timed = recs[5:]
+    n = len(timed)
+    cells = sum(len(r["cells"]) for r in timed)
+    decided = sum(bool(c.get("decided")) for r in timed for c in r["cells"])
+    counted = sum(len(r["counted"]) for r in recs) + len(summary["counted"])
+    return (n, (stamps[-1] - stamps[4]) / n, sum(r["track_ms"] for r in timed) / 1e3 / n, cells, cells - decided,
+            counted)
 
 
 @pytest.mark.parametrize("frame_wh,goal_fps", [((640, 480), 25.0), ((1920, 1080), 8.0)], ids=["640x480", "1920x1080"])
 def test_field_mode_fields_per_second(clf, record, request, frame_wh, goal_fps):
-    """Field mode as the daemon runs it on a stream: stain layers, scale (measured one frame in 5),
-    the stain check against the model's training data (when its sidecar has a stain reference),
-    detection, the stage-motion estimate, crops and classification of the cells not counted yet, and
-    the tracker (each cell counted once), per frame of a moving slide scan. Frames are rendered outside
-    the timed part. Also measured without the stain check, for its share."""
+    """Field mode as the daemon runs it on a stream (``run_watch``): the light evened out and the stain
+    layers (read one frame ahead, in a thread), scale (measured one frame in 5), the stain check against the
+    model's training data (when its sidecar has a stain reference), detection, the stage-motion estimate,
+    crops and classification of the cells not counted yet, and the tracker (each cell counted once), per
+    frame of a moving slide scan. Frames are rendered outside the timed part. Also measured without the
+    stain check, for its share."""
     from scopelite.edge import ood
 
     scan = _scan_for(frame_wh, 9, seed=0)
-    n_frames = min(len(scan), 125 if frame_wh[0] <= 640 else 45)
-    ref_json = getattr(clf.sidecar, "stain_reference", None)
-    reference = ood.StainReference.from_json(ref_json) if ref_json else None
-    n, per_frame, track_s, cells, classified, counted = _field_pass(clf, scan, n_frames, reference)
-    bare = _field_pass(clf, scan, n_frames, None)[1] if reference is not None else per_frame
+    frames = [scan.frame(i) for i in range(min(len(scan), 125 if frame_wh[0] <= 640 else 45))]
+    reference = ood.reference_of(clf.sidecar)
+    n, per_frame, track_s, cells, classified, counted = _field_pass(clf, frames)
+    bare = _field_pass(clf, frames, stain_check=False)[1] if reference is not None else per_frame
     fps = 1 / per_frame
     w, h = frame_wh
     record.add(f"field mode + tracking {w}x{h}, <=12 cells (fields/s)", fields_per_second=round(fps, 1),

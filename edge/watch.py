@@ -29,8 +29,9 @@ from . import ood
 from . import scale as scale_lib
 from .bundle import model_record, write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
-from .frameread import read_frame
-from .illumination import ADVISE, flatten
+from .frameread import FrameRead, read_frame
+from .lookahead import Lookahead
+from .illumination import ADVISE
 from .config import WatchConfig
 from .differential import PLATELET, UNCERTAIN, Differential
 from .postprocess import Tally, top_k
@@ -116,12 +117,13 @@ class FieldScale:
                      "red_cells": est.cells}
 
 
-def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
+def classify_field(frame: np.ndarray | FrameRead, classifier: Classifier, cfg: field_lib.FieldConfig, min_score: float,
                    scale: FieldScale | None = None,
                    reference: ood.StainReference | None = None,
                    known: Callable[[list[field_lib.Detection]], dict[int, dict]] | None = None,
-                   site=None, uneven: float | None = None) -> tuple[list[dict], dict]:
-    """Detect the cells of a field and classify all their crops in one pass.
+                   site=None) -> tuple[list[dict], dict]:
+    """Detect the cells of a field (an RGB uint8 frame, or ``read_frame``'s reading of it) and classify all
+    their crops in one pass.
 
     Returns the cells and the scale used (``FieldScale.measure``); with a ``reference`` (the
     model's training stain) the scale dict also carries ``stain``: this frame's stain distance
@@ -132,11 +134,10 @@ def classify_field(frame: np.ndarray, classifier: Classifier, cfg: field_lib.Fie
     ``known(detections)`` may give, by detection index, the label, score, best and scores of
     cells whose class is already decided (``FieldCounter.known``): those are not classified
     again and are marked ``decided``. ``site`` (``site.Site``): its white balance is applied to each crop
-    before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``). ``uneven``: the caller
-    has divided out the frame's uneven light already (``illumination.flatten``, how far it fell off); None:
-    done here.
+    before it is classified (its scale is ``scale``'s: ``FieldScale(site_rbc_px=...)``). Crops are cut from the
+    frame with its uneven light divided out (``FrameRead.frame``).
     """
-    read = read_frame(frame, uneven)
+    read = frame if isinstance(frame, FrameRead) else read_frame(frame)
     frame, uneven, clipped, noisy = read.frame, read.uneven, read.overexposed, read.smoothed
     view, factor, layers = read.view, read.factor, read.layers
     rbc_px, scale_info = (scale or FieldScale(cfg)).measure(view, layers, factor)
@@ -503,6 +504,15 @@ def run_watch(
                       stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}),
                       name=config.source or "?")
     capture.start()
+
+    def take(timeout: float) -> tuple[np.ndarray, str | None] | None:  # the next frame and its image file, if any
+        frame = queue.get(timeout=timeout)
+        return None if frame is None else (frame, capture.files.popleft() if capture.files else None)
+
+    # field mode: the next frame is read (its light evened out, its stain layers) while this one is classified
+    ahead = None if counter is None else Lookahead(take, lambda: queue.closed, lambda got: read_frame(got[0]),
+                                                   name="field-read")
+    read: FrameRead | None = None
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"
     try:
@@ -522,12 +532,20 @@ def run_watch(
                 for event in events:
                     emit({**event, "frame": n})
             t_frame = clock()
-            frame = queue.get(timeout=0.25)
-            if frame is None:
-                if queue.closed:
-                    break
-                continue
-            file = capture.files.popleft() if capture.files else None  # a folder's image: named in the line
+            if ahead is not None:
+                got = ahead.get(timeout=0.25)
+                if got is None:
+                    if ahead.closed:
+                        break
+                    continue
+                (frame, file), read = got
+            else:
+                got = take(0.25)
+                if got is None:
+                    if queue.closed:
+                        break
+                    continue
+                frame, file = got  # file: a folder's image, named in the line
             # a folder's images as separate fields, read once (--loop replays the same images on purpose)
             folder_field = counter is not None and not track and not config.loop and file is not None
             pixels = pixels_digest(frame) if folder_field else None
@@ -543,11 +561,11 @@ def run_watch(
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
-                # lit evenly once, here: the cells are read, tracked and kept (the session's crops) from it
-                frame, uneven = flatten(frame)
-                cells, scale_info = classify_field(frame, classifier, field_cfg, min_score, field_scale,
+                # lit evenly once, when read: the cells are read, tracked and kept (the session's crops) from it
+                frame, uneven = read.frame, read.uneven
+                cells, scale_info = classify_field(read, classifier, field_cfg, min_score, field_scale,
                                                    reference, known=lambda dets: counter.known(frame, dets, n),
-                                                   site=site, uneven=uneven)
+                                                   site=site)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
                 if uneven:
                     dim_corners[int(round(uneven * 1000))] += 1
@@ -603,6 +621,8 @@ def run_watch(
     finally:
         capture.stop.set()
         queue.close()
+        if ahead is not None:
+            ahead.stop()
         capture.join(timeout=2.0)
     elapsed = max(clock() - t_start, 1e-9)
     summary = {
