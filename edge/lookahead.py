@@ -1,5 +1,9 @@
 """Work on the next item in a thread while the caller handles this one: one item ahead, in order.
 
+The next item is taken as soon as the caller has taken the one before, not earlier: from a live camera, the
+frame worked on is the newest one at the moment the caller starts on the frame before it (the capture queue
+keeps replacing older frames until then).
+
 Field mode reads a frame (its light evened out, its stain layers: ``frameread.read_frame``, pure) while the frame
 before it is detected, classified and tracked; NumPy, OpenCV and the interpreter let go of Python's lock while they
 work, so on two cores the two overlap. The work must not depend on what the caller does with earlier items: it runs
@@ -27,6 +31,7 @@ class Lookahead(Generic[T, R]):
                  name: str = "lookahead"):
         self._take, self._finished, self._work = take, finished, work
         self._out: queue.Queue = queue.Queue(maxsize=1)
+        self._slot = threading.Semaphore(1)  # the next item is taken only once the caller has taken the one before
         self._stop = threading.Event()
         self.closed = False  # the caller has had every item (or the error that ended them)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -35,10 +40,14 @@ class Lookahead(Generic[T, R]):
     def _run(self) -> None:
         try:
             while True:
+                while not self._slot.acquire(timeout=POLL_S):  # a live camera's frame is taken when it can be used
+                    if self._stop.is_set():
+                        return
                 item = self._take(POLL_S)
                 if self._stop.is_set():
                     return
                 if item is None:
+                    self._slot.release()
                     if self._finished():
                         break
                     continue
@@ -58,12 +67,13 @@ class Lookahead(Generic[T, R]):
 
     def get(self, timeout: float | None = None) -> tuple[T, R] | None:
         """The next item and its work's result; None on timeout or once ``closed``. Raises the work's error."""
-        if self.closed:
+        if self.closed or self._stop.is_set():
             return None
         try:
             entry = self._out.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._slot.release()
         if entry is _END:
             self.closed = True
             return None
@@ -77,6 +87,7 @@ class Lookahead(Generic[T, R]):
         """Stop taking items and wait (up to ``timeout`` s) for the thread: an item being worked on is finished,
         an item read ahead is let go. ``take`` should give up soon (its source closed)."""
         self._stop.set()
+        self._slot.release()  # a thread waiting for the caller looks again, and stops
         try:  # room for a waiting put: it returns at once
             self._out.get_nowait()
         except queue.Empty:

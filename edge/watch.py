@@ -509,10 +509,30 @@ def run_watch(
         frame = queue.get(timeout=timeout)
         return None if frame is None else (frame, capture.files.popleft() if capture.files else None)
 
-    # field mode: the next frame is read (its light evened out, its stain layers) while this one is classified
-    ahead = None if counter is None else Lookahead(take, lambda: queue.closed, lambda got: read_frame(got[0]),
-                                                   name="field-read")
-    read: FrameRead | None = None
+    # a folder's images as separate fields, each read once (--loop replays the same images on purpose)
+    folder_fields = counter is not None and not track and not config.loop
+
+    def digest(frame: np.ndarray, file: str | None) -> str | None:  # a folder's image: its pixels (copies)
+        return pixels_digest(frame) if folder_fields and file is not None else None
+
+    def read_ahead(got: tuple[np.ndarray, str | None]) -> tuple[str | None, FrameRead | None, float]:
+        """In the look-ahead thread: the frame's digest, how field mode reads it (its light evened out, its stain
+        layers; None for a copy or an image counted before, skipped below) and the seconds that took."""
+        t = clock()
+        (frame, file), read = got, None
+        pixels = digest(frame, file)
+        copy = pixels is not None and (pixels in seen or pixels in read_ahead_of)  # the loop may not have seen it yet
+        if not (copy or session is not None and session.counted(file, pixels)):
+            read = read_frame(frame)
+            if pixels is not None:
+                read_ahead_of.add(pixels)
+        return pixels, read, clock() - t
+
+    read_ahead_of: set[str] = set()  # the look-ahead thread's own: the digests of the images it read
+
+    # field mode: the next frame is read while this one is classified (not when frames are paced, --fps: the
+    # frame read ahead would wait out the pace and be that much older)
+    ahead = None if counter is None or fps else Lookahead(take, lambda: queue.closed, read_ahead, name="field-read")
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"
     try:
@@ -538,7 +558,7 @@ def run_watch(
                     if ahead.closed:
                         break
                     continue
-                (frame, file), read = got
+                (frame, file), (pixels, read, read_s) = got
             else:
                 got = take(0.25)
                 if got is None:
@@ -546,9 +566,7 @@ def run_watch(
                         break
                     continue
                 frame, file = got  # file: a folder's image, named in the line
-            # a folder's images as separate fields, read once (--loop replays the same images on purpose)
-            folder_field = counter is not None and not track and not config.loop and file is not None
-            pixels = pixels_digest(frame) if folder_field else None
+                pixels, read, read_s = digest(frame, file), None, 0.0
             if pixels is not None and pixels in seen:  # a copy of an image of this run
                 copies.append((file, seen[pixels]))
                 emit({"event": "copy", "frame": n, "file": file, "copy_of": seen[pixels]})
@@ -561,6 +579,7 @@ def run_watch(
             grey_frames += is_greyscale(frame)
             t0 = clock()
             if counter is not None:
+                read = read if read is not None else read_frame(frame)
                 # lit evenly once, when read: the cells are read, tracked and kept (the session's crops) from it
                 frame, uneven = read.frame, read.uneven
                 cells, scale_info = classify_field(read, classifier, field_cfg, min_score, field_scale,
@@ -575,6 +594,7 @@ def run_watch(
                 counted = counter.update(frame, cells, scale_info, n)
                 rec = {"frame": n, "cells": cells, "scale": scale_info, "counted": counted, "revised": counter.revised,
                        "differential": counter.brief(), "track_ms": round((clock() - t0 - dt) * 1e3, 3)}
+                dt += read_s  # the frame's reading too, done ahead or here
             else:
                 view, site_scale = (frame, None) if site is None else site.view(frame, field_cfg.model_rbc_px,
                                                                                 field_cfg.input_px)

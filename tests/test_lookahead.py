@@ -67,14 +67,37 @@ def test_an_error_in_the_work_is_raised_at_its_item():
     ahead.stop()
 
 
-def test_stop_lets_go_of_a_thread_waiting_to_hand_over_an_item():
+def test_an_item_is_taken_only_once_the_caller_has_taken_the_one_before():
+    """From a live camera the frame read ahead is the newest when the caller starts on the one before it: not
+    taken earlier, while the capture queue could still replace it with a newer one."""
+    taken = []
+    q = collections.deque(range(100))
+
+    def take(timeout):
+        if q:
+            taken.append(q[0])
+            return q.popleft()
+        return None
+
+    ahead = Lookahead(take, lambda: not q, lambda x: x)
+    time.sleep(0.1)
+    assert taken == [0]  # nothing taken while item 0 waits for the caller
+    assert ahead.get(timeout=2.0) == (0, 0)
+    time.sleep(0.1)
+    assert taken == [0, 1]
+    assert ahead.get(timeout=2.0) == (1, 1)
+    ahead.stop()
+
+
+def test_stop_lets_go_of_a_thread_waiting_for_the_caller():
     take, finished = _items(range(100))
     ahead = Lookahead(take, finished, lambda x: x)
     assert ahead.get(timeout=2.0) == (0, 0)
-    time.sleep(0.05)  # the thread holds item 1 ready and waits with item 2
+    time.sleep(0.05)  # the thread holds item 1 ready and waits for the caller to take it
     t0 = time.monotonic()
     ahead.stop()
-    assert time.monotonic() - t0 < 0.5 and not ahead._thread.is_alive()
+    assert time.monotonic() - t0 < 0.1 and not ahead._thread.is_alive()
+    assert ahead.get(timeout=0.01) is None  # nothing is handed out after stop
 
 
 def by_colour(crops):
@@ -157,3 +180,45 @@ def test_an_error_reading_a_frame_ends_the_run_with_that_error(monkeypatch):
         run_watch(WatchConfig(mode="field"), FakeSource(frames), clf, recs.append)
     assert [r["frame"] for r in recs] == [0, 1]
     assert not [t for t in threading.enumerate() if t.name == "field-read" and t.is_alive()]
+
+
+def _record_reads(monkeypatch):
+    """Patch field mode's frame reading to note the thread each frame is read in."""
+    threads = []
+    real_read = watch_mod.read_frame
+    monkeypatch.setattr(watch_mod, "read_frame",
+                        lambda f, *a: threads.append(threading.current_thread().name) or real_read(f, *a))
+    return threads
+
+
+def test_frames_paced_with_fps_are_read_in_turn_not_ahead(monkeypatch):
+    """--fps: a frame read ahead would wait out the pace and be that much older when classified."""
+    frames = _scan_frames(4)
+    threads = _record_reads(monkeypatch)
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    run_watch(WatchConfig(mode="field", fps=200.0), FakeSource(frames), clf, lambda r: None)
+    assert threads == ["MainThread"] * len(frames)
+    threads.clear()
+    run_watch(WatchConfig(mode="field"), FakeSource(frames), clf, lambda r: None)
+    assert threads == ["field-read"] * len(frames)
+
+
+def test_copies_in_a_folder_are_not_read(tmp_path, monkeypatch):
+    """A copy of an image of the run, or an image counted into the session before, is skipped: not read."""
+    import cv2
+
+    from scopelite.edge.sources import FolderSource
+
+    frames = _scan_frames(3)
+    for i, name in enumerate(["a", "b", "c"]):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), frames[i][..., ::-1])
+    for name, of in [("a2", "a"), ("b2", "b"), ("c2", "c"), ("c3", "c")]:
+        (tmp_path / f"{name}.png").write_bytes((tmp_path / f"{of}.png").read_bytes())
+    threads = _record_reads(monkeypatch)
+    recs = []
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    s = run_watch(WatchConfig(mode="field", track=False), FolderSource(tmp_path), clf, recs.append)["summary"]
+    assert s["frames"] == 3 and s["copies"] == 4
+    assert [r["copy_of"].rsplit("/", 1)[1] for r in recs if r.get("event") == "copy"] == ["a.png", "b.png", "c.png",
+                                                                                           "c.png"]
+    assert len(threads) == 3  # each image once, though a copy right behind its image is looked at meanwhile
