@@ -50,6 +50,13 @@ class DropOldestQueue:
             self.closed = True
             self._cv.notify_all()
 
+    @property
+    def drained(self) -> bool:
+        """Closed, and every item taken: nothing more will come (a ``get`` that timed out just before the last
+        item was put and the queue closed is no reason to stop)."""
+        with self._cv:
+            return self.closed and not self._dq
+
 
 class Capture(threading.Thread):
     """Reads frames from ``open_source()`` into ``queue``.

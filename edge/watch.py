@@ -532,7 +532,7 @@ def run_watch(
 
     # field mode: the next frame is read while this one is classified (not when frames are paced, --fps: the
     # frame read ahead would wait out the pace and be that much older)
-    ahead = None if counter is None or fps else Lookahead(take, lambda: queue.closed, read_ahead, name="field-read")
+    ahead = None if counter is None or fps else Lookahead(take, lambda: queue.drained, read_ahead, name="field-read")
     n, t_start, infer_s = 0, clock(), 0.0
     reason = "end of stream"
     try:
@@ -562,7 +562,7 @@ def run_watch(
             else:
                 got = take(0.25)
                 if got is None:
-                    if queue.closed:
+                    if queue.drained:
                         break
                     continue
                 frame, file = got  # file: a folder's image, named in the line

@@ -222,3 +222,24 @@ def test_copies_in_a_folder_are_not_read(tmp_path, monkeypatch):
     assert [r["copy_of"].rsplit("/", 1)[1] for r in recs if r.get("event") == "copy"] == ["a.png", "b.png", "c.png",
                                                                                            "c.png"]
     assert len(threads) == 3  # each image once, though a copy right behind its image is looked at meanwhile
+
+
+def test_the_last_frame_put_as_the_queue_closes_is_not_lost():
+    """A get that timed out just before the last frame was put and the queue closed: the frame is still read."""
+    from scopelite.edge.capture import DropOldestQueue
+
+    q = DropOldestQueue(2)
+    missed = []
+
+    def take(timeout):
+        got = q.get(timeout=0.01)
+        if got is None and not missed:  # the capture thread puts the last frame and closes, right then
+            missed.append(1)
+            q.put("last frame", block=True)
+            q.close()
+        return got
+
+    ahead = Lookahead(take, lambda: q.drained, lambda x: x.upper())
+    assert _drain(ahead) == [("last frame", "LAST FRAME")]
+    ahead.stop()
+    assert not DropOldestQueue(1).drained
