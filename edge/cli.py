@@ -537,6 +537,8 @@ def watch(**_):
     if sessions is not None:
         ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
         sessions.on_change = lambda what: print(f"{what} (lab page)", file=sys.stderr, flush=True)
+        sessions.on_disk = warn  # the sessions' disk running low or full: said at the start and while counting
+        sessions.check_disk()
     if server is not None:
         status.session = sessions
         start_serving(server)
@@ -559,7 +561,9 @@ def watch(**_):
         summary["summary"]["session"] = {**sessions.brief(), "folder": s["folder"], "state": s["state"],
                                          "reason": s["reason"], "resumed": sessions.resumed is not None,
                                          "white_total": s["differential"]["white_total"],
-                                         "cells": s["cells_total"], "reviewed": s["reviewed"]}
+                                         "cells": s["cells_total"], "reviewed": s["reviewed"], "disk": s["disk"],
+                                         **({"pictures_not_kept": sessions.pictures_not_kept}
+                                            if sessions.pictures_not_kept else {})}
     emit(summary)
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])

@@ -47,6 +47,16 @@ def _script_json(obj) -> str:
     return json.dumps(obj).replace("</", "<\\/")
 
 
+def _disk_line(disk: dict | None) -> str:
+    """A warning when the sessions' disk runs low or full (``diskspace.DiskRoom.info``); nothing otherwise."""
+    if not disk or disk.get("state") not in ("low", "full"):
+        return ""
+    what = ("<b>The sessions disk is full</b>: cells are counted without their pictures"
+            if disk["state"] == "full" else "<b>The sessions disk is running out of room</b>")
+    return (f'<p id="disk" class="bad">{what} ({disk["free_mb"]} MB free). Export the sessions reviewed '
+            '(celledge export) and delete old ones (docs/differential.md).</p>')
+
+
 def lab_panel(summary: dict) -> str:
     """The lab page's session controls: which session, its state and progress, start/stop/reset, links."""
     d = summary["differential"]
@@ -59,7 +69,7 @@ def lab_panel(summary: dict) -> str:
 <button id="stop" onclick="act('stop')"{" disabled" if summary["state"] != "open" else ""}>Stop</button>
 <button id="reset" onclick="act('reset')" title="discard this count and start again">Reset</button>
 · <a href="/review">Review cells</a> · <a href="/session/report.html">Report</a>
-<span id="session-error" class="bad"></span></p></div>
+<span id="session-error" class="bad"></span></p>{_disk_line(summary.get("disk"))}</div>
 <script>{_POST_JS}
 async function act(what) {{
   if (what === 'reset' && !confirm('Discard this count and start again?')) return;

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from .bundle import same_model, write_bytes_atomic, write_json_atomic
+from .diskspace import DiskRoom
 from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
 from .errors import UserError
 from .field import crop_at
@@ -531,6 +532,11 @@ class Sessions:
         self._lock = threading.RLock()
         # told of what people do on the lab page (start, stop, reset): the daemon's journal says it
         self.on_change: Callable[[str], None] | None = None
+        # room left on the sessions' disk (looked at every 30 s while counting); told to on_disk when it runs low,
+        # runs out (cells are then counted without their pictures) and has room again
+        self.disk = DiskRoom(root)
+        self.on_disk: Callable[[str], None] | None = None
+        self.pictures_not_kept = 0  # cells counted in this run without their picture: the disk was full
         # track id -> (crop, frame, centre, scale, image file)
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
@@ -671,8 +677,9 @@ class Sessions:
             return cell
 
     def summary(self, cells: bool = True) -> dict:
+        """The current session's ``Session.summary``, with the room on the sessions' disk (``disk``)."""
         with self._lock:
-            return self.current.summary(cells)
+            return {**self.current.summary(cells), "disk": self.disk.info()}
 
     def brief(self) -> dict:
         """For each frame's JSON line: the session counted into, and its count so far (people's labels over the
@@ -709,6 +716,7 @@ class Sessions:
         idx, cells = rec.get("frame", 0), rec.get("cells") or []
         if not self.current.is_open:  # nothing to keep (and no wait while a closed session's report is written)
             return []
+        self.check_disk()
         with self._lock:
             if frame is not None:
                 self.keep_views(frame, rec)
@@ -725,6 +733,9 @@ class Sessions:
                     pixels = rec.get("pixels")
                     if frame is not None and "cell" in e and e["cell"] < len(cells):
                         crop = crop_at(frame, cells[e["cell"]]["box"]).copy()
+                if crop is not None and self.disk.state == "full":  # the count goes on; its picture cannot
+                    crop = None
+                    self.pictures_not_kept += 1
                 self.current.read_from(self.source, self.given)  # at its first cell: a run that counts nothing
                 added.append(self.current.add(_cell_record(e, idx, center, cut_at, file, pixels), crop))
                 e["session_cell"] = added[-1]["id"]  # the JSON line names it as the session does (crops/ID.png)
@@ -744,6 +755,12 @@ class Sessions:
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:
                 del self._views[tid]
             return added
+
+    def check_disk(self) -> None:
+        """Look at the room on the sessions' disk (at most every 30 s) and tell ``on_disk`` when that changed."""
+        said = self.disk.look()
+        if said is not None and self.on_disk is not None:
+            self.on_disk(said)
 
     def keep_views(self, frame: np.ndarray, rec: dict) -> None:
         """Remember each pending tracked cell's view in this frame (its crop, if it is counted later); also

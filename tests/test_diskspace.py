@@ -1,0 +1,118 @@
+"""Room on the sessions' disk (edge/diskspace.py): a daemon left counting for weeks warns before its disk fills,
+and keeps counting (without the cells' pictures) once it has."""
+import collections
+import json
+
+import cv2
+import numpy as np
+
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.edge.diskspace import FLOOR_BYTES, LOW_BYTES, DiskRoom
+from scopelite.edge.httpd import Status
+from scopelite.edge.review_page import lab_panel
+from scopelite.edge.session import Sessions, read_jsonl
+from conftest import invoke_cli
+from test_session import _feed
+from test_watch_tracking import SCAN
+
+Usage = collections.namedtuple("Usage", "total used free")
+MB = 1 << 20
+
+
+class FakeDisk:
+    """shutil.disk_usage with a free figure the test sets; raises OSError when ``free`` is None."""
+
+    def __init__(self, free):
+        self.free, self.calls = free, 0
+
+    def __call__(self, path):
+        self.calls += 1
+        if self.free is None:
+            raise OSError(5, "Input/output error")
+        return Usage(64 << 30, (64 << 30) - self.free, self.free)
+
+
+def test_states_messages_and_how_often_it_looks():
+    t = [0.0]
+    disk = FakeDisk(5 << 30)
+    room = DiskRoom("/data/sessions", every=30, clock=lambda: t[0], usage=disk)
+    assert room.state == "unknown" and room.look() is None and room.state == "ok"  # room at the start: nothing said
+    disk.free = 500 * MB
+    t[0] = 10
+    assert room.look() is None and disk.calls == 1  # not looked at again within 30 s
+    t[0] = 31
+    said = room.look()
+    assert room.state == "low" and "500 MB free" in said and "12 hours" in said and "celledge export" in said
+    t[0] = 62
+    assert room.look() is None  # still low: said once
+    disk.free = 50 * MB
+    t[0] = 93
+    said = room.look()
+    assert room.state == "full" and "without keeping the cells' pictures" in said
+    assert room.info() == {"free_mb": 50, "state": "full"}
+    disk.free = 3 << 30
+    t[0] = 124
+    assert "again" in room.look() and room.state == "ok"
+    disk.free = None  # the disk cannot be read: unknown, nothing said, counting goes on as before
+    t[0] = 155
+    assert room.look() is None and room.state == "unknown" and room.info()["free_mb"] is None
+    assert FLOOR_BYTES < LOW_BYTES
+
+
+def test_a_full_disk_counts_cells_without_their_pictures_and_says_so(tmp_path, monkeypatch):
+    disk = FakeDisk(10 << 30)
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", disk)
+    told = []
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    sessions.on_disk = told.append
+    sessions.disk.every = 0  # look at every frame
+    _feed(sessions, ["neutrophil", "lymphocyte"])
+    disk.free = 20 * MB
+    _feed(sessions, ["monocyte", "neutrophil"], frame0=2)
+    disk.free = 10 << 30
+    _feed(sessions, ["eosinophil"], frame0=4)
+    cells = [c for c in read_jsonl(sessions.current.folder / "cells.jsonl") if "id" in c]
+    assert [c["label"] for c in cells] == ["neutrophil", "lymphocyte", "monocyte", "neutrophil", "eosinophil"]
+    assert [c["crop"] is not None for c in cells] == [True, True, False, False, True]
+    assert sorted(p.name for p in (sessions.current.folder / "crops").iterdir()) == ["1.png", "2.png", "5.png"]
+    assert sessions.pictures_not_kept == 2
+    assert len(told) == 2 and "20 MB free" in told[0] and "again" in told[1]
+    s = sessions.summary(cells=False)
+    assert s["disk"]["state"] == "ok" and s["differential"]["white_total"] == 5
+
+
+def test_the_lab_page_and_metrics_say_the_disk_is_low(tmp_path, monkeypatch):
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(300 * MB))
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    _feed(sessions, ["neutrophil"])
+    summary = sessions.summary(cells=False)
+    assert summary["disk"] == {"free_mb": 300, "state": "low"}
+    page = lab_panel(summary)
+    assert 'id="disk"' in page and "running out of room" in page and "300 MB free" in page
+    status = Status(CLASS_NAMES)
+    status.session = sessions
+    assert "scopelite_session_disk_free_megabytes 300" in status.metrics_text()
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(50 << 30))
+    sessions.disk.every = 0
+    sessions.check_disk()
+    assert 'id="disk"' not in lab_panel(sessions.summary(cells=False))
+
+
+def test_watch_warns_at_the_start_and_counts_on_a_full_disk(tmp_path, monkeypatch):
+    from scopelite.train.slide import make_slide_scan
+
+    scan = make_slide_scan(0, **SCAN)
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in (0, 40, 80):
+        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(80 * MB))  # over the 50 MB a run needs to start
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
+                   "--out", str(tmp_path / "lines.jsonl"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    warned = [x for x in r.stderr.splitlines() if x.startswith("warning:") and "80 MB free" in x]
+    assert len(warned) == 1 and "without keeping the cells' pictures" in warned[0]
+    summary = json.loads((tmp_path / "lines.jsonl").read_text().splitlines()[-1])["summary"]["session"]
+    assert summary["cells"] > 0 and summary["pictures_not_kept"] == summary["cells"]
+    assert summary["disk"] == {"free_mb": 80, "state": "full"}
