@@ -163,10 +163,10 @@ class Session:
         while (root / sid).exists():
             n += 1
             sid = f"{base}-{n}"
-        folder = root / sid
+        folder, seq = root / sid, _next_seq(root)
         (folder / "crops").mkdir(parents=True)
-        state = {"id": sid, "state": "open", "target": target, "labels": list(labels), "min_score": min_score,
-                 "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
+        state = {"id": sid, "seq": seq, "state": "open", "target": target, "labels": list(labels),
+                 "min_score": min_score, "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
                  "reason": None, "rbc_fraction": rbc_fraction}
         write_json_atomic(folder / "state.json", state, fsync="full")
         fsync_dir(root)  # the session folder's own name
@@ -452,8 +452,26 @@ def list_sessions(root: str | os.PathLike, only_open: bool = False, damaged: lis
                 damaged.append(d)
             continue
         if not only_open or state.get("state") == "open":
-            found.append((state.get("started") or 0, d.name, d))
-    return [d for _, _, d in sorted(found)]
+            found.append((_seq(state), state.get("started") or 0, d.name, d))
+    return [d for *_, d in sorted(found)]
+
+
+def _seq(state: dict) -> int:
+    """A session's place in its folder (``state["seq"]``, counted up at each start; 0 for sessions from before it
+    was recorded): the order they were started in, even when the clock stepped back between them (a Pi without
+    a clock battery after a power cut, before it finds a time server)."""
+    seq = state.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
+
+
+def _next_seq(root: Path) -> int:
+    seqs = []
+    for d in root.iterdir() if root.is_dir() else ():
+        try:
+            seqs.append(_seq(_read_state(d)))
+        except (OSError, ValueError):
+            continue
+    return max(seqs, default=0) + 1
 
 
 class Sessions:

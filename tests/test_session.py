@@ -1109,3 +1109,28 @@ def test_each_frames_count_comes_from_a_running_tally_that_matches_the_cells(tmp
     again = Session.load(s.folder)
     assert again.brief() == again.differential().brief() == s.brief()
     assert again.add({"label": "neutrophil", "best": "neutrophil", "score": 0.9}, None)["id"] == len(s.cells) + 1
+
+
+def test_sessions_keep_the_order_they_were_started_in_when_the_clock_steps_back(tmp_path):
+    """A Pi without a clock battery, after a power cut and before it finds a time server, starts with its clock
+    behind: the session started then is still the latest (resumed, reviewed, compared with the one before)."""
+    from scopelite.edge.session import list_sessions
+
+    t = [2.0e9]
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES, clock=lambda: t[0])
+    first = sessions.current.id
+    _feed(sessions, ["neutrophil"])
+    sessions.stop()
+    t[0] = 1.9e9  # about three years behind
+    sessions.start()
+    second = sessions.current.id
+    _feed(sessions, ["lymphocyte"])
+    assert [d.name for d in list_sessions(tmp_path / "s")] == [first, second]
+    sessions.release()
+    assert Sessions(tmp_path / "s", CLASS_NAMES).resumed == second
+    assert Sessions.reviewing(tmp_path / "s").current.id == second
+    # sessions from before the order was recorded come first, by their start time
+    legacy = json.loads((tmp_path / "s" / first / "state.json").read_text())
+    del legacy["seq"]
+    (tmp_path / "s" / first / "state.json").write_text(json.dumps(legacy))
+    assert [d.name for d in list_sessions(tmp_path / "s")] == [first, second]
