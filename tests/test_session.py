@@ -1134,3 +1134,59 @@ def test_sessions_keep_the_order_they_were_started_in_when_the_clock_steps_back(
     del legacy["seq"]
     (tmp_path / "s" / first / "state.json").write_text(json.dumps(legacy))
     assert [d.name for d in list_sessions(tmp_path / "s")] == [first, second]
+
+
+def _count_from_every_cell(session):
+    """A session's differential made again from every cell, as it was before the running tally."""
+    from scopelite.edge.session import effective_label
+
+    d = session._no_cells()
+    for c in session.cells:
+        lab = effective_label(c)
+        if lab == NOT_A_CELL:
+            continue
+        if lab == "uncertain":
+            d.review.append({"ref": {"id": c["id"]}, "best": c["best"], "score": c["score"],
+                             "reviewed": c["reviewed"] is not None})
+        else:
+            d.add_label(lab)
+    return d.summary(), sum(c["reviewed"] is not None for c in session.cells), sum(
+        effective_label(c) == NOT_A_CELL for c in session.cells)
+
+
+def test_the_running_count_equals_one_made_from_every_cell(tmp_path):
+    """Cells added, revised by the model and labelled by people in any order (to and from uncertain and not a
+    cell): the count, its review list and the review progress, kept as they change, equal a count made again
+    from every cell, also after the session is read back from its folder."""
+    import random
+
+    rng = random.Random(3)
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    cur = sessions.current
+    models = [*CLASS_NAMES, "uncertain"]
+
+    def same(session):
+        full, reviewed, not_cells = _count_from_every_cell(session)
+        assert session.differential().summary() == full
+        brief = session.summary(cells=False)
+        assert brief["differential"] == {**full, "uncertain": {"count": full["uncertain"]["count"]}}
+        assert (brief["reviewed"], brief["not_cells"]) == (reviewed, not_cells)
+        assert session.summary()["differential"] == full
+
+    for step in range(400):
+        op = rng.random()
+        if op < 0.45 or not cur.cells:
+            _feed(sessions, [rng.choice(models)], frame0=step)
+        elif op < 0.7:
+            to = rng.choice(models)
+            cur.revise(rng.choice(cur.cells)["id"], {"to": to, "best": to if to != "uncertain" else "basophil",
+                                                     "score": round(rng.random(), 3), "frames": 5}, step)
+        else:
+            cur.label(rng.choice(cur.cells)["id"], rng.choice([*CLASS_NAMES, "uncertain", NOT_A_CELL, "confirm"]))
+        if step % 40 == 0:
+            same(cur)
+    same(cur)
+    full = _count_from_every_cell(cur)[0]
+    assert full["uncertain"]["count"] > 5 and sum(r["count"] for r in full["rows"]) > 50
+    sessions.release()
+    same(Session.load(cur.folder))
