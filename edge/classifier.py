@@ -152,6 +152,11 @@ def make_classifier(model: str | os.PathLike, num_threads: int | None = None, de
         tpu = "" if sc.runtimes == ("edgetpu",) else None
     else:
         tpu = device
+    if tpu is not None and fallback == "cpu" and "edgetpu" not in sc.runtimes and "cpu" in sc.runtimes:
+        warn(f"warning: {Path(model).name} is not compiled for the Edge TPU (sidecar runtimes: "
+             f"{', '.join(sc.runtimes)}) -> running it on the CPU (--fallback cpu); for the Edge TPU give its "
+             "*_edgetpu.tflite model (cellcompress --edgetpu)")
+        return LiteRTClassifier(model, num_threads=num_threads, sidecar=sc)
     try:
         return LiteRTClassifier(model, num_threads=num_threads, device=tpu, sidecar=sc)
     except (RuntimeUnavailable, BundleError) as e:

@@ -27,3 +27,15 @@ def test_classify_without_a_model_uses_the_packaged_one(synth_dir):
     assert r.returncode == 0, r.stderr[-1500:]
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(recs) == 3 and all(rec["label"] in CLASS_NAMES for rec in recs)
+
+
+def test_an_edge_tpu_asked_for_with_a_cpu_model_and_fallback_cpu_runs_it_on_the_cpu_and_says_why():
+    """--device usb --fallback cpu with the (CPU-only) packaged model: it runs on the CPU, and the warning says
+    the model is not compiled for the Edge TPU, not to give the --fallback cpu the user gave."""
+    from scopelite.edge.classifier import make_classifier
+
+    said = []
+    clf = make_classifier(default_model(), device="usb", fallback="cpu", warn=said.append)
+    assert clf.classify(np.zeros((1, 96, 96, 3), np.uint8)).shape == (1, 8)
+    assert len(said) == 1 and "not compiled for the Edge TPU" in said[0] and "_edgetpu.tflite" in said[0]
+    assert "or --fallback cpu" not in said[0]
