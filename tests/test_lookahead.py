@@ -4,7 +4,6 @@ import collections
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from scopelite.edge import watch as watch_mod
@@ -15,6 +14,7 @@ from scopelite.edge.lookahead import Lookahead
 from scopelite.edge.sources import FakeSource
 from scopelite.edge.watch import run_watch
 from scopelite.train.slide import make_slide_scan
+from test_watch_tracking import by_colour
 
 
 def _items(values):
@@ -98,14 +98,6 @@ def test_stop_lets_go_of_a_thread_waiting_for_the_caller():
     ahead.stop()
     assert time.monotonic() - t0 < 0.1 and not ahead._thread.is_alive()
     assert ahead.get(timeout=0.01) is None  # nothing is handed out after stop
-
-
-def by_colour(crops):
-    m = crops.reshape(len(crops), -1, 3).mean(axis=1)
-    idx = (m[:, 0] * 7 + m[:, 2] * 3).astype(int) % len(CLASS_NAMES)
-    out = np.full((len(crops), len(CLASS_NAMES)), 0.05)
-    out[np.arange(len(crops)), idx] = 0.65
-    return out
 
 
 def _scan_frames(n=30):
