@@ -113,6 +113,14 @@ class OneLineGroup(click.Group):
     one ``--help`` away.
     """
 
+    def parse_args(self, ctx, args):
+        # --verbose is the tool's (``celledge --verbose watch ...``); after the subcommand it means the same
+        if any(p.name == "verbose" for p in self.params) and "--verbose" in args:
+            end = args.index("--") if "--" in args else len(args)
+            if "--verbose" in args[1:end]:
+                args = ["--verbose"] + [a for i, a in enumerate(args) if not (a == "--verbose" and i < end)]
+        return super().parse_args(ctx, args)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)

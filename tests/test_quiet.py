@@ -47,6 +47,16 @@ def test_verbose_shows_the_runtime_lines_again(cell_png):
     assert "XNNPACK" in r.stderr  # LiteRT's own line, held back by default
 
 
+def test_verbose_after_the_subcommand_means_the_same(cell_png, tmp_path):
+    """``celledge classify X --verbose``: the tool's flag, not "No such option '--verbose'. Did you mean ...?"."""
+    r = run_cli("celledge", "classify", str(cell_png), "--verbose", env=_env())
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "XNNPACK" in r.stderr and r.stdout.startswith(str(cell_png))
+    r = run_cli("cellcompress", str(tmp_path / "missing.keras"), "--int8", "--verbose", "--out", str(tmp_path / "o"),
+                env=_env())
+    assert r.returncode == 2 and "No such option" not in r.stderr and "missing.keras" in r.stderr
+
+
 def test_a_tensorflow_command_is_quiet_too(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run["dir"], run)
