@@ -927,7 +927,7 @@ def info(model, as_json):
 @main.command()
 @click.argument("sessions", type=click.Path(exists=True, file_okay=False))
 @click.option("--session", "sid", default=None, metavar="ID", help="Which session (its folder's name; default: "
-              "the latest started).")
+              "the latest started on the device that counted it).")
 @click.option("--http", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
               help="Where to serve the review page.")
 @click.option("--http-token", default=None, envvar="SCOPELITE_HTTP_TOKEN", metavar="TOKEN",
@@ -1027,10 +1027,12 @@ def export(sessions, out, self_train):
         warn(_damaged_lines(sid, lines))
     if not result["cells"]:
         sk = result["skipped"]
-        lost = sk["no crop"] + sk["unreadable crop"]
-        if lost:
-            raise UserError(f"no reviewed cell could be exported: {lost} reviewed cell{'s have' if lost > 1 else ' has'} "
-                            "no readable crop in its session's crops/ folder (deleted or damaged); nothing written")
+        if sk["no crop"] + sk["unreadable crop"]:
+            why = ([f"{sk['no crop']} reviewed without a picture (not kept: counted while the sessions disk was full, "
+                    "or never seen whole)"] if sk["no crop"] else []) + (
+                [f"{sk['unreadable crop']} whose picture in its session's crops/ folder is missing or damaged"]
+                if sk["unreadable crop"] else [])
+            raise UserError(f"no reviewed cell could be exported: {'; '.join(why)}; nothing written")
         raise UserError(f"no reviewed cells to export ({sk['unreviewed']} unreviewed, {sk['uncertain or not a cell']} "
                         f"uncertain or not a cell): review them first with celledge review {shlex.quote(str(sessions[0]))}"
                         " (or the /review page of celledge watch --http); nothing written")

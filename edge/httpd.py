@@ -317,7 +317,7 @@ def _session_metrics(s: dict, labels) -> list[str]:
     disk = s.get("disk") or {}
     if disk.get("free_mb") is not None:
         lines += gauge("disk_free_megabytes", "Room left on the sessions folder's disk (looked at every 30 s while "
-                       "counting); under 100 cells are counted without their pictures.", disk["free_mb"])
+                       "counting); under 100 MB cells are counted without their pictures.", disk["free_mb"])
     if s.get("target"):
         lines += gauge("target", "White cells the current session counts before it closes.", s["target"])
     lines += gauge("uncertain_cells", "Cells of the current session listed for review, not in the %.",

@@ -156,7 +156,9 @@ class Session:
 
     @classmethod
     def create(cls, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
-               clock: Callable[[], float] = time.time, rbc_fraction: float | None = None) -> "Session":
+               clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
+               seq: int | None = None) -> "Session":
+        """A new open session folder under ``root``; ``seq``: its place there (None: after every session in it)."""
         t = clock()
         # the start time, then 6 random hex digits: two devices' sessions started in one second do not
         # share an id (their cells export into one folder by id)
@@ -165,7 +167,7 @@ class Session:
         while (root / sid).exists():
             n += 1
             sid = f"{base}-{n}"
-        folder, seq = root / sid, _next_seq(root)
+        folder, seq = root / sid, _next_seq(root) if seq is None else seq
         (folder / "crops").mkdir(parents=True)
         state = {"id": sid, "seq": seq, "state": "open", "target": target, "labels": list(labels),
                  "min_score": min_score, "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
@@ -580,6 +582,7 @@ class Sessions:
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
         self._brief: tuple[tuple[str, int], dict] | None = None  # (session id, version) -> brief()
+        self._last_seq: int | None = None  # the last session's place in the folder (``seq``), read at the first new one
 
     @classmethod
     def reviewing(cls, root: str | os.PathLike, sid: str | None = None) -> "Sessions":
@@ -637,8 +640,9 @@ class Sessions:
 
     def _new(self, target: int | None) -> Session:
         """A new session (held by this process with ``hold``; the one before is let go)."""
+        self._last_seq = _next_seq(self.root) if self._last_seq is None else self._last_seq + 1  # read once
         s = Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
-                           self.rbc_fraction)
+                           self.rbc_fraction, seq=self._last_seq)
         if self.model:
             s.record_model(self.model)
         if self.hold:
@@ -678,7 +682,7 @@ class Sessions:
             self._views.clear()
             self._cell_of_track.clear()
             self._tell(f"session {self.current.id} started (target: {self.current.state['target'] or 'none'})")
-            return self.current.summary(cells=False)
+            return self._answer()
 
     def stop(self) -> dict:
         with self._lock:
@@ -686,7 +690,7 @@ class Sessions:
                 raise SessionError(f"session {self.current.id} is already closed")
             self.current.close("stopped", self.clock)
             self._tell(f"session {self.current.id} stopped: report {self.current.folder / 'report.html'}")
-            return self.current.summary(cells=False)
+            return self._answer()
 
     def reset(self) -> dict:
         """Discard the count and start again on the same slide: the session is closed as "reset" (its folder
@@ -702,7 +706,7 @@ class Sessions:
             n = len(old.cells)
             self._tell(f"session {old.id} reset ({n} cell{'' if n == 1 else 's'} set aside, its folder kept): "
                        f"session {self.current.id} started")
-            return self.current.summary(cells=False)
+            return self._answer()
 
     def _tell(self, what: str) -> None:
         if self.on_change is not None:
@@ -716,9 +720,16 @@ class Sessions:
             return cell
 
     def summary(self, cells: bool = True) -> dict:
-        """The current session's ``Session.summary``, with the room on the sessions' disk (``disk``)."""
+        """The current session's ``Session.summary``, with the room on the sessions' disk (``disk``: looked at
+        again here too, at most every 30 s, so that it is not stale while no session counts)."""
+        self.check_disk()
         with self._lock:
             return {**self.current.summary(cells), "disk": self.disk.info()}
+
+    def _answer(self) -> dict:
+        """What start, stop and reset answer: the current session without its cells, but with the review list of
+        its uncertain cells (what ``summary(cells=False)`` leaves out to stay fast)."""
+        return {**self.summary(cells=False), "differential": self.current.differential().summary()}
 
     def brief(self) -> dict:
         """For each frame's JSON line: the session counted into, and its count so far (people's labels over the

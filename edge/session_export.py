@@ -64,7 +64,8 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
 
     Returns:
         {"classes": {class: files}, "cells": n, "skipped": {"unreviewed": n, "uncertain or not a cell": n,
-        "no crop": n, "unreadable crop": n}, "sessions": [ids], "self_trained": {class: files},
+        "no crop": n (none kept), "unreadable crop": n (deleted or damaged)}, "sessions": [ids], "self_trained":
+        {class: files},
         "damaged_lines": {session id: lines of its logs that could not be read}}
     """
     out = Path(out)
@@ -91,10 +92,10 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
                     skipped["unreviewed"] += (s.id, c["id"]) not in unreadable  # counted once, as unreadable
                 elif label in (UNCERTAIN, NOT_A_CELL):
                     skipped["uncertain or not a cell"] += 1
-                elif not _has_crop(folder, c):
+                elif not c.get("crop"):  # none kept (counted while the sessions disk was full, never seen whole)
                     skipped["no crop"] += 1
-                elif guess is None and not _decodes(folder / c["crop"]):  # a guess's crop was read to guess it
-                    skipped["unreadable crop"] += 1
+                elif not (folder / c["crop"]).is_file() or guess is None and not _decodes(folder / c["crop"]):
+                    skipped["unreadable crop"] += 1  # deleted or damaged (a guess's crop was read to guess it)
                 else:
                     with atomic_path(out / name) as tmp:
                         shutil.copyfile(folder / c["crop"], tmp)

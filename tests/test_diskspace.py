@@ -50,11 +50,22 @@ def test_states_messages_and_how_often_it_looks():
     said = room.look()
     assert room.state == "full" and "without keeping the cells' pictures" in said
     assert room.info() == {"free_mb": 50, "state": "full"}
-    disk.free = 3 << 30
+    disk.free = 105 * MB  # just over the floor: still full (it leaves it with 10 % to spare)
     t[0] = 124
-    assert "again" in room.look() and room.state == "ok"
-    disk.free = None  # the disk cannot be read: unknown, nothing said, counting goes on as before
+    assert room.look() is None and room.state == "full"
+    disk.free = 3 << 30
     t[0] = 155
+    said = room.look()
+    assert room.state == "ok" and "room again" in said and "pictures are kept again" in said
+    disk.free = 900 * MB
+    t[0] = 186
+    assert room.look() is not None and room.state == "low"
+    disk.free = 2 << 30
+    t[0] = 217
+    said = room.look()
+    assert room.state == "ok" and "room again" in said and "pictures" not in said  # never stopped while low
+    disk.free = None  # the disk cannot be read: unknown, nothing said, counting goes on as before
+    t[0] = 248
     assert room.look() is None and room.state == "unknown" and room.info()["free_mb"] is None
     assert FLOOR_BYTES < LOW_BYTES
 
@@ -76,9 +87,35 @@ def test_a_full_disk_counts_cells_without_their_pictures_and_says_so(tmp_path, m
     assert [c["crop"] is not None for c in cells] == [True, True, False, False, True]
     assert sorted(p.name for p in (sessions.current.folder / "crops").iterdir()) == ["1.png", "2.png", "5.png"]
     assert sessions.pictures_not_kept == 2
-    assert len(told) == 2 and "20 MB free" in told[0] and "again" in told[1]
+    assert len(told) == 2 and "20 MB free" in told[0] and "pictures are kept again" in told[1]
     s = sessions.summary(cells=False)
     assert s["disk"]["state"] == "ok" and s["differential"]["white_total"] == 5
+    # a reviewed cell counted without its picture cannot be exported: said so, not "deleted or damaged"
+    for cid in (1, 2, 5):
+        sessions.label(cid, "confirm")
+    for name in ("1.png", "2.png", "5.png"):
+        (sessions.current.folder / "crops" / name).unlink()
+    sessions.label(3, "monocyte")
+    sessions.release()
+    r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data"))
+    assert r.returncode != 0 and "not kept: counted while the sessions disk was full" in r.stderr
+    assert "3 whose picture" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_disk_is_looked_at_again_when_no_session_counts(tmp_path, monkeypatch):
+    """After the count stops, the lab page and /metrics still follow the disk (someone deleted old sessions)."""
+    disk = FakeDisk(50 * MB)
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", disk)
+    t = [0.0]
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    sessions.disk._clock = lambda: t[0]
+    _feed(sessions, ["neutrophil", "uncertain"])
+    stopped = sessions.stop()
+    assert stopped["disk"]["state"] == "full"
+    assert stopped["differential"]["uncertain"]["cells"][0]["ref"] == {"id": 2}  # the controls' answers keep it
+    disk.free = 50 << 30
+    t[0] = 31
+    assert sessions.summary(cells=False)["disk"] == {"free_mb": 50 << 10, "state": "ok"}
 
 
 def test_the_lab_page_and_metrics_say_the_disk_is_low(tmp_path, monkeypatch):

@@ -604,7 +604,7 @@ def test_export_skips_a_reviewed_crop_that_is_not_an_image(tmp_path):
     for cid in (1, 3):  # every reviewed crop gone: said so, not "review them first"
         (sessions.current.folder / sessions.current.by_id[cid]["crop"]).unlink()
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "again"))
-    assert_one_line_error(r, "3 reviewed cells have no readable crop")
+    assert_one_line_error(r, "3 whose picture in its session's crops/ folder is missing or damaged")
 
 
 def test_a_session_whose_state_cannot_be_read_is_named_not_skipped(tmp_path):
