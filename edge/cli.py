@@ -19,8 +19,9 @@ THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed t
 TOP_K = click.IntRange(min=1)
 
 
-def _not_media(out, option: str, source=None, ending: str = ".json") -> None:
-    """Refuse an output file named like an image or a video, or one that is the source itself (UserError)."""
+def _not_media(out, option: str, source=None, ending: str = ".json", reads: dict | None = None) -> None:
+    """Refuse an output file named like an image or a video, or one that is the source itself or another file the
+    run reads (``reads``: {what it is: its path}, e.g. the model, its sidecar, the site file) (UserError)."""
     from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES  # noqa: PLC0415 - OpenCV is imported when a command needs it
 
     p = Path(out)
@@ -29,6 +30,19 @@ def _not_media(out, option: str, source=None, ending: str = ".json") -> None:
                         f"or be added to it; give a name ending in {ending}")
     if source is not None and p.exists() and Path(str(source)).exists() and p.resolve() == Path(str(source)).resolve():
         raise UserError(f"{option} {out} is the source itself; give another file")
+    for what, path in (reads or {}).items():  # a file the run reads: what is written there would destroy it
+        if path and p.exists() and Path(path).exists() and p.resolve() == Path(path).resolve():
+            raise UserError(f"{option} {out} is {what} this run reads: what it writes would destroy it; give another "
+                            "file")
+
+
+def _read_by_watch(cfg, ctx) -> dict:
+    """The files a watch run reads besides its source: {what: path} (``_not_media``'s ``reads``)."""
+    from .bundle import sidecar_path  # noqa: PLC0415
+
+    model = cfg.model
+    return {"the model": model, "the model's sidecar": sidecar_path(model) if model else None,
+            "the site file": cfg.site, "the config file": ctx.params.get("config")}
 
 
 def _check_device(ctx, param, value):
@@ -414,7 +428,7 @@ def watch(**_):
                 if path and not (flag == "--out" and path == "-"):  # --out -: stdout, as without --out
                     check_writable(path, flag, is_dir=is_dir)
                     if flag == "--out":
-                        _not_media(path, flag, cfg.source, ending=".jsonl")
+                        _not_media(path, flag, cfg.source, ending=".jsonl", reads=_read_by_watch(cfg, ctx))
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
             except UserError as e:

@@ -58,6 +58,11 @@ def corpus(tmp_path_factory):
         text = "{not json" if change is None else json.dumps({**sc, **change})
         m.with_suffix(".json").write_text(text)
         p[name] = m
+    p["mcopy"] = t / "mcopy" / model.name  # a good model of the user's own, with its sidecar
+    p["mcopy"].parent.mkdir()
+    shutil.copy(model, p["mcopy"])
+    shutil.copy(model.with_suffix(".json"), p["mcopy"].with_suffix(".json"))
+    p["mcopy_json"] = p["mcopy"].with_suffix(".json")
     p["bad_png"] = t / "bad.png"
     p["bad_png"].write_bytes(b"not a png")
     p["empty_png"] = t / "empty.png"
@@ -137,6 +142,10 @@ CASES = [
     ("watch-min-score-nan", "celledge", "watch {mixed} --min-score nan", 2, "not a finite number", None, None),
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
     ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
+    ("watch-out-model", "celledge", "watch {mixed} --model {mcopy} --out {mcopy}", 2, "is the model this run reads",
+     None, None),  # wrote its JSON lines over the model
+    ("watch-out-sidecar", "celledge", "watch {mixed} --model {mcopy} --out {mcopy_json}", 2,
+     "is the model's sidecar this run reads", None, None),
     ("calibrate-out-dash", "celledge", "calibrate {mixed} --out -", 2, "give a file name", None, None),
     ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
      "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
