@@ -30,6 +30,7 @@ import collections
 import fcntl
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -77,9 +78,11 @@ def clinical_order(labels) -> list[str]:
     return first + sorted(set(labels) - set(first))
 
 
-def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict]:
+def read_jsonl(path: Path, damaged: list[str] | None = None,
+               check: Callable[[dict], bool] | None = None) -> list[dict]:
     """The complete lines of an append-only log; a torn last line (a kill mid-write) is cut off the file.
-    A complete line that is not JSON (a damaged disk, a hand edit) is skipped and named in ``damaged``."""
+    A complete line that is not JSON (a damaged disk, a hand edit), or that ``check`` refuses, is skipped and named
+    in ``damaged``."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -96,7 +99,7 @@ def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict]:
             rec = json.loads(line)
         except ValueError:
             rec = None
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and (check is None or check(rec)):
             out.append(rec)
         elif damaged is not None:
             damaged.append(f"{path.name} line {i}")
@@ -104,11 +107,48 @@ def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict]:
 
 
 def _read_state(folder: Path) -> dict:
-    """A session's state.json (ValueError when it is not a JSON object)."""
+    """A session's state.json (ValueError when it is not a JSON object with the keys of one, of their types)."""
     state = json.loads((folder / "state.json").read_text())
     if not isinstance(state, dict):
         raise ValueError(f"not a JSON object but {type(state).__name__}")
+    wrong = [k for k, ok in _STATE_KEYS.items() if not ok(state.get(k))]
+    wrong += [k for k, ok in _STATE_LISTS.items() if k in state and not ok(state[k])]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} missing or of the wrong type")
     return state
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_STATE_KEYS = {"id": lambda v: isinstance(v, str) and v != "", "state": lambda v: v in ("open", "closed"),
+               "labels": lambda v: _strings(v) and len(v) > 0, "min_score": _number,
+               "target": lambda v: v is None or isinstance(v, int) and not isinstance(v, bool),
+               "wbc_count": lambda v: v is None or _number(v)}
+_STATE_LISTS = {"sources": _strings, "inputs": _strings, "models": lambda v: isinstance(v, list)
+                and all(isinstance(m, dict) for m in v)}
+_CROP_NAME = re.compile(r"crops/[0-9]+\.png")  # what ``add`` writes: nothing outside the session's crops/
+
+
+def _good_cell_line(r: dict) -> bool:
+    """A cells.jsonl line ``load`` can use: a counted cell (its id, classes, score, frame, and a crop in crops/ or
+    none) or a revision of one; other lines are kept as they are."""
+    if "id" in r:
+        return (isinstance(r["id"], int) and not isinstance(r["id"], bool) and isinstance(r.get("label"), str)
+                and isinstance(r.get("best"), str) and _number(r.get("score"))
+                and all(r.get(k) is None or _number(r[k]) for k in ("frame", "frames"))
+                and all(r.get(k) is None or isinstance(r[k], list) and len(r[k]) == 2 and all(map(_number, r[k]))
+                        for k in ("center", "slide"))
+                and (r.get("crop") is None or isinstance(r["crop"], str) and bool(_CROP_NAME.fullmatch(r["crop"]))))
+    if "revise" in r:
+        return (isinstance(r["revise"], int) and isinstance(r.get("label"), str)
+                and (r.get("best") is None or isinstance(r["best"], str)))
+    return True
 
 
 def _now() -> str:
@@ -185,13 +225,15 @@ class Session:
         except (OSError, ValueError) as e:
             raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
         damaged: list[str] = []
-        lines = read_jsonl(folder / "cells.jsonl", damaged)
-        s = cls(folder, state, [c for c in lines if "id" in c])
+        lines = read_jsonl(folder / "cells.jsonl", damaged, _good_cell_line)
+        s = cls(folder, state, [{"reviewed": None, **c} for c in lines if "id" in c])
         for r in lines:  # the model's revisions, in order (``revise``)
             cell = s.by_id.get(r.get("revise")) if "id" not in r else None
             if cell is not None:
                 _apply_revision(cell, r)
-        for r in read_jsonl(folder / "reviews.jsonl", damaged):
+        allowed = {*state["labels"], UNCERTAIN, NOT_A_CELL}
+        for r in read_jsonl(folder / "reviews.jsonl", damaged,
+                            lambda r: isinstance(r.get("id"), int) and r.get("label") in allowed):
             cell = s.by_id.get(r.get("id"))
             if cell is not None:
                 cell["reviewed"] = r.get("label")
@@ -425,10 +467,11 @@ class Session:
         write_json_atomic(self.folder / "differential.json", {"session": {k: v for k, v in summary.items()
                                                                           if k != "differential"},
                                                              "differential": summary["differential"]})
-        write_bytes_atomic(self.folder / "differential.csv", d.to_csv().encode())
-        write_bytes_atomic(self.folder / "differential.txt", d.to_text().encode())
-        write_bytes_atomic(self.folder / "cells.csv", session_report.cells_csv(summary).encode())
-        write_bytes_atomic(self.folder / "report.html", session_report.report_html(summary, self.thumbnail).encode())
+        as_bytes = session_report.as_bytes
+        write_bytes_atomic(self.folder / "differential.csv", as_bytes(d.to_csv()))
+        write_bytes_atomic(self.folder / "differential.txt", as_bytes(d.to_text()))
+        write_bytes_atomic(self.folder / "cells.csv", as_bytes(session_report.cells_csv(summary)))
+        write_bytes_atomic(self.folder / "report.html", as_bytes(session_report.report_html(summary, self.thumbnail)))
 
     def thumbnail(self, cell_id: int) -> str | None:
         """The cell's crop as a small data: URI for the report's gallery (made once per cell)."""

@@ -19,6 +19,7 @@ import re
 from .errors import UserError
 from .review_page import review_page
 from .session import Sessions, SessionError
+from .session_report import as_bytes
 
 Response = tuple[int, bytes, str]
 _CELL_PNG = re.compile(r"/cells/(\d+)\.png")
@@ -37,7 +38,7 @@ def get(sessions: Sessions, path: str) -> Response | None:
     if path == "/session":
         return _json(200, sessions.summary())
     if path == "/session/report.html":
-        return 200, sessions.report_html().encode(), "text/html; charset=utf-8"
+        return 200, as_bytes(sessions.report_html()), "text/html; charset=utf-8"
     if path == "/review":
         return 200, review_page(sessions.labels).encode(), "text/html; charset=utf-8"
     m = _CELL_PNG.fullmatch(path)

@@ -22,6 +22,12 @@ _EXTRA_TITLES = {"erythroblast": "Erythroblasts (NRBC)", "platelet": "Platelets"
                  NOT_A_CELL: "Not cells (removed by review)"}
 
 
+def as_bytes(text: str) -> bytes:
+    """A report's text as UTF-8; a file name that is not UTF-8 (made on another system: Python keeps its odd bytes
+    as lone surrogates) is written with escapes (``\\udcff``), not a UnicodeEncodeError that stops the report."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def title(label: str) -> str:
     return TITLES.get(label) or _EXTRA_TITLES.get(label) or label.replace("_", " ").capitalize()
 
@@ -47,7 +53,7 @@ def cells_csv(summary: dict) -> str:
         x, y = c.get("center") or ("", "")
         sx, sy = c.get("slide") or ("", "")
         w.writerow([c["id"], c["final"], c["label"], c["best"], c["score"], "yes" if c["reviewed"] else "no",
-                    c["frame"], x, y, sx, sy, c.get("frames", ""), c.get("crop") or "",
+                    c.get("frame", ""), x, y, sx, sy, c.get("frames", ""), c.get("crop") or "",
                     c.get("file") or ""])
     return buf.getvalue()
 

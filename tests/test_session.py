@@ -1190,3 +1190,63 @@ def test_the_running_count_equals_one_made_from_every_cell(tmp_path):
     assert full["uncertain"]["count"] > 5 and sum(r["count"] for r in full["rows"]) > 50
     sessions.release()
     same(Session.load(cur.folder))
+
+
+def test_lines_and_states_of_the_wrong_shape_are_named_as_damaged_not_trusted(tmp_path):
+    """JSON of the wrong shape in a session's files (a hand edit, another program) is named and left out like a
+    line that is not JSON: no traceback in watch, review or export, and export writes nothing outside --out."""
+    from scopelite.edge.session import list_sessions
+
+    root = tmp_path / "sessions"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"])
+    folder = sessions.current.folder
+    sessions.label(1, "confirm")
+    sessions.release()
+    with open(folder / "cells.jsonl", "a") as f:
+        for line in ({"id": 9}, {"id": 10, "label": "neutrophil", "best": "neutrophil", "score": 0.9,
+                                  "crop": str(tmp_path / "elsewhere.png")},
+                     {"id": 11, "label": "neutrophil", "best": "neutrophil", "score": 0.9, "center": 5},
+                     {"revise": [2], "label": "monocyte"}):
+            f.write(json.dumps(line) + "\n")
+    with open(folder / "reviews.jsonl", "a") as f:
+        for line in ({"id": [1], "label": "monocyte"}, {"id": 2, "label": "../../../escaped"}, {"id": 3, "label": 5},
+                     {"id": 3, "label": "lymphocyte"}):
+            f.write(json.dumps(line) + "\n")
+    s = Session.load(folder)
+    assert sorted(s.by_id) == [1, 2, 3]
+    assert s.damaged == ["cells.jsonl line 4", "cells.jsonl line 5", "cells.jsonl line 6", "cells.jsonl line 7",
+                         "reviews.jsonl line 2", "reviews.jsonl line 3", "reviews.jsonl line 4"]
+    assert [c["reviewed"] for c in s.cells] == ["neutrophil", None, "lymphocyte"]
+    out = tmp_path / "data"
+    r = export_reviewed([root], out)
+    assert r["classes"] == {"lymphocyte": 1, "neutrophil": 1}
+    assert not (tmp_path / "escaped").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "data", "sessions"]
+    # a state.json of the wrong types: that session is named as damaged and left alone
+    state = json.loads((folder / "state.json").read_text())
+    for bad in ({"target": "x"}, {"labels": [1, 2]}, {"id": 5}, {"wbc_count": "many"}, {"inputs": 5},
+                {"models": "x"}, {"state": None}):
+        (folder / "state.json").write_text(json.dumps({**state, **bad}))
+        damaged = []
+        assert list_sessions(root, damaged=damaged) == [] and damaged == [folder], bad
+    (folder / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "labels"}))
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "again"))
+    assert_one_line_error(r, "state.json")
+
+
+def test_an_image_whose_name_is_not_utf8_does_not_break_the_session(tmp_path):
+    """A field image named on another system (bytes that are not UTF-8): its cells are counted and the session's
+    reports written (the name with escapes); the session stays usable run after run."""
+    import os
+
+    scan = make_slide_scan(0, **SCAN)
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    cv2.imwrite(str(fields / "a.png"), np.ascontiguousarray(scan.frame(0)[..., ::-1]))
+    os.rename(fields / "a.png", fields / os.fsdecode(b"caf\xe9.png"))
+    for _ in range(2):  # again: the same session, resumed
+        r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
+                       "--out", str(tmp_path / "lines.jsonl"))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    folder = next((tmp_path / "s").iterdir())
+    assert "caf\\udce9.png" in (folder / "cells.csv").read_text() and (folder / "report.html").is_file()
