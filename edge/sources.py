@@ -45,6 +45,16 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def utf8_name(name: str) -> bool:
+    """Whether a file name is UTF-8 (Python keeps other bytes of a name read from the disk as lone surrogates,
+    which OpenCV's own file readers crash on)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot, or if it is larger than
     ``MAX_SIDE`` px a side (a slide scan's mosaic: seconds and gigabytes for one image on a Pi)."""
@@ -118,6 +128,9 @@ class OpenCVSource:
         m = re.fullmatch(r"/dev/video(\d+)", spec)
         if m:
             target = int(m.group(1))
+        if isinstance(target, str) and not utf8_name(target):
+            raise SourceError(f"{spec!r}: the name is not valid UTF-8 (made on another system?) and OpenCV cannot "
+                              "open it: rename the file")
         with native_stderr():  # a container parser's own complaint ("Unexpected element"): our Error line instead
             if isinstance(target, str):  # a file or a URL: bounded open and read, whatever the server does
                 self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,

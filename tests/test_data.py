@@ -163,3 +163,34 @@ def test_whole_fields_among_crops_are_noted(tmp_path):
     note = data.mixed_sizes_note(data.load_folders(tmp_path, 32))
     assert note is not None and note.startswith("3 of 35 images are over 2.5x the usual side (96 px)")
     assert "lymphocyte/zfield0.png (640x480)" in note
+
+
+def test_names_that_are_not_utf8_are_read_or_refused_not_a_crash(tmp_path):
+    """A file name made on another system (bytes that are not UTF-8): OpenCV's own reader crashed the process
+    (a segmentation fault). An image of that name is read from its bytes; a class folder of that name is refused
+    with its reason (its name would go into the model's sidecar and reports)."""
+    import os
+
+    root = tmp_path / "cells"
+    for cls in ("neutrophil", "lymphocyte"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((40, 40, 3), 50 + 60 * i, np.uint8))
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: a lone surrogate in Python
+    (root / "neutrophil" / "0.png").rename(root / "neutrophil" / odd)
+    ds = data.load_folders(root, 32)
+    assert len(ds.labels) == 4
+    os.rename(root / "lymphocyte", root / os.fsdecode(b"lymph\xf6cyte"))
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        data.load_folders(root, 32)
+
+
+def test_a_video_whose_name_is_not_utf8_is_refused_not_a_crash(tmp_path):
+    import os
+
+    from scopelite.edge.sources import OpenCVSource, SourceError
+
+    path = tmp_path / os.fsdecode(b"scan\xff.avi")
+    path.write_bytes(b"RIFF")
+    with pytest.raises(SourceError, match="not valid UTF-8"):
+        OpenCVSource(str(path))

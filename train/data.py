@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec, write_json_atomic
@@ -23,7 +22,7 @@ from scopelite.edge.errors import UserError
 from scopelite.edge.preprocess import prepare
 from scopelite.edge.scale import images_rbc_px
 from scopelite.edge.session_export import RECORD, recorded_pseudo, recorded_scales
-from scopelite.edge.sources import IMAGE_SUFFIXES
+from scopelite.edge.sources import IMAGE_SUFFIXES, SourceError, read_image_rgb, utf8_name
 
 SYNTHETIC = "synthetic"
 SPLITS = ("train", "val", "test")
@@ -154,6 +153,10 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image files>")
+    odd = [d for d in folders if not utf8_name(d.name)]
+    if odd:  # a class name goes into the model's sidecar (JSON) and every report
+        raise UserError(f"class folder {odd[0]} has a name that is not valid UTF-8 (made on another system?): "
+                        "rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
@@ -183,7 +186,10 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     read = np.ones(len(files), bool)
     sizes = np.zeros((len(files), 2), np.int64)
     for i, (p, _) in enumerate(it):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        try:  # from the file's bytes: any file name (OpenCV's own reader crashed on one that is not UTF-8)
+            img = read_image_rgb(p)
+        except (SourceError, OSError):
+            img = None
         if img is None:
             if unreadable is None:
                 raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
@@ -191,7 +197,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
             read[i] = False
             continue
         sizes[i] = img.shape[:2]
-        images[i] = prepare(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), input_spec(image_size))
+        images[i] = prepare(img, input_spec(image_size))
     if not read.all():
         files, images, sizes = [f for f, ok in zip(files, read) if ok], images[read], sizes[read]
         if not files:
