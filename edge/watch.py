@@ -632,10 +632,10 @@ def run_watch(
             if counter is not None and (counter.done or session is not None and session.ends_run):
                 reason = "count reached"
                 break
-            if fps:
-                remaining = 1.0 / fps - (clock() - t_frame)
-                if remaining > 0:
-                    stop.wait(remaining)
+            if fps and not (max_frames is not None and n >= max_frames):  # no wait after the last frame ...
+                until = t_frame + 1.0 / fps
+                while not stop.is_set() and not queue.drained and clock() < until:  # ... nor once the stream ended
+                    stop.wait(min(until - clock(), 0.05))
         else:
             reason = "stopped by signal"
     finally:

@@ -209,3 +209,14 @@ def test_a_file_run_stopped_by_max_frames_drops_nothing():
         s = run_watch(WatchConfig(max_frames=1), FakeSource(_frames([10] * 20)),
                       FakeClassifier(LABELS, InputSpec(8, 8)), lambda r: None)["summary"]
         assert s["frames"] == 1 and s["dropped"] == 0
+
+
+def test_a_slow_pace_does_not_wait_after_the_last_frame():
+    """--fps 0.5 --max-frames 1 (or a file's last frame): the run ends, not 2 s later."""
+    import time
+
+    for cfg, frames in ((WatchConfig(fps=0.5, max_frames=1), 5), (WatchConfig(fps=0.5), 1)):
+        t0 = time.monotonic()
+        s = run_watch(cfg, FakeSource(_frames([10] * frames)), FakeClassifier(LABELS, InputSpec(8, 8)),
+                      lambda r: None)["summary"]
+        assert s["frames"] == 1 and time.monotonic() - t0 < 1.0, cfg
