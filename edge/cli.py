@@ -431,6 +431,8 @@ def watch(**_):
                         _not_media(path, flag, cfg.source, ending=".jsonl", reads=_read_by_watch(cfg, ctx))
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
+                    if flag == "--save-dir":
+                        _not_in_source(path, flag, cfg.source, "the frames it saves", "saved/")
             except UserError as e:
                 out.append(str(e))
         if cfg.http:
@@ -717,13 +719,8 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
     celltrain fit, and its crops as fields by the next run (UserError)."""
     from .session_export import RECORD, written_by_export  # noqa: PLC0415
 
+    _not_in_source(sessions, "--sessions", source, "each session's crops", "sessions/")
     here = Path(sessions).resolve()
-    if source and Path(source).is_dir():
-        src = Path(source).resolve()
-        if here == src or src in here.parents:
-            raise UserError(f"--sessions {sessions} is {'in ' if here != src else ''}the folder of images watched "
-                            f"({source}): each session's crops would be read as fields by the next run; give a "
-                            "folder of its own, e.g. --sessions sessions/")
     if here.is_dir() and not any((d / "state.json").exists() for d in here.iterdir() if d.is_dir()):
         classes = [d for d in here.iterdir() if d.is_dir() and not d.name.startswith(".")]  # none a session's
         if len(classes) >= 2 and sum(_some_images(d) for d in classes[:20]) >= 2:
@@ -735,6 +732,17 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
             raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
                             f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
                             "give a folder of its own, e.g. --sessions sessions/")
+
+
+def _not_in_source(folder, option: str, source: str | None, what: str, example: str) -> None:
+    """Refuse an output folder at or in the folder of images watched: ``what`` it writes would be read as fields
+    by the next run (UserError)."""
+    if source and Path(source).is_dir():
+        here, src = Path(folder).resolve(), Path(source).resolve()
+        if here == src or src in here.parents:
+            raise UserError(f"{option} {folder} is {'in ' if here != src else ''}the folder of images watched "
+                            f"({source}): {what} would be read as fields by the next run; give a folder of its own, "
+                            f"e.g. {option} {example}")
 
 
 def _some_images(folder: Path) -> bool:

@@ -855,6 +855,8 @@ def test_sessions_are_refused_where_their_folders_would_be_read_as_images_or_cla
     for where in (src, src / "sessions"):
         assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--sessions", str(where)),
                               "the folder of images watched", code=2)
+    assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--save-dir", str(src / "saved"),
+                                     "--save-below", "1"), "--save-dir", "the folder of images watched", code=2)
     data = tmp_path / "pbc"
     for c in ("basophil", "neutrophil"):
         _png(data / c / "0.png")
