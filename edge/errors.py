@@ -36,7 +36,7 @@ class Number(click.FloatRange):
 def describe_os_error(e: OSError) -> str:
     """``[Errno 30] Read-only file system: 'x'`` -> ``cannot write x: read-only file system; ...``."""
     where = f" {e.filename}" if e.filename else ""
-    why = (e.strerror or str(e) or type(e).__name__).lower()
+    why = e.strerror.lower() if e.strerror else str(e) or type(e).__name__  # our own words keep their paths' case
     hint = {errno.ENOSPC: "free some space or choose another output",
             errno.EDQUOT: "free some space or choose another output",
             errno.EROFS: "choose an output on a writable disk",
