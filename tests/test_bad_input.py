@@ -499,7 +499,8 @@ def test_a_full_disk_at_an_atomic_write_names_the_file(tmp_path, monkeypatch):
     assert list(target.parent.iterdir()) == []  # no temporary file left
     assert describe_os_error(OSError(28, "No space left on device")).startswith("file system error: no space")
     # an error in our own words (no strerror) keeps its paths as they are spelled
-    assert describe_os_error(OSError("cannot use /data/DS/Sessions")) == "file system error: cannot use /data/DS/Sessions"
+    ours = "cannot use /data/DS/Sessions"
+    assert describe_os_error(OSError(ours)) == f"file system error: {ours}"
 
 
 def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
