@@ -83,6 +83,7 @@ class Capture(threading.Thread):
         self.source_name = name  # the source as given until it opens, then as it names itself
         # a folder's image file of each frame queued, in order (``FolderSource.path``)
         self.files: collections.deque[str] = collections.deque()
+        self.end_reason: str | None = None  # why a file, folder or --exit-on-eof stream ended ("end of stream": its end)
 
     def run(self) -> None:
         delay = self.backoff
@@ -116,6 +117,7 @@ class Capture(threading.Thread):
                 source.close()
                 source, self.connected = None, False
                 if not self.live or self.exit_on_eof:
+                    self.end_reason = err
                     self.on_event("end", {"reason": err})
                     return
                 if not self._retry(err, delay):
@@ -129,6 +131,7 @@ class Capture(threading.Thread):
 
     def _retry(self, reason: str, delay: float) -> bool:
         if not self.live or self.exit_on_eof:
+            self.end_reason = reason
             self.on_event("end", {"reason": reason})
             return False
         self.reconnects += 1

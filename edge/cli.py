@@ -612,6 +612,10 @@ def watch(**_):
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")
+    got_none = (summary["summary"]["frames"] == 0 and summary["summary"]["stopped"] == "end of stream" and not live
+                and not skipped and not summary["summary"].get("copies"))
+    if got_none:  # a video with no frame, or none of a size we read: not a run that found nothing
+        raise UserError(summary["summary"].get("source_error") or f"{summary['summary']['source']} holds no frames")
 
 
 def _site(path: str | None, clf):

@@ -658,6 +658,11 @@ def run_watch(
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
         "views": views_of(classifier),  # flipped/rotated views averaged per cell (--tta, or the model's sidecar)
     }
+    if capture.end_reason not in (None, "end of stream"):  # a frame the source could not give ended the run
+        summary["source_error"] = capture.end_reason
+        if n:
+            _warn(summary, f"{capture.source_name} ended early: {capture.end_reason} (the {n} frames before it "
+                           "were used)")
     if already:  # a folder's images the session had counted before: skipped, not counted twice
         summary["already_counted"] = already
     if grey_frames:

@@ -121,6 +121,11 @@ def corpus(tmp_path_factory):
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
+    for name, (w, h), n in (("tiny", (8, 8), 3), ("empty", (64, 64), 0)):  # frames too small to read; none at all
+        v = cv2.VideoWriter(str(t / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+        for _ in range(n):
+            v.write(np.full((h, w, 3), 100, np.uint8))
+        v.release()
     return p
 
 
@@ -142,6 +147,8 @@ CASES = [
     ("watch-min-score-nan", "celledge", "watch {mixed} --min-score nan", 2, "not a finite number", None, None),
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
     ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
+    ("watch-video-tiny-frames", "celledge", "watch {c}/tiny.avi", 2, "smaller than 16 px", None, None),  # exit 0
+    ("watch-video-no-frames", "celledge", "watch {c}/empty.avi --mode field", 2, "holds no frames", None, None),
     ("watch-out-model", "celledge", "watch {mixed} --model {mcopy} --out {mcopy}", 2, "is the model this run reads",
      None, None),  # wrote its JSON lines over the model
     ("watch-out-sidecar", "celledge", "watch {mixed} --model {mcopy} --out {mcopy_json}", 2,

@@ -220,3 +220,12 @@ def test_a_slow_pace_does_not_wait_after_the_last_frame():
         s = run_watch(cfg, FakeSource(_frames([10] * frames)), FakeClassifier(LABELS, InputSpec(8, 8)),
                       lambda r: None)["summary"]
         assert s["frames"] == 1 and time.monotonic() - t0 < 1.0, cfg
+
+
+def test_a_file_that_fails_part_way_says_why_it_ended():
+    """A video whose frame cannot be read part-way (a frame of another size, a damaged one): the frames before are
+    used and the summary says why it ended (it said "end of stream")."""
+    s = run_watch(WatchConfig(), FakeSource(_frames([10] * 5), fail_after=2), FakeClassifier(LABELS, InputSpec(8, 8)),
+                  lambda r: None)["summary"]
+    assert s["frames"] == 2 and s["source_error"] == "fake source failed"
+    assert "ended early: fake source failed (the 2 frames before it were used)" in s["warning"]
