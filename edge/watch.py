@@ -668,10 +668,10 @@ def run_watch(
     if grey_frames:
         summary["grey_frames"] = grey_frames
     if n and grey_frames > n / 2:  # a few blank frames (the lamp between fields) are normal
-        summary["warning"] = (f"{grey_frames} of {n} frames hold no colour (greyscale or blank): the model was trained "
-                              "on stained colour images" + (" and field mode finds cells by their stain" if counter
-                                                            is not None else "")
-                              + "; if the camera is in monochrome mode, set it to colour")
+        _warn(summary, f"{grey_frames} of {n} frames hold no colour (greyscale or blank): the model was trained "
+                       "on stained colour images" + (" and field mode finds cells by their stain" if counter
+                                                     is not None else "")
+                       + "; if the camera is in monochrome mode, set it to colour")
     if copies:
         summary["copies"] = len(copies)
         file, first = (Path(f).name if f else "?" for f in copies[0])
