@@ -98,14 +98,19 @@ def check_frame_size(frame: np.ndarray, what: str, min_side: int = MIN_SIDE, hin
     return frame
 
 
-def list_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None = None) -> list[Path]:
     """Expand files and folders (sorted, recursive) into image paths. Hidden files and folders inside a folder are
-    left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept."""
+    left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept.
+    ``unlisted``: gets each folder inside that could not be listed (no permission), with why."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
                               and not any(part.startswith(".") for part in q.relative_to(p).parts)))
+            if unlisted is not None:  # rglob passes over them without a word
+                for _ in os.walk(p, onerror=lambda e: unlisted.append(
+                        f"{e.filename} ({(e.strerror or str(e)).lower()})")):
+                    pass
         else:
             out.append(p)
     return out
@@ -178,11 +183,16 @@ class FolderSource:
     def __init__(self, folder: str | os.PathLike, loop: bool = False,
                  warn: Callable[[str], None] | None = None):
         self.name = str(folder)
-        self._paths = list_images([folder])
-        if not self._paths:
-            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
-        self._loop = loop
+        unlisted: list[str] = []
+        self._paths = list_images([folder], unlisted)
         self._warn = warn or (lambda msg: None)
+        hidden = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
+                 f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
+        if not self._paths:
+            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{hidden}")
+        if hidden:
+            self._warn(f"the images of {folder} were read without those of some folders in it{hidden}")
+        self._loop = loop
         self._i = 0
         self._good = 0  # frames read in this pass
         self._last_error = ""

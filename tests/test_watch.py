@@ -229,3 +229,33 @@ def test_a_file_that_fails_part_way_says_why_it_ended():
                   lambda r: None)["summary"]
     assert s["frames"] == 2 and s["source_error"] == "fake source failed"
     assert "ended early: fake source failed (the 2 frames before it were used)" in s["warning"]
+
+
+def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch):
+    """A subfolder of the fields that cannot be read (copied as another user): its images were left out of the
+    count without a word, and a folder with all its images in there said only "no images"."""
+    import os
+
+    import cv2
+    import pytest
+
+    from scopelite.edge.sources import SourceError
+
+    src, only = tmp_path / "fields", tmp_path / "only"
+    for sub in (src / "ok", src / "locked", only / "locked"):
+        sub.mkdir(parents=True)
+        cv2.imwrite(str(sub / "0.png"), np.full((40, 40, 3), 90, np.uint8))
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    warned = []
+    folder = FolderSource(src, warn=warned.append)
+    assert [p.parent.name for p in folder._paths] == ["ok"]
+    assert len(warned) == 1 and f"{src / 'locked'} (permission denied)" in warned[0]
+    with pytest.raises(SourceError, match=r"no images .* \(1 folder in it could not be read"):
+        FolderSource(only)
