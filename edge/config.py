@@ -159,6 +159,8 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
             raw = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as e:
             raise ConfigError([f"{name}:{e.lineno}: not valid JSON ({e.msg})"]) from None
+        except RecursionError:
+            raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
         lines: dict[str, int] = {}
         mistakes: list[tuple[int, str]] = []
     else:
@@ -185,6 +187,8 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
         where = f"{name}:{mark.line + 1}" if mark is not None else name
         why = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"{where}: not valid YAML ({why})"]) from None
+    except RecursionError:
+        raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
     lines: dict[str, int] = {}
     mistakes = []
     if isinstance(node, yaml.MappingNode):

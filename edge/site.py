@@ -413,6 +413,9 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
                 else "")
         raise SiteError([f"--site {name}:{e.lineno}: not valid JSON ({e.msg}){hint}; a site file is what celledge "
                          "calibrate SOURCE --out FILE writes"]) from None
+    except RecursionError:
+        raise SiteError([f"--site {name}: nested too deeply to be a site file (celledge calibrate SOURCE --out FILE "
+                         "writes one)"]) from None
     return from_record(raw, name, input_px)
 
 

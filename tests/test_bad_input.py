@@ -110,6 +110,8 @@ def corpus(tmp_path_factory):
         for i in range(2):
             cv2.imwrite(str(d / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
     (t / "bad.yaml").write_text("epochs: [1\n")
+    (t / "deep.yaml").write_text("mode: " + "[" * 10000 + "]" * 10000 + "\n")  # a RecursionError traceback
+    (t / "deep_site.json").write_text("[" * 100000 + "]" * 100000)
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "notarun").mkdir()
@@ -147,6 +149,9 @@ CASES = [
     ("watch-min-score-nan", "celledge", "watch {mixed} --min-score nan", 2, "not a finite number", None, None),
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
     ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
+    ("watch-config-deep", "celledge", "watch {mixed} --config {c}/deep.yaml", 2, "nested too deeply", None, None),
+    ("watch-site-deep", "celledge", "watch {mixed} --mode field --site {c}/deep_site.json", 2, "nested too deeply",
+     None, None),
     ("watch-video-tiny-frames", "celledge", "watch {c}/tiny.avi", 2, "smaller than 16 px", None, None),  # exit 0
     ("watch-video-no-frames", "celledge", "watch {c}/empty.avi --mode field", 2, "holds no frames", None, None),
     ("watch-out-model", "celledge", "watch {mixed} --model {mcopy} --out {mcopy}", 2, "is the model this run reads",
