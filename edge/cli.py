@@ -39,8 +39,9 @@ def _not_media(out, option: str, source=None, ending: str = ".json", reads: dict
 def _read_by_watch(cfg, ctx) -> dict:
     """The files a watch run reads besides its source: {what: path} (``_not_media``'s ``reads``)."""
     from .bundle import sidecar_path  # noqa: PLC0415
+    from .packaged import default_model  # noqa: PLC0415
 
-    model = cfg.model
+    model = cfg.model or str(default_model())
     return {"the model": model, "the model's sidecar": sidecar_path(model) if model else None,
             "the site file": cfg.site, "the config file": ctx.params.get("config")}
 
@@ -743,7 +744,8 @@ def _not_in_source(folder, option: str, source: str | None, what: str, example: 
     by the next run (UserError)."""
     if source and Path(source).is_dir():
         here, src = Path(folder).resolve(), Path(source).resolve()
-        if here == src or src in here.parents:
+        hidden = src in here.parents and any(part.startswith(".") for part in here.relative_to(src).parts)
+        if (here == src or src in here.parents) and not hidden:  # a hidden folder is never read as fields
             raise UserError(f"{option} {folder} is {'in ' if here != src else ''}the folder of images watched "
                             f"({source}): {what} would be read as fields by the next run; give a folder of its own, "
                             f"e.g. {option} {example}")

@@ -108,9 +108,9 @@ def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None =
             out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
                               and not any(part.startswith(".") for part in q.relative_to(p).parts)))
             if unlisted is not None:  # rglob passes over them without a word
-                for _ in os.walk(p, onerror=lambda e: unlisted.append(
-                        f"{e.filename} ({(e.strerror or str(e)).lower()})")):
-                    pass
+                for _, dirs, _ in os.walk(p, onerror=lambda e: unlisted.append(
+                        f"{e.filename} ({e.strerror.lower() if e.strerror else e})")):
+                    dirs[:] = [d for d in dirs if not d.startswith(".") and d != "lost+found"]  # never read
         else:
             out.append(p)
     return out

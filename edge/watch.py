@@ -658,11 +658,13 @@ def run_watch(
         "mean_infer_ms": round(1e3 * infer_s / n, 3) if n else None,
         "views": views_of(classifier),  # flipped/rotated views averaged per cell (--tta, or the model's sidecar)
     }
-    if capture.end_reason not in (None, "end of stream"):  # a frame the source could not give ended the run
+    if reason == "end of stream" and capture.end_reason not in (None, "end of stream"):  # a frame it could not give
         summary["source_error"] = capture.end_reason
         if n:
             _warn(summary, f"{capture.source_name} ended early: {capture.end_reason} (the {n} frames before it "
                            "were used)")
+        elif live:  # (a file or folder that gave none is an Error: said by the caller)
+            _warn(summary, f"{capture.source_name} gave no frame: {capture.end_reason}")
     if already:  # a folder's images the session had counted before: skipped, not counted twice
         summary["already_counted"] = already
     if grey_frames:

@@ -872,6 +872,9 @@ def test_sessions_are_refused_where_their_folders_would_be_read_as_images_or_cla
                               "the folder of images watched", code=2)
     assert_one_line_error(invoke_cli("celledge", "watch", str(src), "--mode", "field", "--save-dir", str(src / "saved"),
                                      "--save-below", "1"), "--save-dir", "the folder of images watched", code=2)
+    r = invoke_cli("celledge", "watch", str(src), "--mode", "field", "--save-dir", str(src / ".saved"), "--save-below",
+                   "1", "--print-config")  # a hidden folder is never read as fields
+    assert r.returncode == 0, r.stderr
     data = tmp_path / "pbc"
     for c in ("basophil", "neutrophil"):
         _png(data / c / "0.png")
@@ -932,3 +935,19 @@ def test_outputs_never_replace_an_input_a_device_or_a_link(tmp_path):
     with pytest.raises(OSError):
         write_json_atomic(fifo, {"a": 1})
     assert not fifo.is_file()
+
+
+def test_out_onto_the_packaged_models_sidecar_is_refused(tmp_path, monkeypatch):
+    """Without --model the run reads the packaged model: --out onto it or its sidecar is refused too."""
+    import scopelite.edge.packaged as packaged
+
+    model = tmp_path / "pkg" / default_model().name
+    model.parent.mkdir()
+    shutil.copy(default_model(), model)
+    shutil.copy(default_model().with_suffix(".json"), model.with_suffix(".json"))
+    monkeypatch.setattr(packaged, "default_model", lambda: model)
+    before = model.with_suffix(".json").read_bytes()
+    for out, what in ((model.with_suffix(".json"), "the model's sidecar"), (model, "the model")):
+        r = invoke_cli("celledge", "watch", str(tmp_path), "--out", str(out))
+        assert_one_line_error(r, f"is {what} this run reads", code=2)
+    assert model.with_suffix(".json").read_bytes() == before

@@ -229,6 +229,11 @@ def test_a_file_that_fails_part_way_says_why_it_ended():
                   lambda r: None)["summary"]
     assert s["frames"] == 2 and s["source_error"] == "fake source failed"
     assert "ended early: fake source failed (the 2 frames before it were used)" in s["warning"]
+    # a run that ended at --max-frames did not end there, though the capture read ahead into the bad frame
+    for _ in range(5):
+        s = run_watch(WatchConfig(max_frames=2), FakeSource(_frames([10] * 5), fail_after=2),
+                      FakeClassifier(LABELS, InputSpec(8, 8)), lambda r: None)["summary"]
+        assert s["stopped"] == "max frames" and "source_error" not in s and "ended early" not in s.get("warning", "")
 
 
 def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path, monkeypatch):
@@ -242,13 +247,13 @@ def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path
     from scopelite.edge.sources import SourceError
 
     src, only = tmp_path / "fields", tmp_path / "only"
-    for sub in (src / "ok", src / "locked", only / "locked"):
+    for sub in (src / "ok", src / "locked", only / "locked", src / ".Trash-1000" / "locked", src / "lost+found"):
         sub.mkdir(parents=True)
         cv2.imwrite(str(sub / "0.png"), np.full((40, 40, 3), 90, np.uint8))
     real = os.scandir
 
     def scandir(path="."):
-        if str(path).endswith("locked"):
+        if str(path).endswith(("locked", "lost+found")):  # (hidden ones and lost+found are never read: not named)
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 

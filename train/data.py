@@ -187,12 +187,12 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     sizes = np.zeros((len(files), 2), np.int64)
     for i, (p, _) in enumerate(it):
         try:  # from the file's bytes: any file name (OpenCV's own reader crashed on one that is not UTF-8)
-            img = read_image_rgb(p)
-        except (SourceError, OSError):
-            img = None
+            img, why = read_image_rgb(p), None
+        except (SourceError, OSError) as e:
+            img, why = None, str(e)
         if img is None:
             if unreadable is None:
-                raise UserError(f"cannot decode {p}: remove it or replace it with a valid image")
+                raise UserError(f"cannot use {p} ({why}): remove it or replace it with a valid image")
             unreadable.append(str(p.relative_to(root)))
             read[i] = False
             continue
