@@ -83,7 +83,7 @@ class Capture(threading.Thread):
         self.source_name = name  # the source as given until it opens, then as it names itself
         # a folder's image file of each frame queued, in order (``FolderSource.path``)
         self.files: collections.deque[str] = collections.deque()
-        self.end_reason: str | None = None  # why a file, folder or --exit-on-eof stream ended ("end of stream": its end)
+        self.end_reason: str | None = None  # why a file, folder or --exit-on-eof stream ended ("end of stream")
 
     def run(self) -> None:
         delay = self.backoff

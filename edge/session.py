@@ -210,7 +210,8 @@ class Session:
         folder, seq = root / sid, _next_seq(root) if seq is None else seq
         (folder / "crops").mkdir(parents=True)
         state = {"id": sid, "seq": seq, "state": "open", "target": target, "labels": list(labels),
-                 "min_score": min_score, "wbc_count": wbc_count, "started": t, "started_at": _now(), "stopped": None, "stopped_at": None,
+                 "min_score": min_score, "wbc_count": wbc_count, "started": t, "started_at": _now(),
+                 "stopped": None, "stopped_at": None,
                  "reason": None, "rbc_fraction": rbc_fraction}
         write_json_atomic(folder / "state.json", state, fsync="full")
         fsync_dir(root)  # the session folder's own name

@@ -143,7 +143,7 @@ def test_watch_warns_at_the_start_and_counts_on_a_full_disk(tmp_path, monkeypatc
     fields.mkdir()
     for i in (0, 40, 80):
         cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
-    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(80 * MB))  # over the 50 MB a run needs to start
+    monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(80 * MB))  # a run starts over 50 MB
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
                    "--out", str(tmp_path / "lines.jsonl"))
     assert r.returncode == 0, r.stderr[-2000:]
