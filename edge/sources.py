@@ -144,7 +144,8 @@ class OpenCVSource:
                 self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             if Path(spec).is_file():
-                raise SourceError(f"cannot read {spec} as a video (not a video file OpenCV can decode; images: "
+                raise SourceError(f"cannot read {spec} as a video (not a video file OpenCV can decode, or one cut "
+                                  "short before its end was written, as an MP4 whose recording stopped; images: "
                                   f"{', '.join(IMAGE_SUFFIXES)})")
             raise SourceError(f"cannot open video source {spec!r}: no such camera, file or stream")
         if size:

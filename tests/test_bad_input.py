@@ -123,11 +123,13 @@ def corpus(tmp_path_factory):
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
-    for name, (w, h), n in (("tiny", (8, 8), 3), ("empty", (64, 64), 0)):  # frames too small to read; none at all
-        v = cv2.VideoWriter(str(t / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    for name, (w, h), n in (("tiny.avi", (8, 8), 3), ("empty.avi", (64, 64), 0), ("cut.mp4", (64, 64), 20)):
+        v = cv2.VideoWriter(str(t / name), cv2.VideoWriter_fourcc(*("mp4v" if name.endswith("mp4") else "MJPG")), 10,
+                            (w, h))  # frames too small to read; none at all; an MP4 cut short (its index lost)
         for _ in range(n):
             v.write(np.full((h, w, 3), 100, np.uint8))
         v.release()
+    _truncate(t / "cut.mp4")
     return p
 
 
@@ -152,6 +154,7 @@ CASES = [
     ("watch-config-deep", "celledge", "watch {mixed} --config {c}/deep.yaml", 2, "nested too deeply", None, None),
     ("watch-site-deep", "celledge", "watch {mixed} --mode field --site {c}/deep_site.json", 2, "nested too deeply",
      None, None),
+    ("watch-mp4-cut-short", "celledge", "watch {c}/cut.mp4", 2, "cut short before its end was written", None, None),
     ("watch-video-tiny-frames", "celledge", "watch {c}/tiny.avi", 2, "smaller than 16 px", None, None),  # exit 0
     ("watch-video-no-frames", "celledge", "watch {c}/empty.avi --mode field", 2, "holds no frames", None, None),
     ("watch-out-model", "celledge", "watch {mixed} --model {mcopy} --out {mcopy}", 2, "is the model this run reads",
