@@ -15,8 +15,9 @@ POST /model/reload  load, check and swap in a model (JSON body {"model": PATH}; 
 GET and HEAD; POST only to the ``actions`` the daemon registers and the session routes. Who may POST:
 with a token (``serve(token=...)``: ``--http-token``, or made up at start when --http binds beyond
 loopback) only a request carrying ``Authorization: Bearer TOKEN``; without one, only this machine (a
-POST from another address is refused with 403). A browser's cross-site POST (its Origin is not this
-server) is refused too. Each connection gets REQUEST_TIMEOUT_S to send its request and at most
+POST from another address, or naming another host in Host: a page that renamed itself to 127.0.0.1, is
+refused with 403). A browser's cross-site POST (its Origin is not this server, or "null": a sandboxed or
+file page) is refused too; a chunked body is refused (411). Each connection gets REQUEST_TIMEOUT_S to send its request and at most
 MAX_CONNECTIONS are served at once (others are closed), so a slow or hostile client cannot
 hold the daemon. Bound beyond loopback, the page is open to the network: ``exposure_warning``.
 """
@@ -433,7 +434,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
         def _refused(self) -> str | None:
             """Why this POST may not change anything (None: it may): token, loopback, cross-site rules."""
             origin = self.headers.get("Origin")
-            if origin and origin != "null" and origin.split("://", 1)[-1] != self.headers.get("Host"):
+            if origin and origin.split("://", 1)[-1] != self.headers.get("Host"):  # "null": a sandboxed or file page
                 return f"cross-site request from {origin} refused"
             if token is not None:
                 given = self.headers.get("Authorization") or ""
@@ -442,6 +443,11 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 return None
             if not is_loopback(self.client_address[0]):
                 return "changes are accepted from this machine only (loopback)"
+            raw = (self.headers.get("Host") or "").lower()
+            host = raw[1:raw.index("]")] if raw.startswith("[") and "]" in raw else raw.rsplit(":", 1)[0]
+            if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+                return f"changes are accepted for this machine's own address only, not {host or 'no Host'} " \
+                       "(a web page that renamed itself to reach it)"
             return None
 
         def _reply(self, code: int, obj: dict) -> None:
@@ -455,6 +461,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             refused = self._refused()
             if refused:
                 return self._reply(403, {"ok": False, "error": refused})
+            if self.headers.get("Transfer-Encoding"):  # a chunked body was read as none: {} did something else
+                return self._reply(411, {"ok": False, "error": "send the body with a Content-Length"})
             try:
                 n = int(self.headers.get("Content-Length") or 0)
             except ValueError:
@@ -465,7 +473,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 body = json.loads(self.rfile.read(n) or b"{}") if n else {}
                 if not isinstance(body, dict):
                     raise ValueError
-            except ValueError:
+            except (ValueError, RecursionError):
                 example = ('{"model": "/path/model.tflite"}' if action is not None else '{"target": 100}'
                            if path == "/session/start" else '{"label": "neutrophil"}' if "/label" in path else "{}")
                 return self._reply(400, {"ok": False, "error": f"body must be a JSON object, e.g. {example}"})

@@ -22,8 +22,8 @@ from .session import Sessions, SessionError
 from .session_report import as_bytes
 
 Response = tuple[int, bytes, str]
-_CELL_PNG = re.compile(r"/cells/(\d+)\.png")
-_CELL_LABEL = re.compile(r"/cells/(\d+)/label")
+_CELL_PNG = re.compile(r"/cells/(\d{1,12})\.png")  # (an id of 5,000 digits was a ValueError, no answer)
+_CELL_LABEL = re.compile(r"/cells/(\d{1,12})/label")
 
 
 def _json(code: int, obj) -> Response:

@@ -117,7 +117,41 @@ def test_cross_site_posts_are_refused(served):
     base = start()  # loopback, no token: the browser of this machine may change state, other sites may not
     code, reply = _post(base, "/session/stop", Origin="http://evil.example")
     assert code == 403 and "cross-site" in reply["error"] and sessions.current.is_open
+    # a sandboxed frame or a file: page sends "Origin: null"; a page that renamed itself to 127.0.0.1 (DNS
+    # rebinding) names itself in Host and Origin alike
+    assert _post(base, "/session/stop", Origin="null")[0] == 403
+    port = base.rsplit(":", 1)[1]
+    code, reply = _post(base, "/session/stop", Origin=f"http://evil.example:{port}", Host=f"evil.example:{port}")
+    assert code == 403 and "own address" in reply["error"] and sessions.current.is_open
     assert _post(base, "/session/stop", Origin=base)[0] == 200
+
+
+def test_bodies_and_ids_the_server_cannot_use_are_answered(served):
+    """A chunked body (read as none: {} did something else), JSON nested too deeply, a cell id of 5,000 digits:
+    each gets an answer, not a closed connection."""
+    import http.client
+
+    start, sessions = served
+    base = start()
+    host, port = base.rsplit("/", 1)[1].split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    c.putrequest("POST", "/session/stop")
+    c.putheader("Transfer-Encoding", "chunked")
+    c.putheader("Content-Type", "application/json")
+    c.endheaders()
+    c.send(b"2\r\n{}\r\n0\r\n\r\n")
+    r = c.getresponse()
+    assert r.status == 411 and sessions.current.is_open
+    c.close()
+    deep = urllib.request.Request(base + "/cells/1/label", data=b"[" * 1500 + b"]" * 1500, method="POST")
+    try:
+        urllib.request.urlopen(deep, timeout=5)
+    except urllib.error.HTTPError as e:
+        assert e.code == 400
+    else:
+        raise AssertionError("a body nested too deeply was accepted")
+    assert _call(base + "/cells/" + "9" * 5000 + ".png")[0] == 404
+    assert _post(base, "/cells/" + "9" * 5000 + "/label", {"label": "monocyte"})[0] == 404
 
 
 def _free_port() -> int:
