@@ -17,9 +17,10 @@ with a token (``serve(token=...)``: ``--http-token``, or made up at start when -
 loopback) only a request carrying ``Authorization: Bearer TOKEN``; without one, only this machine (a
 POST from another address, or naming another host in Host: a page that renamed itself to 127.0.0.1, is
 refused with 403). A browser's cross-site POST (its Origin is not this server, or "null": a sandboxed or
-file page) is refused too; a chunked body is refused (411). Each connection gets REQUEST_TIMEOUT_S to send its request and at most
-MAX_CONNECTIONS are served at once (others are closed), so a slow or hostile client cannot
-hold the daemon. Bound beyond loopback, the page is open to the network: ``exposure_warning``.
+file page) is refused too; a chunked body is refused (411). Each read of a request may wait REQUEST_TIMEOUT_S
+and the whole request REQUEST_DEADLINE_S, and at most MAX_CONNECTIONS are served at once (others are
+closed), so a slow or hostile client cannot hold the daemon. Bound beyond loopback, the page is open to the
+network: ``exposure_warning``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from .preprocess import center_square
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 REQUEST_TIMEOUT_S = 5.0
+REQUEST_DEADLINE_S = 10.0  # the whole request (line, headers, body): a header line every few seconds ends here
 MAX_CONNECTIONS = 16
 CAMERA_WINDOW = 100  # the lab page's advice on the camera reads the last this many field-mode frames
 # field mode: what each frame's scale says about the camera, as (key, page advice when most recent frames show it)
@@ -391,7 +393,26 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
         def log_message(self, *args):  # keep stdout for JSON lines
             pass
 
+        def setup(self):
+            super().setup()
+            # REQUEST_TIMEOUT_S bounds each read; this bounds them all (16 clients sending a header line every 3 s
+            # held every connection, /healthz too)
+            self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._too_slow)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _too_slow(self):
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def finish(self):
+            self._deadline.cancel()
+            super().finish()
+
         def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self._deadline.cancel()  # the request is in: the answer may take its time
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))

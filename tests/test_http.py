@@ -231,3 +231,42 @@ def test_health_and_the_page_say_why_no_frames_come():
     assert "no such camera (attempt 4" in st.page()
     st.update(np.zeros((8, 8, 3), np.uint8), {"frame": 0, "label": "a", "score": 0.9, "infer_ms": 1.0})
     assert st.healthy() == (True, "ok") and st.source_problem is None
+
+
+def test_slow_clients_cannot_hold_every_connection(monkeypatch):
+    """Clients that send a header line every little while (each read within its timeout) held all
+    MAX_CONNECTIONS for as long as they liked: /healthz went unanswered. The whole request has a deadline."""
+    import socket as socket_lib
+    import threading
+    import time
+    import urllib.request
+
+    from scopelite.edge import httpd
+
+    monkeypatch.setattr(httpd, "REQUEST_DEADLINE_S", 1.0)
+    server = httpd.serve(httpd.Status(["a"]), "127.0.0.1", 0)
+    port = server.server_address[1]
+    stop = threading.Event()
+
+    def slow():
+        s = socket_lib.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        try:
+            while not stop.wait(0.3):
+                s.sendall(b"X-Slow: 1\r\n")
+        except OSError:  # closed by the server: the point
+            pass
+        s.close()
+
+    clients = [threading.Thread(target=slow, daemon=True) for _ in range(httpd.MAX_CONNECTIONS)]
+    try:
+        for c in clients:
+            c.start()
+        time.sleep(1.6)  # past the deadline, the slow clients still sending
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3)
+        except urllib.error.HTTPError as e:  # 503: no frames yet, but answered (the connection was not closed)
+            assert e.code == 503
+    finally:
+        stop.set()
+        server.shutdown()
