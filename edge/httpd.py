@@ -412,7 +412,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             super().finish()
 
         def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self._deadline.cancel()  # the request is in: the answer may take its time
+            self._deadline.cancel()  # answering (a POST refused before its body was read)
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -426,6 +426,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             self.do_GET()
 
         def do_GET(self):  # noqa: N802 - http.server's name
+            self._deadline.cancel()  # the request is in: the answer (a large session's report) may take its time
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 ok, why = status.healthy()
@@ -491,7 +492,9 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             if not 0 <= n <= MAX_BODY:
                 return self._reply(400, {"ok": False, "error": f"body must be at most {MAX_BODY} bytes of JSON"})
             try:
-                body = json.loads(self.rfile.read(n) or b"{}") if n else {}
+                raw = self.rfile.read(n) if n else b""
+                self._deadline.cancel()  # the request is in
+                body = json.loads(raw or b"{}") if n else {}
                 if not isinstance(body, dict):
                     raise ValueError
             except (ValueError, RecursionError):
