@@ -67,11 +67,13 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
 
     rng = np.random.default_rng(7)
     truth = 0
+    fields = tmp_path / "fields"  # (--save-dir below goes beside it: inside, it is refused)
+    fields.mkdir()
     for i in range(3):
         img, cells = make_field(rng, 640, 480, n_cells=6)
         truth += len(cells)
-        cv2.imwrite(str(tmp_path / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+        cv2.imwrite(str(fields / f"f{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    r = run_cli("celledge", "watch", str(fields), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--min-score", "0.0")
     assert r.returncode == 0, r.stderr[-2000:]
     recs = [json.loads(x) for x in r.stdout.splitlines()]
@@ -86,14 +88,14 @@ def test_watch_field_mode_counts_cells(tiny_run, tmp_path):
     assert {"label", "score", "box", "center", "kind"} <= set(cell)
     assert scale["source"] == "red cells" and cell["box"][2] - cell["box"][0] == scale["crop"]  # the square cropped
     assert 80 <= scale["crop"] <= 112  # generated fields are drawn at the generated crops' scale
-    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+    r = run_cli("celledge", "watch", str(fields), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--min-score", "1.0")
     last = json.loads(r.stdout.splitlines()[-1])["summary"]["differential"]
     assert last["uncertain"]["count"] == found and last["white_total"] == 0  # nothing is ever that sure
-    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--mode", "field",
+    r = run_cli("celledge", "watch", str(fields), "--model", str(tiny_run["tflite"]), "--mode", "field",
                 "--save-dir", str(tmp_path / "saved"), "--save-below", "1.0", "--max-frames", "2")
     assert r.returncode == 0 and len(list((tmp_path / "saved").glob("*.jpg"))) == 2
-    r = run_cli("celledge", "watch", str(tmp_path), "--model", str(tiny_run["tflite"]), "--save-dir",
+    r = run_cli("celledge", "watch", str(fields), "--model", str(tiny_run["tflite"]), "--save-dir",
                 str(tmp_path / "s2"), "--save-classes", "unicorn")
     assert r.returncode == 2 and "not labels of this model" in r.stderr
 
