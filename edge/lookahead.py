@@ -58,12 +58,7 @@ class Lookahead(Generic[T, R]):
         self._put(_END)
 
     def _put(self, entry) -> None:
-        while not self._stop.is_set():
-            try:
-                self._out.put(entry, timeout=POLL_S)
-                return
-            except queue.Full:
-                continue
+        self._out.put(entry)  # never waits: an entry is put only once the caller has taken the one before (_slot)
 
     def get(self, timeout: float | None = None) -> tuple[T, R] | None:
         """The next item and its work's result; None on timeout or once ``closed``. Raises the work's error."""
@@ -88,8 +83,4 @@ class Lookahead(Generic[T, R]):
         an item read ahead is let go. ``take`` should give up soon (its source closed)."""
         self._stop.set()
         self._slot.release()  # a thread waiting for the caller looks again, and stops
-        try:  # room for a waiting put: it returns at once
-            self._out.get_nowait()
-        except queue.Empty:
-            pass
         self._thread.join(timeout)
