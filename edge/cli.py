@@ -42,7 +42,7 @@ def _read_by_watch(cfg, ctx) -> dict:
     from .packaged import default_model  # noqa: PLC0415
 
     model = cfg.model or str(default_model())
-    return {"the model": model, "the model's sidecar": sidecar_path(model) if model else None,
+    return {"the model": model, "the model's sidecar": sidecar_path(model),
             "the site file": cfg.site, "the config file": ctx.params.get("config")}
 
 

@@ -102,15 +102,20 @@ def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None =
     """Expand files and folders (sorted, recursive) into image paths. Hidden files and folders inside a folder are
     left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept.
     ``unlisted``: gets each folder inside that could not be listed (no permission), with why."""
+    def failed(e: OSError) -> None:  # a folder that cannot be listed (lost+found is root's own: no fields there)
+        if unlisted is not None and Path(e.filename).name != "lost+found":
+            unlisted.append(f"{e.filename} ({e.strerror.lower() if e.strerror else e})")
+
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
-                              and not any(part.startswith(".") for part in q.relative_to(p).parts)))
-            if unlisted is not None:  # rglob passes over them without a word
-                for _, dirs, _ in os.walk(p, onerror=lambda e: unlisted.append(
-                        f"{e.filename} ({e.strerror.lower() if e.strerror else e})")):
-                    dirs[:] = [d for d in dirs if not d.startswith(".") and d != "lost+found"]  # never read
+        if p.is_dir():  # one walk; folders linked in are not entered (as Path.rglob did not)
+            found = []
+            for top, dirs, files in os.walk(p, onerror=failed):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                # a folder named like an image too (as rglob listed it): it is then said to be unreadable
+                found += [Path(top) / f for f in files + dirs if not f.startswith(".") and Path(f).suffix.lower()
+                          in IMAGE_SUFFIXES]
+            out.extend(sorted(found))
         else:
             out.append(p)
     return out
@@ -187,12 +192,12 @@ class FolderSource:
         unlisted: list[str] = []
         self._paths = list_images([folder], unlisted)
         self._warn = warn or (lambda msg: None)
-        hidden = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
+        unread = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
                  f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
         if not self._paths:
-            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{hidden}")
-        if hidden:
-            self._warn(f"the images of {folder} were read without those of some folders in it{hidden}")
+            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{unread}")
+        if unread:
+            self._warn(f"the images of {folder} were read without those of some folders in it{unread}")
         self._loop = loop
         self._i = 0
         self._good = 0  # frames read in this pass
