@@ -94,15 +94,17 @@ class Differential:
     def revise(self, was: str, scores: np.ndarray, ref: Any = None, why: str | None = None,
                min_score: float | None = None, match: dict | None = None) -> str:
         """Move one counted cell from ``was`` to what ``scores`` say now (a tracked cell's class over all its
-        views); return its new label. An uncertain cell leaves the review list: the first entry whose ``ref``
-        holds every item of ``match`` (e.g. ``{"track": 7}``; None: the entry whose ref equals ``ref``)."""
+        views); return its new label. An uncertain cell leaves the review list: the newest entry whose ``ref``
+        holds every item of ``match`` (e.g. ``{"track": 7}``; None: the entry whose ref equals ``ref``). The list
+        is searched from its end: the cell revised is nearly always one of the last listed (a run's list can hold
+        thousands)."""
         decided = self._decide(scores, min_score, why)  # bad scores raise before anything moves
         if was == UNCERTAIN:
             def same(r) -> bool:
                 if match is None:
                     return r == ref
                 return isinstance(r, dict) and all(r.get(k) == v for k, v in match.items())
-            k = next((i for i, e in enumerate(self.review) if same(e["ref"])), None)
+            k = next((i for i in range(len(self.review) - 1, -1, -1) if same(self.review[i]["ref"])), None)
             if k is None:
                 raise ValueError(f"no uncertain cell {match or ref!r} to revise")
             del self.review[k]

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,23 @@ def test_revise_moves_a_counted_cell_and_an_uncertain_one_leaves_the_review_list
     with pytest.raises(ValueError):  # bad scores: nothing moves
         d.revise("neutrophil", np.ones(3))
     assert d.summary()["rows"][0]["count"] == 54
+
+
+def test_revising_an_uncertain_cell_takes_the_newest_entry_and_does_not_search_the_whole_list():
+    d = Differential(CLASS_NAMES)
+    for t in range(100_000):  # weeks of a run's uncertain cells
+        d.add(np.full(N, 1 / N), ref={"track": t})
+    d.add(np.full(N, 1 / N), ref={"track": 7, "frame": 2})  # a track number met again: this entry is its cell
+    assert d.revise("uncertain", sure("basophil"), match={"track": 7}) == "basophil"
+    cells = d.summary()["uncertain"]["cells"]
+    assert len(cells) == 100_000 and cells[7]["ref"] == {"track": 7}  # the older entry stays
+    assert {"track": 7, "frame": 2} not in [c["ref"] for c in cells[-3:]]
+    t0 = time.perf_counter()
+    for t in range(99_999, 98_999, -1):  # the cells revised are the last listed ones
+        d.revise("uncertain", sure("lymphocyte"), match={"track": t})
+    assert time.perf_counter() - t0 < 2.0  # searched from the start: about a minute
+    rows = {r["class"]: r["count"] for r in d.summary()["rows"]}
+    assert rows["lymphocyte"] == 1000 and rows["basophil"] == 1 and len(d.review) == 99_000
 
 
 def test_target_and_done():
