@@ -18,8 +18,8 @@ loopback) only a request carrying ``Authorization: Bearer TOKEN``; without one, 
 POST from another address, or naming another host in Host: a page that renamed itself to 127.0.0.1, is
 refused with 403). A browser's cross-site POST (its Origin is not this server, or "null": a sandboxed or
 file page) is refused too; a chunked body is refused (411). Each read of a request may wait REQUEST_TIMEOUT_S
-and the whole request REQUEST_DEADLINE_S, and at most MAX_CONNECTIONS are served at once (others are
-closed), so a slow or hostile client cannot hold the daemon. Bound beyond loopback, the page is open to the
+and the whole request REQUEST_DEADLINE_S, and at most MAX_CONNECTIONS are served at once (others get a
+503 and are closed), so a slow or hostile client cannot hold the daemon. Bound beyond loopback, the page is open to the
 network: ``exposure_warning``.
 """
 from __future__ import annotations
@@ -520,8 +520,12 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", port_n
 
 
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 37\r\nConnection: close\r\n\r\ntoo many connections: try again soon\n")
+
+
 class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once; more are closed at once."""
+    """A thread per connection, at most MAX_CONNECTIONS at once; more get a 503 and are closed at once."""
 
     daemon_threads = True
 
@@ -531,9 +535,26 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
+            self._busy(request)
             return
         super().process_request(request, client_address)
+
+    def _busy(self, request) -> None:
+        """Answer 503 without a thread and without waiting: what the client sent so far is read (closing a
+        socket with unread bytes resets it, and the client would see a reset, not the answer), the answer
+        is tiny, so it fits the empty send buffer."""
+        try:
+            request.setblocking(False)
+            try:
+                for _ in range(16):  # at most 1 MB: a client that sends without end does not hold the server
+                    if not request.recv(65536):
+                        break
+            except OSError:  # nothing more to read now (or the client has gone)
+                pass
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def process_request_thread(self, request, client_address):
         try:

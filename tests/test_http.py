@@ -270,3 +270,37 @@ def test_slow_clients_cannot_hold_every_connection(monkeypatch):
     finally:
         stop.set()
         server.shutdown()
+
+
+def test_a_connection_beyond_the_limit_is_told_503_not_just_closed():
+    """More than MAX_CONNECTIONS at once (a wall of browser tabs, a monitoring system polling hard): the one
+    over the limit got its connection closed with no answer, which a client reads as the daemon being down."""
+    import socket as socket_lib
+    import time
+    import urllib.error
+    import urllib.request
+
+    from scopelite.edge import httpd
+
+    server = httpd.serve(httpd.Status(["a"]), "127.0.0.1", 0)
+    port = server.server_address[1]
+    held = []
+    try:
+        for _ in range(httpd.MAX_CONNECTIONS):  # each holds a slot: a request begun, never finished
+            s = socket_lib.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            held.append(s)
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3)
+        assert e.value.code == 503 and e.value.headers["Retry-After"] == "1"
+        assert b"too many connections" in e.value.read()
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:  # slots given back
+            assert r.status == 200
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
