@@ -361,6 +361,11 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="With --sessions: count this folder or video into the session left open by a run on another "
                    "one (more fields of the same slide). Without it that is refused: another slide needs "
                    "--new-session. A camera, or the same folder run again, resumes without it.")
+@click.option("--keep-days", type=Number(min=0, max=36500, min_open=True), default=None, metavar="DAYS",
+              help="With --sessions: remove closed sessions (whole folders: cells, pictures, reports) once they "
+                   "were stopped more than DAYS days ago; looked at on start and every hour. Never the open or "
+                   "current session, nor one being reviewed. Export what you want to keep first (celledge export). "
+                   "Default: keep every session (about 1 GB a day of counting).")
 @click.option("--track/--no-track", default=None,
               help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
                    "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
@@ -556,6 +561,13 @@ def watch(**_):
         sessions.on_change = lambda what: print(f"{what} (lab page)", file=sys.stderr, flush=True)
         sessions.on_disk = warn  # the sessions' disk running low or full: said at the start and while counting
         sessions.check_disk()
+        if cfg.keep_days is not None:
+            from .retention import Pruner
+
+            pruner = Pruner(cfg.sessions, cfg.keep_days, lambda: sessions.current.folder,
+                            tell=lambda what: print(what, file=sys.stderr, flush=True))
+            pruner.start()
+            ctx.call_on_close(pruner.stop)
     if server is not None:
         status.session = sessions
         start_serving(server)

@@ -44,6 +44,7 @@ class WatchConfig:
     sessions: str | None = None  # field mode: folder of sessions (one per slide: cells, crops, report)
     new_session: bool = False  # close a session left open by the last run instead of resuming it
     add_to_session: bool = False  # count a folder or video the open session has not counted from into it
+    keep_days: float | None = None  # remove closed sessions stopped more than this many days ago (retention)
     track: bool | None = None  # None: on for cameras, streams and videos; off for a folder
     max_frames: int | None = None
     fps: float | None = None
@@ -113,6 +114,8 @@ class WatchConfig:
             out.append("--new-session needs --sessions DIR")
         if self.add_to_session and not self.sessions:
             out.append("--add-to-session needs --sessions DIR")
+        if self.keep_days is not None and not self.sessions:
+            out.append("--keep-days needs --sessions DIR (it removes old sessions there)")
         if self.add_to_session and self.new_session:
             out.append("--add-to-session adds to the open session, --new-session closes it: give one of them")
         if self.save_dir and not self.save_classes and self.save_below is None:

@@ -106,7 +106,7 @@ def read_jsonl(path: Path, damaged: list[str] | None = None,
     return out
 
 
-def _read_state(folder: Path) -> dict:
+def read_state(folder: Path) -> dict:
     """A session's state.json (ValueError when it is not a JSON object with the keys of one, of their types)."""
     state = json.loads((folder / "state.json").read_text())
     if not isinstance(state, dict):
@@ -222,7 +222,7 @@ class Session:
         """Replay a session folder: cells.jsonl, then reviews.jsonl (a torn last line of either is dropped)."""
         folder = Path(folder)
         try:
-            state = _read_state(folder)
+            state = read_state(folder)
         except (OSError, ValueError) as e:
             raise SessionError(f"{folder} is not a session folder (no readable state.json: {e})", 404) from None
         damaged: list[str] = []
@@ -512,8 +512,10 @@ def list_sessions(root: str | os.PathLike, only_open: bool = False, damaged: lis
     root = Path(root)
     found = []
     for d in root.iterdir() if root.is_dir() else ():
+        if d.name.startswith("."):  # a session being removed (--keep-days: retention.HIDDEN)
+            continue
         try:
-            state = _read_state(d)
+            state = read_state(d)
         except (OSError, ValueError):
             if damaged is not None and (d / "state.json").is_file():
                 damaged.append(d)
@@ -534,8 +536,10 @@ def _seq(state: dict) -> int:
 def _next_seq(root: Path) -> int:
     seqs = []
     for d in root.iterdir() if root.is_dir() else ():
+        if d.name.startswith("."):
+            continue
         try:
-            seqs.append(_seq(_read_state(d)))
+            seqs.append(_seq(read_state(d)))
         except (OSError, ValueError):
             continue
     return max(seqs, default=0) + 1

@@ -1,0 +1,127 @@
+"""``--keep-days``: a daemon counting for weeks removes the sessions it closed long ago.
+
+A session keeps every counted cell's picture: about 1 GB a day of counting (docs/differential.md), so an SD card
+fills in weeks. With ``--keep-days DAYS`` the daemon looks, at its start and every hour, for closed sessions
+stopped more than DAYS days ago (``state.json``'s ``stopped``, the wall clock: a clock set back keeps them) and
+removes each whole folder. Never the current session (the open one, or the last closed, still on the lab page),
+never an open one, never one another process holds (``celledge review``: ``Session.lock``'s ``.lock``), never a
+folder whose state cannot be read. A folder is renamed to a hidden name before its files go, so nothing reads a
+half-removed session; what a cut-off removal left behind goes at the next look.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .session import list_sessions, read_state
+
+DAY_S = 86400.0
+EVERY_S = 3600.0  # how often the daemon looks
+HIDDEN = ".removing-"  # a folder being removed
+
+
+def expired(root: str | os.PathLike, keep_days: float, now: float, keep: Path | None = None) -> list[Path]:
+    """The closed sessions under ``root`` stopped more than ``keep_days`` days before ``now`` (seconds since the
+    epoch), oldest first; never ``keep``."""
+    out = []
+    for d in list_sessions(root):
+        if keep is not None and d.resolve() == keep.resolve():
+            continue
+        try:
+            state = read_state(d)
+        except (OSError, ValueError):
+            continue
+        stopped = state.get("stopped")
+        if state.get("state") != "closed" or isinstance(stopped, bool) or not isinstance(stopped, (int, float)):
+            continue
+        if now - stopped > keep_days * DAY_S:
+            out.append(d)
+    return out
+
+
+def remove(folder: Path) -> bool:
+    """Remove one session folder unless another process holds it (False): its lock is taken, the folder renamed
+    hidden, then its files removed."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a review, or a watch counting into it
+        gone = folder.with_name(HIDDEN + folder.name)
+        try:
+            os.rename(folder, gone)
+        except OSError:
+            return False
+        shutil.rmtree(gone, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def leftovers(root: str | os.PathLike) -> None:
+    """Finish removals a power cut or a kill cut off."""
+    root = Path(root)
+    for d in root.iterdir() if root.is_dir() else ():
+        if d.name.startswith(HIDDEN) and d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Pruner:
+    """Removes expired sessions at ``start`` and every ``every`` seconds in a thread of its own (a large session's
+    thousands of pictures take seconds to remove on an SD card: not in the frame loop), until ``stop``.
+
+    Args:
+        root: the sessions folder.
+        keep_days: how long a closed session is kept after it stopped.
+        current: the current session's folder now (never removed).
+        tell: told of each session removed, in a line for the journal.
+        clock: the wall clock (``stopped`` is written with it).
+    """
+
+    def __init__(self, root: str | os.PathLike, keep_days: float, current: Callable[[], Path],
+                 tell: Callable[[str], None], clock: Callable[[], float] = time.time, every: float = EVERY_S):
+        self.root, self.keep_days, self.current, self.tell = Path(root), keep_days, current, tell
+        self.clock, self.every = clock, every
+        self.removed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def once(self) -> list[str]:
+        """One look: the ids of the sessions removed."""
+        leftovers(self.root)
+        gone = []
+        for d in expired(self.root, self.keep_days, self.clock(), keep=self.current()):
+            if remove(d):
+                gone.append(d.name)
+                self.removed += 1
+                self.tell(f"session {d.name} removed: closed more than {self.keep_days:g} day"
+                          f"{'' if self.keep_days == 1 else 's'} ago (--keep-days)")
+        return gone
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.once()
+            except OSError as e:  # the folder gone or unreadable for a while: try again at the next look
+                self.tell(f"old sessions could not be looked at ({(e.strerror or str(e)).lower()}); "
+                          f"trying again in {self.every / 60:.0f} min")
+            if self._stop.wait(self.every):
+                return
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="scopelite-keep-days", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,101 @@
+"""--keep-days (edge/retention.py): a daemon counting for weeks removes the sessions it closed long ago, and
+nothing else: not the current one, an open one, one being reviewed, a damaged one, or one a set-back clock
+makes look young."""
+import fcntl
+import json
+import os
+
+import cv2
+import numpy as np
+
+from scopelite.edge.bundle import CLASS_NAMES
+from scopelite.edge.retention import DAY_S, HIDDEN, Pruner, expired
+from scopelite.edge.session import Session, Sessions, list_sessions
+from conftest import invoke_cli
+from test_session import _feed
+from test_watch_tracking import SCAN
+
+NOW = 1_800_000_000.0
+
+
+def _closed(root, days_ago: float, cells=("neutrophil",)) -> Session:
+    """A session that counted ``cells`` and was stopped ``days_ago`` days before NOW."""
+    sessions = Sessions(root, CLASS_NAMES, new=True)
+    _feed(sessions, list(cells))
+    s = sessions.current
+    s.close("stopped on the lab page", clock=lambda: NOW - days_ago * DAY_S)
+    return s
+
+
+def test_only_sessions_closed_long_enough_ago_are_removed(tmp_path):
+    root = tmp_path / "s"
+    old = _closed(root, 10)
+    young = _closed(root, 0.5)
+    held = _closed(root, 20)  # a celledge review holds it
+    damaged = _closed(root, 30)
+    future = _closed(root, -3)  # the clock was set back since it closed
+    (damaged.folder / "state.json").write_text("{not json")
+    current = Sessions(root, CLASS_NAMES, new=True)  # open now; and the last closed is never the current one
+    _feed(current, ["lymphocyte"])
+    leftover = root / (HIDDEN + "20260101-000000-abcdef")  # a removal cut off by a power cut
+    (leftover / "crops").mkdir(parents=True)
+    (leftover / "state.json").write_text(json.dumps({**old.state, "id": leftover.name}))
+    fd = os.open(held.folder / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    told = []
+    try:
+        assert expired(root, 7, NOW, keep=current.current.folder) == [old.folder, held.folder]
+        pruner = Pruner(root, 7, lambda: current.current.folder, told.append, clock=lambda: NOW)
+        assert pruner.once() == [old.id]
+    finally:
+        os.close(fd)
+    assert not old.folder.exists() and not leftover.exists()
+    assert told == [f"session {old.id} removed: closed more than 7 days ago (--keep-days)"]
+    left = {p.name for p in list_sessions(root)}
+    assert left == {young.id, held.id, future.id, current.current.id}  # the damaged one is not listed, but there
+    assert damaged.folder.is_dir()
+    # once the review lets go, the next look removes it; the open session stays however old it is
+    assert Pruner(root, 7, lambda: current.current.folder, told.append, clock=lambda: NOW + 400 * DAY_S).once() \
+        == [young.id, held.id, future.id]  # oldest first
+    assert {p.name for p in list_sessions(root)} == {current.current.id}
+    current.release()
+
+
+def test_the_current_session_is_kept_even_when_closed_and_old(tmp_path):
+    root = tmp_path / "s"
+    _closed(root, 10)
+    sessions = Sessions(root, CLASS_NAMES)  # none open: a new one starts
+    sessions.current.close("count reached", clock=lambda: NOW - 9 * DAY_S)  # closed long ago, still on the page
+    pruner = Pruner(root, 1, lambda: sessions.current.folder, lambda _: None, clock=lambda: NOW)
+    assert len(pruner.once()) == 1 and sessions.current.folder.is_dir()
+    sessions.release()
+
+
+def test_watch_removes_old_sessions_and_says_so(tmp_path):
+    from scopelite.train.slide import make_slide_scan
+
+    root = tmp_path / "s"
+    import time
+
+    old = _closed(root, 0)
+    old.close("stopped on the lab page", clock=lambda: time.time() - 3 * DAY_S)
+    keep = _closed(root, 0)
+    keep.close("stopped on the lab page", clock=lambda: time.time() - 1 * DAY_S)
+    scan = make_slide_scan(0, **SCAN)
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in (0, 40):
+        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(root), "--keep-days", "2",
+                   "--out", str(tmp_path / "lines.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"session {old.id} removed: closed more than 2 days ago (--keep-days)" in r.stderr
+    assert not old.folder.exists() and keep.folder.is_dir() and len(list_sessions(root)) == 2
+
+
+def test_keep_days_is_checked():
+    for args, said in ((["--keep-days", "3"], "--keep-days needs --sessions DIR"),
+                       (["--sessions", "s", "--keep-days", "0"], "--keep-days"),
+                       (["--sessions", "s", "--keep-days", "nan"], "--keep-days")):
+        r = invoke_cli("celledge", "watch", "nowhere/", "--mode", "field", *args)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and said in r.stderr, r.stderr
