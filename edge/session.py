@@ -454,6 +454,11 @@ class Session:
         self.version += 1
         write_json_atomic(self.folder / "state.json", self.state, fsync="full")
         self.write_reports()
+        self.release_files()
+
+    def release_files(self) -> None:
+        """Close its log files (opened again at the next line): a closed session labelled on the review page
+        opens reviews.jsonl again, and a daemon that started a session per slide kept one file open for each."""
         for sink in (self._log, self._reviews):
             if sink is not None:
                 sink.close()
@@ -693,10 +698,13 @@ class Sessions:
                            self.rbc_fraction, seq=self._last_seq)
         if self.model:
             s.record_model(self.model)
+        before = getattr(self, "current", None)
+        if before is not None:
+            before.release_files()
         if self.hold:
             s.lock()
-            if getattr(self, "current", None) is not None:
-                self.current.unlock()
+            if before is not None:
+                before.unlock()
         self._files, self._pixels = set(), set()
         return s
 

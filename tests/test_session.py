@@ -1250,3 +1250,23 @@ def test_an_image_whose_name_is_not_utf8_does_not_break_the_session(tmp_path):
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
     folder = next((tmp_path / "s").iterdir())
     assert "caf\\udce9.png" in (folder / "cells.csv").read_text() and (folder / "report.html").is_file()
+
+
+def test_reviewing_each_closed_session_leaves_no_file_open(tmp_path):
+    """A daemon counting slide after slide (--count, --http): each session reviewed after it closed opened
+    reviews.jsonl again, and starting the next one left it open: one file per slide, until the process's
+    limit (1024) ended the run."""
+    import os
+
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES, target=1, hold=True)
+    open_files = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = None
+    for k in range(30):
+        _feed(sessions, ["neutrophil"], frame0=k)
+        assert not sessions.current.is_open  # --count 1 reached
+        sessions.label(sessions.current.cells[0]["id"], "lymphocyte")  # the review after the count
+        sessions.start()  # the next slide
+        if k == 2:
+            before = open_files()
+    assert open_files() <= before
+    sessions.release()
