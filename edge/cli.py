@@ -565,7 +565,8 @@ def watch(**_):
             from .retention import Pruner
 
             pruner = Pruner(cfg.sessions, cfg.keep_days, lambda: sessions.current.folder,
-                            tell=lambda what: print(what, file=sys.stderr, flush=True))
+                            tell=lambda what: print(what, file=sys.stderr, flush=True),
+                            spare=[sessions.closed_at_start.id] if sessions.closed_at_start else [])
             pruner.start()
             ctx.call_on_close(pruner.stop)
     if server is not None:

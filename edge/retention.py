@@ -3,7 +3,10 @@
 A session keeps every counted cell's picture: about 1 GB a day of counting (docs/differential.md), so an SD card
 fills in weeks. With ``--keep-days DAYS`` the daemon looks, at its start and every hour, for closed sessions
 stopped more than DAYS days ago (``state.json``'s ``stopped``, the wall clock: a clock set back keeps them) and
-removes each whole folder. Never the current session (the open one, or the last closed, still on the lab page),
+removes each whole folder. A Pi's clock can be wrong until it finds a time server (the time it was switched off,
+or 1970), so a stop time the clock wrote then can make a session look old: a session this process saw open, as
+the current one or closed at its start is kept for DAYS of the process's own (monotonic) time after it last saw
+it so, and a stop time (or a clock) before 2020 removes nothing. Never the current session (the open one, or the last closed, still on the lab page),
 never an open one, never one another process holds (``celledge review``: ``Session.lock``'s ``.lock``), never a
 folder whose state cannot be read. A folder is renamed to a hidden name before its files go, so nothing reads a
 half-removed session; what a cut-off removal left behind goes at the next look.
@@ -11,6 +14,7 @@ half-removed session; what a cut-off removal left behind goes at the next look.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import shutil
 import threading
@@ -21,6 +25,7 @@ from typing import Callable
 from .session import list_sessions, read_state
 
 DAY_S = 86400.0
+SANE_AFTER = 1_577_836_800.0  # 2020-01-01: a clock before it was never set
 EVERY_S = 3600.0  # how often the daemon looks
 HIDDEN = ".removing-"  # a folder being removed
 
@@ -39,7 +44,7 @@ def expired(root: str | os.PathLike, keep_days: float, now: float, keep: Path | 
         stopped = state.get("stopped")
         if state.get("state") != "closed" or isinstance(stopped, bool) or not isinstance(stopped, (int, float)):
             continue
-        if now - stopped > keep_days * DAY_S:
+        if SANE_AFTER <= stopped and now - stopped > keep_days * DAY_S:
             out.append(d)
     return out
 
@@ -84,22 +89,31 @@ class Pruner:
         keep_days: how long a closed session is kept after it stopped.
         current: the current session's folder now (never removed).
         tell: told of each session removed, in a line for the journal.
-        clock: the wall clock (``stopped`` is written with it).
+        spare: sessions this process closed before it started looking (at its start).
+        clock: the wall clock (``stopped`` is written with it); ``monotonic``: the process's own.
     """
 
     def __init__(self, root: str | os.PathLike, keep_days: float, current: Callable[[], Path],
-                 tell: Callable[[str], None], clock: Callable[[], float] = time.time, every: float = EVERY_S):
+                 tell: Callable[[str], None], spare=(), clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, every: float = EVERY_S):
         self.root, self.keep_days, self.current, self.tell = Path(root), keep_days, current, tell
-        self.clock, self.every = clock, every
+        self.clock, self.monotonic, self.every = clock, monotonic, every
         self.removed = 0
+        self._seen = {sid: monotonic() for sid in spare}  # session id -> when last seen open or current
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def once(self) -> list[str]:
         """One look: the ids of the sessions removed."""
         leftovers(self.root)
-        gone = []
-        for d in expired(self.root, self.keep_days, self.clock(), keep=self.current()):
+        now, current, gone = self.monotonic(), self.current(), []
+        for d in [*list_sessions(self.root, only_open=True), current]:
+            self._seen[d.name] = now
+        if self.clock() < SANE_AFTER:
+            return gone
+        for d in expired(self.root, self.keep_days, self.clock(), keep=current):
+            if now - self._seen.get(d.name, -math.inf) <= self.keep_days * DAY_S:
+                continue  # closed while this process ran (or at its start): its stop time may be the wrong clock's
             if remove(d):
                 gone.append(d.name)
                 self.removed += 1

@@ -71,6 +71,30 @@ def test_the_current_session_is_kept_even_when_closed_and_old(tmp_path):
     sessions.release()
 
 
+def test_a_clock_that_was_wrong_when_a_session_closed_does_not_remove_it_early(tmp_path):
+    """A Pi without a clock battery boots at the time it was switched off (or 1970) until a time server answers:
+    a session closed then carries a stop time days too old, and --keep-days removed it within the hour."""
+    root = tmp_path / "s"
+    at_start = _closed(root, 3)  # closed by this process's start (--new-session), with the clock of switch-off
+    unset = _closed(root, 0)
+    unset.close("stopped", clock=lambda: 1000.0)  # the clock at 1970
+    sessions = Sessions(root, CLASS_NAMES, new=True)
+    _feed(sessions, ["lymphocyte"])
+    mono = [0.0]
+    pruner = Pruner(root, 2, lambda: sessions.current.folder, lambda _: None, spare=[at_start.id],
+                    clock=lambda: NOW, monotonic=lambda: mono[0])
+    assert pruner.once() == []
+    seen_open = sessions.current
+    sessions.current.close("stopped", clock=lambda: NOW - 5 * DAY_S)  # closed while the clock was still wrong
+    sessions.start()
+    _feed(sessions, ["neutrophil"], frame0=5)
+    assert pruner.once() == [] and Pruner(root, 2, lambda: sessions.current.folder, lambda _: None,
+                                          clock=lambda: 1e9).once() == []  # a clock before 2020 removes nothing
+    mono[0] = 2.1 * DAY_S  # two days of the process's own time later: the stop times are believed
+    assert pruner.once() == [at_start.id, seen_open.id] and unset.folder.is_dir()
+    sessions.release()
+
+
 def test_watch_removes_old_sessions_and_says_so(tmp_path):
     from scopelite.train.slide import make_slide_scan
 
