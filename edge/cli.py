@@ -559,6 +559,7 @@ def watch(**_):
     if sessions is not None:
         ctx.call_on_close(sessions.release)  # another process (celledge review) may take its folder after this run
         sessions.on_change = lambda what: print(f"{what} (lab page)", file=sys.stderr, flush=True)
+        sessions.on_note = lambda what: print(what, file=sys.stderr, flush=True)
         sessions.on_disk = warn  # the sessions' disk running low or full: said at the start and while counting
         sessions.check_disk()
         if cfg.keep_days is not None:

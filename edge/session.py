@@ -49,6 +49,10 @@ from .outputs import LineSink, fsync_dir
 NOT_A_CELL = "not_a_cell"
 CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
 VIEW_KEEP_FRAMES = 30  # a tracked cell's latest view is kept this many frames for its crop
+# an open-ended session (no --count) closes at this many cells and the count goes on in a new one: a daemon counting
+# all day into one session held every cell in memory (3 KB each: 36,000 cells a day filled the service's 512 MB in
+# days, and a restart resumed it), and its report and /session grew with it (about 1 ms a cell to build, under the lock)
+MAX_CELLS = 5000
 
 
 class SessionError(UserError):
@@ -626,6 +630,7 @@ class Sessions:
         self._lock = threading.RLock()
         # told of what people do on the lab page (start, stop, reset): the daemon's journal says it
         self.on_change: Callable[[str], None] | None = None
+        self.on_note: Callable[[str], None] | None = None  # told of what the daemon did by itself (a session rolled over)
         # room left on the sessions' disk (looked at every 30 s while counting); told to on_disk when it runs low,
         # runs out (cells are then counted without their pictures) and has room again
         self.disk = DiskRoom(root)
@@ -886,6 +891,15 @@ class Sessions:
             self.current.close("count reached", self.clock)
             self.ends_run = self.one_shot
             self._cell_of_track.clear()
+        elif self.current.is_open and self.current.state["target"] is None and len(self.current.cells) >= MAX_CELLS:
+            old = self.current
+            old.close(f"{MAX_CELLS} cells, an open-ended session's most: the count went on in the next", self.clock)
+            self.current = self._new(None)
+            self._cell_of_track.clear()  # a later revision of one of its tracks is not this session's
+            if self.on_note is not None:
+                self.on_note(f"session {old.id} closed at {MAX_CELLS} cells (an open-ended session's most; give "
+                             f"--count for a differential): report {old.folder / 'report.html'}; session "
+                             f"{self.current.id} goes on counting")
 
 
 def _cell_record(e: dict, frame_index: int, center, rbc_fraction: float | None = None,

@@ -1,4 +1,5 @@
 """Sessions (edge/session.py): cells recorded with their crops, report, resume after a kill, review, export."""
+import collections
 import json
 import re
 import shutil
@@ -12,7 +13,8 @@ from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.packaged import default_model
 from scopelite.edge.errors import UserError
-from scopelite.edge.session import NOT_A_CELL, Session, SessionError, Sessions, read_jsonl
+from scopelite.edge.session import (NOT_A_CELL, Session, SessionError, Sessions, effective_label, list_sessions,
+                                    read_jsonl)
 from scopelite.edge.session_export import export_reviewed, summary_line
 from scopelite.edge.watch import run_watch
 from scopelite.train.slide import make_slide_scan
@@ -1269,4 +1271,32 @@ def test_reviewing_each_closed_session_leaves_no_file_open(tmp_path):
         if k == 2:
             before = open_files()
     assert open_files() <= before
+    sessions.release()
+
+
+def test_an_open_ended_session_closes_at_max_cells_and_the_count_goes_on_in_the_next(tmp_path, monkeypatch):
+    """A daemon counting all day into one session without --count held every cell in memory (3 KB each) until
+    the service's memory limit killed it, and a restart resumed the same session into the same end."""
+    import scopelite.edge.session as session_mod
+
+    told = []
+    _, _, _, scan = _scan_run(tmp_path / "unused")  # the same scan, into one session, for comparison
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 4, raising=False)  # (raising: the code before had no limit)
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    sessions.on_note = told.append
+    run_watch(WatchConfig(mode="field"), ScanSource(make_slide_scan(0, **SCAN)),
+              FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour), lambda rec: None, session=sessions)
+    folders = list_sessions(tmp_path / "s")
+    loaded = [Session.load(f) for f in folders]
+    n = len(scan.cells)
+    assert n > 8 and [len(x.cells) for x in loaded] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert all(x.state["state"] == "closed" and "4 cells" in x.state["reason"] for x in loaded[:-1])
+    assert loaded[-1].is_open and len(told) == len(loaded) - 1 and "goes on counting" in told[0]
+    for x in loaded:  # every revision names a cell of its own session, and no line is damaged
+        assert not x.damaged
+        revised = [r for r in read_jsonl(x.folder / "cells.jsonl") if "revise" in r]
+        assert all(r["revise"] in x.by_id for r in revised)
+    total = collections.Counter(effective_label(c) for x in loaded for c in x.cells)
+    one = collections.Counter(effective_label(c) for c in Session.load(list_sessions(tmp_path / "unused")[0]).cells)
+    assert sum(total.values()) == sum(one.values()) == n
     sessions.release()
