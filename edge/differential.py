@@ -48,16 +48,21 @@ class Differential:
         target: white cells to count (e.g. 100 or 200); ``done`` once reached. None: open-ended.
         min_score: a cell whose best score is below this is uncertain (for review).
         wbc_count: the analyser's white count, 10^9/L, for absolute counts (None: none given).
+        listed: keep at most this many uncertain cells in the review list, the newest (all are counted:
+            ``summary``'s ``not_listed`` says how many fell off). None: every one. A daemon's count over weeks
+            listed every uncertain cell (0.5 KB each) for as long as it ran.
     """
 
     def __init__(self, labels: Sequence[str], target: int | None = None, min_score: float = 0.5,
-                 wbc_count: float | None = None):
+                 wbc_count: float | None = None, listed: int | None = None):
         self.labels = list(labels)
         self.target = target
         self.min_score = min_score
         self.wbc_count = wbc_count
+        self.listed = listed
         self.counts: dict[str, int] = {name: 0 for name in self.labels}
         self.review: list[dict[str, Any]] = []  # the uncertain cells
+        self.not_listed = 0  # uncertain cells counted whose entries fell off the list (``listed``)
 
     def add(self, scores: np.ndarray, min_score: float | None = None, ref: Any = None, why: str | None = None) -> str:
         """Count one cell from its score vector (e.g. a track's mean); return its label or 'uncertain'.
@@ -72,7 +77,7 @@ class Differential:
         """Count one decided cell (``_decide``'s three values): its class, or an entry in the review list."""
         if label == UNCERTAIN:
             entry = {"ref": ref, "best": self.labels[best], "score": round(float(scores[best]), 4)}
-            self.review.append(entry if why is None else {**entry, "why": why})
+            self._list(entry if why is None else {**entry, "why": why})
             return UNCERTAIN
         self.counts[label] += 1
         return label
@@ -105,9 +110,12 @@ class Differential:
                     return r == ref
                 return isinstance(r, dict) and all(r.get(k) == v for k, v in match.items())
             k = next((i for i in range(len(self.review) - 1, -1, -1) if same(self.review[i]["ref"])), None)
-            if k is None:
+            if k is not None:
+                del self.review[k]
+            elif self.not_listed:  # counted uncertain long ago: its entry fell off the list
+                self.not_listed -= 1
+            else:
                 raise ValueError(f"no uncertain cell {match or ref!r} to revise")
-            del self.review[k]
         else:
             if self.counts.get(was, 0) <= 0:
                 raise ValueError(f"no {was} counted to revise")
@@ -117,9 +125,16 @@ class Differential:
     def add_label(self, label: str) -> None:
         """Count one cell whose label was decided elsewhere (a person's correction, crop mode)."""
         if label == UNCERTAIN:
-            self.review.append({"ref": None, "best": None, "score": None})
+            self._list({"ref": None, "best": None, "score": None})
         else:
             self.counts[label] = self.counts.get(label, 0) + 1
+
+    def _list(self, entry: dict) -> None:
+        self.review.append(entry)
+        if self.listed is not None and len(self.review) > self.listed:
+            k = len(self.review) - self.listed + self.listed // 10  # a tenth more at once: not a copy per cell
+            del self.review[:k]
+            self.not_listed += k
 
     @property
     def white_total(self) -> int:
@@ -129,9 +144,10 @@ class Differential:
     def done(self) -> bool:
         return self.target is not None and self.white_total >= self.target
 
-    def summary(self) -> dict:
+    def summary(self, cells: bool = True) -> dict:
         """JSON-able: white_total, rows [{class, count, percent, ci95[, absolute]}], nrbc_per_100_wbc,
-        platelets, uncertain {count, cells}, other (labels outside these groups), target, done."""
+        platelets, uncertain {count, cells[, not_listed]}, other (labels outside these groups), target, done.
+        ``cells=False``: the uncertain cells' count only (``brief``)."""
         n = self.white_total
         rows = []
         for c in WHITE:
@@ -151,20 +167,24 @@ class Differential:
             "nrbc": nrbc,
             "nrbc_per_100_wbc": round(100 * nrbc / n, 1) if n else None,
             "platelets": self.counts.get(PLATELET, 0),
-            "uncertain": {"count": len(self.review), "cells": list(self.review)},
+            "uncertain": {"count": len(self.review) + self.not_listed},
             "other": {k: v for k, v in self.counts.items() if k not in WHITE and k not in (NRBC, PLATELET)},
             "target": self.target,
             "done": self.done,
         }
+        if cells:
+            out["uncertain"]["cells"] = list(self.review)
+            if self.not_listed:
+                out["uncertain"]["not_listed"] = self.not_listed
         if self.wbc_count is not None:
             out["wbc_count"] = self.wbc_count
             out["wbc_corrected"] = round(self._corrected_wbc(), 2)
         return out
 
     def brief(self) -> dict:
-        """``summary()`` less the review list (the uncertain cells' count only): for every frame's JSON line."""
-        s = self.summary()
-        return {**s, "uncertain": {"count": s["uncertain"]["count"]}}
+        """``summary()`` less the review list (the uncertain cells' count only): for every frame's JSON line
+        (the list is not copied)."""
+        return self.summary(cells=False)
 
     def _corrected_wbc(self) -> float:
         """The analyser counts NRBC as white cells: WBC x 100 / (100 + NRBC per 100 WBC)."""

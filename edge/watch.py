@@ -199,6 +199,7 @@ def _not_what_it_looks_like(platelet_sized: bool, scores, labels) -> str | None:
     return None
 
 
+REVIEW_LISTED = 10_000  # uncertain cells the run's count lists, the newest (every one is counted; sessions keep all)
 RECHECK_EVERY = 5  # a counted cell still in view is classified again one frame in this many (FieldCounter.known)
 
 
@@ -229,7 +230,8 @@ class FieldCounter:
 
     def __init__(self, labels, min_score: float = 0.5, target: int | None = None, wbc_count: float | None = None,
                  track: bool = True, resize: float = 0.25):
-        self.differential = Differential(labels, target=target, min_score=min_score, wbc_count=wbc_count)
+        self.differential = Differential(labels, target=target, min_score=min_score, wbc_count=wbc_count,
+                                         listed=REVIEW_LISTED)
         self.track = track
         self.motion = StageMotion()
         self.tracker: Tracker | None = None

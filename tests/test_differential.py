@@ -96,6 +96,27 @@ def test_revising_an_uncertain_cell_takes_the_newest_entry_and_does_not_search_t
     assert rows["lymphocyte"] == 1000 and rows["basophil"] == 1 and len(d.review) == 99_000
 
 
+def test_a_runs_review_list_keeps_the_newest_entries_and_counts_every_uncertain_cell():
+    """A daemon's count over weeks listed every uncertain cell (0.5 KB each) and copied the list for each frame
+    that counted a cell."""
+    d = Differential(CLASS_NAMES, listed=100)
+    for t in range(1000):
+        d.add(np.full(N, 1 / N), ref={"track": t})
+    s = d.summary()
+    assert s["uncertain"]["count"] == 1000 and 90 <= len(s["uncertain"]["cells"]) <= 100
+    assert s["uncertain"]["cells"][-1]["ref"] == {"track": 999}
+    assert s["uncertain"]["not_listed"] == 1000 - len(s["uncertain"]["cells"])
+    assert d.brief()["uncertain"] == {"count": 1000}
+    assert d.revise("uncertain", sure("monocyte"), match={"track": 3}) == "monocyte"  # its entry fell off
+    assert d.revise("uncertain", sure("monocyte"), match={"track": 999}) == "monocyte"
+    s = d.summary()
+    assert s["uncertain"]["count"] == 998 and {"track": 999} not in [c["ref"] for c in s["uncertain"]["cells"]]
+    assert Differential(CLASS_NAMES).summary()["uncertain"] == {"count": 0, "cells": []}  # no not_listed key
+    from scopelite.edge.watch import REVIEW_LISTED, FieldCounter
+
+    assert FieldCounter(CLASS_NAMES).differential.listed == REVIEW_LISTED >= 1000  # the run's count is bounded
+
+
 def test_target_and_done():
     d = Differential(CLASS_NAMES, target=3)
     for label in ("neutrophil", "platelet", "erythroblast", "lymphocyte"):
