@@ -594,7 +594,9 @@ def watch(**_):
                                          "white_total": s["differential"]["white_total"],
                                          "cells": s["cells_total"], "reviewed": s["reviewed"], "disk": s["disk"],
                                          **({"pictures_not_kept": sessions.pictures_not_kept}
-                                            if sessions.pictures_not_kept else {})}
+                                            if sessions.pictures_not_kept else {}),
+                                         **({"cells_not_recorded": sessions.not_recorded}
+                                            if sessions.not_recorded else {})}
     emit(summary)
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])

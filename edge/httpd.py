@@ -321,6 +321,8 @@ def _session_metrics(s: dict, labels) -> list[str]:
     if disk.get("free_mb") is not None:
         lines += gauge("disk_free_megabytes", "Room left on the sessions folder's disk (looked at every 30 s while "
                        "counting); under 100 MB cells are counted without their pictures.", disk["free_mb"])
+    lines += gauge("writable", "1 while the session's files can be written, 0 while cells are counted but not "
+                   "recorded (a disk gone read-only or failing).", int(not (s.get("unrecorded") or {}).get("error")))
     if s.get("target"):
         lines += gauge("target", "White cells the current session counts before it closes.", s["target"])
     lines += gauge("uncertain_cells", "Cells of the current session listed for review, not in the %.",

@@ -57,6 +57,18 @@ def _disk_line(disk: dict | None) -> str:
             '(celledge export) and delete old ones (docs/differential.md).</p>')
 
 
+def _unrecorded_line(unrecorded: dict | None) -> str:
+    """A warning when the session cannot be written (``Sessions.summary``'s ``unrecorded``); nothing otherwise."""
+    if not unrecorded:
+        return ""
+    if unrecorded.get("error"):
+        return (f'<p id="unrecorded" class="bad"><b>This session cannot be written</b> '
+                f'({html.escape(unrecorded["error"])}): cells are counted but not recorded '
+                f'({unrecorded["cells"]} so far). Check the disk.</p>')
+    return (f'<p id="unrecorded" class="bad">{unrecorded["cells"]} cells counted in this run were not recorded '
+            'in its session (the disk failed for a while).</p>')
+
+
 def lab_panel(summary: dict) -> str:
     """The lab page's session controls: which session, its state and progress, start/stop/reset, links."""
     d = summary["differential"]
@@ -69,7 +81,8 @@ def lab_panel(summary: dict) -> str:
 <button id="stop" onclick="act('stop')"{" disabled" if summary["state"] != "open" else ""}>Stop</button>
 <button id="reset" onclick="act('reset')" title="discard this count and start again">Reset</button>
 · <a href="/review">Review cells</a> · <a href="/session/report.html">Report</a>
-<span id="session-error" class="bad"></span></p>{_disk_line(summary.get("disk"))}</div>
+<span id="session-error" class="bad"></span></p>{_disk_line(summary.get("disk"))}{
+        _unrecorded_line(summary.get("unrecorded"))}</div>
 <script>{_POST_JS}
 async function act(what) {{
   if (what === 'reset' && !confirm('Discard this count and start again?')) return;

@@ -636,6 +636,8 @@ class Sessions:
         self.disk = DiskRoom(root)
         self.on_disk: Callable[[str], None] | None = None
         self.pictures_not_kept = 0  # cells counted in this run without their picture: the disk was full
+        self.not_recorded = 0  # cells counted in this run that could not be recorded: the session's disk failed
+        self.write_error: str | None = None  # why the session cannot be written now (None: it can)
         # track id -> (crop, frame, centre, scale, image file)
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
         self._cell_of_track: dict[int, int] = {}  # this run's tracks counted in the current session -> cell id
@@ -785,7 +787,9 @@ class Sessions:
         again here too, at most every 30 s, so that it is not stale while no session counts)."""
         self.check_disk()
         with self._lock:
-            return {**self.current.summary(cells), "disk": self.disk.info()}
+            unwritten = {"unrecorded": {"cells": self.not_recorded, "error": self.write_error}} \
+                if self.not_recorded or self.write_error else {}
+            return {**self.current.summary(cells), "disk": self.disk.info(), **unwritten}
 
     def _answer(self) -> dict:
         """What start, stop and reset answer: the current session without its cells, but with the review list of
@@ -816,7 +820,10 @@ class Sessions:
     def checkpoint(self) -> None:
         """End of a run: write the current session's report as it stands (an open session stays open)."""
         with self._lock:
-            self.current.write_reports()
+            try:
+                self.current.write_reports()
+            except (UserError, OSError) as err:
+                self._not_written(err, cell=False)
 
     # ---------------------------------------------------------------- the watch loop's hook
     def update(self, frame: np.ndarray | None, rec: dict) -> list[dict]:
@@ -847,8 +854,13 @@ class Sessions:
                 if crop is not None and self.disk.state == "full":  # the count goes on; its picture cannot
                     crop = None
                     self.pictures_not_kept += 1
-                self.current.read_from(self.source, self.given)  # at its first cell: a run that counts nothing
-                added.append(self.current.add(_cell_record(e, idx, center, cut_at, file, pixels), crop))
+                try:
+                    self.current.read_from(self.source, self.given)  # at its first cell: a run that counts nothing
+                    added.append(self.current.add(_cell_record(e, idx, center, cut_at, file, pixels), crop))
+                except (UserError, OSError) as err:  # the count goes on (JSON lines, lab page); the record cannot
+                    self._not_written(err)
+                    continue
+                self._written()
                 e["session_cell"] = added[-1]["id"]  # the JSON line names it as the session does (crops/ID.png)
                 if file:
                     self._files.add(file)
@@ -856,16 +868,49 @@ class Sessions:
                     self._pixels.add(pixels)
                 if e.get("track") is not None:
                     self._cell_of_track[e["track"]] = added[-1]["id"]
-                self._close_when_done()
+                self._close_or_say()
             for r in rec.get("revised") or []:
                 cid = self._cell_of_track.get(r["track"])
                 if cid is not None and self.current.is_open:
+                    try:
+                        self.current.revise(cid, r, idx)
+                    except (UserError, OSError) as err:
+                        self._not_written(err)
+                        continue
                     r["session_cell"] = cid
-                    self.current.revise(cid, r, idx)
-                    self._close_when_done()
+                    self._close_or_say()
             for tid in [t for t, v in self._views.items() if v[1] < idx - VIEW_KEEP_FRAMES]:
                 del self._views[tid]
             return added
+
+    def _close_or_say(self) -> None:
+        try:
+            self._close_when_done()
+        except (UserError, OSError) as err:  # closed here; its state.json or report could not be written
+            self._not_written(err, cell=False)
+
+    def _not_written(self, err: Exception, cell: bool = True) -> None:
+        """A session's file could not be written (a disk gone read-only, an I/O error, the folder moved away):
+        the run goes on counting (the JSON lines, the lab page) and says so once; ``_written`` says when the
+        session is written again (nothing is half-written: a cell is recorded whole or not at all)."""
+        self.not_recorded += cell
+        if self.write_error is None:
+            if isinstance(err, OSError):
+                why = (err.strerror or str(err)).lower()
+                self.write_error = f"cannot write {err.filename} ({why})" if err.filename else why
+            else:  # LineSink's own words: "stopped: cannot write PATH (why); every line before this one is complete"
+                self.write_error = str(err).split("; every line")[0].removeprefix("stopped: ")
+            if self.on_disk is not None:
+                self.on_disk(f"session {self.current.id} cannot be written: {self.write_error}; cells are counted on "
+                             "(JSON lines, lab page) but not recorded in the session until it can be written again "
+                             "(a disk gone read-only or failing, or the sessions folder moved)")
+
+    def _written(self) -> None:
+        if self.write_error is not None:
+            self.write_error = None
+            if self.on_disk is not None:
+                self.on_disk(f"session {self.current.id} is written again ({self.not_recorded} cell"
+                             f"{'' if self.not_recorded == 1 else 's'} counted meanwhile not recorded in it)")
 
     def check_disk(self) -> None:
         """Look at the room on the sessions' disk (at most every 30 s) and tell ``on_disk`` when that changed."""

@@ -7,8 +7,10 @@ import pytest
 
 from scopelite.edge.bundle import CLASS_NAMES
 from scopelite.edge.errors import UserError
+from scopelite.edge.review_page import lab_panel
 from scopelite.edge.session import Sessions, read_jsonl
 
+from conftest import invoke_cli
 from test_session import _feed
 
 
@@ -65,18 +67,61 @@ def test_a_new_session_folder_and_its_state_are_on_disk(tmp_path, monkeypatch):
     assert _key(folder / "state.json") in calls and _key(folder) in calls and _key(root) in calls
 
 
-def test_a_failed_crop_write_leaves_no_temporary_file_and_no_line(tmp_path, monkeypatch):
+def test_a_failed_crop_write_leaves_no_temporary_file_and_no_line_and_the_count_goes_on(tmp_path, monkeypatch):
+    """A disk that fails (an SD card's I/O error, gone read-only) ended the daemon with an Error, and systemd
+    restarted it into the same one: no lab page, no live count. Now the count goes on and the page says why."""
     sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    told = []
+    sessions.on_disk = told.append
     folder = sessions.current.folder
     _spy_fsync(monkeypatch, fail=OSError(errno.EIO, "Input/output error"))
-    with pytest.raises(OSError):
-        _feed(sessions, ["neutrophil"])
+    _feed(sessions, ["neutrophil", "monocyte"])
     assert list((folder / "crops").iterdir()) == []  # no .tmp, no crop
     assert read_jsonl(folder / "cells.jsonl") == [] and sessions.summary()["cells_total"] == 0
+    error = sessions.summary()["unrecorded"]["error"]
+    assert sessions.summary()["unrecorded"]["cells"] == 2 and error.endswith("1.png (input/output error)")
+    assert len(told) == 1 and f"cannot be written: {error}; cells are counted on" in told[0]
+    assert "cannot be written" in lab_panel(sessions.summary(cells=False))
     monkeypatch.undo()  # the disk is back: the next cell takes id 1
     _feed(sessions, ["lymphocyte"])
     assert [c["id"] for c in read_jsonl(folder / "cells.jsonl")] == [1]
     assert sorted(p.name for p in (folder / "crops").iterdir()) == ["1.png"]
+    assert told[1] == f"session {sessions.current.id} is written again (2 cells counted meanwhile not recorded in it)"
+    assert sessions.summary()["unrecorded"] == {"cells": 2, "error": None}
+
+
+def test_a_watch_whose_sessions_disk_turns_read_only_counts_on_and_says_so(tmp_path, monkeypatch):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from scopelite.train.slide import make_slide_scan
+    from test_watch_tracking import SCAN
+
+    scan = make_slide_scan(0, **SCAN)
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i in (0, 40, 80):
+        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    real_write = os.write
+
+    def read_only(fd, data):  # every session file (cells.jsonl, crops, state.json) on a disk gone read-only
+        if "/s/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", read_only)
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--no-track", "--sessions",
+                   str(tmp_path / "s"), "--out", str(tmp_path / "lines.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    warned = [x for x in r.stderr.splitlines() if "cannot be written: cannot write" in x
+              and "cells.jsonl (read-only file system)" in x]
+    assert len(warned) == 1 and warned[0].startswith("warning:"), r.stderr
+    lines = [json.loads(x) for x in (tmp_path / "lines.jsonl").read_text().splitlines()]
+    session = lines[-1]["summary"]["session"]
+    assert session["cells"] == 0 and session["cells_not_recorded"] > 0
+    assert lines[-1]["summary"]["differential"]["white_total"] > 0  # the count itself went on
 
 
 def test_a_failed_line_fsync_leaves_no_line(tmp_path, monkeypatch):
