@@ -202,6 +202,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError(f"--out {out} is the training run's own folder: the int8 model's sidecar ({APPROVED} -> "
                         f"{sidecar_path(out / APPROVED).name}) would replace the Keras model's; give another folder, "
                         f"e.g. --out {out / 'int8'}")
+    if (out / "model.keras").is_file() and (out / sidecar_path(APPROVED)).is_file():
+        raise UserError(f"--out {out} is another training run's folder: the int8 model's sidecar "
+                        f"({sidecar_path(APPROVED)}) would replace its Keras model's; give another folder, "
+                        f"e.g. --out {src_path.parent / 'int8'}")
     sc, model = load_keras_bundle(src_path)
     tcfg = sc.provenance.training.config
     n_classes = len(sc.labels)

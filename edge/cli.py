@@ -421,6 +421,7 @@ def watch(**_):
     early_hup = shutdown.defer(shutdown.SIGHUP)
     from .config import from_click
     from .outputs import LineSink, check_writable
+    from .precious import not_precious
     from .sources import is_live, is_still, open_source, open_unless_stopped
     from .watch import run_watch
 
@@ -435,6 +436,7 @@ def watch(**_):
                     check_writable(path, flag, is_dir=is_dir)
                     if flag == "--out":
                         _not_media(path, flag, cfg.source, ending=".jsonl", reads=_read_by_watch(cfg, ctx))
+                        not_precious(path, flag, "the JSON lines")
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
                     if flag == "--save-dir":
@@ -855,12 +857,14 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .field import model_rbc_px
     from .outputs import check_writable
     from .packaged import default_model
+    from .precious import not_precious
     from .sources import SourceError, is_still, list_images, open_source, read_image_rgb
 
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
     _not_media(out, "--out", source)
+    not_precious(out, "--out", "the site file")
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

@@ -89,6 +89,10 @@ def corpus(tmp_path_factory):
     fake.parent.mkdir()
     fake.write_bytes(b"PK not a zip")
     p["fake_keras"] = fake
+    (fake.parent / "split.json").write_text("{}")  # a training run's own file beside its model
+    (t / "otherrun").mkdir()  # another training run's folder
+    (t / "otherrun" / "model.keras").write_bytes(b"PK not a zip")
+    (t / "otherrun" / "model.json").write_text("{}")
     # .npz files: good, truncated, empty, text, object arrays, damaged compressed data, missing classes
     np.savez(t / "good.npz", images=np.zeros((16, 8, 8, 3), np.uint8), labels=np.arange(16) % 8)
     np.savez(t / "trunc.npz", images=np.zeros((16, 8, 8, 3), np.uint8), labels=np.arange(16) % 8)
@@ -162,6 +166,25 @@ CASES = [
     ("watch-out-sidecar", "celledge", "watch {mixed} --model {mcopy} --out {mcopy_json}", 2,
      "is the model's sidecar this run reads", None, None),
     ("calibrate-out-dash", "celledge", "calibrate {mixed} --out -", 2, "give a file name", None, None),
+    # an output path typed for another option destroyed another model, a sidecar, a run's files (exit 0)
+    ("watch-out-other-model", "celledge", "watch {mixed} --out {mcopy}", 2, "is named like a model file", None, None),
+    ("watch-out-keras-name", "celledge", "watch {mixed} --out {tmp}/model.keras", 2, "named like a model file", None,
+     None),
+    ("watch-out-other-sidecar", "celledge", "watch {mixed} --out {mcopy_json}", 2, "is a model's sidecar", None, None),
+    ("calibrate-out-sidecar", "celledge", "calibrate {mixed} --out {mcopy_json}", 2, "is a model's sidecar", None,
+     None),
+    ("calibrate-out-model", "celledge", "calibrate {mixed} --out {mcopy}", 2, "named like a model file", None, None),
+    ("choose-out-model", "celltrain", "choose {fake_keras} --out {fake_keras}", 2, "named like a model file", None,
+     None),
+    ("choose-out-run-file", "celltrain", "choose {fake_keras} --out {c}/fake/split.json", 2,
+     "a training run's own file", None, None),
+    ("choose-out-image", "celltrain", "choose {fake_keras} --out {img}", 2, "named like an image", None, None),
+    ("pack-out-split", "celltrain", "pack {c}/misnamed {c}/fake/split.json {c}/fake/split.json", 2, "ending in .npz",
+     None, None),
+    ("pack-out-in-data", "celltrain", "pack {c}/misnamed {c}/fake/split.json {c}/misnamed/x.npz", 2, "inside DATA",
+     None, None),
+    ("compress-out-other-run", "cellcompress", "{fake_keras} --int8 --out {c}/otherrun", 2,
+     "another training run's folder", None, None),
     ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
      "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
     ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),

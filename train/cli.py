@@ -439,6 +439,7 @@ def choose(candidates, out, tta, ensembles, data):
       celltrain choose runs/pbc-v12 runs/pbc-v14 soup=runs/soup-v12v14 --tta 1 --out selection.json
     """
     from scopelite.edge.outputs import check_writable
+    from scopelite.edge.precious import not_precious
 
     try:
         views = tuple(int(v) for v in tta.split(","))
@@ -447,6 +448,7 @@ def choose(candidates, out, tta, ensembles, data):
     if not views or any(v not in (1, 2, 4, 8) for v in views):
         raise click.BadParameter(f"{tta!r}: give comma-separated view counts from 1, 2, 4, 8", param_hint="--tta")
     check_writable(out, "--out", is_dir=False)
+    not_precious(out, "--out", "the scores (JSON)")
     from .choose import choose as run_choose
 
     run_choose(candidates, out, views, ensembles, data, log=click.echo)
@@ -495,11 +497,20 @@ def pack(data, split, out):
     """
     import json
 
+    from pathlib import Path
+
     from scopelite.edge.outputs import check_writable
+    from scopelite.edge.precious import not_precious
 
     from .pack import pack as run_pack
 
+    if not out.lower().endswith(".npz"):
+        raise UserError(f"OUT {out}: give a file name ending in .npz (the pack is a NumPy archive)")
+    if Path(out).resolve() == Path(split).resolve() or Path(data).resolve() in Path(out).resolve().parents:
+        raise UserError(f"OUT {out} is {'SPLIT' if Path(out).resolve() == Path(split).resolve() else 'inside DATA'}: "
+                        "give another file, e.g. .gpu/pbc96.npz")
     check_writable(out, "OUT", is_dir=False)
+    not_precious(out, "OUT", "the pack")
     click.echo(json.dumps(run_pack(data, split, out)))
 
 

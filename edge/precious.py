@@ -1,0 +1,46 @@
+"""Output paths that would destroy what a user keeps: a model, its sidecar, an image or video, a training run's files.
+
+A path typed for another option (``--out model.tflite`` for ``--model``, a run's ``split.json`` as ``pack``'s OUT)
+replaced or appended to them with exit 0. Each command that writes one file checks its path here first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .bundle import SCHEMA
+from .errors import UserError
+from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+MODEL_SUFFIXES = (".tflite", ".keras", ".h5")
+RUN_FILES = ("model.keras", "model.json", "config.json", "state.json", "split.json", "history.json", "history.csv")
+
+
+def not_precious(path: str | os.PathLike, option: str, what: str) -> None:
+    """Refuse (UserError) an output file named like a model, an image or a video, or that is a model's sidecar or
+    a training run's own file. ``what``: what the command writes there, for the message."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in MODEL_SUFFIXES:
+        kind = "named like a model file"
+    elif suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        kind = "named like an image or a video"
+    elif p.is_file() and p.name in RUN_FILES and any((p.parent / f).is_file() for f in ("model.keras", "state.json")):
+        kind = "a training run's own file"
+    elif p.is_file() and suffix == ".json" and is_sidecar(p):
+        kind = "a model's sidecar"
+    else:
+        return
+    raise UserError(f"{option} {path} is {kind}: {what} written there would destroy it; give another file name")
+
+
+def is_sidecar(path: Path) -> bool:
+    """Whether ``path`` holds a model's sidecar (its schema), read without trusting it."""
+    try:
+        if path.stat().st_size > 2**20:
+            return False
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("schema") == SCHEMA
