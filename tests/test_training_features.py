@@ -207,3 +207,32 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert [x for x in err.splitlines() if x.startswith("Error")] == \
         [f"Error: interrupted; continue from the last finished epoch with: celltrain fit --resume {run}"]
+
+
+def test_a_diverged_training_is_an_error_and_writes_no_model(tmp_path):
+    """--lr 1e308: the loss went NaN, the NaN model was saved and exit 0; cellcompress then approved it and the
+    device answered one class at 0.996 for every cell."""
+    from conftest import invoke_cli
+
+    r = invoke_cli("celltrain", "fit", "--out", str(tmp_path / "m"), "--arch", "tiny", "--image-size", "32",
+                   "--epochs", "2", "--synthetic-per-class", "8", "--lr", "1e308", "--quiet")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "Error: training diverged" in r.stderr and "--lr (it was 1e+308)" in r.stderr
+    assert not (tmp_path / "m" / "model.keras").exists() and not (tmp_path / "m" / "model.json").exists()
+    good = _fit(tmp_path, "good", epochs=1, synthetic_per_class=8)  # a model, then the same with its weights broken
+    assert good["test"]["accuracy"] >= 0
+    from scopelite.train._keras import keras
+
+    m = keras.models.load_model(tmp_path / "good" / "model.keras", compile=False)
+    w = m.get_weights()
+    w[0] = w[0] * np.nan
+    m.set_weights(w)
+    m.save(tmp_path / "good" / "model.keras")  # its sidecar's hash no longer matches: made to match below
+    from scopelite.edge.bundle import sha256_file
+
+    sc = json.loads((tmp_path / "good" / "model.json").read_text())
+    sc["sha256"] = sha256_file(tmp_path / "good" / "model.keras")
+    (tmp_path / "good" / "model.json").write_text(json.dumps(sc))
+    r = invoke_cli("cellcompress", str(tmp_path / "good" / "model.keras"), "--int8", "--out", str(tmp_path / "c"))
+    assert r.returncode != 0 and "weight arrays hold NaN or infinity" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "c" / "model.tflite").exists()

@@ -480,6 +480,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         callbacks.insert(0, _Snapshots(ckpt, cfg.average_last, cfg.epochs))
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
+    callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (checked below)
     t0 = time.time()
     steps_run = 0
     for seg in segments:
@@ -503,6 +504,11 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         if model.stop_training or (cfg.patience and len(hist.epoch) < seg.end - seg.start):
             break
     train_s = time.time() - t0
+    bad = model_lib.non_finite_weights(model)
+    if bad:  # TerminateOnNaN stopped it; nothing of it is worth keeping as the run's model
+        raise UserError(f"training diverged: the loss became NaN or infinite and {bad} weight arrays are not finite"
+                        f"; {out / MODEL_FILE} was not written. Train again with a lower "
+                        f"--lr (it was {cfg.learning_rate:g}) or without --weights of a model that is itself broken")
 
     log("[4/4] evaluating on the held-out split and writing the bundle")
     averaging: dict = {}

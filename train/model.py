@@ -108,6 +108,15 @@ def copy_weights_from(model, path: str) -> int:
     return copied
 
 
+def non_finite_weights(model) -> int:
+    """How many of ``model``'s weight arrays hold NaN or infinity (a training that diverged: every later answer is
+    the same class, and int8 conversion quantises nothing)."""
+    import numpy as np  # noqa: PLC0415
+
+    return sum(1 for w in model.get_weights()
+               if np.issubdtype(np.asarray(w).dtype, np.floating) and not np.isfinite(w).all())
+
+
 def rebuild_for_export(model, arch: str, image_size: int, n_classes: int, batch_size: int | None = 1):
     """The same network at a fixed input size (and by default a fixed batch of 1), with its weights."""
     fixed = build(arch, image_size, n_classes, weights="none", batch_size=batch_size)

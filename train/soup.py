@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, write_sidecar
 from scopelite.edge.errors import UserError
 
+from . import model as model_lib
 from .average import average_into
 from .config import SOUP_SEED_STEP, FitConfig
 from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
@@ -117,6 +118,11 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     if (out / MODEL_FILE).exists():
         raise UserError(f"{out} already holds a model; choose another --out or delete it")
     bundles = [load_keras_bundle(p) for p in paths]
+    for p, (_, m) in zip(paths, bundles):
+        bad = model_lib.non_finite_weights(m)
+        if bad:
+            raise UserError(f"{p}: {bad} of its weight arrays hold NaN or infinity (its training diverged): an "
+                            "average with it is broken too; leave it out")
     sc0, model = bundles[0]
     split_files = [split_file(sc, p) for p, (sc, _) in zip(paths, bundles)]
     for p, (sc, _) in zip(paths[1:], bundles[1:]):
