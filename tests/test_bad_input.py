@@ -118,6 +118,11 @@ def corpus(tmp_path_factory):
     (t / "deep_site.json").write_text("[" * 100000 + "]" * 100000)
     (t / "list.yaml").write_text("- 1\n- 2\n")
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
+    (t / "listval.yaml").write_text("epochs: [1, 2]\n")
+    (t / "float.yaml").write_text("epochs: 1.5\n")
+    for c in ("lymphocyte", "neutrophil"):
+        for i in range(3):
+            _png(t / "classes" / c / f"{c}{i}.png", (32, 32, 3), 60 + 40 * i)
     (t / "notarun").mkdir()
     from scopelite.train.synth import make_field
 
@@ -358,6 +363,12 @@ CASES = [
     ("fit-foreign-class", "celltrain", "fit --data {c}/misnamed --weights shipped --out {tmp}/r", 2,
      "move blast/ out of", None, None),
     ("fit-config-keys", "celltrain", "fit --config {c}/keys.yaml --out {tmp}/r", 2, "unknown keys", None, None),
+    ("fit-config-list-value", "celltrain", "fit --config {c}/listval.yaml --out {tmp}/r", 2, "is not a single value",
+     None, None),  # a TypeError traceback
+    ("fit-config-float-epochs", "celltrain", "fit --config {c}/float.yaml --out {tmp}/r", 2, "is not a whole number",
+     None, None),  # read as 1 without a word
+    ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
+     "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),
     ("audit-npz-empty", "celltrain", "audit {c}/empty.npz --out {tmp}/a", 2, "empty", None, None),
     ("audit-npz-truncated", "celltrain", "audit {c}/trunc.npz --out {tmp}/a", 2, "truncated", None, None),

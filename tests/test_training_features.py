@@ -174,6 +174,17 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line(tmp_path):
     (run / "checkpoints" / "last.keras").write_bytes(b"PK\x03\x04 cut short")
     r = run_cli("celltrain", "fit", "--resume", str(run), "--quiet")
     assert r.returncode == 2 and "damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    # the run's own JSON files cut short by a kill or edited by hand: tracebacks before
+    from conftest import invoke_cli
+
+    for name, text in (("state.json", ""), ("state.json", '{"epochs_done": "x", "best_val_accuracy": 0.5}'),
+                       ("state.json", "[1]"), ("config.json", ""), ("split.json", ""), ("split.json", '{"train": 3}')):
+        kept = (run / name).read_bytes()
+        (run / name).write_text(text)
+        r = invoke_cli("celltrain", "fit", "--resume", str(run), "--quiet")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (name, text, r.stderr[-1500:])
+        assert f"{run / name} is damaged" in r.stderr.splitlines()[-1], (name, text, r.stderr[-1500:])
+        (run / name).write_bytes(kept)
 
 
 def test_trim_history_drops_repeated_and_broken_rows(tmp_path):

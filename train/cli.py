@@ -63,8 +63,33 @@ def _load_yaml_defaults(ctx, param, value):
     raw = {k.replace("-", "_"): v for k, v in raw.items()}
     if isinstance(raw.get("aug"), dict):  # aug: {hed: 0.6, jpeg: 0} reads as --aug hed=0.6 --aug jpeg=0
         raw["aug"] = [f"{k}={v}" if v is not None else str(k) for k, v in raw["aug"].items()]
+    params = {p.name: p for p in ctx.command.params}
+    for k, v in raw.items():
+        wrong = _yaml_type_problem(params.get(k), v)
+        if wrong:
+            raise click.BadParameter(f"{value}: {k.replace('_', '-')}: {v!r} is not {wrong}")
     ctx.default_map = {**(ctx.default_map or {}), **raw}
     return value
+
+
+def _yaml_type_problem(param, v) -> str | None:
+    """What a YAML value should be for this option, when it is not (a list for a single value, 1.5 or true for a
+    whole number: click crashed on some and silently truncated others); None when it fits."""
+    if param is None:
+        return None
+    items = (v if isinstance(v, list) else [v]) if getattr(param, "multiple", False) else [v]
+    for x in items:
+        if getattr(param, "is_flag", False):
+            if not isinstance(x, bool):
+                return "true or false"
+        elif isinstance(x, (list, dict)) or x is None:
+            return "a single value" + (" (or a list of them)" if getattr(param, "multiple", False) else "")
+        elif isinstance(param.type, click.types.IntParamType) and (isinstance(x, bool) or not isinstance(x, int)):
+            return "a whole number"
+        elif isinstance(param.type, (click.types.FloatParamType, Number)) and (isinstance(x, bool)
+                                                                               or not isinstance(x, (int, float))):
+            return "a number"
+    return None
 
 
 def _preset_defaults(ctx, param, value):
@@ -206,7 +231,6 @@ def fit(quiet, resume, **opts):
     On a GPU machine with Keras 3 (JAX) and no TensorFlow, from a pack (docs/gpu-training.md):
       KERAS_BACKEND=jax celltrain fit --backend keras3 --data pbc96.npz --out g1 --augment strong --mixed-precision
     """
-    import json
     from pathlib import Path
 
     from scopelite.edge.outputs import check_writable
@@ -231,7 +255,10 @@ def fit(quiet, resume, **opts):
                             "out, or start a new run without --resume")
         if not cfg_file.is_file():
             raise UserError(f"{resume} is not a run folder (no config.json)")
-        cfg = FitConfig.from_json({**json.loads(cfg_file.read_text()), "out": resume})
+        try:
+            cfg = FitConfig.from_json({**data_lib.read_json_file(cfg_file, "the run's options file"), "out": resume})
+        except TypeError as e:
+            raise UserError(f"the run's options {cfg_file} are damaged ({e})") from None
         if cfg.backend == "keras3":
             raise UserError(f"{resume} was trained with --backend keras3, which cannot resume; continue it with "
                             f"celltrain fit --weights {resume}/model.keras --out NEW (after celltrain import)")

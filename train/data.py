@@ -11,9 +11,10 @@ import json
 import os
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -406,7 +407,12 @@ def read_exclusions(path: str | os.PathLike, ds: Dataset) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"exclusion list {p} not found (celltrain audit --exclusions writes one)")
-    wanted = [x.strip() for x in p.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"exclusion list {p} is not a text file of image ids (celltrain audit --exclusions writes "
+                        "one: exclusions.txt, not the flagged.png beside it)") from None
+    wanted = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("#")]
     pos = {id_: i for i, id_ in enumerate(ds.ids)}
     unknown = [x for x in wanted if x not in pos]
     if unknown:
@@ -419,9 +425,24 @@ def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray
                              **{s: [ds.ids[i] for i in split[s]] for s in SPLITS}})
 
 
+def read_json_file(path: str | os.PathLike, what: str, ok: Callable[[Any], bool] = lambda obj: isinstance(obj, dict)):
+    """A run's JSON file (``what`` names it: "the saved split"), or UserError naming it as damaged (empty, cut short
+    by a kill, not JSON, or not of the shape ``ok`` accepts)."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({(e.strerror or str(e)).lower()})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{what} {path} is damaged (not JSON: {e})") from None
+    if not ok(obj):
+        raise UserError(f"{what} {path} is damaged (it does not hold what celltrain writes there)")
+    return obj
+
+
 def load_split(path: str | os.PathLike, ds: Dataset) -> dict[str, np.ndarray]:
     """Map a saved split back onto ``ds``; refuse if images are missing."""
-    saved = json.loads(Path(path).read_text())
+    saved = read_json_file(path, "the saved split", lambda o: isinstance(o, dict) and all(
+        isinstance(o.get(s), list) and all(isinstance(x, str) for x in o[s]) for s in SPLITS))
     pos = {id_: i for i, id_ in enumerate(ds.ids)}
     out = {}
     for s in SPLITS:

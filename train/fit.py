@@ -277,6 +277,13 @@ def _stain_reference(images: np.ndarray) -> dict | None:
     return None if ref is None else ref.to_json()
 
 
+def _good_state(o) -> bool:
+    """state.json as _EpochState writes it."""
+    return (isinstance(o, dict) and isinstance(o.get("epochs_done"), int) and not isinstance(o["epochs_done"], bool)
+            and o["epochs_done"] >= 0 and isinstance(o.get("best_val_accuracy"), (int, float))
+            and not isinstance(o["best_val_accuracy"], bool))
+
+
 def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, dict, int, float]:
     out = Path(cfg.out)
     state_file = out / "state.json"
@@ -302,7 +309,7 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
         log("      NOTE: training on SYNTHETIC data - the model is a demo, not a blood-cell classifier")
     if resume:
         split = data_lib.load_split(out / "split.json", ds)
-        state = json.loads(state_file.read_text())
+        state = data_lib.read_json_file(state_file, "the run's state file", _good_state)
         trim_history(out / "history.csv", int(state["epochs_done"]))
         return ds, split, int(state["epochs_done"]), float(state["best_val_accuracy"])
     drop = data_lib.exact_duplicates(ds.images)
