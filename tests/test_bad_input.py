@@ -367,6 +367,12 @@ CASES = [
      None, None),  # a TypeError traceback
     ("fit-config-float-epochs", "celltrain", "fit --config {c}/float.yaml --out {tmp}/r", 2, "is not a whole number",
      None, None),  # read as 1 without a word
+    ("fit-image-size-huge", "celltrain", "fit --data {c}/classes --out {tmp}/r --image-size 100000", 2,
+     "GB of memory", None, None),  # NumPy's ArrayMemoryError traceback
+    ("audit-image-size-huge", "celltrain", "audit {c}/classes --out {tmp}/a --image-size 100000", 2, "GB of memory",
+     None, None),
+    ("synth-per-class-huge", "celltrain", "synth {tmp}/s --per-class 100000000 --no-video", 2, "GB of memory",
+     None, None),
     ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
      "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),

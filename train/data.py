@@ -25,6 +25,8 @@ from scopelite.edge.scale import images_rbc_px
 from scopelite.edge.session_export import RECORD, recorded_pseudo, recorded_scales
 from scopelite.edge.sources import IMAGE_SUFFIXES, SourceError, read_image_rgb, utf8_name
 
+from .memory import image_array
+
 SYNTHETIC = "synthetic"
 SPLITS = ("train", "val", "test")
 
@@ -178,7 +180,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         files += [(p, class_names.index(n)) for p in imgs]
     if len(folders) < 2:
         raise UserError(f"{root} has images of one class only ({folders[0].name}); a classifier needs at least two")
-    images = np.empty((len(files), image_size, image_size, 3), np.uint8)
+    images = image_array(len(files), image_size, f"reading {root}",
+                         "give a smaller --image-size (the models here take 96 to 256)")
     it = files
     if progress:
         from tqdm import tqdm  # noqa: PLC0415

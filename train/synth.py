@@ -20,6 +20,8 @@ import numpy as np
 
 from scopelite.edge.bundle import CLASS_NAMES
 
+from .memory import image_array
+
 # Colours (RGB) of a May-Grünwald-Giemsa stain.
 PLASMA = (232, 218, 222)
 RBC = (214, 142, 146)
@@ -205,7 +207,7 @@ def make_crops(n_per_class: int, size: int = 96, seed: int = 0) -> tuple[np.ndar
     rng = np.random.default_rng(seed)
     s = size / 96.0
     n = n_per_class * len(CLASS_NAMES)
-    images = np.empty((n, size, size, 3), np.uint8)
+    images = image_array(n, size, "generating synthetic crops", "give a smaller --image-size or --per-class")
     labels = np.tile(np.arange(len(CLASS_NAMES)), n_per_class)
     for i, cls in enumerate(labels):
         cx, cy = size / 2 + rng.normal(0, 2.5 * s), size / 2 + rng.normal(0, 2.5 * s)
