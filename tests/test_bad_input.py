@@ -373,6 +373,8 @@ CASES = [
      None, None),
     ("synth-per-class-huge", "celltrain", "synth {tmp}/s --per-class 100000000 --no-video", 2, "GB of memory",
      None, None),
+    ("synth-into-real-data", "celltrain", "synth {c}/classes --per-class 1 --fields 0 --no-video", 2,
+     "not made by celltrain synth", None, None),  # mixed its crops in and marked the folder synthetic
     ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
      "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),

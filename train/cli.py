@@ -541,6 +541,25 @@ def pack(data, split, out):
     click.echo(json.dumps(run_pack(data, split, out)))
 
 
+def _empty_or_synthetic(out: str) -> None:
+    """synth writes crops/, fields/ and a manifest saying the data is synthetic: into a folder of real data, it
+    mixed its crops in and marked the whole folder synthetic. Only a new or empty folder, or one synth made."""
+    import json
+    from pathlib import Path
+
+    p = Path(out)
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    try:
+        made = json.loads((p / "manifest.json").read_text()).get("synthetic") is True
+    except (OSError, ValueError, AttributeError):
+        made = False
+    if not made:
+        shown = ", ".join(sorted(x.name for x in p.iterdir())[:3])
+        raise UserError(f"OUT {out} is not empty ({shown}...) and was not made by celltrain synth: its crops would be "
+                        "mixed into what is there; give a new or empty folder")
+
+
 @main.command(name="import")
 @click.argument("weights", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -592,6 +611,7 @@ def synth(out, per_class, image_size, fields, video, seed):
     from .synth import write_dataset
 
     check_writable(out, "OUT")
+    _empty_or_synthetic(out)
     m = write_dataset(out, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")
