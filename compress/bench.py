@@ -95,8 +95,15 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
         listed = ", ".join(f"{p} {h}x{w}" for p, (h, w) in zip(paths, sizes))
         raise UserError(f"the models take different input sizes ({listed}); the crop protocol scores every model "
                         "on one set of test crops: benchmark each input size apart")
+    given = run
     run = _given_run(run, labels[0]) if run is not None else _run_model_path(paths)
     run_sc = load_sidecar(run)
+    if (run_sc.input.height, run_sc.input.width) != sizes[0]:
+        h, w = sizes[0]
+        raise UserError(f"{'--run ' + str(given) if given is not None else run} was trained on "
+                        f"{run_sc.input.height}x{run_sc.input.width} px images and the models take {h}x{w}: its test "
+                        f"crops are read at its size; give a run of {h}x{w} px (any run on the same data and --seed "
+                        "has the same split)")
     ds, split = heldout_data(run_sc, run, data)
     test = ds.subset(split["test"])
     if limit and len(test) > limit:  # stratified subsample, seeded

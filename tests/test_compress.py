@@ -367,6 +367,11 @@ def test_bench_refuses_models_of_different_input_sizes(tiny_run, tiny_run_48, tm
     r = invoke_cli("cellcompress", "bench", str(tiny_run["keras"]), str(tiny_run_48["keras"]), "--out", str(out))
     assert_one_line_error(r, "different input sizes", "32x32", "48x48")
     assert not (out / "bench.json").exists()
+    # --run of another input size: its test crops were read at its size and fed to the model (LiteRT's
+    # "Dimension mismatch" ValueError traceback)
+    r = invoke_cli("cellcompress", "bench", str(tiny_run["tflite"]), "--run", str(tiny_run_48["dir"]), "--out", str(out))
+    assert_one_line_error(r, "trained on 48x48 px images and the models take 32x32")
+    assert not (out / "bench.json").exists()
 
 
 def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
