@@ -86,8 +86,21 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     assert (out / "flagged.png").stat().st_size > 2000
     ex = [x for x in (out / "exclusions.txt").read_text().splitlines() if x and not x.startswith("#")]
     assert set(injected) <= set(ex)
-    clean = sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*"))
+    clean = sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*")
+                   if not p.name.startswith("."))
     assert len(clean) == 210 - len(ex) and not set(injected) & set(clean)
+    # audited again into the same copy: it is replaced whole (an image excluded now, or one that came from an earlier
+    # copy, stayed in it), and a clean copy is never put inside DATA (the next audit read it as a class)
+    stale = tmp_path / "clean" / "basophil" / "from_an_earlier_copy.png"
+    stale.write_bytes((root / clean[0]).read_bytes())
+    r = invoke_cli("celltrain", "audit", str(root), "--out", str(out), "--clean-copy", str(tmp_path / "clean"))
+    assert r.returncode == 0 and not stale.exists(), r.stderr[-2000:]
+    assert sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*")
+                  if not p.name.startswith(".")) == clean
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no partial or old copy left
+    for where, said in ((root / "clean", "inside DATA"), (root, "DATA itself"), (tmp_path / "audit", "holds files")):
+        r = invoke_cli("celltrain", "audit", str(root), "--out", str(tmp_path / "a2"), "--clean-copy", str(where))
+        assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     r = run_cli("celltrain", "fit", "--data", str(root), "--exclude", str(out / "exclusions.txt"), "--out",
                 str(tmp_path / "run"), "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,10 +263,32 @@ def write_outputs(ds: Dataset, result: AuditResult, out: str | os.PathLike, sour
     if clean_copy:
         if not source or not Path(source).is_dir():
             raise ValueError("a cleaned copy can only be written for a class-folder dataset")
-        dest = Path(clean_copy)
-        drop = {ds.ids[i] for i in result.exclude}
+        _clean_copy(ds, {ds.ids[i] for i in result.exclude}, Path(source), Path(clean_copy))
+    return result.report
+
+
+CLEAN_MARK = ".celltrain-clean-copy"  # in a folder audit --clean-copy made: it may be replaced by the next one
+
+
+def _clean_copy(ds: Dataset, drop: set, source: Path, dest: Path) -> None:
+    """The class folders without ``drop``, made whole in a hidden folder beside ``dest`` and then put in its place
+    (a copy made before is replaced whole: an image excluded now is not left in it; an interrupted copy leaves no
+    half-made folder behind)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
         for id_ in ds.ids:
             if id_ not in drop:
-                (dest / id_).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(Path(source) / id_, dest / id_)
-    return result.report
+                (tmp / id_).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / id_, tmp / id_)
+        (tmp / CLEAN_MARK).write_text("made by celltrain audit --clean-copy; replaced by the next one\n")
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -348,6 +348,8 @@ def audit(data, out, image_size, outlier_z, clean_copy):
       celltrain audit ../shared/data/pbc96 --out audit/
       celltrain fit --data ../shared/data/pbc96 --exclude audit/exclusions.txt --out runs/pbc
     """
+    from pathlib import Path
+
     from scopelite.edge.outputs import check_writable
 
     from . import audit as audit_lib
@@ -356,6 +358,14 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     check_writable(out, "--out")
     if clean_copy:
         check_writable(clean_copy, "--clean-copy")
+        here, src = Path(clean_copy).resolve(), Path(data).resolve()
+        if here == src or src in here.parents or here in src.parents:
+            where = "DATA itself" if here == src else "inside DATA" if src in here.parents else "around DATA"
+            raise UserError(f"--clean-copy {clean_copy} is {where}: give a folder apart from it, e.g. --clean-copy "
+                            "data-clean")
+        if here.is_dir() and any(here.iterdir()) and not (here / audit_lib.CLEAN_MARK).exists():
+            raise UserError(f"--clean-copy {clean_copy} holds files audit did not copy there: it is replaced whole; "
+                            "give a new or empty folder")
     data_lib.check_source(data)
     unreadable: list[str] = []  # listed, not the first one refused: an audit is where a user looks for them
     ds = data_lib.load(data, image_size, progress=True, unreadable=unreadable)
