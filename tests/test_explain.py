@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -30,3 +31,23 @@ def test_grad_cam_is_a_normalised_map_for_the_chosen_class(tiny_run):
         assert c == int(np.argmax(probs))
         other, c2, _ = grad_cam(model, img, class_index=(c + 1) % 8)
         assert c2 == (c + 1) % 8 and not np.allclose(cam, other)
+
+
+def test_images_of_one_name_get_their_own_overlays_and_an_unreadable_one_stops_nothing(tiny_run, synth_dir, tmp_path):
+    """a/cell.jpg, a/cell.png and b/cell.jpg all wrote cell_gradcam.png (one file left, three lines naming it),
+    and the first unreadable image ended the command with some overlays written and the rest not."""
+    import shutil
+
+    from conftest import invoke_cli
+
+    crop = next((synth_dir / "crops" / "monocyte").iterdir())
+    for rel in ("a/cell.png", "a/cell.jpg", "b/cell.png", "c/other.png"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(crop, tmp_path / "in" / rel)
+    (tmp_path / "in" / "a" / "broken.png").write_bytes(b"not an image")
+    r = invoke_cli("celltrain", "explain", str(tiny_run["dir"]), str(tmp_path / "in"), "--out", str(tmp_path / "x"))
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    written = [x["overlay"] for x in recs if "overlay" in x]
+    assert len(written) == 4 and len(set(written)) == 4 and all(Path(w).is_file() for w in written)
+    assert str(tmp_path / "x" / "other_gradcam.png") in written  # a name of its own keeps the plain one
+    assert r.returncode != 0 and "1 of 5 images could not be read" in r.stderr.splitlines()[-1], r.stderr[-1000:]

@@ -512,8 +512,13 @@ def explain(run, images, out):
 
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
-    for rec in run_explain(model, list_images(images), out or model.parent / "explain"):
+    recs = run_explain(model, list_images(images), out or model.parent / "explain")
+    for rec in recs:
         click.echo(json.dumps(rec))
+    bad = [r for r in recs if "error" in r]
+    if bad:
+        raise UserError(f"{len(bad)} of {len(recs)} images could not be read ({bad[0]['error']}); the others' overlays "
+                        "are written")
 
 
 @main.command()

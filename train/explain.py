@@ -1,6 +1,7 @@
 """Grad-CAM: where in the image the model looked for its answer (Selvaraju et al., 2017)."""
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import numpy as np
 
 from scopelite.edge.bundle import write_bytes_atomic
 from scopelite.edge.preprocess import prepare
-from scopelite.edge.sources import read_image_rgb
+from scopelite.edge.sources import SourceError, read_image_rgb
 
 from ._keras import keras, tf
 from .run import load_keras_bundle
@@ -48,13 +49,36 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
     return np.uint8(np.clip((1 - alpha) * image + alpha * heat, 0, 255))
 
 
+def overlay_names(images: list[Path]) -> list[str]:
+    """``<stem>_gradcam.png`` per image; images of one stem (a/cell.jpg, a/cell.png, b/cell.jpg) wrote one file over
+    the other: theirs are named by folder and file name too (``a_cell.jpg_gradcam.png``), and numbered if still alike."""
+    stems = collections.Counter(Path(p).stem for p in images)
+    used, names = set(), []
+    for p in images:
+        p = Path(p)
+        base = p.stem if stems[p.stem] == 1 else f"{p.parent.name}_{p.name}"
+        name, k = f"{base}_gradcam.png", 1
+        while name in used:
+            k += 1
+            name = f"{base}_{k}_gradcam.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def explain(run_model: str | Path, images: list[Path], out: str | Path, scale: int = 3) -> list[dict]:
-    """Write ``<image stem>_gradcam.png`` (image | overlay, label and score) per image into ``out``."""
+    """Write ``<image stem>_gradcam.png`` (image | overlay, label and score) per image into ``out``
+    (``overlay_names``); an image that cannot be read gets a record with its ``error``, and the rest go on."""
     sc, model = load_keras_bundle(run_model)
     out = Path(out)
     results = []
-    for path in images:
-        img = prepare(read_image_rgb(path), sc.input)
+    for path, name in zip(images, overlay_names(images)):
+        try:
+            rgb = read_image_rgb(path)
+        except SourceError as e:
+            results.append({"image": str(path), "error": str(e)})
+            continue
+        img = prepare(rgb, sc.input)
         cam, c, probs = grad_cam(model, img)
         pair = np.hstack([img, overlay(img, cam)])
         pair = cv2.resize(pair, (pair.shape[1] * scale, pair.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
@@ -62,7 +86,7 @@ def explain(run_model: str | Path, images: list[Path], out: str | Path, scale: i
         text = f"{sc.labels[c]} {probs[c]:.2f}"
         cv2.putText(bar, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(np.vstack([pair, bar]), cv2.COLOR_RGB2BGR))
-        dest = out / f"{Path(path).stem}_gradcam.png"
+        dest = out / name
         write_bytes_atomic(dest, buf.tobytes())
         results.append({"image": str(path), "label": sc.labels[c], "score": float(probs[c]), "overlay": str(dest)})
     return results
