@@ -5,12 +5,14 @@ existing parent, so a refused run leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import threading
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from .errors import UserError
 
@@ -57,6 +59,30 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
     if free_mb < min_free_mb:
         raise UserError(f"{option} {path}: only {free_mb:.0f} MB free at {base} (need at least {min_free_mb:.0f} MB); "
                         "free some space or choose another disk")
+
+
+@contextlib.contextmanager
+def folder_in_place(dest: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder beside ``dest`` to fill; when the block ends it takes ``dest``'s place whole (what was there
+    is removed), and when it fails (an error, Ctrl-C) it is removed and ``dest`` is left as it was: a command
+    interrupted half-way never leaves a half-made folder that reads as a whole one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    old = None
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

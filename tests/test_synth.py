@@ -54,3 +54,29 @@ def test_write_dataset_layout(synth_dir):
     assert frames == len(truth) == m["video"]["frames"] > 0
     fields = json.loads((synth_dir / "fields" / "truth.json").read_text())
     assert len(fields) == 2 and all((synth_dir / "fields" / f["file"]).is_file() for f in fields)
+
+
+def test_an_interrupted_synth_leaves_no_half_made_dataset(tmp_path, monkeypatch):
+    """Ctrl-C half-way left crops/ and fields without manifest.json: the next fit read them as real data."""
+    from conftest import invoke_cli
+    from scopelite.train import synth
+
+    real = synth.write_dataset
+
+    def cut(out, *a, **kw):
+        from pathlib import Path
+
+        (Path(out) / "crops" / "basophil").mkdir(parents=True)
+        (Path(out) / "crops" / "basophil" / "0.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "write_dataset", cut)
+    r = invoke_cli("celltrain", "synth", str(tmp_path / "s"), "--per-class", "1", "--fields", "0", "--no-video")
+    assert r.returncode != 0 and "interrupted" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing at all: neither s nor a partial folder
+    monkeypatch.setattr(synth, "write_dataset", real)
+    r = invoke_cli("celltrain", "synth", str(tmp_path / "s"), "--per-class", "1", "--fields", "0", "--no-video")
+    assert r.returncode == 0 and (tmp_path / "s" / "manifest.json").is_file()
+    monkeypatch.setattr(synth, "write_dataset", cut)  # made again and cut: the whole one before stays
+    invoke_cli("celltrain", "synth", str(tmp_path / "s"), "--per-class", "1", "--fields", "0", "--no-video")
+    assert (tmp_path / "s" / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s"]

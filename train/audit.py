@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 
 from scopelite.edge.bundle import write_bytes_atomic, write_json_atomic
+from scopelite.edge.outputs import folder_in_place
 
 from .data import Dataset, exact_duplicates
 
@@ -271,24 +271,11 @@ CLEAN_MARK = ".celltrain-clean-copy"  # in a folder audit --clean-copy made: it 
 
 
 def _clean_copy(ds: Dataset, drop: set, source: Path, dest: Path) -> None:
-    """The class folders without ``drop``, made whole in a hidden folder beside ``dest`` and then put in its place
-    (a copy made before is replaced whole: an image excluded now is not left in it; an interrupted copy leaves no
-    half-made folder behind)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    try:
+    """The class folders without ``drop``, made whole beside ``dest`` and then put in its place (a copy made before
+    is replaced whole: an image excluded now is not left in it; an interrupted copy leaves no half-made folder)."""
+    with folder_in_place(dest) as tmp:
         for id_ in ds.ids:
             if id_ not in drop:
                 (tmp / id_).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / id_, tmp / id_)
         (tmp / CLEAN_MARK).write_text("made by celltrain audit --clean-copy; replaced by the next one\n")
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

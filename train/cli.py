@@ -621,13 +621,14 @@ def synth(out, per_class, image_size, fields, video, seed):
     Example:
       celltrain synth demo_data/ --per-class 50
     """
-    from scopelite.edge.outputs import check_writable
+    from scopelite.edge.outputs import check_writable, folder_in_place
 
     from .synth import write_dataset
 
     check_writable(out, "OUT")
     _empty_or_synthetic(out)
-    m = write_dataset(out, per_class, image_size, seed, fields, video)
+    with folder_in_place(out) as tmp:  # Ctrl-C half-way left crops without the manifest: they read as real data
+        m = write_dataset(tmp, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")
 
