@@ -13,9 +13,9 @@ OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
 def _check_max_drop(ctx, param, value):
     clean, corrupted = value
-    if not (clean >= 0 and corrupted >= 0):  # also refuses nan
-        raise click.BadParameter(f"{clean:g} {corrupted:g}: the largest accuracy losses must be >= 0 points, "
-                                 "e.g. --max-drop 1 2")
+    if not (0 <= clean <= 100 and 0 <= corrupted <= 100):  # also refuses nan and inf (written as Infinity: not JSON)
+        raise click.BadParameter(f"{clean:g} {corrupted:g}: the largest accuracy losses must be 0 to 100 points, "
+                                 "e.g. --max-drop 1 2 (100 100 accepts any model)")
     return value
 
 

@@ -195,6 +195,11 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError("choose an output: --int8, --qat, --float16 and/or --dynamic-range")
     if cfg.diagnose and not cfg.int8:
         raise UserError("--diagnose examines the post-training int8 model: add --int8")
+    if cfg.compiler and not cfg.edgetpu:  # given and ignored without a word
+        raise UserError("--compiler is the edgetpu_compiler that --edgetpu runs: add --edgetpu, or leave it out")
+    if cfg.qat_ranges != "learned" and not cfg.qat:
+        raise UserError(f"--qat-ranges {cfg.qat_ranges} sets how quantisation-aware training's ranges are used: add "
+                        "--qat, or leave it out")
     compiler = edgetpu.find_compiler(cfg.compiler) if cfg.edgetpu else None
     src_path = Path(cfg.model)
     out = Path(cfg.out)

@@ -307,6 +307,12 @@ CASES = [
      None, None),
     ("compress-max-drop-nan", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop 1 nan", 2,
      "--max-drop", None, None),
+    ("compress-max-drop-inf", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop inf inf", 2,
+     "0 to 100 points", None, None),  # turned the gate off and wrote Infinity (not JSON) into model.json
+    ("compress-compiler-without-edgetpu", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --compiler {img}", 2,
+     "add --edgetpu", None, None),  # ignored without a word
+    ("compress-qat-ranges-without-qat", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --qat-ranges both", 2,
+     "add --qat", None, None),
     ("compress-max-drop-word", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --max-drop a b", 2, "--max-drop",
      None, None),
     ("compress-out-unwritable", "cellcompress", f"{{fake_keras}} --int8 --out {UNWRITABLE}/o", 2,
