@@ -569,7 +569,7 @@ def watch(**_):
 
             pruner = Pruner(cfg.sessions, cfg.keep_days, lambda: sessions.current.folder,
                             tell=lambda what: print(what, file=sys.stderr, flush=True),
-                            spare=[sessions.closed_at_start.id] if sessions.closed_at_start else [])
+                            spare=lambda: sessions.closed_here)
             pruner.start()
             ctx.call_on_close(pruner.stop)
     if server is not None:

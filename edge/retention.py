@@ -5,8 +5,8 @@ fills in weeks. With ``--keep-days DAYS`` the daemon looks, at its start and eve
 stopped more than DAYS days ago (``state.json``'s ``stopped``, the wall clock: a clock set back keeps them) and
 removes each whole folder. A Pi's clock can be wrong until it finds a time server (the time it was switched off,
 or 1970), so a stop time the clock wrote then can make a session look old: a session this process saw open, as
-the current one or closed at its start is kept for DAYS of the process's own (monotonic) time after it last saw
-it so, and a stop time (or a clock) before 2020 removes nothing. Never the current session (the open one, or the last closed, still on the lab page),
+the current one or closed (at its start or later) is kept for DAYS of the process's own (monotonic) time after it
+last saw it so, and a stop time (or a clock) before 2020 removes nothing. Never the current session (the open one, or the last closed, still on the lab page),
 never an open one, never one another process holds (``celledge review``: ``Session.lock``'s ``.lock``), never a
 folder whose state cannot be read. A folder is renamed to a hidden name before its files go, so nothing reads a
 half-removed session; what a cut-off removal left behind goes at the next look.
@@ -89,17 +89,20 @@ class Pruner:
         keep_days: how long a closed session is kept after it stopped.
         current: the current session's folder now (never removed).
         tell: told of each session removed, in a line for the journal.
-        spare: sessions this process closed before it started looking (at its start).
+        spare: the sessions this process closed, and when (monotonic): ``Sessions.closed_here``, read at each look
+            (a slide's session started and closed between two looks is kept too).
         clock: the wall clock (``stopped`` is written with it); ``monotonic``: the process's own.
     """
 
     def __init__(self, root: str | os.PathLike, keep_days: float, current: Callable[[], Path],
-                 tell: Callable[[str], None], spare=(), clock: Callable[[], float] = time.time,
+                 tell: Callable[[str], None], spare: Callable[[], dict[str, float]] = dict,
+                 clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, every: float = EVERY_S):
         self.root, self.keep_days, self.current, self.tell = Path(root), keep_days, current, tell
         self.clock, self.monotonic, self.every = clock, monotonic, every
         self.removed = 0
-        self._seen = {sid: monotonic() for sid in spare}  # session id -> when last seen open or current
+        self.spare = spare
+        self._seen: dict[str, float] = {}  # session id -> when last seen open or current, or closed here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -109,6 +112,8 @@ class Pruner:
         now, current, gone = self.monotonic(), self.current(), []
         for d in [*list_sessions(self.root, only_open=True), current]:
             self._seen[d.name] = now
+        for sid, when in dict(self.spare()).items():
+            self._seen[sid] = max(self._seen.get(sid, -math.inf), when)
         if self.clock() < SANE_AFTER:
             return gone
         for d in expired(self.root, self.keep_days, self.clock(), keep=current):

@@ -201,8 +201,9 @@ class Session:
     @classmethod
     def create(cls, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                clock: Callable[[], float] = time.time, rbc_fraction: float | None = None,
-               seq: int | None = None) -> "Session":
-        """A new open session folder under ``root``; ``seq``: its place there (None: after every session in it)."""
+               seq: int | None = None, continues: str | None = None) -> "Session":
+        """A new open session folder under ``root``; ``seq``: its place there (None: after every session in it);
+        ``continues``: the session it goes on from (one that closed at MAX_CELLS)."""
         t = clock()
         # the start time, then 6 random hex digits: two devices' sessions started in one second do not
         # share an id (their cells export into one folder by id)
@@ -216,7 +217,7 @@ class Session:
         state = {"id": sid, "seq": seq, "state": "open", "target": target, "labels": list(labels),
                  "min_score": min_score, "wbc_count": wbc_count, "started": t, "started_at": _now(),
                  "stopped": None, "stopped_at": None,
-                 "reason": None, "rbc_fraction": rbc_fraction}
+                 "reason": None, "rbc_fraction": rbc_fraction, **({"continues": continues} if continues else {})}
         write_json_atomic(folder / "state.json", state, fsync="full")
         fsync_dir(root)  # the session folder's own name
         return cls(folder, state, [])
@@ -591,16 +592,16 @@ class Sessions:
             raise UserError(f"--sessions {root} cannot be created ({(e.strerror or str(e)).lower()})") from None
         open_ones = [Session.load(d) for d in list_sessions(self.root, only_open=True, damaged=self.damaged)]
         for s in open_ones[:-1]:  # more than one open (should not happen): all but the last are closed
-            s.close("closed at restart (another session was open)", clock)
+            self._close(s, "closed at restart (another session was open)")
         last = open_ones[-1] if open_ones else None
         if last is not None and hold and not last.lock():
             raise UserError(f"session {last.id} in {self.root} is in use by another celledge (a celledge review, or a "
                             "watch counting into it): stop that one first")
         if last is not None and new:
-            last.close("closed at restart (--new-session)", clock)
+            self._close(last, "closed at restart (--new-session)")
             self.closed_at_start = last
         elif last is not None and last.differential().done:  # killed between its last cell and closing
-            last.close("count reached", clock)
+            self._close(last, "count reached")
             self.closed_at_start = last
         elif last is not None:
             if source is not None and source in last.state.get("sources", []):
@@ -610,8 +611,21 @@ class Sessions:
         if last is not None and not self.resumed:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
-        self._files = {c["file"] for c in self.current.cells if c.get("file")}  # images counted into the session
-        self._pixels = {c["pixels"] for c in self.current.cells if c.get("pixels")}  # ... and by content
+        # images counted into the session (and into those it went on from at MAX_CELLS), by name and by content
+        self._files, self._pixels = set(), set()
+        chain, seen = self.current, set()
+        while chain is not None:
+            self._files |= {c["file"] for c in chain.cells if c.get("file")}
+            self._pixels |= {c["pixels"] for c in chain.cells if c.get("pixels")}
+            before = chain.state.get("continues")
+            chain = None
+            if (isinstance(before, str) and before not in seen and "/" not in before and not before.startswith(".")
+                    and (self.root / before / "state.json").is_file()):
+                seen.add(before)
+                try:
+                    chain = Session.load(self.root / before)
+                except (UserError, OSError, ValueError):
+                    chain = None
 
     def _setup(self, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                rbc_fraction: float | None, source: str | None, hold: bool, one_shot: bool = False,
@@ -637,6 +651,7 @@ class Sessions:
         self.on_disk: Callable[[str], None] | None = None
         self.pictures_not_kept = 0  # cells counted in this run without their picture: the disk was full
         self.not_recorded = 0  # cells counted in this run that could not be recorded: the session's disk failed
+        self.closed_here: dict[str, float] = {}  # sessions this process closed -> when (monotonic)
         self.write_error: str | None = None  # why the session cannot be written now (None: it can)
         # track id -> (crop, frame, centre, scale, image file)
         self._views: dict[int, tuple[np.ndarray, int, list, float | None, str | None]] = {}
@@ -698,11 +713,11 @@ class Sessions:
             raise SessionError(f"celledge review serves session {self.current.id} for review only: {what} needs "
                                "celledge watch (a camera and a model)")
 
-    def _new(self, target: int | None) -> Session:
+    def _new(self, target: int | None, continues: str | None = None) -> Session:
         """A new session (held by this process with ``hold``; the one before is let go)."""
         self._last_seq = _next_seq(self.root) if self._last_seq is None else self._last_seq + 1  # read once
         s = Session.create(self.root, self.labels, target, self.min_score, self.wbc_count, self.clock,
-                           self.rbc_fraction, seq=self._last_seq)
+                           self.rbc_fraction, seq=self._last_seq, continues=continues)
         if self.model:
             s.record_model(self.model)
         before = getattr(self, "current", None)
@@ -751,7 +766,7 @@ class Sessions:
         with self._lock:
             if not self.current.is_open:
                 raise SessionError(f"session {self.current.id} is already closed")
-            self.current.close("stopped", self.clock)
+            self._close(self.current, "stopped")
             self._tell(f"session {self.current.id} stopped: report {self.current.folder / 'report.html'}")
             return self._answer()
 
@@ -762,7 +777,7 @@ class Sessions:
             self._refuse_in_review("Reset (a new count)")
             old = self.current
             if old.is_open:
-                old.close("reset", self.clock)
+                self._close(old, "reset")
             self.current = self._new(old.state["target"])
             self._views.clear()
             self._cell_of_track.clear()
@@ -770,6 +785,12 @@ class Sessions:
             self._tell(f"session {old.id} reset ({n} cell{'' if n == 1 else 's'} set aside, its folder kept): "
                        f"session {self.current.id} started")
             return self._answer()
+
+    def _close(self, session: Session, reason: str) -> None:
+        """Close a session and remember when this process did (``closed_here``: --keep-days keeps it a while
+        whatever the clock wrote)."""
+        self.closed_here[session.id] = time.monotonic()
+        session.close(reason, self.clock)
 
     def _tell(self, what: str) -> None:
         if self.on_change is not None:
@@ -874,8 +895,8 @@ class Sessions:
                 if cid is not None and self.current.is_open:
                     try:
                         self.current.revise(cid, r, idx)
-                    except (UserError, OSError) as err:
-                        self._not_written(err)
+                    except (UserError, OSError) as err:  # the cell keeps its label; the run's count moves on
+                        self._not_written(err, cell=False)
                         continue
                     r["session_cell"] = cid
                     self._close_or_say()
@@ -932,15 +953,21 @@ class Sessions:
                                         rec.get("file"))
 
     def _close_when_done(self) -> None:
+        """Close the session at its target (the run ends if ``one_shot``), or an open-ended one at MAX_CELLS, the
+        count going on in a new one. What can fail (the disk) comes last: a close whose files cannot be written
+        still ends the count, and a session that cannot be made leaves the old one counting (tried again at the
+        next cell)."""
         if self.current.is_open and self.current.state["target"] is not None and self.current.brief()["done"]:
-            self.current.close("count reached", self.clock)
             self.ends_run = self.one_shot
             self._cell_of_track.clear()
+            self._close(self.current, "count reached")
         elif self.current.is_open and self.current.state["target"] is None and len(self.current.cells) >= MAX_CELLS:
             old = self.current
-            old.close(f"{MAX_CELLS} cells, an open-ended session's most: the count went on in the next", self.clock)
-            self.current = self._new(None)
+            files, pixels = self._files, self._pixels
+            self.current = self._new(None, continues=old.id)
+            self._files, self._pixels = files, pixels  # a folder's images counted before are still skipped
             self._cell_of_track.clear()  # a later revision of one of its tracks is not this session's
+            self._close(old, f"{MAX_CELLS} cells, an open-ended session's most: the count went on in the next")
             if self.on_note is not None:
                 self.on_note(f"session {old.id} closed at {MAX_CELLS} cells (an open-ended session's most; give "
                              f"--count for a differential): report {old.folder / 'report.html'}; session "

@@ -81,7 +81,7 @@ def test_a_clock_that_was_wrong_when_a_session_closed_does_not_remove_it_early(t
     sessions = Sessions(root, CLASS_NAMES, new=True)
     _feed(sessions, ["lymphocyte"])
     mono = [0.0]
-    pruner = Pruner(root, 2, lambda: sessions.current.folder, lambda _: None, spare=[at_start.id],
+    pruner = Pruner(root, 2, lambda: sessions.current.folder, lambda _: None, spare=lambda: {at_start.id: 0.0},
                     clock=lambda: NOW, monotonic=lambda: mono[0])
     assert pruner.once() == []
     seen_open = sessions.current
@@ -123,3 +123,22 @@ def test_keep_days_is_checked():
                        (["--sessions", "s", "--keep-days", "nan"], "--keep-days")):
         r = invoke_cli("celledge", "watch", "nowhere/", "--mode", "field", *args)
         assert r.returncode != 0 and "Traceback" not in r.stderr and said in r.stderr, r.stderr
+
+
+def test_a_session_closed_between_two_looks_with_a_clock_behind_is_kept(tmp_path):
+    """A slide's session started and closed between two hourly looks, while the clock was still 10 days behind
+    (fake-hwclock after 10 days off), was removed at the next look once the clock was right."""
+    import time
+
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES, clock=lambda: NOW - 10 * DAY_S)
+    pruner = Pruner(root, 7, lambda: sessions.current.folder, lambda _: None, spare=lambda: sessions.closed_here,
+                    clock=lambda: NOW)
+    assert pruner.once() == []
+    _feed(sessions, ["neutrophil"])
+    slide = sessions.current
+    sessions.stop()  # stopped on the lab page: its stop time is the clock's, 10 days behind
+    sessions.start()
+    assert slide.id in sessions.closed_here and sessions.closed_here[slide.id] <= time.monotonic()
+    assert pruner.once() == [] and slide.folder.is_dir()
+    sessions.release()

@@ -1300,3 +1300,55 @@ def test_an_open_ended_session_closes_at_max_cells_and_the_count_goes_on_in_the_
     one = collections.Counter(effective_label(c) for c in Session.load(list_sessions(tmp_path / "unused")[0]).cells)
     assert sum(total.values()) == sum(one.values()) == n
     sessions.release()
+
+
+def _feed_files(sessions, names, frame0=0):
+    """One counted cell per image file of a folder (no tracks)."""
+    for i, name in enumerate(names):
+        frame = np.full((40, 40, 3), 60 + 10 * i, np.uint8)
+        sessions.update(frame, {"frame": frame0 + i, "file": name, "cells": [{"box": [0, 0, 40, 40],
+                                                                             "center": [20.0, 20.0]}],
+                                "counted": [_cell("neutrophil")]})
+
+
+def test_a_folder_run_again_after_a_session_rolled_over_skips_every_image_counted(tmp_path, monkeypatch):
+    """Images counted into a session that closed at MAX_CELLS were counted again when the folder was run again
+    (the resumed session knew only its own images)."""
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 3)
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    _feed_files(sessions, [f"img{i}.png" for i in range(5)])
+    assert len(list_sessions(tmp_path / "s")) == 2 and all(sessions.counted(f"img{i}.png") for i in range(5))
+    sessions.release()
+    again = Sessions(tmp_path / "s", CLASS_NAMES)  # the same command run again: resumes the open one
+    assert again.resumed and [again.counted(f"img{i}.png") for i in range(6)] == [True] * 5 + [False]
+    again.release()
+
+
+def test_a_rollover_whose_close_cannot_be_written_goes_on_counting_into_the_next_session(tmp_path, monkeypatch):
+    """The report of the session closing at MAX_CELLS failed (a full disk): the closed session stayed current and
+    no cell was recorded again, even after the disk recovered, with nothing said."""
+    import errno
+
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 3)
+    real = Session.write_reports
+    fail = [True]
+
+    def reports(self):
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "report.html"))
+        return real(self)
+
+    monkeypatch.setattr(Session, "write_reports", reports)
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    told = []
+    sessions.on_disk = told.append
+    _feed(sessions, ["neutrophil"] * 5)
+    assert sessions.current.is_open and len(sessions.current.cells) == 2
+    assert len(list_sessions(tmp_path / "s")) == 2 and sessions.not_recorded == 0
+    assert any("no space left on device" in t for t in told)
+    sessions.release()

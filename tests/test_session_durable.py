@@ -3,6 +3,7 @@ written, and each log line is fsync'ed; a failed write leaves no temporary file 
 import errno
 import os
 
+import numpy as np
 import pytest
 
 from scopelite.edge.bundle import CLASS_NAMES
@@ -132,3 +133,24 @@ def test_a_failed_line_fsync_leaves_no_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="reviews.jsonl"):
         sessions.label(1, "monocyte")
     assert (folder / "reviews.jsonl").read_bytes() == b""  # cut back: no line a restart would replay
+
+
+def test_a_revision_that_cannot_be_written_is_not_counted_as_an_unrecorded_cell(tmp_path, monkeypatch):
+    from scopelite.edge.outputs import LineSink
+    from test_session import _cell
+
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    frame = np.full((40, 40, 3), 90, np.uint8)
+    sessions.update(frame, {"frame": 0, "cells": [{"box": [0, 0, 40, 40], "center": [20.0, 20.0], "track": 5}],
+                            "counted": [_cell("neutrophil", track=5)]})
+    assert len(sessions.current.cells) == 1
+
+    def fail(self, line):
+        raise UserError(f"stopped: cannot write {self.path} (input/output error); every line before this one is "
+                        "complete")
+
+    monkeypatch.setattr(LineSink, "write", fail)
+    sessions.update(frame, {"frame": 1, "cells": [], "revised": [{"track": 5, "to": "monocyte", "best": "monocyte",
+                                                                  "score": 0.8, "was": "neutrophil"}]})
+    assert sessions.not_recorded == 0 and sessions.write_error is not None
+    assert sessions.current.cells[0]["label"] == "neutrophil"  # the cell keeps its label
