@@ -120,6 +120,8 @@ def corpus(tmp_path_factory):
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
+    (t / "numbers.yaml").write_text('learning_rate: 3e-4\nweight_decay: 1e-4\nepochs: "30"\nbatch_size: 32.0\n'
+                                    "weights: null\n")
     for c in ("lymphocyte", "neutrophil"):
         for i in range(3):
             _png(t / "classes" / c / f"{c}{i}.png", (32, 32, 3), 60 + 40 * i)
@@ -381,6 +383,8 @@ CASES = [
      None, None),
     ("synth-into-real-data", "celltrain", "synth {c}/classes --per-class 1 --fields 0 --no-video", 2,
      "not made by celltrain synth", None, None),  # mixed its crops in and marked the folder synthetic
+    ("fit-config-yaml-numbers-read", "celltrain", "fit --config {c}/numbers.yaml --data {c}/nowhere --out {tmp}/r", 2,
+     "not found", None, None),  # 3e-4 (a string to PyYAML), "30", 30.0 and null are read as click reads them
     ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
      "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),

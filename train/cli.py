@@ -63,6 +63,7 @@ def _load_yaml_defaults(ctx, param, value):
     raw = {k.replace("-", "_"): v for k, v in raw.items()}
     if isinstance(raw.get("aug"), dict):  # aug: {hed: 0.6, jpeg: 0} reads as --aug hed=0.6 --aug jpeg=0
         raw["aug"] = [f"{k}={v}" if v is not None else str(k) for k, v in raw["aug"].items()]
+    raw = {k: v for k, v in raw.items() if v is not None}  # "key: null" (or "key:") means the default, as before
     params = {p.name: p for p in ctx.command.params}
     for k, v in raw.items():
         wrong = _yaml_type_problem(params.get(k), v)
@@ -84,12 +85,34 @@ def _yaml_type_problem(param, v) -> str | None:
                 return "true or false"
         elif isinstance(x, (list, dict)) or x is None:
             return "a single value" + (" (or a list of them)" if getattr(param, "multiple", False) else "")
-        elif isinstance(param.type, click.types.IntParamType) and (isinstance(x, bool) or not isinstance(x, int)):
+        elif isinstance(param.type, click.types.IntParamType) and not _whole(x):
             return "a whole number"
-        elif isinstance(param.type, (click.types.FloatParamType, Number)) and (isinstance(x, bool)
-                                                                               or not isinstance(x, (int, float))):
+        elif isinstance(param.type, (click.types.FloatParamType, Number)) and not _number(x):
             return "a number"
     return None
+
+
+def _number(x) -> bool:
+    """A YAML number, or a string click reads as one (PyYAML reads 1e-4, without a dot, as a string)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (int, float)):
+        return True
+    try:
+        float(str(x))
+    except ValueError:
+        return False
+    return True
+
+
+def _whole(x) -> bool:
+    """A whole number: 30, 30.0 or "30" (not 1.5, not true)."""
+    if not _number(x):
+        return False
+    try:
+        return float(x) == int(float(x))
+    except (OverflowError, ValueError):  # inf, nan
+        return False
 
 
 def _preset_defaults(ctx, param, value):
