@@ -229,6 +229,7 @@ def test_a_diverged_training_is_an_error_and_writes_no_model(tmp_path):
                    "--epochs", "2", "--synthetic-per-class", "8", "--lr", "1e308", "--quiet")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "Error: training diverged" in r.stderr and "--lr (it was 1e+308)" in r.stderr
+    assert not (tmp_path / "m" / "checkpoints" / "last.keras").exists()  # no checkpoint of broken weights
     assert not (tmp_path / "m" / "model.keras").exists() and not (tmp_path / "m" / "model.json").exists()
     good = _fit(tmp_path, "good", epochs=1, synthetic_per_class=8)  # a model, then the same with its weights broken
     assert good["test"]["accuracy"] >= 0

@@ -155,6 +155,26 @@ def _compile(model, cfg: FitConfig, seg: Segment, steps: int, segments: list[Seg
     )
 
 
+class Diverged(Exception):
+    """The loss became NaN or infinite (``_StopOnNaN``)."""
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """First in the list: a loss that became NaN or infinite stops the run before the epoch's checkpoints, snapshots
+    and state.json are written with broken weights (Keras's TerminateOnNaN let them be written: a --resume then
+    started from them and diverged again)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.model.stop_training and loss is not None and not np.isfinite(loss):
+            raise Diverged(f"epoch {epoch + 1}: loss {loss}")
+
+
 class _EpochState(keras.callbacks.Callback):
     """Write state.json after every epoch (after the checkpoint), for --resume."""
 
@@ -487,7 +507,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         callbacks.insert(0, _Snapshots(ckpt, cfg.average_last, cfg.epochs))
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
-    callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged run stops at once (checked below)
+    callbacks.insert(0, _StopOnNaN())  # a diverged run stops at once, before anything of that epoch is written
     t0 = time.time()
     steps_run = 0
     for seg in segments:
@@ -504,8 +524,13 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
         if cluster:
             train_ds = multiworker.shard_by_data(train_ds)
         steps_before = int(model.optimizer.iterations.numpy())
-        hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
-                         verbose=verbose, callbacks=callbacks, class_weight=cw)
+        try:
+            hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
+                             verbose=verbose, callbacks=callbacks, class_weight=cw)
+        except Diverged as e:
+            raise UserError(f"training diverged ({e}): the loss became NaN or infinite; {out / MODEL_FILE} was not "
+                            f"written and the last checkpoint is the epoch before. Train again with a lower --lr (it "
+                            f"was {cfg.learning_rate:g})") from None
         steps_run += int(model.optimizer.iterations.numpy()) - steps_before
         done = seg.end
         if model.stop_training or (cfg.patience and len(hist.epoch) < seg.end - seg.start):
