@@ -63,26 +63,30 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
 
 @contextlib.contextmanager
 def folder_in_place(dest: str | os.PathLike) -> Iterator[Path]:
-    """A hidden folder beside ``dest`` to fill; when the block ends it takes ``dest``'s place whole (what was there
-    is removed), and when it fails (an error, Ctrl-C) it is removed and ``dest`` is left as it was: a command
-    interrupted half-way never leaves a half-made folder that reads as a whole one."""
-    dest = Path(dest)
+    """A hidden folder beside ``dest`` to fill; when the block ends, what it holds takes the place of what ``dest``
+    held (a new ``dest`` is the folder renamed; an existing one, which may be someone's working folder, keeps its
+    own name and gets the new contents), and when it fails (an error, Ctrl-C) it is removed and ``dest`` is left as
+    it was: a command interrupted half-way never leaves a half-made folder that reads as a whole one."""
+    dest = Path(dest).absolute()
+    dest = dest.parent.resolve() / dest.name if dest.name not in ("", ".", "..") else dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
-    old = None
     try:
         yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-        os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dest.exists():
-            os.rename(old, dest)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if not dest.exists():
+        os.rename(tmp, dest)
+        return
+    for old in dest.iterdir():
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for new in tmp.iterdir():
+        os.rename(new, dest / new.name)
+    tmp.rmdir()
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -80,3 +80,16 @@ def test_an_interrupted_synth_leaves_no_half_made_dataset(tmp_path, monkeypatch)
     monkeypatch.setattr(synth, "write_dataset", cut)  # made again and cut: the whole one before stays
     invoke_cli("celltrain", "synth", str(tmp_path / "s"), "--per-class", "1", "--fields", "0", "--no-video")
     assert (tmp_path / "s" / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_synth_into_the_working_folder(tmp_path, monkeypatch):
+    """celltrain synth . (an empty folder the user stands in) wrote there; then it ended in a traceback."""
+    from conftest import invoke_cli
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for n in (1, 2):  # made, then made again over its own output
+        r = invoke_cli("celltrain", "synth", ".", "--per-class", str(n), "--fields", "0", "--no-video")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert len(list((tmp_path / "here" / "crops" / "monocyte").iterdir())) == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # nothing left beside it
