@@ -3,9 +3,6 @@ and keeps counting (without the cells' pictures) once it has."""
 import collections
 import json
 
-import cv2
-import numpy as np
-
 from scopelite.edge.bundle import CLASS_NAMES
 from scopelite.edge.diskspace import FLOOR_BYTES, LOW_BYTES, DiskRoom
 from scopelite.edge.httpd import Status
@@ -13,7 +10,7 @@ from scopelite.edge.review_page import lab_panel
 from scopelite.edge.session import Sessions, read_jsonl
 from conftest import invoke_cli
 from test_session import _feed
-from test_watch_tracking import SCAN
+from test_watch_tracking import scan_fields
 
 Usage = collections.namedtuple("Usage", "total used free")
 MB = 1 << 20
@@ -136,13 +133,7 @@ def test_the_lab_page_and_metrics_say_the_disk_is_low(tmp_path, monkeypatch):
 
 
 def test_watch_warns_at_the_start_and_counts_on_a_full_disk(tmp_path, monkeypatch):
-    from scopelite.train.slide import make_slide_scan
-
-    scan = make_slide_scan(0, **SCAN)
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in (0, 40, 80):
-        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    fields = scan_fields(tmp_path / "fields")
     monkeypatch.setattr("scopelite.edge.diskspace.shutil.disk_usage", FakeDisk(80 * MB))  # a run starts over 50 MB
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"),
                    "--out", str(tmp_path / "lines.jsonl"))

@@ -5,15 +5,12 @@ import fcntl
 import json
 import os
 
-import cv2
-import numpy as np
-
 from scopelite.edge.bundle import CLASS_NAMES
 from scopelite.edge.retention import DAY_S, HIDDEN, Pruner, expired
 from scopelite.edge.session import Session, Sessions, list_sessions
 from conftest import invoke_cli
 from test_session import _feed
-from test_watch_tracking import SCAN
+from test_watch_tracking import scan_fields
 
 NOW = 1_800_000_000.0
 
@@ -96,8 +93,6 @@ def test_a_clock_that_was_wrong_when_a_session_closed_does_not_remove_it_early(t
 
 
 def test_watch_removes_old_sessions_and_says_so(tmp_path):
-    from scopelite.train.slide import make_slide_scan
-
     root = tmp_path / "s"
     import time
 
@@ -105,11 +100,7 @@ def test_watch_removes_old_sessions_and_says_so(tmp_path):
     old.close("stopped on the lab page", clock=lambda: time.time() - 3 * DAY_S)
     keep = _closed(root, 0)
     keep.close("stopped on the lab page", clock=lambda: time.time() - 1 * DAY_S)
-    scan = make_slide_scan(0, **SCAN)
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in (0, 40):
-        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    fields = scan_fields(tmp_path / "fields", frames=(0, 40))
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(root), "--keep-days", "2",
                    "--out", str(tmp_path / "lines.jsonl"))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]

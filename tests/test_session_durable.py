@@ -94,17 +94,9 @@ def test_a_failed_crop_write_leaves_no_temporary_file_and_no_line_and_the_count_
 def test_a_watch_whose_sessions_disk_turns_read_only_counts_on_and_says_so(tmp_path, monkeypatch):
     import json
 
-    import cv2
-    import numpy as np
+    from test_watch_tracking import scan_fields
 
-    from scopelite.train.slide import make_slide_scan
-    from test_watch_tracking import SCAN
-
-    scan = make_slide_scan(0, **SCAN)
-    fields = tmp_path / "fields"
-    fields.mkdir()
-    for i in (0, 40, 80):
-        cv2.imwrite(str(fields / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    fields = scan_fields(tmp_path / "fields")
     real_write = os.write
 
     def read_only(fd, data):  # every session file (cells.jsonl, crops, state.json) on a disk gone read-only

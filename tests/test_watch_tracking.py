@@ -178,6 +178,19 @@ def test_a_counted_cell_is_revised_to_its_class_over_all_its_views():
     assert counter.done and revised == [] and counter.summary()["rows"][5]["count"] == 1
 
 
+def scan_fields(folder, frames=(0, 40, 80), seed=0):
+    """A few frames of a generated slide scan as a folder of images (far apart: separate fields)."""
+    import cv2
+
+    from scopelite.train.slide import make_slide_scan
+
+    scan = make_slide_scan(seed, **SCAN)
+    folder.mkdir(parents=True)
+    for i in frames:
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), np.ascontiguousarray(scan.frame(i)[..., ::-1]))
+    return folder
+
+
 def _write_scan(scan, folder, video=False):
     import cv2
 
