@@ -18,6 +18,9 @@ from .differential import TITLES, UNCERTAIN
 from .session import NOT_A_CELL, clinical_order
 
 THUMB_PX = 96
+# the gallery shows each class's least sure cells, at most this many: the report of a 5,000-cell session embedded
+# every thumbnail (12 MB of HTML, 3 s to build while the count waited, pages nobody prints)
+GALLERY_PER_CLASS = 200
 _EXTRA_TITLES = {"erythroblast": "Erythroblasts (NRBC)", "platelet": "Platelets", UNCERTAIN: "Uncertain",
                  NOT_A_CELL: "Not cells (removed by review)"}
 
@@ -100,7 +103,7 @@ def _gallery(summary: dict, thumb: Callable[[int], str | None]) -> str:
         if not cells:
             continue
         figs = []
-        for c in cells:
+        for c in cells[:GALLERY_PER_CLASS]:
             uri = thumb(c["id"])
             img = f'<img src="{uri}" alt="cell {c["id"]}">' if uri else '<div class="noimg">no crop</div>'
             if c["reviewed"] is None:
@@ -111,8 +114,11 @@ def _gallery(summary: dict, thumb: Callable[[int], str | None]) -> str:
                 mark = f'<span class="ok">✓ reviewed</span> (model: {html.escape(title(c["label"]))})'
             figs.append(f'<figure data-id="{c["id"]}">{img}<figcaption>#{c["id"]} · {c["score"]:.2f}<br>{mark}'
                         "</figcaption></figure>")
+        more = len(cells) - len(figs)
+        rest = (f'<p class="meta">… and {more} more, the surest (every cell is on the review page and in '
+                'cells.csv).</p>') if more > 0 else ""
         out.append(f'<section class="class"><h3>{html.escape(title(label))} ({len(cells)})</h3>'
-                   f'<div class="gallery">{"".join(figs)}</div></section>')
+                   f'<div class="gallery">{"".join(figs)}</div>{rest}</section>')
     return "".join(out) or "<p>no cells counted</p>"
 
 
