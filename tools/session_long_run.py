@@ -1,5 +1,6 @@
-"""A daemon's sessions over a long run: the memory an open-ended session holds as cells are counted, and the files
-left open by a daemon whose every session is reviewed after it closes (session 27; the code to test on PYTHONPATH).
+"""A daemon's sessions over a long run (session 27; the code to test on PYTHONPATH): the memory an open-ended session
+holds as cells are counted, the files left open by a daemon whose every session is reviewed after it closes, and the
+time to close a 5,000-cell session (its report is written while the count waits).
 
     python tools/session_long_run.py N_CELLS ROUNDS      # prints one JSON object
 
@@ -49,6 +50,19 @@ for k in range(ROUNDS):
     r.start()
     if k == 0:
         f0 = fds()
-print(json.dumps({"cells_counted": N, "rss_growth_mb": round(mem, 1), "rss_growth_mb_every_10000_cells": trail, "bytes_per_cell": round(mem * 2**20 / N),
+# closing a session of MAX_CELLS (5,000) cells with 160 px crops: its report is written while the count waits
+from scopelite.edge.session import Session
+
+big = Session.create(root / "c", CLASS_NAMES, None, 0.5, None)
+for i in range(5000):
+    sc = rng.dirichlet(np.ones(8) * 0.3)
+    b = int(np.argmax(sc))
+    big.add({"label": CLASS_NAMES[b], "best": CLASS_NAMES[b], "score": float(sc[b]), "scores": sc.round(4).tolist(),
+             "frame": i, "center": [1, 2]}, rng.integers(0, 255, (160, 160, 3), dtype=np.uint8))
+t1 = time.perf_counter()
+big.close("probe")
+close_s = time.perf_counter() - t1
+print(json.dumps({"close_5000_cell_session_seconds": round(close_s, 2),
+                  "report_html_mb": round((big.folder / "report.html").stat().st_size / 2**20, 1),"cells_counted": N, "rss_growth_mb": round(mem, 1), "rss_growth_mb_every_10000_cells": trail, "bytes_per_cell": round(mem * 2**20 / N),
                   "sessions": len(folders), "max_cells_per_session": getattr(sm, "MAX_CELLS", None),
                   "reviewed_sessions": ROUNDS, "open_files_growth": fds() - f0, "seconds": round(time.time() - t0, 1)}))
