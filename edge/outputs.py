@@ -12,7 +12,7 @@ import stat
 import threading
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import UserError
 
@@ -61,32 +61,78 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
                         "free some space or choose another disk")
 
 
+WORK_PREFIX = ".scopelite-"  # folder_in_place's hidden work folders (``.scopelite-partial-*``, ``.scopelite-old-*``)
+
+
 @contextlib.contextmanager
-def folder_in_place(dest: str | os.PathLike) -> Iterator[Path]:
-    """A hidden folder beside ``dest`` to fill; when the block ends, what it holds takes the place of what ``dest``
-    held (a new ``dest`` is the folder renamed; an existing one, which may be someone's working folder, keeps its
-    own name and gets the new contents), and when it fails (an error, Ctrl-C) it is removed and ``dest`` is left as
-    it was: a command interrupted half-way never leaves a half-made folder that reads as a whole one."""
+def folder_in_place(dest: str | os.PathLike, owned: Callable[[Path], bool] = lambda entry: False) -> Iterator[Path]:
+    """A hidden folder to fill; when the block ends, what it holds takes the place of what ``dest`` held, and when it
+    fails (an error, Ctrl-C) it is removed and ``dest`` is left as it was: a command interrupted half-way never
+    leaves a half-made folder that reads as a whole one.
+
+    A new ``dest`` is the filled folder renamed. In an existing one (which may be a mount point, or the folder a
+    user stands in) the work folder is made inside it, on its own disk; then, with Ctrl-C held off for the few
+    renames, the entries ``owned`` says the command made before are set aside, the new ones moved in, and what was
+    set aside removed. Entries it does not own stay (a user's notes); a new entry of the same name as one it does not
+    own is refused (UserError) and nothing changes. Work folders left by a kill are removed first."""
     dest = Path(dest).absolute()
     dest = dest.parent.resolve() / dest.name if dest.name not in ("", ".", "..") else dest.resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    if dest.is_symlink() and not dest.exists():
+        raise UserError(f"{dest} is a link to nothing: give a folder")
+    inside = dest.is_dir()
+    if inside:
+        for left in dest.glob(WORK_PREFIX + "*"):
+            shutil.rmtree(left, ignore_errors=True)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    where = dest if inside else dest.parent
+    tmp = Path(tempfile.mkdtemp(dir=where, prefix=f"{WORK_PREFIX}partial-"))
+    _umask_mode(tmp)
     try:
         yield tmp
-    except BaseException:
+        if not inside:
+            os.rename(tmp, dest)
+            return
+        new = list(tmp.iterdir())
+        mine = {e.name for e in dest.iterdir() if not e.name.startswith(WORK_PREFIX) and owned(e)}  # asked once
+        clash = [e.name for e in new if (dest / e.name).exists() and e.name not in mine]
+        if clash:
+            raise UserError(f"{dest} holds {', '.join(sorted(clash)[:3])} of its own, which this would replace; "
+                            "move it or give another folder")
+        old = dest / f"{WORK_PREFIX}old-{os.getpid()}"
+        with _no_interrupt():
+            old.mkdir()
+            for name in mine:
+                os.rename(dest / name, old / name)
+            for e in new:
+                os.rename(e, dest / e.name)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not dest.exists():
-        os.rename(tmp, dest)
-        return
-    for old in dest.iterdir():
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    for new in tmp.iterdir():
-        os.rename(new, dest / new.name)
-    tmp.rmdir()
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """SIGINT and SIGTERM wait until the block ends (the main thread only; elsewhere the block runs as it is)."""
+    import signal  # noqa: PLC0415
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, OSError, ValueError):
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _umask_mode(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; what ends up as the user's folder gets the mode mkdir would have given it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -93,12 +93,16 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     # copy, stayed in it), and a clean copy is never put inside DATA (the next audit read it as a class)
     stale = tmp_path / "clean" / "basophil" / "from_an_earlier_copy.png"
     stale.write_bytes((root / clean[0]).read_bytes())
+    (tmp_path / "clean" / "notes.txt").write_text("mine")  # a user's own file beside the class folders stays
     r = invoke_cli("celltrain", "audit", str(root), "--out", str(out), "--clean-copy", str(tmp_path / "clean"))
     assert r.returncode == 0 and not stale.exists(), r.stderr[-2000:]
     assert sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*")
-                  if not p.name.startswith(".")) == clean
+                  if not p.name.startswith(".") and p.name != "notes.txt") == clean
+    assert (tmp_path / "clean" / "notes.txt").read_text() == "mine"
+    assert not [p for p in (tmp_path / "clean").iterdir() if p.name.startswith(".scopelite-")]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no partial or old copy left
-    for where, said in ((root / "clean", "inside DATA"), (root, "DATA itself"), (tmp_path / "audit", "holds files")):
+    for where, said in ((root / "clean", "inside DATA"), (root, "DATA itself"), (tmp_path / "a2", "holds --out"),
+                        (tmp_path, "holds --out"), (tmp_path / "audit", "holds files")):
         r = invoke_cli("celltrain", "audit", str(root), "--out", str(tmp_path / "a2"), "--clean-copy", str(where))
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     r = run_cli("celltrain", "fit", "--data", str(root), "--exclude", str(out / "exclusions.txt"), "--out",

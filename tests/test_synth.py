@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from scopelite.edge.bundle import CLASS_NAMES
 from scopelite.train import synth
@@ -86,10 +87,42 @@ def test_synth_into_the_working_folder(tmp_path, monkeypatch):
     """celltrain synth . (an empty folder the user stands in) wrote there; then it ended in a traceback."""
     from conftest import invoke_cli
 
+    import os
+    import stat
+
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     for n in (1, 2):  # made, then made again over its own output
         r = invoke_cli("celltrain", "synth", ".", "--per-class", str(n), "--fields", "0", "--no-video")
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert len(list((tmp_path / "here" / "crops" / "monocyte").iterdir())) == n
+        (tmp_path / "here" / "notes.txt").write_text("mine")  # a user's own file in it: made again, it stays
+    assert (tmp_path / "here" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # nothing left beside it
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["crops", "fields", "manifest.json", "notes.txt"]
+    mask = os.umask(0o022)
+    try:  # a new folder gets the mode mkdir gives (mkdtemp's 0700 kept other accounts out)
+        r = invoke_cli("celltrain", "synth", str(tmp_path / "new"), "--per-class", "1", "--fields", "0", "--no-video")
+    finally:
+        os.umask(mask)
+    assert r.returncode == 0 and stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+
+
+def test_an_existing_folder_is_filled_from_a_work_folder_on_its_own_disk(tmp_path):
+    """A USB stick's root (a mount point) given as the folder: the work folder was made beside it, on the other
+    disk; the old contents were removed, the move failed (cross-device) and the new copy was left hidden there."""
+    from scopelite.edge.outputs import folder_in_place
+
+    dest = tmp_path / "stick"
+    dest.mkdir()
+    (dest / "crops").mkdir()
+    with folder_in_place(dest, owned=lambda e: e.name == "crops") as tmp:
+        assert tmp.parent == dest and tmp.name.startswith(".scopelite-partial-")
+        (tmp / "crops").mkdir()
+        (tmp / "crops" / "new.png").write_bytes(b"x")
+    assert sorted(p.name for p in dest.rglob("*")) == ["crops", "new.png"]
+    with pytest.raises(KeyboardInterrupt):  # cut while filling: nothing changes, nothing is left
+        with folder_in_place(dest, owned=lambda e: e.name == "crops") as tmp:
+            (tmp / "crops").mkdir()
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in dest.rglob("*")) == ["crops", "new.png"]

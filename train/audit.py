@@ -8,6 +8,7 @@ lies far from its nearest neighbours in a colour/texture feature space.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -271,11 +272,22 @@ CLEAN_MARK = ".celltrain-clean-copy"  # in a folder audit --clean-copy made: it 
 
 
 def _clean_copy(ds: Dataset, drop: set, source: Path, dest: Path) -> None:
-    """The class folders without ``drop``, made whole beside ``dest`` and then put in its place (a copy made before
-    is replaced whole: an image excluded now is not left in it; an interrupted copy leaves no half-made folder)."""
-    with folder_in_place(dest) as tmp:
+    """The class folders without ``drop``, made whole and then put in place of the ones an earlier copy made (an
+    image excluded now is not left in them; an interrupted copy leaves no half-made folder; what else a user put in
+    the folder stays). The marker lists the class folders it made."""
+    with folder_in_place(dest, owned=lambda e: e.name == CLEAN_MARK or e.name in _made_before(dest)) as tmp:
         for id_ in ds.ids:
             if id_ not in drop:
                 (tmp / id_).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / id_, tmp / id_)
-        (tmp / CLEAN_MARK).write_text("made by celltrain audit --clean-copy; replaced by the next one\n")
+        made = sorted(p.name for p in tmp.iterdir() if p.is_dir())
+        (tmp / CLEAN_MARK).write_text(json.dumps({"made_by": "celltrain audit --clean-copy", "folders": made}) + "\n")
+
+
+def _made_before(dest: Path) -> set:
+    """The class folders an earlier clean copy made in ``dest`` (its marker); none if it cannot be read."""
+    try:
+        folders = json.loads((dest / CLEAN_MARK).read_text()).get("folders")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {f for f in folders if isinstance(f, str) and "/" not in f} if isinstance(folders, list) else set()

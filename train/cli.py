@@ -373,7 +373,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     """
     from pathlib import Path
 
-    from scopelite.edge.outputs import check_writable
+    from scopelite.edge.outputs import WORK_PREFIX, check_writable
 
     from . import audit as audit_lib
     from . import data as data_lib
@@ -386,8 +386,13 @@ def audit(data, out, image_size, outlier_z, clean_copy):
             where = "DATA itself" if here == src else "inside DATA" if src in here.parents else "around DATA"
             raise UserError(f"--clean-copy {clean_copy} is {where}: give a folder apart from it, e.g. --clean-copy "
                             "data-clean")
-        if here.is_dir() and any(here.iterdir()) and not (here / audit_lib.CLEAN_MARK).exists():
-            raise UserError(f"--clean-copy {clean_copy} holds files audit did not copy there: it is replaced whole; "
+        out_here = Path(out).resolve()
+        if out_here == here or here in out_here.parents:  # the copy replaced audit's own report
+            raise UserError(f"--clean-copy {clean_copy} holds --out {out}: give each its own folder")
+        if (here.is_dir() and [x for x in here.iterdir() if not x.name.startswith(WORK_PREFIX)]
+                and not (here / audit_lib.CLEAN_MARK).exists()):
+            raise UserError(f"--clean-copy {clean_copy} holds files audit did not copy there: its class folders would "
+                            "be mixed with them; "
                             "give a new or empty folder")
     data_lib.check_source(data)
     unreadable: list[str] = []  # listed, not the first one refused: an audit is where a user looks for them
@@ -579,14 +584,19 @@ def pack(data, split, out):
     click.echo(json.dumps(run_pack(data, split, out)))
 
 
+SYNTH_MADE = ("crops", "fields", "manifest.json", "microscope.avi", "microscope_truth.json")  # what synth writes
+
+
 def _empty_or_synthetic(out: str) -> None:
     """synth writes crops/, fields/ and a manifest saying the data is synthetic: into a folder of real data, it
     mixed its crops in and marked the whole folder synthetic. Only a new or empty folder, or one synth made."""
     import json
     from pathlib import Path
 
+    from scopelite.edge.outputs import WORK_PREFIX
+
     p = Path(out)
-    if not p.is_dir() or not any(p.iterdir()):
+    if not p.is_dir() or not [x for x in p.iterdir() if not x.name.startswith(WORK_PREFIX)]:
         return
     try:
         made = json.loads((p / "manifest.json").read_text()).get("synthetic") is True
@@ -650,7 +660,8 @@ def synth(out, per_class, image_size, fields, video, seed):
 
     check_writable(out, "OUT")
     _empty_or_synthetic(out)
-    with folder_in_place(out) as tmp:  # Ctrl-C half-way left crops without the manifest: they read as real data
+    # Ctrl-C half-way left crops without the manifest: they read as real data; run again, what it made is replaced
+    with folder_in_place(out, owned=lambda e: e.name in SYNTH_MADE) as tmp:
         m = write_dataset(tmp, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")
