@@ -6,10 +6,13 @@ stopped more than DAYS days ago (``state.json``'s ``stopped``, the wall clock: a
 removes each whole folder. A Pi's clock can be wrong until it finds a time server (the time it was switched off,
 or 1970), so a stop time the clock wrote then can make a session look old: a session this process saw open, as
 the current one or closed (at its start or later) is kept for DAYS of the process's own (monotonic) time after it
-last saw it so, and a stop time (or a clock) before 2020 removes nothing. Never the current session (the open one, or the last closed, still on the lab page),
-never an open one, never one another process holds (``celledge review``: ``Session.lock``'s ``.lock``), never a
-folder whose state cannot be read. A folder is renamed to a hidden name before its files go, so nothing reads a
-half-removed session; what a cut-off removal left behind goes at the next look.
+last saw it so, and a stop time (or a clock) before 2020 removes nothing.
+
+Never the current session (the open one, or the last closed, still on the lab page), never an open one, never one
+another process holds (``celledge review``: ``Session.lock``'s ``.lock``), never a folder whose state cannot be
+read, never one the open or current session went on from (an open-ended session closed at MAX_CELLS: the images
+counted in it are skipped when a folder is watched again). A folder is renamed to a hidden name before its files
+go, so nothing reads a half-removed session; what a cut-off removal left behind goes at the next look.
 """
 from __future__ import annotations
 
@@ -46,6 +49,22 @@ def expired(root: str | os.PathLike, keep_days: float, now: float, keep: Path | 
             continue
         if SANE_AFTER <= stopped and now - stopped > keep_days * DAY_S:
             out.append(d)
+    return out
+
+
+def went_on_from(root: Path, folder: Path) -> set[str]:
+    """The ids of the sessions ``folder``'s session went on from (state ``continues``, back to the first)."""
+    out: set[str] = set()
+    try:
+        before = read_state(folder).get("continues")
+    except (OSError, ValueError):
+        return out
+    while isinstance(before, str) and before not in out and "/" not in before and not before.startswith("."):
+        out.add(before)
+        try:
+            before = read_state(root / before).get("continues")
+        except (OSError, ValueError):
+            break
     return out
 
 
@@ -116,7 +135,12 @@ class Pruner:
             self._seen[sid] = max(self._seen.get(sid, -math.inf), when)
         if self.clock() < SANE_AFTER:
             return gone
+        kept = set()  # the sessions an open or the current session goes on from (MAX_CELLS): a folder watched
+        for d in [*list_sessions(self.root, only_open=True), current]:  # again skips the images counted in them
+            kept |= went_on_from(self.root, d)
         for d in expired(self.root, self.keep_days, self.clock(), keep=current):
+            if d.name in kept:
+                continue
             if now - self._seen.get(d.name, -math.inf) <= self.keep_days * DAY_S:
                 continue  # closed while this process ran (or at its start): its stop time may be the wrong clock's
             if remove(d):

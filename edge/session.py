@@ -611,13 +611,15 @@ class Sessions:
         if last is not None and not self.resumed:
             last.unlock()
         self.current: Session = last if self.resumed else self._new(target)
-        # images counted into the session (and into those it went on from at MAX_CELLS), by name and by content
+        # images counted into the session (and, for a folder, into those it went on from at MAX_CELLS: a camera's
+        # cells name no image, and reading every session of a long chain slowed each start), by name and by content
         self._files, self._pixels = set(), set()
         chain, seen = self.current, set()
+        folder = given is not None and Path(str(given)).is_dir()
         while chain is not None:
             self._files |= {c["file"] for c in chain.cells if c.get("file")}
             self._pixels |= {c["pixels"] for c in chain.cells if c.get("pixels")}
-            before = chain.state.get("continues")
+            before = chain.state.get("continues") if folder else None
             chain = None
             if (isinstance(before, str) and before not in seen and "/" not in before and not before.startswith(".")
                     and (self.root / before / "state.json").is_file()):

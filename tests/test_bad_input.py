@@ -120,7 +120,7 @@ def corpus(tmp_path_factory):
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
-    (t / "numbers.yaml").write_text('learning_rate: 3e-4\nweight_decay: 1e-4\nepochs: "30"\nbatch_size: 32.0\n'
+    (t / "numbers.yaml").write_text('lr: 3e-4\nweight_decay: 1e-4\nepochs: "30"\nbatch_size: 32.0\n'
                                     "weights: null\n")
     for c in ("lymphocyte", "neutrophil"):
         for i in range(3):

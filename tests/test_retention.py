@@ -133,3 +133,22 @@ def test_a_session_closed_between_two_looks_with_a_clock_behind_is_kept(tmp_path
     assert slide.id in sessions.closed_here and sessions.closed_here[slide.id] <= time.monotonic()
     assert pruner.once() == [] and slide.folder.is_dir()
     sessions.release()
+
+
+def test_a_session_the_open_one_went_on_from_is_kept(tmp_path, monkeypatch):
+    """An open-ended session closed at MAX_CELLS and the count went on in the next; --keep-days removed the first,
+    and the folder watched again counted its images a second time (the skip list is rebuilt from the chain)."""
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 2)
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES, clock=lambda: NOW - 30 * DAY_S)  # a month ago
+    _feed(sessions, ["neutrophil"] * 5)  # 2 + 2 closed, 1 open
+    first, second = list_sessions(root)[:2]
+    pruner = Pruner(root, 7, lambda: sessions.current.folder, lambda _: None, clock=lambda: NOW,
+                    monotonic=lambda: 1e12)  # long after this process closed them
+    assert pruner.once() == [] and first.is_dir() and second.is_dir()
+    sessions.stop()
+    sessions.start()  # a new slide: the chain is no longer open or current
+    assert sorted(pruner.once()) == sorted([first.name, second.name])
+    sessions.release()

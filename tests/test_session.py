@@ -1321,7 +1321,7 @@ def test_a_folder_run_again_after_a_session_rolled_over_skips_every_image_counte
     _feed_files(sessions, [f"img{i}.png" for i in range(5)])
     assert len(list_sessions(tmp_path / "s")) == 2 and all(sessions.counted(f"img{i}.png") for i in range(5))
     sessions.release()
-    again = Sessions(tmp_path / "s", CLASS_NAMES)  # the same command run again: resumes the open one
+    again = Sessions(tmp_path / "s", CLASS_NAMES, given=str(tmp_path))  # the folder watched again: resumed
     assert again.resumed and [again.counted(f"img{i}.png") for i in range(6)] == [True] * 5 + [False]
     again.release()
 

@@ -57,10 +57,13 @@ def _load_yaml_defaults(ctx, param, value):
     if not isinstance(raw, dict):
         raise click.BadParameter(f"{value} must hold a mapping of option: value")
     names = {f.name for f in fields(FitConfig)}
-    unknown = [k for k in raw if k.replace("-", "_") not in names]
+    # a flag's own name is a key too (lr: 3e-4 for --lr, whose option is learning_rate)
+    flags = {o[2:].replace("-", "_"): p.name for p in ctx.command.params for o in getattr(p, "opts", [])
+             if o.startswith("--") and p.name in names}
+    raw = {flags.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v for k, v in raw.items()}
+    unknown = [k.replace("_", "-") for k in raw if k not in names]
     if unknown:
         raise click.BadParameter(f"{value}: unknown keys {unknown}; see celltrain fit --help")
-    raw = {k.replace("-", "_"): v for k, v in raw.items()}
     if isinstance(raw.get("aug"), dict):  # aug: {hed: 0.6, jpeg: 0} reads as --aug hed=0.6 --aug jpeg=0
         raw["aug"] = [f"{k}={v}" if v is not None else str(k) for k, v in raw["aug"].items()]
     raw = {k: v for k, v in raw.items() if v is not None}  # "key: null" (or "key:") means the default, as before
@@ -106,7 +109,13 @@ def _number(x) -> bool:
 
 
 def _whole(x) -> bool:
-    """A whole number: 30, 30.0 or "30" (not 1.5, not true)."""
+    """A whole number as click reads one: 30, 30.0 or "30" (not 1.5, not true, not "1e3")."""
+    if isinstance(x, str):
+        try:
+            int(x)
+        except ValueError:
+            return False
+        return True
     if not _number(x):
         return False
     try:

@@ -528,9 +528,9 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
             hist = model.fit(train_ds, validation_data=val_ds, initial_epoch=max(seg.start, done), epochs=seg.end,
                              verbose=verbose, callbacks=callbacks, class_weight=cw)
         except Diverged as e:
-            raise UserError(f"training diverged ({e}): the loss became NaN or infinite; {out / MODEL_FILE} was not "
-                            f"written and the last checkpoint is the epoch before. Train again with a lower --lr (it "
-                            f"was {cfg.learning_rate:g})") from None
+            raise UserError(f"training diverged ({e}): the loss became NaN or infinite and {out / MODEL_FILE} was not "
+                            f"written. Train again with a lower --lr (it was {cfg.learning_rate:g}) into a new --out "
+                            f"(or delete {out}; --resume would start from the same weights)") from None
         steps_run += int(model.optimizer.iterations.numpy()) - steps_before
         done = seg.end
         if model.stop_training or (cfg.patience and len(hist.epoch) < seg.end - seg.start):
@@ -539,8 +539,9 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
     bad = model_lib.non_finite_weights(model)
     if bad:  # TerminateOnNaN stopped it; nothing of it is worth keeping as the run's model
         raise UserError(f"training diverged: the loss became NaN or infinite and {bad} weight arrays are not finite"
-                        f"; {out / MODEL_FILE} was not written. Train again with a lower "
-                        f"--lr (it was {cfg.learning_rate:g}) or without --weights of a model that is itself broken")
+                        f"; {out / MODEL_FILE} was not written. Train again with a lower --lr (it was "
+                        f"{cfg.learning_rate:g}) into a new --out (or delete {out}), and without --weights of a "
+                        "model that is itself broken")
 
     log("[4/4] evaluating on the held-out split and writing the bundle")
     averaging: dict = {}
