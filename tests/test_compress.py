@@ -167,7 +167,7 @@ def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
     sc = json.loads((out / "model_int8.json").read_text())
     assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -101
     r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-1", "-1", "--out", str(out))
-    assert r.returncode == 2 and "must be >= 0" in r.stderr
+    assert r.returncode == 2 and "must be 0 to 100 points" in r.stderr
 
 
 def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_path):
