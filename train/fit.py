@@ -537,7 +537,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
             break
     train_s = time.time() - t0
     bad = model_lib.non_finite_weights(model)
-    if bad:  # TerminateOnNaN stopped it; nothing of it is worth keeping as the run's model
+    if bad:  # a loss that stayed finite over weights that did not (or --weights of a broken model): keep nothing
         raise UserError(f"training diverged: the loss became NaN or infinite and {bad} weight arrays are not finite"
                         f"; {out / MODEL_FILE} was not written. Train again with a lower --lr (it was "
                         f"{cfg.learning_rate:g}) into a new --out (or delete {out}), and without --weights of a "
