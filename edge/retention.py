@@ -16,7 +16,6 @@ go, so nothing reads a half-removed session; what a cut-off removal left behind 
 """
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import shutil
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .session import list_sessions, read_state
+from .session import list_sessions, read_state, take_lock, went_on_from
 
 DAY_S = 86400.0
 SANE_AFTER = 1_577_836_800.0  # 2020-01-01: a clock before it was never set
@@ -52,34 +51,16 @@ def expired(root: str | os.PathLike, keep_days: float, now: float, keep: Path | 
     return out
 
 
-def went_on_from(root: Path, folder: Path) -> set[str]:
-    """The ids of the sessions ``folder``'s session went on from (state ``continues``, back to the first)."""
-    out: set[str] = set()
-    try:
-        before = read_state(folder).get("continues")
-    except (OSError, ValueError):
-        return out
-    while isinstance(before, str) and before not in out and "/" not in before and not before.startswith("."):
-        out.add(before)
-        try:
-            before = read_state(root / before).get("continues")
-        except (OSError, ValueError):
-            break
-    return out
-
-
 def remove(folder: Path) -> bool:
     """Remove one session folder unless another process holds it (False): its lock is taken, the folder renamed
     hidden, then its files removed."""
     try:
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = take_lock(folder)
     except OSError:
         return False
+    if fd is None:
+        return False  # a review, or a watch counting into it
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False  # a review, or a watch counting into it
         gone = folder.with_name(HIDDEN + folder.name)
         try:
             os.rename(folder, gone)
@@ -119,7 +100,6 @@ class Pruner:
                  monotonic: Callable[[], float] = time.monotonic, every: float = EVERY_S):
         self.root, self.keep_days, self.current, self.tell = Path(root), keep_days, current, tell
         self.clock, self.monotonic, self.every = clock, monotonic, every
-        self.removed = 0
         self.spare = spare
         self._seen: dict[str, float] = {}  # session id -> when last seen open or current, or closed here
         self._stop = threading.Event()
@@ -128,24 +108,24 @@ class Pruner:
     def once(self) -> list[str]:
         """One look: the ids of the sessions removed."""
         leftovers(self.root)
-        now, current, gone = self.monotonic(), self.current(), []
-        for d in [*list_sessions(self.root, only_open=True), current]:
+        now, wall, gone = self.monotonic(), self.clock(), []
+        live = [*list_sessions(self.root, only_open=True), self.current()]
+        for d in live:
             self._seen[d.name] = now
         for sid, when in dict(self.spare()).items():
             self._seen[sid] = max(self._seen.get(sid, -math.inf), when)
-        if self.clock() < SANE_AFTER:
+        if wall < SANE_AFTER:
             return gone
-        kept = set()  # the sessions an open or the current session goes on from (MAX_CELLS): a folder watched
-        for d in [*list_sessions(self.root, only_open=True), current]:  # again skips the images counted in them
-            kept |= went_on_from(self.root, d)
-        for d in expired(self.root, self.keep_days, self.clock(), keep=current):
+        # the sessions an open or the current session went on from (MAX_CELLS): a folder watched again skips the
+        # images counted in them
+        kept = {sid for d in live for sid in went_on_from(self.root, d)}
+        for d in expired(self.root, self.keep_days, wall, keep=live[-1]):
             if d.name in kept:
                 continue
             if now - self._seen.get(d.name, -math.inf) <= self.keep_days * DAY_S:
                 continue  # closed while this process ran (or at its start): its stop time may be the wrong clock's
             if remove(d):
                 gone.append(d.name)
-                self.removed += 1
                 self.tell(f"session {d.name} removed: closed more than {self.keep_days:g} day"
                           f"{'' if self.keep_days == 1 else 's'} ago (--keep-days)")
         return gone

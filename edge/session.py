@@ -378,14 +378,11 @@ class Session:
         or the process ends): False when another process (a watch counting into it, a review) holds it."""
         if self._lockfd is None:
             try:
-                fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                fd = take_lock(self.folder)
             except OSError as e:
                 raise UserError(f"session folder {self.folder} cannot be written ({(e.strerror or str(e)).lower()}): "
                                 "labels and counts could not be kept") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
+            if fd is None:
                 return False
             self._lockfd = fd
         return True
@@ -516,6 +513,35 @@ def effective_label(cell: dict) -> str:
     return cell["reviewed"] if cell.get("reviewed") is not None else cell["label"]
 
 
+def take_lock(folder: Path) -> int | None:
+    """An exclusive ``flock`` on ``folder/.lock`` (its descriptor: closing it lets go), or None when another process
+    holds it (OSError when the file cannot be opened)."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def went_on_from(root: Path, folder: Path) -> list[str]:
+    """The ids of the sessions ``folder``'s session went on from (state ``continues``: each one closed at MAX_CELLS),
+    newest first, back to the first or to one that cannot be read."""
+    out: list[str] = []
+    try:
+        before = read_state(folder).get("continues")
+    except (OSError, ValueError):
+        return out
+    while isinstance(before, str) and before not in out and "/" not in before and not before.startswith("."):
+        out.append(before)
+        try:
+            before = read_state(root / before).get("continues")
+        except (OSError, ValueError):
+            break
+    return out
+
+
 def list_sessions(root: str | os.PathLike, only_open: bool = False, damaged: list[Path] | None = None) -> list[Path]:
     """The session folders under ``root`` (``only_open``: those still open), oldest first. A folder whose
     state.json is there but cannot be read (a damaged disk, a hand edit) is left out and named in ``damaged``."""
@@ -613,21 +639,15 @@ class Sessions:
         self.current: Session = last if self.resumed else self._new(target)
         # images counted into the session (and, for a folder, into those it went on from at MAX_CELLS: a camera's
         # cells name no image, and reading every session of a long chain slowed each start), by name and by content
-        self._files, self._pixels = set(), set()
-        chain, seen = self.current, set()
-        folder = given is not None and Path(str(given)).is_dir()
-        while chain is not None:
-            self._files |= {c["file"] for c in chain.cells if c.get("file")}
-            self._pixels |= {c["pixels"] for c in chain.cells if c.get("pixels")}
-            before = chain.state.get("continues") if folder else None
-            chain = None
-            if (isinstance(before, str) and before not in seen and "/" not in before and not before.startswith(".")
-                    and (self.root / before / "state.json").is_file()):
-                seen.add(before)
+        chain = [self.current]
+        if given is not None and Path(str(given)).is_dir():
+            for sid in went_on_from(self.root, self.current.folder):
                 try:
-                    chain = Session.load(self.root / before)
+                    chain.append(Session.load(self.root / sid))
                 except (UserError, OSError, ValueError):
-                    chain = None
+                    break
+        self._files = {c["file"] for s in chain for c in s.cells if c.get("file")}
+        self._pixels = {c["pixels"] for s in chain for c in s.cells if c.get("pixels")}
 
     def _setup(self, root: Path, labels, target: int | None, min_score: float, wbc_count: float | None,
                rbc_fraction: float | None, source: str | None, hold: bool, one_shot: bool = False,
