@@ -19,25 +19,8 @@ THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed t
 TOP_K = click.IntRange(min=1)
 
 
-def _not_media(out, option: str, source=None, ending: str = ".json", reads: dict | None = None) -> None:
-    """Refuse an output file named like an image or a video, or one that is the source itself or another file the
-    run reads (``reads``: {what it is: its path}, e.g. the model, its sidecar, the site file) (UserError)."""
-    from .sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES  # noqa: PLC0415 - OpenCV is imported when a command needs it
-
-    p = Path(out)
-    if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-        raise UserError(f"{option} {out} is named like an image or a video: the JSON written there would replace it "
-                        f"or be added to it; give a name ending in {ending}")
-    if source is not None and p.exists() and Path(str(source)).exists() and p.resolve() == Path(str(source)).resolve():
-        raise UserError(f"{option} {out} is the source itself; give another file")
-    for what, path in (reads or {}).items():  # a file the run reads: what is written there would destroy it
-        if path and p.exists() and Path(path).exists() and p.resolve() == Path(path).resolve():
-            raise UserError(f"{option} {out} is {what} this run reads: what it writes would destroy it; give another "
-                            "file")
-
-
 def _read_by_watch(cfg, ctx) -> dict:
-    """The files a watch run reads besides its source: {what: path} (``_not_media``'s ``reads``)."""
+    """The files a watch run reads besides its source: {what: path} (``precious.not_precious``'s ``reads``)."""
     from .bundle import sidecar_path  # noqa: PLC0415
     from .packaged import default_model  # noqa: PLC0415
 
@@ -435,8 +418,8 @@ def watch(**_):
                 if path and not (flag == "--out" and path == "-"):  # --out -: stdout, as without --out
                     check_writable(path, flag, is_dir=is_dir)
                     if flag == "--out":
-                        _not_media(path, flag, cfg.source, ending=".jsonl", reads=_read_by_watch(cfg, ctx))
-                        not_precious(path, flag, "the JSON lines")
+                        not_precious(path, flag, "the JSON lines", ending=".jsonl", source=cfg.source,
+                                     reads=_read_by_watch(cfg, ctx))
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
                     if flag == "--save-dir":
@@ -863,8 +846,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
-    _not_media(out, "--out", source)
-    not_precious(out, "--out", "the site file")
+    not_precious(out, "--out", "the site file", ending=".json", source=source)
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

@@ -1,4 +1,5 @@
-"""Output paths that would destroy what a user keeps: a model, its sidecar, an image or video, a training run's files.
+"""Output paths that would destroy what a user keeps: a model, its sidecar, an image or video, a training run's files,
+the source a run reads or another file it reads (its model, sidecar, site or config file).
 
 A path typed for another option (``--out model.tflite`` for ``--model``, a run's ``split.json`` as ``pack``'s OUT)
 replaced or appended to them with exit 0. Each command that writes one file checks its path here first.
@@ -17,15 +18,23 @@ MODEL_SUFFIXES = (".tflite", ".keras", ".h5")
 RUN_FILES = ("model.keras", "model.json", "config.json", "state.json", "split.json", "history.json", "history.csv")
 
 
-def not_precious(path: str | os.PathLike, option: str, what: str) -> None:
-    """Refuse (UserError) an output file named like a model, an image or a video, or that is a model's sidecar or
-    a training run's own file. ``what``: what the command writes there, for the message."""
+def not_precious(path: str | os.PathLike, option: str, what: str, ending: str | None = None, source=None,
+                 reads: dict | None = None) -> None:
+    """Refuse (UserError) an output file named like an image, a video or a model, one that is ``source`` or another
+    file the run reads (``reads``: {what it is: its path}, e.g. the model, its sidecar, the site file), or one that is
+    a model's sidecar or a training run's own file. ``what``: what the command writes there; ``ending``: the name the
+    output should end in, for the message."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise UserError(f"{option} {path} is named like an image or a video: {what} written there would destroy "
+                        f"it; give {f'a name ending in {ending}' if ending else 'another file name'}")
+    for name, given in ({"the source itself": source} | {f"{k} this run reads": v for k, v in (reads or {}).items()}
+                        ).items():  # what is written there would destroy it
+        if given is not None and p.exists() and Path(str(given)).exists() and p.resolve() == Path(str(given)).resolve():
+            raise UserError(f"{option} {path} is {name}: what it writes would destroy it; give another file")
     if suffix in MODEL_SUFFIXES:
         kind = "named like a model file"
-    elif suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-        kind = "named like an image or a video"
     elif p.is_file() and p.name in RUN_FILES and any((p.parent / f).is_file() for f in ("model.keras", "state.json")):
         kind = "a training run's own file"
     elif p.is_file() and suffix == ".json" and is_sidecar(p):
