@@ -64,6 +64,11 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
 WORK_PREFIX = ".scopelite-"  # folder_in_place's hidden work folders (``.scopelite-partial-*``, ``.scopelite-old-*``)
 
 
+def entries(folder: Path) -> list[Path]:
+    """What ``folder`` holds, less folder_in_place's work folders (a kill can leave one behind)."""
+    return [e for e in folder.iterdir() if not e.name.startswith(WORK_PREFIX)]
+
+
 @contextlib.contextmanager
 def folder_in_place(dest: str | os.PathLike, owned: Callable[[Path], bool] = lambda entry: False) -> Iterator[Path]:
     """A hidden folder to fill; when the block ends, what it holds takes the place of what ``dest`` held, and when it
@@ -94,7 +99,7 @@ def folder_in_place(dest: str | os.PathLike, owned: Callable[[Path], bool] = lam
             os.rename(tmp, dest)
             return
         new = list(tmp.iterdir())
-        mine = {e.name for e in dest.iterdir() if not e.name.startswith(WORK_PREFIX) and owned(e)}  # asked once
+        mine = {e.name for e in entries(dest) if owned(e)}  # asked once
         clash = [e.name for e in new if (dest / e.name).exists() and e.name not in mine]
         if clash:
             raise UserError(f"{dest} holds {', '.join(sorted(clash)[:3])} of its own, which this would replace; "

@@ -275,7 +275,8 @@ def _clean_copy(ds: Dataset, drop: set, source: Path, dest: Path) -> None:
     """The class folders without ``drop``, made whole and then put in place of the ones an earlier copy made (an
     image excluded now is not left in them; an interrupted copy leaves no half-made folder; what else a user put in
     the folder stays). The marker lists the class folders it made."""
-    with folder_in_place(dest, owned=lambda e: e.name == CLEAN_MARK or e.name in _made_before(dest)) as tmp:
+    before = _made_before(dest)  # read once, before the marker is set aside with the rest
+    with folder_in_place(dest, owned=lambda e: e.name == CLEAN_MARK or e.name in before) as tmp:
         for id_ in ds.ids:
             if id_ not in drop:
                 (tmp / id_).parent.mkdir(parents=True, exist_ok=True)

@@ -382,7 +382,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     """
     from pathlib import Path
 
-    from scopelite.edge.outputs import WORK_PREFIX, check_writable
+    from scopelite.edge.outputs import check_writable, entries
 
     from . import audit as audit_lib
     from . import data as data_lib
@@ -398,8 +398,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
         out_here = Path(out).resolve()
         if out_here == here or here in out_here.parents:  # the copy replaced audit's own report
             raise UserError(f"--clean-copy {clean_copy} holds --out {out}: give each its own folder")
-        if (here.is_dir() and [x for x in here.iterdir() if not x.name.startswith(WORK_PREFIX)]
-                and not (here / audit_lib.CLEAN_MARK).exists()):
+        if here.is_dir() and entries(here) and not (here / audit_lib.CLEAN_MARK).exists():
             raise UserError(f"--clean-copy {clean_copy} holds files audit did not copy there: its class folders would "
                             "be mixed with them; "
                             "give a new or empty folder")
@@ -585,8 +584,9 @@ def pack(data, split, out):
 
     if not out.lower().endswith(".npz"):
         raise UserError(f"OUT {out}: give a file name ending in .npz (the pack is a NumPy archive)")
-    if Path(out).resolve() == Path(split).resolve() or Path(data).resolve() in Path(out).resolve().parents:
-        raise UserError(f"OUT {out} is {'SPLIT' if Path(out).resolve() == Path(split).resolve() else 'inside DATA'}: "
+    here = Path(out).resolve()
+    if here == Path(split).resolve() or Path(data).resolve() in here.parents:
+        raise UserError(f"OUT {out} is {'SPLIT' if here == Path(split).resolve() else 'inside DATA'}: "
                         "give another file, e.g. .gpu/pbc96.npz")
     check_writable(out, "OUT", is_dir=False)
     not_precious(out, "OUT", "the pack")
@@ -602,10 +602,10 @@ def _empty_or_synthetic(out: str) -> None:
     import json
     from pathlib import Path
 
-    from scopelite.edge.outputs import WORK_PREFIX
+    from scopelite.edge.outputs import entries
 
     p = Path(out)
-    if not p.is_dir() or not [x for x in p.iterdir() if not x.name.startswith(WORK_PREFIX)]:
+    if not p.is_dir() or not entries(p):
         return
     try:
         made = json.loads((p / "manifest.json").read_text()).get("synthetic") is True
