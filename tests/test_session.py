@@ -45,12 +45,13 @@ def _cell(label, score=0.9, **kw):
             "center": [20.0, 20.0], "scores": scores, **kw}
 
 
-def _feed(sessions, labels, frame0=0):
-    """Count one cell per frame with the given model labels; each frame is a coloured 40x40 image."""
+def _feed(sessions, labels, frame0=0, files=None):
+    """Count one cell per frame with the given model labels; each frame is a coloured 40x40 image (``files``: the
+    image file each frame came from, a folder's)."""
     for i, label in enumerate(labels):
         frame = np.full((40, 40, 3), (30 * i) % 255, np.uint8)
         rec = {"frame": frame0 + i, "cells": [{"box": [0, 0, 40, 40], "center": [20.0, 20.0]}],
-               "counted": [_cell(label)]}
+               "counted": [_cell(label)], **({"file": files[i]} if files else {})}
         sessions.update(frame, rec)
 
 
@@ -1302,15 +1303,6 @@ def test_an_open_ended_session_closes_at_max_cells_and_the_count_goes_on_in_the_
     sessions.release()
 
 
-def _feed_files(sessions, names, frame0=0):
-    """One counted cell per image file of a folder (no tracks)."""
-    for i, name in enumerate(names):
-        frame = np.full((40, 40, 3), 60 + 10 * i, np.uint8)
-        sessions.update(frame, {"frame": frame0 + i, "file": name, "cells": [{"box": [0, 0, 40, 40],
-                                                                             "center": [20.0, 20.0]}],
-                                "counted": [_cell("neutrophil")]})
-
-
 def test_a_folder_run_again_after_a_session_rolled_over_skips_every_image_counted(tmp_path, monkeypatch):
     """Images counted into a session that closed at MAX_CELLS were counted again when the folder was run again
     (the resumed session knew only its own images)."""
@@ -1318,7 +1310,7 @@ def test_a_folder_run_again_after_a_session_rolled_over_skips_every_image_counte
 
     monkeypatch.setattr(session_mod, "MAX_CELLS", 3)
     sessions = Sessions(tmp_path / "s", CLASS_NAMES)
-    _feed_files(sessions, [f"img{i}.png" for i in range(5)])
+    _feed(sessions, ["neutrophil"] * 5, files=[f"img{i}.png" for i in range(5)])
     assert len(list_sessions(tmp_path / "s")) == 2 and all(sessions.counted(f"img{i}.png") for i in range(5))
     sessions.release()
     again = Sessions(tmp_path / "s", CLASS_NAMES, given=str(tmp_path))  # the folder watched again: resumed
