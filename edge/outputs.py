@@ -154,6 +154,15 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+class WriteError(UserError):
+    """A file could not be opened or written: ``path`` and ``reason`` (the system's words) for whoever carries on
+    without it (a session counting on while its disk fails), the whole line for the user."""
+
+    def __init__(self, what: str, path: Path, err: OSError, after: str = ""):
+        self.path, self.reason = path, (err.strerror or str(err)).lower()
+        super().__init__(f"{what} ({self.reason})" + (f"; {after}" if after else ""))
+
+
 class LineSink:
     """Append text lines to a file; a write that fails (disk full) leaves no half line behind.
 
@@ -178,7 +187,7 @@ class LineSink:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
-            raise UserError(f"{self.option} {self.path} cannot be opened ({(e.strerror or str(e)).lower()})") from None
+            raise WriteError(f"{self.option} {self.path} cannot be opened", self.path, e) from None
         if self.fsync:
             fsync_dir(self.path.parent)
         return fd
@@ -217,8 +226,8 @@ class LineSink:
                     os.ftruncate(self._fd, start)
             except OSError:
                 pass
-            raise UserError(f"stopped: cannot write {self.path} ({(e.strerror or str(e)).lower()}); "
-                            "every line before this one is complete") from None
+            raise WriteError(f"stopped: cannot write {self.path}", self.path, e,
+                             "every line before this one is complete") from None
 
     def flush(self) -> None:  # unbuffered: nothing to do
         pass

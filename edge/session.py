@@ -44,7 +44,7 @@ from .diskspace import DiskRoom
 from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
 from .errors import UserError
 from .field import crop_at
-from .outputs import LineSink, fsync_dir
+from .outputs import LineSink, WriteError, fsync_dir
 
 NOT_A_CELL = "not_a_cell"
 CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
@@ -938,11 +938,13 @@ class Sessions:
         session is written again (nothing is half-written: a cell is recorded whole or not at all)."""
         self.not_recorded += cell
         if self.write_error is None:
-            if isinstance(err, OSError):
+            if isinstance(err, WriteError):  # a log line (LineSink)
+                self.write_error = f"cannot write {err.path} ({err.reason})"
+            elif isinstance(err, OSError):
                 why = (err.strerror or str(err)).lower()
                 self.write_error = f"cannot write {err.filename} ({why})" if err.filename else why
-            else:  # LineSink's own words: "stopped: cannot write PATH (why); every line before this one is complete"
-                self.write_error = str(err).split("; every line")[0].removeprefix("stopped: ")
+            else:
+                self.write_error = str(err)
             if self.on_disk is not None:
                 self.on_disk(f"session {self.current.id} cannot be written: {self.write_error}; cells are counted on "
                              "(JSON lines, lab page) but not recorded in the session until it can be written again "

@@ -128,7 +128,6 @@ def test_a_failed_line_fsync_leaves_no_line(tmp_path, monkeypatch):
 
 
 def test_a_revision_that_cannot_be_written_is_not_counted_as_an_unrecorded_cell(tmp_path, monkeypatch):
-    from scopelite.edge.outputs import LineSink
     from test_session import _cell
 
     sessions = Sessions(tmp_path / "s", CLASS_NAMES)
@@ -137,12 +136,9 @@ def test_a_revision_that_cannot_be_written_is_not_counted_as_an_unrecorded_cell(
                             "counted": [_cell("neutrophil", track=5)]})
     assert len(sessions.current.cells) == 1
 
-    def fail(self, line):
-        raise UserError(f"stopped: cannot write {self.path} (input/output error); every line before this one is "
-                        "complete")
-
-    monkeypatch.setattr(LineSink, "write", fail)
+    _spy_fsync(monkeypatch, fail=OSError(errno.EIO, "Input/output error"))  # the revision's line cannot be kept
     sessions.update(frame, {"frame": 1, "cells": [], "revised": [{"track": 5, "to": "monocyte", "best": "monocyte",
                                                                   "score": 0.8, "was": "neutrophil"}]})
-    assert sessions.not_recorded == 0 and sessions.write_error is not None
+    log = sessions.current.folder / "cells.jsonl"
+    assert sessions.not_recorded == 0 and sessions.write_error == f"cannot write {log} (input/output error)"
     assert sessions.current.cells[0]["label"] == "neutrophil"  # the cell keeps its label
