@@ -581,7 +581,8 @@ def watch(**_):
                                          **({"pictures_not_kept": sessions.pictures_not_kept}
                                             if sessions.pictures_not_kept else {}),
                                          **({"cells_not_recorded": sessions.not_recorded}
-                                            if sessions.not_recorded else {})}
+                                            if sessions.not_recorded else {}),
+                                         **({"went_on_from": chain} if (chain := sessions.went_on_from()) else {})}
     emit(summary)
     if summary["summary"].get("warning"):
         warn(summary["summary"]["warning"])
@@ -593,6 +594,12 @@ def watch(**_):
              + (f" (--report {cfg.report} says so)" if cfg.report else ""))
     if sessions is not None and summary["summary"]["session"]["state"] == "closed":
         print(f"session {s['id']} closed ({s['reason']}): report {s['folder']}/report.html", file=sys.stderr)
+    chain = summary["summary"]["session"].get("went_on_from") if sessions is not None else None
+    if chain:  # an open-ended count past MAX_CELLS: its cells are in several sessions, each with its report
+        from .session import MAX_CELLS
+        print(f"session {s['id']} went on from {len(chain)} earlier session{'s' if len(chain) > 1 else ''} closed at "
+              f"{MAX_CELLS} cells each (their reports: {cfg.sessions}/<id>/report.html; the newest: {chain[0]}): "
+              "the count so far is spread over them", file=sys.stderr)
     skipped = summary["summary"].get("already_counted", 0)
     if skipped:
         print(f"{skipped} image{'s' if skipped > 1 else ''} counted into session {s['id']} by an earlier run: skipped",

@@ -860,6 +860,12 @@ class Sessions:
         with self._lock:
             return session_report.report_html(self.current.summary(), self.current.thumbnail)
 
+    def went_on_from(self) -> list[str]:
+        """The sessions the current one went on from (each closed at MAX_CELLS), newest first: an open-ended
+        count longer than MAX_CELLS is spread over them, each with its own report."""
+        with self._lock:
+            return went_on_from(self.root, self.current.folder)
+
     def checkpoint(self) -> None:
         """End of a run: write the current session's report as it stands (an open session stays open)."""
         with self._lock:

@@ -737,7 +737,8 @@ def run_watch(
         write_report(config.report, current.differential() if current is not None else counter.differential,
                      {k: summary[k] for k in ("source", "frames", "stopped", "seconds")} | {"min_score": min_score}
                      | {"config": config.to_file()}
-                     | ({"session": {"id": current.id, "folder": str(current.folder), "state": current.state["state"]}}
+                     | ({"session": {"id": current.id, "folder": str(current.folder), "state": current.state["state"],
+                                     **({"went_on_from": chain} if (chain := session.went_on_from()) else {})}}
                         if current is not None else {}))
     return {"summary": summary}
 

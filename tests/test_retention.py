@@ -152,3 +152,27 @@ def test_a_session_the_open_one_went_on_from_is_kept(tmp_path, monkeypatch):
     sessions.start()  # a new slide: the chain is no longer open or current
     assert sorted(pruner.once()) == sorted([first.name, second.name])
     sessions.release()
+
+
+def test_a_run_whose_session_went_on_from_others_names_them(tmp_path, monkeypatch):
+    """An open-ended count past MAX_CELLS is spread over several sessions; the run's summary and its --report
+    named only the last one, whose differential holds only its own cells (the others' reports unmentioned)."""
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 2)
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES)
+    _feed(sessions, ["neutrophil"] * 5)  # closed at 2 cells each, the last open
+    chain = sessions.went_on_from()
+    assert len(chain) >= 2 and sessions.current.is_open and len(list_sessions(root)) == len(chain) + 1
+    sessions.release()
+    monkeypatch.undo()  # (the run below, in this process, counts on in one session)
+    fields = scan_fields(tmp_path / "fields", frames=(0,))
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(root), "--add-to-session",
+                   "--report", str(tmp_path / "report"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert summary["went_on_from"] == chain
+    assert f"went on from {len(chain)} earlier sessions" in r.stderr and chain[0] in r.stderr
+    report = json.loads((tmp_path / "report" / "differential.json").read_text())
+    assert report["run"]["session"]["went_on_from"] == chain
