@@ -19,6 +19,11 @@ from ._quiet import native_stderr, verbose
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# images of a kind not read: a folder's files of these kinds are named (a folder of GIFs read as "no images", and a
+# mixed one lost them without a word)
+OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".jfif", ".svg", ".pgm", ".ppm",
+                        ".pnm", ".pbm", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".czi", ".nd2", ".vsi", ".svs",
+                        ".ndpi", ".mrxs", ".scn")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
 # Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
 MAX_SIDE = 4096
@@ -98,10 +103,12 @@ def check_frame_size(frame: np.ndarray, what: str, min_side: int = MIN_SIDE, hin
     return frame
 
 
-def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None = None) -> list[Path]:
+def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None = None,
+                other: list[Path] | None = None) -> list[Path]:
     """Expand files and folders (sorted, recursive) into image paths. Hidden files and folders inside a folder are
     left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept.
-    ``unlisted``: gets each folder inside that could not be listed (no permission), with why."""
+    ``unlisted``: gets each folder inside that could not be listed (no permission), with why; ``other``: each
+    image inside a folder of a kind not read (OTHER_IMAGE_SUFFIXES: GIF, HEIC, a slide scanner's files), left out."""
     def failed(e: OSError) -> None:  # a folder that cannot be listed (lost+found is root's own: no fields there)
         if unlisted is not None and Path(e.filename).name != "lost+found":
             unlisted.append(f"{e.filename} ({e.strerror.lower() if e.strerror else e})")
@@ -115,10 +122,22 @@ def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None =
                 # a folder named like an image too (as rglob listed it): it is then said to be unreadable
                 found += [Path(top) / f for f in files + dirs if not f.startswith(".") and Path(f).suffix.lower()
                           in IMAGE_SUFFIXES]
+                if other is not None:
+                    other += sorted(Path(top) / f for f in files if not f.startswith(".")
+                                    and Path(f).suffix.lower() in OTHER_IMAGE_SUFFIXES)
             out.extend(sorted(found))
         else:
             out.append(p)
     return out
+
+
+def other_images_note(other: list[Path]) -> str:
+    """What to say of a folder's images of a kind not read (``list_images``'s ``other``): how many, which kinds,
+    and what to do."""
+    kinds = sorted({p.suffix.lower() for p in other})
+    return (f"{len(other)} image{'s' if len(other) > 1 else ''} of a kind not read ({', '.join(kinds)}: {other[0]}"
+            f"{' ...' if len(other) > 1 else ''}) left out; convert them to PNG, JPEG or TIFF "
+            f"({', '.join(IMAGE_SUFFIXES)} are read)")
 
 
 class OpenCVSource:
@@ -190,12 +209,16 @@ class FolderSource:
                  warn: Callable[[str], None] | None = None):
         self.name = str(folder)
         unlisted: list[str] = []
-        self._paths = list_images([folder], unlisted)
+        other: list[Path] = []
+        self._paths = list_images([folder], unlisted, other)
         self._warn = warn or (lambda msg: None)
         unread = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
                  f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
         if not self._paths:
-            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{unread}")
+            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{unread}"
+                              + (f"; {other_images_note(other)}" if other else ""))
+        if other:
+            self._warn(f"{folder}: {other_images_note(other)}")
         if unread:
             self._warn(f"the images of {folder} were read without those of some folders in it{unread}")
         self._loop = loop

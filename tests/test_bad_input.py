@@ -81,6 +81,13 @@ def corpus(tmp_path_factory):
     p["huge"] = t / "huge"
     (t / "emptydir").mkdir()
     p["emptydir"] = t / "emptydir"
+    (t / "gifs" / "sub").mkdir(parents=True)  # images of a kind not read: named, not left out without a word
+    (t / "gifs" / "sub" / "a.gif").write_bytes(b"GIF89a")
+    p["gifs"] = t / "gifs"
+    (t / "gifmix").mkdir()
+    (t / "gifmix" / "b.GIF").write_bytes(b"GIF89a")
+    _png(t / "gifmix" / "a.png")
+    p["gifmix"] = t / "gifmix"
     p["junk_avi"] = t / "junk.avi"
     p["junk_avi"].write_bytes(os.urandom(2000))
     p["outdir"] = t / "outdir"
@@ -255,6 +262,13 @@ CASES = [
     ("watch-http-port", "celledge", "watch {mixed} --http 127.0.0.1:70000", 2, "HOST:PORT", None, None),
     ("watch-missing", "celledge", "watch {tmp}/nope.avi", 2, "not found", None, None),
     ("watch-empty-dir", "celledge", "watch {emptydir}", 2, "no images", None, None),
+    ("watch-gif-folder", "celledge", "watch {gifs}", 2, "1 image of a kind not read (.gif: ", None, None),
+    ("watch-gif-mixed", "celledge", "watch {gifmix} --mode field", 0, None, "1 image of a kind not read (.gif: ",
+     '"frames": 1'),
+    ("classify-gif-mixed", "celledge", "classify {gifmix}", 0, None, "1 image of a kind not read (.gif: ", None),
+    ("classify-gif-folder", "celledge", "classify {gifs}", 2, "1 image of a kind not read (.gif: ", None, None),
+    ("calibrate-gif-folder", "celledge", "calibrate {gifs} --out {tmp}/s.json", 2, "1 image of a kind not read (.gif",
+     None, None),
     ("watch-junk-video", "celledge", "watch {junk_avi} --exit-on-eof", 2, "cannot read", "as a video", None),
     ("watch-text-file", "celledge", "watch {c}/list.yaml", 2, "as a video (not a video file", None, None),
     ("watch-one-image", "celledge", "watch {img} --mode field", 0, None, "no colour", '"frames": 1'),

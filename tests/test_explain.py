@@ -51,3 +51,21 @@ def test_images_of_one_name_get_their_own_overlays_and_an_unreadable_one_stops_n
     assert len(written) == 4 and len(set(written)) == 4 and all(Path(w).is_file() for w in written)
     assert str(tmp_path / "x" / "other_gradcam.png") in written  # a name of its own keeps the plain one
     assert r.returncode != 0 and "1 of 5 images could not be read" in r.stderr.splitlines()[-1], r.stderr[-1000:]
+
+
+def test_images_of_a_kind_not_read_are_named_not_left_out_silently(tiny_run, synth_dir, tmp_path):
+    """A folder's .gif images were left out without a word (and a folder of only GIFs wrote nothing, exit 0)."""
+    import shutil
+
+    from conftest import invoke_cli
+
+    crop = next((synth_dir / "crops" / "monocyte").iterdir())
+    (tmp_path / "gifs").mkdir()
+    (tmp_path / "gifs" / "cell.gif").write_bytes(b"GIF89a")
+    r = invoke_cli("celltrain", "explain", str(tiny_run["dir"]), str(tmp_path / "gifs"), "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and r.stderr.splitlines()[-1].startswith("Error: no images in ")
+    assert "1 image of a kind not read (.gif" in r.stderr and "Traceback" not in r.stderr
+    shutil.copy(crop, tmp_path / "gifs" / "cell.png")
+    r = invoke_cli("celltrain", "explain", str(tiny_run["dir"]), str(tmp_path / "gifs"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
+    assert "1 image of a kind not read (.gif: " in r.stderr and "cell.gif" in r.stderr

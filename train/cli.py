@@ -9,7 +9,7 @@ import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import Number, OneLineGroup, UserError, one_line_errors
+from scopelite.edge.errors import Number, OneLineGroup, UserError, one_line_errors, warn
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
@@ -542,13 +542,19 @@ def explain(run, images, out):
     import json
     from pathlib import Path
 
-    from scopelite.edge.sources import list_images
+    from scopelite.edge.sources import list_images, other_images_note
 
     from .explain import explain as run_explain
 
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
-    recs = run_explain(model, list_images(images), out or model.parent / "explain")
+    other: list = []
+    paths = list_images(images, other=other)
+    if not paths:
+        raise UserError(f"no images in {', '.join(images)}" + (f": {other_images_note(other)}" if other else ""))
+    if other:
+        warn(other_images_note(other))
+    recs = run_explain(model, paths, out or model.parent / "explain")
     for rec in recs:
         click.echo(json.dumps(rec))
     bad = [r for r in recs if "error" in r]
