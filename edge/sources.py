@@ -66,6 +66,8 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if img is None and data.size:  # a scientific camera's float TIFF: IMREAD_COLOR gives up on 32-bit samples
+            img = _float_as_bgr8(cv2.imdecode(data, cv2.IMREAD_UNCHANGED))
     except cv2.error as e:  # OPENCV_IO_MAX_IMAGE_PIXELS: refused before decoding
         if "CV_IO_MAX_IMAGE_PIXELS" not in str(e):
             raise SourceError(f"cannot decode image {path} (not an image, or corrupt)") from None
@@ -79,6 +81,20 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     check_frame_size(img, str(path), min_side=1, hint=": give fields or crops as the camera takes them (a "
                      "whole-slide mosaic: cut it into fields first)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _float_as_bgr8(img: np.ndarray | None) -> np.ndarray | None:
+    """A float image (grey, BGR or BGRA) as 8-bit BGR: values up to 1 are read as 0-1, up to 255 as 0-255, larger
+    ones scaled by their maximum; not-a-number as 0. None for anything else (then it is not an image we read)."""
+    if img is None or img.dtype.kind != "f" or img.ndim not in (2, 3) or img.ndim == 3 and img.shape[2] not in (1, 3, 4):
+        return None
+    img = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(img.max()) if img.size else 0.0
+    gain = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+    out = np.clip(img * gain + 0.5, 0, 255).astype(np.uint8)
+    if out.ndim == 2 or out.shape[2] == 1:
+        return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(out, cv2.COLOR_BGRA2BGR) if out.shape[2] == 4 else out
 
 
 def pixels_digest(frame: np.ndarray) -> str | None:

@@ -264,3 +264,25 @@ def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path
     assert len(warned) == 1 and f"{src / 'locked'} (permission denied)" in warned[0]
     with pytest.raises(SourceError, match=r"no images .* \(1 folder in it could not be read"):
         FolderSource(only)
+
+
+def test_float_tiffs_are_read_as_images(tmp_path):
+    """A scientific camera's 32-bit float TIFF (0-1, 0-255 or raw counts; grey or colour) was "not an image"."""
+    import cv2
+
+    from scopelite.edge.sources import read_image_rgb
+
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    for name, img in (("unit.tif", bgr / 255.0), ("levels.tif", bgr.astype(np.float64)),
+                      ("counts.tif", bgr * (4095.0 / 255))):
+        assert cv2.imwrite(str(tmp_path / name), img.astype(np.float32))
+        rgb = read_image_rgb(tmp_path / name)
+        assert rgb.dtype == np.uint8 and rgb.shape == (40, 50, 3)
+        assert np.abs(rgb.astype(int) - bgr[..., ::-1].astype(int)).max() <= 1, name
+    grey = bgr[..., 1] / 255.0
+    grey[0, 0] = np.nan
+    assert cv2.imwrite(str(tmp_path / "grey.tif"), grey.astype(np.float32))
+    rgb = read_image_rgb(tmp_path / "grey.tif")
+    assert rgb.shape == (40, 50, 3) and (rgb[..., 0] == rgb[..., 2]).all() and rgb[0, 0, 0] == 0
+    assert np.abs(rgb[1:, :, 1].astype(int) - bgr[1:, :, 1]).max() <= 1
