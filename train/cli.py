@@ -171,7 +171,7 @@ def _check_views(ctx, param, value):
               "celledge export (trained at the scale its export.json records they were cut at). Default: generated "
               "synthetic smears.")
 @click.option("--exclude", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="File of image ids to leave out (from celltrain audit --exclusions).")
+              help="File of image ids to leave out (the exclusions.txt celltrain audit writes).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="Continue the killed or stopped run in this folder (its config is reused). A --soup run "
@@ -250,7 +250,7 @@ def fit(quiet, resume, **opts):
     """Train a model; write model.keras + model.json, config, split and curves to --out.
 
     \b
-    Example (the README demo, ~2 min on 2 cores):
+    Example (the README demo, about 4 min on 2 cores):
       celltrain fit --out runs/demo --image-size 64 --epochs 6 --weights none
     Real data, strong augmentation, progressive resizing:
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
