@@ -132,3 +132,34 @@ def test_blocks_in_two_threads_share_one_redirect_and_the_last_restores_fd2(capf
     os.write(2, b"after\n")
     err = capfd.readouterr().err
     assert "from A" in err and "from B" in err and "after" in err
+
+
+def test_ctrl_c_while_a_command_is_still_importing_is_a_quiet_exit(tmp_path):
+    """Ctrl-C in a command's first ~150 ms (numpy, OpenCV, the CLI loading) gave a KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow_cli.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(30)\n"
+                                          "def main():\n    return 0\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "importing"
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and err == "Error: interrupted\n", err[-1000:]
+
+
+def test_the_console_commands_import_light_and_go_through_the_quiet_entry():
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("cell")}
+    assert scripts == {n: f"scopelite.edge._entry:{n}" for n in ("celltrain", "cellcompress", "celledge")}
+    r = subprocess.run([sys.executable, "-c", "import sys, scopelite.edge._entry as e; "
+                        "print(sorted({'numpy', 'cv2', 'click', 'tensorflow'} & set(sys.modules)))"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"  # the package imports nothing heavy: the quiet handler is in place at once

@@ -1,0 +1,39 @@
+"""The console commands' entry points (pyproject.toml): Ctrl-C while a command's modules are still being imported
+(numpy, OpenCV, TensorFlow: up to a few hundred ms) is the quiet ``Error: interrupted`` and exit 130 it is after,
+not a KeyboardInterrupt traceback."""
+import importlib
+import os
+import signal
+
+INTERRUPTED = 130
+
+
+def _while_importing(signum, frame) -> None:  # nothing is written while the modules load: nothing to finish
+    os.write(2, b"Error: interrupted\n")
+    os._exit(INTERRUPTED)
+
+
+def run(module: str):
+    """Import ``module`` with Ctrl-C a quiet exit, then call its ``main`` (click: it says and exits itself)."""
+    try:
+        before = signal.signal(signal.SIGINT, _while_importing)
+    except ValueError:  # not the main thread (called from a test's thread): import as usual
+        before = None
+    try:
+        main = importlib.import_module(module).main
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
+    return main()
+
+
+def celltrain():
+    return run("scopelite.train.cli")
+
+
+def cellcompress():
+    return run("scopelite.compress.cli")
+
+
+def celledge():
+    return run("scopelite.edge.cli")
