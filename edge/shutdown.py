@@ -23,9 +23,9 @@ def defer(sig: int | None) -> Callable[[], bool]:
     does). Call from the main thread. Returns a function: whether ``sig`` came."""
     if sig is None:
         return lambda: False
-    came = threading.Event()
-    signal.signal(sig, lambda *_: came.set())
-    return came.is_set
+    came: list[int] = []  # a handler takes no lock: a second signal runs it inside the first (Event.set deadlocked)
+    signal.signal(sig, lambda *_: came.append(1))
+    return lambda: bool(came)
 
 
 def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,
@@ -43,11 +43,14 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
     """
     r, w = os.pipe()
     done = threading.Event()
+    came: list[int] = []  # a stopping signal came (the watcher saw it)
     os.set_blocking(w, False)
     others = {sig: fn for sig, fn in (others or {}).items() if sig is not None}
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)  # first: a signal between the two is not lost
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
-    previous.update({sig: signal.signal(sig, lambda *_: None) for sig in others})  # the wakeup fd tells the watcher
+    # The handlers do nothing: the wakeup fd tells the watcher, which sets ``stop``. A handler that set it took
+    # Event's lock in the main thread, and a second Ctrl-C, run inside the first handler, waited for that lock
+    # for ever (a burst of signals hung the daemon; only SIGKILL ended it).
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*signals, *others)}
 
     def watch() -> None:
         try:
@@ -57,14 +60,16 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
                     break
                 others[got[0]]()
         except OSError:
-            return
-        finally:
-            os.close(r)
+            got = b""
         if not got:  # uninstalled
+            os.close(r)
             return
+        came.append(got[0])
         stop.set()
         name = signal.Signals(got[0]).name if got and got[0] in signal.valid_signals() else "a signal"
-        if not done.wait(grace):  # the work has not ended in time
+        finished = done.wait(grace)
+        os.close(r)  # only now: the signals after the first (a burst of Ctrl-C) had somewhere to go
+        if not finished:  # the work has not ended in time
             if on_force is not None:
                 try:
                     on_force()
@@ -77,10 +82,11 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
     threading.Thread(target=watch, name="shutdown", daemon=True).start()
 
     def uninstall() -> None:
-        done.set()
         signal.set_wakeup_fd(old_fd)
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if not (came and sig in signals):  # stopping: the rest of a burst of Ctrl-C is not a traceback at exit
+                signal.signal(sig, handler)
         os.close(w)
+        done.set()  # last: the watcher closes its end once nothing writes to the other
 
     return uninstall

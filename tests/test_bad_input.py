@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -686,6 +687,50 @@ def test_sigterm_in_a_busy_field_loop(tmp_path):
     assert p.poll() is None, p.stderr.read()[-2000:]
     dt, out, err = _term_within(p, 2)
     assert dt < 2.0 and "Traceback" not in err, (dt, err[-2000:])
+
+
+def test_a_second_signal_inside_the_first_handler_does_not_deadlock():
+    """The SIGINT/SIGTERM handler set the stop Event in the main thread; a second signal, run inside the first
+    handler while it held the Event's lock, waited for that lock for ever (a burst of Ctrl-C hung the daemon)."""
+    code = textwrap.dedent("""
+        import signal, threading
+        from scopelite.edge import shutdown
+        stop = threading.Event()
+        undo = shutdown.install(stop)
+        handler = signal.getsignal(signal.SIGINT)
+        with stop._cond:  # the main thread inside stop.set() or stop.wait() when the next signal's handler runs
+            handler(signal.SIGINT, None)
+        hup = signal.getsignal(signal.SIGTERM)
+        with stop._cond:
+            hup(signal.SIGTERM, None)
+        came = shutdown.defer(signal.SIGHUP)
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)
+        assert came()
+        undo()
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_burst_of_ctrl_c_ends_the_daemon(tmp_path):
+    """Helper 67: SIGINT sent again and again for 0.3 s hung `watch` and `review` in 1-5 of 8 runs."""
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    cv2.imwrite(str(fields / "a.png"), np.full((64, 64, 3), 200, np.uint8))
+    for _ in range(3):
+        p = _start_watch(str(fields), "--mode", "field", "--loop", "--fps", "5")
+        time.sleep(2.0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3 and p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        try:
+            out, err = p.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise AssertionError("watch hung after a burst of SIGINT")
+        assert "Traceback" not in err, err[-2000:]
 
 
 # ---------------------------------------------------------------------------------- HTTP
