@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from .bundle import write_bytes_atomic
 
 
 TRACKS_KEPT = 10_000  # tracked cells remembered as saved
+# what this saver names its files (<date>-<time>_<frame>_<reasons>.jpg/.json): only these are counted against the
+# cap and deleted; any other file in the folder (a site file, a photo) is left alone
+OWN_NAME = re.compile(r"\d{8}-\d{6}_\d{8,}_[A-Za-z0-9_+.-]+\.(jpg|json)")
 
 
 class FrameSaver:
@@ -34,8 +38,8 @@ class FrameSaver:
         self.deleted = 0
         # files already there count against the cap too, oldest first: a JPEG with its record, a record left
         # alone by a kill, the saved.jsonl of versions before
-        existing = [p for p in self.folder.iterdir() if p.suffix == ".jpg"
-                    or p.suffix == ".json" and not p.with_suffix(".jpg").exists() or p.name == "saved.jsonl"]
+        existing = [p for p in self.folder.iterdir() if OWN_NAME.fullmatch(p.name) and p.is_file() and (
+                    p.suffix == ".jpg" or not p.with_suffix(".jpg").exists()) or p.name == "saved.jsonl"]
         existing.sort(key=lambda p: p.stat().st_mtime)
         self._files = collections.deque((p, _size(p) + (_size(p.with_suffix(".json")) if p.suffix == ".jpg" else 0))
                                         for p in existing)

@@ -1,3 +1,4 @@
+import os
 import threading
 
 import numpy as np
@@ -286,3 +287,23 @@ def test_float_tiffs_are_read_as_images(tmp_path):
     rgb = read_image_rgb(tmp_path / "grey.tif")
     assert rgb.shape == (40, 50, 3) and (rgb[..., 0] == rgb[..., 2]).all() and rgb[0, 0, 0] == 0
     assert np.abs(rgb[1:, :, 1].astype(int) - bgr[1:, :, 1]).max() <= 1
+
+
+def test_the_saver_deletes_only_the_frames_it_saved(tmp_path):
+    """--save-dir counted every .jpg and lone .json in the folder as its own and deleted them at the cap: the
+    daemon's config.json and site file (the next start failed), a photo."""
+    from scopelite.edge.saver import FrameSaver
+
+    keep = {"config.json": b'{"mode": "field"}', "site.json": b"{}", "holiday_photo.jpg": b"\xff\xd8" + b"x" * 20_000,
+            "notes.txt": b"x"}
+    for name, data in keep.items():
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, (0, 0))  # the oldest files of the folder
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    s = FrameSaver(tmp_path, classes={"basophil"}, cap_bytes=30_000)
+    assert s.total == 0  # not counted against the cap either
+    for i in range(20):
+        s(frame, {"frame": i, "label": "basophil", "score": 0.9})
+    assert s.deleted > 0 and all((tmp_path / n).read_bytes() == d for n, d in keep.items())
+    own = [p for p in tmp_path.iterdir() if p.name not in keep]
+    assert own and sum(p.stat().st_size for p in own) <= 30_000
