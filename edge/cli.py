@@ -423,6 +423,7 @@ def watch(**_):
                     if flag == "--out":
                         not_precious(path, flag, "the JSON lines", ending=".jsonl", source=cfg.source,
                                      reads=_read_by_watch(cfg, ctx))
+                        _not_inside(path, flag, {"--report": cfg.report, "--sessions": cfg.sessions})
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
                     if flag == "--save-dir":
@@ -628,6 +629,16 @@ def watch(**_):
                 and not skipped and not summary["summary"].get("copies"))
     if got_none:  # a video with no frame, or none of a size we read: not a run that found nothing
         raise UserError(summary["summary"].get("source_error") or f"{summary['summary']['source']} holds no frames")
+
+
+def _not_inside(path: str, flag: str, folders: dict) -> None:
+    """Refuse an output file inside a folder the same run writes (``folders``: {its option: its path}): ``--out
+    rep/differential.json`` with ``--report rep`` lost every line and left the report half JSON, half lines."""
+    p = Path(path).resolve()
+    for option, folder in folders.items():
+        if folder and p.is_relative_to(Path(folder).resolve()):
+            raise UserError(f"{flag} {path} is inside {option} {folder}, which this run writes: its files would "
+                            f"replace the lines, or the lines damage them; give a file outside it")
 
 
 def _site(path: str | None, clf):
@@ -850,13 +861,15 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .field import model_rbc_px
     from .outputs import check_writable
     from .packaged import default_model
-    from .precious import not_precious
+    from .precious import not_precious, only_replaces
+    from .site import SCHEMA as SITE_SCHEMA
     from .sources import SourceError, is_still, list_images, open_source, other_images_note, read_image_rgb
 
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
     not_precious(out, "--out", "the site file", ending=".json", source=source)
+    only_replaces(out, "--out", SITE_SCHEMA, "a site file")
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

@@ -46,10 +46,28 @@ def not_precious(path: str | os.PathLike, option: str, what: str, ending: str | 
 
 def is_sidecar(path: Path) -> bool:
     """Whether ``path`` holds a model's sidecar (its schema), read without trusting it."""
+    return _schema_of(path) == SCHEMA
+
+
+def only_replaces(path: str | os.PathLike, option: str, schema: str, what: str) -> None:
+    """Refuse (UserError) an existing, non-empty file at ``path`` that is not an earlier file of this kind (a JSON
+    object whose ``schema`` is ``schema``): ``calibrate --out conf/site.yaml`` replaced the daemon's YAML config."""
+    p = Path(path)
+    try:
+        empty = not p.is_file() or p.stat().st_size == 0
+    except OSError:
+        return
+    if not empty and _schema_of(p) != schema:
+        raise UserError(f"{option} {path} holds something else, not {what} (a JSON file of schema {schema}): it "
+                        "would be replaced; give another file name, or remove it first")
+
+
+def _schema_of(path: Path) -> object:
+    """The ``schema`` of the JSON object in ``path`` (None if it holds none), read without trusting it."""
     try:
         if path.stat().st_size > 2**20:
-            return False
+            return None
         obj = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return False
-    return isinstance(obj, dict) and obj.get("schema") == SCHEMA
+        return None
+    return obj.get("schema") if isinstance(obj, dict) else None

@@ -189,6 +189,12 @@ CASES = [
     ("calibrate-out-sidecar", "celledge", "calibrate {mixed} --out {mcopy_json}", 2, "is a model's sidecar", None,
      None),
     ("calibrate-out-model", "celledge", "calibrate {mixed} --out {mcopy}", 2, "named like a model file", None, None),
+    ("calibrate-out-config", "celledge", "calibrate {mixed} --out {c}/list.yaml", 2, "holds something else, not a "
+     "site file", None, None),  # replaced the daemon's YAML config with exit 0
+    ("watch-out-in-report", "celledge", "watch {mixed} --mode field --report {tmp}/rep --out {tmp}/rep/differential.json",
+     2, "is inside --report", None, None),  # the lines lost, the report left half JSON
+    ("watch-out-in-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --out {tmp}/s/lines.jsonl", 2,
+     "is inside --sessions", None, None),
     ("choose-out-model", "celltrain", "choose {fake_keras} --out {fake_keras}", 2, "named like a model file", None,
      None),
     ("choose-out-run-file", "celltrain", "choose {fake_keras} --out {c}/fake/split.json", 2,
