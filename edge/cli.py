@@ -748,6 +748,11 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
 
     _not_in_source(sessions, "--sessions", source, "each session's crops", "sessions/")
     here = Path(sessions).resolve()
+    for d in (here, *here.parents)[:3]:  # a session's own folder, or one in it: a session nested there is unseen
+        if _is_session(d):
+            raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}one session's folder ({d}): a "
+                            f"session started there would be seen by neither celledge review nor export; give the "
+                            f"folder that holds the sessions, --sessions {d.parent}")
     if here.is_dir() and not any((d / "state.json").exists() for d in here.iterdir() if d.is_dir()):
         classes = [d for d in here.iterdir() if d.is_dir() and not d.name.startswith(".")]  # none a session's
         if len(classes) >= 2 and sum(_some_images(d) for d in classes[:20]) >= 2:
@@ -759,6 +764,16 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
             raise UserError(f"--sessions {sessions} is {'in ' if d != here else ''}the cells celledge export wrote "
                             f"({d / RECORD}): its session folders would be read as classes by celltrain fit; "
                             "give a folder of its own, e.g. --sessions sessions/")
+
+
+def _is_session(folder: Path) -> bool:
+    """Whether ``folder`` is one session's folder (its state.json reads as a session's)."""
+    from .session import read_state  # noqa: PLC0415
+
+    try:
+        return (folder / "state.json").is_file() and read_state(folder).get("id") == folder.name
+    except (OSError, ValueError):
+        return False
 
 
 def _not_in_source(folder, option: str, source: str | None, what: str, example: str) -> None:

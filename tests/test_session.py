@@ -1362,3 +1362,19 @@ def test_the_reports_gallery_shows_each_classs_least_sure_cells_up_to_a_limit(tm
     assert shown == [2, 4, 5]  # the three least sure (0.6, 0.7, 0.8), least sure first
     assert "… and 2 more, the surest" in page and "Neutrophils (5)" in page
     sessions.release()
+
+
+def test_sessions_given_as_one_sessions_folder_is_refused(tmp_path):
+    """--sessions S/<id> nested a new session in the old one's folder; review and export saw only the outer one."""
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    _feed(sessions, ["neutrophil"])
+    one = sessions.current.folder
+    sessions.release()
+    fields = _write_fields(tmp_path / "fields", [0])
+    for inside in (one, one / "crops"):
+        r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(inside))
+        assert_one_line_error(r, "one session's folder", code=2)
+        assert f"--sessions {tmp_path / 's'}" in r.stderr
+    assert [p.name for p in one.iterdir() if (p / "state.json").exists()] == []  # nothing nested
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr[-2000:]
