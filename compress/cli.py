@@ -6,7 +6,7 @@ import shlex
 import click
 
 from scopelite.edge._quiet import verbose_option
-from scopelite.edge.errors import Number, OneLineGroup, one_line_errors
+from scopelite.edge.errors import NonEmptyPath, Number, OneLineGroup, one_line_errors
 
 OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
@@ -44,8 +44,8 @@ def main() -> None:
 
 
 @main.command(context_settings={"show_default": True})
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.argument("model", type=NonEmptyPath(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False),
               help="Folder for the bundles and report. A folder used before is updated: the variants, Edge TPU "
                    "build and diagnosis an earlier run left there and this one does not make are removed.")
 @click.option("--int8", is_flag=True, help="Full-integer post-training quantisation (weights and activations).")
@@ -54,7 +54,7 @@ def main() -> None:
 @click.option("--dynamic-range", is_flag=True, help="Also int8 weights with float activations.")
 @click.option("--edgetpu", is_flag=True, help="Compile the approved int8 model with edgetpu_compiler (and report "
               "Edge TPU compatibility offline).")
-@click.option("--compiler", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--compiler", type=NonEmptyPath(exists=True, dir_okay=False), default=None,
               help="Path to edgetpu_compiler (default: from PATH).")
 @click.option("--io-dtype", type=click.Choice(["uint8", "int8"]), default="uint8", help="int8 input/output type.")
 @click.option("--representative", type=click.IntRange(min=8), default=256,
@@ -71,7 +71,7 @@ def main() -> None:
                    "image per metric passes with a NOTE; two fail. Under 5 test images (a run of a few labelled "
                    "cells of a few classes) the gate cannot judge: check the model on your own cells and accept it "
                    "with --max-drop 100 100.")
-@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0)
 @click.option("--diagnose", is_flag=True,
               help="Also measure where post-training int8 loses: every tensor of the int8 graph against the float "
@@ -103,18 +103,18 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
 
 
 @main.command(context_settings={"show_default": True})
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.argument("models", nargs=-1, required=True, type=NonEmptyPath(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False),
               help="Folder for bench.{csv,json,md,png} (crop), native.* (native), protocols.* (both side by side).")
 @click.option("--protocol", type=click.Choice(["crop", "native", "both"]), default="crop",
               help="crop: the run's 96 px test crops, sizes in crop pixels; native: whole --fields at the camera's "
                    "resolution, debris sized in µm from the red cells, classified by field mode; both: side by side.")
-@click.option("--fields", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--fields", type=NonEmptyPath(exists=True, file_okay=False), default=None,
               help="For native/both: class folders of whole fields, each centred on a cell of its folder's class.")
 @click.option("--limit", type=click.IntRange(min=0), default=400,
               help="Test images, and fields (stratified by class; 0: all).")
-@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
-@click.option("--run", default=None, type=click.Path(exists=True),
+@click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
+@click.option("--run", default=None, type=NonEmptyPath(exists=True),
               help="The training run (folder or model.keras) whose test split to use, when the models' own run is "
                    "not on this machine (e.g. the shipped model: any run of the same data and seed).")
 @click.option("--seed", type=int, default=0)

@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from ._quiet import verbose_option
-from .errors import Number, OneLineGroup, UserError, one_line_errors, warn
+from .errors import NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
-MODEL = click.Path(exists=True, dir_okay=False)
+MODEL = NonEmptyPath(exists=True, dir_okay=False)
 THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed the interpreter
 TOP_K = click.IntRange(min=1)
 
@@ -106,12 +106,12 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
 
 
 @main.command()
-@click.argument("args", nargs=-1, required=True, metavar="[MODEL.tflite] IMAGE|DIR...")
-@click.option("--model", default=None, help="The .tflite bundle (default: the packaged PBC model).")
+@click.argument("args", nargs=-1, required=True, type=NonEmptyPath(), metavar="[MODEL.tflite] IMAGE|DIR...")
+@click.option("--model", default=None, type=NonEmptyPath(), help="The .tflite bundle (default: the packaged PBC model).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes to list per image.")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter (default: runtime's).")
-@click.option("--site", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+@click.option("--site", type=NonEmptyPath(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="A site calibration file (celledge calibrate). Made with --scale: each image, a crop of that "
                    "microscope, is cut to the square that shows its red cells at the model's training scale "
                    "before it is classified (each JSON line gets its \"scale\"); with --colour: white-balanced.")
@@ -300,7 +300,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 
 @main.command()
 @click.argument("source", required=False)
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+@click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="A site file (YAML or JSON) of these options by their names, e.g. 'mode: field' or "
                    "'crop-size: 360'; a flag given here overrides it. Example: edge/deploy/site.yaml.")
 @click.option("--print-config", is_flag=True,
@@ -318,7 +318,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Field mode: side (px of the frame) of the square cropped around each cell. auto: measured "
                    "on every frame from its red cells (about 7.5 um across in every smear), so that cells appear "
                    "at the scale the model was trained at; a number fixes it (PBC's CellaVision fields: 360).")
-@click.option("--site", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+@click.option("--site", type=NonEmptyPath(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="A site calibration file (celledge calibrate SOURCE --out FILE). Made with --scale: crop at "
                    "this microscope's measured scale instead of each frame's red-cell ruler, which specks can "
                    "fool (each line's scale says \"source\": \"site\" and still reports the frame's own "
@@ -331,11 +331,11 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential).")
-@click.option("--report", type=click.Path(file_okay=False), default=None,
+@click.option("--report", type=NonEmptyPath(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
 @click.option("--wbc", type=Number(min=0, max=1000, min_open=True), default=None, metavar="X10^9/L",
               help="Field mode: the analyser's white count, for absolute counts (corrected for NRBC).")
-@click.option("--sessions", type=click.Path(file_okay=False), default=None, metavar="DIR",
+@click.option("--sessions", type=NonEmptyPath(file_okay=False), default=None, metavar="DIR",
               help="Field mode: one session per slide in DIR/<start time>/: every counted cell with its crop, and "
                    "the report (JSON, CSV, printable HTML with a gallery per class) when it closes (--count, the lab "
                    "page). A session left open by a killed run is resumed (a camera, or a folder: the images "
@@ -365,10 +365,10 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Changes over HTTP (sessions, review, model reload) need 'Authorization: Bearer TOKEN'. "
                    "Default: none on loopback; made up and printed once when --http binds beyond it. "
                    "Also read from $SCOPELITE_HTTP_TOKEN.")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--out", type=NonEmptyPath(dir_okay=False, writable=True), default=None,
               help="Write the JSON lines to this file instead of stdout (added to its end: a daemon restarted "
                    "keeps one log; each run ends with its own summary line).")
-@click.option("--save-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--save-dir", type=NonEmptyPath(file_okay=False), default=None,
               help="Save frames that match --save-classes or score below --save-below here.")
 @click.option("--save-classes", default="", callback=_classes, help="Comma-separated classes to save, e.g. basophil,erythroblast.")
 @click.option("--save-below", type=Number(0, 1), default=None, help="Save frames scored below this.")
@@ -828,8 +828,8 @@ def _on_frame(status, cfg, labels, unreadable=lambda: 0):
 
 
 @main.command()
-@click.argument("source")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+@click.argument("source", type=NonEmptyPath())
+@click.option("--out", required=True, type=NonEmptyPath(dir_okay=False), metavar="FILE",
               help="The site calibration file to write (JSON; written whole or not at all).")
 @click.option("--frames", type=click.IntRange(min=1), default=30, show_default=True,
               help="How many frames to measure: a folder's images spread evenly over it; a video's or a "
@@ -996,7 +996,7 @@ def info(model, as_json):
 
 
 @main.command()
-@click.argument("sessions", type=click.Path(exists=True, file_okay=False))
+@click.argument("sessions", type=NonEmptyPath(exists=True, file_okay=False))
 @click.option("--session", "sid", default=None, metavar="ID", help="Which session (its folder's name; default: "
               "the latest started on the device that counted it).")
 @click.option("--http", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
@@ -1048,9 +1048,9 @@ def review(sessions, sid, http, http_token):
 
 
 @main.command("export")
-@click.argument("sessions", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The dataset folder (created; added to).")
-@click.option("--self-train", "self_train", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.argument("sessions", nargs=-1, required=True, type=NonEmptyPath(exists=True, file_okay=False))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="The dataset folder (created; added to).")
+@click.option("--self-train", "self_train", type=NonEmptyPath(exists=True, dir_okay=False), default=None,
               metavar="MODEL", help="Your adapted int8 model (fitted on these reviewed cells): also export the "
               "unreviewed cells it scores 0.9 or more, under its class, at most twice your largest class's "
               "reviewed count per class (only classes you reviewed receive its guesses); then fit again.")

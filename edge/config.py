@@ -98,6 +98,14 @@ class WatchConfig:
         out = []
         if self.source is None:
             out.append("no SOURCE: give it on the command line or as 'source:' in --config")
+        for name in ("source", "model", "site", "report", "sessions", "http", "out", "save_dir", "device"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():  # "$CAM" unset: the current folder, or the option lost
+                flag = "SOURCE" if name == "source" else f"--{name.replace('_', '-')}"
+                out.append(f"{flag} is empty (an unset variable?): give a value, or leave it out")
+        if self.mode != "field" and self.min_score != WatchConfig.min_score:
+            out.append("--min-score needs --mode field (crop mode lists each view's classes and scores; nothing is "
+                       "called uncertain)")
         if self.loop and self.mode == "field" and (self.count or self.report):
             out.append("--loop replays the same cells, so a differential (--count/--report) would count them "
                        "again on every pass; leave out --loop")

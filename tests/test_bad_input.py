@@ -428,13 +428,29 @@ CASES = [
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
     ("explain-missing-image", "celltrain", "explain {tmp} {tmp}/none.png", 2, "does not exist", None, None),
     ("celltrain-no-command", "celltrain", "frobnicate", 2, "No such command", None, None),
+    # an empty path ("$VAR" unset) read or wrote the current folder, or was dropped, with exit 0
+    ("fit-data-empty", "celltrain", "fit --data {empty} --out {tmp}/r", 2, "is empty (an unset variable?)", None,
+     None),  # trained on generated smears
+    ("classify-empty", "celledge", "classify {empty}", 2, "is empty (an unset variable?)", None, None),
+    ("calibrate-empty", "celledge", "calibrate {empty} --out {tmp}/s.json", 2, "is empty", None, None),
+    ("watch-source-empty", "celledge", "watch {empty}", 2, "SOURCE is empty", None, None),
+    ("watch-sessions-empty", "celledge", "watch {mixed} --mode field --sessions {empty}", 2, "is empty (an unset",
+     None, None),  # the count was not recorded
+    ("watch-report-empty", "celledge", "watch {mixed} --mode field --report {empty}", 2, "is empty (an unset", None,
+     None),
+    ("watch-http-empty", "celledge", "watch {mixed} --http {empty}", 2, "--http is empty", None, None),
+    ("watch-min-score-crop", "celledge", "watch {mixed} --min-score 0.9", 2, "--min-score needs --mode field", None,
+     None),  # ignored without a word
+    ("export-out-empty", "celledge", "export {tmp} --out {empty}", 2, "is empty", None, None),
+    ("compress-data-empty", "cellcompress", "bench {fake_keras} {fake_keras} --data {empty}", 2, "is empty", None,
+     None),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_corpus(case, corpus, tmp_path):
     _, cli, template, code, error, stderr_has, stdout_has = case
-    r = invoke_cli(cli, *_args(template, {**corpus, "tmp": tmp_path}))
+    r = invoke_cli(cli, *_args(template, {**corpus, "tmp": tmp_path, "empty": ""}))
     if error is None:
         assert r.returncode == code, (r.returncode, r.stderr[-2000:])
         assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]

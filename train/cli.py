@@ -9,7 +9,7 @@ import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import Number, OneLineGroup, UserError, one_line_errors, warn
+from scopelite.edge.errors import NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
@@ -165,15 +165,15 @@ def _check_views(ctx, param, value):
                                        "6.5-9 min for 30-60 cells on 2 cores, cellcompress included); your "
                                        "flags override it (--soup 1 "
                                        "--epochs 30: one fit, a quarter of the time, about 2 points lower).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_yaml_defaults,
+@click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), callback=_load_yaml_defaults,
               is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
-@click.option("--data", default=None, help="Class-folder dataset (data/<class>/*.jpg), e.g. a lab's reviewed cells from "
+@click.option("--data", default=None, type=NonEmptyPath(), help="Class-folder dataset (data/<class>/*.jpg), e.g. a lab's reviewed cells from "
               "celledge export (trained at the scale its export.json records they were cut at). Default: generated "
               "synthetic smears.")
-@click.option("--exclude", default=None, type=click.Path(exists=True, dir_okay=False),
+@click.option("--exclude", default=None, type=NonEmptyPath(exists=True, dir_okay=False),
               help="File of image ids to leave out (the exclusions.txt celltrain audit writes).")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder to create.")
-@click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--out", default=None, type=NonEmptyPath(file_okay=False), help="Run folder to create.")
+@click.option("--resume", default=None, type=NonEmptyPath(exists=True, file_okay=False),
               help="Continue the killed or stopped run in this folder (its config is reused). A --soup run "
                    "(--preset few-shot fits 3): give the command that started it again instead.")
 @click.option("--arch", type=click.Choice(["efficientnetv2b0", "tiny"]), default=_D.arch)
@@ -361,12 +361,12 @@ def _after_interrupt(cfg: FitConfig) -> str:
 
 
 @main.command()
-@click.argument("data", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for audit.json, flagged.png, exclusions.txt.")
+@click.argument("data", type=NonEmptyPath(exists=True))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Folder for audit.json, flagged.png, exclusions.txt.")
 @click.option("--image-size", type=click.IntRange(min=16), default=96, help="Size images are compared at.")
 @click.option("--outlier-z", type=Number(min=0), default=50.0, show_default=True,
               help="Neighbour-distance z-score above which an image is an outlier.")
-@click.option("--clean-copy", type=click.Path(file_okay=False), default=None,
+@click.option("--clean-copy", type=NonEmptyPath(file_okay=False), default=None,
               help="Write the class folders without the flagged images here.")
 @one_line_errors
 def audit(data, out, image_size, outlier_z, clean_copy):
@@ -419,8 +419,8 @@ def audit(data, out, image_size, outlier_z, clean_copy):
 
 
 @main.command()
-@click.argument("run", type=click.Path(exists=True))
-@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.argument("run", type=NonEmptyPath(exists=True))
+@click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=int, default=0, help="Seed of the corrupted copy.")
 @click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default="1",
               help="Score each image as the mean over this many flipped/rotated views (as celledge --tta); "
@@ -447,9 +447,9 @@ def evaluate(run, data, seed, tta):
 
 
 @main.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
-@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.argument("models", nargs=-1, required=True, type=NonEmptyPath(exists=True))
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Run folder to create.")
+@click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
 @one_line_errors
 def average(models, out, data):
     """Average the weights of several runs into one model (a "model soup").
@@ -491,12 +491,12 @@ def _parse_candidates(ctx, param, value):
 
 @main.command()
 @click.argument("candidates", nargs=-1, required=True, callback=_parse_candidates, metavar="[NAME=]RUN...")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file of every score.")
+@click.option("--out", required=True, type=NonEmptyPath(dir_okay=False), help="JSON file of every score.")
 @click.option("--tta", default="1,8", help="Comma-separated numbers of TTA views to score each candidate with "
                                             "(1, 2, 4 or 8).")
 @click.option("--ensembles", is_flag=True, help="Also score the mean prediction of every combination of "
                                                 "candidates (a diagnostic: how far apart their mistakes are).")
-@click.option("--data", default=None, help="Dataset path if it moved since training (same images).")
+@click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
 @one_line_errors
 def choose(candidates, out, tta, ensembles, data):
     """Choose among RUNs by VALIDATION score (clean + corrupted val); test beside it.
@@ -528,9 +528,9 @@ def choose(candidates, out, tta, ensembles, data):
 
 
 @main.command()
-@click.argument("run", type=click.Path(exists=True))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for the PNGs (default: RUN/explain).")
+@click.argument("run", type=NonEmptyPath(exists=True))
+@click.argument("images", nargs=-1, required=True, type=NonEmptyPath(exists=True))
+@click.option("--out", default=None, type=NonEmptyPath(file_okay=False), help="Folder for the PNGs (default: RUN/explain).")
 @one_line_errors
 def explain(run, images, out):
     """Grad-CAM overlays: which pixels made RUN's model choose its class.
@@ -564,9 +564,9 @@ def explain(run, images, out):
 
 
 @main.command()
-@click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.argument("split", type=click.Path(exists=True, dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("data", type=NonEmptyPath(exists=True, file_okay=False))
+@click.argument("split", type=NonEmptyPath(exists=True, dir_okay=False))
+@click.argument("out", type=NonEmptyPath(dir_okay=False))
 @one_line_errors
 def pack(data, split, out):
     """Pack a run's train and val images into OUT (.npz) for a GPU machine.
@@ -624,12 +624,12 @@ def _empty_or_synthetic(out: str) -> None:
 
 
 @main.command(name="import")
-@click.argument("weights", type=click.Path(exists=True, file_okay=False))
-@click.option("--split", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.argument("weights", type=NonEmptyPath(exists=True, file_okay=False))
+@click.option("--split", required=True, type=NonEmptyPath(exists=True, dir_okay=False),
               help="The split.json the pack was made from.")
-@click.option("--data", required=True, type=click.Path(exists=True),
+@click.option("--data", required=True, type=NonEmptyPath(exists=True),
               help="The dataset the pack was made from (the test images are read here).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to create.")
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Run folder to create.")
 @click.option("--tag", type=click.Choice(["final", "raw"]), default="final",
               help="final: the weights at the end (the EMA weights with --ema); raw: the last epoch's, no EMA.")
 @one_line_errors
@@ -655,7 +655,7 @@ def import_(weights, split, data, out, tag):
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", type=NonEmptyPath(file_okay=False))
 @click.option("--per-class", type=click.IntRange(min=1), default=100, help="Crops per class.")
 @click.option("--image-size", type=click.IntRange(min=16), default=96)
 @click.option("--fields", type=click.IntRange(min=0), default=4, help="Whole 640x480 fields with known cells.")
