@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from .provenance import (Compression, FileRef, Gate, Machine, Provenance, Proven
 # The typed parts of ``Sidecar.provenance`` (defined in provenance.py, part of this contract).
 
 SCHEMA = "scopelite.bundle"
+_LABEL = re.compile(r"[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,254}")  # a class name, a folder's name: no path in it
 SCHEMA_VERSION = 2
 READS = (1, 2)  # schema versions this scopelite reads (1 is upgraded on read)
 
@@ -201,6 +203,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, fsync: str = "file")
 
 
 # --------------------------------------------------------------------------- read / write
+
+
+def is_label(name: str) -> bool:
+    """Whether ``name`` can be a class label: a folder's name (celledge export makes one of it), no path in it."""
+    return bool(_LABEL.fullmatch(name))
 
 
 def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: InputSpec,  # noqa: A002
@@ -517,6 +524,10 @@ def _parse(d: Any, where: str) -> Sidecar:
     labels = _req(d, "labels", list, where)
     if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
         raise BundleError(f"{where}: labels must be a non-empty list of distinct names")
+    odd = [x for x in labels if not is_label(x)]
+    if odd:  # each becomes a folder's name (celledge export, a report's file names): "../x" wrote outside --out
+        raise BundleError(f"{where}: label {odd[0]!r} is not a plain name (no '/' or '\\', no control "
+                          "characters, not starting with '.', at most 255 characters)")
     i = _req(d, "input", dict, where)
     wi = f"{where}: input"
     inp = InputSpec(

@@ -45,6 +45,11 @@ def test_hash_mismatch_is_refused(model_file):
     (lambda d: d.update(schema_version=99), "schema version 99"),
     (lambda d: d.update(schema="other"), "not a scopelite sidecar"),
     (lambda d: d.update(labels=["a", "a"]), "distinct"),
+    # each label becomes a folder's name (celledge export): "../../x" wrote outside --out
+    (lambda d: d.update(labels=["a", "../../evil"]), "not a plain name"),
+    (lambda d: d.update(labels=["a", ".hidden"]), "not a plain name"),
+    (lambda d: d.update(labels=["a", "b\\c"]), "not a plain name"),
+    (lambda d: d.update(labels=["a", "line\nbreak"]), "not a plain name"),
     (lambda d: d["input"].update(channels=1), "3 channels"),
     (lambda d: d["input"].update(quantization=None), "no quantization"),
     (lambda d: d.update(runtimes=["gpu"]), "runtimes"),

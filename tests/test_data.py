@@ -194,3 +194,19 @@ def test_a_video_whose_name_is_not_utf8_is_refused_not_a_crash(tmp_path):
     path.write_bytes(b"RIFF")
     with pytest.raises(SourceError, match="not valid UTF-8"):
         OpenCVSource(str(path))
+
+
+def test_a_class_folder_no_label_can_be_named_is_refused_before_training(tmp_path):
+    """A class folder named with a backslash trained a model whose sidecar every reader then refused."""
+    import cv2
+    import numpy as np
+    import pytest
+
+    from scopelite.edge.errors import UserError
+    from scopelite.train.data import load_folders
+
+    for name in ("a", "b\\c"):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "x.png"), np.full((32, 32, 3), 100, np.uint8))
+    with pytest.raises(UserError, match="has a name no model label can have"):
+        load_folders(tmp_path, image_size=32)

@@ -1378,3 +1378,21 @@ def test_sessions_given_as_one_sessions_folder_is_refused(tmp_path):
     assert [p.name for p in one.iterdir() if (p / "state.json").exists()] == []  # nothing nested
     r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_export_never_writes_outside_out_for_a_label_with_a_path_in_it(tmp_path):
+    """A hand-edited session (its labels, a review) named a class "../../evil": export wrote the crop outside --out."""
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte"])
+    sessions.label(1, "confirm")
+    folder = sessions.current.folder
+    sessions.release()
+    state = json.loads((folder / "state.json").read_text())
+    state["labels"] = [*state["labels"][:-1], "../../evil"]
+    (folder / "state.json").write_text(json.dumps(state))
+    with open(folder / "reviews.jsonl", "a") as f:
+        f.write(json.dumps({"id": 2, "label": "../../evil"}) + "\n")
+    out = tmp_path / "a" / "b" / "out"
+    r = export_reviewed([root], out)
+    assert r["skipped"].get("label not a class name") == 1
+    assert not list(tmp_path.rglob("evil")) and [p.parent.name for p in out.glob("*/*.png")] == ["neutrophil"]

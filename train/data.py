@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scopelite.edge.bundle import CLASS_NAMES, InputSpec, write_json_atomic
+from scopelite.edge.bundle import CLASS_NAMES, InputSpec, is_label, write_json_atomic
 from scopelite.edge.errors import UserError
 from scopelite.edge.preprocess import prepare
 from scopelite.edge.scale import images_rbc_px
@@ -160,6 +160,10 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     if odd:  # a class name goes into the model's sidecar (JSON) and every report
         raise UserError(f"class folder {odd[0]} has a name that is not valid UTF-8 (made on another system?): "
                         "rename it to the class's name")
+    odd = [d.name for d in folders if not is_label(d.name)]
+    if odd:  # a model's sidecar refuses it as a label (it becomes a folder's name again: celledge export)
+        raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', or a control "
+                        "character): rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
