@@ -92,7 +92,7 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
                     skipped["unreviewed"] += (s.id, c["id"]) not in unreadable  # counted once, as unreadable
                 elif label in (UNCERTAIN, NOT_A_CELL):
                     skipped["uncertain or not a cell"] += 1
-                elif not is_label(label if label is not None else guess):  # a hand-edited log: "../x" wrote outside
+                elif not is_label(label if label is not None else guess[0]):  # a hand-edited log: "../x" wrote outside
                     skipped["label not a class name"] = skipped.get("label not a class name", 0) + 1
                 elif not c.get("crop"):  # none kept (counted while the sessions disk was full, never seen whole)
                     skipped["no crop"] += 1
