@@ -329,8 +329,9 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "framing. Each line's \"scale\" says what was done. A --site made with --scale fixes it instead.")
 @click.option("--min-score", type=Number(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential).")
+@click.option("--count", type=click.IntRange(min=1, max=5000), default=None,  # session.MAX_CELLS: a session's most
+              help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential; "
+                   "at most 5000).")
 @click.option("--report", type=NonEmptyPath(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
 @click.option("--wbc", type=Number(min=0, max=1000, min_open=True), default=None, metavar="X10^9/L",

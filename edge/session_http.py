@@ -18,6 +18,7 @@ import re
 
 from .errors import UserError
 from .review_page import review_page
+from . import session as session_mod
 from .session import Sessions, SessionError
 from .session_report import as_bytes
 
@@ -56,9 +57,16 @@ def post(sessions: Sessions, path: str, body: dict) -> Response:
     try:
         if path == "/session/start":
             target = body.get("target")
-            if target is not None and (not isinstance(target, int) or isinstance(target, bool) or target < 1):
-                return _error(400, f"target {target!r} is not a whole number of white cells >= 1")
+            if target is not None and (not isinstance(target, int) or isinstance(target, bool)
+                                       or not 1 <= target <= session_mod.MAX_CELLS):
+                return _error(400, f"target {target!r} is not a whole number of white cells from 1 to "
+                                   f"{session_mod.MAX_CELLS} (a session's most)")
+            if set(body) - {"target"}:
+                return _error(400, f"start takes only a target; not {', '.join(sorted(set(body) - {'target'}))}")
             return _json(200, sessions.start(target))
+        if path in ("/session/stop", "/session/reset") and body:  # a target given to reset was dropped silently
+            return _error(400, f"{path.rsplit('/', 1)[1]} takes nothing (it keeps the session's target); to count "
+                               "to another target, stop and then start with {\"target\": N}")
         if path == "/session/stop":
             return _json(200, sessions.stop())
         if path == "/session/reset":

@@ -1396,3 +1396,11 @@ def test_export_never_writes_outside_out_for_a_label_with_a_path_in_it(tmp_path)
     r = export_reviewed([root], out)
     assert r["skipped"].get("label not a class name") == 1
     assert not list(tmp_path.rglob("evil")) and [p.parent.name for p in out.glob("*/*.png")] == ["neutrophil"]
+
+
+def test_the_count_flag_allows_what_a_session_holds():
+    import scopelite.edge.session as session_mod
+    from scopelite.edge.cli import watch
+
+    count = next(p for p in watch.params if p.name == "count")
+    assert count.type.max == session_mod.MAX_CELLS

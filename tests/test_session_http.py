@@ -93,8 +93,12 @@ def test_session_routes(served):
     code, report, ctype = _call(base + "/session/report.html")
     assert code == 200 and ctype.startswith("text/html") and b"2 of 5 cells reviewed" in report
     assert _post(base, "/session/start", {"target": "many"})[0] == 400
+    assert _post(base, "/session/start", {"target": 10**33})[0] == 400  # held every cell: a session's most is 5000
+    assert _post(base, "/session/start", {"target": 100, "count": 5})[0] == 400
     code, started = _post(base, "/session/start", {"target": 200})
     assert code == 200 and started["target"] == 200 and started["id"] != stopped["id"]
+    code, err = _post(base, "/session/reset", {"target": 5})  # was 200, the target dropped without a word
+    assert code == 400 and "keeps the session's target" in err["error"]
     code, reset = _post(base, "/session/reset")
     assert code == 200 and reset["id"] != started["id"] and reset["state"] == "open"
     assert _post(base, "/session/nope")[0] == 404
