@@ -143,7 +143,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     """
     from .postprocess import top_k as best_k
     from .preprocess import prepare, too_small
-    from .sources import SourceError, list_images, other_images_note, read_image_rgb
+    from .sources import SourceError, images_given, read_image_rgb
 
     from . import crop_scale, ood
     from .field import model_rbc_px
@@ -154,12 +154,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     site_cal = _site(site, clf)
     model_rbc = model_rbc_px(clf.input_spec)
     ref = ood.reference_of(getattr(clf, "sidecar", None))
-    other: list = []
-    paths = list_images(images, other=other)
-    if not paths:
-        raise UserError(f"no images found in {', '.join(images)}" + (f": {other_images_note(other)}" if other else ""))
-    if other:
-        warn(other_images_note(other))
+    paths = images_given(images, warn)
     shared = None  # --rescale shared: (zoom, readings)
     read_ahead: dict = {}
     if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
@@ -879,7 +874,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .packaged import default_model
     from .precious import not_precious, only_replaces
     from .site import SCHEMA as SITE_SCHEMA
-    from .sources import SourceError, is_still, list_images, open_source, other_images_note, read_image_rgb
+    from .sources import SourceError, images_given, is_still, open_source, read_image_rgb
 
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
@@ -912,12 +907,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
             src.close()
 
     if is_still(source):  # a folder, or one image file
-        other: list = []
-        paths = list_images([source], other=other)
-        if not paths:
-            raise UserError(f"no images in folder {source}" + (f": {other_images_note(other)}" if other else ""))
-        if other:
-            warn(other_images_note(other))
+        paths = images_given([source], warn)
         picked = site_lib.pick_evenly(paths, frames)
         it, total = folder_frames(picked), len(picked)
     else:

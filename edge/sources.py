@@ -156,6 +156,19 @@ def other_images_note(other: list[Path]) -> str:
             f"({', '.join(IMAGE_SUFFIXES)} are read)")
 
 
+def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> list[Path]:
+    """The images of the files and folders given on a command line (``list_images``): a SourceError when there
+    are none, and ``warn`` names those of a kind not read."""
+    given, other = list(given), []
+    paths = list_images(given, other=other)
+    if not paths:
+        raise SourceError(f"no images in {', '.join(map(str, given))}" + (f": {other_images_note(other)}" if other
+                                                                          else ""))
+    if other:
+        warn(other_images_note(other))
+    return paths
+
+
 class OpenCVSource:
     """A camera (``/dev/videoN`` or index), a video file, or a stream URL.
 

@@ -542,19 +542,13 @@ def explain(run, images, out):
     import json
     from pathlib import Path
 
-    from scopelite.edge.sources import list_images, other_images_note
+    from scopelite.edge.sources import images_given
 
     from .explain import explain as run_explain
 
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
-    other: list = []
-    paths = list_images(images, other=other)
-    if not paths:
-        raise UserError(f"no images in {', '.join(images)}" + (f": {other_images_note(other)}" if other else ""))
-    if other:
-        warn(other_images_note(other))
-    recs = run_explain(model, paths, out or model.parent / "explain")
+    recs = run_explain(model, images_given(images, warn), out or model.parent / "explain")
     for rec in recs:
         click.echo(json.dumps(rec))
     bad = [r for r in recs if "error" in r]
