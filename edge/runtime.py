@@ -24,16 +24,27 @@ def _interpreter_module():
         from ai_edge_litert import interpreter as mod  # noqa: PLC0415
 
         return mod, "ai-edge-litert"
-    except ImportError:
-        pass
+    except ImportError as e:
+        _unless_interrupted(e)
     try:
         from tflite_runtime import interpreter as mod  # noqa: PLC0415
 
         return mod, "tflite_runtime"
-    except ImportError:
+    except ImportError as e:
+        _unless_interrupted(e)
         raise RuntimeUnavailable(
             "no LiteRT interpreter installed: pip install 'scopelite[edge]' (ai-edge-litert)"
         ) from None
+
+
+def _unless_interrupted(e: ImportError) -> None:
+    """Ctrl-C while a compiled module loads comes out as ImportError("initialization failed") over the
+    KeyboardInterrupt: said as "no LiteRT interpreter installed", not as the interruption it was."""
+    seen = e.__context__ or e.__cause__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen = seen.__context__ or seen.__cause__
 
 
 def runtime_name() -> str:

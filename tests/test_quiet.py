@@ -163,3 +163,36 @@ def test_the_console_commands_import_light_and_go_through_the_quiet_entry():
                         "print(sorted({'numpy', 'cv2', 'click', 'tensorflow'} & set(sys.modules)))"],
                        capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"  # the package imports nothing heavy: the quiet handler is in place at once
+
+
+def test_ctrl_c_while_the_interpreter_loads_is_an_interruption_not_a_missing_package(monkeypatch):
+    """Ctrl-C while ai_edge_litert's compiled module loaded came out as ImportError("initialization failed") over
+    the KeyboardInterrupt, and the command said "no LiteRT interpreter installed"."""
+    import builtins
+
+    import pytest
+
+    from scopelite.edge import runtime
+
+    real = builtins.__import__
+
+    def interrupted(name, *a, **k):
+        if name in ("ai_edge_litert", "tflite_runtime"):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed")  # noqa: B904 - as the compiled module's loader does
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runtime._interpreter_module()
+
+    def missing(name, *a, **k):
+        if name in ("ai_edge_litert", "tflite_runtime"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", missing)
+    with pytest.raises(runtime.RuntimeUnavailable, match="no LiteRT interpreter installed"):
+        runtime._interpreter_module()
