@@ -15,8 +15,9 @@ def _while_importing(signum, frame) -> None:  # nothing is written while the mod
 
 def run(module: str):
     """Import ``module`` with Ctrl-C a quiet exit, then call its ``main`` (click: it says and exits itself)."""
-    try:
-        before = signal.signal(signal.SIGINT, _while_importing)
+    try:  # a command started with Ctrl-C ignored (`cmd &` in a script) keeps ignoring it
+        before = None if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else \
+            signal.signal(signal.SIGINT, _while_importing)
     except ValueError:  # not the main thread (called from a test's thread): import as usual
         before = None
     try:

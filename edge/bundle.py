@@ -206,8 +206,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, fsync: str = "file")
 
 
 def is_label(name: str) -> bool:
-    """Whether ``name`` can be a class label: a folder's name (celledge export makes one of it), no path in it."""
-    return bool(_LABEL.fullmatch(name))
+    """Whether ``name`` can be a class label: a folder's name (celledge export makes one of it) on any system, no
+    path in it, nothing invisible (control or format characters: a right-to-left override)."""
+    import unicodedata  # noqa: PLC0415
+
+    return (bool(_LABEL.fullmatch(name)) and bool(name.strip()) and len(name.encode("utf-8", "replace")) <= 255
+            and not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in name))
 
 
 def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: InputSpec,  # noqa: A002

@@ -419,7 +419,7 @@ def watch(**_):
                     if flag == "--out":
                         not_precious(path, flag, "the JSON lines", ending=".jsonl", source=cfg.source,
                                      reads=_read_by_watch(cfg, ctx))
-                        _not_inside(path, flag, {"--report": cfg.report, "--sessions": cfg.sessions})
+                        _not_inside(path, flag, cfg.report, cfg.sessions)
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
                     if flag == "--save-dir":
@@ -627,14 +627,17 @@ def watch(**_):
         raise UserError(summary["summary"].get("source_error") or f"{summary['summary']['source']} holds no frames")
 
 
-def _not_inside(path: str, flag: str, folders: dict) -> None:
-    """Refuse an output file inside a folder the same run writes (``folders``: {its option: its path}): ``--out
-    rep/differential.json`` with ``--report rep`` lost every line and left the report half JSON, half lines."""
+def _not_inside(path: str, flag: str, report: str | None, sessions: str | None) -> None:
+    """Refuse an output file that is one of the report's files or inside a session's folder, which the same run
+    writes: ``--out rep/differential.json`` with ``--report rep`` lost every line and left the report half JSON,
+    half lines. A file beside them (``/var/lib/scopelite/frames.jsonl``) is fine."""
     p = Path(path).resolve()
-    for option, folder in folders.items():
-        if folder and p.is_relative_to(Path(folder).resolve()):
-            raise UserError(f"{flag} {path} is inside {option} {folder}, which this run writes: its files would "
-                            f"replace the lines, or the lines damage them; give a file outside it")
+    if report and p.parent == Path(report).resolve() and p.name.startswith("differential."):
+        raise UserError(f"{flag} {path} is a file --report {report} writes: the report would replace the lines, or "
+                        "the lines damage it; give another file name")
+    if sessions and p.parent != Path(sessions).resolve() and p.is_relative_to(Path(sessions).resolve()):
+        raise UserError(f"{flag} {path} is inside a folder of --sessions {sessions}, which this run writes: its "
+                        f"files would replace the lines, or the lines damage them; give a file outside it")
 
 
 def _site(path: str | None, clf):

@@ -22,7 +22,7 @@ from .bundle import write_bytes_atomic
 TRACKS_KEPT = 10_000  # tracked cells remembered as saved
 # what this saver names its files (<date>-<time>_<frame>_<reasons>.jpg/.json): only these are counted against the
 # cap and deleted; any other file in the folder (a site file, a photo) is left alone
-OWN_NAME = re.compile(r"\d{8}-\d{6}_\d{8,}_[A-Za-z0-9_+.-]+\.(jpg|json)")
+OWN_NAME = re.compile(r"\d{8}-\d{6}_\d{8,}_.+\.(jpg|json)")  # the reasons hold class names: any a label can be
 
 
 class FrameSaver:

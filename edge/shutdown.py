@@ -39,18 +39,20 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
             the function runs on the watcher thread, so it must return quickly.
 
     Returns:
-        A function to call when the work is done: no forced exit after it; the previous handlers are back.
+        A function to call when the work is done: no forced exit after it; the previous handlers are back, but
+        for ``signals`` once one of them came (the rest of a burst of Ctrl-C is ignored until the process ends).
     """
     r, w = os.pipe()
     done = threading.Event()
-    came: list[int] = []  # a stopping signal came (the watcher saw it)
+    came: list[int] = []  # a stopping signal came (its handler says so: the watcher may not have read it yet)
     os.set_blocking(w, False)
     others = {sig: fn for sig, fn in (others or {}).items() if sig is not None}
     old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)  # first: a signal between the two is not lost
-    # The handlers do nothing: the wakeup fd tells the watcher, which sets ``stop``. A handler that set it took
-    # Event's lock in the main thread, and a second Ctrl-C, run inside the first handler, waited for that lock
-    # for ever (a burst of signals hung the daemon; only SIGKILL ended it).
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (*signals, *others)}
+    # The handlers only note the signal: the wakeup fd tells the watcher, which sets ``stop``. A handler that set
+    # it took Event's lock in the main thread, and a second Ctrl-C, run inside the first handler, waited for that
+    # lock for ever (a burst of signals hung the daemon; only SIGKILL ended it).
+    previous = {sig: signal.signal(sig, lambda sig, _: came.append(sig)) for sig in signals}  # append: no lock
+    previous.update({sig: signal.signal(sig, lambda *_: None) for sig in others})
 
     def watch() -> None:
         try:
@@ -64,7 +66,6 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
         if not got:  # uninstalled
             os.close(r)
             return
-        came.append(got[0])
         stop.set()
         name = signal.Signals(got[0]).name if got and got[0] in signal.valid_signals() else "a signal"
         finished = done.wait(grace)

@@ -192,9 +192,11 @@ CASES = [
     ("calibrate-out-config", "celledge", "calibrate {mixed} --out {c}/list.yaml", 2, "holds something else, not a "
      "site file", None, None),  # replaced the daemon's YAML config with exit 0
     ("watch-out-in-report", "celledge", "watch {mixed} --mode field --report {tmp}/rep --out {tmp}/rep/differential.json",
-     2, "is inside --report", None, None),  # the lines lost, the report left half JSON
-    ("watch-out-in-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --out {tmp}/s/lines.jsonl", 2,
-     "is inside --sessions", None, None),
+     2, "is a file --report", None, None),  # the lines lost, the report left half JSON
+    ("watch-out-in-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --out {tmp}/s/x/lines.jsonl",
+     2, "is inside a folder of --sessions", None, None),
+    ("watch-out-beside-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp} --report {tmp} --out "
+     "{tmp}/frames.jsonl", 0, None, None, None),  # one folder for the lines, the report and the sessions: fine
     ("choose-out-model", "celltrain", "choose {fake_keras} --out {fake_keras}", 2, "named like a model file", None,
      None),
     ("choose-out-run-file", "celltrain", "choose {fake_keras} --out {c}/fake/split.json", 2,
@@ -735,6 +737,37 @@ def test_a_second_signal_inside_the_first_handler_does_not_deadlock():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_stop_signal_just_before_the_end_still_leaves_the_rest_of_a_burst_ignored():
+    """Helper 69: a signal the watcher had not read yet when the run ended put the default handler back, and the
+    rest of the burst was a KeyboardInterrupt traceback at exit."""
+    code = textwrap.dedent("""
+        import os, signal, threading
+        from scopelite.edge import shutdown
+        for _ in range(50):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            stop = threading.Event()
+            undo = shutdown.install(stop, grace=5)
+            os.kill(os.getpid(), signal.SIGINT)
+            undo()
+            assert stop.wait(2) and signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    (tmp_path / "slow_cli.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(1.5)\n"
+                                          "def main():\n    return 0\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert p.stdout.readline().strip() == "importing"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0 and "interrupted" not in err, err[-1000:]
 
 
 def test_a_burst_of_ctrl_c_ends_the_daemon(tmp_path):

@@ -50,6 +50,9 @@ def test_hash_mismatch_is_refused(model_file):
     (lambda d: d.update(labels=["a", ".hidden"]), "not a plain name"),
     (lambda d: d.update(labels=["a", "b\\c"]), "not a plain name"),
     (lambda d: d.update(labels=["a", "line\nbreak"]), "not a plain name"),
+    (lambda d: d.update(labels=["a", " "]), "not a plain name"),
+    (lambda d: d.update(labels=["a", "right\u202eleft"]), "not a plain name"),
+    (lambda d: d.update(labels=["a", "\u00e9" * 200]), "not a plain name"),  # 400 bytes: no folder is named so
     (lambda d: d["input"].update(channels=1), "3 channels"),
     (lambda d: d["input"].update(quantization=None), "no quantization"),
     (lambda d: d.update(runtimes=["gpu"]), "runtimes"),

@@ -307,3 +307,16 @@ def test_the_saver_deletes_only_the_frames_it_saved(tmp_path):
     assert s.deleted > 0 and all((tmp_path / n).read_bytes() == d for n, d in keep.items())
     own = [p for p in tmp_path.iterdir() if p.name not in keep]
     assert own and sum(p.stat().st_size for p in own) <= 30_000
+
+
+def test_the_saver_counts_frames_saved_under_any_label_after_a_restart(tmp_path):
+    """Helper 69: frames saved for labels with spaces or accents were not recognised as the saver's own after a
+    restart: never counted against the cap, never deleted (the folder grew by a run's worth at each restart)."""
+    from scopelite.edge.saver import FrameSaver
+
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    s = FrameSaver(tmp_path, classes={"band neutrophil", "neutrófilo", "ig (immature)"}, cap_bytes=10**6)
+    for i, label in enumerate(["band neutrophil", "neutrófilo", "ig (immature)"]):
+        assert s(frame, {"frame": i, "label": label, "score": 0.9}) is not None
+    again = FrameSaver(tmp_path, classes=set(), cap_bytes=10**6)
+    assert again.total == s.total == sum(p.stat().st_size for p in tmp_path.iterdir()) and len(again._files) == 3

@@ -162,8 +162,8 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
                         "rename it to the class's name")
     odd = [d.name for d in folders if not is_label(d.name)]
     if odd:  # a model's sidecar refuses it as a label (it becomes a folder's name again: celledge export)
-        raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', or a control "
-                        "character): rename it to the class's name")
+        raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', a control or "
+                        "invisible character, more than 255 bytes): rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
