@@ -324,9 +324,9 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "framing. Each line's \"scale\" says what was done. A --site made with --scale fixes it instead.")
 @click.option("--min-score", type=Number(0, 1), default=0.5, show_default=True,
               help="Field mode: cells scored below this are counted as 'uncertain'.")
-@click.option("--count", type=click.IntRange(min=1, max=5000), default=None,  # session.MAX_CELLS: a session's most
+@click.option("--count", type=click.IntRange(min=1), default=None,
               help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential; "
-                   "at most 5000).")
+                   "with --sessions at most 5000, a session's most).")
 @click.option("--report", type=NonEmptyPath(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
 @click.option("--wbc", type=Number(min=0, max=1000, min_open=True), default=None, metavar="X10^9/L",
@@ -401,7 +401,7 @@ def watch(**_):
     # a SIGHUP (systemctl reload) before its handler is in (the model loading, the source opening) would end the
     # run, and systemd does not restart a unit a SIGHUP ended: remembered here, and a reload asked for once in
     early_hup = shutdown.defer(shutdown.SIGHUP)
-    from .config import from_click
+    from .config import WatchConfig, from_click
     from .outputs import LineSink, check_writable
     from .precious import not_precious
     from .sources import is_live, is_still, open_source, open_unless_stopped
@@ -437,6 +437,9 @@ def watch(**_):
 
     ctx = click.get_current_context()
     cfg = from_click(ctx, checks=unwritable)  # every mistake of the file and the flags at once
+    if cfg.mode != "field" and cfg.min_score != WatchConfig.min_score:  # (a field-mode site file run in crop mode)
+        warn(f"--min-score {cfg.min_score:g} is for field mode: crop mode lists each view's classes and scores and "
+             "calls nothing uncertain, so it is not used")
     if cfg.site:  # checked before --print-config returns: it checks the whole set-up
         from .site import load as load_site
 

@@ -102,10 +102,14 @@ class WatchConfig:
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():  # "$CAM" unset: the current folder, or the option lost
                 flag = "SOURCE" if name == "source" else f"--{name.replace('_', '-')}"
-                out.append(f"{flag} is empty (an unset variable?): give a value, or leave it out")
-        if self.mode != "field" and self.min_score != WatchConfig.min_score:
-            out.append("--min-score needs --mode field (crop mode lists each view's classes and scores; nothing is "
-                       "called uncertain)")
+                out.append(f"{flag} is empty (an unset variable?): give a value, or leave it out (a setting of "
+                           "--config's file is switched off in the file)")
+        if self.sessions and self.count is not None:
+            from .session import MAX_CELLS  # noqa: PLC0415
+
+            if self.count > MAX_CELLS:
+                out.append(f"--count {self.count} is more than a session holds ({MAX_CELLS} cells): give at most "
+                           f"{MAX_CELLS}, or count without --sessions")
         if self.loop and self.mode == "field" and (self.count or self.report):
             out.append("--loop replays the same cells, so a differential (--count/--report) would count them "
                        "again on every pass; leave out --loop")

@@ -18,12 +18,12 @@ import numpy as np
 from ._quiet import native_stderr, verbose
 from .errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+                  ".jp2", ".j2k")
 # images of a kind not read: a folder's files of these kinds are named (a folder of GIFs read as "no images", and a
 # mixed one lost them without a word)
-OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".jfif", ".svg", ".pgm", ".ppm",
-                        ".pnm", ".pbm", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".czi", ".nd2", ".vsi", ".svs",
-                        ".ndpi", ".mrxs", ".scn")
+OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                        ".raw", ".czi", ".nd2", ".vsi", ".svs", ".ndpi", ".mrxs", ".scn")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
 # Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
 MAX_SIDE = 4096
@@ -152,8 +152,7 @@ def other_images_note(other: list[Path]) -> str:
     and what to do."""
     kinds = sorted({p.suffix.lower() for p in other})
     return (f"{len(other)} image{'s' if len(other) > 1 else ''} of a kind not read ({', '.join(kinds)}: {other[0]}"
-            f"{' ...' if len(other) > 1 else ''}) left out; convert them to PNG, JPEG or TIFF "
-            f"({', '.join(IMAGE_SUFFIXES)} are read)")
+            f"{' ...' if len(other) > 1 else ''}) left out; convert them to PNG, JPEG or TIFF")
 
 
 def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> list[Path]:

@@ -441,10 +441,11 @@ CASES = [
     ("watch-report-empty", "celledge", "watch {mixed} --mode field --report {empty}", 2, "is empty (an unset", None,
      None),
     ("watch-http-empty", "celledge", "watch {mixed} --http {empty}", 2, "--http is empty", None, None),
-    ("watch-count-huge", "celledge", "watch {mixed} --mode field --count 1000000000000000000000000000000000", 2,
-     "--count", None, None),  # a session holding every cell: at most 5000 (session.MAX_CELLS)
-    ("watch-min-score-crop", "celledge", "watch {mixed} --min-score 0.9", 2, "--min-score needs --mode field", None,
-     None),  # ignored without a word
+    ("watch-count-huge", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --count "
+     "1000000000000000000000000000000000", 2, "more than a session holds (5000 cells)", None, None),  # every cell held
+    ("watch-count-huge-no-session", "celledge", "watch {mixed} --mode field --count 10000", 0, None, None, None),
+    ("watch-min-score-crop", "celledge", "watch {mixed} --min-score 0.9", 0, None, "--min-score 0.9 is for field "
+     "mode", None),  # ignored without a word
     ("export-out-empty", "celledge", "export {tmp} --out {empty}", 2, "is empty", None, None),
     ("compress-data-empty", "cellcompress", "bench {fake_keras} {fake_keras} --data {empty}", 2, "is empty", None,
      None),

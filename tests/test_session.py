@@ -1398,9 +1398,11 @@ def test_export_never_writes_outside_out_for_a_label_with_a_path_in_it(tmp_path)
     assert not list(tmp_path.rglob("evil")) and [p.parent.name for p in out.glob("*/*.png")] == ["neutrophil"]
 
 
-def test_the_count_flag_allows_what_a_session_holds():
+def test_a_sessions_count_is_at_most_what_a_session_holds(monkeypatch):
     import scopelite.edge.session as session_mod
-    from scopelite.edge.cli import watch
 
-    count = next(p for p in watch.params if p.name == "count")
-    assert count.type.max == session_mod.MAX_CELLS
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 7)
+    assert WatchConfig(source="x", mode="field", sessions="s", count=7).problems() == []
+    assert any("more than a session holds (7 cells)" in p
+               for p in WatchConfig(source="x", mode="field", sessions="s", count=8).problems())
+    assert WatchConfig(source="x", mode="field", count=8).problems() == []  # no session: nothing held

@@ -320,3 +320,21 @@ def test_the_saver_counts_frames_saved_under_any_label_after_a_restart(tmp_path)
         assert s(frame, {"frame": i, "label": label, "score": 0.9}) is not None
     again = FrameSaver(tmp_path, classes=set(), cap_bytes=10**6)
     assert again.total == s.total == sum(p.stat().st_size for p in tmp_path.iterdir()) and len(again._files) == 3
+
+
+def test_the_image_kinds_opencv_reads_are_listed_and_read(tmp_path):
+    """.ppm, .pgm, .jfif and .jp2 were reported as "of a kind not read" and left out, though they decode."""
+    import cv2
+
+    from scopelite.edge.sources import list_images, read_image_rgb
+
+    img = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    names = ["a.ppm", "b.pgm", "c.jp2"]
+    for n in names:
+        assert cv2.imwrite(str(tmp_path / n), img[..., 0] if n.endswith(".pgm") else img)  # a PGM is grey
+    (tmp_path / "d.jfif").write_bytes(cv2.imencode(".jpg", img)[1].tobytes())
+    (tmp_path / "e.gif").write_bytes(b"GIF89a")
+    other = []
+    listed = list_images([tmp_path], other=other)
+    assert [p.name for p in listed] == [*names, "d.jfif"] and [p.name for p in other] == ["e.gif"]
+    assert all(read_image_rgb(p).shape == (40, 40, 3) for p in listed)
