@@ -211,7 +211,12 @@ def is_label(name: str) -> bool:
     import unicodedata  # noqa: PLC0415
 
     return (bool(_LABEL.fullmatch(name)) and bool(name.strip()) and len(name.encode("utf-8", "replace")) <= 255
-            and not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in name))
+            and not any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _INVISIBLE for ch in name))
+
+
+# bidirectional overrides and zero-width spaces (a name that reads otherwise than it is); the zero-width (non-)joiner
+# U+200C/U+200D stay: Persian and Indic names need them
+_INVISIBLE = frozenset("\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff")
 
 
 def build_sidecar(model_path: str | os.PathLike, *, format: str, labels, input: InputSpec,  # noqa: A002

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ._quiet import native_stderr
@@ -20,31 +21,33 @@ class RuntimeUnavailable(UserError, RuntimeError):
 
 
 def _interpreter_module():
+    before = sys.exc_info()[1]
     try:
         from ai_edge_litert import interpreter as mod  # noqa: PLC0415
 
         return mod, "ai-edge-litert"
     except ImportError as e:
-        _unless_interrupted(e)
+        _unless_interrupted(e, before)
     try:
         from tflite_runtime import interpreter as mod  # noqa: PLC0415
 
         return mod, "tflite_runtime"
     except ImportError as e:
-        _unless_interrupted(e)
+        _unless_interrupted(e, before)
         raise RuntimeUnavailable(
             "no LiteRT interpreter installed: pip install 'scopelite[edge]' (ai-edge-litert)"
         ) from None
 
 
-def _unless_interrupted(e: ImportError) -> None:
+def _unless_interrupted(e: ImportError, before: BaseException | None) -> None:
     """Ctrl-C while a compiled module loads comes out as ImportError("initialization failed") over the
-    KeyboardInterrupt: said as "no LiteRT interpreter installed", not as the interruption it was."""
-    seen = e.__context__ or e.__cause__
-    while seen is not None:
+    KeyboardInterrupt: said as "no LiteRT interpreter installed", not as the interruption it was. ``before``: what
+    was being handled when the import was tried (a KeyboardInterrupt there is not the import's)."""
+    seen = e.__context__
+    while seen is not None and seen is not before:
         if isinstance(seen, KeyboardInterrupt):
             raise KeyboardInterrupt from None
-        seen = seen.__context__ or seen.__cause__
+        seen = seen.__context__
 
 
 def runtime_name() -> str:

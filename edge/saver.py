@@ -70,7 +70,7 @@ class FrameSaver:
         if not ok:
             return None
         data = buf.tobytes()
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{'+'.join(why).replace(':', '-')}.jpg"
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{_short('+'.join(why).replace(':', '-'))}.jpg"
         # the record names the saved image ("saved"); "file" stays the frame's own (a folder's image)
         record = (json.dumps({"saved": name, "reasons": why, **rec}) + "\n").encode()
         size = len(data) + len(record)
@@ -88,7 +88,10 @@ class FrameSaver:
             write_bytes_atomic(path.with_suffix(".json"), record, fsync="none")  # a card's wear: no flush per frame
             write_bytes_atomic(path, data, fsync="none")
         except OSError as e:  # disk full, folder gone: no half-written frame left behind
-            path.with_suffix(".json").unlink(missing_ok=True)
+            try:
+                path.with_suffix(".json").unlink(missing_ok=True)
+            except OSError:
+                pass
             raise UserError(f"stopped saving frames: cannot write {path} "
                             f"({(e.strerror or str(e)).lower()})") from None
         self._files.append((path, size))
@@ -100,6 +103,17 @@ class FrameSaver:
         while len(self._tracks) > TRACKS_KEPT:
             self._tracks.popitem(last=False)
         return path
+
+
+def _short(reasons: str, most: int = 120) -> str:
+    """The reasons part of a saved frame's name, at most ``most`` bytes (a file name holds 255; several long class
+    names ended the run with "file name too long"): cut on a character and marked with a short digest."""
+    if len(reasons.encode()) <= most:
+        return reasons
+    import hashlib  # noqa: PLC0415
+
+    cut = reasons.encode()[:most - 9].decode("utf-8", "ignore")
+    return f"{cut}~{hashlib.blake2b(reasons.encode(), digest_size=4).hexdigest()}"
 
 
 def _size(path: Path) -> int:

@@ -10,6 +10,7 @@ asks for a model reload) run their function on the same watcher thread and stop 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -51,17 +52,24 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
     # The handlers only note the signal: the wakeup fd tells the watcher, which sets ``stop``. A handler that set
     # it took Event's lock in the main thread, and a second Ctrl-C, run inside the first handler, waited for that
     # lock for ever (a burst of signals hung the daemon; only SIGKILL ended it).
-    previous = {sig: signal.signal(sig, lambda sig, _: came.append(sig)) for sig in signals}  # append: no lock
+    # A signal ignored when the command started (`cmd &` in a script, a supervisor's choice) stays ignored.
+    signals = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, lambda sig, _: came or came.append(sig)) for sig in signals}  # no lock
     previous.update({sig: signal.signal(sig, lambda *_: None) for sig in others})
 
     def watch() -> None:
         try:
             while True:
+                if came and not done.is_set():  # noted by its handler: its byte may have been lost (a full pipe)
+                    got = bytes([came[0]])
+                    break
+                if not select.select([r], [], [], 0.25)[0]:
+                    continue
                 got = os.read(r, 1)
                 if not got or got[0] not in others:
                     break
                 others[got[0]]()
-        except OSError:
+        except (OSError, ValueError):
             got = b""
         if not got:  # uninstalled
             os.close(r)

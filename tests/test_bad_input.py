@@ -192,9 +192,13 @@ CASES = [
     ("calibrate-out-config", "celledge", "calibrate {mixed} --out {c}/list.yaml", 2, "holds something else, not a "
      "site file", None, None),  # replaced the daemon's YAML config with exit 0
     ("watch-out-in-report", "celledge", "watch {mixed} --mode field --report {tmp}/rep --out {tmp}/rep/differential.json",
-     2, "is a file --report", None, None),  # the lines lost, the report left half JSON
+     2, "or a file it writes", None, None),  # the lines lost, the report left half JSON
     ("watch-out-in-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --out {tmp}/s/x/lines.jsonl",
      2, "is inside a folder of --sessions", None, None),
+    ("watch-out-is-report", "celledge", "watch {mixed} --mode field --report {tmp}/rep --out {tmp}/rep", 2,
+     "is --report", None, None),  # the report lost after the whole count
+    ("watch-out-is-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp}/s --out {tmp}/s", 2,
+     "--sessions", None, None),
     ("watch-out-beside-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp} --report {tmp} --out "
      "{tmp}/frames.jsonl", 0, None, None, None),  # one folder for the lines, the report and the sessions: fine
     ("choose-out-model", "celltrain", "choose {fake_keras} --out {fake_keras}", 2, "named like a model file", None,
@@ -753,6 +757,28 @@ def test_a_stop_signal_just_before_the_end_still_leaves_the_rest_of_a_burst_igno
             os.kill(os.getpid(), signal.SIGINT)
             undo()
             assert stop.wait(2) and signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_signals_ignored_at_the_start_stay_ignored_and_a_lost_wakeup_byte_still_stops():
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from scopelite.edge import shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started with Ctrl-C ignored (`cmd &` in a script)
+        stop = threading.Event()
+        undo = shutdown.install(stop)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not stop.wait(0.6) and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        undo()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop = threading.Event()
+        undo = shutdown.install(stop, grace=5)
+        signal.set_wakeup_fd(-1)  # the byte lost (a full pipe): the handler's note still stops the work
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(3)
         print("ok")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -53,6 +53,7 @@ def test_hash_mismatch_is_refused(model_file):
     (lambda d: d.update(labels=["a", " "]), "not a plain name"),
     (lambda d: d.update(labels=["a", "right\u202eleft"]), "not a plain name"),
     (lambda d: d.update(labels=["a", "\u00e9" * 200]), "not a plain name"),  # 400 bytes: no folder is named so
+    (lambda d: d.update(labels=["a", "line\u2028separator"]), "not a plain name"),
     (lambda d: d["input"].update(channels=1), "3 channels"),
     (lambda d: d["input"].update(quantization=None), "no quantization"),
     (lambda d: d.update(runtimes=["gpu"]), "runtimes"),
@@ -151,3 +152,10 @@ def test_build_and_write_validate_the_provenance_once_and_hash_the_model_once(mo
     # a bad provenance is still one line naming the field
     with pytest.raises(BundleError, match=r"sidecar of model.tflite: provenance: .*cpu_model"):
         _sidecar(model_file, provenance=Provenance(cpu_model=5))
+
+
+def test_labels_of_any_script_are_plain_names():
+    from scopelite.edge.bundle import is_label
+
+    for name in ("neutrófilo", "نیم\u200cفاصله", "क्\u200dष", "Blast (myeloid)", "band neutrophil"):
+        assert is_label(name), name

@@ -338,3 +338,16 @@ def test_the_image_kinds_opencv_reads_are_listed_and_read(tmp_path):
     listed = list_images([tmp_path], other=other)
     assert [p.name for p in listed] == [*names, "d.jfif"] and [p.name for p in other] == ["e.gif"]
     assert all(read_image_rgb(p).shape == (40, 40, 3) for p in listed)
+
+
+def test_saved_frame_names_stay_short_whatever_the_class_names(tmp_path):
+    """Several long class names in one frame's reasons made a name over 255 bytes: "file name too long" ended the
+    run."""
+    from scopelite.edge.saver import FrameSaver
+
+    frame = np.zeros((32, 32, 3), np.uint8)
+    labels = [f"{'segmented ' * 3}neutrophil type {i}" for i in range(9)]
+    s = FrameSaver(tmp_path, classes=set(labels), below=0.9, cap_bytes=10**6)
+    path = s(frame, {"frame": 0, "cells": [{"label": x, "best": x, "score": 0.5} for x in labels]})
+    assert path is not None and len(path.name.encode()) <= 200 and path.with_suffix(".json").is_file()
+    assert FrameSaver(tmp_path, cap_bytes=10**6).total == s.total  # still known as the saver's own
