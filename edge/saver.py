@@ -70,7 +70,8 @@ class FrameSaver:
         if not ok:
             return None
         data = buf.tobytes()
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{_short('+'.join(why).replace(':', '-'))}.jpg"
+        reasons = _short("+".join(why).replace(":", "-"))
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}_{rec.get('frame', 0):08d}_{reasons}.jpg"
         # the record names the saved image ("saved"); "file" stays the frame's own (a folder's image)
         record = (json.dumps({"saved": name, "reasons": why, **rec}) + "\n").encode()
         size = len(data) + len(record)
