@@ -14,17 +14,27 @@ def _while_importing(signum, frame) -> None:  # nothing is written while the mod
 
 
 def run(module: str):
-    """Import ``module`` with Ctrl-C a quiet exit, then call its ``main`` (click: it says and exits itself)."""
+    """Import ``module`` with Ctrl-C a quiet exit, then call its ``main`` (click: it says and exits itself). A
+    SIGHUP meanwhile (``systemctl reload`` right after the start ended the service, which systemd does not restart)
+    is remembered: ``celledge watch`` reloads once it can (``shutdown.defer``), other commands go on."""
+    from . import shutdown
+
+    before, hup_before = None, None
     try:  # a command started with Ctrl-C ignored (`cmd &` in a script) keeps ignoring it
-        before = None if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else \
-            signal.signal(signal.SIGINT, _while_importing)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            before = signal.signal(signal.SIGINT, _while_importing)
+        if shutdown.SIGHUP is not None and signal.getsignal(shutdown.SIGHUP) is not signal.SIG_IGN:
+            hup_before = signal.getsignal(shutdown.SIGHUP)
+            shutdown.early(shutdown.SIGHUP)
     except ValueError:  # not the main thread (called from a test's thread): import as usual
-        before = None
+        pass
     try:
         main = importlib.import_module(module).main
     finally:
         if before is not None:
             signal.signal(signal.SIGINT, before)
+        if hup_before is not None:
+            signal.signal(shutdown.SIGHUP, hup_before)
     return main()
 
 

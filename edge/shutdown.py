@@ -24,9 +24,21 @@ def defer(sig: int | None) -> Callable[[], bool]:
     does). Call from the main thread. Returns a function: whether ``sig`` came."""
     if sig is None:
         return lambda: False
-    came: list[int] = []  # a handler takes no lock: a second signal runs it inside the first (Event.set deadlocked)
+    # a list, not an Event: a handler takes no lock (a second signal runs it inside the first: Event.set deadlocked);
+    # one that came while the command was still loading (``early``) counts
+    came = _early.pop(sig, [])
     signal.signal(sig, lambda *_: came.append(1))
     return lambda: bool(came)
+
+
+_early: dict[int, list[int]] = {}
+
+
+def early(sig: int) -> None:
+    """While a command loads (``_entry``): remember ``sig`` instead of letting it end the program; the command's
+    ``defer`` of it (if it has one) takes it over. Call from the main thread."""
+    came = _early.setdefault(sig, [])
+    signal.signal(sig, lambda *_: came.append(1))
 
 
 def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,

@@ -201,3 +201,24 @@ def test_ctrl_c_while_the_interpreter_loads_is_an_interruption_not_a_missing_pac
     except KeyboardInterrupt:
         with pytest.raises(runtime.RuntimeUnavailable):
             runtime._interpreter_module()
+
+
+def test_a_sighup_while_a_command_loads_is_remembered_not_the_end(tmp_path):
+    """`systemctl reload` right after the start: a SIGHUP before watch's handler was in ended the service (and
+    systemd does not restart a unit a SIGHUP ended). It is remembered for the command's own handler now."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow_cli.py").write_text(
+        "import time\nprint('importing', flush=True)\ntime.sleep(1.0)\n"
+        "def main():\n    from scopelite.edge import shutdown\n    print('came', shutdown.defer(shutdown.SIGHUP)())\n"
+        "    print('again', shutdown.defer(shutdown.SIGHUP)())\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "importing"
+    time.sleep(0.2)
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0 and out.split() == ["came", "True", "again", "False"], (p.returncode, out, err[-1000:])
