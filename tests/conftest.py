@@ -17,6 +17,15 @@ def run_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProce
     return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of a child a test sends SIGINT or SIGHUP: a job started with & by a script (CI's nohup)
+    ignores both, and so would its children (scopelite keeps a signal ignored at the start ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def invoke_cli(*args: str) -> subprocess.CompletedProcess:
     """Run a console script's click command in this process (fast: no interpreter start, imports cached).
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, invoke_cli, make_broken, run_cli
+from conftest import assert_one_line_error, default_signals, invoke_cli, make_broken, run_cli
 from scopelite.edge.packaged import default_model
 
 UNWRITABLE = "/sys/scopelite-bad-input"  # sysfs: nobody may create files there, root included
@@ -656,7 +656,8 @@ def test_line_sink_follows_a_rotated_file_and_makes_its_folders(tmp_path):
 
 def _start_watch(*args):
     exe = Path(sys.executable).parent / "celledge"
-    return subprocess.Popen([str(exe), "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(exe), "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
 
 
 def _term_within(p, seconds: float) -> tuple[float, str, str]:
@@ -726,6 +727,8 @@ def test_a_second_signal_inside_the_first_handler_does_not_deadlock():
     code = textwrap.dedent("""
         import signal, threading
         from scopelite.edge import shutdown
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored in a job a script started with &)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         stop = threading.Event()
         undo = shutdown.install(stop)
         handler = signal.getsignal(signal.SIGINT)

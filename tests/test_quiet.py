@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import default_signals, run_cli
 from scopelite.edge import _quiet
 
 NOISE = re.compile(r"XNNPACK|oneDNN|cuda|absl::|cpu_feature_guard|fully_quantize", re.IGNORECASE)
@@ -144,7 +144,8 @@ def test_ctrl_c_while_a_command_is_still_importing_is_a_quiet_exit(tmp_path):
     (tmp_path / "slow_cli.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(30)\n"
                                           "def main():\n    return 0\n")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
     assert p.stdout.readline().strip() == "importing"
     time.sleep(0.2)
     p.send_signal(signal.SIGINT)
@@ -216,7 +217,8 @@ def test_a_sighup_while_a_command_loads_is_remembered_not_the_end(tmp_path):
         "def main():\n    from scopelite.edge import shutdown\n    print('came', shutdown.defer(shutdown.SIGHUP)())\n"
         "    print('again', shutdown.defer(shutdown.SIGHUP)())\n")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
     assert p.stdout.readline().strip() == "importing"
     time.sleep(0.2)
     p.send_signal(signal.SIGHUP)

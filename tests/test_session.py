@@ -19,7 +19,7 @@ from scopelite.edge.session_export import export_reviewed, summary_line
 from scopelite.edge.watch import run_watch
 from scopelite.train.slide import make_slide_scan
 
-from conftest import assert_one_line_error, invoke_cli
+from conftest import assert_one_line_error, default_signals, invoke_cli
 from test_watch_tracking import SCAN, ScanSource, by_colour
 
 WHITE_ROWS = ("Neutrophils", "Lymphocytes", "Monocytes", "Eosinophils", "Basophils", "Immature granulocytes")
@@ -758,6 +758,7 @@ def test_review_serves_a_closed_session_with_no_camera(tmp_path):
 
     exe = Path(sys.executable).parent / "celledge"
     p = subprocess.Popen([str(exe), "review", str(root), "--session", old, "--http", "127.0.0.1:0"],
+                         preexec_fn=default_signals,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         import select

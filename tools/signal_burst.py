@@ -27,7 +27,8 @@ import numpy as np
 def one(folder: Path, burst: float) -> dict:
     p = subprocess.Popen([sys.executable, "-c", "from scopelite.edge.cli import main; main()", "watch", str(folder),
                           "--mode", "field", "--loop", "--fps", "5"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a job started with &)
     time.sleep(2.0)
     t0, sent = time.monotonic(), 0
     while time.monotonic() - t0 < burst and p.poll() is None:
