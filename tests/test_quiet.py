@@ -134,23 +134,31 @@ def test_blocks_in_two_threads_share_one_redirect_and_the_last_restores_fd2(capf
     assert "from A" in err and "from B" in err and "after" in err
 
 
-def test_ctrl_c_while_a_command_is_still_importing_is_a_quiet_exit(tmp_path):
-    """Ctrl-C in a command's first ~150 ms (numpy, OpenCV, the CLI loading) gave a KeyboardInterrupt traceback."""
-    import signal
+def _signalled_while_importing(tmp_path, sig: int, seconds: float, main_body: str):
+    """A console command (``_entry.run``) whose CLI module takes ``seconds`` to import, sent ``sig`` meanwhile:
+    (exit code, stdout, stderr)."""
     import subprocess
     import sys
     import time
 
-    (tmp_path / "slow_cli.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(30)\n"
-                                          "def main():\n    return 0\n")
+    (tmp_path / "slow_cli.py").write_text(f"import time\nprint('importing', flush=True)\ntime.sleep({seconds})\n"
+                                          f"def main():\n{main_body}")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=default_signals)
     assert p.stdout.readline().strip() == "importing"
     time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=20)
-    assert p.returncode == 130 and err == "Error: interrupted\n", err[-1000:]
+    return p.returncode, out, err
+
+
+def test_ctrl_c_while_a_command_is_still_importing_is_a_quiet_exit(tmp_path):
+    """Ctrl-C in a command's first ~150 ms (numpy, OpenCV, the CLI loading) gave a KeyboardInterrupt traceback."""
+    import signal
+
+    code, _, err = _signalled_while_importing(tmp_path, signal.SIGINT, 30, "    return 0\n")
+    assert code == 130 and err == "Error: interrupted\n", err[-1000:]
 
 
 def test_the_console_commands_import_light_and_go_through_the_quiet_entry():
@@ -208,19 +216,8 @@ def test_a_sighup_while_a_command_loads_is_remembered_not_the_end(tmp_path):
     """`systemctl reload` right after the start: a SIGHUP before watch's handler was in ended the service (and
     systemd does not restart a unit a SIGHUP ended). It is remembered for the command's own handler now."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    (tmp_path / "slow_cli.py").write_text(
-        "import time\nprint('importing', flush=True)\ntime.sleep(1.0)\n"
-        "def main():\n    from scopelite.edge import shutdown\n    print('came', shutdown.defer(shutdown.SIGHUP)())\n"
-        "    print('again', shutdown.defer(shutdown.SIGHUP)())\n")
-    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from scopelite.edge._entry import run; run('slow_cli')"
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=default_signals)
-    assert p.stdout.readline().strip() == "importing"
-    time.sleep(0.2)
-    p.send_signal(signal.SIGHUP)
-    out, err = p.communicate(timeout=20)
-    assert p.returncode == 0 and out.split() == ["came", "True", "again", "False"], (p.returncode, out, err[-1000:])
+    code, out, err = _signalled_while_importing(
+        tmp_path, signal.SIGHUP, 1.0, "    from scopelite.edge import shutdown\n"
+        "    print('came', shutdown.defer(shutdown.SIGHUP)())\n    print('again', shutdown.defer(shutdown.SIGHUP)())\n")
+    assert code == 0 and out.split() == ["came", "True", "again", "False"], (code, out, err[-1000:])
