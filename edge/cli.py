@@ -635,12 +635,13 @@ def _not_inside(path: str, flag: str, report: str | None, sessions: str | None) 
     writes: ``--out rep/differential.json`` with ``--report rep`` lost every line and left the report half JSON,
     half lines. A file beside them (``/var/lib/scopelite/frames.jsonl``) is fine."""
     p = Path(path).resolve()
-    if report and (p == Path(report).resolve() or p.parent == Path(report).resolve()
-                   and p.name.lower() in ("differential.json", "differential.csv", "differential.txt")):
+    rep = Path(report).resolve() if report else None
+    if rep is not None and (p == rep or p.parent == rep
+                            and p.name.lower() in ("differential.json", "differential.csv", "differential.txt")):
         raise UserError(f"{flag} {path} is --report {report} or a file it writes: the report would replace the "
                         "lines, or the lines damage it; give another file name")
-    if sessions and p.parent != Path(sessions).resolve() and p.is_relative_to(Path(sessions).resolve()) \
-            or sessions and p == Path(sessions).resolve():
+    root = Path(sessions).resolve() if sessions else None
+    if root is not None and (p == root or p.parent != root and p.is_relative_to(root)):
         raise UserError(f"{flag} {path} is inside a folder of --sessions {sessions}, which this run writes: its "
                         f"files would replace the lines, or the lines damage them; give a file outside it")
 

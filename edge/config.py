@@ -98,7 +98,9 @@ class WatchConfig:
         out = []
         if self.source is None:
             out.append("no SOURCE: give it on the command line or as 'source:' in --config")
-        for name in ("source", "model", "site", "report", "sessions", "http", "out", "save_dir", "device"):
+        # the path options' type (errors.NonEmptyPath) refuses an empty one, on the command line and in the file;
+        # these three are plain strings
+        for name in ("source", "http", "device"):
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():  # "$CAM" unset: the current folder, or the option lost
                 flag = "SOURCE" if name == "source" else f"--{name.replace('_', '-')}"

@@ -61,8 +61,9 @@ def post(sessions: Sessions, path: str, body: dict) -> Response:
                                        or not 1 <= target <= session_mod.MAX_CELLS):
                 return _error(400, f"target {target!r} is not a whole number of white cells from 1 to "
                                    f"{session_mod.MAX_CELLS} (a session's most)")
-            if set(body) - {"target"}:
-                return _error(400, f"start takes only a target; not {', '.join(sorted(set(body) - {'target'}))}")
+            others = sorted(set(body) - {"target"})
+            if others:
+                return _error(400, f"start takes only a target; not {', '.join(others)}")
             return _json(200, sessions.start(target))
         if path in ("/session/stop", "/session/reset") and body:  # a target given to reset was dropped silently
             return _error(400, f"{path.rsplit('/', 1)[1]} takes nothing (it keeps the session's target); to count "
