@@ -156,15 +156,21 @@ def other_images_note(other: list[Path]) -> str:
 
 
 def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> list[Path]:
-    """The images of the files and folders given on a command line (``list_images``): a SourceError when there
-    are none, and ``warn`` names those of a kind not read."""
-    given, other = list(given), []
-    paths = list_images(given, other=other)
+    """The images of the files and folders given on a command line or as a source (``list_images``): a
+    SourceError when there are none, and ``warn`` names those of a kind not read and each folder inside that
+    could not be listed (their images would otherwise be left out of the count without a word)."""
+    given, unlisted, other = list(given), [], []
+    paths = list_images(given, unlisted, other)
+    names = ", ".join(map(str, given))
+    unread = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
+             f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
     if not paths:
-        raise SourceError(f"no images in {', '.join(map(str, given))}" + (f": {other_images_note(other)}" if other
-                                                                          else ""))
+        raise SourceError(f"no images in {names}{unread}" + (f": {other_images_note(other)}" if other else
+                                                             f" (the kinds read: {' '.join(IMAGE_SUFFIXES)})"))
     if other:
-        warn(other_images_note(other))
+        warn(f"{names}: {other_images_note(other)}")
+    if unread:
+        warn(f"the images of {names} were read without those of some folders in it{unread}")
     return paths
 
 
@@ -236,19 +242,8 @@ class FolderSource:
     def __init__(self, folder: str | os.PathLike, loop: bool = False,
                  warn: Callable[[str], None] | None = None):
         self.name = str(folder)
-        unlisted: list[str] = []
-        other: list[Path] = []
-        self._paths = list_images([folder], unlisted, other)
         self._warn = warn or (lambda msg: None)
-        unread = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
-                 f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
-        if not self._paths:
-            raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}{unread}"
-                              + (f"; {other_images_note(other)}" if other else ""))
-        if other:
-            self._warn(f"{folder}: {other_images_note(other)}")
-        if unread:
-            self._warn(f"the images of {folder} were read without those of some folders in it{unread}")
+        self._paths = images_given([folder], self._warn)
         self._loop = loop
         self._i = 0
         self._good = 0  # frames read in this pass

@@ -245,7 +245,7 @@ def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path
     import cv2
     import pytest
 
-    from scopelite.edge.sources import SourceError
+    from scopelite.edge.sources import SourceError, images_given
 
     src, only = tmp_path / "fields", tmp_path / "only"
     for sub in (src / "ok", src / "locked", only / "locked", src / ".Trash-1000" / "locked", src / "lost+found"):
@@ -265,6 +265,9 @@ def test_a_folder_inside_that_cannot_be_listed_is_named_not_passed_over(tmp_path
     assert len(warned) == 1 and f"{src / 'locked'} (permission denied)" in warned[0]
     with pytest.raises(SourceError, match=r"no images .* \(1 folder in it could not be read"):
         FolderSource(only)
+    warned = []  # classify, calibrate and explain read their images by the same helper: they passed over it
+    assert [p.parent.name for p in images_given([src], warned.append)] == ["ok"]
+    assert len(warned) == 1 and f"{src / 'locked'} (permission denied)" in warned[0]
 
 
 def test_float_tiffs_are_read_as_images(tmp_path):
