@@ -646,6 +646,9 @@ def run_watch(
         if ahead is not None:
             ahead.stop()
         capture.join(timeout=2.0)
+    if reloader is not None:  # a reload done after the last frame's turn (a SIGHUP just before the stop): its line
+        for event in reloader.take()[1]:
+            emit({**event, "frame": n, "after_last_frame": True})
     elapsed = max(clock() - t_start, 1e-9)
     summary = {
         "source": capture.source_name,

@@ -68,6 +68,28 @@ def test_a_good_model_takes_over_between_frames_and_the_count_goes_on():
     assert reloader.path == "new"
 
 
+def test_a_reload_done_after_the_last_frame_still_has_its_line():
+    """A reload that finished between the last frame and the stop (SIGHUP just before SIGTERM) was counted in the
+    summary's model_reloads but had no event line: the log could not say which model the next start runs."""
+    import threading
+
+    old = FakeClassifier(LABELS, InputSpec(8, 8), fn=_one_hot(0))
+    reloader = ModelReloader(lambda path: FakeClassifier(LABELS, InputSpec(8, 8), fn=_one_hot(2)), old, "old")
+    recs, stop = [], threading.Event()
+
+    def emit(rec):
+        recs.append(rec)
+        if rec.get("frame") == 7 and "event" not in rec:
+            reloader.reload("new")
+            stop.set()  # the SIGTERM right after
+
+    s = run_watch(WatchConfig(), FakeSource(_frames(20)), old, emit, stop=stop, reloader=reloader)["summary"]
+    events = [r for r in recs if r.get("event") == "model_reload"]
+    assert [r["label"] for r in recs if "event" not in r] == ["dark"] * 8  # no frame left for the new model
+    assert len(events) == 1 and events[0]["ok"] and events[0]["model"] == "new" and recs[-1] is events[0]
+    assert events[0]["frame"] == 8 and events[0]["after_last_frame"] and s["model_reloads"]["ok"] == 1
+
+
 @pytest.mark.parametrize("new, why", [
     ("broken", "cannot load"),
     ("labels", "are not the running model's"),
