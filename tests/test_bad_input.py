@@ -504,6 +504,21 @@ def test_synth_folders_make_a_synthetic_model(tmp_path):
     assert ds.synthetic and "synthetic" in ds.description
 
 
+def test_the_folder_synth_writes_is_refused_as_data_and_its_crops_named(tmp_path):
+    """`celltrain synth data/` writes data/crops/<class>/ and data/fields/: `fit --data data/` took crops and
+    fields as a model of two classes."""
+    from scopelite.edge.bundle import CLASS_NAMES
+    from scopelite.edge.errors import UserError
+    from scopelite.train import data
+
+    for c in CLASS_NAMES[:3]:
+        _png(tmp_path / "crops" / c / "0.png", (16, 16, 3))
+    _png(tmp_path / "fields" / "field_000.png", (16, 16, 3))
+    with pytest.raises(UserError, match=f"{tmp_path / 'crops'} holds class folders .*give {tmp_path / 'crops'}"):
+        data.load(str(tmp_path), 16)
+    assert data.load(str(tmp_path / "crops"), 16).counts()[CLASS_NAMES[0]] == 1
+
+
 def test_foreign_class_folders_are_refused_only_when_fine_tuning_the_8_classes(corpus):
     """Beside some of the 8 classes, a folder that is none of them is a misnamed class when a model of the 8 is
     fine-tuned; trained from scratch, the names are the model's own classes."""

@@ -96,6 +96,7 @@ def test_synth_into_the_working_folder(tmp_path, monkeypatch):
         r = invoke_cli("celltrain", "synth", ".", "--per-class", str(n), "--fields", "0", "--no-video")
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert len(list((tmp_path / "here" / "crops" / "monocyte").iterdir())) == n
+        assert "celltrain fit --data crops " in r.stdout  # the class folders are in crops/, not here
         (tmp_path / "here" / "notes.txt").write_text("mine")  # a user's own file in it: made again, it stays
     assert (tmp_path / "here" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # nothing left beside it

@@ -250,7 +250,7 @@ def fit(quiet, resume, **opts):
     """Train a model; write model.keras + model.json, config, split and curves to --out.
 
     \b
-    Example (the README demo, about 4 min on 2 cores):
+    A small fit on generated cells (about 4 min on 2 cores):
       celltrain fit --out runs/demo --image-size 64 --epochs 6 --weights none
     Real data, strong augmentation, progressive resizing:
       celltrain fit --data ../shared/data/pbc96 --out runs/pbc --augment strong --progressive --epochs 30
@@ -657,12 +657,14 @@ def import_(weights, split, data, out, tag):
 @click.option("--seed", type=int, default=0)
 @one_line_errors
 def synth(out, per_class, image_size, fields, video, seed):
-    """Generate synthetic smears: crops (class folders), fields and a microscope video.
+    """Generate synthetic smears: crops (OUT/crops/<class>/), fields and a microscope video.
 
     \b
     Example:
       celltrain synth demo_data/ --per-class 50
     """
+    from pathlib import Path
+
     from scopelite.edge.outputs import check_writable, folder_in_place
 
     from .synth import write_dataset
@@ -674,6 +676,7 @@ def synth(out, per_class, image_size, fields, video, seed):
         m = write_dataset(tmp, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")
+    click.echo(f"train on the crops: celltrain fit --data {Path(out) / 'crops'} --out runs/synth")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -130,6 +130,13 @@ def _not_a_class(folders: list[str], root: Path, classes) -> str:
             f"fine-tuning keeps the model's {len(classes)} classes: " + "; ".join(hints))
 
 
+def _class_folders_inside(d: Path, known: set[str]) -> list[str]:
+    try:
+        return sorted(s.name for s in d.iterdir() if s.is_dir() and _canonical(s.name) in known)
+    except OSError:  # unreadable: the image listing below says so
+        return []
+
+
 def load_synthetic(per_class: int, image_size: int, seed: int = 0) -> Dataset:
     from .synth import make_crops  # noqa: PLC0415
 
@@ -165,6 +172,12 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', a control or "
                         "invisible character, more than 255 bytes): rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
+    known = {_canonical(c) for c in (classes or CLASS_NAMES)}
+    for d, n in zip(folders, names):
+        inner = _class_folders_inside(d, known) if n not in known else []
+        if len(inner) >= 2:  # celltrain synth data/ writes data/crops/<class>: data/ is one level up
+            raise UserError(f"{d} holds class folders ({', '.join(inner)}): {root} is one level above "
+                            f"the class folders; give {d} instead")
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
         foreign = [d.name for d, n in zip(folders, names) if n not in canon]
