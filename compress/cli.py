@@ -6,7 +6,7 @@ import shlex
 import click
 
 from scopelite.edge._quiet import verbose_option
-from scopelite.edge.errors import NonEmptyPath, Number, OneLineGroup, one_line_errors
+from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, one_line_errors
 
 OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
@@ -72,7 +72,7 @@ def main() -> None:
                    "cells of a few classes) the gate cannot judge: check the model on your own cells and accept it "
                    "with --max-drop 100 100.")
 @click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--diagnose", is_flag=True,
               help="Also measure where post-training int8 loses: every tensor of the int8 graph against the float "
                    "one, its range and scale, and BatchNorm statistics; writes OUT/int8-diagnosis.{csv,json,png} "
@@ -117,7 +117,7 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
 @click.option("--run", default=None, type=NonEmptyPath(exists=True),
               help="The training run (folder or model.keras) whose test split to use, when the models' own run is "
                    "not on this machine (e.g. the shipped model: any run of the same data and seed).")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--tta", default="1", metavar="N[,N...]",
               help="Also score each model as the mean over N flipped/rotated views (celledge --tta), e.g. 1,4.")
 @one_line_errors

@@ -33,6 +33,11 @@ class Number(click.FloatRange):
         return v
 
 
+# every --seed of the three CLIs: numpy and Keras take 0..2**32-1, and a run adds offsets (an epoch's, a soup
+# member's 100 i) to its training seed; a negative or larger one was a numpy traceback after the run folder was made
+SEED = click.IntRange(0, 2**31 - 1)
+
+
 class NonEmptyPath(click.Path):
     """``click.Path`` that refuses an empty path: ``--out ""`` or ``"$CAM"`` unset read or wrote the current
     folder, and ``celltrain fit --data ""`` trained on generated smears, each with exit 0. The path type of every

@@ -128,6 +128,9 @@ def corpus(tmp_path_factory):
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
+    (t / "numdata.yaml").write_text("data: 2024\nexclude: 123\n")  # folder names YAML reads as numbers
+    (t / "booldata.yaml").write_text("data: true\n")
+    (t / "seed.yaml").write_text("seed: -1\n")
     (t / "numbers.yaml").write_text('lr: 3e-4\nweight_decay: 1e-4\nepochs: "30"\nbatch_size: 32.0\n'
                                     "weights: null\n")
     for c in ("lymphocyte", "neutrophil"):
@@ -402,6 +405,19 @@ CASES = [
      None, None),  # a TypeError traceback
     ("fit-config-float-epochs", "celltrain", "fit --config {c}/float.yaml --out {tmp}/r", 2, "is not a whole number",
      None, None),  # read as 1 without a word
+    ("fit-config-number-paths", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "'123' does not exist",
+     None, None),  # click's Path took the number 2024: a TypeError traceback
+    ("fit-config-bool-path", "celltrain", "fit --config {c}/booldata.yaml --out {tmp}/r", 2, "is not a name", None,
+     None),
+    ("fit-config-seed-neg", "celltrain", "fit --config {c}/seed.yaml --out {tmp}/r", 2, "--seed", None, None),
+    ("fit-seed-neg", "celltrain", "fit --seed -1 --out {tmp}/r", 2, "--seed", None, None),  # a numpy traceback
+    ("fit-train-seed-huge", "celltrain", "fit --train-seed 4294967296 --out {tmp}/r", 2, "--train-seed", None,
+     None),  # after the run folder was made
+    ("synth-seed-neg", "celltrain", "synth {tmp}/s --seed -1", 2, "--seed", None, None),
+    ("evaluate-seed-neg", "celltrain", "evaluate {c}/fake --seed -1", 2, "--seed", None, None),
+    ("compress-seed-neg", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --seed -1", 2, "--seed", None, None),
+    ("bench-seed-huge", "cellcompress", "bench {fake_keras} {fake_keras} --out {tmp}/b --seed 4294967296", 2,
+     "--seed", None, None),
     ("fit-image-size-huge", "celltrain", "fit --data {c}/classes --out {tmp}/r --image-size 100000", 2,
      "GB of memory", None, None),  # NumPy's ArrayMemoryError traceback
     ("audit-image-size-huge", "celltrain", "audit {c}/classes --out {tmp}/a --image-size 100000", 2, "GB of memory",

@@ -9,7 +9,7 @@ import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
+from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
 from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
 
@@ -72,6 +72,9 @@ def _load_yaml_defaults(ctx, param, value):
         wrong = _yaml_type_problem(params.get(k), v)
         if wrong:
             raise click.BadParameter(f"{value}: {k.replace('_', '-')}: {v!r} is not {wrong}")
+        if isinstance(getattr(params.get(k), "type", None), (click.Path, click.types.StringParamType)) \
+                and isinstance(v, (int, float)):
+            raw[k] = str(v)  # data: 2024 is the folder 2024 (YAML reads a number; click's Path took it for a crash)
     ctx.default_map = {**(ctx.default_map or {}), **raw}
     return value
 
@@ -86,6 +89,8 @@ def _yaml_type_problem(param, v) -> str | None:
         if getattr(param, "is_flag", False):
             if not isinstance(x, bool):
                 return "true or false"
+        elif isinstance(x, bool) and isinstance(param.type, (click.Path, click.types.StringParamType)):
+            return "a name (true and false are not)"
         elif isinstance(x, (list, dict)) or x is None:
             return "a single value" + (" (or a list of them)" if getattr(param, "multiple", False) else "")
         elif isinstance(param.type, click.types.IntParamType) and not _whole(x):
@@ -238,9 +243,9 @@ def _check_views(ctx, param, value):
               help="With --backend keras3: momentum of an exponential moving average of the weights (0: off).")
 @click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
-@click.option("--seed", type=int, default=_D.seed,
+@click.option("--seed", type=SEED, default=_D.seed,
               help="Seed of the train/val/test split (and of training unless --train-seed is given).")
-@click.option("--train-seed", type=int, default=None,
+@click.option("--train-seed", type=SEED, default=None,
               help="Seed of initialisation, shuffling and augmentation only. Runs that share --seed share "
                    "the split, so `celltrain average` can mix them; vary --train-seed to make them differ.")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of a progress bar.")
@@ -421,7 +426,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
 @main.command()
 @click.argument("run", type=NonEmptyPath(exists=True))
 @click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
-@click.option("--seed", type=int, default=0, help="Seed of the corrupted copy.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the corrupted copy.")
 @click.option("--tta", type=click.Choice(["1", "2", "4", "8"]), default="1",
               help="Score each image as the mean over this many flipped/rotated views (as celledge --tta); "
                    "writes evaluation-tta<N>.json.")
@@ -654,7 +659,7 @@ def import_(weights, split, data, out, tag):
 @click.option("--image-size", type=click.IntRange(min=16), default=96)
 @click.option("--fields", type=click.IntRange(min=0), default=4, help="Whole 640x480 fields with known cells.")
 @click.option("--video/--no-video", default=True, help="Also write microscope.avi (+ per-frame truth).")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @one_line_errors
 def synth(out, per_class, image_size, fields, video, seed):
     """Generate synthetic smears: crops (OUT/crops/<class>/), fields and a microscope video.
