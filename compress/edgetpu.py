@@ -95,7 +95,7 @@ def find_compiler(explicit: str | None = None) -> str | None:
     if explicit:
         if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
             raise UserError(f"--compiler {explicit}: not an executable file")
-        return explicit
+        return os.path.abspath(explicit)  # a bare name in the folder: subprocess looks it up on PATH, not here
     return shutil.which(COMPILER)
 
 

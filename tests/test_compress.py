@@ -69,6 +69,17 @@ def test_parse_compiler_log():
     assert any(o["op"] == "SOFTMAX" and "not mapped" in o["status"] for o in parsed["operators"])
 
 
+def test_a_compiler_named_bare_in_the_working_folder_is_the_one_run(stand_in, tmp_path, monkeypatch):
+    """--compiler fakecomp (in the folder, not on PATH) passed the existence check, then was looked up on PATH
+    after the whole conversion."""
+    monkeypatch.chdir(stand_in.parent)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"x")
+    compiled, log = edgetpu.compile_model(model, tmp_path / "tpu", edgetpu.find_compiler(stand_in.name))
+    assert compiled.is_file() and log["tpu_ops"] == 271
+
+
 def test_offline_compatibility(tiny_run, tmp_path):
     rep = edgetpu.compatibility(tiny_run["tflite"])
     assert rep["fully_mapped"] and rep["tpu_ops"] == rep["ops"] and rep["predicted_subgraphs"] == 1
