@@ -121,6 +121,8 @@ def corpus(tmp_path_factory):
         d.mkdir(parents=True)
         for i in range(2):
             cv2.imwrite(str(d / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
+    (t / "typed-split.json").write_text('{"class_names": ["lymphocyte"], "train": 5}')  # a hand-edited split
+    (t / "no-train-split.json").write_text('{"class_names": ["lymphocyte"], "train": [], "val": ["lymphocyte/0.png"]}')
     (t / "bad.yaml").write_text("epochs: [1\n")
     (t / "deep.yaml").write_text("mode: " + "[" * 10000 + "]" * 10000 + "\n")  # a RecursionError traceback
     (t / "deep_site.json").write_text("[" * 100000 + "]" * 100000)
@@ -208,6 +210,14 @@ CASES = [
      None),
     ("choose-out-run-file", "celltrain", "choose {fake_keras} --out {c}/fake/split.json", 2,
      "a training run's own file", None, None),
+    ("choose-out-yaml", "celltrain", "choose {fake_keras} --out {c}/keys.yaml", 2, "holds something else", None,
+     None),  # replaced a config (a report.json, a manifest.json) with exit 0
+    ("pack-out-other-npz", "celltrain", "pack {c}/misnamed {c}/no-train-split.json {c}/good.npz", 2,
+     "holds something else, not a pack", None, None),  # a dataset .npz was replaced
+    ("pack-split-typed", "celltrain", "pack {c}/misnamed {c}/typed-split.json {tmp}/p.npz", 2, "is damaged", None,
+     None),  # a TypeError traceback
+    ("pack-split-no-train", "celltrain", "pack {c}/misnamed {c}/no-train-split.json {tmp}/p.npz", 2,
+     "names no train images", None, None),  # a pack of val only, exit 0
     ("choose-out-image", "celltrain", "choose {fake_keras} --out {img}", 2, "named like an image", None, None),
     ("pack-out-split", "celltrain", "pack {c}/misnamed {c}/fake/split.json {c}/fake/split.json", 2, "ending in .npz",
      None, None),

@@ -60,6 +60,17 @@ def test_pack_holds_the_train_and_val_files_unchanged_and_no_test_image(folders)
         assert np.array_equal(images[k], ref)
 
 
+def test_a_pack_is_made_again_over_its_own_file(folders, tmp_path):
+    """OUT may be an earlier pack (only another kind of file is refused)."""
+    import shutil
+
+    from conftest import invoke_cli
+
+    shutil.copy(folders / "p.npz", tmp_path / "p.npz")
+    r = invoke_cli("celltrain", "pack", str(folders / "data"), str(folders / "split.json"), str(tmp_path / "p.npz"))
+    assert r.returncode == 0 and json.loads(r.stdout)["train"] == 32, r.stderr[-2000:]
+
+
 def test_keras3_refuses_what_it_cannot_do_before_reading_anything(folders, tmp_path):
     from scopelite.train.keras3 import check
 

@@ -22,6 +22,7 @@ from .corruptions import corrupted_copy
 from .metrics import summarize
 from .run import heldout_data, load_keras_bundle, model_file, predict, split_file
 
+SCHEMA = "scopelite.choose/1"  # its --out file: a later choose replaces only a file of this kind
 SETS = ("val", "val_corrupted", "test", "test_corrupted")
 CORRUPTION_SEED = {"val_corrupted": 1, "test_corrupted": 0}  # test's as celltrain evaluate's
 
@@ -78,7 +79,7 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
             res[f"{name} tta{t}"] = {"path": str(p), **r}
             log(f"{name} tta{t}: val_score {r['val_score']} (val {r['val']}, corrupted val {r['val_corrupted']}); "
                 f"test {r['test']}, corrupted test {r['test_corrupted']}")
-    result = {"candidates": res}
+    result = {"schema": SCHEMA, "candidates": res}
     if ensembles:
         ens = {}
         for k in range(2, len(plain) + 1):

@@ -527,7 +527,12 @@ def choose(candidates, out, tta, ensembles, data):
         raise click.BadParameter(f"{tta!r}: give comma-separated view counts from 1, 2, 4, 8", param_hint="--tta")
     check_writable(out, "--out", is_dir=False)
     not_precious(out, "--out", "the scores (JSON)")
+    from scopelite.edge.precious import only_replaces
+
+    from .choose import SCHEMA
     from .choose import choose as run_choose
+
+    only_replaces(out, "--out", SCHEMA, "the scores of celltrain choose")
 
     run_choose(candidates, out, views, ensembles, data, log=click.echo)
 
@@ -585,6 +590,7 @@ def pack(data, split, out):
     from scopelite.edge.outputs import check_writable
     from scopelite.edge.precious import not_precious
 
+    from .pack import is_pack
     from .pack import pack as run_pack
 
     if not out.lower().endswith(".npz"):
@@ -595,6 +601,9 @@ def pack(data, split, out):
                         "give another file, e.g. .gpu/pbc96.npz")
     check_writable(out, "OUT", is_dir=False)
     not_precious(out, "OUT", "the pack")
+    if Path(out).is_file() and Path(out).stat().st_size and not is_pack(out):
+        raise UserError(f"OUT {out} holds something else, not a pack: it would be replaced; give another file "
+                        "name, or remove it first")
     click.echo(json.dumps(run_pack(data, split, out)))
 
 

@@ -7,6 +7,7 @@ and there are no pickles in it. No TensorFlow here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,12 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
         names = saved["class_names"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{split_file} is not a run's split.json (celltrain fit writes one into its --out)") from None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or not all(
+            isinstance(saved.get(s, []), list) and all(isinstance(r, str) for r in saved.get(s, [])) for s in splits):
+        raise UserError(f"{split_file} is damaged: its class_names and {' and '.join(splits)} must be lists of "
+                        "names (write it again: celltrain fit --out a new folder, same --data and --seed)")
+    if not saved.get(splits[0]):  # a keras3 fit on it learned from nothing
+        raise UserError(f"{split_file} names no {splits[0]} images")
     root = Path(data)
     blobs, labels, ids, which = [], [], [], []
     for s in splits:
@@ -41,14 +48,24 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
             labels.append(names.index(cls))
             ids.append(rel)
             which.append(s)
-    if not blobs:
-        raise UserError(f"{split_file} names no {' or '.join(splits)} images")
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a temporary name
             np.savez(f, blob=np.concatenate(blobs), offsets=offsets, labels=np.array(labels, np.int64),
                      ids=np.array(ids), split=np.array(which), class_names=np.array(names))
     return {s: which.count(s) for s in splits} | {"bytes": int(offsets[-1])}
+
+
+PACK_KEYS = {"blob", "offsets", "labels", "ids", "split", "class_names"}
+
+
+def is_pack(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a pack (the arrays ``pack`` writes), read without trusting it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return set(z.files) == PACK_KEYS
+    except Exception:  # noqa: BLE001 - anything np.load refuses is not a pack
+        return False
 
 
 def unpack(path: str, image_size: int):
