@@ -192,6 +192,23 @@ def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path, monkeypatc
                    "--data", str(folders / "data"), "--out", str(tmp_path / "run2"))
     assert_one_line_error(r, "history.json")
     assert not (tmp_path / "run2").exists()
+    # weights copied back cut short or empty, or the val predictions of another split: one line, nothing written
+    import shutil
+
+    w2 = tmp_path / "w2"
+    shutil.copytree(w, w2)
+    chunk = w2 / "weights-final-0.npz"
+    for damage, said in ((lambda b: b[:len(b) // 2], "damaged .npz"), (lambda b: b"", "is empty (0 bytes)")):
+        chunk.write_bytes(damage((w / chunk.name).read_bytes()))
+        r = invoke_cli("celltrain", "import", str(w2), "--split", str(folders / "split.json"),
+                       "--data", str(folders / "data"), "--out", str(tmp_path / "run2"))
+        assert_one_line_error(r, said)  # a BadZipFile traceback; "unexpected end of input"
+    shutil.copy(w / chunk.name, chunk)
+    np.save(w2 / "val-probs.npy", np.load(w / "val-probs.npy")[:-1])
+    r = invoke_cli("celltrain", "import", str(w2), "--split", str(folders / "split.json"),
+                   "--data", str(folders / "data"), "--out", str(tmp_path / "run2"))
+    assert_one_line_error(r, "give --split the split.json the pack was made from")  # imported, unchecked
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.slow

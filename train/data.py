@@ -296,7 +296,7 @@ def _check_labels(y: np.ndarray, n: int, n_classes: int, where: str) -> np.ndarr
 
 
 # What a damaged .npz raises, from the zip directory down to one array's bytes.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError)
+NPZ_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError)
 
 
 def open_npz(path: str | os.PathLike):
@@ -316,7 +316,7 @@ def open_npz(path: str | os.PathLike):
                         "give a .npz, or a folder of class folders")
     try:
         return np.load(p, allow_pickle=False)
-    except (*_DAMAGED, ValueError) as e:
+    except (*NPZ_DAMAGED, ValueError) as e:
         raise UserError(f"{p} is a damaged .npz ({type(e).__name__}: {e}); it may be truncated: "
                         "copy it again") from None
 
@@ -345,7 +345,7 @@ def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
         else:
             raise UserError(f"{p} holds {sorted(keys)}; expected 'images' + 'labels' (AN2DL) or "
                             "train/val/test _images + _labels (MedMNIST)")
-    except _DAMAGED as e:
+    except NPZ_DAMAGED as e:
         raise UserError(f"{p} is a damaged .npz ({type(e).__name__}: {e}); it may be truncated: "
                         "copy it again") from None
     except ValueError as e:

@@ -32,6 +32,7 @@ from scopelite.edge.errors import UserError
 
 from . import keras3_augment, network, recipe
 from .config import FitConfig
+from .data import NPZ_DAMAGED, open_npz
 from .pack import unpack
 
 CHUNK_BYTES = 15 * 2**20
@@ -117,9 +118,13 @@ def load_weight_chunks(folder: Path, tag: str) -> dict[str, np.ndarray]:
     if not files:
         raise UserError(f"no weights-{tag}-*.npz in {folder}; give the folder celltrain fit --backend keras3 wrote")
     ws: dict[str, np.ndarray] = {}
-    for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            ws.update({k: z[k] for k in z.files})
+    for f in files:  # copied back from a GPU machine: one may be cut short or empty
+        with open_npz(f) as z:
+            try:
+                ws.update({k: z[k] for k in z.files})
+            except (*NPZ_DAMAGED, ValueError) as e:
+                raise UserError(f"{f} is a damaged .npz ({type(e).__name__}: {e}); copy the weights folder "
+                                "again") from None
     return ws
 
 

@@ -68,10 +68,16 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
                "train_seconds": hist.get("result", {}).get("train_seconds")}
     check = {}
     if tag == "final" and (src / VAL_PROBS).is_file():
-        theirs = np.load(src / VAL_PROBS, allow_pickle=False)
-        if theirs.shape == ours.shape:
-            check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
-                     "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
+        try:
+            theirs = np.load(src / VAL_PROBS, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"{src / VAL_PROBS} is damaged ({e}); copy the weights folder again") from None
+        if theirs.shape != ours.shape:  # another split than the pack's: every figure would be of other images
+            raise UserError(f"the trainer scored {len(theirs)} val images with {theirs.shape[-1]} classes, "
+                            f"{split_file}'s val split holds {len(ours)} with {ours.shape[-1]}: give --split the "
+                            "split.json the pack was made from")
+        check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
+                 "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
     out_p.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(split_file, out_p / "split.json")
     write_json_atomic(out_p / "config.json", cfg.to_json())
