@@ -1193,3 +1193,12 @@ def test_out_onto_the_packaged_models_sidecar_is_refused(tmp_path, monkeypatch):
         r = invoke_cli("celledge", "watch", str(tmp_path), "--out", str(out))
         assert_one_line_error(r, f"is {what} this run reads", code=2)
     assert model.with_suffix(".json").read_bytes() == before
+
+
+def test_a_run_folder_with_an_equals_sign_in_its_name_is_a_candidate_not_a_name(tmp_path):
+    """celltrain choose runs/lr=1e-4: read as NAME=RUN, then refused as 'no such run folder 1e-4'."""
+    from scopelite.train.cli import _parse_candidates
+
+    run = tmp_path / "lr=1e-4"
+    run.mkdir()
+    assert _parse_candidates(None, None, (str(run), f"b={run}")) == {"lr=1e-4": str(run), "b": str(run)}

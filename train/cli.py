@@ -483,7 +483,7 @@ def _parse_candidates(ctx, param, value):
     out = {}
     for item in value:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep or Path(item).exists():  # runs/lr=1e-4 is a run folder, not NAME=RUN
             p = Path(item)
             name, path = (p.name if p.is_dir() else p.parent.name) or item, item
         if not Path(path).exists():
