@@ -457,6 +457,8 @@ CASES = [
     ("synth-unwritable", "celltrain", f"synth {UNWRITABLE}/s", 2, "cannot be written", None, None),
     ("synth-per-class0", "celltrain", "synth {tmp}/s --per-class 0", 2, "--per-class", None, None),
     ("evaluate-missing", "celltrain", "evaluate {tmp}/none", 2, "does not exist", None, None),
+    ("average-out-not-empty", "celltrain", "average {fake_keras} {fake_keras} --out {c}/misnamed", 2, "is not empty",
+     None, None),  # the average's files were mixed into the folder
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
     ("explain-missing-image", "celltrain", "explain {tmp} {tmp}/none.png", 2, "does not exist", None, None),
     ("celltrain-no-command", "celltrain", "frobnicate", 2, "No such command", None, None),

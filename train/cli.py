@@ -471,8 +471,13 @@ def average(models, out, data):
       celltrain average runs/pbc-v2 runs/pbc-v3 runs/pbc-v4 --out runs/pbc-soup
       celltrain evaluate runs/pbc-soup
     """
+    from pathlib import Path
+
     from .soup import soup
 
+    held = sorted(p.name for p in Path(out).iterdir())[:3] if Path(out).is_dir() else []
+    if held:  # its model, sidecar, split and config were mixed into another run's or a user's folder
+        raise UserError(f"--out {out} is not empty ({', '.join(held)}...): give a new folder for the average")
     soup(models, out, data=data)
 
 
