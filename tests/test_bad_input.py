@@ -121,6 +121,11 @@ def corpus(tmp_path_factory):
         d.mkdir(parents=True)
         for i in range(2):
             cv2.imwrite(str(d / f"{i}.png"), np.full((24, 24, 3), 40 * i + 60, np.uint8))
+    for name, edit in (("ten", {"epochs": "ten"}), ("resnet", {"arch": "resnet"}), ("lr", {"learning_rate": -1}),
+                       ("size", {"image_size": None})):  # a run's config.json edited by hand
+        (t / "edited" / name).mkdir(parents=True)
+        (t / "edited" / name / "config.json").write_text(json.dumps({"out": "r", "arch": "tiny", "image_size": 16,
+                                                                      "epochs": 1, **edit}))
     (t / "typed-split.json").write_text('{"class_names": ["lymphocyte"], "train": 5}')  # a hand-edited split
     (t / "no-train-split.json").write_text('{"class_names": ["lymphocyte"], "train": [], "val": ["lymphocyte/0.png"]}')
     (t / "bad.yaml").write_text("epochs: [1\n")
@@ -440,6 +445,13 @@ CASES = [
      "not found", None, None),  # 3e-4 (a string to PyYAML), "30", 30.0 and null are read as click reads them
     ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
      "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
+    ("fit-resume-epochs-ten", "celltrain", "fit --resume {c}/edited/ten", 2, "epochs: 'ten' is not a whole number",
+     None, None),  # a TypeError traceback mid-way
+    ("fit-resume-arch", "celltrain", "fit --resume {c}/edited/resnet", 2, "arch: 'resnet' is not one of", None,
+     None),  # a traceback after the whole training
+    ("fit-resume-lr-neg", "celltrain", "fit --resume {c}/edited/lr", 2, "learning_rate: -1 is not more than 0", None,
+     None),  # trained with it
+    ("fit-resume-size-null", "celltrain", "fit --resume {c}/edited/size", 2, "image_size is null", None, None),
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),
     ("audit-npz-empty", "celltrain", "audit {c}/empty.npz --out {tmp}/a", 2, "empty", None, None),
     ("audit-npz-truncated", "celltrain", "audit {c}/trunc.npz --out {tmp}/a", 2, "truncated", None, None),

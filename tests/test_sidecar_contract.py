@@ -347,6 +347,30 @@ def test_a_runs_split_and_data_are_checked_against_its_sidecar(tmp_path):
         heldout_data(sc, keras, None)
 
 
+def test_a_sidecars_damaged_training_options_are_one_line_not_a_traceback(tmp_path):
+    """evaluate, choose, average, cellcompress and bench read the run's options from its sidecar: an image_size of
+    "x", null or missing, or data: 5, was a KeyError or TypeError traceback; another image_size than the model's
+    input scored images of the wrong size."""
+    from scopelite.edge.errors import UserError
+    from scopelite.train.run import run_config
+
+    keras = tmp_path / "model.keras"
+    keras.write_bytes(b"a float model")
+    good = {"arch": "tiny", "image_size": 32, "data": "pbc96", "seed": 3}
+    for config, said in ((good, None), ({**good, "image_size": "x"}, "image_size: 'x' is not a whole number"),
+                         ({**good, "image_size": None}, "image_size is null"),
+                         ({k: v for k, v in good.items() if k != "image_size"}, "image_size is missing"),
+                         ({**good, "image_size": 48}, "image_size 48 is not the model's input, 32 px"),
+                         ({**good, "data": 5}, "data: 5 is not a name")):
+        sc = _build(keras, Provenance(training=_training(config=config)), format="keras", runtimes=("keras",),
+                    input=_input(dtype="float32", quantization=None), output=TensorSpec("float32", None))
+        if said is None:
+            assert run_config(sc, keras) == good
+            continue
+        with pytest.raises(UserError, match=re.escape(said)):
+            run_config(sc, keras)
+
+
 def test_info_without_a_model_describes_the_packaged_one():
     """As classify, watch and calibrate: no MODEL is the packaged model."""
     r = invoke_cli("celledge", "info")

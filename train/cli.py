@@ -294,7 +294,7 @@ def fit(quiet, resume, **opts):
             raise UserError(f"{resume} is not a run folder (no config.json)")
         try:
             cfg = FitConfig.from_json({**data_lib.read_json_file(cfg_file, "the run's options file"), "out": resume})
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # a hand-edited config.json: a traceback mid-way or after training
             raise UserError(f"the run's options {cfg_file} are damaged ({e})") from None
         if cfg.backend == "keras3":
             raise UserError(f"{resume} was trained with --backend keras3, which cannot resume; continue it with "

@@ -1,7 +1,12 @@
 """The resolved configuration of a training run (saved beside its outputs as config.json)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+from scopelite.edge.bundle import VIEWS
+
+from .network import ARCHS
 
 OPTIMIZERS = ("adamw", "adam", "lion")
 SCHEDULES = ("cosine", "exponential")
@@ -23,6 +28,8 @@ PRESETS = {
                  "average_last": 5, "epochs": 60, "soup": 3, "warmup_epochs": 0.0, "augment": "strong",
                  "strength": 0.5, "batch_size": 16},
 }
+AUGMENTS = ("none", "flips", "strong")
+SEED_MAX = 2**31 - 1  # as the CLIs' --seed (scopelite.edge.errors.SEED)
 SOUP_SEED_STEP = 100  # --soup K: member i trains with the training seed + 100 i (one split)
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
 AUG_OPS = ("rotate", "zoom", "bgswap", "randaugment", "colour", "hue", "grey", "stain", "hed", "domain", "debris", "blur",
@@ -98,5 +105,55 @@ class FitConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "FitConfig":
+        """A saved config (config.json, a sidecar's copy); ValueError saying which value is wrong (a hand-edited
+        file: ``"epochs": "ten"`` was a traceback mid-way, ``"arch": "resnet"`` one after the training)."""
+        problem = config_problem(d)
+        if problem:
+            raise ValueError(problem)
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_CHOICES = {"arch": ARCHS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCE, "augment": AUGMENTS,
+            "strategy": STRATEGIES, "backend": BACKENDS, "views": VIEWS}
+# (lowest, highest) of the numbers; as the options of celltrain fit
+_RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
+           "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
+           "seed": (0, SEED_MAX), "train_seed": (0, SEED_MAX), "synthetic_per_class": (3, math.inf),
+           "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
+           "ema": (0, 1), "strength": (0, 1), "mixup": (0, 1), "fine_tune_fraction": (0, 1), "dropout": (0, 1),
+           "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
+           "learning_rate": (math.ulp(0.0), math.inf)}
+_SAID = {"str": "a name", "int": "a whole number", "float": "a number", "bool": "true or false", "dict": "a mapping"}
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,)}
+
+
+def config_problem(d) -> str | None:
+    """What is wrong with a saved training config (a dict as ``FitConfig.to_json`` writes it), or None. Keys it
+    does not know are left alone (an older or newer scopelite's); a key it knows must hold what the option takes."""
+    if not isinstance(d, dict):
+        return "it is not a mapping of option: value"
+    for f in fields(FitConfig):
+        if f.name not in d:
+            continue
+        v, kind = d[f.name], str(f.type).split("|")[0].strip()
+        if v is None:
+            if "None" in str(f.type):
+                continue
+            return f"{f.name} is null"
+        if isinstance(v, bool) != (kind == "bool") or not isinstance(v, _KINDS[kind]) or (
+                kind == "float" and not math.isfinite(v)):
+            return f"{f.name}: {v!r} is not {_SAID[kind]}"
+        if f.name in _CHOICES and v not in _CHOICES[f.name]:
+            return f"{f.name}: {v!r} is not one of {', '.join(map(str, _CHOICES[f.name]))}"
+        lo, hi = _RANGES.get(f.name, (-math.inf, math.inf))
+        if f.name in _RANGES and not lo <= v <= hi:
+            return f"{f.name}: {v!r} is not " + ("more than 0" if lo == math.ulp(0.0) else f"{lo} or more"
+                                                  if hi == math.inf else f"from {lo} to {hi}")
+        if f.name == "aug":
+            for op, strength in v.items():
+                try:
+                    check_aug(op, strength)
+                except ValueError as e:
+                    return f"aug: {e}"
+    return None

@@ -12,6 +12,7 @@ from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views
 
 from . import data as data_lib
+from .config import config_problem
 from ._keras import keras
 
 
@@ -45,9 +46,15 @@ def run_config(sc: Sidecar, model_path: Path) -> dict:
         local = json.loads((Path(model_path).parent / "config.json").read_text())
     except (OSError, ValueError):
         local = None
-    if isinstance(local, dict) and portable(local) == sc.provenance.training.config:
-        return local
-    return sc.provenance.training.config
+    cfg = local if isinstance(local, dict) and portable(local) == sc.provenance.training.config \
+        else sc.provenance.training.config
+    problem = config_problem(cfg) or ("image_size is missing" if "image_size" not in cfg else None)
+    if not problem and cfg["image_size"] != sc.input.height:
+        problem = f"image_size {cfg['image_size']} is not the model's input, {sc.input.height} px"
+    if problem:  # a hand-edited or damaged sidecar: a KeyError or TypeError traceback in evaluate, bench, convert
+        raise UserError(f"{model_path}: the training options its sidecar records are damaged ({problem}); "
+                        "use the sidecar celltrain fit wrote")
+    return cfg
 
 
 def split_file(sc: Sidecar, model_path: Path) -> Path:

@@ -91,7 +91,10 @@ def _fit_members(members: list[FitConfig], fit_one: Callable[[FitConfig, bool], 
         folder = Path(member.out)
         before = folder / "config.json"
         if before.exists():  # fitted, or cut short: with these settings, or it would mix members of two recipes
-            had = FitConfig.from_json({**json.loads(before.read_text()), "out": member.out})
+            try:
+                had = FitConfig.from_json({**json.loads(before.read_text()), "out": member.out})
+            except (ValueError, TypeError) as e:  # cut short while written, or edited by hand
+                raise UserError(f"{before} is damaged ({e}): remove {folder} to fit that member again") from None
             diff = _differences(had, member)
             if diff:
                 raise UserError(f"{folder} was fitted with other settings ({', '.join(diff)}) than this command's: "
