@@ -94,8 +94,9 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     stale = tmp_path / "clean" / "basophil" / "from_an_earlier_copy.png"
     stale.write_bytes((root / clean[0]).read_bytes())
     (tmp_path / "clean" / "notes.txt").write_text("mine")  # a user's own file beside the class folders stays
-    r = invoke_cli("celltrain", "audit", str(root), "--out", str(out), "--clean-copy", str(tmp_path / "clean"))
+    r = invoke_cli("celltrain", "audit", str(root), "--out", f"{out}/", "--clean-copy", str(tmp_path / "clean"))
     assert r.returncode == 0 and not stale.exists(), r.stderr[-2000:]
+    assert f"ids in {out}/exclusions.txt" in r.stdout  # --out audit/ printed audit//exclusions.txt
     assert sorted(str(p.relative_to(tmp_path / "clean")) for p in (tmp_path / "clean").rglob("*.*")
                   if not p.name.startswith(".") and p.name != "notes.txt") == clean
     assert (tmp_path / "clean" / "notes.txt").read_text() == "mine"

@@ -394,6 +394,7 @@ CASES = [
     ("fit-out-in-data", "celltrain", "fit --data {c}/misnamed --out {c}/misnamed/r", 2, "is inside --data", None,
      None),  # fit wrote its run into the class folders: next time its folders were classes
     ("fit-data-a-file", "celltrain", "fit --data {img} --out {tmp}/r", 2, "is a file, not a folder", None, None),
+    ("fit-weights-empty", "celltrain", "fit --weights {empty} --out {tmp}/r", 2, "--weights is empty", None, None),
     ("fit-weights-a-folder", "celltrain", "fit --weights {tmp} --out {tmp}/r", 2, "is a folder", None, None),
     ("fit-preset-epochs", "celltrain", "fit --preset few-shot --out {tmp}/r --epochs 3", 2,
      "(--average-last: from --preset/--config", None, None),  # named an option the user had not typed

@@ -51,6 +51,10 @@ def test_images_of_one_name_get_their_own_overlays_and_an_unreadable_one_stops_n
     assert len(written) == 4 and len(set(written)) == 4 and all(Path(w).is_file() for w in written)
     assert str(tmp_path / "x" / "other_gradcam.png") in written  # a name of its own keeps the plain one
     assert r.returncode != 0 and "1 of 5 images could not be read" in r.stderr.splitlines()[-1], r.stderr[-1000:]
+    assert "the others' overlays are written" in r.stderr
+    r = invoke_cli("celltrain", "explain", str(tiny_run["dir"]), str(tmp_path / "in" / "a" / "broken.png"),
+                   "--out", str(tmp_path / "y"))
+    assert r.returncode != 0 and "1 of 1 images" in r.stderr and "others" not in r.stderr  # there are none
 
 
 def test_images_of_a_kind_not_read_are_named_not_left_out_silently(tiny_run, synth_dir, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import fields
 
@@ -414,7 +415,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     rep = audit_lib.write_outputs(ds, res, out, source=data, clean_copy=clean_copy)
     click.echo(f"{rep['images']} images: {rep['exact_duplicates']} exact duplicates, {rep['near_duplicate_pairs']} "
                f"near-duplicate pairs, {len(rep['label_conflicts'])} label conflicts, {len(rep['outliers'])} outliers; "
-               f"imbalance {rep['imbalance_ratio']}x; {rep['excluded']} ids in {out}/exclusions.txt")
+               f"imbalance {rep['imbalance_ratio']}x; {rep['excluded']} ids in {os.path.join(out, 'exclusions.txt')}")
     if unreadable:
         shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
         fix = f"train on --clean-copy {clean_copy}, which leaves them out" if clean_copy else \
@@ -568,8 +569,8 @@ def explain(run, images, out):
         click.echo(json.dumps(rec))
     bad = [r for r in recs if "error" in r]
     if bad:
-        raise UserError(f"{len(bad)} of {len(recs)} images could not be read ({bad[0]['error']}); the others' overlays "
-                        "are written")
+        raise UserError(f"{len(bad)} of {len(recs)} images could not be read ({bad[0]['error']})"
+                        + ("; the others' overlays are written" if len(bad) < len(recs) else ""))
 
 
 @main.command()

@@ -73,6 +73,8 @@ def _no_such_file(weights) -> UserError:
 
 def check_weights_arg(weights: str, arch: str) -> None:
     """Fail fast on a bad --weights before any data is read."""
+    if not str(weights).strip():  # "$MODEL" unset: it said "--weights  is a folder" (the working folder)
+        raise UserError("--weights is empty (an unset variable?): give none, shipped or a model file")
     if weights == "imagenet" and arch != "efficientnetv2b0":
         raise UserError("--weights imagenet needs --arch efficientnetv2b0")
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
