@@ -365,9 +365,10 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
     model_path = Path(model_path)
     if not model_path.is_file():
         raise BundleError(f"model file not found: {model_path}")
-    if model_path.suffix.lower() == ".json":
-        raise BundleError(f"{model_path} is a sidecar (or other JSON), not a model: give the model file beside it "
-                          f"({model_path.with_suffix('.tflite').name} or .keras)")
+    if model_path.suffix.lower() == ".json":  # split.json named split.tflite, a file that is not there
+        beside = [p.name for p in map(model_path.with_suffix, (".tflite", ".keras")) if p.is_file()]
+        raise BundleError(f"{model_path} is a JSON file, not a model: give " + (
+            f"the model beside it ({' or '.join(beside)})" if beside else "a model file (.tflite or .keras)"))
     if model_path.suffix.lower() not in (".tflite", ".keras"):
         raise BundleError(f"{model_path} is not a model file: a scopelite model is a .tflite (or .keras) file with "
                           "its .json sidecar beside it")

@@ -409,4 +409,8 @@ def test_a_sidecar_or_an_image_given_as_the_model_is_named_so(tmp_path):
     img.write_bytes(b"\x89PNG")
     assert_one_line_error(invoke_cli("celledge", "info", str(img)), "is not a model file")
     assert_one_line_error(invoke_cli("celledge", "info", str(sidecar_path(default_model()))),
-                          "is a sidecar", f"{default_model().name}")
+                          "is a JSON file, not a model", f"the model beside it ({default_model().name})")
+    (tmp_path / "split.json").write_text("{}")  # a run's other JSON: no split.tflite is there to be named
+    r = invoke_cli("celledge", "info", str(tmp_path / "split.json"))
+    assert_one_line_error(r, "give a model file (.tflite or .keras)")
+    assert "split.tflite" not in r.stderr
