@@ -229,6 +229,10 @@ def test_a_diverged_training_is_an_error_and_writes_no_model(tmp_path):
                    "--epochs", "2", "--synthetic-per-class", "8", "--lr", "1e308", "--quiet")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "Error: training diverged" in r.stderr and "--lr (it was 1e+308)" in r.stderr
+    assert "--weight-decay" not in r.stderr  # the usual decay: not the cause
+    r = invoke_cli("celltrain", "fit", "--out", str(tmp_path / "d"), "--arch", "tiny", "--image-size", "32",
+                   "--epochs", "2", "--synthetic-per-class", "8", "--weight-decay", "1e300", "--quiet")
+    assert "Error: training diverged" in r.stderr and "--weight-decay (it was 1e+300)" in r.stderr  # "lower --lr"
     assert not (tmp_path / "m" / "checkpoints" / "last.keras").exists()  # no checkpoint of broken weights
     assert not (tmp_path / "m" / "model.keras").exists() and not (tmp_path / "m" / "model.json").exists()
     good = _fit(tmp_path, "good", epochs=1, synthetic_per_class=8)  # a model, then the same with its weights broken

@@ -529,7 +529,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
                              verbose=verbose, callbacks=callbacks, class_weight=cw)
         except Diverged as e:
             raise UserError(f"training diverged ({e}): the loss became NaN or infinite and {out / MODEL_FILE} was not "
-                            f"written. Train again with a lower --lr (it was {cfg.learning_rate:g}) into a new --out "
+                            f"written. Train again with {_lower(cfg)} into a new --out "
                             f"(or delete {out}; --resume would start from the same weights)") from None
         steps_run += int(model.optimizer.iterations.numpy()) - steps_before
         done = seg.end
@@ -539,8 +539,8 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
     bad = model_lib.non_finite_weights(model)
     if bad:  # a loss that stayed finite over weights that did not (or --weights of a broken model): keep nothing
         raise UserError(f"training diverged: the loss became NaN or infinite and {bad} weight arrays are not finite"
-                        f"; {out / MODEL_FILE} was not written. Train again with a lower --lr (it was "
-                        f"{cfg.learning_rate:g}) into a new --out (or delete {out}), and without --weights of a "
+                        f"; {out / MODEL_FILE} was not written. Train again with {_lower(cfg)} into a new --out "
+                        f"(or delete {out}), and without --weights of a "
                         "model that is itself broken")
 
     log("[4/4] evaluating on the held-out split and writing the bundle")
@@ -633,3 +633,9 @@ def _plot_history(history: dict, path: Path) -> None:
 
 
 __all__ = ["FitConfig", "fit", "plan"]
+
+
+def _lower(cfg: FitConfig) -> str:
+    """What to lower after a diverged training: the learning rate, and a weight decay far above the usual."""
+    return f"a lower --lr (it was {cfg.learning_rate:g})" + (
+        f" and --weight-decay (it was {cfg.weight_decay:g})" if cfg.weight_decay > 0.1 else "")
