@@ -126,6 +126,7 @@ def corpus(tmp_path_factory):
         (t / "edited" / name).mkdir(parents=True)
         (t / "edited" / name / "config.json").write_text(json.dumps({"out": "r", "arch": "tiny", "image_size": 16,
                                                                       "epochs": 1, **edit}))
+    (t / "killedsoup" / "members" / "0").mkdir(parents=True)  # --preset few-shot killed in its first member
     (t / "typed-split.json").write_text('{"class_names": ["lymphocyte"], "train": 5}')  # a hand-edited split
     (t / "no-train-split.json").write_text('{"class_names": ["lymphocyte"], "train": [], "val": ["lymphocyte/0.png"]}')
     (t / "bad.yaml").write_text("epochs: [1\n")
@@ -453,6 +454,8 @@ CASES = [
     ("fit-resume-lr-neg", "celltrain", "fit --resume {c}/edited/lr", 2, "learning_rate: -1 is not more than 0", None,
      None),  # trained with it
     ("fit-resume-size-null", "celltrain", "fit --resume {c}/edited/size", 2, "image_size is null", None, None),
+    ("fit-into-killed-soup", "celltrain", "fit --out {c}/killedsoup --arch tiny --image-size 16 --epochs 1", 2,
+     "holds the members of a --soup run", None, None),  # a plain run was made beside the soup's members
     ("fit-resume-not-run", "celltrain", "fit --resume {c}/notarun", 2, "not a run folder", None, None),
     ("audit-npz-empty", "celltrain", "audit {c}/empty.npz --out {tmp}/a", 2, "empty", None, None),
     ("audit-npz-truncated", "celltrain", "audit {c}/trunc.npz --out {tmp}/a", 2, "truncated", None, None),

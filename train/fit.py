@@ -319,6 +319,9 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
             raise UserError(f"{out} already holds a trained model; choose another --out or delete it")
         if state_file.exists():
             raise UserError(f"{out} holds an unfinished run; continue it with celltrain fit --resume {out}")
+        if (out / "members").is_dir():  # a plain fit there left the soup's members beside a model not theirs
+            raise UserError(f"{out} holds the members of a --soup run (--preset few-shot makes one): give the "
+                            "command that started it again to finish it, or choose another --out")
     model_lib.check_weights_arg(cfg.weights, cfg.arch)
     out.mkdir(parents=True, exist_ok=True)
 
