@@ -136,8 +136,9 @@ def corpus(tmp_path_factory):
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
-    (t / "numdata.yaml").write_text("data: 2024\nexclude: 123\n")  # folder names YAML reads as numbers
-    (t / "booldata.yaml").write_text("data: true\n")
+    (t / "numdata.yaml").write_text("data: 2024.10\n")  # a folder's name YAML reads as the number 2024.1
+    (t / "datedata.yaml").write_text("out: 2024-10-01\n")  # as a date
+    (t / "booldata.yaml").write_text("data: no\n")  # as false
     (t / "seed.yaml").write_text("seed: -1\n")
     (t / "numbers.yaml").write_text('lr: 3e-4\nweight_decay: 1e-4\nepochs: "30"\nbatch_size: 32.0\n'
                                     "weights: null\n")
@@ -422,10 +423,11 @@ CASES = [
      None, None),  # a TypeError traceback
     ("fit-config-float-epochs", "celltrain", "fit --config {c}/float.yaml --out {tmp}/r", 2, "is not a whole number",
      None, None),  # read as 1 without a word
-    ("fit-config-number-paths", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "'123' does not exist",
-     None, None),  # click's Path took the number 2024: a TypeError traceback
-    ("fit-config-bool-path", "celltrain", "fit --config {c}/booldata.yaml --out {tmp}/r", 2, "is not a name", None,
-     None),
+    ("fit-config-number-path", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "data: 2024.1 is not a "
+     "name: YAML read it as a number; put the value in quotes", None, None),  # click's Path: a TypeError traceback
+    ("fit-config-date-path", "celltrain", "fit --config {c}/datedata.yaml", 2, "YAML read it as a date", None, None),
+    ("fit-config-bool-path", "celltrain", "fit --config {c}/booldata.yaml --out {tmp}/r", 2, "YAML read it as true "
+     "or false", None, None),
     ("fit-config-seed-neg", "celltrain", "fit --config {c}/seed.yaml --out {tmp}/r", 2, "--seed", None, None),
     ("fit-seed-neg", "celltrain", "fit --seed -1 --out {tmp}/r", 2, "--seed", None, None),  # a numpy traceback
     ("fit-train-seed-huge", "celltrain", "fit --train-seed 4294967296 --out {tmp}/r", 2, "--train-seed", None,
@@ -548,9 +550,9 @@ def test_synth_folders_make_a_synthetic_model(tmp_path):
     assert ds.synthetic and "synthetic" in ds.description
 
 
-def test_the_folder_synth_writes_is_refused_as_data_and_its_crops_named(tmp_path):
+def test_folders_one_level_above_the_class_folders_are_refused_with_the_folder_to_give(tmp_path):
     """`celltrain synth data/` writes data/crops/<class>/ and data/fields/: `fit --data data/` took crops and
-    fields as a model of two classes."""
+    fields as a model of two classes; a dataset split beforehand (train/val/test of class folders), three."""
     from scopelite.edge.bundle import CLASS_NAMES
     from scopelite.edge.errors import UserError
     from scopelite.train import data
@@ -558,9 +560,20 @@ def test_the_folder_synth_writes_is_refused_as_data_and_its_crops_named(tmp_path
     for c in CLASS_NAMES[:3]:
         _png(tmp_path / "crops" / c / "0.png", (16, 16, 3))
     _png(tmp_path / "fields" / "field_000.png", (16, 16, 3))
-    with pytest.raises(UserError, match=f"{tmp_path / 'crops'} holds class folders .*give {tmp_path / 'crops'}"):
+    with pytest.raises(UserError, match=f"the folder celltrain synth writes.*give {tmp_path / 'crops'}$"):
         data.load(str(tmp_path), 16)
     assert data.load(str(tmp_path / "crops"), 16).counts()[CLASS_NAMES[0]] == 1
+    # a split made beforehand read as three classes (the test images trained on); the advice is not the test part
+    for part in ("train", "val", "test"):
+        for c in CLASS_NAMES[:2]:
+            _png(tmp_path / "presplit" / part / c / "0.png", (16, 16, 3))
+    with pytest.raises(UserError, match=f"split made beforehand .*, or only {tmp_path / 'presplit' / 'train'}$"):
+        data.load(str(tmp_path / "presplit"), 16)
+    # any other nesting is a dataset of its own classes, as before
+    for group, cells in (("normal", CLASS_NAMES[:2]), ("leukemic", CLASS_NAMES[2:4])):
+        for c in cells:
+            _png(tmp_path / "groups" / group / c / "0.png", (16, 16, 3))
+    assert data.load(str(tmp_path / "groups"), 16).class_names == ("leukemic", "normal")
 
 
 def test_foreign_class_folders_are_refused_only_when_fine_tuning_the_8_classes(corpus):
@@ -1220,3 +1233,16 @@ def test_a_run_folder_with_an_equals_sign_in_its_name_is_a_candidate_not_a_name(
     run = tmp_path / "lr=1e-4"
     run.mkdir()
     assert _parse_candidates(None, None, (str(run), f"b={run}")) == {"lr=1e-4": str(run), "b": str(run)}
+
+
+def test_choose_replaces_its_own_scores_of_any_size_and_age(tmp_path):
+    """choose --out replaces only its own kind of file: an earlier one without a schema (before session 30), or one
+    of megabytes (--ensembles of a dozen candidates), is its own; a config is not."""
+    from scopelite.train.choose import SCHEMA, is_choice
+
+    old, big, other = tmp_path / "old.json", tmp_path / "big.json", tmp_path / "other.json"
+    old.write_text(json.dumps({"candidates": {}, "chosen": "a tta1"}))
+    big.write_text(json.dumps({"schema": SCHEMA, "ensembles": {f"e{i}": "x" * 100 for i in range(20000)}}))
+    other.write_text(json.dumps({"schema": "scopelite.site/1", "chosen": 1}))
+    assert big.stat().st_size > 2**20
+    assert is_choice(old) and is_choice(big) and not is_choice(other) and not is_choice(tmp_path / "none.json")

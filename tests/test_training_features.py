@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,26 @@ def test_a_diverged_training_is_an_error_and_writes_no_model(tmp_path):
     r = invoke_cli("cellcompress", str(tmp_path / "good" / "model.keras"), "--int8", "--out", str(tmp_path / "c"))
     assert r.returncode != 0 and "weight arrays hold NaN or infinity" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "c" / "model.tflite").exists()
+
+
+def test_saved_configs_are_checked_value_by_value_and_what_fit_writes_passes():
+    """config_problem: what fit --resume, evaluate, cellcompress read from config.json or a sidecar. A soup member of
+    the highest --seed, a run of before session 30 (seeds up to 2**32 - 1, --worker-timeout inf), keras3 and the
+    few-shot preset pass; a hand-edited value is named."""
+    from scopelite.train.config import PRESETS, FitConfig, config_problem
+    from scopelite.train.soup import member_configs
+
+    for cfg in (*member_configs(FitConfig(out="x", seed=2**31 - 1, soup=3)),
+                FitConfig(out="x", **PRESETS["few-shot"]), FitConfig(out="x", backend="keras3", ema=0.999),
+                FitConfig(out="x", aug={"hed": 0.5, "jpeg": None}, train_seed=None)):
+        assert config_problem(cfg.to_json()) is None, cfg
+    old = {**FitConfig(out="x").to_json(), "train_seed": 2**32 - 1, "worker_timeout": float("inf")}
+    assert config_problem(old) is None and config_problem({"future_option": 1}) is None
+    for key, value, said in (("epochs", "ten", "epochs: 'ten' is not a whole number"), ("epochs", 10.0, "whole"),
+                             ("arch", "resnet", "not one of efficientnetv2b0, tiny"), ("views", 3, "not one of 1, 2"),
+                             ("learning_rate", 0, "not more than 0"), ("seed", 2**32, "from 0 to 4294967295"),
+                             ("strength", float("nan"), "not a number"), ("aug", {"hed": 2}, "aug: hed=2"),
+                             ("image_size", None, "image_size is null"), ("data", 5, "data: 5 is not a name")):
+        assert said in (config_problem({**old, key: value}) or ""), (key, value)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            FitConfig.from_json({**old, key: value})

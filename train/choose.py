@@ -12,6 +12,7 @@ never for choosing: with ~1,250 test images, choosing by test is choosing noise.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,16 @@ from .metrics import summarize
 from .run import heldout_data, load_keras_bundle, model_file, predict, split_file
 
 SCHEMA = "scopelite.choose/1"  # its --out file: a later choose replaces only a file of this kind
+def is_choice(path: Path) -> bool:
+    """Whether ``path`` holds the scores of an earlier choose (of any size: --ensembles of many candidates writes
+    megabytes; before session 30 without a schema), so that its --out may replace it."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and (obj.get("schema") == SCHEMA or {"candidates", "chosen"} <= set(obj))
+
+
 SETS = ("val", "val_corrupted", "test", "test_corrupted")
 CORRUPTION_SEED = {"val_corrupted": 1, "test_corrupted": 0}  # test's as celltrain evaluate's
 

@@ -73,9 +73,6 @@ def _load_yaml_defaults(ctx, param, value):
         wrong = _yaml_type_problem(params.get(k), v)
         if wrong:
             raise click.BadParameter(f"{value}: {k.replace('_', '-')}: {v!r} is not {wrong}")
-        if isinstance(getattr(params.get(k), "type", None), (click.Path, click.types.StringParamType)) \
-                and isinstance(v, (int, float)):
-            raw[k] = str(v)  # data: 2024 is the folder 2024 (YAML reads a number; click's Path took it for a crash)
     ctx.default_map = {**(ctx.default_map or {}), **raw}
     return value
 
@@ -90,10 +87,12 @@ def _yaml_type_problem(param, v) -> str | None:
         if getattr(param, "is_flag", False):
             if not isinstance(x, bool):
                 return "true or false"
-        elif isinstance(x, bool) and isinstance(param.type, (click.Path, click.types.StringParamType)):
-            return "a name (true and false are not)"
         elif isinstance(x, (list, dict)) or x is None:
             return "a single value" + (" (or a list of them)" if getattr(param, "multiple", False) else "")
+        elif isinstance(param.type, (click.Path, click.types.StringParamType)) and not isinstance(x, str):
+            # data: 2024.10 is the number 2024.1 to YAML, 0755 is 493, 2024-10-01 a date (a click traceback)
+            read = "true or false" if isinstance(x, bool) else "a number" if isinstance(x, (int, float)) else "a date"
+            return f"a name: YAML read it as {read}; put the value in quotes"
         elif isinstance(param.type, click.types.IntParamType) and not _whole(x):
             return "a whole number"
         elif isinstance(param.type, (click.types.FloatParamType, Number)) and not _number(x):
@@ -476,9 +475,10 @@ def average(models, out, data):
 
     from .soup import soup
 
-    held = sorted(p.name for p in Path(out).iterdir())[:3] if Path(out).is_dir() else []
+    held = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith(".")) if Path(out).is_dir() else []
     if held:  # its model, sidecar, split and config were mixed into another run's or a user's folder
-        raise UserError(f"--out {out} is not empty ({', '.join(held)}...): give a new folder for the average")
+        raise UserError(f"--out {out} is not empty ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): give "
+                        "a new folder for the average")
     soup(models, out, data=data)
 
 
@@ -522,6 +522,8 @@ def choose(candidates, out, tta, ensembles, data):
     Example:
       celltrain choose runs/pbc-v12 runs/pbc-v14 soup=runs/soup-v12v14 --tta 1 --out selection.json
     """
+    from pathlib import Path
+
     from scopelite.edge.outputs import check_writable
     from scopelite.edge.precious import not_precious
 
@@ -533,12 +535,12 @@ def choose(candidates, out, tta, ensembles, data):
         raise click.BadParameter(f"{tta!r}: give comma-separated view counts from 1, 2, 4, 8", param_hint="--tta")
     check_writable(out, "--out", is_dir=False)
     not_precious(out, "--out", "the scores (JSON)")
-    from scopelite.edge.precious import only_replaces
-
-    from .choose import SCHEMA
     from .choose import choose as run_choose
+    from .choose import is_choice
 
-    only_replaces(out, "--out", SCHEMA, "the scores of celltrain choose")
+    if Path(out).is_file() and Path(out).stat().st_size and not is_choice(out):  # a config, a report.json
+        raise UserError(f"--out {out} holds something else, not the scores of celltrain choose: it would be "
+                        "replaced; give another file name, or remove it first")
 
     run_choose(candidates, out, views, ensembles, data, log=click.echo)
 
@@ -683,6 +685,7 @@ def synth(out, per_class, image_size, fields, video, seed):
     Example:
       celltrain synth demo_data/ --per-class 50
     """
+    import shlex
     from pathlib import Path
 
     from scopelite.edge.outputs import check_writable, folder_in_place
@@ -696,7 +699,7 @@ def synth(out, per_class, image_size, fields, video, seed):
         m = write_dataset(tmp, per_class, image_size, seed, fields, video)
     click.echo(f"wrote {sum(m['crops'].values())} crops, {m['fields']} fields"
                + (f", video of {m['video']['frames']} frames" if video else "") + f" to {out} (synthetic)")
-    click.echo(f"train on the crops: celltrain fit --data {Path(out) / 'crops'} --out runs/synth")
+    click.echo(f"train on the crops: celltrain fit --data {shlex.quote(str(Path(out) / 'crops'))} --out runs/synth")
 
 
 if __name__ == "__main__":  # pragma: no cover

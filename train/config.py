@@ -29,7 +29,6 @@ PRESETS = {
                  "strength": 0.5, "batch_size": 16},
 }
 AUGMENTS = ("none", "flips", "strong")
-SEED_MAX = 2**31 - 1  # as the CLIs' --seed (scopelite.edge.errors.SEED)
 SOUP_SEED_STEP = 100  # --soup K: member i trains with the training seed + 100 i (one split)
 # augmentation ops that --aug NAME=STRENGTH can set, in the order they are applied (scopelite.train.augment.OPS)
 AUG_OPS = ("rotate", "zoom", "bgswap", "randaugment", "colour", "hue", "grey", "stain", "hed", "domain", "debris", "blur",
@@ -116,10 +115,11 @@ class FitConfig:
 
 _CHOICES = {"arch": ARCHS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCE, "augment": AUGMENTS,
             "strategy": STRATEGIES, "backend": BACKENDS, "views": VIEWS}
-# (lowest, highest) of the numbers; as the options of celltrain fit
+# (lowest, highest) of the numbers; as the options of celltrain fit, but a saved seed may be what numpy takes (a
+# soup member's is its --train-seed + 100 i; runs before session 30 took seeds up to 2**32 - 1)
 _RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
            "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
-           "seed": (0, SEED_MAX), "train_seed": (0, SEED_MAX), "synthetic_per_class": (3, math.inf),
+           "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "synthetic_per_class": (3, math.inf),
            "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
            "ema": (0, 1), "strength": (0, 1), "mixup": (0, 1), "fine_tune_fraction": (0, 1), "dropout": (0, 1),
            "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
@@ -142,7 +142,7 @@ def config_problem(d) -> str | None:
                 continue
             return f"{f.name} is null"
         if isinstance(v, bool) != (kind == "bool") or not isinstance(v, _KINDS[kind]) or (
-                kind == "float" and not math.isfinite(v)):
+                kind == "float" and (math.isnan(v) or math.isinf(v) and f.name != "worker_timeout")):
             return f"{f.name}: {v!r} is not {_SAID[kind]}"
         if f.name in _CHOICES and v not in _CHOICES[f.name]:
             return f"{f.name}: {v!r} is not one of {', '.join(map(str, _CHOICES[f.name]))}"

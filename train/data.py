@@ -130,6 +130,29 @@ def _not_a_class(folders: list[str], root: Path, classes) -> str:
             f"fine-tuning keeps the model's {len(classes)} classes: " + "; ".join(hints))
 
 
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
+
+
+def _one_level_up(root: Path, folders: list[Path], names: list[str], known: set[str]) -> None:
+    """Refuse the two layouts one level above the class folders that read as a model of the wrong classes: the
+    folder ``celltrain synth`` writes (OUT/crops/<class>: 'crops' and 'fields' were two classes) and a dataset split
+    beforehand (train/, val/, test/, each of class folders: three classes, the test images trained on). Any other
+    nesting is left alone (folders of class folders can be classes of their own, e.g. normal/ and leukemic/)."""
+    if any(n in known for n in names):
+        return
+    holding = {d: _class_folders_inside(d, known) for d in folders}
+    holding = {d: inner for d, inner in holding.items() if len(inner) >= 2}
+    crops = root / "crops"
+    if crops in holding and crops.is_dir():
+        raise UserError(f"{root} is the folder celltrain synth writes: its class folders are in {crops} "
+                        f"({', '.join(holding[crops])}); give {crops}")
+    if holding and all(n in SPLIT_NAMES for n in names):
+        part = next((d for d in holding if d.name.startswith("train")), None)
+        raise UserError(f"{root} holds a split made beforehand ({', '.join(d.name + '/' for d in folders)} of class "
+                        "folders): celltrain makes its own train/val/test split (--seed), so give one folder of class "
+                        "folders (each class's images together)" + (f", or only {part}" if part else ""))
+
+
 def _class_folders_inside(d: Path, known: set[str]) -> list[str]:
     try:
         return sorted(s.name for s in d.iterdir() if s.is_dir() and _canonical(s.name) in known)
@@ -172,12 +195,7 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', a control or "
                         "invisible character, more than 255 bytes): rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
-    known = {_canonical(c) for c in (classes or CLASS_NAMES)}
-    for d, n in zip(folders, names):
-        inner = _class_folders_inside(d, known) if n not in known else []
-        if len(inner) >= 2:  # celltrain synth data/ writes data/crops/<class>: data/ is one level up
-            raise UserError(f"{d} holds class folders ({', '.join(inner)}): {root} is one level above "
-                            f"the class folders; give {d} instead")
+    _one_level_up(root, folders, names, {_canonical(c) for c in (classes or CLASS_NAMES)})
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
         foreign = [d.name for d, n in zip(folders, names) if n not in canon]

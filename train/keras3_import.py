@@ -40,10 +40,14 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
         raise UserError(f"{out} already holds a model; give a new --out")
     try:
         hist = json.loads((src / HISTORY).read_text())
-        trained = FitConfig.from_json(hist["config"])
+        saved = hist["config"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{src} has no {HISTORY} from celltrain fit --backend keras3; give the folder its --out "
                         "named") from None
+    try:
+        trained = FitConfig.from_json(saved)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{src / HISTORY}: the training options it records are damaged ({e})") from None
     ws = load_weight_chunks(src, tag)
     try:
         saved = json.loads(Path(split_file).read_text())
@@ -72,10 +76,10 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
             theirs = np.load(src / VAL_PROBS, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise UserError(f"{src / VAL_PROBS} is damaged ({e}); copy the weights folder again") from None
-        if theirs.shape != ours.shape:  # another split than the pack's: every figure would be of other images
-            raise UserError(f"the trainer scored {len(theirs)} val images with {theirs.shape[-1]} classes, "
-                            f"{split_file}'s val split holds {len(ours)} with {ours.shape[-1]}: give --split the "
-                            "split.json the pack was made from")
+        if theirs.ndim != 2 or theirs.shape != ours.shape:  # another split than the pack's: every figure would be of other images
+            raise UserError(f"the trainer's val predictions ({src / VAL_PROBS}: {theirs.shape}) are not of "
+                            f"{split_file}'s val split ({ours.shape}: images, classes): give --split the split.json "
+                            "the pack was made from")
         check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
                  "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
     out_p.mkdir(parents=True, exist_ok=True)
