@@ -130,7 +130,10 @@ def _strings(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
-_STATE_KEYS = {"id": lambda v: isinstance(v, str) and v != "", "state": lambda v: v in ("open", "closed"),
+# a session id names the files it exports (OUT/<class>/<id>_<cell>.png): a plain name, never "../x"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_STATE_KEYS = {"id": lambda v: isinstance(v, str) and bool(_PLAIN_ID.fullmatch(v)) and ".." not in v,
+               "state": lambda v: v in ("open", "closed"), "started": lambda v: v is None or _number(v),
                "labels": lambda v: _strings(v) and len(v) > 0, "min_score": _number,
                "target": lambda v: v is None or isinstance(v, int) and not isinstance(v, bool),
                "wbc_count": lambda v: v is None or _number(v)}
@@ -148,7 +151,8 @@ def _good_cell_line(r: dict) -> bool:
                 and all(r.get(k) is None or _number(r[k]) for k in ("frame", "frames"))
                 and all(r.get(k) is None or isinstance(r[k], list) and len(r[k]) == 2 and all(map(_number, r[k]))
                         for k in ("center", "slide"))
-                and (r.get("crop") is None or isinstance(r["crop"], str) and bool(_CROP_NAME.fullmatch(r["crop"]))))
+                and (r.get("crop") is None or isinstance(r["crop"], str) and bool(_CROP_NAME.fullmatch(r["crop"])))
+                and all(r.get(k) is None or isinstance(r[k], str) for k in ("reviewed", "file", "pixels")))
     if "revise" in r:
         return (isinstance(r["revise"], int) and isinstance(r.get("label"), str)
                 and (r.get("best") is None or isinstance(r["best"], str)))

@@ -212,12 +212,20 @@ def _export_name(session_id: str, cell: dict, guess: str | None = None) -> str |
 def _drop_stale(out: Path, before: str | None, now: str | None) -> None:
     """A cell exported before under another class (its review changed since) or no longer exportable:
     its old copy goes, so that it does not train under two labels."""
-    if before and before != now and (out / before).is_file():
+    if not isinstance(before, str) or not _inside(out, before):  # a hand-edited export.json: "../thesis.txt"
+        return
+    if before != now and (out / before).is_file():
         (out / before).unlink()
         try:  # a class folder left empty would stop celltrain fit ("holds no images")
             (out / before).parent.rmdir()
         except OSError:
             pass
+
+
+def _inside(out: Path, rel: str) -> bool:
+    """Whether ``rel`` (a file export.json names) is a file under ``out``: a class folder's file, nothing else."""
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and len(p.parts) == 2
 
 
 def record_files(out: str | os.PathLike, entries: list[dict], summary: dict | None = None) -> None:

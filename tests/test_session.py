@@ -1399,6 +1399,51 @@ def test_export_never_writes_outside_out_for_a_label_with_a_path_in_it(tmp_path)
     assert not list(tmp_path.rglob("evil")) and [p.parent.name for p in out.glob("*/*.png")] == ["neutrophil"]
 
 
+def test_export_deletes_and_writes_nothing_outside_out_for_hand_edited_records(tmp_path):
+    """export.json naming "../victim/thesis.txt" as an earlier copy of an unreviewed cell: export deleted that file
+    and its folder. A session id "../../x" in state.json: the crops were written outside --out."""
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte"])
+    sessions.label(1, "confirm")
+    folder, sid = sessions.current.folder, sessions.current.id
+    sessions.release()
+    victim = tmp_path / "victim" / "thesis.txt"
+    victim.parent.mkdir()
+    victim.write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "export.json").write_text(json.dumps({"last_export": {}, "files": [
+        {"file": "../victim/thesis.txt", "session": sid, "cell": 2},
+        {"file": str(victim), "session": sid, "cell": 1}]}))
+    r = export_reviewed([root], out)
+    assert r["cells"] == 1 and victim.read_text() == "mine"
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "id": "../../escaped"}))
+    with pytest.raises(Exception, match="id missing or of the wrong type"):
+        export_reviewed([folder], tmp_path / "out2")
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_hand_edited_session_logs_are_named_damaged_not_a_traceback(tmp_path):
+    """cells.jsonl lines with "reviewed": 5 or ["x"], "file": ["a"], and a state.json "started": "yesterday" beside
+    another session of the same seq: TypeErrors in export, review and watch --sessions."""
+    root = tmp_path / "s"
+    sessions = _session_with(root, ["neutrophil", "lymphocyte", "monocyte"])
+    folder = sessions.current.folder
+    sessions.release()
+    lines = [json.loads(x) for x in (folder / "cells.jsonl").read_text().splitlines()]
+    lines[0]["reviewed"], lines[1]["reviewed"], lines[2]["file"] = 5, ["x"], ["a"]
+    (folder / "cells.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = Session.load(folder)
+    assert s.cells == [] and len(s.damaged) == 3
+    twin = root / "twin"
+    shutil.copytree(folder, twin)
+    state = json.loads((twin / "state.json").read_text())
+    (twin / "state.json").write_text(json.dumps({**state, "id": "twin", "started": "yesterday"}))
+    damaged = []
+    assert list_sessions(root, damaged=damaged) == [folder] and damaged == [twin]
+
+
 def test_a_sessions_count_is_at_most_what_a_session_holds(monkeypatch):
     import scopelite.edge.session as session_mod
 
