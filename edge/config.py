@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import UserError
+from .errors import SETTINGS_MAX_CHARS, UserError
 
 # watch options that steer the command itself and are no part of a run's settings
 CLI_ONLY = ("config", "print_config", "http_token")  # the token: a secret, never in a file or a report
@@ -168,14 +168,20 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
     """
     name = str(path)
     try:
-        text = open(path, encoding="utf-8").read()  # noqa: SIM115 - small file
+        with open(path, encoding="utf-8") as f:
+            text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"--config {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
+    if len(text) > SETTINGS_MAX_CHARS:
+        raise ConfigError([f"--config {name} is larger than a settings file can be ({SETTINGS_MAX_CHARS // 2**20} MB "
+                           "of option: value lines)"])
     if name.lower().endswith(".json"):
         try:
             raw = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as e:
             raise ConfigError([f"{name}:{e.lineno}: not valid JSON ({e.msg})"]) from None
+        except ValueError:  # a number of more than 4300 digits
+            raise ConfigError([f"{name}: holds a number too long to read (more than 4300 digits)"]) from None
         except RecursionError:
             raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
         lines: dict[str, int] = {}
@@ -206,6 +212,8 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
         raise ConfigError([f"{where}: not valid YAML ({why})"]) from None
     except RecursionError:
         raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
+    except ValueError:  # PyYAML's int() of a number of more than 4300 digits
+        raise ConfigError([f"{name}: holds a number too long to read (more than 4300 digits)"]) from None
     lines: dict[str, int] = {}
     mistakes = []
     if isinstance(node, yaml.MappingNode):
@@ -241,6 +249,10 @@ def _plain(key: str, value: Any, kind: str) -> tuple[Any, str | None]:
         return str(value), None  # a camera index
     if isinstance(value, (dict, list, tuple)):
         return None, f"expected a single value, got {type(value).__name__} {value!r}"
+    if not isinstance(value, (str, int, float, bool)) and value is not None:  # report: 2024-01-01, a YAML date
+        return None, f"expected text, got a {type(value).__name__} ({value}): put the value in quotes"
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+        return None, "expected a number, got one too large for any option"  # click's float() overflowed
     if kind == "int" and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()
                           or isinstance(value, str) and not re.fullmatch(r"\s*[-+]?\d+\s*", value)):
         return None, f"expected a whole number, got {value!r}"

@@ -33,6 +33,9 @@ class Number(click.FloatRange):
         return v
 
 
+# the most characters a settings file (--config, --site) is read to: /dev/zero given as one filled the memory
+SETTINGS_MAX_CHARS = 2**20
+
 # every --seed of the three CLIs: numpy and Keras take 0..2**32-1, and a run adds offsets (an epoch's, a soup
 # member's 100 i) to its training seed; a negative or larger one was a numpy traceback after the run folder was made
 SEED = click.IntRange(0, 2**31 - 1)

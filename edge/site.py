@@ -47,9 +47,10 @@ import cv2
 import numpy as np
 
 from . import ood
-from .errors import UserError
+from .errors import SETTINGS_MAX_CHARS, UserError
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
+from .sources import MAX_SIDE
 from .frameread import read_frame
 from .illumination import ADVISE
 from .noise import NOISY
@@ -273,9 +274,16 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     return record
 
 
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer of 400 digits (a hand edit): no float holds it
+        return False
+
+
 def _number(d: dict, key: str, where: str, lo: float, hi: float, out: list[str], whole: bool = False) -> None:
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
         out.append(f"{where}.{key}: expected a number, got {v!r}")
     elif whole and not float(v).is_integer():
         out.append(f"{where}.{key}: expected a whole number, got {v!r}")
@@ -285,7 +293,7 @@ def _number(d: dict, key: str, where: str, lo: float, hi: float, out: list[str],
 
 def _triple(v: Any, where: str, lo: float, hi: float, out: list[str]) -> None:
     if (not isinstance(v, list) or len(v) != 3
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite(x) for x in v)):
         out.append(f"{where}: expected three numbers (R, G, B), got {v!r}")
     elif not all(lo <= x <= hi for x in v):
         out.append(f"{where}: {v!r} is out of range ({lo:g} to {hi:g} each)")
@@ -311,6 +319,11 @@ def validate(raw: Any, name: str = "site file") -> list[str]:
     _number(sc, "rbc_px", f"{name}: scale", 4, 2000, out)  # a red cell of 4 px is no measurement
     if not isinstance(sc.get("use"), bool):
         out.append(f"{name}: scale.use: expected true or false, got {sc.get('use')!r}")
+    elif sc["use"] and not out:  # field mode cut 10,667 px crops from rbc_px 2000: seconds and 0.5 GB a frame
+        side = crop_side(sc["rbc_px"], raw["model"]["rbc_px"], raw["model"]["input_px"])
+        if side > MAX_SIDE:
+            out.append(f"{name}: scale.rbc_px {sc['rbc_px']!r} would cut each cell {side} px across, more than any "
+                       f"frame scopelite takes ({MAX_SIDE} px): not a measurement of this microscope")
     _triple(raw["background"], f"{name}: background", 1, 255, out)
     co = raw["colour"]
     if not isinstance(co.get("use"), bool):
@@ -401,12 +414,17 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
     name = str(path)
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory
     except (OSError, UnicodeDecodeError) as e:
         raise SiteError([f"--site {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
+    if len(text) > SETTINGS_MAX_CHARS:
+        raise SiteError([f"--site {name} is larger than a site file can be ({SETTINGS_MAX_CHARS // 2**20} MB): "
+                         "celledge calibrate SOURCE --out FILE writes one"])
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or a number of more than 4300 digits
+        if not isinstance(e, json.JSONDecodeError):
+            raise SiteError([f"--site {name}: holds a number too long to read (more than 4300 digits)"]) from None
         first = next((line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
         yaml_like = str(name).lower().endswith((".yaml", ".yml")) or re.match(r"\s*[\w-]+\s*:(\s|$)", first)
         hint = (": this looks like a watch settings file (YAML), which is given as --config FILE" if yaml_like

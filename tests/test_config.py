@@ -87,6 +87,10 @@ MISTAKES = [  # (line of the file, what the one Error line for it says)
     ("count: 100", "--count, --report, --wbc and --track need --mode field"),
     ("save-dir: saved", "--save-dir needs --save-classes and/or --save-below"),
     ("report: /proc/no/report\nmode: field", "--report /proc/no/report cannot be written"),
+    ("report: 2024-01-01\nmode: field", "site.yaml:2: report: expected text, got a date (2024-01-01): put the value in "
+     "quotes"),  # a TypeError traceback from the path check
+    ("fps: " + "9" * 400, "site.yaml:2: fps: expected a number, got one too large"),  # click's float(): OverflowError
+    ("max-frames: " + "9" * 5000, "site.yaml: holds a number too long to read"),  # PyYAML's ValueError
 ]
 
 
@@ -112,11 +116,18 @@ def test_every_mistake_at_once_in_file_order(tmp_path, monkeypatch):
 @pytest.mark.parametrize("text, message", [
     ("- fps: 1\n", "must hold a mapping of option: value"),
     ("{not json", "site.json:1: not valid JSON"),
+    ('{"min-score": 1' + "0" * 5000 + "}", "site.json: holds a number too long to read"),
 ])
 def test_a_file_that_is_not_a_mapping(tmp_path, text, message):
     name = "site.json" if "json" in message else "site.yaml"
     errs = _errors(invoke_cli("celledge", "watch", "--config", _site(tmp_path, text, name)))
     assert len(errs) == 1 and message in errs[0], errs
+
+
+def test_an_endless_file_is_not_read_into_memory():
+    """--config /dev/zero (or --site): 4 GB of memory in 6 s."""
+    errs = _errors(invoke_cli("celledge", "watch", "--config", "/dev/zero"))
+    assert len(errs) == 1 and "larger than a settings file can be" in errs[0], errs
 
 
 def test_the_shipped_site_file_is_valid_and_the_unit_uses_it(tmp_path):

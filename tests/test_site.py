@@ -55,6 +55,26 @@ def test_calibrate_recovers_the_known_scale(s):
     assert site_lib.validate(rec) == []
 
 
+def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_path):
+    """An integer of 400 digits: OverflowError in the check; rbc_px 2000 with use: true, accepted, cut 10,667 px
+    crops (9 s and 0.5 GB for 4 frames); /dev/zero as --site filled the memory."""
+    rng = np.random.default_rng(3)
+    rec = site_lib.calibrate([make_field(rng, 640, 480, n_cells=4)[0] for _ in range(3)], input_px=96,
+                             model_rbc_px=MODEL_RBC_PX)
+    assert site_lib.validate(rec) == []
+    assert site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 10**400}}) == [
+        f"site file: scale.rbc_px: expected a number, got {10**400!r}"]
+    assert "expected three numbers" in site_lib.validate({**rec, "background": [10**400, 1, 1]})[0]
+    assert site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": False}}) == []  # not applied
+    big = site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": True}})
+    assert big and "would cut each cell 10667 px across" in big[0]
+    with pytest.raises(site_lib.SiteError, match="larger than a site file can be"):
+        site_lib.load("/dev/zero")
+    (tmp_path / "long.json").write_text('{"schema": ' + "9" * 5000 + "}")
+    with pytest.raises(site_lib.SiteError, match="a number too long to read"):
+        site_lib.load(tmp_path / "long.json")
+
+
 def test_calibrate_command_writes_the_file_and_a_summary(site_file):
     out, r = site_file
     rec = json.loads(out.read_text())
