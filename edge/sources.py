@@ -174,6 +174,11 @@ def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]
     return paths
 
 
+# a camera: its index or /dev/videoN, in ASCII digits OpenCV's C int holds ('²' is a digit to str.isdigit, and
+# 2147483648 or 20 digits overflowed in OpenCV: tracebacks); anything else is a file or stream name
+_CAMERA = re.compile(r"(?:/dev/video)?([0-9]{1,6})")
+
+
 class OpenCVSource:
     """A camera (``/dev/videoN`` or index), a video file, or a stream URL.
 
@@ -187,10 +192,8 @@ class OpenCVSource:
         self._loop = loop and Path(spec).is_file()
         self._warn = warn or (lambda msg: None)
         self._read = 0
-        target: int | str = int(spec) if spec.isdigit() else spec
-        m = re.fullmatch(r"/dev/video(\d+)", spec)
-        if m:
-            target = int(m.group(1))
+        m = _CAMERA.fullmatch(spec)
+        target: int | str = int(m.group(1)) if m else spec
         if isinstance(target, str) and not utf8_name(target):
             raise SourceError(f"{spec!r}: the name is not valid UTF-8 (made on another system?) and OpenCV cannot "
                               "open it: rename the file")
@@ -316,7 +319,7 @@ def input_of(spec: str | os.PathLike) -> str:
 
 def is_live(spec: str) -> bool:
     """A camera or a stream (reconnect when lost), as opposed to a file or folder (ends)."""
-    return "://" in spec or spec.isdigit() or spec.startswith("/dev/video")
+    return "://" in spec or bool(_CAMERA.fullmatch(spec)) or spec.startswith("/dev/video")
 
 
 def open_unless_stopped(open_fn: Callable[[], FrameSource], stop: threading.Event, poll: float = 0.1) -> FrameSource:

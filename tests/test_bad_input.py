@@ -303,6 +303,12 @@ CASES = [
     ("calibrate-gif-folder", "celledge", "calibrate {gifs} --out {tmp}/s.json", 2, "1 image of a kind not read (.gif",
      None, None),
     ("watch-junk-video", "celledge", "watch {junk_avi} --exit-on-eof", 2, "cannot read", "as a video", None),
+    ("watch-camera-index-huge", "celledge", "watch 2147483648 --exit-on-eof", 2, "not found", None, None),  # C int
+    ("watch-camera-dev-huge", "celledge", "watch /dev/video99999999999999999999 --exit-on-eof", 2, "cannot open video "
+     "source", None, None),  # OverflowError traceback
+    ("watch-camera-unicode-digit", "celledge", "watch \u00b2 --exit-on-eof", 2, "not found", None, None),  # int('²')
+    ("calibrate-camera-huge", "celledge", "calibrate 99999999999999999999 --out {tmp}/s.json", 2, "not found", None,
+     None),
     ("watch-text-file", "celledge", "watch {c}/list.yaml", 2, "as a video (not a video file", None, None),
     ("watch-one-image", "celledge", "watch {img} --mode field", 0, None, "no colour", '"frames": 1'),
     ("watch-one-text-as-jpg", "celledge", "watch {text_jpg}", 2, "none of the 1 images", "cannot decode", None),
