@@ -422,6 +422,8 @@ def watch(**_):
                         _not_inside(path, flag, cfg.report, cfg.sessions)
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)
+                    if flag == "--report":
+                        _report_replaces_only_a_report(path)
                     if flag == "--save-dir":
                         _not_in_source(path, flag, cfg.source, "the frames it saves", "saved/")
             except UserError as e:
@@ -630,14 +632,26 @@ def watch(**_):
         raise UserError(summary["summary"].get("source_error") or f"{summary['summary']['source']} holds no frames")
 
 
+def _report_replaces_only_a_report(folder: str) -> None:
+    """--report DIR writes differential.json, .csv and .txt there: files of those names that are not an earlier
+    report (a user's own notes, a session's report) were replaced without a word."""
+    from .watch import REPORT_FILES, is_report
+
+    held = [n for n in REPORT_FILES if (Path(folder) / n).exists()]
+    if held and not is_report(folder):
+        raise UserError(f"--report {folder} holds {', '.join(held)}, not an earlier report of celledge watch: the "
+                        "report would replace them; give another folder, or move them first")
+
+
 def _not_inside(path: str, flag: str, report: str | None, sessions: str | None) -> None:
     """Refuse an output file that is one of the report's files or inside a session's folder, which the same run
     writes: ``--out rep/differential.json`` with ``--report rep`` lost every line and left the report half JSON,
     half lines. A file beside them (``/var/lib/scopelite/frames.jsonl``) is fine."""
+    from .watch import REPORT_FILES
+
     p = Path(path).resolve()
     rep = Path(report).resolve() if report else None
-    if rep is not None and (p == rep or p.parent == rep
-                            and p.name.lower() in ("differential.json", "differential.csv", "differential.txt")):
+    if rep is not None and (p == rep or p.parent == rep and p.name.lower() in REPORT_FILES):
         raise UserError(f"{flag} {path} is --report {report} or a file it writes: the report would replace the "
                         "lines, or the lines damage it; give another file name")
     root = Path(sessions).resolve() if sessions else None

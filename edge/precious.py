@@ -35,6 +35,8 @@ def not_precious(path: str | os.PathLike, option: str, what: str, ending: str | 
             raise UserError(f"{option} {path} is {name}: what it writes would destroy it; give another file")
     if suffix in MODEL_SUFFIXES:
         kind = "named like a model file"
+    elif (p.parent / "state.json").is_file() and (p.parent / "cells.jsonl").is_file():
+        kind = "inside a session's folder (celledge watch --sessions)"  # --out s1/reviews.jsonl: lines into its log
     elif p.is_file() and p.name in RUN_FILES and any((p.parent / f).is_file() for f in ("model.keras", "state.json")):
         kind = "a training run's own file"
     elif p.is_file() and suffix == ".json" and is_sidecar(p):

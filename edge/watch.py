@@ -16,6 +16,7 @@ What is counted
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -424,6 +425,19 @@ def field_config(config: WatchConfig, classifier: Classifier) -> field_lib.Field
     spec = classifier.input_spec
     return field_lib.FieldConfig(crop_size=config.crop_size, input_px=spec.height,
                                  model_rbc_px=field_lib.model_rbc_px(spec))
+
+
+REPORT_FILES = ("differential.json", "differential.csv", "differential.txt")  # what --report DIR holds
+
+
+def is_report(folder) -> bool:
+    """Whether ``folder``'s differential.json is an earlier ``write_report``'s (so --report may replace the three
+    files), read without trusting it."""
+    try:
+        obj = json.loads((Path(folder) / REPORT_FILES[0]).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and {"run", "differential"} <= set(obj)
 
 
 def write_report(folder, differential: Differential, run: dict) -> None:

@@ -127,6 +127,11 @@ def corpus(tmp_path_factory):
         (t / "edited" / name / "config.json").write_text(json.dumps({"out": "r", "arch": "tiny", "image_size": 16,
                                                                       "epochs": 1, **edit}))
     (t / "killedsoup" / "members" / "0").mkdir(parents=True)  # --preset few-shot killed in its first member
+    (t / "notes").mkdir()  # a user's own files of the names --report writes
+    (t / "notes" / "differential.json").write_text('{"my": "own notes"}')
+    (t / "sess" / "s1").mkdir(parents=True)  # a session's folder
+    (t / "sess" / "s1" / "state.json").write_text("{}")
+    (t / "sess" / "s1" / "cells.jsonl").write_text("")
     (t / "typed-split.json").write_text('{"class_names": ["lymphocyte"], "train": 5}')  # a hand-edited split
     (t / "no-train-split.json").write_text('{"class_names": ["lymphocyte"], "train": [], "val": ["lymphocyte/0.png"]}')
     (t / "bad.yaml").write_text("epochs: [1\n")
@@ -309,6 +314,12 @@ CASES = [
     ("watch-camera-unicode-digit", "celledge", "watch \u00b2 --exit-on-eof", 2, "not found", None, None),  # int('²')
     ("calibrate-camera-huge", "celledge", "calibrate 99999999999999999999 --out {tmp}/s.json", 2, "not found", None,
      None),
+    ("watch-report-not-ours", "celledge", "watch {mixed} --mode field --report {c}/notes", 2, "not an earlier report",
+     None, None),  # replaced without a word
+    ("watch-out-session-log", "celledge", "watch {mixed} --out {c}/sess/s1/reviews.jsonl", 2, "inside a session's "
+     "folder", None, None),  # frame lines appended to the session's review log
+    ("calibrate-out-session-state", "celledge", "calibrate {mixed} --out {c}/sess/s1/state.json", 2, "inside a "
+     "session's folder", None, None),  # said "a training run's own file"
     ("watch-text-file", "celledge", "watch {c}/list.yaml", 2, "as a video (not a video file", None, None),
     ("watch-one-image", "celledge", "watch {img} --mode field", 0, None, "no colour", '"frames": 1'),
     ("watch-one-text-as-jpg", "celledge", "watch {text_jpg}", 2, "none of the 1 images", "cannot decode", None),

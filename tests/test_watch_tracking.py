@@ -229,7 +229,9 @@ def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
     # the same frames as a folder of images: separate fields unless --track says they are a scan
     folder = _write_scan(scan, tmp_path / "frames")
     r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--mode", "field",
-                "--track", "--count", "5", "--min-score", "0.0")
+                "--track", "--count", "5", "--min-score", "0.0", "--report", str(report))  # its own: replaced
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((report / "differential.json").read_text())["differential"]["white_total"] == 5
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert s["tracking"]["on"] and s["stopped"] == "count reached" and s["differential"]["white_total"] == 5
