@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, warn
 from .bundle import write_bytes_atomic
 
 
@@ -36,6 +36,7 @@ class FrameSaver:
         self.classes, self.below, self.cap = set(classes or ()), below, cap_bytes
         self.saved = 0
         self.deleted = 0
+        self.too_large = 0  # frames larger than the whole cap: not saved
         # files already there count against the cap too, oldest first: a JPEG with its record, a record left
         # alone by a kill, the saved.jsonl of versions before
         existing = [p for p in self.folder.iterdir() if OWN_NAME.fullmatch(p.name) and p.is_file() and (
@@ -75,7 +76,11 @@ class FrameSaver:
         # the record names the saved image ("saved"); "file" stays the frame's own (a folder's image)
         record = (json.dumps({"saved": name, "reasons": why, **rec}) + "\n").encode()
         size = len(data) + len(record)
-        if size > self.cap:
+        if size > self.cap:  # nothing can be saved within the cap: said once, not left to be found empty
+            self.too_large += 1
+            if self.too_large == 1:
+                warn(f"--save-cap-mb {self.cap / 2**20:g} is smaller than one saved frame ({size / 2**20:.1f} MB "
+                     "with its record): frames are not saved; raise the cap")
             return None
         while self._files and self.total + size > self.cap:
             old, old_size = self._files.popleft()

@@ -292,6 +292,18 @@ def test_float_tiffs_are_read_as_images(tmp_path):
     assert np.abs(rgb[1:, :, 1].astype(int) - bgr[1:, :, 1]).max() <= 1
 
 
+def test_a_cap_smaller_than_one_frame_is_said_once(tmp_path, capsys):
+    """--save-cap-mb below one saved frame: nothing saved, exit 0, not a word."""
+    from scopelite.edge.saver import FrameSaver
+
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    s = FrameSaver(tmp_path, classes={"basophil"}, cap_bytes=1000)
+    for i in range(3):
+        assert s(frame, {"frame": i, "label": "basophil", "score": 0.9}) is None
+    err = capsys.readouterr().err
+    assert err.count("is smaller than one saved frame") == 1 and s.too_large == 3 and not list(tmp_path.iterdir())
+
+
 def test_the_saver_deletes_only_the_frames_it_saved(tmp_path):
     """--save-dir counted every .jpg and lone .json in the folder as its own and deleted them at the cap: the
     daemon's config.json and site file (the next start failed), a photo."""
