@@ -176,8 +176,18 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
         raise ConfigError([f"--config {name} is larger than a settings file can be ({SETTINGS_MAX_CHARS // 2**20} MB "
                            "of option: value lines)"])
     if name.lower().endswith(".json"):
+        twice: list[str] = []
+
+        def pairs(items):  # a key given twice: the last one won without a word (YAML's are named)
+            d = {}
+            for k, v in items:
+                if k in d:
+                    twice.append(k)
+                d[k] = v
+            return d
+
         try:
-            raw = json.loads(text) if text.strip() else {}
+            raw = json.loads(text, object_pairs_hook=pairs) if text.strip() else {}
         except json.JSONDecodeError as e:
             raise ConfigError([f"{name}:{e.lineno}: not valid JSON ({e.msg})"]) from None
         except ValueError:  # a number of more than 4300 digits
@@ -185,7 +195,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
         except RecursionError:
             raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
         lines: dict[str, int] = {}
-        mistakes: list[tuple[int, str]] = []
+        mistakes: list[tuple[int, str]] = [(0, f"{name}: {k}: given twice") for k in twice]
     else:
         raw, lines, mistakes = _read_yaml(name, text)
     if raw is None:
@@ -314,10 +324,15 @@ def from_click(ctx, file_param: str = "config", checks=lambda cfg: []) -> WatchC
             raise ConfigError([f"{path} is a site file (made by celledge calibrate): give it as --site {path} "
                                f"(or 'site: {path}' in a --config file); --config takes watch's options (YAML or "
                                "JSON: mode, count, ...)"])
+        seen: dict[str, str] = {}
         for key, value in raw.items():
             line = lines.get(str(key), 0)
             where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)
             k = key_of(key)
+            if k in seen:  # crop-size and crop_size: the last one won without a word
+                found.append((line, f"{where}: {key}: the same option as {seen[k]}, given twice"))
+                continue
+            seen[k] = str(key)
             if k == "http_token":  # a secret: never in a file that is copied, printed or reported
                 found.append((line, f"{where}: {key}: the token is not read from files; give --http-token or set "
                                     "SCOPELITE_HTTP_TOKEN (under systemd: Environment=SCOPELITE_HTTP_TOKEN=... in a "

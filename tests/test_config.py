@@ -83,6 +83,7 @@ MISTAKES = [  # (line of the file, what the one Error line for it says)
     ("http: {host: x}", "site.yaml:2: http: expected a single value, got dict"),
     ("model: /nope/model.tflite", "site.yaml:2: model: File '/nope/model.tflite' does not exist"),
     ("fps: 1\nfps: 2", "site.yaml:3: fps: given twice (also line 2)"),
+    ("max-frames: 3\nmax_frames: 4", "site.yaml:3: max_frames: the same option as max-frames, given twice"),
     ("fps: [1", "site.yaml:3: not valid YAML"),
     ("count: 100", "--count, --report, --wbc and --track need --mode field"),
     ("save-dir: saved", "--save-dir needs --save-classes and/or --save-below"),
@@ -117,6 +118,7 @@ def test_every_mistake_at_once_in_file_order(tmp_path, monkeypatch):
     ("- fps: 1\n", "must hold a mapping of option: value"),
     ("{not json", "site.json:1: not valid JSON"),
     ('{"min-score": 1' + "0" * 5000 + "}", "site.json: holds a number too long to read"),
+    ('{"source": "/dev/video0", "fps": 1, "fps": 2}', "site.json: fps: given twice"),  # the last one won without a word
 ])
 def test_a_file_that_is_not_a_mapping(tmp_path, text, message):
     name = "site.json" if "json" in message else "site.yaml"
