@@ -533,7 +533,9 @@ def watch(**_):
 
         def reload_action(body: dict) -> tuple[int, dict]:
             """POST /model/reload {"model": PATH} (no body: the file in use again): 200 loaded, 422 refused."""
-            if not isinstance(body.get("model", ""), str):
+            model = body.get("model", None)
+            if set(body) - {"model"} or "model" in body and not (isinstance(model, str) and model.strip()):
+                # {"model": ""} (an unset variable) reloaded the file in use and answered ok; a typo's key was ignored
                 return 400, {"ok": False, "error": 'body must be {"model": "/path/model.tflite"} or empty'}
             given = body.get("model") or None  # a relative path is the daemon's (its working folder): said whole
             event = reloader.reload(os.path.abspath(given) if given else None, trigger="http")

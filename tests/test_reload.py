@@ -271,6 +271,8 @@ def test_daemon_reloads_on_sighup_and_post_and_refuses_bad_bundles(bundles, tmp_
         reply = json.loads(body)
         assert code == 200 and reply["ok"] and reply["model"] == str(bundles["good"]) and reply["trigger"] == "http"
         assert _http(base + "/model/reload", b"[1, 2]")[0] == 400
+        for bad in ({"model": ""}, {"model": " "}, {"modle": str(bundles["good"])}):  # reloaded the file in use: ok
+            assert _http(base + "/model/reload", json.dumps(bad).encode())[0] == 400, bad
         import os  # a path relative to the daemon's working folder (this test's): recorded whole
         code, body = _http(base + "/model/reload", json.dumps({"model": os.path.relpath(bundles["good"])}).encode())
         assert code == 200 and json.loads(body)["model"] == str(bundles["good"])
