@@ -897,7 +897,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .field import model_rbc_px
     from .outputs import check_writable
     from .packaged import default_model
-    from .precious import not_precious, only_replaces
+    from .precious import has_schema, not_precious, only_replaces
     from .site import SCHEMA as SITE_SCHEMA
     from .sources import SourceError, images_given, is_still, open_source, read_image_rgb
 
@@ -905,7 +905,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
     not_precious(out, "--out", "the site file", ending=".json", source=source)
-    only_replaces(out, "--out", SITE_SCHEMA, "a site file")
+    only_replaces(out, "--out", f"a site file (a JSON file of schema {SITE_SCHEMA})", has_schema(SITE_SCHEMA))
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

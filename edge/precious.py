@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from .bundle import SCHEMA
 from .errors import UserError
@@ -51,17 +52,23 @@ def is_sidecar(path: Path) -> bool:
     return _schema_of(path) == SCHEMA
 
 
-def only_replaces(path: str | os.PathLike, option: str, schema: str, what: str) -> None:
-    """Refuse (UserError) an existing, non-empty file at ``path`` that is not an earlier file of this kind (a JSON
-    object whose ``schema`` is ``schema``): ``calibrate --out conf/site.yaml`` replaced the daemon's YAML config."""
+def only_replaces(path: str | os.PathLike, option: str, what: str, own: Callable[[Path], bool]) -> None:
+    """Refuse (UserError) an existing, non-empty file at ``path`` that ``own`` does not take for an earlier file of
+    this kind (``has_schema``, ``choose.is_choice``, ``pack.is_pack``): ``calibrate --out conf/site.yaml`` replaced
+    the daemon's YAML config, ``choose --out`` a report, ``pack OUT`` a dataset .npz."""
     p = Path(path)
     try:
         empty = not p.is_file() or p.stat().st_size == 0
     except OSError:
         return
-    if not empty and _schema_of(p) != schema:
-        raise UserError(f"{option} {path} holds something else, not {what} (a JSON file of schema {schema}): it "
-                        "would be replaced; give another file name, or remove it first")
+    if not empty and not own(p):
+        raise UserError(f"{option} {path} holds something else, not {what}: it would be replaced; give another file "
+                        "name, or remove it first")
+
+
+def has_schema(schema: str) -> Callable[[Path], bool]:
+    """``only_replaces``'s test for a JSON object whose ``schema`` is ``schema``."""
+    return lambda p: _schema_of(p) == schema
 
 
 def _schema_of(path: Path) -> object:

@@ -24,6 +24,8 @@ from .metrics import summarize
 from .run import heldout_data, load_keras_bundle, model_file, predict, split_file
 
 SCHEMA = "scopelite.choose/1"  # its --out file: a later choose replaces only a file of this kind
+
+
 def is_choice(path: Path) -> bool:
     """Whether ``path`` holds the scores of an earlier choose (of any size: --ensembles of many candidates writes
     megabytes; before session 30 without a schema), so that its --out may replace it."""

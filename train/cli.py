@@ -522,10 +522,8 @@ def choose(candidates, out, tta, ensembles, data):
     Example:
       celltrain choose runs/pbc-v12 runs/pbc-v14 soup=runs/soup-v12v14 --tta 1 --out selection.json
     """
-    from pathlib import Path
-
     from scopelite.edge.outputs import check_writable
-    from scopelite.edge.precious import not_precious
+    from scopelite.edge.precious import not_precious, only_replaces
 
     try:
         views = tuple(int(v) for v in tta.split(","))
@@ -538,9 +536,7 @@ def choose(candidates, out, tta, ensembles, data):
     from .choose import choose as run_choose
     from .choose import is_choice
 
-    if Path(out).is_file() and Path(out).stat().st_size and not is_choice(out):  # a config, a report.json
-        raise UserError(f"--out {out} holds something else, not the scores of celltrain choose: it would be "
-                        "replaced; give another file name, or remove it first")
+    only_replaces(out, "--out", "the scores of celltrain choose", is_choice)  # a config, a report.json
 
     run_choose(candidates, out, views, ensembles, data, log=click.echo)
 
@@ -596,7 +592,7 @@ def pack(data, split, out):
     from pathlib import Path
 
     from scopelite.edge.outputs import check_writable
-    from scopelite.edge.precious import not_precious
+    from scopelite.edge.precious import not_precious, only_replaces
 
     from .pack import is_pack
     from .pack import pack as run_pack
@@ -609,9 +605,7 @@ def pack(data, split, out):
                         "give another file, e.g. .gpu/pbc96.npz")
     check_writable(out, "OUT", is_dir=False)
     not_precious(out, "OUT", "the pack")
-    if Path(out).is_file() and Path(out).stat().st_size and not is_pack(out):
-        raise UserError(f"OUT {out} holds something else, not a pack: it would be replaced; give another file "
-                        "name, or remove it first")
+    only_replaces(out, "OUT", "a pack", is_pack)  # a dataset .npz
     click.echo(json.dumps(run_pack(data, split, out)))
 
 

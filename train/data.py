@@ -143,7 +143,7 @@ def _one_level_up(root: Path, folders: list[Path], names: list[str], known: set[
     holding = {d: _class_folders_inside(d, known) for d in folders}
     holding = {d: inner for d, inner in holding.items() if len(inner) >= 2}
     crops = root / "crops"
-    if crops in holding and crops.is_dir():
+    if crops in holding:
         raise UserError(f"{root} is the folder celltrain synth writes: its class folders are in {crops} "
                         f"({', '.join(holding[crops])}); give {crops}")
     if holding and all(n in SPLIT_NAMES for n in names):

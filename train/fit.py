@@ -616,6 +616,12 @@ def _read_history(path: Path) -> dict:
     return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in keys}
 
 
+def _lower(cfg: FitConfig) -> str:
+    """What to lower after a diverged training: the learning rate, and a weight decay far above the usual."""
+    return f"a lower --lr (it was {cfg.learning_rate:g})" + (
+        f" and --weight-decay (it was {cfg.weight_decay:g})" if cfg.weight_decay > 0.1 else "")
+
+
 def _plot_history(history: dict, path: Path) -> None:
     from scopelite.train._plot import pyplot, save  # noqa: PLC0415
 
@@ -636,9 +642,3 @@ def _plot_history(history: dict, path: Path) -> None:
 
 
 __all__ = ["FitConfig", "fit", "plan"]
-
-
-def _lower(cfg: FitConfig) -> str:
-    """What to lower after a diverged training: the learning rate, and a weight decay far above the usual."""
-    return f"a lower --lr (it was {cfg.learning_rate:g})" + (
-        f" and --weight-decay (it was {cfg.weight_decay:g})" if cfg.weight_decay > 0.1 else "")

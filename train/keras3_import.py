@@ -76,7 +76,7 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
             theirs = np.load(src / VAL_PROBS, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise UserError(f"{src / VAL_PROBS} is damaged ({e}); copy the weights folder again") from None
-        if theirs.ndim != 2 or theirs.shape != ours.shape:  # another split than the pack's: every figure would be of other images
+        if theirs.shape != ours.shape:  # another split than the pack's: every figure would be of other images
             raise UserError(f"the trainer's val predictions ({src / VAL_PROBS}: {theirs.shape}) are not of "
                             f"{split_file}'s val split ({ours.shape}: images, classes): give --split the split.json "
                             "the pack was made from")
