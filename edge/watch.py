@@ -443,12 +443,10 @@ def is_report(folder) -> bool:
 def write_report(folder, differential: Differential, run: dict) -> None:
     """differential.json (the summary and ``run``: source, frames, why it stopped), .csv and .txt in
     ``folder``, each written atomically (a reader never sees half a report)."""
-    from pathlib import Path
-
-    folder = Path(folder)
-    write_json_atomic(folder / "differential.json", {"run": run, "differential": differential.summary()})
-    write_bytes_atomic(folder / "differential.csv", differential.to_csv().encode())
-    write_bytes_atomic(folder / "differential.txt", differential.to_text().encode())
+    as_json, as_csv, as_text = (Path(folder) / name for name in REPORT_FILES)
+    write_json_atomic(as_json, {"run": run, "differential": differential.summary()})
+    write_bytes_atomic(as_csv, differential.to_csv().encode())
+    write_bytes_atomic(as_text, differential.to_text().encode())
 
 
 def run_watch(
