@@ -206,6 +206,26 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
     return raw, lines, mistakes
 
 
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+
+
+def _loader(yaml):
+    """PyYAML's SafeLoader without YAML 1.1's base-60 numbers: ``count: 1:00`` is the text '1:00' (named as not a
+    whole number), not 60; ``epochs: 1:30`` not 90. Other numbers read as before (0x10, 0o17 as 0017, 1_000, .inf)."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag not in (_INT, _FLOAT)]
+                                      for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(_INT, re.compile(
+        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+    Loader.add_implicit_resolver(_FLOAT, re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+    return Loader
+
+
 def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[int, str]]]:
     try:
         import yaml  # noqa: PLC0415
@@ -213,8 +233,9 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
         raise ConfigError([f"reading {name} needs PyYAML (pip install pyyaml, part of scopelite[edge]); "
                            "or write it as JSON (a .json file)"]) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        loader = _loader(yaml)
+        node = yaml.compose(text, Loader=loader)
+        raw = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{name}:{mark.line + 1}" if mark is not None else name

@@ -141,6 +141,9 @@ def corpus(tmp_path_factory):
     (t / "keys.yaml").write_text("epochs: 1\nfrobnicate: 2\n")
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
+    (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
+    (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
+    (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
     (t / "numdata.yaml").write_text("data: 2024.10\n")  # a folder's name YAML reads as the number 2024.1
     (t / "datedata.yaml").write_text("out: 2024-10-01\n")  # as a date
     (t / "booldata.yaml").write_text("data: no\n")  # as false
@@ -188,6 +191,8 @@ CASES = [
     ("watch-fps-tiny", "celledge", "watch {mixed} --fps 1e-10", 2, "--fps", None, None),  # overflowed a sleep
     ("watch-out-dash", "celledge", "watch {mixed} --out -", 0, None, None, '"summary"'),  # stdout, not a file "-"
     ("watch-config-deep", "celledge", "watch {mixed} --config {c}/deep.yaml", 2, "nested too deeply", None, None),
+    ("watch-config-base60", "celledge", "watch {mixed} --config {c}/count60.yaml", 2, "count: expected a whole "
+     "number, got '1:00'", None, None),  # counted 60 frames
     ("watch-site-deep", "celledge", "watch {mixed} --mode field --site {c}/deep_site.json", 2, "nested too deeply",
      None, None),
     ("watch-mp4-cut-short", "celledge", "watch {c}/cut.mp4", 2, "cut short before its end was written", None, None),
@@ -440,6 +445,12 @@ CASES = [
      None, None),  # a TypeError traceback
     ("fit-config-float-epochs", "celltrain", "fit --config {c}/float.yaml --out {tmp}/r", 2, "is not a whole number",
      None, None),  # read as 1 without a word
+    ("fit-config-base60", "celltrain", "fit --config {c}/base60.yaml --out {tmp}/r", 2, "epochs: '1:30' is not a "
+     "whole number", None, None),  # trained 90 epochs
+    ("fit-config-twice", "celltrain", "fit --config {c}/twice.yaml --out {tmp}/r", 2, "twice.yaml:2: epochs: given "
+     "twice (also line 1)", None, None),
+    ("fit-config-endless", "celltrain", "fit --config /dev/zero --out {tmp}/r", 2, "larger than a settings file",
+     None, None),  # read the whole file into memory (a file of a GB of spaces too)
     ("fit-config-number-path", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "data: 2024.1 is not a "
      "name: YAML read it as a number; put the value in quotes", None, None),  # click's Path: a TypeError traceback
     ("fit-config-date-path", "celltrain", "fit --config {c}/datedata.yaml", 2, "YAML read it as a date", None, None),

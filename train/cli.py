@@ -49,14 +49,14 @@ def _load_yaml_defaults(ctx, param, value):
     """--config FILE: YAML keys are fit options (dashes or underscores); flags still override them."""
     if not value:
         return value
-    import yaml
+    from scopelite.edge.config import ConfigError, read_file  # celledge's reader: one way to read a settings file
 
-    try:
-        raw = yaml.safe_load(open(value)) or {}
-    except yaml.YAMLError as e:
-        raise click.BadParameter(f"{value} is not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise click.BadParameter(f"{value} must hold a mapping of option: value")
+    try:  # at most 1 MB; YAML (base-60 numbers off) or JSON; a mapping; a key given twice is named
+        raw, _, twice = read_file(value)
+    except ConfigError as e:
+        raise click.BadParameter(e.lines[0]) from None
+    if twice:
+        raise click.BadParameter(twice[0][1])
     names = {f.name for f in fields(FitConfig)}
     # a flag's own name is a key too (lr: 3e-4 for --lr, whose option is learning_rate)
     flags = {o[2:].replace("-", "_"): p.name for p in ctx.command.params for o in getattr(p, "opts", [])
