@@ -75,8 +75,13 @@ def _summary(rows: list[dict]) -> dict:
             "median_crop": float(np.median([r["crop"] for r in rows]))}
 
 
-def _write(name: str, payload: dict, tiles: list[np.ndarray]) -> None:
+def _write(request, name: str, payload: dict, tiles: list[np.ndarray]) -> None:
+    """benchmarks/results/NAME.json (+ .png of the fields), unless --no-write: a run with --model MINE.tflite
+    then leaves the shipped model's recorded figures as they are."""
     import datetime
+
+    if request.config.getoption("--no-write"):
+        return
 
     from scopelite.edge.sysinfo import machine
 
@@ -100,7 +105,7 @@ def test_field_mode_on_real_fields(data_root, clf, record, request):
     rows, tiles = _field_mode(folder, clf, default_config(clf), "centre")
     fixed_rows, _ = _field_mode(folder, clf, default_config(clf, crop_size=360), "centre")
     res = {"default_options": _summary(rows), "crop_size_360": _summary(fixed_rows)}
-    _write("pbc-fields-field-mode", {
+    _write(request, "pbc-fields-field-mode", {
         "command": "pytest benchmarks/test_accuracy.py --accuracy -k real_fields",
         "note": "pbc-fields are original PBC images; their crops may be in pbc96, so the model may have seen "
                 "these cells in training: this checks find -> scale -> crop -> classify, not generalisation. "
@@ -125,7 +130,7 @@ def test_field_mode_on_another_lab(data_root, clf, record, request):
     rows, tiles = _field_mode(folder, clf, default_config(clf), "largest")
     res = _summary(rows)
     res["white_cells_per_field"] = float(np.mean([r["white_cells"] for r in rows]))
-    _write("deepbionet-fields-field-mode", {
+    _write(request, "deepbionet-fields-field-mode", {
         "command": "pytest benchmarks/test_accuracy.py --accuracy -k another_lab",
         "note": "zero-shot: nothing from these fields was used for training, tuning or thresholds. The field's "
                 "cell is the largest white-cell-sized detection. Data: Shams et al., Blood Cells Mol Dis 2024.",
@@ -137,7 +142,7 @@ def test_field_mode_on_another_lab(data_root, clf, record, request):
 
 
 @pytest.mark.data
-def test_detection_and_scale_on_another_lab(data_root, record):
+def test_detection_and_scale_on_another_lab(data_root, record, request):
     """White-cell detection and the red-cell ruler against DeepBioNet's boxes (files at odd positions in sorted order: report half)."""
     from scopelite.edge import field as field_lib
     from scopelite.edge.illumination import flatten
@@ -188,7 +193,7 @@ def test_detection_and_scale_on_another_lab(data_root, record):
     out["pbc_fields_scale"] = {"fields": len(d), "no_estimate": int(np.isnan(d).sum()), "median_rbc_px": m,
                                "median_abs_deviation_from_median": float(np.nanmedian(np.abs(d / m - 1))),
                                "p90_abs_deviation": float(np.nanpercentile(np.abs(d / m - 1), 90))}
-    _write("deepbionet-detection-scale", {
+    _write(request, "deepbionet-detection-scale", {
         "command": "pytest benchmarks/test_accuracy.py --accuracy -k detection_and_scale",
         "note": "A detection is right when its centre lies inside a true white-cell box; only white-cell-sized "
                 "detections count. Scale: estimated red-cell diameter vs the median of the image's whole "
