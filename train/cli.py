@@ -171,7 +171,8 @@ def _check_views(ctx, param, value):
                                        "flags override it (--soup 1 "
                                        "--epochs 30: one fit, a quarter of the time, about 2 points lower).")
 @click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), callback=_load_yaml_defaults,
-              is_eager=True, expose_value=False, help="YAML file of defaults for these options.")
+              is_eager=True, expose_value=False,
+              help="YAML (or .json) file of defaults for these options, keyed by their names (lr: 3e-4, aug: {hue: 1.0}); flags given override it.")
 @click.option("--data", default=None, type=NonEmptyPath(), help="Class-folder dataset (data/<class>/*.jpg), e.g. a lab's reviewed cells from "
               "celledge export (trained at the scale its export.json records they were cut at). Default: generated "
               "synthetic smears.")
