@@ -168,7 +168,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
     """
     name = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: Notepad's byte-order mark is not JSON
             text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"--config {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
@@ -212,17 +212,12 @@ _FLOAT = "tag:yaml.org,2002:float"
 
 def _loader(yaml):
     """PyYAML's SafeLoader without YAML 1.1's base-60 numbers: ``count: 1:00`` is the text '1:00' (named as not a
-    whole number), not 60; ``epochs: 1:30`` not 90. Other numbers read as before (0x10, 0o17 as 0017, 1_000, .inf)."""
+    whole number), not 60; ``epochs: 1:30`` not 90. Every other value reads as SafeLoader reads it."""
     class Loader(yaml.SafeLoader):
-        pass
+        def resolve(self, kind, value, implicit):
+            tag = super().resolve(kind, value, implicit)
+            return "tag:yaml.org,2002:str" if tag in (_INT, _FLOAT) and ":" in str(value) else tag
 
-    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag not in (_INT, _FLOAT)]
-                                      for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver(_INT, re.compile(
-        r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
-    Loader.add_implicit_resolver(_FLOAT, re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
     return Loader
 
 
@@ -239,12 +234,15 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{name}:{mark.line + 1}" if mark is not None else name
-        why = getattr(e, "problem", None) or str(e).splitlines()[0]
+        why = " ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) \
+            or str(e).splitlines()[0]  # "expected a single document in the stream but found another document"
         raise ConfigError([f"{where}: not valid YAML ({why})"]) from None
     except RecursionError:
         raise ConfigError([f"{name}: nested too deeply to be a settings file (option: value lines)"]) from None
-    except ValueError:  # PyYAML's int() of a number of more than 4300 digits
-        raise ConfigError([f"{name}: holds a number too long to read (more than 4300 digits)"]) from None
+    except ValueError as e:  # PyYAML's int() of a number of more than 4300 digits (or its float() of '._')
+        if "digits" in str(e):
+            raise ConfigError([f"{name}: holds a number too long to read (more than 4300 digits)"]) from None
+        raise ConfigError([f"{name}: not valid YAML ({e})"]) from None
     lines: dict[str, int] = {}
     mistakes = []
     if isinstance(node, yaml.MappingNode):

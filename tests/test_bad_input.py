@@ -144,6 +144,9 @@ def corpus(tmp_path_factory):
     (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
     (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
     (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
+    (t / "bom.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}\n')  # Notepad's byte-order mark
+    (t / "dotus.yaml").write_text("lr: ._5\n")  # not a number to PyYAML: text, refused by --lr
+    (t / "twodocs.yaml").write_text("epochs: 2\n---\nlr: 1\n")
     (t / "numdata.yaml").write_text("data: 2024.10\n")  # a folder's name YAML reads as the number 2024.1
     (t / "datedata.yaml").write_text("out: 2024-10-01\n")  # as a date
     (t / "booldata.yaml").write_text("data: no\n")  # as false
@@ -449,6 +452,12 @@ CASES = [
      "whole number", None, None),  # trained 90 epochs
     ("fit-config-twice", "celltrain", "fit --config {c}/twice.yaml --out {tmp}/r", 2, "twice.yaml:2: epochs: given "
      "twice (also line 1)", None, None),
+    ("fit-config-bom-json", "celltrain", "fit --config {c}/bom.json --data {c}/nowhere --out {tmp}/r", 2,
+     "data folder", None, None),  # read, then the missing data is named
+    ("fit-config-dot-underscore", "celltrain", "fit --config {c}/dotus.yaml --out {tmp}/r", 2, "'._5' is not a "
+     "number", None, None),
+    ("fit-config-two-documents", "celltrain", "fit --config {c}/twodocs.yaml --out {tmp}/r", 2, "expected a single "
+     "document in the stream but found another document", None, None),
     ("fit-config-endless", "celltrain", "fit --config /dev/zero --out {tmp}/r", 2, "larger than a settings file",
      None, None),  # read the whole file into memory (a file of a GB of spaces too)
     ("fit-config-number-path", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "data: 2024.1 is not a "

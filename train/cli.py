@@ -54,7 +54,7 @@ def _load_yaml_defaults(ctx, param, value):
     try:  # at most 1 MB; YAML (base-60 numbers off) or JSON; a mapping; a key given twice is named
         raw, _, twice = read_file(value)
     except ConfigError as e:
-        raise click.BadParameter(e.lines[0]) from None
+        raise click.BadParameter(e.lines[0].removeprefix("--config ")) from None  # click names the option
     if twice:
         raise click.BadParameter(twice[0][1])
     names = {f.name for f in fields(FitConfig)}
