@@ -147,6 +147,7 @@ def corpus(tmp_path_factory):
     (t / "bom.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}\n')  # Notepad's byte-order mark
     (t / "dotus.yaml").write_text("lr: ._5\n")  # not a number to PyYAML: text, refused by --lr
     (t / "twodocs.yaml").write_text("epochs: 2\n---\nlr: 1\n")
+    (t / "lr_twice.yaml").write_text("lr: 1e-3\nlearning-rate: 3e-4\n")  # the last one won without a word
     (t / "numdata.yaml").write_text("data: 2024.10\n")  # a folder's name YAML reads as the number 2024.1
     (t / "datedata.yaml").write_text("out: 2024-10-01\n")  # as a date
     (t / "booldata.yaml").write_text("data: no\n")  # as false
@@ -458,6 +459,8 @@ CASES = [
      "number", None, None),
     ("fit-config-two-documents", "celltrain", "fit --config {c}/twodocs.yaml --out {tmp}/r", 2, "expected a single "
      "document in the stream but found another document", None, None),
+    ("fit-config-two-spellings", "celltrain", "fit --config {c}/lr_twice.yaml --out {tmp}/r", 2, "lr and "
+     "learning-rate are the same option; give it once", None, None),
     ("fit-config-endless", "celltrain", "fit --config /dev/zero --out {tmp}/r", 2, "larger than a settings file",
      None, None),  # read the whole file into memory (a file of a GB of spaces too)
     ("fit-config-number-path", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "data: 2024.1 is not a "

@@ -61,6 +61,12 @@ def _load_yaml_defaults(ctx, param, value):
     # a flag's own name is a key too (lr: 3e-4 for --lr, whose option is learning_rate)
     flags = {o[2:].replace("-", "_"): p.name for p in ctx.command.params for o in getattr(p, "opts", [])
              if o.startswith("--") and p.name in names}
+    named: dict[str, str] = {}
+    for k in raw:  # lr: and learning-rate: (or epochs: and epochs:'s other spelling) both given: one would win silently
+        key = flags.get(str(k).replace("-", "_"), str(k).replace("-", "_"))
+        if key in named:
+            raise click.BadParameter(f"{value}: {named[key]} and {k} are the same option; give it once")
+        named[key] = str(k)
     raw = {flags.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v for k, v in raw.items()}
     unknown = [k.replace("_", "-") for k in raw if k not in names]
     if unknown:
