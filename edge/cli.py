@@ -460,8 +460,8 @@ def watch(**_):
         warn("--loop in field mode counts the same cells again on every pass: the differential is not a count of "
              "this slide")
     source = cfg.source
-    if cfg.size is not None and is_still(source):
-        warn(f"--size asks a camera for its frame size; the images of {source} are read as they are")
+    if cfg.size is not None and not is_live(source):  # a folder, an image or a video file: nothing to ask
+        warn(f"--size asks a camera for its frame size; the frames of {source} are read as they are")
     if cfg.track is None:
         cfg = cfg.replace(track=not is_still(source))
 
@@ -899,13 +899,15 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .packaged import default_model
     from .precious import has_schema, not_precious, only_replaces
     from .site import SCHEMA as SITE_SCHEMA
-    from .sources import SourceError, images_given, is_still, open_source, read_image_rgb
+    from .sources import SourceError, images_given, is_live, is_still, open_source, read_image_rgb
 
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
     check_writable(out, "--out", is_dir=False, replaced=True)
     not_precious(out, "--out", "the site file", ending=".json", source=source)
     only_replaces(out, "--out", f"a site file (a JSON file of schema {SITE_SCHEMA})", has_schema(SITE_SCHEMA))
+    if size and not is_live(source):
+        warn(f"--size asks a camera for its frame size; the frames of {source} are read as they are")
     model = model or str(default_model())
     clf = _classifier(model, None, tta=1)  # calibrate reads frames, not cells' classes: one view
     spec = clf.input_spec

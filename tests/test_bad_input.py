@@ -249,6 +249,8 @@ CASES = [
     ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
      "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
     ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),
+    ("calibrate-size-folder", "celledge", "calibrate {mixed} --size 640x480 --out {tmp}/site.json", 2, "red cells",
+     "--size asks a camera", None),  # accepted and ignored without a word (these images then hold no red cells)
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
      "not a finite number", None, None),
     ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
