@@ -45,8 +45,8 @@ def _parse_aug(ctx, param, value):
     return ops
 
 
-def _load_yaml_defaults(ctx, param, value):
-    """--config FILE: YAML keys are fit options (dashes or underscores); flags still override them."""
+def _load_config_defaults(ctx, param, value):
+    """--config FILE: YAML (or JSON) keys are fit options (dashes or underscores); flags still override them."""
     if not value:
         return value
     from scopelite.edge.config import ConfigError, read_file  # celledge's reader: one way to read a settings file
@@ -176,7 +176,7 @@ def _check_views(ctx, param, value):
                                        "6.5-9 min for 30-60 cells on 2 cores, cellcompress included); your "
                                        "flags override it (--soup 1 "
                                        "--epochs 30: one fit, a quarter of the time, about 2 points lower).")
-@click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), callback=_load_yaml_defaults,
+@click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), callback=_load_config_defaults,
               is_eager=True, expose_value=False,
               help="YAML (or .json) file of defaults for these options, keyed by their names (lr: 3e-4, aug: {hue: 1.0}); flags given override it.")
 @click.option("--data", default=None, type=NonEmptyPath(), help="Class-folder dataset (data/<class>/*.jpg), e.g. a lab's reviewed cells from "
