@@ -224,3 +224,76 @@ def test_efficientnetv2b0_weights_arrive_intact_from_keras3(folders, tmp_path):
     assert all(f.stat().st_size <= 16 * 2**20 for f in w.iterdir())
     res = import_weights(str(w), str(folders / "split.json"), str(folders / "data"), str(tmp_path / "run"))
     assert res["val_top1_agreement_with_trainer"] == 1.0 and res["val_max_abs_prob_diff_with_trainer"] < 1e-4
+
+
+def test_import_refuses_what_does_not_belong_together(folders, tmp_path):
+    """Found by a hunt (session 31): each was exit 0 with a wrong model, or a traceback. One line each, nothing
+    written: another class list in --data (labels shifted by one), a non-empty --out (a killed fit's config.json
+    replaced) or one inside --data, NaN weights, weights of another shape, a damaged seed; a null result is fine."""
+    import importlib
+    import shutil
+
+    importlib.import_module("scopelite.train._keras")  # tf-keras before the Keras 3 fit loads TensorFlow (import needs it)
+
+    w = tmp_path / "w"
+    r = invoke_cli("celltrain", "fit", "--backend", "keras3", "--data", str(folders / "p.npz"), "--out", str(w),
+                   "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--warmup-epochs", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    split, data = str(folders / "split.json"), folders / "data"
+
+    def imp(weights=w, split=split, data=data, out=tmp_path / "run"):
+        return invoke_cli("celltrain", "import", str(weights), "--split", str(split), "--data", str(data),
+                          "--out", str(out))
+
+    extra = tmp_path / "extra"  # a ninth class sorted first: every label would shift by one
+    shutil.copytree(data, extra)
+    shutil.copytree(data / "platelet", extra / "aaa")
+    assert_one_line_error(imp(data=extra), "give the dataset the pack was made from")
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.json").write_text("{}")
+    assert_one_line_error(imp(out=killed), "is not empty")
+    assert (killed / "config.json").read_text() == "{}"
+    assert_one_line_error(imp(out=data / "basophil" / "run"), "is inside --data")
+    bad = tmp_path / "bad"
+    shutil.copytree(w, bad)
+    chunk = bad / "weights-final-0.npz"
+    ws = dict(np.load(w / chunk.name))
+    first = sorted(ws)[0]
+    np.savez(chunk, **{**ws, first: np.full_like(ws[first], np.nan)})
+    assert_one_line_error(imp(weights=bad), "hold NaN or infinity")
+    np.savez(chunk, **{**ws, first: np.zeros(ws[first].shape + (1,), ws[first].dtype)})
+    assert_one_line_error(imp(weights=bad), "of another shape")
+    shutil.copy(w / chunk.name, chunk)
+    saved = json.loads((folders / "split.json").read_text())
+    for seed in ("x", None, 1e400, -1):
+        (tmp_path / "s.json").write_text(json.dumps({**saved, "seed": seed}))
+        assert_one_line_error(imp(split=tmp_path / "s.json"), "is not a seed")
+    assert not (tmp_path / "run").exists()
+    hist = json.loads((w / "history.json").read_text())
+    (bad / "history.json").write_text(json.dumps({**hist, "result": None}))  # an AttributeError traceback
+    r = imp(weights=bad)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"] == str(data.resolve()) and cfg["out"] == str((tmp_path / "run").resolve())  # as fit writes
+
+
+def test_pack_refuses_a_split_that_would_pack_test_or_outside_images(folders, tmp_path):
+    """A test image also listed in train, an id leading outside DATA: refused. A class folder spelled otherwise
+    (Basophil), which celltrain fit reads as basophil, is packed."""
+    import shutil
+
+    saved = json.loads((folders / "split.json").read_text())
+    for change, said in (({"train": saved["train"] + saved["test"][:1]}, "in its train and test splits"),
+                         ({"train": saved["train"] + ["basophil/../../../../etc/hostname"]}, "is not inside")):
+        (tmp_path / "s.json").write_text(json.dumps({**saved, **change}))
+        r = invoke_cli("celltrain", "pack", str(folders / "data"), str(tmp_path / "s.json"), str(tmp_path / "p.npz"))
+        assert_one_line_error(r, said)
+        assert not (tmp_path / "p.npz").exists()
+    data = tmp_path / "data"
+    shutil.copytree(folders / "data", data)
+    (data / "basophil").rename(data / "Basophil")
+    spelled = {**saved, **{s: [x.replace("basophil/", "Basophil/") for x in saved[s]] for s in ("train", "val", "test")}}
+    (tmp_path / "s.json").write_text(json.dumps(spelled))
+    r = invoke_cli("celltrain", "pack", str(data), str(tmp_path / "s.json"), str(tmp_path / "p.npz"))
+    assert r.returncode == 0 and json.loads(r.stdout)["train"] == 32, r.stderr[-2000:]

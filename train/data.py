@@ -463,13 +463,24 @@ def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray
                              **{s: [ds.ids[i] for i in split[s]] for s in SPLITS}})
 
 
+RUN_JSON_MAX_BYTES = 256 * 2**20  # a split.json of a million images is about 40 MB
+
+
 def read_json_file(path: str | os.PathLike, what: str, ok: Callable[[Any], bool] = lambda obj: isinstance(obj, dict)):
     """A run's JSON file (``what`` names it: "the saved split"), or UserError naming it as damaged (empty, cut short
     by a kill, not JSON, or not of the shape ``ok`` accepts)."""
+    p = Path(path)
+    if p.exists() and not p.is_file():  # a FIFO waited for a writer, /dev/zero filled the memory
+        raise UserError(f"{what} {path} is not a file")
     try:
-        obj = json.loads(Path(path).read_bytes())
+        with open(p, "rb") as f:
+            raw = f.read(RUN_JSON_MAX_BYTES + 1)
     except OSError as e:
         raise UserError(f"{what} {path} cannot be read ({(e.strerror or str(e)).lower()})") from None
+    if len(raw) > RUN_JSON_MAX_BYTES:
+        raise UserError(f"{what} {path} is larger than celltrain writes ({RUN_JSON_MAX_BYTES // 2**20} MB)")
+    try:
+        obj = json.loads(raw)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{what} {path} is damaged (not JSON: {e})") from None
     if not ok(obj):

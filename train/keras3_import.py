@@ -26,6 +26,7 @@ from .keras3 import HISTORY, VAL_PROBS, load_weight_chunks
 from .network import weight_name
 from .run import predict
 
+MIN_AGREEMENT = 0.98  # of val answers; gx1 (H200, bf16) gave 99.8 %: the rest near ties
 TAGS = ("final", "raw")  # final: the EMA weights when trained with --ema (else the last epoch's); raw: no EMA
 
 
@@ -38,6 +39,12 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     src, out_p = Path(weights), Path(out)
     if (out_p / "model.keras").exists():
         raise UserError(f"{out} already holds a model; give a new --out")
+    if out_p.is_dir() and any(out_p.iterdir()):  # a killed fit's folder: its config.json would be replaced
+        raise UserError(f"--out {out} is not empty; give a new folder for the imported run")
+    data_p = Path(data)
+    if data_p.is_dir() and data_p.resolve() in (out_p.resolve(), *out_p.resolve().parents):
+        raise UserError(f"--out {out} is inside --data {data}: the run's folders would be read as classes next "
+                        "time; put the run elsewhere (e.g. --out runs/NAME)")
     try:
         hist = json.loads((src / HISTORY).read_text())
         saved = hist["config"]
@@ -49,27 +56,40 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     except (ValueError, TypeError) as e:
         raise UserError(f"{src / HISTORY}: the training options it records are damaged ({e})") from None
     ws = load_weight_chunks(src, tag)
-    try:
-        saved = json.loads(Path(split_file).read_text())
-        n_classes = len(saved["class_names"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{split_file} is not a run's split.json") from None
-    cfg = dataclasses.replace(trained, out=str(out_p), data=data, seed=int(saved.get("seed", 0)),
+    bad = [n for n, w in ws.items() if not np.isfinite(w).all()]
+    if bad:  # a run that diverged, or a damaged chunk: NaN answers and NaN in the sidecar
+        raise UserError(f"{src}: {len(bad)} weights hold NaN or infinity (first: {bad[0]}); the run diverged or the "
+                        "files are damaged")
+    saved = data_lib.read_json_file(split_file, "a run's split.json", lambda o: isinstance(o, dict) and isinstance(
+        o.get("class_names"), list) and o["class_names"] and all(isinstance(c, str) for c in o["class_names"]))
+    seed = saved.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+        raise UserError(f"{split_file}: seed {seed!r} is not a seed (a whole number 0..2**32-1); the file is damaged")
+    n_classes = len(saved["class_names"])
+    cfg = dataclasses.replace(trained, out=str(out_p.resolve()), data=str(data_p.resolve()), seed=seed,
                               train_seed=trained.training_seed)
+    if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:
+        raise UserError(f"{src / HISTORY} records efficientnetv2b0 at {cfg.image_size} px, which it cannot be "
+                        "(32 px or more): the file is damaged")
     model = model_lib.build(cfg.arch, cfg.image_size, n_classes, weights="none", dropout=cfg.dropout)
     names = [weight_name(w) for w in model.weights]
     missing = [n for n in names if n not in ws]
-    if missing or len(ws) != len(names):
-        raise UserError(f"the weights do not fit {cfg.arch} with {n_classes} classes: {len(missing)} missing "
-                        f"(first: {missing[:1]}), {len(ws)} given for {len(names)}")
+    wrong = [n for n, w in zip(names, model.weights) if n in ws and tuple(ws[n].shape) != tuple(w.shape)]
+    if missing or wrong or len(ws) != len(names):
+        raise UserError(f"the weights do not fit {cfg.arch} with {n_classes} classes ({split_file}'s): "
+                        f"{len(missing)} missing (first: {missing[:1]}), {len(wrong)} of another shape (first: "
+                        f"{wrong[:1]}), {len(ws)} given for {len(names)}")
     model.set_weights([ws[n] for n in names])
     data_lib.check_source(data)
     ds = data_lib.load(data, cfg.image_size, seed=cfg.seed, progress=True)
+    if list(ds.class_names) != list(saved["class_names"]):  # the labels would shift by one, silently
+        raise UserError(f"--data {data} holds the classes {list(ds.class_names)}, the split {split_file} "
+                        f"{saved['class_names']}: give the dataset the pack was made from")
     split = data_lib.load_split(split_file, ds)
     va, te = ds.subset(split["val"]), ds.subset(split["test"])
     ours = predict(model, va.images)  # once: for the metrics and the comparison with the trainer
     metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names, val_probs=ours),
-               "train_seconds": hist.get("result", {}).get("train_seconds")}
+               "train_seconds": (hist.get("result") or {}).get("train_seconds")}
     check = {}
     if tag == "final" and (src / VAL_PROBS).is_file():
         try:
@@ -82,13 +102,18 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
                             "the pack was made from")
         check = {"val_top1_agreement_with_trainer": float((theirs.argmax(1) == ours.argmax(1)).mean()),
                  "val_max_abs_prob_diff_with_trainer": float(np.abs(theirs - ours).max())}
+        if not check["val_top1_agreement_with_trainer"] >= MIN_AGREEMENT:  # NaN too
+            raise UserError(f"the imported model gives the trainer's answer for only "
+                            f"{check['val_top1_agreement_with_trainer']:.1%} of the val images (bf16 near-ties "
+                            f"allow {1 - MIN_AGREEMENT:.0%} off): the weights, --split or --data do not belong "
+                            "together")
     out_p.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(split_file, out_p / "split.json")
     write_json_atomic(out_p / "config.json", cfg.to_json())
     final = out_p / fit_lib.MODEL_FILE
     with atomic_path(final) as tmp:
         model.save(tmp)
-    result = hist.get("result", {})
+    result = hist.get("result") or {}
     write_sidecar(final, fit_lib.keras_sidecar(final, cfg, ds, metrics, {
         "trained_with": {"trainer": "celltrain fit --backend keras3", "weights": tag,
                          **{k: result.get(k) for k in ("backend", "keras", "epochs")}, **check}}))

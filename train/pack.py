@@ -6,7 +6,6 @@ and there are no pickles in it. No TensorFlow here.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,28 +21,35 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
     Returns:
         Images per split and the bytes packed.
     """
-    try:
-        saved = json.loads(Path(split_file).read_text())
-        names = saved["class_names"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{split_file} is not a run's split.json (celltrain fit writes one into its --out)") from None
+    from .data import SPLITS, _canonical, read_json_file  # noqa: PLC0415 - data pulls in the image loaders
+
+    saved = read_json_file(split_file, "the split", lambda o: isinstance(o, dict) and "class_names" in o)
+    names = saved["class_names"]
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or not all(
             isinstance(saved.get(s, []), list) and all(isinstance(r, str) for r in saved.get(s, [])) for s in splits):
         raise UserError(f"{split_file} is damaged: its class_names and {' and '.join(splits)} must be lists of "
                         "names (write it again: celltrain fit --out a new folder, same --data and --seed)")
     if not saved.get(splits[0]):  # a keras3 fit on it learned from nothing
         raise UserError(f"{split_file} names no {splits[0]} images")
-    root = Path(data)
+    seen: dict[str, str] = {}
+    for s in SPLITS:  # an image in two splits (a test image in train) would break the promise that none leaves here
+        lst = saved.get(s, [])
+        for rel in lst if isinstance(lst, list) else []:
+            if isinstance(rel, str) and seen.setdefault(rel, s) != s:
+                raise UserError(f"{split_file} is damaged: {rel} is in its {seen[rel]} and {s} splits")
+    root = Path(data).resolve()
     blobs, labels, ids, which = [], [], [], []
     for s in splits:
         for rel in saved.get(s, []):
-            p = root / rel
+            p = (root / rel).resolve()
+            if root not in p.parents:  # "basophil/../../../etc/hostname" was packed from outside DATA
+                raise UserError(f"{split_file} is damaged: {rel} (its {s} split) is not inside {data}")
             if not p.is_file():
-                raise UserError(f"{p} (in {split_file}'s {s} split) does not exist; give the --data the run was "
-                                "trained on")
-            cls = rel.split("/")[0]
+                raise UserError(f"{root / rel} (in {split_file}'s {s} split) does not exist; give the --data the run "
+                                "was trained on")
+            cls = _canonical(rel.split("/")[0])  # fit reads the folder Basophil as the class basophil
             if cls not in names:
-                raise UserError(f"{rel}: folder {cls!r} is not one of the split's classes {names}")
+                raise UserError(f"{rel}: folder {rel.split('/')[0]!r} is not one of the split's classes {names}")
             blobs.append(np.frombuffer(p.read_bytes(), np.uint8))
             labels.append(names.index(cls))
             ids.append(rel)
