@@ -167,6 +167,8 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
         ConfigError: the file cannot be read or is not a mapping of option: value.
     """
     name = str(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO waited for a writer for ever
+        raise ConfigError([f"--config {name} is not a file (a pipe or a device): give a settings file"])
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: Notepad's byte-order mark is not JSON
             text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory

@@ -412,6 +412,9 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
         SiteError: missing, unreadable, not JSON, another schema, nonsense values, another input size.
     """
     name = str(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO waited for a writer for ever
+        raise SiteError([f"--site {name} is not a file (a pipe or a device): celledge calibrate SOURCE --out FILE "
+                         "writes one"])
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory

@@ -63,6 +63,8 @@ def utf8_name(name: str) -> bool:
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot, or if it is larger than
     ``MAX_SIDE`` px a side (a slide scan's mosaic: seconds and gigabytes for one image on a Pi)."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO named ff.png waited for a writer for ever
+        raise SourceError(f"{path} is not a file (a pipe or a device): give image files")
     data = np.fromfile(str(path), dtype=np.uint8)
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None

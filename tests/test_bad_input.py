@@ -144,6 +144,8 @@ def corpus(tmp_path_factory):
     (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
     (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
     (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
+    (t / "fifo").mkdir()
+    os.mkfifo(t / "fifo" / "ff.png")  # a named pipe that looks like an image: classify waited for ever
     (t / "bom.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}\n')  # Notepad's byte-order mark
     (t / "dotus.yaml").write_text("lr: ._5\n")  # not a number to PyYAML: text, refused by --lr
     (t / "twodocs.yaml").write_text("epochs: 2\n---\nlr: 1\n")
@@ -249,6 +251,8 @@ CASES = [
     ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
      "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
     ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),
+    ("classify-fifo", "celledge", "classify {c}/fifo/ff.png", 2, "is not a file (a pipe or a device)", None, None),
+    ("classify-fifo-folder", "celledge", "classify {c}/fifo", 2, "is not a file (a pipe or a device)", None, None),
     ("calibrate-size-folder", "celledge", "calibrate {mixed} --size 640x480 --out {tmp}/site.json", 2, "red cells",
      "--size asks a camera", None),  # accepted and ignored without a word (these images then hold no red cells)
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
@@ -463,7 +467,7 @@ CASES = [
      "document in the stream but found another document", None, None),
     ("fit-config-two-spellings", "celltrain", "fit --config {c}/lr_twice.yaml --out {tmp}/r", 2, "lr and "
      "learning-rate are the same option; give it once", None, None),
-    ("fit-config-endless", "celltrain", "fit --config /dev/zero --out {tmp}/r", 2, "larger than a settings file",
+    ("fit-config-endless", "celltrain", "fit --config /dev/zero --out {tmp}/r", 2, "is not a file (a pipe or a device)",
      None, None),  # read the whole file into memory (a file of a GB of spaces too)
     ("fit-config-number-path", "celltrain", "fit --config {c}/numdata.yaml --out {tmp}/r", 2, "data: 2024.1 is not a "
      "name: YAML read it as a number; put the value in quotes", None, None),  # click's Path: a TypeError traceback

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -126,9 +127,17 @@ def test_a_file_that_is_not_a_mapping(tmp_path, text, message):
     assert len(errs) == 1 and message in errs[0], errs
 
 
-def test_an_endless_file_is_not_read_into_memory():
-    """--config /dev/zero (or --site): 4 GB of memory in 6 s."""
+def test_an_endless_file_is_not_read_into_memory(tmp_path):
+    """--config /dev/zero (or --site): 4 GB of memory in 6 s; a FIFO waited for ever; a huge file is not read whole."""
     errs = _errors(invoke_cli("celledge", "watch", "--config", "/dev/zero"))
+    assert len(errs) == 1 and "is not a file (a pipe or a device)" in errs[0], errs
+    fifo = tmp_path / "watch.yaml"
+    os.mkfifo(fifo)
+    errs = _errors(invoke_cli("celledge", "watch", "--config", str(fifo)))
+    assert len(errs) == 1 and "is not a file (a pipe or a device)" in errs[0], errs
+    big = tmp_path / "big.yaml"
+    big.write_text("# a comment\n" * 100_000)  # 1.2 MB
+    errs = _errors(invoke_cli("celledge", "watch", "--config", str(big)))
     assert len(errs) == 1 and "larger than a settings file can be" in errs[0], errs
 
 

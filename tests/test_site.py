@@ -68,8 +68,11 @@ def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_pat
     assert site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": False}}) == []  # not applied
     big = site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": True}})
     assert big and "would cut each cell 10667 px across" in big[0]
-    with pytest.raises(site_lib.SiteError, match="larger than a site file can be"):
+    with pytest.raises(site_lib.SiteError, match="is not a file"):
         site_lib.load("/dev/zero")
+    (tmp_path / "big.json").write_text(" " * (2**20 + 10))
+    with pytest.raises(site_lib.SiteError, match="larger than a site file can be"):
+        site_lib.load(tmp_path / "big.json")
     (tmp_path / "long.json").write_text('{"schema": ' + "9" * 5000 + "}")
     with pytest.raises(site_lib.SiteError, match="a number too long to read"):
         site_lib.load(tmp_path / "long.json")

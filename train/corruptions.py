@@ -40,7 +40,7 @@ def defocus_blur(img, s, rng):
 
 
 def motion_blur(img, s, rng):
-    length = int(round((3, 5, 7, 9, 12)[s - 1] * _scale(img)))
+    length = max(int(round((3, 5, 7, 9, 12)[s - 1] * _scale(img))), 1)  # 16 px crops: 0 at severity 1
     k = np.zeros((length, length), np.float32)
     k[length // 2, :] = 1
     rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
