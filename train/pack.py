@@ -37,16 +37,16 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
         for rel in lst if isinstance(lst, list) else []:
             if isinstance(rel, str) and seen.setdefault(rel, s) != s:
                 raise UserError(f"{split_file} is damaged: {rel} is in its {seen[rel]} and {s} splits")
-    root = Path(data).resolve()
+    root = Path(data)
     blobs, labels, ids, which = [], [], [], []
     for s in splits:
         for rel in saved.get(s, []):
-            p = (root / rel).resolve()
-            if root not in p.parents:  # "basophil/../../../etc/hostname" was packed from outside DATA
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # "basophil/../../../etc/hostname" was packed
                 raise UserError(f"{split_file} is damaged: {rel} (its {s} split) is not inside {data}")
+            p = root / rel  # a class folder that is a link to another disk is fine: fit reads it too
             if not p.is_file():
-                raise UserError(f"{root / rel} (in {split_file}'s {s} split) does not exist; give the --data the run "
-                                "was trained on")
+                raise UserError(f"{p} (in {split_file}'s {s} split) does not exist; give the --data the run was "
+                                "trained on")
             cls = _canonical(rel.split("/")[0])  # fit reads the folder Basophil as the class basophil
             if cls not in names:
                 raise UserError(f"{rel}: folder {rel.split('/')[0]!r} is not one of the split's classes {names}")
