@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import SETTINGS_MAX_CHARS, UserError
+from .errors import UserError, read_settings_text
 
 # watch options that steer the command itself and are no part of a run's settings
 CLI_ONLY = ("config", "print_config", "http_token")  # the token: a secret, never in a file or a report
@@ -167,16 +167,10 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, int], 
         ConfigError: the file cannot be read or is not a mapping of option: value.
     """
     name = str(path)
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO waited for a writer for ever
-        raise ConfigError([f"--config {name} is not a file (a pipe or a device): give a settings file"])
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: Notepad's byte-order mark is not JSON
-            text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"--config {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
-    if len(text) > SETTINGS_MAX_CHARS:
-        raise ConfigError([f"--config {name} is larger than a settings file can be ({SETTINGS_MAX_CHARS // 2**20} MB "
-                           "of option: value lines)"])
+        text = read_settings_text(path, "--config", "settings file", " of option: value lines")
+    except UserError as e:
+        raise ConfigError([str(e)]) from None
     if name.lower().endswith(".json"):
         twice: list[str] = []
 

@@ -36,6 +36,27 @@ class Number(click.FloatRange):
 # the most characters a settings file (--config, --site) is read to: /dev/zero given as one filled the memory
 SETTINGS_MAX_CHARS = 2**20
 
+
+def read_settings_text(path: str | os.PathLike, flag: str, kind: str, hint: str = "") -> str:
+    """The text of a settings file (``--config``, ``--site``): a regular file (a FIFO waited for a writer for ever),
+    UTF-8 (Notepad's byte-order mark dropped: it is not JSON), at most ``SETTINGS_MAX_CHARS`` (/dev/zero filled the
+    memory). ``kind`` names what it should be ("settings file"), ``hint`` how to make one.
+
+    Raises:
+        UserError: one line naming ``flag`` and the file.
+    """
+    name = str(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"{flag} {name} is not a file (a pipe or a device){hint}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read(SETTINGS_MAX_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag} {name} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if len(text) > SETTINGS_MAX_CHARS:
+        raise UserError(f"{flag} {name} is larger than a {kind} can be ({SETTINGS_MAX_CHARS // 2**20} MB){hint}")
+    return text
+
 # every --seed of the three CLIs: numpy and Keras take 0..2**32-1, and a run adds offsets (an epoch's, a soup
 # member's 100 i) to its training seed; a negative or larger one was a numpy traceback after the run folder was made
 SEED = click.IntRange(0, 2**31 - 1)

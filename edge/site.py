@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from . import ood
-from .errors import SETTINGS_MAX_CHARS, UserError
+from .errors import UserError, read_settings_text
 from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
 from .sources import MAX_SIDE
@@ -412,17 +412,10 @@ def load(path: str | os.PathLike, input_px: int | None = None) -> Site:
         SiteError: missing, unreadable, not JSON, another schema, nonsense values, another input size.
     """
     name = str(path)
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO waited for a writer for ever
-        raise SiteError([f"--site {name} is not a file (a pipe or a device): celledge calibrate SOURCE --out FILE "
-                         "writes one"])
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(SETTINGS_MAX_CHARS + 1)  # not /dev/zero into memory
-    except (OSError, UnicodeDecodeError) as e:
-        raise SiteError([f"--site {name} cannot be read ({getattr(e, 'strerror', None) or e})"]) from None
-    if len(text) > SETTINGS_MAX_CHARS:
-        raise SiteError([f"--site {name} is larger than a site file can be ({SETTINGS_MAX_CHARS // 2**20} MB): "
-                         "celledge calibrate SOURCE --out FILE writes one"])
+        text = read_settings_text(path, "--site", "site file", ": celledge calibrate SOURCE --out FILE writes one")
+    except UserError as e:
+        raise SiteError([str(e)]) from None
     try:
         raw = json.loads(text)
     except ValueError as e:  # JSONDecodeError, or a number of more than 4300 digits

@@ -73,6 +73,8 @@ def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_pat
     (tmp_path / "big.json").write_text(" " * (2**20 + 10))
     with pytest.raises(site_lib.SiteError, match="larger than a site file can be"):
         site_lib.load(tmp_path / "big.json")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rec).encode())  # saved again in Notepad
+    assert site_lib.load(tmp_path / "bom.json", input_px=96).rbc_px == rec["scale"]["rbc_px"]
     (tmp_path / "long.json").write_text('{"schema": ' + "9" * 5000 + "}")
     with pytest.raises(site_lib.SiteError, match="a number too long to read"):
         site_lib.load(tmp_path / "long.json")
