@@ -70,6 +70,8 @@ class NonEmptyPath(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty (an unset variable?): give a path, or leave the option out", param, ctx)
+        if isinstance(value, str) and "\x00" in value:  # from a JSON settings file: os.stat's ValueError traceback
+            self.fail(f"{value!r} holds a NUL character, which no path can", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -144,6 +144,7 @@ def corpus(tmp_path_factory):
     (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
     (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
     (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
+    (t / "nul.json").write_text('{"model": "a\\u0000b"}')  # a NUL in a path value: a ValueError traceback
     (t / "fifo").mkdir()
     os.mkfifo(t / "fifo" / "ff.png")  # a named pipe that looks like an image: classify waited for ever
     (t / "bom.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}\n')  # Notepad's byte-order mark
@@ -251,6 +252,8 @@ CASES = [
     ("watch-print-config-classes", "celledge", "watch {mixed} --save-dir {tmp}/s --save-classes lymphocyt "
      "--print-config", 2, "not labels of this model", None, None),  # printed a site file that then failed
     ("watch-size-folder", "celledge", "watch {mixed} --size 640x480", 0, None, "--size asks a camera", None),
+    ("watch-config-nul-path", "celledge", "watch {mixed} --config {c}/nul.json", 2, "holds a NUL character", None,
+     None),
     ("classify-fifo", "celledge", "classify {c}/fifo/ff.png", 2, "is not a file (a pipe or a device)", None, None),
     ("classify-fifo-folder", "celledge", "classify {c}/fifo", 2, "is not a file (a pipe or a device)", None, None),
     ("calibrate-size-folder", "celledge", "calibrate {mixed} --size 640x480 --out {tmp}/site.json", 2, "red cells",
