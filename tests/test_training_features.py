@@ -276,3 +276,55 @@ def test_saved_configs_are_checked_value_by_value_and_what_fit_writes_passes():
         assert said in (config_problem({**old, key: value}) or ""), (key, value)
         with pytest.raises(ValueError, match=re.escape(said)):
             FitConfig.from_json({**old, key: value})
+
+
+def test_edited_sidecars_damaged_history_and_audit_outputs_are_named(tiny_run, tmp_path):
+    """Found by a hunt (session 31): a sidecar whose input size (or size and config) was edited passed evaluate
+    silently and crashed cellcompress and explain with Keras' shape error; efficientnetv2b0 recorded at 16 px crashed
+    cellcompress; audit --clean-copy of a .npz was a ValueError after --out was written, and audit --out inside the
+    data put flagged.png among the training images; a hand-edited history.csv crashed the end of every --resume."""
+    import shutil
+
+    import cv2
+
+    from conftest import assert_one_line_error, invoke_cli
+    from scopelite.edge.bundle import sha256_file
+    from scopelite.edge.errors import UserError
+    from scopelite.train.fit import trim_history
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run, ignore=shutil.ignore_patterns("int8"))
+    sc = json.loads((run / "model.json").read_text())
+    for change, said in (({"input": {**sc["input"], "width": 48}}, "but its sidecar says 48x32"),
+                         ({"labels": sc["labels"][:-1]}, f"gives {len(sc['labels'])} classes")):
+        (run / "model.json").write_text(json.dumps({**sc, **change, "sha256": sha256_file(run / "model.keras")}))
+        for cmd in (("celltrain", "evaluate", str(run)),
+                    ("cellcompress", str(run / "model.keras"), "--int8", "--out", str(tmp_path / "c"))):
+            assert_one_line_error(invoke_cli(*cmd), said)
+            assert not (tmp_path / "c").exists()
+    training = sc["provenance"]["training"]
+    (run / "model.json").write_text(json.dumps({**sc, "sha256": sha256_file(run / "model.keras"), "input": {
+        **sc["input"], "height": 16, "width": 16}, "provenance": {**sc["provenance"], "training": {
+            **training, "config": {**training["config"], "arch": "efficientnetv2b0", "image_size": 16}}}}))
+    assert_one_line_error(invoke_cli("cellcompress", str(run / "model.keras"), "--int8", "--out", str(tmp_path / "c")),
+                          "use the sidecar celltrain fit wrote")  # Keras' 'Input size must be at least 32x32'
+    data = tmp_path / "data"
+    for i, name in enumerate(("basophil", "eosinophil")):
+        (data / name).mkdir(parents=True)
+        for k in range(3):
+            cv2.imwrite(str(data / name / f"{k}.png"), np.full((16, 16, 3), 60 + 50 * i + k, np.uint8))
+    np.savez(tmp_path / "m.npz", images=np.zeros((4, 16, 16, 3), np.uint8), labels=np.array([0, 1, 0, 1]))
+    r = invoke_cli("celltrain", "audit", str(tmp_path / "m.npz"), "--out", str(tmp_path / "au"), "--clean-copy",
+                   str(tmp_path / "cc"), "--image-size", "16")
+    assert_one_line_error(r, "--clean-copy copies class folders")
+    assert not (tmp_path / "au").exists()
+    assert_one_line_error(invoke_cli("celltrain", "audit", str(data), "--out", str(data / "basophil")),
+                          "flagged.png would be read as a training image")
+    assert sorted(p.name for p in (data / "basophil").iterdir()) == ["0.png", "1.png", "2.png"]
+    hist = tmp_path / "history.csv"
+    hist.write_text("epoch,loss,accuracy\n0,abc,0.5\n1,0.9,0.6\n")
+    trim_history(hist, 2)  # the hand-edited row goes, as a row cut short by a kill does
+    assert hist.read_text() == "epoch,loss,accuracy\n1,0.9,0.6\n"
+    hist.write_bytes(b"epoch,loss\n0,\xff\n")
+    with pytest.raises(UserError, match="is damaged"):
+        trim_history(hist, 1)

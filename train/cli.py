@@ -399,6 +399,11 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     from . import audit as audit_lib
     from . import data as data_lib
 
+    if clean_copy and not Path(data).is_dir():  # a ValueError traceback after --out was written
+        raise UserError(f"--clean-copy copies class folders; {data} is not a folder of them")
+    if Path(data).is_dir() and Path(data).resolve() in (Path(out).resolve(), *Path(out).resolve().parents):
+        raise UserError(f"--out {out} is inside {data}: flagged.png would be read as a training image next time; "
+                        "put the audit elsewhere (e.g. --out audit/)")
     check_writable(out, "--out")
     if clean_copy:
         check_writable(clean_copy, "--clean-copy")

@@ -595,7 +595,10 @@ def trim_history(path: Path, done: int) -> None:
 
     if not path.is_file():
         return
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}); delete it to resume (the per-epoch log starts again)") from None
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()  # the last row was cut off in the middle
@@ -604,8 +607,17 @@ def trim_history(path: Path, done: int) -> None:
     rows = list(csv.reader(lines))
     width = len(rows[0])
     keep = [lines[0]] + [line for line, cells in zip(lines[1:], rows[1:])
-                         if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done]
+                         if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done
+                         and all(_is_float(c) for c in cells[1:])]  # a hand-edited 'abc': the end's plot crashed
     write_bytes_atomic(path, "".join(keep).encode())
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_history(path: Path) -> dict:

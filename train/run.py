@@ -35,6 +35,10 @@ def load_keras_bundle(path: str | os.PathLike):
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # corrupt zip, wrong format...
         raise UserError(f"cannot load {path} as a Keras model ({type(e).__name__}); is the file complete?") from None
+    shape, outputs = tuple(model.input_shape[1:3]), model.output_shape[-1]
+    if shape != (sc.input.height, sc.input.width) or outputs != len(sc.labels):  # a hand-edited sidecar
+        raise UserError(f"{path} takes {shape[1]}x{shape[0]} px and gives {outputs} classes, but its sidecar says "
+                        f"{sc.input.width}x{sc.input.height} and {len(sc.labels)}: use the sidecar celltrain fit wrote")
     return sc, model
 
 
@@ -51,6 +55,8 @@ def run_config(sc: Sidecar, model_path: Path) -> dict:
     problem = config_problem(cfg) or ("image_size is missing" if "image_size" not in cfg else None)
     if not problem and cfg["image_size"] != sc.input.height:
         problem = f"image_size {cfg['image_size']} is not the model's input, {sc.input.height} px"
+    if not problem and cfg.get("arch") == "efficientnetv2b0" and cfg["image_size"] < 32:
+        problem = f"efficientnetv2b0 cannot take {cfg['image_size']} px (32 or more)"
     if problem:  # a hand-edited or damaged sidecar: a KeyError or TypeError traceback in evaluate, bench, convert
         raise UserError(f"{model_path}: the training options its sidecar records are damaged ({problem}); "
                         "use the sidecar celltrain fit wrote")
