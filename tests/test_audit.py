@@ -176,3 +176,21 @@ def test_background_note_names_a_class_photographed_on_its_own_background_and_no
     note = background_note(last, labels + 3, {3: "eosinophil", 4: "lymphocyte", 5: "neutrophil"})
     assert note is not None and "neutrophil images" in note and "eosinophil images" not in note
     assert background_shortcut(last[:, :, :, 0], labels) == {}  # not RGB: no judgement, no crash
+
+
+def test_exclusions_of_a_class_folder_named_with_a_hash_or_a_space_are_ids_not_comments(tmp_path):
+    """Found by a hunt (session 31): audit wrote '#platelet/conf.png' and fit --exclude read it as a comment (the
+    mislabelled image trained on); ' platelet/x.png' lost its space and was refused as unknown."""
+    import cv2
+
+    from scopelite.train import data as data_lib
+
+    for name in ("#platelet", " platelet", "basophil"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for k in range(2):
+            cv2.imwrite(str(tmp_path / "d" / name / f"{k}.png"), np.full((16, 16, 3), 40 + k, np.uint8))
+    ds = data_lib.load_folders(tmp_path / "d", 16, classes=["#platelet", " platelet", "basophil"])
+    ids = [i for i in ds.ids if i.endswith("0.png")]
+    (tmp_path / "ex.txt").write_text("# a comment\n" + "\n".join(ids) + "\n")
+    got = data_lib.read_exclusions(tmp_path / "ex.txt", ds)
+    assert sorted(ds.ids[i] for i in got) == sorted(ids)

@@ -58,7 +58,7 @@ def check_aug(name: str, strength) -> float | None:
 class FitConfig:
     out: str
     data: str | None = None  # None: generated synthetic smears
-    exclude: str | None = None  # a file of image ids to leave out (celltrain audit --exclusions)
+    exclude: str | None = None  # a file of image ids to leave out (the exclusions.txt celltrain audit writes)
     arch: str = "efficientnetv2b0"
     weights: str = "none"
     image_size: int = 96

@@ -444,14 +444,16 @@ def read_exclusions(path: str | os.PathLike, ds: Dataset) -> np.ndarray:
     """Indices of the image ids listed (one per line, '#' comments) in ``path``; unknown ids are an error."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"exclusion list {p} not found (celltrain audit --exclusions writes one)")
+        raise UserError(f"exclusion list {p} not found (celltrain audit DATA --out DIR writes DIR/exclusions.txt)")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"exclusion list {p} is not a text file of image ids (celltrain audit --exclusions writes "
+        raise UserError(f"exclusion list {p} is not a text file of image ids (celltrain audit DATA --out DIR writes "
                         "one: exclusions.txt, not the flagged.png beside it)") from None
-    wanted = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("#")]
     pos = {id_: i for i, id_ in enumerate(ds.ids)}
+    # an id as written first: a class folder named '#platelet' or ' platelet' is no comment and keeps its space
+    wanted = [x if x in pos else x.strip() for x in text.splitlines()
+              if x in pos or x.strip() and not x.lstrip().startswith("#")]
     unknown = [x for x in wanted if x not in pos]
     if unknown:
         raise UserError(f"{len(unknown)} ids in {p} are not in {ds.description} (first: {unknown[0]})")
