@@ -524,6 +524,8 @@ CASES = [
     ("synth-unwritable", "celltrain", f"synth {UNWRITABLE}/s", 2, "cannot be written", None, None),
     ("synth-per-class0", "celltrain", "synth {tmp}/s --per-class 0", 2, "--per-class", None, None),
     ("evaluate-missing", "celltrain", "evaluate {tmp}/none", 2, "does not exist", None, None),
+    ("evaluate-tflite", "celltrain", "evaluate {model}", 2, "is a tflite model; this takes the model.keras of a "
+     "training run", None, None),  # named cellcompress, which the user had not run
     ("average-out-not-empty", "celltrain", "average {fake_keras} {fake_keras} --out {c}/misnamed", 2, "is not empty",
      None, None),  # the average's files were mixed into the folder
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),

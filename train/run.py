@@ -28,7 +28,8 @@ def model_file(path: str | os.PathLike) -> Path:
 def load_keras_bundle(path: str | os.PathLike):
     sc = load_sidecar(path)
     if sc.format != "keras":
-        raise UserError(f"{path} is a {sc.format} model; cellcompress takes the model.keras of a training run")
+        raise UserError(f"{path} is a {sc.format} model; this takes the model.keras of a training run (celltrain fit "
+                        "writes it)")
     if sc.provenance.training is None or not sc.provenance.training.config:
         raise UserError(f"{path}: sidecar has no training config; re-train it with celltrain fit")
     try:
