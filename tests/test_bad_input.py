@@ -406,7 +406,8 @@ CASES = [
      None),
     ("compress-unknown-subcommand", "cellcompress", "frobnicate --int8 --out {tmp}/o", 2, "does not exist", None,
      None),
-    ("compress-tflite-input", "cellcompress", "{corrupt} --int8 --out {tmp}/o", 2, "cellcompress takes", None, None),
+    ("compress-tflite-input", "cellcompress", "{corrupt} --int8 --out {tmp}/o", 2, "this takes the model.keras of a "
+     "training run", None, None),
     ("compress-fake-keras", "cellcompress", "{fake_keras} --int8 --out {tmp}/o", 2, "no sidecar", None, None),
     ("compress-representative", "cellcompress", "{fake_keras} --int8 --out {tmp}/o --representative 2", 2,
      "--representative", None, None),

@@ -34,7 +34,8 @@ def test_edge_bad_inputs(tiny_run, tmp_path):
 
 def test_compress_bad_inputs(tiny_run, broken, tmp_path):
     out = str(tmp_path / "o")
-    _assert_one_line_error(run_cli("cellcompress", str(broken["corrupt"]), "--int8", "--out", out), "cellcompress takes")
+    _assert_one_line_error(run_cli("cellcompress", str(broken["corrupt"]), "--int8", "--out", out),
+                           "this takes the model.keras")
     fake = tmp_path / "model.keras"
     fake.write_bytes(b"PK not a zip")
     _assert_one_line_error(run_cli("cellcompress", str(fake), "--int8", "--out", out), "no sidecar")
