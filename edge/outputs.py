@@ -64,6 +64,14 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
 WORK_PREFIX = ".scopelite-"  # folder_in_place's hidden work folders (``.scopelite-partial-*``, ``.scopelite-old-*``)
 
 
+def holdings(folder: str | os.PathLike) -> str:
+    """What ``folder`` holds for a message, "a, b, c, ..." (hidden files left out: a file browser's .DS_Store in a
+    folder made beforehand); "" when it holds nothing else or is not a folder."""
+    p = Path(folder)
+    held = sorted(e.name for e in p.iterdir() if not e.name.startswith(".")) if p.is_dir() else []
+    return ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+
+
 def entries(folder: Path) -> list[Path]:
     """What ``folder`` holds, less folder_in_place's work folders (a kill can leave one behind)."""
     return [e for e in folder.iterdir() if not e.name.startswith(WORK_PREFIX)]

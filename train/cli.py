@@ -310,10 +310,8 @@ def fit(quiet, resume, **opts):
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
         cfg = FitConfig(**opts)
-        data_dir = Path(cfg.data) if cfg.data not in (None, "", data_lib.SYNTHETIC) else None
-        if data_dir is not None and data_dir.is_dir() and data_dir.resolve() in (Path(cfg.out).resolve(),
-                                                                                  *Path(cfg.out).resolve().parents):
-            where = "is" if data_dir.resolve() == Path(cfg.out).resolve() else "is inside"
+        where = data_lib.out_in_data(cfg.out, cfg.data if cfg.data != data_lib.SYNTHETIC else None)
+        if where:
             raise UserError(f"--out {cfg.out} {where} --data {cfg.data}: the run's folders would be read as "
                             "classes next time; put the run elsewhere (e.g. --out runs/NAME)")
         if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:  # Keras refuses it after the run folder is made
@@ -401,8 +399,9 @@ def audit(data, out, image_size, outlier_z, clean_copy):
 
     if clean_copy and not Path(data).is_dir():  # a ValueError traceback after --out was written
         raise UserError(f"--clean-copy copies class folders; {data} is not a folder of them")
-    if Path(data).is_dir() and Path(data).resolve() in (Path(out).resolve(), *Path(out).resolve().parents):
-        raise UserError(f"--out {out} is inside {data}: flagged.png would be read as a training image next time; "
+    where = data_lib.out_in_data(out, data)
+    if where:
+        raise UserError(f"--out {out} {where} {data}: flagged.png would be read as a training image next time; "
                         "put the audit elsewhere (e.g. --out audit/)")
     check_writable(out, "--out")
     if clean_copy:
@@ -483,14 +482,13 @@ def average(models, out, data):
       celltrain average runs/pbc-v2 runs/pbc-v3 runs/pbc-v4 --out runs/pbc-soup
       celltrain evaluate runs/pbc-soup
     """
-    from pathlib import Path
+    from scopelite.edge.outputs import holdings
 
     from .soup import soup
 
-    held = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith(".")) if Path(out).is_dir() else []
+    held = holdings(out)
     if held:  # its model, sidecar, split and config were mixed into another run's or a user's folder
-        raise UserError(f"--out {out} is not empty ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): give "
-                        "a new folder for the average")
+        raise UserError(f"--out {out} is not empty ({held}): give a new folder for the average")
     soup(models, out, data=data)
 
 

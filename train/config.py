@@ -156,4 +156,6 @@ def config_problem(d) -> str | None:
                     check_aug(op, strength)
                 except ValueError as e:
                     return f"aug: {e}"
+    if d.get("arch") == "efficientnetv2b0" and d.get("image_size", 32) < 32:  # Keras: 'at least 32x32', a traceback
+        return f"efficientnetv2b0 cannot take {d['image_size']} px (32 or more)"
     return None

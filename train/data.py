@@ -386,6 +386,15 @@ def check_source(spec: str | None) -> None:
         raise UserError(_not_a_folder(Path(spec)))
 
 
+def out_in_data(out: str | os.PathLike, data: str | os.PathLike | None) -> str | None:
+    """'is' or 'is inside' when the output folder ``out`` is the class-folder dataset ``data`` or lies in it (what is
+    written there would be read as classes or training images next time), else None."""
+    if not data or not Path(data).is_dir():
+        return None
+    here, src = Path(out).resolve(), Path(data).resolve()
+    return "is" if here == src else "is inside" if src in here.parents else None
+
+
 def _not_a_folder(p: Path) -> str:
     if p.exists():  # a file: it said "not found", of a file that is there
         return (f"{p} is a file, not a folder: give a folder of class folders (<class>/<images>) or a .npz "

@@ -17,6 +17,7 @@ import numpy as np
 
 from scopelite.edge.bundle import atomic_path, write_json_atomic, write_sidecar
 from scopelite.edge.errors import UserError
+from scopelite.edge.outputs import holdings
 
 from . import data as data_lib
 from . import fit as fit_lib
@@ -42,13 +43,13 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     src, out_p = Path(weights), Path(out)
     if (out_p / "model.keras").exists():
         raise UserError(f"{out} already holds a model; give a new --out")
-    held = sorted(p.name for p in out_p.iterdir() if not p.name.startswith(".")) if out_p.is_dir() else []
+    held = holdings(out_p)
     if held:  # a killed fit's folder: its config.json would be replaced beside its checkpoints
-        raise UserError(f"--out {out} is not empty ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): give "
-                        "a new folder for the imported run")
+        raise UserError(f"--out {out} is not empty ({held}): give a new folder for the imported run")
     data_p = Path(data)
-    if data_p.is_dir() and data_p.resolve() in (out_p.resolve(), *out_p.resolve().parents):
-        raise UserError(f"--out {out} is inside --data {data}: the run's folders would be read as classes next "
+    where = data_lib.out_in_data(out_p, data_p)
+    if where:
+        raise UserError(f"--out {out} {where} --data {data}: the run's folders would be read as classes next "
                         "time; put the run elsewhere (e.g. --out runs/NAME)")
     try:
         hist = json.loads((src / HISTORY).read_text())
@@ -73,9 +74,6 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     n_classes = len(saved["class_names"])
     cfg = dataclasses.replace(trained, out=str(out_p.resolve()), data=str(data_p.resolve()), seed=seed,
                               train_seed=trained.training_seed)
-    if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:
-        raise UserError(f"{src / HISTORY} records efficientnetv2b0 at {cfg.image_size} px, which it cannot be "
-                        "(32 px or more): the file is damaged")
     model = model_lib.build(cfg.arch, cfg.image_size, n_classes, weights="none", dropout=cfg.dropout)
     names = [weight_name(w) for w in model.weights]
     missing = [n for n in names if n not in ws]
@@ -86,11 +84,9 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
                         f"{wrong[:1]}), {len(ws)} given for {len(names)}")
     model.set_weights([ws[n] for n in names])
     data_lib.check_source(data)
-    # with the split's classes, as fit loads a fine-tuned model's data (a lab's folder lacks some of them)
+    # with the split's classes, as fit loads a fine-tuned model's data: a lab's folder may lack some; a folder of
+    # another class is refused (every label would have shifted by one)
     ds = data_lib.load(data, cfg.image_size, seed=cfg.seed, progress=True, classes=saved["class_names"])
-    if list(ds.class_names) != list(saved["class_names"]):  # the labels would shift by one, silently
-        raise UserError(f"--data {data} holds the classes {list(ds.class_names)}, the split {split_file} "
-                        f"{saved['class_names']}: give the dataset the pack was made from")
     split = data_lib.load_split(split_file, ds)
     va, te = ds.subset(split["val"]), ds.subset(split["test"])
     ours = predict(model, va.images)  # once: for the metrics and the comparison with the trainer

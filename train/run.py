@@ -56,8 +56,6 @@ def run_config(sc: Sidecar, model_path: Path) -> dict:
     problem = config_problem(cfg) or ("image_size is missing" if "image_size" not in cfg else None)
     if not problem and cfg["image_size"] != sc.input.height:
         problem = f"image_size {cfg['image_size']} is not the model's input, {sc.input.height} px"
-    if not problem and cfg.get("arch") == "efficientnetv2b0" and cfg["image_size"] < 32:
-        problem = f"efficientnetv2b0 cannot take {cfg['image_size']} px (32 or more)"
     if problem:  # a hand-edited or damaged sidecar: a KeyError or TypeError traceback in evaluate, bench, convert
         raise UserError(f"{model_path}: the training options its sidecar records are damaged ({problem}); "
                         "use the sidecar celltrain fit wrote")
