@@ -530,7 +530,13 @@ CASES = [
     ("average-out-not-empty", "celltrain", "average {fake_keras} {fake_keras} --out {c}/misnamed", 2, "is not empty",
      None, None),  # the average's files were mixed into the folder
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
+    ("choose-empty-name", "celltrain", "choose ={fake_keras} --out {tmp}/c.json", 2, "the NAME before '=' is empty",
+     None, None),  # scored under the name ''
     ("explain-missing-image", "celltrain", "explain {tmp} {tmp}/none.png", 2, "does not exist", None, None),
+    ("explain-out-in-images", "celltrain", "explain {fake_keras} {c}/classes --out {c}/classes/cams", 2,
+     "is inside IMAGES folder", None, None),  # the overlays were written among the cells, read as cells next time
+    ("explain-out-unwritable", "celltrain", f"explain {{fake_keras}} {{img}} --out {UNWRITABLE}/x", 2,
+     "cannot be written", None, None),  # said after the model had loaded (here: "not a model" instead)
     ("celltrain-no-command", "celltrain", "frobnicate", 2, "No such command", None, None),
     # an empty path ("$VAR" unset) read or wrote the current folder, or was dropped, with exit 0
     ("fit-data-empty", "celltrain", "fit --data {empty} --out {tmp}/r", 2, "is empty (an unset variable?)", None,

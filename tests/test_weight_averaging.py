@@ -83,9 +83,13 @@ def test_fit_average_last_ships_the_mean_of_the_last_epochs(tmp_path):
 def test_celltrain_average_makes_a_soup_of_one_lineage_and_refuses_other_splits(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _fit(a, epochs=2)
-    _fit(b, epochs=2, weights=str(a / "model.keras"), head_epochs=0, fine_tune_fraction=1.0, learning_rate=5e-3)
+    _fit(b, epochs=2, weights=str(a / "model.keras"), head_epochs=0, fine_tune_fraction=1.0, learning_rate=5e-3,
+         views=8)
     r = run_cli("celltrain", "average", str(a), str(b / "model.keras"), "--out", str(tmp_path / "soup"))
     assert r.returncode == 0, r.stderr
+    # the runs ask celledge for 1 and 8 views: the average keeps the first's, and says so (it was silent)
+    assert "ask celledge for 1 / 8 views; the average's asks for 1" in r.stdout + r.stderr
+    assert json.loads((tmp_path / "soup" / "model.json").read_text())["views"] == 1
     names, wa = _weights(a / "model.keras")
     _, wb = _weights(b / "model.keras")
     _, ws = _weights(tmp_path / "soup" / "model.keras")

@@ -502,6 +502,8 @@ def _parse_candidates(ctx, param, value):
         if not sep or Path(item).exists():  # runs/lr=1e-4 is a run folder, not NAME=RUN
             p = Path(item)
             name, path = (p.name if p.is_dir() else p.parent.name) or item, item
+        elif not name.strip():  # "=runs/a": the scores were filed under an empty name
+            raise click.BadParameter(f"{item}: the NAME before '=' is empty; give NAME=RUN or RUN")
         if not Path(path).exists():
             raise click.BadParameter(f"{path}: no such run folder or model.keras")
         if name in out:
@@ -570,9 +572,20 @@ def explain(run, images, out):
 
     from .explain import explain as run_explain
 
+    from scopelite.edge.outputs import check_writable
+
+    from .data import out_in_data
+
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
-    recs = run_explain(model, images_given(images, warn), out or model.parent / "explain")
+    out = out or model.parent / "explain"
+    for given in images:  # a rerun on that folder would read last time's overlays as cells
+        where = out_in_data(out, given)
+        if where:
+            raise UserError(f"--out {out} {where} IMAGES folder {given}: the overlays (PNG images) would be read as "
+                            "cells next time; give a folder outside it, e.g. --out explain/")
+    check_writable(out, "--out")  # before the model loads (seconds), not after
+    recs = run_explain(model, images_given(images, warn), out)
     for rec in recs:
         click.echo(json.dumps(rec))
     bad = [r for r in recs if "error" in r]

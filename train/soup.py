@@ -140,6 +140,11 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     ds, split = heldout_data(sc0, paths[0], data)
     cfg = (dataclasses.replace(config, out=str(out), data=data or config.data) if config is not None
            else dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out)))
+    if config is None:  # the sidecar's views (celledge's default --tta) are the first run's
+        views = [run_config(sc, p).get("views", 1) for p, (sc, _) in zip(paths, bundles)]
+        if len(set(map(str, views))) > 1:
+            log(f"note: the runs' sidecars ask celledge for {' / '.join(map(str, views))} views; the average's asks "
+                f"for {cfg.views}, the first run's (celledge classify/watch --tta N overrides it)")
     log(f"averaging {len(paths)} models: {', '.join(str(p) for p in paths)}")
     recalibrated = average_into(model, [m.get_weights() for _, m in bundles], ds.subset(split["train"]).images,
                                 cfg.batch_size)
