@@ -175,6 +175,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                  "measures each image alone")
     failed: list[str] = []
     wide: list[str] = []  # images holding more than the crop classified (whole fields)
+    whole: list[str] = []  # camera-sized images classified whole (--rescale none)
     site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
     for path in paths:
@@ -212,6 +213,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         side = (scale or {}).get("crop")
         if side and min(seen.shape[:2]) >= FIELD_SIDE and side < WIDE * min(seen.shape[:2]):  # a whole field
             wide.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px, its centre {side} px")
+        elif rescale == "none" and min(seen.shape[:2]) >= FIELD_SIDE:  # shrunk whole: its cells a few px across
+            whole.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(seen), ref) if ref else None
         unlike += distance is not None and distance > ref.threshold
@@ -231,6 +234,11 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         warn(f"{len(wide)} of {len(paths)} images hold more than one cell's crop (e.g. {wide[0]} classified): "
              "classify names the centre cell only; celledge watch SOURCE --mode field finds and classifies every "
              "cell of a field")
+    if whole:
+        warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and were classified whole "
+             f"(--rescale none): shrunk to the model's {clf.input_spec.width} px, a field's cells are too small to "
+             "name; --rescale each cuts the centre cell at the training scale, and celledge watch SOURCE --mode "
+             "field classifies every cell")
     if grey:
         warn(f"{grey} of {len(paths)} images hold no colour (greyscale or blank): the model was trained on stained "
              "colour images, so their classes mean little")

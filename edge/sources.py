@@ -76,6 +76,9 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise SourceError(f"{path} holds more than {MAX_SIDE}x{MAX_SIDE} px, larger than {MAX_SIDE} px a side: give "
                           "fields or crops as the camera takes them (a whole-slide mosaic: cut it into fields "
                           "first)") from None
+    if img is not None and img.max() <= DARK_8BIT:  # a 10-16-bit camera's file: its 8 high bits are almost black
+        deep = _deep_as_bgr8(cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH))
+        img = img if deep is None else deep
     if img is None:
         if Path(path).suffix.lower() in VIDEO_SUFFIXES:  # it said "not an image, or corrupt" of a good film
             raise SourceError(f"{path} is a video, not an image: celledge watch {path} reads it frame by frame")
@@ -83,6 +86,20 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     check_frame_size(img, str(path), min_side=1, hint=": give fields or crops as the camera takes them (a "
                      "whole-slide mosaic: cut it into fields first)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+DARK_8BIT = 64  # up to this brightest level an 8-bit reading may be a 16-bit file of 10-14-bit counts
+_DEPTHS = (8, 10, 12, 14, 16)  # what scientific cameras store in 16-bit PNG and TIFF
+
+
+def _deep_as_bgr8(img: np.ndarray | None) -> np.ndarray | None:
+    """A 16-bit BGR image as 8-bit BGR by the camera's bit depth (the fewest of 8, 10, 12, 14, 16 bits that hold its
+    brightest count): 12-bit counts become 0-255, as the camera's own viewer shows them, not 0-15 as the high byte
+    of 16 bits does. None unless it is 16-bit colour."""
+    if img is None or img.dtype != np.uint16 or img.ndim != 3 or img.shape[2] != 3:
+        return None
+    bits = next(b for b in _DEPTHS if int(img.max()) < 2**b)
+    return (img >> (bits - 8)).astype(np.uint8)
 
 
 def _float_as_bgr8(img: np.ndarray | None) -> np.ndarray | None:

@@ -272,6 +272,8 @@ CASES = [
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
     ("classify-field", "celledge", "classify {c}/field.png", 0, None, "hold more than one cell's crop", "\t"),
+    ("classify-field-as-given", "celledge", "classify --rescale none {c}/field.png", 0, None,
+     "were classified whole (--rescale none)", "\t"),  # a field shrunk to 96 px, classified without a word
     ("watch-sessions-other-export-json", "celledge", "watch {mixed} --mode field --sessions {c}/other-export/s "
      "--print-config", 0, None, None, "sessions:"),
     ("classify-video", "celledge", "classify {c}/film.avi", 2, "is a video, not an image: celledge watch", None,

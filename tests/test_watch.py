@@ -292,6 +292,26 @@ def test_float_tiffs_are_read_as_images(tmp_path):
     assert np.abs(rgb[1:, :, 1].astype(int) - bgr[1:, :, 1]).max() <= 1
 
 
+def test_sixteen_bit_files_of_10_to_12_bit_counts_are_read_at_the_cameras_depth(tmp_path):
+    """A scientific camera's 16-bit PNG or TIFF holding 12-bit counts was read by its high byte: values 0-15, an
+    almost black image, classified without a word. Now by the camera's depth; 8-bit and full 16-bit files as before."""
+    import cv2
+
+    from scopelite.edge.sources import read_image_rgb
+
+    bgr = np.random.default_rng(0).integers(0, 256, (40, 50, 3)).astype(np.uint8)  # its brightest level: 255
+    for bits, suffix in ((10, ".png"), (12, ".png"), (12, ".tif"), (14, ".tif"), (16, ".png")):
+        counts = bgr.astype(np.uint16) << (bits - 8) | (bgr.astype(np.uint16) >> (16 - bits) if bits > 8 else 0)
+        path = tmp_path / f"c{bits}{suffix}"
+        assert cv2.imwrite(str(path), counts)
+        rgb = read_image_rgb(path)
+        assert rgb.dtype == np.uint8 and rgb.shape == bgr.shape
+        assert np.array_equal(rgb, bgr[..., ::-1]), (bits, suffix)
+    dark = (bgr // 16).astype(np.uint8)  # a truly dark 8-bit image stays dark
+    assert cv2.imwrite(str(tmp_path / "dark.png"), dark)
+    assert np.array_equal(read_image_rgb(tmp_path / "dark.png"), dark[..., ::-1])
+
+
 def test_a_cap_smaller_than_one_frame_is_said_once(tmp_path, capsys):
     """--save-cap-mb below one saved frame: nothing saved, exit 0, not a word."""
     from scopelite.edge.saver import FrameSaver
