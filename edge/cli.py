@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -1056,7 +1057,9 @@ def review(sessions, sid, http, http_token):
         warn(f"{d}/state.json cannot be read: that session is not served (this is {current.current.id})")
     s = current.summary(cells=False)
     stop = threading.Event()
-    click.get_current_context().call_on_close(shutdown.install(stop))
+    # SIGHUP too (the terminal or ssh session closed, systemctl reload): it ended the review without its summary
+    hangup = () if shutdown.SIGHUP is None else (shutdown.SIGHUP,)
+    click.get_current_context().call_on_close(shutdown.install(stop, signals=(signal.SIGINT, signal.SIGTERM) + hangup))
     token = _http_token(click.get_current_context(), host)
     server = serve(Status(current.labels, session=current, review_only=True), host, port, token=token)
     if exposure_warning(host):

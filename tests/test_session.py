@@ -738,6 +738,32 @@ def test_a_video_counted_into_an_open_session_is_not_read_again_from_its_start(t
     assert Session.load(tmp_path / "s" / first["id"]).state["sources"] == [str(video.resolve())]
 
 
+def test_review_ends_on_a_hangup_as_on_ctrl_c(tmp_path):
+    """A closed terminal or ssh session (SIGHUP) killed celledge review outright: no summary line, exit -1."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "s"
+    _session_with(root, ["neutrophil", "lymphocyte"], target=2)
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "review", str(root), "--http", "127.0.0.1:0"], preexec_fn=default_signals,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([p.stderr], [], [], 60)[0], "celledge review printed nothing in 60 s"
+        assert "review at http://127.0.0.1:" in p.stderr.readline()
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, err
+    assert "0 of 2 cells reviewed" in err and "Traceback" not in err
+
+
 def test_review_serves_a_closed_session_with_no_camera(tmp_path):
     import os
     import signal
