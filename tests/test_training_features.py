@@ -272,10 +272,41 @@ def test_saved_configs_are_checked_value_by_value_and_what_fit_writes_passes():
                              ("arch", "resnet", "not one of efficientnetv2b0, tiny"), ("views", 3, "not one of 1, 2"),
                              ("learning_rate", 0, "not more than 0"), ("seed", 2**32, "from 0 to 4294967295"),
                              ("strength", float("nan"), "not a number"), ("aug", {"hed": 2}, "aug: hed=2"),
-                             ("image_size", None, "image_size is null"), ("data", 5, "data: 5 is not a name")):
+                             ("image_size", None, "image_size is null"), ("data", 5, "data: 5 is not a name"),
+                             ("ema", 1.0, "ema: 1.0 is not from 0 to under 1")):  # --ema refused 1, a file took it
         assert said in (config_problem({**old, key: value}) or ""), (key, value)
         with pytest.raises(ValueError, match=re.escape(said)):
             FitConfig.from_json({**old, key: value})
+
+
+def test_fit_flags_and_config_files_take_the_same_ranges():
+    """celltrain fit's flags and config_problem (a --config file, a saved config) had a range each: --ema refused 1
+    where a config file took it. Every ranged flag now accepts and refuses exactly what config_problem does."""
+    import math
+
+    import click
+
+    from scopelite.train.cli import fit
+    from scopelite.train.config import RANGES, out_of_range
+
+    # but the seeds: a saved config may hold up to 2**32 - 1 (a soup member adds 100 i to its training seed), a flag
+    # takes up to 2**31 - 1 (errors.SEED, every CLI's)
+    ranged = [p for p in fit.params if p.name in RANGES and p.name not in ("seed", "train_seed")]
+    assert len(ranged) >= 15, [p.name for p in ranged]
+    for p in ranged:
+        lo, hi = RANGES[p.name]
+        integer = isinstance(p.type, click.IntRange)
+        step = 1 if integer else 1e-9
+        for v in (lo - step, lo, lo + step, hi - step, hi, hi + step):
+            if math.isinf(v) or (integer and v != int(v)):
+                continue
+            v = int(v) if integer else float(v)
+            try:
+                p.type.convert(str(v), p, None)
+                flag_takes = True
+            except click.BadParameter:
+                flag_takes = False
+            assert flag_takes == (out_of_range(p.name, v) is None), (p.name, v)
 
 
 def test_edited_sidecars_damaged_history_and_audit_outputs_are_named(tiny_run, tmp_path):

@@ -12,9 +12,25 @@ from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
 from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
-from .config import AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, check_aug
+from .config import (AUG_OPS, BACKENDS, BALANCE, OPEN, OPTIMIZERS, PRESETS, RANGES, SCHEDULES, STRATEGIES, FitConfig,
+                     check_aug)
 
 _D = FitConfig(out="")
+
+
+def _ranged(name: str) -> click.ParamType:
+    """The click type of fit's flag for FitConfig field ``name``, from config.RANGES and OPEN: the flags and a config
+    file's check (config_problem) take one list."""
+    import math
+
+    lo, hi = RANGES[name]
+    kind = next(f.type for f in fields(FitConfig) if f.name == name)
+    if str(kind).startswith("int"):
+        return click.IntRange(min=lo, max=None if hi == math.inf else hi)
+    return Number(min=lo, max=None if hi == math.inf else hi, min_open=OPEN.get(name) == "min",
+                  max_open=OPEN.get(name) == "max")
+
+
 RUN_FREE_MB = 200  # a run folder: the model, two checkpoints, snapshots, TensorBoard logs
 
 
@@ -193,38 +209,38 @@ def _check_views(ctx, param, value):
               help="imagenet | none | shipped | FILE. shipped: the int8 PBC model packaged with scopelite (fine-tune "
                    "it on your own cells); FILE: a .keras model from an earlier run, or a .tflite model of the same "
                    "--arch (int8 weights are dequantised, BatchNorm unfolded).")
-@click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs)
-@click.option("--image-size", type=click.IntRange(min=16), default=_D.image_size, help="Square input size in pixels.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size)
+@click.option("--epochs", type=_ranged("epochs"), default=_D.epochs)
+@click.option("--image-size", type=_ranged("image_size"), default=_D.image_size, help="Square input size in pixels.")
+@click.option("--batch-size", type=_ranged("batch_size"), default=_D.batch_size)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer)
-@click.option("--lr", "learning_rate", type=Number(min=0, min_open=True), default=_D.learning_rate,
+@click.option("--lr", "learning_rate", type=_ranged("learning_rate"), default=_D.learning_rate,
               help="Peak learning rate (after warm-up).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=_D.schedule)
-@click.option("--warmup-epochs", type=Number(min=0), default=_D.warmup_epochs)
-@click.option("--weight-decay", type=Number(min=0), default=_D.weight_decay)
+@click.option("--warmup-epochs", type=_ranged("warmup_epochs"), default=_D.warmup_epochs)
+@click.option("--weight-decay", type=_ranged("weight_decay"), default=_D.weight_decay)
 @click.option("--augment", type=click.Choice(["none", "flips", "strong"]), default=_D.augment,
               help="strong adds zoom, exposure, colour, stain, blur, noise, JPEG and dark blots "
                    "(ops zoom, colour, stain, blur, noise, jpeg, blots; change any with --aug).")
-@click.option("--strength", type=Number(0, 1), default=_D.strength, help="Strength of strong augmentation.")
+@click.option("--strength", type=_ranged("strength"), default=_D.strength, help="Strength of strong augmentation.")
 @click.option("--aug", multiple=True, callback=_parse_aug, metavar="NAME[=STRENGTH]",
               help=f"Set one augmentation op's strength (repeatable; 0 switches it off, no value: --strength), "
                    f"on top of --augment: {', '.join(AUG_OPS)}. E.g. --aug hed=0.5 --aug randaugment --aug jpeg=0")
-@click.option("--mixup", type=Number(0, 1), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
+@click.option("--mixup", type=_ranged("mixup"), default=_D.mixup, help="Share of batches mixed (MixUp/CutMix).")
 @click.option("--progressive/--no-progressive", default=_D.progressive,
               help="Progressive resizing: 60%->100% image size and weak->full augmentation over 3 stages.")
-@click.option("--label-smoothing", type=Number(0, 0.5), default=_D.label_smoothing)
+@click.option("--label-smoothing", type=_ranged("label_smoothing"), default=_D.label_smoothing)
 @click.option("--balance", type=click.Choice(BALANCE), default=_D.balance,
               help="Class imbalance: loss weights, oversampling, or nothing.")
-@click.option("--fine-tune-fraction", type=Number(0, 1), default=_D.fine_tune_fraction,
+@click.option("--fine-tune-fraction", type=_ranged("fine_tune_fraction"), default=_D.fine_tune_fraction,
               help="With pretrained weights: share of the backbone unfrozen after the head phase.")
-@click.option("--head-epochs", type=click.IntRange(min=0), default=_D.head_epochs,
+@click.option("--head-epochs", type=_ranged("head_epochs"), default=_D.head_epochs,
               help="With pretrained weights: epochs on a frozen backbone first.")
-@click.option("--patience", type=click.IntRange(min=0), default=_D.patience,
+@click.option("--patience", type=_ranged("patience"), default=_D.patience,
               help="Stop after this many epochs without a better val accuracy (0: never); best weights are kept.")
-@click.option("--average-last", type=click.IntRange(min=0), default=_D.average_last,
+@click.option("--average-last", type=_ranged("average_last"), default=_D.average_last,
               help="Weight averaging (SWA): ship the mean of the last N epochs' weights instead of the best "
                    "epoch's (0: off). Snapshots go to checkpoints/epoch-NNN.npz.")
-@click.option("--soup", type=click.IntRange(min=1), default=_D.soup, metavar="K",
+@click.option("--soup", type=_ranged("soup"), default=_D.soup, metavar="K",
               help="Fit K times on one split (training seeds --train-seed or --seed, +100, +200, ...; each in "
                    "OUT/members/I) and "
                    "ship the average of their weights (celltrain average) in OUT; the same command again after a "
@@ -237,7 +253,7 @@ def _check_views(ctx, param, value):
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy,
               help="tf.distribute: mirrored (all local GPUs) or multiworker (several machines: run the same "
                    "command on each, with TF_CONFIG naming the cluster and its own index; see docs/gpu-training.md).")
-@click.option("--worker-timeout", type=Number(min=1), default=_D.worker_timeout,
+@click.option("--worker-timeout", type=_ranged("worker_timeout"), default=_D.worker_timeout,
               help="With --strategy multiworker: seconds to wait for every worker of TF_CONFIG to join before "
                    "giving up with an error (TensorFlow alone would wait forever).")
 @click.option("--mixed-precision", is_flag=True,
@@ -246,9 +262,9 @@ def _check_views(ctx, param, value):
               help="keras3: the same recipe under Keras 3 on any backend (KERAS_BACKEND=jax on a GPU machine "
                    "without TensorFlow); --data is then a pack from celltrain pack, and celltrain import makes "
                    "the run folder. See docs/gpu-training.md.")
-@click.option("--ema", type=Number(0, 1, max_open=True), default=_D.ema,
+@click.option("--ema", type=_ranged("ema"), default=_D.ema,
               help="With --backend keras3: momentum of an exponential moving average of the weights (0: off).")
-@click.option("--synthetic-per-class", type=click.IntRange(min=3), default=_D.synthetic_per_class,
+@click.option("--synthetic-per-class", type=_ranged("synthetic_per_class"), default=_D.synthetic_per_class,
               help="Images per class when --data is not given.")
 @click.option("--seed", type=SEED, default=_D.seed,
               help="Seed of the train/val/test split (and of training unless --train-seed is given).")

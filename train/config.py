@@ -117,13 +117,32 @@ _CHOICES = {"arch": ARCHS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "bala
             "strategy": STRATEGIES, "backend": BACKENDS, "views": VIEWS}
 # (lowest, highest) of the numbers; as the options of celltrain fit, but a saved seed may be what numpy takes (a
 # soup member's is its --train-seed + 100 i; runs before session 30 took seeds up to 2**32 - 1)
-_RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
-           "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
-           "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "synthetic_per_class": (3, math.inf),
-           "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
-           "ema": (0, 1), "strength": (0, 1), "mixup": (0, 1), "fine_tune_fraction": (0, 1), "dropout": (0, 1),
-           "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
-           "learning_rate": (math.ulp(0.0), math.inf)}
+# The one list of every numeric option's range: config_problem checks a config file and a run's saved config by it,
+# and celltrain fit's flags are typed from it (cli.ranged), so the two cannot disagree (they did: --ema refused 1, a
+# config file took it). OPEN: the ends a value may not equal (ema 1 would never move the average).
+RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
+          "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
+          "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "synthetic_per_class": (3, math.inf),
+          "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
+          "ema": (0, 1), "strength": (0, 1), "mixup": (0, 1), "fine_tune_fraction": (0, 1), "dropout": (0, 1),
+          "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
+          "learning_rate": (0, math.inf)}
+OPEN = {"learning_rate": "min", "ema": "max"}
+
+
+def out_of_range(name: str, v) -> str | None:
+    """None when ``v`` is within option ``name``'s RANGES (or it has none), else what it should be ("more than 0")."""
+    if name not in RANGES:
+        return None
+    lo, hi = RANGES[name]
+    lo_open, hi_open = OPEN.get(name) == "min", OPEN.get(name) == "max"
+    if (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi):
+        return None
+    if hi == math.inf:
+        return f"more than {lo}" if lo_open else f"{lo} or more"
+    return f"from {lo} to " + (f"under {hi}" if hi_open else f"{hi}")
+
+
 _SAID = {"str": "a name", "int": "a whole number", "float": "a number", "bool": "true or false", "dict": "a mapping"}
 _KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,)}
 
@@ -146,10 +165,9 @@ def config_problem(d) -> str | None:
             return f"{f.name}: {v!r} is not {_SAID[kind]}"
         if f.name in _CHOICES and v not in _CHOICES[f.name]:
             return f"{f.name}: {v!r} is not one of {', '.join(map(str, _CHOICES[f.name]))}"
-        lo, hi = _RANGES.get(f.name, (-math.inf, math.inf))
-        if f.name in _RANGES and not lo <= v <= hi:
-            return f"{f.name}: {v!r} is not " + ("more than 0" if lo == math.ulp(0.0) else f"{lo} or more"
-                                                  if hi == math.inf else f"from {lo} to {hi}")
+        should = out_of_range(f.name, v)
+        if should:
+            return f"{f.name}: {v!r} is not {should}"
         if f.name == "aug":
             for op, strength in v.items():
                 try:
