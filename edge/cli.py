@@ -412,7 +412,7 @@ def watch(**_):
     early_hup = shutdown.defer(shutdown.SIGHUP)
     from .config import WatchConfig, from_click
     from .outputs import LineSink, check_writable
-    from .precious import not_precious
+    from .precious import not_precious, only_appends_to_lines
     from .sources import is_live, is_still, open_source, open_unless_stopped
     from .watch import run_watch
 
@@ -428,6 +428,7 @@ def watch(**_):
                     if flag == "--out":
                         not_precious(path, flag, "the JSON lines", ending=".jsonl", source=cfg.source,
                                      reads=_read_by_watch(cfg, ctx))
+                        only_appends_to_lines(path, flag)
                         _not_inside(path, flag, cfg.report, cfg.sessions)
                     if flag == "--sessions":
                         _not_a_dataset(path, cfg.source)

@@ -188,6 +188,21 @@ class LineSink:
         st = os.fstat(self._fd)
         if stat.S_ISREG(st.st_mode):  # a device or pipe (/dev/stdout) is never rotated
             self._id = (st.st_dev, st.st_ino)
+            self._end_torn_line(st.st_size)
+
+    def _end_torn_line(self, size: int) -> None:
+        """A file whose last line was cut short (power lost, kill -9 mid-write) gets a newline first: the first line
+        written was glued onto the torn one, and both were lost to a reader."""
+        if not size:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                torn = f.read(1) != b"\n"
+            if torn:
+                os.write(self._fd, b"\n")
+        except OSError:  # not readable (a write-only file): appended to as before
+            pass
 
     def _open(self, make_folders: bool = False) -> int:
         try:

@@ -66,6 +66,27 @@ def only_replaces(path: str | os.PathLike, option: str, what: str, own: Callable
                         "name, or remove it first")
 
 
+def only_appends_to_lines(path: str | os.PathLike, option: str) -> None:
+    """Refuse (UserError) an existing, non-empty regular file whose first line is not a JSON object: lines appended to
+    a site file or a report (one indented JSON document) broke it for the command that reads it (``--site``:
+    "not valid JSON"), with exit 0. Earlier JSON lines, of this command or another, are appended to."""
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size == 0:
+            return
+        with open(p, "rb") as f:
+            first = f.readline(2**16)
+    except OSError:
+        return
+    try:
+        ok = isinstance(json.loads(first), dict)
+    except ValueError:  # a document's opening "{", binary, text; or the one line there, torn (appended to)
+        ok = first.startswith(b'{"') and not first.endswith(b"\n")
+    if not ok:
+        raise UserError(f"{option} {path} holds something other than JSON lines (a site file, a report, a document): "
+                        "the lines appended would break it; give another file name, e.g. frames.jsonl")
+
+
 def has_schema(schema: str) -> Callable[[Path], bool]:
     """``only_replaces``'s test for a JSON object whose ``schema`` is ``schema``."""
     return lambda p: _schema_of(p) == schema

@@ -168,6 +168,7 @@ def corpus(tmp_path_factory):
     (t / "exported" / "export.json").write_text('{"last_export": {}, "files": []}')  # celledge export wrote it
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
+    (t / "site.json").write_text('{\n "schema": "scopelite-site/1",\n "frames": 5\n}\n')  # a document, indented
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
     for name, (w, h), n in (("tiny.avi", (8, 8), 3), ("empty.avi", (64, 64), 0), ("cut.mp4", (64, 64), 20)):
         v = cv2.VideoWriter(str(t / name), cv2.VideoWriter_fourcc(*("mp4v" if name.endswith("mp4") else "MJPG")), 10,
@@ -271,6 +272,8 @@ CASES = [
      None, None),
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
+    ("watch-out-document", "celledge", "watch {mixed} --out {c}/site.json", 2, "holds something other than JSON "
+     "lines", None, None),  # lines appended to a site file: --site then read "not valid JSON", exit 0 here
     ("classify-field", "celledge", "classify {c}/field.png", 0, None, "hold more than one cell's crop", "\t"),
     ("classify-field-as-given", "celledge", "classify --rescale none {c}/field.png", 0, None,
      "were classified whole (--rescale none)", "\t"),  # a field shrunk to 96 px, classified without a word
@@ -595,6 +598,20 @@ def test_watch_summary_and_out_file_say_what_was_skipped(corpus, tmp_path):
     s = lines[-1]["summary"]
     assert s["frames"] == 2 and s["unreadable"] == 1 and s["stopped"] == "end of stream"
     assert [x for x in r.stderr.splitlines() if "img1.png" in x][0].startswith("warning: skipped")
+
+
+def test_watch_out_starts_a_new_line_after_a_torn_one(corpus, tmp_path):
+    """A log whose last line was cut (power lost, kill -9) got the next run's first line glued onto it: both lost."""
+    out = tmp_path / "w.jsonl"
+    out.write_text('{"frame": 1}\n{"frame": 7, "label": "neutro')
+    r = invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert lines[:2] == ['{"frame": 1}', '{"frame": 7, "label": "neutro']
+    assert all(isinstance(json.loads(x), dict) for x in lines[2:]) and len(lines) > 3
+    out.write_text('{"frame": 7, "label": "neutro')  # the only line there, torn: still appended to, not refused
+    assert invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(out)).returncode == 0
+    assert out.read_text().splitlines()[0] == '{"frame": 7, "label": "neutro'
 
 
 def test_synth_folders_make_a_synthetic_model(tmp_path):
