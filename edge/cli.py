@@ -377,7 +377,7 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Save frames that match --save-classes or score below --save-below here.")
 @click.option("--save-classes", default="", callback=_classes, help="Comma-separated classes to save, e.g. basophil,erythroblast.")
 @click.option("--save-below", type=Number(0, 1), default=None, help="Save frames scored below this.")
-@click.option("--save-cap-mb", type=Number(min=1), default=500.0, show_default=True,
+@click.option("--save-cap-mb", type=Number(min=1, max=2**30), default=500.0, show_default=True,
               help="Disk cap for --save-dir: the oldest saved frames are deleted first.")
 @click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes each line lists.")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter.")
@@ -766,8 +766,14 @@ def _http_token(ctx, host: str) -> str | None:
 
     from .httpd import is_loopback
 
-    if ctx.params["http_token"]:
-        return ctx.params["http_token"]
+    token = ctx.params["http_token"]
+    if token:
+        if not (token.isascii() and token.isprintable()) or token != token.strip():
+            # an HTTP header is read as Latin-1: a client's UTF-8 'ä' never matched, even the exact token refused
+            raise UserError("--http-token (or SCOPELITE_HTTP_TOKEN) must be ASCII letters, digits and punctuation, "
+                            "no spaces at its ends: a browser or curl sends other characters so that they never "
+                            "match; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(16))'")
+        return token
     return None if is_loopback(host) else secrets.token_urlsafe(16)
 
 
@@ -909,7 +915,7 @@ def calibrate(source, out, frames, model, scale, colour, size):
     from .packaged import default_model
     from .precious import has_schema, not_precious, only_replaces
     from .site import SCHEMA as SITE_SCHEMA
-    from .sources import SourceError, images_given, is_live, is_still, open_source, read_image_rgb
+    from .sources import SourceError, check_frame_size, images_given, is_live, is_still, open_source, read_image_rgb
 
     if out == "-":
         raise UserError("--out -: calibrate writes a site file for --site to read; give a file name, e.g. site.json")
@@ -926,8 +932,8 @@ def calibrate(source, out, frames, model, scale, colour, size):
 
     def folder_frames(paths):
         for p in paths:
-            try:
-                yield read_image_rgb(p)
+            try:  # as watch reads a folder: a strip under 16 px holds no red cell (and crashed the resize)
+                yield check_frame_size(read_image_rgb(p), str(p))
             except (SourceError, OSError) as e:
                 skipped.append(p)
                 warn(f"skipped {p}: {e}")

@@ -168,6 +168,8 @@ def corpus(tmp_path_factory):
     (t / "exported" / "export.json").write_text('{"last_export": {}, "files": []}')  # celledge export wrote it
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
+    (t / "strip").mkdir()
+    cv2.imwrite(str(t / "strip" / "a.png"), np.full((1, 1500, 3), 200, np.uint8))  # a line of a frame
     (t / "site.json").write_text('{\n "schema": "scopelite-site/1",\n "frames": 5\n}\n')  # a document, indented
     (t / "film.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI LIST")  # a video's first bytes: not an image
     for name, (w, h), n in (("tiny.avi", (8, 8), 3), ("empty.avi", (64, 64), 0), ("cut.mp4", (64, 64), 20)):
@@ -272,6 +274,12 @@ CASES = [
      None, None),
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
+    ("watch-save-cap-huge", "celledge", "watch {img} --save-dir {tmp}/sv --save-below 1 --save-cap-mb 1e303", 2,
+     "--save-cap-mb", None, None),  # OverflowError traceback
+    ("watch-token-not-ascii", "celledge", "watch {img} --http 127.0.0.1:0 --http-token pässwort", 2,
+     "must be ASCII", None, None),  # a header is read as Latin-1: the exact token was refused
+    ("calibrate-strip", "celledge", "calibrate {c}/strip --out {tmp}/s.json", 2, "no frames to calibrate on",
+     "smaller than 16 px a side", None),  # cv2.error traceback from a resize
     ("watch-out-document", "celledge", "watch {mixed} --out {c}/site.json", 2, "holds something other than JSON "
      "lines", None, None),  # lines appended to a site file: --site then read "not valid JSON", exit 0 here
     ("classify-field", "celledge", "classify {c}/field.png", 0, None, "hold more than one cell's crop", "\t"),
