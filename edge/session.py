@@ -117,6 +117,8 @@ def read_state(folder: Path) -> dict:
         raise ValueError(f"not a JSON object but {type(state).__name__}")
     wrong = [k for k, ok in _STATE_KEYS.items() if not ok(state.get(k))]
     wrong += [k for k, ok in _STATE_LISTS.items() if k in state and not ok(state[k])]
+    wrong += [k for k in _STATE_TEXTS if state.get(k) is not None and not isinstance(state[k], str)]
+    wrong += [k for k in ("stopped", "rbc_fraction") if state.get(k) is not None and not _number(state[k])]
     if wrong:
         raise ValueError(f"{', '.join(wrong)} missing or of the wrong type")
     return state
@@ -137,6 +139,7 @@ _STATE_KEYS = {"id": lambda v: isinstance(v, str) and bool(_PLAIN_ID.fullmatch(v
                "labels": lambda v: _strings(v) and len(v) > 0, "min_score": _number,
                "target": lambda v: v is None or isinstance(v, int) and not isinstance(v, bool),
                "wbc_count": lambda v: v is None or _number(v)}
+_STATE_TEXTS = ("started_at", "stopped_at", "reason")  # None or text, where present (the report prints them)
 _STATE_LISTS = {"sources": _strings, "inputs": _strings, "models": lambda v: isinstance(v, list)
                 and all(isinstance(m, dict) for m in v)}
 _CROP_NAME = re.compile(r"crops/[0-9]+\.png")  # what ``add`` writes: nothing outside the session's crops/
@@ -152,11 +155,18 @@ def _good_cell_line(r: dict) -> bool:
                 and all(r.get(k) is None or isinstance(r[k], list) and len(r[k]) == 2 and all(map(_number, r[k]))
                         for k in ("center", "slide"))
                 and (r.get("crop") is None or isinstance(r["crop"], str) and bool(_CROP_NAME.fullmatch(r["crop"])))
-                and all(r.get(k) is None or isinstance(r[k], str) for k in ("reviewed", "file", "pixels")))
-    if "revise" in r:
+                and all(r.get(k) is None or isinstance(r[k], str) for k in ("reviewed", "file", "pixels"))
+                and _scores(r.get("scores")))
+    if "revise" in r:  # its score, scores and views replace the cell's: of the types a counted cell's are
         return (isinstance(r["revise"], int) and isinstance(r.get("label"), str)
-                and (r.get("best") is None or isinstance(r["best"], str)))
+                and (r.get("best") is None or isinstance(r["best"], str))
+                and all(r.get(k) is None or _number(r[k]) for k in ("score", "frame", "frames"))
+                and _scores(r.get("scores")))
     return True
+
+
+def _scores(v) -> bool:
+    return v is None or isinstance(v, list) and all(map(_number, v))
 
 
 def _now() -> str:

@@ -37,7 +37,10 @@ def title(label: str) -> str:
 
 def thumbnail_uri(png: bytes, side: int = THUMB_PX) -> str | None:
     """A crop (PNG bytes) shrunk to ``side`` px as a JPEG data: URI; None if it cannot be decoded."""
-    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    try:  # a damaged crop whose header claims 65536x65536 px: cv2.error (over OpenCV's pixel limit), not None
+        img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
     if img is None:
         return None
     img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)

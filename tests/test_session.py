@@ -1236,7 +1236,11 @@ def test_lines_and_states_of_the_wrong_shape_are_named_as_damaged_not_trusted(tm
         for line in ({"id": 9}, {"id": 10, "label": "neutrophil", "best": "neutrophil", "score": 0.9,
                                   "crop": str(tmp_path / "elsewhere.png")},
                      {"id": 11, "label": "neutrophil", "best": "neutrophil", "score": 0.9, "center": 5},
-                     {"revise": [2], "label": "monocyte"}):
+                     {"revise": [2], "label": "monocyte"},
+                     # a revision's score as text: the report's sort of the scores was a TypeError in every later
+                     # watch, and review's label requests failed
+                     {"revise": 2, "label": "monocyte", "score": "0.9"},
+                     {"id": 12, "label": "neutrophil", "best": "neutrophil", "score": 0.9, "scores": "high"}):
             f.write(json.dumps(line) + "\n")
     with open(folder / "reviews.jsonl", "a") as f:
         for line in ({"id": [1], "label": "monocyte"}, {"id": 2, "label": "../../../escaped"}, {"id": 3, "label": 5},
@@ -1245,6 +1249,7 @@ def test_lines_and_states_of_the_wrong_shape_are_named_as_damaged_not_trusted(tm
     s = Session.load(folder)
     assert sorted(s.by_id) == [1, 2, 3]
     assert s.damaged == ["cells.jsonl line 4", "cells.jsonl line 5", "cells.jsonl line 6", "cells.jsonl line 7",
+                         "cells.jsonl line 8", "cells.jsonl line 9",
                          "reviews.jsonl line 2", "reviews.jsonl line 3", "reviews.jsonl line 4"]
     assert [c["reviewed"] for c in s.cells] == ["neutrophil", None, "lymphocyte"]
     out = tmp_path / "data"
@@ -1255,13 +1260,35 @@ def test_lines_and_states_of_the_wrong_shape_are_named_as_damaged_not_trusted(tm
     # a state.json of the wrong types: that session is named as damaged and left alone
     state = json.loads((folder / "state.json").read_text())
     for bad in ({"target": "x"}, {"labels": [1, 2]}, {"id": 5}, {"wbc_count": "many"}, {"inputs": 5},
-                {"models": "x"}, {"state": None}):
+                {"models": "x"}, {"state": None}, {"started_at": 5}, {"stopped_at": []}, {"rbc_fraction": "x"}):
         (folder / "state.json").write_text(json.dumps({**state, **bad}))
         damaged = []
         assert list_sessions(root, damaged=damaged) == [] and damaged == [folder], bad
     (folder / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "labels"}))
     r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "again"))
     assert_one_line_error(r, "state.json")
+
+
+def test_a_crop_whose_header_claims_a_huge_image_is_left_out_of_the_report(tmp_path):
+    """A damaged crop PNG whose header says 5000x5000 px: OpenCV raised (over the pixel limit celledge sets) instead
+    of giving None, and every later watch on that session ended in a traceback while writing the report."""
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    ok, buf = cv2.imencode(".png", np.full((40, 40, 3), 128, np.uint8))
+    png = bytearray(buf.tobytes())
+    png[16:24] = struct.pack(">II", 5000, 5000)  # IHDR's width and height, then its CRC made right again
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (tmp_path / "huge.png").write_bytes(bytes(png))
+    (tmp_path / "fine.png").write_bytes(buf.tobytes())
+    code = ("import sys; from scopelite.edge.session_report import thumbnail_uri; "  # a fresh process: the limit is set
+            "print([str(thumbnail_uri(open(p, 'rb').read()))[:23] for p in sys.argv[1:]])")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.png"), str(tmp_path / "fine.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.strip() == "['None', 'data:image/jpeg;base64,']"
 
 
 def test_an_image_whose_name_is_not_utf8_does_not_break_the_session(tmp_path):
