@@ -1109,9 +1109,12 @@ def export(sessions, out, self_train):
       celltrain fit --preset few-shot --data my_cells/ --out runs/mine2
     """
     from .outputs import check_writable
-    from .session_export import export_reviewed, summary_line
+    from .session_export import RECORD, export_reviewed, summary_line, written_by_export
 
     check_writable(out, "--out")
+    if (Path(out) / RECORD).exists() and not written_by_export(out):  # another program's file: replaced, exit 0
+        raise UserError(f"--out {out} holds an {RECORD} that celledge export did not write: it would be replaced; "
+                        "give another folder, or move that file away")
     target = Path(out).resolve()
     for folder in sessions:  # class folders dropped among the sessions or their crops would be read as sessions
         home = Path(folder).resolve()

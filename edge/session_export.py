@@ -252,7 +252,10 @@ def _read_record(folder: Path) -> list[dict]:
         files = json.loads((folder / RECORD).read_text()).get("files")
     except (OSError, ValueError, AttributeError):
         return []
-    return [e for e in files if isinstance(e, dict)] if isinstance(files, list) else []
+    # a hand-edited entry's session or cell as a list was an unhashable-type traceback: such entries are left out
+    return [e for e in files if isinstance(e, dict) and isinstance(e.get("file"), str)
+            and isinstance(e.get("session", ""), str) and isinstance(e.get("cell", 0), int)] \
+        if isinstance(files, list) else []
 
 
 def recorded_scales(folder: str | os.PathLike) -> dict[str, float]:

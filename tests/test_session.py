@@ -393,6 +393,12 @@ def test_export_cli(tmp_path):
         r = invoke_cli("celledge", "export", str(root), "--out", str(inside))
         assert_one_line_error(r, "inside the sessions folder")
     assert not (root / "neutrophil").exists()
+    mine = tmp_path / "mine"  # another program's export.json there was replaced, exit 0
+    mine.mkdir()
+    (mine / "export.json").write_text('{"my": "own notes"}')
+    r = invoke_cli("celledge", "export", str(root), "--out", str(mine))
+    assert_one_line_error(r, "holds an export.json that celledge export did not write")
+    assert (mine / "export.json").read_text() == '{"my": "own notes"}' and not (mine / "neutrophil").exists()
 
 
 def test_export_cli_self_train(tmp_path, tiny_run):
@@ -1467,7 +1473,9 @@ def test_export_deletes_and_writes_nothing_outside_out_for_hand_edited_records(t
     out.mkdir()
     (out / "export.json").write_text(json.dumps({"last_export": {}, "files": [
         {"file": "../victim/thesis.txt", "session": sid, "cell": 2},
-        {"file": str(victim), "session": sid, "cell": 1}]}))
+        {"file": str(victim), "session": sid, "cell": 1},
+        {"file": "neutrophil/x.png", "session": [sid], "cell": 1},  # unhashable: a TypeError traceback
+        {"file": ["a"], "session": sid, "cell": {"id": 1}}]}))
     r = export_reviewed([root], out)
     assert r["cells"] == 1 and victim.read_text() == "mine"
     state = json.loads((folder / "state.json").read_text())
