@@ -413,7 +413,7 @@ def watch(**_):
     from .config import WatchConfig, from_click
     from .outputs import LineSink, check_writable
     from .precious import not_precious, only_appends_to_lines
-    from .sources import is_live, is_still, open_source, open_unless_stopped
+    from .sources import is_live, is_still, open_source, open_unless_stopped, shown
     from .watch import run_watch
 
     from .packaged import default_model
@@ -526,7 +526,7 @@ def watch(**_):
         if tries and status is not None:  # /healthz and the lab page say why no frames come
             status.source_trouble(f"{rec['reason']} (attempt {tries}, next in {rec['in_seconds']:g} s)")
         if tries > 0 and tries & (tries - 1) == 0:  # said on stderr too, at tries 1, 2, 4, 8... of each outage
-            warn(f"{cfg.source}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
+            warn(f"{shown(cfg.source)}: {rec['reason']}; trying again in {rec['in_seconds']:g} s (attempt {tries}; watch "
                  "keeps trying until stopped, --exit-on-eof: it stops instead)")
         if rec.get("event") == "model_reload":  # the operator reads the journal (stderr), not only the lines
             if rec["ok"]:
@@ -701,6 +701,7 @@ def _sessions(cfg, clf, live: bool):
     if not cfg.sessions:
         return None, cfg
     from .session import Sessions
+    from .sources import shown
     from .watch import field_config
 
     from .sources import input_of, is_still
@@ -708,7 +709,7 @@ def _sessions(cfg, clf, live: bool):
     # a video file read again from its start would count its cells twice (a folder's images are told apart)
     video = not live and not is_still(cfg.source)
     source = str(Path(cfg.source).resolve()) if video else None
-    given = cfg.source if live else input_of(cfg.source)
+    given = shown(cfg.source) if live else input_of(cfg.source)  # a stream's password stays out of state.json
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
                         source=source, hold=True, given=given)
@@ -724,12 +725,12 @@ def _sessions(cfg, clf, live: bool):
         sessions.release()
         n = len(sessions.current.cells)
         raise UserError(f"session {sessions.current.id} is open with {n} cell{'' if n == 1 else 's'} counted from "
-                        f"{other}, not from {cfg.source}: another slide? add --new-session (closes it, its report "
+                        f"{other}, not from {shown(cfg.source)}: another slide? add --new-session (closes it, its report "
                         "stays); more fields of the same slide? add --add-to-session")
     if not sessions.resumed and not live and not cfg.new_session:
         again = sessions.counted_before()
         if again is not None:
-            warn(f"{cfg.source} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
+            warn(f"{shown(cfg.source)} was counted into session {again.id} ({again.state.get('reason') or 'closed'}): "
                  f"session {sessions.current.id} counts its cells again (a second count of that slide)")
     if sessions.resumed and cfg.count is not None and cfg.count != sessions.current.state.get("target"):
         have, was = sessions.current.differential().white_total, sessions.current.state.get("target")
@@ -751,7 +752,7 @@ def _sessions(cfg, clf, live: bool):
              "calls (state.json 'models' says after how many cells); add --new-session to count afresh")
     state = "resumed" if sessions.resumed else "started"
     print(f"session {sessions.current.id} {state} in {sessions.current.folder}"
-          + (f" (adding {cfg.source} to the cells from {other})" if other else ""), file=sys.stderr)
+          + (f" (adding {shown(cfg.source)} to the cells from {other})" if other else ""), file=sys.stderr)
     return sessions, cfg.replace(count=None)
 
 

@@ -198,6 +198,15 @@ def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]
 _CAMERA = re.compile(r"(?:/dev/video)?([0-9]{1,6})")
 
 
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
+
+
+def shown(spec: str) -> str:
+    """A source as it may be shown (terminal, JSON lines, /healthz, the lab page): a stream URL's password replaced
+    by ``***`` (``rtsp://admin:***@cam/live``); anything else as given."""
+    return _PASSWORD.sub(r"\1:***@", spec)
+
+
 class OpenCVSource:
     """A camera (``/dev/videoN`` or index), a video file, or a stream URL.
 
@@ -207,7 +216,7 @@ class OpenCVSource:
 
     def __init__(self, spec: str, size: tuple[int, int] | None = None, loop: bool = False,
                  warn: Callable[[str], None] | None = None):
-        self.name = spec
+        self.name = shown(spec)  # a camera's password in its URL stays out of every line and page
         self._loop = loop and Path(spec).is_file()
         self._warn = warn or (lambda msg: None)
         self._read = 0
@@ -227,7 +236,7 @@ class OpenCVSource:
                 raise SourceError(f"cannot read {spec} as a video (not a video file OpenCV can decode, or one cut "
                                   "short before its end was written, as an MP4 whose recording stopped; images: "
                                   f"{', '.join(IMAGE_SUFFIXES)})")
-            raise SourceError(f"cannot open video source {spec!r}: no such camera, file or stream")
+            raise SourceError(f"cannot open video source {self.name!r}: no such camera, file or stream")
         if size:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
             self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
@@ -375,5 +384,5 @@ def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = No
         return FolderSource(p, loop=loop, warn=warn)
     if not (is_live(spec) or p.is_file()):
         what = "is not a video file, an image or a folder" if p.exists() else "not found"
-        raise SourceError(f"source {spec!r} {what}: give a video file, an image folder, /dev/videoN or a URL")
+        raise SourceError(f"source {shown(spec)!r} {what}: give a video file, an image folder, /dev/videoN or a URL")
     return OpenCVSource(spec, size=size, loop=loop, warn=warn)

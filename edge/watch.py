@@ -39,7 +39,7 @@ from .postprocess import Tally, top_k
 from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
-from .sources import FrameSource, SourceError, pixels_digest
+from .sources import FrameSource, SourceError, pixels_digest, shown
 from .stain import is_greyscale, percentile_of_counts
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
@@ -516,7 +516,7 @@ def run_watch(
     capture = Capture(opener, queue, live=live, exit_on_eof=config.exit_on_eof, backoff=backoff,
                       backoff_cap=config.backoff_cap,
                       stop=threading.Event(), on_event=lambda kind, info: live and emit({"event": kind, **info}),
-                      name=config.source or "?")
+                      name=shown(config.source) if config.source else "?")
     capture.start()
 
     def take(timeout: float) -> tuple[np.ndarray, str | None] | None:  # the next frame and its image file, if any

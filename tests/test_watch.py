@@ -1,5 +1,6 @@
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -386,3 +387,51 @@ def test_saved_frame_names_stay_short_whatever_the_class_names(tmp_path):
     path = s(frame, {"frame": 0, "cells": [{"label": x, "best": x, "score": 0.5} for x in labels]})
     assert path is not None and len(path.name.encode()) <= 200 and path.with_suffix(".json").is_file()
     assert FrameSaver(tmp_path, cap_bytes=10**6).total == s.total  # still known as the saver's own
+
+
+def test_a_stream_urls_password_is_shown_nowhere(tmp_path):
+    """rtsp://user:password@camera: the password was on /healthz and the lab page (no token needed to read them), in
+    every reconnect line, on the terminal and in the session's state.json."""
+    import re
+    import select
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from conftest import default_signals
+    from scopelite.edge.sources import shown
+
+    assert shown("rtsp://admin:s3cret@cam.lab:554/live") == "rtsp://admin:***@cam.lab:554/live"
+    assert shown("http://cam/x?a=b:c@d") == "http://cam/x?a=b:c@d"  # not a password: after the host
+    assert shown("/dev/video0") == "/dev/video0" and shown("clip.mp4") == "clip.mp4"
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "watch", "rtsp://admin:s3cret@127.0.0.1:1/live", "--mode", "field", "--http",
+                          "127.0.0.1:0", "--backoff-cap", "0.5", "--sessions", str(tmp_path / "s")],
+                         preexec_fn=default_signals, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pages, err_lines = [], []
+    try:
+        deadline = time.monotonic() + 60
+        base = None
+        while base is None and time.monotonic() < deadline and select.select([p.stderr], [], [], 5)[0]:
+            err_lines.append(p.stderr.readline())
+            m = re.search(r"serving (http://127\.0\.0\.1:\d+/)", err_lines[-1])
+            base = m and m.group(1)
+        assert base, "".join(err_lines)
+        time.sleep(2)  # a few reconnect attempts
+        for path in ("healthz", "", "session"):
+            try:
+                with urllib.request.urlopen(base + path, timeout=10) as resp:
+                    pages.append(resp.read().decode())
+            except urllib.error.HTTPError as e:  # /healthz: 503 while no frame comes, with why
+                pages.append(e.read().decode())
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    said = out + err + "".join(err_lines) + "".join(pages)
+    assert "admin:***@127.0.0.1" in said and "reconnecting" in out
+    assert "s3cret" not in said
+    assert not [f for f in (tmp_path / "s").rglob("*") if f.is_file() and b"s3cret" in f.read_bytes()]
