@@ -262,7 +262,7 @@ CASES = [
     ("calibrate-size-folder", "celledge", "calibrate {mixed} --size 640x480 --out {tmp}/site.json", 2, "red cells",
      "--size asks a camera", None),  # accepted and ignored without a word (these images then hold no red cells)
     ("watch-save-cap-inf", "celledge", "watch {mixed} --save-dir {tmp}/s --save-below 0.5 --save-cap-mb inf", 2,
-     "not a finite number", None, None),
+     "inf is not in the range 1<=x<=", None, None),
     ("fit-lr-nan", "celltrain", "fit --data {tmp} --lr nan", 2, "not a finite number", None, None),
     ("fit-image-size-17", "celltrain", "fit --data {c}/misnamed --out {tmp}/r --image-size 17", 2, "32 px or more", None,
      None),  # was a Keras traceback and a half-made run folder
