@@ -61,6 +61,31 @@ def runtime_name() -> str:
         return name
 
 
+def _edgetpu_delegate(mod, options: dict):
+    """``load_delegate(EDGETPU_LIBRARY)``, or RuntimeUnavailable in one line. A delegate whose library did not load
+    is half made, and LiteRT's ``Delegate.__del__`` on it raises (AttributeError ``_library``): Python printed that
+    as "Exception ignored ... Traceback" after the Error line. It is collected here, quietly, before raising."""
+    import gc  # noqa: PLC0415
+
+    hook = sys.unraisablehook
+
+    def quiet(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, AttributeError) and "Delegate" in repr(unraisable.object)):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        try:
+            return mod.load_delegate(EDGETPU_LIBRARY, options)
+        except (ValueError, OSError) as e:
+            why = str(e).strip() or "no device"
+        gc.collect()  # the exception, its frames and the half-made delegate are gone: collect it under ``quiet``
+    finally:
+        sys.unraisablehook = hook
+    raise RuntimeUnavailable(f"cannot load the Edge TPU delegate ({EDGETPU_LIBRARY}): {why}; check that the Coral is "
+                             "plugged in and libedgetpu1-std is installed, or use --fallback cpu")
+
+
 def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None,
                      plain: bool = False):
     """Build and allocate an interpreter for ``model_path``.
@@ -78,15 +103,7 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
     mod, _ = _interpreter_module()
     delegates = []
     if edgetpu_device is not None:
-        options = {"device": edgetpu_device} if edgetpu_device else {}
-        try:
-            delegates.append(mod.load_delegate(EDGETPU_LIBRARY, options))
-        except (ValueError, OSError) as e:
-            raise RuntimeUnavailable(
-                f"cannot load the Edge TPU delegate ({EDGETPU_LIBRARY}): {str(e).strip() or 'no device'}; "
-                "check that the Coral is plugged in and libedgetpu1-std is installed, "
-                "or use --fallback cpu"
-            ) from None
+        delegates.append(_edgetpu_delegate(mod, {"device": edgetpu_device} if edgetpu_device else {}))
     try:
         kwargs = {}
         if plain:
