@@ -6,6 +6,7 @@ existing parent, so a refused run leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -208,8 +209,15 @@ class LineSink:
         try:
             if make_folders:  # at the start only: a folder moved away later is not made again
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if self.path.is_fifo():  # opening a pipe no one reads waited for ever, without a word
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                os.set_blocking(fd, True)
+            else:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
+            if e.errno == errno.ENXIO:
+                raise UserError(f"{self.option} {self.path} is a named pipe that no program reads: start the reader "
+                                "first (e.g. cat < PIPE), or give a file") from None
             raise WriteError(f"{self.option} {self.path} cannot be opened", self.path, e) from None
         if self.fsync:
             fsync_dir(self.path.parent)

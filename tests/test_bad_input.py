@@ -168,6 +168,7 @@ def corpus(tmp_path_factory):
     (t / "exported" / "export.json").write_text('{"last_export": {}, "files": []}')  # celledge export wrote it
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
+    os.mkfifo(t / "nobody.jsonl")  # a named pipe no program reads
     (t / "tpu").mkdir()  # an Edge TPU model on a machine without libedgetpu (copied to a Pi before the runtime)
     shutil.copy(model, t / "tpu" / "m_edgetpu.tflite")
     (t / "tpu" / "m_edgetpu.json").write_text(json.dumps({**sc, "file": "m_edgetpu.tflite", "runtimes": ["edgetpu"]}))
@@ -277,6 +278,8 @@ CASES = [
      None, None),
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
+    ("watch-out-fifo-no-reader", "celledge", "watch {img} --out {c}/nobody.jsonl", 2,
+     "named pipe that no program reads", None, None),  # waited for a reader for ever, without a word
     ("classify-edgetpu-unloadable", "celledge", "classify --model {c}/tpu/m_edgetpu.tflite {img}", 2,
      "cannot load the Edge TPU delegate", None, None),  # then "Exception ignored in Delegate.__del__ ... Traceback"
     ("watch-save-cap-huge", "celledge", "watch {img} --save-dir {tmp}/sv --save-below 1 --save-cap-mb 1e303", 2,
