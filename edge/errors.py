@@ -77,13 +77,16 @@ class NonEmptyPath(click.Path):
 
 def describe_os_error(e: OSError) -> str:
     """``[Errno 30] Read-only file system: 'x'`` -> ``cannot write x: read-only file system; ...``."""
-    where = f" {e.filename}" if e.filename else ""
+    name = str(e.filename) if e.filename else ""
+    where = f" {name[:60]}...{name[-40:]}" if len(name) > 120 else f" {name}" if name else ""  # 300 a's said nothing
     why = e.strerror.lower() if e.strerror else str(e) or type(e).__name__  # our own words keep their paths' case
     hint = {errno.ENOSPC: "free some space or choose another output",
             errno.EDQUOT: "free some space or choose another output",
             errno.EROFS: "choose an output on a writable disk",
             errno.EACCES: "check the permissions or choose another path",
-            errno.EPERM: "check the permissions or choose another path"}.get(e.errno)
+            errno.EPERM: "check the permissions or choose another path",
+            errno.ENAMETOOLONG: "a name in that path is longer than the file system allows (255 bytes); give a "
+                                "shorter one"}.get(e.errno)
     return f"file system error{' at' + where if where else ''}: {why}" + (f"; {hint}" if hint else "")
 
 
@@ -134,8 +137,14 @@ def one_line_errors(fn):
             sys.exit(1)
         except OSError as e:
             print_error(describe_os_error(e))
-            sys.exit(1)
+            sys.exit(os_error_code(e))
     return wrapper
+
+
+def os_error_code(e: OSError) -> int:
+    """The exit code of an OSError that ended a command: 2 for a name longer than the file system allows (a path
+    given wrong, as "does not exist" is), 1 for the rest (a disk full or read-only: the machine, not the input)."""
+    return 2 if e.errno == errno.ENAMETOOLONG else 1
 
 
 def _quiet_stdout() -> None:
@@ -186,5 +195,5 @@ class OneLineGroup(click.Group):
             sys.exit(1)
         except OSError as e:
             print_error(describe_os_error(e))
-            sys.exit(1)
+            sys.exit(os_error_code(e))
         sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)

@@ -63,9 +63,16 @@ def utf8_name(name: str) -> bool:
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read any image OpenCV can decode as RGB uint8; raise SourceError if it cannot, or if it is larger than
     ``MAX_SIDE`` px a side (a slide scan's mosaic: seconds and gigabytes for one image on a Pi)."""
+    if os.path.isdir(path):  # a folder named like an image (x.jpg/) among the images
+        raise SourceError(f"{path} is a folder named like an image, not an image file")
     if os.path.exists(path) and not os.path.isfile(path):  # a FIFO named ff.png waited for a writer for ever
         raise SourceError(f"{path} is not a file (a pipe or a device): give image files")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:  # "[Errno 2] No such file or directory: ..." of a link to a file that is gone
+        gone = os.path.islink(path) and not os.path.exists(path)
+        raise SourceError(f"{path} cannot be read (" + ("a link to a file that is not there" if gone else
+                          (e.strerror or str(e)).lower()) + ")") from None
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if img is None and data.size:  # a scientific camera's float TIFF: IMREAD_COLOR gives up on 32-bit samples

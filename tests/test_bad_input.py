@@ -169,6 +169,10 @@ def corpus(tmp_path_factory):
     (t / "other-export").mkdir()
     (t / "other-export" / "export.json").write_text('{"unrelated": true}')  # another program's file of that name
     os.mkfifo(t / "nobody.jsonl")  # a named pipe no program reads
+    odd = t / "odd"  # beside a good image: a folder named like one, and a link to an image that is gone
+    (odd / "x.jpg").mkdir(parents=True)
+    _png(odd / "good.png")
+    (odd / "gone.png").symlink_to(t / "deleted.png")
     (t / "tpu").mkdir()  # an Edge TPU model on a machine without libedgetpu (copied to a Pi before the runtime)
     shutil.copy(model, t / "tpu" / "m_edgetpu.tflite")
     (t / "tpu" / "m_edgetpu.json").write_text(json.dumps({**sc, "file": "m_edgetpu.tflite", "runtimes": ["edgetpu"]}))
@@ -278,6 +282,11 @@ CASES = [
      None, None),
     ("watch-sessions-in-export", "celledge", "watch {mixed} --mode field --sessions {c}/exported/s", 2,
      "is in the cells celledge export wrote", None, None),  # its session folders became classes for fit
+    ("classify-name-too-long", "celledge", "classify {tmp}/" + "a" * 300 + ".png", 2,
+     "longer than the file system allows", None, None),  # exit 1 and 300 a's: "file system error"
+    ("classify-odd-folder", "celledge", "classify {c}/odd", 2, "2 of 3 images could not be read",
+     "gone.png cannot be read (a link to a file that is not there)", "good.png"),  # "[Errno 2] No such file ..."
+    # and "x.jpg is not a file (a pipe or a device)" of the folder x.jpg
     ("watch-out-fifo-no-reader", "celledge", "watch {img} --out {c}/nobody.jsonl", 2,
      "named pipe that no program reads", None, None),  # waited for a reader for ever, without a word
     ("classify-edgetpu-unloadable", "celledge", "classify --model {c}/tpu/m_edgetpu.tflite {img}", 2,
