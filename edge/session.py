@@ -714,6 +714,10 @@ class Sessions:
                     raise UserError(f"no session {sid} in {root} (the latest: {have})")
             elif not found:
                 bad = f" ({len(damaged)} whose state.json cannot be read)" if damaged else ""
+                inside = next((d for d in root.resolve().parents if (d / "state.json").is_file()), None)
+                if inside is not None:  # a session's crops/: "--sessions .../crops makes them" misled
+                    raise UserError(f"{root} is inside session {inside.name}'s folder: give that folder, or the "
+                                    f"sessions folder that holds it (celledge review {inside.parent})")
                 raise UserError(f"{root} holds no session (celledge watch ... --sessions {root} makes them){bad}")
             else:
                 folder = found[-1]

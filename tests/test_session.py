@@ -787,6 +787,9 @@ def test_review_serves_a_closed_session_with_no_camera(tmp_path):
     assert_one_line_error(r, "no session nope in", old)
     (tmp_path / "empty").mkdir()
     assert_one_line_error(invoke_cli("celledge", "review", str(tmp_path / "empty")), "holds no session")
+    crops = root / old / "crops"  # a session's own crops folder: "--sessions .../crops makes them" misled
+    assert_one_line_error(invoke_cli("celledge", "review", str(crops)), f"is inside session {old}'s folder",
+                          f"celledge review {root.resolve()}")
 
     exe = Path(sys.executable).parent / "celledge"
     p = subprocess.Popen([str(exe), "review", str(root), "--session", old, "--http", "127.0.0.1:0"],
