@@ -160,6 +160,9 @@ def corpus(tmp_path_factory):
     for c in ("lymphocyte", "neutrophil"):
         for i in range(3):
             _png(t / "classes" / c / f"{c}{i}.png", (32, 32, 3), 60 + 40 * i)
+    for c in ("blast", "Blast", "smudge"):  # two folders of one class in another case
+        for i in range(3):
+            _png(t / "cased" / c / f"{c}{i}.png", (32, 32, 3), 60 + 40 * i)
     (t / "notarun").mkdir()
     from scopelite.train.synth import make_field
 
@@ -562,6 +565,10 @@ CASES = [
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
     ("choose-empty-name", "celltrain", "choose ={fake_keras} --out {tmp}/c.json", 2, "the NAME before '=' is empty",
      None, None),  # scored under the name ''
+    ("fit-classes-differ-in-case", "celltrain", "fit --data {c}/cased --out {tmp}/r --arch tiny --image-size 16 "
+     "--epochs 1", 2, "class folders Blast/ and blast/", None, None),  # trained, then the sidecar refused the labels
+    ("audit-classes-differ-in-case", "celltrain", "audit {c}/cased --out {tmp}/a", 2, "name one class (blast",
+     None, None),  # exit 0, blast: 0 images
     ("explain-missing-image", "celltrain", "explain {tmp} {tmp}/none.png", 2, "does not exist", None, None),
     ("explain-out-in-images", "celltrain", "explain {fake_keras} {c}/classes --out {c}/classes/cams", 2,
      "is inside IMAGES folder", None, None),  # the overlays were written among the cells, read as cells next time

@@ -195,6 +195,11 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
         raise UserError(f"class folder {odd[0]!r} has a name no model label can have ('\\', a control or "
                         "invisible character, more than 255 bytes): rename it to the class's name")
     names = [_canonical(d.name) for d in folders]
+    same = next((n for n in names if names.count(n) > 1), None)
+    if same is not None:  # blast/ and Blast/: one label twice, refused by the sidecar after the whole training
+        both = [d.name + "/" for d, n in zip(folders, names) if n == same]
+        raise UserError(f"class folders {' and '.join(both)} in {root} name one class ({same}: they differ only in "
+                        "case, spaces or '-'): put their images in one folder, or rename one")
     _one_level_up(root, folders, names, {_canonical(c) for c in (classes or CLASS_NAMES)})
     if classes is not None:  # fine-tuning: the model's classes, a lab's folders some of them
         canon = {_canonical(c): c for c in classes}
