@@ -199,6 +199,17 @@ def test_trim_history_drops_repeated_and_broken_rows(tmp_path):
     trim_history(h, 5)
     assert h.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n"
     trim_history(tmp_path / "absent.csv", 2)  # no file: nothing to do
+    # a header emptied or re-saved by a spreadsheet with ';': the whole training ran, then a TypeError, no model
+    from scopelite.edge.errors import UserError
+
+    for damaged in ("\n0,0.5,1.0\n", "epoch;accuracy;loss\n0;0.5;1.0\n", ",accuracy\n0,0.5\n"):
+        h.write_text(damaged)
+        with pytest.raises(UserError, match="its first line is not the header celltrain writes"):
+            trim_history(h, 2)
+    from scopelite.train.fit import _read_history
+
+    h.write_text("epoch,accuracy\n0,0.5,0.7\n1,abc\n2,0.6\n")  # a row longer than the header, a word
+    assert _read_history(h) == {"accuracy": [0.5, 0.6]}
 
 
 def test_ctrl_c_says_how_to_go_on(tmp_path):

@@ -605,6 +605,9 @@ def trim_history(path: Path, done: int) -> None:
     if not lines:
         return
     rows = list(csv.reader(lines))
+    if not rows[0] or rows[0][0] != "epoch" or not all(rows[0]):  # emptied, or re-saved with ';' (a spreadsheet)
+        raise UserError(f"{path} is damaged (its first line is not the header celltrain writes, epoch,...); delete it "
+                        "to resume (the per-epoch log starts again)")
     width = len(rows[0])
     keep = [lines[0]] + [line for line, cells in zip(lines[1:], rows[1:])
                          if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done
@@ -624,8 +627,8 @@ def _read_history(path: Path) -> dict:
     import csv  # noqa: PLC0415
 
     rows = list(csv.DictReader(path.open())) if path.is_file() else []
-    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in keys}
+    keys = [k for k in (rows[0] if rows else {}) if k and k != "epoch"]  # None: a row longer than the header
+    return {k: [float(r[k]) for r in rows if isinstance(r.get(k), str) and _is_float(r[k])] for k in keys}
 
 
 def _lower(cfg: FitConfig) -> str:
