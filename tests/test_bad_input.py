@@ -562,6 +562,8 @@ CASES = [
      "training run", None, None),  # named cellcompress, which the user had not run
     ("average-out-not-empty", "celltrain", "average {fake_keras} {fake_keras} --out {c}/misnamed", 2, "is not empty",
      None, None),  # the average's files were mixed into the folder
+    ("average-out-unwritable", "celltrain", f"average {{fake_keras}} {{fake_keras}} --out {UNWRITABLE}/a", 2,
+     "cannot be written", None, None),  # said after the models were loaded and averaged
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),
     ("choose-empty-name", "celltrain", "choose ={fake_keras} --out {tmp}/c.json", 2, "the NAME before '=' is empty",
      None, None),  # scored under the name ''

@@ -106,6 +106,23 @@ def test_celltrain_average_makes_a_soup_of_one_lineage_and_refuses_other_splits(
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "soup" / "evaluation.json").is_file()
 
+    # a disk that fills while the average is written: nothing is left (config.json and split.json alone blocked
+    # the rerun with "--out is not empty")
+    import errno
+
+    import scopelite.train.soup as soup_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real, soup_mod.write_sidecar = soup_mod.write_sidecar, full
+    try:
+        with pytest.raises(OSError):
+            soup_mod.soup([a, b], tmp_path / "full")
+    finally:
+        soup_mod.write_sidecar = real
+    assert not (tmp_path / "full").exists() and not list(tmp_path.glob(".scopelite-*"))
+
     other = tmp_path / "other"
     _fit(other, epochs=1, seed=1)  # another seed: another split
     r = run_cli("celltrain", "average", str(a), str(other), "--out", str(tmp_path / "bad"))

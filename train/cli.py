@@ -498,13 +498,17 @@ def average(models, out, data):
       celltrain average runs/pbc-v2 runs/pbc-v3 runs/pbc-v4 --out runs/pbc-soup
       celltrain evaluate runs/pbc-soup
     """
-    from scopelite.edge.outputs import holdings
+    from scopelite.edge.outputs import check_writable, holdings
 
+    from .data import out_in_data
     from .soup import soup
 
     held = holdings(out)
     if held:  # its model, sidecar, split and config were mixed into another run's or a user's folder
         raise UserError(f"--out {out} is not empty ({held}): give a new folder for the average")
+    check_writable(out, "--out", min_free_mb=RUN_FREE_MB)  # before the models load and average (minutes), not after
+    if out_in_data(out, data):
+        raise UserError(f"--out {out} {out_in_data(out, data)} --data {data}: give a folder outside it")
     soup(models, out, data=data)
 
 

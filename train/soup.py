@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from scopelite.edge.bundle import atomic_path, sha256_file, write_json_atomic, write_sidecar
+from scopelite.edge.outputs import folder_in_place
 from scopelite.edge.errors import UserError
 
 from . import model as model_lib
 from .average import average_into
 from .config import SOUP_SEED_STEP, FitConfig
+from .data import out_in_data
 from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
+
+SOUP_FILES = ("split.json", "config.json", MODEL_FILE, "model.json")  # what an average writes into its --out
 
 
 
@@ -138,6 +142,9 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
     ds, split = heldout_data(sc0, paths[0], data)
+    where = out_in_data(out, ds.root)
+    if where:  # its files would be read as a class (and its folder as one with no images) by the next fit
+        raise UserError(f"--out {out} {where} the data the runs were trained on ({ds.root}): give a folder outside it")
     cfg = (dataclasses.replace(config, out=str(out), data=data or config.data) if config is not None
            else dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out)))
     if config is None:  # the sidecar's views (celledge's default --tta) are the first run's
@@ -151,16 +158,17 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     if recalibrated:
         log("BatchNorm statistics differed between the models: re-estimated them on training images")
     metrics = heldout_metrics(model, ds.subset(split["val"]), ds.subset(split["test"]), ds.class_names)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(split_files[0], out / "split.json")
-    write_json_atomic(out / "config.json", cfg.to_json())
-    final = out / MODEL_FILE
-    with atomic_path(final) as tmp:
-        model.save(tmp)
     extra = {"weight_averaging": {"models": [{"run": _run_name(p, out), "file": p.name, "sha256": sha256_file(p)}
                                              for p in paths],
                                   "batchnorm_recalibrated": recalibrated}}
-    write_sidecar(final, keras_sidecar(final, cfg, ds, metrics, extra))
+    # all four files or none: a full disk left config.json and split.json alone, which blocked the rerun
+    with folder_in_place(out, owned=lambda e: e.name in SOUP_FILES) as work:
+        shutil.copyfile(split_files[0], work / "split.json")
+        write_json_atomic(work / "config.json", cfg.to_json())
+        with atomic_path(work / MODEL_FILE) as tmp:
+            model.save(tmp)
+        write_sidecar(work / MODEL_FILE, keras_sidecar(work / MODEL_FILE, cfg, ds, metrics, extra))
+    final = out / MODEL_FILE
     log(f"val accuracy {metrics['val']['accuracy']:.4f}, test accuracy {metrics['test']['accuracy']:.4f} "
         f"-> {final}")
     return metrics
