@@ -127,8 +127,12 @@ function groupsOf(list) {{
   return names.map(n => [n, g[n].sort((a, b) => a.score - b.score || a.id - b.id)]);
 }}
 
+let sid = null, shown = {{}};  // the session and labels on screen: a label is refused if either changed since
 function render(data) {{
   cells = data.cells;
+  sid = data.id;
+  shown = {{}};
+  for (const c of cells) shown[c.id] = c.final;
   document.getElementById('title').textContent = 'session ' + data.id + (data.state === 'open' ? ' (open)' : ' (closed)');
   document.getElementById('summary').textContent = data.cells_total + ' cells, ' + data.reviewed + ' reviewed · '
     + data.differential.white_total + ' white cells' + (data.target ? ' of ' + data.target : '');
@@ -184,7 +188,7 @@ async function label(value) {{
   const id = sel, i = order.indexOf(id), next = order[i + 1] !== undefined ? order[i + 1] : id;
   pending++;
   try {{
-    await post('/cells/' + id + '/label', {{label: value}});
+    await post('/cells/' + id + '/label', {{label: value, session: sid, was: shown[id]}});
     document.getElementById('msg').textContent = '';
     if (sel === id) sel = next;  // on to the next cell, unless the person moved meanwhile
     await load();

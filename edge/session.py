@@ -836,8 +836,18 @@ class Sessions:
         if self.on_change is not None:
             self.on_change(what)
 
-    def label(self, cell_id: int, label: str) -> dict:
+    def label(self, cell_id: int, label: str, session: str | None = None, was: str | None = None) -> dict:
+        """A person's label for the current session's cell ``cell_id``. ``session``: the session the page showed;
+        another one is refused (409: after a Reset, Start or roll-over, cell N is another cell). ``was``: the label
+        the page showed; "confirm" of a cell the model has relabelled since is refused (409), not confirmed unseen."""
         with self._lock:
+            if session is not None and session != self.current.id:
+                raise SessionError(f"cell {cell_id} of session {session} cannot be labelled: the session is now "
+                                   f"{self.current.id} (reset, started or rolled over): reload the page")
+            shown = self.current.by_id.get(cell_id)
+            if label == "confirm" and was is not None and shown is not None and effective_label(shown) != was:
+                raise SessionError(f"cell {cell_id} is now {effective_label(shown)}, not {was} as shown (the model "
+                                   "relabelled it since the page loaded): look at it again")
             cell = dict(self.current.label(cell_id, label))
             if self.review_only and self.current.is_open:  # no run will write its report: this one does
                 self.current.write_reports()

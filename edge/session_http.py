@@ -7,7 +7,8 @@ GET  /review               the review page
 POST /session/start        {"target": N} optional: a new session (409 while one is open)
 POST /session/stop         close the open session and write its report
 POST /session/reset        discard the count: close the session as "reset", start a new one
-POST /cells/<id>/label     {"label": "<class>" | "uncertain" | "not_a_cell" | "confirm"}
+POST /cells/<id>/label     {"label": "<class>" | "uncertain" | "not_a_cell" | "confirm"}; optional "session" (the
+                           session id the page showed) and "was" (the label it showed): 409 when either changed
 
 Each route returns (HTTP status, body, content type), or None when the path is not a session route.
 """
@@ -74,10 +75,12 @@ def post(sessions: Sessions, path: str, body: dict) -> Response:
             return _json(200, sessions.reset())
         m = _CELL_LABEL.fullmatch(path)
         if m:
-            label = body.get("label")
+            label, session, was = body.get("label"), body.get("session"), body.get("was")
             if not isinstance(label, str):
                 return _error(400, 'send {"label": "<class>"} or {"label": "confirm"}')
-            return _json(200, sessions.label(int(m.group(1)), label))
+            if not all(v is None or isinstance(v, str) for v in (session, was)):
+                return _error(400, '"session" and "was" are the session id and the label the page showed (text)')
+            return _json(200, sessions.label(int(m.group(1)), label, session, was))
     except SessionError as e:
         return _error(e.http, str(e))
     except (UserError, OSError) as e:  # the disk: full, read-only, gone

@@ -105,6 +105,27 @@ def test_session_routes(served):
     assert _call(base + "/session/stop")[0] == 404  # GET does not change anything
 
 
+def test_a_label_from_a_page_of_another_session_or_label_is_refused(served):
+    """A review page left open across a Reset (or Start, or a roll-over) labelled the new session's cell N; a confirm
+    sent after the model relabelled the cell confirmed a label nobody saw. The page sends what it showed."""
+    start, sessions = served
+    base = start()
+    old = json.loads(_call(base + "/session")[1])
+    assert _post(base, "/session/reset")[0] == 200
+    _feed(sessions, ["neutrophil", "lymphocyte"])  # the new session's cells 1 and 2
+    code, err = _post(base, "/cells/2/label", {"label": "eosinophil", "session": old["id"]})
+    assert code == 409 and "reload the page" in err["error"]
+    new = json.loads(_call(base + "/session")[1])
+    assert [c["reviewed"] for c in new["cells"]] == [None, None]
+    code, err = _post(base, "/cells/2/label", {"label": "confirm", "session": new["id"], "was": "monocyte"})
+    assert code == 409 and "now lymphocyte, not monocyte as shown" in err["error"]
+    code, cell = _post(base, "/cells/2/label", {"label": "confirm", "session": new["id"], "was": "lymphocyte"})
+    assert code == 200 and cell["reviewed"] == "lymphocyte"
+    assert _post(base, "/cells/1/label", {"label": "confirm", "session": 5})[0] == 400
+    page = _call(base + "/review")[1].decode()
+    assert "session: sid, was: shown[id]" in page  # what the review page sends
+
+
 def test_token_rules(served):
     start, sessions = served
     base = start(token="s3cret-token")
