@@ -30,6 +30,7 @@ import hmac
 import html
 import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -430,6 +431,10 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
         def do_GET(self):  # noqa: N802 - http.server's name
             self._deadline.cancel()  # the request is in: the answer (a large session's report) may take its time
             path = self.path.split("?", 1)[0]
+            if token is None and is_loopback(self.server.server_address[0]) and self._foreign_host() is not None:
+                # bound to this machine only: a page on another name that resolved here (DNS rebinding) reads nothing
+                return self._send(403, b"this server answers requests for this machine's own address only",
+                                  "text/plain; charset=utf-8")
             if path == "/healthz":
                 ok, why = status.healthy()
                 self._send(200 if ok else 503, why.encode(), "text/plain; charset=utf-8")
@@ -463,16 +468,27 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             if token is not None:
                 given = self.headers.get("Authorization") or ""
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return "a token is needed: send Authorization: Bearer TOKEN (printed by celledge watch at start)"
+                    return "a token is needed: send Authorization: Bearer TOKEN (printed by celledge at start)"
                 return None
             if not is_loopback(self.client_address[0]):
                 return "changes are accepted from this machine only (loopback)"
-            raw = (self.headers.get("Host") or "").lower()
-            host = raw[1:raw.index("]")] if raw.startswith("[") and "]" in raw else raw.rsplit(":", 1)[0]
-            if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+            host = self._foreign_host()
+            if host is not None:
                 return f"changes are accepted for this machine's own address only, not {host or 'no Host'} " \
                        "(a web page that renamed itself to reach it)"
             return None
+
+        def _foreign_host(self) -> str | None:
+            """The Host named, unless it is this machine by address or as localhost (None). A name such as
+            127.attacker.example passed as '127.' before: DNS rebinding lets a web page reach the daemon so."""
+            raw = (self.headers.get("Host") or "").lower()
+            host = raw[1:raw.index("]")] if raw.startswith("[") and "]" in raw else raw.rsplit(":", 1)[0]
+            if host == "localhost":
+                return None
+            try:
+                return None if ipaddress.ip_address(host).is_loopback else host
+            except ValueError:
+                return host
 
         def _reply(self, code: int, obj: dict) -> None:
             self._send(code, json.dumps(obj).encode(), "application/json")
@@ -487,15 +503,16 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 return self._reply(403, {"ok": False, "error": refused})
             if self.headers.get("Transfer-Encoding"):  # a chunked body was read as none: {} did something else
                 return self._reply(411, {"ok": False, "error": "send the body with a Content-Length"})
-            try:
-                n = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                n = -1
+            length = (self.headers.get("Content-Length") or "0").strip()
+            n = int(length) if re.fullmatch(r"[0-9]{1,9}", length) else -1  # not '+22', '2_2' (int() took them)
             if not 0 <= n <= MAX_BODY:
                 return self._reply(400, {"ok": False, "error": f"body must be at most {MAX_BODY} bytes of JSON"})
             try:
                 raw = self.rfile.read(n) if n else b""
                 self._deadline.cancel()  # the request is in
+                if len(raw) != n:  # the client stopped (or was cut off) short of its Content-Length: do nothing
+                    return self._reply(400, {"ok": False, "error": f"the body ended after {len(raw)} of its {n} "
+                                                                   "bytes (Content-Length): nothing was done"})
                 body = json.loads(raw or b"{}") if n else {}
                 if not isinstance(body, dict):
                     raise ValueError

@@ -148,7 +148,34 @@ def test_cross_site_posts_are_refused(served):
     port = base.rsplit(":", 1)[1]
     code, reply = _post(base, "/session/stop", Origin=f"http://evil.example:{port}", Host=f"evil.example:{port}")
     assert code == 403 and "own address" in reply["error"] and sessions.current.is_open
+    # a name beginning with 127. passed as if it were the address, and reading had no Host rule at all
+    evil = f"127.attacker.example:{port}"
+    code, reply = _post(base, "/session/stop", Origin=f"http://{evil}", Host=evil)
+    assert code == 403 and "own address" in reply["error"] and sessions.current.is_open
+    assert _call(base + "/session", headers={"Host": f"attacker.example:{port}"})[0] == 403
+    assert _call(base + "/session", headers={"Host": evil})[0] == 403
+    for ok in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}"):
+        assert _call(base + "/session", headers={"Host": ok})[0] == 200, ok
     assert _post(base, "/session/stop", Origin=base)[0] == 200
+
+
+def test_a_body_shorter_than_its_length_or_an_odd_length_does_nothing(served):
+    """A POST whose body ended before its Content-Length (the client half-closed, or was cut off) was carried out on
+    what had come; a Content-Length of '+2' or '2_2' was read as a number."""
+    import socket
+
+    start, sessions = served
+    base = start()
+    host, port = base.rsplit("/", 1)[1].split(":")
+    for length, body in (("4000", b"{}"), ("+2", b"{}"), ("2_2", b"{}" + b" " * 20)):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /session/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length.encode()
+                  + b"\r\n\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        reply = s.recv(200)
+        s.close()
+        assert reply.startswith(b"HTTP/1.0 400") or reply.startswith(b"HTTP/1.1 400"), (length, reply)
+    assert sessions.current.is_open and sessions.summary()["cells_total"] == 5  # nothing was reset
 
 
 def test_bodies_and_ids_the_server_cannot_use_are_answered(served):
