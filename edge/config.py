@@ -206,13 +206,21 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 
 
+def _yaml11_number(value: str) -> bool:
+    """A number only YAML 1.1 reads so: base 60 (``1:30`` = 90), a leading 0 as octal (``010`` = 8), ``0x``/``0b``
+    (``0x20`` = 32), ``_`` between digits."""
+    v = value.strip().lstrip("+-")
+    return ":" in v or "_" in v or (len(v) > 1 and v[0] == "0" and v[1] not in ".eE")
+
+
 def _loader(yaml):
-    """PyYAML's SafeLoader without YAML 1.1's base-60 numbers: ``count: 1:00`` is the text '1:00' (named as not a
-    whole number), not 60; ``epochs: 1:30`` not 90. Every other value reads as SafeLoader reads it."""
+    """PyYAML's SafeLoader without YAML 1.1's odd numbers (``_yaml11_number``): ``count: 1:00`` is the text '1:00'
+    (named as not a whole number), not 60; ``epochs: 010`` is the text '010', read by the option as 10 (YAML 1.2's
+    reading, a person's), not 8. Every other value reads as SafeLoader reads it."""
     class Loader(yaml.SafeLoader):
         def resolve(self, kind, value, implicit):
             tag = super().resolve(kind, value, implicit)
-            return "tag:yaml.org,2002:str" if tag in (_INT, _FLOAT) and ":" in str(value) else tag
+            return "tag:yaml.org,2002:str" if tag in (_INT, _FLOAT) and _yaml11_number(str(value)) else tag
 
     return Loader
 

@@ -142,6 +142,7 @@ def corpus(tmp_path_factory):
     (t / "listval.yaml").write_text("epochs: [1, 2]\n")
     (t / "float.yaml").write_text("epochs: 1.5\n")
     (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
+    (t / "hex.yaml").write_text("epochs: 0x20\n")  # YAML 1.1 hexadecimal: read as 32 without a word
     (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
     (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
     (t / "nul.json").write_text('{"model": "a\\u0000b"}')  # a NUL in a path value: a ValueError traceback
@@ -494,6 +495,8 @@ CASES = [
      None, None),  # read as 1 without a word
     ("fit-config-base60", "celltrain", "fit --config {c}/base60.yaml --out {tmp}/r", 2, "epochs: '1:30' is not a "
      "whole number", None, None),  # trained 90 epochs
+    ("fit-config-hex", "celltrain", "fit --config {c}/hex.yaml --out {tmp}/r", 2, "epochs: '0x20' is not a "
+     "whole number", None, None),  # trained 32 epochs
     ("fit-config-twice", "celltrain", "fit --config {c}/twice.yaml --out {tmp}/r", 2, "twice.yaml:2: epochs: given "
      "twice (also line 1)", None, None),
     ("fit-config-bom-json", "celltrain", "fit --config {c}/bom.json --data {c}/nowhere --out {tmp}/r", 2,

@@ -150,3 +150,15 @@ def test_the_shipped_site_file_is_valid_and_the_unit_uses_it(tmp_path):
     assert got["source"] == "/dev/video0" and got["mode"] == "field" and got["http"] == "127.0.0.1:8080"
     unit = (DEPLOY / "scopelite-edge.service").read_text()
     assert "celledge watch --config /etc/scopelite/site.yaml" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+def test_yaml_1_1_numbers_are_read_as_a_person_writes_them(tmp_path):
+    """epochs: 010 was 8 (octal), 0x20 was 32, 1_000 was 1000, 1:30 was 90, without a word: now they are the text
+    written, which an option reads as YAML 1.2 and a person do (010 is 10) or refuses (0x20)."""
+    from scopelite.edge.config import read_file
+
+    f = tmp_path / "c.yaml"
+    f.write_text("a: 010\nb: 0x20\nc: 0b101\nd: 1_000\ne: 1:30\nf: -010\ng: 0.5\nh: 10\ni: 0\nj: -3\nk: 1.5e3\n")
+    raw = read_file(f)[0]
+    assert raw == {"a": "010", "b": "0x20", "c": "0b101", "d": "1_000", "e": "1:30", "f": "-010", "g": 0.5, "h": 10,
+                   "i": 0, "j": -3, "k": "1.5e3"}  # 1.5e3: text to PyYAML, read by --lr as 1500
