@@ -245,6 +245,11 @@ CASES = [
      "--sessions", None, None),
     ("watch-out-beside-sessions", "celledge", "watch {mixed} --mode field --sessions {tmp} --report {tmp} --out "
      "{tmp}/frames.jsonl", 0, None, None, None),  # one folder for the lines, the report and the sessions: fine
+    ("choose-out-pipe", "celltrain", "choose {fake_keras} --out {c}/nobody.jsonl", 2, "is a device or pipe", None,
+     None),  # said after every candidate was scored
+    ("choose-out-dev-full", "celltrain", "choose {fake_keras} --out /dev/full", 2, "is a device or pipe", None,
+     None),
+    ("evaluate-run-unwritable", "celltrain", "evaluate /sys/kernel", 2, "cannot be written", None, None),
     ("choose-out-model", "celltrain", "choose {fake_keras} --out {fake_keras}", 2, "named like a model file", None,
      None),
     ("choose-out-run-file", "celltrain", "choose {fake_keras} --out {c}/fake/split.json", 2,

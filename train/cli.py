@@ -563,7 +563,7 @@ def choose(candidates, out, tta, ensembles, data):
         views = ()
     if not views or any(v not in (1, 2, 4, 8) for v in views):
         raise click.BadParameter(f"{tta!r}: give comma-separated view counts from 1, 2, 4, 8", param_hint="--tta")
-    check_writable(out, "--out", is_dir=False)
+    check_writable(out, "--out", is_dir=False, replaced=True)  # a pipe or /dev/full: said after all the scoring
     not_precious(out, "--out", "the scores (JSON)")
     from .choose import choose as run_choose
     from .choose import is_choice

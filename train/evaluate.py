@@ -21,8 +21,11 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     Writes ``evaluation.json`` and ``confusion.png`` beside the model (``evaluation-tta<n>.json``
     and ``confusion-tta<n>.png`` when scored over ``tta`` > 1 flipped/rotated views).
     """
+    from scopelite.edge.outputs import check_writable  # noqa: PLC0415
+
     view_names(tta)
     model_path = Path(model_path)
+    check_writable(model_path.parent, "the run folder", min_free_mb=5)  # before the scoring (minutes), not after
     sc, model = load_keras_bundle(model_path)
     ds, split = heldout_data(sc, model_path, data)
     test = ds.subset(split["test"])
@@ -41,11 +44,11 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
               "corrupted_protocol": f"one random corruption (16 kinds) at severity 1-5 per image, seed {seed}",
               "tta_views": view_names(tta)}
     suffix = f"-tta{tta}" if tta > 1 else ""
-    write_json_atomic(model_path.parent / f"evaluation{suffix}.json", result)
+    log(f"clean: accuracy {clean['accuracy']:.4f}, macro-F1 {clean['macro_f1']:.4f}, ECE {clean['ece']:.3f} | "
+        f"corrupted: accuracy {corrupted['accuracy']:.4f}, macro-F1 {corrupted['macro_f1']:.4f}")  # said first: a
+    write_json_atomic(model_path.parent / f"evaluation{suffix}.json", result)  # failed write loses no figure
     plot_confusion(np.array(clean["confusion"]), sc.labels, model_path.parent / f"confusion{suffix}.png",
                    f"clean test{f', {tta} TTA views' if tta > 1 else ''}, acc {clean['accuracy']:.3f}")
-    log(f"clean: accuracy {clean['accuracy']:.4f}, macro-F1 {clean['macro_f1']:.4f}, ECE {clean['ece']:.3f} | "
-        f"corrupted: accuracy {corrupted['accuracy']:.4f}, macro-F1 {corrupted['macro_f1']:.4f}")
     return result
 
 
