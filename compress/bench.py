@@ -19,6 +19,7 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
+from scopelite.train.data import out_in_data
 from scopelite.train.run import heldout_data, model_file, predict
 
 
@@ -79,7 +80,7 @@ def builtin_suite(seed: int = 0) -> Suite:
 
 
 def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, data: str | None = None,
-                run: str | Path | None = None):
+                run: str | Path | None = None, out: str | Path | None = None):
     """The test split of the run the models came from, stratified down to ``limit`` images (seeded).
 
     ``run``: that run's ``model.keras`` (or its folder) when the models' own run is not found from
@@ -105,6 +106,9 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
                         f"crops are read at its size; give a run of {h}x{w} px (any run on the same data and --seed "
                         "has the same split)")
     ds, split = heldout_data(run_sc, run, data)
+    where = out_in_data(out, ds.root) if out is not None else None
+    if where:  # bench.png became a ninth class of the next fit
+        raise UserError(f"--out {out} {where} the data the run was trained on ({ds.root}): give a folder outside it")
     test = ds.subset(split["test"])
     if limit and len(test) > limit:  # stratified subsample, seeded
         rng = np.random.default_rng(seed)
@@ -127,7 +131,7 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
 
     suite = suite or builtin_suite(seed)
     paths = [Path(m) for m in models]
-    test, description = selected or select_test(paths, limit, seed, data, run)
+    test, description = selected or select_test(paths, limit, seed, data, run, out=out)
     short = [p.name for p in paths]
     for t in tta:
         view_names(t)  # a bad count fails before any model is loaded

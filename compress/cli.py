@@ -6,7 +6,7 @@ import shlex
 import click
 
 from scopelite.edge._quiet import verbose_option
-from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, one_line_errors
+from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors
 
 OUT_FREE_MB = 100  # a handful of .tflite bundles, reports and plots
 
@@ -149,6 +149,10 @@ def bench(models, out, protocol, fields, limit, data, run, seed, tta):
     if protocol != "crop" and not fields:
         raise click.BadParameter(f"--protocol {protocol} needs --fields DIR (class folders of whole fields, e.g. "
                                  "../shared/data/pbc-fields)", param_hint="--fields")
+    from scopelite.train.data import out_in_data
+
+    if fields and out_in_data(out, fields):  # its plots would be read as fields of a class next time
+        raise UserError(f"--out {out} {out_in_data(out, fields)} --fields {fields}: give a folder outside it")
     given = [("--protocol", protocol), ("--fields", fields), ("--limit", str(limit)), ("--data", data),
              ("--run", run), ("--seed", str(seed)), ("--tta", tta), ("--out", out)]
     command = shlex.join(["cellcompress", "bench", *models, *(x for kv in given if kv[1] is not None for x in kv)])

@@ -1373,3 +1373,24 @@ def test_an_edge_tpu_model_without_its_library_is_one_line_in_a_real_process(cor
     r = run_cli("celledge", "classify", "--model", str(corpus["c"] / "tpu" / "m_edgetpu.tflite"), str(corpus["img"]))
     assert_one_line_error(r, "cannot load the Edge TPU delegate")
     assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
+    """cellcompress --out, bench --out and explain --out inside the data a run was trained on (or beside the class
+    folder given): their files became a class of the next fit (bench.png a ninth class; an empty folder one with no
+    images), exit 0."""
+    data = tmp_path / "data"
+    for c, v in (("lymphocyte", 60), ("neutrophil", 180)):
+        for i in range(10):
+            _png(data / c / f"{c}{i}.png", (24, 24, 3), v + i)
+    run = tmp_path / "run"
+    r = run_cli("celltrain", "fit", "--data", str(data), "--out", str(run), "--arch", "tiny", "--image-size", "16",
+                "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = str(run / "model.keras")
+    for args in (("cellcompress", model, "--int8", "--out", str(data / "int8")),
+                 ("cellcompress", "bench", model, "--out", str(data / "bench"))):
+        assert_one_line_error(invoke_cli(*args), "the data the run was trained on")
+    assert_one_line_error(invoke_cli("celltrain", "explain", str(run), str(data / "lymphocyte"), "--out",
+                                     str(data / "cams")), "the dataset IMAGES folder")
+    assert sorted(p.name for p in data.iterdir()) == ["lymphocyte", "neutrophil"]

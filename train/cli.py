@@ -512,6 +512,13 @@ def average(models, out, data):
     soup(models, out, data=data)
 
 
+def _folders(d) -> list:
+    try:
+        return [x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")]
+    except OSError:
+        return []
+
+
 def _parse_candidates(ctx, param, value):
     """NAME=RUN or RUN (named after its folder) -> {name: path}; names must differ."""
     from pathlib import Path
@@ -588,13 +595,11 @@ def explain(run, images, out):
     import json
     from pathlib import Path
 
+    from scopelite.edge.outputs import check_writable
     from scopelite.edge.sources import images_given
 
-    from .explain import explain as run_explain
-
-    from scopelite.edge.outputs import check_writable
-
     from .data import out_in_data
+    from .explain import explain as run_explain
 
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
@@ -604,6 +609,11 @@ def explain(run, images, out):
         if where:
             raise UserError(f"--out {out} {where} IMAGES folder {given}: the overlays (PNG images) would be read as "
                             "cells next time; give a folder outside it, e.g. --out explain/")
+        home = Path(given).resolve().parent  # a class folder of a dataset: --out beside it became a class
+        if Path(given).is_dir() and out_in_data(out, home) and len(_folders(home)) >= 2:
+            raise UserError(f"--out {out} is inside {home}, the dataset IMAGES folder {given} is a class of: the "
+                            "overlays would be read as a class of their own next time; give a folder outside it, "
+                            "e.g. --out explain/")
     check_writable(out, "--out")  # before the model loads (seconds), not after
     recs = run_explain(model, images_given(images, warn), out)
     for rec in recs:
