@@ -370,3 +370,21 @@ def test_edited_sidecars_damaged_history_and_audit_outputs_are_named(tiny_run, t
     hist.write_bytes(b"epoch,loss\n0,\xff\n")
     with pytest.raises(UserError, match="is damaged"):
         trim_history(hist, 1)
+
+
+def test_a_run_made_with_a_relative_data_path_is_evaluated_from_any_folder(tmp_path):
+    """--data d10 was recorded as typed: from any other folder evaluate said 'the data model.keras was trained on
+    (d10) is not here' (and would have read another folder named d10 there)."""
+    import cv2
+
+    for c, v in (("lymphocyte", 60), ("neutrophil", 180)):
+        (tmp_path / "d10" / c).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / "d10" / c / f"{i}.png"), np.full((20, 20, 3), v + i, np.uint8))
+    r = run_cli("celltrain", "fit", "--data", "d10", "--out", "run", "--arch", "tiny", "--image-size", "16",
+                "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(tmp_path / "d10")
+    r = run_cli("celltrain", "evaluate", str(tmp_path / "run"), cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "evaluation.json").is_file()

@@ -325,6 +325,10 @@ def fit(quiet, resume, **opts):
     else:
         if not opts["out"]:
             raise UserError("give --out RUN_DIR for a new run (or --resume RUN_DIR to continue one)")
+        if opts.get("data") and opts["data"] != data_lib.SYNTHETIC and os.path.exists(opts["data"]):
+            # recorded as an absolute path: evaluate, cellcompress, choose, average and --resume run from any folder
+            # (a relative one was 'not here' from another folder, or named another folder of that name there)
+            opts = {**opts, "data": os.path.abspath(opts["data"])}
         cfg = FitConfig(**opts)
         where = data_lib.out_in_data(cfg.out, cfg.data if cfg.data != data_lib.SYNTHETIC else None)
         if where:
