@@ -500,6 +500,8 @@ CASES = [
      None, None),  # read as 1 without a word
     ("fit-config-base60", "celltrain", "fit --config {c}/base60.yaml --out {tmp}/r", 2, "epochs: '1:30' is not a "
      "whole number", None, None),  # trained 90 epochs
+    ("fit-batch-huge", "celltrain", "fit --data {c}/classes --out {tmp}/r --arch tiny --image-size 16 --epochs 1 "
+     "--batch-size 10000000", 2, "10000000 is not in the range 1<=x<=8192", None, None),  # TF ran out of memory
     ("fit-config-hex", "celltrain", "fit --config {c}/hex.yaml --out {tmp}/r", 2, "epochs: '0x20' is not a "
      "whole number", None, None),  # trained 32 epochs
     ("fit-config-twice", "celltrain", "fit --config {c}/twice.yaml --out {tmp}/r", 2, "twice.yaml:2: epochs: given "

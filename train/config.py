@@ -118,9 +118,9 @@ _CHOICES = {"arch": ARCHS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "bala
 # (lowest, highest) of the numbers; as the options of celltrain fit, but a saved seed may be what numpy takes (a
 # soup member's is its --train-seed + 100 i; runs before session 30 took seeds up to 2**32 - 1)
 # The one list of every numeric option's range: config_problem checks a config file and a run's saved config by it,
-# and celltrain fit's flags are typed from it (cli.ranged), so the two cannot disagree (they did: --ema refused 1, a
+# and celltrain fit's flags are typed from it (cli._ranged), so the two cannot disagree (they did: --ema refused 1, a
 # config file took it). OPEN: the ends a value may not equal (ema 1 would never move the average).
-RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
+RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, 8192), "soup": (1, math.inf),
           "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
           "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "synthetic_per_class": (3, math.inf),
           "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
@@ -128,6 +128,7 @@ RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (
           "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
           "learning_rate": (0, math.inf)}
 OPEN = {"learning_rate": "min", "ema": "max"}
+# batch_size: 8192 crops of 96 px are 0.9 GB of input alone; 10 million ran out of memory in TensorFlow (a traceback)
 
 
 def out_of_range(name: str, v) -> str | None:
