@@ -344,6 +344,12 @@ def open_npz(path: str | os.PathLike):
                         "copy it again") from None
 
 
+def _pack_keys() -> set:
+    from .pack import PACK_KEYS  # noqa: PLC0415 - pack reads its files through this module
+
+    return PACK_KEYS
+
+
 def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
     """AN2DL-style ``images``/``labels`` or MedMNIST ``{train,val,test}_{images,labels}`` (its split is kept)."""
     p = Path(path)
@@ -365,6 +371,10 @@ def load_npz(path: str | os.PathLike, image_size: int) -> Dataset:
                 predefined[s] = np.arange(start, start + len(xi))
                 start += len(xi)
             x, y = np.concatenate(xs), np.concatenate(ys)
+        elif keys == _pack_keys():  # the advice "or a .npz pack" was followed: a pack is for the keras3 trainer only
+            raise UserError(f"{p} is a pack from celltrain pack: celltrain fit --backend keras3 trains on it (a GPU "
+                            "machine without TensorFlow, docs/gpu-training.md); here, give the class folders it was "
+                            "packed from")
         else:
             raise UserError(f"{p} holds {sorted(keys)}; expected 'images' + 'labels' (AN2DL) or "
                             "train/val/test _images + _labels (MedMNIST)")
@@ -402,8 +412,8 @@ def out_in_data(out: str | os.PathLike, data: str | os.PathLike | None) -> str |
 
 def _not_a_folder(p: Path) -> str:
     if p.exists():  # a file: it said "not found", of a file that is there
-        return (f"{p} is a file, not a folder: give a folder of class folders (<class>/<images>) or a .npz "
-                "pack from celltrain pack")
+        return (f"{p} is a file, not a folder: give a folder of class folders (<class>/<images>) or a .npz of "
+                "images and labels (MedMNIST's layout)")
     return f"data folder {p} not found"
 
 
