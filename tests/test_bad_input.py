@@ -576,6 +576,8 @@ CASES = [
      "training run", None, None),  # named cellcompress, which the user had not run
     ("average-out-not-empty", "celltrain", "average {fake_keras} {fake_keras} --out {c}/misnamed", 2, "is not empty",
      None, None),  # the average's files were mixed into the folder
+    ("average-same-twice", "celltrain", "average {c}/fake {c}/fake/model.keras --out {tmp}/s", 2, "is given twice",
+     None, None),  # "averaging 2 models" of one, exit 0
     ("average-out-unwritable", "celltrain", f"average {{fake_keras}} {{fake_keras}} --out {UNWRITABLE}/a", 2,
      "cannot be written", None, None),  # said after the models were loaded and averaged
     ("average-missing", "celltrain", "average {tmp}/none --out {tmp}/s", 2, "does not exist", None, None),

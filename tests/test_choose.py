@@ -26,6 +26,7 @@ def test_choose_scores_candidates_and_ensembles(tiny_run, tmp_path):
         {s: a[s] for s in ("val", "val_corrupted", "test", "test_corrupted")}
     assert res["chosen"] in ("a tta1", "b tta1")
     assert "highest val_score" in r.stdout and "1 ensembles" in r.stdout
+    assert f"b ({tiny_run['dir']}) is the same model as a: it is scored twice" in r.stderr  # it was not said
     r = invoke_cli("celltrain", "choose", f"a={k}", "--tta", "1", "--out", str(out))  # its own file: replaced
     assert r.returncode == 0 and list(json.loads(out.read_text())["candidates"]) == ["a tta1"], r.stderr[-2000:]
 

@@ -539,8 +539,18 @@ def _parse_candidates(ctx, param, value):
             raise click.BadParameter(f"{path}: no such run folder or model.keras")
         if name in out:
             raise click.BadParameter(f"two candidates are named {name!r}; name them: NAME=RUN")
+        same = next((n for n, p in out.items() if _model_of(p) == _model_of(path)), None)
+        if same is not None:  # scored twice under two names, without a word (their ensemble is the model itself)
+            warn(f"{name} ({path}) is the same model as {same}: it is scored twice")
         out[name] = path
     return out
+
+
+def _model_of(path: str):
+    from pathlib import Path
+
+    p = Path(path)
+    return ((p / "model.keras") if p.is_dir() else p).resolve()
 
 
 @main.command()

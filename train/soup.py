@@ -121,6 +121,10 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     paths = [model_file(m) for m in models]
     if len(paths) < 2:
         raise UserError("give at least two models to average")
+    seen = [p.resolve() for p in paths]
+    twice = next((p for p, r in zip(paths, seen) if seen.count(r) > 1), None)
+    if twice is not None:  # "averaging 2 models" of one model, exit 0: an average of itself
+        raise UserError(f"{twice} is given twice: each model counts once in an average; give different runs")
     out = Path(out)
     if (out / MODEL_FILE).exists():
         raise UserError(f"{out} already holds a model; choose another --out or delete it")
