@@ -3,6 +3,7 @@ TFLite bundles out, each measured on the run's held-out split, clean and corrupt
 approves the best int8 model only if it lost no more than allowed against the float model."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -186,6 +187,37 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: Compres
     return exports, history, p_keras
 
 
+def foreign_outputs(out: str | Path) -> list[str]:
+    """The files in ``out`` named as cellcompress names its outputs that an earlier cellcompress did not write (a
+    .tflite without a scopelite sidecar, a report.json that is not its report): a run into ``out`` replaced or removed
+    them (a user's model_float16.tflite was deleted, their report.md replaced), exit 0."""
+    from scopelite.edge.precious import is_sidecar  # noqa: PLC0415
+
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    names = [n for n in (*RUN_FILES, APPROVED, sidecar_path(APPROVED).name, "report.json", "report.md")
+             if (out / n).is_file()]
+
+    def ours(n: str) -> bool | None:
+        p = out / n
+        if n.endswith(".tflite"):
+            return is_sidecar(sidecar_path(p))
+        if n == "report.json":
+            try:
+                report = json.loads(p.read_text())
+            except (OSError, ValueError):
+                return False
+            return isinstance(report, dict) and "variants" in report and "float" in report
+        if n.startswith("model") and n.endswith(".json"):
+            return is_sidecar(p)
+        return None  # report.md, a compiler's log, a diagnosis: by the company they keep
+
+    said = {n: ours(n) for n in names}
+    earlier = any(v for v in said.values())
+    return [n for n, v in said.items() if v is False or (v is None and not earlier)]
+
+
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     """Convert, measure and gate; write the bundles and ``report.json`` into ``cfg.out``.
 
@@ -194,6 +226,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     """
     if not (cfg.int8 or cfg.qat or cfg.float16 or cfg.dynamic_range):
         raise UserError("choose an output: --int8, --qat, --float16 and/or --dynamic-range")
+    foreign = foreign_outputs(cfg.out)
+    if foreign:
+        raise UserError(f"--out {cfg.out} holds {', '.join(foreign[:3])} that cellcompress did not write, which this "
+                        "run would replace or remove: give another folder, or move them away")
     if cfg.diagnose and not cfg.int8:
         raise UserError("--diagnose examines the post-training int8 model: add --int8")
     if cfg.compiler and not cfg.edgetpu:  # given and ignored without a word

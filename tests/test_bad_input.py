@@ -144,6 +144,9 @@ def corpus(tmp_path_factory):
     (t / "base60.yaml").write_text("epochs: 1:30\n")  # YAML 1.1 base 60: read as 90 without a word
     np.savez(t / "apack.npz", **{k: np.zeros(2, np.int64) for k in ("blob", "offsets", "labels", "ids", "split",
                                                                      "class_names")})  # a pack's arrays
+    (t / "userout").mkdir()  # a user's own files under the names cellcompress writes
+    (t / "userout" / "report.md").write_text("mine")
+    (t / "userout" / "model_float16.tflite").write_bytes(b"a model of mine, no sidecar")
     (t / "hex.yaml").write_text("epochs: 0x20\n")  # YAML 1.1 hexadecimal: read as 32 without a word
     (t / "twice.yaml").write_text("epochs: 3\nepochs: 5\n")  # the last one won without a word
     (t / "count60.yaml").write_text("count: 1:00\n")  # read as 60
@@ -502,6 +505,8 @@ CASES = [
      None, None),  # read as 1 without a word
     ("fit-config-base60", "celltrain", "fit --config {c}/base60.yaml --out {tmp}/r", 2, "epochs: '1:30' is not a "
      "whole number", None, None),  # trained 90 epochs
+    ("compress-out-users-files", "cellcompress", "{fake_keras} --int8 --out {c}/userout", 2,
+     "that cellcompress did not write", None, None),  # report.md replaced, model_float16.tflite deleted, exit 0
     ("fit-data-pack", "celltrain", "fit --data {c}/apack.npz --out {tmp}/r --arch tiny --image-size 16 --epochs 1",
      2, "is a pack from celltrain pack: celltrain fit --backend keras3", None, None),  # "holds [...]; expected ..."
     ("fit-batch-huge", "celltrain", "fit --data {c}/classes --out {tmp}/r --arch tiny --image-size 16 --epochs 1 "

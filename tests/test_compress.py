@@ -152,14 +152,46 @@ def test_qat_graph_matches_ptq_and_agrees_with_keras(full_compress, tiny_run):
     assert "agree on" in (out / "report.md").read_text()
 
 
+def _earlier_run(out, names, content=b"an earlier run's"):
+    """Files as an earlier cellcompress into ``out`` left them: each .tflite with a scopelite sidecar beside it, a
+    report.json of its shape (a file of those names without them is a user's, refused: foreign_outputs)."""
+    from scopelite.edge.bundle import SCHEMA, sidecar_path
+
+    for n in names:
+        p = out / n
+        if n == "report.json":
+            p.write_text(json.dumps({"variants": {}, "float": {}}))
+        elif n.startswith("model") and n.endswith(".json"):
+            p.write_text(json.dumps({"schema": SCHEMA}))
+        else:
+            p.write_bytes(content)
+            if n.endswith(".tflite"):
+                sidecar_path(p).write_text(json.dumps({"schema": SCHEMA}))
+
+
+def test_a_users_files_under_cellcompress_names_are_left_alone(tmp_path):
+    """report.md of one's own and a model_float16.tflite without a sidecar in --out: replaced and deleted, exit 0."""
+    from scopelite.compress.pipeline import foreign_outputs
+
+    o = tmp_path / "o"
+    o.mkdir()
+    assert foreign_outputs(o) == [] and foreign_outputs(tmp_path / "new") == []
+    (o / "report.md").write_text("mine")
+    assert foreign_outputs(o) == ["report.md"]
+    _earlier_run(o, ["report.json", "model_int8.tflite"])  # beside an earlier run's report it is that run's
+    assert foreign_outputs(o) == []
+    (o / "model_float16.tflite").write_bytes(b"mine, no sidecar")
+    (o / "model.json").write_text('{"my": "notes"}')
+    assert foreign_outputs(o) == ["model_float16.tflite", "model.json"]
+
+
 def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
     """Post-training int8 fails the gate -> quantisation-aware training is tried; nothing passes -> nothing approved."""
     from scopelite.compress.pipeline import CompressConfig, GateFailed, compress
 
     out = tmp_path / "strict"
     out.mkdir()
-    (out / "model.tflite").write_bytes(b"an old approval that must not survive")
-    (out / "model_float16.tflite").write_bytes(b"an old variant")
+    _earlier_run(out, ["model.tflite", "model_float16.tflite"])  # an old approval and variant must not survive
     (out / "report.md").write_text("Approved: **int8** (an old report)")
     lines: list[str] = []
     # a drop can never be below -100 points: both metrics must fail, whatever the model (the CLI refuses
@@ -188,8 +220,7 @@ def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_pa
     o = tmp_path / "o"
     o.mkdir()
     earlier = ["model_edgetpu.tflite", "model_edgetpu.json", "model_float16.tflite", "int8-diagnosis.png"]
-    for n in earlier:  # an earlier model's build into the same --out: it stayed beside the new approval
-        (o / n).write_bytes(b"an earlier run's")
+    _earlier_run(o, earlier)  # an earlier model's build into the same --out: it stayed beside the new approval
     (o / "notes.txt").write_text("the user's own")
     r = run("cellcompress", str(tiny_run["keras"]), "--int8", "--edgetpu", "--out", str(o),
             "--representative", "32", "--max-drop", "6", "8", env={**env, "PATH": f"{os.path.dirname(os.sys.executable)}:/usr/bin:/bin"})
@@ -416,8 +447,7 @@ def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
 def test_a_failed_compile_leaves_no_earlier_edge_tpu_build_and_this_runs_report(tiny_run, tmp_path):
     o = tmp_path / "o"
     o.mkdir()
-    for n in ("model_edgetpu.tflite", "model_edgetpu.json", "report.json"):  # an earlier model's build and report
-        (o / n).write_text("{}")
+    _earlier_run(o, ("model_edgetpu.tflite", "model_edgetpu.json", "report.json"))  # an earlier build and report
     broken = tmp_path / "edgetpu_compiler"
     broken.write_text("#!/bin/sh\necho 'Internal compiler error. Aborting!'\nexit 1\n")
     broken.chmod(0o755)
