@@ -38,11 +38,27 @@ def run(module: str):
     return main()
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # as Ctrl-C: the command's own clean-up and words (a resume hint, no half-made folder)
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """celltrain and cellcompress: SIGTERM (kill, timeout, systemd, a batch scheduler) ends them as Ctrl-C does. It
+    killed them outright: synth left a hidden partial folder of gigabytes, fit said nothing of how to resume."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread
+        pass
+
+
 def celltrain():
+    _sigterm_as_ctrl_c()
     return run("scopelite.train.cli")
 
 
 def cellcompress():
+    _sigterm_as_ctrl_c()
     return run("scopelite.compress.cli")
 
 

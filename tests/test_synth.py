@@ -127,3 +127,24 @@ def test_an_existing_folder_is_filled_from_a_work_folder_on_its_own_disk(tmp_pat
             (tmp / "crops").mkdir()
             raise KeyboardInterrupt
     assert sorted(p.name for p in dest.rglob("*")) == ["crops", "new.png"]
+
+
+def test_synth_ended_by_sigterm_leaves_no_hidden_partial_folder(tmp_path):
+    """kill / timeout / a scheduler's SIGTERM: a hidden .scopelite-partial-* folder (gigabytes in a long run) was left
+    beside OUT, and a rerun did not remove it. Now it ends as Ctrl-C does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "celltrain"
+    p = subprocess.Popen([str(exe), "synth", str(tmp_path / "sy"), "--per-class", "1", "--fields", "5000",
+                          "--no-video"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".scopelite-partial-*/fields/*")):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Error: interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert not list(tmp_path.glob(".scopelite-*")) and not (tmp_path / "sy").exists()

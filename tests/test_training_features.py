@@ -212,8 +212,10 @@ def test_trim_history_drops_repeated_and_broken_rows(tmp_path):
     assert _read_history(h) == {"accuracy": [0.5, 0.6]}
 
 
-def test_ctrl_c_says_how_to_go_on(tmp_path):
-    """An interrupted fit said only "Error: interrupted"."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_says_how_to_go_on(tmp_path, sig):
+    """An interrupted fit said only "Error: interrupted"; one ended by SIGTERM (kill, timeout, a batch scheduler)
+    said nothing at all, exit 143."""
     run = tmp_path / "k"
     exe = Path(sys.executable).parent / "celltrain"
     p = subprocess.Popen([str(exe), "fit", "--out", str(run), "--arch", "tiny", "--image-size", "32",
@@ -225,7 +227,7 @@ def test_ctrl_c_says_how_to_go_on(tmp_path):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not state.is_file():
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert [x for x in err.splitlines() if x.startswith("Error")] == \
