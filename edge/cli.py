@@ -586,6 +586,8 @@ def watch(**_):
     summary = run_watch(cfg, opener, clf, emit, stop=stop, live=live, reloader=reloader,
                         on_frame=_on_frame(status, cfg, clf.labels, unreadable), session=sessions,
                         site=site)
+    if status is not None:
+        status.ending = True  # no Stop, Start, Reset or label between here and the summary and report
     summary["summary"]["unreadable"] = unreadable()
     if sessions is not None:
         sessions.checkpoint()  # the report as it stands; an open session stays open for the next run

@@ -92,6 +92,8 @@ class Status:
         self.started = clock()
         self._fps = 0.0
         self.source_problem: str | None = None  # why no frames come (``source_trouble``)
+        # the run is over (its summary and report are being written): changes are refused, 503, not taken after them
+        self.ending = False
 
     def update(self, frame: np.ndarray, rec: dict, counters: dict | None = None) -> None:
         now = self.clock()
@@ -501,6 +503,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             refused = self._refused()
             if refused:
                 return self._reply(403, {"ok": False, "error": refused})
+            if status.ending:  # a Stop or Start now made sessions after the summary that named another one open
+                return self._reply(503, {"ok": False, "error": "the run is ending: no more changes (start it again)"})
             if self.headers.get("Transfer-Encoding"):  # a chunked body was read as none: {} did something else
                 return self._reply(411, {"ok": False, "error": "send the body with a Content-Length"})
             length = (self.headers.get("Content-Length") or "0").strip()

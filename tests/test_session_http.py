@@ -126,6 +126,26 @@ def test_a_label_from_a_page_of_another_session_or_label_is_refused(served):
     assert "session: sid, was: shown[id]" in page  # what the review page sends
 
 
+def test_no_change_is_taken_once_the_run_is_ending(tmp_path):
+    """Stop and Start between the end of the run and its summary made sessions the summary did not name (it said
+    one was open that state.json said was closed)."""
+    sessions = Sessions(tmp_path / "sessions", CLASS_NAMES, target=100)
+    _feed(sessions, ["neutrophil"])
+    status = Status(CLASS_NAMES, session=sessions)
+    server = serve(status, "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        status.ending = True
+        for path in ("/session/stop", "/session/start", "/session/reset"):
+            code, reply = _post(base, path)
+            assert code == 503 and "the run is ending" in reply["error"], path
+        assert _post(base, "/cells/1/label", {"label": "monocyte"})[0] == 503
+        assert sessions.current.is_open and sessions.summary()["reviewed"] == 0
+        assert _call(base + "/session")[0] == 200  # reading goes on
+    finally:
+        server.shutdown()
+
+
 def test_token_rules(served):
     start, sessions = served
     base = start(token="s3cret-token")
