@@ -253,6 +253,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         raise UserError(f"{len(site_refused)} of {len(paths)} images were not classified ({site_refused[0]})")
 
 
+REVIEW_GRACE_S = 20.0  # review: how long a label and a 5,000-cell session's report may take to finish after Ctrl-C
 WIDE = 0.6  # classify: a crop under this share of an image's shorter side leaves most of it unread (a field) ...
 FIELD_SIDE = 400  # ... in an image of a camera's size (480 px and up); datasets' single-cell crops are smaller
 KEEP_READ_PX = 3 * 1280 * 960  # --rescale shared keeps its sample images this size or smaller (15 of them: 55 MB)
@@ -1069,7 +1070,10 @@ def review(sessions, sid, http, http_token):
     stop = threading.Event()
     # SIGHUP too (the terminal or ssh session closed, systemctl reload): it ended the review without its summary
     hangup = () if shutdown.SIGHUP is None else (shutdown.SIGHUP,)
-    click.get_current_context().call_on_close(shutdown.install(stop, signals=(signal.SIGINT, signal.SIGTERM) + hangup))
+    # labels in flight, and a large session's report after each, finish first: a forced exit left the report behind
+    click.get_current_context().call_on_close(shutdown.install(stop, signals=(signal.SIGINT, signal.SIGTERM) + hangup,
+                                                               grace=REVIEW_GRACE_S,
+                                                               busy="a label and its report being written"))
     token = _http_token(click.get_current_context(), host)
     server = serve(Status(current.labels, session=current, review_only=True), host, port, token=token)
     if exposure_warning(host):

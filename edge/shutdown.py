@@ -43,7 +43,8 @@ def early(sig: int) -> None:
 
 def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], None] | None = None,
             signals=(signal.SIGINT, signal.SIGTERM),
-            others: dict[int | None, Callable[[], None]] | None = None) -> Callable[[], None]:
+            others: dict[int | None, Callable[[], None]] | None = None,
+            busy: str = "a frame or a stream open that does not end") -> Callable[[], None]:
     """Call from the main thread: on ``signals``, set ``stop``; exit 1 if not done within ``grace`` s.
 
     Args:
@@ -96,8 +97,8 @@ def install(stop: threading.Event, grace: float = 1.5, on_force: Callable[[], No
                     on_force()
                 except Exception:  # noqa: BLE001 - exiting on time matters more
                     pass
-            print(f"Error: still busy {grace:g} s after {name} (a frame or a stream open that does not "
-                  "end); exiting without the summary", file=sys.stderr, flush=True)
+            print(f"Error: still busy {grace:g} s after {name} ({busy}); exiting without the summary",
+                  file=sys.stderr, flush=True)
             os._exit(1)
 
     threading.Thread(target=watch, name="shutdown", daemon=True).start()

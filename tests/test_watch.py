@@ -435,3 +435,16 @@ def test_a_stream_urls_password_is_shown_nowhere(tmp_path):
     assert "admin:***@127.0.0.1" in said and "reconnecting" in out
     assert "s3cret" not in said
     assert not [f for f in (tmp_path / "s").rglob("*") if f.is_file() and b"s3cret" in f.read_bytes()]
+
+
+def test_a_forced_exit_names_what_was_still_busy():
+    """celledge review has no camera: its forced exit blamed "a frame or a stream open that does not end"."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, threading, time; from scopelite.edge import shutdown; "
+            "shutdown.install(threading.Event(), grace=0.3, busy='a label and its report being written'); "
+            "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "still busy 0.3 s after SIGTERM (a label and its report being written)" in r.stderr, r.stderr
