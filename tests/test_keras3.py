@@ -286,6 +286,11 @@ def test_import_refuses_what_does_not_belong_together(folders, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["data"] == str(data.resolve()) and cfg["out"] == str((tmp_path / "run").resolve())  # as fit writes
+    (bad / "val-probs.npy").unlink()  # not copied with the weights: the promised check was skipped without a word
+    r = imp(weights=bad, out=tmp_path / "run2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not checked: no val-probs.npy beside the weights" in r.stderr
+    assert "not checked" in json.loads(r.stdout.splitlines()[-1])["trainer_agreement"]
 
 
 def test_pack_refuses_a_split_that_would_pack_test_or_outside_images(folders, tmp_path):

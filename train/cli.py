@@ -728,7 +728,10 @@ def import_(weights, split, data, out, tag):
     check_writable(out, "--out", min_free_mb=RUN_FREE_MB)
     from .keras3_import import import_weights
 
-    click.echo(json.dumps(import_weights(weights, split, data, out, tag)))
+    result = import_weights(weights, split, data, out, tag)
+    if "trainer_agreement" in result:
+        warn(f"{result['trainer_agreement']}: whether the weights, --split and --data belong together is unknown")
+    click.echo(json.dumps(result))
 
 
 @main.command()

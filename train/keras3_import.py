@@ -93,6 +93,8 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     metrics = {**fit_lib.heldout_metrics(model, va, te, ds.class_names, val_probs=ours),
                "train_seconds": (hist.get("result") or {}).get("train_seconds")}
     check = {}
+    if tag == "final" and not (src / VAL_PROBS).is_file():  # the check --help promises was skipped without a word
+        check = {"trainer_agreement": f"not checked: no {VAL_PROBS} beside the weights (copy it with them)"}
     if tag == "final" and (src / VAL_PROBS).is_file():
         try:
             theirs = np.load(src / VAL_PROBS, allow_pickle=False)
