@@ -44,7 +44,7 @@ def main() -> None:
 
 
 @main.command(context_settings={"show_default": True})
-@click.argument("model", type=NonEmptyPath(exists=True, dir_okay=False))
+@click.argument("model", type=NonEmptyPath(exists=True))
 @click.option("--out", required=True, type=NonEmptyPath(file_okay=False),
               help="Folder for the bundles and report. A folder used before is updated: the variants, Edge TPU "
                    "build and diagnosis an earlier run left there and this one does not make are removed.")
@@ -90,11 +90,17 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
     \b
     Example:
       cellcompress runs/demo/model.keras --int8 --out runs/demo/int8
-      cellcompress runs/pbc/model.keras --int8 --qat --edgetpu --out runs/pbc/int8
+      cellcompress runs/pbc --int8 --qat --edgetpu --out runs/pbc/int8          # a run folder: its model.keras
       cellcompress runs/demo/model.keras --int8 --diagnose --out runs/demo/int8   # per-tensor int8 error
     """
+    from pathlib import Path
+
     from scopelite.edge.outputs import check_writable
 
+    if Path(model).is_dir():  # a run folder, as every celltrain command takes ("File 'runs/x' is a directory")
+        model = str(Path(model) / "model.keras")
+        if not Path(model).is_file():
+            raise UserError(f"{model} not found: give a run folder of celltrain fit, or its model.keras")
     check_writable(out, "--out", min_free_mb=OUT_FREE_MB)  # before TensorFlow is imported
     from .pipeline import CompressConfig, compress
 

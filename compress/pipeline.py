@@ -226,10 +226,6 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     """
     if not (cfg.int8 or cfg.qat or cfg.float16 or cfg.dynamic_range):
         raise UserError("choose an output: --int8, --qat, --float16 and/or --dynamic-range")
-    foreign = foreign_outputs(cfg.out)
-    if foreign:
-        raise UserError(f"--out {cfg.out} holds {', '.join(foreign[:3])} that cellcompress did not write, which this "
-                        "run would replace or remove: give another folder, or move them away")
     if cfg.diagnose and not cfg.int8:
         raise UserError("--diagnose examines the post-training int8 model: add --int8")
     if cfg.compiler and not cfg.edgetpu:  # given and ignored without a word
@@ -248,6 +244,10 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError(f"--out {out} is another training run's folder: the int8 model's sidecar "
                         f"({sidecar_path(APPROVED)}) would replace its Keras model's; give another folder, "
                         f"e.g. --out {src_path.parent / 'int8'}")
+    foreign = foreign_outputs(cfg.out)
+    if foreign:
+        raise UserError(f"--out {cfg.out} holds {', '.join(foreign[:3])} that cellcompress did not write, which this "
+                        "run would replace or remove: give another folder, or move them away")
     sc, model = load_keras_bundle(src_path)
     bad = model_lib.non_finite_weights(model)
     if bad:

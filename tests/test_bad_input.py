@@ -505,6 +505,8 @@ CASES = [
      None, None),  # read as 1 without a word
     ("fit-config-base60", "celltrain", "fit --config {c}/base60.yaml --out {tmp}/r", 2, "epochs: '1:30' is not a "
      "whole number", None, None),  # trained 90 epochs
+    ("compress-folder-not-run", "cellcompress", "{c}/notarun --int8 --out {tmp}/o", 2,
+     "model.keras not found: give a run folder", None, None),  # "File '...' is a directory"
     ("compress-out-users-files", "cellcompress", "{fake_keras} --int8 --out {c}/userout", 2,
      "that cellcompress did not write", None, None),  # report.md replaced, model_float16.tflite deleted, exit 0
     ("fit-data-pack", "celltrain", "fit --data {c}/apack.npz --out {tmp}/r --arch tiny --image-size 16 --epochs 1",
