@@ -201,8 +201,8 @@ def foreign_outputs(out: str | Path) -> list[str]:
 
     def ours(n: str) -> bool | None:
         p = out / n
-        if n.endswith(".tflite"):
-            return is_sidecar(sidecar_path(p))
+        if n.endswith(".tflite"):  # without its sidecar: a run cut between the two writes, or a user's file
+            return True if is_sidecar(sidecar_path(p)) else None
         if n == "report.json":
             try:
                 report = json.loads(p.read_text())
@@ -211,7 +211,7 @@ def foreign_outputs(out: str | Path) -> list[str]:
             return isinstance(report, dict) and "variants" in report and "float" in report
         if n.startswith("model") and n.endswith(".json"):
             return is_sidecar(p)
-        return None  # report.md, a compiler's log, a diagnosis: by the company they keep
+        return None  # report.md, a compiler's log, a diagnosis, a bare .tflite: by the company they keep
 
     said = {n: ours(n) for n in names}
     earlier = any(v for v in said.values())

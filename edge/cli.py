@@ -214,7 +214,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         side = (scale or {}).get("crop")
         if side and min(seen.shape[:2]) >= FIELD_SIDE and side < WIDE * min(seen.shape[:2]):  # a whole field
             wide.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px, its centre {side} px")
-        elif rescale == "none" and min(seen.shape[:2]) >= FIELD_SIDE:  # shrunk whole: its cells a few px across
+        elif (scale or {}).get("source") == "as given" and min(seen.shape[:2]) >= FIELD_SIDE \
+                and max(seen.shape[:2]) > 1.1 * min(seen.shape[:2]):  # a camera's frame shrunk whole (not a square crop)
             whole.append(f"{path}: {seen.shape[1]}x{seen.shape[0]} px")
         best = best_k(clf.classify(crop[None])[0], clf.labels, k=top_k)
         distance = ood.score(ood.stain_stats(seen), ref) if ref else None

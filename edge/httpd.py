@@ -433,7 +433,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
         def do_GET(self):  # noqa: N802 - http.server's name
             self._deadline.cancel()  # the request is in: the answer (a large session's report) may take its time
             path = self.path.split("?", 1)[0]
-            if token is None and is_loopback(self.server.server_address[0]) and self._foreign_host() is not None:
+            if token is None and is_loopback(self.server.server_address[0]) and self.headers.get("Host") \
+                    and self._foreign_host() is not None:  # no Host at all (an HTTP/1.0 probe): not a web page
                 # bound to this machine only: a page on another name that resolved here (DNS rebinding) reads nothing
                 return self._send(403, b"this server answers requests for this machine's own address only",
                                   "text/plain; charset=utf-8")
@@ -487,8 +488,9 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
             host = raw[1:raw.index("]")] if raw.startswith("[") and "]" in raw else raw.rsplit(":", 1)[0]
             if host == "localhost":
                 return None
-            try:
-                return None if ipaddress.ip_address(host).is_loopback else host
+            try:  # 0.0.0.0 and :: reach this machine's own listeners too (http://0.0.0.0:8080/ on Linux)
+                ip = ipaddress.ip_address(host)
+                return None if ip.is_loopback or ip.is_unspecified else host
             except ValueError:
                 return host
 

@@ -12,6 +12,7 @@ import shutil
 import stat
 import threading
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -172,6 +173,9 @@ class WriteError(UserError):
         super().__init__(f"{what} ({self.reason})" + (f"; {after}" if after else ""))
 
 
+PIPE_READER_WAIT_S = 10.0  # LineSink on a named pipe: how long a reader may take to start
+
+
 class LineSink:
     """Append text lines to a file; a write that fails (disk full) leaves no half line behind.
 
@@ -210,18 +214,31 @@ class LineSink:
             if make_folders:  # at the start only: a folder moved away later is not made again
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_fifo():  # opening a pipe no one reads waited for ever, without a word
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-                os.set_blocking(fd, True)
+                fd = self._open_pipe()
             else:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as e:
-            if e.errno == errno.ENXIO:
-                raise UserError(f"{self.option} {self.path} is a named pipe that no program reads: start the reader "
-                                "first (e.g. cat < PIPE), or give a file") from None
             raise WriteError(f"{self.option} {self.path} cannot be opened", self.path, e) from None
         if self.fsync:
             fsync_dir(self.path.parent)
         return fd
+
+    def _open_pipe(self, wait_s: float = PIPE_READER_WAIT_S) -> int:
+        """A named pipe, once a program reads it (a reader started just after us is waited for ``wait_s``)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise UserError(f"{self.option} {self.path} is a named pipe that no program read within "
+                                    f"{wait_s:g} s: start the reader first (e.g. cat < PIPE), or give a file") from None
+                time.sleep(0.2)
+                continue
+            os.set_blocking(fd, True)
+            return fd
 
     def _follow(self) -> None:
         """Open the path again if the file written to is no longer there (a stat per line: microseconds)."""

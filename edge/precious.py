@@ -81,7 +81,7 @@ def only_appends_to_lines(path: str | os.PathLike, option: str) -> None:
     try:
         ok = isinstance(json.loads(first), dict)
     except ValueError:  # a document's opening "{", binary, text; or the one line there, torn (appended to)
-        ok = first.startswith(b'{"') and not first.endswith(b"\n")
+        ok = first.startswith(b'{"')  # a JSON line, torn (and ended by a newline since): not a document's "{"
     if not ok:
         raise UserError(f"{option} {path} holds something other than JSON lines (a site file, a report, a document): "
                         "the lines appended would break it; give another file name, e.g. frames.jsonl")

@@ -205,7 +205,7 @@ def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]
 _CAMERA = re.compile(r"(?:/dev/video)?([0-9]{1,6})")
 
 
-_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/@]*@")
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/]*@")  # to the last @ of the host part: p@ss
 
 
 def shown(spec: str) -> str:

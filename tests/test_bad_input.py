@@ -302,7 +302,7 @@ CASES = [
      "gone.png cannot be read (a link to a file that is not there)", "good.png"),  # "[Errno 2] No such file ..."
     # and "x.jpg is not a file (a pipe or a device)" of the folder x.jpg
     ("watch-out-fifo-no-reader", "celledge", "watch {img} --out {c}/nobody.jsonl", 2,
-     "named pipe that no program reads", None, None),  # waited for a reader for ever, without a word
+     "named pipe that no program read within 10 s", None, None),  # waited for a reader for ever, without a word
     ("classify-edgetpu-unloadable", "celledge", "classify --model {c}/tpu/m_edgetpu.tflite {img}", 2,
      "cannot load the Edge TPU delegate", None, None),  # then "Exception ignored in Delegate.__del__ ... Traceback"
     ("watch-save-cap-huge", "celledge", "watch {img} --save-dir {tmp}/sv --save-below 1 --save-cap-mb 1e303", 2,
@@ -669,6 +669,36 @@ def test_watch_out_starts_a_new_line_after_a_torn_one(corpus, tmp_path):
     out.write_text('{"frame": 7, "label": "neutro')  # the only line there, torn: still appended to, not refused
     assert invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(out)).returncode == 0
     assert out.read_text().splitlines()[0] == '{"frame": 7, "label": "neutro'
+    assert invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(out)).returncode == 0  # and again
+
+
+def test_watch_out_waits_for_a_pipes_reader_that_starts_late(corpus, tmp_path):
+    """A consumer started just after the daemon (systemd ordering) found it gone: the pipe had no reader yet."""
+    import subprocess
+    import threading
+
+    pipe = tmp_path / "lines"
+    os.mkfifo(pipe)
+    got = []
+
+    def reader():
+        time.sleep(1.5)
+        got.append(subprocess.run(["cat", str(pipe)], capture_output=True, text=True, timeout=60).stdout)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    r = invoke_cli("celledge", "watch", str(corpus["mixed"]), "--out", str(pipe))
+    t.join(60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert got and '"summary"' in got[0]
+
+
+def test_classify_as_given_warns_of_a_camera_frame_not_of_a_large_crop(corpus, tmp_path):
+    """--rescale none: a 640x480 frame is shrunk whole (warned); a 575x575 crop of one cell is not a field."""
+    big = tmp_path / "crop575.png"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(corpus["img"])), (575, 575)))
+    r = invoke_cli("celledge", "classify", "--rescale", "none", str(big))
+    assert r.returncode == 0 and "classified whole" not in r.stderr, r.stderr
 
 
 def test_synth_folders_make_a_synthetic_model(tmp_path):
@@ -1407,5 +1437,10 @@ def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
                  ("cellcompress", "bench", model, "--out", str(data / "bench"))):
         assert_one_line_error(invoke_cli(*args), "the data the run was trained on")
     assert_one_line_error(invoke_cli("celltrain", "explain", str(run), str(data / "lymphocyte"), "--out",
-                                     str(data / "cams")), "the dataset IMAGES folder")
+                                     str(data / "cams")), "a dataset of class folders")
+    project = tmp_path  # run/ and data/ side by side: the usual project, not a dataset (explain's help example)
+    r = invoke_cli("celltrain", "explain", str(run), str(data / "lymphocyte"), "--out", str(project / "cams"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = invoke_cli("celltrain", "explain", str(run), str(data / "lymphocyte" / "lymphocyte0.png"))
+    assert r.returncode == 0 and (run / "explain").is_dir(), r.stderr[-2000:]
     assert sorted(p.name for p in data.iterdir()) == ["lymphocyte", "neutrophil"]

@@ -180,9 +180,14 @@ def test_a_users_files_under_cellcompress_names_are_left_alone(tmp_path):
     assert foreign_outputs(o) == ["report.md"]
     _earlier_run(o, ["report.json", "model_int8.tflite"])  # beside an earlier run's report it is that run's
     assert foreign_outputs(o) == []
-    (o / "model_float16.tflite").write_bytes(b"mine, no sidecar")
+    (o / "model_float16.tflite").write_bytes(b"a run cut between writing it and its sidecar")
+    assert foreign_outputs(o) == []  # beside that run's files: its own, and the rerun replaces it
     (o / "model.json").write_text('{"my": "notes"}')
-    assert foreign_outputs(o) == ["model_float16.tflite", "model.json"]
+    assert foreign_outputs(o) == ["model.json"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model_float16.tflite").write_bytes(b"mine, no sidecar, nothing of cellcompress beside it")
+    assert foreign_outputs(alone) == ["model_float16.tflite"]
 
 
 def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):

@@ -174,8 +174,13 @@ def test_cross_site_posts_are_refused(served):
     assert code == 403 and "own address" in reply["error"] and sessions.current.is_open
     assert _call(base + "/session", headers={"Host": f"attacker.example:{port}"})[0] == 403
     assert _call(base + "/session", headers={"Host": evil})[0] == 403
-    for ok in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}"):
+    for ok in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}", f"0.0.0.0:{port}"):
         assert _call(base + "/session", headers={"Host": ok})[0] == 200, ok
+    import socket  # an HTTP/1.0 probe names no Host: not a web page, answered
+
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert b" 403 " not in sock.recv(100)
     assert _post(base, "/session/stop", Origin=base)[0] == 200
 
 

@@ -404,6 +404,7 @@ def test_a_stream_urls_password_is_shown_nowhere(tmp_path):
     from scopelite.edge.sources import shown
 
     assert shown("rtsp://admin:s3cret@cam.lab:554/live") == "rtsp://admin:***@cam.lab:554/live"
+    assert shown("rtsp://admin:p@ss@cam/live") == "rtsp://admin:***@cam/live"  # an @ in the password: all of it
     assert shown("http://cam/x?a=b:c@d") == "http://cam/x?a=b:c@d"  # not a password: after the host
     assert shown("/dev/video0") == "/dev/video0" and shown("clip.mp4") == "clip.mp4"
     exe = Path(sys.executable).parent / "celledge"

@@ -17,9 +17,13 @@ cd "$root"
 case "${1:-}" in
 hold)
     [ ! -e "$held/SHA256SUMS" ] || { echo "Error: $held already holds files: run '$0 restore' first" >&2; exit 2; }
+    for f in "${files[@]}"; do
+        [ -f "$f" ] || { echo "Error: $f is not here (held already, or moved?): nothing was set aside" >&2; exit 2; }
+    done
     mkdir -p "$held"
-    sha256sum "${files[@]}" > "$held/SHA256SUMS"
+    sha256sum "${files[@]}" > "$held/SHA256SUMS.tmp"
     for f in "${files[@]}"; do mkdir -p "$held/$(dirname "$f")"; mv "$f" "$held/$f"; done
+    mv "$held/SHA256SUMS.tmp" "$held/SHA256SUMS"  # only now: a hold cut short leaves no record that blocks the next
     echo "held ${#files[@]} files in $held; the tree is now $(du -sh --exclude=.git --exclude=.venv . | cut -f1)"
     ;;
 restore)

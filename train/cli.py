@@ -12,8 +12,8 @@ from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
 from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
-from .config import (AUG_OPS, BACKENDS, BALANCE, OPEN, OPTIMIZERS, PRESETS, RANGES, SCHEDULES, STRATEGIES, FitConfig,
-                     check_aug)
+from .config import (AUG_OPS, BACKENDS, BALANCE, NEW_RUN_MAX, OPEN, OPTIMIZERS, PRESETS, RANGES, SCHEDULES,
+                     STRATEGIES, FitConfig, check_aug)
 
 _D = FitConfig(out="")
 
@@ -24,6 +24,7 @@ def _ranged(name: str) -> click.ParamType:
     import math
 
     lo, hi = RANGES[name]
+    hi = min(hi, NEW_RUN_MAX.get(name, hi))  # a new run's bounds (a saved config is judged by RANGES alone)
     kind = next(f.type for f in fields(FitConfig) if f.name == name)
     if str(kind).startswith("int"):
         return click.IntRange(min=lo, max=None if hi == math.inf else hi)
@@ -516,6 +517,15 @@ def average(models, out, data):
     soup(models, out, data=data)
 
 
+def _holds_images(d) -> bool:
+    from scopelite.edge.sources import IMAGE_SUFFIXES
+
+    try:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())
+    except OSError:
+        return False
+
+
 def _folders(d) -> list:
     try:
         return [x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")]
@@ -623,11 +633,12 @@ def explain(run, images, out):
         if where:
             raise UserError(f"--out {out} {where} IMAGES folder {given}: the overlays (PNG images) would be read as "
                             "cells next time; give a folder outside it, e.g. --out explain/")
-        home = Path(given).resolve().parent  # a class folder of a dataset: --out beside it became a class
-        if Path(given).is_dir() and out_in_data(out, home) and len(_folders(home)) >= 2:
-            raise UserError(f"--out {out} is inside {home}, the dataset IMAGES folder {given} is a class of: the "
-                            "overlays would be read as a class of their own next time; give a folder outside it, "
-                            "e.g. --out explain/")
+        home = Path(given).resolve().parent  # a class folder of a dataset: an --out beside it became a class
+        classes = [d for d in _folders(home) if _holds_images(d)]
+        if Path(given).is_dir() and Path(out).resolve().parent == home and len(classes) >= 2:
+            raise UserError(f"--out {out} would be a folder beside {given} in {home}, a dataset of class folders: "
+                            "the overlays would be read as a class of their own next time; give a folder outside "
+                            "it, e.g. --out explain/")
     check_writable(out, "--out")  # before the model loads (seconds), not after
     recs = run_explain(model, images_given(images, warn), out)
     for rec in recs:

@@ -117,10 +117,10 @@ _CHOICES = {"arch": ARCHS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "bala
             "strategy": STRATEGIES, "backend": BACKENDS, "views": VIEWS}
 # (lowest, highest) of the numbers; as the options of celltrain fit, but a saved seed may be what numpy takes (a
 # soup member's is its --train-seed + 100 i; runs before session 30 took seeds up to 2**32 - 1)
-# The one list of every numeric option's range: config_problem checks a config file and a run's saved config by it,
-# and celltrain fit's flags are typed from it (cli._ranged), so the two cannot disagree (they did: --ema refused 1, a
-# config file took it). OPEN: the ends a value may not equal (ema 1 would never move the average).
-RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, 8192), "soup": (1, math.inf),
+# The one list of every numeric option's range: config_problem checks a run's saved config by it, and celltrain
+# fit's flags (and so --config files) are typed from it with NEW_RUN_MAX and OPEN's upper ends (cli._ranged): two
+# lists had disagreed. OPEN: the ends a value may not equal (lr 0; for a new run, ema 1 would never move the average).
+RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (1, math.inf), "soup": (1, math.inf),
           "head_epochs": (0, math.inf), "patience": (0, math.inf), "average_last": (0, math.inf),
           "seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1), "synthetic_per_class": (3, math.inf),
           "warmup_epochs": (0, math.inf), "weight_decay": (0, math.inf), "worker_timeout": (1, math.inf),
@@ -128,15 +128,22 @@ RANGES = {"image_size": (16, math.inf), "epochs": (1, math.inf), "batch_size": (
           "val_fraction": (0, 1), "test_fraction": (0, 1), "label_smoothing": (0, 0.5),
           "learning_rate": (0, math.inf)}
 OPEN = {"learning_rate": "min", "ema": "max"}
-# batch_size: 8192 crops of 96 px are 0.9 GB of input alone; 10 million ran out of memory in TensorFlow (a traceback)
+# What a new run may be given (flags, --config files) beyond RANGES: a saved config (an older run's, a keras3 run's)
+# is judged by RANGES alone, so a run made before a limit came is not called damaged. batch_size: 8192 crops of 96 px
+# are 0.9 GB of input alone; 10 million ran out of memory in TensorFlow (a traceback). ema 1 never moves the average.
+NEW_RUN_MAX = {"batch_size": 8192}
 
 
-def out_of_range(name: str, v) -> str | None:
-    """None when ``v`` is within option ``name``'s RANGES (or it has none), else what it should be ("more than 0")."""
+def out_of_range(name: str, v, new_run: bool = False) -> str | None:
+    """None when ``v`` is within option ``name``'s RANGES (or it has none), else what it should be ("more than 0").
+    ``new_run``: the stricter bounds of a flag or config file (NEW_RUN_MAX, OPEN's upper ends); a saved config is
+    judged without them."""
     if name not in RANGES:
         return None
     lo, hi = RANGES[name]
-    lo_open, hi_open = OPEN.get(name) == "min", OPEN.get(name) == "max"
+    hi = min(hi, NEW_RUN_MAX.get(name, hi)) if new_run else hi
+    lo_open = OPEN.get(name) == "min"
+    hi_open = OPEN.get(name) == "max" and new_run
     if (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi):
         return None
     if hi == math.inf:
