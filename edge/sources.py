@@ -208,10 +208,10 @@ _CAMERA = re.compile(r"(?:/dev/video)?([0-9]{1,6})")
 _PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/]*@")  # to the last @ of the host part: p@ss
 
 
-def shown(spec: str) -> str:
+def shown(spec: str | None) -> str | None:
     """A source as it may be shown (terminal, JSON lines, /healthz, the lab page): a stream URL's password replaced
-    by ``***`` (``rtsp://admin:***@cam/live``); anything else as given."""
-    return _PASSWORD.sub(r"\1:***@", spec)
+    by ``***`` (``rtsp://admin:***@cam/live``); anything else (None: no source given) as given."""
+    return _PASSWORD.sub(r"\1:***@", spec) if isinstance(spec, str) else spec
 
 
 class OpenCVSource:

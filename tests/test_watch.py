@@ -406,7 +406,7 @@ def test_a_stream_urls_password_is_shown_nowhere(tmp_path):
     assert shown("rtsp://admin:s3cret@cam.lab:554/live") == "rtsp://admin:***@cam.lab:554/live"
     assert shown("rtsp://admin:p@ss@cam/live") == "rtsp://admin:***@cam/live"  # an @ in the password: all of it
     assert shown("http://cam/x?a=b:c@d") == "http://cam/x?a=b:c@d"  # not a password: after the host
-    assert shown("/dev/video0") == "/dev/video0" and shown("clip.mp4") == "clip.mp4"
+    assert shown("/dev/video0") == "/dev/video0" and shown("clip.mp4") == "clip.mp4" and shown(None) is None
     exe = Path(sys.executable).parent / "celledge"
     p = subprocess.Popen([str(exe), "watch", "rtsp://admin:s3cret@127.0.0.1:1/live", "--mode", "field", "--http",
                           "127.0.0.1:0", "--backoff-cap", "0.5", "--sessions", str(tmp_path / "s")],
