@@ -551,6 +551,8 @@ CASES = [
      "not made by celltrain synth", None, None),  # mixed its crops in and marked the folder synthetic
     ("fit-config-yaml-numbers-read", "celltrain", "fit --config {c}/numbers.yaml --data {c}/nowhere --out {tmp}/r", 2,
      "not found", None, None),  # 3e-4 (a string to PyYAML), "30", 30.0 and null are read as click reads them
+    ("fit-exclude-pipe", "celltrain", "fit --data {c}/classes --exclude {c}/nobody.jsonl --out {tmp}/r --arch tiny "
+     "--image-size 16", 2, "is not a file (a folder, a pipe or a device)", None, None),  # "not found" of a pipe
     ("fit-exclude-binary", "celltrain", "fit --data {c}/classes --exclude {img} --out {tmp}/r --arch tiny "
      "--image-size 32", 2, "not a text file of image ids", None, None),  # UnicodeDecodeError traceback
     ("fit-resume-epochs-ten", "celltrain", "fit --resume {c}/edited/ten", 2, "epochs: 'ten' is not a whole number",

@@ -467,6 +467,9 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
 def read_exclusions(path: str | os.PathLike, ds: Dataset) -> np.ndarray:
     """Indices of the image ids listed (one per line, '#' comments) in ``path``; unknown ids are an error."""
     p = Path(path)
+    if p.exists() and not p.is_file():  # a pipe or a folder was "not found"
+        raise UserError(f"exclusion list {p} is not a file (a folder, a pipe or a device): give the exclusions.txt "
+                        "celltrain audit DATA --out DIR writes")
     if not p.is_file():
         raise UserError(f"exclusion list {p} not found (celltrain audit DATA --out DIR writes DIR/exclusions.txt)")
     try:
