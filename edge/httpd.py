@@ -31,6 +31,7 @@ import html
 import ipaddress
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -50,6 +51,8 @@ LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 REQUEST_TIMEOUT_S = 5.0
 REQUEST_DEADLINE_S = 10.0  # the whole request (line, headers, body): a header line every few seconds ends here
 MAX_CONNECTIONS = 16
+DRAIN_S = 2.0  # a refused connection's late bytes are read for this long, so the 503 is read, not a reset
+MAX_DRAINING = 256
 CAMERA_WINDOW = 100  # the lab page's advice on the camera reads the last this many field-mode frames
 # field mode: what each frame's scale says about the camera, as (key, page advice when most recent frames show it)
 CAMERA = (
@@ -550,12 +553,16 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: t
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once; more get a 503 and are closed at once."""
+    """A thread per connection, at most MAX_CONNECTIONS at once; more get a 503 at once, and what they still send
+    is read and dropped by one thread for up to DRAIN_S before the socket closes."""
 
     daemon_threads = True
 
     def __init__(self, *args, **kwargs):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._draining: list[tuple[socket.socket, float]] = []
+        self._drain_lock = threading.Lock()
+        self._drainer: threading.Thread | None = None
         super().__init__(*args, **kwargs)
 
     def process_request(self, request, client_address):
@@ -565,21 +572,55 @@ class _BoundedServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def _busy(self, request) -> None:
-        """Answer 503 without a thread and without waiting: what the client sent so far is read (closing a
-        socket with unread bytes resets it, and the client would see a reset, not the answer), the answer
-        is tiny, so it fits the empty send buffer."""
+        """Answer 503 without a thread of its own and without waiting. A socket closed with bytes still to come is
+        reset, and a client that sends a POST's body after its headers (http.client, urllib, requests) saw the reset,
+        not the answer, and could not tell whether its label was kept: so the socket is half-closed after the answer
+        and what comes after is read and dropped (``_drain``) until the client closes, or DRAIN_S."""
         try:
             request.setblocking(False)
             try:
-                for _ in range(16):  # at most 1 MB: a client that sends without end does not hold the server
+                for _ in range(16):  # at most 1 MB now: a client that sends without end does not hold the server
                     if not request.recv(65536):
                         break
             except OSError:  # nothing more to read now (or the client has gone)
                 pass
             request.send(_BUSY)
+            request.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        self.shutdown_request(request)
+            request.close()
+            return
+        with self._drain_lock:
+            if len(self._draining) >= MAX_DRAINING:  # a flood: closed at once, as before
+                request.close()
+                return
+            self._draining.append((request, time.monotonic() + DRAIN_S))
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain, name="http-drain", daemon=True)
+                self._drainer.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._drain_lock:
+                items = list(self._draining)
+            if not items:
+                time.sleep(0.05)
+                continue
+            try:
+                readable = set(select.select([sock for sock, _ in items], [], [], 0.05)[0])
+            except (OSError, ValueError):  # a socket closed under us
+                readable = set()
+            now = time.monotonic()
+            for sock, deadline in items:
+                done = now > deadline
+                if sock in readable:
+                    try:
+                        done = done or not sock.recv(65536)
+                    except OSError:
+                        done = True
+                if done:
+                    with self._drain_lock:
+                        self._draining.remove((sock, deadline))
+                    sock.close()
 
     def process_request_thread(self, request, client_address):
         try:
