@@ -557,6 +557,9 @@ class _BoundedServer(ThreadingHTTPServer):
     is read and dropped by one thread for up to DRAIN_S before the socket closes."""
 
     daemon_threads = True
+    # connections waiting to be accepted: socketserver's 5 overflowed under 50 at once, and the kernel reset the
+    # ones it could not queue (a client saw ECONNRESET, not an answer)
+    request_queue_size = 128
 
     def __init__(self, *args, **kwargs):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
