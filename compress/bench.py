@@ -19,7 +19,7 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
-from scopelite.train.data import out_in_data
+from scopelite.train.data import refuse_out_in_data
 from scopelite.train.run import heldout_data, model_file, predict
 
 
@@ -106,9 +106,8 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
                         f"crops are read at its size; give a run of {h}x{w} px (any run on the same data and --seed "
                         "has the same split)")
     ds, split = heldout_data(run_sc, run, data)
-    where = out_in_data(out, ds.root) if out is not None else None
-    if where:  # bench.png became a ninth class of the next fit
-        raise UserError(f"--out {out} {where} the data the run was trained on ({ds.root}): give a folder outside it")
+    if out is not None:  # bench.png became a ninth class of the next fit
+        refuse_out_in_data(out, ds.root, f"the data the run was trained on ({ds.root})", "give a folder outside it")
     test = ds.subset(split["test"])
     if limit and len(test) > limit:  # stratified subsample, seeded
         rng = np.random.default_rng(seed)

@@ -155,10 +155,10 @@ def bench(models, out, protocol, fields, limit, data, run, seed, tta):
     if protocol != "crop" and not fields:
         raise click.BadParameter(f"--protocol {protocol} needs --fields DIR (class folders of whole fields, e.g. "
                                  "../shared/data/pbc-fields)", param_hint="--fields")
-    from scopelite.train.data import out_in_data
+    from scopelite.train.data import refuse_out_in_data
 
-    if fields and out_in_data(out, fields):  # its plots would be read as fields of a class next time
-        raise UserError(f"--out {out} {out_in_data(out, fields)} --fields {fields}: give a folder outside it")
+    if fields:  # its plots would be read as fields of a class next time
+        refuse_out_in_data(out, fields, f"--fields {fields}", "give a folder outside it")
     given = [("--protocol", protocol), ("--fields", fields), ("--limit", str(limit)), ("--data", data),
              ("--run", run), ("--seed", str(seed)), ("--tta", tta), ("--out", out)]
     command = shlex.join(["cellcompress", "bench", *models, *(x for kv in given if kv[1] is not None for x in kv)])

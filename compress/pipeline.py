@@ -22,7 +22,7 @@ from scopelite.train import model as model_lib
 from scopelite.train._keras import versions
 from scopelite.train.corruptions import corrupted_copy
 from scopelite.train.metrics import summarize
-from scopelite.train.data import out_in_data
+from scopelite.train.data import refuse_out_in_data
 from scopelite.train.run import heldout_data, load_keras_bundle
 
 from . import convert, edgetpu
@@ -259,10 +259,9 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         log("NOTE: this model was trained on SYNTHETIC data")
     log("[1/5] loading the run's data and split; making the corrupted copy of the test split")
     ds, split = heldout_data(sc, src_path, cfg.data)
-    where = out_in_data(cfg.out, ds.root)
-    if where:  # its reports and models would be read as a class (or a class with no images) by the next fit
-        raise UserError(f"--out {cfg.out} {where} the data the run was trained on ({ds.root}): give a folder outside "
-                        "it, e.g. the run's own int8/")
+    # its reports and models would be read as a class (or a class with no images) by the next fit
+    refuse_out_in_data(cfg.out, ds.root, f"the data the run was trained on ({ds.root})",
+                       "give a folder outside it, e.g. the run's own int8/")
     train, val, test = (ds.subset(split[s]) for s in ("train", "val", "test"))
     corrupted, _ = corrupted_copy(test.images, cfg.seed)
     too_few = len(test) < MIN_GATE_IMAGES and (cfg.max_drop_clean < 100 or cfg.max_drop_corrupted < 100)

@@ -331,10 +331,8 @@ def fit(quiet, resume, **opts):
             # (a relative one was 'not here' from another folder, or named another folder of that name there)
             opts = {**opts, "data": os.path.abspath(opts["data"])}
         cfg = FitConfig(**opts)
-        where = data_lib.out_in_data(cfg.out, cfg.data if cfg.data != data_lib.SYNTHETIC else None)
-        if where:
-            raise UserError(f"--out {cfg.out} {where} --data {cfg.data}: the run's folders would be read as "
-                            "classes next time; put the run elsewhere (e.g. --out runs/NAME)")
+        data_lib.refuse_out_in_data(cfg.out, cfg.data if cfg.data != data_lib.SYNTHETIC else None, f"--data {cfg.data}",
+                                    data_lib.RUN_IN_DATA)
         if cfg.arch == "efficientnetv2b0" and cfg.image_size < 32:  # Keras refuses it after the run folder is made
             raise UserError(f"--image-size {cfg.image_size}: EfficientNetV2B0 takes images of 32 px or more "
                             "(--arch tiny takes 16)")
@@ -420,10 +418,8 @@ def audit(data, out, image_size, outlier_z, clean_copy):
 
     if clean_copy and not Path(data).is_dir():  # a ValueError traceback after --out was written
         raise UserError(f"--clean-copy copies class folders; {data} is not a folder of them")
-    where = data_lib.out_in_data(out, data)
-    if where:
-        raise UserError(f"--out {out} {where} {data}: flagged.png would be read as a training image next time; "
-                        "put the audit elsewhere (e.g. --out audit/)")
+    data_lib.refuse_out_in_data(out, data, data, "flagged.png would be read as a training image next time; put the "
+                                "audit elsewhere (e.g. --out audit/)")
     check_writable(out, "--out")
     if clean_copy:
         check_writable(clean_copy, "--clean-copy")
@@ -505,16 +501,13 @@ def average(models, out, data):
     """
     from scopelite.edge.outputs import check_writable, holdings
 
-    from .data import out_in_data
     from .soup import soup
 
     held = holdings(out)
     if held:  # its model, sidecar, split and config were mixed into another run's or a user's folder
         raise UserError(f"--out {out} is not empty ({held}): give a new folder for the average")
     check_writable(out, "--out", min_free_mb=RUN_FREE_MB)  # before the models load and average (minutes), not after
-    if out_in_data(out, data):
-        raise UserError(f"--out {out} {out_in_data(out, data)} --data {data}: give a folder outside it")
-    soup(models, out, data=data)
+    soup(models, out, data=data)  # it refuses an --out inside the runs' data (--data, or the one they recorded)
 
 
 def _holds_images(d) -> bool:
@@ -622,17 +615,15 @@ def explain(run, images, out):
     from scopelite.edge.outputs import check_writable
     from scopelite.edge.sources import images_given
 
-    from .data import out_in_data
+    from .data import refuse_out_in_data
     from .explain import explain as run_explain
 
     path = Path(run)
     model = path / "model.keras" if path.is_dir() else path
     out = out or model.parent / "explain"
     for given in images:  # a rerun on that folder would read last time's overlays as cells
-        where = out_in_data(out, given)
-        if where:
-            raise UserError(f"--out {out} {where} IMAGES folder {given}: the overlays (PNG images) would be read as "
-                            "cells next time; give a folder outside it, e.g. --out explain/")
+        refuse_out_in_data(out, given, f"IMAGES folder {given}", "the overlays (PNG images) would be read as cells "
+                           "next time; give a folder outside it, e.g. --out explain/")
         home = Path(given).resolve().parent  # a class folder of a dataset: an --out beside it became a class
         classes = [d for d in _folders(home) if _holds_images(d)]
         if Path(given).is_dir() and Path(out).resolve().parent == home and len(classes) >= 2:

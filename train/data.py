@@ -410,6 +410,17 @@ def out_in_data(out: str | os.PathLike, data: str | os.PathLike | None) -> str |
     return "is" if here == src else "is inside" if src in here.parents else None
 
 
+RUN_IN_DATA = "the run's folders would be read as classes next time; put the run elsewhere (e.g. --out runs/NAME)"
+
+
+def refuse_out_in_data(out: str | os.PathLike, data: str | os.PathLike | None, named: str, advice: str) -> None:
+    """UserError "--out OUT is [inside] NAMED: ADVICE" when ``out_in_data`` says the output folder is the class-folder
+    dataset ``data`` or lies in it (``named``: how the message names ``data``)."""
+    where = out_in_data(out, data)
+    if where:
+        raise UserError(f"--out {out} {where} {named}: {advice}")
+
+
 def _not_a_folder(p: Path) -> str:
     if p.exists():  # a file: it said "not found", of a file that is there
         return (f"{p} is a file, not a folder: give a folder of class folders (<class>/<images>) or a .npz of "

@@ -47,10 +47,7 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
     if held:  # a killed fit's folder: its config.json would be replaced beside its checkpoints
         raise UserError(f"--out {out} is not empty ({held}): give a new folder for the imported run")
     data_p = Path(data)
-    where = data_lib.out_in_data(out_p, data_p)
-    if where:
-        raise UserError(f"--out {out} {where} --data {data}: the run's folders would be read as classes next "
-                        "time; put the run elsewhere (e.g. --out runs/NAME)")
+    data_lib.refuse_out_in_data(out, data_p, f"--data {data}", data_lib.RUN_IN_DATA)
     try:
         hist = json.loads((src / HISTORY).read_text())
         saved = hist["config"]

@@ -21,7 +21,7 @@ from scopelite.edge.errors import UserError
 from . import model as model_lib
 from .average import average_into
 from .config import SOUP_SEED_STEP, FitConfig
-from .data import out_in_data
+from .data import refuse_out_in_data
 from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
 
 SOUP_FILES = ("split.json", "config.json", MODEL_FILE, "model.json")  # what an average writes into its --out
@@ -146,9 +146,8 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         raise UserError("the runs were trained on different splits (their split.json differ): their average has "
                         "seen other runs' test images; average only runs continued from one another (--weights)")
     ds, split = heldout_data(sc0, paths[0], data)
-    where = out_in_data(out, ds.root)
-    if where:  # its files would be read as a class (and its folder as one with no images) by the next fit
-        raise UserError(f"--out {out} {where} the data the runs were trained on ({ds.root}): give a folder outside it")
+    # its files would be read as a class (and its folder as one with no images) by the next fit
+    refuse_out_in_data(out, ds.root, f"the data the runs were trained on ({ds.root})", "give a folder outside it")
     cfg = (dataclasses.replace(config, out=str(out), data=data or config.data) if config is not None
            else dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out)))
     if config is None:  # the sidecar's views (celledge's default --tta) are the first run's
