@@ -705,10 +705,8 @@ def _sessions(cfg, clf, live: bool):
     if not cfg.sessions:
         return None, cfg
     from .session import Sessions
-    from .sources import shown
+    from .sources import input_of, is_still, shown
     from .watch import field_config
-
-    from .sources import input_of, is_still
 
     # a video file read again from its start would count its cells twice (a folder's images are told apart)
     video = not live and not is_still(cfg.source)
@@ -787,6 +785,7 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
     folder of class folders of images: a training set): its session folders would be read as classes by
     celltrain fit, and its crops as fields by the next run (UserError)."""
     from .session_export import RECORD, written_by_export  # noqa: PLC0415
+    from .sources import holds_class_folders  # noqa: PLC0415
 
     _not_in_source(sessions, "--sessions", source, "each session's crops", "sessions/")
     here = Path(sessions).resolve()
@@ -796,8 +795,7 @@ def _not_a_dataset(sessions, source: str | None = None) -> None:
                             f"session started there would be seen by neither celledge review nor export; give the "
                             f"folder that holds the sessions, --sessions {d.parent}")
     if here.is_dir() and not any((d / "state.json").exists() for d in here.iterdir() if d.is_dir()):
-        classes = [d for d in here.iterdir() if d.is_dir() and not d.name.startswith(".")]  # none a session's
-        if len(classes) >= 2 and sum(_some_images(d) for d in classes[:20]) >= 2:
+        if holds_class_folders(here):  # none of its folders a session's
             raise UserError(f"--sessions {sessions} holds class folders of images (a training set?): its session "
                             "folders would be read as classes by celltrain fit; give a folder of its own, e.g. "
                             "--sessions sessions/")
@@ -828,18 +826,6 @@ def _not_in_source(folder, option: str, source: str | None, what: str, example: 
             raise UserError(f"{option} {folder} is {'in ' if here != src else ''}the folder of images watched "
                             f"({source}): {what} would be read as fields by the next run; give a folder of its own, "
                             f"e.g. {option} {example}")
-
-
-def _some_images(folder: Path) -> bool:
-    """Whether ``folder`` holds an image among its first 50 names (a class folder may hold thousands)."""
-    import itertools  # noqa: PLC0415
-
-    from .sources import IMAGE_SUFFIXES  # noqa: PLC0415
-
-    try:
-        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in itertools.islice(folder.iterdir(), 50))
-    except OSError:
-        return False
 
 
 def _model_record(clf) -> dict | None:

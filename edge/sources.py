@@ -6,6 +6,7 @@ end of the stream. ``open_source`` picks one from a user's SOURCE argument.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -171,6 +172,23 @@ def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None =
         else:
             out.append(p)
     return out
+
+
+def holds_class_folders(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds two or more folders of images (not hidden): a class-folder dataset, a training set.
+    Looks at its first 20 folders and their first 50 names (a class folder may hold thousands)."""
+    try:
+        subs = [d for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return False
+    return sum(_some_images(d) for d in subs[:20]) >= 2
+
+
+def _some_images(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in itertools.islice(folder.iterdir(), 50))
+    except OSError:
+        return False
 
 
 def other_images_note(other: list[Path]) -> str:

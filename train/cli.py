@@ -510,22 +510,6 @@ def average(models, out, data):
     soup(models, out, data=data)  # it refuses an --out inside the runs' data (--data, or the one they recorded)
 
 
-def _holds_images(d) -> bool:
-    from scopelite.edge.sources import IMAGE_SUFFIXES
-
-    try:
-        return any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir())
-    except OSError:
-        return False
-
-
-def _folders(d) -> list:
-    try:
-        return [x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")]
-    except OSError:
-        return []
-
-
 def _parse_candidates(ctx, param, value):
     """NAME=RUN or RUN (named after its folder) -> {name: path}; names must differ."""
     from pathlib import Path
@@ -613,7 +597,7 @@ def explain(run, images, out):
     from pathlib import Path
 
     from scopelite.edge.outputs import check_writable
-    from scopelite.edge.sources import images_given
+    from scopelite.edge.sources import holds_class_folders, images_given
 
     from .data import refuse_out_in_data
     from .explain import explain as run_explain
@@ -625,8 +609,7 @@ def explain(run, images, out):
         refuse_out_in_data(out, given, f"IMAGES folder {given}", "the overlays (PNG images) would be read as cells "
                            "next time; give a folder outside it, e.g. --out explain/")
         home = Path(given).resolve().parent  # a class folder of a dataset: an --out beside it became a class
-        classes = [d for d in _folders(home) if _holds_images(d)]
-        if Path(given).is_dir() and Path(out).resolve().parent == home and len(classes) >= 2:
+        if Path(given).is_dir() and Path(out).resolve().parent == home and holds_class_folders(home):
             raise UserError(f"--out {out} would be a folder beside {given} in {home}, a dataset of class folders: "
                             "the overlays would be read as a class of their own next time; give a folder outside "
                             "it, e.g. --out explain/")
