@@ -12,24 +12,23 @@ from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
 from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
-from .config import (AUG_OPS, BACKENDS, BALANCE, NEW_RUN_MAX, OPEN, OPTIMIZERS, PRESETS, RANGES, SCHEDULES,
-                     STRATEGIES, FitConfig, check_aug)
+from .config import (AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, bounds,
+                     check_aug)
 
 _D = FitConfig(out="")
 
 
 def _ranged(name: str) -> click.ParamType:
-    """The click type of fit's flag for FitConfig field ``name``, from config.RANGES and OPEN: the flags and a config
-    file's check (config_problem) take one list."""
+    """The click type of fit's flag for FitConfig field ``name``: a new run's ``config.bounds`` (a saved config is
+    judged by the same list, config_problem, without a new run's limits)."""
     import math
 
-    lo, hi = RANGES[name]
-    hi = min(hi, NEW_RUN_MAX.get(name, hi))  # a new run's bounds (a saved config is judged by RANGES alone)
+    lo, hi, lo_open, hi_open = bounds(name, new_run=True)
+    top = None if hi == math.inf else hi
     kind = next(f.type for f in fields(FitConfig) if f.name == name)
     if str(kind).startswith("int"):
-        return click.IntRange(min=lo, max=None if hi == math.inf else hi)
-    return Number(min=lo, max=None if hi == math.inf else hi, min_open=OPEN.get(name) == "min",
-                  max_open=OPEN.get(name) == "max")
+        return click.IntRange(min=lo, max=top)
+    return Number(min=lo, max=top, min_open=lo_open, max_open=hi_open)
 
 
 RUN_FREE_MB = 200  # a run folder: the model, two checkpoints, snapshots, TensorBoard logs

@@ -134,16 +134,21 @@ OPEN = {"learning_rate": "min", "ema": "max"}
 NEW_RUN_MAX = {"batch_size": 8192}
 
 
+def bounds(name: str, new_run: bool = False) -> tuple[float, float, bool, bool]:
+    """Option ``name``'s (lowest, highest, lowest excluded, highest excluded), from RANGES and OPEN. ``new_run``: the
+    stricter bounds of a flag or config file (NEW_RUN_MAX, OPEN's upper ends); a saved config is judged without them."""
+    lo, hi = RANGES[name]
+    if new_run:
+        hi = min(hi, NEW_RUN_MAX.get(name, hi))
+    return lo, hi, OPEN.get(name) == "min", OPEN.get(name) == "max" and new_run
+
+
 def out_of_range(name: str, v, new_run: bool = False) -> str | None:
-    """None when ``v`` is within option ``name``'s RANGES (or it has none), else what it should be ("more than 0").
-    ``new_run``: the stricter bounds of a flag or config file (NEW_RUN_MAX, OPEN's upper ends); a saved config is
-    judged without them."""
+    """None when ``v`` is within option ``name``'s ``bounds`` (or it has none), else what it should be ("more than
+    0")."""
     if name not in RANGES:
         return None
-    lo, hi = RANGES[name]
-    hi = min(hi, NEW_RUN_MAX.get(name, hi)) if new_run else hi
-    lo_open = OPEN.get(name) == "min"
-    hi_open = OPEN.get(name) == "max" and new_run
+    lo, hi, lo_open, hi_open = bounds(name, new_run)
     if (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi):
         return None
     if hi == math.inf:
