@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import UserError, read_settings_text
+from .errors import UserError, is_number_text, read_settings_text
 
 # watch options that steer the command itself and are no part of a run's settings
 CLI_ONLY = ("config", "print_config", "http_token")  # the token: a secret, never in a file or a report
@@ -260,14 +260,6 @@ def _read_yaml(name: str, text: str) -> tuple[Any, dict[str, int], list[tuple[in
     return raw, lines, mistakes
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _plain(key: str, value: Any, kind: str) -> tuple[Any, str | None]:
     """A file value in the form the flag's type takes, or why it cannot be. ``kind``: int, float, bool, str."""
     if key == "save_classes" and isinstance(value, (list, tuple)):
@@ -289,7 +281,7 @@ def _plain(key: str, value: Any, kind: str) -> tuple[Any, str | None]:
     if kind == "int" and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()
                           or isinstance(value, str) and not re.fullmatch(r"\s*[-+]?\d+\s*", value)):
         return None, f"expected a whole number, got {value!r}"
-    if kind == "float" and isinstance(value, str) and not _is_number(value):
+    if kind == "float" and isinstance(value, str) and not is_number_text(value):
         return None, f"expected a number, got {value!r}"
     if kind == "bool" and not isinstance(value, bool):
         return None, f"expected true or false, got {value!r}"

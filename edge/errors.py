@@ -33,6 +33,15 @@ class Number(click.FloatRange):
         return v
 
 
+def is_number_text(text: str) -> bool:
+    """Whether ``float()`` reads ``text`` (a settings file's value, a history.csv cell)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # the most characters a settings file (--config, --site) is read to: /dev/zero given as one filled the memory
 SETTINGS_MAX_CHARS = 2**20
 

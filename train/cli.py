@@ -10,7 +10,8 @@ import click
 
 from scopelite.edge._quiet import verbose_option
 from scopelite.edge.bundle import VIEWS
-from scopelite.edge.errors import SEED, NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
+from scopelite.edge.errors import (SEED, NonEmptyPath, Number, OneLineGroup, UserError, is_number_text, one_line_errors,
+                                   warn)
 
 from .config import (AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, bounds,
                      check_aug)
@@ -126,13 +127,7 @@ def _number(x) -> bool:
     """A YAML number, or a string click reads as one (PyYAML reads 1e-4, without a dot, as a string)."""
     if isinstance(x, bool):
         return False
-    if isinstance(x, (int, float)):
-        return True
-    try:
-        float(str(x))
-    except ValueError:
-        return False
-    return True
+    return isinstance(x, (int, float)) or is_number_text(str(x))
 
 
 def _whole(x) -> bool:

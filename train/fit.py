@@ -22,7 +22,7 @@ import numpy as np
 from scopelite.edge.bundle import (FileRef, Machine, Provenance, Sidecar, TensorSpec, TrainingData, TrainingRun,
                                    atomic_path, build_sidecar, sha256_file, write_bytes_atomic, write_json_atomic,
                                    write_sidecar)
-from scopelite.edge.errors import UserError
+from scopelite.edge.errors import UserError, is_number_text
 from scopelite.edge.ood import reference_from
 from scopelite.edge.sysinfo import machine
 
@@ -611,16 +611,8 @@ def trim_history(path: Path, done: int) -> None:
     width = len(rows[0])
     keep = [lines[0]] + [line for line, cells in zip(lines[1:], rows[1:])
                          if len(cells) == width and cells[0].isdigit() and int(cells[0]) < done
-                         and all(_is_float(c) for c in cells[1:])]  # a hand-edited 'abc': the end's plot crashed
+                         and all(is_number_text(c) for c in cells[1:])]  # a hand-edited 'abc': the end's plot crashed
     write_bytes_atomic(path, "".join(keep).encode())
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _read_history(path: Path) -> dict:
@@ -628,7 +620,7 @@ def _read_history(path: Path) -> dict:
 
     rows = list(csv.DictReader(path.open())) if path.is_file() else []
     keys = [k for k in (rows[0] if rows else {}) if k and k != "epoch"]  # None: a row longer than the header
-    return {k: [float(r[k]) for r in rows if isinstance(r.get(k), str) and _is_float(r[k])] for k in keys}
+    return {k: [float(r[k]) for r in rows if isinstance(r.get(k), str) and is_number_text(r[k])] for k in keys}
 
 
 def _lower(cfg: FitConfig) -> str:
