@@ -565,6 +565,7 @@ class _BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._draining: list[tuple[socket.socket, float]] = []
         self._drain_lock = threading.Lock()
+        self._to_drain = threading.Event()  # set while a socket waits: the drainer sleeps on it, not in a poll
         self._drainer: threading.Thread | None = None
         super().__init__(*args, **kwargs)
 
@@ -597,17 +598,19 @@ class _BoundedServer(ThreadingHTTPServer):
                 request.close()
                 return
             self._draining.append((request, time.monotonic() + DRAIN_S))
+            self._to_drain.set()
             if self._drainer is None:
                 self._drainer = threading.Thread(target=self._drain, name="http-drain", daemon=True)
                 self._drainer.start()
 
     def _drain(self) -> None:
         while True:
+            self._to_drain.wait()
             with self._drain_lock:
                 items = list(self._draining)
-            if not items:
-                time.sleep(0.05)
-                continue
+                if not items:  # all closed: sleep until the next refused connection
+                    self._to_drain.clear()
+                    continue
             try:
                 readable = set(select.select([sock for sock, _ in items], [], [], 0.05)[0])
             except (OSError, ValueError):  # a socket closed under us

@@ -148,10 +148,12 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     ds, split = heldout_data(sc0, paths[0], data)
     # its files would be read as a class (and its folder as one with no images) by the next fit
     refuse_out_in_data(out, ds.root, f"the data the runs were trained on ({ds.root})", "give a folder outside it")
-    cfg = (dataclasses.replace(config, out=str(out), data=data or config.data) if config is not None
-           else dataclasses.replace(FitConfig.from_json(run_config(sc0, paths[0])), out=str(out)))
-    if config is None:  # the sidecar's views (celledge's default --tta) are the first run's
-        views = [run_config(sc, p).get("views", 1) for p, (sc, _) in zip(paths, bundles)]
+    if config is not None:
+        cfg = dataclasses.replace(config, out=str(out), data=data or config.data)
+    else:  # the first run's config; so the sidecar's views (celledge's default --tta) are the first run's
+        saved = [run_config(sc, p) for p, (sc, _) in zip(paths, bundles)]
+        cfg = dataclasses.replace(FitConfig.from_json(saved[0]), out=str(out))
+        views = [c.get("views", 1) for c in saved]
         if len(set(map(str, views))) > 1:
             log(f"note: the runs' sidecars ask celledge for {' / '.join(map(str, views))} views; the average's asks "
                 f"for {cfg.views}, the first run's (celledge classify/watch --tta N overrides it)")
