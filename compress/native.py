@@ -29,6 +29,7 @@ from scopelite.edge import fieldset
 from scopelite.edge.tta import TTAClassifier
 from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
 from scopelite.edge.errors import UserError
+from scopelite.edge.precious import foreign_files, json_with, starts_with
 from scopelite.edge.scale import estimate_rbc_diameter
 from scopelite.edge.sources import SourceError, list_images, read_image_rgb
 from scopelite.train.native_corruptions import (CROP_COUNTERPART, NATIVE_CORRUPTIONS, SEVERITIES, corrupt_native,
@@ -280,6 +281,20 @@ def _protocols_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def output_judges(protocol: str) -> dict:
+    """What ``bench_protocols`` writes for ``protocol``, each name with ``precious.foreign_files``' test of "an
+    earlier bench wrote it" (plots and Markdown: by the company they keep)."""
+    stems = {"crop": ["bench"], "native": ["native"], "both": ["bench", "native", "protocols"]}[protocol]
+    judges = {}
+    for stem in stems:
+        judges[f"{stem}.json"] = json_with("crop", "native", "models") if stem == "protocols" else \
+            json_with("models", "accuracy", "corruptions")
+        if stem != "protocols":
+            judges[f"{stem}.csv"] = starts_with(b"model,corruption,severity,accuracy")
+        judges |= {f"{stem}.md": lambda p: None, f"{stem}.png": lambda p: None}
+    return judges
+
+
 def bench_protocols(models: Sequence[str], out: str | Path, protocol: str = "crop", fields: str | None = None,
                     limit: int = 400, seed: int = 0, data: str | None = None, tta: Sequence[int] = (1,),
                     run: str | None = None, log: Callable[[str], None] = print, command: str | None = None) -> dict:
@@ -290,6 +305,10 @@ def bench_protocols(models: Sequence[str], out: str | Path, protocol: str = "cro
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol}: choose from {', '.join(PROTOCOLS)}")
+    foreign = foreign_files(out, output_judges(protocol))
+    if foreign:
+        raise UserError(f"--out {out} holds {', '.join(foreign[:3])} that cellcompress bench did not write, which "
+                        "this run would replace: give another folder, or move them away")
     if protocol != "crop" and not fields:
         raise UserError(f"--protocol {protocol} needs --fields DIR: class folders of whole fields, each centred on "
                         "a cell of its folder's class (e.g. ../shared/data/pbc-fields)")

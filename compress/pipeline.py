@@ -3,7 +3,6 @@ TFLite bundles out, each measured on the run's held-out split, clean and corrupt
 approves the best int8 model only if it lost no more than allowed against the float model."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -191,31 +190,18 @@ def foreign_outputs(out: str | Path) -> list[str]:
     """The files in ``out`` named as cellcompress names its outputs that an earlier cellcompress did not write (a
     .tflite without a scopelite sidecar, a report.json that is not its report): a run into ``out`` replaced or removed
     them (a user's model_float16.tflite was deleted, their report.md replaced), exit 0."""
-    from scopelite.edge.precious import is_sidecar  # noqa: PLC0415
+    from scopelite.edge.precious import foreign_files, is_sidecar, json_with  # noqa: PLC0415
 
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    names = [n for n in (*RUN_FILES, APPROVED, sidecar_path(APPROVED).name, "report.json", "report.md")
-             if (out / n).is_file()]
+    def model(p: Path) -> bool | None:  # a .tflite without its sidecar: a run cut between the two writes, or a user's
+        return True if is_sidecar(sidecar_path(p)) else None
 
-    def ours(n: str) -> bool | None:
-        p = out / n
-        if n.endswith(".tflite"):  # without its sidecar: a run cut between the two writes, or a user's file
-            return True if is_sidecar(sidecar_path(p)) else None
-        if n == "report.json":
-            try:
-                report = json.loads(p.read_text())
-            except (OSError, ValueError):
-                return False
-            return isinstance(report, dict) and "variants" in report and "float" in report
-        if n.startswith("model") and n.endswith(".json"):
-            return is_sidecar(p)
-        return None  # report.md, a compiler's log, a diagnosis, a bare .tflite: by the company they keep
+    def judge(n: str):  # a diagnosis, a compiler's log, report.md: by the company they keep
+        return model if n.endswith(".tflite") else is_sidecar if n.startswith("model") and n.endswith(".json") \
+            else (lambda p: None)
 
-    said = {n: ours(n) for n in names}
-    earlier = any(v for v in said.values())
-    return [n for n, v in said.items() if v is False or (v is None and not earlier)]
+    judges = {n: judge(n) for n in (*RUN_FILES, APPROVED, sidecar_path(APPROVED).name, "report.md")}
+    judges["report.json"] = json_with("variants", "float")
+    return foreign_files(out, judges)
 
 
 def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:

@@ -66,6 +66,44 @@ def only_replaces(path: str | os.PathLike, option: str, what: str, own: Callable
                         "name, or remove it first")
 
 
+def foreign_files(out: str | os.PathLike, judges: dict[str, Callable[[Path], bool | None]]) -> list[str]:
+    """The files in folder ``out`` named as a command names its outputs (``judges``' keys) that an earlier run of it
+    did not write, and which a run into ``out`` would replace: ``judges[name](path)`` is True for "an earlier output
+    of this command", False for "something else", None for "cannot tell" (a plot, a Markdown report): those go by
+    the company they keep, ours when any other output there is. A user's bench.json, exclusions.txt or
+    model_float16.tflite was replaced or removed, exit 0."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    said = {n: judge(out / n) for n, judge in judges.items() if (out / n).is_file()}
+    earlier = any(v for v in said.values())
+    return [n for n, v in said.items() if v is False or (v is None and not earlier)]
+
+
+def json_with(*keys: str) -> Callable[[Path], bool]:
+    """``foreign_files``' test for a JSON object holding all of ``keys`` (read without trusting it)."""
+    def judge(p: Path) -> bool:
+        try:
+            if p.stat().st_size > 2**26:
+                return False
+            obj = json.loads(p.read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+    return judge
+
+
+def starts_with(first: bytes) -> Callable[[Path], bool]:
+    """``foreign_files``' test for a file whose content begins with ``first`` (a CSV header, a comment line)."""
+    def judge(p: Path) -> bool:
+        try:
+            with open(p, "rb") as f:
+                return f.read(len(first)) == first
+        except OSError:
+            return False
+    return judge
+
+
 def only_appends_to_lines(path: str | os.PathLike, option: str) -> None:
     """Refuse (UserError) an existing, non-empty regular file whose first line is not a JSON object: lines appended to
     a site file or a report (one indented JSON document) broke it for the command that reads it (``--site``:

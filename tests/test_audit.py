@@ -102,6 +102,14 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     assert (tmp_path / "clean" / "notes.txt").read_text() == "mine"
     assert not [p for p in (tmp_path / "clean").iterdir() if p.name.startswith(".scopelite-")]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean")]  # no partial or old copy left
+    # an exclusions.txt edited by hand since (a lab added an id it found) is not replaced by the next audit
+    written = (out / "exclusions.txt").read_text()
+    with open(out / "exclusions.txt", "a") as f:
+        f.write("basophil/looked-wrong.png\n")
+    r = invoke_cli("celltrain", "audit", str(root), "--out", str(out))
+    assert r.returncode == 2 and "exclusions.txt that audit did not write (or edited since)" in r.stderr, r.stderr
+    assert (out / "exclusions.txt").read_text() == written + "basophil/looked-wrong.png\n"
+    (out / "exclusions.txt").write_text(written)
     for where, said in ((root / "clean", "inside DATA"), (root, "DATA itself"), (tmp_path / "a2", "holds --out"),
                         (tmp_path, "holds --out"), (tmp_path / "audit", "holds files")):
         r = invoke_cli("celltrain", "audit", str(root), "--out", str(tmp_path / "a2"), "--clean-copy", str(where))

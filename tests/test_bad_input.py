@@ -129,6 +129,9 @@ def corpus(tmp_path_factory):
     (t / "killedsoup" / "members" / "0").mkdir(parents=True)  # --preset few-shot killed in its first member
     (t / "notes").mkdir()  # a user's own files of the names --report writes
     (t / "notes" / "differential.json").write_text('{"my": "own notes"}')
+    (t / "mine").mkdir()  # a user's own files of the names bench and audit write
+    (t / "mine" / "bench.json").write_text('{"my": "own figures"}')
+    (t / "mine" / "exclusions.txt").write_text("lymphocyte/3.png\n")
     (t / "sess" / "s1").mkdir(parents=True)  # a session's folder
     (t / "sess" / "s1" / "state.json").write_text("{}")
     (t / "sess" / "s1" / "cells.jsonl").write_text("")
@@ -463,6 +466,10 @@ CASES = [
      None, None),
     ("bench-limit-neg", "cellcompress", "bench {fake_keras} --out {tmp}/b --limit -1", 2, "--limit", None, None),
     ("bench-missing", "cellcompress", "bench {tmp}/none.keras --out {tmp}/b", 2, "does not exist", None, None),
+    ("bench-out-users-files", "cellcompress", "bench {model} --out {c}/mine", 2,
+     "holds bench.json that cellcompress bench did not write", None, None),  # replaced, exit 0
+    ("audit-out-users-files", "celltrain", "audit {c}/good.npz --out {c}/mine", 2,
+     "holds exclusions.txt that audit did not write", None, None),  # a lab's own list replaced, exit 0
     # ---- celltrain
     ("fit-npz-truncated", "celltrain", "fit --data {c}/trunc.npz --out {tmp}/r", 2, "truncated", None, None),
     ("fit-npz-empty", "celltrain", "fit --data {c}/empty.npz --out {tmp}/r", 2, "empty", None, None),

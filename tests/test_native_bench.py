@@ -61,6 +61,13 @@ def test_both_protocols_side_by_side(tiny_run, fields, tmp_path):
         assert (out / f).stat().st_size > 500, f
     rows = (out / "native.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 + 6 * 5
+    # a rerun into the folder replaces bench's own files; a user's file of one of those names is refused before
+    from scopelite.compress.native import output_judges
+    from scopelite.edge.precious import foreign_files
+    assert foreign_files(out, output_judges("both")) == []
+    (out / "native.csv").write_text("my own notes\n")
+    assert foreign_files(out, output_judges("both")) == ["native.csv"]
+    assert foreign_files(out, output_judges("crop")) == []  # a crop run writes no native.csv
 
 
 def test_native_alone_and_bad_input(tiny_run, fields, tmp_path):

@@ -8,6 +8,7 @@ lies far from its nearest neighbours in a colour/texture feature space.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -253,14 +254,41 @@ def montage(ds: Dataset, flagged: list[tuple[int, str]], path: Path, limit: int 
     write_bytes_atomic(path, buf.tobytes())
 
 
+EXCLUSIONS_HEAD = "# image ids to leave out: celltrain fit --exclude this-file"
+
+
+def foreign_outputs(out: str | os.PathLike) -> list[str]:
+    """audit's output names in ``out`` holding what an earlier audit did not write: a user's own exclusions.txt
+    (or audit's, edited since: its sha256 is not the one audit.json recorded), another audit.json. A rerun
+    replaced them, exit 0."""
+    from scopelite.edge.precious import foreign_files, json_with, starts_with  # noqa: PLC0415
+
+    out = Path(out)
+    report = json_with("images", "exact_duplicates", "near_duplicate_pairs")
+
+    def exclusions(p: Path) -> bool:
+        if not starts_with(EXCLUSIONS_HEAD.encode())(p):
+            return False
+        try:
+            recorded = json.loads((out / "audit.json").read_bytes()).get("exclusions_sha256")
+            return recorded is None or recorded == hashlib.sha256(p.read_bytes()).hexdigest()
+        except (OSError, ValueError, AttributeError):  # no audit.json (or not ours): the head line decides
+            return True
+
+    return foreign_files(out, {"audit.json": report, "exclusions.txt": exclusions, "flagged.png": lambda p: None})
+
+
 def write_outputs(ds: Dataset, result: AuditResult, out: str | os.PathLike, source: str | None = None,
                   clean_copy: str | os.PathLike | None = None) -> dict:
     """audit.json, flagged.png and exclusions.txt in ``out``; optionally a cleaned copy of class folders."""
     out = Path(out)
+    lines = [EXCLUSIONS_HEAD] + [ds.ids[i] for i in result.exclude]
+    exclusions = ("\n".join(lines) + "\n").encode()
+    # the next audit into ``out`` replaces this file only while it is what this audit wrote (not edited by hand)
+    result.report["exclusions_sha256"] = hashlib.sha256(exclusions).hexdigest()
     write_json_atomic(out / "audit.json", result.report)
     montage(ds, result.flagged, out / "flagged.png")
-    lines = ["# image ids to leave out: celltrain fit --exclude this-file"] + [ds.ids[i] for i in result.exclude]
-    write_bytes_atomic(out / "exclusions.txt", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(out / "exclusions.txt", exclusions)
     if clean_copy:
         if not source or not Path(source).is_dir():
             raise ValueError("a cleaned copy can only be written for a class-folder dataset")
