@@ -69,6 +69,13 @@ GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camer
 ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
                 "(label 25 cells per class you see; docs/cross-lab.md)")
 LIKE_ADVICE = "the images are stained like the model's training data"
+# Frames whose measured red cells cover less than this share of the view (the median over the frames with a ruler)
+# are not a smear's fields: camera noise, an empty view. Measured in session 33 (red cells the ruler rests on x their
+# disc / the view): the median over a set of real fields is 9-25 % (PBC's 160, also at 0.2x and under defocus or noise
+# at severity 5; DeepBioNet's fields and detection frames), single real fields 0.6 % at the least; frames of random
+# pixels, Gaussian noise or blurred noise 0.05-0.6 % in the median, single frames up to 1.2 %. So a site is judged by
+# its median, not frame by frame.
+MIN_RED_COVER = 0.02
 
 
 class SiteError(UserError):
@@ -91,6 +98,7 @@ class FrameMeasure:
     falloff: float = 0.0  # illumination.flatten's (0: lit evenly)
     noise: float = 0.0  # noise.noise_level's, grey levels
     overexposed: float = 0.0  # illumination.overexposed's: the share of the view pure white (0: under OVEREXPOSED)
+    red_cover: float | None = None  # the share of the view the measured red cells cover (None: no ruler)
 
 
 def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
@@ -101,7 +109,10 @@ def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = 
     rbc = None if est.diameter_px is None else est.diameter_px * read.factor
     distance = ood.score(ood.stain_stats(read.view, read.layers), reference) if reference is not None else None
     bg = tuple(round(float(v), 1) for v in frame_background(read.frame))
-    return FrameMeasure(rbc, est.cells, bg, distance, read.uneven, round(read.noise, 1), read.overexposed)
+    cover = None if est.diameter_px is None else \
+        est.cells * math.pi * (est.diameter_px / 2) ** 2 / (read.view.shape[0] * read.view.shape[1])
+    return FrameMeasure(rbc, est.cells, bg, distance, read.uneven, round(read.noise, 1), read.overexposed,
+                        None if cover is None else round(cover, 5))
 
 
 def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:
@@ -213,6 +224,11 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     if not sizes:
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
+    cover = float(np.median([m.red_cover for m in measures if m.red_cover is not None]))
+    if cover < MIN_RED_COVER:  # noise read as a few tiny "red cells": a ruler, a stain distance and advice of nothing
+        raise SiteError([f"the frames do not look like a blood smear: the red cells found cover {100 * cover:.1f} % of "
+                         f"the view in the median frame (a smear's fields: 5-40 %). Check the camera (pure noise?), "
+                         "the focus and the slide, then calibrate on ordinary fields of a smear"])
     groups = magnifications(sizes)
     shapes = frame_sizes(shapes)
     if scale and len(shapes) > 1:  # another camera, or frames cut or scaled apart: one fixed scale fits none

@@ -400,6 +400,29 @@ def test_calibrate_leaves_overexposed_frames_out_and_says_why():
     assert "4 of the 5 frames are overexposed" in str(e.value) and "shorten the camera's exposure" in str(e.value)
 
 
+def test_calibrate_refuses_frames_of_pure_noise_and_writes_nothing(tmp_path):
+    """Frames of camera noise (a lens cap at full gain, a broken cable) gave a site file with a 13 px "ruler" from 4
+    specks, a stain distance of 7 and the advice to adapt the model. The red cells the ruler rests on cover 0.1-0.6 %
+    of such a view in the median frame (a smear's fields: 5-40 %): nothing is written, and the Error says to check
+    the camera. Real fields, generated ones here, still calibrate."""
+    rng = np.random.default_rng(5)
+    noise = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(5)]
+    clean = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(3)]
+    assert all(site_lib.measure_frame(f).red_cover >= 0.05 for f in clean)
+    assert site_lib.calibrate(clean + noise[:2], input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 5
+    with pytest.raises(site_lib.SiteError) as e:
+        site_lib.calibrate(clean[:1] + noise, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert "do not look like a blood smear" in str(e.value)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i, f in enumerate(noise):
+        cv2.imwrite(str(folder / f"{i}.png"), f)
+    out = tmp_path / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(folder), "--out", str(out))
+    assert_one_line_error(r, "the frames do not look like a blood smear", "Check the camera", code=2)
+    assert not out.exists()
+
+
 def test_calibration_reads_a_large_frame_as_watch_does():
     """A camera over 1280 px: watch searches a half-size copy; calibration read the whole frame, so the site file's
     ruler and stain distance were not the ones watch then saw (edge/frameread.py reads both)."""
