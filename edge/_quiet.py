@@ -32,6 +32,7 @@ _NOISE = re.compile("|".join([
     r"failed call to cuInit",  # no GPU: said in our words by scopelite.train._keras when it matters
     r"Unable to register cu(DNN|FFT|BLAS) factory", r"computation_placer\.cc", r"TF-TRT Warning",
     r"Created TensorFlow Lite XNNPACK delegate for CPU",
+    r"generator_dataset_op\.cc.*Memory patch applied",  # tf.data's allocator note, at a Keras 3 fit's first epoch
     r"^fully_quantize: \d+, inference_type: \d+",
     r"Estimated count of arithmetic ops",
     r"^\[[^\]@]+ @ 0x[0-9a-f]+\] ",  # FFmpeg's own lines ("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, invoke_cli
+from conftest import assert_one_line_error, invoke_cli, run_cli
 from scopelite.edge.errors import UserError
 from scopelite.train.config import FitConfig
 from scopelite.train.synth import make_crops
@@ -138,6 +138,16 @@ def test_hed_and_rotation_on_the_accelerator_match_celltrain():
     got = np.asarray(rotate_batch(keras, x, degrees))
     want = np.stack([rotate(tf.constant(im), float(d)).numpy() for im, d in zip(x, degrees[:, 0])])
     np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_keras3_fit_prints_no_tensorflow_start_up_lines(folders, tmp_path):
+    """As tf-keras fit: TensorFlow's own start-up lines (oneDNN, cudart, cuInit, CPU features, tf.data's allocator)
+    stay out of a Keras 3 fit's terminal unless --verbose; a new process, as a user runs it."""
+    r = run_cli("celltrain", "fit", "--backend", "keras3", "--data", str(folders / "p.npz"), "--out",
+                str(tmp_path / "w"), "--arch", "tiny", "--image-size", "32", "--epochs", "1", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not [line for line in r.stderr.splitlines() if line.startswith(("I0000", "E0000", "W0000", "WARNING: All"))
+                or "oneDNN" in line or "cpu_feature_guard" in line], r.stderr[-3000:]
 
 
 def test_keras3_fit_then_import_gives_a_run_folder(folders, tmp_path, monkeypatch):

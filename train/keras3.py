@@ -183,7 +183,11 @@ def fit(cfg: FitConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError(f"{out} already holds trained weights; choose another --out")
     # Keras 3 picks its backend once, at import: JAX where it is installed (a GPU machine without TensorFlow)
     os.environ.setdefault("KERAS_BACKEND", "jax" if importlib.util.find_spec("jax") else "tensorflow")
-    import keras  # noqa: PLC0415 - Keras 3; imported late so that a bad option fails in a second
+    from scopelite.edge import _quiet  # noqa: PLC0415
+
+    _quiet.tensorflow_env()  # TF_CPP_MIN_LOG_LEVEL=3 unless --verbose: TensorFlow's start-up lines, as tf-keras fit
+    with _quiet.native_stderr():  # printed before absl reads it (oneDNN, cudart, cuInit): held back, errors pass
+        import keras  # noqa: PLC0415 - Keras 3; imported late so that a bad option fails in a second
 
     log(f"[1/3] reading {cfg.data} at {cfg.image_size}x{cfg.image_size}")
     images, labels, _, split, names = unpack(cfg.data, cfg.image_size)
