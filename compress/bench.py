@@ -20,7 +20,8 @@ from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
 from scopelite.train.data import refuse_out_in_data
-from scopelite.train.run import heldout_data, model_file, predict
+from scopelite.train.run import heldout_data, predict
+from scopelite.train.runpath import model_file
 
 
 def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:

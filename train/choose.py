@@ -21,7 +21,8 @@ from scopelite.edge.errors import UserError
 
 from .corruptions import corrupted_copy
 from .metrics import summarize
-from .run import heldout_data, load_keras_bundle, model_file, predict, split_file
+from .run import heldout_data, load_keras_bundle, predict, split_file
+from .runpath import model_file
 
 SCHEMA = "scopelite.choose/1"  # its --out file: a later choose replaces only a file of this kind
 

@@ -15,6 +15,7 @@ from scopelite.edge.errors import (SEED, NonEmptyPath, Number, OneLineGroup, Use
 
 from .config import (AUG_OPS, BACKENDS, BALANCE, OPTIMIZERS, PRESETS, SCHEDULES, STRATEGIES, FitConfig, bounds,
                      check_aug)
+from .runpath import model_file
 
 _D = FitConfig(out="")
 
@@ -474,7 +475,7 @@ def evaluate(run, data, seed, tta):
     from .evaluate import evaluate as run_eval
 
     path = Path(run)
-    run_eval(path / "model.keras" if path.is_dir() else path, data=data, seed=seed, tta=int(tta))
+    run_eval(model_file(path), data=data, seed=seed, tta=int(tta))
 
 
 @main.command()
@@ -532,10 +533,7 @@ def _parse_candidates(ctx, param, value):
 
 
 def _model_of(path: str):
-    from pathlib import Path
-
-    p = Path(path)
-    return ((p / "model.keras") if p.is_dir() else p).resolve()
+    return model_file(path).resolve()
 
 
 @main.command()
@@ -601,7 +599,7 @@ def explain(run, images, out):
     from .explain import explain as run_explain
 
     path = Path(run)
-    model = path / "model.keras" if path.is_dir() else path
+    model = model_file(path)
     out = out or model.parent / "explain"
     for given in images:  # a rerun on that folder would read last time's overlays as cells
         refuse_out_in_data(out, given, f"IMAGES folder {given}", "the overlays (PNG images) would be read as cells "

@@ -35,8 +35,8 @@ from .config import FitConfig
 from .metrics import summarize
 from .recipe import class_weights  # noqa: F401 - also part of fit's API
 from .run import predict
+from .runpath import MODEL_FILE
 
-MODEL_FILE = "model.keras"
 
 
 @keras.utils.register_keras_serializable("scopelite")

@@ -16,13 +16,7 @@ from .config import config_problem
 from ._keras import keras
 
 
-MODEL_FILE = "model.keras"
 
-
-def model_file(path: str | os.PathLike) -> Path:
-    """A run folder or its model.keras -> the model.keras."""
-    p = Path(path)
-    return p / MODEL_FILE if p.is_dir() else p
 
 
 def load_keras_bundle(path: str | os.PathLike):

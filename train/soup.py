@@ -22,7 +22,8 @@ from . import model as model_lib
 from .average import average_into
 from .config import SOUP_SEED_STEP, FitConfig
 from .data import refuse_out_in_data
-from .run import MODEL_FILE, heldout_data, load_keras_bundle, model_file, run_config, split_file
+from .run import heldout_data, load_keras_bundle, run_config, split_file
+from .runpath import MODEL_FILE, model_file
 
 SOUP_FILES = ("split.json", "config.json", MODEL_FILE, "model.json")  # what an average writes into its --out
 
