@@ -461,7 +461,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 self.end_headers()
             elif path == "/":
                 self._send(200, status.page().encode(), "text/html; charset=utf-8")
-            elif status.session is not None and (routed := session_http.get(status.session, path)) is not None:
+            elif status.session is not None and (routed := session_http.get(
+                    status.session, path, public=not is_loopback(self.server.server_address[0]))) is not None:
                 self._send(*routed)
             else:
                 self._send(404, b"not found", "text/plain")

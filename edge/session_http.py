@@ -10,12 +10,15 @@ POST /session/reset        discard the count: close the session as "reset", star
 POST /cells/<id>/label     {"label": "<class>" | "uncertain" | "not_a_cell" | "confirm"}; optional "session" (the
                            session id the page showed) and "was" (the label it showed): 409 when either changed
 
-Each route returns (HTTP status, body, content type), or None when the path is not a session route.
+Each route returns (HTTP status, body, content type), or None when the path is not a session route. Served beyond
+loopback (``public``), /session names the session folder, the inputs and each cell's image file by their last
+component only: the machine's folder layout (a user's home, a patient's folder name) is not the network's business.
 """
 from __future__ import annotations
 
 import json
 import re
+from pathlib import PurePath
 
 from .errors import UserError
 from .review_page import review_page
@@ -36,9 +39,29 @@ def _error(code: int, message: str) -> Response:
     return _json(code, {"error": message})
 
 
-def get(sessions: Sessions, path: str) -> Response | None:
+def _name(text):
+    """A path's last component (a camera index, a URL's text: as they are)."""
+    return PurePath(text).name or text if isinstance(text, str) and "://" not in text and "/" in text else text
+
+
+def without_paths(summary: dict) -> dict:
+    """``Sessions.summary()`` with its local paths cut to their last component (``public``)."""
+    out = dict(summary)
+    if "folder" in out:
+        out["folder"] = _name(out["folder"])
+    for key in ("sources", "inputs"):
+        if isinstance(out.get(key), list):
+            out[key] = [_name(v) for v in out[key]]
+    if isinstance(out.get("cells"), list):
+        out["cells"] = [{**c, "file": _name(c["file"])} if isinstance(c, dict) and "file" in c else c
+                        for c in out["cells"]]
+    return out
+
+
+def get(sessions: Sessions, path: str, public: bool = False) -> Response | None:
+    """``public``: the server is bound beyond loopback (see the module docstring)."""
     if path == "/session":
-        return _json(200, sessions.summary())
+        return _json(200, without_paths(sessions.summary()) if public else sessions.summary())
     if path == "/session/report.html":
         return 200, as_bytes(sessions.report_html()), "text/html; charset=utf-8"
     if path == "/review":

@@ -237,6 +237,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_session_paths_are_cut_to_names_for_the_network():
+    from scopelite.edge.session_http import without_paths
+
+    s = {"folder": "/home/lab/sessions/s1", "inputs": ["/data/patient 12/slide3", "0", "rtsp://cam/x"],
+         "sources": ["/v/a.mp4"], "cells": [{"id": 1, "file": "/data/p/f1.png"}, {"id": 2}], "state": "open"}
+    assert without_paths(s) == {"folder": "s1", "inputs": ["slide3", "0", "rtsp://cam/x"], "sources": ["a.mp4"],
+                                "cells": [{"id": 1, "file": "f1.png"}, {"id": 2}], "state": "open"}
+    assert s["folder"] == "/home/lab/sessions/s1"  # the session's own record is left as it is
+
+
 def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_path):
     """celledge watch --sessions --http 0.0.0.0:PORT: the token is printed once and required for changes."""
     port = _free_port()
@@ -260,6 +270,12 @@ def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_
         assert _post(base, "/session/stop", Authorization=f"Bearer {token}")[0] == 200
         session = json.loads(_call(base + "/session")[1])
         assert session["state"] == "closed" and session["reason"] == "stopped"
+        # bound beyond loopback, the machine's folder layout is not shown: names only (state.json keeps the paths)
+        text = json.dumps(session)
+        assert str(tmp_path) not in text and str(synth_dir) not in text, text[:2000]
+        assert session["folder"] == next((tmp_path / "sessions").glob("*/state.json")).parent.name
+        assert all("/" not in v for v in session.get("inputs", []) + session.get("sources", []))
+        assert all("/" not in c.get("file", "") for c in session["cells"])
         # the session records the scale its cells are cut at (celledge export passes it to celltrain fit)
         from scopelite.edge.bundle import load_sidecar
         from scopelite.edge.field import model_rbc_px
