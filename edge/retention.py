@@ -80,6 +80,18 @@ def leftovers(root: str | os.PathLike) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def counts_a_folder(folder: Path) -> bool:
+    """Whether the session in ``folder`` counts a folder of images (state ``inputs``: a folder here); a camera's, a
+    stream's or a video's does not. Unreadable: True (its chain is kept)."""
+    try:
+        inputs = read_state(folder).get("inputs")
+    except (OSError, ValueError):
+        return True
+    if not isinstance(inputs, list) or not inputs:  # nothing counted yet, or from before inputs were recorded
+        return True
+    return any(isinstance(i, str) and "://" not in i and Path(i).is_dir() for i in inputs)
+
+
 class Pruner:
     """Removes expired sessions at ``start`` and every ``every`` seconds in a thread of its own (a large session's
     thousands of pictures take seconds to remove on an SD card: not in the frame loop), until ``stop``.
@@ -116,9 +128,10 @@ class Pruner:
             self._seen[sid] = max(self._seen.get(sid, -math.inf), when)
         if wall < SANE_AFTER:
             return gone
-        # the sessions an open or the current session went on from (MAX_CELLS): a folder watched again skips the
-        # images counted in them
-        kept = {sid for d in live for sid in went_on_from(self.root, d)}
+        # the sessions an open or the current session went on from (MAX_CELLS), when it counts a folder: a folder
+        # watched again skips the images counted in them. A camera's chain is every session since the daemon started
+        # (one roll-over every 5000 cells): kept, --keep-days removed nothing and the disk filled.
+        kept = {sid for d in live if counts_a_folder(d) for sid in went_on_from(self.root, d)}
         for d in expired(self.root, self.keep_days, wall, keep=live[-1]):
             if d.name in kept:
                 continue

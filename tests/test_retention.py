@@ -154,6 +154,24 @@ def test_a_session_the_open_one_went_on_from_is_kept(tmp_path, monkeypatch):
     sessions.release()
 
 
+def test_a_cameras_open_ended_count_lets_its_old_sessions_go(tmp_path, monkeypatch):
+    """A daemon on a camera, no --count: one roll-over every MAX_CELLS cells, each session going on from the one
+    before. The chain was kept whole (it is for a folder watched again), so --keep-days removed nothing in weeks and
+    the disk filled. A camera's old sessions go; a folder's chain stays (the test above)."""
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 2)
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES, clock=lambda: NOW - 30 * DAY_S, given="/dev/video0")
+    _feed(sessions, ["neutrophil"] * 5)  # 2 + 2 closed a month ago, 1 open (the current)
+    first, second, current = list_sessions(root)
+    assert json.loads((first / "state.json").read_text())["inputs"] == ["/dev/video0"]
+    pruner = Pruner(root, 7, lambda: sessions.current.folder, lambda _: None, clock=lambda: NOW,
+                    monotonic=lambda: 1e12)
+    assert sorted(pruner.once()) == sorted([first.name, second.name]) and current.is_dir()
+    sessions.release()
+
+
 def test_a_run_whose_session_went_on_from_others_names_them(tmp_path, monkeypatch):
     """An open-ended count past MAX_CELLS is spread over several sessions; the run's summary and its --report
     named only the last one, whose differential holds only its own cells (the others' reports unmentioned)."""
