@@ -513,7 +513,9 @@ def watch(**_):
                                        others={shutdown.SIGHUP: lambda: reloader.request(trigger="SIGHUP")}))
     if early_hup():
         reloader.request(trigger="SIGHUP")
-    sink = LineSink(cfg.out) if cfg.out else None
+    # a camera's or stream's daemon: a full disk drops lines and the count goes on (a folder's or video's run ends,
+    # to be run again)
+    sink = LineSink(cfg.out, while_full=live) if cfg.out else None
     if sink is not None:
         ctx.call_on_close(sink.close)
     status = server = None
@@ -585,12 +587,17 @@ def watch(**_):
             print(f"HTTP token for changes (sessions, review, reload): {token}  (open {url(server)}?token={token})",
                   file=sys.stderr)
 
+    savers: list = []
     summary = run_watch(cfg, opener, clf, emit, stop=stop, live=live, reloader=reloader,
-                        on_frame=_on_frame(status, cfg, clf.labels, unreadable), session=sessions,
+                        on_frame=_on_frame(status, cfg, clf.labels, unreadable, savers), session=sessions,
                         site=site)
     if status is not None:
         status.ending = True  # no Stop, Start, Reset or label between here and the summary and report
     summary["summary"]["unreadable"] = unreadable()
+    if sink is not None and sink.dropped:  # the disk was full for a while: what --out lacks
+        summary["summary"]["lines_dropped"] = sink.dropped
+    if savers and savers[0].not_saved:
+        summary["summary"]["frames_not_saved"] = savers[0].not_saved
     if sessions is not None:
         sessions.checkpoint()  # the report as it stands; an open session stays open for the next run
         s = sessions.summary(cells=False)
@@ -842,14 +849,18 @@ def _check_save_classes(cfg, labels) -> None:
                         f"({', '.join(labels)})")
 
 
-def _on_frame(status, cfg, labels, unreadable=lambda: 0):
-    """Chain the per-frame consumers: HTTP status and frame saving (``unreadable``: files skipped so far)."""
+def _on_frame(status, cfg, labels, unreadable=lambda: 0, savers: list | None = None):
+    """Chain the per-frame consumers: HTTP status and frame saving (``unreadable``: files skipped so far; ``savers``
+    receives the frame saver, for the run's summary)."""
     hooks = [status.update] if status else []
     if cfg.save_dir:
         from .saver import FrameSaver
 
         _check_save_classes(cfg, labels)
-        hooks.append(FrameSaver(cfg.save_dir, set(cfg.save_classes), cfg.save_below, int(cfg.save_cap_mb * 2**20)))
+        saver = FrameSaver(cfg.save_dir, set(cfg.save_classes), cfg.save_below, int(cfg.save_cap_mb * 2**20))
+        hooks.append(saver)
+        if savers is not None:
+            savers.append(saver)
     if not hooks:
         return None
     return lambda frame, rec, counters: [h(frame, rec, {**counters, "unreadable": unreadable()}) for h in hooks]

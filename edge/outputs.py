@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import stat
@@ -16,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import UserError
+from .errors import UserError, warn
 
 MIN_FREE_MB = 50
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no room (or no quota) left: passes once files are removed
 
 
 def _existing_parent(path: Path) -> Path:
@@ -186,8 +188,14 @@ class LineSink:
     is followed: the next line starts a new file at the path, so a daemon's lines can be rotated.
     """
 
-    def __init__(self, path: str | os.PathLike, option: str = "--out", fsync: bool = False):
-        self.path, self.option, self.fsync = Path(path), option, fsync
+    def __init__(self, path: str | os.PathLike, option: str = "--out", fsync: bool = False,
+                 while_full: bool = False):
+        """``while_full``: a daemon's lines: while the disk is full (ENOSPC, EDQUOT) lines are dropped and counted
+        (``dropped``), with one warning, and the count goes on; the first line written once there is room again is
+        ``{"event": "lines_dropped", ...}``. Without it a full disk ends the run, as any other failed write."""
+        self.path, self.option, self.fsync, self.while_full = Path(path), option, fsync, while_full
+        self.dropped = 0  # lines dropped while the disk was full, over the run
+        self._spell = 0  # ... in the current spell (0: none)
         self._lock = threading.Lock()  # a camera's reconnect events are written from the capture thread
         self._fd, self._id = self._open(make_folders=True), None
         st = os.fstat(self._fd)
@@ -258,6 +266,16 @@ class LineSink:
             self._write(line)
 
     def _write(self, line: str) -> None:
+        if self._spell:  # room again? first say what is missing, where it is missing
+            if not self._put(json.dumps({"event": "lines_dropped", "lines": self._spell, "reason": "disk full"})):
+                self._full()
+                return
+            self._spell = 0
+        if not self._put(line):
+            self._full()
+
+    def _put(self, line: str) -> bool:
+        """Append one whole line; False when the disk is full and lines may be dropped (``while_full``)."""
         data = (line if line.endswith("\n") else line + "\n").encode()
         if self._id is not None:
             self._follow()
@@ -274,8 +292,18 @@ class LineSink:
                     os.ftruncate(self._fd, start)
             except OSError:
                 pass
+            if self.while_full and e.errno in DISK_FULL:
+                return False
             raise WriteError(f"stopped: cannot write {self.path}", self.path, e,
                              "every line before this one is complete") from None
+        return True
+
+    def _full(self) -> None:
+        self.dropped += 1
+        self._spell += 1
+        if self._spell == 1:
+            warn(f"{self.option} {self.path}: the disk is full; its lines are dropped (and counted) until there is "
+                 "room again, and the count goes on: free some space (old sessions, saved frames, rotated logs)")
 
     def flush(self) -> None:  # unbuffered: nothing to do
         pass

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import UserError, warn
 from .bundle import write_bytes_atomic
+from .outputs import DISK_FULL
 
 
 TRACKS_KEPT = 10_000  # tracked cells remembered as saved
@@ -37,6 +38,8 @@ class FrameSaver:
         self.saved = 0
         self.deleted = 0
         self.too_large = 0  # frames larger than the whole cap: not saved
+        self.not_saved = 0  # frames not saved because the disk was full
+        self._full = False  # in a spell of full disk (warned once a spell)
         # files already there count against the cap too, oldest first: a JPEG with its record, a record left
         # alone by a kill, the saved.jsonl of versions before
         existing = [p for p in self.folder.iterdir() if OWN_NAME.fullmatch(p.name) and p.is_file() and (
@@ -98,11 +101,19 @@ class FrameSaver:
                 path.with_suffix(".json").unlink(missing_ok=True)
             except OSError:
                 pass
+            if e.errno in DISK_FULL:  # an extra, not the count: skipped (and counted) until there is room
+                self.not_saved += 1
+                if not self._full:
+                    warn(f"--save-dir {self.folder}: the disk is full; frames are not saved until there is room "
+                         "again, and the count goes on")
+                self._full = True
+                return
             raise UserError(f"stopped saving frames: cannot write {path} "
                             f"({(e.strerror or str(e)).lower()})") from None
         self._files.append((path, size))
         self.total += size
         self.saved += 1
+        self._full = False
         for track, _ in found:
             if track is not None:
                 self._tracks[track] = None

@@ -8,7 +8,7 @@ from scopelite.edge.diskspace import FLOOR_BYTES, LOW_BYTES, DiskRoom
 from scopelite.edge.httpd import Status
 from scopelite.edge.review_page import lab_panel
 from scopelite.edge.session import Sessions, read_jsonl
-from conftest import invoke_cli
+from conftest import invoke_cli, run_cli
 from test_session import _feed
 from test_watch_tracking import scan_fields
 
@@ -144,3 +144,95 @@ def test_watch_warns_at_the_start_and_counts_on_a_full_disk(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "lines.jsonl").read_text().splitlines()[-1])["summary"]["session"]
     assert summary["cells"] > 0 and summary["pictures_not_kept"] == summary["cells"]
     assert summary["disk"] == {"free_mb": 80, "state": "full"}
+
+
+def _full_for(calls: int):
+    """os.write that fails with ENOSPC for its next ``calls`` calls, then writes (a disk freed by a person)."""
+    import errno
+    import os
+
+    real, left = os.write, [calls]
+
+    def write(fd, data):
+        if left[0] > 0:
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    return write
+
+
+def test_a_daemons_lines_are_dropped_while_the_disk_is_full_and_the_gap_is_said(tmp_path, monkeypatch, capsys):
+    """watch --out on a disk that filled: "Error: stopped: cannot write frames.jsonl (no space left on device)",
+    exit 2, and systemd's restarts refused under 50 MB free: counting stopped for good. Now the lines are dropped
+    and counted, one warning says so, and the first line once there is room says how many are missing."""
+    import pytest
+
+    from scopelite.edge import outputs
+
+    sink = outputs.LineSink(tmp_path / "frames.jsonl", while_full=True)
+    sink.write('{"frame": 1}')
+    monkeypatch.setattr(outputs.os, "write", _full_for(3))
+    for i in (2, 3, 4):
+        sink.write(json.dumps({"frame": i}))
+    monkeypatch.undo()
+    sink.write('{"frame": 5}')
+    lines = [json.loads(x) for x in (tmp_path / "frames.jsonl").read_text().splitlines()]
+    assert lines == [{"frame": 1}, {"event": "lines_dropped", "lines": 3, "reason": "disk full"}, {"frame": 5}]
+    assert sink.dropped == 3
+    warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warned) == 1 and "the disk is full" in warned[0] and "the count goes on" in warned[0]
+    plain = outputs.LineSink(tmp_path / "report-lines.jsonl")  # not a daemon's: a full disk ends the run, as before
+    monkeypatch.setattr(outputs.os, "write", _full_for(1))
+    with pytest.raises(outputs.WriteError, match="no space left"):
+        plain.write('{"a": 1}')
+
+
+def test_frames_are_not_saved_while_the_disk_is_full_and_the_count_goes_on(tmp_path, monkeypatch, capsys):
+    """--save-dir on a full disk: "Error: stopped saving frames ... (no space left on device)" ended the daemon; the
+    saved frames are an extra, so they are skipped (and counted) until there is room."""
+    import errno
+
+    import numpy as np
+
+    from scopelite.edge import saver as saver_mod
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    saver = saver_mod.FrameSaver(tmp_path / "saved", below=0.9)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    rec = {"frame": 1, "cells": [{"label": "neutrophil", "best": "neutrophil", "score": 0.5, "track": None}]}
+    monkeypatch.setattr(saver_mod, "write_bytes_atomic", full)
+    assert saver(frame, rec) is None and saver(frame, {**rec, "frame": 2}) is None
+    monkeypatch.undo()
+    assert saver.not_saved == 2 and saver.saved == 0 and not list((tmp_path / "saved").iterdir())
+    assert saver(frame, {**rec, "frame": 3}) is not None and saver.saved == 1
+    warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    assert len(warned) == 1 and "--save-dir" in warned[0] and "the count goes on" in warned[0]
+
+
+def test_a_camera_daemon_runs_on_with_out_on_a_full_device(tmp_path):
+    """/dev/full answers every write with ENOSPC. A live source (here a video as a stream, file://, which
+    reconnects at its end like a camera) goes on counting, says once that its lines are dropped, and stops on
+    the end of its stream with exit 0; it ended at the first line before. A folder's run still ends with the Error (the table in
+    test_bad_input: watch-out-disk-full): it can be run again."""
+    import os
+
+    import cv2
+    import pytest
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    fields = sorted(p for p in scan_fields(tmp_path / "fields").iterdir() if p.suffix == ".png")
+    first = cv2.imread(str(fields[0]))
+    video = tmp_path / "slide.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (first.shape[1], first.shape[0]))
+    for f in fields:
+        for _ in range(3):
+            w.write(cv2.resize(cv2.imread(str(f)), (first.shape[1], first.shape[0])))
+    w.release()
+    r = run_cli("celledge", "watch", f"file://{video}", "--mode", "field", "--sessions", str(tmp_path / "s"),
+                "--out", "/dev/full", "--exit-on-eof")  # a stream that ends: the run ends at its end, exit 0
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert sum("the disk is full" in x for x in r.stderr.splitlines()) == 1, r.stderr[-2000:]
+    assert read_jsonl(next((tmp_path / "s").glob("*/cells.jsonl")))  # the count went on
