@@ -94,7 +94,8 @@ class Capture(threading.Thread):
                     try:
                         source = self._open()
                         self.source_name = source.name
-                        self.connected, delay = True, self.backoff
+                        self.connected = True  # the delay starts again at a frame, not here: a stream that
+                        # opens but gives nothing was tried every 0.5 s for ever, whatever --backoff-cap said
                     except SourceError as e:
                         if not self._retry(str(e), delay):
                             return
@@ -108,7 +109,7 @@ class Capture(threading.Thread):
                     err = "end of stream"
                 if frame is not None:
                     self.frames += 1
-                    self._in_a_row = 0
+                    self._in_a_row, delay = 0, self.backoff
                     self.last_frame_time = time.monotonic()
                     if not self.live and getattr(source, "path", None) is not None:  # nothing is dropped: in step
                         self.files.append(str(Path(source.path).resolve()))

@@ -449,3 +449,38 @@ def test_a_forced_exit_names_what_was_still_busy():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "still busy 0.3 s after SIGTERM (a label and its report being written)" in r.stderr, r.stderr
+
+
+def test_a_stream_that_opens_but_gives_no_frame_is_retried_with_growing_waits():
+    """A camera or stream that connects but stalls was reopened every 0.5 s for ever (the wait started again at
+    each open, not at each frame): 170,000 reconnect lines a day, whatever --backoff-cap said. The wait now doubles
+    up to the cap until a frame arrives, and starts again from the first wait after one."""
+    import threading
+
+    import numpy as np
+
+    from scopelite.edge.capture import Capture, DropOldestQueue
+
+    class Stalled:
+        name = "stalled"
+        reads = 0
+
+        def read(self):
+            Stalled.reads += 1
+            return np.zeros((4, 4, 3), np.uint8) if Stalled.reads == 5 else None  # one frame, at the 5th open
+
+        def close(self):
+            pass
+
+    waits, stop = [], threading.Event()
+
+    def event(kind, info):
+        if kind == "reconnecting":
+            waits.append(info["in_seconds"])
+            if len(waits) == 8:
+                stop.set()
+
+    cap = Capture(lambda: Stalled(), DropOldestQueue(4), live=True, backoff=0.001, backoff_cap=0.008, stop=stop,
+                  on_event=event)
+    cap.run()
+    assert waits == [0.001, 0.002, 0.004, 0.008, 0.001, 0.002, 0.004, 0.008], waits
