@@ -590,9 +590,16 @@ def run_watch(
                 continue
             if pixels is not None:
                 seen[pixels] = file
-            grey_frames += is_greyscale(frame)
+            grey = is_greyscale(frame)
+            grey_frames += grey
             t0 = clock()
-            if counter is not None:
+            if counter is not None and grey:
+                # the lamp off, a blank or monochrome view: nothing to find by stain colour, and the tracker is not
+                # told of it (a black frame's noise gave 30-40 "cells", and the real ones were counted again when
+                # the lamp came back)
+                rec, dt = {"frame": n, "cells": [], "no_colour": True, "counted": [],
+                           "differential": counter.brief()}, 0.0
+            elif counter is not None:
                 read = read if read is not None else read_frame(frame)
                 # lit evenly once, when read: the cells are read, tracked and kept (the session's crops) from it
                 frame, uneven = read.frame, read.uneven
@@ -631,7 +638,7 @@ def run_watch(
                 rec["file"] = file
             if pixels is not None:
                 rec["pixels"] = pixels
-            if session is not None and counter is not None:
+            if session is not None and counter is not None and not grey:
                 if counter.late and held is not None:  # its cells have their tracks now: keep their views
                     session.keep_views(*held)
                 if counter.holding:  # fed (and kept) when the next frame says it began a new view

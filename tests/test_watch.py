@@ -484,3 +484,39 @@ def test_a_stream_that_opens_but_gives_no_frame_is_retried_with_growing_waits():
                   on_event=event)
     cap.run()
     assert waits == [0.001, 0.002, 0.004, 0.008, 0.001, 0.002, 0.004, 0.008], waits
+
+
+def test_a_moment_with_the_lamp_off_neither_invents_cells_nor_counts_the_field_again(tmp_path):
+    """One field under the objective for 60 frames, the lamp off (black, with the camera's noise) for 6 of them.
+    Field mode read the noise of a black frame as 30-40 cells, and when the lamp came back the real cells were
+    counted a second time (32 cells for 6). A frame without colour is now left out of the count (its line says
+    "no_colour"), so the count is the one without the dark moment."""
+    import json
+
+    import cv2
+    from conftest import invoke_cli
+    import numpy as np
+
+    from scopelite.train.synth import make_field
+
+    rng = np.random.default_rng(11)
+    img, _ = make_field(rng, n_cells=6)
+
+    def video(name, dark):
+        w = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+        for i in range(60):
+            f = np.zeros_like(img, np.float32) if dark and 20 <= i < 26 else img.astype(np.float32)
+            w.write(cv2.cvtColor(np.clip(f + rng.normal(0, 3, f.shape), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        w.release()
+        r = invoke_cli("celledge", "watch", str(tmp_path / name), "--mode", "field", "--out",
+                       str(tmp_path / f"{name}.jsonl"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        lines = [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        return lines, sum(len(r.get("counted", [])) for r in lines if "frame" in r and "summary" not in r)
+
+    lit, counted_lit = video("lit.avi", False)
+    dark, counted_dark = video("dark.avi", True)
+    assert counted_lit > 0 and counted_dark == counted_lit
+    blank = [r for r in dark if r.get("no_colour")]
+    assert len(blank) == 6 and all(r["cells"] == [] for r in blank)
+    assert dark[-1]["summary"]["grey_frames"] == 6
