@@ -89,6 +89,9 @@ class Status:
         # frames' conditions (the page's advice follows a camera that goes wrong after weeks, not the run's start)
         self.camera_frames = {key: 0 for key, _ in CAMERA}
         self._camera: collections.deque[tuple[bool, ...]] = collections.deque(maxlen=CAMERA_WINDOW)
+        # the stain verdicts of the last CAMERA_WINDOW frames that had one: the page's banner reads these (a count
+        # since the start showed a new stain weeks late, and an old one weeks after it was gone)
+        self._stain: collections.deque[bool] = collections.deque(maxlen=CAMERA_WINDOW)
         self.last_record: dict | None = None
         self._last_frame: np.ndarray | None = None
         self.last_time = 0.0
@@ -122,6 +125,8 @@ class Status:
             if stain is not None:
                 self.stain_distance = stain["distance"]
                 self.unlike_frames += bool(stain["unlike_training"])
+                if stain["unlike_training"] is not None:  # an overexposed frame's clipped colours: no verdict
+                    self._stain.append(bool(stain["unlike_training"]))
             if "differential" in rec:  # field mode: the differential counts each cell once
                 self.differential = rec["differential"]
                 self.counts = _differential_counts(self.differential)
@@ -227,15 +232,15 @@ class Status:
         ok, why = self.healthy()
         with self._lock:
             counts, diff = dict(self.counts), self.differential
-            unlike, frames = self.unlike_frames, self.frames
+            stains = list(self._stain)
             recent = list(self._camera)
         banner = "".join(
             f'<p class="bad camera" id="camera-{key}"><b>{html.escape(text)}</b> ({n} of the last {len(recent)} '
             'frames)</p>'
             for i, (key, text) in enumerate(CAMERA) if (n := sum(r[i] for r in recent)) > len(recent) / 2)
-        if frames and unlike > frames / 2:
+        if stains and (unlike := sum(stains)) > len(stains) / 2:
             banner += ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
-                      f'({unlike} of {frames} frames): the model was trained on another lab\'s stain and '
+                      f'({unlike} of the last {len(stains)} frames): the model was trained on another lab\'s stain and '
                       'will make more mistakes here. Calibrate or adapt it to this lab (docs/cross-lab.md).</p>')
         panel = ""
         if self.session is not None:  # the technician's count is the session's, not the run's

@@ -100,3 +100,25 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     assert [st["unlike_training"] for st in stains] == [None, None, None, True]
     assert s["unlike_training_frames"] == 1 and s["overexposed_frames"] == 3
     assert "overexposed" in s["warning"] and "unlike the model's training data" not in s["warning"]
+
+
+def test_the_lab_pages_stain_banner_reads_the_recent_frames_not_the_whole_run():
+    """A daemon left for weeks: the "unlike the training data" banner counted every frame since the start, so a new
+    stain after 200,000 good frames was not shown for as long again, and an old one stayed after it was fixed. It
+    reads the last frames with a verdict now, as the camera's banners do."""
+    from scopelite.edge.httpd import CAMERA_WINDOW, Status
+
+    def frames(status, unlike, n):
+        for _ in range(n):
+            status.update(None, {"frame": 0, "cells": [], "scale": {"stain": {"distance": 3.0 if unlike else 0.3,
+                                                                              "unlike_training": unlike}}})
+
+    status = Status(["a", "b"])
+    frames(status, False, 5 * CAMERA_WINDOW)
+    frames(status, True, CAMERA_WINDOW)
+    assert "unlike the training data" in status.page() and f"of the last {CAMERA_WINDOW} frames" in status.page()
+    frames(status, False, CAMERA_WINDOW)
+    assert "unlike the training data" not in status.page()
+    frames(status, None, 3 * CAMERA_WINDOW)  # overexposed: no verdict, the last verdicts stand
+    assert "unlike the training data" not in status.page()
+    assert f"scopelite_unlike_training_frames_total {CAMERA_WINDOW}" in status.metrics_text()  # the run's count
