@@ -2,7 +2,7 @@
 # scopelite end to end on its own generated data:
 #   set up .venv -> generate smears -> train EfficientNetV2B0 (--weights none)
 #   -> full-int8 TFLite -> celledge watch on a generated microscope video.
-# Usage: ./demo.sh [OUT_DIR] [SEED]   (defaults: demo_out, $DEMO_SEED or 0; ~3 min on 2 CPU cores after install)
+# Usage: ./demo.sh [OUT_DIR] [SEED]   (defaults: demo_out, $DEMO_SEED or 0; 3-9 min on 2 CPU cores after install)
 # SEED sets the generated data, the split and the training (celltrain synth/fit --seed).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +12,7 @@ case "$SEED" in (""|*[!0-9]*) echo "Error: SEED must be a whole number >= 0, not
 PY=${PYTHON:-python3}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "0/5 environment: .venv with scopelite[train] (skipped when already there)"
+step "0/5 environment: .venv with scopelite[dev] (skipped when already there)"
 if [ ! -x .venv/bin/celltrain ]; then
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip

@@ -223,7 +223,9 @@ class Status:
             boxes = [([x, y, x + s, y + s], f"{rec.get('label')} {rec.get('score', 0):.2f}" if rec else "")]
         for (x0, y0, x1, y1), text in boxes:
             cv2.rectangle(img, (x0, y0), (x1, y1), (40, 200, 40), 2)
-            cv2.putText(img, text, (x0 + 3, max(y0 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 120, 20), 1,
+            (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+            x = max(2, min(x0 + 3, img.shape[1] - tw - 2))  # a box cut by the frame's edge: its label stays whole
+            cv2.putText(img, text, (x, max(y0 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 120, 20), 1,
                         cv2.LINE_AA)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return buf.tobytes() if ok else None

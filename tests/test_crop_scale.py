@@ -232,6 +232,24 @@ def test_the_snapshot_draws_the_square_crop_mode_classified():
     assert abs(xs.min() - 220) <= 3 and abs(xs.max() - 419) <= 3, (xs.min(), xs.max())  # 200 px, centred
 
 
+def test_the_snapshot_keeps_a_label_whole_when_its_box_is_cut_by_the_frame_edge():
+    """A platelet's box at the left edge (x0 = -4): its label "platelet 0.36" was drawn from x = -1 and read
+    "atelet 0.36" on the lab page. The label is drawn inside the frame."""
+    from scopelite.edge.httpd import Status
+
+    status = Status(["platelet"])
+    frame = np.full((240, 320, 3), 230, np.uint8)
+    cell = {"box": [-4, 60, 40, 104], "label": "platelet", "score": 0.36}
+    status.update(frame, {"frame": 0, "cells": [cell, {**cell, "box": [290, 60, 334, 104]}]})
+    img = cv2.imdecode(np.frombuffer(status.snapshot_jpeg(), np.uint8), cv2.IMREAD_COLOR)
+    ink = (img[30:58, :, 1].astype(int) < 160)  # the dark green text above the boxes (y 55 - 5 and up)
+    cols = np.nonzero(ink.any(0))[0]
+    assert cols.min() >= 2 and cols.max() <= 317, (cols.min(), cols.max())
+    (tw, _), _ = cv2.getTextSize("platelet 0.36", cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    left = cols[cols < 160]
+    assert left.max() - left.min() >= tw - 4  # the whole label, not its tail
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_red_cells_under_the_floor_are_no_reading(seed, monkeypatch):
     """Pieces under MIN_RBC_PX across (an eosinophil's granules read as red cells in a tight crop) give no reading:

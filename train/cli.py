@@ -185,7 +185,8 @@ def _check_views(ctx, param, value):
               expose_value=False, help="Defaults for a job. few-shot: adapt the shipped model to your lab from "
                                        "25+ labelled cells per class (--weights shipped, the whole network at lr "
                                        "1e-4, 60 epochs, mean of the last 5, the weight average of 3 such fits: "
-                                       "6.5-9 min for 30-60 cells on 2 cores, cellcompress included); your "
+                                       "6.5-9 min for 30-60 cells in all on 2 idle cores, cellcompress included, "
+                                       "longer with more cells: each fit goes over every image); your "
                                        "flags override it (--soup 1 "
                                        "--epochs 30: one fit, a quarter of the time, about 2 points lower).")
 @click.option("--config", type=NonEmptyPath(exists=True, dir_okay=False), callback=_load_config_defaults,
@@ -376,7 +377,8 @@ def _after_interrupt(cfg: FitConfig) -> str:
         return f"interrupted; continue with celltrain fit --resume {out} on every worker (docs/gpu-training.md)"
     if cfg.soup > 1:
         done = sorted(p.parent.name for p in (out / "members").glob("*/model.keras"))
-        kept = f"members {', '.join(done)} are fitted and kept" if done else "no member had finished"
+        kept = (f"member{'s' if len(done) > 1 else ''} {', '.join(done)} {'are' if len(done) > 1 else 'is'} fitted "
+                "and kept" if done else "no member had finished")
         return f"interrupted; {kept}: give the same command again to go on (it resumes the cut member)"
     if (out / "state.json").is_file():
         return f"interrupted; continue from the last finished epoch with: celltrain fit --resume {out}"

@@ -49,6 +49,8 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     write_json_atomic(model_path.parent / f"evaluation{suffix}.json", result)  # failed write loses no figure
     plot_confusion(np.array(clean["confusion"]), sc.labels, model_path.parent / f"confusion{suffix}.png",
                    f"clean test{f', {tta} TTA views' if tta > 1 else ''}, acc {clean['accuracy']:.3f}")
+    log(f"per class, confusions, by corruption: {model_path.parent / f'evaluation{suffix}.json'}; the confusion "
+        f"matrix: {model_path.parent / f'confusion{suffix}.png'}")
     return result
 
 
