@@ -200,11 +200,14 @@ class Differential:
                                                   if s["target"] else "")
         absolute = self.wbc_count is not None
         lines = [head, f"{'Cell':<24}{'Count':>6}{'%':>7}{'95% CI':>14}" + (f"{'x10^9/L':>10}" if absolute else "")]
+        if not n:  # 0.0 % of every class with a 0-100 % interval read as a result
+            lines[0] += ": none counted, so no percentages"
         for r in s["rows"]:
-            ci = f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}"
-            lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{r['percent']:>7.1f}{ci:>14}"
-                         + (f"{r['absolute']:>10.2f}" if absolute else ""))
-        lines.append(f"{'White cells':<24}{n:>6}{(100.0 if n else 0.0):>7.1f}"
+            ci = f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}" if n else "-"
+            pct = f"{r['percent']:>7.1f}" if n else f"{'-':>7}"
+            lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{pct}{ci:>14}"
+                         + ((f"{r['absolute']:>10.2f}" if n else f"{'-':>10}") if absolute else ""))
+        lines.append(f"{'White cells':<24}{n:>6}{(f'{100.0:>7.1f}' if n else f'{chr(45):>7}')}"
                      + (f"{'':>14}{s['wbc_corrected']:>10.2f}" if absolute else ""))
         nrbc = "-" if s["nrbc_per_100_wbc"] is None else f"{s['nrbc_per_100_wbc']:.1f}"
         lines.append(f"{'NRBC /100 WBC':<24}{nrbc:>6}   ({s['nrbc']} erythroblasts)")

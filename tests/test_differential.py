@@ -175,3 +175,18 @@ def test_no_edge_module_imports_another_modules_private_names():
     from scopelite.edge.session_report import title
 
     assert all(title(k) == v for k, v in TITLES.items())
+
+
+def test_a_report_of_no_white_cells_gives_no_percentages():
+    """A run stopped before any white cell (a camera that never answered) reported "0.0 %" and "0-100" for every
+    class, as a result; it says none were counted and gives no percentages."""
+    from scopelite.edge.bundle import CLASS_NAMES
+    from scopelite.edge.differential import Differential
+
+    text = Differential(CLASS_NAMES, target=100, wbc_count=6.0).to_text()
+    assert text.splitlines()[0] == "Differential: 0 white cells of 100: none counted, so no percentages"
+    rows = [line for line in text.splitlines() if line.startswith(("Neutrophils", "Lymphocytes", "White cells"))]
+    assert len(rows) == 3 and not any("0.0" in r or "0-100" in r for r in rows), rows
+    one = Differential(CLASS_NAMES, target=100)
+    one.add_label("neutrophil")
+    assert "100.0" in one.to_text() and "none counted" not in one.to_text()
