@@ -107,6 +107,34 @@ def test_saved_split_round_trip(tmp_path):
         data.load_split(tmp_path / "split.json", data.load_synthetic(3, 24))
 
 
+def test_another_dataset_with_the_same_file_names_is_refused_the_same_images_re_encoded_are_not(tmp_path):
+    """evaluate/choose/cellcompress --data OTHER: the split maps images by name, so another lab's folders numbered
+    0001.png ... were scored as if they were the run's test images, without a word. The split keeps each test
+    image's mean colour; other images are refused, the same ones at another resolution (a lab's originals beside
+    the crops) are not."""
+    def folders(root, images, labels, names, ext, scale=1):
+        for im, y, n in zip(images, labels, names):
+            (root / names_of[y]).mkdir(parents=True, exist_ok=True)
+            im = cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale != 1 else im
+            cv2.imwrite(str(root / names_of[y] / f"{n}{ext}"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+        return data.load_folders(root, 32)
+
+    a, ya = make_crops(6, size=32, seed=3)
+    b, _ = make_crops(6, size=32, seed=4)
+    names_of = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "erythroblast",
+                "immature_granulocyte", "platelet"]
+    names = [f"{i:04d}" for i in range(len(a))]
+    ds = folders(tmp_path / "run_data", a, ya, names, ".png")
+    split = data.stratified_split(ds.labels, seed=0)
+    data.save_split(tmp_path / "split.json", ds, split, 0)
+    same = folders(tmp_path / "originals", a, ya, names, ".png", scale=3)  # the same images, 96 px: accepted
+    assert np.array_equal(data.load_split(tmp_path / "split.json", same)["test"], split["test"])
+    swapped = np.ascontiguousarray(255 - b)  # other cells, other colours, the same names
+    other = folders(tmp_path / "other_lab", swapped, ya, names, ".png")
+    with pytest.raises(UserError, match="another dataset with the same file names"):
+        data.load_split(tmp_path / "split.json", other)
+
+
 def test_a_lab_with_only_some_classes_keeps_all_eight_outputs(tmp_path):
     """Labs label the 4-6 classes their slides show: the dataset keeps the model's 8 classes."""
     import cv2

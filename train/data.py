@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -500,7 +501,31 @@ def read_exclusions(path: str | os.PathLike, ds: Dataset) -> np.ndarray:
 
 def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray], seed: int) -> None:
     write_json_atomic(path, {"seed": seed, "class_names": list(ds.class_names), "description": ds.description,
-                             **{s: [ds.ids[i] for i in split[s]] for s in SPLITS}})
+                             **{s: [ds.ids[i] for i in split[s]] for s in SPLITS},
+                             "test_colour": _mean_colours(ds, split["test"])})
+
+
+SAME_COLOUR_LEVELS = 8  # a test image's mean RGB moves less than this when re-encoded or resized (0-255 levels)
+
+
+def _mean_colours(ds: Dataset, idx: np.ndarray) -> list[list[int]]:
+    """Each image's mean R, G, B (whole levels): a fingerprint that survives a resize or a re-encode, not a swap."""
+    return [[int(round(float(v))) for v in np.asarray(ds.images[i]).reshape(-1, 3).mean(0)] for i in idx]
+
+
+def _other_images(saved: dict, ds: Dataset, test: np.ndarray) -> int:
+    """How many test images of ``ds`` are not the images the split was saved with (their mean colour moved more than
+    SAME_COLOUR_LEVELS), where the split recorded them (since session 33); 0 otherwise."""
+    was = saved.get("test_colour")
+
+    def level(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(was, list) or len(was) != len(test) or not all(
+            isinstance(c, list) and len(c) == 3 and all(map(level, c)) for c in was):  # an older or edited split
+        return 0
+    now = np.array(_mean_colours(ds, test), np.float64).reshape(-1, 3)
+    return int((np.abs(now - np.array(was, np.float64)).max(axis=1) > SAME_COLOUR_LEVELS).sum())
 
 
 RUN_JSON_MAX_BYTES = 256 * 2**20  # a split.json of a million images is about 40 MB
@@ -540,4 +565,10 @@ def load_split(path: str | os.PathLike, ds: Dataset) -> dict[str, np.ndarray]:
             raise UserError(f"{len(missing)} images of the saved {s} split are not in {ds.description} "
                             f"(first: {missing[0]}); evaluate on the data the run was trained on")
         out[s] = np.array([pos[x] for x in saved[s]], np.int64)
+    other = _other_images(saved, ds, out["test"])
+    if other > len(out["test"]) / 2:  # another dataset whose files bear the same names (0001.png ...)
+        raise UserError(f"{other} of the {len(out['test'])} test images in {ds.description} are not the images of the "
+                        "saved split (their colours differ): this is another dataset with the same file names. Give "
+                        "--data the images the run was trained on; to measure a model on other images, label them "
+                        "in class folders and use celledge classify --json, or fine-tune on them")
     return out
