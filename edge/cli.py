@@ -596,6 +596,8 @@ def watch(**_):
     summary["summary"]["unreadable"] = unreadable()
     if sink is not None and sink.dropped:  # the disk was full for a while: what --out lacks
         summary["summary"]["lines_dropped"] = sink.dropped
+        warn(f"--out {cfg.out}: {sink.dropped} line{'s' if sink.dropped > 1 else ''} dropped while the disk was full"
+             + (", the summary too (the disk is still full)" if sink.full else ""))
     if savers and savers[0].not_saved:
         summary["summary"]["frames_not_saved"] = savers[0].not_saved
     if sessions is not None:

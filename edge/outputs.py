@@ -171,7 +171,7 @@ class WriteError(UserError):
     without it (a session counting on while its disk fails), the whole line for the user."""
 
     def __init__(self, what: str, path: Path, err: OSError, after: str = ""):
-        self.path, self.reason = path, (err.strerror or str(err)).lower()
+        self.path, self.reason, self.errno = path, (err.strerror or str(err)).lower(), err.errno
         super().__init__(f"{what} ({self.reason})" + (f"; {after}" if after else ""))
 
 
@@ -278,7 +278,12 @@ class LineSink:
         """Append one whole line; False when the disk is full and lines may be dropped (``while_full``)."""
         data = (line if line.endswith("\n") else line + "\n").encode()
         if self._id is not None:
-            self._follow()
+            try:
+                self._follow()
+            except WriteError as e:  # the rotated file cannot be made again: no room (or no inodes) yet
+                if self.while_full and e.errno in DISK_FULL:
+                    return False  # the old descriptor stays; the next line tries again
+                raise
         start = os.lseek(self._fd, 0, os.SEEK_END) if self._id is not None else None  # a pipe cannot seek
         try:
             view = memoryview(data)
@@ -297,6 +302,11 @@ class LineSink:
             raise WriteError(f"stopped: cannot write {self.path}", self.path, e,
                              "every line before this one is complete") from None
         return True
+
+    @property
+    def full(self) -> bool:
+        """Whether the last line was dropped (the disk still full)."""
+        return self._spell > 0
 
     def _full(self) -> None:
         self.dropped += 1

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from .session import list_sessions, read_state, take_lock, went_on_from
+from .sources import VIDEO_SUFFIXES, is_live
 
 DAY_S = 86400.0
 SANE_AFTER = 1_577_836_800.0  # 2020-01-01: a clock before it was never set
@@ -81,15 +82,17 @@ def leftovers(root: str | os.PathLike) -> None:
 
 
 def counts_a_folder(folder: Path) -> bool:
-    """Whether the session in ``folder`` counts a folder of images (state ``inputs``: a folder here); a camera's, a
-    stream's or a video's does not. Unreadable: True (its chain is kept)."""
+    """Whether the session in ``folder`` counts a folder of images (state ``inputs``: not a camera, a stream or a
+    video file), judged by what was given, not by what is mounted now (a USB stick out at the hourly look removed
+    the chain, and its images were counted again when it came back). Unreadable: True (its chain is kept)."""
     try:
         inputs = read_state(folder).get("inputs")
     except (OSError, ValueError):
         return True
     if not isinstance(inputs, list) or not inputs:  # nothing counted yet, or from before inputs were recorded
         return True
-    return any(isinstance(i, str) and "://" not in i and Path(i).is_dir() for i in inputs)
+    return any(isinstance(i, str) and not is_live(i) and Path(i).suffix.lower() not in VIDEO_SUFFIXES
+               for i in inputs)
 
 
 class Pruner:

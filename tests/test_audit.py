@@ -110,6 +110,11 @@ def test_audit_cli_outputs_feed_fit(dirty, tmp_path):
     assert r.returncode == 2 and "exclusions.txt that audit did not write (or edited since)" in r.stderr, r.stderr
     assert (out / "exclusions.txt").read_text() == written + "basophil/looked-wrong.png\n"
     (out / "exclusions.txt").write_text(written)
+    # the file carries its own hash: an audit cut between audit.json and exclusions.txt leaves no file "foreign"
+    from scopelite.train.audit import foreign_outputs
+    rep_now = json.loads((out / "audit.json").read_text())
+    (out / "audit.json").write_text(json.dumps({**rep_now, "images": rep_now["images"] + 1}))
+    assert foreign_outputs(out) == []
     for where, said in ((root / "clean", "inside DATA"), (root, "DATA itself"), (tmp_path / "a2", "holds --out"),
                         (tmp_path, "holds --out"), (tmp_path / "audit", "holds files")):
         r = invoke_cli("celltrain", "audit", str(root), "--out", str(tmp_path / "a2"), "--clean-copy", str(where))

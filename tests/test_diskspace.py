@@ -236,3 +236,30 @@ def test_a_camera_daemon_runs_on_with_out_on_a_full_device(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert sum("the disk is full" in x for x in r.stderr.splitlines()) == 1, r.stderr[-2000:]
     assert read_jsonl(next((tmp_path / "s").glob("*/cells.jsonl")))  # the count went on
+
+
+def test_a_rotated_file_that_cannot_be_made_again_on_a_full_disk_drops_lines_too(tmp_path, monkeypatch):
+    """logrotate renamed frames.jsonl; making it again failed (no room, or no inodes left after many crops) and the
+    daemon ended although its lines may be dropped. The line is dropped and the next one tries again."""
+    import errno
+
+    from scopelite.edge import outputs
+
+    path = tmp_path / "frames.jsonl"
+    sink = outputs.LineSink(path, while_full=True)
+    sink.write('{"frame": 1}')
+    path.rename(tmp_path / "frames.jsonl.1")
+    real = outputs.os.open
+
+    def no_room(p, flags, *a):
+        if flags & outputs.os.O_CREAT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(p, flags, *a)
+
+    monkeypatch.setattr(outputs.os, "open", no_room)
+    sink.write('{"frame": 2}')
+    assert sink.dropped == 1 and sink.full and not path.exists()
+    monkeypatch.undo()
+    sink.write('{"frame": 3}')
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [
+        {"event": "lines_dropped", "lines": 1, "reason": "disk full"}, {"frame": 3}]

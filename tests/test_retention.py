@@ -172,6 +172,27 @@ def test_a_cameras_open_ended_count_lets_its_old_sessions_go(tmp_path, monkeypat
     sessions.release()
 
 
+def test_a_folders_chain_is_kept_while_its_folder_is_away(tmp_path, monkeypatch):
+    """The chain of an open-ended count on a folder is kept by what was given, not by what is mounted at the look: a
+    USB stick out at the hourly look removed the chain, and its images were counted again when it came back."""
+    import shutil
+
+    import scopelite.edge.session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_CELLS", 2)
+    stick = tmp_path / "usb" / "slide7"
+    stick.mkdir(parents=True)
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES, clock=lambda: NOW - 30 * DAY_S, given=str(stick))
+    _feed(sessions, ["neutrophil"] * 5)
+    first, second, _ = list_sessions(root)
+    shutil.rmtree(tmp_path / "usb")  # unplugged
+    pruner = Pruner(root, 7, lambda: sessions.current.folder, lambda _: None, clock=lambda: NOW,
+                    monotonic=lambda: 1e12)
+    assert pruner.once() == [] and first.is_dir() and second.is_dir()
+    sessions.release()
+
+
 def test_a_run_whose_session_went_on_from_others_names_them(tmp_path, monkeypatch):
     """An open-ended count past MAX_CELLS is spread over several sessions; the run's summary and its --report
     named only the last one, whose differential holds only its own cells (the others' reports unmentioned)."""

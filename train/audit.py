@@ -270,22 +270,31 @@ def foreign_outputs(out: str | os.PathLike) -> list[str]:
         if not starts_with(EXCLUSIONS_HEAD.encode())(p):
             return False
         try:
-            recorded = json.loads((out / "audit.json").read_bytes()).get("exclusions_sha256")
-            return recorded is None or recorded == hashlib.sha256(p.read_bytes()).hexdigest()
-        except (OSError, ValueError, AttributeError):  # no audit.json (or not ours): the head line decides
+            lines = p.read_text(encoding="utf-8", errors="replace").split("\n")
+        except OSError:
+            return False
+        if len(lines) < 2 or not lines[1].startswith(SHA_LINE):  # written before session 33: the head line decides
             return True
+        return lines[1] == SHA_LINE + _sha("\n".join(lines[2:]))
 
     return foreign_files(out, {"audit.json": report, "exclusions.txt": exclusions, "flagged.png": lambda p: None})
+
+
+SHA_LINE = "# sha256 of the lines below, as audit wrote them: "
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_outputs(ds: Dataset, result: AuditResult, out: str | os.PathLike, source: str | None = None,
                   clean_copy: str | os.PathLike | None = None) -> dict:
     """audit.json, flagged.png and exclusions.txt in ``out``; optionally a cleaned copy of class folders."""
     out = Path(out)
-    lines = [EXCLUSIONS_HEAD] + [ds.ids[i] for i in result.exclude]
-    exclusions = ("\n".join(lines) + "\n").encode()
-    # the next audit into ``out`` replaces this file only while it is what this audit wrote (not edited by hand)
-    result.report["exclusions_sha256"] = hashlib.sha256(exclusions).hexdigest()
+    ids = "\n".join(ds.ids[i] for i in result.exclude) + "\n"
+    # the next audit into ``out`` replaces this file only while it is what an audit wrote (not edited by hand): the
+    # file carries its own hash, so no other file (written before or after it) has to agree with it
+    exclusions = "\n".join([EXCLUSIONS_HEAD, SHA_LINE + _sha(ids), ids]).encode("utf-8")
     write_json_atomic(out / "audit.json", result.report)
     montage(ds, result.flagged, out / "flagged.png")
     write_bytes_atomic(out / "exclusions.txt", exclusions)
