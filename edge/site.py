@@ -70,11 +70,12 @@ ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with cel
                 "(label 25 cells per class you see; docs/cross-lab.md)")
 LIKE_ADVICE = "the images are stained like the model's training data"
 # Frames whose measured red cells cover less than this share of the view (the median over the frames with a ruler)
-# are not a smear's fields: camera noise, an empty view. Measured in session 33 (red cells the ruler rests on x their
-# disc / the view): the median over a set of real fields is 9-25 % (PBC's 160, also at 0.2x and under defocus or noise
-# at severity 5; DeepBioNet's fields and detection frames), single real fields 0.6 % at the least; frames of random
-# pixels, Gaussian noise or blurred noise 0.05-0.6 % in the median, single frames up to 1.2 %. So a site is judged by
-# its median, not frame by frame.
+# while the pixel noise is above NOISY are camera noise, not a smear's fields. Measured in session 33 (red cells the
+# ruler rests on x their disc / the view; tools/smear_cover.py): the median over a set of real fields is 9-25 % (PBC's
+# 160, also at 0.2x and under defocus or noise at severity 5; DeepBioNet's fields and detection frames), single real
+# fields 0.6 % at the least; frames of random pixels or Gaussian noise 0.05-0.6 % in the median, single frames up to
+# 1.2 %. A crowded smear covers less too (the ruler counts lone red cells: generated fields at 3x the red cells,
+# 1-4.5 %), but its noise is low (2-3 levels; noise frames 20-52), so both must say "noise".
 MIN_RED_COVER = 0.02
 
 
@@ -225,10 +226,12 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
                          "calibrate on ordinary fields of a smear (red cells around the white cells)"])
     cover = float(np.median([m.red_cover for m in measures if m.red_cover is not None]))
-    if cover < MIN_RED_COVER:  # noise read as a few tiny "red cells": a ruler, a stain distance and advice of nothing
-        raise SiteError([f"the frames do not look like a blood smear: the red cells found cover {100 * cover:.1f} % of "
-                         f"the view in the median frame (a smear's fields: 5-40 %). Check the camera (pure noise?), "
-                         "the focus and the slide, then calibrate on ordinary fields of a smear"])
+    grain = float(np.median([m.noise for m in measures]))
+    if cover < MIN_RED_COVER and grain > NOISY:  # noise read as a few tiny "red cells": a ruler and advice of nothing
+        raise SiteError([f"the frames do not look like a blood smear: they are mostly noise ({grain:.0f} grey levels "
+                         f"from pixel to pixel) and the red cells found cover {100 * cover:.1f} % of the view in the "
+                         "median frame (a smear's fields: 5-40 %). Check the camera (a lens cap, the gain, the "
+                         "cable), the light and the slide, then calibrate on ordinary fields of a smear"])
     groups = magnifications(sizes)
     shapes = frame_sizes(shapes)
     if scale and len(shapes) > 1:  # another camera, or frames cut or scaled apart: one fixed scale fits none

@@ -410,6 +410,10 @@ def test_calibrate_refuses_frames_of_pure_noise_and_writes_nothing(tmp_path):
     clean = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(3)]
     assert all(site_lib.measure_frame(f).red_cover >= 0.05 for f in clean)
     assert site_lib.calibrate(clean + noise[:2], input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 5
+    # a crowded smear: few lone red cells for the ruler (cover 1-4.5 %), but no grain: calibrated, not refused
+    from scopelite.train.synth import CLASS_NAMES, render_scene
+    crowded = [render_scene(480, 640, [(CLASS_NAMES.index("neutrophil"), 320, 240)], 1.0, rng, 750) for _ in range(3)]
+    assert site_lib.calibrate(crowded, input_px=96, model_rbc_px=MODEL_RBC_PX)["frames"] == 3
     with pytest.raises(site_lib.SiteError) as e:
         site_lib.calibrate(clean[:1] + noise, input_px=96, model_rbc_px=MODEL_RBC_PX)
     assert "do not look like a blood smear" in str(e.value)
@@ -419,7 +423,7 @@ def test_calibrate_refuses_frames_of_pure_noise_and_writes_nothing(tmp_path):
         cv2.imwrite(str(folder / f"{i}.png"), f)
     out = tmp_path / "site.json"
     r = invoke_cli("celledge", "calibrate", str(folder), "--out", str(out))
-    assert_one_line_error(r, "the frames do not look like a blood smear", "Check the camera", code=2)
+    assert_one_line_error(r, "the frames do not look like a blood smear", "mostly noise", "Check the camera", code=2)
     assert not out.exists()
 
 

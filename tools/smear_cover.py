@@ -5,7 +5,9 @@
 The share is what ``site.measure_frame`` reads (the red cells the ruler rests on x their disc / the view). Real:
 PBC's 160 fields (also at 0.2x, and under defocus, shot noise, Gaussian noise, a stain change and pixelation at
 severity 5 on every 4th field), DeepBioNet's 361 fields and every 3rd of its 600 detection frames. Not a smear: 20
-frames each of uniform random pixels (640x480 and 320x240), Gaussian noise, blurred noise and smooth blobs.
+frames each of uniform random pixels (640x480 and 320x240), Gaussian noise, blurred noise and smooth blobs. Also
+generated fields with 1-3x the red cells (crowded smears: few lone red cells for the ruler). Each set's median pixel
+noise too: calibrate refuses frames whose cover is under 2 % AND whose noise is above 6 grey levels.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from scopelite.edge import site as site_lib
 from scopelite.edge.sources import list_images, read_image_rgb
 from scopelite.edge.sysinfo import machine
 from scopelite.train.corruptions import corrupt
+from scopelite.train.synth import CLASS_NAMES, render_scene
 
 
 def covers(frames) -> dict:
     ms = [site_lib.measure_frame(f) for f in frames]
     c = [m.red_cover for m in ms if m.red_cover is not None]
-    return {"frames": len(ms), "with_a_ruler": len(c),
+    return {"frames": len(ms), "with_a_ruler": len(c), "noise_median": round(float(np.median([m.noise for m in ms])), 1),
             **({"min": round(min(c), 5), "p5": round(float(np.percentile(c, 5)), 5),
                 "median": round(float(np.median(c)), 5), "max": round(max(c), 5)} if c else {})}
 
@@ -47,6 +50,11 @@ def main() -> None:
             "deepbionet_detection_every_3rd": covers(read_image_rgb(p) for p in det)}
     for c in ("defocus_blur", "shot_noise", "gaussian_noise", "stain", "pixelate"):
         real[f"pbc_fields_{c}_5"] = covers(corrupt(f, c, 5, i) for i, f in enumerate(pbc[::4]))
+    crowd = np.random.default_rng(0)  # generated fields, 1x / 2x / 3x the red cells (a crowded, thick smear)
+    for k in (1, 2, 3):
+        real[f"generated_{k}x_red_cells"] = covers(
+            render_scene(480, 640, [(CLASS_NAMES.index("neutrophil"), 320, 240)], 1.0, crowd, 250 * k)
+            for _ in range(10))
     rng = np.random.default_rng(1)
     blur = lambda s: cv2.normalize(cv2.GaussianBlur(rng.normal(0, 1, (480, 640, 3)).astype(np.float32), (0, 0), s),  # noqa: E731
                                    None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
