@@ -40,6 +40,14 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return 100 * max(centre - half, 0.0), 100 * min(centre + half, 1.0)
 
 
+
+def percent_text(row: dict, white_total: int, dash: str = "–") -> tuple[str, str]:
+    """A white-cell row's percentage and 95 % interval as a report shows them; ``dash`` for both when no white cell
+    was counted (0.0 % of every class with a 0-100 interval read as a result)."""
+    if not white_total:
+        return dash, dash
+    return f"{row['percent']:.1f}", f"{row['ci95'][0]:.0f}{dash}{row['ci95'][1]:.0f}"
+
 class Differential:
     """A running differential count.
 
@@ -203,9 +211,8 @@ class Differential:
         if not n:  # 0.0 % of every class with a 0-100 % interval read as a result
             lines[0] += ": none counted, so no percentages"
         for r in s["rows"]:
-            ci = f"{r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}" if n else "-"
-            pct = f"{r['percent']:>7.1f}" if n else f"{'-':>7}"
-            lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{pct}{ci:>14}"
+            pct, ci = percent_text(r, n, "-")
+            lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{pct:>7}{ci:>14}"
                          + ((f"{r['absolute']:>10.2f}" if n else f"{'-':>10}") if absolute else ""))
         lines.append(f"{'White cells':<24}{n:>6}{(f'{100.0:>7.1f}' if n else f'{chr(45):>7}')}"
                      + (f"{'':>14}{s['wbc_corrected']:>10.2f}" if absolute else ""))
@@ -225,8 +232,9 @@ class Differential:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["section", "class", "count", "percent", "ci95_low", "ci95_high", "absolute_1e9_per_l"])
-        for r in s["rows"]:
-            w.writerow(["white", r["class"], r["count"], r["percent"], *r["ci95"], r.get("absolute", "")])
+        for r in s["rows"]:  # no white cell counted: no percentages (empty cells), not 0.0 with a 0-100 interval
+            w.writerow(["white", r["class"], r["count"], *((r["percent"], *r["ci95"]) if s["white_total"] else
+                                                           ("", "", "")), r.get("absolute", "")])
         w.writerow(["white", "total", s["white_total"], 100.0 if s["white_total"] else 0.0, "", "",
                     s.get("wbc_corrected", "")])
         w.writerow(["nrbc", NRBC, s["nrbc"], s["nrbc_per_100_wbc"] if s["nrbc_per_100_wbc"] is not None else "", "", "",

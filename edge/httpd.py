@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from . import session_http
-from .differential import TITLES
+from .differential import TITLES, percent_text
 from .errors import UserError
 from .illumination import ADVISE
 from .preprocess import center_square
@@ -380,14 +380,15 @@ def _differential_html(d: dict) -> str:
         progress = f'<p id="progress">{n} white cells counted (no --count target)</p>'
     rows = "".join(
         f'<tr><td>{html.escape(TITLES.get(r["class"], r["class"]))}</td><td>{r["count"]}</td>'
-        f'<td>{r["percent"]:.1f}</td><td>{r["ci95"][0]:.0f}–{r["ci95"][1]:.0f}</td>'
-        f'<td><span class="bar" style="width:{2 * r["percent"]:.0f}px"></span></td></tr>' for r in d["rows"])
+        f'<td>{pct}</td><td>{ci}</td>'
+        f'<td><span class="bar" style="width:{2 * r["percent"]:.0f}px"></span></td></tr>'
+        for r in d["rows"] for pct, ci in [percent_text(r, n)])
     nrbc = "–" if d["nrbc_per_100_wbc"] is None else f'{d["nrbc_per_100_wbc"]:.1f}'
     others = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td><td></td><td></td><td></td></tr>"
                      for k, v in d["other"].items())
     return f"""<h2>Differential count</h2>{progress}
 <table id="differential"><tr><th>Cell</th><th>Count</th><th>%</th><th>95 % CI</th><th></th></tr>{rows}
-<tr class="sum"><td>White cells</td><td>{n}</td><td>{100.0 if n else 0.0:.1f}</td><td></td><td></td></tr>
+<tr class="sum"><td>White cells</td><td>{n}</td><td>{"100.0" if n else "–"}</td><td></td><td></td></tr>
 <tr><td>NRBC /100 WBC</td><td>{nrbc}</td><td colspan="3" class="note">({d["nrbc"]} erythroblasts)</td></tr>
 <tr><td>Platelets (seen)</td><td>{d["platelets"]}</td><td></td><td></td><td></td></tr>{others}
 <tr><td>Uncertain (review)</td><td>{d["uncertain"]["count"]}</td><td colspan="3" class="note">not in the

@@ -14,7 +14,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .differential import TITLES, UNCERTAIN
+from .differential import TITLES, UNCERTAIN, percent_text
 from .session import NOT_A_CELL, clinical_order
 
 THUMB_PX = 96
@@ -74,9 +74,9 @@ def _table(summary: dict) -> str:
     absolute = "wbc_corrected" in d
     head = "<th>x10<sup>9</sup>/L</th>" if absolute else ""
     rows = "".join(
-        f'<tr><td>{html.escape(title(r["class"]))}</td><td>{r["count"]}</td><td>{r["percent"]:.1f}</td>'
-        f'<td>{r["ci95"][0]:.0f}–{r["ci95"][1]:.0f}</td>' + (f'<td>{r["absolute"]:.2f}</td>' if absolute else "")
-        + f'<td>{reviewed.get(r["class"], 0)}</td></tr>' for r in d["rows"])
+        f'<tr><td>{html.escape(title(r["class"]))}</td><td>{r["count"]}</td><td>{pct}</td><td>{ci}</td>'
+        + (f'<td>{r["absolute"]:.2f}</td>' if absolute else "") + f'<td>{reviewed.get(r["class"], 0)}</td></tr>'
+        for r in d["rows"] for pct, ci in [percent_text(r, d["white_total"])])
     pad = "<td></td>" * (2 + absolute)
     nrbc = "–" if d["nrbc_per_100_wbc"] is None else f'{d["nrbc_per_100_wbc"]:.1f}'
     n = d["white_total"]
@@ -85,7 +85,7 @@ def _table(summary: dict) -> str:
                      for k, v in d["other"].items())
     return f"""<table id="differential"><tr><th>Cell</th><th>Count</th><th>%</th><th>95 % CI</th>{head}
 <th>reviewed</th></tr>{rows}
-<tr class="sum"><td>White cells</td><td>{n}</td><td>{100.0 if n else 0.0:.1f}</td><td></td>{total}<td></td></tr>
+<tr class="sum"><td>White cells</td><td>{n}</td><td>{"100.0" if n else "–"}</td><td></td>{total}<td></td></tr>
 <tr><td>NRBC /100 WBC</td><td>{nrbc}</td><td colspan="{2 + absolute}">({d["nrbc"]} erythroblasts)</td>
 <td>{reviewed.get("erythroblast", 0)}</td></tr>
 <tr><td>Platelets (seen)</td><td>{d["platelets"]}</td>{pad}<td>{reviewed.get("platelet", 0)}</td></tr>{others}

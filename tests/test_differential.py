@@ -177,7 +177,7 @@ def test_no_edge_module_imports_another_modules_private_names():
     assert all(title(k) == v for k, v in TITLES.items())
 
 
-def test_a_report_of_no_white_cells_gives_no_percentages():
+def test_a_report_of_no_white_cells_gives_no_percentages(tmp_path):
     """A run stopped before any white cell (a camera that never answered) reported "0.0 %" and "0-100" for every
     class, as a result; it says none were counted and gives no percentages."""
     from scopelite.edge.bundle import CLASS_NAMES
@@ -190,3 +190,19 @@ def test_a_report_of_no_white_cells_gives_no_percentages():
     one = Differential(CLASS_NAMES, target=100)
     one.add_label("neutrophil")
     assert "100.0" in one.to_text() and "none counted" not in one.to_text()
+    # the CSV, the lab page and the session's printed report say it alike
+    import csv
+    import io
+
+    from scopelite.edge.httpd import _differential_html
+    from scopelite.edge.session import Sessions
+
+    none = Differential(CLASS_NAMES, target=100)
+    rows = [r for r in csv.reader(io.StringIO(none.to_csv())) if r[0] == "white" and r[1] == "neutrophil"]
+    assert rows == [["white", "neutrophil", "0", "", "", "", ""]]
+    page = _differential_html(none.summary())
+    assert "0.0" not in page and "0–100" not in page
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES, target=100)
+    printed = sessions.report_html()
+    sessions.release()
+    assert "Differential" in printed and "0–100" not in printed
