@@ -539,7 +539,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                            if path == "/session/start" else '{"label": "neutrophil"}' if "/label" in path else "{}")
                 return self._reply(400, {"ok": False, "error": f"body must be a JSON object, e.g. {example}"})
             if action is None:
-                return self._send(*session_http.post(status.session, path, body))
+                return self._send(*session_http.post(status.session, path, body,
+                                                     public=not is_loopback(self.server.server_address[0])))
             code, reply = action(body)
             self._reply(code, reply)
 

@@ -44,9 +44,20 @@ def _name(text):
     return PurePath(text).name or text if isinstance(text, str) and "://" not in text and "/" in text else text
 
 
+_FOLDERS = re.compile(r"(?<![\w.:/])/(?:[^\s/]+/)+")  # the folders of an absolute path inside a message
+
+
+def without_folders(text: str) -> str:
+    """A message with the folders of its absolute paths left out ("cannot write cells.jsonl (no space ...)")."""
+    return _FOLDERS.sub("", text)
+
+
 def without_paths(summary: dict) -> dict:
-    """``Sessions.summary()`` with its local paths cut to their last component (``public``)."""
+    """``Sessions.summary()`` (or an answer built on it) with its local paths cut to their last component, for a
+    server bound beyond loopback (``public``)."""
     out = dict(summary)
+    if isinstance(out.get("unrecorded"), dict) and isinstance(out["unrecorded"].get("error"), str):
+        out["unrecorded"] = {**out["unrecorded"], "error": without_folders(out["unrecorded"]["error"])}
     if "folder" in out:
         out["folder"] = _name(out["folder"])
     for key in ("sources", "inputs"):
@@ -77,7 +88,20 @@ def is_post_route(path: str) -> bool:
     return path in ("/session/start", "/session/stop", "/session/reset") or bool(_CELL_LABEL.fullmatch(path))
 
 
-def post(sessions: Sessions, path: str, body: dict) -> Response:
+def post(sessions: Sessions, path: str, body: dict, public: bool = False) -> Response:
+    """``public``: the server is bound beyond loopback; its answers name no folder of this machine."""
+    code, answer, kind = _post(sessions, path, body)
+    if public and kind == "application/json":
+        obj = json.loads(answer)
+        if isinstance(obj, dict):
+            obj = without_paths(obj)
+            if isinstance(obj.get("error"), str):
+                obj["error"] = without_folders(obj["error"])
+            answer = json.dumps(obj).encode()
+    return code, answer, kind
+
+
+def _post(sessions: Sessions, path: str, body: dict) -> Response:
     try:
         if path == "/session/start":
             target = body.get("target")

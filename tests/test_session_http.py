@@ -245,6 +245,10 @@ def test_session_paths_are_cut_to_names_for_the_network():
     assert without_paths(s) == {"folder": "s1", "inputs": ["slide3", "0", "rtsp://cam/x"], "sources": ["a.mp4"],
                                 "cells": [{"id": 1, "file": "f1.png"}, {"id": 2}], "state": "open"}
     assert s["folder"] == "/home/lab/sessions/s1"  # the session's own record is left as it is
+    from scopelite.edge.session_http import without_folders
+    assert without_paths({"unrecorded": {"cells": 2, "error": "cannot write /home/lab/s/s1/cells.jsonl (no space)"}}
+                         )["unrecorded"]["error"] == "cannot write cells.jsonl (no space)"
+    assert without_folders("see http://host:8080/a/b and 3/4") == "see http://host:8080/a/b and 3/4"
 
 
 def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_path):
@@ -267,7 +271,8 @@ def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_
     try:
         assert token and len(token) >= 16, "".join(lines)
         assert _post(base, "/session/stop")[0] == 403  # not even from this machine without it
-        assert _post(base, "/session/stop", Authorization=f"Bearer {token}")[0] == 200
+        code, answer = _post(base, "/session/stop", Authorization=f"Bearer {token}")
+        assert code == 200 and str(tmp_path) not in str(answer), answer  # the answers name no folder either
         session = json.loads(_call(base + "/session")[1])
         assert session["state"] == "closed" and session["reason"] == "stopped"
         # bound beyond loopback, the machine's folder layout is not shown: names only (state.json keeps the paths)
