@@ -83,13 +83,8 @@ def foreign_files(out: str | os.PathLike, judges: dict[str, Callable[[Path], boo
 def json_with(*keys: str) -> Callable[[Path], bool]:
     """``foreign_files``' test for a JSON object holding all of ``keys`` (read without trusting it)."""
     def judge(p: Path) -> bool:
-        try:
-            if p.stat().st_size > 2**26:
-                return False
-            obj = json.loads(p.read_bytes())
-        except (OSError, ValueError):
-            return False
-        return isinstance(obj, dict) and all(k in obj for k in keys)
+        obj = _json_object(p, 2**26)
+        return obj is not None and all(k in obj for k in keys)
     return judge
 
 
@@ -132,10 +127,16 @@ def has_schema(schema: str) -> Callable[[Path], bool]:
 
 def _schema_of(path: Path) -> object:
     """The ``schema`` of the JSON object in ``path`` (None if it holds none), read without trusting it."""
+    obj = _json_object(path, 2**20)
+    return None if obj is None else obj.get("schema")
+
+
+def _json_object(path: Path, max_bytes: int) -> dict | None:
+    """The JSON object in ``path``, or None: not readable, over ``max_bytes``, not JSON, not an object."""
     try:
-        if path.stat().st_size > 2**20:
+        if path.stat().st_size > max_bytes:
             return None
         obj = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return obj.get("schema") if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else None
