@@ -91,6 +91,16 @@ def is_greyscale(frame_rgb: np.ndarray) -> bool:
                 and np.abs(sub[..., 1] - sub[..., 2]).mean() < GREY_TOLERANCE)
 
 
+DARK_LEVEL = 32  # median of each pixel's brightest channel under which a frame is dark: the lamp off (real fields:
+# 140-204, 78 at the robustness suite's brightness_down severity 5; a lamp off with a colour camera's noise: 6-10)
+
+
+def is_dark(frame_rgb: np.ndarray) -> bool:
+    """Whether a frame is dark (the lamp off, a shutter closed), colour noise or not: nothing on it is a cell."""
+    sub = np.asarray(frame_rgb)[::4, ::4]
+    return bool(sub.ndim == 3 and np.median(sub.max(axis=2)) < DARK_LEVEL)
+
+
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
     """Colour without brightness: each channel's share of the sum (rows of RGB in, rows of 3 out)."""
     rgb = np.asarray(rgb, np.float64).reshape(-1, 3)

@@ -40,7 +40,7 @@ from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest, shown
-from .stain import is_greyscale, percentile_of_counts
+from .stain import is_dark, is_greyscale, percentile_of_counts
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
 
@@ -498,7 +498,7 @@ def run_watch(
     field_scale = FieldScale(field_cfg, every=5 if stream else 1, slide=SLIDE_SCALE_ESTIMATES if stream else 0,
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
-    unlike_frames = grey_frames = already = 0
+    unlike_frames = grey_frames = dark_frames = already = 0
     # field mode: how many frames fell off by each 1/1000 (illumination.flatten's, 3 decimals): a bounded record
     # of a camera run for weeks, and the median from it; and how many frames were noisy
     dim_corners = np.zeros(1001, np.int64)
@@ -592,12 +592,14 @@ def run_watch(
                 seen[pixels] = file
             grey = is_greyscale(frame)
             grey_frames += grey
+            dark = counter is not None and not grey and is_dark(frame)  # the lamp off on a colour camera
+            dark_frames += dark
             t0 = clock()
-            if counter is not None and grey:
+            if counter is not None and (grey or dark):
                 # the lamp off, a blank or monochrome view: nothing to find by stain colour, and the tracker is not
                 # told of it (a black frame's noise gave 30-40 "cells", and the real ones were counted again when
-                # the lamp came back)
-                rec, dt = {"frame": n, "cells": [], "no_colour": True, "counted": [],
+                # the lamp came back; a colour camera's noise in the dark gave 185 and lost the stage's position)
+                rec, dt = {"frame": n, "cells": [], ("dark" if dark else "no_colour"): True, "counted": [],
                            "differential": counter.brief()}, 0.0
             elif counter is not None:
                 read = read if read is not None else read_frame(frame)
@@ -638,7 +640,7 @@ def run_watch(
                 rec["file"] = file
             if pixels is not None:
                 rec["pixels"] = pixels
-            if session is not None and counter is not None and not grey:
+            if session is not None and counter is not None and not (grey or dark):
                 if counter.late and held is not None:  # its cells have their tracks now: keep their views
                     session.keep_views(*held)
                 if counter.holding:  # fed (and kept) when the next frame says it began a new view
@@ -693,6 +695,8 @@ def run_watch(
         summary["already_counted"] = already
     if grey_frames:
         summary["grey_frames"] = grey_frames
+    if dark_frames:  # field mode: left out of the count
+        summary["dark_frames"] = dark_frames
     if n and grey_frames > n / 2:  # a few blank frames (the lamp between fields) are normal
         _warn(summary, f"{grey_frames} of {n} frames hold no colour (greyscale or blank): the model was trained "
                        "on stained colour images" + (" and field mode finds cells by their stain" if counter
