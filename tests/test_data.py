@@ -238,3 +238,20 @@ def test_a_class_folder_no_label_can_be_named_is_refused_before_training(tmp_pat
         cv2.imwrite(str(tmp_path / name / "x.png"), np.full((32, 32, 3), 100, np.uint8))
     with pytest.raises(UserError, match="has a name no model label can have"):
         load_folders(tmp_path, image_size=32)
+
+
+def test_one_lineage_is_the_same_split_whatever_else_its_file_holds(tmp_path):
+    """choose and average compare runs' splits: since the split keeps the test images' colours (measured at each
+    run's image size), the file's bytes differ between sizes and machines; the lineage is its classes and images."""
+    import json
+
+    ds24, ds40 = data.load_synthetic(5, 24), data.load_synthetic(5, 40)
+    split = data.stratified_split(ds24.labels, seed=0)
+    data.save_split(tmp_path / "a.json", ds24, split, 0)
+    data.save_split(tmp_path / "b.json", ds40, split, 0)
+    old = {k: v for k, v in json.loads((tmp_path / "a.json").read_text()).items() if k != "test_colour"}
+    (tmp_path / "old.json").write_text(json.dumps(old))  # a run from before session 33
+    assert (tmp_path / "a.json").read_bytes() != (tmp_path / "b.json").read_bytes()
+    assert len({data.split_identity(tmp_path / f) for f in ("a.json", "b.json", "old.json")}) == 1
+    data.save_split(tmp_path / "c.json", ds24, data.stratified_split(ds24.labels, seed=1), 1)
+    assert data.split_identity(tmp_path / "c.json") != data.split_identity(tmp_path / "a.json")

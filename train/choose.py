@@ -16,10 +16,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from scopelite.edge.bundle import sha256_file, write_json_atomic
+from scopelite.edge.bundle import write_json_atomic
 from scopelite.edge.errors import UserError
 
 from .corruptions import corrupted_copy
+from .data import split_identity
 from .metrics import summarize
 from .run import heldout_data, load_keras_bundle, predict, split_file
 from .runpath import model_file
@@ -57,7 +58,7 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
     split_sha = None
     for name, p in paths.items():
         other = bundles[name][0]
-        digest = sha256_file(split_file(other, p))
+        digest = split_identity(split_file(other, p))
         split_sha = split_sha or digest
         if tuple(other.labels) != tuple(sc.labels) or digest != split_sha:
             raise UserError(f"{name} ({p}) does not share {first_name}'s classes and saved split; candidates must "

@@ -505,6 +505,15 @@ def save_split(path: str | os.PathLike, ds: Dataset, split: dict[str, np.ndarray
                              "test_colour": _mean_colours(ds, split["test"])})
 
 
+def split_identity(path: str | os.PathLike) -> str:
+    """What makes two runs one lineage: the same classes and the same images in each part of the split, whatever
+    else their split.json holds (the test images' colours, measured at each run's image size)."""
+    saved = read_json_file(path, "the saved split", lambda o: isinstance(o, dict) and all(
+        isinstance(o.get(s), list) for s in SPLITS))
+    key = {"class_names": saved.get("class_names"), **{s: saved[s] for s in SPLITS}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 SAME_COLOUR_LEVELS = 8  # a test image's mean RGB moves less than this when re-encoded or resized (0-255 levels)
 
 

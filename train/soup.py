@@ -8,7 +8,6 @@ The result is an ordinary run folder (model.keras + model.json, split.json, conf
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from scopelite.edge.errors import UserError
 from . import model as model_lib
 from .average import average_into
 from .config import SOUP_SEED_STEP, FitConfig
-from .data import refuse_out_in_data
+from .data import refuse_out_in_data, split_identity
 from .run import heldout_data, load_keras_bundle, run_config, split_file
 from .runpath import MODEL_FILE, model_file
 
@@ -57,7 +56,7 @@ def _run_name(model: Path, out: Path) -> str:
 def _split_digest(f: Path) -> str:
     if not f.is_file():
         raise UserError(f"no {f.name} in {f.parent}: only models of celltrain runs can be averaged")
-    return hashlib.sha256(f.read_bytes()).hexdigest()
+    return split_identity(f)
 
 
 def member_configs(cfg: FitConfig) -> list[FitConfig]:
