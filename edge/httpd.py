@@ -115,7 +115,8 @@ class Status:
             self.latency_buckets[next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b),
                                       len(LATENCY_BUCKETS_MS))] += 1
             scale = rec.get("scale") or {}
-            if "cells" in rec:  # field mode: what the frame says about the camera
+            if "cells" in rec and not (rec.get("no_colour") or rec.get("dark")):  # field mode: what the frame says
+                # about the camera (a frame left out of the count, the lamp off, says nothing of it)
                 seen = (bool(scale.get("overexposed")), bool(scale.get("noise")),
                         (scale.get("uneven_light") or 0.0) > ADVISE)
                 self._camera.append(seen)

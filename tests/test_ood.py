@@ -122,3 +122,17 @@ def test_the_lab_pages_stain_banner_reads_the_recent_frames_not_the_whole_run():
     frames(status, None, 3 * CAMERA_WINDOW)  # overexposed: no verdict, the last verdicts stand
     assert "unlike the training data" not in status.page()
     assert f"scopelite_unlike_training_frames_total {CAMERA_WINDOW}" in status.metrics_text()  # the run's count
+
+
+def test_frames_left_out_of_the_count_say_nothing_of_the_camera():
+    """The lamp off for a while (frames left out of the count: "dark" or "no_colour") filled the camera banners'
+    window with "all fine" and took an overexposure warning off the page."""
+    from scopelite.edge.httpd import CAMERA_WINDOW, Status
+
+    status = Status(["a"])
+    for _ in range(CAMERA_WINDOW):
+        status.update(None, {"frame": 0, "cells": [], "scale": {"overexposed": 0.4}})
+    for key in ("dark", "no_colour"):
+        for _ in range(CAMERA_WINDOW):
+            status.update(None, {"frame": 0, "cells": [], key: True, "counted": []})
+    assert 'id="camera-overexposed"' in status.page()
