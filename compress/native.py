@@ -29,7 +29,7 @@ from scopelite.edge import fieldset
 from scopelite.edge.tta import TTAClassifier
 from scopelite.edge.bundle import load_sidecar, write_bytes_atomic, write_json_atomic
 from scopelite.edge.errors import UserError
-from scopelite.edge.precious import foreign_files, json_with, starts_with
+from scopelite.edge.precious import foreign_files, json_with, refuse_foreign, starts_with
 from scopelite.edge.scale import estimate_rbc_diameter
 from scopelite.edge.sources import SourceError, list_images, read_image_rgb
 from scopelite.train.native_corruptions import (CROP_COUNTERPART, NATIVE_CORRUPTIONS, SEVERITIES, corrupt_native,
@@ -305,10 +305,7 @@ def bench_protocols(models: Sequence[str], out: str | Path, protocol: str = "cro
 
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol}: choose from {', '.join(PROTOCOLS)}")
-    foreign = foreign_files(out, output_judges(protocol))
-    if foreign:
-        raise UserError(f"--out {out} holds {', '.join(foreign[:3])} that cellcompress bench did not write, which "
-                        "this run would replace: give another folder, or move them away")
+    refuse_foreign(out, foreign_files(out, output_judges(protocol)), "cellcompress bench")
     if protocol != "crop" and not fields:
         raise UserError(f"--protocol {protocol} needs --fields DIR: class folders of whole fields, each centred on "
                         "a cell of its folder's class (e.g. ../shared/data/pbc-fields)")

@@ -15,6 +15,7 @@ from scopelite.edge.bundle import (Compression, Gate, Machine, Provenance, Quant
                                    write_bytes_atomic, write_json_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
+from scopelite.edge.precious import foreign_files, is_sidecar, json_with, refuse_foreign
 from scopelite.edge.provenance import method_of
 from scopelite.edge.sysinfo import machine
 from scopelite.train import model as model_lib
@@ -190,8 +191,6 @@ def foreign_outputs(out: str | Path) -> list[str]:
     """The files in ``out`` named as cellcompress names its outputs that an earlier cellcompress did not write (a
     .tflite without a scopelite sidecar, a report.json that is not its report): a run into ``out`` replaced or removed
     them (a user's model_float16.tflite was deleted, their report.md replaced), exit 0."""
-    from scopelite.edge.precious import foreign_files, is_sidecar, json_with  # noqa: PLC0415
-
     def model(p: Path) -> bool | None:  # a .tflite without its sidecar: a run cut between the two writes, or a user's
         return True if is_sidecar(sidecar_path(p)) else None
 
@@ -230,10 +229,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
         raise UserError(f"--out {out} is another training run's folder: the int8 model's sidecar "
                         f"({sidecar_path(APPROVED)}) would replace its Keras model's; give another folder, "
                         f"e.g. --out {src_path.parent / 'int8'}")
-    foreign = foreign_outputs(cfg.out)
-    if foreign:
-        raise UserError(f"--out {cfg.out} holds {', '.join(foreign[:3])} that cellcompress did not write, which this "
-                        "run would replace or remove: give another folder, or move them away")
+    refuse_foreign(cfg.out, foreign_outputs(cfg.out), "cellcompress", does="replace or remove")
     sc, model = load_keras_bundle(src_path)
     bad = model_lib.non_finite_weights(model)
     if bad:

@@ -80,6 +80,15 @@ def foreign_files(out: str | os.PathLike, judges: dict[str, Callable[[Path], boo
     return [n for n, v in said.items() if v is False or (v is None and not earlier)]
 
 
+def refuse_foreign(out: str | os.PathLike, foreign: list[str], command: str, written: str = "did not write",
+                   does: str = "replace") -> None:
+    """UserError naming ``foreign_files``' answer for ``--out OUT`` (nothing when it is empty): what ``command`` did
+    not write there and a run would ``does``."""
+    if foreign:
+        raise UserError(f"--out {out} holds {', '.join(foreign[:3])} that {command} {written}, which this run would "
+                        f"{does}: give another folder, or move them away")
+
+
 def json_with(*keys: str) -> Callable[[Path], bool]:
     """``foreign_files``' test for a JSON object holding all of ``keys`` (read without trusting it)."""
     def judge(p: Path) -> bool:

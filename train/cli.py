@@ -409,6 +409,7 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     from pathlib import Path
 
     from scopelite.edge.outputs import check_writable, entries
+    from scopelite.edge.precious import refuse_foreign
 
     from . import audit as audit_lib
     from . import data as data_lib
@@ -418,10 +419,8 @@ def audit(data, out, image_size, outlier_z, clean_copy):
     data_lib.refuse_out_in_data(out, data, data, "flagged.png would be read as a training image next time; put the "
                                 "audit elsewhere (e.g. --out audit/)")
     check_writable(out, "--out")
-    foreign = audit_lib.foreign_outputs(out)
-    if foreign:  # a lab's own exclusions.txt, or audit's edited by hand, was replaced with exit 0
-        raise UserError(f"--out {out} holds {', '.join(foreign)} that audit did not write (or edited since), which this "
-                        "audit would replace: give another folder, or move them away")
+    # a lab's own exclusions.txt, or audit's edited by hand, was replaced with exit 0
+    refuse_foreign(out, audit_lib.foreign_outputs(out), "audit", written="did not write (or edited since)")
     if clean_copy:
         check_writable(clean_copy, "--clean-copy")
         here, src = Path(clean_copy).resolve(), Path(data).resolve()
