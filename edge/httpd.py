@@ -445,7 +445,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
         def do_GET(self):  # noqa: N802 - http.server's name
             self._deadline.cancel()  # the request is in: the answer (a large session's report) may take its time
             path = self.path.split("?", 1)[0]
-            if token is None and is_loopback(self.server.server_address[0]) and self.headers.get("Host") \
+            if token is None and not self._public and self.headers.get("Host") \
                     and self._foreign_host() is not None:  # no Host at all (an HTTP/1.0 probe): not a web page
                 # bound to this machine only: a page on another name that resolved here (DNS rebinding) reads nothing
                 return self._send(403, b"this server answers requests for this machine's own address only",
@@ -470,8 +470,8 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 self.end_headers()
             elif path == "/":
                 self._send(200, status.page().encode(), "text/html; charset=utf-8")
-            elif status.session is not None and (routed := session_http.get(
-                    status.session, path, public=not is_loopback(self.server.server_address[0]))) is not None:
+            elif status.session is not None and (routed := session_http.get(status.session, path,
+                                                                             public=self._public)) is not None:
                 self._send(*routed)
             else:
                 self._send(404, b"not found", "text/plain")
@@ -493,6 +493,11 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 return f"changes are accepted for this machine's own address only, not {host or 'no Host'} " \
                        "(a web page that renamed itself to reach it)"
             return None
+
+        @property
+        def _public(self) -> bool:
+            """Bound beyond loopback: the network may read the pages (the answers name no folder of this machine)."""
+            return not is_loopback(self.server.server_address[0])
 
         def _foreign_host(self) -> str | None:
             """The Host named, unless it is this machine by address or as localhost (None). A name such as
@@ -540,8 +545,7 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                            if path == "/session/start" else '{"label": "neutrophil"}' if "/label" in path else "{}")
                 return self._reply(400, {"ok": False, "error": f"body must be a JSON object, e.g. {example}"})
             if action is None:
-                return self._send(*session_http.post(status.session, path, body,
-                                                     public=not is_loopback(self.server.server_address[0])))
+                return self._send(*session_http.post(status.session, path, body, public=self._public))
             code, reply = action(body)
             self._reply(code, reply)
 
