@@ -99,10 +99,9 @@ def convert(model, out, max_drop, qat_learning_rate, **opts):
 
     from scopelite.train.runpath import model_file
 
-    if Path(model).is_dir():  # a run folder, as every celltrain command takes ("File 'runs/x' is a directory")
-        model = str(model_file(model))
-        if not Path(model).is_file():
-            raise UserError(f"{model} not found: give a run folder of celltrain fit, or its model.keras")
+    model = str(model_file(model))  # a run folder, as every celltrain command takes ("File 'runs/x' is a directory")
+    if not Path(model).is_file():  # (click checked that MODEL exists: only a folder's model.keras can be missing)
+        raise UserError(f"{model} not found: give a run folder of celltrain fit, or its model.keras")
     check_writable(out, "--out", min_free_mb=OUT_FREE_MB)  # before TensorFlow is imported
     from .pipeline import CompressConfig, compress
 

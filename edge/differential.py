@@ -40,13 +40,13 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return 100 * max(centre - half, 0.0), 100 * min(centre + half, 1.0)
 
 
-
 def percent_text(row: dict, white_total: int, dash: str = "–") -> tuple[str, str]:
     """A white-cell row's percentage and 95 % interval as a report shows them; ``dash`` for both when no white cell
     was counted (0.0 % of every class with a 0-100 interval read as a result)."""
     if not white_total:
         return dash, dash
     return f"{row['percent']:.1f}", f"{row['ci95'][0]:.0f}{dash}{row['ci95'][1]:.0f}"
+
 
 class Differential:
     """A running differential count.
@@ -214,7 +214,8 @@ class Differential:
             pct, ci = percent_text(r, n, "-")
             lines.append(f"{TITLES[r['class']]:<24}{r['count']:>6}{pct:>7}{ci:>14}"
                          + ((f"{r['absolute']:>10.2f}" if n else f"{'-':>10}") if absolute else ""))
-        lines.append(f"{'White cells':<24}{n:>6}{(f'{100.0:>7.1f}' if n else f'{chr(45):>7}')}"
+        total = f"{100.0:.1f}" if n else "-"
+        lines.append(f"{'White cells':<24}{n:>6}{total:>7}"
                      + (f"{'':>14}{s['wbc_corrected']:>10.2f}" if absolute else ""))
         nrbc = "-" if s["nrbc_per_100_wbc"] is None else f"{s['nrbc_per_100_wbc']:.1f}"
         lines.append(f"{'NRBC /100 WBC':<24}{nrbc:>6}   ({s['nrbc']} erythroblasts)")
