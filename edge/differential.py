@@ -236,7 +236,7 @@ class Differential:
         for r in s["rows"]:  # no white cell counted: no percentages (empty cells), not 0.0 with a 0-100 interval
             w.writerow(["white", r["class"], r["count"], *((r["percent"], *r["ci95"]) if s["white_total"] else
                                                            ("", "", "")), r.get("absolute", "")])
-        w.writerow(["white", "total", s["white_total"], 100.0 if s["white_total"] else 0.0, "", "",
+        w.writerow(["white", "total", s["white_total"], 100.0 if s["white_total"] else "", "", "",
                     s.get("wbc_corrected", "")])
         w.writerow(["nrbc", NRBC, s["nrbc"], s["nrbc_per_100_wbc"] if s["nrbc_per_100_wbc"] is not None else "", "", "",
                     ""])

@@ -237,6 +237,10 @@ class Tracker:
         self._segment_frames = 0  # frames since the stream began or the view last jumped (``jump``)
         self.counted = 0
         self.jumps = 0
+        self.returns = 0  # jumps back to a view seen before (``return_to``)
+        self.view = 0  # which view the slide coordinates belong to: a new one after each jump
+        self._next_view = 1
+        self._parked: dict[int, list[_Track]] = {}  # the remembered cells of earlier views, oldest view first
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
                cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None,
@@ -330,15 +334,43 @@ class Tracker:
         """The view jumped: the frame about to be added shares nothing with the one before (``StageMotion.jumped``:
         the stage stepped to another field, or a video of separate fields), so no cell of the one can be a cell
         of the other, wherever they sit in the frame. Every open track closes as at the end of a stream, and the
-        remembered cells are forgotten (their slide positions no longer compare). A stretch of fewer than
+        remembered cells are parked with their view (their slide positions no longer compare with the new view's;
+        ``return_to`` brings them back when the stage returns to that view). A stretch of fewer than
         ``min_frames`` frames between jumps is a still field: its cells seen in each of its frames are counted
         (the flicker test needs more views than it has). Returns the events, as ``flush``."""
         events = self._close_all(still=True)
+        if self._memory:  # kept apart in case the stage comes back (``return_to``): its coordinates are its own
+            self._parked.pop(self.view, None)
+            self._parked[self.view] = self._memory
+            self._trim_parked()
         self._memory, self._memory_xy = [], None
+        self.view, self._next_view = self._next_view, self._next_view + 1
         self.offset, self._velocity = np.zeros(2), np.zeros(2)
         self._segment_frames = 0
         self.jumps += 1
         return events
+
+    def parked_views(self) -> set[int]:
+        """The earlier views whose remembered cells are kept (``return_to`` can go back to them)."""
+        return set(self._parked)
+
+    def return_to(self, view: int, offset: Sequence[float]) -> None:
+        """The view that just began (``jump``, before any frame of it was added) is ``view`` seen again
+        (``places.Places.find``): its remembered cells come back, and this frame lies at ``offset`` in its slide
+        coordinates (slide = frame + offset), so the cells counted there are recognised, not counted again."""
+        if self._active or self._segment_frames or view not in self._parked:
+            raise ValueError("return_to belongs right after jump, to a parked view")
+        self._memory, self._memory_xy = self._parked.pop(view), None
+        self.view = view
+        self.offset = np.asarray(offset, np.float64).reshape(2).copy()
+        self.returns += 1
+
+    def _trim_parked(self) -> None:
+        """The parked views together keep at most ``memory`` cells: the oldest view goes first."""
+        total = sum(len(m) for m in self._parked.values())
+        while self._parked and total > max(self.cfg.memory, 1):
+            oldest = next(iter(self._parked))
+            total -= len(self._parked.pop(oldest))
 
     def tracks(self) -> list[dict]:
         """The open tracks, for a live display: id, where last seen in the frame, whole views, counted."""
@@ -377,7 +409,8 @@ class Tracker:
 
     def ids(self) -> set[int]:
         """The ids of the tracks open or remembered (a counted cell's class is needed while its track can return)."""
-        return {t.id for t in self._active} | {t.id for t in self._memory}
+        return ({t.id for t in self._active} | {t.id for t in self._memory}
+                | {t.id for m in self._parked.values() for t in m})
 
     def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool,
                          fresh: bool = True) -> None:
@@ -453,6 +486,7 @@ class StageMotion:
         self._held: tuple[np.ndarray, np.ndarray] | None = None  # the view before a frame that jumped
         self._before: tuple[np.ndarray, np.ndarray] | None = None  # the view before the reference (``_prev``)
         self._last_shift_before: tuple[float, float] | None = None  # the shift from ``_before`` to ``_prev``
+        self.began: np.ndarray | None = None  # settled "jump": the grey view (``current``'s size) that began anew
 
     def update(self, frame_rgb: np.ndarray) -> tuple[float, float] | None:
         """(dx, dy) the content moved since the previous frame, px; None for the first frame, no clear peak, a
@@ -477,10 +511,7 @@ class StageMotion:
         if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
             self._prev = self._coarse = self._held = None
             return None
-        # the coarse frame: 4x smaller than the camera's (as is, when ``downscale`` is 4 or more, or it would be tiny)
-        f = self.downscale / 4
-        coarse = grey if f >= 1.0 or min(grey.shape) * f < 8 else cv2.resize(grey, None, fx=f, fy=f,
-                                                                               interpolation=cv2.INTER_AREA)
+        coarse = self._coarse_of(grey)
         if float(coarse.std()) < 2.0:  # blank: keep the last view with texture as the reference
             return None
         if self._prev is None or self._prev.shape != grey.shape:
@@ -493,7 +524,7 @@ class StageMotion:
             if not self._unlike(held[0], held[1], grey, coarse):
                 self.settled = "glitch"
                 return self._accept(held, grey, coarse)
-            self.settled, self._before = "jump", None
+            self.settled, self._before, self.began = "jump", None, self._prev
         prev = (self._prev, self._coarse)
         if not self._unlike(*prev, grey, coarse):
             return self._accept(prev, grey, coarse)
@@ -508,6 +539,43 @@ class StageMotion:
         self._held = prev
         self._prev, self._coarse, self._before = grey, coarse, None
         return None
+
+    @property
+    def current(self) -> np.ndarray | None:
+        """The grey view (float32, ``downscale`` x smaller) of the last frame with texture: the one ``update`` compares
+        the next frame with (after a jump not yet settled, the frame that jumped)."""
+        return self._prev
+
+    def same_place(self, ref: np.ndarray, grey: np.ndarray,
+                   min_detail: float = 0.0) -> tuple[tuple[float, float], float, float] | None:
+        """((dx, dy), peak, detail): how far the content moved from grey view ``ref`` to ``grey`` (as ``current``
+        gives them), full-size px, the coarse correlation's peak and ``detail_match`` at its shift, when the two show
+        one place: what ``update`` would not call a jump from the one to the other, with a detail match of at least
+        ``min_detail``. None when they share nothing, or differ in size."""
+        import cv2
+
+        if self._window is None or ref.shape != grey.shape or grey.shape != self._window.shape:
+            return None
+        a, b = ref.astype(np.float32, copy=False), grey.astype(np.float32, copy=False)
+        (cx, cy), peak = cv2.phaseCorrelate(self._coarse_of(a), self._coarse_of(b), self._coarse_window)
+        if peak < self.jump_response:
+            return None
+        up = b.shape[1] / self._coarse_of(b).shape[1]
+        detail = detail_match(a, b, cx * up, cy * up)
+        if (peak < self.check_response and detail < self.jump_detail) or detail < min_detail:
+            return None
+        s = self._shift(a, b)
+        return None if s is None else (s, float(peak), detail)
+
+    def _coarse_of(self, grey: np.ndarray) -> np.ndarray:
+        """The coarse view: 4x smaller than the camera's (as is, when ``downscale`` is 4 or more, or it would be
+        tiny)."""
+        import cv2
+
+        f = self.downscale / 4
+        if f >= 1.0 or min(grey.shape) * f < 8:
+            return grey
+        return cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
 
     def _accept(self, ref: tuple[np.ndarray, np.ndarray], grey: np.ndarray,
                 coarse: np.ndarray) -> tuple[float, float] | None:

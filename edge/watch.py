@@ -41,6 +41,7 @@ from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest, shown
 from .stain import is_dark, is_greyscale, percentile_of_counts
+from .places import Places
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
 
@@ -235,6 +236,7 @@ class FieldCounter:
                                          listed=REVIEW_LISTED)
         self.track = track
         self.motion = StageMotion()
+        self.places = Places(self.motion)  # key frames of each view: a field shown again after a jump is known
         self.tracker: Tracker | None = None
         self.resize = resize
         self._rbc_px: float | None = None
@@ -291,7 +293,8 @@ class FieldCounter:
         events: list[TrackEvent] = []
         pending, self._pending = self._pending, None
         if pending is not None and self.motion.settled == "jump":  # the held frame began a new view
-            events += self.tracker.jump() + self._feed(*pending, shift=None)
+            events += self._new_view(self.motion.began) + self._feed(*pending, shift=None)
+            self._note(self.motion.began)
             self.late = True
         elif pending is not None and self.motion.settled is None:  # a blank frame: still undecided
             self._pending = pending
@@ -300,7 +303,24 @@ class FieldCounter:
         if self.motion.jumped:  # unlike the view before: another field, or a glitch; the next frame says
             self._pending, self.holding = (cells, scale_info, frame_index), True
             return self._count(events, frame_index)
-        return self._count(events + self._feed(cells, scale_info, frame_index, shift), frame_index)
+        events += self._feed(cells, scale_info, frame_index, shift)
+        if shift is not None:  # where this frame lies is measured, not guessed from the stage's speed
+            self._note(self.motion.current)
+        return self._count(events, frame_index)
+
+    def _new_view(self, grey: np.ndarray | None) -> list[TrackEvent]:
+        """A jump: every track closes (``Tracker.jump``); when ``grey``, the new view's first frame, shows a view
+        seen before (``Places.find``), the tracker goes back into that view's coordinates and remembered cells."""
+        events = self.tracker.jump()
+        found = self.places.find(grey, self.tracker.parked_views())
+        if found is not None:
+            self.tracker.return_to(*found)
+        self.places.keep_only(self.tracker.parked_views() | {self.tracker.view})
+        return events
+
+    def _note(self, grey: np.ndarray | None) -> None:
+        if self.tracker is not None:
+            self.places.note(self.tracker.view, grey, self.tracker.offset)
 
     def _feed(self, cells: list[dict], scale_info: dict, frame_index: int,
               shift: tuple[float, float] | None) -> list[TrackEvent]:
@@ -328,8 +348,8 @@ class FieldCounter:
         events: list[TrackEvent] = []
         pending, self._pending = self._pending, None
         self.late = pending is not None
-        if pending is not None:
-            events += self.tracker.jump() + self._feed(*pending, shift=None)
+        if pending is not None:  # the frame held back is the last one with texture (``StageMotion.current``)
+            events += self._new_view(self.motion.current) + self._feed(*pending, shift=None)
         return self._count(events + self.tracker.flush(), frame_index)
 
     def brief(self) -> dict:
@@ -731,7 +751,8 @@ def run_watch(
     diameter = counter.tracker.cfg.cell_diameter_px if counter.tracker is not None else None
     summary.update(counted=at_end, revised=revised_at_end, differential=counter.summary(),
                    tracking={"on": track, "cell_diameter_px": None if diameter is None else round(diameter, 1),
-                             **({"view_jumps": counter.tracker.jumps} if counter.tracker is not None else {})})
+                             **({"view_jumps": counter.tracker.jumps, "view_returns": counter.tracker.returns}
+                                if counter.tracker is not None else {})})
     uneven_frames = int(dim_corners.sum())
     summary.update(uneven_light_frames=uneven_frames, noisy_frames=noisy_frames, overexposed_frames=bright_frames)
     median_falloff = percentile_of_counts(dim_corners, 50) / 1000 if uneven_frames else 0.0

@@ -200,6 +200,8 @@ def test_a_report_of_no_white_cells_gives_no_percentages(tmp_path):
     none = Differential(CLASS_NAMES, target=100)
     rows = [r for r in csv.reader(io.StringIO(none.to_csv())) if r[0] == "white" and r[1] == "neutrophil"]
     assert rows == [["white", "neutrophil", "0", "", "", "", ""]]
+    total = [r for r in csv.reader(io.StringIO(none.to_csv())) if r[:2] == ["white", "total"]]
+    assert total == [["white", "total", "0", "", "", "", ""]]  # no percentage of nothing (was 0.0)
     page = _differential_html(none.summary())
     assert "0.0" not in page and "0–100" not in page
     sessions = Sessions(tmp_path / "s", CLASS_NAMES, target=100)

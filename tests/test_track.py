@@ -321,3 +321,66 @@ def test_the_counters_classes_of_tracks_that_cannot_return_are_let_go():
     counter._decided = {k: {"label": "neutrophil"} for k in range(kept, kept + 1002)}  # under the bound: kept
     counter._count([], 2)
     assert len(counter._decided) == 1002
+
+
+def test_a_view_returned_to_after_a_jump_keeps_its_counted_cells():
+    """A jump parks the view's remembered cells; ``return_to`` brings them back at the offset found (``Places``),
+    so a field shown again is not counted again. Without it (the jump alone) it is."""
+    a = [(100.0, 100.0), (300.0, 200.0)]
+    b = [(150.0, 350.0)]
+
+    def show(tracker, cells, start, frames=20, shift=(0.0, 0.0)):
+        return [e for i in range(frames) for e in tracker.update(cells, None, start + i, shift=shift)]
+
+    t = Tracker()
+    events = show(t, a, 0)
+    events += t.jump() + show(t, b, 20)
+    assert t.parked_views() == {0} and t.view == 1
+    events += t.jump()
+    assert t.parked_views() == {0, 1}
+    t.return_to(0, (-40.0, 10.0))  # view 0's slide = this frame + (-40, 10): its cells appear 40 px right, 10 up
+    assert t.view == 0 and t.returns == 1 and t.parked_views() == {1}
+    events += show(t, [(x + 40.0, y - 10.0) for x, y in a], 40) + t.flush()
+    assert len(counts(events)) == 3
+    assert t.tracks() == []  # nothing open after the flush
+    # the jump alone: view A again is a new view, counted again
+    t2 = Tracker()
+    e2 = show(t2, a, 0) + t2.jump() + show(t2, b, 20) + t2.jump() + show(t2, a, 40) + t2.flush()
+    assert len(counts(e2)) == 5
+    with pytest.raises(ValueError):  # only right after a jump, to a parked view
+        t.return_to(1, (0.0, 0.0))
+
+
+def test_parked_views_are_bounded_by_the_memory_and_their_cells_stay_known():
+    t = Tracker(TrackConfig(memory=3))
+    for v in range(4):  # four views of two cells each: 8 remembered cells, at most 3 kept parked
+        for i in range(20):
+            t.update([(100.0, 100.0), (300.0, 300.0)], None, 20 * v + i, shift=(0.0, 0.0))
+        t.jump()
+    assert sum(len(m) for m in t._parked.values()) <= 3 and t.parked_views() == {3}  # the oldest views went first
+    assert {m.id for m in t._parked[3]} <= t.ids()  # a parked cell's class is still wanted (it can return)
+
+
+def test_places_finds_a_view_again_and_nothing_in_another_field():
+    from scopelite.edge.places import Places
+
+    scan = make_slide_scan(0, slide_size=(1400, 520), speed=(8.0, 20.0))
+    view = lambda x, y: scan.slide[y:y + 480, x:x + 640].copy()  # noqa: E731
+    motion = StageMotion()
+    motion.update(view(0, 0))
+    places = Places(motion)
+    assert places.note(0, motion.current, (0.0, 0.0)) and not places.note(0, motion.current, (50.0, 0.0))
+    motion.update(view(100, 0))
+    assert places.note(0, motion.current, (300.0, 0.0)) and len(places) == 2  # half a field (240 px) away: kept
+    motion.update(view(40, 20))  # the first field again, moved: found, with where this frame lies in view 0
+    found = places.find(motion.current, {0})
+    assert found is not None and found[0] == 0 and np.allclose(found[1], (40.0, 20.0), atol=2.0)
+    assert places.find(motion.current, {1}) is None  # only the views asked for
+    motion.update(view(760, 40))  # a field that shares nothing with those seen
+    assert places.find(motion.current, {0}) is None
+    places.keep_only({1})
+    assert len(places) == 0
+    small = Places(motion, spacing=0.0, cap=3)
+    for i in range(5):
+        small.note(0, motion.current, (i, 0))
+    assert len(small) == 3 and [float(k.offset[0]) for k in small._keys] == [2.0, 3.0, 4.0]  # the oldest go first

@@ -360,3 +360,30 @@ def test_a_field_held_back_keeps_its_crop_in_the_session(tmp_path):
     run_watch(WatchConfig(mode="field"), FakeSource(fields), clf, lambda r: None, session=sessions)
     cells = Session.load(sessions.current.folder).cells
     assert len(cells) == 3 and all(c["crop"] for c in cells)
+
+
+def _path_scan(path):
+    import dataclasses
+
+    base = make_slide_scan(0, slide_size=(1400, 520), speed=(8.0, 20.0))
+    return dataclasses.replace(base, path=path, blur=[0.0] * len(path), events=[])
+
+
+def test_a_field_shown_again_after_a_jump_is_counted_once():
+    """A, B, A (the stage stepped to another field and back) and a pan shown twice (a video that loops): the field
+    seen again is recognised (edge/places.py) and its cells are not counted again. Before: A, B, A counted the
+    cells of A twice (count-hunt-33.json: 26 for 18) and a looped pan every cell twice."""
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+
+    def count(path):
+        s = run_watch(WatchConfig(mode="field"), ScanSource(_path_scan(path)), clf, lambda r: None)["summary"]
+        return cells_counted(s["differential"]), s["tracking"]
+
+    a, b = [(0, 0)] * 20, [(760, 40)] * 20
+    once, _ = count(a + b)
+    assert once == sum(v >= 3 for v in _path_scan(a + b).frames_in_view().values()) > 6
+    again, tracking = count(a + b + a + b)
+    assert again == once and tracking["view_jumps"] == 3 and tracking["view_returns"] == 2
+    pan = [(10 * i, 20) for i in range(77)]
+    looped, tracking = count(pan + pan)
+    assert looped == count(pan)[0] and tracking["view_returns"] == 1

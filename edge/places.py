@@ -1,0 +1,83 @@
+"""Knowing a field again: a few frames of each view the stage has shown, matched after a jump.
+
+A jump (``track.StageMotion``: the stage stepped, or a video of separate fields or one that loops) shares
+nothing with the frame before, so the tracker cannot say where on the slide the new frame lies, and without
+more a field shown again after another one was counted again (A, B, A: 26 cells for 18; a video holding one
+pan three times: 45 for 16; benchmarks/results/count-hunt-33.json). ``Places`` keeps, per view, a frame every
+half a field the view moved, with the tracker's slide offset there; after a jump the first frame of the new
+view is compared with them by the test that decides jumps (``StageMotion.same_place``) and a close match of their
+fine detail (``MIN_DETAIL``), and a match puts the tracker back into that view's coordinates
+(``Tracker.return_to``), where its counted cells are remembered.
+
+Bounded: at most ``cap`` key frames and ``max_bytes`` of them (the oldest go first), kept at the stage
+measurement's working size as 8-bit grey (77 KB at 640x480).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .track import StageMotion
+
+# A return is claimed on stronger evidence than "not a jump": with many key frames to compare, the jump test's tail
+# let 15 of 9,180 pairs of different PBC fields through (a centred cell correlates at no shift), their fine detail
+# matching at 0.45 at most; frames of one place match at 0.83 or more (benchmarks/results/field-return.json).
+MIN_DETAIL = 0.6
+
+@dataclass(frozen=True, eq=False)
+class KeyFrame:
+    view: int
+    grey: np.ndarray  # uint8, StageMotion's working size
+    offset: np.ndarray  # the tracker's offset there (slide = frame + offset), px
+
+
+class Places:
+    """Key frames of the views seen so far (``note``), and which one a frame shows again (``find``)."""
+
+    def __init__(self, motion: StageMotion, spacing: float = 0.5, cap: int = 64, max_bytes: int = 16 << 20,
+                 min_detail: float = MIN_DETAIL):
+        """``spacing``: a view gains a key frame once it lies this fraction of the frame's shorter side from the
+        view's others (0.5: any frame of a pan overlaps one by three quarters or more). ``min_detail``: the fine
+        detail a return must match (``StageMotion.same_place``)."""
+        self.motion, self.spacing, self.cap, self.max_bytes = motion, spacing, cap, max_bytes
+        self.min_detail = min_detail
+        self._keys: list[KeyFrame] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def note(self, view: int, grey: np.ndarray | None, offset) -> bool:
+        """Keep ``grey`` (``StageMotion.current``) as a key frame of ``view`` at ``offset`` unless one of that
+        view's key frames lies within ``spacing``; True when kept."""
+        if grey is None:
+            return False
+        offset = np.asarray(offset, np.float64).reshape(2)
+        reach = self.spacing * min(grey.shape) * self.motion.downscale  # full-size px
+        if any(k.view == view and np.hypot(*(k.offset - offset)) < reach for k in self._keys):
+            return False
+        self._keys.append(KeyFrame(view, np.clip(grey, 0, 255).astype(np.uint8), offset.copy()))
+        limit = max(1, min(self.cap, self.max_bytes // max(grey.size, 1)))
+        del self._keys[:-limit]
+        return True
+
+    def find(self, grey: np.ndarray | None, views: set[int]) -> tuple[int, np.ndarray] | None:
+        """(view, offset): the view among ``views`` that ``grey`` shows again, and where this frame lies in its
+        slide coordinates; the key frame whose coarse correlation peaks highest wins. None: a place not seen."""
+        if grey is None or not views:
+            return None
+        best: tuple[float, int, np.ndarray] | None = None
+        for k in self._keys:
+            if k.view not in views:
+                continue
+            m = self.motion.same_place(k.grey, grey, self.min_detail)
+            if m is None:
+                continue
+            (dx, dy), peak, _ = m
+            if best is None or peak > best[0]:
+                best = (peak, k.view, k.offset - np.array([dx, dy]))
+        return None if best is None else (best[1], best[2])
+
+    def keep_only(self, views: set[int]) -> None:
+        """Forget the key frames of views no longer remembered (their cells are gone: nothing to return to)."""
+        self._keys = [k for k in self._keys if k.view in views]
