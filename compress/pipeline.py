@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from scopelite.edge import runtime
-from scopelite.edge.bundle import (Compression, Gate, Machine, Provenance, Quantization, Sidecar, SourceModel,
+from scopelite.edge.bundle import (APPROVED, Compression, Gate, Machine, Provenance, Quantization, Sidecar, SourceModel,
                                    TensorSpec, build_sidecar, derive_sidecar, sha256_file, sidecar_path,
                                    write_bytes_atomic, write_json_atomic, write_sidecar)
 from scopelite.edge.classifier import LiteRTClassifier
@@ -28,7 +28,6 @@ from scopelite.train.run import heldout_data, load_keras_bundle
 from . import convert, edgetpu
 from .ops import DYNAMIC_SHAPE_OPS, op_counts
 
-APPROVED = "model.tflite"
 QAT_AGREEMENT_MIN = 0.99  # Keras QAT vs its TFLite int8 conversion, top-1 on the test split
 DIAGNOSIS_IMAGES = 48  # --diagnose: held-out images run through both graphs with every tensor kept
 # what a run may leave in --out besides model.tflite and report.*: removed when this run did not make them, so

@@ -131,6 +131,18 @@ class Sidecar:
         return _parse(d, where)
 
 
+APPROVED = "model.tflite"  # the approved int8 model: what cellcompress writes into its --out folder
+
+
+def model_in(folder: str | os.PathLike) -> Path | None:
+    """The approved model a folder holds: ``FOLDER/model.tflite`` (cellcompress's ``--out``) or
+    ``FOLDER/int8/model.tflite`` (a training run compressed into its ``int8`` folder, as the README does); None."""
+    for candidate in (Path(folder) / APPROVED, Path(folder) / "int8" / APPROVED):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def sidecar_path(model_path: str | os.PathLike) -> Path:
     """``run/model.tflite`` -> ``run/model.json``."""
     return Path(model_path).with_suffix(".json")

@@ -15,7 +15,29 @@ import click
 from ._quiet import verbose_option
 from .errors import NonEmptyPath, Number, OneLineGroup, UserError, one_line_errors, warn
 
-MODEL = NonEmptyPath(exists=True, dir_okay=False)
+
+
+class ModelPath(NonEmptyPath):
+    """A .tflite model, or a folder holding the approved one (``bundle.model_in``: cellcompress's ``--out``, or a
+    training run with its ``int8`` folder): the model file."""
+
+    def __init__(self):
+        super().__init__(exists=True)
+
+    def convert(self, value, param, ctx):
+        from .bundle import APPROVED, model_in  # noqa: PLC0415
+
+        path = super().convert(value, param, ctx)
+        if not Path(path).is_dir():
+            return path
+        found = model_in(path)
+        if found is None:
+            self.fail(f"{str(path)!r} is a folder with no approved model in it ({APPROVED}, or int8/{APPROVED}): "
+                      "give the .tflite file (cellcompress writes OUT/model.tflite)", param, ctx)
+        return str(found)
+
+
+MODEL = ModelPath()
 THREADS = click.IntRange(1, 64)  # more than a board has cores; 100000 crashed the interpreter
 TOP_K = click.IntRange(min=1)
 
@@ -85,30 +107,38 @@ def main() -> None:
 
 
 def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[str, ...]]:
-    """``classify [MODEL.tflite] IMAGE...``: a leading .tflite is the model; else --model or the packaged one."""
+    """``classify [MODEL] IMAGE...``: a leading .tflite, or a folder holding the approved model (``bundle.model_in``),
+    is the model; else --model or the packaged one. A folder of images that holds a model is refused: its files are
+    a run's, not cells (a run folder's curves.png were classified as blood cells)."""
+    from .bundle import model_in
     from .packaged import default_model
 
-    if args and args[0].endswith(".tflite"):
+    lead = model_in(args[0]) if args and Path(args[0]).is_dir() else None
+    if args and (args[0].endswith(".tflite") or lead is not None):
         if model is not None:
             raise click.UsageError(f"two models: --model {model} and {args[0]}; give one")
-        model, args = args[0], args[1:]
+        model, args = str(lead or args[0]), args[1:]
     if not args:
         raise click.UsageError("give at least one IMAGE or folder")
     missing = [a for a in args if not Path(a).exists()]
     if missing:
         raise click.BadParameter(f"path {missing[0]!r} does not exist", param_hint="IMAGES")
+    for a in args:
+        held = model_in(a) if Path(a).is_dir() else None
+        if held is not None:
+            raise click.BadParameter(f"{a!r} holds a model ({held}), not cells: give it first or as --model {held}, "
+                                     "and the cells' folder after it", param_hint="IMAGES")
     if model is None:
         model = str(default_model())
     elif not Path(model).is_file():
-        what = "is a folder: give the model file in it (a .tflite beside its .json)" if Path(model).is_dir() else \
-            "does not exist"
-        raise click.BadParameter(f"file {model!r} {what}", param_hint="MODEL")
+        raise click.BadParameter(f"file {model!r} does not exist", param_hint="MODEL")
     return model, args
 
 
 @main.command()
-@click.argument("args", nargs=-1, required=True, type=NonEmptyPath(), metavar="[MODEL.tflite] IMAGE|DIR...")
-@click.option("--model", default=None, type=NonEmptyPath(), help="The .tflite bundle (default: the packaged PBC model).")
+@click.argument("args", nargs=-1, required=True, type=NonEmptyPath(), metavar="[MODEL] IMAGE|DIR...")
+@click.option("--model", default=None, type=MODEL,
+              help="The .tflite bundle, or the folder cellcompress approved it into (default: the packaged PBC model).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @click.option("-k", "--top-k", type=TOP_K, default=3, show_default=True, help="How many classes to list per image.")
 @click.option("--threads", type=THREADS, default=None, help="CPU threads for the interpreter (default: runtime's).")
@@ -137,10 +167,14 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     framed tighter or wider is cut to that framing first (--rescale; for a folder
     of crops cut alike, --rescale shared measures one framing for all).
 
+    The model comes first, or with --model: a .tflite file, or the folder
+    cellcompress approved it into (runs/mine/int8, or the run folder above it).
+
     \b
     Example:
       celledge classify cells/ --json
       celledge classify model.tflite cell1.jpg cell2.png
+      celledge classify runs/mine/int8 my_cells/
     """
     from .postprocess import top_k as best_k
     from .preprocess import prepare, too_small
@@ -312,7 +346,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--print-config", is_flag=True,
               help="Check the options, print them merged (defaults < --config < flags) as a site file, and exit.")
 @click.option("--model", default=None, type=MODEL,
-              help="The .tflite model (its .json sidecar beside it). Default: the packaged PBC model.")
+              help="The .tflite model (its .json sidecar beside it), or the folder cellcompress approved it into. "
+                   "Default: the packaged PBC model.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
 @click.option("--fps", type=Number(min=0.0001), default=None, help="Cap on frames per second.")
 @click.option("--size", default=None, callback=_size, help="Ask the camera for WIDTHxHEIGHT, e.g. 640x480.")
@@ -1093,7 +1128,7 @@ def review(sessions, sid, http, http_token):
 @main.command("export")
 @click.argument("sessions", nargs=-1, required=True, type=NonEmptyPath(exists=True, file_okay=False))
 @click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="The dataset folder (created; added to).")
-@click.option("--self-train", "self_train", type=NonEmptyPath(exists=True, dir_okay=False), default=None,
+@click.option("--self-train", "self_train", type=MODEL, default=None,
               metavar="MODEL", help="Your adapted int8 model (fitted on these reviewed cells): also export the "
               "unreviewed cells it scores 0.9 or more, under its class, at most twice your largest class's "
               "reviewed count per class (only classes you reviewed receive its guesses); then fit again.")

@@ -82,6 +82,12 @@ def corpus(tmp_path_factory):
     p["huge"] = t / "huge"
     (t / "emptydir").mkdir()
     p["emptydir"] = t / "emptydir"
+    run = t / "run"  # a training run compressed into its int8 folder, with its plots beside
+    (run / "int8").mkdir(parents=True)
+    shutil.copy(model, run / "int8" / "model.tflite")
+    shutil.copy(model.with_suffix(".json"), run / "int8" / "model.json")
+    _png(run / "curves.png", (60, 80, 3))
+    p["run"] = run
     (t / "gifs" / "sub").mkdir(parents=True)  # images of a kind not read: named, not left out without a word
     (t / "gifs" / "sub" / "a.gif").write_bytes(b"GIF89a")
     p["gifs"] = t / "gifs"
@@ -329,8 +335,13 @@ CASES = [
     ("classify-model-only", "celledge", "classify {model}", 2, "at least one IMAGE", None, None),
     ("classify-missing-image", "celledge", "classify {tmp}/missing.png", 2, "does not exist", None, None),
     ("classify-missing-model", "celledge", "classify --model {tmp}/none.tflite {img}", 2, "does not exist", None, None),
-    ("classify-model-is-dir", "celledge", "classify --model {emptydir} {img}", 2, "is a folder: give the model file",
-     None, None),
+    ("classify-model-is-dir", "celledge", "classify --model {emptydir} {img}", 2,
+     "is a folder with no approved model in it", None, None),
+    ("classify-a-run-folder-as-images", "celledge", "classify {img} {run}", 2, "holds a model", None, None),
+    # its curves.png were classified as blood cells by the packaged model
+    ("watch-model-is-an-empty-dir", "celledge", "watch {img} --model {emptydir}", 2, "no approved model", None, None),
+    ("calibrate-model-is-an-empty-dir", "celledge", "calibrate {img} --out {tmp}/s.json --model {emptydir}", 2,
+     "no approved model", None, None),
     ("classify-corrupt-model", "celledge", "classify {corrupt} {img}", 2, "cannot load", None, None),
     ("classify-mismatch", "celledge", "classify {mismatch} {img}", 2, "input shape", None, None),
     ("classify-no-sidecar", "celledge", "classify {nosidecar} {img}", 2, "no sidecar", None, None),

@@ -39,3 +39,45 @@ def test_an_edge_tpu_asked_for_with_a_cpu_model_and_fallback_cpu_runs_it_on_the_
     assert clf.classify(np.zeros((1, 96, 96, 3), np.uint8)).shape == (1, 8)
     assert len(said) == 1 and "not compiled for the Edge TPU" in said[0] and "_edgetpu.tflite" in said[0]
     assert "or --fallback cpu" not in said[0]
+
+
+def test_a_model_folder_is_the_model_in_it(tmp_path):
+    """cellcompress's --out folder (or the run folder above it) names its approved model.tflite: classify, watch and
+    info take it. Before, ``classify runs/mine/int8 cells/`` read the folder as images (none) and ran the packaged
+    PBC model on the cells, silently, and --model DIR was refused."""
+    import shutil
+
+    import cv2
+    import numpy as np
+    from click.testing import CliRunner
+
+    from scopelite.edge.bundle import model_in
+    from scopelite.edge.cli import main
+    from scopelite.edge.packaged import default_model
+
+    model = default_model()
+    run = tmp_path / "run"
+    (run / "int8").mkdir(parents=True)
+    shutil.copy(model, run / "int8" / "model.tflite")
+    sidecar = json.loads(model.with_suffix(".json").read_text())  # told apart from the packaged one by its labels
+    sidecar["labels"] = sidecar["labels"][::-1]
+    (run / "int8" / "model.json").write_text(json.dumps(sidecar))
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(cells / "a.png"), rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    assert model_in(run) == model_in(run / "int8") == run / "int8" / "model.tflite" and model_in(cells) is None
+    r = CliRunner().invoke(main, ["classify", str(cells), "--json"])
+    packaged_label = json.loads([x for x in r.output.splitlines() if x.startswith("{")][0])["label"]
+    packaged = sidecar["labels"][::-1]  # the same top score is named by the reversed list in the copy
+    expected = sidecar["labels"][packaged.index(packaged_label)]
+    assert expected != packaged_label
+    for args in (["classify", str(run / "int8"), str(cells), "--json"], ["classify", str(run), str(cells), "--json"],
+                 ["classify", "--model", str(run), str(cells), "--json"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        line = json.loads([x for x in r.output.splitlines() if x.startswith("{")][0])
+        assert {k["label"] for k in line["top_k"]} <= set(sidecar["labels"])
+        assert line["label"] == expected
+    r = CliRunner().invoke(main, ["info", str(run)])
+    assert r.exit_code == 0 and str(run / "int8" / "model.tflite") in r.output
