@@ -1040,4 +1040,5 @@ def _cell_record(e: dict, frame_index: int, center, rbc_fraction: float | None =
     return {"label": e["label"], "best": e["best"], "score": e["score"], "scores": e.get("scores"),
             "frame": frame_index, "center": center, "slide": e.get("slide"), "track": e.get("track"),
             "frames": e.get("frames", 1), "rbc_fraction": rbc_fraction, **({"file": file} if file else {}),
+            **({"why": e["why"]} if e.get("why") else {}),
             **({"pixels": pixels} if pixels else {})}

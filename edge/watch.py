@@ -380,7 +380,7 @@ class FieldCounter:
             ref = {"frame": frame_index, "cell": j, "center": c["center"]}
             why = _not_what_it_looks_like(c.get("kind") == "small", c["scores"], self.differential.labels)
             out.append({"cell": j, "label": self.differential.add(c["scores"], ref=ref, why=why), "best": c["best"],
-                        "score": c["score"], "center": c["center"], "scores": c["scores"]})
+                        "score": c["score"], "center": c["center"], "scores": c["scores"], **({"why": why} if why else {})})
         if out:
             self._brief = None
         return out
@@ -399,7 +399,8 @@ class FieldCounter:
             ref, why, seen = self._seen(e, frame_index)
             label = self.differential.add(e.scores, ref=ref, why=why)
             out.append({"track": e.track_id, "label": label, "best": seen["best"], "score": seen["score"],
-                        "slide": ref["slide"], "frames": e.frames_seen, "reason": e.reason, "scores": seen["scores"]})
+                        "slide": ref["slide"], "frames": e.frames_seen, "reason": e.reason, "scores": seen["scores"],
+                        **({"why": why} if why else {})})
             self._decided[e.track_id] = {"label": label, **seen}
         if self.tracker is not None and len(self._decided) > 2 * self.tracker.cfg.memory + 1000:
             live = self.tracker.ids()  # tracks forgotten (a jump, the memory's cap) cannot return: their classes go

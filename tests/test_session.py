@@ -401,6 +401,28 @@ def test_export_cli(tmp_path):
     assert (mine / "export.json").read_text() == '{"my": "own notes"}' and not (mine / "neutrophil").exists()
 
 
+def test_self_train_never_guesses_a_platelet_or_a_platelet_sized_cell(tmp_path):
+    """A second-site trial: an adapted model fitted on white cells only named 18 unreviewed platelet crops
+    'lymphocyte' at 0.9 or more, and export --self-train put them in the training set. Cells field mode counted as
+    platelets or found platelet-sized are left out of the guesses (unless the lab reviewed platelets)."""
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES)
+    for i, (label, kw) in enumerate([("neutrophil", {}), ("lymphocyte", {}), ("uncertain", {"why": "platelet-sized"}),
+                                     ("platelet", {}), ("immature_granulocyte", {})]):
+        frame = np.full((40, 40, 3), 30 * i + 40 * (i >= 2), np.uint8)  # cells 3-5: brightness 100-160
+        sessions.update(frame, {"frame": i, "cells": [{"box": [0, 0, 40, 40], "center": [20.0, 20.0]}],
+                                "counted": [_cell(label, **kw)]})
+    assert [c.get("why") for c in sessions.current.cells] == [None, None, "platelet-sized", None, None]
+    sessions.label(1, "confirm")
+    sessions.label(2, "confirm")
+    sure = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=lambda crops: np.tile(
+        np.where(np.arange(len(CLASS_NAMES)) == CLASS_NAMES.index("lymphocyte"), 0.95, 0.005), (len(crops), 1)))
+    r = export_reviewed([root], tmp_path / "data", sure)
+    assert r["self_trained"] == {"lymphocyte": 1}  # cell 5 (counted IG, the model says lymphocyte); not 3 nor 4
+    files = {f["cell"] for f in json.loads((tmp_path / "data" / "export.json").read_text())["files"]}
+    assert files == {1, 2, 5}
+
+
 def test_export_cli_self_train(tmp_path, tiny_run):
     """With the tiny model fitted on generated crops, sessions of such crops: the unreviewed ones it is sure of
     are exported under its class; an Edge TPU-only model is refused with the CPU model's name."""
