@@ -181,6 +181,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     from .sources import SourceError, images_given, read_image_rgb
 
     from . import crop_scale, ood
+    from .packaged import is_packaged
     from .field import model_rbc_px
     from .stain import is_greyscale
 
@@ -280,8 +281,8 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
              "colour images, so their classes mean little")
     if unlike:
         warn(f"{unlike} of {len(paths)} images are stained unlike the model's training data (stain distance above "
-             f"{ref.threshold}): expect more mistakes; " + ("" if site_cal is not None else "calibrate or ")
-             + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
+             f"{ref.threshold}): expect more mistakes; "
+             + ood.unlike_advice(is_packaged(getattr(clf, "sidecar", None)), site_cal is not None))
     if failed:
         raise UserError(f"{len(failed)} of {len(paths)} images could not be read ({failed[0]})")
     if site_refused:

@@ -59,6 +59,17 @@ def reference_of(sidecar) -> StainReference | None:
     return StainReference.from_json(d) if d else None
 
 
+def unlike_advice(packaged: bool, site_given: bool) -> str:
+    """What to do about images stained unlike the model's training data. A lab's own model (adapted, or trained on
+    its cells) was told to "adapt the model to this lab" as the packaged one is (a second-site trial): its training
+    data are that lab's labelled cells, so the advice is to label cells of these slides too."""
+    if not packaged:
+        return ("this model was trained on cells of other slides or another set-up: label some cells of these "
+                "slides too and fit again (celltrain fit --preset few-shot; docs/cross-lab.md)")
+    return (("" if site_given else "calibrate or ")
+            + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
+
+
 def _vec(v) -> tuple[float, float, float]:
     return tuple(round(float(x), 4) for x in v)
 

@@ -14,3 +14,14 @@ def default_model() -> Path:
     if not path.is_file() or not path.with_suffix(".json").is_file():
         raise UserError(f"this install ships no default model ({path} missing); pass --model MODEL.tflite")
     return path
+
+
+def is_packaged(sidecar) -> bool:
+    """Whether ``sidecar`` is the packaged model's (by the model file's sha256: a copy of it counts)."""
+    import json  # noqa: PLC0415
+
+    try:
+        shipped = json.loads(default_model().with_suffix(".json").read_text())["sha256"]
+    except (UserError, OSError, ValueError, KeyError):
+        return False
+    return getattr(sidecar, "sha256", None) == shipped

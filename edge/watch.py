@@ -41,6 +41,7 @@ from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest, shown
 from .stain import is_dark, is_greyscale, percentile_of_counts
+from .packaged import is_packaged
 from .places import Places
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
 from .tta import views_of
@@ -80,12 +81,34 @@ class FieldScale:
     def __init__(self, cfg: field_lib.FieldConfig, window: int = 15, every: int = 1,
                  site_rbc_px: float | None = None, slide: int = 0):
         self.cfg = cfg
+        self._window, self._slide = window, slide
+        self._by_size: dict[tuple[int, int], scale_lib.ScaleSmoother] = {}  # frame size -> its own ruler
         self.smoother = scale_lib.ScaleSmoother(window, slide=slide)
         self.every = every
         self.site_rbc_px = site_rbc_px  # a site file's fixed scale (``site.py``): crops at it; the ruler is reported
         self._frames = 0
         self.off_site = self.checked = 0  # frames measured with a site / more than SITE_TOLERANCE off its scale
         self.ruler: float | None = None  # the frames' own smoothed ruler, last seen
+
+    _size: tuple[int, int] | None = None
+    SIZES = 8  # frame sizes whose rulers are kept (the least recently seen goes)
+    SAME_SIZE = 0.1  # sizes this close are one set-up (PBC's fields: 360x360, 363x360 and 369x366)
+
+    def _set_up(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size already seen that ``size`` is within ``SAME_SIZE`` of, both ways, or ``size``."""
+        for known in [self._size, *self._by_size]:
+            if known is not None and all(abs(a - b) <= self.SAME_SIZE * b for a, b in zip(size, known)):
+                return known
+        return size
+
+    def _smoother_for(self, size: tuple[int, int]) -> scale_lib.ScaleSmoother:
+        """The ruler of frames of this size: a folder mixing a 1280x960 camera's frames with a 640x480 one's
+        carried the one's red cells (113 px) into the other's crops (50 px), and both were misread."""
+        smoother = self._by_size.pop(size, None) or scale_lib.ScaleSmoother(self._window, slide=self._slide)
+        self._by_size[size] = smoother
+        while len(self._by_size) > self.SIZES:
+            self._by_size.pop(next(iter(self._by_size)))
+        return smoother
 
     def measure(self, frame: np.ndarray, layers, factor: int = 1) -> tuple[float, dict]:
         """The red-cell diameter in full-frame px, and the record's ``scale`` dict.
@@ -95,6 +118,13 @@ class FieldScale:
         fixed = self.cfg.rbc_px_for_crop()
         if fixed is not None:
             return fixed, {"source": "crop-size", "rbc_px": round(fixed, 1), "crop": self.cfg.crop_size}
+        size = self._set_up((frame.shape[0] * factor, frame.shape[1] * factor))
+        if size != self._size:  # another camera or set-up: a ruler of its own (a folder mixing sizes)
+            if self._size is None:
+                self._by_size[size] = self.smoother
+            else:
+                self.smoother = self._smoother_for(size)
+            self._size = size
         self._frames += 1
         site = self.site_rbc_px
         if self.every > 1 and len(self.smoother.values) >= self.every and self._frames % self.every:
@@ -775,8 +805,7 @@ def run_watch(
         summary["unlike_training_frames"] = unlike_frames
         if n and unlike_frames > n / 2:
             unlike = ("most frames are stained unlike the model's training data: expect more mistakes; "
-                      + ("" if site is not None else "calibrate or ")
-                      + "adapt the model to this lab (celltrain fit --preset few-shot; docs/cross-lab.md)")
+                      + ood.unlike_advice(is_packaged(getattr(classifier, "sidecar", None)), site is not None))
             _warn(summary, unlike)
     if config.report is not None:
         # with a session, the slide's count (every run that counted into it, people's labels over the model's,

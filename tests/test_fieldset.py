@@ -165,11 +165,22 @@ def test_main_cell_crop_at_the_fields_own_or_the_folders_scale():
     for _ in range(3):
         assert _mad(fieldset.main_cell_crop(img, cfg, scaler), fieldset.main_cell_crop(img, cfg)) == 0
     assert len(scaler.smoother.values) == 3
-    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)  # ... then one at 1.5x
+    # ... then one at 1.5x, from the same camera (the same frame size)
+    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)[:H, 100:100 + W]
     alone, held = fieldset.main_cell_crop(zoomed, cfg), fieldset.main_cell_crop(zoomed, cfg, scaler)
-    at = (field_lib.detect(zoomed)[0].x, field_lib.detect(zoomed)[0].y)  # the white cell, near (375, 150)
+    at = (field_lib.detect(zoomed)[0].x, field_lib.detect(zoomed)[0].y)  # the white cell, near (275, 150)
     assert _mad(alone, _crop_at(zoomed, *at, far, 32)) < _mad(alone, _crop_at(zoomed, *at, near, 32)) / 1.5
     assert _mad(held, _crop_at(zoomed, *at, near, 32)) < _mad(held, _crop_at(zoomed, *at, far, 32)) / 1.5
+    # a frame of another size is another camera or set-up: its own ruler, not the folder's (a second-site trial: a
+    # 1280x960 frame cropped at a 640x480 camera's red cells, and both sizes misread); sizes within 10 % are one
+    bigger = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)
+    at = (field_lib.detect(bigger)[0].x, field_lib.detect(bigger)[0].y)
+    held = fieldset.main_cell_crop(bigger, cfg, scaler)
+    assert _mad(held, fieldset.main_cell_crop(bigger, cfg)) == 0
+    assert _mad(held, _crop_at(bigger, *at, far, 32)) < _mad(held, _crop_at(bigger, *at, near, 32)) / 1.5
+    assert fieldset.main_cell_crop(img, cfg, scaler) is not None  # back at the first size: its own ruler, without
+    assert len(scaler.smoother.values) == 5 and max(scaler.smoother.values) < 36  # the bigger frame's red cells (39)
+    assert scaler._set_up((H + 20, W - 30)) == (H, W) and scaler._set_up((H * 3 // 2, W * 3 // 2)) == (450, 600)
 
 
 def test_main_cell_crop_of_a_large_frame_is_searched_at_half_size_and_cut_at_full():
@@ -202,7 +213,7 @@ def test_nothing_in_the_edge_package_imports_fieldset():
 def test_main_cell_crops_hold_one_scale_for_the_folder_and_leave_out_empty_fields(tmp_path):
     cfg = field_lib.FieldConfig(model_rbc_px=12.0, input_px=32)
     img = _field(6, (250, 100), (100, 200))
-    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)
+    zoomed = cv2.resize(img, (W * 3 // 2, H * 3 // 2), interpolation=cv2.INTER_LINEAR)[:H, 100:100 + W]  # one camera
     empty = np.full_like(img, 235)
     paths = []
     for name, im in (("a.png", img), ("b.png", empty), ("c.png", img), ("d.png", zoomed)):

@@ -87,6 +87,17 @@ def test_field_mode_reports_each_frames_stain_distance_and_the_page_warns():
     s = run_watch(WatchConfig(mode="field"), FakeSource(frames), Fake(far), recs.append, stop=threading.Event(),
                   on_frame=lambda f, r, c: status.update(f, r, c))["summary"]
     assert s["unlike_training_frames"] == 4 and "unlike the model's training data" in s["warning"]
+    # a lab's own model is not told to "adapt the model to this lab" (it was): label cells of these slides too
+    assert "label some cells of these slides too" in s["warning"] and "calibrate or adapt" not in s["warning"]
+    import json
+
+    from scopelite.edge.packaged import default_model
+
+    packaged = Fake(far)  # the packaged model's file (its sha256): calibrate, or adapt it to this lab
+    packaged.sidecar.sha256 = json.loads(default_model().with_suffix(".json").read_text())["sha256"]
+    again = run_watch(WatchConfig(mode="field"), FakeSource(frames), packaged, lambda r: None,
+                      stop=threading.Event())["summary"]
+    assert "calibrate or adapt the model to this lab" in again["warning"]
     assert "unlike the training data" in status.page()
     assert "scopelite_unlike_training_frames_total 4" in status.metrics_text()
     # overexposed frames: their clipped colours are no judge of the stain (distance kept, no verdict, not counted)
