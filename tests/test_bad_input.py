@@ -88,6 +88,12 @@ def corpus(tmp_path_factory):
     shutil.copy(model.with_suffix(".json"), run / "int8" / "model.json")
     _png(run / "curves.png", (60, 80, 3))
     p["run"] = run
+    for sid in ("20261204-221658-8791d4", "20261204-231002-0a1b2c"):  # celledge watch --sessions's folder
+        (t / "sessions" / sid / "crops").mkdir(parents=True)
+        (t / "sessions" / sid / "state.json").write_text("{}")
+        (t / "sessions" / sid / "cells.jsonl").write_text("")
+        _png(t / "sessions" / sid / "crops" / "1.png")
+    p["sessions"] = t / "sessions"
     (t / "gifs" / "sub").mkdir(parents=True)  # images of a kind not read: named, not left out without a word
     (t / "gifs" / "sub" / "a.gif").write_bytes(b"GIF89a")
     p["gifs"] = t / "gifs"
@@ -482,6 +488,8 @@ CASES = [
     ("audit-out-users-files", "celltrain", "audit {c}/good.npz --out {c}/mine", 2,
      "holds exclusions.txt that audit did not write", None, None),  # a lab's own list replaced, exit 0
     # ---- celltrain
+    ("fit-data-a-sessions-folder", "celltrain", "fit --data {sessions} --out {tmp}/r", 2,
+     "export the cells you reviewed first", None, None),  # said "move 20261204-.../ out of" each session
     ("fit-npz-truncated", "celltrain", "fit --data {c}/trunc.npz --out {tmp}/r", 2, "truncated", None, None),
     ("fit-npz-empty", "celltrain", "fit --data {c}/empty.npz --out {tmp}/r", 2, "empty", None, None),
     ("fit-npz-text", "celltrain", "fit --data {c}/text.npz --out {tmp}/r", 2, "not a .npz file", None, None),

@@ -191,6 +191,25 @@ def test_whole_fields_among_crops_are_noted(tmp_path):
     note = data.mixed_sizes_note(data.load_folders(tmp_path, 32))
     assert note is not None and note.startswith("3 of 35 images are over 2.5x the usual side (96 px)")
     assert "lymphocyte/zfield0.png (640x480)" in note
+    assert data.whole_fields_note(data.load_folders(tmp_path, 32)) is None  # a few among crops: the note above
+
+
+def test_a_folder_of_whole_fields_is_noted(tmp_path):
+    """A second-site trial: fit --data on class folders of 640x480 fields trained with no word of it (the
+    mixed-sizes note needs crops to compare with). Square crops of any size, PBC's 360x363 included, are not."""
+    from scopelite.train.synth import make_field
+
+    for i, name in enumerate(["eosinophil", "eosinophil", "neutrophil", "neutrophil"]):
+        (tmp_path / name).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name / f"{i}.png"), make_field(np.random.default_rng(i), 640, 480)[0][..., ::-1])
+    note = data.whole_fields_note(data.load_folders(tmp_path, 32))
+    assert note is not None and note.startswith("4 of 4 images look like whole camera frames (640x480")
+    assert "celledge export" in note
+    square = tmp_path / "square"
+    for i, name in enumerate(["eosinophil", "neutrophil"]):
+        (square / name).mkdir(parents=True)
+        cv2.imwrite(str(square / name / f"{i}.png"), make_field(np.random.default_rng(i), 360, 363)[0][..., ::-1])
+    assert data.whole_fields_note(data.load_folders(square, 32)) is None
 
 
 def test_names_that_are_not_utf8_are_read_or_refused_not_a_crash(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 from dataclasses import fields
 
 import click
@@ -358,10 +359,12 @@ def fit(quiet, resume, **opts):
             from .soup import fit_soup
 
             fit_soup(cfg, lambda member, again: run_fit(member, verbose=2 if quiet else 1, resume=again))
-            return
-        run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
+        else:
+            run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
     except KeyboardInterrupt:  # it said "interrupted" and nothing of what to do next
         raise _Interrupted(_after_interrupt(cfg)) from None
+    q = shlex.quote(str(cfg.out))
+    print(f"next: cellcompress {q} --int8 --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
 
 
 class _Interrupted(UserError):

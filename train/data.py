@@ -141,6 +141,11 @@ def _one_level_up(root: Path, folders: list[Path], names: list[str], known: set[
     nesting is left alone (folders of class folders can be classes of their own, e.g. normal/ and leukemic/)."""
     if any(n in known for n in names):
         return
+    sessions = [d for d in folders if (d / "state.json").is_file() and (d / "cells.jsonl").is_file()]
+    if sessions:  # each session's id read as a class the model has not ("move 20261204-... out of ...")
+        raise UserError(f"{root} is a folder of review sessions (celledge watch --sessions; {sessions[0].name}/ is one): "
+                        f"export the cells you reviewed first, `celledge export {root} --out my_cells`, and give "
+                        "--data my_cells")
     holding = {d: _class_folders_inside(d, known) for d in folders}
     holding = {d: inner for d, inner in holding.items() if len(inner) >= 2}
     crops = root / "crops"
@@ -271,6 +276,25 @@ def mixed_sizes_note(ds: Dataset) -> str | None:
     return (f"{len(big)} of {len(ds)} images are over {LARGER:g}x the usual side ({int(usual)} px), e.g. "
             f"{ds.ids[big[0]]} ({w}x{h}): whole fields among single-cell crops? each is shrunk and trained as one "
             "cell; cut the cells out (celledge watch --mode field --sessions, then celledge export) or remove them")
+
+
+FIELD_SIDE, FIELD_ASPECT = 480, 1.2  # a camera's frame: 640x480 and up, 4:3 or wider; crops are cut square
+
+
+def whole_fields_note(ds: Dataset) -> str | None:
+    """A note when most images of a class-folder dataset look like whole camera frames, not cells cut out (a
+    second-site trial trained on 640x480 fields without a word: each is shrunk to the input and trained as one
+    cell, the white cell a fifth of it), else None."""
+    if ds.sizes is None or not len(ds.sizes):
+        return None
+    long, short = ds.sizes.max(axis=1), ds.sizes.min(axis=1)
+    frames = (long >= FIELD_SIDE) & (long >= FIELD_ASPECT * short)
+    if frames.sum() <= len(ds) / 2:
+        return None
+    h, w = ds.sizes[np.flatnonzero(frames)[0]]
+    return (f"{int(frames.sum())} of {len(ds)} images look like whole camera frames ({w}x{h}, not square), not cells "
+            "cut out: each is shrunk to the input and trained as one cell; cut the cells out first (celledge watch "
+            "FOLDER --mode field --sessions DIR, review them, then celledge export DIR --out my_cells)")
 
 
 def marked_synthetic(root: str | os.PathLike) -> bool:

@@ -354,9 +354,9 @@ def _prepare_run(cfg: FitConfig, resume: bool, log) -> tuple[data_lib.Dataset, d
     write_json_atomic(out / "config.json", cfg.to_json())
     log(f"      {len(ds)} images, {len(drop)} left out (exact duplicates/exclusions); "
         f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])}")
-    mixed = data_lib.mixed_sizes_note(ds)
-    if mixed:
-        log(f"      NOTE: {mixed}")
+    for note in (data_lib.mixed_sizes_note(ds), data_lib.whole_fields_note(ds)):
+        if note:
+            log(f"      NOTE: {note}")
     if ds.root and (Path(ds.root) / data_lib.RECORD).is_file():  # cells exported by celledge export
         rbc, how = data_lib.training_scale(ds)
         log(f"      training scale: red cells {rbc} px across, {how}")
@@ -389,6 +389,15 @@ def _weights_classes(weights: str) -> list[str] | None:
     from . import from_tflite  # noqa: PLC0415
 
     return from_tflite.sidecar_labels(model_lib.resolve_weights(weights))
+
+
+FEW_TEST = 20  # below this many test images, one image moves the accuracy by 5 points or more
+
+
+def few_test_note(n: int) -> str:
+    """After a test accuracy on ``n`` images: how much one image weighs, when that is a lot."""
+    return (f"; one image is {100 / n:.0f} points: check the model on cells kept apart, from other slides"
+            if 0 < n < FEW_TEST else "")
 
 
 def few_cells_note(counts: dict[str, int], pretrained: bool) -> str | None:
@@ -581,7 +590,7 @@ def _fit(cfg: FitConfig, strategy, cluster: multiworker.Cluster | None, log: Cal
                                         **({"multiworker": in_step} if in_step else {}),
                                         **({"weight_averaging": averaging} if averaging else {})}))
     log(f"      test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f} "
-        f"({len(te)} images) -> {final}")
+        f"({len(te)} images{few_test_note(len(te))}) -> {final}")
     return metrics
 
 

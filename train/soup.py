@@ -116,7 +116,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
          log: Callable[[str], None] = print, config: FitConfig | None = None) -> dict:
     """Average the weights of ``models`` into a new run folder ``out``; return its metrics. ``config``: the run's
     config to record (``fit_soup``'s); by default the first model's, with ``out``."""
-    from .fit import heldout_metrics, keras_sidecar  # noqa: PLC0415 - fit imports TensorFlow
+    from .fit import few_test_note, heldout_metrics, keras_sidecar  # noqa: PLC0415 - fit imports TensorFlow
 
     paths = [model_file(m) for m in models]
     if len(paths) < 2:
@@ -175,5 +175,5 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
         write_sidecar(work / MODEL_FILE, keras_sidecar(work / MODEL_FILE, cfg, ds, metrics, extra))
     final = out / MODEL_FILE
     log(f"val accuracy {metrics['val']['accuracy']:.4f}, test accuracy {metrics['test']['accuracy']:.4f} "
-        f"-> {final}")
+        f"({metrics['test']['n']} images{few_test_note(metrics['test']['n'])}) -> {final}")
     return metrics
