@@ -64,6 +64,8 @@ RBC_UM = 7.5  # a red cell's diameter in every blood smear, µm
 TRAINING_BACKGROUND = (255.0, 228.0, 203.0)
 DEFAULT_FRAMES = 30
 FEW_FRAMES = 5  # a scale measured on fewer frames than this is reported with a warning
+SAME_VIEW = 1.5  # grey levels: a frame whose 32x24 thumbnail is this close to an earlier one shows the same view
+CROP_SIZED = 3.0  # x the model's input: no larger is a cell's crop (export: 256 px), not a field (PBC: 360 px)
 MAX_REFLECT = 1.5  # the site square may exceed a single-cell image's side by this much (borders reflected), no more
 GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camera: a wrong measurement
 ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
@@ -199,9 +201,17 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         SiteError: no frame, or no frame with enough red cells to measure the scale.
     """
     measures, grey, monochrome, bright, shapes = [], 0, 0, 0, set()
+    thumbs: list[np.ndarray] = []  # one per frame measured: a view shown again is not another measurement
+    repeated = crop_sized = 0
     for i, frame in enumerate(frames):
         shapes.add((frame.shape[1], frame.shape[0]))
         m = measure_frame(frame, reference)
+        if not (is_greyscale(frame) or m.overexposed):
+            thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 24), interpolation=cv2.INTER_AREA)
+            thumb = thumb.astype(np.float32)
+            repeated += any(np.abs(thumb - t).mean() < SAME_VIEW for t in thumbs)
+            thumbs.append(thumb)
+            crop_sized += max(frame.shape[:2]) <= CROP_SIZED * input_px
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
             monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
@@ -253,6 +263,8 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         **({"grey_frames_left_out": grey} if grey else {}),
         **({"overexposed_frames_left_out": bright} if bright else {}),
         **({"frame_sizes": sorted(shapes)} if len(shapes) > 1 else {}),
+        **({"repeated_frames": repeated} if repeated else {}),
+        **({"crop_sized_frames": crop_sized} if crop_sized else {}),
         "model": {"name": model_name, "input_px": int(input_px), "rbc_px": round(float(model_rbc_px), 2),
                   **{k: v for k, v in (model_id or {}).items() if k in ("sha256", "source_sha256")}},
         "scale": {"use": bool(scale), "rbc_px": round(rbc, 2), "um_per_px": round(RBC_UM / rbc, 4),
@@ -478,6 +490,15 @@ def summary_lines(record: dict, out: str) -> list[str]:
         lines.append(f"warning: only {sc['frames']} frame{'s' if sc['frames'] > 1 else ''} measured the scale: a median "
                      f"of so few is easily fooled (the scale and the stain advice below); calibrate on {FEW_FRAMES} "
                      "or more ordinary fields of the smear")
+    if record.get("repeated_frames"):
+        views = record["frames"] - record["repeated_frames"]
+        lines.append(f"warning: {_n(record['repeated_frames'], 'frame')} of {record['frames']} showed a view seen "
+                     f"before (a still video, or the stage did not move): the scale and stain rest on {_n(views, 'view')}; "
+                     "move the stage to another field between frames")
+    if record.get("crop_sized_frames"):
+        lines.append(f"warning: {record['crop_sized_frames']} of {_n(record['frames'], 'frame')} are no larger than "
+                     f"{CROP_SIZED:g}x the model's input, the size of a cell's crop, not a camera's field: calibrate on "
+                     "the microscope's own frames (the camera, or a folder of its fields)")
     if record.get("frame_sizes"):
         lines.append(f"warning: the frames come in {len(record['frame_sizes'])} sizes "
                      f"({', '.join(record['frame_sizes'][:4])}{', ...' if len(record['frame_sizes']) > 4 else ''}): "

@@ -55,6 +55,27 @@ def test_calibrate_recovers_the_known_scale(s):
     assert site_lib.validate(rec) == []
 
 
+def test_a_still_view_and_cell_crops_are_said_apart_from_a_microscopes_fields():
+    """A second-site trial: calibrate on a still video (40 copies of one field) said "30 frames measured" and gave
+    confident stain advice; on a folder of exported cell crops it wrote a site file with no word. Both now warn."""
+    rng = np.random.default_rng(3)
+    fields = [make_field(rng, 640, 480, n_cells=4)[0] for _ in range(5)]
+    rec = site_lib.calibrate(fields, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    lines = "\n".join(site_lib.summary_lines(rec, "site.json"))
+    assert "repeated_frames" not in rec and "crop_sized_frames" not in rec and "seen before" not in lines
+    noisy = [np.clip(fields[0].astype(int) + rng.integers(-2, 3, fields[0].shape), 0, 255).astype(np.uint8)
+             for _ in range(8)]  # one field, 8 frames of camera noise
+    rec = site_lib.calibrate(noisy + fields[1:2], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert rec["repeated_frames"] == 7
+    assert "7 frames of 9 showed a view seen before" in "\n".join(site_lib.summary_lines(rec, "site.json"))
+    crops = [make_field(rng, 256, 256, n_cells=1)[0] for _ in range(5)]
+    rec = site_lib.calibrate(crops, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    assert rec["crop_sized_frames"] == 5 and "the size of a cell's crop" in "\n".join(
+        site_lib.summary_lines(rec, "site.json"))
+    pbc_like = [make_field(rng, 360, 363, n_cells=1)[0] for _ in range(5)]  # PBC's fields: fields, not crops
+    assert "crop_sized_frames" not in site_lib.calibrate(pbc_like, input_px=96, model_rbc_px=MODEL_RBC_PX)
+
+
 def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_path):
     """An integer of 400 digits: OverflowError in the check; rbc_px 2000 with use: true, accepted, cut 10,667 px
     crops (9 s and 0.5 GB for 4 frames); /dev/zero as --site filled the memory."""
