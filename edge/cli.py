@@ -106,6 +106,23 @@ def main() -> None:
     """
 
 
+def _exported_scales(paths) -> dict:
+    """``path`` -> the red-cell fraction its crop was cut at, for the images an ``export.json`` beside their class
+    folder records (``session_export.recorded_scales``; OUT/<class>/<file>)."""
+    from .session_export import recorded_scales
+
+    records: dict[Path, dict[str, float]] = {}
+    out = {}
+    for p in paths:
+        root = Path(p).parent.parent
+        if root not in records:
+            records[root] = recorded_scales(root) if (root / "export.json").is_file() else {}
+        fraction = records[root].get(Path(p).relative_to(root).as_posix()) if records[root] else None
+        if fraction is not None:
+            out[p] = fraction
+    return out
+
+
 def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[str, ...]]:
     """``classify [MODEL] IMAGE...``: a leading .tflite, or a folder holding the approved model (``bundle.model_in``),
     is the model; else --model or the packaged one. A folder of images that holds a model is refused: its files are
@@ -152,7 +169,8 @@ def _split_model(args: tuple[str, ...], model: str | None) -> tuple[str, tuple[s
                    "for all, the median over up to 15 images spread through them (for a collection cut alike, "
                    "e.g. one lab's crops: better then, docs/cross-lab.md; wrong for a folder mixing framings, "
                    "which it warns about); none: as given. Images at most 1.25x the model's input are "
-                   "taken as already cut. The JSON line's \"scale\" says what was done. A --site made with "
+                   "taken as already cut; crops celledge export wrote are framed from the scale its export.json "
+                   "records. The JSON line's \"scale\" says what was done. A --site made with "
                    "--scale fixes the scale instead.")
 @_runtime_options
 @one_line_errors
@@ -191,6 +209,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     model_rbc = model_rbc_px(clf.input_spec)
     ref = ood.reference_of(getattr(clf, "sidecar", None))
     paths = images_given(images, warn)
+    exported = _exported_scales(paths)  # crops celledge export wrote, with the scale they were cut at
     shared = None  # --rescale shared: (zoom, readings)
     read_ahead: dict = {}
     if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
@@ -221,7 +240,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
             if site_cal is not None:
                 image, scale = site_cal.view(image, model_rbc, clf.input_spec.height)
             seen = image  # the image as read (and white-balanced by --site): its size, colour and stain
-            if scale is None and shared is not None:
+            if scale is None and rescale != "none" and path in exported:  # cut by celledge export: its record
+                image, scale = crop_scale.at_fraction(image, exported[path], model_rbc, clf.input_spec.height)
+            elif scale is None and shared is not None:
                 image, scale = crop_scale.at_zoom(image, *shared, clf.input_spec.height, "shared")
             elif scale is None and rescale == "each":
                 image, found = crop_scale.rescale(image, model_rbc, clf.input_spec.height)

@@ -167,6 +167,21 @@ def at_zoom(image_rgb: np.ndarray, zoom: float, readings: int, input_px: int, so
     return view, {"source": source if crop != side else "as given", "crop": crop, "readings": readings}
 
 
+def at_fraction(image_rgb: np.ndarray, fraction: float, model_rbc_px: float, input_px: int) -> tuple[np.ndarray, dict]:
+    """A crop whose red cells span ``fraction`` of its side, as ``celledge export`` records it: framed as the
+    training crops from that record, not measured again (the ruler re-cut 6 of 77 exported crops, already at the
+    training scale, to 194-464 px), and the JSON line's ``scale``."""
+    side = min(image_rgb.shape[:2])
+    crop = max(int(round(side * fraction * input_px / model_rbc_px)), 8)
+    if abs(crop - side) <= AS_RECORDED * side:
+        crop = side
+    view = image_rgb if crop == side else _centred(image_rgb, crop, input_px)
+    return view, {"source": "export.json", "rbc_px": round(fraction * side, 1), "crop": crop}
+
+
+AS_RECORDED = 0.05  # a recorded framing this close to the model's is taken as it is
+
+
 class StreamFraming:
     """Crop mode's framing: views of one microscope one after another, so one framing for the stream.
 

@@ -267,3 +267,25 @@ def test_red_cells_under_the_floor_are_no_reading(seed, monkeypatch):
     monkeypatch.undo()
     found = crop_scale.measure(small, MODEL_RBC, INPUT)
     assert found.source == "red cells" and abs(found.rbc_px / (0.55 * RBC) - 1) < 0.2, found
+
+
+def test_crops_celledge_export_wrote_keep_the_scale_it_recorded(tmp_path):
+    """A second-site trial: classify re-measured 6 of 77 exported 256 px crops, already cut at the training scale
+    (export.json records rbc_fraction 0.1875), and re-cut them to 194-464 px (one neutrophil became a platelet).
+    Crops an export.json records are framed from its record: as they are at the model's framing, else to it."""
+    rng = np.random.default_rng(5)
+    out = tmp_path / "my_cells"
+    (out / "neutrophil").mkdir(parents=True)
+    files = []
+    for i in range(2):
+        img = render_scene(256, 256, [(CLASS_NAMES.index("neutrophil"), 128, 128)], 1.0, rng, 12)
+        cv2.imwrite(str(out / "neutrophil" / f"s_{i}.png"), img[..., ::-1])
+        files.append({"file": f"neutrophil/s_{i}.png", "label": "neutrophil", "rbc_fraction": [0.1875, 0.1][i]})
+    (out / "export.json").write_text(json.dumps({"files": files}))
+    r = invoke_cli("celledge", "classify", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    scales = {Path(x["path"]).name: x["scale"] for x in map(json.loads, r.stdout.splitlines())}
+    assert scales["s_0.png"] == {"source": "export.json", "rbc_px": 48.0, "crop": 256}  # the model's framing
+    assert scales["s_1.png"] == {"source": "export.json", "rbc_px": 25.6, "crop": 137}  # 25.6 px cells: zoom in
+    r = invoke_cli("celledge", "classify", str(out / "neutrophil" / "s_0.png"), "--json", "--rescale", "none")
+    assert json.loads(r.stdout.splitlines()[0])["scale"]["source"] == "as given"  # asked for: as given
