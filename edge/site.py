@@ -369,6 +369,29 @@ def validate(raw: Any, name: str = "site file") -> list[str]:
     return out
 
 
+BACKGROUND_CHROMA = 0.03  # a share of R, G or B in the background this far from the site file's: another set-up
+BACKGROUND_FRAMES = 15  # frames whose background watch compares with the site file's
+
+
+def chroma(rgb) -> np.ndarray:
+    """The shares of R, G and B in a colour (a dimmer or brighter lamp leaves them)."""
+    v = np.asarray(rgb, np.float64).reshape(3)
+    return v / max(float(v.sum()), 1e-9)
+
+
+def background_unlike(site_background, backgrounds) -> str | None:
+    """A warning when the frames' median background is coloured unlike the site file's (a site file of another
+    microscope, lamp or stain: PBC's pink against DeepBioNet's cyan was applied without a word), else None."""
+    if not len(backgrounds):
+        return None
+    seen = np.median(np.asarray(backgrounds, np.float64).reshape(-1, 3), axis=0)
+    if float(np.abs(chroma(seen) - chroma(site_background)).max()) <= BACKGROUND_CHROMA:
+        return None
+    return (f"the frames' background (RGB {' '.join(f'{v:.0f}' for v in seen)}) is coloured unlike the site file's "
+            f"(RGB {' '.join(f'{v:.0f}' for v in site_background)}): a site file of another microscope, lamp or "
+            "stain? calibrate this set-up (celledge calibrate), or run without --site")
+
+
 @dataclass(frozen=True)
 class Site:
     """A validated site record, ready to apply (``load``)."""

@@ -28,6 +28,7 @@ from . import crop_scale
 from . import field as field_lib
 from . import ood
 from . import scale as scale_lib
+from . import site as site_lib
 from .bundle import model_record, write_bytes_atomic, write_json_atomic
 from .classifier import Classifier
 from .frameread import FrameRead, read_frame
@@ -40,7 +41,7 @@ from .preprocess import prepare
 from .reload import ModelReloader
 from .capture import Capture, DropOldestQueue
 from .sources import FrameSource, SourceError, pixels_digest, shown
-from .stain import is_dark, is_greyscale, percentile_of_counts
+from .stain import frame_background, is_dark, is_greyscale, percentile_of_counts
 from .packaged import is_packaged
 from .places import Places
 from .track import StageMotion, TrackConfig, Tracker, TrackEvent, cut_by_edge
@@ -550,6 +551,7 @@ def run_watch(
                              site_rbc_px=None if site is None else site.scale_rbc_px)
     reference = ood.reference_of(getattr(classifier, "sidecar", None))
     unlike_frames = grey_frames = dark_frames = already = 0
+    site_backgrounds: list = []  # with --site: the first frames' backgrounds, compared with the site file's
     # field mode: how many frames fell off by each 1/1000 (illumination.flatten's, 3 decimals): a bounded record
     # of a camera run for weeks, and the median from it; and how many frames were noisy
     dim_corners = np.zeros(1001, np.int64)
@@ -660,6 +662,9 @@ def run_watch(
                                                    reference, known=lambda dets: counter.known(frame, dets, n),
                                                    site=site)
                 unlike_frames += bool(scale_info.get("stain", {}).get("unlike_training"))
+                if site is not None and len(site_backgrounds) < site_lib.BACKGROUND_FRAMES \
+                        and not scale_info.get("overexposed"):
+                    site_backgrounds.append(frame_background(read.view))
                 if uneven:
                     dim_corners[int(round(uneven * 1000))] += 1
                 noisy_frames += bool(scale_info.get("noise"))
@@ -768,6 +773,9 @@ def run_watch(
                    f"{1 + SITE_TOLERANCE:g}x off): another objective or camera? cells were cropped at the site's scale; "
                    "calibrate this set-up (celledge calibrate), or run without --site")
             _warn(summary, off)
+        unlike_site = site_lib.background_unlike(site.record["background"], site_backgrounds)
+        if unlike_site:
+            _warn(summary, unlike_site)
     if reloader is not None:
         summary["model_reloads"] = reloader.state()
     if counter is None:

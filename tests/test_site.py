@@ -136,6 +136,22 @@ def test_site_fixes_the_scale_in_watch(fields, site_file, tmp_path):
     assert {x["scale"]["source"] for x in without} == {"red cells"}
 
 
+def test_a_site_file_whose_background_is_coloured_otherwise_is_warned_of(fields, site_file, tmp_path):
+    """A second-site trial: a PBC site file (pink background) applied to another lab's cyan fields without a word.
+    watch compares the first frames' background with the site file's, by the shares of R, G and B."""
+    out, _ = site_file
+    same = _lines(invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--site", str(out)))[-1]["summary"]
+    assert "coloured unlike the site file" not in (same.get("warning") or "")
+    cyan = tmp_path / "cyan"
+    cyan.mkdir()
+    for f in sorted(fields.glob("*.png")):
+        img = cv2.imread(str(f)).astype(np.float64)  # BGR: blue up, red down
+        cv2.imwrite(str(cyan / f.name), np.clip(img * (1.1, 1.0, 0.8), 0, 255).astype(np.uint8))
+    s = _lines(invoke_cli("celledge", "watch", str(cyan), "--mode", "field", "--site", str(out)))[-1]["summary"]
+    assert "coloured unlike the site file's" in s["warning"] and "calibrate this set-up" in s["warning"]
+    assert site_lib.background_unlike((230, 210, 200), [(230 * 0.7, 210 * 0.7, 200 * 0.7)]) is None  # a dimmer lamp
+
+
 def test_by_default_the_site_file_changes_no_crop_and_no_colour(fields, tmp_path):
     off = tmp_path / "default.json"
     r = invoke_cli("celledge", "calibrate", str(fields), "--frames", "2", "--out", str(off))
