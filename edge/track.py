@@ -350,6 +350,11 @@ class Tracker:
         self.jumps += 1
         return events
 
+    @property
+    def segment_frames(self) -> int:
+        """Frames added since the stream began or the view last jumped."""
+        return self._segment_frames
+
     def parked_views(self) -> set[int]:
         """The earlier views whose remembered cells are kept (``return_to`` can go back to them)."""
         return set(self._parked)
@@ -488,6 +493,7 @@ class StageMotion:
         self._before: tuple[np.ndarray, np.ndarray] | None = None  # the view before the reference (``_prev``)
         self._last_shift_before: tuple[float, float] | None = None  # the shift from ``_before`` to ``_prev``
         self.began: np.ndarray | None = None  # settled "jump": the grey view (``current``'s size) that began anew
+        self.restarted = False  # this frame compares with none before it (another size): a new view begins here
 
     def update(self, frame_rgb: np.ndarray) -> tuple[float, float] | None:
         """(dx, dy) the content moved since the previous frame, px; None for the first frame, no clear peak, a
@@ -509,13 +515,17 @@ class StageMotion:
             grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
         grey = grey.astype(np.float32)
         self.jumped, self.settled = False, None
+        self.restarted = False
         if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
-            self._prev = self._coarse = self._held = None
+            self._restart()
+            self._prev = self._coarse = None
             return None
         coarse = self._coarse_of(grey)
         if float(coarse.std()) < 2.0:  # blank: keep the last view with texture as the reference
             return None
         if self._prev is None or self._prev.shape != grey.shape:
+            if self._prev is not None:  # another frame size: another camera or set-up, a view of its own
+                self._restart()
             self._window = cv2.createHanningWindow(grey.shape[::-1], cv2.CV_32F)
             self._coarse_window = cv2.createHanningWindow(coarse.shape[::-1], cv2.CV_32F)
             self._prev, self._coarse, self._held, self._before = grey, coarse, None, None
@@ -543,19 +553,36 @@ class StageMotion:
         self._prev, self._coarse, self._before = grey, coarse, None
         return None
 
+    def _restart(self) -> None:
+        """Nothing before this frame compares with it (another frame size, or a frame too small): ``restarted``,
+        and a frame held back (``jumped``) began a view of its own (``settled`` "jump"), not to wait for ever."""
+        self.restarted = self._prev is not None or self._held is not None
+        if self._held is not None:
+            self.settled, self.began = "jump", self._prev
+        self._held, self._before = None, None
+
     def _checked(self, before: tuple[np.ndarray, np.ndarray] | None, into_prev: tuple[float, float] | None,
                  grey: np.ndarray, s: tuple[float, float] | None) -> tuple[float, float] | None:
         """The shift into this frame, checked when it breaks sharply from the one into the frame before (more than
         ``jerk`` of the frame's shorter side): measured again from the frame before that one. A torn frame (half of
         it rolled sideways) matched the view before it by one half and the next frame by the other, and the stage
-        seemed to leap, for good (count-hunt-33.json: 41 cells for 23); a real jerk measures alike both ways."""
+        seemed to leap, for good (count-hunt-33.json: 41 cells for 23). Of the two readings, the one under which the
+        frame before and this one match in fine detail (``detail_match``) is kept: a real move reads alike both ways,
+        or (past half the frame, where the direct correlation wraps round) matches better through the reference."""
         if s is None or before is None or into_prev is None:
             return s
         reach = self.jerk * min(grey.shape) * self.downscale
         if max(abs(s[0] - into_prev[0]), abs(s[1] - into_prev[1])) <= reach:
             return s
         direct = self._shift(before[0], grey)
-        if direct is None or max(abs(direct[0] - into_prev[0] - s[0]), abs(direct[1] - into_prev[1] - s[1])) <= reach / 2:
+        chained = (into_prev[0] + s[0], into_prev[1] + s[1])  # from the frame before, through the reference
+        if direct is None or max(abs(direct[0] - chained[0]), abs(direct[1] - chained[1])) <= reach / 2:
+            return s
+        # they disagree: the one under which the two frames' fine detail matches better is right (a shift past half
+        # the frame wraps round in the correlation, so the direct one is no judge alone: a fast pan's real move)
+        d = self.downscale
+        if detail_match(before[0], grey, direct[0] / d, direct[1] / d) <= detail_match(before[0], grey, chained[0] / d,
+                                                                                      chained[1] / d):
             return s
         s = (direct[0] - into_prev[0], direct[1] - into_prev[1])  # the frame before was the odd one: step over it
         self._last_shift_before = s

@@ -334,8 +334,10 @@ class FieldCounter:
         if self.motion.jumped:  # unlike the view before: another field, or a glitch; the next frame says
             self._pending, self.holding = (cells, scale_info, frame_index), True
             return self._count(events, frame_index)
+        if self.motion.restarted and self.tracker is not None:  # another frame size: a view of its own
+            events += self._new_view(self.motion.current)
         events += self._feed(cells, scale_info, frame_index, shift)
-        if shift is not None:  # where this frame lies is measured, not guessed from the stage's speed
+        if shift is not None or self.tracker.segment_frames == 1:  # measured, or the first frame of a view
             self._note(self.motion.current)
         return self._count(events, frame_index)
 
