@@ -287,7 +287,7 @@ class Session:
         cell = self.by_id[cell_id]
         line = {"revise": cell_id, "label": revision["to"], "was": cell["label"], "best": revision["best"],
                 "score": revision["score"], "scores": revision.get("scores"), "frames": revision.get("frames"),
-                "frame": frame_index, "time": round(time.time(), 3)}
+                "frame": frame_index, "time": round(time.time(), 3), "why": revision.get("why")}
         self._cells_log().write(json.dumps(line))
         self._counts()
         was = effective_label(cell)
@@ -520,6 +520,11 @@ def _apply_revision(cell: dict, line: dict) -> None:
     first = (cell.get("revised") or {}).get("from", cell["label"])
     cell.update({k: line[k] for k in ("label", "best", "score", "scores", "frames") if line.get(k) is not None})
     cell["revised"] = {"from": first, "frame": line.get("frame")}
+    if "why" in line:  # the revision's own reason (platelet-sized) replaces the count's; lines before it had none
+        if line["why"]:
+            cell["why"] = line["why"]
+        else:
+            cell.pop("why", None)
 
 
 def effective_label(cell: dict) -> str:

@@ -65,7 +65,8 @@ TRAINING_BACKGROUND = (255.0, 228.0, 203.0)
 DEFAULT_FRAMES = 30
 FEW_FRAMES = 5  # a scale measured on fewer frames than this is reported with a warning
 SAME_VIEW = 1.5  # grey levels: a frame whose 32x24 thumbnail is this close to an earlier one shows the same view
-CROP_SIZED = 3.0  # x the model's input: no larger is a cell's crop (export: 256 px), not a field (PBC: 360 px)
+CROP_SIZED_PX = 300  # a frame whose longer side is no larger is a cell's crop (celledge export: 256 px at most;
+# pbc96: 96), not a camera's field (PBC's fields: 360 px; a 320x240 camera), whatever the model's input
 MAX_REFLECT = 1.5  # the site square may exceed a single-cell image's side by this much (borders reflected), no more
 GAIN_RANGE = (0.2, 5.0)  # a white balance outside this is not a lamp or a camera: a wrong measurement
 ADAPT_ADVICE = ("the images are unlike the model's training data: adapt with celltrain fit --preset few-shot "
@@ -211,7 +212,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
             thumb = thumb.astype(np.float32)
             repeated += any(np.abs(thumb - t).mean() < SAME_VIEW for t in thumbs)
             thumbs.append(thumb)
-            crop_sized += max(frame.shape[:2]) <= CROP_SIZED * input_px
+            crop_sized += max(frame.shape[:2]) <= CROP_SIZED_PX
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
             monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
@@ -519,9 +520,9 @@ def summary_lines(record: dict, out: str) -> list[str]:
                      f"before (a still video, or the stage did not move): the scale and stain rest on {_n(views, 'view')}; "
                      "move the stage to another field between frames")
     if record.get("crop_sized_frames"):
-        lines.append(f"warning: {record['crop_sized_frames']} of {_n(record['frames'], 'frame')} are no larger than "
-                     f"{CROP_SIZED:g}x the model's input, the size of a cell's crop, not a camera's field: calibrate on "
-                     "the microscope's own frames (the camera, or a folder of its fields)")
+        lines.append(f"warning: {record['crop_sized_frames']} of {_n(record['frames'], 'frame')} are {CROP_SIZED_PX} px "
+                     "across or less, the size of a cell's crop, not a camera's field: calibrate on the microscope's "
+                     "own frames (the camera, or a folder of its fields)")
     if record.get("frame_sizes"):
         lines.append(f"warning: the frames come in {len(record['frame_sizes'])} sizes "
                      f"({', '.join(record['frame_sizes'][:4])}{', ...' if len(record['frame_sizes']) > 4 else ''}): "

@@ -455,7 +455,7 @@ class FieldCounter:
         self._decided[e.track_id] = now
         self.revised.append({"track": e.track_id, "from": was["label"], "to": now["label"], "frames": e.frames_seen,
                              "classified": e.fresh_views, "best": now["best"], "score": now["score"],
-                             "slide": ref["slide"], "scores": now["scores"]})
+                             "slide": ref["slide"], "scores": now["scores"], "why": why})
 
     def _seen(self, e: TrackEvent, frame_index: int) -> tuple[dict, str | None, dict]:
         """A track event as the count takes it (to count or to revise): its ref in the review list, why it is

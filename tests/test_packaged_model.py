@@ -81,3 +81,20 @@ def test_a_model_folder_is_the_model_in_it(tmp_path):
         assert line["label"] == expected
     r = CliRunner().invoke(main, ["info", str(run)])
     assert r.exit_code == 0 and str(run / "int8" / "model.tflite") in r.output
+
+
+def test_is_packaged_knows_a_copy_and_a_compile_of_the_packaged_model_and_nothing_else():
+    """A lab's own model gets other advice on unlike-stained frames than the packaged one (ood.unlike_advice); an
+    Edge TPU compile of the packaged model is still the packaged model (a review of session 34)."""
+    import dataclasses
+
+    from scopelite.edge.bundle import load_sidecar
+    from scopelite.edge.packaged import default_model, is_packaged
+
+    shipped = load_sidecar(default_model())
+    assert is_packaged(shipped)
+    other = dataclasses.replace(shipped, sha256="0" * 64)
+    assert is_packaged(other)  # its source (the Keras model) is the packaged one's: an Edge TPU compile of it
+    lab = dataclasses.replace(other, provenance=dataclasses.replace(
+        shipped.provenance, source=dataclasses.replace(shipped.provenance.source, sha256="1" * 64)))
+    assert not is_packaged(lab) and not is_packaged(None)

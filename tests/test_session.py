@@ -423,6 +423,34 @@ def test_self_train_never_guesses_a_platelet_or_a_platelet_sized_cell(tmp_path):
     assert files == {1, 2, 5}
 
 
+def test_a_revision_carries_its_own_why_to_the_session_and_self_training(tmp_path):
+    """A cell counted as a white cell and revised to uncertain because most of its views were platelet-sized kept
+    no 'why', and --self-train could still export it as the lab's class; the reverse kept a stale one (a review of
+    session 34). The revision's own reason replaces the count's, in the session and after a resume."""
+    root = tmp_path / "s"
+    sessions = Sessions(root, CLASS_NAMES)
+    frame = np.full((40, 40, 3), 90, np.uint8)
+    boxes = [{"box": [0, 0, 40, 40], "center": [20.0, 20.0], "track": t, "cut": False} for t in (1, 2, 3)]
+    sessions.update(frame, {"frame": 0, "cells": boxes, "counted": [
+        _cell("lymphocyte", track=1, cell=0), _cell("neutrophil", track=2, cell=1),
+        _cell("uncertain", track=3, cell=2, why="platelet-sized")]})
+    scores = _cell("lymphocyte")["scores"]
+    revised = [{"track": 1, "from": "lymphocyte", "to": "uncertain", "frames": 40, "classified": 9, "best": "lymphocyte",
+                "score": 0.9, "scores": scores, "why": "platelet-sized"},
+               {"track": 3, "from": "uncertain", "to": "lymphocyte", "frames": 40, "classified": 9, "best": "lymphocyte",
+                "score": 0.9, "scores": scores, "why": None}]
+    sessions.update(frame, {"frame": 5, "cells": [], "counted": [], "revised": revised})
+    assert [c.get("why") for c in sessions.current.cells] == ["platelet-sized", None, None]
+    sessions.label(2, "confirm")
+    again = Sessions(root, CLASS_NAMES)
+    assert [c.get("why") for c in again.current.cells] == ["platelet-sized", None, None]
+    sure = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=lambda crops: np.tile(
+        np.where(np.arange(len(CLASS_NAMES)) == CLASS_NAMES.index("neutrophil"), 0.95, 0.005), (len(crops), 1)))
+    r = export_reviewed([root], tmp_path / "data", sure)
+    files = {f["cell"] for f in json.loads((tmp_path / "data" / "export.json").read_text())["files"]}
+    assert files == {2, 3} and r["self_trained"] == {"neutrophil": 1}  # cell 1, platelet-sized, is no guess
+
+
 def test_export_cli_self_train(tmp_path, tiny_run):
     """With the tiny model fitted on generated crops, sessions of such crops: the unreviewed ones it is sure of
     are exported under its class; an Edge TPU-only model is refused with the CPU model's name."""

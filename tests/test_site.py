@@ -73,7 +73,9 @@ def test_a_still_view_and_cell_crops_are_said_apart_from_a_microscopes_fields():
     assert rec["crop_sized_frames"] == 5 and "the size of a cell's crop" in "\n".join(
         site_lib.summary_lines(rec, "site.json"))
     pbc_like = [make_field(rng, 360, 363, n_cells=1)[0] for _ in range(5)]  # PBC's fields: fields, not crops
-    assert "crop_sized_frames" not in site_lib.calibrate(pbc_like, input_px=96, model_rbc_px=MODEL_RBC_PX)
+    for input_px in (96, 128, 224):  # whatever the model's input (a review: 3x a 224 px input flagged 640x480)
+        rec = site_lib.calibrate(pbc_like + fields[:1], input_px=input_px, model_rbc_px=MODEL_RBC_PX * input_px / 96)
+        assert "crop_sized_frames" not in rec
 
 
 def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_path):
