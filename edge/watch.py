@@ -96,7 +96,7 @@ class FieldScale:
     SAME_SIZE = 0.1  # sizes this close are one set-up (PBC's fields: 360x360, 363x360 and 369x366)
 
     def _set_up(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The size already seen that ``size`` is within ``SAME_SIZE`` of, both ways, or ``size``."""
+        """The size already seen that ``size`` is within ``SAME_SIZE`` of, in height and in width, or ``size``."""
         for known in [self._size, *self._by_size]:
             if known is not None and all(abs(a - b) <= self.SAME_SIZE * b for a, b in zip(size, known)):
                 return known

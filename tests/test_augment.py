@@ -105,7 +105,7 @@ def test_fit_draws_bgswap_backgrounds_from_its_training_crops(tmp_path):
     assert "bgswap: backgrounds drawn from the" in r.stdout + r.stderr
     # 48 generated cells leave a test split of a few images: one image's weight is said, and what comes next
     assert "one image is" in r.stdout + r.stderr and "points: check the model on cells kept apart" in r.stdout + r.stderr
-    assert f"next: cellcompress {tmp_path / 'run'} --int8 --out {tmp_path / 'run'}/int8" in r.stdout
+    assert f"next: cellcompress {tmp_path / 'run'} --int8 --qat --out {tmp_path / 'run'}/int8" in r.stdout
 
 
 def test_hed_jitter_moves_one_stain_and_is_the_identity_at_rest(crop):

@@ -363,8 +363,9 @@ def fit(quiet, resume, **opts):
             run_fit(cfg, verbose=2 if quiet else 1, resume=bool(resume))
     except KeyboardInterrupt:  # it said "interrupted" and nothing of what to do next
         raise _Interrupted(_after_interrupt(cfg)) from None
-    q = shlex.quote(str(cfg.out))
-    print(f"next: cellcompress {q} --int8 --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
+    if cfg.strategy != "multiworker":  # each worker runs this command: the next step is said once, by the user's
+        q = shlex.quote(str(cfg.out))
+        print(f"next: cellcompress {q} --int8 --qat --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
 
 
 class _Interrupted(UserError):
