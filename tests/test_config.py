@@ -82,7 +82,7 @@ MISTAKES = [  # (line of the file, what the one Error line for it says)
     ("device: tpu", "site.yaml:2: device: 'tpu' is not a device"),
     ("save-classes: [1, 2]", "site.yaml:2: save-classes: expected class names, got [1, 2]"),
     ("http: {host: x}", "site.yaml:2: http: expected a single value, got dict"),
-    ("model: /nope/model.tflite", "site.yaml:2: model: File '/nope/model.tflite' does not exist"),
+    ("model: /nope/model.tflite", "site.yaml:2: model: Path '/nope/model.tflite' does not exist"),
     ("fps: 1\nfps: 2", "site.yaml:3: fps: given twice (also line 2)"),
     ("max-frames: 3\nmax_frames: 4", "site.yaml:3: max_frames: the same option as max-frames, given twice"),
     ("fps: [1", "site.yaml:3: not valid YAML"),
