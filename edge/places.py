@@ -9,8 +9,8 @@ view is compared with them by the test that decides jumps (``StageMotion.same_pl
 fine detail (``MIN_DETAIL``), and a match puts the tracker back into that view's coordinates
 (``Tracker.return_to``), where its counted cells are remembered.
 
-Bounded: at most ``cap`` key frames and ``max_bytes`` of them (the oldest go first), kept at the stage
-measurement's working size as 8-bit grey (77 KB at 640x480).
+Bounded: at most ``cap`` key frames and ``max_bytes`` of them, kept at the stage measurement's working size as
+8-bit grey (77 KB at 640x480); when full, the view with the most is thinned (``_thinnest``).
 """
 from __future__ import annotations
 
@@ -58,8 +58,28 @@ class Places:
             return False
         self._keys.append(KeyFrame(view, np.clip(grey, 0, 255).astype(np.uint8), offset.copy()))
         limit = max(1, min(self.cap, self.max_bytes // max(grey.size, 1)))
-        del self._keys[:-limit]
+        while len(self._keys) > limit:
+            self._keys.pop(self._thinnest())
         return True
+
+    def _thinnest(self) -> int:
+        """The key frame to let go when the set is full: of the view with the most, the one nearest another of its
+        view (the oldest of equals; never the newest). Dropping the oldest first lost every key frame of a field
+        after 30 s of panning elsewhere while its counted cells were still remembered, and the field was counted
+        again on return (a count hunt of session 34); thinning keeps each view's reach with sparser frames."""
+        views: dict[int, list[int]] = {}
+        for i, k in enumerate(self._keys[:-1]):
+            views.setdefault(k.view, []).append(i)
+        idx = max(views.values(), key=len)
+        if len(idx) < 2:
+            return idx[0]
+        xy = np.array([self._keys[i].offset for i in idx] + [self._keys[-1].offset]) if \
+            self._keys[-1].view == self._keys[idx[0]].view else np.array([self._keys[i].offset for i in idx])
+        gaps = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+        np.fill_diagonal(gaps, np.inf)
+        near = np.sort(gaps, axis=1)[: len(idx), :2]  # each one's nearest and second-nearest of its view
+        # the most crowded: nearest first, then second-nearest (a pan's inner frames before its ends)
+        return idx[int(np.lexsort((near[:, -1], near[:, 0]))[0])]
 
     def find(self, grey: np.ndarray | None, views: set[int]) -> tuple[int, np.ndarray] | None:
         """(view, offset): the view among ``views`` that ``grey`` shows again, and where this frame lies in its

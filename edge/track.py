@@ -285,7 +285,11 @@ class Tracker:
         pos = np.array([t.pos for t in tracks]).reshape(-1, 2) - predicted  # predicted frame positions
         correction = np.zeros(2)
         if len(tracks) and len(pts):
-            correction = _vote_shift(pos, pts, cfg.px(cfg.max_jump), cfg.px(cfg.match_radius))
+            # a measured stage shift is right to a px or two: the cells correct it within a cell's radius only
+            # (searched as far as a jump, pairs of different cells out-voted a right reading at 160 px a frame and
+            # split every track: 13 cells counted for 21); without one, the stage may have jerked that far
+            reach = cfg.px(cfg.match_radius) if shift is not None else cfg.px(cfg.max_jump)
+            correction = _vote_shift(pos, pts, reach, cfg.px(cfg.match_radius))
         pairs = _greedy_pairs(pos + correction, pts, cfg.px(cfg.match_radius))
         whole = [(i, j) for i, j in pairs if not cut_[j]] or pairs  # cut views' centroids are biased
         if whole:

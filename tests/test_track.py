@@ -380,7 +380,35 @@ def test_places_finds_a_view_again_and_nothing_in_another_field():
     assert places.find(motion.current, {0}) is None
     places.keep_only({1})
     assert len(places) == 0
-    small = Places(motion, spacing=0.0, cap=3)
-    for i in range(5):
-        small.note(0, motion.current, (i, 0))
-    assert len(small) == 3 and [float(k.offset[0]) for k in small._keys] == [2.0, 3.0, 4.0]  # the oldest go first
+    small = Places(motion, spacing=0.0, cap=4)
+    small.note(7, motion.current, (0, 0))  # a field seen briefly, then a long pan elsewhere
+    for i in range(8):
+        small.note(8, motion.current, (100 * i, 0))
+    # full: the long pan is thinned (its key frames spread over it, the newest kept), the brief field keeps its own
+    assert len(small) == 4 and [k.view for k in small._keys].count(7) == 1
+    pan = sorted(float(k.offset[0]) for k in small._keys if k.view == 8)
+    assert pan[-1] == 700.0 and pan[-1] - pan[0] >= 400 and min(np.diff(pan)) >= 200
+
+
+def test_a_measured_stage_shift_is_not_out_voted_by_pairs_of_other_cells():
+    """With a stage shift measured (StageMotion), the cells correct it within a cell's radius only. Searched as far
+    as a jump, two new cells that happened to lie 1.5 diameters from two tracks out-voted the one cell seen where the
+    measured shift put it, the slide offset leapt by 75 px and the tracks split (real PBC cells panned 160 px a
+    frame: 13 counted for 21; a count hunt of session 34). Without a measured shift the wide search stays."""
+    d = 50.0
+    tracks = [(100.0, 200.0), (300.0, 200.0), (500.0, 200.0)]
+
+    def run(shift):
+        t = Tracker(TrackConfig(cell_diameter_px=d))
+        for i in range(4):
+            t.update([(x - 10 * i, y) for x, y in tracks], None, i, shift=(-10.0, 0.0))
+        # frame 4: the stage moved 10 px more; cell 0 is seen, cells 1 and 2 are missed, and two new cells lie
+        # 75 px to the right of where cells 1 and 2 should be
+        x0 = [x - 40 for x, _ in tracks]
+        t.update([(x0[0], 200.0), (x0[1] + 75, 200.0), (x0[2] + 75, 200.0)], None, 4, shift=shift)
+        return t
+
+    measured = run((-10.0, 0.0))
+    assert abs(measured.offset[0] - 50.0) < 1.0  # the slide offset follows the measured stage (5 frames of 10 px)
+    unmeasured = run(None)
+    assert abs(unmeasured.offset[0] - 50.0) > 50  # no measurement: the detections alone decide (here wrongly)
