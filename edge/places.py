@@ -70,11 +70,12 @@ class Places:
         views: dict[int, list[int]] = {}
         for i, k in enumerate(self._keys[:-1]):
             views.setdefault(k.view, []).append(i)
-        idx = max(views.values(), key=len)
+        newest = self._keys[-1].view  # counted in its view's share, though never dropped itself
+        view = max(views, key=lambda v: len(views[v]) + (v == newest))
+        idx = views[view]
         if len(idx) < 2:
             return idx[0]
-        xy = np.array([self._keys[i].offset for i in idx] + [self._keys[-1].offset]) if \
-            self._keys[-1].view == self._keys[idx[0]].view else np.array([self._keys[i].offset for i in idx])
+        xy = np.array([self._keys[i].offset for i in idx] + ([self._keys[-1].offset] if view == newest else []))
         gaps = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
         np.fill_diagonal(gaps, np.inf)
         near = np.sort(gaps, axis=1)[: len(idx), :2]  # each one's nearest and second-nearest of its view

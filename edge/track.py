@@ -238,6 +238,7 @@ class Tracker:
         self.counted = 0
         self.jumps = 0
         self.returns = 0  # jumps back to a view seen before (``return_to``)
+        self._measured = False  # the last frame added came with a measured stage shift
         self.view = 0  # which view the slide coordinates belong to: a new one after each jump
         self._next_view = 1
         self._parked: dict[int, list[_Track]] = {}  # the remembered cells of earlier views, oldest view first
@@ -278,6 +279,7 @@ class Tracker:
         gap = 1 if self._last_frame is None else max(frame_index - self._last_frame, 1)
         self._last_frame = frame_index
         self._segment_frames += 1
+        measured_before, self._measured = self._measured, shift is not None
         previous = self.offset.copy()
         predicted = previous - np.asarray(shift, np.float64) if shift is not None else previous + self._velocity * gap
 
@@ -288,7 +290,10 @@ class Tracker:
             # a measured stage shift is right to a px or two: the cells correct it within a cell's radius only
             # (searched as far as a jump, pairs of different cells out-voted a right reading at 160 px a frame and
             # split every track: 13 cells counted for 21); without one, the stage may have jerked that far
-            reach = cfg.px(cfg.match_radius) if shift is not None else cfg.px(cfg.max_jump)
+            # ... and only when the frame before was placed by one too (after a blank frame or a weak reading, its
+            # offset was the stage's speed, a guess the wide search corrects: one blank frame in a 40 px a frame pan
+            # counted 21 cells for 15 with the narrow search alone)
+            reach = cfg.px(cfg.match_radius) if shift is not None and measured_before else cfg.px(cfg.max_jump)
             correction = _vote_shift(pos, pts, reach, cfg.px(cfg.match_radius))
         pairs = _greedy_pairs(pos + correction, pts, cfg.px(cfg.match_radius))
         whole = [(i, j) for i, j in pairs if not cut_[j]] or pairs  # cut views' centroids are biased

@@ -388,6 +388,10 @@ def test_places_finds_a_view_again_and_nothing_in_another_field():
     assert len(small) == 4 and [k.view for k in small._keys].count(7) == 1
     pan = sorted(float(k.offset[0]) for k in small._keys if k.view == 8)
     assert pan[-1] == 700.0 and pan[-1] - pan[0] >= 400 and min(np.diff(pan)) >= 200
+    tie = Places(motion, spacing=0.0, cap=4)  # the newest frame counts in its view's share (a review): 2 spread
+    for view, x in ((1, 0), (1, 1000), (2, 0), (2, 10), (2, 20)):  # frames of view 1 outweigh view 2's crowded 3
+        tie.note(view, motion.current, (x, 0))
+    assert sorted((k.view, float(k.offset[0])) for k in tie._keys) == [(1, 0.0), (1, 1000.0), (2, 0.0), (2, 20.0)]
 
 
 def test_a_measured_stage_shift_is_not_out_voted_by_pairs_of_other_cells():
