@@ -25,6 +25,7 @@ from .track import StageMotion
 # matching at 0.45 at most; frames of one place match at 0.83 or more (benchmarks/results/field-return.json).
 MIN_DETAIL = 0.6
 
+
 @dataclass(frozen=True, eq=False)
 class KeyFrame:
     view: int
