@@ -608,7 +608,11 @@ def watch(**_):
             if set(body) - {"model"} or "model" in body and not (isinstance(model, str) and model.strip()):
                 # {"model": ""} (an unset variable) reloaded the file in use and answered ok; a typo's key was ignored
                 return 400, {"ok": False, "error": 'body must be {"model": "/path/model.tflite"} or empty'}
+            from .bundle import model_in  # noqa: PLC0415
+
             given = body.get("model") or None  # a relative path is the daemon's (its working folder): said whole
+            if given and Path(given).is_dir() and model_in(given) is not None:  # cellcompress's folder, as --model
+                given = str(model_in(given))
             event = reloader.reload(os.path.abspath(given) if given else None, trigger="http")
             return (200 if event["ok"] else 422), event
 

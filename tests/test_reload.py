@@ -279,8 +279,13 @@ def test_daemon_reloads_on_sighup_and_post_and_refuses_bad_bundles(bundles, tmp_
         ev = _wait_for(lambda: events()[4:5])[0]
         assert ev["ok"] and ev["model"] == str(bundles["good"])
         _wait_for(lambda: frames_after(ev["frame"]))
+        # the folder cellcompress approved it into, as --model takes it (before: "is a directory", refused)
+        code, body = _http(base + "/model/reload", json.dumps({"model": str(bundles["good"].parent)}).encode())
+        assert code == 200 and json.loads(body)["model"] == str(bundles["good"])
+        ev = _wait_for(lambda: events()[5:6])[0]
+        _wait_for(lambda: frames_after(ev["frame"]))
         metrics = _http(base + "/metrics")[1].decode()
-        assert 'scopelite_model_reloads_total{result="ok"} 3' in metrics
+        assert 'scopelite_model_reloads_total{result="ok"} 4' in metrics
         assert 'scopelite_model_reloads_total{result="failed"} 2' in metrics
         assert f'scopelite_model_info{{file="{bundles["good"]}"' in metrics
         assert "scopelite_model_mtime_seconds " in metrics
@@ -289,10 +294,10 @@ def test_daemon_reloads_on_sighup_and_post_and_refuses_bad_bundles(bundles, tmp_
         _, err = p.communicate(timeout=15)
     assert p.returncode == 0, err
     # the operator's journal (stderr) says each reload too, a refused one as a warning with the reason
-    assert err.count("model reloaded (") == 3 and err.count("warning: model reload (") == 2, err[-2000:]
+    assert err.count("model reloaded (") == 4 and err.count("warning: model reload (") == 2, err[-2000:]
     assert "refused: " in err and "sha256 differs" in err and f"still serving {live}" in err
     summary = json.loads(out.read_text().splitlines()[-1])["summary"]
-    assert summary["model_reloads"]["ok"] == 3 and summary["model_reloads"]["failed"] == 2
+    assert summary["model_reloads"]["ok"] == 4 and summary["model_reloads"]["failed"] == 2
     assert summary["model_reloads"]["model"] == str(bundles["good"])
 
 
