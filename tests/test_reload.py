@@ -344,7 +344,9 @@ def test_a_sighup_while_the_daemon_starts_is_a_reload_not_its_end(bundles, tmp_p
     previous = signal.getsignal(signal.SIGHUP)
     out = tmp_path / "frames.jsonl"
     try:
-        r = CliRunner().invoke(cli.main, ["watch", str(folder), "--loop", "--max-frames", "6", "--model",
+        # enough frames for the deferred reload (a thread loading the model) to finish before the run ends: with 6,
+        # the run ended first once under a full test run's load (session 34's CI) and no event was written
+        r = CliRunner().invoke(cli.main, ["watch", str(folder), "--loop", "--max-frames", "300", "--model",
                                           str(bundles["good"]), "--out", str(out)])
     finally:
         signal.signal(signal.SIGHUP, previous)
