@@ -609,20 +609,14 @@ class StageMotion:
         gives them), full-size px, the coarse correlation's peak and ``detail_match`` at its shift, when the two show
         one place: what ``update`` would not call a jump from the one to the other, with a detail match of at least
         ``min_detail``. None when they share nothing, or differ in size."""
-        import cv2
-
         if self._window is None or ref.shape != grey.shape or grey.shape != self._window.shape:
             return None
         a, b = ref.astype(np.float32, copy=False), grey.astype(np.float32, copy=False)
-        (cx, cy), peak = cv2.phaseCorrelate(self._coarse_of(a), self._coarse_of(b), self._coarse_window)
-        if peak < self.jump_response:
-            return None
-        up = b.shape[1] / self._coarse_of(b).shape[1]
-        detail = detail_match(a, b, cx * up, cy * up)
-        if (peak < self.check_response and detail < self.jump_detail) or detail < min_detail:
+        peak, detail = self._likeness(a, self._coarse_of(a), b, self._coarse_of(b), detail_always=True)
+        if self._is_jump(peak, detail) or detail < min_detail:
             return None
         s = self._shift(a, b)
-        return None if s is None else (s, float(peak), detail)
+        return None if s is None else (s, peak, detail)
 
     def _coarse_of(self, grey: np.ndarray) -> np.ndarray:
         """The coarse view: 4x smaller than the camera's (as is, when ``downscale`` is 4 or more, or it would be
@@ -645,13 +639,24 @@ class StageMotion:
     def _unlike(self, a: np.ndarray, a_coarse: np.ndarray, b: np.ndarray, b_coarse: np.ndarray) -> bool:
         """The two views share nothing: the coarse correlation has no clear peak, or a weak one where the fine
         detail, aligned by it, does not match."""
+        return self._is_jump(*self._likeness(a, a_coarse, b, b_coarse))
+
+    def _likeness(self, a: np.ndarray, a_coarse: np.ndarray, b: np.ndarray, b_coarse: np.ndarray,
+                  detail_always: bool = False) -> tuple[float, float | None]:
+        """(peak, detail): the coarse correlation's peak, and ``detail_match`` at its shift where the jump test
+        reads it (a peak between ``jump_response`` and ``check_response``; with ``detail_always`` at any peak
+        from ``jump_response`` up); None where it is not read."""
         import cv2
 
         (cx, cy), peak = cv2.phaseCorrelate(a_coarse, b_coarse, self._coarse_window)
-        if peak < self.jump_response:
-            return True
+        if peak < self.jump_response or (peak >= self.check_response and not detail_always):
+            return float(peak), None
         up = b.shape[1] / b_coarse.shape[1]
-        return peak < self.check_response and detail_match(a, b, cx * up, cy * up) < self.jump_detail
+        return float(peak), detail_match(a, b, cx * up, cy * up)
+
+    def _is_jump(self, peak: float, detail: float | None) -> bool:
+        """The jump test on ``_likeness``'s reading: no clear peak, or a weak one whose fine detail does not match."""
+        return peak < self.jump_response or (peak < self.check_response and detail < self.jump_detail)
 
     def _shift(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
         import cv2
