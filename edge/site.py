@@ -207,12 +207,6 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     for i, frame in enumerate(frames):
         shapes.add((frame.shape[1], frame.shape[0]))
         m = measure_frame(frame, reference)
-        if not (is_greyscale(frame) or m.overexposed):
-            thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 24), interpolation=cv2.INTER_AREA)
-            thumb = thumb.astype(np.float32)
-            repeated += any(np.abs(thumb - t).mean() < SAME_VIEW for t in thumbs)
-            thumbs.append(thumb)
-            crop_sized += max(frame.shape[:2]) <= CROP_SIZED_PX
         if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
             monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
@@ -220,6 +214,11 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
             bright += 1
         else:
             measures.append(m)
+            thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 24), interpolation=cv2.INTER_AREA)
+            thumb = thumb.astype(np.float32)
+            repeated += any(np.abs(thumb - t).mean() < SAME_VIEW for t in thumbs)
+            thumbs.append(thumb)
+            crop_sized += max(frame.shape[:2]) <= CROP_SIZED_PX
         if progress is not None:
             progress(i, m)
     if not measures and bright:
