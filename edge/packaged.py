@@ -19,12 +19,12 @@ def default_model() -> Path:
 def is_packaged(sidecar) -> bool:
     """Whether ``sidecar`` is the packaged model's, or made as it was (by sha256: a copy counts, and so does an Edge
     TPU compile of it, whose sidecar names the packaged file, or the Keras model it came from, as its source)."""
-    import json  # noqa: PLC0415
+    from .bundle import load_sidecar, model_record  # noqa: PLC0415
 
     try:
-        shipped = json.loads(default_model().with_suffix(".json").read_text())
-        ids = {shipped["sha256"], ((shipped.get("provenance") or {}).get("source") or {}).get("sha256")} - {None}
-    except (UserError, OSError, ValueError, KeyError, AttributeError):
+        shipped = model_record(load_sidecar(default_model(), check_hash=False))
+    except (UserError, OSError):
         return False
+    ids = {shipped["sha256"], shipped.get("source_sha256")} - {None}
     source = getattr(getattr(getattr(sidecar, "provenance", None), "source", None), "sha256", None)
     return bool(ids & {getattr(sidecar, "sha256", None), source})  # or made from it: an Edge TPU compile
