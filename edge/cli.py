@@ -611,8 +611,8 @@ def watch(**_):
             from .bundle import model_in  # noqa: PLC0415
 
             given = body.get("model") or None  # a relative path is the daemon's (its working folder): said whole
-            if given and Path(given).is_dir() and model_in(given) is not None:  # cellcompress's folder, as --model
-                given = str(model_in(given))
+            approved = model_in(given) if given and Path(given).is_dir() else None  # cellcompress's folder, as --model
+            given = str(approved) if approved is not None else given
             event = reloader.reload(os.path.abspath(given) if given else None, trigger="http")
             return (200 if event["ok"] else 422), event
 
