@@ -434,7 +434,7 @@ class FieldCounter:
             out.append({"track": e.track_id, "label": label, "best": seen["best"], "score": seen["score"],
                         "slide": ref["slide"], "frames": e.frames_seen, "reason": e.reason, "scores": seen["scores"],
                         **({"why": why} if why else {})})
-            self._decided[e.track_id] = {"label": label, **seen}
+            self._decided[e.track_id] = {"label": label, **seen, "why": why}
         if self.tracker is not None and len(self._decided) > 2 * self.tracker.cfg.memory + 1000:
             live = self.tracker.ids()  # tracks forgotten (a jump, the memory's cap) cannot return: their classes go
             self._decided = {k: v for k, v in self._decided.items() if k in live}
@@ -443,16 +443,19 @@ class FieldCounter:
         return out
 
     def _revise(self, e: TrackEvent, frame_index: int) -> None:
-        """A counted cell's track closed: its class over all its views replaces the counted one if it differs."""
+        """A counted cell's track closed: its class over all its views replaces the counted one if it differs, or if
+        only why it is uncertain changed (it was counted uncertain by its score, and most of its views turned out
+        platelet-sized: "uncertain" to "uncertain", with the new ``why``, which the session keeps and
+        ``export --self-train`` reads: a platelet-sized cell is never guessed)."""
         was = self._decided.get(e.track_id)
         if was is None:
             return
         ref, why, seen = self._seen(e, frame_index)
         now = {"label": self.differential.label_for(e.scores, why=why), **seen}
-        if now["label"] == was["label"]:  # no revision: copies keep carrying what the records said
+        if now["label"] == was["label"] and why == was.get("why"):  # copies keep carrying what the records said
             return
         self.differential.revise(was["label"], e.scores, ref=ref, why=why, match={"track": e.track_id})
-        self._decided[e.track_id] = now
+        self._decided[e.track_id] = {**now, "why": why}
         self.revised.append({"track": e.track_id, "from": was["label"], "to": now["label"], "frames": e.frames_seen,
                              "classified": e.fresh_views, "best": now["best"], "score": now["score"],
                              "slide": ref["slide"], "scores": now["scores"], "why": why})

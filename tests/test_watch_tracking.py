@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec
-from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.classifier import FakeClassifier, scores_by_colour
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.sources import FakeSource
 from scopelite.edge.watch import FieldCounter, run_watch
@@ -36,11 +36,7 @@ class ScanSource:
 
 def by_colour(crops):
     """Any classifier will do for the count; this one mixes classes and sureness from the crop's colour."""
-    m = crops.reshape(len(crops), -1, 3).mean(axis=1)
-    idx = (m[:, 0] * 7 + m[:, 2] * 3).astype(int) % len(CLASS_NAMES)
-    out = np.full((len(crops), len(CLASS_NAMES)), 0.05)
-    out[np.arange(len(crops)), idx] = 0.65
-    return out
+    return scores_by_colour(crops, len(CLASS_NAMES))
 
 
 def always_neutrophil(crops):
@@ -136,6 +132,30 @@ def test_a_platelet_sized_cell_called_a_nucleated_class_goes_to_review():
         got = [e for i, k in enumerate(kinds) for e in counter.update(frame, [cell(k, "lymphocyte", 300.0)],
                                                                       {"rbc_px": 24.0}, i)]
         assert [e["label"] for e in got] == [label] and got[0]["frames"] == len(kinds)
+
+
+def test_a_change_of_why_alone_is_a_revision():
+    """A cell counted uncertain by its score (no 'why') whose later views are mostly platelet-sized stays uncertain,
+    but now because it is platelet-sized, which --self-train reads (such a cell is never guessed). The label did not
+    change, so no revision was made and the session kept no 'why' (a review of session 34); the reverse kept a
+    stale one."""
+    frame = np.zeros((480, 640, 3), np.uint8)
+    flat = [round(1 / len(CLASS_NAMES), 4)] * len(CLASS_NAMES)  # no class above the score threshold
+
+    def cell(kind):
+        return {"label": "uncertain", "score": flat[0], "best": CLASS_NAMES[0], "kind": kind, "center": [300.0, 240.0],
+                "cut": False, "scores": flat}
+
+    for first, then, why in (("white", "small", "platelet-sized"), ("small", "white", None)):
+        counter = FieldCounter(CLASS_NAMES)
+        counted = [e for i in range(15) for e in counter.update(frame, [cell(first)], {"rbc_px": 24.0}, i)]
+        assert [(e["label"], e.get("why")) for e in counted] == [("uncertain", None if why else "platelet-sized")]
+        for i in range(15, 45):
+            assert counter.update(frame, [cell(then)], {"rbc_px": 24.0}, i) == []
+        counter.flush(45)
+        assert [(r["from"], r["to"], r["why"]) for r in counter.revised] == [("uncertain", "uncertain", why)]
+        review = counter.summary()["uncertain"]
+        assert review["count"] == 1 and review["cells"][0].get("why") == why
 
 
 def test_a_counted_cell_is_revised_to_its_class_over_all_its_views():

@@ -31,7 +31,7 @@ import numpy as np
 
 from scopelite.edge import places as places_lib
 from scopelite.edge.bundle import CLASS_NAMES, InputSpec
-from scopelite.edge.classifier import FakeClassifier
+from scopelite.edge.classifier import FakeClassifier, scores_by_colour
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.sources import FakeSource, list_images
 from scopelite.edge.sysinfo import machine
@@ -41,11 +41,7 @@ from scopelite.train.slide import SlideScan, make_slide_scan
 
 
 def by_colour(crops):
-    m = crops.reshape(len(crops), -1, 3).mean(axis=1)
-    idx = (m[:, 0] * 7 + m[:, 2] * 3).astype(int) % len(CLASS_NAMES)
-    out = np.full((len(crops), len(CLASS_NAMES)), 0.05)
-    out[np.arange(len(crops)), idx] = 0.65
-    return out
+    return scores_by_colour(crops, len(CLASS_NAMES))
 
 
 def counted(summary: dict) -> int:
