@@ -9,8 +9,12 @@ view is compared with them by the test that decides jumps (``StageMotion.same_pl
 fine detail (``MIN_DETAIL``), and a match puts the tracker back into that view's coordinates
 (``Tracker.return_to``), where its counted cells are remembered.
 
+A view that shares less than half of a key frame (the next row of a scan, reached by a cut) is found by the part they
+share (``StageMotion.overlap``), tried on the key frames whose correlation with it peaks highest.
+
 Bounded: at most ``cap`` key frames and ``max_bytes`` of them, kept at the stage measurement's working size as
-8-bit grey (77 KB at 640x480); when full, the view with the most is thinned (``_thinnest``).
+8-bit grey with their coarse spectrum (155 KB at 640x480); when full, the view with the most is thinned
+(``_thinnest``).
 """
 from __future__ import annotations
 
@@ -18,12 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .track import StageMotion
-
-# A return is claimed on stronger evidence than "not a jump": with many key frames to compare, the jump test's tail
-# let 15 of 9,180 pairs of different PBC fields through (a centred cell correlates at no shift), their fine detail
-# matching at 0.45 at most; frames of one place match at 0.83 or more (benchmarks/results/field-return.json).
-MIN_DETAIL = 0.6
+from .track import MIN_DETAIL, StageMotion, overlap_surface
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,18 +30,20 @@ class KeyFrame:
     view: int
     grey: np.ndarray  # uint8, StageMotion's working size
     offset: np.ndarray  # the tracker's offset there (slide = frame + offset), px
+    spectrum: np.ndarray  # ``StageMotion.spectrum``: the far search compares a new view with every key frame at once
 
 
 class Places:
     """Key frames of the views seen so far (``note``), and which one a frame shows again (``find``)."""
 
     def __init__(self, motion: StageMotion, spacing: float = 0.5, cap: int = 64, max_bytes: int = 16 << 20,
-                 min_detail: float = MIN_DETAIL):
+                 min_detail: float = MIN_DETAIL, far: int = 2):
         """``spacing``: a view gains a key frame once it lies this fraction of the frame's shorter side from the
         view's others (0.5: any frame of a pan overlaps one by three quarters or more). ``min_detail``: the fine
-        detail a return must match (``StageMotion.same_place``)."""
+        detail a return must match (``StageMotion.same_place``, ``overlap``). ``far``: how many key frames the
+        search for a part shared tries (each costs a few ms)."""
         self.motion, self.spacing, self.cap, self.max_bytes = motion, spacing, cap, max_bytes
-        self.min_detail = min_detail
+        self.min_detail, self.far = min_detail, far
         self._keys: list[KeyFrame] = []
 
     def __len__(self) -> int:
@@ -57,8 +58,10 @@ class Places:
         reach = self.spacing * min(grey.shape) * self.motion.downscale  # full-size px
         if any(k.view == view and np.hypot(*(k.offset - offset)) < reach for k in self._keys):
             return False
-        self._keys.append(KeyFrame(view, np.clip(grey, 0, 255).astype(np.uint8), offset.copy()))
-        limit = max(1, min(self.cap, self.max_bytes // max(grey.size, 1)))
+        kept = np.clip(grey, 0, 255).astype(np.uint8)
+        spectrum = self.motion.spectrum(kept)
+        self._keys.append(KeyFrame(view, kept, offset.copy(), spectrum))
+        limit = max(1, min(self.cap, self.max_bytes // max(kept.nbytes + spectrum.nbytes, 1)))
         while len(self._keys) > limit:
             self._keys.pop(self._thinnest())
         return True
@@ -85,20 +88,39 @@ class Places:
 
     def find(self, grey: np.ndarray | None, views: set[int]) -> tuple[int, np.ndarray] | None:
         """(view, offset): the view among ``views`` that ``grey`` shows again, and where this frame lies in its
-        slide coordinates; the key frame whose coarse correlation peaks highest wins. None: a place not seen."""
+        slide coordinates. First by the jump test's reading (``StageMotion.same_place``: the key frame whose coarse
+        correlation peaks highest wins); failing that, a part shared with a key frame (``StageMotion.overlap``: the
+        next row of a scan reached by a cut), tried on the ``far`` key frames whose correlation without a window
+        peaks highest away from no shift (a speck on the camera peaks there in every pair). None: a place not seen."""
         if grey is None or not views:
             return None
+        keys = [k for k in self._keys if k.view in views]
         best: tuple[float, int, np.ndarray] | None = None
-        for k in self._keys:
-            if k.view not in views:
-                continue
+        for k in keys:
             m = self.motion.same_place(k.grey, grey, self.min_detail)
             if m is None:
                 continue
             (dx, dy), peak, _ = m
             if best is None or peak > best[0]:
                 best = (peak, k.view, k.offset - np.array([dx, dy]))
-        return None if best is None else (best[1], best[2])
+        if best is not None:
+            return best[1], best[2]
+        keys = [k for k in keys if k.grey.shape == grey.shape]
+        if not keys:
+            return None
+        shape = self.motion.coarse_shape(grey)
+        spectrum = self.motion.spectrum(grey)
+        surfaces = overlap_surface(np.stack([k.spectrum for k in keys]), spectrum, shape)
+        near = np.array([-1, 0, 1])
+        surfaces[:, near[:, None], near] = -np.inf  # no shift: the same place would have passed above
+        heights = surfaces.reshape(len(keys), -1).max(axis=1)
+        found: tuple[float, int, np.ndarray] | None = None
+        for i in np.argsort(-heights)[: self.far]:
+            k = keys[int(i)]
+            m = self.motion.overlap(k.grey, grey, self.min_detail, ref_spectrum=k.spectrum, grey_spectrum=spectrum)
+            if m is not None and (found is None or m[1] > found[0]):
+                found = (m[1], k.view, k.offset - np.array(m[0]))
+        return None if found is None else (found[1], found[2])
 
     def keep_only(self, views: set[int]) -> None:
         """Forget the key frames of views no longer remembered (their cells are gone: nothing to return to)."""

@@ -37,6 +37,9 @@ When a cell is counted
   every frame, at the cost of counting a cell only once it has left the view.
   Each event also says in how many of those whole views the detection was
   platelet-sized (``small``): the caller decides what such a track may be counted as.
+  Where the view moves so fast that no cell can be whole in ``min_frames`` frames
+  running (more than a third of the frame a frame), fewer suffice: as many as every
+  cell the view passes is whole in (``Tracker._needed``; given the frame's size).
 
 Revising the class
   A counted track goes on collecting its whole views. When it closes having had
@@ -119,7 +122,7 @@ class _Track:
     """A cell's observations: whole ones (position, scores, counting) and ones cut by the frame edge."""
 
     __slots__ = ("id", "sum_xy", "n", "n_small", "edge_xy", "n_edge", "score_sum", "n_fresh", "copied",
-                 "reported", "first", "last", "frame_xy", "counted")
+                 "reported", "first", "last", "frame_xy", "counted", "travel_from", "travel_to")
 
     def __init__(self, tid: int, n_classes: int, frame: int):
         self.id = tid
@@ -130,6 +133,10 @@ class _Track:
         self.first = self.last = frame
         self.frame_xy = np.zeros(2)
         self.counted = False
+        # the tracker's ``travel`` (how far the view moved, |dx| and |dy| summed, and over how many frames) when the
+        # track began (the move into its first frame included) and one frame after it was last seen
+        self.travel_from: tuple[np.ndarray, int] | None = None
+        self.travel_to: tuple[np.ndarray, int] | None = None
 
     @property
     def pos(self) -> np.ndarray:
@@ -242,10 +249,12 @@ class Tracker:
         self.view = 0  # which view the slide coordinates belong to: a new one after each jump
         self._next_view = 1
         self._parked: dict[int, list[_Track]] = {}  # the remembered cells of earlier views, oldest view first
+        self._size: tuple[float, float] | None = None  # the frame's (width, height), px (``update``'s ``size``)
+        self._travel, self._steps = np.zeros(2), 0  # the view's moves (|dx|, |dy|) summed, over how many frames
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
                cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None,
-               fresh: Sequence[bool] | None = None) -> list[TrackEvent]:
+               fresh: Sequence[bool] | None = None, size: tuple[int, int] | None = None) -> list[TrackEvent]:
         """Add one frame's detections; return the cells counted this frame, and a ``final`` event for each
         counted cell whose track closed with views added since it was counted (its class over all of them).
 
@@ -264,6 +273,8 @@ class Tracker:
                 per track over its whole views (``TrackEvent.small_views``). None: none is.
             fresh: per detection, False where its scores were copied from its cell's decision (not
                 classified again): the view adds no scores (the next fresh one stands for it). None: all fresh.
+            size: the frame's (width, height), px: where the view moves so fast that no cell can be whole in
+                ``min_frames`` frames running, fewer suffice (``_needed``). None: ``min_frames`` always.
         """
         cfg = self.cfg
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -277,7 +288,7 @@ class Tracker:
         keep = _drop_fragments(pts, cfg.px(cfg.fragment_radius))
         pts, sc, cut_, small_, fresh_ = pts[keep], sc[keep], cut_[keep], small_[keep], fresh_[keep]
         gap = 1 if self._last_frame is None else max(frame_index - self._last_frame, 1)
-        self._last_frame = frame_index
+        last_frame, self._last_frame = self._last_frame, frame_index
         self._segment_frames += 1
         measured_before, self._measured = self._measured, shift is not None
         previous = self.offset.copy()
@@ -310,12 +321,22 @@ class Tracker:
         if free_t and free_d:
             more = _greedy_pairs(pos[free_t] + (predicted - self.offset), pts[free_d], cfg.px(cfg.recall_radius))
             pairs += [(free_t[i], free_d[j]) for i, j in more]
+        if size is not None:
+            self._size = (float(size[0]), float(size[1]))
+        before = (self._travel.copy(), self._steps)  # a track begun now: its window holds the move into this frame
+        if self._segment_frames > 1:  # how far the view moved into this frame (unknown for a view's first frame)
+            self._travel = self._travel + np.abs(self.offset - previous) / gap
+            self._steps += 1
         for i, j in pairs:
             tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]),
                           bool(fresh_[j]))
+        for t in self._active:  # seen now or in the frame before: its window reaches this frame
+            if t.last == frame_index or t.last == last_frame:
+                t.travel_to = (self._travel.copy(), self._steps)
         events = self._close_lost(frame_index)
         for j in sorted(set(range(len(pts))) - {j for _, j in pairs}):
-            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]), bool(fresh_[j]))
+            self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]), bool(fresh_[j]),
+                                  before, (self._travel.copy(), self._steps))
         need = max(cfg.decide_frames, cfg.min_frames)
         for t in self._active:
             if not t.counted and cfg.decide_frames > 0 and t.n >= need:
@@ -331,8 +352,8 @@ class Tracker:
         """Close every open track: count those seen steadily (``still``: a stretch shorter than ``min_frames``
         counts its cells seen in each of its frames), ``final`` events for counted ones."""
         short = still and self._segment_frames < self.cfg.min_frames
-        need = max(self._segment_frames, 1) if short else self.cfg.min_frames
-        events = [self._count(t, "flush") for t in self._active if not t.counted and t.n >= need]
+        events = [self._count(t, "flush") for t in self._active
+                  if not t.counted and t.n >= (max(self._segment_frames, 1) if short else self._needed(t))]
         events += [t.event("final") for t in self._active if t.unreported]
         for t in self._active:
             self._forget_or_remember(t)
@@ -392,6 +413,26 @@ class Tracker:
                  "frames": t.n, "counted": t.counted, "last_frame": t.last} for t in self._active]
 
     # ------------------------------------------------------------------ internals
+    def _needed(self, t: _Track) -> int:
+        """The whole views a track needs to be counted: ``min_frames``, or fewer where the view moved so fast while
+        the cell was in it that no cell could be whole in ``min_frames`` frames running: the frame's extent less a
+        cell's diameter, over the move per frame, is the number of frames every cell the view passes is whole in
+        (at 330 px a frame across 640 px, one or two; before, 0 of 25 cells such a pan passed were counted). The move
+        is the mean from the frame the track began in (the move into it included) to the one after it was last
+        seen: a detection seen once in one fast jerk of a slow pan is a flicker (the frames after it were slow,
+        and a cell would have stayed in view), and one seen once where the view is still or slow needs
+        ``min_frames``, as before."""
+        need = self.cfg.min_frames
+        if self._size is None or t.travel_from is None or t.travel_to is None:
+            return need
+        frames = t.travel_to[1] - t.travel_from[1]
+        if frames <= 0:
+            return need
+        step = (t.travel_to[0] - t.travel_from[0]) / frames
+        room = np.asarray(self._size) - self.cfg.cell_diameter_px
+        fits = [int(r // v) for r, v in zip(room, step) if v > 0 and r > 0]  # no room: a cell never whole
+        return max(1, min([need] + fits))
+
     def _count(self, t: _Track, reason: str) -> TrackEvent:
         t.counted = True
         self.counted += 1
@@ -403,7 +444,7 @@ class Tracker:
             if frame_index - t.last <= self.cfg.max_missed:
                 keep.append(t)
                 continue
-            if not t.counted and t.n >= self.cfg.min_frames:
+            if not t.counted and t.n >= self._needed(t):
                 events.append(self._count(t, "lost"))
             elif t.unreported:  # seen again since it was counted: its class over every view
                 events.append(t.event("final"))
@@ -427,7 +468,8 @@ class Tracker:
                 | {t.id for m in self._parked.values() for t in m})
 
     def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool,
-                         fresh: bool = True) -> None:
+                         fresh: bool = True, travel_from: tuple[np.ndarray, int] | None = None,
+                         travel_to: tuple[np.ndarray, int] | None = None) -> None:
         xy = p + self.offset
         if self._memory:
             if self._memory_xy is None:
@@ -438,21 +480,40 @@ class Tracker:
                 t = self._memory.pop(k)
                 self._memory_xy = np.delete(self._memory_xy, k, axis=0)
                 t.see(xy, p, scores, frame_index, cut, small, fresh)
+                t.travel_to = travel_to
                 self._active.append(t)
                 return
         t = _Track(self._next_id, len(scores), frame_index)
         t.see(xy, p, scores, frame_index, cut, small, fresh)
+        t.travel_from, t.travel_to = travel_from, travel_to
         self._active.append(t)
         self._next_id += 1
+
+
+# Two views are claimed to show one place on stronger evidence than "not a jump" (``Places.find``, ``overlap``): with
+# many key frames to compare, the jump test's tail let 15 of 9,180 pairs of different PBC fields through (a centred
+# cell correlates at no shift), their fine detail matching at 0.45 at most; frames of one place match at 0.83 or more
+# (benchmarks/results/field-return.json).
+MIN_DETAIL = 0.6
+
+
+def highpass(grey: np.ndarray) -> np.ndarray:
+    """A grey view's fine detail: less its blur (sigma 3 px), as ``detail_match`` compares it."""
+    import cv2
+
+    return grey - cv2.GaussianBlur(grey, (0, 0), 3)
 
 
 def detail_match(a: np.ndarray, b: np.ndarray, dx: float, dy: float) -> float:
     """How well the fine detail of grey frame ``a`` moved by (dx, dy) matches ``b``: the correlation of the two
     frames less their blur (sigma 3 px) over where they overlap; 0 when they overlap on less than a fifth."""
+    return _highpass_match(highpass(a), highpass(b), dx, dy)
+
+
+def _highpass_match(hp_a: np.ndarray, hp_b: np.ndarray, dx: float, dy: float) -> float:
+    """``detail_match`` on views already passed through ``highpass``."""
     import cv2
 
-    hp_a = a - cv2.GaussianBlur(a, (0, 0), 3)
-    hp_b = b - cv2.GaussianBlur(b, (0, 0), 3)
     moved = cv2.warpAffine(hp_a, np.float32([[1, 0, dx], [0, 1, dy]]), hp_a.shape[::-1],
                            borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
     inside = np.isfinite(moved)
@@ -462,6 +523,32 @@ def detail_match(a: np.ndarray, b: np.ndarray, dx: float, dy: float) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / den) if den > 0 else 0.0
+
+
+def _peaks(r: np.ndarray, n: int, apart: int = 2) -> list[tuple[float, float, float]]:
+    """The ``n`` highest peaks of a correlation surface that wraps round: (height, x, y), x and y to a fraction of a
+    px (the 3x3 centroid), each at least ``apart`` px from a higher one."""
+    h, w = r.shape
+    r = r.copy()
+    out = []
+    for _ in range(n):
+        y, x = np.unravel_index(int(np.argmax(r)), r.shape)
+        ys, xs = (np.arange(y - 1, y + 2) % h), (np.arange(x - 1, x + 2) % w)
+        patch = np.clip(r[np.ix_(ys, xs)], 0, None)
+        total = float(patch.sum())
+        off = (0.0, 0.0) if total <= 0 else (float((patch.sum(0) * [-1, 0, 1]).sum() / total),
+                                             float((patch.sum(1) * [-1, 0, 1]).sum() / total))
+        out.append((float(r[y, x]), x + off[0], y + off[1]))
+        r[np.ix_(np.arange(y - apart, y + apart + 1) % h, np.arange(x - apart, x + apart + 1) % w)] = -np.inf
+    return out
+
+
+def overlap_surface(a_spectrum: np.ndarray, b_spectrum: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The phase correlation of two views from their ``spectrum``s (whitened: the product needs no normalising; the last
+    two axes; ``a_spectrum`` may be a stack):
+    a peak at (x, y) where ``b`` shows ``a`` moved by (x, y), modulo the view's size. No window: a window fades the
+    frame's edges, where the part two views share lies when they share less than half."""
+    return np.fft.irfft2(b_spectrum * np.conj(a_spectrum), s=shape).astype(np.float32)
 
 
 def cut_by_edge(box: Sequence[float], width: int, height: int, margin: int = 1) -> bool:
@@ -483,12 +570,17 @@ class StageMotion:
     (benchmarks/results/stage-jump.json): consecutive frames of generated slide scans (pans, jerks, pauses,
     refocusing) peak at 0.87 or more; two different fields at 0.20 at most (DeepBioNet) and, for PBC, whose
     fields all centre one large white cell that correlates at no shift, up to 0.68, where their detail matches
-    at 0.22 at most (scans: 0.84 or more).
+    at 0.22 at most (scans: 0.84 or more). Before a frame is called a jump, the part it shares with the one
+    before is sought (``overlap``: down to a quarter of the frame, its fine detail matching at ``MIN_DETAIL``):
+    a pan faster than half a field a frame, whose shared part the window fades, goes on as a pan. No two
+    different real fields share such a part (PBC 9,180 pairs, DeepBioNet 63,546; field-return.json).
     """
 
     def __init__(self, downscale: int = 2, min_response: float = 0.03, jump_response: float = 0.3,
-                 check_response: float = 0.75, jump_detail: float = 0.3, jerk: float = 0.1):
+                 check_response: float = 0.75, jump_detail: float = 0.3, jerk: float = 0.1,
+                 min_share: float = 0.25):
         self.downscale = downscale
+        self.min_share = min_share  # the least part of the frame ``overlap`` accepts two views to share
         self.jerk = jerk  # x the frame's shorter side: a sharper change of shift is checked (``_checked``)
         self.min_response = min_response
         self.jump_response, self.check_response, self.jump_detail = jump_response, check_response, jump_detail
@@ -557,6 +649,11 @@ class StageMotion:
             odd = self._last_shift_before  # from the view before to the odd frame, as the tracker was told
             s = self._accept(before, grey, coarse)
             return None if s is None or odd is None else (s[0] - odd[0], s[1] - odd[1])
+        far = self.overlap(prev[0], grey)  # a pan faster than half a field a frame still shares a part
+        if far is not None:
+            self._before, self._last_shift_before = prev, far[0]
+            self._prev, self._coarse = grey, coarse
+            return far[0]
         self.jumped = True
         self._held = prev
         self._prev, self._coarse, self._before = grey, coarse, None
@@ -590,9 +687,11 @@ class StageMotion:
         # they disagree: the one under which the two frames' fine detail matches better is right (a shift past half
         # the frame wraps round in the correlation, so the direct one is no judge alone: a fast pan's real move)
         d = self.downscale
-        if detail_match(before[0], grey, direct[0] / d, direct[1] / d) <= detail_match(before[0], grey, chained[0] / d,
-                                                                                      chained[1] / d):
-            return s
+        direct_detail = detail_match(before[0], grey, direct[0] / d, direct[1] / d)
+        if direct_detail < self.jump_detail or direct_detail <= detail_match(before[0], grey, chained[0] / d,
+                                                                             chained[1] / d):
+            return s  # (a direct reading that matches nothing is noise: after a pan's step of more than half a
+            # field, the frame before and this one share too little for either reading to match)
         s = (direct[0] - into_prev[0], direct[1] - into_prev[1])  # the frame before was the odd one: step over it
         self._last_shift_before = s
         return s
@@ -617,6 +716,50 @@ class StageMotion:
             return None
         s = self._shift(a, b)
         return None if s is None else (s, peak, detail)
+
+    def spectrum(self, grey: np.ndarray) -> np.ndarray:
+        """The Fourier transform of ``grey``'s coarse view less its mean, whitened (each frequency's phase alone,
+        complex64): what ``overlap`` correlates. Kept with a key frame (``places.Places``), so that a new view is
+        compared with all of them at once."""
+        coarse = self._coarse_of(grey.astype(np.float32, copy=False))
+        f = np.fft.rfft2(coarse - coarse.mean())
+        return (f / (np.abs(f) + 1e-9)).astype(np.complex64)
+
+    def coarse_shape(self, grey: np.ndarray) -> tuple[int, int]:
+        """The shape of ``grey``'s coarse view (what ``spectrum`` transforms)."""
+        return self._coarse_of(grey.astype(np.float32, copy=False)).shape
+
+    def overlap(self, ref: np.ndarray, grey: np.ndarray, min_detail: float = MIN_DETAIL,
+                ref_spectrum: np.ndarray | None = None, grey_spectrum: np.ndarray | None = None,
+                peaks: int = 3) -> tuple[tuple[float, float], float] | None:
+        """((dx, dy), detail): how far the content moved from grey view ``ref`` to ``grey`` (full-size px) where the
+        two share a part too small for the jump test, down to ``min_share`` of the frame: the next row of a scan
+        reached by a cut, or a pan faster than half a field a frame. Read from the coarse views' phase correlation
+        without a window; each of its ``peaks`` highest peaks is read four ways (a shift wraps round the frame), and the
+        reading whose fine detail matches best (``detail_match`` over the part shared) is kept when that match is
+        ``min_detail`` or more. None otherwise, or when the views differ in size. ``ref_spectrum``, ``grey_spectrum``:
+        their ``spectrum`` where already known."""
+        if ref.shape != grey.shape or min(grey.shape) < 8:
+            return None
+        a, b = ref.astype(np.float32, copy=False), grey.astype(np.float32, copy=False)
+        shape = self._coarse_of(b).shape
+        surface = overlap_surface(self.spectrum(a) if ref_spectrum is None else ref_spectrum,
+                                  self.spectrum(b) if grey_spectrum is None else grey_spectrum, shape)
+        h, w = shape
+        up = b.shape[1] / w
+        hp_a, hp_b = highpass(a), highpass(b)
+        best: tuple[float, float, float] | None = None
+        for _, x, y in _peaks(surface, peaks):
+            for rx in {x, x - w}:
+                for ry in {y, y - h}:
+                    if (w - abs(rx)) * (h - abs(ry)) < self.min_share * w * h:
+                        continue
+                    d = _highpass_match(hp_a, hp_b, rx * up, ry * up)
+                    if best is None or d > best[0]:
+                        best = (d, rx * up, ry * up)
+        if best is None or best[0] < min_detail:
+            return None
+        return (float(best[1] * self.downscale), float(best[2] * self.downscale)), float(best[0])
 
     def _coarse_of(self, grey: np.ndarray) -> np.ndarray:
         """The coarse view: 4x smaller than the camera's (as is, when ``downscale`` is 4 or more, or it would be

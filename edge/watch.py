@@ -279,7 +279,7 @@ class FieldCounter:
         # a frame unlike the one before (StageMotion.jumped), held back until the next frame says whether it began a
         # new view or was a glitch: (cells, scale, frame index); ``holding``: this update held its frame back;
         # ``late``: this update (or flush) fed the frame held back before it (its cells gained their tracks now)
-        self._pending: tuple[list[dict], dict, int] | None = None
+        self._pending: tuple[list[dict], dict, int, tuple[int, int]] | None = None
         self.holding = self.late = False
 
     @property
@@ -332,11 +332,11 @@ class FieldCounter:
             return self._count(events, frame_index)
         # settled "glitch": the held frame (torn, blurred) is left out; this one continues the view before it
         if self.motion.jumped:  # unlike the view before: another field, or a glitch; the next frame says
-            self._pending, self.holding = (cells, scale_info, frame_index), True
+            self._pending, self.holding = (cells, scale_info, frame_index, frame.shape[1::-1]), True
             return self._count(events, frame_index)
         if self.motion.restarted and self.tracker is not None:  # another frame size: a view of its own
             events += self._new_view(self.motion.current)
-        events += self._feed(cells, scale_info, frame_index, shift)
+        events += self._feed(cells, scale_info, frame_index, frame.shape[1::-1], shift)
         if shift is not None or self.tracker.segment_frames == 1:  # measured, or the first frame of a view
             self._note(self.motion.current)
         return self._count(events, frame_index)
@@ -355,7 +355,7 @@ class FieldCounter:
         if self.tracker is not None:
             self.places.note(self.tracker.view, grey, self.tracker.offset)
 
-    def _feed(self, cells: list[dict], scale_info: dict, frame_index: int,
+    def _feed(self, cells: list[dict], scale_info: dict, frame_index: int, size: tuple[int, int],
               shift: tuple[float, float] | None) -> list[TrackEvent]:
         """One frame's cells to the tracker (each gains ``track`` when matched); its events."""
         self._last_index = frame_index
@@ -364,7 +364,7 @@ class FieldCounter:
         scores = np.array([c["scores"] for c in cells], np.float64) if cells else None
         events = self.tracker.update(pts, scores, frame_index, shift=shift, cut=[c["cut"] for c in cells],
                                      small=[c.get("kind") == "small" for c in cells],
-                                     fresh=[not c.get("decided") for c in cells])
+                                     fresh=[not c.get("decided") for c in cells], size=size)
         if cells:
             seen = {tuple(t["center"]): t["id"] for t in self.tracker.tracks() if t["last_frame"] == frame_index}
             for c in cells:

@@ -394,6 +394,101 @@ def test_places_finds_a_view_again_and_nothing_in_another_field():
     assert sorted((k.view, float(k.offset[0])) for k in tie._keys) == [(1, 0.0), (1, 1000.0), (2, 0.0), (2, 20.0)]
 
 
+def test_a_cell_the_view_passes_too_fast_for_three_whole_views_counts_once():
+    """The view moves 330 px a frame across 640 px: a cell is whole in one frame. It counts when its track closes
+    (fewer whole views suffice where no cell could be whole in ``min_frames`` running); without the frame's size, or
+    where the view is still, one view is a flicker, as before."""
+    def run(step, size):
+        t, events = Tracker(TrackConfig(cell_diameter_px=50.0)), []
+        for i in range(12):
+            x = 1000.0 - step * i  # the cell's place in this frame
+            pts = [(x, 240.0)] if 25 < x < 615 else []
+            events += t.update(pts, np.ones((len(pts), 3)), i, shift=(-step, 0.0) if i else None, size=size)
+        return len(counts(events + t.flush()))
+
+    assert run(330.0, (640, 480)) == 1
+    assert run(330.0, None) == 0  # no size: min_frames, as before
+    still = Tracker(TrackConfig(cell_diameter_px=50.0))
+    events = still.update([(300.0, 240.0)], np.ones((1, 3)), 0, size=(640, 480))
+    for i in range(1, 12):  # one detection, then nothing where it was: a flicker
+        events += still.update([], None, i, shift=(0.0, 0.0), size=(640, 480))
+    assert len(counts(events + still.flush())) == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_pan_slowing_after_a_step_of_more_than_half_a_field_reads_each_move(seed):
+    """After a step that only ``overlap`` reads (400 px), a slower one (150-200 px) broke sharply from it, and the
+    torn-frame check measured it again from the frame before the step, where the two frames share too little: its
+    noise reading won and the stage seemed to leap 500 px for a frame (a review of session 35; 16 counted for 11).
+    A direct reading that matches nothing now leaves the shift as measured."""
+    scan = make_slide_scan(seed, slide_size=(2600, 700), speed=(8.0, 20.0))
+    for xs in ([0, 10, 20, 420, 570, 580], [0, 10, 20, 400, 560, 570], [0, 10, 20, 420, 620, 630]):
+        motion, got = StageMotion(), []
+        for x in xs:
+            shift = motion.update(np.ascontiguousarray(scan.slide[100:580, x:x + 640]))
+            got.append(None if shift is None or motion.jumped else round(shift[0]))
+        assert got == [None] + [a - b for a, b in zip(xs, xs[1:])], (xs, got)
+
+
+def test_fewer_views_count_only_where_the_view_keeps_moving_fast():
+    """A detection seen once in one fast jerk of a slow pan is a flicker: the frames after it were slow, and a cell
+    would have stayed in view. And a cell wider than the frame is never whole: ``min_frames`` stands (a review)."""
+    def flicker(jerk):
+        t, events = Tracker(TrackConfig(cell_diameter_px=50.0)), []
+        for i in range(16):
+            step = jerk if i == 5 else 10.0
+            pts = [(300.0, 240.0)] if i == 5 else []
+            events += t.update(pts, np.ones((len(pts), 3)), i, shift=(-step, 0.0) if i else None, size=(640, 480))
+        return len(counts(events + t.flush()))
+
+    assert flicker(400.0) == 0 and flicker(10.0) == 0
+    t, events = Tracker(TrackConfig(cell_diameter_px=50.0)), []
+    events += t.update([(20.0, 20.0)], np.ones((1, 3)), 0, size=(40, 40))
+    events += t.update([(19.5, 20.0)], np.ones((1, 3)), 1, shift=(-0.5, 0.0), size=(40, 40))
+    for i in range(2, 12):
+        events += t.update([], None, i, shift=(0.0, 0.0), size=(40, 40))
+    assert len(counts(events + t.flush())) == 0
+
+
+def test_places_finds_the_next_row_of_a_scan_reached_by_a_cut():
+    """A view sharing less than half a frame with every key frame (the next row of a scan, 280 px lower, reached by a
+    cut): the jump test's windowed correlation fades the frame's edges, where the shared part lies, and the cells of
+    that part were counted twice (count-hunt-34.json: 10 for 5). The part shared is found (``StageMotion.overlap``)."""
+    from scopelite.edge.places import Places
+
+    scan = make_slide_scan(0, slide_size=(1400, 800), speed=(8.0, 20.0))
+    view = lambda x, y: scan.slide[y:y + 480, x:x + 640].copy()  # noqa: E731
+    motion = StageMotion()
+    motion.update(view(0, 0))
+    places = Places(motion)
+    places.note(0, motion.current, (0.0, 0.0))
+    key = motion.current.copy()
+    motion.update(view(60, 280))  # shares 200 of 480 rows and 580 of 640 columns
+    assert motion.same_place(key, motion.current) is None  # the jump test's reading alone misses it
+    found = places.find(motion.current, {0})
+    assert found is not None and found[0] == 0 and np.allclose(found[1], (60.0, 280.0), atol=2.0)
+    for x, y in ((700, 0), (0, 400), (400, 200)):  # sharing nothing; a sixth of the frame; 22 % (under a quarter)
+        motion.update(view(x, y))
+        assert places.find(motion.current, {0}) is None, (x, y)
+
+
+def test_overlap_reads_a_move_of_more_than_half_a_frame_and_nothing_between_fields():
+    scan = make_slide_scan(1, slide_size=(2000, 1200), speed=(8.0, 20.0))
+    view = lambda x, y: scan.slide[y:y + 480, x:x + 640].copy()  # noqa: E731
+    motion = StageMotion()
+
+    def grey(frame):
+        motion.update(frame)
+        return motion.current.copy()
+
+    a = grey(view(600, 400))
+    for dx, dy in ((330, 0), (-400, 0), (0, 300), (-250, -180), (480, 0)):  # content moves the other way
+        m = motion.overlap(a, grey(view(600 + dx, 400 + dy)))
+        assert m is not None and np.allclose(m[0], (-dx, -dy), atol=1.5) and m[1] > 0.8, (dx, dy, m)
+    for x, y in ((1000, 0), (1300, 700), (0, 700)):  # other fields
+        assert motion.overlap(a, grey(view(x, y))) is None
+
+
 def test_a_measured_stage_shift_is_not_out_voted_by_pairs_of_other_cells():
     """With a stage shift measured (StageMotion), the cells correct it within a cell's radius only. Searched as far
     as a jump, two new cells that happened to lie 1.5 diameters from two tracks out-voted the one cell seen where the

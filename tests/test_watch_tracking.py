@@ -409,6 +409,41 @@ def test_a_field_shown_again_after_a_jump_is_counted_once():
     assert looped == count(pan)[0] and tracking["view_returns"] == 1
 
 
+def test_the_next_row_of_a_scan_reached_by_a_cut_is_counted_once():
+    """A row panned, then a cut to the next row 280 px lower (a jump: the two rows share 200 of 480 px, more than
+    half a frame off every key frame): the cells of the part shared were counted again (count-hunt-34.json: 10 for
+    5). The part shared is found (``StageMotion.overlap``), and the view goes on in the first row's coordinates."""
+    import dataclasses
+
+    base = make_slide_scan(0, slide_size=(1400, 800), speed=(8.0, 20.0))
+    row = [(10 * i, 20) for i in range(70)]
+    scan = dataclasses.replace(base, path=row + [(x, y + 280) for x, y in row], blur=[0.0] * 140, events=[])
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    s = run_watch(WatchConfig(mode="field"), ScanSource(scan), clf, lambda r: None)["summary"]
+    truth = sum(v >= 3 for v in scan.frames_in_view().values())
+    assert s["tracking"]["view_jumps"] == 1 and s["tracking"]["view_returns"] == 1
+    assert cells_counted(s["differential"]) == truth > 10
+
+
+@pytest.mark.parametrize("step", [250, 330, 400])
+def test_a_pan_faster_than_half_a_field_a_frame_counts_each_cell_once(step):
+    """A pan of 250-400 px a frame across 640 px (a slow camera, a quick hand): each cell is whole in one or two
+    frames. Frames more than half a field apart were taken for jumps, each a still field, and the cells they share
+    were counted twice (330 px: 50 for 31), while at 250 px most cells were never whole 3 frames running and went
+    uncounted (10 of 32). The part two frames share is now read (``StageMotion.overlap``), and where the view moves
+    too fast for any cell to be whole in 3 frames, fewer suffice (``Tracker._needed``)."""
+    import dataclasses
+
+    base = make_slide_scan(0, slide_size=(2600, 520), speed=(8.0, 20.0))
+    path = [(step * i, 20) for i in range((2600 - 640) // step + 1)]
+    scan = dataclasses.replace(base, path=path, blur=[0.0] * len(path), events=[])
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+    s = run_watch(WatchConfig(mode="field"), ScanSource(scan), clf, lambda r: None)["summary"]
+    passed = sum(v >= 1 for v in scan.frames_in_view().values())  # whole in a frame at least once
+    assert s["tracking"]["view_jumps"] == 0
+    assert 0.7 * passed <= cells_counted(s["differential"]) <= passed
+
+
 def test_a_torn_frame_does_not_leave_the_stage_position_wrong():
     """A torn frame (its lower half rolled 200 px sideways) matched the frame before by its upper half and the next
     one by its lower half: the stage seemed to leap 200 px for good, and panning back every cell was counted again

@@ -23,14 +23,16 @@ import numpy as np
 
 from scopelite.edge.sources import list_images
 from scopelite.edge.sysinfo import machine
-from scopelite.edge.track import StageMotion, detail_match
+from scopelite.edge.track import MIN_DETAIL, StageMotion, detail_match
 
 RULE = StageMotion()  # the thresholds the daemon uses
 from scopelite.train.slide import make_slide_scan
 
 
-def pair_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
-    """(coarse peak, detail match) of two RGB frames of one size, as StageMotion reads them."""
+def pair_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool] | None:
+    """(coarse peak, detail match, a part shared) of two RGB frames of one size, as StageMotion reads them: the jump
+    test's two numbers, and whether ``StageMotion.overlap`` finds a part they share (then it is no jump: a pan
+    faster than half a field a frame)."""
     grey = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
             .astype(np.float32) for f in (a, b)]
     if grey[0].shape != grey[1].shape:
@@ -38,18 +40,20 @@ def pair_measures(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
     coarse = [cv2.resize(g, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA) for g in grey]
     win = cv2.createHanningWindow(coarse[0].shape[::-1], cv2.CV_32F)
     (cx, cy), r = cv2.phaseCorrelate(coarse[0], coarse[1], win)
-    return float(r), detail_match(grey[0], grey[1], 2 * cx, 2 * cy)
+    return float(r), detail_match(grey[0], grey[1], 2 * cx, 2 * cy), RULE.overlap(grey[0], grey[1]) is not None
 
 
-def summary(values: list[tuple[float, float]]) -> dict:
+def summary(values: list[tuple[float, float, bool]]) -> dict:
     r = np.array([v[0] for v in values])
     d = np.array([v[1] for v in values])
-    jumped = (r < RULE.jump_response) | ((r < RULE.check_response) & (d < RULE.jump_detail))
+    shared = np.array([v[2] for v in values])
+    unlike = (r < RULE.jump_response) | ((r < RULE.check_response) & (d < RULE.jump_detail))
+    jumped = unlike & ~shared
     return {"pairs": len(values), "peak": {"min": round(float(r.min()), 3), "median": round(float(np.median(r)), 3),
                                            "max": round(float(r.max()), 3)},
             "detail": {"min": round(float(d.min()), 3), "median": round(float(np.median(d)), 3),
                        "max": round(float(d.max()), 3)},
-            "called_a_jump": int(jumped.sum())}
+            "unlike": int(unlike.sum()), "called_a_jump": int(jumped.sum())}
 
 
 def count(cmd: list[str], env: dict | None = None) -> dict:
@@ -71,8 +75,9 @@ def main() -> None:
                  "machine": machine(), "date": datetime.date.today().isoformat(),
                  "data": "PBC (Acevedo et al., Data in Brief 2020) pbc-fields; DeepBioNet (Shams et al., Blood Cells "
                          "Mol Dis 2024) fields; generated slide scans (train/slide.py, seeds 0-7)",
-                 "rule": f"jump: peak < {RULE.jump_response}, or peak < {RULE.check_response} and detail < "
-                         f"{RULE.jump_detail} (StageMotion defaults)"}
+                 "rule": f"unlike: peak < {RULE.jump_response}, or peak < {RULE.check_response} and detail < "
+                         f"{RULE.jump_detail}; a jump: unlike, and no part of at least {RULE.min_share} of the frame "
+                         f"shared with detail >= {MIN_DETAIL} (StageMotion.overlap, session 35) (StageMotion defaults)"}
     scan = []
     for seed in range(8):
         s = make_slide_scan(seed, slide_size=(1000, 760), speed=(8.0, 20.0))
