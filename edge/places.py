@@ -4,7 +4,7 @@ A jump (``track.StageMotion``: the stage stepped, or a video of separate fields 
 nothing with the frame before, so the tracker cannot say where on the slide the new frame lies, and without
 more a field shown again after another one was counted again (A, B, A: 26 cells for 18; a video holding one
 pan three times: 45 for 16; benchmarks/results/count-hunt-33.json). ``Places`` keeps, per view, a frame every
-half a field the view moved, with the tracker's slide offset there; after a jump the first frame of the new
+``spacing`` of a field the view moved, with the tracker's slide offset there; after a jump the first frame of the new
 view is compared with them by the test that decides jumps (``StageMotion.same_place``) and a close match of their
 fine detail (``MIN_DETAIL``), and a match puts the tracker back into that view's coordinates
 (``Tracker.return_to``), where its counted cells are remembered.
@@ -36,13 +36,18 @@ class KeyFrame:
 class Places:
     """Key frames of the views seen so far (``note``), and which one a frame shows again (``find``)."""
 
-    def __init__(self, motion: StageMotion, spacing: float = 0.5, cap: int = 64, max_bytes: int = 16 << 20,
+    def __init__(self, motion: StageMotion, spacing: float | None = None, cap: int = 64, max_bytes: int = 16 << 20,
                  min_detail: float = MIN_DETAIL, far: int = 2):
         """``spacing``: a view gains a key frame once it lies this fraction of the frame's shorter side from the
-        view's others (0.5: any frame of a pan overlaps one by three quarters or more). ``min_detail``: the fine
+        view's others; default half of what ``motion.overlap`` leaves unshared (0.375 of 480 px: 180 px), so that a
+        view one step past any frame of a pan, a step shorter than the spacing, shares a quarter or more with a key
+        frame. At 0.5 a raster of tiles 240 px apart kept no key frame in its second row (each 240 px from the
+        first's), and its third row, sharing nothing with the first, was a new view (a trial of session 35: the
+        overlap of the second and third rows counted twice). ``min_detail``: the fine
         detail a return must match (``StageMotion.same_place``, ``overlap``). ``far``: how many key frames the
         search for a part shared tries (each costs a few ms)."""
-        self.motion, self.spacing, self.cap, self.max_bytes = motion, spacing, cap, max_bytes
+        self.spacing = (1.0 - motion.min_share) / 2 if spacing is None else spacing
+        self.motion, self.cap, self.max_bytes = motion, cap, max_bytes
         self.min_detail, self.far = min_detail, far
         self._keys: list[KeyFrame] = []
 

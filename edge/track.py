@@ -133,10 +133,10 @@ class _Track:
         self.first = self.last = frame
         self.frame_xy = np.zeros(2)
         self.counted = False
-        # the tracker's ``travel`` (how far the view moved, |dx| and |dy| summed, and over how many frames) when the
-        # track began (the move into its first frame included) and one frame after it was last seen
-        self.travel_from: tuple[np.ndarray, int] | None = None
-        self.travel_to: tuple[np.ndarray, int] | None = None
+        # the tracker's ``travel`` (how far the view moved, summed, and over how many frames) when the track began
+        # (the move into its first frame included) and one frame after it was last seen
+        self.travel_from: tuple[float, int] | None = None
+        self.travel_to: tuple[float, int] | None = None
 
     @property
     def pos(self) -> np.ndarray:
@@ -250,7 +250,7 @@ class Tracker:
         self._next_view = 1
         self._parked: dict[int, list[_Track]] = {}  # the remembered cells of earlier views, oldest view first
         self._size: tuple[float, float] | None = None  # the frame's (width, height), px (``update``'s ``size``)
-        self._travel, self._steps = np.zeros(2), 0  # the view's moves (|dx|, |dy|) summed, over how many frames
+        self._travel, self._steps = 0.0, 0  # the view's moves, each as a share of a cell's room (``update``), summed
 
     def update(self, points, scores: np.ndarray | None, frame_index: int, shift: tuple[float, float] | None = None,
                cut: Sequence[bool] | None = None, small: Sequence[bool] | None = None,
@@ -277,6 +277,8 @@ class Tracker:
                 ``min_frames`` frames running, fewer suffice (``_needed``). None: ``min_frames`` always.
         """
         cfg = self.cfg
+        if size is not None:
+            self._size = (float(size[0]), float(size[1]))
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if scores is None or len(pts) == 0:
             sc = np.zeros((len(pts), 1))
@@ -321,22 +323,24 @@ class Tracker:
         if free_t and free_d:
             more = _greedy_pairs(pos[free_t] + (predicted - self.offset), pts[free_d], cfg.px(cfg.recall_radius))
             pairs += [(free_t[i], free_d[j]) for i, j in more]
-        if size is not None:
-            self._size = (float(size[0]), float(size[1]))
-        before = (self._travel.copy(), self._steps)  # a track begun now: its window holds the move into this frame
-        if self._segment_frames > 1:  # how far the view moved into this frame (unknown for a view's first frame)
-            self._travel = self._travel + np.abs(self.offset - previous) / gap
+        before = (self._travel, self._steps)  # a track begun now: its window holds the move into this frame
+        room = None if self._size is None else np.asarray(self._size) - cfg.cell_diameter_px
+        if self._segment_frames > 1 and room is not None and (room > 0).all():
+            # how far the view moved into this frame, as a share of the room a whole cell has along each axis, the
+            # larger (a serpentine's turn moves along x, then along y: each share counts where the mean of each
+            # axis apart halved both; unknown for a view's first frame)
+            self._travel += float(np.max(np.abs(self.offset - previous) / gap / room))
             self._steps += 1
         for i, j in pairs:
             tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]),
                           bool(fresh_[j]))
         for t in self._active:  # seen now or in the frame before: its window reaches this frame
             if t.last == frame_index or t.last == last_frame:
-                t.travel_to = (self._travel.copy(), self._steps)
+                t.travel_to = (self._travel, self._steps)
         events = self._close_lost(frame_index)
         for j in sorted(set(range(len(pts))) - {j for _, j in pairs}):
             self._start_or_recall(pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]), bool(fresh_[j]),
-                                  before, (self._travel.copy(), self._steps))
+                                  before, (self._travel, self._steps))
         need = max(cfg.decide_frames, cfg.min_frames)
         for t in self._active:
             if not t.counted and cfg.decide_frames > 0 and t.n >= need:
@@ -415,23 +419,19 @@ class Tracker:
     # ------------------------------------------------------------------ internals
     def _needed(self, t: _Track) -> int:
         """The whole views a track needs to be counted: ``min_frames``, or fewer where the view moved so fast while
-        the cell was in it that no cell could be whole in ``min_frames`` frames running: the frame's extent less a
-        cell's diameter, over the move per frame, is the number of frames every cell the view passes is whole in
-        (at 330 px a frame across 640 px, one or two; before, 0 of 25 cells such a pan passed were counted). The move
-        is the mean from the frame the track began in (the move into it included) to the one after it was last
-        seen: a detection seen once in one fast jerk of a slow pan is a flicker (the frames after it were slow,
-        and a cell would have stayed in view), and one seen once where the view is still or slow needs
-        ``min_frames``, as before."""
+        the cell was in it that no cell could be whole in ``min_frames`` frames running. A whole cell has the frame's
+        extent less its diameter to move in along each axis; each frame's move takes a share of it (the larger of
+        the two axes'), and one over the mean share is the number of frames every cell the view passes is whole in
+        (at 330 px a frame across 640 px, one; before, 0 of 25 cells such a pan passed were counted). The mean runs
+        from the frame the track began in (the move into it included) to the one after it was last seen: a
+        detection seen once in one fast jerk of a slow pan is a flicker (the frames after it were slow, and a cell
+        would have stayed in view), and one seen once where the view is still or slow needs ``min_frames``, as
+        before. A cell wider than the frame is never whole: ``min_frames``."""
         need = self.cfg.min_frames
-        if self._size is None or t.travel_from is None or t.travel_to is None:
+        if t.travel_from is None or t.travel_to is None or t.travel_to[1] <= t.travel_from[1]:
             return need
-        frames = t.travel_to[1] - t.travel_from[1]
-        if frames <= 0:
-            return need
-        step = (t.travel_to[0] - t.travel_from[0]) / frames
-        room = np.asarray(self._size) - self.cfg.cell_diameter_px
-        fits = [int(r // v) for r, v in zip(room, step) if v > 0 and r > 0]  # no room: a cell never whole
-        return max(1, min([need] + fits))
+        share = (t.travel_to[0] - t.travel_from[0]) / (t.travel_to[1] - t.travel_from[1])
+        return need if share <= 0 else max(1, min(need, int(1.0 / share + 1e-9)))
 
     def _count(self, t: _Track, reason: str) -> TrackEvent:
         t.counted = True
@@ -468,8 +468,8 @@ class Tracker:
                 | {t.id for m in self._parked.values() for t in m})
 
     def _start_or_recall(self, p: np.ndarray, scores: np.ndarray, frame_index: int, cut: bool, small: bool,
-                         fresh: bool = True, travel_from: tuple[np.ndarray, int] | None = None,
-                         travel_to: tuple[np.ndarray, int] | None = None) -> None:
+                         fresh: bool = True, travel_from: tuple[float, int] | None = None,
+                         travel_to: tuple[float, int] | None = None) -> None:
         xy = p + self.offset
         if self._memory:
             if self._memory_xy is None:

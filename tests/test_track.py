@@ -371,7 +371,7 @@ def test_places_finds_a_view_again_and_nothing_in_another_field():
     places = Places(motion)
     assert places.note(0, motion.current, (0.0, 0.0)) and not places.note(0, motion.current, (50.0, 0.0))
     motion.update(view(100, 0))
-    assert places.note(0, motion.current, (300.0, 0.0)) and len(places) == 2  # half a field (240 px) away: kept
+    assert places.note(0, motion.current, (300.0, 0.0)) and len(places) == 2  # past the spacing (180 px): kept
     motion.update(view(40, 20))  # the first field again, moved: found, with where this frame lies in view 0
     found = places.find(motion.current, {0})
     assert found is not None and found[0] == 0 and np.allclose(found[1], (40.0, 20.0), atol=2.0)
