@@ -418,7 +418,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
                    "Default: keep every session (about 1 GB a day of counting).")
 @click.option("--track/--no-track", default=None,
               help="Field mode: follow cells across frames and count each once (default for cameras, streams and "
-                   "videos: the stage moves); --no-track: every image is a separate field and each of its cells "
+                   "videos: the stage moves; give it for a folder of tiles of one slide, in scan order, each sharing "
+                   "30-50 % with the one before); --no-track: every image is a separate field and each of its cells "
                    "counts (default for a folder of images or one image).")
 @click.option("--exit-on-eof", is_flag=True, help="Camera/stream: exit when it ends instead of reconnecting.")
 @click.option("--backoff-cap", type=Number(min=0.1, max=86400), default=30.0, show_default=True,
