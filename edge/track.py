@@ -611,10 +611,7 @@ class StageMotion:
         """
         import cv2
 
-        grey = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
-        if self.downscale > 1:
-            grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
-        grey = grey.astype(np.float32)
+        grey = self.view_of(frame_rgb)
         self.jumped, self.settled = False, None
         self.restarted = False
         if min(grey.shape) < 8:  # too small to correlate (phaseCorrelate would raise)
@@ -716,6 +713,15 @@ class StageMotion:
             return None
         s = self._shift(a, b)
         return None if s is None else (s, peak, detail)
+
+    def view_of(self, frame_rgb: np.ndarray) -> np.ndarray:
+        """The grey view ``update`` compares (float32, ``downscale`` x smaller): what ``overlap`` takes."""
+        import cv2
+
+        grey = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
+        if self.downscale > 1:
+            grey = cv2.resize(grey, None, fx=1 / self.downscale, fy=1 / self.downscale, interpolation=cv2.INTER_AREA)
+        return grey.astype(np.float32)
 
     def spectrum(self, grey: np.ndarray) -> np.ndarray:
         """The Fourier transform of ``grey``'s coarse view less its mean, whitened (each frequency's phase alone,

@@ -565,6 +565,9 @@ def run_watch(
     # counted again: {digest: the first image's file}, and the copies (file, copy of)
     seen: dict[str, str | None] = {}
     copies: list[tuple[str | None, str | None]] = []
+    # ... and how many share a part of the view with the image before (tiles of one slide: counted as separate
+    # fields, the cells in their overlaps count twice; --track counts each once)
+    tiles, tiled, before_grey = StageMotion(), 0, None
     tally = Tally(list(classifier.labels))
     framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
     held: tuple[np.ndarray, dict] | None = None  # field mode: the frame the counter holds back, and its record
@@ -648,6 +651,9 @@ def run_watch(
                 continue
             if pixels is not None:
                 seen[pixels] = file
+                tile_view = tiles.view_of(frame)
+                tiled += before_grey is not None and tiles.overlap(before_grey, tile_view) is not None
+                before_grey = tile_view
             grey = is_greyscale(frame)
             grey_frames += grey
             dark = counter is not None and not grey and is_dark(frame)  # the lamp off on a colour camera
@@ -769,6 +775,12 @@ def run_watch(
         _warn(summary, f"{len(copies)} image{'s' if len(copies) > 1 else ''} held the same pixels as an earlier one "
                        f"(a copy under another name: {file} is {first}{' ...' if len(copies) > 1 else ''}): each "
                        "counted once")
+    if tiled:
+        summary["images_sharing_a_part"] = tiled
+    if n >= 3 and tiled >= (n - 1) / 2:
+        _warn(summary, f"{tiled} of {n} images share a part of the view with the image before (tiles of one slide?): "
+                       "each image was counted as a field of its own, so cells where they overlap were counted more "
+                       "than once; give --track to follow the tiles in order and count each cell once")
     if site is not None:
         summary["site"] = site.info()
         if field_scale.off_site > field_scale.checked / 2 and field_scale.site_rbc_px and field_scale.ruler:

@@ -264,6 +264,38 @@ def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
     assert r.returncode == 2 and "need --mode field" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
+    """A slide scanner's tiles in a folder are counted as separate fields by default (--no-track), and every cell
+    where two tiles overlap counted twice without a word (a trial of session 35: 1.25-3.5x the cells). The count
+    now says so, and names --track; separate fields say nothing."""
+    import cv2
+
+    from conftest import run_cli
+
+    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i, (x, y) in enumerate((x, y) for y in (0, 288) for x in (0, 384, 760)):  # 40 % overlap, raster order
+        cv2.imwrite(str(tiles / f"{i:04d}.png"), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for seed in range(4):  # four slides: nothing shared
+        view = make_slide_scan(seed, slide_size=(700, 520), speed=(8.0, 20.0)).slide[:480, :640]
+        cv2.imwrite(str(fields / f"{seed:04d}.png"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+
+    def watch(folder, *extra):
+        r = run_cli("celledge", "watch", str(folder), "--model", str(tiny_run["tflite"]), "--mode", "field", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.splitlines()[-1])["summary"], r.stderr
+
+    s, err = watch(tiles)
+    assert s["images_sharing_a_part"] == 4 and "give --track" in s["warning"]  # not across the row change and "give --track" in err
+    s, err = watch(tiles, "--track")
+    assert "images_sharing_a_part" not in s and "give --track" not in err
+    s, err = watch(fields)
+    assert "images_sharing_a_part" not in s and "give --track" not in err
+
+
 def test_cells_already_counted_are_not_classified_again():
     scan = make_slide_scan(0, **SCAN)
     crops = []
