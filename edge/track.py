@@ -683,13 +683,14 @@ class StageMotion:
         if direct is None or max(abs(direct[0] - chained[0]), abs(direct[1] - chained[1])) <= reach / 2:
             return s
         # they disagree: the one under which the two frames' fine detail matches better is right (a shift past half
-        # the frame wraps round in the correlation, so the direct one is no judge alone: a fast pan's real move)
+        # the frame wraps round in the correlation, so the direct one is no judge alone: a fast pan's real move).
+        # A direct reading that matches nothing is noise: after a step of more than half a field, the frame before
+        # and this one share too little for either reading to match (a review of session 35: 16 counted for 11)
         d = self.downscale
         direct_detail = detail_match(before[0], grey, direct[0] / d, direct[1] / d)
         if direct_detail < self.jump_detail or direct_detail <= detail_match(before[0], grey, chained[0] / d,
                                                                              chained[1] / d):
-            return s  # (a direct reading that matches nothing is noise: after a pan's step of more than half a
-            # field, the frame before and this one share too little for either reading to match)
+            return s
         s = (direct[0] - into_prev[0], direct[1] - into_prev[1])  # the frame before was the odd one: step over it
         self._last_shift_before = s
         return s
