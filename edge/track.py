@@ -649,9 +649,7 @@ class StageMotion:
             return None if s is None or odd is None else (s[0] - odd[0], s[1] - odd[1])
         far = self.overlap(prev[0], grey)  # a pan faster than half a field a frame still shares a part
         if far is not None:
-            self._before, self._last_shift_before = prev, far[0]
-            self._prev, self._coarse = grey, coarse
-            return far[0]
+            return self._accept(prev, grey, coarse, far[0])
         self.jumped = True
         self._held = prev
         self._prev, self._coarse, self._before = grey, coarse, None
@@ -779,10 +777,11 @@ class StageMotion:
             return grey
         return cv2.resize(grey, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
 
-    def _accept(self, ref: tuple[np.ndarray, np.ndarray], grey: np.ndarray,
-                coarse: np.ndarray) -> tuple[float, float] | None:
-        """This frame continues the view ``ref``: it becomes the reference (``ref`` the one before); the shift."""
-        s = self._shift(ref[0], grey)
+    def _accept(self, ref: tuple[np.ndarray, np.ndarray], grey: np.ndarray, coarse: np.ndarray,
+                shift: tuple[float, float] | None = None) -> tuple[float, float] | None:
+        """This frame continues the view ``ref``: it becomes the reference (``ref`` the one before); the shift
+        (``shift`` where already read, as ``overlap`` reads a part shared; else measured here)."""
+        s = self._shift(ref[0], grey) if shift is None else shift
         self._before, self._last_shift_before = ref, s
         self._prev, self._coarse = grey, coarse
         return s
