@@ -403,7 +403,8 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Field mode: one session per slide in DIR/<start time>/: every counted cell with its crop, and "
                    "the report (JSON, CSV, printable HTML with a gallery per class) when it closes (--count, the lab "
                    "page). A session left open by a killed run is resumed (a camera, or a folder: the images "
-                   "counted are skipped; not a video file, whose cells would be counted twice). With --http: "
+                   "counted are skipped; not a video file or a folder read with --track, whose cells would be counted "
+                   "twice). With --http: "
                    "start/stop/reset on the lab page, review at /review. docs/differential.md")
 @click.option("--new-session", is_flag=True,
               help="With --sessions: close the session the last run left open (writing its report) and start anew.")
@@ -700,7 +701,7 @@ def watch(**_):
         how = _HOW_IT_ENDED.get(summary["summary"].get("stopped"), "ended")
         if skipped and not summary["summary"]["frames"]:
             how, again = "held nothing new", "other fields of this slide add to it with --add-to-session"
-        elif is_still(cfg.source):
+        elif is_still(cfg.source) and not (cfg.track and Path(cfg.source).is_dir()):
             again = "the same command goes on where it stopped (images counted already are skipped)"
         else:
             again = "other fields of this slide add to it with --add-to-session"
@@ -779,9 +780,11 @@ def _sessions(cfg, clf, live: bool):
     from .sources import input_of, is_still, shown
     from .watch import field_config
 
-    # a video file read again from its start would count its cells twice (a folder's images are told apart)
-    video = not live and not is_still(cfg.source)
-    source = str(Path(cfg.source).resolve()) if video else None
+    # a video file read again from its start would count its cells twice (a folder's images are told apart); so
+    # would a folder of tiles read with --track: an image with no cell counted in it is read again by a tracker
+    # that has forgotten the tiles before it, and the cells it shares with them are new to it (98 -> 138)
+    again = not live and (not is_still(cfg.source) or (cfg.track and Path(cfg.source).is_dir()))
+    source = str(Path(cfg.source).resolve()) if again else None
     given = shown(cfg.source) if live else input_of(cfg.source)  # a stream's password stays out of state.json
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),

@@ -296,6 +296,42 @@ def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
     assert "images_sharing_a_part" not in s and "give --track" not in err
 
 
+def test_a_folder_of_tiles_read_with_track_is_not_resumed_into_its_session(tiny_run, tmp_path):
+    """A folder run again into the session it left open skips the images whose cells were counted. With --track that
+    counted cells twice: a tile whose cells were counted from its neighbours was read again by a tracker that had
+    forgotten them (a trial of session 36: 98 -> 138 cells; after Ctrl-C and the same command, 128 for 98). A folder
+    read with --track is now refused as a video file is, and --new-session counts it anew."""
+    import cv2
+
+    from conftest import run_cli
+
+    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i, (x, y) in enumerate((x, y) for y in (0, 288) for x in (0, 384, 760)):  # 40 % overlap, raster order
+        cv2.imwrite(str(tiles / f"{i:04d}.png"), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+    sessions = tmp_path / "s"
+
+    def watch(*extra):
+        return run_cli("celledge", "watch", str(tiles), "--model", str(tiny_run["tflite"]), "--mode", "field",
+                       "--track", "--sessions", str(sessions), *extra)
+
+    r = watch("--max-frames", "4")  # stopped part-way: the session stays open
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "goes on where it stopped" not in r.stderr and "--new-session" in r.stderr
+    first = json.loads(r.stdout.splitlines()[-1])["summary"]["session"]
+    assert first["state"] == "open" and first["white_total"] > 0
+    r = watch()
+    assert r.returncode == 2 and "would count its cells twice" in r.stderr and "Traceback" not in r.stderr
+    r = watch("--new-session")
+    assert r.returncode == 0, r.stderr[-2000:]
+    anew = json.loads(r.stdout.splitlines()[-1])["summary"]
+    whole = run_cli("celledge", "watch", str(tiles), "--model", str(tiny_run["tflite"]), "--mode", "field", "--track")
+    alone = json.loads(whole.stdout.splitlines()[-1])["summary"]
+    assert anew["session"]["id"] != first["id"] and anew["frames"] == 6
+    assert anew["differential"]["white_total"] == alone["differential"]["white_total"]
+
+
 def test_cells_already_counted_are_not_classified_again():
     scan = make_slide_scan(0, **SCAN)
     crops = []
