@@ -328,8 +328,11 @@ class Tracker:
         if self._segment_frames > 1 and room is not None and (room > 0).all():
             # how far the view moved into this frame, as a share of the room a whole cell has along each axis, the
             # larger (a serpentine's turn moves along x, then along y: each share counts where the mean of each
-            # axis apart halved both; unknown for a view's first frame)
-            self._travel += float(np.max(np.abs(self.offset - previous) / gap / room))
+            # axis apart halved both; unknown for a view's first frame). Since the frame added before, not per
+            # frame of the source: frames dropped or left out (blank) between them showed no cell, so a cell is
+            # whole in as many added frames as this says (divided by the gap, a blank frame after each tile of a
+            # scan asked 3 views of cells whole in 1: 0 counted for 20)
+            self._travel += float(np.max(np.abs(self.offset - previous) / room))
             self._steps += 1
         for i, j in pairs:
             tracks[i].see(pts[j] + self.offset, pts[j], sc[j], frame_index, bool(cut_[j]), bool(small_[j]),
@@ -349,8 +352,10 @@ class Tracker:
 
     def flush(self) -> list[TrackEvent]:
         """End of stream: count the open tracks seen steadily; close everything (``final`` events as ``update``).
-        After a ``jump``, a last stretch of fewer than ``min_frames`` frames is a still field (``jump``)."""
-        return self._close_all(still=self.jumps > 0)
+        A last stretch of fewer than ``min_frames`` frames (after a ``jump``, or a whole stream that short: a video
+        of one or two frames, one image) is a still field (``jump``): its cells seen in each of its frames are
+        counted, as ``--no-track`` counts them (they counted nothing)."""
+        return self._close_all(still=True)
 
     def _close_all(self, still: bool) -> list[TrackEvent]:
         """Close every open track: count those seen steadily (``still``: a stretch shorter than ``min_frames``

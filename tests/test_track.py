@@ -511,3 +511,42 @@ def test_a_measured_stage_shift_is_not_out_voted_by_pairs_of_other_cells():
     assert abs(measured.offset[0] - 50.0) < 1.0  # the slide offset follows the measured stage (5 frames of 10 px)
     unmeasured = run(None)
     assert abs(unmeasured.offset[0] - 50.0) > 50  # no measurement: the detections alone decide (here wrongly)
+
+
+def test_a_stream_shorter_than_min_frames_counts_its_cells_as_a_still_field():
+    """A video of one or two frames, or one image read with tracking (the default for a video), counted nothing: the
+    flicker test asked 3 views of a stream that had fewer (a trial of session 36: 0 where --no-track counted 2). Its
+    cells seen in each of its frames are counted now, as after a jump; one seen in one of two frames is not."""
+    cells = [(100.0, 100.0), (300.0, 200.0), (500.0, 350.0)]
+    for n in (1, 2, 3):
+        t, events = Tracker(TrackConfig(cell_diameter_px=48.0)), []
+        for i in range(n):
+            events += t.update(cells, np.ones((3, N)) / N, i, shift=(0.0, 0.0) if i else None, size=(640, 480))
+        assert len(counts(events + t.flush())) == 3, n
+    t = Tracker(TrackConfig(cell_diameter_px=48.0))
+    events = t.update(cells, np.ones((3, N)) / N, 0, size=(640, 480))
+    events += t.update(cells[:2], np.ones((2, N)) / N, 1, shift=(0.0, 0.0), size=(640, 480))
+    assert len(counts(events + t.flush())) == 2
+
+
+def test_frames_left_out_between_tiles_do_not_make_the_view_seem_slow():
+    """Tiles 320 px apart (a cell whole in one or two of them) with a blank frame after each: field mode leaves blank
+    frames out, but their numbers went on, and the move divided by the gap asked 3 views of cells whole in 1-2 (a
+    trial of session 36: 0 counted for 20). The move is now per frame added."""
+    rng = np.random.default_rng(0)
+    cells = np.column_stack([rng.uniform(30, 2200, 40), rng.uniform(30, 450, 40)])
+
+    def counted(every):
+        t, events, whole = Tracker(TrackConfig(cell_diameter_px=48.0)), [], set()
+        for k in range(6):
+            x0 = 320 * k
+            inside = [i for i, c in enumerate(cells) if x0 + 24 <= c[0] <= x0 + 640 - 24]
+            whole.update(inside)
+            pts = np.array([cells[i] - (x0, 0) for i in inside]).reshape(-1, 2)
+            events += t.update(pts, np.ones((len(pts), N)) / N, k * every, shift=(-320.0, 0.0) if k else None,
+                               size=(640, 480))
+        return len(counts(events + t.flush())), len(whole)
+
+    got, whole = counted(1)
+    assert whole - 1 <= got <= whole  # two of the 40 lie closer than a cell's fragment radius: one
+    assert counted(2) == counted(3) == (got, whole)
