@@ -546,7 +546,9 @@ def watch(**_):
     sources = {"closed": 0, "open": None}  # a camera reopened for weeks: only the open source is kept
 
     def open_counted():
-        src = open_source(source, loop=cfg.loop, size=cfg.size, warn=warn)
+        # tracked, a folder is one scan: its tiles in number order (named 0.png ... 41.png, 10.png came before 2.png
+        # and the scan was followed out of order: 101-115 counted for 98)
+        src = open_source(source, loop=cfg.loop, size=cfg.size, warn=warn, numbered=bool(cfg.track))
         sources["closed"] += getattr(sources["open"], "unreadable", 0)
         sources["open"] = src
         return src

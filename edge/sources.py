@@ -146,12 +146,20 @@ def check_frame_size(frame: np.ndarray, what: str, min_side: int = MIN_SIDE, hin
     return frame
 
 
+def number_order(path: Path) -> tuple:
+    """A sort key that reads the numbers in a path as numbers: ``2.png`` before ``10.png``, as a file browser
+    lists them (a scanner's tiles numbered without leading zeros)."""
+    return tuple((0, int(part), part) if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"([0-9]+)", str(path)) if part)
+
+
 def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None = None,
-                other: list[Path] | None = None) -> list[Path]:
+                other: list[Path] | None = None, numbered: bool = False) -> list[Path]:
     """Expand files and folders (sorted, recursive) into image paths. Hidden files and folders inside a folder are
     left out (macOS's ``._x.jpg`` resource forks, ``.thumbnails/``): not fields; a file given by name is kept.
     ``unlisted``: gets each folder inside that could not be listed (no permission), with why; ``other``: each
-    image inside a folder of a kind not read (OTHER_IMAGE_SUFFIXES: GIF, HEIC, a slide scanner's files), left out."""
+    image inside a folder of a kind not read (OTHER_IMAGE_SUFFIXES: GIF, HEIC, a slide scanner's files), left out.
+    ``numbered``: a folder's images in number order (``number_order``), not name order."""
     def failed(e: OSError) -> None:  # a folder that cannot be listed (lost+found is root's own: no fields there)
         if unlisted is not None and Path(e.filename).name != "lost+found":
             unlisted.append(f"{e.filename} ({e.strerror.lower() if e.strerror else e})")
@@ -168,7 +176,7 @@ def list_images(paths: Iterable[str | os.PathLike], unlisted: list[str] | None =
                 if other is not None:
                     other += sorted(Path(top) / f for f in files if not f.startswith(".")
                                     and Path(f).suffix.lower() in OTHER_IMAGE_SUFFIXES)
-            out.extend(sorted(found))
+            out.extend(sorted(found, key=number_order if numbered else None))
         else:
             out.append(p)
     return out
@@ -199,12 +207,13 @@ def other_images_note(other: list[Path]) -> str:
             f"{' ...' if len(other) > 1 else ''}) left out; convert them to PNG, JPEG or TIFF")
 
 
-def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> list[Path]:
+def images_given(given: Iterable[str | os.PathLike], warn: Callable[[str], None],
+                 numbered: bool = False) -> list[Path]:
     """The images of the files and folders given on a command line or as a source (``list_images``): a
     SourceError when there are none, and ``warn`` names those of a kind not read and each folder inside that
     could not be listed (their images would otherwise be left out of the count without a word)."""
     given, unlisted, other = list(given), [], []
-    paths = list_images(given, unlisted, other)
+    paths = list_images(given, unlisted, other, numbered)
     names = ", ".join(map(str, given))
     unread = f" ({len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} in it could not be read: " \
              f"{unlisted[0]}{' ...' if len(unlisted) > 1 else ''})" if unlisted else ""
@@ -289,17 +298,18 @@ class OpenCVSource:
 
 
 class FolderSource:
-    """A folder of images (or one image file) replayed in name order, optionally looped.
+    """A folder of images (or one image file) replayed in name order (``numbered``: in number order, 2.png before
+    10.png, as a scan's tiles are read with --track), optionally looped.
 
     An image that cannot be read (corrupt, truncated, too large) is skipped, counted in
     ``unreadable`` and passed to ``warn``; the rest of the folder is still read.
     """
 
     def __init__(self, folder: str | os.PathLike, loop: bool = False,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, numbered: bool = False):
         self.name = str(folder)
         self._warn = warn or (lambda msg: None)
-        self._paths = images_given([folder], self._warn)
+        self._paths = images_given([folder], self._warn, numbered)
         self._loop = loop
         self._i = 0
         self._good = 0  # frames read in this pass
@@ -401,12 +411,12 @@ def open_unless_stopped(open_fn: Callable[[], FrameSource], stop: threading.Even
 
 
 def open_source(spec: str, loop: bool = False, size: tuple[int, int] | None = None,
-                warn: Callable[[str], None] | None = None) -> FrameSource:
+                warn: Callable[[str], None] | None = None, numbered: bool = False) -> FrameSource:
     """``/dev/video0``, ``0``, ``clip.mp4``, ``rtsp://...``, a folder of images or one image file (``warn``:
-    skipped files)."""
+    skipped files; ``numbered``: a folder's images in number order, ``FolderSource``)."""
     p = Path(spec)
     if is_still(p):  # an image file too: read as one, not through a video decoder
-        return FolderSource(p, loop=loop, warn=warn)
+        return FolderSource(p, loop=loop, warn=warn, numbered=numbered)
     if not (is_live(spec) or p.is_file()):
         what = "is not a video file, an image or a folder" if p.exists() else "not found"
         raise SourceError(f"source {shown(spec)!r} {what}: give a video file, an image folder, /dev/videoN or a URL")

@@ -274,3 +274,15 @@ def test_one_lineage_is_the_same_split_whatever_else_its_file_holds(tmp_path):
     assert len({data.split_identity(tmp_path / f) for f in ("a.json", "b.json", "old.json")}) == 1
     data.save_split(tmp_path / "c.json", ds24, data.stratified_split(ds24.labels, seed=1), 1)
     assert data.split_identity(tmp_path / "c.json") != data.split_identity(tmp_path / "a.json")
+
+
+def test_a_folder_in_number_order_reads_its_numbers_as_numbers(tmp_path):
+    """``numbered`` (a folder read with --track): 2.png before 10.png, in each folder; names without numbers in name
+    order; without it, name order as before."""
+    from scopelite.edge.sources import list_images
+
+    for name in ("10.png", "2.png", "1.png", "tile_9_b.png", "tile_10_a.png", "a.png", "b2.png", "b10.png"):
+        (tmp_path / name).write_bytes(b"")
+    numbered = [p.name for p in list_images([tmp_path], numbered=True)]
+    assert numbered == ["1.png", "2.png", "10.png", "a.png", "b2.png", "b10.png", "tile_9_b.png", "tile_10_a.png"]
+    assert [p.name for p in list_images([tmp_path])] == sorted(numbered)
