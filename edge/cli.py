@@ -713,7 +713,7 @@ def watch(**_):
         q = shlex.quote(str(cfg.sessions))  # pasted back into a shell
         print(f"review its cells: celledge review {q}  (then celledge export {q} --out DIR)",
               file=sys.stderr)
-    if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"]:
+    if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"] and not skipped:  # else: read before
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")
     got_none = (summary["summary"]["frames"] == 0 and summary["summary"]["stopped"] == "end of stream" and not live

@@ -700,6 +700,21 @@ def _write_fields(folder, seeds, name="{}.png"):
     return folder
 
 
+def test_a_folder_with_an_unreadable_image_resumed_says_what_it_read_before(tmp_path):
+    """A folder holding one unreadable image (half copied), run again into its session: the images counted before are
+    skipped, and the run ended with "Error: none of the 1 images ... could be read" and exit 2 (a trial of session 36)
+    though the folder's other images had been read. It now ends as a resumed run with nothing new."""
+    fields = _write_fields(tmp_path / "fields", range(2))
+    (fields / "2.png").write_bytes(cv2.imencode(".png", np.zeros((240, 320, 3), np.uint8))[1].tobytes()[:60])
+    watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"), "--count", "500")
+    r = invoke_cli(*watch)
+    assert r.returncode == 0 and "2.png" in r.stderr, r.stderr[-2000:]
+    r = invoke_cli(*watch)
+    assert r.returncode == 0 and "could be read" not in r.stderr, r.stderr[-2000:]
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert summary["already_counted"] == 2 and summary["unreadable"] == 1 and "held nothing new" in r.stderr
+
+
 def test_a_folder_that_ends_before_the_count_says_the_session_stays_open(tmp_path):
     fields = _write_fields(tmp_path / "fields", range(3))
     watch = ("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(tmp_path / "s"))
