@@ -567,7 +567,7 @@ def run_watch(
     copies: list[tuple[str | None, str | None]] = []
     # ... and how many share a part of the view with the image before (tiles of one slide: counted as separate
     # fields, the cells in their overlaps count twice; --track counts each once)
-    tiles, tiled, before_grey = StageMotion(), 0, None
+    tiles, tiled, before_grey, lit = StageMotion(), 0, None, 0
     tally = Tally(list(classifier.labels))
     framing: crop_scale.StreamFraming | None = None  # crop mode: the stream's framing, made at the first view
     held: tuple[np.ndarray, dict] | None = None  # field mode: the frame the counter holds back, and its record
@@ -651,13 +651,14 @@ def run_watch(
                 continue
             if pixels is not None:
                 seen[pixels] = file
-                tile_view = tiles.view_of(frame)
-                tiled += before_grey is not None and tiles.overlap(before_grey, tile_view) is not None
-                before_grey = tile_view
             grey = is_greyscale(frame)
             grey_frames += grey
             dark = counter is not None and not grey and is_dark(frame)  # the lamp off on a colour camera
             dark_frames += dark
+            if pixels is not None and not (grey or dark):  # a blank between two tiles is not a tile of the scan
+                tile_view = tiles.view_of(frame)
+                tiled += before_grey is not None and tiles.overlap(before_grey, tile_view) is not None
+                before_grey, lit = tile_view, lit + 1
             t0 = clock()
             if counter is not None and (grey or dark):
                 # the lamp off, a blank or monochrome view: nothing to find by stain colour, and the tracker is not
@@ -777,8 +778,8 @@ def run_watch(
                        "counted once")
     if tiled:
         summary["images_sharing_a_part"] = tiled
-    if n >= 3 and tiled >= (n - 1) / 2:
-        _warn(summary, f"{tiled} of {n} images share a part of the view with the image before (tiles of one slide?): "
+    if lit >= 3 and tiled >= (lit - 1) / 2:
+        _warn(summary, f"{tiled} of {lit} images share a part of the view with the image before (tiles of one slide?): "
                        "each image was counted as a field of its own, so cells where they overlap were counted more "
                        "than once; give --track to follow the tiles in order and count each cell once")
     if site is not None:

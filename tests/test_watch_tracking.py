@@ -291,6 +291,13 @@ def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
 
     s, err = watch(tiles)
     assert s["images_sharing_a_part"] == 4 and "give --track" in s["warning"]  # not across the row change and "give --track" in err
+    blanks = tmp_path / "blanks"  # a blank frame after each tile (a scanner's dark frame): compared past them
+    blanks.mkdir()
+    for i, tile in enumerate(sorted(tiles.iterdir())):
+        (blanks / f"{i:04d}a.png").write_bytes(tile.read_bytes())
+        cv2.imwrite(str(blanks / f"{i:04d}b.png"), np.full((480, 640, 3), 255, np.uint8))
+    s, err = watch(blanks)
+    assert s["images_sharing_a_part"] == 4 and "4 of 6 images share" in s["warning"]
     s, err = watch(tiles, "--track")
     assert "images_sharing_a_part" not in s and "give --track" not in err
     s, err = watch(fields)
