@@ -265,6 +265,18 @@ def test_cli_counts_a_scan_once_and_writes_the_report(tiny_run, tmp_path):
     assert r.returncode == 2 and "need --mode field" in r.stderr and "Traceback" not in r.stderr
 
 
+def _write_tiles(folder, places=((0, 0), (384, 0), (760, 0), (0, 288), (384, 288), (760, 288)), name="{:04d}.png"):
+    """640x480 tiles of a generated 1400x900 slide at ``places`` (by default 6 overlapping 40 %, raster order), as
+    ``name.format(i)`` in ``folder``."""
+    import cv2
+
+    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
+    folder.mkdir()
+    for i, (x, y) in enumerate(places):
+        cv2.imwrite(str(folder / name.format(i)), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+    return folder
+
+
 def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
     """A slide scanner's tiles in a folder are counted as separate fields by default (--no-track), and every cell
     where two tiles overlap counted twice without a word (a trial of session 35: 1.25-3.5x the cells). The count
@@ -273,11 +285,7 @@ def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
 
     from conftest import run_cli
 
-    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
-    tiles = tmp_path / "tiles"
-    tiles.mkdir()
-    for i, (x, y) in enumerate((x, y) for y in (0, 288) for x in (0, 384, 760)):  # 40 % overlap, raster order
-        cv2.imwrite(str(tiles / f"{i:04d}.png"), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+    tiles = _write_tiles(tmp_path / "tiles")
     fields = tmp_path / "fields"
     fields.mkdir()
     for seed in range(4):  # four slides: nothing shared
@@ -309,15 +317,9 @@ def test_a_folder_of_tiles_read_with_track_is_not_resumed_into_its_session(tiny_
     counted cells twice: a tile whose cells were counted from its neighbours was read again by a tracker that had
     forgotten them (a trial of session 36: 98 -> 138 cells; after Ctrl-C and the same command, 128 for 98). A folder
     read with --track is now refused as a video file is, and --new-session counts it anew."""
-    import cv2
-
     from conftest import run_cli
 
-    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
-    tiles = tmp_path / "tiles"
-    tiles.mkdir()
-    for i, (x, y) in enumerate((x, y) for y in (0, 288) for x in (0, 384, 760)):  # 40 % overlap, raster order
-        cv2.imwrite(str(tiles / f"{i:04d}.png"), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+    tiles = _write_tiles(tmp_path / "tiles")
     sessions = tmp_path / "s"
 
     def watch(*extra):
@@ -345,18 +347,12 @@ def test_tiles_numbered_without_leading_zeros_are_tracked_in_number_order(tiny_r
     out of order (a trial of session 36: 101-115 counted for 98, cells twice and missed; here 4 white cells and 4
     jumps for 6 and 2). With --track a folder is read in number order: the count is the same as with the tiles named
     0000.png ..."""
-    import cv2
-
     from conftest import run_cli
 
-    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
     places = [(x, y) for y in (0, 210, 420) for x in (0, 250, 500, 760)]  # 12 tiles, rows in raster order
     counted = {}
     for name in ("{}.png", "{:04d}.png"):
-        tiles = tmp_path / name[:3]
-        tiles.mkdir()
-        for i, (x, y) in enumerate(places):
-            cv2.imwrite(str(tiles / name.format(i)), cv2.cvtColor(slide[y:y + 480, x:x + 640], cv2.COLOR_RGB2BGR))
+        tiles = _write_tiles(tmp_path / name[:3], places, name)
         r = run_cli("celledge", "watch", str(tiles), "--model", str(tiny_run["tflite"]), "--mode", "field", "--track")
         assert r.returncode == 0, r.stderr[-2000:]
         lines = [json.loads(x) for x in r.stdout.splitlines()]
