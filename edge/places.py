@@ -72,10 +72,14 @@ class Places:
         return True
 
     def _thinnest(self) -> int:
-        """The key frame to let go when the set is full: of the view with the most, the one nearest another of its
-        view (the oldest of equals; never the newest). Dropping the oldest first lost every key frame of a field
-        after 30 s of panning elsewhere while its counted cells were still remembered, and the field was counted
-        again on return (a count hunt of session 34); thinning keeps each view's reach with sparser frames."""
+        """The key frame to let go when the set is full: of the view with the most, among the older half of its key
+        frames, the one nearest another of its view (the oldest of equals). Dropping the oldest first lost every
+        key frame of a field after 30 s of panning elsewhere while its counted cells were still remembered, and the
+        field was counted again on return (a count hunt of session 34); thinning keeps each view's reach with
+        sparser frames. The newer half is the recent path, kept whole: thinning all of them, each new key frame
+        made the one before it the most crowded, so a long pan kept its old ground and its newest frame only, and
+        a return to where the stage was 600 frames before a jump, 6000 frames into a scan, counted 13 cells again
+        (a long-run check of session 36)."""
         views: dict[int, list[int]] = {}
         for i, k in enumerate(self._keys[:-1]):
             views.setdefault(k.view, []).append(i)
@@ -87,7 +91,8 @@ class Places:
         xy = np.array([self._keys[i].offset for i in idx] + ([self._keys[-1].offset] if view == newest else []))
         gaps = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
         np.fill_diagonal(gaps, np.inf)
-        near = np.sort(gaps, axis=1)[: len(idx), :2]  # each one's nearest and second-nearest of its view
+        older = (len(xy) + 1) // 2  # the view's key frames oldest first: the older half may go
+        near = np.sort(gaps, axis=1)[: min(older, len(idx)), :2]  # each one's nearest and second-nearest of its view
         # the most crowded: nearest first, then second-nearest (a pan's inner frames before its ends)
         return idx[int(np.lexsort((near[:, -1], near[:, 0]))[0])]
 

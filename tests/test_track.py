@@ -384,10 +384,15 @@ def test_places_finds_a_view_again_and_nothing_in_another_field():
     small.note(7, motion.current, (0, 0))  # a field seen briefly, then a long pan elsewhere
     for i in range(8):
         small.note(8, motion.current, (100 * i, 0))
-    # full: the long pan is thinned (its key frames spread over it, the newest kept), the brief field keeps its own
+    # full: the long pan is thinned (its start and its recent path kept), the brief field keeps its own
     assert len(small) == 4 and [k.view for k in small._keys].count(7) == 1
     pan = sorted(float(k.offset[0]) for k in small._keys if k.view == 8)
-    assert pan[-1] == 700.0 and pan[-1] - pan[0] >= 400 and min(np.diff(pan)) >= 200
+    assert pan == [0.0, 600.0, 700.0]
+    long = Places(motion, spacing=0.0, cap=16)  # one long pan: its recent path stays covered, its start too
+    for i in range(400):
+        long.note(0, motion.current, (100.0 * i, 0.0))
+    pan = sorted(float(k.offset[0]) for k in long._keys)
+    assert len(pan) == 16 and pan[0] == 0.0 and pan[-8:] == [100.0 * i for i in range(392, 400)]
     tie = Places(motion, spacing=0.0, cap=4)  # the newest frame counts in its view's share (a review): 2 spread
     for view, x in ((1, 0), (1, 1000), (2, 0), (2, 10), (2, 20)):  # frames of view 1 outweigh view 2's crowded 3
         tie.note(view, motion.current, (x, 0))
