@@ -95,6 +95,10 @@ class FieldScale:
     SIZES = 8  # frame sizes whose rulers are kept (the least recently seen goes)
     SAME_SIZE = 0.1  # sizes this close are one set-up (PBC's fields: 360x360, 363x360 and 369x366)
 
+    def rulers(self) -> list[float]:
+        """The smoothed red-cell diameter (px) of each frame size seen whose frames had a reading."""
+        return [v for v in (s.current for s in self._by_size.values()) if v is not None]
+
     def _set_up(self, size: tuple[int, int]) -> tuple[int, int]:
         """The size already seen that ``size`` is within ``SAME_SIZE`` of, in height and in width, or ``size``."""
         for known in [self._size, *self._by_size]:
@@ -233,6 +237,7 @@ def _not_what_it_looks_like(platelet_sized: bool, scores, labels) -> str | None:
 
 
 REVIEW_LISTED = 10_000  # uncertain cells the run's count lists, the newest (every one is counted; sessions keep all)
+MAGNIFICATIONS = 1.5  # a tracked run's frame sizes whose red cells differ more than this: two magnifications
 RECHECK_EVERY = 5  # a counted cell still in view is classified again one frame in this many (FieldCounter.known)
 
 
@@ -782,6 +787,14 @@ def run_watch(
         _warn(summary, f"{tiled} of {lit} images share a part of the view with the image before (tiles of one slide?): "
                        "each image was counted as a field of its own, so cells where they overlap were counted more "
                        "than once; give --track to follow the tiles in order and count each cell once")
+    rulers = field_scale.rulers() if mode == "field" and track and field_cfg.crop_size is None else []
+    if len(rulers) > 1 and max(rulers) > MAGNIFICATIONS * min(rulers):
+        # a scanner's overview image beside its tiles shows the whole slide at a lower magnification: with --track
+        # its cells are new to the tracker, and every cell was counted again (98 -> 269, a trial of session 36)
+        summary["magnifications"] = sorted(round(r, 1) for r in rulers)
+        _warn(summary, f"frames of {len(rulers)} sizes show red cells {min(rulers):.0f} to {max(rulers):.0f} px "
+                       "across: views of the slide at different magnifications (an overview image beside the tiles?) "
+                       "are each counted, so cells shown at more than one were counted again; leave the overview out")
     if site is not None:
         summary["site"] = site.info()
         if field_scale.off_site > field_scale.checked / 2 and field_scale.site_rbc_px and field_scale.ruler:

@@ -362,6 +362,31 @@ def test_tiles_numbered_without_leading_zeros_are_tracked_in_number_order(tiny_r
     assert counted["{}.png"] == counted["{:04d}.png"]
 
 
+def test_an_overview_image_beside_the_tiles_is_said(tmp_path):
+    """A slide scanner's overview image (the whole slide at a lower magnification) in the tiles' folder: with --track
+    its cells were counted as well, without a word (a trial of session 36: 98 -> 269). The summary now says that the
+    run saw the slide at more than one magnification; the tiles alone say nothing."""
+    import cv2
+
+    from scopelite.edge.sources import open_source
+
+    tiles = _write_tiles(tmp_path / "tiles")
+    clf = FakeClassifier(CLASS_NAMES, InputSpec(32, 32), fn=by_colour)
+
+    def summary():
+        config = WatchConfig(mode="field", source=str(tiles), track=True)
+        return run_watch(config, open_source(str(tiles), numbered=True), clf, lambda r: None)["summary"]
+
+    s = summary()
+    assert "magnifications" not in s and "magnification" not in s.get("warning", "")
+    slide = make_slide_scan(2, slide_size=(1400, 900), speed=(8.0, 20.0)).slide
+    cv2.imwrite(str(tiles / "overview.png"), cv2.cvtColor(cv2.resize(slide, (467, 300), interpolation=cv2.INTER_AREA),
+                                                          cv2.COLOR_RGB2BGR))
+    s = summary()
+    low, high = s["magnifications"]
+    assert high > 2 * low and "different magnifications" in s["warning"] and "overview" in s["warning"]
+
+
 def test_cells_already_counted_are_not_classified_again():
     scan = make_slide_scan(0, **SCAN)
     crops = []
