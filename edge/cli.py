@@ -703,7 +703,7 @@ def watch(**_):
         how = _HOW_IT_ENDED.get(summary["summary"].get("stopped"), "ended")
         if skipped and not summary["summary"]["frames"]:
             how, again = "held nothing new", "other fields of this slide add to it with --add-to-session"
-        elif is_still(cfg.source) and not (cfg.track and Path(cfg.source).is_dir()):
+        elif not _read_again_counts_twice(cfg, live):
             again = "the same command goes on where it stopped (images counted already are skipped)"
         else:
             again = "other fields of this slide add to it with --add-to-session"
@@ -771,6 +771,16 @@ def _site(path: str | None, clf):
 _HOW_IT_ENDED = {"stopped by signal": "was interrupted", "max frames": "stopped at --max-frames"}  # else "ended"
 
 
+def _read_again_counts_twice(cfg, live: bool) -> bool:
+    """Whether this source, read again from its start into the session it left open, would count its cells twice: a
+    video file (a folder's images are told apart and skipped), and a folder of tiles read with --track (an image with
+    no cell counted in it is read again by a tracker that has forgotten the tiles before it, and the cells it shares
+    with them are new to it: 98 -> 138). A camera or stream shows new fields."""
+    from .sources import is_still
+
+    return not live and (not is_still(cfg.source) or bool(cfg.track) and Path(cfg.source).is_dir())
+
+
 def _sessions(cfg, clf, live: bool):
     """``--sessions``: the sessions folder (resumed or new) and the run's config, whose count the session
     now keeps (a session closes at --count; a daemon with --http goes on to the next one). The sessions
@@ -779,14 +789,10 @@ def _sessions(cfg, clf, live: bool):
     if not cfg.sessions:
         return None, cfg
     from .session import Sessions
-    from .sources import input_of, is_still, shown
+    from .sources import input_of, shown
     from .watch import field_config
 
-    # a video file read again from its start would count its cells twice (a folder's images are told apart); so
-    # would a folder of tiles read with --track: an image with no cell counted in it is read again by a tracker
-    # that has forgotten the tiles before it, and the cells it shares with them are new to it (98 -> 138)
-    again = not live and (not is_still(cfg.source) or (cfg.track and Path(cfg.source).is_dir()))
-    source = str(Path(cfg.source).resolve()) if again else None
+    source = str(Path(cfg.source).resolve()) if _read_again_counts_twice(cfg, live) else None
     given = shown(cfg.source) if live else input_of(cfg.source)  # a stream's password stays out of state.json
     sessions = Sessions(cfg.sessions, clf.labels, target=cfg.count, min_score=cfg.min_score, wbc_count=cfg.wbc,
                         new=cfg.new_session, one_shot=not cfg.http, rbc_fraction=field_config(cfg, clf).cut_scale(),
