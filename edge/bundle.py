@@ -375,6 +375,9 @@ def load_sidecar(model_path: str | os.PathLike, check_hash: bool = True) -> Side
         BundleError: with one line saying what is wrong and what to do.
     """
     model_path = Path(model_path)
+    if model_path.is_dir():  # "model file not found: FOLDER" read as if the folder were missing (POST /model/reload)
+        raise BundleError(f"{model_path} is a folder with no approved model in it ({APPROVED}, or int8/{APPROVED}): "
+                          "give the .tflite file, or the folder cellcompress approved it into")
     if not model_path.is_file():
         raise BundleError(f"model file not found: {model_path}")
     if model_path.suffix.lower() == ".json":  # split.json named split.tflite, a file that is not there

@@ -230,7 +230,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                  "measures each image alone")
     failed: list[str] = []
     wide: list[str] = []  # images holding more than the crop classified (whole fields)
-    whole: list[str] = []  # camera-sized images classified whole (--rescale none)
+    whole: list[str] = []  # camera-sized images classified as given (--rescale none, or no scale to read)
     site_refused: list[str] = []  # far smaller than --site's square
     unlike = grey = 0
     for path in paths:
@@ -281,7 +281,7 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
                    "top_k": [{"label": c.label, "score": round(c.score, 4)} for c in best]}
             if ref:
                 rec["stain_distance"] = distance  # None: no red cell or nucleus to compare
-                rec["unlike_training"] = distance is not None and distance > ref.threshold
+                rec["unlike_training"] = None if distance is None else distance > ref.threshold  # None: no verdict
             if scale is not None:
                 rec["scale"] = scale
             click.echo(json.dumps({**rec, **doubts}))
@@ -292,11 +292,16 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         warn(f"{len(wide)} of {len(paths)} images hold more than one cell's crop (e.g. {wide[0]} classified): "
              "classify names the centre cell only; celledge watch SOURCE --mode field finds and classifies every "
              "cell of a field")
-    if whole:
+    if whole and rescale == "none":
         warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and were classified whole "
              f"(--rescale none): shrunk to the model's {clf.input_spec.width} px, a field's cells are too small to "
              "name; --rescale each cuts the centre cell at the training scale, and celledge watch SOURCE --mode "
              "field classifies every cell")
+    elif whole:
+        warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and show no red cell or white "
+             "cell to read the scale from (no colour, or none in view), so each was classified as it is, its centre "
+             f"square shrunk to the model's {clf.input_spec.width} px: a field's cells are then too small to name; "
+             "celledge watch SOURCE --mode field classifies every cell of a field")
     if grey:
         warn(f"{grey} of {len(paths)} images hold no colour (greyscale or blank): the model was trained on stained "
              "colour images, so their classes mean little")
@@ -1037,7 +1042,10 @@ def calibrate(source, out, frames, model, scale, colour, size):
         cells = f"{m.red_cells} cell{'' if m.red_cells == 1 else 's'}"
         ruler = "too few red cells" if m.rbc_px is None else f"red cell {m.rbc_px:.1f} px ({cells})"
         dist = "" if m.distance is None else f", stain distance {m.distance:.2f}"
-        dist += f", overexposed ({100 * m.overexposed:.0f} % pure white): left out" if m.overexposed else ""
+        if m.no_colour:  # read, then left out of the site's figures (as calibrate does): said on its line
+            dist += ", no colour: left out"
+        elif m.overexposed:
+            dist += f", overexposed ({100 * m.overexposed:.0f} % pure white): left out"
         # the frame's place among the files picked (skipped ones count)
         print(f"frame {i + 1 + len(skipped)}/{total}: {ruler}{dist}", file=sys.stderr, flush=True)
 

@@ -52,7 +52,7 @@ from .field import crop_at
 from .scale import crop_side, estimate_rbc_diameter
 from .sources import MAX_SIDE
 from .frameread import read_frame
-from .illumination import ADVISE
+from .illumination import ADVISE, UNEVEN
 from .noise import NOISY
 from .stain import frame_background, is_greyscale
 
@@ -103,6 +103,7 @@ class FrameMeasure:
     noise: float = 0.0  # noise.noise_level's, grey levels
     overexposed: float = 0.0  # illumination.overexposed's: the share of the view pure white (0: under OVEREXPOSED)
     red_cover: float | None = None  # the share of the view the measured red cells cover (None: no ruler)
+    no_colour: bool = False  # a blank or monochrome frame (``stain.is_greyscale``): left out of the site's figures
 
 
 def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = None) -> FrameMeasure:
@@ -116,7 +117,7 @@ def measure_frame(frame_rgb: np.ndarray, reference: ood.StainReference | None = 
     cover = None if est.diameter_px is None else \
         est.cells * math.pi * (est.diameter_px / 2) ** 2 / (read.view.shape[0] * read.view.shape[1])
     return FrameMeasure(rbc, est.cells, bg, distance, read.uneven, round(read.noise, 1), read.overexposed,
-                        None if cover is None else round(cover, 5))
+                        None if cover is None else round(cover, 5), is_greyscale(frame_rgb))
 
 
 def frame_sizes(shapes, tolerance: float = 0.1) -> list[str]:
@@ -207,7 +208,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     for i, frame in enumerate(frames):
         shapes.add((frame.shape[1], frame.shape[0]))
         m = measure_frame(frame, reference)
-        if is_greyscale(frame):  # a blank or monochrome frame: its background would pull the white balance
+        if m.no_colour:  # a blank or monochrome frame: its background would pull the white balance
             grey += 1
             monochrome += m.rbc_px is not None  # red cells in grey: the camera, not an empty view
         elif m.overexposed:  # clipped white: its background, white balance and stain distance would be wrong
@@ -231,6 +232,9 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
         raise SiteError([f"the {'frame holds' if grey == 1 else f'{grey} frames hold'} no colour (greyscale or "
                          "blank): a site is measured on stained smears in colour; if the camera is in monochrome "
                          "mode, set it to colour"])
+    if not measures:  # every frame grey and none with red cells: blank (said "none shows enough red cells")
+        raise SiteError([f"{'the frame is' if grey == 1 else f'the {grey} frames are'} blank (no colour and no red "
+                         "cells): calibrate on ordinary fields of a stained smear, in colour, the lamp on"])
     sizes = [m.rbc_px for m in measures if m.rbc_px is not None]
     if not sizes:
         raise SiteError([f"none of the {len(measures) + grey} frames shows enough red cells to measure the scale: "
@@ -288,7 +292,9 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
                             "cell and a nucleus")
     falloff = float(np.median([m.falloff for m in measures]))
     level = float(np.median([m.noise for m in measures]))
-    record["light"] = {"falloff": round(falloff, 3), "uneven_frames": sum(m.falloff > 0 for m in measures),
+    uneven = [m.falloff for m in measures if m.falloff > 0]  # the frames evened out (past illumination.UNEVEN)
+    record["light"] = {"falloff": round(falloff, 3), "uneven_frames": len(uneven), "frames": len(measures),
+                       "uneven_falloff": round(float(np.median(uneven)), 3) if uneven else None,
                        "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures)}
     if falloff > ADVISE:
         record["advice"] += (f"; the light falls off by {100 * falloff:.0f} % across the view: centre the lamp and "
@@ -537,8 +543,14 @@ def summary_lines(record: dict, out: str) -> list[str]:
                                            "docs/cross-lab.md)"))
     light = record.get("light")
     if light:
-        lines.append(f"light: falls off by {100 * light['falloff']:.0f} % across the view (median; "
-                     f"{light['uneven_frames']} frame(s) evened out); pixel noise {light['noise']:g} grey levels "
+        if light.get("uneven_frames") and light.get("uneven_falloff") is not None:  # "falls off by 0 % (6 evened
+            # out)" read as a contradiction: a frame falling off by less than illumination.UNEVEN is recorded as 0
+            evened = (f"falls off by {100 * light['uneven_falloff']:.0f} % across the view in "
+                      f"{light['uneven_frames']} of {_n(light.get('frames', record['frames']), 'frame')} (their median; "
+                      "evened out)")
+        else:
+            evened = f"even across the view (no frame falls off by more than {100 * UNEVEN:.0f} %)"
+        lines.append(f"light: {evened}; pixel noise {light['noise']:g} grey levels "
                      f"({light['noisy_frames']} frame(s) read through a smoothed copy)")
     if st:
         lines.append(f"stain distance to the training data: {st['distance']} (threshold {st['threshold']}; "

@@ -142,7 +142,10 @@ class FieldScale:
         current = self.smoother.update(est)
         if site:  # the site's scale crops; this frame's ruler is only reported (and checked against it)
             self.ruler, self.checked = current, self.checked + 1
-            off = current is not None and max(current / site, site / current) > 1 + SITE_TOLERANCE
+            # this frame's own ruler, not the smoothed one: a few fields at another objective among many were
+            # smoothed away, and their lines showed frame_rbc_px 1.4x the site's without a word (session 37)
+            own = est.diameter_px
+            off = own is not None and max(own / site, site / own) > 1 + SITE_TOLERANCE
             self.off_site += off
             return site, {"source": "site", "rbc_px": round(site, 1), "crop": self.cfg.crop_for(site),
                           "frame_rbc_px": None if est.diameter_px is None else round(est.diameter_px, 1),
@@ -783,7 +786,7 @@ def run_watch(
                        "counted once")
     if tiled:
         summary["images_sharing_a_part"] = tiled
-    if lit >= 3 and tiled >= (lit - 1) / 2:
+    if lit >= 3 and tiled >= max(2, (lit - 1) / 2):  # one pair of 3 warned, of 20 not (turned copies of one cell)
         _warn(summary, f"{tiled} of {lit} images share a part of the view with the image before (tiles of one slide?): "
                        "each image was counted as a field of its own, so cells where they overlap were counted more "
                        "than once; give --track to follow the tiles in order and count each cell once")

@@ -729,6 +729,23 @@ def test_classify_as_given_warns_of_a_camera_frame_not_of_a_large_crop(corpus, t
     assert r.returncode == 0 and "classified whole" not in r.stderr, r.stderr
 
 
+def test_classify_says_no_stain_verdict_and_why_a_grey_frame_was_classified_as_given(tmp_path):
+    """A colour image with nothing to measure the stain by gave ``"unlike_training": false``, a verdict it never
+    reached (watch says null); a grey 640x480 frame under the default --rescale each was said classified whole
+    "(--rescale none)", an option never given (a walk-through of session 37)."""
+    plain, grey = tmp_path / "plain.png", tmp_path / "grey.png"
+    cv2.imwrite(str(plain), np.full((200, 200, 3), (200, 190, 120), np.uint8))  # a cyan-ish empty background
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(grey), cv2.GaussianBlur(rng.integers(0, 255, (480, 640), dtype=np.uint8), (0, 0), 3))
+    r = invoke_cli("celledge", "classify", "--json", str(plain))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["stain_distance"] is None and rec["unlike_training"] is None
+    r = invoke_cli("celledge", "classify", str(grey))
+    assert r.returncode == 0, r.stderr
+    assert "camera-sized" in r.stderr and "--rescale none" not in r.stderr and "no red cell" in r.stderr, r.stderr
+
+
 def test_synth_folders_make_a_synthetic_model(tmp_path):
     """`celltrain synth OUT` writes OUT/manifest.json and OUT/crops/<class>/: --data OUT/crops is synthetic."""
     from scopelite.edge.bundle import CLASS_NAMES

@@ -175,10 +175,11 @@ def _load(path):
 
 @pytest.mark.parametrize("bad, why", [("corrupt", "cannot load"), ("mismatch", "sidecar says"),
                                       ("nosidecar", "no sidecar"), ("labels", "are not the running model's"),
-                                      ("missing", "not found")])
-def test_real_bundles_refused_with_a_reason(bundles, bad, why):
+                                      ("missing", "not found"), ("folder", "is a folder with no approved model")])
+def test_real_bundles_refused_with_a_reason(bundles, bad, why, tmp_path):
+    """A folder holding no model.tflite was refused as "model file not found: FOLDER", as if it were missing."""
     reloader = ModelReloader(_load, _load(bundles["good"]), bundles["good"])
-    event = reloader.reload(bundles.get(bad, bundles["good"].parent / "missing.tflite"))
+    event = reloader.reload(tmp_path if bad == "folder" else bundles.get(bad, bundles["good"].parent / "missing.tflite"))
     assert not event["ok"] and why in event["error"], event
     assert reloader.take() == (None, [event]) and reloader.path == str(bundles["good"])
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -266,6 +267,9 @@ def test_calibrate_refuses_frames_without_red_cells_and_writes_nothing(tmp_path)
     r = invoke_cli("celledge", "calibrate", str(blank), "--out", str(out))
     assert_one_line_error(r, "red cells", code=2)
     assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+    # blank frames are said blank (they were "none of the 3 frames shows enough red cells"), and each frame's line
+    # says it was left out (a session 37 walk-through)
+    assert "the 3 frames are blank" in r.stderr and r.stderr.count("no colour: left out") == 3, r.stderr
 
 
 def test_white_balance_takes_the_site_background_to_the_training_one():
@@ -371,6 +375,23 @@ def test_watch_warns_when_the_frames_ruler_is_far_from_the_site_scale(tmp_path):
     assert sum(bool(x.get("scale", {}).get("off_site")) for x in lines[:-1]) >= 3
 
 
+def test_a_few_frames_at_another_objective_are_marked_off_site_by_their_own_ruler(tmp_path):
+    """Among fields at the site's scale, two at another objective: their lines' own ruler (``frame_rbc_px``) lay 1.6x
+    off the site's, but the check read the ruler smoothed over the frames and marked nothing (a walk-through of
+    session 37; reference.md says each frame's own ruler). Most frames are at the site's scale: no end warning."""
+    _fields(tmp_path / "low", 1.0, n=4, seed=1)
+    _fields(tmp_path / "mixed", 1.0, n=6, seed=3)
+    for i, f in enumerate(_fields(tmp_path / "high", 1.6, n=2, seed=2)):
+        cv2.imwrite(str(tmp_path / "mixed" / f"field{i + 3:02d}b.png"), f[..., ::-1])  # read after 4 and 5 others
+    site = tmp_path / "site.json"
+    r = invoke_cli("celledge", "calibrate", str(tmp_path / "low"), "--scale", "--out", str(site))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = _lines(invoke_cli("celledge", "watch", str(tmp_path / "mixed"), "--mode", "field", "--site", str(site)))
+    marked = {Path(x["file"]).name for x in lines[:-1] if x.get("scale", {}).get("off_site")}
+    assert marked == {"field03b.png", "field04b.png"}, [(x.get("file"), x.get("scale")) for x in lines[:-1]]
+    assert "another objective" not in lines[-1]["summary"].get("warning", "")
+
+
 def test_calibrate_on_one_frame_says_so_in_the_singular(fields, tmp_path):
     r = invoke_cli("celledge", "calibrate", str(fields), "--frames", "1", "--out", str(tmp_path / "one.json"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -415,7 +436,13 @@ def test_calibrate_reads_the_lamp_and_the_grain_and_says_what_to_adjust():
     assert abs(rec["scale"]["rbc_px"] / even["scale"]["rbc_px"] - 1) < 0.08, (rec["scale"], even["scale"])
     assert site_lib.validate(rec) == [] and json.loads(json.dumps(rec)) == rec
     lines = site_lib.summary_lines(rec, "site.json")
-    assert any(line.startswith("light: falls off by") for line in lines)
+    assert any(line.startswith("light: falls off by") and "in 5 of 5 frames" in line for line in lines), lines
+    assert any(line.startswith("light: even across the view") for line in site_lib.summary_lines(even, "s.json"))
+    # two of five frames evened out, three lit evenly: the median frame falls off by 0 %, which the line read as
+    # "falls off by 0 % across the view (median; 2 frame(s) evened out)" (a walk-through of session 37)
+    mixed = site_lib.calibrate(worse[:2] + clean[2:], input_px=96, model_rbc_px=MODEL_RBC_PX)
+    line = next(x for x in site_lib.summary_lines(mixed, "s.json") if x.startswith("light:"))
+    assert mixed["light"]["falloff"] == 0.0 and "falls off by 0 %" not in line and "in 2 of 5 frames" in line, line
 
 
 def test_calibrate_leaves_overexposed_frames_out_and_says_why():

@@ -310,6 +310,13 @@ def test_a_folder_of_overlapping_tiles_says_to_give_track(tiny_run, tmp_path):
     assert "images_sharing_a_part" not in s and "give --track" not in err
     s, err = watch(fields)
     assert "images_sharing_a_part" not in s and "give --track" not in err
+    few = tmp_path / "few"  # one pair of three sharing a part: recorded, not warned (one of 20 was not either)
+    few.mkdir()
+    (few / "0000.png").write_bytes((fields / "0000.png").read_bytes())
+    for i, tile in enumerate(sorted(tiles.iterdir())[:2]):
+        (few / f"{i + 1:04d}.png").write_bytes(tile.read_bytes())
+    s, err = watch(few)
+    assert s["images_sharing_a_part"] == 1 and "give --track" not in err
 
 
 def test_a_folder_of_tiles_read_with_track_is_not_resumed_into_its_session(tiny_run, tmp_path):
