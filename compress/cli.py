@@ -69,7 +69,8 @@ def main() -> None:
               help="Largest accuracy loss (points) against the float model an int8 model may have. On a test split "
                    "too small to measure it (one image worth more points: a few-shot run's 6-13 images), one lost "
                    "image per metric passes with a NOTE; two fail. Under 5 test images (a run of a few labelled "
-                   "cells of a few classes) the gate cannot judge: check the model on your own cells and accept it "
+                   "cells of a few classes) the gate cannot judge: an int8 model that loses no image is approved with "
+                   "a NOTE, one that loses any is refused; check it on your own cells and, if it is good, accept it "
                    "with --max-drop 100 100.")
 @click.option("--data", default=None, type=NonEmptyPath(), help="Dataset path if it moved since training (same images).")
 @click.option("--seed", type=SEED, default=0)

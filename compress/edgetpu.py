@@ -138,6 +138,7 @@ def compile_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, com
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         r = subprocess.run([compiler, "-s", "-o", str(out_dir), str(model_path)], capture_output=True, text=True,
+                           errors="replace",  # a compiler printing bytes that are not UTF-8 gave a traceback
                            timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UserError(f"{compiler} failed to run: {e}") from None

@@ -176,6 +176,10 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: Compres
                             seed=cfg.seed)
     val_ds = make_dataset(val.images, val.labels, n_classes, cfg.qat_batch_size, False)
     history = qat.fine_tune(q, train_ds, val_ds, cfg.qat_epochs, cfg.qat_learning_rate, verbose=2)
+    bad = model_lib.non_finite_weights(q)
+    if bad:  # converted anyway, the NaN ranges ended in a LiteRT RuntimeError traceback (a hunt of session 37)
+        raise UserError(f"quantisation-aware training diverged at --qat-lr {cfg.qat_learning_rate:g}: {bad} of its "
+                        f"weight arrays hold NaN or infinity; give a lower --qat-lr (the default is {CompressConfig.qat_learning_rate:g})")
     p_keras = q.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
     build = lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)  # noqa: E731
     exports = {}
@@ -329,20 +333,25 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
     log("[5/5] gate and approval")
     int8_kinds = [k for k in report["variants"] if k.endswith("int8")]
     passed = [k for k in int8_kinds if report["variants"][k]["gate"]["passed"]]
-    if not passed and (out / APPROVED).exists():  # an old approval is kept until now (an interrupted run keeps
-        (out / APPROVED).unlink()                 # it whole), and not past a run that approves nothing
+    withdrawn = not passed and (out / APPROVED).exists()
+    if withdrawn:  # an old approval is kept until now (an interrupted run keeps it whole), and not past a run that
+        (out / APPROVED).unlink()  # approves nothing
         sidecar_path(out / APPROVED).unlink(missing_ok=True)
     _remove_earlier(out, variants, report, log)  # before compiling too: a failed compile leaves no earlier build
     if int8_kinds and not passed:
         _write_report(out, {**report, "approved": None})
         reasons = "; ".join(f"{k}: {', '.join(report['variants'][k]['gate']['failures'])}" for k in int8_kinds)
         tried_qat = cfg.qat or report.get("automatic_qat")
+        # the message said "nothing written" while it removed the model an earlier run approved there: a device
+        # reading that path lost its model without a word (a hunt of session 37)
+        none = (f"{out / APPROVED}, approved by an earlier run, was removed (a folder's approved model is its last "
+                "run's)" if withdrawn else f"nothing written as {out / APPROVED}")
         if too_few:  # not the model's fault: the split cannot measure it
-            raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. The test "
+            raise GateFailed(f"no int8 model approved ({reasons}); {none}. The test "
                              f"split holds {len(test)} images, too few to judge (the gate needs {MIN_GATE_IMAGES}): "
                              "label more cells, or check the int8 model on your own cells and accept it with "
                              "--max-drop 100 100")
-        raise GateFailed(f"no int8 model approved ({reasons}); nothing written as {out / APPROVED}. "
+        raise GateFailed(f"no int8 model approved ({reasons}); {none}. "
                          + ("Quantisation-aware training was tried too; train the float model longer, use " if tried_qat
                             else "Try --qat, ")
                          + "more --representative images, or a looser --max-drop if you accept it. "

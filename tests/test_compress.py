@@ -205,6 +205,8 @@ def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
         compress(CompressConfig(model=str(tiny_run["keras"]), out=str(out), representative=32, qat_epochs=1,
                                 max_drop_clean=-101.0, max_drop_corrupted=-101.0), log=lines.append)
     assert "clean accuracy drop" in str(e.value) and "corrupted accuracy drop" in str(e.value)
+    # the earlier approval is removed, and said so: "nothing written" hid it from a device reading that path
+    assert "approved by an earlier run, was removed" in str(e.value) and "nothing written" not in str(e.value)
     assert any("trying quantisation-aware training" in x for x in lines)
     assert not (out / "model.tflite").exists()
     report = json.loads((out / "report.json").read_text())
@@ -216,6 +218,15 @@ def test_gate_refuses_and_approves_nothing_after_trying_qat(tiny_run, tmp_path):
     assert sc["metrics"]["gate"]["passed"] is False and sc["metrics"]["gate"]["max_drop_clean_pt"] == -101
     r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--max-drop", "-1", "-1", "--out", str(out))
     assert r.returncode == 2 and "must be 0 to 100 points" in r.stderr
+
+
+def test_quantisation_aware_training_that_diverges_is_one_error_line(tiny_run, tmp_path):
+    """At a --qat-lr far too high the fine-tune's weights went to NaN and the conversion ended in a LiteRT
+    RuntimeError traceback (a hunt of session 37)."""
+    r = run_cli("cellcompress", str(tiny_run["keras"]), "--int8", "--qat", "--qat-lr", "1e12", "--qat-epochs", "1",
+                "--representative", "32", "--out", str(tmp_path / "o"))
+    assert_one_line_error(r, "quantisation-aware training diverged", "lower --qat-lr", code=2)
+    assert not (tmp_path / "o" / "model.tflite").exists()
 
 
 def test_no_compiler_still_writes_int8_and_says_where_to_get_it(tiny_run, tmp_path):
@@ -447,6 +458,18 @@ def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
                                 qat_epochs=1, max_drop_clean=-101.0, max_drop_corrupted=-101.0), log=lines.append)
     assert "too few to judge" in str(e.value) and "--max-drop 100 100" in str(e.value)
     assert any(x.startswith("NOTE: the run's test split holds") for x in lines)
+
+
+def test_a_compiler_printing_bytes_that_are_not_utf8_is_read_not_a_traceback(tmp_path):
+    """A compiler whose log held bytes that are not UTF-8 ended the run in UnicodeDecodeError (a hunt of session 37)."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"not really a model")
+    odd = tmp_path / "edgetpu_compiler"
+    odd.write_text("#!/bin/sh\nprintf 'Edge TPU Compiler version 16.0\\n\\377\\376 bad bytes\\n'\n"
+                   "cp \"$4\" \"$3/m_edgetpu.tflite\"\n")
+    odd.chmod(0o755)
+    compiled, parsed = edgetpu.compile_model(model, tmp_path / "out", str(odd))
+    assert compiled.is_file() and parsed["compiler_version"] == "16.0"
 
 
 def test_a_failed_compile_leaves_no_earlier_edge_tpu_build_and_this_runs_report(tiny_run, tmp_path):
