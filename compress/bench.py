@@ -19,8 +19,8 @@ from scopelite.edge.classifier import LiteRTClassifier
 from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views, view_names
 from scopelite.train.corruptions import CORRUPTIONS, SEVERITIES, corrupt_all
-from scopelite.train.data import refuse_out_in_data
-from scopelite.train.run import heldout_data, predict
+from scopelite.train.data import refuse_out_in_data, split_identity
+from scopelite.train.run import heldout_data, predict, split_file
 from scopelite.train.runpath import model_file
 
 
@@ -65,6 +65,18 @@ def _given_run(run: str | Path, labels) -> Path:
     return path
 
 
+def _split_of(model: Path, sc) -> str | None:
+    """The identity of the split ``model`` was trained on (``data.split_identity``): a Keras run's own, a converted
+    model's source run's (its sidecar names it); None where that run is not found (a shipped model)."""
+    try:
+        if sc.format != "keras":
+            model = source_path(model, sc)
+            sc = load_sidecar(model)
+        return split_identity(split_file(sc, model))
+    except (BundleError, UserError, OSError):
+        return None
+
+
 @dataclass(frozen=True)
 class Suite:
     """A set of corruptions: names, severities and how to make the corrupted images of the test subset."""
@@ -106,6 +118,14 @@ def select_test(models: Sequence[str | Path], limit: int = 400, seed: int = 0, d
                         f"{run_sc.input.height}x{run_sc.input.width} px images and the models take {h}x{w}: its test "
                         f"crops are read at its size; give a run of {h}x{w} px (any run on the same data and --seed "
                         "has the same split)")
+    ours = split_identity(split_file(run_sc, run))
+    for p, sc in zip(paths, sidecars):  # scored on another run's test split, a model was scored on images it had
+        # trained on (22 of 24; a hunt of session 37): celltrain choose refuses such a pair, bench did not
+        theirs = _split_of(p, sc)
+        if theirs is not None and theirs != ours:
+            raise UserError(f"{p} was trained on another split than {run} (another --seed or other data): on {run}'s "
+                            "test images it would be scored on images it trained on; benchmark models of one lineage "
+                            "(runs on the same data with the same --seed) together")
     ds, split = heldout_data(run_sc, run, data)
     if out is not None:  # bench.png became a ninth class of the next fit
         refuse_out_in_data(out, ds.root, f"the data the run was trained on ({ds.root})", "give a folder outside it")

@@ -432,6 +432,26 @@ def test_bench_refuses_models_of_different_input_sizes(tiny_run, tiny_run_48, tm
     assert not (out / "bench.json").exists()
 
 
+def test_bench_refuses_models_trained_on_another_split(tiny_run, tmp_path):
+    """A run of another --seed benched beside tiny_run was scored on tiny_run's test split, most of which it had
+    trained on (22 of 24 images in a hunt of session 37); celltrain choose refused such a pair, bench did not. Its
+    int8 model (its sidecar names its source run) is refused with --run of the other lineage too."""
+    from scopelite.train.config import FitConfig
+    from scopelite.train.fit import fit
+
+    other = tmp_path / "seed5"
+    fit(FitConfig(out=str(other), arch="tiny", image_size=32, epochs=1, synthetic_per_class=120, batch_size=32,
+                  seed=5), log=lambda _: None, verbose=0)
+    out = tmp_path / "bench"
+    r = invoke_cli("cellcompress", "bench", str(tiny_run["keras"]), str(other / "model.keras"), "--out", str(out),
+                   "--limit", "16")
+    assert_one_line_error(r, "was trained on another split")
+    r = invoke_cli("cellcompress", "bench", str(tiny_run["tflite"]), "--run", str(other), "--out", str(out),
+                   "--limit", "16")
+    assert_one_line_error(r, "was trained on another split")
+    assert not (out / "bench.json").exists()
+
+
 def test_a_test_split_too_small_to_gate_is_said_with_the_way_on(tmp_path):
     """A few cells of a few classes (here 10 of 2) leave 2-4 test images: one flipped image failed the gate with
     advice to train longer."""
