@@ -28,8 +28,10 @@ def _predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     sc = load_sidecar(path)
     if sc.format == "keras":
         from scopelite.train._keras import keras  # noqa: PLC0415
+        from scopelite.train.model import refuse_non_finite  # noqa: PLC0415
 
         model = keras.models.load_model(path, compile=False)
+        refuse_non_finite(model, path)  # else benched as a real model of chance accuracy
         return lambda x: predict(model, x, batch_size=128)
     clf = LiteRTClassifier(path, num_threads=2)
     return clf.classify

@@ -233,11 +233,7 @@ def compress(cfg: CompressConfig, log: Callable[[str], None] = print) -> dict:
                         f"({sidecar_path(APPROVED)}) would replace its Keras model's; give another folder, "
                         f"e.g. --out {src_path.parent / 'int8'}")
     refuse_foreign(cfg.out, foreign_outputs(cfg.out), "cellcompress", does="replace or remove")
-    sc, model = load_keras_bundle(src_path)
-    bad = model_lib.non_finite_weights(model)
-    if bad:
-        raise UserError(f"{src_path}: {bad} of its weight arrays hold NaN or infinity (its training diverged): there "
-                        "is nothing to compress; train again with a lower --lr")
+    sc, model = load_keras_bundle(src_path, diverged="there is nothing to compress; train again with a lower --lr")
     tcfg = sc.provenance.training.config
     n_classes = len(sc.labels)
     if sc.synthetic_data:

@@ -1489,3 +1489,32 @@ def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
     r = invoke_cli("celltrain", "explain", str(run), str(data / "lymphocyte" / "lymphocyte0.png"))
     assert r.returncode == 0 and (run / "explain").is_dir(), r.stderr[-2000:]
     assert sorted(p.name for p in data.iterdir()) == ["lymphocyte", "neutrophil"]
+
+
+def test_a_diverged_model_is_refused_wherever_it_would_be_scored(tmp_path):
+    """A model whose weights are all NaN was refused by convert and average but scored as a real one by evaluate
+    (12.5 %, evaluation.json written), choose (named best), bench and explain ("score": NaN, invalid JSON), exit 0."""
+    from scopelite.edge.bundle import sha256_file
+    from scopelite.train._keras import keras
+
+    data = tmp_path / "data"
+    for c, v in (("lymphocyte", 60), ("neutrophil", 180)):
+        for i in range(10):
+            _png(data / c / f"{c}{i}.png", (24, 24, 3), v + i)
+    run = tmp_path / "run"
+    r = run_cli("celltrain", "fit", "--data", str(data), "--out", str(run), "--arch", "tiny", "--image-size", "16",
+                "--epochs", "1", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = keras.models.load_model(run / "model.keras", compile=False)
+    m.set_weights([np.full_like(w, np.nan) for w in m.get_weights()])
+    m.save(run / "model.keras")
+    sc = json.loads((run / "model.json").read_text())
+    sc["sha256"] = sha256_file(run / "model.keras")  # as a diverged fit would have written it
+    (run / "model.json").write_text(json.dumps(sc))
+    for args in (("celltrain", "evaluate", str(run)),
+                 ("celltrain", "choose", str(run), "--tta", "1", "--out", str(tmp_path / "choose.json")),
+                 ("cellcompress", "bench", str(run / "model.keras"), "--out", str(tmp_path / "bench"), "--limit", "8"),
+                 ("celltrain", "explain", str(run), str(data / "lymphocyte" / "lymphocyte0.png"), "--out",
+                  str(tmp_path / "cams"))):
+        assert_one_line_error(invoke_cli(*args), "weight arrays hold NaN or infinity (its training diverged)")
+    assert not (run / "evaluation.json").exists() and not (tmp_path / "choose.json").exists()

@@ -119,6 +119,15 @@ def non_finite_weights(model) -> int:
                if np.issubdtype(np.asarray(w).dtype, np.floating) and not np.isfinite(w).all())
 
 
+def refuse_non_finite(model, path, then: str | None = None) -> None:
+    """Refuse a diverged model (see ``non_finite_weights``): scored, it reads as a real one of chance accuracy.
+    ``then``: what to do about it, if not to train again."""
+    bad = non_finite_weights(model)
+    if bad:
+        raise UserError(f"{path}: {bad} of its weight arrays hold NaN or infinity (its training diverged): "
+                        f"{then or 'its answers mean nothing; train again with a lower --lr'}")
+
+
 def rebuild_for_export(model, arch: str, image_size: int, n_classes: int, batch_size: int | None = 1):
     """The same network at a fixed input size (and by default a fixed batch of 1), with its weights."""
     fixed = build(arch, image_size, n_classes, weights="none", batch_size=batch_size)

@@ -12,6 +12,7 @@ from scopelite.edge.errors import UserError
 from scopelite.edge.tta import average_over_views
 
 from . import data as data_lib
+from . import model as model_lib
 from .config import config_problem
 from ._keras import keras
 
@@ -19,7 +20,9 @@ from ._keras import keras
 
 
 
-def load_keras_bundle(path: str | os.PathLike):
+def load_keras_bundle(path: str | os.PathLike, diverged: str | None = None):
+    """A training run's sidecar and Keras model, checked to belong together and to have finite weights
+    (``diverged``: what to do about a model whose training diverged, if not the default)."""
     sc = load_sidecar(path)
     if sc.format != "keras":
         raise UserError(f"{path} is a {sc.format} model; this takes the model.keras of a training run (celltrain fit "
@@ -34,6 +37,7 @@ def load_keras_bundle(path: str | os.PathLike):
     if shape != (sc.input.height, sc.input.width) or outputs != len(sc.labels):  # a hand-edited sidecar
         raise UserError(f"{path} takes {shape[1]}x{shape[0]} px and gives {outputs} classes, but its sidecar says "
                         f"{sc.input.width}x{sc.input.height} and {len(sc.labels)}: use the sidecar celltrain fit wrote")
+    model_lib.refuse_non_finite(model, path, diverged)
     return sc, model
 
 

@@ -128,12 +128,7 @@ def soup(models: Sequence[str | Path], out: str | Path, data: str | None = None,
     out = Path(out)
     if (out / MODEL_FILE).exists():
         raise UserError(f"{out} already holds a model; choose another --out or delete it")
-    bundles = [load_keras_bundle(p) for p in paths]
-    for p, (_, m) in zip(paths, bundles):
-        bad = model_lib.non_finite_weights(m)
-        if bad:
-            raise UserError(f"{p}: {bad} of its weight arrays hold NaN or infinity (its training diverged): an "
-                            "average with it is broken too; leave it out")
+    bundles = [load_keras_bundle(p, diverged="an average with it is broken too; leave it out") for p in paths]
     sc0, model = bundles[0]
     split_files = [split_file(sc, p) for p, (sc, _) in zip(paths, bundles)]
     for p, (sc, _) in zip(paths[1:], bundles[1:]):
