@@ -322,3 +322,17 @@ def test_pack_refuses_a_split_that_would_pack_test_or_outside_images(folders, tm
     (tmp_path / "s.json").write_text(json.dumps(spelled))
     r = invoke_cli("celltrain", "pack", str(data), str(tmp_path / "s.json"), str(tmp_path / "p.npz"))
     assert r.returncode == 0 and json.loads(r.stdout)["train"] == 32, r.stderr[-2000:]
+
+
+def test_pack_refuses_an_image_that_cannot_be_decoded(folders, tmp_path):
+    """A truncated PNG was packed, exit 0; only unpack on the GPU machine found it (celltrain fit refuses it)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folders / "data", data)
+    saved = json.loads((folders / "split.json").read_text())
+    bad = data / saved["val"][0]
+    bad.write_bytes(bad.read_bytes()[:100])
+    r = invoke_cli("celltrain", "pack", str(data), str(folders / "split.json"), str(tmp_path / "p.npz"))
+    assert_one_line_error(r, f"cannot use {bad}", "cannot be decoded")
+    assert not (tmp_path / "p.npz").exists()

@@ -50,7 +50,11 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
             cls = _canonical(rel.split("/")[0])  # fit reads the folder Basophil as the class basophil
             if cls not in names:
                 raise UserError(f"{rel}: folder {rel.split('/')[0]!r} is not one of the split's classes {names}")
-            blobs.append(np.frombuffer(p.read_bytes(), np.uint8))
+            blob = np.frombuffer(p.read_bytes(), np.uint8)
+            if _decode(blob) is None:  # else packed, exit 0, and refused only by unpack on the GPU machine
+                raise UserError(f"cannot use {p} (in {split_file}'s {s} split): it cannot be decoded as an image (not "
+                                "an image, or corrupt): remove it or replace it with a valid image")
+            blobs.append(blob)
             labels.append(names.index(cls))
             ids.append(rel)
             which.append(s)
@@ -60,6 +64,17 @@ def pack(data: str, split_file: str, out: str, splits=("train", "val")) -> dict:
             np.savez(f, blob=np.concatenate(blobs), offsets=offsets, labels=np.array(labels, np.int64),
                      ids=np.array(ids), split=np.array(which), class_names=np.array(names))
     return {s: which.count(s) for s in splits} | {"bytes": int(offsets[-1])}
+
+
+def _decode(blob: np.ndarray):
+    """One packed image's bytes decoded to BGR as ``unpack`` does, or None where they cannot be (``pack`` and
+    ``unpack`` use this one decoder, so a pack holds only what its reader can decode)."""
+    import cv2  # noqa: PLC0415
+
+    try:
+        return cv2.imdecode(blob, cv2.IMREAD_COLOR) if blob.size else None
+    except cv2.error:  # larger than OpenCV's pixel limit
+        return None
 
 
 PACK_KEYS = {"blob", "offsets", "labels", "ids", "split", "class_names"}
@@ -90,7 +105,7 @@ def unpack(path: str, image_size: int):
         raise UserError(f"{path} is not a pack (make one with celltrain pack DATA SPLIT OUT.npz)") from None
     images = np.empty((len(labels), image_size, image_size, 3), np.uint8)
     for i in range(len(labels)):
-        img = cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR)
+        img = _decode(blob[offsets[i]:offsets[i + 1]])
         if img is None:
             raise UserError(f"{path}: image {ids[i]} cannot be decoded; pack it again")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
