@@ -1518,3 +1518,21 @@ def test_a_diverged_model_is_refused_wherever_it_would_be_scored(tmp_path):
                   str(tmp_path / "cams"))):
         assert_one_line_error(invoke_cli(*args), "weight arrays hold NaN or infinity (its training diverged)")
     assert not (run / "evaluation.json").exists() and not (tmp_path / "choose.json").exists()
+
+
+def test_synth_stops_at_a_write_that_fails_and_leaves_no_manifest(tmp_path):
+    """cv2.imwrite's False and VideoWriter's silent failures were not looked at: under a file-size limit (a full disk)
+    synth said "wrote 16 crops" with none on disk, or recorded a video cut short as 96 frames, exit 0."""
+    import resource
+
+    def limit(kib):
+        def pre():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))  # Python ignores SIGXFSZ: EFBIG
+        return pre
+
+    for args, kib, said in ((("--fields", "0", "--no-video"), 4, "synth_00000.png: file too large"),
+                            (("--fields", "0"), 200, "frames reached the disk")):
+        out = tmp_path / f"s{kib}"
+        r = run_cli("celltrain", "synth", str(out), "--per-class", "2", *args, preexec_fn=limit(kib))
+        assert_one_line_error(r, said)
+        assert not out.exists() or not list(out.iterdir()), list(out.rglob("*"))  # no manifest over missing files

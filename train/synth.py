@@ -271,8 +271,29 @@ def write_video(path: str | os.PathLike, n_per_class: int = 2, frames_per_cell: 
                 truth.append(CLASS_NAMES[int(cls)])
     finally:
         writer.release()
+    # VideoWriter.write says nothing when the disk is full: a video cut short was recorded as whole
+    cap, readable = cv2.VideoCapture(str(tmp)), 0
+    while cap.read()[0]:
+        readable += 1
+    cap.release()
+    if readable != len(truth):
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write video {path}: {readable} of its {len(truth)} frames reached the disk (disk full, "
+                      "or a file-size limit?)")
     os.replace(tmp, path)
     return truth
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG through Python's file I/O: a failed write raises its OSError (disk full), where
+    cv2.imwrite only returns False, which was not looked at."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"OpenCV cannot encode {path} as PNG")
+    try:
+        path.write_bytes(buf.tobytes())
+    except OSError as e:  # a failed write's error names no file
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def write_dataset(out: str | os.PathLike, n_per_class: int = 100, size: int = 96, seed: int = 0,
@@ -284,7 +305,7 @@ def write_dataset(out: str | os.PathLike, n_per_class: int = 100, size: int = 96
     for i, (img, lab) in enumerate(zip(images, labels)):
         d = out / "crops" / CLASS_NAMES[lab]
         d.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(d / f"synth_{i:05d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        _write_png(d / f"synth_{i:05d}.png", img)
         counts[CLASS_NAMES[lab]] = counts.get(CLASS_NAMES[lab], 0) + 1
     rng = np.random.default_rng(seed + 1)
     fields = []
@@ -292,7 +313,7 @@ def write_dataset(out: str | os.PathLike, n_per_class: int = 100, size: int = 96
     for j in range(n_fields):
         img, cells = make_field(rng)
         name = f"field_{j:03d}.png"
-        cv2.imwrite(str(out / "fields" / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        _write_png(out / "fields" / name, img)
         fields.append({"file": name, "cells": cells})
     (out / "fields" / "truth.json").write_text(json.dumps(fields, indent=1))
     manifest = {"synthetic": True, "generator": "scopelite.train.synth", "seed": seed,
