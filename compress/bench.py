@@ -198,6 +198,8 @@ def write_results(result: dict, out: str | Path, stem: str = "bench", log: Calla
     """``stem``.{json,csv,md,png} of a bench result in ``out``, each written atomically; one line per model to ``log``."""
     out = Path(out)
     acc, ref, summary = result["accuracy"], result["reference"], result["models"]
+    # the figure is written last: an earlier bench's, left when it fails, read as this one's
+    (out / f"{stem}.png").unlink(missing_ok=True)
     write_json_atomic(out / f"{stem}.json", result)
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -1536,3 +1536,33 @@ def test_synth_stops_at_a_write_that_fails_and_leaves_no_manifest(tmp_path):
         r = run_cli("celltrain", "synth", str(out), "--per-class", "2", *args, preexec_fn=limit(kib))
         assert_one_line_error(r, said)
         assert not out.exists() or not list(out.iterdir()), list(out.rglob("*"))  # no manifest over missing files
+
+
+def test_a_failed_figure_write_leaves_no_temporary_file_and_no_earlier_benchs_figure(tmp_path, monkeypatch):
+    """A full disk at a figure left a truncated hidden .confusion.tmp.png in the run folder, with an Error line
+    naming no file; bench into an earlier bench's folder left its bench.png beside the new json, csv and md."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from scopelite.compress.bench import summarise, write_results
+    from scopelite.edge.errors import describe_os_error
+    from scopelite.train._plot import pyplot, save
+
+    def full(self, fname, **kw):  # half the file goes out, then the disk is full
+        Path(fname).write_bytes(b"\x89PNG" * 100)
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError) as e:
+        save(pyplot().figure(), tmp_path / "confusion.png")
+    assert describe_os_error(e.value).startswith(f"file system error at {tmp_path / 'confusion.png'}: file too large")
+    assert list(tmp_path.iterdir()) == []
+    acc = {"m": {"clean": 0.9, "noise/1": 0.8}}
+    summary, left_out = summarise(acc, ["noise"], [1])
+    result = {"images": 8, "data": "d", "seed": 0, "suite": "scopelite", "tta": [1], "corruptions": ["noise"],
+              "severities": [1], "reference": "m", "mCE_left_out": left_out, "models": summary, "accuracy": acc}
+    (tmp_path / "bench.png").write_bytes(b"an earlier bench's figure")
+    with pytest.raises(OSError):
+        write_results(result, tmp_path, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv", "bench.json", "bench.md"]

@@ -14,8 +14,17 @@ def pyplot():
 
 
 def save(fig, path: Path, dpi: int = 100) -> None:
-    """Write ``fig`` to ``path`` via a temporary file, then close it."""
+    """Write ``fig`` to ``path`` via a temporary file, then close it. A failed write leaves no temporary file and
+    raises an OSError that names ``path`` (matplotlib's names no file)."""
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    pyplot().close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    except OSError as e:  # a full disk: a truncated hidden .NAME.tmp.png was left in the run folder
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        pyplot().close(fig)
