@@ -207,3 +207,17 @@ def test_exclusions_of_a_class_folder_named_with_a_hash_or_a_space_are_ids_not_c
     (tmp_path / "ex.txt").write_text("# a comment\n" + "\n".join(ids) + "\n")
     got = data_lib.read_exclusions(tmp_path / "ex.txt", ds)
     assert sorted(ds.ids[i] for i in got) == sorted(ids)
+
+
+def test_an_excluded_image_whose_name_holds_a_line_break_is_refused_not_split_in_two(tmp_path):
+    """Audit wrote 'lymphocyte/dup' and 'copy.png' on two lines of exclusions.txt for one duplicate named with a line
+    break, exit 0; fit --exclude then refused the file (neither line is an id)."""
+    rng = np.random.default_rng(0)
+    for c in ("lymphocyte", "neutrophil"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for k in range(4):
+            cv2.imwrite(str(tmp_path / "d" / c / f"{k}.png"), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    (tmp_path / "d" / "lymphocyte" / "dup\ncopy.png").write_bytes((tmp_path / "d" / "lymphocyte" / "0.png").read_bytes())
+    r = invoke_cli("celltrain", "audit", str(tmp_path / "d"), "--out", str(tmp_path / "a"), "--image-size", "32")
+    assert_one_line_error(r, "'lymphocyte/dup\\ncopy.png'", "holds a line break")
+    assert not (tmp_path / "a" / "exclusions.txt").exists()

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from scopelite.edge.bundle import write_bytes_atomic, write_json_atomic
+from scopelite.edge.errors import UserError
 from scopelite.edge.outputs import folder_in_place
 
 from .data import Dataset, exact_duplicates
@@ -291,6 +292,10 @@ def write_outputs(ds: Dataset, result: AuditResult, out: str | os.PathLike, sour
                   clean_copy: str | os.PathLike | None = None) -> dict:
     """audit.json, flagged.png and exclusions.txt in ``out``; optionally a cleaned copy of class folders."""
     out = Path(out)
+    broken = next((ds.ids[i] for i in result.exclude if ds.ids[i].splitlines() != [ds.ids[i]]), None)
+    if broken is not None:  # it became two lines of exclusions.txt, neither an id: fit --exclude refused the file
+        raise UserError(f"cannot list {broken!r} in exclusions.txt (one id a line): its file name holds a line "
+                        "break; rename it and audit again")
     ids = "\n".join(ds.ids[i] for i in result.exclude) + "\n"
     # the next audit into ``out`` replaces this file only while it is what an audit wrote (not edited by hand): the
     # file carries its own hash, so no other file (written before or after it) has to agree with it
