@@ -336,3 +336,30 @@ def test_pack_refuses_an_image_that_cannot_be_decoded(folders, tmp_path):
     r = invoke_cli("celltrain", "pack", str(data), str(folders / "split.json"), str(tmp_path / "p.npz"))
     assert_one_line_error(r, f"cannot use {bad}", "cannot be decoded")
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_an_import_interrupted_before_its_sidecar_leaves_no_run_and_runs_again(folders, tmp_path, monkeypatch):
+    """Ctrl-C after model.keras was saved and before its sidecar left a half-made run folder (config.json, split.json,
+    model.keras, no model.json), and the same import then refused it: "already holds a model"."""
+    from scopelite.train import keras3
+    from scopelite.train import keras3_import as imp_lib
+    from scopelite.train import model as model_lib
+
+    w = tmp_path / "w"  # the weights folder a keras3 fit writes, of an untrained tiny network
+    keras3.save_weights(model_lib.build("tiny", 32, 8), w, "final")
+    cfg = _cfg(folders, tmp_path / "k3").to_json()
+    (w / "history.json").write_text(json.dumps({"config": cfg, "history": {}, "result": {"epochs": 1}}))
+    real = imp_lib.write_sidecar
+
+    def ctrl_c(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imp_lib, "write_sidecar", ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        imp_lib.import_weights(str(w), str(folders / "split.json"), str(folders / "data"), str(run))
+    assert not run.exists() and not list(tmp_path.glob(".scopelite*")), list(tmp_path.iterdir())
+    monkeypatch.setattr(imp_lib, "write_sidecar", real)
+    res = imp_lib.import_weights(str(w), str(folders / "split.json"), str(folders / "data"), str(run))
+    assert res["out"] == str(run / "model.keras")
+    assert {f.name for f in run.iterdir()} == {"model.keras", "model.json", "split.json", "config.json"}

@@ -17,7 +17,7 @@ import numpy as np
 
 from scopelite.edge.bundle import atomic_path, write_json_atomic, write_sidecar
 from scopelite.edge.errors import UserError
-from scopelite.edge.outputs import holdings
+from scopelite.edge.outputs import folder_in_place, holdings
 
 from . import data as data_lib
 from . import fit as fit_lib
@@ -110,15 +110,17 @@ def import_weights(weights: str, split_file: str, data: str, out: str, tag: str 
             raise UserError(f"the imported model answers otherwise than the trainer on {flips} of the "
                             f"{int(clear.sum())} val images the trainer was sure of (top-1 ahead by more than "
                             f"{CLEAR_MARGIN}): the weights, --split or --data do not belong together")
-    out_p.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(split_file, out_p / "split.json")
-    write_json_atomic(out_p / "config.json", cfg.to_json())
-    final = out_p / fit_lib.MODEL_FILE
-    with atomic_path(final) as tmp:
-        model.save(tmp)
     result = hist.get("result") or {}
-    write_sidecar(final, fit_lib.keras_sidecar(final, cfg, ds, metrics, {
-        "trained_with": {"trainer": "celltrain fit --backend keras3", "weights": tag,
-                         **{k: result.get(k) for k in ("backend", "keras", "epochs")}, **check}}))
+    # made aside and renamed into place, as average does: Ctrl-C before the sidecar left model.keras without
+    # model.json, which the same import then refused ("already holds a model")
+    with folder_in_place(out_p) as work:
+        shutil.copyfile(split_file, work / "split.json")
+        write_json_atomic(work / "config.json", cfg.to_json())
+        with atomic_path(work / fit_lib.MODEL_FILE) as tmp:
+            model.save(tmp)
+        write_sidecar(work / fit_lib.MODEL_FILE, fit_lib.keras_sidecar(work / fit_lib.MODEL_FILE, cfg, ds, metrics, {
+            "trained_with": {"trainer": "celltrain fit --backend keras3", "weights": tag,
+                             **{k: result.get(k) for k in ("backend", "keras", "epochs")}, **check}}))
+    final = out_p / fit_lib.MODEL_FILE
     return {"val_accuracy": metrics["val"]["accuracy"], "test_accuracy": metrics["test"]["accuracy"],
             "test_macro_f1": metrics["test"]["macro_f1"], **check, "out": str(final)}
