@@ -52,8 +52,7 @@ def choose(candidates: dict[str, str], out: str | Path, tta: tuple[int, ...] = (
     if ensembles and (len(candidates) < 2 or 1 not in tta):
         raise UserError("--ensembles needs at least two candidates and --tta to include 1")
     paths = {name: model_file(p) for name, p in candidates.items()}
-    bundles = {name: load_keras_bundle(p, diverged="leave it out of the candidates")  # each model loaded once
-               for name, p in paths.items()}
+    bundles = {name: load_keras_bundle(p) for name, p in paths.items()}  # each model loaded once
     first_name, first = next(iter(paths.items()))
     sc = bundles[first_name][0]
     split_sha = None
