@@ -1,15 +1,15 @@
 """A count hunt on real cells: stage paths that have counted cells wrongly, each with its truth.
 
-32 real PBC fields tiled into one slide (benchmarks/pbc_slide_scan.py's ``make_slide``, seed 0) and a 640 x 480 view
+32 real PBC fields tiled into one slide (benchmarks/pbc_slide_scan.py's ``make_slide``, seed 0 unless --seed) and a 640 x 480 view
 moved over it along paths a hand or a camera makes (pans, jumps back, the next row reached by a cut, fields
 alternating, pans too fast, the lamp dimmed or the view defocused on a return, blank frames, a frame held at the
-end). Each path is written as a lossless video and counted by ``celledge watch VIDEO --mode field`` with the
+end, diagonal pans). Each path is written as a lossless video and counted by ``celledge watch VIDEO --mode field`` with the
 shipped model and default options. Truth: the tiles' nucleated centre cells wholly in view (a 60 px radius) in 3
 frames running (``true``: what the tracker is built to count), and in at least one frame (``true_once``: the cells
 the view passed). A counted cell is placed on its tile from the frame it was first seen in; ``twice`` lists tiles
 whose centre cell was counted more than once. Sessions 33-35 hunted with these paths (count-hunt-3x.json).
 
-    python tools/count_hunt.py --data ../shared/data [--before PYTHONPATH] [--only TEXT] [--out FILE]
+    python tools/count_hunt.py --data ../shared/data [--seed N] [--before PYTHONPATH] [--only TEXT] [--out FILE]
 
 ``--before``: also count every path with the scopelite found there (an export of an earlier commit:
 scopelite/{edge,train,compress}), for a before/after table.
@@ -41,6 +41,11 @@ MAXX, MAXY = COLS * TILE - W, ROWS * TILE - H
 def pan(x0, x1, y, step=10.0, **mod):
     n = max(int(abs(x1 - x0) / step), 1)
     return [dict(x=x0 + (x1 - x0) * k / n, y=y, **mod) for k in range(n + 1)]
+
+
+def line(x0, y0, x1, y1, step=10.0):
+    n = max(int(np.hypot(x1 - x0, y1 - y0) / step), 1)
+    return [dict(x=x0 + (x1 - x0) * k / n, y=y0 + (y1 - y0) * k / n) for k in range(n + 1)]
 
 
 def still(x, y, n, **mod):
@@ -96,6 +101,10 @@ def paths() -> dict[str, list[dict]]:
         "A, B 160 px lower, alternating": alternate(0, 300, 0, 460),
         "A, B 240 px lower, alternating": alternate(0, 200, 0, 440),
         "A, B 160 px along, alternating": alternate(0, 0, 160, 0),
+        "a diagonal pan, 10 px a frame": line(0, 0, MAXX, MAXY),
+        "a diagonal pan, 25 px a frame": line(0, 0, MAXX, MAXY, 25.0),
+        "a 45-degree pan down and left, 15 px a frame": line(1200, 0, 240, MAXY, 15.0),
+        "a diagonal zig-zag, 10 px a frame": line(0, 0, 700, 480) + line(700, 480, 1400, 0) + line(1400, 0, 2100, 480),
         "new regions, cut to each": pan(0, 1000, 0) + pan(0, 1000, 960) + pan(1240, 2240, 480) + pan(1240, 2240, 0),
     }
 
@@ -164,10 +173,11 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--before", metavar="PYTHONPATH", default=None)
     ap.add_argument("--only", default=None, metavar="TEXT", help="only the paths whose name holds TEXT")
+    ap.add_argument("--seed", type=int, default=0, help="which 32 PBC fields make the slide (make_slide's seed)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "results"
                                          / "count-hunt.json"))
     a = ap.parse_args()
-    slide, cells = make_slide(Path(a.data), 0)
+    slide, cells = make_slide(Path(a.data), a.seed)
     chosen = paths()
     if a.only:
         chosen = {k: v for k, v in chosen.items() if a.only in k}
