@@ -154,6 +154,8 @@ def bench(models: list[str], out: str | Path, limit: int = 400, seed: int = 0, d
     suite = suite or builtin_suite(seed)
     paths = [Path(m) for m in models]
     test, description = selected or select_test(paths, limit, seed, data, run, out=out)
+    if limit and len(test) > limit:  # --limit 1 scored 8 images without a word
+        log(f"NOTE: --limit {limit} is fewer than the classes: one image of each is scored ({len(test)} images)")
     short = [p.name for p in paths]
     for t in tta:
         view_names(t)  # a bad count fails before any model is loaded

@@ -114,7 +114,11 @@ def test_a_model_whose_sidecar_advises_views_runs_over_them_unless_tta_says_othe
 def test_bench_scores_each_model_with_each_view_count(tiny_run, tmp_path):
     from scopelite.compress.bench import bench
 
-    r = bench([str(tiny_run["tflite"])], tmp_path / "b", limit=16, tta=(1, 4), log=lambda _: None)
+    lines: list[str] = []
+    r = bench([str(tiny_run["tflite"])], tmp_path / "b", limit=16, tta=(1, 4), log=lines.append)
+    assert not any("fewer than the classes" in x for x in lines)
+    bench([str(tiny_run["tflite"])], tmp_path / "one", limit=1, log=lines.append)  # scored 8 without a word
+    assert any("--limit 1 is fewer than the classes: one image of each is scored (8 images)" in x for x in lines)
     names = list(r["models"])
     assert names == ["model.tflite", "model.tflite tta4"]
     assert r["tta"] == [1, 4]
