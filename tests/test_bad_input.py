@@ -1538,6 +1538,28 @@ def test_synth_stops_at_a_write_that_fails_and_leaves_no_manifest(tmp_path):
         assert not out.exists() or not list(out.iterdir()), list(out.rglob("*"))  # no manifest over missing files
 
 
+def test_an_evaluation_whose_figure_fails_leaves_no_earlier_confusion_figure(tiny_run, tmp_path, monkeypatch):
+    """evaluate writes its JSON first (its numbers survive a figure that fails); an earlier evaluation's
+    confusion.png was then left beside the new evaluation.json, read as its figure (a hunt of session 37)."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from scopelite.train.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run, ignore=shutil.ignore_patterns("int8"))
+    (run / "confusion.png").write_bytes(b"an earlier evaluation's figure")
+
+    def full(self, fname, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError):
+        evaluate(run / "model.keras", log=lambda _: None)
+    assert (run / "evaluation.json").is_file() and not (run / "confusion.png").exists()
+
+
 def test_a_failed_figure_write_leaves_no_temporary_file_and_no_earlier_benchs_figure(tmp_path, monkeypatch):
     """A full disk at a figure left a truncated hidden .confusion.tmp.png in the run folder, with an Error line
     naming no file; bench into an earlier bench's folder left its bench.png beside the new json, csv and md."""

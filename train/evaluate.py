@@ -46,6 +46,8 @@ def evaluate(model_path: str | Path, data: str | None = None, seed: int = 0,
     suffix = f"-tta{tta}" if tta > 1 else ""
     log(f"clean: accuracy {clean['accuracy']:.4f}, macro-F1 {clean['macro_f1']:.4f}, ECE {clean['ece']:.3f} | "
         f"corrupted: accuracy {corrupted['accuracy']:.4f}, macro-F1 {corrupted['macro_f1']:.4f}")  # said first: a
+    # an earlier evaluation's figure, left when this one's fails (a full disk), would read as this one's
+    (model_path.parent / f"confusion{suffix}.png").unlink(missing_ok=True)
     write_json_atomic(model_path.parent / f"evaluation{suffix}.json", result)  # failed write loses no figure
     plot_confusion(np.array(clean["confusion"]), sc.labels, model_path.parent / f"confusion{suffix}.png",
                    f"clean test{f', {tta} TTA views' if tta > 1 else ''}, acc {clean['accuracy']:.3f}")
