@@ -300,7 +300,8 @@ def describe(sc: Sidecar) -> list[str]:
 
     def pct(block) -> str | None:
         acc = block.get("accuracy") if isinstance(block, dict) else None
-        return None if not isinstance(acc, (int, float)) else f"{100 * acc:.2f} %"
+        ok = isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1  # not "nan %", "-100 %"
+        return f"{100 * acc:.2f} %" if ok else None
 
     if pct(m.get("clean")):
         where = f"{m.get('split', 'held-out')} split" + (f", {m['n']} images" if m.get("n") else "") + \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -261,8 +262,9 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         spec = clf.input_spec
         doubts = {}  # --json says them per image too: a script reads the lines, not the warnings
         if too_small(seen, spec):
-            warn(f"{path} is only {seen.shape[1]}x{seen.shape[0]} px, far smaller than the model's "
-                 f"{spec.width}x{spec.height} input: its class below means little")
+            warn(f"{path} is {seen.shape[1]}x{seen.shape[0]} px: its shorter side, {min(seen.shape[:2])} px, is far "
+                 f"smaller than the model's {spec.width}x{spec.height} input: its class below means little")  # not
+            # "only 4000x20 px, far smaller than 96x96"
             doubts["too_small"] = True
         if is_greyscale(seen):
             grey += 1
@@ -1098,8 +1100,8 @@ def info(model, as_json):
             except BundleError as e:  # the model and its sidecar disagree: no runtime can use it
                 report["runtimes"][rt] = f"refused ({e})"
                 mismatch = mismatch or e
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
+    if as_json:  # a hand-edited sidecar's NaN printed as NaN, which no JSON reader takes: null
+        click.echo(json.dumps(_finite(report), indent=2, allow_nan=False))
     else:
         click.echo(f"model: {report['model']}")
         for line in describe(sc):
@@ -1112,6 +1114,17 @@ def info(model, as_json):
         click.echo("the whole sidecar: celledge info --json")
     if mismatch is not None:
         raise UserError(f"the sidecar does not match the model: {mismatch}")
+
+
+def _finite(obj):
+    """``obj`` with every NaN or infinite float (JSON has neither) as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 @main.command()

@@ -320,7 +320,9 @@ def _finite(x) -> bool:
 
 def _number(d: dict, key: str, where: str, lo: float, hi: float, out: list[str], whole: bool = False) -> None:
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
+    if key not in d:  # "expected a number, got None" of a key the file does not hold
+        out.append(f"{where}.{key}: missing (a number)")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
         out.append(f"{where}.{key}: expected a number, got {v!r}")
     elif whole and not float(v).is_integer():
         out.append(f"{where}.{key}: expected a whole number, got {v!r}")
@@ -355,7 +357,8 @@ def validate(raw: Any, name: str = "site file") -> list[str]:
     sc = raw["scale"]
     _number(sc, "rbc_px", f"{name}: scale", 4, 2000, out)  # a red cell of 4 px is no measurement
     if not isinstance(sc.get("use"), bool):
-        out.append(f"{name}: scale.use: expected true or false, got {sc.get('use')!r}")
+        out.append(f"{name}: scale.use: " + ("missing (true or false)" if "use" not in sc
+                                             else f"expected true or false, got {sc['use']!r}"))
     elif sc["use"] and not out:  # field mode cut 10,667 px crops from rbc_px 2000: seconds and 0.5 GB a frame
         side = crop_side(sc["rbc_px"], raw["model"]["rbc_px"], raw["model"]["input_px"])
         if side > MAX_SIDE:
@@ -364,7 +367,8 @@ def validate(raw: Any, name: str = "site file") -> list[str]:
     _triple(raw["background"], f"{name}: background", 1, 255, out)
     co = raw["colour"]
     if not isinstance(co.get("use"), bool):
-        out.append(f"{name}: colour.use: expected true or false, got {co.get('use')!r}")
+        out.append(f"{name}: colour.use: " + ("missing (true or false)" if "use" not in co
+                                              else f"expected true or false, got {co['use']!r}"))
     _triple(co.get("gain"), f"{name}: colour.gain", *GAIN_RANGE, out)
     stain = raw.get("stain")
     if stain is not None and not isinstance(stain, dict):

@@ -746,6 +746,16 @@ def test_classify_says_no_stain_verdict_and_why_a_grey_frame_was_classified_as_g
     assert "camera-sized" in r.stderr and "--rescale none" not in r.stderr and "no red cell" in r.stderr, r.stderr
 
 
+def test_classify_says_which_side_of_a_strip_is_too_small(tmp_path):
+    """A 4000x20 px strip was said "only 4000x20 px, far smaller than the model's 96x96 input" (a hunt of session
+    37): its shorter side is what is too small."""
+    strip = tmp_path / "strip.png"
+    cv2.imwrite(str(strip), np.full((20, 4000, 3), (180, 160, 200), np.uint8))
+    r = invoke_cli("celledge", "classify", str(strip))
+    assert r.returncode == 0, r.stderr
+    assert "its shorter side, 20 px, is far smaller than the model's" in r.stderr and "only" not in r.stderr, r.stderr
+
+
 def test_synth_folders_make_a_synthetic_model(tmp_path):
     """`celltrain synth OUT` writes OUT/manifest.json and OUT/crops/<class>/: --data OUT/crops is synthetic."""
     from scopelite.edge.bundle import CLASS_NAMES

@@ -109,6 +109,29 @@ def test_info_cli(tiny_run):
     assert d["sidecar"]["format"] == "tflite" and d["runtimes"]["cpu"] == "works here" and d["ops"]["CONV_2D"] == 3
 
 
+def test_info_says_no_accuracy_it_cannot_read_and_prints_json_a_reader_takes(tiny_run, tmp_path):
+    """A hand-edited sidecar's metrics printed "accuracy: nan %" (or "-100.00 %") and ``info --json`` wrote NaN,
+    which no JSON reader takes (a hunt of session 37)."""
+    import shutil
+
+    odd = tmp_path / "model.tflite"
+    shutil.copy(tiny_run["tflite"], odd)
+    sc = json.loads(tiny_run["tflite"].with_suffix(".json").read_text())
+    sc["metrics"]["clean"]["accuracy"] = float("nan")
+    sc["metrics"]["corrupted"]["accuracy"] = -1.0
+    odd.with_suffix(".json").write_text(json.dumps(sc))
+    r = run_cli("celledge", "info", str(odd))
+    assert r.returncode == 0 and "nan" not in r.stdout.lower() and "-100" not in r.stdout, r.stdout
+    r = run_cli("celledge", "info", str(odd), "--json")
+    assert r.returncode == 0, r.stderr
+
+    def refuse(name):
+        raise ValueError(f"{name} in the JSON")
+
+    d = json.loads(r.stdout, parse_constant=refuse)
+    assert d["sidecar"]["metrics"]["clean"]["accuracy"] is None
+
+
 def test_a_model_that_failed_the_gate_is_said_where_it_runs(tiny_run, synth_dir, tmp_path):
     """cellcompress leaves every variant beside the approval, failed ones too: given as --model, one ran silently."""
     import shutil

@@ -89,6 +89,9 @@ def test_hand_edited_site_values_are_named_not_a_traceback_or_huge_crops(tmp_pat
     assert site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 10**400}}) == [
         f"site file: scale.rbc_px: expected a number, got {10**400!r}"]
     assert "expected three numbers" in site_lib.validate({**rec, "background": [10**400, 1, 1]})[0]
+    # a key left out was "expected true or false, got None" (a hunt of session 37)
+    assert site_lib.validate({**rec, "scale": {k: v for k, v in rec["scale"].items() if k not in ("use", "rbc_px")}}) \
+        == ["site file: scale.rbc_px: missing (a number)", "site file: scale.use: missing (true or false)"]
     assert site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": False}}) == []  # not applied
     big = site_lib.validate({**rec, "scale": {**rec["scale"], "rbc_px": 2000, "use": True}})
     assert big and "would cut each cell 10667 px across" in big[0]
