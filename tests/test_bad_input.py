@@ -1475,10 +1475,8 @@ def test_an_edge_tpu_model_without_its_library_is_one_line_in_a_real_process(cor
     assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
-    """cellcompress --out, bench --out and explain --out inside the data a run was trained on (or beside the class
-    folder given): their files became a class of the next fit (bench.png a ninth class; an empty folder one with no
-    images), exit 0."""
+def _two_class_run(tmp_path: Path) -> tuple[Path, Path]:
+    """tmp_path/data (10 plain images of two classes) and tmp_path/run, a tiny one-epoch fit on it."""
     data = tmp_path / "data"
     for c, v in (("lymphocyte", 60), ("neutrophil", 180)):
         for i in range(10):
@@ -1487,6 +1485,14 @@ def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
     r = run_cli("celltrain", "fit", "--data", str(data), "--out", str(run), "--arch", "tiny", "--image-size", "16",
                 "--epochs", "1", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
+    return data, run
+
+
+def test_outputs_inside_the_runs_own_dataset_are_refused(tmp_path):
+    """cellcompress --out, bench --out and explain --out inside the data a run was trained on (or beside the class
+    folder given): their files became a class of the next fit (bench.png a ninth class; an empty folder one with no
+    images), exit 0."""
+    data, run = _two_class_run(tmp_path)
     model = str(run / "model.keras")
     for args in (("cellcompress", model, "--int8", "--out", str(data / "int8")),
                  ("cellcompress", "bench", model, "--out", str(data / "bench"))):
@@ -1507,14 +1513,7 @@ def test_a_diverged_model_is_refused_wherever_it_would_be_scored(tmp_path):
     from scopelite.edge.bundle import sha256_file
     from scopelite.train._keras import keras
 
-    data = tmp_path / "data"
-    for c, v in (("lymphocyte", 60), ("neutrophil", 180)):
-        for i in range(10):
-            _png(data / c / f"{c}{i}.png", (24, 24, 3), v + i)
-    run = tmp_path / "run"
-    r = run_cli("celltrain", "fit", "--data", str(data), "--out", str(run), "--arch", "tiny", "--image-size", "16",
-                "--epochs", "1", "--quiet")
-    assert r.returncode == 0, r.stderr[-2000:]
+    _, run = _two_class_run(tmp_path)
     m = keras.models.load_model(run / "model.keras", compile=False)
     m.set_weights([np.full_like(w, np.nan) for w in m.get_weights()])
     m.save(run / "model.keras")
