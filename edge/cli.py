@@ -1101,7 +1101,7 @@ def info(model, as_json):
                 report["runtimes"][rt] = f"refused ({e})"
                 mismatch = mismatch or e
     if as_json:  # a hand-edited sidecar's NaN printed as NaN, which no JSON reader takes: null
-        click.echo(json.dumps(_finite(report), indent=2, allow_nan=False))
+        click.echo(json.dumps(_json_safe(report), indent=2, allow_nan=False))
     else:
         click.echo(f"model: {report['model']}")
         for line in describe(sc):
@@ -1116,14 +1116,14 @@ def info(model, as_json):
         raise UserError(f"the sidecar does not match the model: {mismatch}")
 
 
-def _finite(obj):
+def _json_safe(obj):
     """``obj`` with every NaN or infinite float (JSON has neither) as None."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [_json_safe(v) for v in obj]
     return obj
 
 
