@@ -179,7 +179,8 @@ def _qat_model(model, tcfg: dict, n_classes: int, train, val, test, cfg: Compres
     bad = model_lib.non_finite_weights(q)
     if bad:  # converted anyway, the NaN ranges ended in a LiteRT RuntimeError traceback (a hunt of session 37)
         raise UserError(f"quantisation-aware training diverged at --qat-lr {cfg.qat_learning_rate:g}: {bad} of its "
-                        f"weight arrays hold NaN or infinity; give a lower --qat-lr (the default is {CompressConfig.qat_learning_rate:g})")
+                        "weight arrays hold NaN or infinity; give a lower --qat-lr (the default is "
+                        f"{CompressConfig.qat_learning_rate:g})")
     p_keras = q.predict(test.images.astype(np.float32), batch_size=64, verbose=0)
     build = lambda: model_lib.rebuild_for_export(model, arch, size, n_classes)  # noqa: E731
     exports = {}

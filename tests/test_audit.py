@@ -217,7 +217,8 @@ def test_an_excluded_image_whose_name_holds_a_line_break_is_refused_not_split_in
         (tmp_path / "d" / c).mkdir(parents=True)
         for k in range(4):
             cv2.imwrite(str(tmp_path / "d" / c / f"{k}.png"), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    (tmp_path / "d" / "lymphocyte" / "dup\ncopy.png").write_bytes((tmp_path / "d" / "lymphocyte" / "0.png").read_bytes())
+    cls = tmp_path / "d" / "lymphocyte"
+    (cls / "dup\ncopy.png").write_bytes((cls / "0.png").read_bytes())
     r = invoke_cli("celltrain", "audit", str(tmp_path / "d"), "--out", str(tmp_path / "a"), "--image-size", "32")
     assert_one_line_error(r, "'lymphocyte/dup\\ncopy.png'", "holds a line break")
     assert not (tmp_path / "a" / "exclusions.txt").exists()

@@ -179,7 +179,8 @@ def _load(path):
 def test_real_bundles_refused_with_a_reason(bundles, bad, why, tmp_path):
     """A folder holding no model.tflite was refused as "model file not found: FOLDER", as if it were missing."""
     reloader = ModelReloader(_load, _load(bundles["good"]), bundles["good"])
-    event = reloader.reload(tmp_path if bad == "folder" else bundles.get(bad, bundles["good"].parent / "missing.tflite"))
+    given = tmp_path if bad == "folder" else bundles.get(bad, bundles["good"].parent / "missing.tflite")
+    event = reloader.reload(given)
     assert not event["ok"] and why in event["error"], event
     assert reloader.take() == (None, [event]) and reloader.path == str(bundles["good"])
 

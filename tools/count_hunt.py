@@ -1,13 +1,14 @@
 """A count hunt on real cells: stage paths that have counted cells wrongly, each with its truth.
 
-32 real PBC fields tiled into one slide (benchmarks/pbc_slide_scan.py's ``make_slide``, seed 0 unless --seed) and a 640 x 480 view
-moved over it along paths a hand or a camera makes (pans, jumps back, the next row reached by a cut, fields
-alternating, pans too fast, the lamp dimmed or the view defocused on a return, blank frames, a frame held at the
-end, diagonal pans). Each path is written as a lossless video and counted by ``celledge watch VIDEO --mode field`` with the
-shipped model and default options. Truth: the tiles' nucleated centre cells wholly in view (a 60 px radius) in 3
-frames running (``true``: what the tracker is built to count), and in at least one frame (``true_once``: the cells
-the view passed). A counted cell is placed on its tile from the frame it was first seen in; ``twice`` lists tiles
-whose centre cell was counted more than once. Sessions 33-35 hunted with these paths (count-hunt-3x.json).
+32 real PBC fields tiled into one slide (benchmarks/pbc_slide_scan.py's ``make_slide``, seed 0 unless --seed) and a
+640 x 480 view moved over it along paths a hand or a camera makes (pans, jumps back, the next row reached by a cut,
+fields alternating, pans too fast, the lamp dimmed or the view defocused on a return, blank frames, a frame held at
+the end, diagonal pans). Each path is written as a lossless video and counted by ``celledge watch VIDEO --mode
+field`` with the shipped model and default options. Truth: the tiles' nucleated centre cells wholly in view (a
+60 px radius) in 3 frames running (``true``: what the tracker is built to count), and in at least one frame
+(``true_once``: the cells the view passed). A counted cell is placed on its tile from the frame it was first seen in;
+``twice`` lists tiles whose centre cell was counted more than once. Sessions 33-35 hunted with these paths
+(count-hunt-3x.json); session 37 judged decisions 37a and 37d with them (tile-scan-37.json).
 
     python tools/count_hunt.py --data ../shared/data [--seed N] [--before PYTHONPATH] [--only TEXT] [--out FILE]
 
