@@ -1160,6 +1160,8 @@ def review(sessions, sid, http, http_token):
     current = Sessions.reviewing(sessions, sid)
     for d in current.damaged:
         warn(f"{d}/state.json cannot be read: that session is not served (this is {current.current.id})")
+    if current.current.damaged:  # served without its damaged lines, as watch and export say (a hunt of session 37)
+        warn(_damaged_lines(current.current.id, current.current.damaged))
     s = current.summary(cells=False)
     stop = threading.Event()
     # SIGHUP too (the terminal or ssh session closed, systemctl reload): it ended the review without its summary

@@ -835,6 +835,38 @@ def test_review_ends_on_a_hangup_as_on_ctrl_c(tmp_path):
     assert "0 of 2 cells reviewed" in err and "Traceback" not in err
 
 
+def test_review_says_the_lines_of_a_sessions_logs_it_could_not_read(tmp_path):
+    """Two damaged lines of cells.jsonl: watch and export said so, review served the session without them in
+    silence (a hunt of session 37)."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "s"
+    _session_with(root, ["neutrophil", "lymphocyte", "monocyte"], target=3)
+    log = next(root.glob("*/cells.jsonl"))
+    lines = log.read_text().splitlines(keepends=True)
+    lines[1] = "{not json\n"
+    log.write_text("".join(lines))
+    exe = Path(sys.executable).parent / "celledge"
+    p = subprocess.Popen([str(exe), "review", str(root), "--http", "127.0.0.1:0"], preexec_fn=default_signals,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        while not any("review at http://" in x for x in seen):
+            assert select.select([p.stderr], [], [], 60)[0], f"celledge review printed {seen} in 60 s"
+            seen.append(p.stderr.readline())
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+    assert any("1 line of its logs could not be read and was skipped (cells.jsonl line 2)" in x for x in seen), seen
+
+
 def test_review_serves_a_closed_session_with_no_camera(tmp_path):
     import os
     import signal
