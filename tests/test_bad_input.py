@@ -1513,7 +1513,7 @@ def test_a_diverged_model_is_refused_wherever_it_would_be_scored(tmp_path):
     from scopelite.edge.bundle import sha256_file
     from scopelite.train._keras import keras
 
-    _, run = _two_class_run(tmp_path)
+    data, run = _two_class_run(tmp_path)
     m = keras.models.load_model(run / "model.keras", compile=False)
     m.set_weights([np.full_like(w, np.nan) for w in m.get_weights()])
     m.save(run / "model.keras")
