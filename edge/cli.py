@@ -294,16 +294,14 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
         warn(f"{len(wide)} of {len(paths)} images hold more than one cell's crop (e.g. {wide[0]} classified): "
              "classify names the centre cell only; celledge watch SOURCE --mode field finds and classifies every "
              "cell of a field")
-    if whole and rescale == "none":
-        warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and were classified whole "
-             f"(--rescale none): shrunk to the model's {clf.input_spec.width} px, a field's cells are too small to "
-             "name; --rescale each cuts the centre cell at the training scale, and celledge watch SOURCE --mode "
-             "field classifies every cell")
-    elif whole:
-        warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and show no red cell or white "
-             "cell to read the scale from (no colour, or none in view), so each was classified as it is, its centre "
-             f"square shrunk to the model's {clf.input_spec.width} px: a field's cells are then too small to name; "
-             "celledge watch SOURCE --mode field classifies every cell of a field")
+    if whole:  # as given: asked for (--rescale none), or no red cell or white cell gave the scale
+        asked = rescale == "none"
+        why = ("were classified whole (--rescale none)" if asked else "show no red cell or white cell to read the "
+               "scale from (no colour, or none in view), so each was classified as it is, its centre square")
+        warn(f"{len(whole)} of {len(paths)} images are camera-sized (e.g. {whole[0]}) and {why}, shrunk to the "
+             f"model's {clf.input_spec.width} px: a field's cells are too small to name; "
+             + ("--rescale each cuts the centre cell at the training scale, and " if asked else "")
+             + "celledge watch SOURCE --mode field classifies every cell")
     if grey:
         warn(f"{grey} of {len(paths)} images hold no colour (greyscale or blank): the model was trained on stained "
              "colour images, so their classes mean little")

@@ -293,7 +293,7 @@ def calibrate(frames: Iterable[np.ndarray], *, input_px: int, model_rbc_px: floa
     falloff = float(np.median([m.falloff for m in measures]))
     level = float(np.median([m.noise for m in measures]))
     uneven = [m.falloff for m in measures if m.falloff > 0]  # the frames evened out (past illumination.UNEVEN)
-    record["light"] = {"falloff": round(falloff, 3), "uneven_frames": len(uneven), "frames": len(measures),
+    record["light"] = {"falloff": round(falloff, 3), "uneven_frames": len(uneven),
                        "uneven_falloff": round(float(np.median(uneven)), 3) if uneven else None,
                        "noise": round(level, 1), "noisy_frames": sum(m.noise > NOISY for m in measures)}
     if falloff > ADVISE:
@@ -549,9 +549,8 @@ def summary_lines(record: dict, out: str) -> list[str]:
     if light:
         if light.get("uneven_frames") and light.get("uneven_falloff") is not None:  # "falls off by 0 % (6 evened
             # out)" read as a contradiction: a frame falling off by less than illumination.UNEVEN is recorded as 0
-            frames = _n(light.get("frames", record["frames"]), "frame")
             evened = (f"falls off by {100 * light['uneven_falloff']:.0f} % across the view in "
-                      f"{light['uneven_frames']} of {frames} (their median; evened out)")
+                      f"{light['uneven_frames']} of {_n(record['frames'], 'frame')} (their median; evened out)")
         else:
             evened = f"even across the view (no frame falls off by more than {100 * UNEVEN:.0f} %)"
         lines.append(f"light: {evened}; pixel noise {light['noise']:g} grey levels "
