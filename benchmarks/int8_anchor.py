@@ -44,10 +44,9 @@ CHOICES = [*ANCHORS, "pixels-bn"]
 
 
 def top1(blob: bytes, images: np.ndarray) -> tuple[np.ndarray, tuple]:
-    from ai_edge_litert import interpreter as lite
+    from scopelite.edge import runtime
 
-    it = lite.Interpreter(model_content=blob)
-    it.allocate_tensors()
+    it = runtime.make_interpreter(None, model_content=blob)
     (i,), (o,) = it.get_input_details(), it.get_output_details()
     out = []
     for img in images:

@@ -171,15 +171,9 @@ def to_csv(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- measurement
 
 def _interpreter(blob: bytes):
-    from ai_edge_litert import interpreter as lite  # noqa: PLC0415
+    from scopelite.edge import runtime  # noqa: PLC0415  (the one import point of LiteRT)
 
-    from scopelite.edge._quiet import native_stderr  # noqa: PLC0415
-
-    with native_stderr():
-        it = lite.Interpreter(model_content=blob, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
-    return it
+    return runtime.make_interpreter(None, plain=True, model_content=blob, keep_all_tensors=True)
 
 
 def _quantize_input(img: np.ndarray, detail: dict) -> np.ndarray:

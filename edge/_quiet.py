@@ -18,7 +18,6 @@ import re
 import sys
 import tempfile
 import threading
-import warnings
 
 ENV = "SCOPELITE_VERBOSE"
 
@@ -71,20 +70,6 @@ def tensorflow_env() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ INFO/WARNING/ERROR once absl is set up
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-def python_noise() -> None:
-    """Silence Python-level messages from TensorFlow that are noise for our users."""
-    if verbose():
-        return
-    # tf.lite: our representative set starts at the input's full range on purpose
-    warnings.filterwarnings("ignore", message=r"Statistics for quantized inputs were expected")
-    try:
-        from absl import logging as absl_logging  # noqa: PLC0415 - comes with TensorFlow
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover - edge installs have no absl
-        pass
 
 
 # fd 2 is the process's: blocks in several threads at once (a camera reopened while a model reloads) share one

@@ -25,9 +25,16 @@ WHITE = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "imma
 NRBC = "erythroblast"
 PLATELET = "platelet"
 UNCERTAIN = "uncertain"
+NOT_A_CELL = "not_a_cell"  # a review label: what the counter took for a cell was not one
 # the white rows' titles in a report (differential text, session report, status page)
 TITLES = {"neutrophil": "Neutrophils", "lymphocyte": "Lymphocytes", "monocyte": "Monocytes",
           "eosinophil": "Eosinophils", "basophil": "Basophils", "immature_granulocyte": "Immature granulocytes"}
+
+
+def clinical_order(labels) -> list[str]:
+    """The model's labels in the order a lab reports them: white cells, erythroblasts, platelets, others."""
+    first = [c for c in (*WHITE, NRBC, PLATELET) if c in labels]
+    return first + sorted(set(labels) - set(first))
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

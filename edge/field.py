@@ -27,6 +27,9 @@ DEFAULT_MODEL_RBC_PX = 18.0
 FALLBACK_RBC_PX = 67.5
 # Frames with a longer side than this are searched at half size (1920x1080 -> 960x540).
 SEARCH_SIDE = 1280
+# No frame, image or crop side is taken above this (sources refuses larger files, site calibration and --crop-size
+# larger sides): per-frame work must stay bounded, SIGTERM is honoured between frames.
+MAX_SIDE = 4096
 
 
 def model_rbc_px(spec) -> float:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import html
 import json
 
-from .differential import UNCERTAIN
-from .session import NOT_A_CELL, clinical_order
+from .differential import NOT_A_CELL, UNCERTAIN, clinical_order
 from .session_report import title
 
 # the JavaScript both pages share: a POST with the token, asking for one when refused

@@ -86,15 +86,18 @@ def _edgetpu_delegate(mod, options: dict):
                              "plugged in and libedgetpu1-std is installed, or use --fallback cpu")
 
 
-def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = None, edgetpu_device: str | None = None,
-                     plain: bool = False):
-    """Build and allocate an interpreter for ``model_path``.
+def make_interpreter(model_path: str | os.PathLike | None, num_threads: int | None = None,
+                     edgetpu_device: str | None = None, plain: bool = False, model_content: bytes | None = None,
+                     keep_all_tensors: bool = False):
+    """Build and allocate an interpreter for ``model_path`` (or for ``model_content``, the model's bytes).
 
     Args:
-        model_path: a ``.tflite`` file.
+        model_path: a ``.tflite`` file; None with ``model_content``.
         num_threads: CPU threads for the kernels (None: runtime default).
         edgetpu_device: None for CPU, else ``"usb"``, ``"pci"``, ``":0"``..., or ``""`` for any.
         plain: no default delegates (XNNPACK), so the graph's own ops stay visible.
+        model_content: the model in memory, instead of a file (``cellcompress``'s diagnosis of a conversion).
+        keep_all_tensors: every intermediate tensor stays readable after ``invoke`` (layer-by-layer comparisons).
 
     Raises:
         BundleError: the file is not a valid TFLite model.
@@ -108,15 +111,19 @@ def make_interpreter(model_path: str | os.PathLike, num_threads: int | None = No
         kwargs = {}
         if plain:
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        if keep_all_tensors:
+            kwargs["experimental_preserve_all_tensors"] = True
+        if model_content is not None:
+            kwargs["model_content"] = model_content
+        else:
+            kwargs["model_path"] = str(Path(model_path))
         with native_stderr():  # LiteRT's C++ "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            interp = mod.Interpreter(
-                model_path=str(Path(model_path)), num_threads=num_threads, experimental_delegates=delegates or None,
-                **kwargs,
-            )
+            interp = mod.Interpreter(num_threads=num_threads, experimental_delegates=delegates or None, **kwargs)
             interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"cannot load {model_path} as a TFLite model: {msg}") from None
+        what = model_path if model_content is None else "the converted model"
+        raise BundleError(f"cannot load {what} as a TFLite model: {msg}") from None
     return interp
 
 

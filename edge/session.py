@@ -41,12 +41,11 @@ import numpy as np
 
 from .bundle import same_model, write_bytes_atomic, write_json_atomic
 from .diskspace import DiskRoom
-from .differential import NRBC, PLATELET, UNCERTAIN, WHITE, Differential
+from .differential import NOT_A_CELL, UNCERTAIN, Differential
 from .errors import UserError
 from .field import crop_at
 from .outputs import LineSink, WriteError, fsync_dir
 
-NOT_A_CELL = "not_a_cell"
 CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
 VIEW_KEEP_FRAMES = 30  # a tracked cell's latest view is kept this many frames for its crop
 # an open-ended session (no --count) closes at this many cells and the count goes on in a new one: a daemon counting
@@ -74,12 +73,6 @@ class ResumeError(UserError):
                          f"(its report stays) and counts it anew; to add more fields to {sid}, give another video, a "
                          "folder of images or a camera")
         self.session = sid
-
-
-def clinical_order(labels) -> list[str]:
-    """The model's labels in the order a lab reports them: white cells, erythroblasts, platelets, others."""
-    first = [c for c in (*WHITE, NRBC, PLATELET) if c in labels]
-    return first + sorted(set(labels) - set(first))
 
 
 def read_jsonl(path: Path, damaged: list[str] | None = None,

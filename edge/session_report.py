@@ -14,8 +14,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .differential import TITLES, UNCERTAIN, percent_text
-from .session import NOT_A_CELL, clinical_order
+from .differential import NOT_A_CELL, TITLES, UNCERTAIN, clinical_order, percent_text
 
 THUMB_PX = 96
 # the gallery shows each class's least sure cells, at most this many: the report of a 5,000-cell session embedded

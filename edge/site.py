@@ -48,9 +48,8 @@ import numpy as np
 
 from . import ood
 from .errors import UserError, read_settings_text
-from .field import crop_at
+from .field import MAX_SIDE, crop_at
 from .scale import crop_side, estimate_rbc_diameter
-from .sources import MAX_SIDE
 from .frameread import read_frame
 from .illumination import ADVISE, UNEVEN
 from .noise import NOISY

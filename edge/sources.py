@@ -18,6 +18,7 @@ import numpy as np
 
 from ._quiet import native_stderr, verbose
 from .errors import UserError
+from .field import MAX_SIDE  # larger frames are refused
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
                   ".jp2", ".j2k")
@@ -26,8 +27,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".tif", ".tiff", ".w
 OTHER_IMAGE_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw",
                         ".raw", ".czi", ".nd2", ".vsi", ".svs", ".ndpi", ".mrxs", ".scn")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg", ".h264")
-# Per-frame work must stay bounded (SIGTERM is honoured between frames): larger frames are refused.
-MAX_SIDE = 4096
 MIN_SIDE = 16
 # A stream that accepts the connection and never answers must not hold an open or a read for OpenCV's 30 s.
 OPEN_TIMEOUT_MS = 5000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from scopelite.edge import _quiet
 from scopelite.edge.errors import warn
@@ -31,9 +32,13 @@ with _quiet.native_stderr():
 
     _GPUS = tf.config.list_physical_devices("GPU")
 
-if not _quiet.verbose():
+if not _quiet.verbose():  # Python-level messages from TensorFlow that are noise for our users
     tf.get_logger().setLevel("ERROR")
-_quiet.python_noise()
+    # tf.lite: our representative set starts at the input's full range on purpose
+    warnings.filterwarnings("ignore", message=r"Statistics for quantized inputs were expected")
+    from absl import logging as absl_logging  # noqa: E402 - comes with TensorFlow
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
 if not _GPUS and _quiet.nvidia_device_present():  # pragma: no cover - needs an NVIDIA machine
     warn("an NVIDIA GPU is present but TensorFlow cannot use it (CUDA libraries missing or not matching "
          f"the driver), so this runs on the CPU; {_quiet.ENV}=1 shows TensorFlow's own reason")
