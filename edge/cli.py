@@ -213,10 +213,13 @@ def classify(args, model, as_json, top_k, threads, device, fallback, tta, site, 
     exported = _exported_scales(paths)  # crops celledge export wrote, with the scale they were cut at
     shared = None  # --rescale shared: (zoom, readings)
     read_ahead: dict = {}
-    if rescale == "shared" and not (site_cal is not None and site_cal.use_scale):
+    # --rescale shared reads one framing from the images celledge export did not cut (those keep its record: a
+    # walk-through's exported crops were warned "not framed alike" while each was cut at its recorded scale)
+    unrecorded = [p for p in paths if p not in exported]
+    if rescale == "shared" and unrecorded and not (site_cal is not None and site_cal.use_scale):
         from .site import pick_evenly
 
-        sample = pick_evenly(paths, crop_scale.SAMPLE)
+        sample = pick_evenly(unrecorded, crop_scale.SAMPLE)
         read_ahead = _readable(sample)  # read once: the loop below takes them from here (a decoder's warning once)
         zoom, zooms = crop_scale.shared_zoom([img if site_cal is None else site_cal.balance(img)
                                               for img in read_ahead.values()], model_rbc, clf.input_spec.height)

@@ -289,3 +289,25 @@ def test_crops_celledge_export_wrote_keep_the_scale_it_recorded(tmp_path):
     assert scales["s_1.png"] == {"source": "export.json", "rbc_px": 25.6, "crop": 137}  # 25.6 px cells: zoom in
     r = invoke_cli("celledge", "classify", str(out / "neutrophil" / "s_0.png"), "--json", "--rescale", "none")
     assert json.loads(r.stdout.splitlines()[0])["scale"]["source"] == "as given"  # asked for: as given
+
+
+def test_exported_crops_given_rescale_shared_keep_their_record_and_no_framing_is_read(tmp_path):
+    """--rescale shared, the docs' advice for crops cut alike, on celledge export's crops (cut each at its own
+    recorded scale): a walk-through was told "not framed alike ... --rescale each measures each image alone". Crops an
+    export.json records keep their record, and no framing is read from them."""
+    rng = np.random.default_rng(5)
+    out = tmp_path / "my_cells"
+    (out / "neutrophil").mkdir(parents=True)
+    files = []
+    for i, (s, fraction) in enumerate([(1.0, 0.1875), (1.0, 0.1875), (0.4, 0.075)]):
+        img = render_scene(256, 256, [(CLASS_NAMES.index("neutrophil"), 128, 128)], s, rng, int(12 / s / s))
+        cv2.imwrite(str(out / "neutrophil" / f"s_{i}.png"), img[..., ::-1])
+        files.append({"file": f"neutrophil/s_{i}.png", "label": "neutrophil", "rbc_fraction": fraction})
+    (out / "export.json").write_text(json.dumps({"files": files}))
+    r = invoke_cli("celledge", "classify", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    scales = {Path(x["path"]).name: x["scale"] for x in map(json.loads, r.stdout.splitlines())}
+    assert {x["source"] for x in scales.values()} == {"export.json"}
+    r = invoke_cli("celledge", "classify", str(out), "--json", "--rescale", "shared")
+    assert r.returncode == 0 and "framed" not in r.stderr and "measured" not in r.stderr, r.stderr
+    assert {Path(x["path"]).name: x["scale"] for x in map(json.loads, r.stdout.splitlines())} == scales
