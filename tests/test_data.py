@@ -194,6 +194,25 @@ def test_whole_fields_among_crops_are_noted(tmp_path):
     assert data.whole_fields_note(data.load_folders(tmp_path, 32)) is None  # a few among crops: the note above
 
 
+def test_camera_frames_among_exported_crops_are_noted(tmp_path):
+    """A walk-through copied five 640x480 fields into celledge export's folder of 256 px crops: 640 is 2.5x 256, not
+    over it, and fit trained them as cells without a word. A camera frame's shape among square crops is noted."""
+    from scopelite.train.synth import make_field
+
+    x, y = make_crops(3, size=256, seed=3)
+    for i, (img, lab) in enumerate(zip(x, y)):
+        (tmp_path / data.CLASS_NAMES[lab]).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / data.CLASS_NAMES[lab] / f"c{i}.png"), img[..., ::-1])
+    assert data.mixed_sizes_note(data.load_folders(tmp_path, 32)) is None
+    (tmp_path / "neutrophil").mkdir(exist_ok=True)
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / "neutrophil" / f"f{i}.jpg"), make_field(np.random.default_rng(i), 640, 480)[0][..., ::-1])
+    note = data.mixed_sizes_note(data.load_folders(tmp_path, 32))
+    assert note is not None and note.startswith("5 of 29 images are over 2.5x the usual side (256 px) or shaped like "
+                                                "a camera's frame, e.g. neutrophil/f0.jpg (640x480)"), note
+    assert data.whole_fields_note(data.load_folders(tmp_path, 32)) is None
+
+
 def test_a_folder_of_whole_fields_is_noted(tmp_path):
     """A second-site trial: fit --data on class folders of 640x480 fields trained with no word of it (the
     mixed-sizes note needs crops to compare with). Square crops of any size, PBC's 360x363 included, are not."""

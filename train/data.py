@@ -259,26 +259,38 @@ def load_folders(root: str | os.PathLike, image_size: int, progress: bool = Fals
     return Dataset(images, labels, ids, class_names, desc, synthetic, root=str(root), sizes=sizes)
 
 
+FIELD_SIDE, FIELD_ASPECT = 480, 1.2  # a camera's frame: 640x480 and up, 4:3 or wider; crops are cut square
+
+
+def _camera_frames(sizes: np.ndarray) -> np.ndarray:
+    """Which (height, width) look like a camera's whole frame: 640x480 and up, 4:3 or wider."""
+    long, short = sizes.max(axis=1), sizes.min(axis=1)
+    return (long >= FIELD_SIDE) & (long >= FIELD_ASPECT * short)
+
+
 LARGER = 2.5  # an image this many times the usual side (the median's) is not a crop cut like the others
 
 
 def mixed_sizes_note(ds: Dataset) -> str | None:
-    """A note when some images of a class-folder dataset are far larger than the rest (whole fields among
-    single-cell crops: each is shrunk to the input and trained as one cell), else None."""
+    """A note when some images of a class-folder dataset are far larger than the rest, or shaped like a camera's
+    frame among square crops (whole fields among single-cell crops: each is shrunk to the input and trained as one
+    cell), else None. Most of them frames: ``whole_fields_note``."""
     if ds.sizes is None or not len(ds.sizes):
         return None
     side = ds.sizes.max(axis=1)
     usual = float(np.median(side))
-    big = np.flatnonzero(side > LARGER * usual)
+    frames = _camera_frames(ds.sizes)
+    if frames.sum() > len(ds) / 2:
+        return None
+    # a 640x480 field among celledge export's 256 px crops is 2.5x their side, not over it: its shape says it
+    big = np.flatnonzero((side > LARGER * usual) | frames)
     if not len(big):
         return None
     h, w = ds.sizes[big[0]]
-    return (f"{len(big)} of {len(ds)} images are over {LARGER:g}x the usual side ({int(usual)} px), e.g. "
-            f"{ds.ids[big[0]]} ({w}x{h}): whole fields among single-cell crops? each is shrunk and trained as one "
-            "cell; cut the cells out (celledge watch --mode field --sessions, then celledge export) or remove them")
-
-
-FIELD_SIDE, FIELD_ASPECT = 480, 1.2  # a camera's frame: 640x480 and up, 4:3 or wider; crops are cut square
+    return (f"{len(big)} of {len(ds)} images are over {LARGER:g}x the usual side ({int(usual)} px) or shaped like a "
+            f"camera's frame, e.g. {ds.ids[big[0]]} ({w}x{h}): whole fields among single-cell crops? each is shrunk "
+            "and trained as one cell; cut the cells out (celledge watch --mode field --sessions, then celledge "
+            "export) or remove them")
 
 
 def whole_fields_note(ds: Dataset) -> str | None:
@@ -287,8 +299,7 @@ def whole_fields_note(ds: Dataset) -> str | None:
     cell, the white cell a fifth of it), else None."""
     if ds.sizes is None or not len(ds.sizes):
         return None
-    long, short = ds.sizes.max(axis=1), ds.sizes.min(axis=1)
-    frames = (long >= FIELD_SIDE) & (long >= FIELD_ASPECT * short)
+    frames = _camera_frames(ds.sizes)
     if frames.sum() <= len(ds) / 2:
         return None
     h, w = ds.sizes[np.flatnonzero(frames)[0]]
