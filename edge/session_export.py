@@ -73,6 +73,7 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
     skipped = {"unreviewed": 0, "uncertain or not a cell": 0, "no crop": 0, "unreadable crop": 0}
     folders = list({f.resolve(): f for f in session_folders(paths)}.values())  # one folder named twice: once
     sessions = [Session.load(folder) for folder in folders]
+    _refuse_a_counted_folder(sessions, out)
     record = _read_record(out)
     _check_ids(sessions, record, out)
     earlier = {(e.get("session"), e.get("cell")): e.get("file") for e in record}
@@ -116,6 +117,19 @@ def export_reviewed(paths, out: str | os.PathLike, self_train: Classifier | None
         if entries:
             record_files(out, entries, result)
     return result
+
+
+def _refuse_a_counted_folder(sessions: list[Session], out: Path) -> None:
+    """Refuse ``out`` inside a folder a session counted its cells from: the next run on that folder (the same
+    session, resumed) counted the exported crops as fields (a walk-through: 31 cells became 36, without a word)."""
+    target = out.resolve()
+    for s in sessions:
+        for given in s.counted_from():
+            home = Path(given)
+            if home.is_dir() and (target == home.resolve() or home.resolve() in target.parents):
+                raise SessionError(f"{out} is inside {given}, which session {s.id} counted its cells from: the next "
+                                   "run on that folder would count the exported crops as fields; export to a folder "
+                                   "of its own, e.g. my_cells/", 409)
 
 
 def _check_ids(sessions: list[Session], record: list[dict], out: Path) -> None:

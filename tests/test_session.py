@@ -451,6 +451,22 @@ def test_a_revision_carries_its_own_why_to_the_session_and_self_training(tmp_pat
     assert files == {2, 3} and r["self_trained"] == {"neutrophil": 1}  # cell 1, platelet-sized, is no guess
 
 
+def test_export_into_a_folder_a_session_counted_is_refused(tmp_path):
+    """A walk-through exported into the watched folder (slides/cells), and the next run on slides, resuming the
+    session, counted the exported crops as fields (31 cells -> 36, no warning). Refused, nothing written."""
+    slides, root = tmp_path / "slides", tmp_path / "s"
+    slides.mkdir()
+    sessions = _session_with(root, ["neutrophil", "lymphocyte"])
+    sessions.current.read_from(None, str(slides))
+    sessions.label(1, "confirm")
+    for inside in (slides, slides / "cells"):
+        r = invoke_cli("celledge", "export", str(root), "--out", str(inside))
+        assert_one_line_error(r, f"inside {slides}, which session", "count the exported crops as fields")
+    assert list(slides.iterdir()) == []
+    r = invoke_cli("celledge", "export", str(root), "--out", str(tmp_path / "cells"))
+    assert r.returncode == 0 and "exported 1 reviewed cell" in r.stdout, r.stderr
+
+
 def test_export_cli_self_train(tmp_path, tiny_run):
     """With the tiny model fitted on generated crops, sessions of such crops: the unreviewed ones it is sure of
     are exported under its class; an Edge TPU-only model is refused with the CPU model's name."""
