@@ -519,7 +519,16 @@ def test_export_cli_self_train(tmp_path, tiny_run):
     r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data2"), "--self-train",
                    str(tmp_path / "bad.tflite"))
     assert_one_line_error(r, "bad.tflite")
-    assert not (tmp_path / "data2").exists() and not (tmp_path / "data3").exists()
+    # the packaged PBC model, or a copy of it, was not fitted on these cells: its guesses would become labels (a
+    # walk-through's eosinophils went into neutrophil/); refused, saying how to fit one
+    from scopelite.edge.packaged import default_model
+
+    copy_bundle(default_model(), tmp_path / "shipped_copy.tflite")
+    for shipped in (default_model(), tmp_path / "shipped_copy.tflite"):
+        r = invoke_cli("celledge", "export", str(tmp_path / "s"), "--out", str(tmp_path / "data4"), "--self-train",
+                       str(shipped))
+        assert_one_line_error(r, "is the packaged PBC model", "celltrain fit --preset few-shot")
+    assert not any((tmp_path / d).exists() for d in ("data2", "data3", "data4"))
 
 
 def test_watch_options_that_contradict_sessions(tmp_path):
