@@ -170,6 +170,8 @@ def test_fit_fine_tunes_the_shipped_model_by_name(tmp_path):
                 "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "statistics of 59 BatchNorm layers" in r.stdout and "NOTE: that model's classes" not in r.stdout
+    # the next step as the few-shot curve was measured: plain int8 (QAT would train again on the few cells)
+    assert f"next: cellcompress {tmp_path / 's'} --int8 --out" in r.stdout and "--qat" not in r.stdout, r.stdout
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert Path(cfg["weights"]).resolve() == SHIPPED.resolve()
 

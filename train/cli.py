@@ -365,7 +365,10 @@ def fit(quiet, resume, **opts):
         raise _Interrupted(_after_interrupt(cfg)) from None
     if cfg.strategy != "multiworker":  # each worker runs this command: the next step is said once, by the user's
         q = shlex.quote(str(cfg.out))
-        print(f"next: cellcompress {q} --int8 --qat --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
+        # adapting the shipped model to a few cells: plain int8, as the few-shot curve was measured (docs/cross-lab.md);
+        # quantisation-aware training would train again on those few cells
+        qat = "" if cfg.weights == "shipped" else " --qat"
+        print(f"next: cellcompress {q} --int8{qat} --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
 
 
 class _Interrupted(UserError):
