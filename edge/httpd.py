@@ -483,8 +483,11 @@ def _handler(status: Status, actions: dict | None = None, token: str | None = No
                 return f"cross-site request from {origin} refused"
             if token is not None:
                 given = self.headers.get("Authorization") or ""
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                if not given:
                     return "a token is needed: send Authorization: Bearer TOKEN (printed by celledge at start)"
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):  # not "needed": one was sent
+                    return "the token sent is not this daemon's: send Authorization: Bearer TOKEN, as celledge " \
+                           "printed it at start (--http-token, or the one it made up)"
                 return None
             if not is_loopback(self.client_address[0]):
                 return "changes are accepted from this machine only (loopback)"

@@ -150,8 +150,10 @@ def test_token_rules(served):
     start, sessions = served
     base = start(token="s3cret-token")
     assert _call(base + "/session")[0] == 200  # reading needs no token
-    assert _post(base, "/cells/1/label", {"label": "monocyte"})[0] == 403
-    assert _post(base, "/cells/1/label", {"label": "monocyte"}, Authorization="Bearer wrong")[0] == 403
+    code, reply = _post(base, "/cells/1/label", {"label": "monocyte"})
+    assert code == 403 and reply["error"].startswith("a token is needed"), reply
+    code, reply = _post(base, "/cells/1/label", {"label": "monocyte"}, Authorization="Bearer wrong")
+    assert code == 403 and reply["error"].startswith("the token sent is not this daemon's"), reply  # not "needed"
     assert sessions.summary()["reviewed"] == 0  # refused requests changed nothing
     code, cell = _post(base, "/cells/1/label", {"label": "monocyte"}, Authorization="Bearer s3cret-token")
     assert code == 200 and cell["reviewed"] == "monocyte"
