@@ -20,6 +20,7 @@ import numpy as np
 
 from .classifier import Classifier
 from .errors import UserError
+from .tta import views_of
 
 
 def bundle_info(classifier: Classifier, path: str | os.PathLike) -> dict:
@@ -100,7 +101,7 @@ class ModelReloader:
             info = bundle_info(clf, path)
             spec = clf.input_spec
             event = {"event": "model_reload", "trigger": trigger, "ok": True, **info,
-                     "input": [spec.height, spec.width], "rbc_px": spec.rbc_px,
+                     "input": [spec.height, spec.width], "rbc_px": spec.rbc_px, "views": views_of(clf),
                      "load_ms": round(1e3 * (time.monotonic() - t0), 1)}
             with self._lock:
                 self.ok += 1

@@ -26,6 +26,7 @@ from scopelite.edge.classifier import FakeClassifier
 from scopelite.edge.config import WatchConfig
 from scopelite.edge.packaged import default_model
 from scopelite.edge.reload import ModelReloader
+from scopelite.edge.tta import TTAClassifier
 from scopelite.edge.sources import FakeSource
 from scopelite.edge.watch import run_watch
 
@@ -66,6 +67,13 @@ def test_a_good_model_takes_over_between_frames_and_the_count_goes_on():
     assert s["tally"]["counts"] == {"dark": 4, "mid": 0, "bright": 4} and s["frames"] == 8  # one tally across both models
     assert s["model_reloads"]["ok"] == 1 and s["model_reloads"]["failed"] == 0
     assert reloader.path == "new"
+    # the views each model is run with are in its reload line: the summary's "views" is the last model's alone (a
+    # walk-through's run used 8 views between two reloads and its summary said 1)
+    models["tta"] = TTAClassifier(models["new"], 8)
+    recs, s, _ = _run_with_reload_at(3, models, "tta")
+    assert [r["views"] for r in recs if r.get("event") == "model_reload"] == [8] and s["views"] == 8
+    recs, s, _ = _run_with_reload_at(3, models, "new")
+    assert [r["views"] for r in recs if r.get("event") == "model_reload"] == [1] and s["views"] == 1
 
 
 def test_a_reload_done_after_the_last_frame_still_has_its_line():
