@@ -717,10 +717,10 @@ def watch(**_):
             again = "other fields of this slide add to it with --add-to-session"
         warn(f"{summary['summary']['source']} {how} with session {s['id']} still open: {again}; --new-session "
              "closes it and starts another")
-    if sessions is not None and not live and not cfg.http and s["cells_total"]:
+    if sessions is not None and not live and s["cells_total"]:  # with --http too: its lab page ended with the run
         q = shlex.quote(str(cfg.sessions))  # pasted back into a shell
-        print(f"review its cells: celledge review {q}  (then celledge export {q} --out DIR)",
-              file=sys.stderr)
+        print(f"review its cells: celledge review {q}  (then celledge export {q} --out DIR)"
+              + ("; the lab page and /review ended with the run" if cfg.http else ""), file=sys.stderr)
     if summary["summary"]["frames"] == 0 and summary["summary"]["unreadable"] and not skipped:  # else: read before
         raise UserError(f"none of the {summary['summary']['unreadable']} images of {summary['summary']['source']} "
                         "could be read (see the lines above)")

@@ -1051,6 +1051,13 @@ def test_the_review_hint_can_be_pasted_back_for_a_folder_with_a_space(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     hint = next(x for x in r.stderr.splitlines() if x.startswith("review its cells: "))
     assert shlex.split(hint.split(": ", 1)[1].split("  (")[0]) == ["celledge", "review", str(where)]
+    # with --http as well: the lab page (and its /review) ended with the folder's run, which a walk-through found out
+    # by trying it; the hint says so
+    r = invoke_cli("celledge", "watch", str(fields), "--mode", "field", "--sessions", str(where), "--new-session",
+                   "--http", "127.0.0.1:0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("review its cells: "))
+    assert hint.endswith("the lab page and /review ended with the run"), hint
 
 
 def test_what_a_session_counted_from_decides_what_may_add_to_it(tmp_path):
