@@ -75,13 +75,24 @@ def record(request):
     name = f"{m['arch']}-{m['cores']}core-{now:%Y-%m-%d}.json"
     command = "pytest " + " ".join(request.config.invocation_params.args)
     path = RESULTS / name
-    # One file per machine and day: a later run (say, only the soak test) adds its rows, it does not erase.
     old = json.loads(path.read_text()) if path.is_file() else {}
-    rows = {k: {**v, "command": v.get("command", old.get("command", ""))} for k, v in old.get("results", {}).items()}
-    rows.update({k: {**v, "command": command} for k, v in rec.rows.items()})
-    out = {"date": now.isoformat(timespec="seconds"), "machine": m, "results": rows}
+    out = merge_day(old, rec.rows, m, now.isoformat(timespec="seconds"), command)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwritten to {RESULTS / name}")
+
+
+def merge_day(old: dict, rows: dict, machine: dict, date: str, command: str) -> dict:
+    """One file per machine and day: a later run (say, only the soak test) adds its rows, it does not erase. A row
+    measured on another CPU of the same arch and cores (a virtual machine moved to another host) keeps its own
+    ``machine`` and ``date``: the file's are the newest run's, and an AMD figure was once filed under an Intel CPU."""
+    kept = {}
+    for k, v in old.get("results", {}).items():
+        v = {**v, "command": v.get("command", old.get("command", ""))}
+        if "machine" not in v and old.get("machine") not in (None, machine):
+            v.update(machine=old["machine"], date=old.get("date"))
+        kept[k] = v
+    kept.update({k: {**v, "command": command} for k, v in rows.items()})
+    return {"date": date, "machine": machine, "results": kept}
 
 
 @pytest.fixture(scope="session")
