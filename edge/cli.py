@@ -480,20 +480,30 @@ def watch(**_):
     # run, and systemd does not restart a unit a SIGHUP ended: remembered here, and a reload asked for once in
     early_hup = shutdown.defer(shutdown.SIGHUP)
     from .config import WatchConfig, from_click
-    from .outputs import LineSink, check_writable
+    from .outputs import MIN_FREE_MB, LineSink, check_writable, free_megabytes
     from .precious import not_precious, only_appends_to_lines
     from .sources import is_live, is_still, open_source, open_unless_stopped, shown
     from .watch import run_watch
 
     from .packaged import default_model
 
+    low: list[str] = []  # a camera's outputs on a nearly full disk: said, not refused
+
     def unwritable(cfg) -> list[str]:
         out = []
+        low.clear()
+        # a camera's or stream's daemon counts on when its disk fills (lines dropped, no pictures): it starts on a
+        # nearly full disk too, or systemd's restarts after a reboot or an upgrade were refused every 5 s for good
+        live = bool(cfg.source) and is_live(cfg.source)
         for path, flag, is_dir in ((cfg.out, "--out", False), (cfg.save_dir, "--save-dir", True),
                                    (cfg.report, "--report", True), (cfg.sessions, "--sessions", True)):
             try:
                 if path and not (flag == "--out" and path == "-"):  # --out -: stdout, as without --out
-                    check_writable(path, flag, is_dir=is_dir)
+                    going_on = live and flag != "--report"  # (a report is written at the end, whole)
+                    check_writable(path, flag, is_dir=is_dir, min_free_mb=0 if going_on else MIN_FREE_MB)
+                    if going_on and (free := free_megabytes(path, is_dir)) < MIN_FREE_MB:
+                        low.append(f"{flag} {path}: only {free:.0f} MB free: counting starts, and what "
+                                   f"{flag} keeps is dropped until there is room; free some space")
                     if flag == "--out":
                         not_precious(path, flag, "the JSON lines", ending=".jsonl", source=cfg.source,
                                      reads=_read_by_watch(cfg, ctx))
@@ -518,6 +528,8 @@ def watch(**_):
 
     ctx = click.get_current_context()
     cfg = from_click(ctx, checks=unwritable)  # every mistake of the file and the flags at once
+    for line in low:
+        warn(line)
     if cfg.mode != "field" and cfg.min_score != WatchConfig.min_score:  # (a field-mode site file run in crop mode)
         warn(f"--min-score {cfg.min_score:g} is for field mode: crop mode lists each view's classes and scores and "
              "calls nothing uncertain, so it is not used")

@@ -8,7 +8,7 @@ from scopelite.edge.diskspace import FLOOR_BYTES, LOW_BYTES, DiskRoom
 from scopelite.edge.httpd import Status
 from scopelite.edge.review_page import lab_panel
 from scopelite.edge.session import Sessions, read_jsonl
-from conftest import invoke_cli, run_cli
+from conftest import assert_one_line_error, invoke_cli, run_cli
 from test_session import _feed
 from test_watch_tracking import scan_fields
 
@@ -263,3 +263,21 @@ def test_a_rotated_file_that_cannot_be_made_again_on_a_full_disk_drops_lines_too
     sink.write('{"frame": 3}')
     assert [json.loads(x) for x in path.read_text().splitlines()] == [
         {"event": "lines_dropped", "lines": 1, "reason": "disk full"}, {"frame": 3}]
+
+
+def test_a_cameras_daemon_starts_on_a_nearly_full_disk_and_a_folders_run_does_not(tmp_path, monkeypatch):
+    """A restart on a nearly full disk (a reboot, an upgrade) was refused under 50 MB free, and systemd retried every
+    5 s for good while a running daemon counts on when its disk fills. A camera's or stream's run now starts with a
+    warning; a folder's run, which can be run again, is still refused."""
+    monkeypatch.setattr("scopelite.edge.outputs.shutil.disk_usage", FakeDisk(3 * MB))
+    fields = scan_fields(tmp_path / "fields")
+    args = ["--mode", "field", "--sessions", str(tmp_path / "s"), "--out", str(tmp_path / "lines.jsonl"),
+            "--print-config"]
+    r = invoke_cli("celledge", "watch", "http://127.0.0.1:9/stream.mjpg", *args)
+    assert r.returncode == 0 and "Error" not in r.stderr, r.stderr
+    warned = [x for x in r.stderr.splitlines() if x.startswith("warning:") and "only 3 MB free: counting starts" in x]
+    assert len(warned) == 2 and any("--sessions" in x for x in warned) and any("--out" in x for x in warned)
+    r = invoke_cli("celledge", "watch", "http://127.0.0.1:9/stream.mjpg", *args, "--report", str(tmp_path / "rep"))
+    assert_one_line_error(r, "--report", "need at least 50 MB")  # written whole at the end: still refused
+    r = invoke_cli("celledge", "watch", str(fields), *args)
+    assert r.returncode == 2 and "need at least 50 MB" in r.stderr
