@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from .errors import UserError, warn
 
 MIN_FREE_MB = 50
+FULL_WARN_EVERY_S = 600.0  # a daemon's full disk is said again at most this often
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no room (or no quota) left: passes once files are removed
 
 
@@ -203,6 +204,7 @@ class LineSink:
         self.path, self.option, self.fsync, self.while_full = Path(path), option, fsync, while_full
         self.dropped = 0  # lines dropped while the disk was full, over the run
         self._spell = 0  # ... in the current spell (0: none)
+        self._warned_at: float | None = None  # when a spell was last said (time.monotonic)
         self._lock = threading.Lock()  # a camera's reconnect events are written from the capture thread
         self._fd, self._id = self._open(make_folders=True), None
         st = os.fstat(self._fd)
@@ -318,7 +320,11 @@ class LineSink:
     def _full(self) -> None:
         self.dropped += 1
         self._spell += 1
-        if self._spell == 1:
+        # said once, and again only FULL_WARN_EVERY_S later: a disk hovering at full (other writers taking and
+        # giving back a few bytes) made spells a second apart, each with its warning (4 in a minute, a walk-through)
+        now = time.monotonic()
+        if self._spell == 1 and (self._warned_at is None or now - self._warned_at >= FULL_WARN_EVERY_S):
+            self._warned_at = now
             warn(f"{self.option} {self.path}: the disk is full; its lines are dropped (and counted) until there is "
                  "room again, and the count goes on: free some space (old sessions, saved frames, rotated logs)")
 

@@ -181,6 +181,21 @@ def test_a_daemons_lines_are_dropped_while_the_disk_is_full_and_the_gap_is_said(
     assert sink.dropped == 3
     warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     assert len(warned) == 1 and "the disk is full" in warned[0] and "the count goes on" in warned[0]
+    # a disk hovering at full: spells a line apart each say where lines are missing, but the warning is not said
+    # again within FULL_WARN_EVERY_S (a walk-through saw 4 alike in a minute)
+    for _ in range(3):
+        monkeypatch.setattr(outputs.os, "write", _full_for(1))
+        sink.write('{"frame": 6}')
+        monkeypatch.undo()
+        sink.write('{"frame": 7}')
+    lines = [json.loads(x) for x in (tmp_path / "frames.jsonl").read_text().splitlines()]
+    assert lines[3:] == [{"event": "lines_dropped", "lines": 1, "reason": "disk full"}, {"frame": 7}] * 3
+    assert not [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    monkeypatch.setattr(outputs, "FULL_WARN_EVERY_S", 0.0)  # ... and said again once that long has passed
+    monkeypatch.setattr(outputs.os, "write", _full_for(1))
+    sink.write('{"frame": 8}')
+    monkeypatch.undo()
+    assert len([x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]) == 1
     plain = outputs.LineSink(tmp_path / "report-lines.jsonl")  # not a daemon's: a full disk ends the run, as before
     monkeypatch.setattr(outputs.os, "write", _full_for(1))
     with pytest.raises(outputs.WriteError, match="no space left"):
