@@ -244,7 +244,9 @@ class Status:
         if stains and (unlike := sum(stains)) > len(stains) / 2:
             banner += ('<p id="unlike" class="bad"><b>These images are unlike the training data</b> '
                       f'({unlike} of the last {len(stains)} frames): the model was trained on another lab\'s stain and '
-                      'will make more mistakes here. Calibrate or adapt it to this lab (docs/cross-lab.md).</p>')
+                      'will make more mistakes here. Calibrate this microscope (<code>celledge calibrate</code>) or '
+                      'adapt the model to this lab\'s cells (<code>celltrain fit --preset few-shot</code>): '
+                      '"Other labs" in scopelite\'s documentation (docs/cross-lab.md).</p>')
         panel = ""
         if self.session is not None:  # the technician's count is the session's, not the run's
             from .review_page import lab_panel  # noqa: PLC0415
@@ -262,11 +264,21 @@ class Status:
                 for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
             body = ('<h2>Frames per class</h2><p class="note">crop mode: the cell in the centre of each frame; '
                     f'frames are counted, not cells</p><div id="counts">{bars or "<p>no frames yet</p>"}</div>')
+        # no frame yet: no broken image; a camera gone quiet: its last frame is marked as such, not shown as live
+        if not self.frames:
+            frame = '<p id="snapshot" class="note">no frame yet</p>'
+        else:
+            stale = "" if ok else (f'<p class="bad" id="stale">the frame below is the last one received '
+                                   f'({html.escape(why)}): not live</p>')
+            frame = (f'{stale}<img id="snapshot" class="{"" if ok else "stale"}" '
+                     f'src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">')
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>scopelite</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="2">
 <style>body{{font-family:sans-serif;margin:1em;color:#222}}.row{{display:flex;align-items:center;margin:2px 0}}
 .name{{width:11em}}.bar{{display:inline-block;height:14px;background:#7a4fa0;margin-right:6px}}
-.ok{{color:#1a7f37}}.bad{{color:#b42318}}img{{max-width:640px;border:1px solid #ccc}}
+.ok{{color:#1a7f37}}.bad{{color:#b42318}}img{{max-width:min(640px,100%);height:auto;border:1px solid #ccc}}
+img.stale{{opacity:.45}}table{{display:block;max-width:100%;overflow-x:auto}}
 table{{border-collapse:collapse}}td,th{{padding:2px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}
 .sum td{{border-top:1px solid #999;font-weight:bold}}.note{{color:#666}}
@@ -275,7 +287,7 @@ progress{{width:300px}}</style></head><body>
 <p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
 <p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
 {self.counters['reconnects']} reconnects · {self.counters.get('unreadable', 0)} unreadable</p>
-{banner}<img id="snapshot" src="/snapshot.jpg?t={time.time():.0f}" alt="latest frame">
+{banner}{frame}
 {body}</body></html>"""
 
 

@@ -91,13 +91,16 @@ async function act(what) {{
 </script>"""
 
 
-def review_page(labels) -> str:
-    """The review page: cells grouped by class (uncertain first, least sure first), keys and clicks to label."""
+def review_page(labels, lab_page: bool = True) -> str:
+    """The review page: cells grouped by class (uncertain first, least sure first), keys and clicks to label.
+    ``lab_page``: a daemon's live page is beside it (not under ``celledge review``, where "/" is this page)."""
     keys = keys_for(labels)
     legend = " ".join(f"<kbd>{k['key']}</kbd>&nbsp;{html.escape(k['title'])}" for k in keys)
     buttons = "".join(f'<button data-label="{k["label"]}">{k["key"]} {html.escape(k["title"])}</button>'
                       for k in keys)
+    links = ('<a href="/">Lab page</a> · ' if lab_page else "") + '<a href="/session/report.html">Report</a>'
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>scopelite review</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font-family:sans-serif;margin:0 1em 9em;color:#222}}h1{{font-size:1.3em}}h2{{font-size:1.05em;margin:.8em 0 .3em}}
 .grid{{display:flex;flex-wrap:wrap;gap:6px}}.cell{{width:104px;font-size:11px;text-align:center;border:3px solid
 transparent;border-radius:4px;cursor:pointer;padding:2px}}.cell img{{width:96px;height:96px;display:block;margin:auto;
@@ -107,8 +110,8 @@ background:#eee}}.cell.sel{{border-color:#1f6feb}}.cell.done{{opacity:.55}}.ok{{
 #msg{{color:#b42318}}.note{{color:#666}}</style></head><body>
 <h1>Review · <span id="title">session</span></h1>
 <p class="note" id="summary"></p>
-<p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd>; <kbd>Enter</kbd> or <kbd>c</kbd> confirms its
-label; {legend} relabel it. <a href="/">Lab page</a> · <a href="/session/report.html">Report</a></p>
+<p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd><kbd>↑</kbd><kbd>↓</kbd>; <kbd>Enter</kbd> or <kbd>c</kbd> confirms its
+label; {legend}: relabel it. {links}</p>
 <div id="groups"></div>
 <div id="bar"><b id="selected">no cell selected</b> <button data-label="confirm">Enter · confirm</button>{buttons}
 <span id="msg"></span></div>
@@ -184,7 +187,11 @@ function move(step) {{
 let pending = 0;  // requests in flight (the browser test waits for 0)
 async function label(value) {{
   if (sel === null) return;
-  const id = sel, i = order.indexOf(id), next = order[i + 1] !== undefined ? order[i + 1] : id;
+  // on to the next cell not yet reviewed in the page's order (a reviewed one regrouped just after this one was
+  // selected, and its next key relabelled it unseen); none after it: the next cell, as before
+  const id = sel, i = order.indexOf(id);
+  const open = order.slice(i + 1).find(o => (cells.find(x => x.id === o) || {{}}).reviewed === null);
+  const next = open !== undefined ? open : (order[i + 1] !== undefined ? order[i + 1] : id);
   pending++;
   try {{
     await post('/cells/' + id + '/label', {{label: value, session: sid, was: shown[id]}});

@@ -76,7 +76,7 @@ def get(sessions: Sessions, path: str, public: bool = False) -> Response | None:
     if path == "/session/report.html":
         return 200, as_bytes(sessions.report_html()), "text/html; charset=utf-8"
     if path == "/review":
-        return 200, review_page(sessions.labels).encode(), "text/html; charset=utf-8"
+        return 200, review_page(sessions.labels, lab_page=not sessions.review_only).encode(), "text/html; charset=utf-8"
     m = _CELL_PNG.fullmatch(path)
     if m:
         png = sessions.crop_bytes(int(m.group(1)))

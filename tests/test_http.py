@@ -91,6 +91,24 @@ def test_health_goes_bad_when_frames_stop(tiny_run, tmp_path):
     assert not ok and "no frame for 9 s" in why
 
 
+def test_the_lab_page_fits_a_phone_and_marks_a_frame_that_is_not_live():
+    """A visual review: no viewport tag (a phone drew the page 980 px wide at 0.4x, 6 px text), a broken-image icon
+    before the first frame, and a camera gone quiet left its last frame with boxes and labels as if live."""
+    from scopelite.edge.httpd import Status
+
+    t = [0.0]
+    s = Status(["a"], stale_seconds=5, clock=lambda: t[0])
+    page = s.page()
+    assert '<meta name="viewport" content="width=device-width' in page
+    assert "no frame yet" in page and "<img" not in page
+    s.update(np.zeros((4, 4, 3), np.uint8), {"label": "a", "score": 1.0, "infer_ms": 1.5})
+    page = s.page()
+    assert '<img id="snapshot" class=""' in page and "not live" not in page
+    t[0] = 9.0
+    page = s.page()
+    assert '<img id="snapshot" class="stale"' in page and "the last one received (no frame for 9 s): not live" in page
+
+
 def test_field_mode_metrics_and_page_show_the_differential():
     """Field mode: counts come from the record's differential (each cell once), not from the cells of each frame."""
     from scopelite.edge.differential import Differential

@@ -293,3 +293,15 @@ def test_daemon_bound_beyond_loopback_makes_up_a_token(tiny_run, synth_dir, tmp_
     finally:
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=20)
+
+
+def test_the_review_page_links_the_lab_page_only_where_there_is_one(served):
+    """Under celledge review "/" is the review page itself: its "Lab page" link led back to it (a visual review)."""
+    from scopelite.edge import session_http
+
+    _, sessions = served
+    page = session_http.get(sessions, "/review")[1].decode()
+    assert '<a href="/">Lab page</a>' in page and '<meta name="viewport"' in page
+    sessions.review_only = True
+    page = session_http.get(sessions, "/review")[1].decode()
+    assert "Lab page" not in page and '<a href="/session/report.html">Report</a>' in page
