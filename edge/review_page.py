@@ -157,7 +157,7 @@ function render(data) {{
         + '<span>#' + c.id + ' <span class="'
         + (c.score < 0.7 ? 'low' : '') + '">' + c.score.toFixed(2) + '</span>'
         + (c.reviewed !== null ? ' <span class="ok">✓</span>' : '') + '</span><br><span class="was"></span>';
-      d.querySelector('.was').textContent = was;
+      d.querySelector('.was').textContent = was + (c.why ? ' ' + c.why : '');  // why uncertain: platelet-sized
       d.onclick = () => select(c.id);
       grid.appendChild(d);
     }}
@@ -173,7 +173,7 @@ function select(id) {{
   const el = id === null ? null : document.getElementById('cell-' + id);
   const c = cells.find(x => x.id === id);
   document.getElementById('selected').textContent = c ? '#' + c.id + ': ' + (TITLES[c.final] || c.final)
-    + (c.final === '{UNCERTAIN}' ? ' (best guess ' + (TITLES[c.best] || c.best) + ')' : '')
+    + (c.final === '{UNCERTAIN}' ? ' (best guess ' + (TITLES[c.best] || c.best) + (c.why ? '; ' + c.why : '') + ')' : '')
     + ' · score ' + c.score.toFixed(2) + (c.reviewed !== null ? ' · reviewed' : '') : 'no cell selected';
   if (el) {{ el.classList.add('sel'); el.scrollIntoView({{block: 'nearest'}}); }}
 }}

@@ -114,7 +114,9 @@ def _gallery(summary: dict, thumb: Callable[[int], str | None]) -> str:
                 mark = '<span class="ok">✓ reviewed</span>'
             else:
                 mark = f'<span class="ok">✓ reviewed</span> (model: {html.escape(title(c["label"]))})'
-            figs.append(f'<figure data-id="{c["id"]}">{img}<figcaption>#{c["id"]} · {c["score"]:.2f}<br>{mark}'
+            # why a well-scored cell is uncertain (platelet-sized in every view): "scored below 0.5" does not say it
+            why = f'<br><span class="model">{html.escape(str(c["why"]))}</span>' if c.get("why") else ""
+            figs.append(f'<figure data-id="{c["id"]}">{img}<figcaption>#{c["id"]} · {c["score"]:.2f}<br>{mark}{why}'
                         "</figcaption></figure>")
         more = len(cells) - len(figs)
         rest = (f'<p class="meta">… and {more} more, the surest (every cell is on the review page and in '
@@ -133,7 +135,8 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
     n, done = summary["cells_total"], summary["reviewed"]
     review = (f"all {n} cells reviewed by a person" if n and done == n else
               f'<span class="warn">{done} of {n} cells reviewed by a person</span>; the others carry the '
-              f'model\'s label (cells scored below {summary["min_score"]} are uncertain)')
+              f'model\'s label (cells scored below {summary["min_score"]}, or of a kind the model cannot tell '
+              'apart, such as a platelet-sized speck next to a white cell, are uncertain)')
     wbc = f' · WBC {summary["wbc_count"]:g} x10<sup>9</sup>/L (analyser)' if summary.get("wbc_count") else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -1645,3 +1645,16 @@ def test_a_sessions_count_is_at_most_what_a_session_holds(monkeypatch):
     assert any("more than a session holds (7 cells)" in p
                for p in WatchConfig(source="x", mode="field", sessions="s", count=8).problems())
     assert WatchConfig(source="x", mode="field", count=8).problems() == []  # no session: nothing held
+
+
+def test_the_report_says_why_a_cell_is_uncertain_when_its_score_does_not(tmp_path):
+    """A visual review: cells scored 0.88 and 0.70 were listed as Uncertain under "(cells scored below 0.5 are
+    uncertain)"; their reason (platelet-sized in every view) was in /session only."""
+    from scopelite.edge import session_report
+
+    sessions = _session_with(tmp_path / "s", ["neutrophil", "lymphocyte"])
+    summary = sessions.current.summary()
+    summary["cells"][1] = {**summary["cells"][1], "final": "uncertain", "score": 0.88, "why": "platelet-sized"}
+    page = session_report.report_html(summary, lambda cell_id: None)
+    assert "#2 · 0.88<br>" in page and '<span class="model">platelet-sized</span>' in page
+    assert "of a kind the model cannot tell apart" in page
