@@ -913,6 +913,13 @@ class Sessions:
         with self._lock:
             if frame is not None:
                 self.keep_views(frame, rec)
+            verdict = ((rec.get("scale") or {}).get("stain") or {}).get("unlike_training")
+            if verdict is not None:  # the report says it when most frames were stained unlike the training data
+                stain = self.current.state.get("stain")
+                if not (isinstance(stain, dict) and all(type(stain.get(k)) is int for k in ("frames", "unlike"))):
+                    stain = self.current.state["stain"] = {"frames": 0, "unlike": 0}  # none yet (or hand-edited)
+                stain["frames"] += 1
+                stain["unlike"] += bool(verdict)
             added = []
             for e in rec.get("counted") or []:
                 if not self.current.is_open:

@@ -138,6 +138,13 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
               f'model\'s label (cells scored below {summary["min_score"]}, or of a kind the model cannot tell '
               'apart, such as a platelet-sized speck next to a white cell, are uncertain)')
     wbc = f' · WBC {summary["wbc_count"]:g} x10<sup>9</sup>/L (analyser)' if summary.get("wbc_count") else ""
+    stain = summary.get("stain")  # frames with a stain verdict, and those unlike the model's training data
+    if not (isinstance(stain, dict) and all(type(stain.get(k)) is int for k in ("frames", "unlike"))):
+        stain = {}  # none recorded (a crop-mode run, a session from before), or a hand-edited state.json
+    unlike = (f'<p class="warn" id="unlike">Stained unlike the model\'s training data in {stain["unlike"]} of '
+              f'{stain["frames"]} frames: the model makes more mistakes on such slides. Review the cells; calibrate '
+              'this microscope (celledge calibrate) or adapt the model to this lab\'s cells (celltrain fit '
+              '--preset few-shot).</p>') if stain.get("frames") and 2 * stain["unlike"] > stain["frames"] else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Differential {html.escape(summary["id"])}</title>
@@ -153,7 +160,7 @@ border:1px solid #bbb}}.ok{{color:#1a7f37}}.model{{color:#666}}.warn{{color:#b42
 <p class="meta">Started {html.escape(summary.get("started_at") or "")}
 {"· stopped " + html.escape(summary["stopped_at"]) if summary.get("stopped_at") else ""} · {html.escape(state)}
 · {count}{wbc}</p>
-<p class="meta">{review}.</p>
+<p class="meta">{review}.</p>{unlike}
 {_table(summary)}
 <h2>Cells by class</h2><p class="meta">Least sure first. ✓: a person confirmed or corrected the label.</p>
 {_gallery(summary, thumb)}

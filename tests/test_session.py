@@ -1658,3 +1658,24 @@ def test_the_report_says_why_a_cell_is_uncertain_when_its_score_does_not(tmp_pat
     page = session_report.report_html(summary, lambda cell_id: None)
     assert "#2 · 0.88<br>" in page and '<span class="model">platelet-sized</span>' in page
     assert "of a kind the model cannot tell apart" in page
+
+
+def test_a_session_stained_unlike_the_training_data_says_so_in_its_report(tmp_path):
+    """A visual review: the lab page said "unlike the training data (15 of the last 17 frames)", and the session's
+    report, differential.txt and .json said nothing of it. The session counts the frames' stain verdicts; its report
+    warns when most were unlike."""
+    from scopelite.edge import session_report
+
+    sessions = Sessions(tmp_path / "s", CLASS_NAMES)
+    frame = np.full((60, 60, 3), 200, np.uint8)
+    for i, verdict in enumerate([True, True, None, False, True]):  # None: no verdict (overexposed): not counted
+        sessions.update(frame, {"frame": i, "cells": [], "scale": {"stain": {"unlike_training": verdict}}})
+    _feed(sessions, ["neutrophil"], frame0=5)
+    assert sessions.current.state["stain"] == {"frames": 4, "unlike": 3}
+    sessions.stop()
+    page = (sessions.current.folder / "report.html").read_text()
+    assert "Stained unlike the model's training data in 3 of 4 frames" in page
+    assert json.loads((sessions.current.folder / "state.json").read_text())["stain"] == {"frames": 4, "unlike": 3}
+    summary = sessions.current.summary()
+    for stain in ({"frames": 4, "unlike": 1}, {"frames": "x"}, None):  # mostly like it, hand-edited, none: no warning
+        assert "Stained unlike" not in session_report.report_html({**summary, "stain": stain}, lambda i: None)
