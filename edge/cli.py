@@ -402,7 +402,9 @@ def _classes(ctx, param, value: str) -> tuple[str, ...]:
               help="Field mode: cells scored below this are counted as 'uncertain'.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Field mode: stop once this many white cells are counted (a lab's 100 or 200-cell differential; "
-                   "with --sessions at most 5000, a session's most).")
+                   "with --sessions at most 5000, a session's most). With --sessions and --http the session closes "
+                   "there and the daemon goes on: Start on the lab page counts the next slide (the run's own "
+                   "summary and scopelite_white_cells_total count every cell it saw).")
 @click.option("--report", type=NonEmptyPath(file_okay=False), default=None,
               help="Field mode: write the differential here when the run ends (differential.json, .csv, .txt).")
 @click.option("--wbc", type=Number(min=0, max=1000, min_open=True), default=None, metavar="X10^9/L",

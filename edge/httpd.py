@@ -300,7 +300,8 @@ def _differential_counts(d: dict) -> dict[str, int]:
 
 
 def _differential_metrics(d: dict) -> list[str]:
-    lines = ["# HELP scopelite_white_cells_total White cells counted in the differential (each cell once).",
+    lines = ["# HELP scopelite_white_cells_total White cells counted since the daemon started (each cell once), over "
+             "every session and between them; a session's own: scopelite_session_white_cells.",
              "# TYPE scopelite_white_cells_total counter", f"scopelite_white_cells_total {d['white_total']}",
              "# HELP scopelite_uncertain_cells_total Cells scored below --min-score (for review, not in the %).",
              "# TYPE scopelite_uncertain_cells_total counter",
@@ -406,7 +407,8 @@ def _differential_html(d: dict) -> str:
 <tr><td>Platelets (seen)</td><td>{d["platelets"]}</td><td></td><td></td><td></td></tr>{others}
 <tr><td>Uncertain (review)</td><td>{d["uncertain"]["count"]}</td><td colspan="3" class="note">not in the
 percentages</td></tr></table>
-<p class="note">Each cell is counted once, however long it stays in view.</p>"""
+<p class="note">Each cell is counted once, however long it stays in view; its class may be revised as more views of
+it come (a platelet-sized speck beside a white cell becomes uncertain), so a row can go down as well as up.</p>"""
 
 
 MAX_BODY = 4096  # bytes of a POST body
