@@ -109,9 +109,9 @@ background:#eee}}.cell.sel{{border-color:#1f6feb}}.cell.done{{opacity:.55}}.ok{{
 #bar button{{margin:2px}}kbd{{border:1px solid #999;border-radius:3px;padding:0 4px;background:#fff}}
 #msg{{color:#b42318}}.note{{color:#666}}</style></head><body>
 <h1>Review · <span id="title">session</span></h1>
-<p class="note" id="summary"></p>
+<p class="note" id="summary"></p><p class="low" id="stale"></p>
 <p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd><kbd>↑</kbd><kbd>↓</kbd>; <kbd>Enter</kbd> or <kbd>c</kbd> confirms its
-label; {legend}: relabel it. {links}</p>
+label; {legend}: relabel it; <kbd>r</kbd> redraws the page with the newest cells. {links}</p>
 <div id="groups"></div>
 <div id="bar"><b id="selected">no cell selected</b> <button data-label="confirm">Enter · confirm</button>{buttons}
 <span id="msg"></span></div>
@@ -141,6 +141,9 @@ function render(data) {{
   const root = document.getElementById('groups');
   root.textContent = '';
   order = [];
+  seen = {{id: data.id, cells: data.cells_total, state: data.state}};
+  document.getElementById('stale').textContent = '';
+  if (!cells.length) root.innerHTML = '<p class="note" id="empty">No cells counted in this session yet.</p>';
   for (const [name, list] of groupsOf(cells)) {{
     const h = document.createElement('h2');
     h.textContent = (TITLES[name] || name) + ' (' + list.length + ')';
@@ -202,6 +205,29 @@ async function label(value) {{
   finally {{ pending--; }}
 }}
 
+// the page is not redrawn under a person's eyes: every 15 s it looks whether the session moved on (new cells, closed,
+// another session) and says so; r (or the link) redraws it (a visual review found it showing 0 cells, "open", while
+// the session had 11 and was closed)
+let seen = null;
+async function lookForNews() {{
+  if (pending || seen === null) return;
+  try {{
+    const r = await fetch('/session', {{cache: 'no-store'}});
+    if (!r.ok) return;
+    const d = await r.json();
+    const news = [];
+    if (d.id !== seen.id) news.push('another session (' + d.id + ')');
+    else {{
+      if (d.cells_total !== seen.cells) news.push((d.cells_total - seen.cells) + ' new cells');
+      if (d.state !== seen.state) news.push('the session is ' + (d.state === 'open' ? 'open' : 'closed'));
+    }}
+    document.getElementById('stale').innerHTML = news.length
+      ? 'Since this page was drawn: ' + news.join(', ') + '. <a href="#" onclick="load(); return false">Redraw</a> '
+        + '(<kbd>r</kbd>)' : '';
+  }} catch (e) {{}}
+}}
+setInterval(lookForNews, 15000);
+
 async function load() {{
   const r = await fetch('/session', {{cache: 'no-store'}});
   if (r.ok) render(await r.json());
@@ -215,6 +241,7 @@ document.addEventListener('keydown', e => {{
   else if (e.key === 'Enter' || e.key === 'c') {{ label('confirm'); e.preventDefault(); }}
   else if (e.key === 'ArrowRight' || e.key === 'ArrowDown') {{ move(1); e.preventDefault(); }}
   else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') {{ move(-1); e.preventDefault(); }}
+  else if (e.key === 'r') {{ load(); e.preventDefault(); }}
 }});
 document.querySelectorAll('#bar button').forEach(b => b.onclick = () => {{ b.blur(); label(b.dataset.label); }});
 load();

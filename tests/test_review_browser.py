@@ -110,3 +110,32 @@ def test_review_page_relabels_cells_with_keys_and_clicks(tmp_path):
     assert ((b - g) > 40).sum() > 2000  # the stained cells (purple) are drawn
     if os.environ.get("SCOPELITE_UPDATE_DOCS"):
         shutil.copyfile(shot, DOCS_SHOT)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not chromium(), reason="no Chromium (.ci/run installs Debian's chromium)")
+def test_the_review_page_says_when_the_session_moved_on_and_r_redraws_it(tmp_path):
+    """A visual review: /review opened before the first cell stayed blank ("0 cells", "(open)") while the session
+    counted 11 and closed. An empty session says so; the page looks for news (every 15 s) and says it; r redraws."""
+    sessions = Sessions(tmp_path / "sessions", CLASS_NAMES, target=100)
+    server = serve(Status(CLASS_NAMES, session=sessions), "127.0.0.1", 0)
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=f"http://127.0.0.1:{server.server_address[1]}/review")
+        assert "No cells counted" in browser.wait_for("document.getElementById('empty') && "
+                                                      "document.getElementById('empty').textContent")
+        full = _session(tmp_path / "other")  # 24 cells counted meanwhile into the page's session
+        for c in full.summary()["cells"][:5]:
+            img = np.full((96, 96, 3), 200, np.uint8)
+            sessions.update(img, {"frame": c["id"], "cells": [{"box": [0, 0, 96, 96], "center": [48.0, 48.0]}],
+                                  "counted": [{"cell": 0, "label": c["label"], "best": c["best"], "score": c["score"],
+                                               "center": [48.0, 48.0], "scores": c["scores"]}]})
+        browser.evaluate("lookForNews()")
+        assert "5 new cells" in browser.wait_for("document.getElementById('stale').textContent")
+        browser.key("r")
+        assert browser.wait_for("document.querySelectorAll('.cell').length") == 5
+        assert browser.evaluate("document.getElementById('stale').textContent") == ""
+    finally:
+        browser.close()
+        server.shutdown()
