@@ -133,7 +133,7 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
     state = "open (not closed yet)" if summary["state"] == "open" else f'closed: {summary.get("reason") or "stopped"}'
     count = f'{d["white_total"]} white cells' + (f" of {target}" if target else "")
     n, done = summary["cells_total"], summary["reviewed"]
-    review = (f"all {n} cells reviewed by a person" if n and done == n else
+    review = ("no cells counted yet" if not n else f"all {n} cells reviewed by a person" if done == n else
               f'<span class="warn">{done} of {n} cells reviewed by a person</span>; the others carry the '
               f'model\'s label (cells scored below {summary["min_score"]}, or of a kind the model cannot tell '
               'apart, such as a platelet-sized speck next to a white cell, are uncertain)')

@@ -1658,6 +1658,9 @@ def test_the_report_says_why_a_cell_is_uncertain_when_its_score_does_not(tmp_pat
     page = session_report.report_html(summary, lambda cell_id: None)
     assert "#2 · 0.88<br>" in page and '<span class="model">platelet-sized</span>' in page
     assert "of a kind the model cannot tell apart" in page
+    empty = Sessions(tmp_path / "e", CLASS_NAMES)  # no cell yet: not "0 of 0 cells reviewed" in red
+    page = session_report.report_html(empty.current.summary(), lambda cell_id: None)
+    assert "no cells counted yet" in page and "0 of 0" not in page
 
 
 def test_a_session_stained_unlike_the_training_data_says_so_in_its_report(tmp_path):
