@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def record(request):
     now = dt.datetime.now(dt.timezone.utc)
     RESULTS.mkdir(exist_ok=True)
     name = f"{m['arch']}-{m['cores']}core-{now:%Y-%m-%d}.json"
-    command = "pytest " + " ".join(request.config.invocation_params.args)
+    command = "pytest " + shlex.join(request.config.invocation_params.args)  # quoted: it can be pasted back
     path = RESULTS / name
     old = json.loads(path.read_text()) if path.is_file() else {}
     out = merge_day(old, rec.rows, m, now.isoformat(timespec="seconds"), command)

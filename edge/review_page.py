@@ -110,8 +110,8 @@ background:#eee}}.cell.sel{{border-color:#1f6feb}}.cell.done{{opacity:.55}}.ok{{
 #msg{{color:#b42318}}.note{{color:#666}}</style></head><body>
 <h1>Review · <span id="title">session</span></h1>
 <p class="note" id="summary"></p><p class="low" id="stale"></p>
-<p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd><kbd>↑</kbd><kbd>↓</kbd>; <kbd>Enter</kbd> or <kbd>c</kbd> confirms its
-label; {legend}: relabel it; <kbd>r</kbd> redraws the page with the newest cells. {links}</p>
+<p class="note">Click a cell or move with <kbd>←</kbd><kbd>→</kbd><kbd>↑</kbd><kbd>↓</kbd>; <kbd>Enter</kbd> or
+<kbd>c</kbd> confirms its label; {legend}: relabel it; <kbd>r</kbd> redraws the page with the newest cells. {links}</p>
 <div id="groups"></div>
 <div id="bar"><b id="selected">no cell selected</b> <button data-label="confirm">Enter · confirm</button>{buttons}
 <span id="msg"></span></div>
@@ -176,7 +176,8 @@ function select(id) {{
   const el = id === null ? null : document.getElementById('cell-' + id);
   const c = cells.find(x => x.id === id);
   document.getElementById('selected').textContent = c ? '#' + c.id + ': ' + (TITLES[c.final] || c.final)
-    + (c.final === '{UNCERTAIN}' ? ' (best guess ' + (TITLES[c.best] || c.best) + (c.why ? '; ' + c.why : '') + ')' : '')
+    + (c.final === '{UNCERTAIN}'
+       ? ' (best guess ' + (TITLES[c.best] || c.best) + (c.why ? '; ' + c.why : '') + ')' : '')
     + ' · score ' + c.score.toFixed(2) + (c.reviewed !== null ? ' · reviewed' : '') : 'no cell selected';
   if (el) {{ el.classList.add('sel'); el.scrollIntoView({{block: 'nearest'}}); }}
 }}

@@ -149,7 +149,8 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Differential {html.escape(summary["id"])}</title>
 <style>body{{font-family:sans-serif;margin:1.5em;color:#111}}h1{{font-size:1.4em}}
-table{{display:block;max-width:100%;overflow-x:auto;border-collapse:collapse;margin:.5em 0}}td{{white-space:nowrap}}td,th{{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}}
+table{{display:block;max-width:100%;overflow-x:auto;border-collapse:collapse;margin:.5em 0}}
+td{{white-space:nowrap}}td,th{{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}}
 td:first-child,th:first-child{{text-align:left}}.sum td{{border-top:2px solid #555;font-weight:bold}}
 .gallery{{display:flex;flex-wrap:wrap;gap:6px}}figure{{margin:0;width:{THUMB_PX + 8}px;font-size:11px;
 text-align:center;break-inside:avoid}}figure img,.noimg{{width:{THUMB_PX}px;height:{THUMB_PX}px;

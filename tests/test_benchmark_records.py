@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("bench_conftest", Path(__file__).parents[1] / "benchmarks" / "conftest.py")
+_spec = importlib.util.spec_from_file_location("bench_conftest",
+                                               Path(__file__).parents[1] / "benchmarks" / "conftest.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 

@@ -206,7 +206,8 @@ def test_camera_frames_among_exported_crops_are_noted(tmp_path):
     assert data.mixed_sizes_note(data.load_folders(tmp_path, 32)) is None
     (tmp_path / "neutrophil").mkdir(exist_ok=True)
     for i in range(5):
-        cv2.imwrite(str(tmp_path / "neutrophil" / f"f{i}.jpg"), make_field(np.random.default_rng(i), 640, 480)[0][..., ::-1])
+        field = make_field(np.random.default_rng(i), 640, 480)[0]
+        cv2.imwrite(str(tmp_path / "neutrophil" / f"f{i}.jpg"), field[..., ::-1])
     note = data.mixed_sizes_note(data.load_folders(tmp_path, 32))
     assert note is not None and note.startswith("5 of 29 images are over 2.5x the usual side (256 px) or shaped like "
                                                 "a camera's frame, e.g. neutrophil/f0.jpg (640x480)"), note
