@@ -252,7 +252,7 @@ class Status:
             from .review_page import lab_panel  # noqa: PLC0415
 
             current = self.session.summary(cells=False)
-            diff, panel = current["differential"], lab_panel(current)
+            diff, panel = current["differential"], lab_panel(current, frames_come=ok)
         if diff is not None:
             body = panel + _differential_html(diff)
         else:
@@ -286,7 +286,7 @@ progress{{width:300px}}</style></head><body>
 <h1>scopelite</h1>
 <p id="health" class="{'ok' if ok else 'bad'}">health: {html.escape(why)}</p>
 <p id="fps">{self.fps():.1f} frames/s · {self.frames} frames · {self.counters['dropped']} dropped ·
-{self.counters['reconnects']} reconnects · {self.counters.get('unreadable', 0)} unreadable</p>
+reopened {self.counters['reconnects']} times · {self.counters.get('unreadable', 0)} unreadable</p>
 {banner}{frame}
 {body}</body></html>"""
 

@@ -68,10 +68,12 @@ def _unrecorded_line(unrecorded: dict | None) -> str:
             'in its session (the disk failed for a while).</p>')
 
 
-def lab_panel(summary: dict) -> str:
-    """The lab page's session controls: which session, its state and progress, start/stop/reset, links."""
+def lab_panel(summary: dict, frames_come: bool = True) -> str:
+    """The lab page's session controls: which session, its state and progress, start/stop/reset, links.
+    ``frames_come``: the source gives frames (an open session with no camera said "counting": a visual review)."""
     d = summary["differential"]
-    state = "open: counting" if summary["state"] == "open" else f'closed ({summary.get("reason") or "stopped"})'
+    counting = "open: counting" if frames_come else "open: waiting for frames (the count goes on when they come)"
+    state = counting if summary["state"] == "open" else f'closed ({summary.get("reason") or "stopped"})'
     n, done = summary["cells_total"], summary["reviewed"]
     return f"""<div id="session"><h2>Session {html.escape(summary["id"])}</h2>
 <p id="session-state">{html.escape(state)} · {d["white_total"]} white cells{

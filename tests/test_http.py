@@ -236,7 +236,7 @@ def test_url_of_a_server_on_every_interface_opens_from_elsewhere():
         loop.server_close()
 
 
-def test_health_and_the_page_say_why_no_frames_come():
+def test_health_and_the_page_say_why_no_frames_come(tmp_path):
     """A camera that cannot be opened: /healthz and the lab page said only "no frames yet"; now the reason the
     daemon is retrying, until frames come."""
     from scopelite.edge.httpd import Status
@@ -247,7 +247,15 @@ def test_health_and_the_page_say_why_no_frames_come():
     ok, why = st.healthy()
     assert not ok and why.startswith("no frames yet: cannot open video source '/dev/video0'")
     assert "no such camera (attempt 4" in st.page()
+    # a visual review read "0 reconnects" beside "attempt 4", and a session "open: counting" with no camera
+    assert "reopened 0 times" in st.page() and "0 reconnects" not in st.page()
+    from scopelite.edge.bundle import CLASS_NAMES
+    from scopelite.edge.session import Sessions
+
+    st.session = Sessions(tmp_path / "s", CLASS_NAMES)
+    assert "open: waiting for frames" in st.page() and "open: counting" not in st.page()
     st.update(np.zeros((8, 8, 3), np.uint8), {"frame": 0, "label": "a", "score": 0.9, "infer_ms": 1.0})
+    assert "open: counting" in st.page()
     assert st.healthy() == (True, "ok") and st.source_problem is None
 
 
