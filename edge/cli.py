@@ -1249,9 +1249,9 @@ def export(sessions, out, self_train):
         if is_packaged(sidecar):  # a walk-through gave it: its eosinophils went into neutrophil/ as labels
             raise UserError(f"--self-train {self_train} is the packaged PBC model, not one fitted on your reviewed "
                             "cells: its guesses would become your training labels. Fine-tune it on them first "
-                            f"(celltrain fit --preset few-shot --data {shlex.quote(str(out))} --out runs/mine, then "
-                            "cellcompress runs/mine/model.keras --int8 --out runs/mine/int8) and give "
-                            "runs/mine/int8/model.tflite")
+                            f"(celledge export SESSIONS --out {shlex.quote(str(out))} without --self-train, celltrain "
+                            f"fit --preset few-shot --data {shlex.quote(str(out))} --out runs/mine, cellcompress "
+                            "runs/mine/model.keras --int8 --out runs/mine/int8) and give runs/mine/int8/model.tflite")
         if sidecar.runtimes == ("edgetpu",):  # an Edge TPU-only model: its CPU twin is beside it
             cpu = sidecar.provenance.cpu_model
             raise UserError(f"--self-train needs the CPU int8 model, not the Edge TPU one ({self_train})"

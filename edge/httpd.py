@@ -300,11 +300,13 @@ def _differential_counts(d: dict) -> dict[str, int]:
 
 
 def _differential_metrics(d: dict) -> list[str]:
+    # gauges: a cell whose class is revised as more views come moves between rows, and a counter must never go down
+    # (Prometheus reads a drop as a restart: rate() and increase() spike)
     lines = ["# HELP scopelite_white_cells_total White cells counted since the daemon started (each cell once), over "
-             "every session and between them; a session's own: scopelite_session_white_cells.",
-             "# TYPE scopelite_white_cells_total counter", f"scopelite_white_cells_total {d['white_total']}",
+             "every session and between them (revisions can lower it); a session's own: scopelite_session_white_cells.",
+             "# TYPE scopelite_white_cells_total gauge", f"scopelite_white_cells_total {d['white_total']}",
              "# HELP scopelite_uncertain_cells_total Cells scored below --min-score (for review, not in the %).",
-             "# TYPE scopelite_uncertain_cells_total counter",
+             "# TYPE scopelite_uncertain_cells_total gauge",
              f"scopelite_uncertain_cells_total {d['uncertain']['count']}",
              "# HELP scopelite_differential_percent Each white-cell class as a percentage of the white cells.",
              "# TYPE scopelite_differential_percent gauge"]

@@ -893,9 +893,13 @@ class Sessions:
             return went_on_from(self.root, self.current.folder)
 
     def checkpoint(self) -> None:
-        """End of a run: write the current session's report as it stands (an open session stays open)."""
+        """End of a run: write the current session's report as it stands (an open session stays open), and its
+        state.json when the frames' stain tally moved (kept in memory while counting: a resumed session and
+        ``celledge review``'s report read it from there)."""
         with self._lock:
             try:
+                if self.current.is_open and "stain" in self.current.state:
+                    write_json_atomic(self.current.folder / "state.json", self.current.state, fsync="full")
                 self.current.write_reports()
             except (UserError, OSError) as err:
                 self._not_written(err, cell=False)

@@ -282,8 +282,8 @@ def test_a_rotated_file_that_cannot_be_made_again_on_a_full_disk_drops_lines_too
 
 def test_a_cameras_daemon_starts_on_a_nearly_full_disk_and_a_folders_run_does_not(tmp_path, monkeypatch):
     """A restart on a nearly full disk (a reboot, an upgrade) was refused under 50 MB free, and systemd retried every
-    5 s for good while a running daemon counts on when its disk fills. A camera's or stream's run now starts with a
-    warning; a folder's run, which can be run again, is still refused."""
+    5 s for good while a running daemon counts on when its disk fills. A camera's or stream's run now passes the
+    start-up checks (--print-config) with a warning; a folder's run, which can be run again, is still refused."""
     monkeypatch.setattr("scopelite.edge.outputs.shutil.disk_usage", FakeDisk(3 * MB))
     fields = scan_fields(tmp_path / "fields")
     args = ["--mode", "field", "--sessions", str(tmp_path / "s"), "--out", str(tmp_path / "lines.jsonl"),

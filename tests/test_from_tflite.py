@@ -238,3 +238,13 @@ def test_few_labelled_cells_are_pointed_out_when_fine_tuning(tiny_run, synth_dir
     assert "basophil 3" in line  # synth_dir holds 3 crops of each class
     assert "training scale: red cells 6.4 px across, as export.json records" in r.stdout  # 0.2 x 32 px
     assert json.loads((tmp_path / "r" / "model.json").read_text())["input"]["rbc_px"] == 6.4
+
+
+def test_adapting_the_shipped_model_is_known_by_name_or_by_path():
+    """fit's next line (cellcompress without --qat after adapting the shipped model) matched the name alone: a resumed
+    run's config.json holds the resolved path, and --weights PATH/bloodcell_int8.tflite, and both were told --qat."""
+    from scopelite.edge.packaged import default_model
+    from scopelite.train.cli import _adapts_the_shipped_model
+
+    assert _adapts_the_shipped_model("shipped") and _adapts_the_shipped_model(str(default_model()))
+    assert not _adapts_the_shipped_model("none") and not _adapts_the_shipped_model("runs/mine/model.keras")

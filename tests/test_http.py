@@ -131,6 +131,8 @@ def test_field_mode_metrics_and_page_show_the_differential():
                                                  "differential": counter.brief(), "infer_ms": 2.0})
     text = s.metrics_text()
     assert 'scopelite_class_total{label="neutrophil"} 30' in text and "scopelite_white_cells_total 40" in text
+    # revisions move a cell between rows: gauges, not counters (Prometheus reads a counter's drop as a restart)
+    assert "# TYPE scopelite_white_cells_total gauge" in text and "# TYPE scopelite_uncertain_cells_total gauge" in text
     assert 'scopelite_class_total{label="uncertain"} 1' in text and "scopelite_uncertain_cells_total 1" in text
     assert 'scopelite_differential_percent{label="neutrophil"} 75.0' in text
     assert "scopelite_nrbc_per_100_wbc 5.0" in text and "scopelite_differential_target 100" in text

@@ -1675,6 +1675,10 @@ def test_a_session_stained_unlike_the_training_data_says_so_in_its_report(tmp_pa
         sessions.update(frame, {"frame": i, "cells": [], "scale": {"stain": {"unlike_training": verdict}}})
     _feed(sessions, ["neutrophil"], frame0=5)
     assert sessions.current.state["stain"] == {"frames": 4, "unlike": 3}
+    sessions.checkpoint()  # a run ends with its session open (a daemon stopped): the tally is kept for its resumption
+    again = Session.load(sessions.current.folder)
+    assert again.state["stain"] == {"frames": 4, "unlike": 3} and again.is_open
+    assert "Stained unlike the model's training data in 3 of 4 frames" in (again.folder / "report.html").read_text()
     sessions.stop()
     page = (sessions.current.folder / "report.html").read_text()
     assert "Stained unlike the model's training data in 3 of 4 frames" in page

@@ -367,8 +367,17 @@ def fit(quiet, resume, **opts):
         q = shlex.quote(str(cfg.out))
         # adapting the shipped model to a few cells: plain int8, as the few-shot curve was measured (docs/cross-lab.md);
         # quantisation-aware training would train again on those few cells
-        qat = "" if cfg.weights == "shipped" else " --qat"
+        qat = "" if _adapts_the_shipped_model(cfg.weights) else " --qat"
         print(f"next: cellcompress {q} --int8{qat} --out {q}/int8, then celledge watch SOURCE --model {q}/int8")
+
+
+def _adapts_the_shipped_model(weights: str) -> bool:
+    """``--weights shipped``, or the packaged model's path (a resumed run's config.json holds it resolved)."""
+    from pathlib import Path
+
+    from scopelite.edge.packaged import default_model
+
+    return weights == "shipped" or Path(weights).resolve() == Path(default_model()).resolve()
 
 
 class _Interrupted(UserError):
