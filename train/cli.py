@@ -186,7 +186,7 @@ def _check_views(ctx, param, value):
               expose_value=False, help="Defaults for a job. few-shot: adapt the shipped model to your lab from "
                                        "25+ labelled cells per class (--weights shipped, the whole network at lr "
                                        "1e-4, 60 epochs, mean of the last 5, the weight average of 3 such fits: "
-                                       "6.5-9 min for 30-60 cells in all on 2 idle cores, cellcompress included, "
+                                       "6.5-9 min for 30-60 cells in all on 2 idle cores with the cellcompress you run after it, "
                                        "longer with more cells: each fit goes over every image); your "
                                        "flags override it (--soup 1 "
                                        "--epochs 30: one fit, a quarter of the time, about 2 points lower).")
