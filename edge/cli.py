@@ -482,7 +482,7 @@ def watch(**_):
     # run, and systemd does not restart a unit a SIGHUP ended: remembered here, and a reload asked for once in
     early_hup = shutdown.defer(shutdown.SIGHUP)
     from .config import WatchConfig, from_click
-    from .outputs import MIN_FREE_MB, LineSink, check_writable, free_megabytes
+    from .outputs import MIN_FREE_MB, LineSink, check_writable
     from .precious import not_precious, only_appends_to_lines
     from .sources import is_live, is_still, open_source, open_unless_stopped, shown
     from .watch import run_watch
@@ -502,8 +502,8 @@ def watch(**_):
             try:
                 if path and not (flag == "--out" and path == "-"):  # --out -: stdout, as without --out
                     going_on = live and flag != "--report"  # (a report is written at the end, whole)
-                    check_writable(path, flag, is_dir=is_dir, min_free_mb=0 if going_on else MIN_FREE_MB)
-                    if going_on and (free := free_megabytes(path, is_dir)) < MIN_FREE_MB:
+                    free = check_writable(path, flag, is_dir=is_dir, min_free_mb=0 if going_on else MIN_FREE_MB)
+                    if going_on and free < MIN_FREE_MB:
                         low.append(f"{flag} {path}: only {free:.0f} MB free: counting starts, and what "
                                    f"{flag} keeps is dropped until there is room; free some space")
                     if flag == "--out":

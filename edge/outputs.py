@@ -32,8 +32,9 @@ def _existing_parent(path: Path) -> Path:
 
 
 def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, min_free_mb: float = MIN_FREE_MB,
-                   replaced: bool = False) -> None:
-    """Raise UserError unless ``path`` (a folder, or a file with ``is_dir=False``) can be written.
+                   replaced: bool = False) -> float:
+    """Raise UserError unless ``path`` (a folder, or a file with ``is_dir=False``) can be written; else return the
+    room left on its disk, in MB.
 
     Args:
         path: the output folder or file; it need not exist yet.
@@ -60,17 +61,11 @@ def check_writable(path: str | os.PathLike, option: str, is_dir: bool = True, mi
     except OSError as e:
         why = (e.strerror or str(e)).lower()
         raise UserError(f"{option} {path} cannot be written ({why} at {base}); choose another path") from None
-    free_mb = free_megabytes(path, is_dir)
+    free_mb = shutil.disk_usage(base).free / 2**20
     if free_mb < min_free_mb:
         raise UserError(f"{option} {path}: only {free_mb:.0f} MB free at {base} (need at least {min_free_mb:.0f} MB); "
                         "free some space or choose another disk")
-
-
-def free_megabytes(path: str | os.PathLike, is_dir: bool = True) -> float:
-    """The room on the disk ``path`` (a folder, or a file with ``is_dir=False``; it need not exist yet) would be
-    written to, in MB."""
-    path = Path(path)
-    return shutil.disk_usage(_existing_parent(path if is_dir else path.parent)).free / 2**20
+    return free_mb
 
 
 WORK_PREFIX = ".scopelite-"  # folder_in_place's hidden work folders (``.scopelite-partial-*``, ``.scopelite-old-*``)

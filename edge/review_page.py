@@ -215,7 +215,7 @@ let seen = null;
 async function lookForNews() {{
   if (pending || seen === null) return;
   try {{
-    const r = await fetch('/session', {{cache: 'no-store'}});
+    const r = await fetch('/session/brief', {{cache: 'no-store'}});  // not every cell: 1.3 MB at 4,000 cells
     if (!r.ok) return;
     const d = await r.json();
     const news = [];

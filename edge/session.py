@@ -45,6 +45,7 @@ from .differential import NOT_A_CELL, UNCERTAIN, Differential
 from .errors import UserError
 from .field import crop_at
 from .outputs import LineSink, WriteError, fsync_dir
+from .session_report import stain_tally
 
 CROP_MAX = 256  # px: crops larger than this are shrunk before saving (the model sees 96)
 VIEW_KEEP_FRAMES = 30  # a tracked cell's latest view is kept this many frames for its crop
@@ -919,9 +920,9 @@ class Sessions:
                 self.keep_views(frame, rec)
             verdict = ((rec.get("scale") or {}).get("stain") or {}).get("unlike_training")
             if verdict is not None:  # the report says it when most frames were stained unlike the training data
-                stain = self.current.state.get("stain")
-                if not (isinstance(stain, dict) and all(type(stain.get(k)) is int for k in ("frames", "unlike"))):
-                    stain = self.current.state["stain"] = {"frames": 0, "unlike": 0}  # none yet (or hand-edited)
+                stain = stain_tally(self.current.state)
+                if stain is None:  # none yet (or hand-edited)
+                    stain = self.current.state["stain"] = {"frames": 0, "unlike": 0}
                 stain["frames"] += 1
                 stain["unlike"] += bool(verdict)
             added = []

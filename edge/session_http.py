@@ -71,8 +71,9 @@ def without_paths(summary: dict) -> dict:
 
 def get(sessions: Sessions, path: str, public: bool = False) -> Response | None:
     """``public``: the server is bound beyond loopback (see the module docstring)."""
-    if path == "/session":
-        return _json(200, without_paths(sessions.summary()) if public else sessions.summary())
+    if path in ("/session", "/session/brief"):  # brief: no cell list (the review page asks it every 15 s)
+        summary = sessions.summary(cells=path == "/session")
+        return _json(200, without_paths(summary) if public else summary)
     if path == "/session/report.html":
         return 200, as_bytes(sessions.report_html()), "text/html; charset=utf-8"
     if path == "/review":

@@ -126,6 +126,13 @@ def _gallery(summary: dict, thumb: Callable[[int], str | None]) -> str:
     return "".join(out) or "<p>no cells counted</p>"
 
 
+def stain_tally(state: dict) -> dict | None:
+    """A session's frames' stain tally (state.json ``stain``: ``frames`` with a verdict, and those ``unlike`` the
+    model's training data); None when there is none, or a hand-edited one that is not two whole numbers."""
+    t = state.get("stain")
+    return t if isinstance(t, dict) and all(type(t.get(k)) is int for k in ("frames", "unlike")) else None
+
+
 def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
     """The printable report: who/when, the differential in clinical order, review progress, gallery per class."""
     d = summary["differential"]
@@ -138,9 +145,7 @@ def report_html(summary: dict, thumb: Callable[[int], str | None]) -> str:
               f'model\'s label (cells scored below {summary["min_score"]}, or of a kind the model cannot tell '
               'apart, such as a platelet-sized speck next to a white cell, are uncertain)')
     wbc = f' · WBC {summary["wbc_count"]:g} x10<sup>9</sup>/L (analyser)' if summary.get("wbc_count") else ""
-    stain = summary.get("stain")  # frames with a stain verdict, and those unlike the model's training data
-    if not (isinstance(stain, dict) and all(type(stain.get(k)) is int for k in ("frames", "unlike"))):
-        stain = {}  # none recorded (a crop-mode run, a session from before), or a hand-edited state.json
+    stain = stain_tally(summary) or {}  # none recorded (a crop-mode run, a session from before) or hand-edited
     unlike = (f'<p class="warn" id="unlike">Stained unlike the model\'s training data in {stain["unlike"]} of '
               f'{stain["frames"]} frames: the model makes more mistakes on such slides. Review the cells; calibrate '
               'this microscope (celledge calibrate) or adapt the model to this lab\'s cells (celltrain fit '

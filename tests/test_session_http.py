@@ -305,3 +305,14 @@ def test_the_review_page_links_the_lab_page_only_where_there_is_one(served):
     sessions.review_only = True
     page = session_http.get(sessions, "/review")[1].decode()
     assert "Lab page" not in page and '<a href="/session/report.html">Report</a>' in page
+
+
+def test_the_brief_session_answer_has_the_counts_without_the_cell_list(served):
+    """The review page asks every 15 s whether the session moved on: /session/brief, not every cell each time."""
+    from scopelite.edge import session_http
+
+    _, sessions = served
+    full = json.loads(session_http.get(sessions, "/session")[1])
+    brief = json.loads(session_http.get(sessions, "/session/brief")[1])
+    assert "cells" in full and "cells" not in brief
+    assert {k: brief[k] for k in ("id", "state", "cells_total")} == {k: full[k] for k in ("id", "state", "cells_total")}
